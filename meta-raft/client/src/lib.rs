@@ -1,0 +1,644 @@
+//! Client library for the Mobilus metadata API.
+//!
+//! [`MetaClient`] knows a list of members, finds the leader (following `NotLeader`
+//! answers that name it), pools one HTTP/2 channel per member, and retries with backoff
+//! while the cluster elects a leader or a member is down. Namespace errors come back as
+//! errnos ([`ClientError::Errno`]) and are never retried.
+//!
+//! A write retried after an ambiguous failure (the connection broke after the request was
+//! sent) may already have been applied; like NFS, a retried `mkdir` can then answer
+//! EEXIST. Callers that must know (the Jepsen harness) treat such outcomes as indeterminate.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mobilus_proto::convert::{attr_from_reply, setattr_to_wire};
+use mobilus_proto::fs::{
+    Attr, DirEntry, Extent, Fence, FileKind, InodeId, SetAttr, SliceWrite, StatFs,
+};
+use mobilus_proto::pb;
+use mobilus_proto::pb::cluster_client::ClusterClient;
+use mobilus_proto::pb::meta_client::MetaClient as PbMetaClient;
+use mobilus_proto::status::{Errno, WireError};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// What a call can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}: {1}")]
+    Errno(Errno, String),
+    #[error("stale epoch: {0}")]
+    StaleEpoch(String),
+    #[error("cannot reach the metadata service at {addrs}: {last}")]
+    Unavailable { addrs: String, last: String },
+    #[error("{code:?}: {message}")]
+    Rpc { code: Code, message: String },
+    #[error("bad address {0:?}: {1}")]
+    BadAddress(String, String),
+    #[error("invalid reply: {0}")]
+    InvalidReply(String),
+}
+
+impl ClientError {
+    /// The errno of a namespace error.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            ClientError::Errno(e, _) => Some(*e),
+            _ => None,
+        }
+    }
+
+    /// The errno a file system should return for this error (EIO when it is not one).
+    pub fn to_errno(&self) -> Errno {
+        match self {
+            ClientError::Errno(e, _) => *e,
+            ClientError::StaleEpoch(_) => Errno::EROFS,
+            ClientError::Rpc { code: Code::InvalidArgument, .. } => Errno::EINVAL,
+            ClientError::Rpc { code: Code::OutOfRange | Code::ResourceExhausted, .. } => Errno::E2BIG,
+            _ => Errno::EIO,
+        }
+    }
+}
+
+impl From<WireError> for ClientError {
+    fn from(w: WireError) -> Self {
+        match w {
+            WireError::Errno(e, m) => ClientError::Errno(e, m),
+            WireError::StaleEpoch(m) => ClientError::StaleEpoch(m),
+            WireError::NotLeader(l) => ClientError::Unavailable {
+                addrs: l.unwrap_or_default(),
+                last: "not the leader".into(),
+            },
+            WireError::Unavailable(m) => ClientError::Unavailable { addrs: String::new(), last: m },
+            WireError::Other(code, message) => ClientError::Rpc { code, message },
+        }
+    }
+}
+
+/// Timeouts and the retry budget.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Give up retrying after this long.
+    pub deadline: Duration,
+    /// Longest one attempt may take.
+    pub rpc_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            deadline: Duration::from_secs(20),
+            rpc_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+struct Inner {
+    endpoints: Vec<String>,
+    leader: Mutex<Option<String>>,
+    channels: Mutex<HashMap<String, Channel>>,
+    opts: ClientOptions,
+}
+
+/// A client of the metadata cluster. Cheap to clone; clones share channels.
+#[derive(Clone)]
+pub struct MetaClient {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Strip an optional `http://` so that addresses compare equal however they were written.
+fn normalize(addr: &str) -> String {
+    addr.trim().trim_start_matches("http://").trim_end_matches('/').to_string()
+}
+
+impl MetaClient {
+    /// A client for the members at `addrs` (`host:port`).
+    pub fn new(addrs: &[String], opts: ClientOptions) -> Result<Self, ClientError> {
+        let endpoints: Vec<String> =
+            addrs.iter().map(|a| normalize(a)).filter(|a| !a.is_empty()).collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::BadAddress(String::new(), "no address given".into()));
+        }
+        for e in &endpoints {
+            Endpoint::from_shared(format!("http://{e}"))
+                .map_err(|err| ClientError::BadAddress(e.clone(), err.to_string()))?;
+        }
+        Ok(MetaClient {
+            inner: Arc::new(Inner {
+                endpoints,
+                leader: Mutex::new(None),
+                channels: Mutex::new(HashMap::new()),
+                opts,
+            }),
+        })
+    }
+
+    /// A client with default options.
+    pub fn connect(addrs: &[String]) -> Result<Self, ClientError> {
+        Self::new(addrs, ClientOptions::default())
+    }
+
+    /// The members this client was given.
+    pub fn endpoints(&self) -> &[String] {
+        &self.inner.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut channels = lock(&self.inner.channels);
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ClientError::BadAddress(addr.to_string(), e.to_string()))?
+            .connect_timeout(self.inner.opts.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Run `f` against the leader (or any member for stale reads), following redirects
+    /// and retrying while the cluster is unavailable, within the deadline.
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let start = Instant::now();
+        let n = self.inner.endpoints.len();
+        let mut next = 0usize;
+        let mut attempt = 0u32;
+        let mut last;
+        loop {
+            let target = lock(&self.inner.leader).clone().unwrap_or_else(|| {
+                let a = self.inner.endpoints[next % n].clone();
+                next += 1;
+                a
+            });
+            let ch = self.channel(&target)?;
+            let outcome = tokio::time::timeout(self.inner.opts.rpc_timeout, f(ch)).await;
+            let retry_now = match outcome {
+                Ok(Ok(v)) => {
+                    *lock(&self.inner.leader) = Some(target);
+                    return Ok(v);
+                }
+                Ok(Err(status)) => match WireError::from_status(&status) {
+                    WireError::NotLeader(Some(leader)) => {
+                        last = format!("{target} is not the leader");
+                        let leader = normalize(&leader);
+                        let known = leader != target;
+                        *lock(&self.inner.leader) = known.then_some(leader);
+                        known
+                    }
+                    WireError::NotLeader(None) | WireError::Unavailable(_) => {
+                        last = format!("{target}: {}", status.message());
+                        *lock(&self.inner.leader) = None;
+                        false
+                    }
+                    WireError::Other(Code::Unavailable | Code::Unknown, msg) => {
+                        last = format!("{target}: {msg}");
+                        *lock(&self.inner.leader) = None;
+                        false
+                    }
+                    other => return Err(other.into()),
+                },
+                Err(_) => {
+                    last = format!("{target}: no answer within {:?}", self.inner.opts.rpc_timeout);
+                    *lock(&self.inner.leader) = None;
+                    false
+                }
+            };
+            if start.elapsed() >= self.inner.opts.deadline {
+                return Err(ClientError::Unavailable {
+                    addrs: self.inner.endpoints.join(","),
+                    last,
+                });
+            }
+            attempt += 1;
+            if !retry_now || attempt % 4 == 0 {
+                let backoff = Duration::from_millis(25u64 << attempt.min(5));
+                tracing::debug!(what, attempt, %last, ?backoff, "retrying");
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+
+    fn meta(ch: Channel) -> PbMetaClient<Channel> {
+        PbMetaClient::new(ch)
+            .max_decoding_message_size(mobilus_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(mobilus_proto::MAX_MESSAGE_BYTES)
+    }
+
+    async fn attr_call<F, Fut>(&self, what: &'static str, f: F) -> Result<Attr, ClientError>
+    where
+        F: Fn(PbMetaClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::AttrReply>, Status>>,
+    {
+        let reply = self.call(what, |ch| f(Self::meta(ch))).await?;
+        Ok(attr_from_reply(reply.into_inner())?)
+    }
+
+    pub async fn lookup(&self, parent: InodeId, name: &[u8], stale: bool) -> Result<Attr, ClientError> {
+        let req = pb::LookupRequest { parent, name: name.to_vec(), stale };
+        self.attr_call("lookup", |mut c| {
+            let req = req.clone();
+            async move { c.lookup(req).await }
+        })
+        .await
+    }
+
+    pub async fn getattr(&self, ino: InodeId, stale: bool) -> Result<Attr, ClientError> {
+        let req = pb::GetAttrRequest { ino, stale };
+        self.attr_call("getattr", |mut c| async move { c.get_attr(req).await }).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        fence: Option<Fence>,
+    ) -> Result<Attr, ClientError> {
+        let req = pb::MknodRequest {
+            parent,
+            name: name.to_vec(),
+            kind: pb::FileKind::from(kind) as i32,
+            mode,
+            uid,
+            gid,
+            rdev,
+            fence: fence.map(Into::into),
+        };
+        self.attr_call("mknod", |mut c| {
+            let req = req.clone();
+            async move { c.mknod(req).await }
+        })
+        .await
+    }
+
+    pub async fn mkdir(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        fence: Option<Fence>,
+    ) -> Result<Attr, ClientError> {
+        let req = pb::MkdirRequest {
+            parent,
+            name: name.to_vec(),
+            mode,
+            uid,
+            gid,
+            fence: fence.map(Into::into),
+        };
+        self.attr_call("mkdir", |mut c| {
+            let req = req.clone();
+            async move { c.mkdir(req).await }
+        })
+        .await
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        target: &[u8],
+        uid: u32,
+        gid: u32,
+        fence: Option<Fence>,
+    ) -> Result<Attr, ClientError> {
+        let req = pb::SymlinkRequest {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            uid,
+            gid,
+            fence: fence.map(Into::into),
+        };
+        self.attr_call("symlink", |mut c| {
+            let req = req.clone();
+            async move { c.symlink(req).await }
+        })
+        .await
+    }
+
+    pub async fn link(
+        &self,
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: &[u8],
+        fence: Option<Fence>,
+    ) -> Result<Attr, ClientError> {
+        let req = pb::LinkRequest {
+            ino,
+            new_parent,
+            new_name: new_name.to_vec(),
+            fence: fence.map(Into::into),
+        };
+        self.attr_call("link", |mut c| {
+            let req = req.clone();
+            async move { c.link(req).await }
+        })
+        .await
+    }
+
+    /// Remove a name; returns the inode and its remaining link count.
+    pub async fn unlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        fence: Option<Fence>,
+    ) -> Result<(InodeId, u32), ClientError> {
+        let req = pb::UnlinkRequest { parent, name: name.to_vec(), fence: fence.map(Into::into) };
+        let r = self
+            .call("unlink", |ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).unlink(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok((r.ino, r.nlink))
+    }
+
+    pub async fn rmdir(&self, parent: InodeId, name: &[u8], fence: Option<Fence>) -> Result<(), ClientError> {
+        let req = pb::RmdirRequest { parent, name: name.to_vec(), fence: fence.map(Into::into) };
+        self.call("rmdir", |ch| {
+            let req = req.clone();
+            async move { Self::meta(ch).rmdir(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+        fence: Option<Fence>,
+    ) -> Result<(), ClientError> {
+        let req = pb::RenameRequest {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+            fence: fence.map(Into::into),
+        };
+        self.call("rename", |ch| {
+            let req = req.clone();
+            async move { Self::meta(ch).rename(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn setattr(&self, ino: InodeId, set: &SetAttr, fence: Option<Fence>) -> Result<Attr, ClientError> {
+        let req = setattr_to_wire(ino, set, fence);
+        self.attr_call("setattr", |mut c| {
+            let req = req.clone();
+            async move { c.set_attr(req).await }
+        })
+        .await
+    }
+
+    pub async fn readlink(&self, ino: InodeId, stale: bool) -> Result<Vec<u8>, ClientError> {
+        let req = pb::ReadLinkRequest { ino, stale };
+        let r = self
+            .call("readlink", |ch| async move { Self::meta(ch).read_link(req).await })
+            .await?;
+        Ok(r.into_inner().target)
+    }
+
+    /// One page of a directory after `cookie`; returns the entries and whether the
+    /// listing is complete.
+    pub async fn readdir(
+        &self,
+        ino: InodeId,
+        cookie: u64,
+        limit: u32,
+        plus: bool,
+        stale: bool,
+    ) -> Result<(Vec<DirEntry>, bool), ClientError> {
+        let req = pb::ReadDirRequest { ino, cookie, limit, plus, stale };
+        let r = self
+            .call("readdir", |ch| async move { Self::meta(ch).read_dir(req).await })
+            .await?
+            .into_inner();
+        let entries = r
+            .entries
+            .into_iter()
+            .map(DirEntry::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((entries, r.eof))
+    }
+
+    /// Every entry of a directory, page by page.
+    pub async fn readdir_all(&self, ino: InodeId, stale: bool) -> Result<Vec<DirEntry>, ClientError> {
+        let mut all = Vec::new();
+        let mut cookie = 0;
+        loop {
+            let (page, eof) = self.readdir(ino, cookie, 0, false, stale).await?;
+            if let Some(last) = page.last() {
+                cookie = last.cookie;
+            }
+            all.extend(page);
+            if eof {
+                return Ok(all);
+            }
+        }
+    }
+
+    pub async fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+        fence: Option<Fence>,
+    ) -> Result<(), ClientError> {
+        let req = pb::SetXattrRequest {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+            fence: fence.map(Into::into),
+        };
+        self.call("setxattr", |ch| {
+            let req = req.clone();
+            async move { Self::meta(ch).set_xattr(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn getxattr(&self, ino: InodeId, name: &[u8], stale: bool) -> Result<Vec<u8>, ClientError> {
+        let req = pb::GetXattrRequest { ino, name: name.to_vec(), stale };
+        let r = self
+            .call("getxattr", |ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).get_xattr(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().value)
+    }
+
+    pub async fn listxattr(&self, ino: InodeId, stale: bool) -> Result<Vec<Vec<u8>>, ClientError> {
+        let req = pb::ListXattrRequest { ino, stale };
+        let r = self
+            .call("listxattr", |ch| async move { Self::meta(ch).list_xattr(req).await })
+            .await?;
+        Ok(r.into_inner().names)
+    }
+
+    pub async fn removexattr(&self, ino: InodeId, name: &[u8], fence: Option<Fence>) -> Result<(), ClientError> {
+        let req = pb::RemoveXattrRequest { ino, name: name.to_vec(), fence: fence.map(Into::into) };
+        self.call("removexattr", |ch| {
+            let req = req.clone();
+            async move { Self::meta(ch).remove_xattr(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn statfs(&self, stale: bool) -> Result<StatFs, ClientError> {
+        let req = pb::StatFsRequest { stale };
+        let r = self.call("statfs", |ch| async move { Self::meta(ch).stat_fs(req).await }).await?;
+        Ok(r.into_inner().into())
+    }
+
+    /// Commit the slices of a write in one operation.
+    pub async fn write(&self, ino: InodeId, slices: &[SliceWrite], fence: Option<Fence>) -> Result<Attr, ClientError> {
+        let req = pb::WriteRequest {
+            ino,
+            slices: slices.iter().map(Into::into).collect(),
+            fence: fence.map(Into::into),
+        };
+        self.attr_call("write", |mut c| {
+            let req = req.clone();
+            async move { c.write(req).await }
+        })
+        .await
+    }
+
+    /// The merged slice map of a range, and the file size.
+    pub async fn read_slices(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+        stale: bool,
+    ) -> Result<(Vec<Extent>, u64), ClientError> {
+        let req = pb::ReadSlicesRequest { ino, offset, length: len, stale };
+        let r = self
+            .call("read_slices", |ch| async move { Self::meta(ch).read_slices(req).await })
+            .await?
+            .into_inner();
+        let extents = r.extents.into_iter().map(Extent::try_from).collect::<Result<_, _>>()?;
+        Ok((extents, r.size))
+    }
+
+    // ---- cluster administration ----
+
+    fn cluster(ch: Channel) -> ClusterClient<Channel> {
+        ClusterClient::new(ch)
+    }
+
+    /// The status of one member, asked directly (no redirect, one attempt).
+    pub async fn status_of(&self, addr: &str) -> Result<pb::StatusReply, ClientError> {
+        let ch = self.channel(&normalize(addr))?;
+        let mut client = Self::cluster(ch);
+        let fut = client.status(pb::StatusRequest {});
+        match tokio::time::timeout(self.inner.opts.rpc_timeout, fut).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(s)) => Err(WireError::from_status(&s).into()),
+            Err(_) => Err(ClientError::Unavailable {
+                addrs: addr.to_string(),
+                last: "no answer".into(),
+            }),
+        }
+    }
+
+    /// The leader's status (following redirects).
+    pub async fn status(&self) -> Result<pb::StatusReply, ClientError> {
+        let r = self
+            .call("status", |ch| async move {
+                let r = Self::cluster(ch).status(pb::StatusRequest {}).await?;
+                // Only the leader's view counts as the cluster's status.
+                if r.get_ref().state != "Leader" {
+                    let leader = r.get_ref().leader_addr.clone();
+                    let w = WireError::NotLeader((!leader.is_empty()).then_some(leader));
+                    return Err(w.to_status());
+                }
+                Ok(r)
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    /// Initialise a one-member cluster on the first endpoint.
+    pub async fn init(&self) -> Result<pb::StatusReply, ClientError> {
+        let ch = self.channel(&self.inner.endpoints[0])?;
+        Self::cluster(ch)
+            .init(pb::InitRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| WireError::from_status(&s).into())
+    }
+
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<pb::StatusReply, ClientError> {
+        let req = pb::AddLearnerRequest { id, addr: addr.to_string() };
+        let r = self
+            .call("add_learner", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).add_learner(req).await }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    pub async fn promote(&self, id: u64) -> Result<pb::StatusReply, ClientError> {
+        let req = pb::PromoteRequest { id };
+        let r = self
+            .call("promote", |ch| async move { Self::cluster(ch).promote(req).await })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    pub async fn remove_member(&self, id: u64) -> Result<pb::StatusReply, ClientError> {
+        let req = pb::RemoveMemberRequest { id };
+        let r = self
+            .call("remove_member", |ch| async move { Self::cluster(ch).remove_member(req).await })
+            .await?;
+        Ok(r.into_inner())
+    }
+
+    /// Ask the leader to build a snapshot now (and purge its log).
+    pub async fn trigger_snapshot(&self) -> Result<pb::StatusReply, ClientError> {
+        let r = self
+            .call("trigger_snapshot", |ch| async move {
+                Self::cluster(ch).trigger_snapshot(pb::TriggerSnapshotRequest {}).await
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+}

@@ -1,0 +1,85 @@
+//! Configuration of a member: a TOML file, overridden by command-line flags.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Settings as read from a TOML file; every key is optional.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<u64>,
+    pub listen: Option<String>,
+    pub advertise: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub join: Option<Vec<String>>,
+    pub init: Option<bool>,
+    pub snapshot_logs: Option<u64>,
+    pub keep_logs: Option<u64>,
+    pub heartbeat_ms: Option<u64>,
+    pub log_format: Option<String>,
+}
+
+/// The resolved settings of a member.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: u64,
+    pub listen: String,
+    pub advertise: Option<String>,
+    pub data_dir: PathBuf,
+    pub join: Vec<String>,
+    pub init: bool,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_logs: u64,
+    /// Entries kept in the log behind a snapshot, for lagging followers.
+    pub keep_logs: u64,
+    pub heartbeat_ms: u64,
+}
+
+/// Errors of configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {0}: {1}")]
+    Read(PathBuf, std::io::Error),
+    #[error("config file {0}: {1}")]
+    Parse(PathBuf, toml::de::Error),
+    #[error("missing setting `{0}` (give --{1} or set it in the config file)")]
+    Missing(&'static str, &'static str),
+    #[error("invalid setting `{0}`: {1}")]
+    Invalid(&'static str, String),
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.into(), e))?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse(path.into(), e))
+    }
+
+    /// Fill in defaults and check the values.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let id = self.id.ok_or(ConfigError::Missing("id", "id"))?;
+        if id == 0 {
+            return Err(ConfigError::Invalid("id", "0 is reserved; use 1 or more".into()));
+        }
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data_dir", "data-dir"))?;
+        let heartbeat_ms = self.heartbeat_ms.unwrap_or(100);
+        if !(10..=10_000).contains(&heartbeat_ms) {
+            return Err(ConfigError::Invalid("heartbeat_ms", format!("{heartbeat_ms} is not in 10..=10000")));
+        }
+        let snapshot_logs = self.snapshot_logs.unwrap_or(10_000);
+        if snapshot_logs == 0 {
+            return Err(ConfigError::Invalid("snapshot_logs", "must be at least 1".into()));
+        }
+        Ok(NodeConfig {
+            id,
+            listen: self.listen.unwrap_or_else(|| "127.0.0.1:7100".into()),
+            advertise: self.advertise,
+            data_dir,
+            join: self.join.unwrap_or_default(),
+            init: self.init.unwrap_or(false),
+            snapshot_logs,
+            keep_logs: self.keep_logs.unwrap_or(1000),
+            heartbeat_ms,
+        })
+    }
+}

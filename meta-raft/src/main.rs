@@ -1,0 +1,161 @@
+//! `mobilus-meta`: run one member of the metadata cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use mobilus_meta::config::FileConfig;
+use mobilus_meta::server;
+use mobilus_meta_client::{ClientOptions, MetaClient};
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One member of the Mobilus metadata cluster (Raft over RocksDB, gRPC API).
+#[derive(Parser, Debug)]
+#[command(name = "mobilus-meta", version)]
+struct Args {
+    /// TOML config file; flags override its settings.
+    #[arg(long, env = "MOBILUS_META_CONFIG")]
+    config: Option<PathBuf>,
+    /// This member's id (1 or more, unique in the cluster).
+    #[arg(long)]
+    id: Option<u64>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address other members and clients use, when it differs from the bound one.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Where the Raft log, the state machine and snapshots live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Members of an existing cluster to join (host:port, comma separated).
+    #[arg(long, value_delimiter = ',')]
+    join: Vec<String>,
+    /// Initialise a one-member cluster if this member is not in one yet.
+    #[arg(long)]
+    init: bool,
+    /// Build a snapshot after this many entries since the last.
+    #[arg(long)]
+    snapshot_logs: Option<u64>,
+    /// Entries kept behind a snapshot for lagging followers.
+    #[arg(long)]
+    keep_logs: Option<u64>,
+    /// Raft heartbeat interval; election timeouts are 5-10 times it.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Log format (filter with RUST_LOG).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Write the advertised address to this file once serving (for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn merge(args: &Args) -> anyhow::Result<FileConfig> {
+    let mut file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    macro_rules! flag {
+        ($($f:ident),*) => { $( if args.$f.is_some() { file.$f = args.$f.clone(); } )* };
+    }
+    flag!(id, listen, advertise, data_dir, snapshot_logs, keep_logs, heartbeat_ms);
+    if !args.join.is_empty() {
+        file.join = Some(args.join.clone());
+    }
+    if args.init {
+        file.init = Some(true);
+    }
+    Ok(file)
+}
+
+async fn join(node: &server::MetaNode, seeds: &[String]) -> anyhow::Result<()> {
+    let opts = ClientOptions { deadline: Duration::from_secs(60), ..Default::default() };
+    let client = MetaClient::new(seeds, opts)?;
+    client
+        .add_learner(node.id, &node.addr)
+        .await
+        .with_context(|| format!("adding member {} as a learner via {}", node.id, seeds.join(",")))?;
+    client.promote(node.id).await.with_context(|| format!("promoting member {}", node.id))?;
+    tracing::info!(id = node.id, "joined the cluster as a voter");
+    Ok(())
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = merge(&args)?.resolve()?;
+    let handle = server::start(&cfg).await?;
+    if let Some(path) = &args.ready_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, handle.addr()).context("writing the ready file")?;
+        std::fs::rename(&tmp, path).context("writing the ready file")?;
+    }
+    let node = handle.node.clone();
+    let is_member = node
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_node(&node.id)
+        .is_some();
+    let mut joining = None;
+    if !cfg.join.is_empty() && !is_member {
+        let (node, seeds) = (node.clone(), cfg.join.clone());
+        joining = Some(tokio::spawn(async move { join(&node, &seeds).await }));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        res = async { match joining.as_mut() { Some(j) => j.await, None => std::future::pending().await } } => {
+            match res {
+                Ok(Ok(())) => {
+                    // Joined: keep serving until told to stop.
+                    tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("join task: {e}")),
+            }
+        }
+    };
+    tracing::info!("shutting down");
+    handle.shutdown().await?;
+    result
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.log_format.unwrap_or(LogFormat::Text));
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mobilus-meta: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mobilus-meta: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! File data as slices: each write of a range is stored as one record per logical block
+//! it touches, under a new sequence number; reads overlay a block's records in sequence
+//! order, newest wins. Chunk reference counts change in the same transaction.
+
+use std::ops::ControlFlow;
+
+use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, FileKind, InodeId, SliceWrite};
+use mobilus_proto::fs::MAX_FILE_SIZE;
+use mobilus_proto::status::Errno;
+
+use super::keys::{self, Cf, BLOCK_SIZE};
+use super::txn::Txn;
+use super::{load, save, update_counters, InodeRecord, SliceRecord};
+use crate::codec;
+use crate::error::NsError;
+
+/// The bytes of `chunks` (laid end to end from file offset `start`) that fall in `[a, b)`,
+/// as extents. No chunks means a hole.
+pub fn cut(start: u64, len: u64, chunks: &[ChunkRef], a: u64, b: u64) -> Vec<Extent> {
+    let (a, b) = (a.max(start), b.min(start + len));
+    if a >= b {
+        return Vec::new();
+    }
+    if chunks.is_empty() {
+        return vec![Extent { offset: a, len: b - a, chunk: None }];
+    }
+    let mut out = Vec::new();
+    let mut pos = start;
+    for c in chunks {
+        let (s, e) = (pos.max(a), (pos + c.len).min(b));
+        if s < e {
+            let chunk = ChunkRef { hash: c.hash, offset: c.offset + (s - pos), len: e - s };
+            out.push(Extent { offset: s, len: e - s, chunk: Some(chunk) });
+        }
+        pos += c.len;
+        if pos >= b {
+            break;
+        }
+    }
+    out
+}
+
+/// Replace what `extents` (sorted, covering a range) say about `[a, b)` with `pieces`.
+fn overlay(extents: &mut Vec<Extent>, a: u64, b: u64, pieces: Vec<Extent>) {
+    let mut out = Vec::with_capacity(extents.len() + pieces.len() + 2);
+    for e in extents.drain(..) {
+        let end = e.offset + e.len;
+        if end <= a || e.offset >= b {
+            out.push(e);
+            continue;
+        }
+        if e.offset < a {
+            out.push(Extent { offset: e.offset, len: a - e.offset, chunk: e.chunk.map(|c| ChunkRef { len: a - e.offset, ..c }) });
+        }
+        if end > b {
+            let skip = b - e.offset;
+            let chunk = e.chunk.map(|c| ChunkRef { offset: c.offset + skip, len: end - b, ..c });
+            out.push(Extent { offset: b, len: end - b, chunk });
+        }
+    }
+    out.extend(pieces);
+    out.sort_by_key(|e| e.offset);
+    *extents = out;
+}
+
+fn incref(txn: &mut Txn<'_>, hash: &ChunkHash) -> Result<(), NsError> {
+    let count: u64 = txn.get(Cf::ChunkRefs, &hash.0)?.unwrap_or(0);
+    if count == 0 {
+        txn.delete(Cf::ZeroRefs, hash.0.to_vec());
+    }
+    txn.put(Cf::ChunkRefs, hash.0.to_vec(), &(count + 1))?;
+    Ok(())
+}
+
+fn decref(txn: &mut Txn<'_>, now: i64, hash: &ChunkHash) -> Result<(), NsError> {
+    let count: u64 = txn.get(Cf::ChunkRefs, &hash.0)?.unwrap_or(0);
+    if count <= 1 {
+        txn.delete(Cf::ChunkRefs, hash.0.to_vec());
+        txn.put(Cf::ZeroRefs, hash.0.to_vec(), &now)?;
+    } else {
+        txn.put(Cf::ChunkRefs, hash.0.to_vec(), &(count - 1))?;
+    }
+    Ok(())
+}
+
+fn put_record(txn: &mut Txn<'_>, ino: InodeId, seq: u64, rec: &SliceRecord) -> Result<(), NsError> {
+    for c in &rec.chunks {
+        incref(txn, &c.hash)?;
+    }
+    let block = rec.offset / BLOCK_SIZE;
+    txn.put(Cf::Slices, keys::slice(ino, block, seq), rec)?;
+    Ok(())
+}
+
+fn next_seq(txn: &mut Txn<'_>) -> Result<u64, NsError> {
+    Ok(update_counters(txn, |c| c.next_seq += 1)?.next_seq - 1)
+}
+
+fn regular(rec: &InodeRecord) -> Result<(), NsError> {
+    match rec.attr.kind {
+        FileKind::Regular => Ok(()),
+        FileKind::Directory => Err(Errno::EISDIR.into()),
+        _ => Err(Errno::EINVAL.into()),
+    }
+}
+
+/// Store the slices of a write; the file grows to cover them.
+pub(crate) fn write(
+    txn: &mut Txn<'_>,
+    now: i64,
+    ino: InodeId,
+    slices: &[SliceWrite],
+) -> Result<Attr, NsError> {
+    let mut rec = load(txn, ino)?;
+    regular(&rec)?;
+    for s in slices {
+        let end = s.offset.checked_add(s.len).ok_or(Errno::EFBIG)?;
+        if end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG.into());
+        }
+        let covered = s.chunks.iter().try_fold(0u64, |acc, c| acc.checked_add(c.len));
+        if s.len == 0 || covered != Some(s.len) {
+            return Err(Errno::EINVAL.into());
+        }
+    }
+    let old_size = rec.attr.size;
+    for s in slices {
+        let seq = next_seq(txn)?;
+        let end = s.offset + s.len;
+        let mut block_start = s.offset / BLOCK_SIZE * BLOCK_SIZE;
+        while block_start < end {
+            let (a, b) = (s.offset.max(block_start), end.min(block_start + BLOCK_SIZE));
+            let chunks = cut(s.offset, s.len, &s.chunks, a, b)
+                .into_iter()
+                .filter_map(|e| e.chunk)
+                .collect();
+            put_record(txn, ino, seq, &SliceRecord { offset: a, len: b - a, chunks })?;
+            block_start += BLOCK_SIZE;
+        }
+        rec.attr.size = rec.attr.size.max(end);
+    }
+    rec.attr.mtime_ns = now;
+    rec.attr.ctime_ns = now;
+    let grown = rec.attr.size - old_size;
+    update_counters(txn, |c| c.bytes += grown)?;
+    save(txn, &rec)?;
+    Ok(rec.attr)
+}
+
+/// Delete every slice record of `ino` in blocks `first_block..`, dropping their references.
+pub(crate) fn drop_slices_from(
+    txn: &mut Txn<'_>,
+    now: i64,
+    ino: InodeId,
+    first_block: u64,
+) -> Result<(), NsError> {
+    let prefix = keys::ino(ino);
+    let start = keys::slice(ino, first_block, 0);
+    let mut found = Vec::new();
+    txn.scan(Cf::Slices, &prefix, &start, |k, v| {
+        found.push((k.to_vec(), codec::decode::<SliceRecord>(v)?));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    for (key, rec) in found {
+        for c in &rec.chunks {
+            decref(txn, now, &c.hash)?;
+        }
+        txn.delete(Cf::Slices, key);
+    }
+    Ok(())
+}
+
+/// Change the size of a regular file (the caller saves `rec`). Shrinking drops whole
+/// blocks past the end and covers the rest of the last block with a hole, so that growing
+/// the file again reads zeros, not old bytes.
+pub(crate) fn truncate(
+    txn: &mut Txn<'_>,
+    now: i64,
+    rec: &mut InodeRecord,
+    size: u64,
+) -> Result<(), NsError> {
+    let (ino, old) = (rec.attr.ino, rec.attr.size);
+    if size < old {
+        let first_whole = size.div_ceil(BLOCK_SIZE);
+        if size % BLOCK_SIZE != 0 {
+            let block = size / BLOCK_SIZE;
+            let mut stale = false;
+            let prefix = keys::slice(ino, block, 0)[..16].to_vec();
+            txn.scan(Cf::Slices, &prefix, &prefix, |_, v| {
+                let r: SliceRecord = codec::decode(v)?;
+                stale = r.offset + r.len > size;
+                Ok(if stale { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+            })?;
+            if stale {
+                let end = (first_whole * BLOCK_SIZE).min(old);
+                let seq = next_seq(txn)?;
+                let hole = SliceRecord { offset: size, len: end - size, chunks: Vec::new() };
+                put_record(txn, ino, seq, &hole)?;
+            }
+        }
+        drop_slices_from(txn, now, ino, first_whole)?;
+        update_counters(txn, |c| c.bytes = c.bytes.saturating_sub(old - size))?;
+    } else {
+        update_counters(txn, |c| c.bytes += size - old)?;
+    }
+    rec.attr.size = size;
+    rec.attr.ctime_ns = now;
+    Ok(())
+}
+
+/// The merged view of `[offset, offset+len)` clamped to the file size: chunk extents and
+/// holes, in order, covering the range exactly.
+pub(crate) fn read(
+    txn: &Txn<'_>,
+    ino: InodeId,
+    offset: u64,
+    len: u64,
+) -> Result<(Vec<Extent>, u64), NsError> {
+    let rec = load(txn, ino)?;
+    regular(&rec)?;
+    let size = rec.attr.size;
+    let end = offset.saturating_add(len).min(size);
+    let mut out: Vec<Extent> = Vec::new();
+    if offset >= end {
+        return Ok((out, size));
+    }
+    for block in offset / BLOCK_SIZE..=(end - 1) / BLOCK_SIZE {
+        let lo = offset.max(block * BLOCK_SIZE);
+        let hi = end.min((block + 1) * BLOCK_SIZE);
+        let mut extents = vec![Extent { offset: lo, len: hi - lo, chunk: None }];
+        let prefix = keys::slice(ino, block, 0)[..16].to_vec();
+        txn.scan(Cf::Slices, &prefix, &prefix, |_, v| {
+            let r: SliceRecord = codec::decode(v)?;
+            let pieces = cut(r.offset, r.len, &r.chunks, lo, hi);
+            if let (Some(first), Some(last)) = (pieces.first(), pieces.last()) {
+                let (a, b) = (first.offset, last.offset + last.len);
+                overlay(&mut extents, a, b, pieces);
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+        for e in extents {
+            match out.last_mut() {
+                Some(prev) if prev.chunk.is_none() && e.chunk.is_none() => prev.len += e.len,
+                _ => out.push(e),
+            }
+        }
+    }
+    Ok((out, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(h: u8, offset: u64, len: u64) -> ChunkRef {
+        ChunkRef { hash: ChunkHash([h; 32]), offset, len }
+    }
+
+    #[test]
+    fn cut_takes_the_middle_of_several_chunks() {
+        let chunks = [c(1, 0, 10), c(2, 5, 10)];
+        let got = cut(100, 20, &chunks, 105, 115);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], Extent { offset: 105, len: 5, chunk: Some(c(1, 5, 5)) });
+        assert_eq!(got[1], Extent { offset: 110, len: 5, chunk: Some(c(2, 5, 5)) });
+        assert!(cut(100, 20, &chunks, 0, 100).is_empty());
+    }
+
+    #[test]
+    fn overlay_splits_the_older_extent() {
+        let mut ext = vec![Extent { offset: 0, len: 10, chunk: Some(c(1, 0, 10)) }];
+        overlay(&mut ext, 3, 5, vec![Extent { offset: 3, len: 2, chunk: None }]);
+        assert_eq!(
+            ext,
+            vec![
+                Extent { offset: 0, len: 3, chunk: Some(c(1, 0, 3)) },
+                Extent { offset: 3, len: 2, chunk: None },
+                Extent { offset: 5, len: 5, chunk: Some(c(1, 5, 5)) },
+            ]
+        );
+    }
+}

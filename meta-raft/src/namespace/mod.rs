@@ -1,0 +1,287 @@
+//! The namespace state machine: POSIX semantics over RocksDB column families.
+//!
+//! Deterministic by construction: an operation reads only the database and its
+//! [`Command`](crate::types::Command), whose `time_ns` the leader stamped at proposal. The
+//! same log therefore produces the same bytes on every member.
+
+pub mod keys;
+mod dir;
+mod file;
+mod query;
+pub mod txn;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use mobilus_proto::fs::{Attr, ChunkRef, Epoch, FileKind, InodeId, ROOT_INO};
+use mobilus_proto::status::Errno;
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+pub use self::keys::Cf;
+pub use self::txn::Txn;
+use crate::error::{NsError, StoreError};
+use crate::types::{Command, Op, OpError, OpReply, Reply};
+
+/// Most links an inode may have (ext4's limit); more is EMLINK.
+pub const LINK_MAX: u32 = 65000;
+/// Format marker of an initialised state-machine database.
+const FORMAT_NAME: &[u8] = b"mobilus-namespace-v1";
+
+/// An inode as stored.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct InodeRecord {
+    pub attr: Attr,
+    /// Directories: the cookie the next entry gets. Cookies 0..=2 are reserved for the
+    /// start of a listing and for `.` and `..`.
+    pub next_cookie: u64,
+    /// Symlinks: the target.
+    pub target: Vec<u8>,
+}
+
+/// A directory entry as stored.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DentryRecord {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    pub cookie: u64,
+}
+
+/// One stored piece of a write, within one logical block. No chunks = a hole.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SliceRecord {
+    pub offset: u64,
+    pub len: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Ownership of a subtree.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SubtreeRecord {
+    pub owner: Option<String>,
+    pub epoch: Epoch,
+}
+
+/// Counters kept in the same transaction as the data they count.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub next_ino: InodeId,
+    pub next_seq: u64,
+    pub inodes: u64,
+    pub bytes: u64,
+}
+
+/// The first cookie a directory entry gets.
+pub const FIRST_COOKIE: u64 = 3;
+
+/// Open (or create) a state-machine database with every column family.
+pub fn open_db(path: &Path) -> Result<DB, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_max_background_jobs(2);
+    let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+    bootstrap(&db)?;
+    Ok(db)
+}
+
+/// Write the root directory and counters into a new database. Identical on every member
+/// (no clock), so a fresh member and a snapshot agree.
+fn bootstrap(db: &DB) -> Result<(), StoreError> {
+    let mut txn = Txn::new(db);
+    if txn.get_raw(Cf::Sys, keys::sys::FORMAT)?.is_some() {
+        return Ok(());
+    }
+    let root = InodeRecord {
+        attr: Attr {
+            ino: ROOT_INO,
+            kind: FileKind::Directory,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            nlink: 2,
+            atime_ns: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            generation: 1,
+            subtree: ROOT_INO,
+            rdev: 0,
+            parent: ROOT_INO,
+        },
+        next_cookie: FIRST_COOKIE,
+        target: Vec::new(),
+    };
+    txn.put(Cf::Inodes, keys::ino(ROOT_INO), &root)?;
+    txn.put(Cf::Subtrees, keys::ino(ROOT_INO), &SubtreeRecord { owner: None, epoch: 0 })?;
+    let counters = Counters { next_ino: ROOT_INO + 1, next_seq: 1, inodes: 1, bytes: 0 };
+    txn.put(Cf::Sys, keys::sys::COUNTERS.to_vec(), &counters)?;
+    txn.put_raw(Cf::Sys, keys::sys::FORMAT.to_vec(), FORMAT_NAME.to_vec());
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(txn.into_batch()?, &wo)?;
+    Ok(())
+}
+
+/// The namespace over one database. Cheap to clone.
+#[derive(Clone)]
+pub struct Namespace {
+    db: Arc<DB>,
+}
+
+impl Namespace {
+    pub fn new(db: Arc<DB>) -> Self {
+        Namespace { db }
+    }
+
+    /// Open a standalone namespace (tests, tools).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Namespace::new(Arc::new(open_db(path)?)))
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// Run one command and commit its effects (not fsynced: the Raft log is the durable
+    /// record). A refused command commits nothing.
+    pub fn execute(&self, cmd: &Command) -> Result<Reply, StoreError> {
+        let mut txn = Txn::new(&self.db);
+        let reply = execute(&mut txn, cmd)?;
+        self.db.write(txn.into_batch()?)?;
+        Ok(reply)
+    }
+}
+
+/// Run one command inside `txn`. `Ok(Err(_))` is a refused operation (its writes were
+/// discarded); `Err(_)` is a storage failure.
+pub fn execute(txn: &mut Txn<'_>, cmd: &Command) -> Result<Reply, StoreError> {
+    let result = check_fence(txn, cmd).and_then(|()| run(txn, cmd.time_ns, &cmd.op));
+    match result {
+        Ok(reply) => Ok(Ok(reply)),
+        Err(NsError::Op(e)) => {
+            txn.discard();
+            Ok(Err(e))
+        }
+        Err(NsError::Store(e)) => Err(e),
+    }
+}
+
+fn check_fence(txn: &Txn<'_>, cmd: &Command) -> Result<(), NsError> {
+    let Some(fence) = cmd.fence else { return Ok(()) };
+    let sub: SubtreeRecord =
+        txn.get(Cf::Subtrees, &keys::ino(fence.subtree))?.ok_or(Errno::ESTALE)?;
+    if sub.epoch != fence.epoch {
+        return Err(OpError::StaleEpoch {
+            subtree: fence.subtree,
+            given: fence.epoch,
+            current: sub.epoch,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
+    match op {
+        Op::Mknod { parent, name, kind, mode, uid, gid, rdev } => {
+            if *kind == FileKind::Directory || *kind == FileKind::Symlink {
+                return Err(Errno::EINVAL.into());
+            }
+            let new = dir::NewInode { kind: *kind, mode: *mode, uid: *uid, gid: *gid, rdev: *rdev };
+            dir::create(txn, now, *parent, name, new, Vec::new()).map(OpReply::Attr)
+        }
+        Op::Mkdir { parent, name, mode, uid, gid } => {
+            let new = dir::NewInode {
+                kind: FileKind::Directory,
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+                rdev: 0,
+            };
+            dir::create(txn, now, *parent, name, new, Vec::new()).map(OpReply::Attr)
+        }
+        Op::Symlink { parent, name, target, uid, gid } => {
+            dir::symlink(txn, now, *parent, name, target, *uid, *gid).map(OpReply::Attr)
+        }
+        Op::Link { ino, new_parent, new_name } => {
+            dir::link(txn, now, *ino, *new_parent, new_name).map(OpReply::Attr)
+        }
+        Op::Unlink { parent, name } => dir::unlink(txn, now, *parent, name),
+        Op::Rmdir { parent, name } => dir::rmdir(txn, now, *parent, name).map(|()| OpReply::Done),
+        Op::Rename { parent, name, new_parent, new_name, flags } => {
+            dir::rename(txn, now, *parent, name, *new_parent, new_name, *flags)
+                .map(|()| OpReply::Done)
+        }
+        Op::SetAttr { ino, set } => dir::setattr(txn, now, *ino, set).map(OpReply::Attr),
+        Op::SetXattr { ino, name, value, flags } => {
+            dir::setxattr(txn, now, *ino, name, value, *flags).map(|()| OpReply::Done)
+        }
+        Op::RemoveXattr { ino, name } => {
+            dir::removexattr(txn, now, *ino, name).map(|()| OpReply::Done)
+        }
+        Op::Write { ino, slices } => file::write(txn, now, *ino, slices).map(OpReply::Attr),
+    }
+}
+
+// ---- helpers shared by the operation modules ----
+
+pub(crate) fn load(txn: &Txn<'_>, ino: InodeId) -> Result<InodeRecord, NsError> {
+    Ok(txn.get(Cf::Inodes, &keys::ino(ino))?.ok_or(Errno::ENOENT)?)
+}
+
+pub(crate) fn load_dir(txn: &Txn<'_>, ino: InodeId) -> Result<InodeRecord, NsError> {
+    let rec = load(txn, ino)?;
+    if rec.attr.kind != FileKind::Directory {
+        return Err(Errno::ENOTDIR.into());
+    }
+    Ok(rec)
+}
+
+pub(crate) fn save(txn: &mut Txn<'_>, rec: &InodeRecord) -> Result<(), NsError> {
+    Ok(txn.put(Cf::Inodes, keys::ino(rec.attr.ino), rec)?)
+}
+
+/// Load, change and save one inode; returns the saved record.
+pub(crate) fn update(
+    txn: &mut Txn<'_>,
+    ino: InodeId,
+    change: impl FnOnce(&mut InodeRecord),
+) -> Result<InodeRecord, NsError> {
+    let mut rec = load(txn, ino)?;
+    change(&mut rec);
+    save(txn, &rec)?;
+    Ok(rec)
+}
+
+pub(crate) fn counters(txn: &Txn<'_>) -> Result<Counters, NsError> {
+    Ok(txn
+        .get(Cf::Sys, keys::sys::COUNTERS)?
+        .ok_or_else(|| StoreError::Corrupt("no counters".into()))?)
+}
+
+pub(crate) fn update_counters(
+    txn: &mut Txn<'_>,
+    change: impl FnOnce(&mut Counters),
+) -> Result<Counters, NsError> {
+    let mut c = counters(txn)?;
+    change(&mut c);
+    txn.put(Cf::Sys, keys::sys::COUNTERS.to_vec(), &c)?;
+    Ok(c)
+}
+
+/// Check a directory entry name: 1..=255 bytes, no `/`, no NUL.
+pub fn validate_name(name: &[u8]) -> Result<(), Errno> {
+    if name.len() > mobilus_proto::fs::NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+pub(crate) fn is_dot(name: &[u8]) -> bool {
+    name == b"." || name == b".."
+}

@@ -1,0 +1,138 @@
+//! Read-only queries on the namespace (they never go through the log).
+
+use std::ops::ControlFlow;
+
+use mobilus_proto::fs::{Attr, DirEntry, Extent, InodeId, StatFs, NAME_MAX};
+use mobilus_proto::status::Errno;
+
+use super::keys::{self, Cf};
+use super::txn::Txn;
+use super::{counters, dir, file, load, load_dir, validate_name, DentryRecord, Namespace};
+use crate::codec;
+use crate::error::{NsError, StoreError};
+
+/// Most entries one readdir call returns.
+pub const READDIR_MAX: u32 = 10_000;
+/// Capacity reported by statfs until data nodes report theirs (1 PiB).
+pub const DEFAULT_CAPACITY: u64 = 1 << 50;
+
+impl Namespace {
+    fn txn(&self) -> Txn<'_> {
+        Txn::new(self.db())
+    }
+
+    pub fn getattr(&self, ino: InodeId) -> Result<Attr, NsError> {
+        Ok(load(&self.txn(), ino)?.attr)
+    }
+
+    /// Look `name` up in `parent`; `.` and `..` resolve to the directory and its parent.
+    pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr, NsError> {
+        validate_name(name)?;
+        let txn = self.txn();
+        let p = load_dir(&txn, parent)?;
+        match name {
+            b"." => return Ok(p.attr),
+            b".." => return Ok(load(&txn, p.attr.parent)?.attr),
+            _ => {}
+        }
+        let d: DentryRecord =
+            txn.get(Cf::Dentries, &keys::with_name(parent, name))?.ok_or(Errno::ENOENT)?;
+        Ok(load(&txn, d.ino)?.attr)
+    }
+
+    pub fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, NsError> {
+        let rec = load(&self.txn(), ino)?;
+        if rec.attr.kind != mobilus_proto::fs::FileKind::Symlink {
+            return Err(Errno::EINVAL.into());
+        }
+        Ok(rec.target)
+    }
+
+    /// Entries of `ino` after `cookie` (0 = from the start), at most `limit` (0 = the
+    /// maximum). Cookies are stable: entries added or removed meanwhile never make a
+    /// resumed listing skip or repeat another entry. Returns the entries and `eof`.
+    pub fn readdir(
+        &self,
+        ino: InodeId,
+        cookie: u64,
+        limit: u32,
+        plus: bool,
+    ) -> Result<(Vec<DirEntry>, bool), NsError> {
+        let txn = self.txn();
+        load_dir(&txn, ino)?;
+        let limit = if limit == 0 { READDIR_MAX } else { limit.min(READDIR_MAX) } as usize;
+        let prefix = keys::ino(ino);
+        let start = keys::cookie(ino, cookie.saturating_add(1));
+        let mut names = Vec::new();
+        let mut eof = true;
+        txn.scan(Cf::Cookies, &prefix, &start, |k, v| {
+            if names.len() == limit {
+                eof = false;
+                return Ok(ControlFlow::Break(()));
+            }
+            names.push((keys::u64_at(k, 8), v.to_vec()));
+            Ok(ControlFlow::Continue(()))
+        })?;
+        let mut out = Vec::with_capacity(names.len());
+        for (cookie, name) in names {
+            let d: DentryRecord = txn
+                .get(Cf::Dentries, &keys::with_name(ino, &name))?
+                .ok_or_else(|| StoreError::Corrupt(format!("cookie {cookie} of {ino} dangles")))?;
+            let attr = if plus { Some(load(&txn, d.ino)?.attr) } else { None };
+            out.push(DirEntry { name, ino: d.ino, kind: d.kind, cookie, attr });
+        }
+        Ok((out, eof))
+    }
+
+    pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>, NsError> {
+        dir::check_xattr_name(name)?;
+        let txn = self.txn();
+        load(&txn, ino)?;
+        Ok(txn.get_raw(Cf::Xattrs, &keys::with_name(ino, name))?.ok_or(Errno::ENODATA)?)
+    }
+
+    pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, NsError> {
+        let txn = self.txn();
+        load(&txn, ino)?;
+        let pairs = txn.scan_all(Cf::Xattrs, &keys::ino(ino))?;
+        Ok(pairs.into_iter().map(|(k, _)| k[8..].to_vec()).collect())
+    }
+
+    pub fn statfs(&self) -> Result<StatFs, NsError> {
+        let c = counters(&self.txn())?;
+        Ok(StatFs {
+            total_bytes: DEFAULT_CAPACITY.max(c.bytes),
+            used_bytes: c.bytes,
+            files: c.inodes,
+            max_files: 1 << 40,
+            block_size: 4096,
+            name_max: NAME_MAX as u32,
+        })
+    }
+
+    /// The merged slice map of a range and the file size.
+    pub fn read_slices(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Vec<Extent>, u64), NsError> {
+        file::read(&self.txn(), ino, offset, len)
+    }
+
+    /// Reference count of a chunk (0 when unreferenced).
+    pub fn chunk_refs(&self, hash: &mobilus_proto::fs::ChunkHash) -> Result<u64, NsError> {
+        Ok(self.txn().get::<u64>(Cf::ChunkRefs, &hash.0)?.unwrap_or(0))
+    }
+
+    /// Every `(hash, count)` reference count, for checks.
+    pub fn all_chunk_refs(&self) -> Result<Vec<([u8; 32], u64)>, NsError> {
+        let mut out = Vec::new();
+        for (k, v) in self.txn().scan_all(Cf::ChunkRefs, &[])? {
+            let hash: [u8; 32] =
+                k.as_slice().try_into().map_err(|_| StoreError::Corrupt("chunk key".into()))?;
+            out.push((hash, codec::decode::<u64>(&v)?));
+        }
+        Ok(out)
+    }
+}

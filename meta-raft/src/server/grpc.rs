@@ -1,0 +1,293 @@
+//! Thin gRPC adapters: decode the request, call the typed [`MetaNode`] method, map the
+//! error once with `to_status`.
+
+use std::sync::Arc;
+
+use mobilus_proto::convert::{fence_from_wire, kind_from_wire, setattr_from_wire};
+use mobilus_proto::fs::SliceWrite;
+use mobilus_proto::pb;
+use mobilus_proto::pb::cluster_server::Cluster;
+use mobilus_proto::pb::meta_server::Meta;
+use mobilus_proto::pb::raft_server::Raft as RaftRpc;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::node::MetaNode;
+use crate::codec;
+use crate::error::MetaError;
+use crate::types::{NodeId, Op, OpReply};
+
+type Reply<T> = Result<Response<T>, Status>;
+
+fn status(e: MetaError) -> Status {
+    e.to_status()
+}
+
+fn attr_reply(r: OpReply) -> Reply<pb::AttrReply> {
+    match r {
+        OpReply::Attr(a) => Ok(Response::new(pb::AttrReply { attr: Some((&a).into()) })),
+        other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+fn wire(e: mobilus_proto::status::WireError) -> Status {
+    e.to_status()
+}
+
+/// The `Meta` service.
+pub struct MetaSvc {
+    pub node: Arc<MetaNode>,
+}
+
+impl MetaSvc {
+    async fn op(&self, fence: Option<pb::Fence>, op: Op) -> Result<OpReply, Status> {
+        self.node.propose(fence_from_wire(fence), op).await.map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl Meta for MetaSvc {
+    async fn lookup(&self, r: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
+        let r = r.into_inner();
+        let a = self.node.read(r.stale, |ns| ns.lookup(r.parent, &r.name)).await.map_err(status)?;
+        attr_reply(OpReply::Attr(a))
+    }
+
+    async fn get_attr(&self, r: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
+        let r = r.into_inner();
+        let a = self.node.read(r.stale, |ns| ns.getattr(r.ino)).await.map_err(status)?;
+        attr_reply(OpReply::Attr(a))
+    }
+
+    async fn mknod(&self, r: Request<pb::MknodRequest>) -> Reply<pb::AttrReply> {
+        let r = r.into_inner();
+        let kind = kind_from_wire(r.kind).map_err(wire)?;
+        let op = Op::Mknod {
+            parent: r.parent,
+            name: r.name,
+            kind,
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+            rdev: r.rdev,
+        };
+        attr_reply(self.op(r.fence, op).await?)
+    }
+
+    async fn mkdir(&self, r: Request<pb::MkdirRequest>) -> Reply<pb::AttrReply> {
+        let r = r.into_inner();
+        let op = Op::Mkdir { parent: r.parent, name: r.name, mode: r.mode, uid: r.uid, gid: r.gid };
+        attr_reply(self.op(r.fence, op).await?)
+    }
+
+    async fn symlink(&self, r: Request<pb::SymlinkRequest>) -> Reply<pb::AttrReply> {
+        let r = r.into_inner();
+        let op = Op::Symlink { parent: r.parent, name: r.name, target: r.target, uid: r.uid, gid: r.gid };
+        attr_reply(self.op(r.fence, op).await?)
+    }
+
+    async fn link(&self, r: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
+        let r = r.into_inner();
+        let op = Op::Link { ino: r.ino, new_parent: r.new_parent, new_name: r.new_name };
+        attr_reply(self.op(r.fence, op).await?)
+    }
+
+    async fn unlink(&self, r: Request<pb::UnlinkRequest>) -> Reply<pb::UnlinkReply> {
+        let r = r.into_inner();
+        match self.op(r.fence, Op::Unlink { parent: r.parent, name: r.name }).await? {
+            OpReply::Unlinked { ino, nlink } => Ok(Response::new(pb::UnlinkReply { ino, nlink })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn rmdir(&self, r: Request<pb::RmdirRequest>) -> Reply<pb::Empty> {
+        let r = r.into_inner();
+        self.op(r.fence, Op::Rmdir { parent: r.parent, name: r.name }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn rename(&self, r: Request<pb::RenameRequest>) -> Reply<pb::Empty> {
+        let r = r.into_inner();
+        let op = Op::Rename {
+            parent: r.parent,
+            name: r.name,
+            new_parent: r.new_parent,
+            new_name: r.new_name,
+            flags: r.flags,
+        };
+        self.op(r.fence, op).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn set_attr(&self, r: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
+        let r = r.into_inner();
+        let op = Op::SetAttr { ino: r.ino, set: setattr_from_wire(&r) };
+        attr_reply(self.op(r.fence, op).await?)
+    }
+
+    async fn read_link(&self, r: Request<pb::ReadLinkRequest>) -> Reply<pb::ReadLinkReply> {
+        let r = r.into_inner();
+        let target = self.node.read(r.stale, |ns| ns.readlink(r.ino)).await.map_err(status)?;
+        Ok(Response::new(pb::ReadLinkReply { target }))
+    }
+
+    async fn read_dir(&self, r: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirReply> {
+        let r = r.into_inner();
+        let (entries, eof) = self
+            .node
+            .read(r.stale, |ns| ns.readdir(r.ino, r.cookie, r.limit, r.plus))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReadDirReply { entries: entries.iter().map(Into::into).collect(), eof }))
+    }
+
+    async fn set_xattr(&self, r: Request<pb::SetXattrRequest>) -> Reply<pb::Empty> {
+        let r = r.into_inner();
+        let op = Op::SetXattr { ino: r.ino, name: r.name, value: r.value, flags: r.flags };
+        self.op(r.fence, op).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_xattr(&self, r: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
+        let r = r.into_inner();
+        let value = self.node.read(r.stale, |ns| ns.getxattr(r.ino, &r.name)).await.map_err(status)?;
+        Ok(Response::new(pb::GetXattrReply { value }))
+    }
+
+    async fn list_xattr(&self, r: Request<pb::ListXattrRequest>) -> Reply<pb::ListXattrReply> {
+        let r = r.into_inner();
+        let names = self.node.read(r.stale, |ns| ns.listxattr(r.ino)).await.map_err(status)?;
+        Ok(Response::new(pb::ListXattrReply { names }))
+    }
+
+    async fn remove_xattr(&self, r: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
+        let r = r.into_inner();
+        self.op(r.fence, Op::RemoveXattr { ino: r.ino, name: r.name }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn stat_fs(&self, r: Request<pb::StatFsRequest>) -> Reply<pb::StatFsReply> {
+        let r = r.into_inner();
+        let s = self.node.read(r.stale, |ns| ns.statfs()).await.map_err(status)?;
+        Ok(Response::new((&s).into()))
+    }
+
+    async fn write(&self, r: Request<pb::WriteRequest>) -> Reply<pb::AttrReply> {
+        let r = r.into_inner();
+        let slices = r
+            .slices
+            .into_iter()
+            .map(SliceWrite::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(wire)?;
+        attr_reply(self.op(r.fence, Op::Write { ino: r.ino, slices }).await?)
+    }
+
+    async fn read_slices(&self, r: Request<pb::ReadSlicesRequest>) -> Reply<pb::ReadSlicesReply> {
+        let r = r.into_inner();
+        let (extents, size) = self
+            .node
+            .read(r.stale, |ns| ns.read_slices(r.ino, r.offset, r.length))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReadSlicesReply { extents: extents.iter().map(Into::into).collect(), size }))
+    }
+}
+
+/// The `Cluster` service.
+pub struct ClusterSvc {
+    pub node: Arc<MetaNode>,
+}
+
+impl ClusterSvc {
+    fn status(&self) -> Reply<pb::StatusReply> {
+        Ok(Response::new(self.node.status()))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterSvc {
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Reply<pb::StatusReply> {
+        ClusterSvc::status(self)
+    }
+
+    async fn init(&self, _: Request<pb::InitRequest>) -> Reply<pb::StatusReply> {
+        self.node.init().await.map_err(status)?;
+        ClusterSvc::status(self)
+    }
+
+    async fn add_learner(&self, r: Request<pb::AddLearnerRequest>) -> Reply<pb::StatusReply> {
+        let r = r.into_inner();
+        self.node.add_learner(r.id, r.addr).await.map_err(status)?;
+        ClusterSvc::status(self)
+    }
+
+    async fn promote(&self, r: Request<pb::PromoteRequest>) -> Reply<pb::StatusReply> {
+        self.node.promote(r.into_inner().id).await.map_err(status)?;
+        ClusterSvc::status(self)
+    }
+
+    async fn remove_member(&self, r: Request<pb::RemoveMemberRequest>) -> Reply<pb::StatusReply> {
+        self.node.remove(r.into_inner().id).await.map_err(status)?;
+        ClusterSvc::status(self)
+    }
+
+    async fn trigger_snapshot(&self, _: Request<pb::TriggerSnapshotRequest>) -> Reply<pb::StatusReply> {
+        if self.node.status().state != "Leader" {
+            return Err(MetaError::NotLeader(self.node.leader().map(|(_, a)| a)).to_status());
+        }
+        self.node.trigger_snapshot().await.map_err(status)?;
+        ClusterSvc::status(self)
+    }
+}
+
+/// The `Raft` service: openraft's RPCs, and forwarded writes.
+pub struct RaftSvc {
+    pub node: Arc<MetaNode>,
+}
+
+fn decode<T: DeserializeOwned>(r: Request<pb::RaftBytes>) -> Result<T, Status> {
+    codec::decode(&r.into_inner().data).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn encode<T: Serialize>(v: &T) -> Reply<pb::RaftBytes> {
+    let data = codec::encode(v).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(pb::RaftBytes { data }))
+}
+
+impl RaftSvc {
+    /// Drop traffic from a blocked peer, as if the network had lost it.
+    fn admit(&self, from: NodeId) -> Result<(), Status> {
+        if self.node.faults.is_blocked(from) {
+            return Err(Status::unavailable(format!("traffic from {from} is blocked")));
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl RaftRpc for RaftSvc {
+    async fn append_entries(&self, r: Request<pb::RaftBytes>) -> Reply<pb::RaftBytes> {
+        let req: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> = decode(r)?;
+        self.admit(req.vote.leader_id().voted_for().unwrap_or_default())?;
+        encode(&self.node.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, r: Request<pb::RaftBytes>) -> Reply<pb::RaftBytes> {
+        let req: openraft::raft::VoteRequest<NodeId> = decode(r)?;
+        self.admit(req.vote.leader_id().voted_for().unwrap_or_default())?;
+        encode(&self.node.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(&self, r: Request<pb::RaftBytes>) -> Reply<pb::RaftBytes> {
+        let req: openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig> = decode(r)?;
+        self.admit(req.vote.leader_id().voted_for().unwrap_or_default())?;
+        encode(&self.node.raft.install_snapshot(req).await)
+    }
+
+    async fn forward(&self, r: Request<pb::RaftBytes>) -> Reply<pb::RaftBytes> {
+        let reply = self.node.accept_forwarded(&r.into_inner().data).await.map_err(status)?;
+        encode(&reply)
+    }
+}

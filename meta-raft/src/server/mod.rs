@@ -1,0 +1,123 @@
+//! Starting and stopping a member: open the stores, start Raft, serve gRPC.
+
+mod grpc;
+mod node;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mobilus_proto::pb::cluster_server::ClusterServer;
+use mobilus_proto::pb::meta_server::MetaServer;
+use mobilus_proto::pb::raft_server::RaftServer;
+use mobilus_proto::MAX_MESSAGE_BYTES;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use self::node::{MetaNode, NodeTimeouts};
+use crate::config::NodeConfig;
+use crate::error::MetaError;
+use crate::network::{ChannelPool, GrpcNetwork, NetFaults};
+use crate::store;
+use crate::types::Raft;
+
+/// A running member; [`ServerHandle::shutdown`] stops it cleanly.
+pub struct ServerHandle {
+    pub node: Arc<MetaNode>,
+    stop: Option<oneshot::Sender<()>>,
+    serving: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, MetaError> {
+    let hb = cfg.heartbeat_ms;
+    openraft::Config {
+        cluster_name: "mobilus".into(),
+        heartbeat_interval: hb,
+        election_timeout_min: hb * 5,
+        election_timeout_max: hb * 10,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
+        max_in_snapshot_log_to_keep: cfg.keep_logs,
+        purge_batch_size: 256,
+        snapshot_max_chunk_size: 1 << 20,
+        max_payload_entries: 512,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| MetaError::InvalidRequest(format!("raft config: {e}")))
+}
+
+/// Bind, open the stores under `cfg.data_dir`, start Raft and serve. With `cfg.init`, a
+/// member that is not yet part of a cluster initialises a one-member cluster.
+pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .map_err(|e| MetaError::Unavailable(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| MetaError::Unavailable(format!("local address: {e}")))?;
+    let addr = cfg.advertise.clone().unwrap_or_else(|| local.to_string());
+    let (log, sm) = store::open(&cfg.data_dir)?;
+    let log_stats = log.stats().clone();
+    let pool = Arc::new(ChannelPool::default());
+    let faults = Arc::new(NetFaults::default());
+    let network = GrpcNetwork::new(pool.clone(), faults.clone());
+    let config = Arc::new(raft_config(cfg)?);
+    let raft = Raft::new(cfg.id, config, network, log, sm.clone())
+        .await
+        .map_err(|e| MetaError::Raft(e.to_string()))?;
+    let node = Arc::new(MetaNode {
+        id: cfg.id,
+        addr: addr.clone(),
+        raft,
+        sm,
+        log_stats,
+        faults,
+        pool,
+        timeouts: NodeTimeouts::default(),
+    });
+    if cfg.init && !node.raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))? {
+        node.init().await?;
+        tracing::info!(id = cfg.id, %addr, "initialised a new cluster");
+    }
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let meta = MetaServer::new(grpc::MetaSvc { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let cluster = ClusterServer::new(grpc::ClusterSvc { node: node.clone() });
+    let raft_svc = RaftServer::new(grpc::RaftSvc { node: node.clone() })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(30))
+            .add_service(meta)
+            .add_service(cluster)
+            .add_service(raft_svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    tracing::info!(id = cfg.id, %addr, data_dir = %cfg.data_dir.display(), "mobilus-meta serving");
+    Ok(ServerHandle { node, stop: Some(stop), serving })
+}
+
+impl ServerHandle {
+    /// The address other members and clients use.
+    pub fn addr(&self) -> &str {
+        &self.node.addr
+    }
+
+    /// Stop serving, then stop Raft (which flushes nothing it has not already made
+    /// durable: the log is fsynced on every append).
+    pub async fn shutdown(mut self) -> Result<(), MetaError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.serving).await;
+        self.node.raft.shutdown().await.map_err(|e| MetaError::Raft(e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! A running member: typed operations that the gRPC adapters, tests and tools call.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mobilus_proto::fs::Fence;
+use mobilus_proto::pb;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tracing::instrument;
+
+use crate::codec;
+use crate::error::{MetaError, NsError};
+use crate::namespace::Namespace;
+use crate::network::{ChannelPool, NetFaults};
+use crate::store::{LogStats, StateMachine};
+use crate::types::{Command, NodeId, Op, OpReply, Raft, Reply};
+
+/// Timeouts of a member's client-facing operations.
+#[derive(Clone, Debug)]
+pub struct NodeTimeouts {
+    /// Longest a write waits to commit before answering Unavailable.
+    pub write: Duration,
+    /// Longest a linearizable read waits for its read index.
+    pub read: Duration,
+}
+
+impl Default for NodeTimeouts {
+    fn default() -> Self {
+        NodeTimeouts { write: Duration::from_secs(8), read: Duration::from_secs(5) }
+    }
+}
+
+/// A forwarded mutation, as a follower sends it to the leader.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Forwarded {
+    pub fence: Option<Fence>,
+    pub op: Op,
+}
+
+/// The leader's answer to a forwarded mutation.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum ForwardReply {
+    Applied(Reply),
+    NotLeader(Option<String>),
+    Unavailable(String),
+}
+
+pub struct MetaNode {
+    pub id: NodeId,
+    pub addr: String,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub log_stats: Arc<LogStats>,
+    pub faults: Arc<NetFaults>,
+    pub(crate) pool: Arc<ChannelPool>,
+    pub timeouts: NodeTimeouts,
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn reply_to_result(reply: Reply) -> Result<OpReply, MetaError> {
+    reply.map_err(MetaError::Op)
+}
+
+impl MetaNode {
+    /// The leader's id and address, as this member knows them.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        Some((id, addr))
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        self.leader().map(|(_, a)| a)
+    }
+
+    /// Propose a mutation: on the leader it is stamped and committed; a follower forwards
+    /// it to the leader once, and answers NotLeader if that is not possible.
+    #[instrument(skip(self, op), fields(op = op.name()))]
+    pub async fn propose(&self, fence: Option<Fence>, op: Op) -> Result<OpReply, MetaError> {
+        match self.propose_local(fence, op.clone()).await {
+            Err(MetaError::NotLeader(Some(leader))) if leader != self.addr => {
+                self.forward(&leader, Forwarded { fence, op }).await
+            }
+            other => other,
+        }
+    }
+
+    /// Propose on this member only (the leader's half of forwarding).
+    pub async fn propose_local(&self, fence: Option<Fence>, op: Op) -> Result<OpReply, MetaError> {
+        let cmd = Command { time_ns: now_ns(), fence, op };
+        let write = self.raft.client_write(cmd);
+        match tokio::time::timeout(self.timeouts.write, write).await {
+            Err(_) => Err(MetaError::Unavailable(format!(
+                "not committed within {:?} (no quorum?); it may still commit",
+                self.timeouts.write
+            ))),
+            Ok(Ok(resp)) => reply_to_result(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(MetaError::NotLeader(f.leader_node.map(|n| n.addr)))
+            }
+            Ok(Err(e)) => Err(MetaError::Unavailable(e.to_string())),
+        }
+    }
+
+    async fn forward(&self, leader: &str, fwd: Forwarded) -> Result<OpReply, MetaError> {
+        let data = codec::encode(&fwd).map_err(|e| MetaError::Raft(e.to_string()))?;
+        let mut client = self
+            .pool
+            .raft_client(leader)
+            .map_err(|e| MetaError::Unavailable(e.to_string()))?;
+        let mut req = tonic::Request::new(pb::RaftBytes { data });
+        req.set_timeout(self.timeouts.write + Duration::from_secs(1));
+        let bytes = match client.forward(req).await {
+            Ok(r) => r.into_inner().data,
+            // The leader may have just changed: let the client find the new one.
+            Err(_) => return Err(MetaError::NotLeader(Some(leader.to_string()))),
+        };
+        match codec::decode::<ForwardReply>(&bytes).map_err(|e| MetaError::Raft(e.to_string()))? {
+            ForwardReply::Applied(reply) => reply_to_result(reply),
+            ForwardReply::NotLeader(l) => Err(MetaError::NotLeader(l)),
+            ForwardReply::Unavailable(m) => Err(MetaError::Unavailable(m)),
+        }
+    }
+
+    /// Apply a forwarded mutation (on the leader).
+    pub async fn accept_forwarded(&self, bytes: &[u8]) -> Result<ForwardReply, MetaError> {
+        let fwd: Forwarded =
+            codec::decode(bytes).map_err(|e| MetaError::InvalidRequest(e.to_string()))?;
+        Ok(match self.propose_local(fwd.fence, fwd.op).await {
+            Ok(r) => ForwardReply::Applied(Ok(r)),
+            Err(MetaError::Op(e)) => ForwardReply::Applied(Err(e)),
+            Err(MetaError::NotLeader(l)) => ForwardReply::NotLeader(l),
+            Err(e) => ForwardReply::Unavailable(e.to_string()),
+        })
+    }
+
+    /// Run a read against the state machine: linearizable (read index confirmed by a
+    /// quorum, then applied up to it) unless `stale`, which reads local state as it is.
+    #[instrument(skip(self, read))]
+    pub async fn read<T>(
+        &self,
+        stale: bool,
+        read: impl FnOnce(&Namespace) -> Result<T, NsError>,
+    ) -> Result<T, MetaError> {
+        if !stale {
+            self.ensure_linearizable().await?;
+        }
+        Ok(read(&self.sm.namespace())?)
+    }
+
+    pub async fn ensure_linearizable(&self) -> Result<(), MetaError> {
+        let check = self.raft.ensure_linearizable();
+        match tokio::time::timeout(self.timeouts.read, check).await {
+            Err(_) => Err(MetaError::Unavailable(format!(
+                "read index not confirmed within {:?} (no quorum?)",
+                self.timeouts.read
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(MetaError::NotLeader(f.leader_node.map(|n| n.addr).or_else(|| self.leader_addr())))
+            }
+            Ok(Err(e)) => Err(MetaError::Unavailable(e.to_string())),
+        }
+    }
+
+    // ---- membership ----
+
+    /// Initialise a one-member cluster made of this member.
+    pub async fn init(&self) -> Result<(), MetaError> {
+        let members = BTreeMap::from([(self.id, BasicNode { addr: self.addr.clone() })]);
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => Err(MetaError::InvalidRequest(e.to_string())),
+            Err(e) => Err(MetaError::Raft(e.to_string())),
+        }
+    }
+
+    fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> MetaError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                MetaError::NotLeader(f.leader_node.map(|n| n.addr))
+            }
+            // Another change is still being committed: worth retrying.
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                c @ openraft::error::ChangeMembershipError::InProgress(_),
+            )) => MetaError::Unavailable(c.to_string()),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                MetaError::InvalidRequest(c.to_string())
+            }
+            other => MetaError::Unavailable(other.to_string()),
+        }
+    }
+
+    /// Add a learner and wait until it has caught up.
+    #[instrument(skip(self))]
+    pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), MetaError> {
+        if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+            return Err(MetaError::InvalidRequest(format!("address {addr:?} is not host:port")));
+        }
+        self.raft
+            .add_learner(id, BasicNode { addr }, true)
+            .await
+            .map(|_| ())
+            .map_err(Self::membership_error)
+    }
+
+    /// Make a learner a voter.
+    #[instrument(skip(self))]
+    pub async fn promote(&self, id: NodeId) -> Result<(), MetaError> {
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(Self::membership_error)
+    }
+
+    /// Remove a member (voter or learner) from the cluster.
+    #[instrument(skip(self))]
+    pub async fn remove(&self, id: NodeId) -> Result<(), MetaError> {
+        let m = self.raft.metrics().borrow().clone();
+        let is_voter = m.membership_config.membership().voter_ids().any(|v| v == id);
+        if is_voter {
+            let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
+            self.raft
+                .change_membership(change, false)
+                .await
+                .map_err(Self::membership_error)?;
+        }
+        let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(Self::membership_error)
+    }
+
+    /// Build a snapshot now (the log is then purged up to it).
+    pub async fn trigger_snapshot(&self) -> Result<(), MetaError> {
+        self.raft.trigger().snapshot().await.map_err(|e| MetaError::Raft(e.to_string()))
+    }
+
+    /// This member's view of the cluster.
+    pub fn status(&self) -> pb::StatusReply {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index),
+            })
+            .collect();
+        let state = match m.state {
+            ServerState::Leader => "Leader",
+            ServerState::Follower => "Follower",
+            ServerState::Candidate => "Candidate",
+            ServerState::Learner => "Learner",
+            ServerState::Shutdown => "Shutdown",
+        };
+        pb::StatusReply {
+            id: self.id,
+            addr: self.addr.clone(),
+            state: state.to_string(),
+            term: m.current_term,
+            leader_id: m.current_leader,
+            leader_addr: self.leader_addr().unwrap_or_default(),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            members,
+            log_fsyncs: self.log_stats.fsyncs.load(Ordering::Relaxed),
+            log_appends: self.log_stats.appends.load(Ordering::Relaxed),
+            entries_applied: self.sm.entries_applied(),
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The Raft type configuration and the commands the state machine applies.
+
+use mobilus_proto::fs::{Attr, Epoch, Fence, FileKind, InodeId, SetAttr, SliceWrite, SubtreeId};
+use mobilus_proto::status::Errno;
+use serde::{Deserialize, Serialize};
+
+/// A member of the metadata group.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Mobilus's Raft types: commands in, replies out, snapshots as files.
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// The Raft handle of a member.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A stored log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// Storage errors, as openraft wants them.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// A log id.
+pub type LogId = openraft::LogId<NodeId>;
+/// Membership as the state machine stores it.
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+/// Snapshot metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+
+/// One log entry's payload: an operation, stamped by the leader with the time it was
+/// proposed. The state machine never reads a clock: every time it stores comes from here.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    pub time_ns: i64,
+    pub fence: Option<Fence>,
+    pub op: Op,
+}
+
+/// A namespace mutation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Mknod {
+        parent: InodeId,
+        name: Vec<u8>,
+        kind: FileKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+    },
+    Mkdir {
+        parent: InodeId,
+        name: Vec<u8>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Symlink {
+        parent: InodeId,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        uid: u32,
+        gid: u32,
+    },
+    Link {
+        ino: InodeId,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+    },
+    Unlink {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: InodeId,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: InodeId,
+        name: Vec<u8>,
+        new_parent: InodeId,
+        new_name: Vec<u8>,
+        flags: u32,
+    },
+    SetAttr {
+        ino: InodeId,
+        set: SetAttr,
+    },
+    SetXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    },
+    RemoveXattr {
+        ino: InodeId,
+        name: Vec<u8>,
+    },
+    Write {
+        ino: InodeId,
+        slices: Vec<SliceWrite>,
+    },
+}
+
+impl Op {
+    /// A short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Mknod { .. } => "mknod",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Symlink { .. } => "symlink",
+            Op::Link { .. } => "link",
+            Op::Unlink { .. } => "unlink",
+            Op::Rmdir { .. } => "rmdir",
+            Op::Rename { .. } => "rename",
+            Op::SetAttr { .. } => "setattr",
+            Op::SetXattr { .. } => "setxattr",
+            Op::RemoveXattr { .. } => "removexattr",
+            Op::Write { .. } => "write",
+        }
+    }
+}
+
+/// Why an operation was refused by the state machine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("{}", errno_name(*.0))]
+    Errno(i32),
+    #[error("stale epoch for subtree {subtree}: issued under {given}, current is {current}")]
+    StaleEpoch { subtree: SubtreeId, given: Epoch, current: Epoch },
+}
+
+fn errno_name(n: i32) -> &'static str {
+    Errno(n).name()
+}
+
+impl From<Errno> for OpError {
+    fn from(e: Errno) -> Self {
+        OpError::Errno(e.0)
+    }
+}
+
+/// What an applied operation answers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum OpReply {
+    Attr(Attr),
+    Unlinked { ino: InodeId, nlink: u32 },
+    Done,
+}
+
+/// The state machine's answer to one log entry (membership and blank entries answer
+/// `Ok(Done)`).
+pub type Reply = Result<OpReply, OpError>;

@@ -1,0 +1,6 @@
+//! Integration tests of `mobilus-meta`: one binary, one module per area.
+
+mod bad_input;
+mod cluster;
+mod conformance;
+mod harness;

@@ -1,0 +1,297 @@
+//! Conversions between the domain values of [`crate::fs`] and the protobuf messages of
+//! [`crate::pb`]. This is the only place that knows both; a message that does not decode
+//! into a valid domain value is an `INVALID_ARGUMENT` error, never a panic.
+
+use crate::fs::{
+    Attr, ChunkHash, ChunkRef, DirEntry, Extent, Fence, FileKind, SetAttr, SliceWrite, StatFs,
+    TimeSet,
+};
+use crate::pb;
+use crate::status::WireError;
+use tonic::Code;
+
+fn invalid(msg: impl Into<String>) -> WireError {
+    WireError::Other(Code::InvalidArgument, msg.into())
+}
+
+impl From<FileKind> for pb::FileKind {
+    fn from(k: FileKind) -> Self {
+        match k {
+            FileKind::Regular => pb::FileKind::Regular,
+            FileKind::Directory => pb::FileKind::Directory,
+            FileKind::Symlink => pb::FileKind::Symlink,
+            FileKind::Fifo => pb::FileKind::Fifo,
+            FileKind::Socket => pb::FileKind::Socket,
+            FileKind::CharDevice => pb::FileKind::CharDevice,
+            FileKind::BlockDevice => pb::FileKind::BlockDevice,
+        }
+    }
+}
+
+/// Decode a `FileKind` from its wire number.
+pub fn kind_from_wire(v: i32) -> Result<FileKind, WireError> {
+    match pb::FileKind::try_from(v) {
+        Ok(pb::FileKind::Regular) => Ok(FileKind::Regular),
+        Ok(pb::FileKind::Directory) => Ok(FileKind::Directory),
+        Ok(pb::FileKind::Symlink) => Ok(FileKind::Symlink),
+        Ok(pb::FileKind::Fifo) => Ok(FileKind::Fifo),
+        Ok(pb::FileKind::Socket) => Ok(FileKind::Socket),
+        Ok(pb::FileKind::CharDevice) => Ok(FileKind::CharDevice),
+        Ok(pb::FileKind::BlockDevice) => Ok(FileKind::BlockDevice),
+        _ => Err(invalid(format!("unknown file kind {v}"))),
+    }
+}
+
+impl From<&Attr> for pb::Attr {
+    fn from(a: &Attr) -> Self {
+        pb::Attr {
+            ino: a.ino,
+            kind: pb::FileKind::from(a.kind) as i32,
+            mode: a.mode,
+            uid: a.uid,
+            gid: a.gid,
+            size: a.size,
+            nlink: a.nlink,
+            atime_ns: a.atime_ns,
+            mtime_ns: a.mtime_ns,
+            ctime_ns: a.ctime_ns,
+            generation: a.generation,
+            subtree: a.subtree,
+            rdev: a.rdev,
+            parent: a.parent,
+        }
+    }
+}
+
+impl TryFrom<pb::Attr> for Attr {
+    type Error = WireError;
+    fn try_from(a: pb::Attr) -> Result<Self, WireError> {
+        Ok(Attr {
+            ino: a.ino,
+            kind: kind_from_wire(a.kind)?,
+            mode: a.mode,
+            uid: a.uid,
+            gid: a.gid,
+            size: a.size,
+            nlink: a.nlink,
+            atime_ns: a.atime_ns,
+            mtime_ns: a.mtime_ns,
+            ctime_ns: a.ctime_ns,
+            generation: a.generation,
+            subtree: a.subtree,
+            rdev: a.rdev,
+            parent: a.parent,
+        })
+    }
+}
+
+/// Decode the attribute of a reply, which must be present.
+pub fn attr_from_reply(reply: pb::AttrReply) -> Result<Attr, WireError> {
+    reply.attr.ok_or_else(|| invalid("reply without attributes"))?.try_into()
+}
+
+impl From<TimeSet> for pb::TimeSet {
+    fn from(t: TimeSet) -> Self {
+        let value = match t {
+            TimeSet::Now => pb::time_set::Value::Now(true),
+            TimeSet::Ns(ns) => pb::time_set::Value::Ns(ns),
+        };
+        pb::TimeSet { value: Some(value) }
+    }
+}
+
+fn time_from_wire(t: Option<pb::TimeSet>) -> Option<TimeSet> {
+    match t?.value? {
+        pb::time_set::Value::Now(_) => Some(TimeSet::Now),
+        pb::time_set::Value::Ns(ns) => Some(TimeSet::Ns(ns)),
+    }
+}
+
+impl From<Fence> for pb::Fence {
+    fn from(f: Fence) -> Self {
+        pb::Fence { subtree: f.subtree, epoch: f.epoch }
+    }
+}
+
+/// Decode an optional fence.
+pub fn fence_from_wire(f: Option<pb::Fence>) -> Option<Fence> {
+    f.map(|f| Fence { subtree: f.subtree, epoch: f.epoch })
+}
+
+/// Build a `SetAttrRequest` for an inode.
+pub fn setattr_to_wire(ino: u64, s: &SetAttr, fence: Option<Fence>) -> pb::SetAttrRequest {
+    pb::SetAttrRequest {
+        ino,
+        mode: s.mode,
+        uid: s.uid,
+        gid: s.gid,
+        size: s.size,
+        atime: s.atime.map(Into::into),
+        mtime: s.mtime.map(Into::into),
+        ctime_ns: s.ctime_ns,
+        fence: fence.map(Into::into),
+    }
+}
+
+/// Decode the changes of a `SetAttrRequest`.
+pub fn setattr_from_wire(r: &pb::SetAttrRequest) -> SetAttr {
+    SetAttr {
+        mode: r.mode,
+        uid: r.uid,
+        gid: r.gid,
+        size: r.size,
+        atime: time_from_wire(r.atime),
+        mtime: time_from_wire(r.mtime),
+        ctime_ns: r.ctime_ns,
+    }
+}
+
+impl From<&ChunkRef> for pb::ChunkRef {
+    fn from(c: &ChunkRef) -> Self {
+        pb::ChunkRef { hash: c.hash.0.to_vec(), offset: c.offset, length: c.len }
+    }
+}
+
+impl TryFrom<pb::ChunkRef> for ChunkRef {
+    type Error = WireError;
+    fn try_from(c: pb::ChunkRef) -> Result<Self, WireError> {
+        let hash: [u8; 32] = c
+            .hash
+            .as_slice()
+            .try_into()
+            .map_err(|_| invalid(format!("chunk hash has {} bytes, not 32", c.hash.len())))?;
+        Ok(ChunkRef { hash: ChunkHash(hash), offset: c.offset, len: c.length })
+    }
+}
+
+impl From<&SliceWrite> for pb::SliceWrite {
+    fn from(s: &SliceWrite) -> Self {
+        pb::SliceWrite {
+            offset: s.offset,
+            length: s.len,
+            chunks: s.chunks.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::SliceWrite> for SliceWrite {
+    type Error = WireError;
+    fn try_from(s: pb::SliceWrite) -> Result<Self, WireError> {
+        Ok(SliceWrite {
+            offset: s.offset,
+            len: s.length,
+            chunks: s.chunks.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl From<&Extent> for pb::Extent {
+    fn from(e: &Extent) -> Self {
+        pb::Extent { offset: e.offset, length: e.len, chunk: e.chunk.as_ref().map(Into::into) }
+    }
+}
+
+impl TryFrom<pb::Extent> for Extent {
+    type Error = WireError;
+    fn try_from(e: pb::Extent) -> Result<Self, WireError> {
+        Ok(Extent {
+            offset: e.offset,
+            len: e.length,
+            chunk: e.chunk.map(TryInto::try_into).transpose()?,
+        })
+    }
+}
+
+impl From<&DirEntry> for pb::DirEntry {
+    fn from(d: &DirEntry) -> Self {
+        pb::DirEntry {
+            name: d.name.clone(),
+            ino: d.ino,
+            kind: pb::FileKind::from(d.kind) as i32,
+            cookie: d.cookie,
+            attr: d.attr.as_ref().map(Into::into),
+        }
+    }
+}
+
+impl TryFrom<pb::DirEntry> for DirEntry {
+    type Error = WireError;
+    fn try_from(d: pb::DirEntry) -> Result<Self, WireError> {
+        Ok(DirEntry {
+            name: d.name,
+            ino: d.ino,
+            kind: kind_from_wire(d.kind)?,
+            cookie: d.cookie,
+            attr: d.attr.map(TryInto::try_into).transpose()?,
+        })
+    }
+}
+
+impl From<&StatFs> for pb::StatFsReply {
+    fn from(s: &StatFs) -> Self {
+        pb::StatFsReply {
+            total_bytes: s.total_bytes,
+            used_bytes: s.used_bytes,
+            files: s.files,
+            max_files: s.max_files,
+            block_size: s.block_size,
+            name_max: s.name_max,
+        }
+    }
+}
+
+impl From<pb::StatFsReply> for StatFs {
+    fn from(s: pb::StatFsReply) -> Self {
+        StatFs {
+            total_bytes: s.total_bytes,
+            used_bytes: s.used_bytes,
+            files: s.files,
+            max_files: s.max_files,
+            block_size: s.block_size,
+            name_max: s.name_max,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attr_and_extents_round_trip() {
+        let a = Attr {
+            ino: 7,
+            kind: FileKind::Symlink,
+            mode: 0o777,
+            uid: 1,
+            gid: 2,
+            size: 3,
+            nlink: 1,
+            atime_ns: -5,
+            mtime_ns: 6,
+            ctime_ns: 7,
+            generation: 8,
+            subtree: 1,
+            rdev: 0,
+            parent: 0,
+        };
+        assert_eq!(Attr::try_from(pb::Attr::from(&a)).unwrap(), a);
+        let e = Extent {
+            offset: 1,
+            len: 2,
+            chunk: Some(ChunkRef { hash: ChunkHash([9; 32]), offset: 3, len: 2 }),
+        };
+        assert_eq!(Extent::try_from(pb::Extent::from(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn bad_messages_are_invalid_argument_not_panics() {
+        let bad_hash = pb::ChunkRef { hash: vec![1, 2, 3], offset: 0, length: 1 };
+        assert!(matches!(
+            ChunkRef::try_from(bad_hash),
+            Err(WireError::Other(Code::InvalidArgument, _))
+        ));
+        assert!(kind_from_wire(99).is_err());
+        assert!(attr_from_reply(pb::AttrReply { attr: None }).is_err());
+    }
+}

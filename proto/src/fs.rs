@@ -1,0 +1,164 @@
+//! Domain values of the namespace, shared by the metadata server and its clients.
+
+use serde::{Deserialize, Serialize};
+
+/// An inode number. Never reused within a cluster.
+pub type InodeId = u64;
+/// The root directory of the namespace.
+pub const ROOT_INO: InodeId = 1;
+/// A subtree is named by the inode number of its root directory.
+pub type SubtreeId = InodeId;
+/// An ownership epoch; bumped every time a subtree changes owner.
+pub type Epoch = u64;
+
+/// Longest name of a directory entry, in bytes (as Linux NAME_MAX).
+pub const NAME_MAX: usize = 255;
+/// Longest symlink target, in bytes (PATH_MAX less the terminating NUL).
+pub const SYMLINK_MAX: usize = 4095;
+/// Largest xattr value, in bytes (as Linux XATTR_SIZE_MAX).
+pub const XATTR_VALUE_MAX: usize = 65536;
+/// Largest file size: writes or truncates past it get EFBIG.
+pub const MAX_FILE_SIZE: u64 = 1 << 50;
+/// `rename` flags, with Linux's values.
+pub const RENAME_NOREPLACE: u32 = 1;
+/// Swap the two names atomically.
+pub const RENAME_EXCHANGE: u32 = 2;
+/// `setxattr` flags, with Linux's values.
+pub const XATTR_CREATE: u32 = 1;
+/// Fail unless the attribute exists.
+pub const XATTR_REPLACE: u32 = 2;
+
+/// What an inode is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    /// The `S_IFMT` bits of this kind.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::Regular => 0o100000,
+            FileKind::Directory => 0o040000,
+            FileKind::Symlink => 0o120000,
+            FileKind::Fifo => 0o010000,
+            FileKind::Socket => 0o140000,
+            FileKind::CharDevice => 0o020000,
+            FileKind::BlockDevice => 0o060000,
+        }
+    }
+}
+
+/// The attributes of an inode, as stored and as returned.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: InodeId,
+    pub kind: FileKind,
+    /// Permission bits only (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub nlink: u32,
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub generation: u64,
+    pub subtree: SubtreeId,
+    pub rdev: u32,
+    /// For directories, the parent directory (the root is its own parent); 0 otherwise.
+    pub parent: InodeId,
+}
+
+/// How `setattr` sets a timestamp.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    /// The time the leader stamped on the operation.
+    Now,
+    /// An explicit time in nanoseconds since the epoch.
+    Ns(i64),
+}
+
+/// A `setattr` request: every `Some` field is changed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    pub ctime_ns: Option<i64>,
+}
+
+/// One entry of a directory listing. `cookie` resumes the listing after this entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    pub kind: FileKind,
+    pub cookie: u64,
+    pub attr: Option<Attr>,
+}
+
+/// A BLAKE3 hash naming an immutable chunk.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkHash(pub [u8; 32]);
+
+impl std::fmt::Debug for ChunkHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A byte range of a chunk.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    pub hash: ChunkHash,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// One write of a file range: the chunk ranges, concatenated, are the bytes at `offset`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SliceWrite {
+    pub offset: u64,
+    pub len: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A piece of the merged view of a file range: either bytes of a chunk or a hole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    /// `None` is a hole (reads as zeros).
+    pub chunk: Option<ChunkRef>,
+}
+
+/// File system usage, as `statfs` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+    pub files: u64,
+    pub max_files: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}
+
+/// The (subtree, epoch) under which a mutation was issued.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub subtree: SubtreeId,
+    pub epoch: Epoch,
+}

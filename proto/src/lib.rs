@@ -1,0 +1,21 @@
+//! Wire types of Mobilus.
+//!
+//! - [`pb`]: the code generated from `proto/meta.proto` (gRPC services and messages);
+//! - [`fs`]: the typed domain values the services carry (attributes, slices, ids);
+//! - [`convert`]: the one place where domain values become protobuf messages and back;
+//! - [`status`]: the stable error codes on the wire (errnos and cluster errors) and
+//!   their mapping to and from `tonic::Status`.
+
+pub mod convert;
+pub mod fs;
+pub mod status;
+
+/// Generated protobuf and gRPC code for `mobilus.meta.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("mobilus.meta.v1");
+}
+
+/// Largest gRPC message a Mobilus server or client accepts (bytes). Larger requests are
+/// refused with `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED` before they are decoded.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;

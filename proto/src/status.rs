@@ -1,0 +1,162 @@
+//! Stable error codes on the wire, defined once for servers and clients.
+//!
+//! A namespace error travels as a `tonic::Status` whose code follows the errno's meaning
+//! (ENOENT → NOT_FOUND, EEXIST → ALREADY_EXISTS, ...) and whose `x-mobilus-errno` metadata
+//! holds the errno number. Cluster errors carry `x-mobilus-error` with a stable name
+//! (`not-leader`, `unavailable`, `stale-epoch`) and, for `not-leader`, `x-mobilus-leader`
+//! with the leader's address when it is known.
+
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Status};
+
+/// Metadata key holding the errno of a namespace error.
+pub const ERRNO_KEY: &str = "x-mobilus-errno";
+/// Metadata key holding the stable name of a cluster error.
+pub const ERROR_KEY: &str = "x-mobilus-error";
+/// Metadata key holding the current leader's address.
+pub const LEADER_KEY: &str = "x-mobilus-leader";
+/// Request metadata marking a request already forwarded once by a follower.
+pub const FORWARDED_KEY: &str = "x-mobilus-forwarded";
+
+/// An errno, as Linux numbers it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+macro_rules! errnos {
+    ($($name:ident),* $(,)?) => {
+        impl Errno {
+            $(#[allow(missing_docs)] pub const $name: Errno = Errno(libc::$name);)*
+            /// The symbolic name, e.g. "ENOENT".
+            pub fn name(self) -> &'static str {
+                match self.0 {
+                    $(libc::$name => stringify!($name),)*
+                    _ => "EUNKNOWN",
+                }
+            }
+        }
+    };
+}
+
+errnos!(
+    EPERM, ENOENT, EIO, E2BIG, EBADF, EACCES, EBUSY, EEXIST, EXDEV, ENOTDIR, EISDIR, EINVAL,
+    EFBIG, ENOSPC, EROFS, EMLINK, ERANGE, ENAMETOOLONG, ENOTEMPTY, ELOOP, ENODATA, ESTALE,
+    EOPNOTSUPP, ENOSYS, ETIMEDOUT,
+);
+
+impl std::fmt::Debug for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}({})", self.name(), self.0)
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.name())
+    }
+}
+
+/// A wire error, decoded from or encoded into a `tonic::Status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WireError {
+    /// A POSIX error from the namespace.
+    Errno(Errno, String),
+    /// This member is not the leader; the leader's address when known.
+    NotLeader(Option<String>),
+    /// No quorum, shutting down, or a timeout: try again later.
+    Unavailable(String),
+    /// The mutation was issued under an epoch that is no longer current.
+    StaleEpoch(String),
+    /// Any other status (bad request framing, oversized message, internal error).
+    Other(Code, String),
+}
+
+const NOT_LEADER: &str = "not-leader";
+const UNAVAILABLE: &str = "unavailable";
+const STALE_EPOCH: &str = "stale-epoch";
+
+fn errno_code(errno: Errno) -> Code {
+    match errno {
+        Errno::ENOENT | Errno::ENODATA => Code::NotFound,
+        Errno::EEXIST => Code::AlreadyExists,
+        Errno::EINVAL | Errno::ENAMETOOLONG | Errno::E2BIG | Errno::ERANGE => Code::InvalidArgument,
+        Errno::EPERM | Errno::EACCES | Errno::EROFS => Code::PermissionDenied,
+        Errno::EFBIG | Errno::ENOSPC => Code::OutOfRange,
+        Errno::EOPNOTSUPP | Errno::ENOSYS => Code::Unimplemented,
+        Errno::EIO => Code::Internal,
+        Errno::ETIMEDOUT => Code::DeadlineExceeded,
+        _ => Code::FailedPrecondition,
+    }
+}
+
+impl WireError {
+    /// Encode as a gRPC status with the stable metadata.
+    pub fn to_status(&self) -> Status {
+        let (mut status, key, value) = match self {
+            WireError::Errno(e, msg) => {
+                (Status::new(errno_code(*e), format!("{e}: {msg}")), ERRNO_KEY, e.0.to_string())
+            }
+            WireError::NotLeader(leader) => {
+                let mut s = Status::unavailable(match leader {
+                    Some(l) => format!("not the leader; the leader is at {l}"),
+                    None => "not the leader; no leader is known".to_string(),
+                });
+                if let Some(v) = leader.as_deref().and_then(|l| MetadataValue::try_from(l).ok()) {
+                    s.metadata_mut().insert(LEADER_KEY, v);
+                }
+                (s, ERROR_KEY, NOT_LEADER.to_string())
+            }
+            WireError::Unavailable(msg) => {
+                (Status::unavailable(msg.clone()), ERROR_KEY, UNAVAILABLE.to_string())
+            }
+            WireError::StaleEpoch(msg) => {
+                (Status::aborted(msg.clone()), ERROR_KEY, STALE_EPOCH.to_string())
+            }
+            WireError::Other(code, msg) => return Status::new(*code, msg.clone()),
+        };
+        if let Ok(v) = MetadataValue::try_from(value.as_str()) {
+            status.metadata_mut().insert(key, v);
+        }
+        status
+    }
+
+    /// Decode a status received from a server.
+    pub fn from_status(status: &Status) -> WireError {
+        let md = status.metadata();
+        let get = |k: &str| md.get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+        if let Some(n) = get(ERRNO_KEY).and_then(|v| v.parse::<i32>().ok()) {
+            return WireError::Errno(Errno(n), status.message().to_string());
+        }
+        match get(ERROR_KEY).as_deref() {
+            Some(NOT_LEADER) => WireError::NotLeader(get(LEADER_KEY)),
+            Some(UNAVAILABLE) => WireError::Unavailable(status.message().to_string()),
+            Some(STALE_EPOCH) => WireError::StaleEpoch(status.message().to_string()),
+            _ => WireError::Other(status.code(), status.message().to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wire_error_round_trips_through_a_status() {
+        let cases = [
+            WireError::Errno(Errno::ENOTEMPTY, "x".into()),
+            WireError::Errno(Errno::ENOENT, "y".into()),
+            WireError::NotLeader(Some("127.0.0.1:7100".into())),
+            WireError::NotLeader(None),
+            WireError::Unavailable("no quorum".into()),
+            WireError::StaleEpoch("epoch 3 < 4".into()),
+        ];
+        for case in cases {
+            let back = WireError::from_status(&case.to_status());
+            match (&case, &back) {
+                (WireError::Errno(a, _), WireError::Errno(b, _)) => assert_eq!(a, b),
+                _ => assert_eq!(case, back),
+            }
+        }
+        assert_eq!(Errno::ENOTEMPTY.name(), "ENOTEMPTY");
+        assert_eq!(errno_code(Errno::ENOENT), Code::NotFound);
+    }
+}
