@@ -4,3 +4,5 @@ mod bad_input;
 mod cluster;
 mod conformance;
 mod harness;
+mod model;
+mod namespace;
