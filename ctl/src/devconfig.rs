@@ -1,0 +1,54 @@
+//! `cluster.toml`, written by `dev up`: where each process of a local cluster lives.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MetaMember {
+    pub id: u64,
+    pub addr: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterFile {
+    /// Addresses clients use.
+    pub meta_addrs: Vec<String>,
+    #[serde(default)]
+    pub meta: Vec<MetaMember>,
+}
+
+impl ClusterFile {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    /// Write durably: temp file, fsync, rename.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        use std::io::Write;
+        let tmp = path.with_extension("toml.tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(toml::to_string_pretty(self)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}
+
+/// The metadata addresses from `--meta`/`MOBILUS_META`, else from `--config`/`MOBILUS_CONFIG`.
+pub fn resolve_meta(meta: &[String], config: Option<&Path>) -> anyhow::Result<Vec<String>> {
+    if !meta.is_empty() {
+        return Ok(meta.to_vec());
+    }
+    if let Some(path) = config {
+        let file = ClusterFile::load(path)?;
+        if file.meta_addrs.is_empty() {
+            bail!("{} lists no metadata addresses", path.display());
+        }
+        return Ok(file.meta_addrs);
+    }
+    bail!("no cluster given: pass --meta HOST:PORT[,...] or --config DIR/cluster.toml (or set MOBILUS_META / MOBILUS_CONFIG); for a local cluster run `mobilusctl dev up` first")
+}

@@ -1,0 +1,79 @@
+//! `mobilusctl`: administration of a Mobilus cluster, and the local dev cluster.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 bad usage.
+
+mod cluster;
+mod dev;
+mod devconfig;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use output::OutputFormat;
+
+/// Operate a Mobilus cluster.
+#[derive(Parser, Debug)]
+#[command(name = "mobilusctl", version)]
+struct Cli {
+    /// Metadata members to talk to (host:port, comma separated). Given before the
+    /// subcommand: `mobilusctl --meta 127.0.0.1:7100 cluster status`.
+    #[arg(long, env = "MOBILUS_META", value_delimiter = ',')]
+    meta: Vec<String>,
+    /// A cluster file written by `dev up` (its metadata addresses are used).
+    #[arg(long, global = true, env = "MOBILUS_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Human tables or JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The metadata cluster: status and membership.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// A local cluster of real processes under one folder.
+    #[command(subcommand)]
+    Dev(dev::DevCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mobilusctl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Cluster(cmd) => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                cluster::run(cmd, &addrs, cli.output).await
+            }
+            Command::Dev(cmd) => dev::run(cmd, cli.output).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mobilusctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
