@@ -86,7 +86,10 @@ impl MetaError {
     /// The stable wire form of this error.
     pub fn to_wire(&self) -> WireError {
         match self {
-            MetaError::Op(OpError::Errno(n)) => WireError::Errno(Errno(*n), self.to_string()),
+            MetaError::Op(OpError::Errno(n)) => {
+                let e = Errno(*n);
+                WireError::Errno(e, format!("{}: {}", e.name(), e.description()))
+            }
             MetaError::Op(e @ OpError::StaleEpoch { .. }) => WireError::StaleEpoch(e.to_string()),
             MetaError::NotLeader(l) => WireError::NotLeader(l.clone()),
             MetaError::Unavailable(m) => WireError::Unavailable(m.clone()),

@@ -10,8 +10,8 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// Mobilus's Raft types: commands in, replies out, snapshots as files.
     pub TypeConfig:
-        D = Command,
-        R = Reply,
+        D = Proposal,
+        R = Vec<Reply>,
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
@@ -32,8 +32,12 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNo
 /// Snapshot metadata.
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 
-/// One log entry's payload: an operation, stamped by the leader with the time it was
-/// proposed. The state machine never reads a clock: every time it stores comes from here.
+/// One log entry's payload: the commands the leader batched into it, applied in order as
+/// one transaction (each command refused or applied on its own).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Proposal(pub Vec<Command>);
+
+/// A command: an operation, stamped by the leader with the time it was proposed. The state machine never reads a clock: every time it stores comes from here.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     pub time_ns: i64,
@@ -153,6 +157,6 @@ pub enum OpReply {
     Done,
 }
 
-/// The state machine's answer to one log entry (membership and blank entries answer
-/// `Ok(Done)`).
+/// The state machine's answer to one command. An entry answers one per command
+/// (membership and blank entries, none).
 pub type Reply = Result<OpReply, OpError>;

@@ -23,7 +23,7 @@ pub const FORWARDED_KEY: &str = "x-mobilus-forwarded";
 pub struct Errno(pub i32);
 
 macro_rules! errnos {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident => $text:literal),* $(,)?) => {
         impl Errno {
             $(#[allow(missing_docs)] pub const $name: Errno = Errno(libc::$name);)*
             /// The symbolic name, e.g. "ENOENT".
@@ -33,14 +33,43 @@ macro_rules! errnos {
                     _ => "EUNKNOWN",
                 }
             }
+            /// What it means, as strerror says it.
+            pub fn description(self) -> &'static str {
+                match self.0 {
+                    $(libc::$name => $text,)*
+                    _ => "unknown error",
+                }
+            }
         }
     };
 }
 
 errnos!(
-    EPERM, ENOENT, EIO, E2BIG, EBADF, EACCES, EBUSY, EEXIST, EXDEV, ENOTDIR, EISDIR, EINVAL,
-    EFBIG, ENOSPC, EROFS, EMLINK, ERANGE, ENAMETOOLONG, ENOTEMPTY, ELOOP, ENODATA, ESTALE,
-    EOPNOTSUPP, ENOSYS, ETIMEDOUT,
+    EPERM => "operation not permitted",
+    ENOENT => "no such file or directory",
+    EIO => "input/output error",
+    E2BIG => "argument list too long",
+    EBADF => "bad file descriptor",
+    EACCES => "permission denied",
+    EBUSY => "device or resource busy",
+    EEXIST => "file exists",
+    EXDEV => "invalid cross-device link",
+    ENOTDIR => "not a directory",
+    EISDIR => "is a directory",
+    EINVAL => "invalid argument",
+    EFBIG => "file too large",
+    ENOSPC => "no space left on device",
+    EROFS => "read-only file system",
+    EMLINK => "too many links",
+    ERANGE => "numerical result out of range",
+    ENAMETOOLONG => "file name too long",
+    ENOTEMPTY => "directory not empty",
+    ELOOP => "too many levels of symbolic links",
+    ENODATA => "no data available",
+    ESTALE => "stale file handle",
+    EOPNOTSUPP => "operation not supported",
+    ENOSYS => "function not implemented",
+    ETIMEDOUT => "connection timed out",
 );
 
 impl std::fmt::Debug for Errno {
@@ -58,7 +87,7 @@ impl std::fmt::Display for Errno {
 /// A wire error, decoded from or encoded into a `tonic::Status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WireError {
-    /// A POSIX error from the namespace.
+    /// A POSIX error from the namespace, with a message for people.
     Errno(Errno, String),
     /// This member is not the leader; the leader's address when known.
     NotLeader(Option<String>),
@@ -93,7 +122,7 @@ impl WireError {
     pub fn to_status(&self) -> Status {
         let (mut status, key, value) = match self {
             WireError::Errno(e, msg) => {
-                (Status::new(errno_code(*e), format!("{e}: {msg}")), ERRNO_KEY, e.0.to_string())
+                (Status::new(errno_code(*e), msg.clone()), ERRNO_KEY, e.0.to_string())
             }
             WireError::NotLeader(leader) => {
                 let mut s = Status::unavailable(match leader {

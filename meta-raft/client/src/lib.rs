@@ -28,7 +28,8 @@ use tonic::{Code, Status};
 /// What a call can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    #[error("{0}: {1}")]
+    /// A namespace error; the message names it (e.g. "ENOENT: no such file or directory").
+    #[error("{1}")]
     Errno(Errno, String),
     #[error("stale epoch: {0}")]
     StaleEpoch(String),

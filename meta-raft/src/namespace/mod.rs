@@ -145,7 +145,8 @@ impl Namespace {
     }
 
     /// Run one command and commit its effects (not fsynced: the Raft log is the durable
-    /// record). A refused command commits nothing.
+    /// record). A refused command commits nothing. (The state machine runs whole batches
+    /// in one transaction with [`execute`].)
     pub fn execute(&self, cmd: &Command) -> Result<Reply, StoreError> {
         let mut txn = Txn::new(&self.db);
         let reply = execute(&mut txn, cmd)?;
@@ -154,14 +155,15 @@ impl Namespace {
     }
 }
 
-/// Run one command inside `txn`. `Ok(Err(_))` is a refused operation (its writes were
-/// discarded); `Err(_)` is a storage failure.
+/// Run one command inside `txn`, after whatever it already holds. `Ok(Err(_))` is a
+/// refused operation (its own writes were rolled back); `Err(_)` is a storage failure.
 pub fn execute(txn: &mut Txn<'_>, cmd: &Command) -> Result<Reply, StoreError> {
+    let savepoint = txn.savepoint();
     let result = check_fence(txn, cmd).and_then(|()| run(txn, cmd.time_ns, &cmd.op));
     match result {
         Ok(reply) => Ok(Ok(reply)),
         Err(NsError::Op(e)) => {
-            txn.discard();
+            txn.rollback(savepoint);
             Ok(Err(e))
         }
         Err(NsError::Store(e)) => Err(e),

@@ -1,9 +1,7 @@
-//! A transaction over the state-machine database: reads see the transaction's own writes,
-//! and everything is committed as one atomic `WriteBatch`.
-//!
-//! Range scans read the committed state only. Every operation scans before it writes the
-//! keys it scans (checked by the operations, not enforced here), and each log entry
-//! commits before the next one runs, so a scan never misses a write it depends on.
+//! A transaction over the state-machine database: point reads and range scans see the
+//! transaction's own writes (an overlay merged over the committed state), savepoints roll
+//! back part of it, and everything is committed as one atomic `WriteBatch`. One log entry
+//! (a batch of commands) is one transaction.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -16,14 +14,35 @@ use super::keys::Cf;
 use crate::codec;
 use crate::error::StoreError;
 
+type Key = (Cf, Vec<u8>);
+
 pub struct Txn<'a> {
     db: &'a DB,
-    overlay: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    overlay: BTreeMap<Key, Option<Vec<u8>>>,
+    /// What each write replaced in the overlay (outer None: the key was not in it).
+    undo: Vec<(Key, Option<Option<Vec<u8>>>)>,
+}
+
+/// A point to roll back to.
+#[derive(Clone, Copy, Debug)]
+pub struct Savepoint(usize);
+
+fn next_committed(
+    it: &mut rocksdb::DBIteratorWithThreadMode<'_, DB>,
+    prefix: &[u8],
+) -> Result<Option<(Box<[u8]>, Box<[u8]>)>, StoreError> {
+    match it.next() {
+        Some(item) => {
+            let (k, v) = item?;
+            Ok(k.starts_with(prefix).then_some((k, v)))
+        }
+        None => Ok(None),
+    }
 }
 
 impl<'a> Txn<'a> {
     pub fn new(db: &'a DB) -> Self {
-        Txn { db, overlay: BTreeMap::new() }
+        Txn { db, overlay: BTreeMap::new(), undo: Vec::new() }
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
@@ -44,26 +63,42 @@ impl<'a> Txn<'a> {
         }
     }
 
+    fn write(&mut self, key: Key, value: Option<Vec<u8>>) {
+        let old = self.overlay.insert(key.clone(), value);
+        self.undo.push((key, old));
+    }
+
     pub fn put<T: Serialize>(&mut self, cf: Cf, key: Vec<u8>, value: &T) -> Result<(), StoreError> {
-        self.overlay.insert((cf, key), Some(codec::encode(value)?));
+        self.write((cf, key), Some(codec::encode(value)?));
         Ok(())
     }
 
     pub fn put_raw(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.insert((cf, key), Some(value));
+        self.write((cf, key), Some(value));
     }
 
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
-        self.overlay.insert((cf, key), None);
+        self.write((cf, key), None);
     }
 
-    /// Forget the writes made so far (the operation failed).
-    pub fn discard(&mut self) {
-        self.overlay.clear();
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint(self.undo.len())
     }
 
-    /// Visit committed `(key, value)` pairs that start with `prefix`, from `start`
-    /// (inclusive, must itself start with `prefix`), until `visit` breaks.
+    /// Undo every write made since `sp`.
+    pub fn rollback(&mut self, sp: Savepoint) {
+        while self.undo.len() > sp.0 {
+            let Some((key, old)) = self.undo.pop() else { break };
+            match old {
+                Some(v) => self.overlay.insert(key, v),
+                None => self.overlay.remove(&key),
+            };
+        }
+    }
+
+    /// Visit the `(key, value)` pairs that start with `prefix`, from `start` (inclusive;
+    /// it must itself start with `prefix`), in key order, until `visit` breaks. The
+    /// transaction's own writes and deletes are merged over the committed state.
     pub fn scan(
         &self,
         cf: Cf,
@@ -71,20 +106,41 @@ impl<'a> Txn<'a> {
         start: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        let iter = self.db.iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward));
-        for item in iter {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if visit(&k, &v)?.is_break() {
-                break;
+        let mut it = self.db.iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward));
+        let mut pending = self
+            .overlay
+            .range((cf, start.to_vec())..)
+            .take_while(|((c, k), _)| *c == cf && k.starts_with(prefix))
+            .peekable();
+        let mut committed = next_committed(&mut it, prefix)?;
+        loop {
+            let from_overlay = match (&committed, pending.peek()) {
+                (None, None) => return Ok(()),
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((ck, _)), Some(((_, ok), _))) => ok.as_slice() <= ck.as_ref(),
+            };
+            let flow = if from_overlay {
+                let Some(((_, key), value)) = pending.next() else { return Ok(()) };
+                if committed.as_ref().is_some_and(|(ck, _)| ck.as_ref() == key.as_slice()) {
+                    committed = next_committed(&mut it, prefix)?;
+                }
+                match value {
+                    Some(v) => visit(key, v)?,
+                    None => ControlFlow::Continue(()),
+                }
+            } else {
+                let Some((key, value)) = committed.take() else { return Ok(()) };
+                committed = next_committed(&mut it, prefix)?;
+                visit(&key, &value)?
+            };
+            if flow.is_break() {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
-    /// Committed keys (and values) starting with `prefix`, in order.
+    /// Keys (and values) starting with `prefix`, in order, own writes included.
     pub fn scan_all(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         self.scan(cf, prefix, prefix, |k, v| {

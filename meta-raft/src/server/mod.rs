@@ -2,6 +2,7 @@
 
 mod grpc;
 mod node;
+mod proposer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,6 +69,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
     let node = Arc::new(MetaNode {
         id: cfg.id,
         addr: addr.clone(),
+        proposer: proposer::Proposer::start(raft.clone()),
         raft,
         sm,
         log_stats,

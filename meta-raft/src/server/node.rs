@@ -17,6 +17,7 @@ use crate::error::{MetaError, NsError};
 use crate::namespace::Namespace;
 use crate::network::{ChannelPool, NetFaults};
 use crate::store::{LogStats, StateMachine};
+use super::proposer::Proposer;
 use crate::types::{Command, NodeId, Op, OpReply, Raft, Reply};
 
 /// Timeouts of a member's client-facing operations.
@@ -57,6 +58,7 @@ pub struct MetaNode {
     pub log_stats: Arc<LogStats>,
     pub faults: Arc<NetFaults>,
     pub(crate) pool: Arc<ChannelPool>,
+    pub(crate) proposer: Proposer,
     pub timeouts: NodeTimeouts,
 }
 
@@ -99,17 +101,12 @@ impl MetaNode {
     /// Propose on this member only (the leader's half of forwarding).
     pub async fn propose_local(&self, fence: Option<Fence>, op: Op) -> Result<OpReply, MetaError> {
         let cmd = Command { time_ns: now_ns(), fence, op };
-        let write = self.raft.client_write(cmd);
-        match tokio::time::timeout(self.timeouts.write, write).await {
+        match tokio::time::timeout(self.timeouts.write, self.proposer.propose(cmd)).await {
             Err(_) => Err(MetaError::Unavailable(format!(
                 "not committed within {:?} (no quorum?); it may still commit",
                 self.timeouts.write
             ))),
-            Ok(Ok(resp)) => reply_to_result(resp.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(MetaError::NotLeader(f.leader_node.map(|n| n.addr)))
-            }
-            Ok(Err(e)) => Err(MetaError::Unavailable(e.to_string())),
+            Ok(result) => reply_to_result(result?),
         }
     }
 

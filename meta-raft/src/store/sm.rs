@@ -19,7 +19,7 @@ use super::archive::{self, fsync_dir};
 use crate::error::StoreError;
 use crate::namespace::{self, keys, Cf, Namespace, Txn};
 use crate::types::{
-    Entry, LogId, NodeId, OpReply, Reply, SnapshotMeta, StorageError, StoredMembership,
+    Entry, LogId, NodeId, Proposal, Reply, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
 
@@ -115,7 +115,7 @@ impl StateMachine {
         self.shared.namespace()
     }
 
-    /// Entries applied since this process started.
+    /// Commands applied since this process started.
     pub fn entries_applied(&self) -> u64 {
         self.shared.entries_applied.load(Ordering::Relaxed)
     }
@@ -293,7 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied.last_applied, applied.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Reply>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Reply>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -303,24 +303,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         for entry in entries {
             let log_id = *entry.get_log_id();
+            // One entry, one atomic batch: its commands and the applied log id together,
+            // so a crash never leaves an entry half applied.
             let mut txn = Txn::new(ns.db());
-            let reply = match &entry.payload {
-                EntryPayload::Blank => Ok(OpReply::Done),
-                EntryPayload::Normal(cmd) => namespace::execute(&mut txn, cmd)
-                    .map_err(|e| StorageIOError::<NodeId>::apply(log_id, &e))?,
+            let mut entry_replies = Vec::new();
+            match &entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Normal(Proposal(cmds)) => {
+                    for cmd in cmds {
+                        let reply = namespace::execute(&mut txn, cmd)
+                            .map_err(|e| StorageIOError::<NodeId>::apply(log_id, &e))?;
+                        entry_replies.push(reply);
+                    }
+                }
                 EntryPayload::Membership(m) => {
                     applied.membership = StoredMembership::new(Some(log_id), m.clone());
                     txn.put(Cf::Sys, keys::sys::MEMBERSHIP.to_vec(), &applied.membership)
                         .map_err(sm_err)?;
-                    Ok(OpReply::Done)
                 }
-            };
+            }
             txn.put(Cf::Sys, keys::sys::APPLIED.to_vec(), &Some(log_id)).map_err(sm_err)?;
             let batch = txn.into_batch().map_err(sm_err)?;
             ns.db().write(batch).map_err(sm_err)?;
             applied.last_applied = Some(log_id);
-            self.shared.entries_applied.fetch_add(1, Ordering::Relaxed);
-            replies.push(reply);
+            self.shared.entries_applied.fetch_add(entry_replies.len() as u64, Ordering::Relaxed);
+            replies.push(entry_replies);
         }
         Ok(replies)
     }

@@ -58,3 +58,52 @@ fn a_directory_of_100k_entries_pages_exactly_once_each_while_it_changes() {
     assert_eq!(ns.getattr(dir.ino).unwrap().nlink, 2);
     assert_eq!(ns.statfs().unwrap().files, 2 + (n - 10 + 10) as u64);
 }
+
+/// One log entry carries a batch of commands: later ones see earlier ones (scans included),
+/// a refused one rolls back only itself, and the entry is applied atomically.
+#[tokio::test]
+async fn a_batched_entry_applies_its_commands_in_order_as_one_transaction() {
+    use mobilus_meta::store;
+    use mobilus_meta::types::{Entry, Proposal, TypeConfig};
+    use mobilus_proto::status::Errno;
+    use openraft::storage::RaftStateMachine;
+    use openraft::{EntryPayload, LogId};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cmd = |op: Op| Command { time_ns: 5, fence: None, op };
+    let d = b"d".to_vec();
+    let cmds = vec![
+        cmd(Op::Mkdir { parent: ROOT_INO, name: d.clone(), mode: 0o755, uid: 0, gid: 0 }),
+        cmd(mknod(2, "f".into())),
+        cmd(Op::Rmdir { parent: ROOT_INO, name: d.clone() }), // ENOTEMPTY: sees f
+        cmd(Op::Mkdir { parent: ROOT_INO, name: d.clone(), mode: 0o755, uid: 0, gid: 0 }), // EEXIST
+        cmd(Op::Unlink { parent: 2, name: b"f".to_vec() }),
+        cmd(Op::Rmdir { parent: ROOT_INO, name: d.clone() }), // now empty
+        cmd(mknod(ROOT_INO, "g".into())),
+    ];
+    let entry = Entry {
+        log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+        payload: EntryPayload::<TypeConfig>::Normal(Proposal(cmds)),
+    };
+    {
+        let (_log, mut sm) = store::open(tmp.path()).unwrap();
+        let replies = sm.apply([entry]).await.unwrap();
+        let r = &replies[0];
+        assert_eq!(r.len(), 7);
+        let errno = |i: usize| match &r[i] {
+            Err(mobilus_meta::types::OpError::Errno(n)) => Some(Errno(*n)),
+            _ => None,
+        };
+        assert!(r[0].is_ok() && r[1].is_ok(), "{r:?}");
+        assert_eq!(errno(2), Some(Errno::ENOTEMPTY));
+        assert_eq!(errno(3), Some(Errno::EEXIST));
+        assert!(r[4].is_ok() && r[5].is_ok() && r[6].is_ok(), "{r:?}");
+    }
+    let (_log, sm) = store::open(tmp.path()).unwrap();
+    let ns = sm.namespace();
+    let (root, _) = ns.readdir(ROOT_INO, 0, 0, false).unwrap();
+    assert_eq!(root.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), vec![b"g".to_vec()]);
+    assert_eq!(ns.getattr(ROOT_INO).unwrap().nlink, 2);
+    assert_eq!(ns.statfs().unwrap().files, 2);
+    assert_eq!(sm.last_applied().map(|l| l.index), Some(1));
+}
