@@ -134,7 +134,9 @@ pub async fn status(client: &MetaClient) -> Result<StatusView, ClientError> {
 }
 
 fn render(s: &StatusView) -> comfy_table::Table {
-    let mut t = table(&["ID", "ADDRESS", "ROLE", "STATE", "TERM", "LAST LOG", "APPLIED", "SNAPSHOT", "LAG"]);
+    let mut t = table(&[
+        "ID", "ADDRESS", "ROLE", "STATE", "TERM", "LAST LOG", "APPLIED", "SNAPSHOT", "LAG",
+    ]);
     for m in &s.members {
         let state = m.state.clone().unwrap_or_else(|| "unreachable".into());
         let leader = if Some(m.id) == s.leader_id { " *" } else { "" };
@@ -162,7 +164,11 @@ pub async fn run(cmd: ClusterCmd, addrs: &[String], format: OutputFormat) -> any
         }
         ClusterCmd::Snapshot => {
             let s = client.trigger_snapshot().await.map_err(explain)?;
-            println!("snapshot requested on member {} (last applied {})", s.id, opt(s.last_applied));
+            println!(
+                "snapshot requested on member {} (last applied {})",
+                s.id,
+                opt(s.last_applied)
+            );
             Ok(())
         }
         ClusterCmd::Members(m) => {

@@ -44,7 +44,10 @@ pub enum DevCmd {
 
 /// Find a sibling binary (same build) or one on PATH.
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    {
         let candidate = dir.join(name);
         if candidate.is_file() {
             return Ok(candidate);
@@ -62,7 +65,11 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn pid_of(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("pid")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(dir.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn alive(pid: i32) -> bool {
@@ -74,11 +81,20 @@ fn running_pid(dir: &Path) -> Option<i32> {
 }
 
 /// Start one metadata member in the background; returns its advertised address.
-fn spawn_meta(bin: &Path, id: u64, dir: &Path, listen: &str, extra: &[String]) -> anyhow::Result<String> {
+fn spawn_meta(
+    bin: &Path,
+    id: u64,
+    dir: &Path,
+    listen: &str,
+    extra: &[String],
+) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))?;
     let child = Command::new(bin)
         .args(["--id", &id.to_string(), "--listen", listen])
         .arg("--data-dir")
@@ -101,10 +117,16 @@ fn spawn_meta(bin: &Path, id: u64, dir: &Path, listen: &str, extra: &[String]) -
         if !alive(child.id() as i32) {
             let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            bail!("mobilus-meta {id} exited at start; its log ends with:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            bail!(
+                "mobilus-meta {id} exited at start; its log ends with:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
         if Instant::now() > deadline {
-            bail!("mobilus-meta {id} did not start within 30s (see {})", dir.join("log").display());
+            bail!(
+                "mobilus-meta {id} did not start within 30s (see {})",
+                dir.join("log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -115,7 +137,11 @@ async fn wait_healthy(addrs: &[String], voters: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(view) = cluster::status(&client).await {
-            let healthy = view.members.iter().filter(|m| m.voter && m.reachable).count();
+            let healthy = view
+                .members
+                .iter()
+                .filter(|m| m.voter && m.reachable)
+                .count();
             if healthy == voters {
                 return Ok(());
             }
@@ -144,13 +170,26 @@ async fn up(dir: &Path, n: u64, format: OutputFormat) -> anyhow::Result<()> {
         let mut meta = Vec::new();
         let first = dir.join("meta-1");
         let seed = spawn_meta(&bin, 1, &first, "127.0.0.1:0", &["--init".into()])?;
-        meta.push(MetaMember { id: 1, addr: seed.clone(), dir: first });
+        meta.push(MetaMember {
+            id: 1,
+            addr: seed.clone(),
+            dir: first,
+        });
         for id in 2..=n {
             let d = dir.join(format!("meta-{id}"));
-            let addr = spawn_meta(&bin, id, &d, "127.0.0.1:0", &["--join".into(), seed.clone()])?;
+            let addr = spawn_meta(
+                &bin,
+                id,
+                &d,
+                "127.0.0.1:0",
+                &["--join".into(), seed.clone()],
+            )?;
             meta.push(MetaMember { id, addr, dir: d });
         }
-        let file = ClusterFile { meta_addrs: meta.iter().map(|m| m.addr.clone()).collect(), meta };
+        let file = ClusterFile {
+            meta_addrs: meta.iter().map(|m| m.addr.clone()).collect(),
+            meta,
+        };
         file.save(&file_path)?;
         file
     };
@@ -158,7 +197,10 @@ async fn up(dir: &Path, n: u64, format: OutputFormat) -> anyhow::Result<()> {
     if format == OutputFormat::Table {
         println!("Local Mobilus cluster is up in {}", dir.display());
         println!("  metadata: {}", file.meta_addrs.join(","));
-        println!("  try:      mobilusctl --config {} cluster status", file_path.display());
+        println!(
+            "  try:      mobilusctl --config {} cluster status",
+            file_path.display()
+        );
         println!("  stop:     mobilusctl dev down --dir {}", dir.display());
     }
     status(&dir, format).await
@@ -180,14 +222,22 @@ struct ProcessView {
 async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
     let path = dir.join("cluster.toml");
     if !path.exists() {
-        bail!("no local cluster in {} — start one with `mobilusctl dev up --dir {}`", dir.display(), dir.display());
+        bail!(
+            "no local cluster in {} — start one with `mobilusctl dev up --dir {}`",
+            dir.display(),
+            dir.display()
+        );
     }
     let file = ClusterFile::load(&path)?;
     let client = cluster::connect(&file.meta_addrs)?;
     let mut rows = Vec::new();
     for m in &file.meta {
         let pid = running_pid(&m.dir);
-        let s = if pid.is_some() { client.status_of(&m.addr).await.ok() } else { None };
+        let s = if pid.is_some() {
+            client.status_of(&m.addr).await.ok()
+        } else {
+            None
+        };
         rows.push(ProcessView {
             name: format!("meta-{}", m.id),
             id: m.id,
@@ -201,7 +251,15 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
         });
     }
     emit(format, &rows, |rows| {
-        let mut t = table(&["PROCESS", "ADDRESS", "PID", "RUNNING", "RAFT STATE", "TERM", "APPLIED"]);
+        let mut t = table(&[
+            "PROCESS",
+            "ADDRESS",
+            "PID",
+            "RUNNING",
+            "RAFT STATE",
+            "TERM",
+            "APPLIED",
+        ]);
         for r in rows {
             t.add_row(vec![
                 r.name.clone(),
@@ -225,7 +283,9 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     let file = ClusterFile::load(&path)?;
     let mut stopped = 0;
     for m in &file.meta {
-        let Some(pid) = running_pid(&m.dir) else { continue };
+        let Some(pid) = running_pid(&m.dir) else {
+            continue;
+        };
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while alive(pid) && Instant::now() < deadline {
@@ -237,7 +297,10 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(m.dir.join("pid"));
         stopped += 1;
     }
-    println!("stopped {stopped} processes; data kept in {}", dir.display());
+    println!(
+        "stopped {stopped} processes; data kept in {}",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -12,12 +12,17 @@ pub enum OutputFormat {
 /// A table with a header row.
 pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(header.to_vec());
     t
 }
 
 /// Print `value` as JSON, or the table `render` builds.
-pub fn emit<T: Serialize>(format: OutputFormat, value: &T, render: impl FnOnce(&T) -> Table) -> anyhow::Result<()> {
+pub fn emit<T: Serialize>(
+    format: OutputFormat,
+    value: &T,
+    render: impl FnOnce(&T) -> Table,
+) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
         OutputFormat::Table => println!("{}", render(value)),

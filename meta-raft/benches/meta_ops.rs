@@ -81,7 +81,10 @@ async fn fsyncs(client: &MetaClient, addrs: &[String]) -> anyhow::Result<(u64, u
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
     let tmp = tempfile::tempdir()?;
     let baseline = fsync_baseline(tmp.path(), secs.min(3.0))?;
 
@@ -91,20 +94,50 @@ async fn main() -> anyhow::Result<()> {
     let (p3, a3) = start(3, tmp.path(), &join)?;
     let _procs = [p1, p2, p3];
     let addrs = vec![seed, a2, a3];
-    let opts = ClientOptions { deadline: Duration::from_secs(30), ..Default::default() };
+    let opts = ClientOptions {
+        deadline: Duration::from_secs(30),
+        ..Default::default()
+    };
     let admin = MetaClient::new(&addrs, opts.clone())?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while admin.status().await.map(|s| s.members.iter().filter(|m| m.voter).count()).unwrap_or(0) < 3 {
+    while admin
+        .status()
+        .await
+        .map(|s| s.members.iter().filter(|m| m.voter).count())
+        .unwrap_or(0)
+        < 3
+    {
         anyhow::ensure!(Instant::now() < deadline, "cluster did not form");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    println!("mobilus-meta: 3 members on 127.0.0.1, {secs}s per level, data in {}", tmp.path().display());
-    println!("baseline: one client, write+fdatasync of 100 B on the same disk: {baseline:.0} fsyncs/s\n");
-    println!("{:<10} {:>10} {:>10} {:>10} {:>14} {:>14} {:>12}", "clients", "creates/s", "p50 ms", "p99 ms", "fsync/commit", "fsync/commit", "vs baseline");
-    println!("{:<10} {:>10} {:>10} {:>10} {:>14} {:>14} {:>12}", "", "", "", "", "(leader)", "(all 3)", "");
+    println!(
+        "mobilus-meta: 3 members on 127.0.0.1, {secs}s per level, data in {}",
+        tmp.path().display()
+    );
+    println!(
+        "baseline: one client, write+fdatasync of 100 B on the same disk: {baseline:.0} fsyncs/s\n"
+    );
+    println!(
+        "{:<10} {:>10} {:>10} {:>10} {:>14} {:>14} {:>12}",
+        "clients", "creates/s", "p50 ms", "p99 ms", "fsync/commit", "fsync/commit", "vs baseline"
+    );
+    println!(
+        "{:<10} {:>10} {:>10} {:>10} {:>14} {:>14} {:>12}",
+        "", "", "", "", "(leader)", "(all 3)", ""
+    );
     for (level, clients) in [1usize, 16, 64].into_iter().enumerate() {
-        let dir = admin.mkdir(ROOT_INO, format!("bench-{level}").as_bytes(), 0o755, 0, 0, None).await?.ino;
+        let dir = admin
+            .mkdir(
+                ROOT_INO,
+                format!("bench-{level}").as_bytes(),
+                0o755,
+                0,
+                0,
+                None,
+            )
+            .await?
+            .ino;
         let (l0, a0) = fsyncs(&admin, &addrs).await?;
         let stop_at = Instant::now() + Duration::from_secs_f64(secs);
         let started = Instant::now();
@@ -117,7 +150,18 @@ async fn main() -> anyhow::Result<()> {
                 while Instant::now() < stop_at {
                     let name = format!("c{c}-{i}");
                     let t = Instant::now();
-                    client.mknod(dir, name.as_bytes(), FileKind::Regular, 0o644, 0, 0, 0, None).await?;
+                    client
+                        .mknod(
+                            dir,
+                            name.as_bytes(),
+                            FileKind::Regular,
+                            0o644,
+                            0,
+                            0,
+                            0,
+                            None,
+                        )
+                        .await?;
                     lat.push(t.elapsed());
                     i += 1;
                 }
@@ -166,7 +210,10 @@ async fn main() -> anyhow::Result<()> {
             n += t.await??;
         }
         let kind = if stale { "stale" } else { "linearizable" };
-        println!("\ngetattr, {kind}, 16 clients: {:.0} reads/s", n as f64 / started.elapsed().as_secs_f64());
+        println!(
+            "\ngetattr, {kind}, 16 clients: {:.0} reads/s",
+            n as f64 / started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -54,10 +54,16 @@ mod tests {
         let bytes = encode(&v).unwrap();
         assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), v);
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
-        assert!(matches!(decode::<u64>(&[9, 1]), Err(CodecError::UnknownVersion(9))));
+        assert!(matches!(
+            decode::<u64>(&[9, 1]),
+            Err(CodecError::UnknownVersion(9))
+        ));
         let mut long = bytes.clone();
         long.push(0);
-        assert!(matches!(decode::<(u64, String)>(&long), Err(CodecError::Trailing(1))));
+        assert!(matches!(
+            decode::<(u64, String)>(&long),
+            Err(CodecError::Trailing(1))
+        ));
         assert!(decode::<(u64, String)>(&bytes[..2]).is_err());
     }
 }

@@ -59,16 +59,27 @@ impl FileConfig {
     pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
         let id = self.id.ok_or(ConfigError::Missing("id", "id"))?;
         if id == 0 {
-            return Err(ConfigError::Invalid("id", "0 is reserved; use 1 or more".into()));
+            return Err(ConfigError::Invalid(
+                "id",
+                "0 is reserved; use 1 or more".into(),
+            ));
         }
-        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data_dir", "data-dir"))?;
+        let data_dir = self
+            .data_dir
+            .ok_or(ConfigError::Missing("data_dir", "data-dir"))?;
         let heartbeat_ms = self.heartbeat_ms.unwrap_or(100);
         if !(10..=10_000).contains(&heartbeat_ms) {
-            return Err(ConfigError::Invalid("heartbeat_ms", format!("{heartbeat_ms} is not in 10..=10000")));
+            return Err(ConfigError::Invalid(
+                "heartbeat_ms",
+                format!("{heartbeat_ms} is not in 10..=10000"),
+            ));
         }
         let snapshot_logs = self.snapshot_logs.unwrap_or(10_000);
         if snapshot_logs == 0 {
-            return Err(ConfigError::Invalid("snapshot_logs", "must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "snapshot_logs",
+                "must be at least 1".into(),
+            ));
         }
         Ok(NodeConfig {
             id,

@@ -93,7 +93,9 @@ impl MetaError {
             MetaError::Op(e @ OpError::StaleEpoch { .. }) => WireError::StaleEpoch(e.to_string()),
             MetaError::NotLeader(l) => WireError::NotLeader(l.clone()),
             MetaError::Unavailable(m) => WireError::Unavailable(m.clone()),
-            MetaError::InvalidRequest(m) => WireError::Other(tonic::Code::InvalidArgument, m.clone()),
+            MetaError::InvalidRequest(m) => {
+                WireError::Other(tonic::Code::InvalidArgument, m.clone())
+            }
             MetaError::Store(e) => WireError::Other(tonic::Code::Internal, e.to_string()),
             MetaError::Raft(m) => WireError::Other(tonic::Code::Internal, m.clone()),
         }
@@ -112,9 +114,7 @@ impl From<WireError> for MetaError {
             WireError::NotLeader(l) => MetaError::NotLeader(l),
             WireError::Unavailable(m) => MetaError::Unavailable(m),
             WireError::StaleEpoch(m) => MetaError::Raft(format!("stale epoch: {m}")),
-            WireError::Other(code, m) if code == tonic::Code::InvalidArgument => {
-                MetaError::InvalidRequest(m)
-            }
+            WireError::Other(tonic::Code::InvalidArgument, m) => MetaError::InvalidRequest(m),
             WireError::Other(code, m) => MetaError::Unavailable(format!("{code:?}: {m}")),
         }
     }

@@ -61,7 +61,9 @@ struct Args {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -76,7 +78,15 @@ fn merge(args: &Args) -> anyhow::Result<FileConfig> {
     macro_rules! flag {
         ($($f:ident),*) => { $( if args.$f.is_some() { file.$f = args.$f.clone(); } )* };
     }
-    flag!(id, listen, advertise, data_dir, snapshot_logs, keep_logs, heartbeat_ms);
+    flag!(
+        id,
+        listen,
+        advertise,
+        data_dir,
+        snapshot_logs,
+        keep_logs,
+        heartbeat_ms
+    );
     if !args.join.is_empty() {
         file.join = Some(args.join.clone());
     }
@@ -87,13 +97,25 @@ fn merge(args: &Args) -> anyhow::Result<FileConfig> {
 }
 
 async fn join(node: &server::MetaNode, seeds: &[String]) -> anyhow::Result<()> {
-    let opts = ClientOptions { deadline: Duration::from_secs(60), ..Default::default() };
+    let opts = ClientOptions {
+        deadline: Duration::from_secs(60),
+        ..Default::default()
+    };
     let client = MetaClient::new(seeds, opts)?;
     client
         .add_learner(node.id, &node.addr)
         .await
-        .with_context(|| format!("adding member {} as a learner via {}", node.id, seeds.join(",")))?;
-    client.promote(node.id).await.with_context(|| format!("promoting member {}", node.id))?;
+        .with_context(|| {
+            format!(
+                "adding member {} as a learner via {}",
+                node.id,
+                seeds.join(",")
+            )
+        })?;
+    client
+        .promote(node.id)
+        .await
+        .with_context(|| format!("promoting member {}", node.id))?;
     tracing::info!(id = node.id, "joined the cluster as a voter");
     Ok(())
 }

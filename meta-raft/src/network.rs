@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use mobilus_proto::pb;
 use mobilus_proto::pb::raft_client::RaftClient;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -23,6 +26,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
 use crate::types::{NodeId, TypeConfig};
+
+/// Largest AppendEntries we send with more than one entry (one entry always goes).
+const APPEND_BUDGET_BYTES: usize = 1 << 20;
 
 /// One channel per peer address.
 #[derive(Default)]
@@ -47,8 +53,8 @@ impl ChannelPool {
 
     pub fn raft_client(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
         Ok(RaftClient::new(self.get(addr)?)
-            .max_decoding_message_size(mobilus_proto::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(mobilus_proto::MAX_MESSAGE_BYTES))
+            .max_decoding_message_size(mobilus_proto::RAFT_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(mobilus_proto::RAFT_MAX_MESSAGE_BYTES))
     }
 }
 
@@ -60,13 +66,22 @@ pub struct NetFaults {
 
 impl NetFaults {
     pub fn block(&self, peer: NodeId) {
-        self.blocked.write().unwrap_or_else(|p| p.into_inner()).insert(peer);
+        self.blocked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer);
     }
     pub fn heal(&self) {
-        self.blocked.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.blocked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
     pub fn is_blocked(&self, peer: NodeId) -> bool {
-        self.blocked.read().unwrap_or_else(|p| p.into_inner()).contains(&peer)
+        self.blocked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&peer)
     }
 }
 
@@ -99,7 +114,12 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
-        Peer { target, addr: node.addr.clone(), pool: self.pool.clone(), faults: self.faults.clone() }
+        Peer {
+            target,
+            addr: node.addr.clone(),
+            pool: self.pool.clone(),
+            faults: self.faults.clone(),
+        }
     }
 }
 
@@ -159,6 +179,18 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+        // openraft gives each AppendEntries one heartbeat interval to complete; a message
+        // over the budget could never make it, so ask for fewer entries instead.
+        let n = rpc.entries.len();
+        if n > 1 {
+            let size = codec::encode(&rpc).map(|b| b.len()).unwrap_or(usize::MAX);
+            if size > APPEND_BUDGET_BYTES {
+                let fit = (n * APPEND_BUDGET_BYTES / size).clamp(1, n - 1);
+                return Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(fit as u64),
+                ));
+            }
+        }
         self.send(&rpc, &option, RpcKind::Append).await
     }
 

@@ -50,6 +50,7 @@ pub struct Command {
 pub enum Op {
     Mknod {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         kind: FileKind,
         mode: u32,
@@ -59,6 +60,7 @@ pub enum Op {
     },
     Mkdir {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         mode: u32,
         uid: u32,
@@ -66,7 +68,9 @@ pub enum Op {
     },
     Symlink {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         target: Vec<u8>,
         uid: u32,
         gid: u32,
@@ -74,20 +78,25 @@ pub enum Op {
     Link {
         ino: InodeId,
         new_parent: InodeId,
+        #[serde(with = "serde_bytes")]
         new_name: Vec<u8>,
     },
     Unlink {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     Rmdir {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     Rename {
         parent: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         new_parent: InodeId,
+        #[serde(with = "serde_bytes")]
         new_name: Vec<u8>,
         flags: u32,
     },
@@ -97,12 +106,15 @@ pub enum Op {
     },
     SetXattr {
         ino: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
         flags: u32,
     },
     RemoveXattr {
         ino: InodeId,
+        #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
     Write {
@@ -136,7 +148,11 @@ pub enum OpError {
     #[error("{}", errno_name(*.0))]
     Errno(i32),
     #[error("stale epoch for subtree {subtree}: issued under {given}, current is {current}")]
-    StaleEpoch { subtree: SubtreeId, given: Epoch, current: Epoch },
+    StaleEpoch {
+        subtree: SubtreeId,
+        given: Epoch,
+        current: Epoch,
+    },
 }
 
 fn errno_name(n: i32) -> &'static str {

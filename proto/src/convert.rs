@@ -87,7 +87,10 @@ impl TryFrom<pb::Attr> for Attr {
 
 /// Decode the attribute of a reply, which must be present.
 pub fn attr_from_reply(reply: pb::AttrReply) -> Result<Attr, WireError> {
-    reply.attr.ok_or_else(|| invalid("reply without attributes"))?.try_into()
+    reply
+        .attr
+        .ok_or_else(|| invalid("reply without attributes"))?
+        .try_into()
 }
 
 impl From<TimeSet> for pb::TimeSet {
@@ -109,13 +112,19 @@ fn time_from_wire(t: Option<pb::TimeSet>) -> Option<TimeSet> {
 
 impl From<Fence> for pb::Fence {
     fn from(f: Fence) -> Self {
-        pb::Fence { subtree: f.subtree, epoch: f.epoch }
+        pb::Fence {
+            subtree: f.subtree,
+            epoch: f.epoch,
+        }
     }
 }
 
 /// Decode an optional fence.
 pub fn fence_from_wire(f: Option<pb::Fence>) -> Option<Fence> {
-    f.map(|f| Fence { subtree: f.subtree, epoch: f.epoch })
+    f.map(|f| Fence {
+        subtree: f.subtree,
+        epoch: f.epoch,
+    })
 }
 
 /// Build a `SetAttrRequest` for an inode.
@@ -148,7 +157,11 @@ pub fn setattr_from_wire(r: &pb::SetAttrRequest) -> SetAttr {
 
 impl From<&ChunkRef> for pb::ChunkRef {
     fn from(c: &ChunkRef) -> Self {
-        pb::ChunkRef { hash: c.hash.0.to_vec(), offset: c.offset, length: c.len }
+        pb::ChunkRef {
+            hash: c.hash.0.to_vec(),
+            offset: c.offset,
+            length: c.len,
+        }
     }
 }
 
@@ -160,7 +173,11 @@ impl TryFrom<pb::ChunkRef> for ChunkRef {
             .as_slice()
             .try_into()
             .map_err(|_| invalid(format!("chunk hash has {} bytes, not 32", c.hash.len())))?;
-        Ok(ChunkRef { hash: ChunkHash(hash), offset: c.offset, len: c.length })
+        Ok(ChunkRef {
+            hash: ChunkHash(hash),
+            offset: c.offset,
+            len: c.length,
+        })
     }
 }
 
@@ -180,14 +197,22 @@ impl TryFrom<pb::SliceWrite> for SliceWrite {
         Ok(SliceWrite {
             offset: s.offset,
             len: s.length,
-            chunks: s.chunks.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?,
+            chunks: s
+                .chunks
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
         })
     }
 }
 
 impl From<&Extent> for pb::Extent {
     fn from(e: &Extent) -> Self {
-        pb::Extent { offset: e.offset, length: e.len, chunk: e.chunk.as_ref().map(Into::into) }
+        pb::Extent {
+            offset: e.offset,
+            length: e.len,
+            chunk: e.chunk.as_ref().map(Into::into),
+        }
     }
 }
 
@@ -279,14 +304,22 @@ mod tests {
         let e = Extent {
             offset: 1,
             len: 2,
-            chunk: Some(ChunkRef { hash: ChunkHash([9; 32]), offset: 3, len: 2 }),
+            chunk: Some(ChunkRef {
+                hash: ChunkHash([9; 32]),
+                offset: 3,
+                len: 2,
+            }),
         };
         assert_eq!(Extent::try_from(pb::Extent::from(&e)).unwrap(), e);
     }
 
     #[test]
     fn bad_messages_are_invalid_argument_not_panics() {
-        let bad_hash = pb::ChunkRef { hash: vec![1, 2, 3], offset: 0, length: 1 };
+        let bad_hash = pb::ChunkRef {
+            hash: vec![1, 2, 3],
+            offset: 0,
+            length: 1,
+        };
         assert!(matches!(
             ChunkRef::try_from(bad_hash),
             Err(WireError::Other(Code::InvalidArgument, _))

@@ -17,6 +17,9 @@ pub const NAME_MAX: usize = 255;
 pub const SYMLINK_MAX: usize = 4095;
 /// Largest xattr value, in bytes (as Linux XATTR_SIZE_MAX).
 pub const XATTR_VALUE_MAX: usize = 65536;
+/// Most chunk references one write may commit (E2BIG past it); it keeps every command,
+/// and so every log entry, small enough to replicate within a heartbeat.
+pub const MAX_CHUNKS_PER_WRITE: usize = 4096;
 /// Largest file size: writes or truncates past it get EFBIG.
 pub const MAX_FILE_SIZE: u64 = 1 << 50;
 /// `rename` flags, with Linux's values.

@@ -16,6 +16,14 @@ pub mod pb {
     tonic::include_proto!("mobilus.meta.v1");
 }
 
-/// Largest gRPC message a Mobilus server or client accepts (bytes). Larger requests are
-/// refused with `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED` before they are decoded.
+/// Largest client request or reply (bytes). Larger ones are refused with
+/// `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED` before they are decoded.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most log entries in one AppendEntries message.
+pub const RAFT_MAX_ENTRIES_PER_MESSAGE: u64 = 64;
+
+/// Largest message between members: every entry of an AppendEntries can hold one command
+/// as large as the largest client request, plus framing.
+pub const RAFT_MAX_MESSAGE_BYTES: usize =
+    RAFT_MAX_ENTRIES_PER_MESSAGE as usize * (MAX_MESSAGE_BYTES + 64 * 1024) + 1024 * 1024;

@@ -121,25 +121,34 @@ impl WireError {
     /// Encode as a gRPC status with the stable metadata.
     pub fn to_status(&self) -> Status {
         let (mut status, key, value) = match self {
-            WireError::Errno(e, msg) => {
-                (Status::new(errno_code(*e), msg.clone()), ERRNO_KEY, e.0.to_string())
-            }
+            WireError::Errno(e, msg) => (
+                Status::new(errno_code(*e), msg.clone()),
+                ERRNO_KEY,
+                e.0.to_string(),
+            ),
             WireError::NotLeader(leader) => {
                 let mut s = Status::unavailable(match leader {
                     Some(l) => format!("not the leader; the leader is at {l}"),
                     None => "not the leader; no leader is known".to_string(),
                 });
-                if let Some(v) = leader.as_deref().and_then(|l| MetadataValue::try_from(l).ok()) {
+                if let Some(v) = leader
+                    .as_deref()
+                    .and_then(|l| MetadataValue::try_from(l).ok())
+                {
                     s.metadata_mut().insert(LEADER_KEY, v);
                 }
                 (s, ERROR_KEY, NOT_LEADER.to_string())
             }
-            WireError::Unavailable(msg) => {
-                (Status::unavailable(msg.clone()), ERROR_KEY, UNAVAILABLE.to_string())
-            }
-            WireError::StaleEpoch(msg) => {
-                (Status::aborted(msg.clone()), ERROR_KEY, STALE_EPOCH.to_string())
-            }
+            WireError::Unavailable(msg) => (
+                Status::unavailable(msg.clone()),
+                ERROR_KEY,
+                UNAVAILABLE.to_string(),
+            ),
+            WireError::StaleEpoch(msg) => (
+                Status::aborted(msg.clone()),
+                ERROR_KEY,
+                STALE_EPOCH.to_string(),
+            ),
             WireError::Other(code, msg) => return Status::new(*code, msg.clone()),
         };
         if let Ok(v) = MetadataValue::try_from(value.as_str()) {

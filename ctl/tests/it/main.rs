@@ -7,13 +7,26 @@ const CTL: &str = env!("CARGO_BIN_EXE_mobilusctl");
 
 fn ctl(args: &[&str]) -> Output {
     let meta = Path::new(CTL).with_file_name("mobilus-meta");
-    assert!(meta.is_file(), "{} is missing: run `cargo build --workspace` (cargo test --workspace does)", meta.display());
-    Command::new(CTL).args(args).env_remove("MOBILUS_META").env_remove("MOBILUS_CONFIG").output().expect("run mobilusctl")
+    assert!(
+        meta.is_file(),
+        "{} is missing: run `cargo build --workspace` (cargo test --workspace does)",
+        meta.display()
+    );
+    Command::new(CTL)
+        .args(args)
+        .env_remove("MOBILUS_META")
+        .env_remove("MOBILUS_CONFIG")
+        .output()
+        .expect("run mobilusctl")
 }
 
 fn must_ok(args: &[&str]) -> String {
     let out = ctl(args);
-    assert!(out.status.success(), "mobilusctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mobilusctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf8")
 }
 
@@ -25,7 +38,9 @@ fn must_json(args: &[&str]) -> serde_json::Value {
 
 fn pid_alive(pid: i64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 /// Stops the cluster even when an assertion fails.
@@ -53,14 +68,24 @@ fn dev_up_status_restart_and_down_with_json_output() {
     let status = must_json(&["--config", &config, "cluster", "status"]);
     let members = status["members"].as_array().unwrap();
     assert_eq!(members.len(), 3);
-    assert!(members.iter().all(|m| m["voter"] == true && m["reachable"] == true));
+    assert!(members
+        .iter()
+        .all(|m| m["voter"] == true && m["reachable"] == true));
     let leader = status["leader_id"].as_u64().unwrap();
-    assert!(members.iter().any(|m| m["id"] == leader && m["state"] == "Leader"));
+    assert!(members
+        .iter()
+        .any(|m| m["id"] == leader && m["state"] == "Leader"));
     let table = must_ok(&["--config", &config, "cluster", "status"]);
-    assert!(table.contains("Leader") && table.contains("voter"), "{table}");
+    assert!(
+        table.contains("Leader") && table.contains("voter"),
+        "{table}"
+    );
 
     // The same through --meta, and through MOBILUS_CONFIG.
-    let addrs: Vec<&str> = members.iter().map(|m| m["addr"].as_str().unwrap()).collect();
+    let addrs: Vec<&str> = members
+        .iter()
+        .map(|m| m["addr"].as_str().unwrap())
+        .collect();
     let via_meta = must_json(&["--meta", &addrs.join(","), "cluster", "status"]);
     assert_eq!(via_meta["leader_id"], status["leader_id"]);
 
@@ -68,14 +93,22 @@ fn dev_up_status_restart_and_down_with_json_output() {
     let out = must_ok(&["dev", "down", "--dir", dir]);
     assert!(out.contains("stopped 3"), "{out}");
     for pid in &pids {
-        assert!(!pid_alive(*pid), "process {pid} still running after dev down");
+        assert!(
+            !pid_alive(*pid),
+            "process {pid} still running after dev down"
+        );
     }
     let again = must_json(&["dev", "up", "--dir", dir]);
     let again = again.as_array().unwrap();
     for (a, b) in again.iter().zip(procs) {
         assert_eq!(a["addr"], b["addr"]);
     }
-    assert!(again.iter().all(|p| p["last_applied"].as_u64().unwrap() >= 7), "{again:?}");
+    assert!(
+        again
+            .iter()
+            .all(|p| p["last_applied"].as_u64().unwrap() >= 7),
+        "{again:?}"
+    );
     must_ok(&["dev", "down", "--dir", dir]);
 }
 
@@ -85,7 +118,10 @@ fn errors_say_what_to_do_and_use_the_documented_exit_codes() {
     let out = ctl(&["--meta", "127.0.0.1:1", "cluster", "status"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot reach the metadata service at 127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("cannot reach the metadata service at 127.0.0.1:1"),
+        "{err}"
+    );
     assert!(err.contains("mobilusctl dev status"), "{err}");
     // No cluster given at all.
     let out = ctl(&["cluster", "status"]);

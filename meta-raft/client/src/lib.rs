@@ -57,8 +57,14 @@ impl ClientError {
         match self {
             ClientError::Errno(e, _) => *e,
             ClientError::StaleEpoch(_) => Errno::EROFS,
-            ClientError::Rpc { code: Code::InvalidArgument, .. } => Errno::EINVAL,
-            ClientError::Rpc { code: Code::OutOfRange | Code::ResourceExhausted, .. } => Errno::E2BIG,
+            ClientError::Rpc {
+                code: Code::InvalidArgument,
+                ..
+            } => Errno::EINVAL,
+            ClientError::Rpc {
+                code: Code::OutOfRange | Code::ResourceExhausted,
+                ..
+            } => Errno::E2BIG,
             _ => Errno::EIO,
         }
     }
@@ -73,7 +79,10 @@ impl From<WireError> for ClientError {
                 addrs: l.unwrap_or_default(),
                 last: "not the leader".into(),
             },
-            WireError::Unavailable(m) => ClientError::Unavailable { addrs: String::new(), last: m },
+            WireError::Unavailable(m) => ClientError::Unavailable {
+                addrs: String::new(),
+                last: m,
+            },
             WireError::Other(code, message) => ClientError::Rpc { code, message },
         }
     }
@@ -118,16 +127,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Strip an optional `http://` so that addresses compare equal however they were written.
 fn normalize(addr: &str) -> String {
-    addr.trim().trim_start_matches("http://").trim_end_matches('/').to_string()
+    addr.trim()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string()
 }
 
 impl MetaClient {
     /// A client for the members at `addrs` (`host:port`).
     pub fn new(addrs: &[String], opts: ClientOptions) -> Result<Self, ClientError> {
-        let endpoints: Vec<String> =
-            addrs.iter().map(|a| normalize(a)).filter(|a| !a.is_empty()).collect();
+        let endpoints: Vec<String> = addrs
+            .iter()
+            .map(|a| normalize(a))
+            .filter(|a| !a.is_empty())
+            .collect();
         if endpoints.is_empty() {
-            return Err(ClientError::BadAddress(String::new(), "no address given".into()));
+            return Err(ClientError::BadAddress(
+                String::new(),
+                "no address given".into(),
+            ));
         }
         for e in &endpoints {
             Endpoint::from_shared(format!("http://{e}"))
@@ -214,7 +232,10 @@ impl MetaClient {
                     other => return Err(other.into()),
                 },
                 Err(_) => {
-                    last = format!("{target}: no answer within {:?}", self.inner.opts.rpc_timeout);
+                    last = format!(
+                        "{target}: no answer within {:?}",
+                        self.inner.opts.rpc_timeout
+                    );
                     *lock(&self.inner.leader) = None;
                     false
                 }
@@ -226,7 +247,7 @@ impl MetaClient {
                 });
             }
             attempt += 1;
-            if !retry_now || attempt % 4 == 0 {
+            if !retry_now || attempt.is_multiple_of(4) {
                 let backoff = Duration::from_millis(25u64 << attempt.min(5));
                 tracing::debug!(what, attempt, %last, ?backoff, "retrying");
                 tokio::time::sleep(backoff).await;
@@ -249,8 +270,17 @@ impl MetaClient {
         Ok(attr_from_reply(reply.into_inner())?)
     }
 
-    pub async fn lookup(&self, parent: InodeId, name: &[u8], stale: bool) -> Result<Attr, ClientError> {
-        let req = pb::LookupRequest { parent, name: name.to_vec(), stale };
+    pub async fn lookup(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        stale: bool,
+    ) -> Result<Attr, ClientError> {
+        let req = pb::LookupRequest {
+            parent,
+            name: name.to_vec(),
+            stale,
+        };
         self.attr_call("lookup", |mut c| {
             let req = req.clone();
             async move { c.lookup(req).await }
@@ -260,7 +290,8 @@ impl MetaClient {
 
     pub async fn getattr(&self, ino: InodeId, stale: bool) -> Result<Attr, ClientError> {
         let req = pb::GetAttrRequest { ino, stale };
-        self.attr_call("getattr", |mut c| async move { c.get_attr(req).await }).await
+        self.attr_call("getattr", |mut c| async move { c.get_attr(req).await })
+            .await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -367,7 +398,11 @@ impl MetaClient {
         name: &[u8],
         fence: Option<Fence>,
     ) -> Result<(InodeId, u32), ClientError> {
-        let req = pb::UnlinkRequest { parent, name: name.to_vec(), fence: fence.map(Into::into) };
+        let req = pb::UnlinkRequest {
+            parent,
+            name: name.to_vec(),
+            fence: fence.map(Into::into),
+        };
         let r = self
             .call("unlink", |ch| {
                 let req = req.clone();
@@ -378,8 +413,17 @@ impl MetaClient {
         Ok((r.ino, r.nlink))
     }
 
-    pub async fn rmdir(&self, parent: InodeId, name: &[u8], fence: Option<Fence>) -> Result<(), ClientError> {
-        let req = pb::RmdirRequest { parent, name: name.to_vec(), fence: fence.map(Into::into) };
+    pub async fn rmdir(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        fence: Option<Fence>,
+    ) -> Result<(), ClientError> {
+        let req = pb::RmdirRequest {
+            parent,
+            name: name.to_vec(),
+            fence: fence.map(Into::into),
+        };
         self.call("rmdir", |ch| {
             let req = req.clone();
             async move { Self::meta(ch).rmdir(req).await }
@@ -413,19 +457,23 @@ impl MetaClient {
         Ok(())
     }
 
-    pub async fn setattr(&self, ino: InodeId, set: &SetAttr, fence: Option<Fence>) -> Result<Attr, ClientError> {
+    pub async fn setattr(
+        &self,
+        ino: InodeId,
+        set: &SetAttr,
+        fence: Option<Fence>,
+    ) -> Result<Attr, ClientError> {
         let req = setattr_to_wire(ino, set, fence);
-        self.attr_call("setattr", |mut c| {
-            let req = req.clone();
-            async move { c.set_attr(req).await }
-        })
-        .await
+        self.attr_call("setattr", |mut c| async move { c.set_attr(req).await })
+            .await
     }
 
     pub async fn readlink(&self, ino: InodeId, stale: bool) -> Result<Vec<u8>, ClientError> {
         let req = pb::ReadLinkRequest { ino, stale };
         let r = self
-            .call("readlink", |ch| async move { Self::meta(ch).read_link(req).await })
+            .call("readlink", |ch| async move {
+                Self::meta(ch).read_link(req).await
+            })
             .await?;
         Ok(r.into_inner().target)
     }
@@ -440,9 +488,18 @@ impl MetaClient {
         plus: bool,
         stale: bool,
     ) -> Result<(Vec<DirEntry>, bool), ClientError> {
-        let req = pb::ReadDirRequest { ino, cookie, limit, plus, stale };
+        let req = pb::ReadDirRequest {
+            ino,
+            cookie,
+            limit,
+            plus,
+            stale,
+        };
         let r = self
-            .call("readdir", |ch| async move { Self::meta(ch).read_dir(req).await })
+            .call(
+                "readdir",
+                |ch| async move { Self::meta(ch).read_dir(req).await },
+            )
             .await?
             .into_inner();
         let entries = r
@@ -454,7 +511,11 @@ impl MetaClient {
     }
 
     /// Every entry of a directory, page by page.
-    pub async fn readdir_all(&self, ino: InodeId, stale: bool) -> Result<Vec<DirEntry>, ClientError> {
+    pub async fn readdir_all(
+        &self,
+        ino: InodeId,
+        stale: bool,
+    ) -> Result<Vec<DirEntry>, ClientError> {
         let mut all = Vec::new();
         let mut cookie = 0;
         loop {
@@ -492,8 +553,17 @@ impl MetaClient {
         Ok(())
     }
 
-    pub async fn getxattr(&self, ino: InodeId, name: &[u8], stale: bool) -> Result<Vec<u8>, ClientError> {
-        let req = pb::GetXattrRequest { ino, name: name.to_vec(), stale };
+    pub async fn getxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        stale: bool,
+    ) -> Result<Vec<u8>, ClientError> {
+        let req = pb::GetXattrRequest {
+            ino,
+            name: name.to_vec(),
+            stale,
+        };
         let r = self
             .call("getxattr", |ch| {
                 let req = req.clone();
@@ -506,13 +576,24 @@ impl MetaClient {
     pub async fn listxattr(&self, ino: InodeId, stale: bool) -> Result<Vec<Vec<u8>>, ClientError> {
         let req = pb::ListXattrRequest { ino, stale };
         let r = self
-            .call("listxattr", |ch| async move { Self::meta(ch).list_xattr(req).await })
+            .call("listxattr", |ch| async move {
+                Self::meta(ch).list_xattr(req).await
+            })
             .await?;
         Ok(r.into_inner().names)
     }
 
-    pub async fn removexattr(&self, ino: InodeId, name: &[u8], fence: Option<Fence>) -> Result<(), ClientError> {
-        let req = pb::RemoveXattrRequest { ino, name: name.to_vec(), fence: fence.map(Into::into) };
+    pub async fn removexattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        fence: Option<Fence>,
+    ) -> Result<(), ClientError> {
+        let req = pb::RemoveXattrRequest {
+            ino,
+            name: name.to_vec(),
+            fence: fence.map(Into::into),
+        };
         self.call("removexattr", |ch| {
             let req = req.clone();
             async move { Self::meta(ch).remove_xattr(req).await }
@@ -523,12 +604,22 @@ impl MetaClient {
 
     pub async fn statfs(&self, stale: bool) -> Result<StatFs, ClientError> {
         let req = pb::StatFsRequest { stale };
-        let r = self.call("statfs", |ch| async move { Self::meta(ch).stat_fs(req).await }).await?;
+        let r = self
+            .call(
+                "statfs",
+                |ch| async move { Self::meta(ch).stat_fs(req).await },
+            )
+            .await?;
         Ok(r.into_inner().into())
     }
 
     /// Commit the slices of a write in one operation.
-    pub async fn write(&self, ino: InodeId, slices: &[SliceWrite], fence: Option<Fence>) -> Result<Attr, ClientError> {
+    pub async fn write(
+        &self,
+        ino: InodeId,
+        slices: &[SliceWrite],
+        fence: Option<Fence>,
+    ) -> Result<Attr, ClientError> {
         let req = pb::WriteRequest {
             ino,
             slices: slices.iter().map(Into::into).collect(),
@@ -549,12 +640,23 @@ impl MetaClient {
         len: u64,
         stale: bool,
     ) -> Result<(Vec<Extent>, u64), ClientError> {
-        let req = pb::ReadSlicesRequest { ino, offset, length: len, stale };
+        let req = pb::ReadSlicesRequest {
+            ino,
+            offset,
+            length: len,
+            stale,
+        };
         let r = self
-            .call("read_slices", |ch| async move { Self::meta(ch).read_slices(req).await })
+            .call("read_slices", |ch| async move {
+                Self::meta(ch).read_slices(req).await
+            })
             .await?
             .into_inner();
-        let extents = r.extents.into_iter().map(Extent::try_from).collect::<Result<_, _>>()?;
+        let extents = r
+            .extents
+            .into_iter()
+            .map(Extent::try_from)
+            .collect::<Result<_, _>>()?;
         Ok((extents, r.size))
     }
 
@@ -607,7 +709,10 @@ impl MetaClient {
     }
 
     pub async fn add_learner(&self, id: u64, addr: &str) -> Result<pb::StatusReply, ClientError> {
-        let req = pb::AddLearnerRequest { id, addr: addr.to_string() };
+        let req = pb::AddLearnerRequest {
+            id,
+            addr: addr.to_string(),
+        };
         let r = self
             .call("add_learner", |ch| {
                 let req = req.clone();
@@ -620,7 +725,9 @@ impl MetaClient {
     pub async fn promote(&self, id: u64) -> Result<pb::StatusReply, ClientError> {
         let req = pb::PromoteRequest { id };
         let r = self
-            .call("promote", |ch| async move { Self::cluster(ch).promote(req).await })
+            .call("promote", |ch| async move {
+                Self::cluster(ch).promote(req).await
+            })
             .await?;
         Ok(r.into_inner())
     }
@@ -628,7 +735,9 @@ impl MetaClient {
     pub async fn remove_member(&self, id: u64) -> Result<pb::StatusReply, ClientError> {
         let req = pb::RemoveMemberRequest { id };
         let r = self
-            .call("remove_member", |ch| async move { Self::cluster(ch).remove_member(req).await })
+            .call("remove_member", |ch| async move {
+                Self::cluster(ch).remove_member(req).await
+            })
             .await?;
         Ok(r.into_inner())
     }
@@ -637,7 +746,9 @@ impl MetaClient {
     pub async fn trigger_snapshot(&self) -> Result<pb::StatusReply, ClientError> {
         let r = self
             .call("trigger_snapshot", |ch| async move {
-                Self::cluster(ch).trigger_snapshot(pb::TriggerSnapshotRequest {}).await
+                Self::cluster(ch)
+                    .trigger_snapshot(pb::TriggerSnapshotRequest {})
+                    .await
             })
             .await?;
         Ok(r.into_inner())

@@ -44,7 +44,11 @@ fn add_entry(
     parent.next_cookie += 1;
     let rec = DentryRecord { ino, kind, cookie };
     txn.put(Cf::Dentries, keys::with_name(parent.attr.ino, name), &rec)?;
-    txn.put_raw(Cf::Cookies, keys::cookie(parent.attr.ino, cookie), name.to_vec());
+    txn.put_raw(
+        Cf::Cookies,
+        keys::cookie(parent.attr.ino, cookie),
+        name.to_vec(),
+    );
     Ok(())
 }
 
@@ -114,7 +118,11 @@ pub(crate) fn create(
         rdev: new.rdev,
         parent: if is_dir { parent } else { 0 },
     };
-    let rec = InodeRecord { attr: attr.clone(), next_cookie: FIRST_COOKIE, target };
+    let rec = InodeRecord {
+        attr: attr.clone(),
+        next_cookie: FIRST_COOKIE,
+        target,
+    };
     save(txn, &rec)?;
     add_entry(txn, &mut p, name, ino, new.kind)?;
     if is_dir {
@@ -143,7 +151,13 @@ pub(crate) fn symlink(
     if target.contains(&0) {
         return Err(Errno::EINVAL.into());
     }
-    let new = NewInode { kind: FileKind::Symlink, mode: 0o777, uid, gid, rdev: 0 };
+    let new = NewInode {
+        kind: FileKind::Symlink,
+        mode: 0o777,
+        uid,
+        gid,
+        rdev: 0,
+    };
     create(txn, now, parent, name, new, target.to_vec())
 }
 
@@ -188,7 +202,11 @@ fn destroy(txn: &mut Txn<'_>, rec: &InodeRecord, now: i64) -> Result<(), NsError
     if rec.attr.kind == FileKind::Regular {
         file::drop_slices_from(txn, now, ino, 0)?;
     }
-    let bytes = if rec.attr.kind == FileKind::Regular { rec.attr.size } else { 0 };
+    let bytes = if rec.attr.kind == FileKind::Regular {
+        rec.attr.size
+    } else {
+        0
+    };
     update_counters(txn, |c| {
         c.inodes = c.inodes.saturating_sub(1);
         c.bytes = c.bytes.saturating_sub(bytes);
@@ -337,7 +355,9 @@ pub(crate) fn rename(
         remove_entry(txn, new_parent, new_name, &td);
         if td.kind == FileKind::Directory {
             // The replaced directory's `..` no longer links the new parent.
-            update(txn, new_parent, |r| r.attr.nlink = r.attr.nlink.saturating_sub(1))?;
+            update(txn, new_parent, |r| {
+                r.attr.nlink = r.attr.nlink.saturating_sub(1)
+            })?;
             let tgt = load(txn, td.ino)?;
             destroy(txn, &tgt, now)?;
         } else {
@@ -383,8 +403,16 @@ fn exchange(
         return Err(Errno::EINVAL.into());
     }
     // Each slot keeps its cookie and takes the other's inode.
-    let slot_a = DentryRecord { ino: b.ino, kind: b.kind, cookie: a.cookie };
-    let slot_b = DentryRecord { ino: a.ino, kind: a.kind, cookie: b.cookie };
+    let slot_a = DentryRecord {
+        ino: b.ino,
+        kind: b.kind,
+        cookie: a.cookie,
+    };
+    let slot_b = DentryRecord {
+        ino: a.ino,
+        kind: a.kind,
+        cookie: b.cookie,
+    };
     txn.put(Cf::Dentries, keys::with_name(a_parent, a_name), &slot_a)?;
     txn.put(Cf::Dentries, keys::with_name(b_parent, b_name), &slot_b)?;
     if a_parent != b_parent {

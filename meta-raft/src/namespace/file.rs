@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 
 use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, FileKind, InodeId, SliceWrite};
-use mobilus_proto::fs::MAX_FILE_SIZE;
+use mobilus_proto::fs::{MAX_CHUNKS_PER_WRITE, MAX_FILE_SIZE};
 use mobilus_proto::status::Errno;
 
 use super::keys::{self, Cf, BLOCK_SIZE};
@@ -22,15 +22,27 @@ pub fn cut(start: u64, len: u64, chunks: &[ChunkRef], a: u64, b: u64) -> Vec<Ext
         return Vec::new();
     }
     if chunks.is_empty() {
-        return vec![Extent { offset: a, len: b - a, chunk: None }];
+        return vec![Extent {
+            offset: a,
+            len: b - a,
+            chunk: None,
+        }];
     }
     let mut out = Vec::new();
     let mut pos = start;
     for c in chunks {
         let (s, e) = (pos.max(a), (pos + c.len).min(b));
         if s < e {
-            let chunk = ChunkRef { hash: c.hash, offset: c.offset + (s - pos), len: e - s };
-            out.push(Extent { offset: s, len: e - s, chunk: Some(chunk) });
+            let chunk = ChunkRef {
+                hash: c.hash,
+                offset: c.offset + (s - pos),
+                len: e - s,
+            };
+            out.push(Extent {
+                offset: s,
+                len: e - s,
+                chunk: Some(chunk),
+            });
         }
         pos += c.len;
         if pos >= b {
@@ -50,12 +62,27 @@ fn overlay(extents: &mut Vec<Extent>, a: u64, b: u64, pieces: Vec<Extent>) {
             continue;
         }
         if e.offset < a {
-            out.push(Extent { offset: e.offset, len: a - e.offset, chunk: e.chunk.map(|c| ChunkRef { len: a - e.offset, ..c }) });
+            out.push(Extent {
+                offset: e.offset,
+                len: a - e.offset,
+                chunk: e.chunk.map(|c| ChunkRef {
+                    len: a - e.offset,
+                    ..c
+                }),
+            });
         }
         if end > b {
             let skip = b - e.offset;
-            let chunk = e.chunk.map(|c| ChunkRef { offset: c.offset + skip, len: end - b, ..c });
-            out.push(Extent { offset: b, len: end - b, chunk });
+            let chunk = e.chunk.map(|c| ChunkRef {
+                offset: c.offset + skip,
+                len: end - b,
+                ..c
+            });
+            out.push(Extent {
+                offset: b,
+                len: end - b,
+                chunk,
+            });
         }
     }
     out.extend(pieces);
@@ -113,12 +140,18 @@ pub(crate) fn write(
 ) -> Result<Attr, NsError> {
     let mut rec = load(txn, ino)?;
     regular(&rec)?;
+    if slices.iter().map(|s| s.chunks.len().max(1)).sum::<usize>() > MAX_CHUNKS_PER_WRITE {
+        return Err(Errno::E2BIG.into());
+    }
     for s in slices {
         let end = s.offset.checked_add(s.len).ok_or(Errno::EFBIG)?;
         if end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG.into());
         }
-        let covered = s.chunks.iter().try_fold(0u64, |acc, c| acc.checked_add(c.len));
+        let covered = s
+            .chunks
+            .iter()
+            .try_fold(0u64, |acc, c| acc.checked_add(c.len));
         if s.len == 0 || covered != Some(s.len) {
             return Err(Errno::EINVAL.into());
         }
@@ -134,7 +167,16 @@ pub(crate) fn write(
                 .into_iter()
                 .filter_map(|e| e.chunk)
                 .collect();
-            put_record(txn, ino, seq, &SliceRecord { offset: a, len: b - a, chunks })?;
+            put_record(
+                txn,
+                ino,
+                seq,
+                &SliceRecord {
+                    offset: a,
+                    len: b - a,
+                    chunks,
+                },
+            )?;
             block_start += BLOCK_SIZE;
         }
         rec.attr.size = rec.attr.size.max(end);
@@ -182,19 +224,27 @@ pub(crate) fn truncate(
     let (ino, old) = (rec.attr.ino, rec.attr.size);
     if size < old {
         let first_whole = size.div_ceil(BLOCK_SIZE);
-        if size % BLOCK_SIZE != 0 {
+        if !size.is_multiple_of(BLOCK_SIZE) {
             let block = size / BLOCK_SIZE;
             let mut stale = false;
             let prefix = keys::slice(ino, block, 0)[..16].to_vec();
             txn.scan(Cf::Slices, &prefix, &prefix, |_, v| {
                 let r: SliceRecord = codec::decode(v)?;
                 stale = r.offset + r.len > size;
-                Ok(if stale { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+                Ok(if stale {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                })
             })?;
             if stale {
                 let end = (first_whole * BLOCK_SIZE).min(old);
                 let seq = next_seq(txn)?;
-                let hole = SliceRecord { offset: size, len: end - size, chunks: Vec::new() };
+                let hole = SliceRecord {
+                    offset: size,
+                    len: end - size,
+                    chunks: Vec::new(),
+                };
                 put_record(txn, ino, seq, &hole)?;
             }
         }
@@ -227,7 +277,11 @@ pub(crate) fn read(
     for block in offset / BLOCK_SIZE..=(end - 1) / BLOCK_SIZE {
         let lo = offset.max(block * BLOCK_SIZE);
         let hi = end.min((block + 1) * BLOCK_SIZE);
-        let mut extents = vec![Extent { offset: lo, len: hi - lo, chunk: None }];
+        let mut extents = vec![Extent {
+            offset: lo,
+            len: hi - lo,
+            chunk: None,
+        }];
         let prefix = keys::slice(ino, block, 0)[..16].to_vec();
         txn.scan(Cf::Slices, &prefix, &prefix, |_, v| {
             let r: SliceRecord = codec::decode(v)?;
@@ -253,7 +307,11 @@ mod tests {
     use super::*;
 
     fn c(h: u8, offset: u64, len: u64) -> ChunkRef {
-        ChunkRef { hash: ChunkHash([h; 32]), offset, len }
+        ChunkRef {
+            hash: ChunkHash([h; 32]),
+            offset,
+            len,
+        }
     }
 
     #[test]
@@ -261,21 +319,60 @@ mod tests {
         let chunks = [c(1, 0, 10), c(2, 5, 10)];
         let got = cut(100, 20, &chunks, 105, 115);
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0], Extent { offset: 105, len: 5, chunk: Some(c(1, 5, 5)) });
-        assert_eq!(got[1], Extent { offset: 110, len: 5, chunk: Some(c(2, 5, 5)) });
+        assert_eq!(
+            got[0],
+            Extent {
+                offset: 105,
+                len: 5,
+                chunk: Some(c(1, 5, 5))
+            }
+        );
+        assert_eq!(
+            got[1],
+            Extent {
+                offset: 110,
+                len: 5,
+                chunk: Some(c(2, 5, 5))
+            }
+        );
         assert!(cut(100, 20, &chunks, 0, 100).is_empty());
     }
 
     #[test]
     fn overlay_splits_the_older_extent() {
-        let mut ext = vec![Extent { offset: 0, len: 10, chunk: Some(c(1, 0, 10)) }];
-        overlay(&mut ext, 3, 5, vec![Extent { offset: 3, len: 2, chunk: None }]);
+        let mut ext = vec![Extent {
+            offset: 0,
+            len: 10,
+            chunk: Some(c(1, 0, 10)),
+        }];
+        overlay(
+            &mut ext,
+            3,
+            5,
+            vec![Extent {
+                offset: 3,
+                len: 2,
+                chunk: None,
+            }],
+        );
         assert_eq!(
             ext,
             vec![
-                Extent { offset: 0, len: 3, chunk: Some(c(1, 0, 3)) },
-                Extent { offset: 3, len: 2, chunk: None },
-                Extent { offset: 5, len: 5, chunk: Some(c(1, 5, 5)) },
+                Extent {
+                    offset: 0,
+                    len: 3,
+                    chunk: Some(c(1, 0, 3))
+                },
+                Extent {
+                    offset: 3,
+                    len: 2,
+                    chunk: None
+                },
+                Extent {
+                    offset: 5,
+                    len: 5,
+                    chunk: Some(c(1, 5, 5))
+                },
             ]
         );
     }

@@ -4,9 +4,9 @@
 //! [`Command`](crate::types::Command), whose `time_ns` the leader stamped at proposal. The
 //! same log therefore produces the same bytes on every member.
 
-pub mod keys;
 mod dir;
 mod file;
+pub mod keys;
 mod query;
 pub mod txn;
 
@@ -36,6 +36,7 @@ pub struct InodeRecord {
     /// start of a listing and for `.` and `..`.
     pub next_cookie: u64,
     /// Symlinks: the target.
+    #[serde(with = "serde_bytes")]
     pub target: Vec<u8>,
 }
 
@@ -80,7 +81,9 @@ pub fn open_db(path: &Path) -> Result<DB, StoreError> {
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_max_background_jobs(2);
-    let cfs = Cf::ALL.iter().map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+    let cfs = Cf::ALL
+        .iter()
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
     let db = DB::open_cf_descriptors(&opts, path, cfs)?;
     bootstrap(&db)?;
     Ok(db)
@@ -114,8 +117,20 @@ fn bootstrap(db: &DB) -> Result<(), StoreError> {
         target: Vec::new(),
     };
     txn.put(Cf::Inodes, keys::ino(ROOT_INO), &root)?;
-    txn.put(Cf::Subtrees, keys::ino(ROOT_INO), &SubtreeRecord { owner: None, epoch: 0 })?;
-    let counters = Counters { next_ino: ROOT_INO + 1, next_seq: 1, inodes: 1, bytes: 0 };
+    txn.put(
+        Cf::Subtrees,
+        keys::ino(ROOT_INO),
+        &SubtreeRecord {
+            owner: None,
+            epoch: 0,
+        },
+    )?;
+    let counters = Counters {
+        next_ino: ROOT_INO + 1,
+        next_seq: 1,
+        inodes: 1,
+        bytes: 0,
+    };
     txn.put(Cf::Sys, keys::sys::COUNTERS.to_vec(), &counters)?;
     txn.put_raw(Cf::Sys, keys::sys::FORMAT.to_vec(), FORMAT_NAME.to_vec());
     let mut wo = WriteOptions::default();
@@ -171,9 +186,12 @@ pub fn execute(txn: &mut Txn<'_>, cmd: &Command) -> Result<Reply, StoreError> {
 }
 
 fn check_fence(txn: &Txn<'_>, cmd: &Command) -> Result<(), NsError> {
-    let Some(fence) = cmd.fence else { return Ok(()) };
-    let sub: SubtreeRecord =
-        txn.get(Cf::Subtrees, &keys::ino(fence.subtree))?.ok_or(Errno::ESTALE)?;
+    let Some(fence) = cmd.fence else {
+        return Ok(());
+    };
+    let sub: SubtreeRecord = txn
+        .get(Cf::Subtrees, &keys::ino(fence.subtree))?
+        .ok_or(Errno::ESTALE)?;
     if sub.epoch != fence.epoch {
         return Err(OpError::StaleEpoch {
             subtree: fence.subtree,
@@ -187,14 +205,34 @@ fn check_fence(txn: &Txn<'_>, cmd: &Command) -> Result<(), NsError> {
 
 fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
     match op {
-        Op::Mknod { parent, name, kind, mode, uid, gid, rdev } => {
+        Op::Mknod {
+            parent,
+            name,
+            kind,
+            mode,
+            uid,
+            gid,
+            rdev,
+        } => {
             if *kind == FileKind::Directory || *kind == FileKind::Symlink {
                 return Err(Errno::EINVAL.into());
             }
-            let new = dir::NewInode { kind: *kind, mode: *mode, uid: *uid, gid: *gid, rdev: *rdev };
+            let new = dir::NewInode {
+                kind: *kind,
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+                rdev: *rdev,
+            };
             dir::create(txn, now, *parent, name, new, Vec::new()).map(OpReply::Attr)
         }
-        Op::Mkdir { parent, name, mode, uid, gid } => {
+        Op::Mkdir {
+            parent,
+            name,
+            mode,
+            uid,
+            gid,
+        } => {
             let new = dir::NewInode {
                 kind: FileKind::Directory,
                 mode: *mode,
@@ -204,22 +242,35 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
             };
             dir::create(txn, now, *parent, name, new, Vec::new()).map(OpReply::Attr)
         }
-        Op::Symlink { parent, name, target, uid, gid } => {
-            dir::symlink(txn, now, *parent, name, target, *uid, *gid).map(OpReply::Attr)
-        }
-        Op::Link { ino, new_parent, new_name } => {
-            dir::link(txn, now, *ino, *new_parent, new_name).map(OpReply::Attr)
-        }
+        Op::Symlink {
+            parent,
+            name,
+            target,
+            uid,
+            gid,
+        } => dir::symlink(txn, now, *parent, name, target, *uid, *gid).map(OpReply::Attr),
+        Op::Link {
+            ino,
+            new_parent,
+            new_name,
+        } => dir::link(txn, now, *ino, *new_parent, new_name).map(OpReply::Attr),
         Op::Unlink { parent, name } => dir::unlink(txn, now, *parent, name),
         Op::Rmdir { parent, name } => dir::rmdir(txn, now, *parent, name).map(|()| OpReply::Done),
-        Op::Rename { parent, name, new_parent, new_name, flags } => {
-            dir::rename(txn, now, *parent, name, *new_parent, new_name, *flags)
-                .map(|()| OpReply::Done)
-        }
+        Op::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+        } => dir::rename(txn, now, *parent, name, *new_parent, new_name, *flags)
+            .map(|()| OpReply::Done),
         Op::SetAttr { ino, set } => dir::setattr(txn, now, *ino, set).map(OpReply::Attr),
-        Op::SetXattr { ino, name, value, flags } => {
-            dir::setxattr(txn, now, *ino, name, value, *flags).map(|()| OpReply::Done)
-        }
+        Op::SetXattr {
+            ino,
+            name,
+            value,
+            flags,
+        } => dir::setxattr(txn, now, *ino, name, value, *flags).map(|()| OpReply::Done),
         Op::RemoveXattr { ino, name } => {
             dir::removexattr(txn, now, *ino, name).map(|()| OpReply::Done)
         }

@@ -35,8 +35,9 @@ impl Namespace {
             b".." => return Ok(load(&txn, p.attr.parent)?.attr),
             _ => {}
         }
-        let d: DentryRecord =
-            txn.get(Cf::Dentries, &keys::with_name(parent, name))?.ok_or(Errno::ENOENT)?;
+        let d: DentryRecord = txn
+            .get(Cf::Dentries, &keys::with_name(parent, name))?
+            .ok_or(Errno::ENOENT)?;
         Ok(load(&txn, d.ino)?.attr)
     }
 
@@ -60,7 +61,11 @@ impl Namespace {
     ) -> Result<(Vec<DirEntry>, bool), NsError> {
         let txn = self.txn();
         load_dir(&txn, ino)?;
-        let limit = if limit == 0 { READDIR_MAX } else { limit.min(READDIR_MAX) } as usize;
+        let limit = if limit == 0 {
+            READDIR_MAX
+        } else {
+            limit.min(READDIR_MAX)
+        } as usize;
         let prefix = keys::ino(ino);
         let start = keys::cookie(ino, cookie.saturating_add(1));
         let mut names = Vec::new();
@@ -78,8 +83,18 @@ impl Namespace {
             let d: DentryRecord = txn
                 .get(Cf::Dentries, &keys::with_name(ino, &name))?
                 .ok_or_else(|| StoreError::Corrupt(format!("cookie {cookie} of {ino} dangles")))?;
-            let attr = if plus { Some(load(&txn, d.ino)?.attr) } else { None };
-            out.push(DirEntry { name, ino: d.ino, kind: d.kind, cookie, attr });
+            let attr = if plus {
+                Some(load(&txn, d.ino)?.attr)
+            } else {
+                None
+            };
+            out.push(DirEntry {
+                name,
+                ino: d.ino,
+                kind: d.kind,
+                cookie,
+                attr,
+            });
         }
         Ok((out, eof))
     }
@@ -88,7 +103,9 @@ impl Namespace {
         dir::check_xattr_name(name)?;
         let txn = self.txn();
         load(&txn, ino)?;
-        Ok(txn.get_raw(Cf::Xattrs, &keys::with_name(ino, name))?.ok_or(Errno::ENODATA)?)
+        Ok(txn
+            .get_raw(Cf::Xattrs, &keys::with_name(ino, name))?
+            .ok_or(Errno::ENODATA)?)
     }
 
     pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, NsError> {
@@ -129,8 +146,10 @@ impl Namespace {
     pub fn all_chunk_refs(&self) -> Result<Vec<([u8; 32], u64)>, NsError> {
         let mut out = Vec::new();
         for (k, v) in self.txn().scan_all(Cf::ChunkRefs, &[])? {
-            let hash: [u8; 32] =
-                k.as_slice().try_into().map_err(|_| StoreError::Corrupt("chunk key".into()))?;
+            let hash: [u8; 32] = k
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("chunk key".into()))?;
             out.push((hash, codec::decode::<u64>(&v)?));
         }
         Ok(out)

@@ -15,6 +15,10 @@ use crate::codec;
 use crate::error::StoreError;
 
 type Key = (Cf, Vec<u8>);
+/// A key and value as RocksDB hands them out.
+type RawPair = (Box<[u8]>, Box<[u8]>);
+/// Keys and values, owned.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
 pub struct Txn<'a> {
     db: &'a DB,
@@ -30,7 +34,7 @@ pub struct Savepoint(usize);
 fn next_committed(
     it: &mut rocksdb::DBIteratorWithThreadMode<'_, DB>,
     prefix: &[u8],
-) -> Result<Option<(Box<[u8]>, Box<[u8]>)>, StoreError> {
+) -> Result<Option<RawPair>, StoreError> {
     match it.next() {
         Some(item) => {
             let (k, v) = item?;
@@ -42,11 +46,17 @@ fn next_committed(
 
 impl<'a> Txn<'a> {
     pub fn new(db: &'a DB) -> Self {
-        Txn { db, overlay: BTreeMap::new(), undo: Vec::new() }
+        Txn {
+            db,
+            overlay: BTreeMap::new(),
+            undo: Vec::new(),
+        }
     }
 
     fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(cf.name()).ok_or(StoreError::MissingColumnFamily(cf.name()))
+        self.db
+            .cf_handle(cf.name())
+            .ok_or(StoreError::MissingColumnFamily(cf.name()))
     }
 
     pub fn get_raw(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -88,7 +98,9 @@ impl<'a> Txn<'a> {
     /// Undo every write made since `sp`.
     pub fn rollback(&mut self, sp: Savepoint) {
         while self.undo.len() > sp.0 {
-            let Some((key, old)) = self.undo.pop() else { break };
+            let Some((key, old)) = self.undo.pop() else {
+                break;
+            };
             match old {
                 Some(v) => self.overlay.insert(key, v),
                 None => self.overlay.remove(&key),
@@ -106,7 +118,9 @@ impl<'a> Txn<'a> {
         start: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        let mut it = self.db.iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward));
+        let mut it = self
+            .db
+            .iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward));
         let mut pending = self
             .overlay
             .range((cf, start.to_vec())..)
@@ -121,8 +135,13 @@ impl<'a> Txn<'a> {
                 (Some((ck, _)), Some(((_, ok), _))) => ok.as_slice() <= ck.as_ref(),
             };
             let flow = if from_overlay {
-                let Some(((_, key), value)) = pending.next() else { return Ok(()) };
-                if committed.as_ref().is_some_and(|(ck, _)| ck.as_ref() == key.as_slice()) {
+                let Some(((_, key), value)) = pending.next() else {
+                    return Ok(());
+                };
+                if committed
+                    .as_ref()
+                    .is_some_and(|(ck, _)| ck.as_ref() == key.as_slice())
+                {
                     committed = next_committed(&mut it, prefix)?;
                 }
                 match value {
@@ -130,7 +149,9 @@ impl<'a> Txn<'a> {
                     None => ControlFlow::Continue(()),
                 }
             } else {
-                let Some((key, value)) = committed.take() else { return Ok(()) };
+                let Some((key, value)) = committed.take() else {
+                    return Ok(());
+                };
                 committed = next_committed(&mut it, prefix)?;
                 visit(&key, &value)?
             };
@@ -141,7 +162,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Keys (and values) starting with `prefix`, in order, own writes included.
-    pub fn scan_all(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_all(&self, cf: Cf, prefix: &[u8]) -> Result<Pairs, StoreError> {
         let mut out = Vec::new();
         self.scan(cf, prefix, prefix, |k, v| {
             out.push((k.to_vec(), v.to_vec()));
@@ -154,8 +175,10 @@ impl<'a> Txn<'a> {
     pub fn into_batch(self) -> Result<WriteBatch, StoreError> {
         let mut batch = WriteBatch::default();
         for ((cf, key), value) in self.overlay {
-            let handle =
-                self.db.cf_handle(cf.name()).ok_or(StoreError::MissingColumnFamily(cf.name()))?;
+            let handle = self
+                .db
+                .cf_handle(cf.name())
+                .ok_or(StoreError::MissingColumnFamily(cf.name()))?;
             match value {
                 Some(v) => batch.put_cf(handle, key, v),
                 None => batch.delete_cf(handle, key),

@@ -26,7 +26,9 @@ fn status(e: MetaError) -> Status {
 
 fn attr_reply(r: OpReply) -> Reply<pb::AttrReply> {
     match r {
-        OpReply::Attr(a) => Ok(Response::new(pb::AttrReply { attr: Some((&a).into()) })),
+        OpReply::Attr(a) => Ok(Response::new(pb::AttrReply {
+            attr: Some((&a).into()),
+        })),
         other => Err(Status::internal(format!("unexpected reply {other:?}"))),
     }
 }
@@ -42,7 +44,10 @@ pub struct MetaSvc {
 
 impl MetaSvc {
     async fn op(&self, fence: Option<pb::Fence>, op: Op) -> Result<OpReply, Status> {
-        self.node.propose(fence_from_wire(fence), op).await.map_err(status)
+        self.node
+            .propose(fence_from_wire(fence), op)
+            .await
+            .map_err(status)
     }
 }
 
@@ -50,13 +55,21 @@ impl MetaSvc {
 impl Meta for MetaSvc {
     async fn lookup(&self, r: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
-        let a = self.node.read(r.stale, |ns| ns.lookup(r.parent, &r.name)).await.map_err(status)?;
+        let a = self
+            .node
+            .read(r.stale, |ns| ns.lookup(r.parent, &r.name))
+            .await
+            .map_err(status)?;
         attr_reply(OpReply::Attr(a))
     }
 
     async fn get_attr(&self, r: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
-        let a = self.node.read(r.stale, |ns| ns.getattr(r.ino)).await.map_err(status)?;
+        let a = self
+            .node
+            .read(r.stale, |ns| ns.getattr(r.ino))
+            .await
+            .map_err(status)?;
         attr_reply(OpReply::Attr(a))
     }
 
@@ -77,25 +90,50 @@ impl Meta for MetaSvc {
 
     async fn mkdir(&self, r: Request<pb::MkdirRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
-        let op = Op::Mkdir { parent: r.parent, name: r.name, mode: r.mode, uid: r.uid, gid: r.gid };
+        let op = Op::Mkdir {
+            parent: r.parent,
+            name: r.name,
+            mode: r.mode,
+            uid: r.uid,
+            gid: r.gid,
+        };
         attr_reply(self.op(r.fence, op).await?)
     }
 
     async fn symlink(&self, r: Request<pb::SymlinkRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
-        let op = Op::Symlink { parent: r.parent, name: r.name, target: r.target, uid: r.uid, gid: r.gid };
+        let op = Op::Symlink {
+            parent: r.parent,
+            name: r.name,
+            target: r.target,
+            uid: r.uid,
+            gid: r.gid,
+        };
         attr_reply(self.op(r.fence, op).await?)
     }
 
     async fn link(&self, r: Request<pb::LinkRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
-        let op = Op::Link { ino: r.ino, new_parent: r.new_parent, new_name: r.new_name };
+        let op = Op::Link {
+            ino: r.ino,
+            new_parent: r.new_parent,
+            new_name: r.new_name,
+        };
         attr_reply(self.op(r.fence, op).await?)
     }
 
     async fn unlink(&self, r: Request<pb::UnlinkRequest>) -> Reply<pb::UnlinkReply> {
         let r = r.into_inner();
-        match self.op(r.fence, Op::Unlink { parent: r.parent, name: r.name }).await? {
+        match self
+            .op(
+                r.fence,
+                Op::Unlink {
+                    parent: r.parent,
+                    name: r.name,
+                },
+            )
+            .await?
+        {
             OpReply::Unlinked { ino, nlink } => Ok(Response::new(pb::UnlinkReply { ino, nlink })),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
@@ -103,7 +141,14 @@ impl Meta for MetaSvc {
 
     async fn rmdir(&self, r: Request<pb::RmdirRequest>) -> Reply<pb::Empty> {
         let r = r.into_inner();
-        self.op(r.fence, Op::Rmdir { parent: r.parent, name: r.name }).await?;
+        self.op(
+            r.fence,
+            Op::Rmdir {
+                parent: r.parent,
+                name: r.name,
+            },
+        )
+        .await?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -122,13 +167,20 @@ impl Meta for MetaSvc {
 
     async fn set_attr(&self, r: Request<pb::SetAttrRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
-        let op = Op::SetAttr { ino: r.ino, set: setattr_from_wire(&r) };
+        let op = Op::SetAttr {
+            ino: r.ino,
+            set: setattr_from_wire(&r),
+        };
         attr_reply(self.op(r.fence, op).await?)
     }
 
     async fn read_link(&self, r: Request<pb::ReadLinkRequest>) -> Reply<pb::ReadLinkReply> {
         let r = r.into_inner();
-        let target = self.node.read(r.stale, |ns| ns.readlink(r.ino)).await.map_err(status)?;
+        let target = self
+            .node
+            .read(r.stale, |ns| ns.readlink(r.ino))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ReadLinkReply { target }))
     }
 
@@ -139,37 +191,64 @@ impl Meta for MetaSvc {
             .read(r.stale, |ns| ns.readdir(r.ino, r.cookie, r.limit, r.plus))
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::ReadDirReply { entries: entries.iter().map(Into::into).collect(), eof }))
+        Ok(Response::new(pb::ReadDirReply {
+            entries: entries.iter().map(Into::into).collect(),
+            eof,
+        }))
     }
 
     async fn set_xattr(&self, r: Request<pb::SetXattrRequest>) -> Reply<pb::Empty> {
         let r = r.into_inner();
-        let op = Op::SetXattr { ino: r.ino, name: r.name, value: r.value, flags: r.flags };
+        let op = Op::SetXattr {
+            ino: r.ino,
+            name: r.name,
+            value: r.value,
+            flags: r.flags,
+        };
         self.op(r.fence, op).await?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn get_xattr(&self, r: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
         let r = r.into_inner();
-        let value = self.node.read(r.stale, |ns| ns.getxattr(r.ino, &r.name)).await.map_err(status)?;
+        let value = self
+            .node
+            .read(r.stale, |ns| ns.getxattr(r.ino, &r.name))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetXattrReply { value }))
     }
 
     async fn list_xattr(&self, r: Request<pb::ListXattrRequest>) -> Reply<pb::ListXattrReply> {
         let r = r.into_inner();
-        let names = self.node.read(r.stale, |ns| ns.listxattr(r.ino)).await.map_err(status)?;
+        let names = self
+            .node
+            .read(r.stale, |ns| ns.listxattr(r.ino))
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListXattrReply { names }))
     }
 
     async fn remove_xattr(&self, r: Request<pb::RemoveXattrRequest>) -> Reply<pb::Empty> {
         let r = r.into_inner();
-        self.op(r.fence, Op::RemoveXattr { ino: r.ino, name: r.name }).await?;
+        self.op(
+            r.fence,
+            Op::RemoveXattr {
+                ino: r.ino,
+                name: r.name,
+            },
+        )
+        .await?;
         Ok(Response::new(pb::Empty {}))
     }
 
     async fn stat_fs(&self, r: Request<pb::StatFsRequest>) -> Reply<pb::StatFsReply> {
         let r = r.into_inner();
-        let s = self.node.read(r.stale, |ns| ns.statfs()).await.map_err(status)?;
+        let s = self
+            .node
+            .read(r.stale, |ns| ns.statfs())
+            .await
+            .map_err(status)?;
         Ok(Response::new((&s).into()))
     }
 
@@ -191,7 +270,10 @@ impl Meta for MetaSvc {
             .read(r.stale, |ns| ns.read_slices(r.ino, r.offset, r.length))
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::ReadSlicesReply { extents: extents.iter().map(Into::into).collect(), size }))
+        Ok(Response::new(pb::ReadSlicesReply {
+            extents: extents.iter().map(Into::into).collect(),
+            size,
+        }))
     }
 }
 
@@ -233,7 +315,10 @@ impl Cluster for ClusterSvc {
         ClusterSvc::status(self)
     }
 
-    async fn trigger_snapshot(&self, _: Request<pb::TriggerSnapshotRequest>) -> Reply<pb::StatusReply> {
+    async fn trigger_snapshot(
+        &self,
+        _: Request<pb::TriggerSnapshotRequest>,
+    ) -> Reply<pb::StatusReply> {
         if self.node.status().state != "Leader" {
             return Err(MetaError::NotLeader(self.node.leader().map(|(_, a)| a)).to_status());
         }
@@ -260,7 +345,9 @@ impl RaftSvc {
     /// Drop traffic from a blocked peer, as if the network had lost it.
     fn admit(&self, from: NodeId) -> Result<(), Status> {
         if self.node.faults.is_blocked(from) {
-            return Err(Status::unavailable(format!("traffic from {from} is blocked")));
+            return Err(Status::unavailable(format!(
+                "traffic from {from} is blocked"
+            )));
         }
         Ok(())
     }
@@ -287,7 +374,11 @@ impl RaftRpc for RaftSvc {
     }
 
     async fn forward(&self, r: Request<pb::RaftBytes>) -> Reply<pb::RaftBytes> {
-        let reply = self.node.accept_forwarded(&r.into_inner().data).await.map_err(status)?;
+        let reply = self
+            .node
+            .accept_forwarded(&r.into_inner().data)
+            .await
+            .map_err(status)?;
         encode(&reply)
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use mobilus_proto::pb::cluster_server::ClusterServer;
 use mobilus_proto::pb::meta_server::MetaServer;
 use mobilus_proto::pb::raft_server::RaftServer;
-use mobilus_proto::MAX_MESSAGE_BYTES;
+use mobilus_proto::{MAX_MESSAGE_BYTES, RAFT_MAX_ENTRIES_PER_MESSAGE, RAFT_MAX_MESSAGE_BYTES};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -40,7 +40,7 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, MetaError> {
         max_in_snapshot_log_to_keep: cfg.keep_logs,
         purge_batch_size: 256,
         snapshot_max_chunk_size: 1 << 20,
-        max_payload_entries: 512,
+        max_payload_entries: RAFT_MAX_ENTRIES_PER_MESSAGE,
         ..Default::default()
     }
     .validate()
@@ -77,7 +77,13 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
         pool,
         timeouts: NodeTimeouts::default(),
     });
-    if cfg.init && !node.raft.is_initialized().await.map_err(|e| MetaError::Raft(e.to_string()))? {
+    if cfg.init
+        && !node
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))?
+    {
         node.init().await?;
         tracing::info!(id = cfg.id, %addr, "initialised a new cluster");
     }
@@ -88,8 +94,8 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let cluster = ClusterServer::new(grpc::ClusterSvc { node: node.clone() });
     let raft_svc = RaftServer::new(grpc::RaftSvc { node: node.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(RAFT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(RAFT_MAX_MESSAGE_BYTES);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let serving = tokio::spawn(
         tonic::transport::Server::builder()
@@ -103,7 +109,11 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
             }),
     );
     tracing::info!(id = cfg.id, %addr, data_dir = %cfg.data_dir.display(), "mobilus-meta serving");
-    Ok(ServerHandle { node, stop: Some(stop), serving })
+    Ok(ServerHandle {
+        node,
+        stop: Some(stop),
+        serving,
+    })
 }
 
 impl ServerHandle {
@@ -119,7 +129,11 @@ impl ServerHandle {
             let _ = stop.send(());
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.serving).await;
-        self.node.raft.shutdown().await.map_err(|e| MetaError::Raft(e.to_string()))?;
+        self.node
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))?;
         Ok(())
     }
 }

@@ -12,12 +12,12 @@ use openraft::{BasicNode, ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
+use super::proposer::Proposer;
 use crate::codec;
 use crate::error::{MetaError, NsError};
 use crate::namespace::Namespace;
 use crate::network::{ChannelPool, NetFaults};
 use crate::store::{LogStats, StateMachine};
-use super::proposer::Proposer;
 use crate::types::{Command, NodeId, Op, OpReply, Raft, Reply};
 
 /// Timeouts of a member's client-facing operations.
@@ -31,7 +31,10 @@ pub struct NodeTimeouts {
 
 impl Default for NodeTimeouts {
     fn default() -> Self {
-        NodeTimeouts { write: Duration::from_secs(8), read: Duration::from_secs(5) }
+        NodeTimeouts {
+            write: Duration::from_secs(8),
+            read: Duration::from_secs(5),
+        }
     }
 }
 
@@ -78,7 +81,11 @@ impl MetaNode {
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics().borrow().clone();
         let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id).map(|n| n.addr.clone())?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())?;
         Some((id, addr))
     }
 
@@ -100,7 +107,11 @@ impl MetaNode {
 
     /// Propose on this member only (the leader's half of forwarding).
     pub async fn propose_local(&self, fence: Option<Fence>, op: Op) -> Result<OpReply, MetaError> {
-        let cmd = Command { time_ns: now_ns(), fence, op };
+        let cmd = Command {
+            time_ns: now_ns(),
+            fence,
+            op,
+        };
         match tokio::time::timeout(self.timeouts.write, self.proposer.propose(cmd)).await {
             Err(_) => Err(MetaError::Unavailable(format!(
                 "not committed within {:?} (no quorum?); it may still commit",
@@ -164,9 +175,11 @@ impl MetaNode {
                 self.timeouts.read
             ))),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(MetaError::NotLeader(f.leader_node.map(|n| n.addr).or_else(|| self.leader_addr())))
-            }
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => Err(MetaError::NotLeader(
+                f.leader_node.map(|n| n.addr).or_else(|| self.leader_addr()),
+            )),
             Ok(Err(e)) => Err(MetaError::Unavailable(e.to_string())),
         }
     }
@@ -175,7 +188,12 @@ impl MetaNode {
 
     /// Initialise a one-member cluster made of this member.
     pub async fn init(&self) -> Result<(), MetaError> {
-        let members = BTreeMap::from([(self.id, BasicNode { addr: self.addr.clone() })]);
+        let members = BTreeMap::from([(
+            self.id,
+            BasicNode {
+                addr: self.addr.clone(),
+            },
+        )]);
         match self.raft.initialize(members).await {
             Ok(()) => Ok(()),
             Err(RaftError::APIError(e)) => Err(MetaError::InvalidRequest(e.to_string())),
@@ -203,7 +221,9 @@ impl MetaNode {
     #[instrument(skip(self))]
     pub async fn add_learner(&self, id: NodeId, addr: String) -> Result<(), MetaError> {
         if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
-            return Err(MetaError::InvalidRequest(format!("address {addr:?} is not host:port")));
+            return Err(MetaError::InvalidRequest(format!(
+                "address {addr:?} is not host:port"
+            )));
         }
         self.raft
             .add_learner(id, BasicNode { addr }, true)
@@ -212,40 +232,45 @@ impl MetaNode {
             .map_err(Self::membership_error)
     }
 
-    /// Make a learner a voter.
-    #[instrument(skip(self))]
-    pub async fn promote(&self, id: NodeId) -> Result<(), MetaError> {
-        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+    async fn change(&self, change: ChangeMembers<NodeId, BasicNode>) -> Result<(), MetaError> {
         self.raft
             .change_membership(change, false)
             .await
             .map(|_| ())
             .map_err(Self::membership_error)
+    }
+
+    /// Make a learner a voter.
+    #[instrument(skip(self))]
+    pub async fn promote(&self, id: NodeId) -> Result<(), MetaError> {
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+            .await
     }
 
     /// Remove a member (voter or learner) from the cluster.
     #[instrument(skip(self))]
     pub async fn remove(&self, id: NodeId) -> Result<(), MetaError> {
         let m = self.raft.metrics().borrow().clone();
-        let is_voter = m.membership_config.membership().voter_ids().any(|v| v == id);
+        let is_voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
         if is_voter {
-            let change = ChangeMembers::RemoveVoters(BTreeSet::from([id]));
-            self.raft
-                .change_membership(change, false)
-                .await
-                .map_err(Self::membership_error)?;
+            self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
         }
-        let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-        self.raft
-            .change_membership(change, false)
+        self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
             .await
-            .map(|_| ())
-            .map_err(Self::membership_error)
     }
 
     /// Build a snapshot now (the log is then purged up to it).
     pub async fn trigger_snapshot(&self) -> Result<(), MetaError> {
-        self.raft.trigger().snapshot().await.map_err(|e| MetaError::Raft(e.to_string()))
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| MetaError::Raft(e.to_string()))
     }
 
     /// This member's view of the cluster.

@@ -16,11 +16,16 @@ use crate::types::{Command, Proposal, Raft, Reply};
 
 /// Most commands in one entry.
 const MAX_BATCH: usize = 64;
+/// A batch stops growing once its commands add up to this many bytes (a single larger
+/// command still gets an entry of its own), so entries stay small for replication.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Entries proposed and not yet committed, at most.
 const MAX_IN_FLIGHT: usize = 4;
 
 struct Pending {
     cmd: Command,
+    /// Encoded size, for the batch budget.
+    bytes: usize,
     done: oneshot::Sender<Result<Reply, MetaError>>,
 }
 
@@ -39,22 +44,46 @@ impl Proposer {
     /// Propose one command; answers when its entry is committed and applied.
     pub async fn propose(&self, cmd: Command) -> Result<Reply, MetaError> {
         let (done, answer) = oneshot::channel();
+        let bytes = crate::codec::encode(&cmd)
+            .map(|b| b.len())
+            .unwrap_or(MAX_BATCH_BYTES);
         self.tx
-            .send(Pending { cmd, done })
+            .send(Pending { cmd, bytes, done })
             .map_err(|_| MetaError::Unavailable("the member is shutting down".into()))?;
-        answer.await.map_err(|_| MetaError::Unavailable("the proposal was dropped".into()))?
+        answer
+            .await
+            .map_err(|_| MetaError::Unavailable("the proposal was dropped".into()))?
     }
 }
 
 async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
+    // A command that did not fit the previous batch's byte budget starts the next one.
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         // Waiting for a slot is what lets a batch fill up under load.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) if bytes + p.bytes > MAX_BATCH_BYTES => {
+                    carried = Some(p);
+                    break;
+                }
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -69,7 +98,8 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
 async fn commit(raft: &Raft, batch: Vec<Pending>) {
     let n = batch.len();
     let (cmds, dones): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.done)).unzip();
-    let fail = |dones: Vec<oneshot::Sender<Result<Reply, MetaError>>>, err: &dyn Fn() -> MetaError| {
+    let fail = |dones: Vec<oneshot::Sender<Result<Reply, MetaError>>>,
+                err: &dyn Fn() -> MetaError| {
         for d in dones {
             let _ = d.send(Err(err()));
         }
@@ -82,7 +112,9 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
         }
         Ok(resp) => {
             let got = resp.data.len();
-            fail(dones, &|| MetaError::Raft(format!("{got} replies for {n} commands")));
+            fail(dones, &|| {
+                MetaError::Raft(format!("{got} replies for {n} commands"))
+            });
         }
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
             let leader = f.leader_node.map(|n| n.addr);

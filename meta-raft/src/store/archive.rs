@@ -46,7 +46,10 @@ pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
 /// Pack every file of `dir` (flat, as a checkpoint is) into `out`, then fsync it.
 pub fn pack(dir: &Path, meta: &SnapshotMeta, out: &Path) -> Result<(), StoreError> {
     let file = File::create(out)?;
-    let mut w = Hashing { inner: BufWriter::new(file), hasher: blake3::Hasher::new() };
+    let mut w = Hashing {
+        inner: BufWriter::new(file),
+        hasher: blake3::Hasher::new(),
+    };
     let meta_bytes = codec::encode(meta)?;
     w.write_all(MAGIC)?;
     w.write_all(&(meta_bytes.len() as u32).to_le_bytes())?;
@@ -57,7 +60,10 @@ pub fn pack(dir: &Path, meta: &SnapshotMeta, out: &Path) -> Result<(), StoreErro
     names.sort();
     w.write_all(&(names.len() as u32).to_le_bytes())?;
     for name in names {
-        let name = name.to_str().ok_or_else(|| corrupt("non-UTF-8 file name"))?.to_string();
+        let name = name
+            .to_str()
+            .ok_or_else(|| corrupt("non-UTF-8 file name"))?
+            .to_string();
         let mut f = File::open(dir.join(&name))?;
         let size = f.metadata()?.len();
         w.write_all(&(name.len() as u16).to_le_bytes())?;
@@ -177,7 +183,10 @@ mod tests {
         let mid = bytes.len() / 2;
         bytes[mid] ^= 1;
         fs::write(&snap, &bytes).unwrap();
-        assert!(matches!(unpack(&snap, &tmp.path().join("d2")), Err(StoreError::CorruptSnapshot(_))));
+        assert!(matches!(
+            unpack(&snap, &tmp.path().join("d2")),
+            Err(StoreError::CorruptSnapshot(_))
+        ));
         fs::write(&snap, b"MOBSNAP1").unwrap();
         assert!(unpack(&snap, &tmp.path().join("d3")).is_err());
     }

@@ -1,6 +1,8 @@
 //! The Raft log on RocksDB: entries in the `logs` column family keyed by big-endian
 //! index, vote / committed / last-purged in `meta`. Appends and votes are fsynced before
 //! openraft is told they are durable.
+// openraft's storage traits return its `StorageError`, large as it is.
+#![allow(clippy::result_large_err)]
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -10,7 +12,9 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError, Vote};
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 
 use crate::codec;
 use crate::error::StoreError;
@@ -57,7 +61,10 @@ impl LogStore {
         opts.create_missing_column_families(true);
         let cfs = [CF_LOGS, CF_META].map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-        Ok(LogStore { db: Arc::new(db), stats: Arc::default() })
+        Ok(LogStore {
+            db: Arc::new(db),
+            stats: Arc::default(),
+        })
     }
 
     pub fn stats(&self) -> &Arc<LogStats> {
@@ -65,20 +72,31 @@ impl LogStore {
     }
 
     fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(name).ok_or(StoreError::MissingColumnFamily(name))
+        self.db
+            .cf_handle(name)
+            .ok_or(StoreError::MissingColumnFamily(name))
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         match self.db.get_cf(self.cf(CF_META)?, key)? {
             Some(b) => Ok(Some(codec::decode(&b)?)),
             None => Ok(None),
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, key: &[u8], v: &T, sync: bool) -> Result<(), StoreError> {
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        key: &[u8],
+        v: &T,
+        sync: bool,
+    ) -> Result<(), StoreError> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.put_cf_opt(self.cf(CF_META)?, key, codec::encode(v)?, &wo)?;
+        self.db
+            .put_cf_opt(self.cf(CF_META)?, key, codec::encode(v)?, &wo)?;
         if sync {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
@@ -120,7 +138,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let cf = r(self.cf(CF_LOGS))?;
         let mut out = Vec::new();
         let key = index_key(start);
-        for item in self.db.iterator_cf(cf, IteratorMode::From(&key, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(cf, IteratorMode::From(&key, Direction::Forward))
+        {
             let (k, v) = r(item)?;
             let idx = crate::namespace::keys::u64_at(&k, 0);
             if !range.contains(&idx) {
@@ -138,7 +159,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = r(self.get_meta(KEY_PURGED))?;
         let last = r(self.last_entry_log_id())?.or(last_purged);
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -151,7 +175,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        self.get_meta(KEY_VOTE).map_err(|e| StorageIOError::<NodeId>::read_vote(&e).into())
+        self.get_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::<NodeId>::read_vote(&e).into())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -164,7 +189,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(r(self.get_meta::<Option<LogId>>(KEY_COMMITTED))?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -173,7 +202,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut n = 0;
         for entry in entries {
-            batch.put_cf(cf, index_key(entry.get_log_id().index), w(codec::encode(&entry))?);
+            batch.put_cf(
+                cf,
+                index_key(entry.get_log_id().index),
+                w(codec::encode(&entry))?,
+            );
             n += 1;
         }
         let mut wo = WriteOptions::default();

@@ -4,6 +4,8 @@
 //! Layout under `<data>/sm`: `CURRENT` names the live database directory (`db-N`);
 //! `snapshots/` holds the current snapshot file `<id>.snap`. Installing a snapshot unpacks
 //! it into a new `db-N+1`, then atomically repoints `CURRENT`.
+// openraft's storage traits return its `StorageError`, large as it is.
+#![allow(clippy::result_large_err)]
 
 use std::fs;
 use std::io::Write;
@@ -12,15 +14,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
-use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, RaftLogId, StorageIOError};
+use openraft::{EntryPayload, OptionalSend, RaftLogId, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::checkpoint::Checkpoint;
 
 use super::archive::{self, fsync_dir};
 use crate::error::StoreError;
 use crate::namespace::{self, keys, Cf, Namespace, Txn};
 use crate::types::{
-    Entry, LogId, NodeId, Proposal, Reply, SnapshotMeta, StorageError, StoredMembership,
-    TypeConfig,
+    Entry, LogId, NodeId, Proposal, Reply, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
 
 struct Applied {
@@ -59,7 +60,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Write `contents` to `path` durably: temp file, fsync, rename, fsync the directory.
 fn write_durably(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().ok_or_else(|| StoreError::Corrupt("no parent".into()))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| StoreError::Corrupt("no parent".into()))?;
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp)?;
     f.write_all(contents)?;
@@ -102,7 +105,10 @@ impl StateMachine {
             shared: Arc::new(Shared {
                 root: root.to_path_buf(),
                 ns: RwLock::new(ns),
-                applied: Mutex::new(Applied { last_applied, membership }),
+                applied: Mutex::new(Applied {
+                    last_applied,
+                    membership,
+                }),
                 current: Mutex::new(current),
                 entries_applied: AtomicU64::new(0),
                 generation: AtomicU64::new(generation),
@@ -139,7 +145,10 @@ fn newest_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, PathBuf)>, StoreE
         }
         match archive::peek_meta(&path) {
             Ok(meta) => {
-                if best.as_ref().is_none_or(|(m, _)| m.last_log_id < meta.last_log_id) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(m, _)| m.last_log_id < meta.last_log_id)
+                {
                     if let Some((_, old)) = best.take() {
                         doomed.push(old);
                     }
@@ -243,7 +252,10 @@ impl Shared {
         let new_ns = Namespace::open(&dir)?;
         let old_ns = {
             let mut applied = lock(&self.applied);
-            let old = std::mem::replace(&mut *self.ns.write().unwrap_or_else(|p| p.into_inner()), new_ns);
+            let old = std::mem::replace(
+                &mut *self.ns.write().unwrap_or_else(|p| p.into_inner()),
+                new_ns,
+            );
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
             write_durably(&self.root.join("CURRENT"), name.as_bytes())?;
@@ -281,7 +293,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(snap_err)?
             .map_err(snap_err)?;
         let file = tokio::fs::File::open(&path).await.map_err(snap_err)?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }
 
@@ -322,18 +337,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .map_err(sm_err)?;
                 }
             }
-            txn.put(Cf::Sys, keys::sys::APPLIED.to_vec(), &Some(log_id)).map_err(sm_err)?;
+            txn.put(Cf::Sys, keys::sys::APPLIED.to_vec(), &Some(log_id))
+                .map_err(sm_err)?;
             let batch = txn.into_batch().map_err(sm_err)?;
             ns.db().write(batch).map_err(sm_err)?;
             applied.last_applied = Some(log_id);
-            self.shared.entries_applied.fetch_add(entry_replies.len() as u64, Ordering::Relaxed);
+            self.shared
+                .entries_applied
+                .fetch_add(entry_replies.len() as u64, Ordering::Relaxed);
             replies.push(entry_replies);
         }
         Ok(replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { shared: self.shared.clone() }
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
@@ -342,7 +362,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let path = self.shared.snapshots().join(format!("incoming-{n}-{nonce}.recv"));
+        let path = self
+            .shared
+            .snapshots()
+            .join(format!("incoming-{n}-{nonce}.recv"));
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -360,14 +383,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         let mut file = *snapshot;
-        tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(snap_err)?;
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(snap_err)?;
         let std_file = file.into_std().await;
         let shared = self.shared.clone();
         let meta2 = meta.clone();
         tokio::task::spawn_blocking(move || shared.install(&meta2, std_file))
             .await
             .map_err(snap_err)?
-            .map_err(|e| StorageIOError::<NodeId>::write_snapshot(Some(meta.signature()), &e).into())
+            .map_err(|e| {
+                StorageIOError::<NodeId>::write_snapshot(Some(meta.signature()), &e).into()
+            })
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
@@ -375,9 +402,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         match current {
             Some((meta, path)) => {
                 let file = tokio::fs::File::open(&path).await.map_err(|e| {
-                    StorageError::from(StorageIOError::<NodeId>::read_snapshot(Some(meta.signature()), &e))
+                    StorageError::from(StorageIOError::<NodeId>::read_snapshot(
+                        Some(meta.signature()),
+                        &e,
+                    ))
                 })?;
-                Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(file),
+                }))
             }
             None => Ok(None),
         }

@@ -19,7 +19,10 @@ fn errno<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Errno {
 }
 
 async fn must_file(c: &MetaClient, parent: u64, name: &[u8]) -> u64 {
-    c.mknod(parent, name, FileKind::Regular, 0o644, 0, 0, 0, None).await.expect("create").ino
+    c.mknod(parent, name, FileKind::Regular, 0o644, 0, 0, 0, None)
+        .await
+        .expect("create")
+        .ino
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,62 +31,179 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
     let c = cluster.client();
     let long = vec![b'x'; 256];
     let max = vec![b'y'; 255];
-    assert_eq!(errno(c.mkdir(ROOT_INO, b"", 0o755, 0, 0, None).await), Errno::EINVAL);
-    assert_eq!(errno(c.mkdir(ROOT_INO, b"a/b", 0o755, 0, 0, None).await), Errno::EINVAL);
-    assert_eq!(errno(c.mkdir(ROOT_INO, b"a\0b", 0o755, 0, 0, None).await), Errno::EINVAL);
-    assert_eq!(errno(c.mkdir(ROOT_INO, &long, 0o755, 0, 0, None).await), Errno::ENAMETOOLONG);
-    assert_eq!(errno(c.mkdir(ROOT_INO, b".", 0o755, 0, 0, None).await), Errno::EEXIST);
-    assert_eq!(errno(c.mkdir(ROOT_INO, b"..", 0o755, 0, 0, None).await), Errno::EEXIST);
-    let dir = c.mkdir(ROOT_INO, &max, 0o755, 0, 0, None).await.expect("255-byte name").ino;
-    assert_eq!(errno(c.lookup(ROOT_INO, &long, false).await), Errno::ENAMETOOLONG);
+    assert_eq!(
+        errno(c.mkdir(ROOT_INO, b"", 0o755, 0, 0, None).await),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno(c.mkdir(ROOT_INO, b"a/b", 0o755, 0, 0, None).await),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno(c.mkdir(ROOT_INO, b"a\0b", 0o755, 0, 0, None).await),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno(c.mkdir(ROOT_INO, &long, 0o755, 0, 0, None).await),
+        Errno::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(c.mkdir(ROOT_INO, b".", 0o755, 0, 0, None).await),
+        Errno::EEXIST
+    );
+    assert_eq!(
+        errno(c.mkdir(ROOT_INO, b"..", 0o755, 0, 0, None).await),
+        Errno::EEXIST
+    );
+    let dir = c
+        .mkdir(ROOT_INO, &max, 0o755, 0, 0, None)
+        .await
+        .expect("255-byte name")
+        .ino;
+    assert_eq!(
+        errno(c.lookup(ROOT_INO, &long, false).await),
+        Errno::ENAMETOOLONG
+    );
     assert_eq!(c.lookup(dir, b"..", false).await.unwrap().ino, ROOT_INO);
     assert_eq!(c.lookup(dir, b".", false).await.unwrap().ino, dir);
 
     // Missing parents and wrong kinds.
-    assert_eq!(errno(c.mkdir(999_999, b"x", 0o755, 0, 0, None).await), Errno::ENOENT);
+    assert_eq!(
+        errno(c.mkdir(999_999, b"x", 0o755, 0, 0, None).await),
+        Errno::ENOENT
+    );
     assert_eq!(errno(c.getattr(999_999, false).await), Errno::ENOENT);
     let file = must_file(&c, dir, b"f").await;
-    assert_eq!(errno(c.mkdir(file, b"x", 0o755, 0, 0, None).await), Errno::ENOTDIR);
-    assert_eq!(errno(c.readdir(file, 0, 0, false, false).await), Errno::ENOTDIR);
+    assert_eq!(
+        errno(c.mkdir(file, b"x", 0o755, 0, 0, None).await),
+        Errno::ENOTDIR
+    );
+    assert_eq!(
+        errno(c.readdir(file, 0, 0, false, false).await),
+        Errno::ENOTDIR
+    );
     assert_eq!(errno(c.rmdir(dir, b"f", None).await), Errno::ENOTDIR);
     assert_eq!(errno(c.unlink(ROOT_INO, &max, None).await), Errno::EISDIR);
     assert_eq!(errno(c.rmdir(ROOT_INO, &max, None).await), Errno::ENOTEMPTY);
     assert_eq!(errno(c.rmdir(dir, b".", None).await), Errno::EINVAL);
     assert_eq!(errno(c.readlink(file, false).await), Errno::EINVAL);
-    assert_eq!(errno(c.link(dir, ROOT_INO, b"dirlink", None).await), Errno::EPERM);
-    let trunc_dir = SetAttr { size: Some(0), ..Default::default() };
+    assert_eq!(
+        errno(c.link(dir, ROOT_INO, b"dirlink", None).await),
+        Errno::EPERM
+    );
+    let trunc_dir = SetAttr {
+        size: Some(0),
+        ..Default::default()
+    };
     assert_eq!(errno(c.setattr(dir, &trunc_dir, None).await), Errno::EISDIR);
-    let too_big = SetAttr { size: Some(u64::MAX), ..Default::default() };
+    let too_big = SetAttr {
+        size: Some(u64::MAX),
+        ..Default::default()
+    };
     assert_eq!(errno(c.setattr(file, &too_big, None).await), Errno::EFBIG);
-    assert_eq!(errno(c.rename(dir, b"f", dir, b"g", 4, None).await), Errno::EINVAL);
-    assert_eq!(errno(c.rename(ROOT_INO, &max, dir, b"inside", 0, None).await), Errno::EINVAL);
-    assert_eq!(errno(c.symlink(dir, b"s", &[b'z'; 4096], 0, 0, None).await), Errno::ENAMETOOLONG);
-    assert_eq!(errno(c.symlink(dir, b"s", b"", 0, 0, None).await), Errno::ENOENT);
+    assert_eq!(
+        errno(c.rename(dir, b"f", dir, b"g", 4, None).await),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno(c.rename(ROOT_INO, &max, dir, b"inside", 0, None).await),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno(c.symlink(dir, b"s", &[b'z'; 4096], 0, 0, None).await),
+        Errno::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno(c.symlink(dir, b"s", b"", 0, 0, None).await),
+        Errno::ENOENT
+    );
 
     // Xattrs.
-    assert_eq!(errno(c.setxattr(file, b"user.a", &vec![0; 65537], 0, None).await), Errno::E2BIG);
-    assert_eq!(errno(c.setxattr(file, &[b'n'; 256], b"v", 0, None).await), Errno::ERANGE);
-    assert_eq!(errno(c.setxattr(file, b"user.a", b"v", 2, None).await), Errno::ENODATA);
+    assert_eq!(
+        errno(c.setxattr(file, b"user.a", &vec![0; 65537], 0, None).await),
+        Errno::E2BIG
+    );
+    assert_eq!(
+        errno(c.setxattr(file, &[b'n'; 256], b"v", 0, None).await),
+        Errno::ERANGE
+    );
+    assert_eq!(
+        errno(c.setxattr(file, b"user.a", b"v", 2, None).await),
+        Errno::ENODATA
+    );
     c.setxattr(file, b"user.a", b"v", 1, None).await.unwrap();
-    assert_eq!(errno(c.setxattr(file, b"user.a", b"v", 1, None).await), Errno::EEXIST);
-    assert_eq!(errno(c.setxattr(file, b"user.a", b"v", 3, None).await), Errno::EINVAL);
-    assert_eq!(errno(c.getxattr(file, b"user.none", false).await), Errno::ENODATA);
-    assert_eq!(errno(c.removexattr(file, b"user.none", None).await), Errno::ENODATA);
+    assert_eq!(
+        errno(c.setxattr(file, b"user.a", b"v", 1, None).await),
+        Errno::EEXIST
+    );
+    assert_eq!(
+        errno(c.setxattr(file, b"user.a", b"v", 3, None).await),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        errno(c.getxattr(file, b"user.none", false).await),
+        Errno::ENODATA
+    );
+    assert_eq!(
+        errno(c.removexattr(file, b"user.none", None).await),
+        Errno::ENODATA
+    );
 
     // Writes: wrong kind, past the maximum size, slices that do not add up.
     let h = ChunkHash([1; 32]);
-    let one = |offset: u64, len: u64| SliceWrite { offset, len, chunks: vec![ChunkRef { hash: h, offset: 0, len }] };
-    assert_eq!(errno(c.write(dir, &[one(0, 10)], None).await), Errno::EISDIR);
-    assert_eq!(errno(c.write(file, &[one(u64::MAX - 5, 10)], None).await), Errno::EFBIG);
-    let mismatched = SliceWrite { offset: 0, len: 20, chunks: vec![ChunkRef { hash: h, offset: 0, len: 10 }] };
-    assert_eq!(errno(c.write(file, &[mismatched], None).await), Errno::EINVAL);
-    assert_eq!(c.getattr(file, false).await.unwrap().size, 0, "a refused write changed the file");
+    let one = |offset: u64, len: u64| SliceWrite {
+        offset,
+        len,
+        chunks: vec![ChunkRef {
+            hash: h,
+            offset: 0,
+            len,
+        }],
+    };
+    assert_eq!(
+        errno(c.write(dir, &[one(0, 10)], None).await),
+        Errno::EISDIR
+    );
+    assert_eq!(
+        errno(c.write(file, &[one(u64::MAX - 5, 10)], None).await),
+        Errno::EFBIG
+    );
+    let mismatched = SliceWrite {
+        offset: 0,
+        len: 20,
+        chunks: vec![ChunkRef {
+            hash: h,
+            offset: 0,
+            len: 10,
+        }],
+    };
+    assert_eq!(
+        errno(c.write(file, &[mismatched], None).await),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        c.getattr(file, false).await.unwrap().size,
+        0,
+        "a refused write changed the file"
+    );
     assert_eq!(errno(c.read_slices(dir, 0, 10, false).await), Errno::EISDIR);
 
     // The namespace is exactly what succeeded.
-    let root: Vec<_> = c.readdir_all(ROOT_INO, false).await.unwrap().into_iter().map(|e| e.name).collect();
+    let root: Vec<_> = c
+        .readdir_all(ROOT_INO, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(root, vec![max.clone()]);
-    let inside: Vec<_> = c.readdir_all(dir, false).await.unwrap().into_iter().map(|e| e.name).collect();
+    let inside: Vec<_> = c
+        .readdir_all(dir, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(inside, vec![b"f".to_vec()]);
 }
 
@@ -92,37 +212,87 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
     let cluster = Cluster::start(1, &[]).await;
     let c = cluster.client();
     let addr = cluster.members[0].addr.clone();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
 
     // A protobuf that decodes but carries an invalid value.
-    let mut raw = pb::meta_client::MetaClient::new(channel.clone()).max_encoding_message_size(64 << 20);
-    let bad_kind = pb::MknodRequest { parent: ROOT_INO, name: b"k".to_vec(), kind: 42, mode: 0o644, ..Default::default() };
-    assert_eq!(raw.mknod(bad_kind).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let mut raw =
+        pb::meta_client::MetaClient::new(channel.clone()).max_encoding_message_size(64 << 20);
+    let bad_kind = pb::MknodRequest {
+        parent: ROOT_INO,
+        name: b"k".to_vec(),
+        kind: 42,
+        mode: 0o644,
+        ..Default::default()
+    };
+    assert_eq!(
+        raw.mknod(bad_kind).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
     let bad_hash = pb::WriteRequest {
         ino: ROOT_INO,
-        slices: vec![pb::SliceWrite { offset: 0, length: 3, chunks: vec![pb::ChunkRef { hash: vec![1, 2, 3], offset: 0, length: 3 }] }],
+        slices: vec![pb::SliceWrite {
+            offset: 0,
+            length: 3,
+            chunks: vec![pb::ChunkRef {
+                hash: vec![1, 2, 3],
+                offset: 0,
+                length: 3,
+            }],
+        }],
         fence: None,
     };
-    assert_eq!(raw.write(bad_hash).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        raw.write(bad_hash).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
 
     // 20 MiB in one request is over the server's limit.
-    let huge = pb::SetXattrRequest { ino: ROOT_INO, name: b"user.big".to_vec(), value: vec![7; 20 << 20], flags: 0, fence: None };
+    let huge = pb::SetXattrRequest {
+        ino: ROOT_INO,
+        name: b"user.big".to_vec(),
+        value: vec![7; 20 << 20],
+        flags: 0,
+        fence: None,
+    };
     let code = raw.set_xattr(huge).await.unwrap_err().code();
-    assert!(matches!(code, tonic::Code::OutOfRange | tonic::Code::ResourceExhausted), "oversized: {code:?}");
+    assert!(
+        matches!(
+            code,
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+        ),
+        "oversized: {code:?}"
+    );
 
     // Garbage on the Raft service: refused as invalid, Raft unharmed.
     let mut raft = pb::raft_client::RaftClient::new(channel.clone());
-    for junk in [vec![], vec![1u8], vec![1, 255, 255, 255, 255], vec![9; 1000]] {
-        let err = raft.append_entries(pb::RaftBytes { data: junk.clone() }).await.unwrap_err();
+    for junk in [
+        vec![],
+        vec![1u8],
+        vec![1, 255, 255, 255, 255],
+        vec![9; 1000],
+    ] {
+        let err = raft
+            .append_entries(pb::RaftBytes { data: junk.clone() })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "junk {junk:?}");
-        let err = raft.forward(pb::RaftBytes { data: junk }).await.unwrap_err();
+        let err = raft
+            .forward(pb::RaftBytes { data: junk })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 
     // Raw garbage bytes on the port, with and without an HTTP/2 preface.
     for junk in [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-        (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect(),
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect(),
         [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), vec![0xff; 64]].concat(),
     ] {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -133,10 +303,20 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
     }
 
     // Still serving, state intact.
-    let d = c.mkdir(ROOT_INO, b"still-alive", 0o755, 0, 0, None).await.unwrap();
-    assert_eq!(c.lookup(ROOT_INO, b"still-alive", false).await.unwrap().ino, d.ino);
+    let d = c
+        .mkdir(ROOT_INO, b"still-alive", 0o755, 0, 0, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.lookup(ROOT_INO, b"still-alive", false).await.unwrap().ino,
+        d.ino
+    );
     assert!(c.getxattr(ROOT_INO, b"user.big", false).await.is_err());
     let status = c.status().await.unwrap();
     assert_eq!(status.state, "Leader");
-    assert!(!cluster.members[0].log().contains("panicked"), "{}", cluster.members[0].log());
+    assert!(
+        !cluster.members[0].log().contains("panicked"),
+        "{}",
+        cluster.members[0].log()
+    );
 }

@@ -12,12 +12,18 @@ use mobilus_proto::status::Errno;
 use crate::harness::{opts, Cluster, Member};
 
 async fn must_mkdir(c: &MetaClient, parent: u64, name: &str) -> u64 {
-    c.mkdir(parent, name.as_bytes(), 0o755, 0, 0, None).await.expect("mkdir").ino
+    c.mkdir(parent, name.as_bytes(), 0o755, 0, 0, None)
+        .await
+        .expect("mkdir")
+        .ino
 }
 
 async fn names(c: &MetaClient, dir: u64, stale: bool) -> BTreeSet<String> {
     let entries = c.readdir_all(dir, stale).await.expect("readdir");
-    entries.into_iter().map(|e| String::from_utf8(e.name).expect("utf8")).collect()
+    entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).expect("utf8"))
+        .collect()
 }
 
 /// Names as a member that may not have caught up yet sees them (none if the directory is
@@ -34,17 +40,31 @@ async fn writes_through_a_follower_commit_and_are_read_everywhere() {
     let via_follower = cluster.client_of(follower);
     let dir = must_mkdir(&via_follower, ROOT_INO, "from-follower").await;
     // The write was forwarded, so it committed on the leader.
-    let leader_status = cluster.client().status_of(&cluster.members[leader].addr).await.unwrap();
+    let leader_status = cluster
+        .client()
+        .status_of(&cluster.members[leader].addr)
+        .await
+        .unwrap();
     assert_eq!(leader_status.state, "Leader");
     // A linearizable read through the other follower sees it at once.
     let other = cluster.client_of((leader + 2) % 3);
-    assert_eq!(other.lookup(ROOT_INO, b"from-follower", false).await.unwrap().ino, dir);
+    assert_eq!(
+        other
+            .lookup(ROOT_INO, b"from-follower", false)
+            .await
+            .unwrap()
+            .ino,
+        dir
+    );
     // Stale reads on every member converge.
     for i in 0..3 {
         let c = cluster.client_of(i);
         let deadline = Instant::now() + Duration::from_secs(10);
         while c.lookup(ROOT_INO, b"from-follower", true).await.is_err() {
-            assert!(Instant::now() < deadline, "member {i} never applied the write");
+            assert!(
+                Instant::now() < deadline,
+                "member {i} never applied the write"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -65,7 +85,11 @@ async fn sigkill_of_the_leader_mid_load_loses_no_acknowledged_write() {
             while !stop.load(Ordering::Relaxed) {
                 let name = format!("w{w}-{i}");
                 // An error (even an ambiguous one) is not an acknowledgement.
-                if client.mkdir(dir, name.as_bytes(), 0o755, 0, 0, None).await.is_ok() {
+                if client
+                    .mkdir(dir, name.as_bytes(), 0o755, 0, 0, None)
+                    .await
+                    .is_ok()
+                {
                     acked.lock().unwrap().push(name);
                 }
                 i += 1;
@@ -82,20 +106,33 @@ async fn sigkill_of_the_leader_mid_load_loses_no_acknowledged_write() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(before_kill > 20, "too little load before the kill: {before_kill}");
-    assert!(acked.len() > before_kill, "no write was acknowledged after the leader died");
+    assert!(
+        before_kill > 20,
+        "too little load before the kill: {before_kill}"
+    );
+    assert!(
+        acked.len() > before_kill,
+        "no write was acknowledged after the leader died"
+    );
 
     let new_leader = cluster.must_leader().await;
     assert_ne!(new_leader, leader);
     let listed = names(&client, dir, false).await;
     let lost: Vec<_> = acked.iter().filter(|n| !listed.contains(*n)).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost: {lost:?}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
     // The old leader comes back and catches up.
     cluster.members[leader].restart();
     let old = cluster.client_of(leader);
     let deadline = Instant::now() + Duration::from_secs(20);
     while names_so_far(&old, dir).await < listed.len() {
-        assert!(Instant::now() < deadline, "restarted member never caught up");
+        assert!(
+            Instant::now() < deadline,
+            "restarted member never caught up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -108,10 +145,16 @@ async fn all_members_restart_from_disk_with_state_intact() {
     for i in 0..50 {
         must_mkdir(&client, dir, &format!("d{i}")).await;
     }
-    client.setxattr(dir, b"user.k", b"v", 0, None).await.unwrap();
+    client
+        .setxattr(dir, b"user.k", b"v", 0, None)
+        .await
+        .unwrap();
     let before = names(&client, dir, false).await;
     // Clean stop of one, SIGKILL of the others: both must recover.
-    assert!(cluster.members[0].stop().success(), "SIGTERM exit was not clean");
+    assert!(
+        cluster.members[0].stop().success(),
+        "SIGTERM exit was not clean"
+    );
     cluster.members[1].kill();
     cluster.members[2].kill();
     for m in &mut cluster.members {
@@ -143,7 +186,11 @@ async fn a_new_member_catches_up_by_snapshot_after_the_log_was_purged() {
             if s.purged_index.unwrap_or(0) > 100 {
                 break;
             }
-            assert!(Instant::now() < deadline, "member {} never purged its log: {s:?}", m.id);
+            assert!(
+                Instant::now() < deadline,
+                "member {} never purged its log: {s:?}",
+                m.id
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -151,14 +198,23 @@ async fn a_new_member_catches_up_by_snapshot_after_the_log_was_purged() {
     let member = Member::start(
         4,
         cluster.dir.path().join("m4"),
-        vec!["--join".into(), seed, "--snapshot-logs".into(), "100".into()],
+        vec![
+            "--join".into(),
+            seed,
+            "--snapshot-logs".into(),
+            "100".into(),
+        ],
     );
     cluster.members.push(member);
     cluster.must_have_voters(4).await;
     let fourth = cluster.client_of(3);
     let deadline = Instant::now() + Duration::from_secs(20);
     while names_so_far(&fourth, dir).await < 300 {
-        assert!(Instant::now() < deadline, "member 4 never caught up\n{}", cluster.logs());
+        assert!(
+            Instant::now() < deadline,
+            "member 4 never caught up\n{}",
+            cluster.logs()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
@@ -173,6 +229,11 @@ async fn a_new_member_catches_up_by_snapshot_after_the_log_was_purged() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Removing it leaves three voters that still commit.
+    let status = client.remove_member(4).await.unwrap();
+    assert!(status.members.iter().all(|m| m.id != 4), "{status:?}");
+    cluster.must_have_voters(3).await;
+    must_mkdir(&client, dir, "after-remove").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -186,16 +247,30 @@ async fn a_member_cut_off_from_the_others_cannot_commit_or_serve_linearizable_re
             cluster.members[i].kill();
         }
     }
-    let short = ClientOptions { deadline: Duration::from_secs(2), ..opts() };
+    let short = ClientOptions {
+        deadline: Duration::from_secs(2),
+        ..opts()
+    };
     let alone = MetaClient::new(&[cluster.members[leader].addr.clone()], short).unwrap();
     let started = Instant::now();
-    let write = alone.mkdir(dir, b"must-not-commit", 0o755, 0, 0, None).await;
-    assert!(matches!(write, Err(ClientError::Unavailable { .. })), "write on a minority: {write:?}");
+    let write = alone
+        .mkdir(dir, b"must-not-commit", 0o755, 0, 0, None)
+        .await;
+    assert!(
+        matches!(write, Err(ClientError::Unavailable { .. })),
+        "write on a minority: {write:?}"
+    );
     let read = alone.lookup(ROOT_INO, b"quorum", false).await;
-    assert!(matches!(read, Err(ClientError::Unavailable { .. })), "linearizable read on a minority: {read:?}");
+    assert!(
+        matches!(read, Err(ClientError::Unavailable { .. })),
+        "linearizable read on a minority: {read:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(60));
     // A stale read is still served from local state, on request.
-    assert_eq!(alone.lookup(ROOT_INO, b"quorum", true).await.unwrap().ino, dir);
+    assert_eq!(
+        alone.lookup(ROOT_INO, b"quorum", true).await.unwrap().ino,
+        dir
+    );
 
     for i in 0..3 {
         if i != leader {
@@ -212,4 +287,57 @@ async fn a_member_cut_off_from_the_others_cannot_commit_or_serve_linearizable_re
     }
     let err = client.rmdir(dir, b"missing", None).await.unwrap_err();
     assert_eq!(err.errno(), Some(Errno::ENOENT));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_that_missed_many_large_entries_catches_up() {
+    let mut cluster = Cluster::start(3, &[]).await;
+    let client = cluster.client();
+    let leader = cluster.must_leader().await;
+    let lagging = (leader + 1) % 3;
+    cluster.members[lagging].kill();
+    // ~18 MiB of log the lagging member will need: more than one 16 MiB message.
+    let value = vec![b'x'; 60_000];
+    let mut tasks = Vec::new();
+    for t in 0..10 {
+        let (client, value) = (client.clone(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30 {
+                let name = format!("user.k{t}-{i}");
+                client
+                    .setxattr(ROOT_INO, name.as_bytes(), &value, 0, None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cluster.members[lagging].restart();
+    let behind = cluster.client_of(lagging);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = behind
+            .listxattr(ROOT_INO, true)
+            .await
+            .map(|v| v.len())
+            .unwrap_or(0);
+        if n == 300 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lagging member has {n}/300 xattrs\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        behind
+            .getxattr(ROOT_INO, b"user.k9-29", true)
+            .await
+            .unwrap(),
+        value
+    );
 }

@@ -36,7 +36,9 @@ async fn stores_reopen_with_vote_log_and_applied_state() {
             blank_ent::<TypeConfig>(1, 1, 1),
             membership_ent::<TypeConfig>(1, 1, 2, vec![BTreeSet::from([1, 2, 3])]),
         ];
-        openraft::storage::RaftLogStorageExt::blocking_append(&mut log, entries.clone()).await.unwrap();
+        openraft::storage::RaftLogStorageExt::blocking_append(&mut log, entries.clone())
+            .await
+            .unwrap();
         sm.apply(entries).await.unwrap();
     }
     let (mut log, mut sm) = store::open(dir.path()).unwrap();
@@ -44,5 +46,8 @@ async fn stores_reopen_with_vote_log_and_applied_state() {
     assert_eq!(log.try_get_log_entries(0..10).await.unwrap().len(), 2);
     let (applied, membership) = sm.applied_state().await.unwrap();
     assert_eq!(applied, Some(log_id(1, 1, 2)));
-    assert_eq!(membership.voter_ids().collect::<BTreeSet<_>>(), BTreeSet::from([1, 2, 3]));
+    assert_eq!(
+        membership.voter_ids().collect::<BTreeSet<_>>(),
+        BTreeSet::from([1, 2, 3])
+    );
 }

@@ -28,7 +28,14 @@ impl Member {
             .open(dir.join("log"))
             .expect("log file");
         Command::new(BIN)
-            .args(["--id", &id.to_string(), "--listen", listen, "--heartbeat-ms", "50"])
+            .args([
+                "--id",
+                &id.to_string(),
+                "--listen",
+                listen,
+                "--heartbeat-ms",
+                "50",
+            ])
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--ready-file")
@@ -60,7 +67,13 @@ impl Member {
     pub fn start(id: u64, dir: PathBuf, flags: Vec<String>) -> Member {
         let mut child = Self::spawn(id, &dir, "127.0.0.1:0", &flags);
         let addr = Self::wait_ready(&dir, &mut child);
-        Member { id, addr, dir, child: Some(child), extra: flags }
+        Member {
+            id,
+            addr,
+            dir,
+            child: Some(child),
+            extra: flags,
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -78,7 +91,9 @@ impl Member {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("member is running");
-        let sent = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let sent = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -TERM failed");
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -161,7 +176,10 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.members.iter().map(|m| format!("--- member {}\n{}", m.id, m.log())).collect()
+        self.members
+            .iter()
+            .map(|m| format!("--- member {}\n{}", m.id, m.log()))
+            .collect()
     }
 
     /// Wait until a leader reports `n` voters.
@@ -174,7 +192,11 @@ impl Cluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "cluster never had {n} voters\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "cluster never had {n} voters\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

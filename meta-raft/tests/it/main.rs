@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod cluster;
+mod config;
 mod conformance;
 mod harness;
 mod model;

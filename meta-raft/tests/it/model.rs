@@ -42,7 +42,10 @@ struct Model {
 }
 
 fn byte_of(chunk: u8, off: u64) -> u8 {
-    (u64::from(chunk).wrapping_mul(31).wrapping_add(off.wrapping_mul(7)) % 251) as u8
+    (u64::from(chunk)
+        .wrapping_mul(31)
+        .wrapping_add(off.wrapping_mul(7))
+        % 251) as u8
 }
 
 fn check_name(name: &[u8]) -> R<()> {
@@ -77,7 +80,10 @@ impl Model {
             xattrs: BTreeMap::new(),
             data: BTreeMap::new(),
         };
-        Model { nodes: BTreeMap::from([(ROOT_INO, root)]), next_ino: 2 }
+        Model {
+            nodes: BTreeMap::from([(ROOT_INO, root)]),
+            next_ino: 2,
+        }
     }
 
     fn attr(&self, ino: u64) -> Attr {
@@ -96,7 +102,11 @@ impl Model {
             generation: 1,
             subtree: ROOT_INO,
             rdev: 0,
-            parent: if n.kind == FileKind::Directory { n.parent } else { 0 },
+            parent: if n.kind == FileKind::Directory {
+                n.parent
+            } else {
+                0
+            },
         }
     }
 
@@ -122,7 +132,15 @@ impl Model {
         n.ctime = now;
     }
 
-    fn create(&mut self, now: i64, parent: u64, name: &[u8], kind: FileKind, mode: u32, target: &[u8]) -> R<Attr> {
+    fn create(
+        &mut self,
+        now: i64,
+        parent: u64,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        target: &[u8],
+    ) -> R<Attr> {
         check_name(name)?;
         let p = self.dir(parent)?;
         if dot(name) || p.children.contains_key(name) {
@@ -192,22 +210,40 @@ impl Model {
 
     fn apply(&mut self, now: i64, op: &Op) -> R<OpReply> {
         match op {
-            Op::Mkdir { parent, name, mode, .. } => {
-                self.create(now, *parent, name, FileKind::Directory, *mode, b"").map(OpReply::Attr)
-            }
-            Op::Mknod { parent, name, kind, mode, .. } => {
-                self.create(now, *parent, name, *kind, *mode, b"").map(OpReply::Attr)
-            }
-            Op::Symlink { parent, name, target, .. } => {
+            Op::Mkdir {
+                parent, name, mode, ..
+            } => self
+                .create(now, *parent, name, FileKind::Directory, *mode, b"")
+                .map(OpReply::Attr),
+            Op::Mknod {
+                parent,
+                name,
+                kind,
+                mode,
+                ..
+            } => self
+                .create(now, *parent, name, *kind, *mode, b"")
+                .map(OpReply::Attr),
+            Op::Symlink {
+                parent,
+                name,
+                target,
+                ..
+            } => {
                 if target.is_empty() {
                     return Err(Errno::ENOENT);
                 }
                 if target.len() > 4095 {
                     return Err(Errno::ENAMETOOLONG);
                 }
-                self.create(now, *parent, name, FileKind::Symlink, 0o777, target).map(OpReply::Attr)
+                self.create(now, *parent, name, FileKind::Symlink, 0o777, target)
+                    .map(OpReply::Attr)
             }
-            Op::Link { ino, new_parent, new_name } => {
+            Op::Link {
+                ino,
+                new_parent,
+                new_name,
+            } => {
                 check_name(new_name)?;
                 let kind = self.get(*ino)?.kind;
                 let p = self.dir(*new_parent)?;
@@ -217,7 +253,9 @@ impl Model {
                 if kind == FileKind::Directory {
                     return Err(Errno::EPERM);
                 }
-                self.node(*new_parent).children.insert(new_name.clone(), *ino);
+                self.node(*new_parent)
+                    .children
+                    .insert(new_name.clone(), *ino);
                 self.touch(*new_parent, now);
                 let n = self.node(*ino);
                 n.nlink += 1;
@@ -261,9 +299,15 @@ impl Model {
                 self.nodes.remove(&ino);
                 Ok(OpReply::Done)
             }
-            Op::Rename { parent, name, new_parent, new_name, flags } => {
-                self.rename(now, *parent, name, *new_parent, new_name, *flags).map(|()| OpReply::Done)
-            }
+            Op::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            } => self
+                .rename(now, *parent, name, *new_parent, new_name, *flags)
+                .map(|()| OpReply::Done),
             Op::SetAttr { ino, set } => {
                 let n = self.get(*ino)?;
                 let kind = n.kind;
@@ -307,14 +351,21 @@ impl Model {
                 }
                 Ok(OpReply::Attr(self.attr(*ino)))
             }
-            Op::SetXattr { ino, name, value, flags } => {
+            Op::SetXattr {
+                ino,
+                name,
+                value,
+                flags,
+            } => {
                 if name.is_empty() {
                     return Err(Errno::EINVAL);
                 }
                 if name.len() > 255 {
                     return Err(Errno::ERANGE);
                 }
-                if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 || *flags == XATTR_CREATE | XATTR_REPLACE {
+                if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0
+                    || *flags == XATTR_CREATE | XATTR_REPLACE
+                {
                     return Err(Errno::EINVAL);
                 }
                 if value.len() > 65536 {
@@ -372,7 +423,9 @@ impl Model {
     }
 
     fn rename(&mut self, now: i64, p1: u64, n1: &[u8], p2: u64, n2: &[u8], flags: u32) -> R<()> {
-        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || flags == RENAME_NOREPLACE | RENAME_EXCHANGE {
+        if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
+            || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
+        {
             return Err(Errno::EINVAL);
         }
         check_name(n1)?;
@@ -391,7 +444,9 @@ impl Model {
                 return Ok(());
             }
             let tgt_dir = self.nodes[&tgt].kind == FileKind::Directory;
-            if (src_dir && self.is_ancestor_or_self(src, p2)) || (tgt_dir && self.is_ancestor_or_self(tgt, p1)) {
+            if (src_dir && self.is_ancestor_or_self(src, p2))
+                || (tgt_dir && self.is_ancestor_or_self(tgt, p1))
+            {
                 return Err(Errno::EINVAL);
             }
             self.node(p1).children.insert(n1.to_vec(), tgt);
@@ -477,7 +532,9 @@ enum Gen {
     Write(usize, u8, u64, u64, u8, bool),
 }
 
-const NAMES: &[&[u8]] = &[b"a", b"b", b"c", b"d", b"a", b"b", b"c", b"d", b".", b"..", b"", b"x/y"];
+const NAMES: &[&[u8]] = &[
+    b"a", b"b", b"c", b"d", b"a", b"b", b"c", b"d", b".", b"..", b"", b"x/y",
+];
 
 fn name(i: usize) -> Vec<u8> {
     if i % 40 == 39 {
@@ -517,17 +574,37 @@ fn gen_op() -> impl Strategy<Value = Gen> {
 /// Turn a generated step into an operation on inodes the model knows (deleted ones too,
 /// and one that never existed).
 fn to_op(g: &Gen, known: &[u64]) -> Op {
-    let ino = |i: usize| if i % 17 == 16 { 999_999 } else { known[i % known.len()] };
+    let ino = |i: usize| {
+        if i % 17 == 16 {
+            999_999
+        } else {
+            known[i % known.len()]
+        }
+    };
     let xname = |i: usize| match i % 6 {
         4 => vec![],
         5 => vec![b'x'; 256],
         k => format!("user.{k}").into_bytes(),
     };
     match g.clone() {
-        Gen::Mkdir(p, n, mode) => Op::Mkdir { parent: ino(p), name: name(n), mode, uid: 5, gid: 7 },
+        Gen::Mkdir(p, n, mode) => Op::Mkdir {
+            parent: ino(p),
+            name: name(n),
+            mode,
+            uid: 5,
+            gid: 7,
+        },
         Gen::Mknod(p, n, k, mode) => {
             let kind = [FileKind::Regular, FileKind::Fifo, FileKind::Socket][k as usize % 3];
-            Op::Mknod { parent: ino(p), name: name(n), kind, mode, uid: 5, gid: 7, rdev: 0 }
+            Op::Mknod {
+                parent: ino(p),
+                name: name(n),
+                kind,
+                mode,
+                uid: 5,
+                gid: 7,
+                rdev: 0,
+            }
         }
         Gen::Symlink(p, n, t) => Op::Symlink {
             parent: ino(p),
@@ -536,9 +613,19 @@ fn to_op(g: &Gen, known: &[u64]) -> Op {
             uid: 5,
             gid: 7,
         },
-        Gen::Link(s, p, n) => Op::Link { ino: ino(s), new_parent: ino(p), new_name: name(n) },
-        Gen::Unlink(p, n) => Op::Unlink { parent: ino(p), name: name(n) },
-        Gen::Rmdir(p, n) => Op::Rmdir { parent: ino(p), name: name(n) },
+        Gen::Link(s, p, n) => Op::Link {
+            ino: ino(s),
+            new_parent: ino(p),
+            new_name: name(n),
+        },
+        Gen::Unlink(p, n) => Op::Unlink {
+            parent: ino(p),
+            name: name(n),
+        },
+        Gen::Rmdir(p, n) => Op::Rmdir {
+            parent: ino(p),
+            name: name(n),
+        },
         Gen::Rename(a, b, c, d, f) => Op::Rename {
             parent: ino(a),
             name: name(b),
@@ -547,16 +634,41 @@ fn to_op(g: &Gen, known: &[u64]) -> Op {
             flags: [0, 0, RENAME_NOREPLACE, RENAME_EXCHANGE, 7][f as usize],
         },
         Gen::Truncate(n, r, s) => {
-            let size = if r == 2 && s % 50 == 0 { u64::MAX } else { region_offset(r, s) };
-            Op::SetAttr { ino: ino(n), set: SetAttr { size: Some(size), ..Default::default() } }
+            let size = if r == 2 && s % 50 == 0 {
+                u64::MAX
+            } else {
+                region_offset(r, s)
+            };
+            Op::SetAttr {
+                ino: ino(n),
+                set: SetAttr {
+                    size: Some(size),
+                    ..Default::default()
+                },
+            }
         }
         Gen::Chmod(n, m, own) => Op::SetAttr {
             ino: ino(n),
-            set: SetAttr { mode: Some(m), uid: own.then_some(9), gid: own.then_some(10), ..Default::default() },
+            set: SetAttr {
+                mode: Some(m),
+                uid: own.then_some(9),
+                gid: own.then_some(10),
+                ..Default::default()
+            },
         },
         Gen::Utimes(n, t, a) => {
             let t = t.map(TimeSet::Ns).unwrap_or(TimeSet::Now);
-            let set = if a { SetAttr { atime: Some(t), ..Default::default() } } else { SetAttr { mtime: Some(t), ..Default::default() } };
+            let set = if a {
+                SetAttr {
+                    atime: Some(t),
+                    ..Default::default()
+                }
+            } else {
+                SetAttr {
+                    mtime: Some(t),
+                    ..Default::default()
+                }
+            };
             Op::SetAttr { ino: ino(n), set }
         }
         Gen::SetXattr(n, x, l, f) => Op::SetXattr {
@@ -565,20 +677,42 @@ fn to_op(g: &Gen, known: &[u64]) -> Op {
             value: vec![b'v'; l % 3 * 40 + if l > 66_000 { 66_000 } else { 0 }],
             flags: [0, XATTR_CREATE, XATTR_REPLACE, 3][f as usize],
         },
-        Gen::RemoveXattr(n, x) => Op::RemoveXattr { ino: ino(n), name: xname(x) },
+        Gen::RemoveXattr(n, x) => Op::RemoveXattr {
+            ino: ino(n),
+            name: xname(x),
+        },
         Gen::Write(n, r, o, len, c, split) => {
             let offset = region_offset(r, o);
             let hash = ChunkHash([c; 32]);
             let chunks = if split && len > 1 {
                 let first = len / 2;
                 vec![
-                    ChunkRef { hash, offset: 10, len: first },
-                    ChunkRef { hash: ChunkHash([c.wrapping_add(1); 32]), offset: 0, len: len - first },
+                    ChunkRef {
+                        hash,
+                        offset: 10,
+                        len: first,
+                    },
+                    ChunkRef {
+                        hash: ChunkHash([c.wrapping_add(1); 32]),
+                        offset: 0,
+                        len: len - first,
+                    },
                 ]
             } else {
-                vec![ChunkRef { hash, offset: 3, len }]
+                vec![ChunkRef {
+                    hash,
+                    offset: 3,
+                    len,
+                }]
             };
-            Op::Write { ino: ino(n), slices: vec![SliceWrite { offset, len, chunks }] }
+            Op::Write {
+                ino: ino(n),
+                slices: vec![SliceWrite {
+                    offset,
+                    len,
+                    chunks,
+                }],
+            }
         }
     }
 }
@@ -594,7 +728,10 @@ fn errno_of(e: OpError) -> Errno {
 fn compare_state(ns: &Namespace, model: &Model, known: &[u64]) -> Result<(), TestCaseError> {
     for &ino in known {
         match model.nodes.get(&ino) {
-            None => prop_assert_eq!(ns.getattr(ino).err().map(|e| format!("{e}")), Some("ENOENT".to_string())),
+            None => prop_assert_eq!(
+                ns.getattr(ino).err().map(|e| format!("{e}")),
+                Some("ENOENT".to_string())
+            ),
             Some(n) => {
                 prop_assert_eq!(ns.getattr(ino).unwrap(), model.attr(ino), "attr of {}", ino);
                 let mut xs = ns.listxattr(ino).unwrap();
@@ -607,9 +744,11 @@ fn compare_state(ns: &Namespace, model: &Model, known: &[u64]) -> Result<(), Tes
                     FileKind::Directory => {
                         let (entries, eof) = ns.readdir(ino, 0, 0, false).unwrap();
                         prop_assert!(eof);
-                        let mut got: Vec<(Vec<u8>, u64)> = entries.into_iter().map(|e| (e.name, e.ino)).collect();
+                        let mut got: Vec<(Vec<u8>, u64)> =
+                            entries.into_iter().map(|e| (e.name, e.ino)).collect();
                         got.sort();
-                        let want: Vec<(Vec<u8>, u64)> = n.children.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                        let want: Vec<(Vec<u8>, u64)> =
+                            n.children.iter().map(|(k, v)| (k.clone(), *v)).collect();
                         prop_assert_eq!(got, want, "listing of {}", ino);
                     }
                     FileKind::Symlink => prop_assert_eq!(&ns.readlink(ino).unwrap(), &n.target),
@@ -620,11 +759,22 @@ fn compare_state(ns: &Namespace, model: &Model, known: &[u64]) -> Result<(), Tes
                         for e in extents {
                             prop_assert_eq!(e.offset, pos, "extents of {} must tile the file", ino);
                             match e.chunk {
-                                None => prop_assert!(n.data.range(e.offset..e.offset + e.len).next().is_none(), "hole over data in {} at {}", ino, e.offset),
+                                None => prop_assert!(
+                                    n.data.range(e.offset..e.offset + e.len).next().is_none(),
+                                    "hole over data in {} at {}",
+                                    ino,
+                                    e.offset
+                                ),
                                 Some(c) => {
                                     for i in 0..e.len {
                                         let want = n.data.get(&(e.offset + i)).copied();
-                                        prop_assert_eq!(Some(byte_of(c.hash.0[0], c.offset + i)), want, "byte {} of {}", e.offset + i, ino);
+                                        prop_assert_eq!(
+                                            Some(byte_of(c.hash.0[0], c.offset + i)),
+                                            want,
+                                            "byte {} of {}",
+                                            e.offset + i,
+                                            ino
+                                        );
                                     }
                                 }
                             }
@@ -639,7 +789,12 @@ fn compare_state(ns: &Namespace, model: &Model, known: &[u64]) -> Result<(), Tes
     }
     let stat = ns.statfs().unwrap();
     prop_assert_eq!(stat.files, model.nodes.len() as u64);
-    let bytes: u64 = model.nodes.values().filter(|n| n.kind == FileKind::Regular).map(|n| n.size).sum();
+    let bytes: u64 = model
+        .nodes
+        .values()
+        .filter(|n| n.kind == FileKind::Regular)
+        .map(|n| n.size)
+        .sum();
     prop_assert_eq!(stat.used_bytes, bytes);
     Ok(())
 }

@@ -7,18 +7,41 @@ use mobilus_meta::types::{Command, Op, OpReply};
 use mobilus_proto::fs::{FileKind, ROOT_INO};
 
 fn must(ns: &Namespace, op: Op) -> OpReply {
-    ns.execute(&Command { time_ns: 1, fence: None, op }).expect("store").expect("op")
+    ns.execute(&Command {
+        time_ns: 1,
+        fence: None,
+        op,
+    })
+    .expect("store")
+    .expect("op")
 }
 
 fn mknod(parent: u64, name: String) -> Op {
-    Op::Mknod { parent, name: name.into_bytes(), kind: FileKind::Regular, mode: 0o644, uid: 0, gid: 0, rdev: 0 }
+    Op::Mknod {
+        parent,
+        name: name.into_bytes(),
+        kind: FileKind::Regular,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+    }
 }
 
 #[test]
 fn a_directory_of_100k_entries_pages_exactly_once_each_while_it_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let ns = Namespace::open(tmp.path()).unwrap();
-    let OpReply::Attr(dir) = must(&ns, Op::Mkdir { parent: ROOT_INO, name: b"big".to_vec(), mode: 0o755, uid: 0, gid: 0 }) else {
+    let OpReply::Attr(dir) = must(
+        &ns,
+        Op::Mkdir {
+            parent: ROOT_INO,
+            name: b"big".to_vec(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+    ) else {
         panic!("mkdir")
     };
     let n = 100_000;
@@ -35,7 +58,10 @@ fn a_directory_of_100k_entries_pages_exactly_once_each_while_it_changes() {
         for e in &page {
             let name = String::from_utf8(e.name.clone()).unwrap();
             assert!(seen.insert(name.clone()), "{name} listed twice");
-            assert!(!removed.contains(&name), "{name} listed after it was removed");
+            assert!(
+                !removed.contains(&name),
+                "{name} listed after it was removed"
+            );
             assert!(e.cookie > cookie, "cookies must increase");
             cookie = e.cookie;
         }
@@ -45,7 +71,13 @@ fn a_directory_of_100k_entries_pages_exactly_once_each_while_it_changes() {
         // Meanwhile: remove an entry not listed yet, and add a new one.
         if pages <= 10 {
             let victim = format!("f{:06}", n - pages);
-            must(&ns, Op::Unlink { parent: dir.ino, name: victim.clone().into_bytes() });
+            must(
+                &ns,
+                Op::Unlink {
+                    parent: dir.ino,
+                    name: victim.clone().into_bytes(),
+                },
+            );
             removed.insert(victim);
             must(&ns, mknod(dir.ino, format!("new{pages}")));
         }
@@ -53,7 +85,10 @@ fn a_directory_of_100k_entries_pages_exactly_once_each_while_it_changes() {
     assert_eq!(seen.len(), n - removed.len() + 10, "entries listed");
     assert!((100..=102).contains(&pages), "{pages} pages");
     for i in 1..=10 {
-        assert!(seen.contains(&format!("new{i}")), "an entry added during the listing was missed");
+        assert!(
+            seen.contains(&format!("new{i}")),
+            "an entry added during the listing was missed"
+        );
     }
     assert_eq!(ns.getattr(dir.ino).unwrap().nlink, 2);
     assert_eq!(ns.statfs().unwrap().files, 2 + (n - 10 + 10) as u64);
@@ -70,15 +105,40 @@ async fn a_batched_entry_applies_its_commands_in_order_as_one_transaction() {
     use openraft::{EntryPayload, LogId};
 
     let tmp = tempfile::tempdir().unwrap();
-    let cmd = |op: Op| Command { time_ns: 5, fence: None, op };
+    let cmd = |op: Op| Command {
+        time_ns: 5,
+        fence: None,
+        op,
+    };
     let d = b"d".to_vec();
     let cmds = vec![
-        cmd(Op::Mkdir { parent: ROOT_INO, name: d.clone(), mode: 0o755, uid: 0, gid: 0 }),
+        cmd(Op::Mkdir {
+            parent: ROOT_INO,
+            name: d.clone(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }),
         cmd(mknod(2, "f".into())),
-        cmd(Op::Rmdir { parent: ROOT_INO, name: d.clone() }), // ENOTEMPTY: sees f
-        cmd(Op::Mkdir { parent: ROOT_INO, name: d.clone(), mode: 0o755, uid: 0, gid: 0 }), // EEXIST
-        cmd(Op::Unlink { parent: 2, name: b"f".to_vec() }),
-        cmd(Op::Rmdir { parent: ROOT_INO, name: d.clone() }), // now empty
+        cmd(Op::Rmdir {
+            parent: ROOT_INO,
+            name: d.clone(),
+        }), // ENOTEMPTY: sees f
+        cmd(Op::Mkdir {
+            parent: ROOT_INO,
+            name: d.clone(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        }), // EEXIST
+        cmd(Op::Unlink {
+            parent: 2,
+            name: b"f".to_vec(),
+        }),
+        cmd(Op::Rmdir {
+            parent: ROOT_INO,
+            name: d.clone(),
+        }), // now empty
         cmd(mknod(ROOT_INO, "g".into())),
     ];
     let entry = Entry {
@@ -102,7 +162,10 @@ async fn a_batched_entry_applies_its_commands_in_order_as_one_transaction() {
     let (_log, sm) = store::open(tmp.path()).unwrap();
     let ns = sm.namespace();
     let (root, _) = ns.readdir(ROOT_INO, 0, 0, false).unwrap();
-    assert_eq!(root.iter().map(|e| e.name.clone()).collect::<Vec<_>>(), vec![b"g".to_vec()]);
+    assert_eq!(
+        root.iter().map(|e| e.name.clone()).collect::<Vec<_>>(),
+        vec![b"g".to_vec()]
+    );
     assert_eq!(ns.getattr(ROOT_INO).unwrap().nlink, 2);
     assert_eq!(ns.statfs().unwrap().files, 2);
     assert_eq!(sm.last_applied().map(|l| l.index), Some(1));

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job: install what is missing, build, start a local cluster of real processes
+# (3 metadata members) under .mobilus-dev/, and show its status.
+# Stop it with: target/debug/mobilusctl dev down --dir .mobilus-dev
+set -euo pipefail
+cd "$(dirname "$0")"
+scripts/prereqs.sh
+. scripts/env.sh
+echo "==> building (the first build compiles RocksDB: about 12 minutes on 2 cores)"
+cargo build --workspace --bins
+ctl=target/debug/mobilusctl
+$ctl dev up --dir .mobilus-dev
+echo
+echo "==> the cluster, as the leader sees it"
+$ctl --config .mobilus-dev/cluster.toml cluster status
