@@ -1,5 +1,18 @@
-//! `mobilus-data`: the content-addressed chunk store of a site (BLAKE3-named chunks on
-//! local disk, refcounts in RocksDB, a gRPC `Chunks` service, the replicator).
+//! `mobilus-data`: the content-addressed chunk store of a site.
 //!
-//! Not built yet: the data path is its own issue. The metadata service already keeps the
-//! chunk reference counts this crate will read (`mobilus_meta::namespace`).
+//! Chunks are immutable and named by their BLAKE3 hash ([`store::ChunkStore`]); each is
+//! one file written durably (temp file, fsync, rename, fsync the directory) and listed in
+//! a RocksDB index. The hash is checked on every receive and every read: a chunk whose
+//! bytes no longer match is quarantined and never served. All disk I/O goes through
+//! [`disk::Disk`], with a real and a fault-injecting implementation. [`service`] is the
+//! gRPC `Chunks` service over the store.
+//!
+//! Still to come (its issue is open): registration with the metadata service, GC driven
+//! by the metadata refcounts, repair from another site, and the replicator.
+
+pub mod disk;
+pub mod error;
+pub mod service;
+pub mod store;
+
+pub use error::DataError;

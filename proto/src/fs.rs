@@ -114,6 +114,23 @@ pub struct DirEntry {
 #[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkHash(pub [u8; 32]);
 
+impl ChunkHash {
+    /// The hash of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        ChunkHash(*blake3::hash(data).as_bytes())
+    }
+
+    /// Lower-case hex, as file names use it.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// From the 32 bytes of a wire message.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(ChunkHash(bytes.try_into().ok()?))
+    }
+}
+
 impl std::fmt::Debug for ChunkHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for b in &self.0[..8] {

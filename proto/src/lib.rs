@@ -1,6 +1,7 @@
 //! Wire types of Mobilus.
 //!
-//! - [`pb`]: the code generated from `proto/meta.proto` (gRPC services and messages);
+//! - [`pb`], [`datapb`]: the code generated from `proto/meta.proto` and
+//!   `proto/chunks.proto` (gRPC services and messages);
 //! - [`fs`]: the typed domain values the services carry (attributes, slices, ids);
 //! - [`convert`]: the one place where domain values become protobuf messages and back;
 //! - [`status`]: the stable error codes on the wire (errnos and cluster errors) and
@@ -15,6 +16,15 @@ pub mod status;
 pub mod pb {
     tonic::include_proto!("mobilus.meta.v1");
 }
+
+/// Generated protobuf and gRPC code for `mobilus.data.v1` (data nodes).
+#[allow(clippy::all, missing_docs)]
+pub mod datapb {
+    tonic::include_proto!("mobilus.data.v1");
+}
+
+/// Largest chunk a data node stores (bytes); the client's chunker stays below it.
+pub const MAX_CHUNK_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Largest client request or reply (bytes). Larger ones are refused with
 /// `OUT_OF_RANGE`/`RESOURCE_EXHAUSTED` before they are decoded.

@@ -1,0 +1,169 @@
+//! The gRPC `Chunks` service: a thin adapter over [`ChunkStore`]. Store calls run on the
+//! blocking pool (they fsync).
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use mobilus_proto::datapb::chunks_server::Chunks;
+use mobilus_proto::datapb::{self as pb, put_request::Part};
+use mobilus_proto::fs::ChunkHash;
+use mobilus_proto::MAX_CHUNK_BYTES;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::DataError;
+use crate::store::ChunkStore;
+
+/// Frames of a get reply.
+const FRAME: usize = 1 << 20;
+/// Most hashes one `has` call may ask about.
+const MAX_HAS: usize = 100_000;
+
+pub struct ChunksSvc {
+    pub store: Arc<ChunkStore>,
+}
+
+fn hash(bytes: &[u8]) -> Result<ChunkHash, Status> {
+    ChunkHash::from_slice(bytes).ok_or_else(|| {
+        DataError::Invalid(format!("a chunk hash has 32 bytes, not {}", bytes.len())).to_status()
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DataError> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|e| e.to_status()),
+        Err(e) => Err(Status::internal(format!("store task failed: {e}"))),
+    }
+}
+
+type GetStream = Pin<Box<dyn Stream<Item = Result<pb::GetReply, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Chunks for ChunksSvc {
+    async fn put(
+        &self,
+        r: Request<Streaming<pb::PutRequest>>,
+    ) -> Result<Response<pb::PutReply>, Status> {
+        let mut stream = r.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(pb::PutRequest {
+                part: Some(Part::Header(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(DataError::Invalid("a put starts with its header".into()).to_status()),
+        };
+        let h = hash(&header.hash)?;
+        if header.size > MAX_CHUNK_BYTES {
+            return Err(DataError::TooLarge(header.size).to_status());
+        }
+        let mut data = Vec::with_capacity(header.size as usize);
+        while let Some(msg) = stream.next().await {
+            match msg?.part {
+                Some(Part::Data(bytes)) => {
+                    if (data.len() + bytes.len()) as u64 > header.size {
+                        return Err(DataError::Invalid(format!(
+                            "more than the {} bytes declared",
+                            header.size
+                        ))
+                        .to_status());
+                    }
+                    data.extend_from_slice(&bytes);
+                }
+                _ => {
+                    return Err(DataError::Invalid("a second header in one put".into()).to_status())
+                }
+            }
+        }
+        // A stream cut short stores nothing.
+        if data.len() as u64 != header.size {
+            return Err(DataError::Invalid(format!(
+                "truncated: {} of {} bytes",
+                data.len(),
+                header.size
+            ))
+            .to_status());
+        }
+        let store = self.store.clone();
+        let existed = blocking(move || store.put(&h, &data)).await?;
+        Ok(Response::new(pb::PutReply { existed }))
+    }
+
+    type GetStream = GetStream;
+
+    async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<GetStream>, Status> {
+        let r = r.into_inner();
+        let h = hash(&r.hash)?;
+        let store = self.store.clone();
+        let data = blocking(move || store.get(&h, r.offset, r.length)).await?;
+        let frames: Vec<Result<pb::GetReply, Status>> = if data.is_empty() {
+            vec![Ok(pb::GetReply { data: Vec::new() })]
+        } else {
+            data.chunks(FRAME)
+                .map(|c| Ok(pb::GetReply { data: c.to_vec() }))
+                .collect()
+        };
+        Ok(Response::new(Box::pin(tokio_stream::iter(frames))))
+    }
+
+    async fn has(&self, r: Request<pb::HasRequest>) -> Result<Response<pb::HasReply>, Status> {
+        let r = r.into_inner();
+        if r.hashes.len() > MAX_HAS {
+            return Err(
+                DataError::Invalid(format!("at most {MAX_HAS} hashes per call")).to_status(),
+            );
+        }
+        let hashes = r
+            .hashes
+            .iter()
+            .map(|h| hash(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        let present = blocking(move || store.has(&hashes)).await?;
+        Ok(Response::new(pb::HasReply { present }))
+    }
+
+    async fn delete(
+        &self,
+        r: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteReply>, Status> {
+        let h = hash(&r.into_inner().hash)?;
+        let store = self.store.clone();
+        let existed = blocking(move || store.delete(&h)).await?;
+        Ok(Response::new(pb::DeleteReply { existed }))
+    }
+
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsReply>, Status> {
+        let s = self.store.stats();
+        Ok(Response::new(pb::StatsReply {
+            chunks: s.chunks,
+            bytes: s.bytes,
+            bytes_received: s.bytes_received,
+            bytes_served: s.bytes_served,
+            remote_fetches: s.remote_fetches,
+            corrupt_chunks: s.corrupt_chunks,
+        }))
+    }
+}
+
+/// Serve the store on `listener` until `stop` resolves.
+pub async fn serve(
+    store: Arc<ChunkStore>,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let svc = mobilus_proto::datapb::chunks_server::ChunksServer::new(ChunksSvc { store })
+        .max_decoding_message_size(2 * FRAME + 1024)
+        .max_encoding_message_size(2 * FRAME + 1024);
+    // TCP_NODELAY on accepted sockets: small RPCs otherwise stall on Nagle.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
+        .map(|conn| conn.and_then(|s| s.set_nodelay(true).map(|()| s)));
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await
+}

@@ -1,0 +1,233 @@
+//! The chunk store: one file per chunk under `chunks/<first byte>/<hash>`, a RocksDB
+//! index of hash → size, and counters.
+//!
+//! A chunk is stored once however many files use it. A put verifies the hash before
+//! anything touches the disk; a get verifies it again on the bytes read, and quarantines
+//! (moves to `quarantine/`, drops from the index) a chunk that no longer matches, so it is
+//! never served and can be fetched again from another replica.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use mobilus_proto::fs::ChunkHash;
+use mobilus_proto::MAX_CHUNK_BYTES;
+use rocksdb::{WriteOptions, DB};
+
+use crate::disk::Disk;
+use crate::error::DataError;
+
+const INDEX_FORMAT: u8 = 1;
+
+/// Counters, as `stats` reports them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stats {
+    pub chunks: u64,
+    pub bytes: u64,
+    pub bytes_received: u64,
+    pub bytes_served: u64,
+    pub remote_fetches: u64,
+    pub corrupt_chunks: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    chunks: AtomicU64,
+    bytes: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_served: AtomicU64,
+    remote_fetches: AtomicU64,
+    corrupt_chunks: AtomicU64,
+}
+
+pub struct ChunkStore {
+    root: PathBuf,
+    disk: Arc<dyn Disk>,
+    index: DB,
+    counters: Counters,
+    next_tmp: AtomicU64,
+}
+
+fn encode_size(size: u64) -> Vec<u8> {
+    let mut v = vec![INDEX_FORMAT];
+    v.extend_from_slice(&size.to_be_bytes());
+    v
+}
+
+fn decode_size(v: &[u8]) -> Option<u64> {
+    match v {
+        [INDEX_FORMAT, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
+
+impl ChunkStore {
+    /// Open (or create) a store under `root`; removes temporary files a crash left.
+    pub fn open(root: &Path, disk: Arc<dyn Disk>) -> Result<Self, DataError> {
+        for dir in ["chunks", "tmp", "quarantine"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            std::fs::remove_file(entry?.path())?;
+        }
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        let index = DB::open(&opts, root.join("index"))?;
+        let counters = Counters::default();
+        for item in index.iterator(rocksdb::IteratorMode::Start) {
+            let (_, v) = item?;
+            counters.chunks.fetch_add(1, Ordering::Relaxed);
+            counters
+                .bytes
+                .fetch_add(decode_size(&v).unwrap_or(0), Ordering::Relaxed);
+        }
+        Ok(ChunkStore {
+            root: root.to_path_buf(),
+            disk,
+            index,
+            counters,
+            next_tmp: AtomicU64::new(0),
+        })
+    }
+
+    fn path(&self, hash: &ChunkHash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join("chunks").join(&hex[..2]).join(hex)
+    }
+
+    fn size_of(&self, hash: &ChunkHash) -> Result<Option<u64>, DataError> {
+        Ok(self.index.get(hash.0)?.and_then(|v| decode_size(&v)))
+    }
+
+    /// Store `data` as chunk `hash`. Returns whether it was already there (then nothing
+    /// is written: dedup). Refused, with nothing written, if the bytes do not hash to
+    /// `hash`.
+    pub fn put(&self, hash: &ChunkHash, data: &[u8]) -> Result<bool, DataError> {
+        self.counters
+            .bytes_received
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if data.len() as u64 > MAX_CHUNK_BYTES {
+            return Err(DataError::TooLarge(data.len() as u64));
+        }
+        let actual = ChunkHash::of(data);
+        if actual != *hash {
+            return Err(DataError::HashMismatch {
+                claimed: *hash,
+                actual,
+            });
+        }
+        if self.size_of(hash)?.is_some() {
+            return Ok(true);
+        }
+        let path = self.path(hash);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}-{n}", hash.to_hex()));
+        if let Err(e) = self.disk.write_durably(&tmp, &path, data) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.index
+            .put_opt(hash.0, encode_size(data.len() as u64), &wo)?;
+        self.counters.chunks.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(false)
+    }
+
+    /// Bytes `[offset, offset+len)` of a chunk (`len` 0: to its end), verified.
+    pub fn get(&self, hash: &ChunkHash, offset: u64, len: u64) -> Result<Vec<u8>, DataError> {
+        let size = self.size_of(hash)?.ok_or(DataError::NotFound(*hash))?;
+        let end = if len == 0 {
+            size
+        } else {
+            offset.saturating_add(len)
+        };
+        if offset > size || end > size {
+            return Err(DataError::BadRange { offset, len, size });
+        }
+        let data = match self.disk.read(&self.path(hash)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.quarantine(hash)?;
+                return Err(DataError::Corrupt(*hash));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if data.len() as u64 != size || ChunkHash::of(&data) != *hash {
+            self.quarantine(hash)?;
+            return Err(DataError::Corrupt(*hash));
+        }
+        let out = data[offset as usize..end as usize].to_vec();
+        self.counters
+            .bytes_served
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(out)
+    }
+
+    /// Move a bad chunk aside and forget it; it is never served again.
+    fn quarantine(&self, hash: &ChunkHash) -> Result<(), DataError> {
+        tracing::warn!(?hash, "chunk failed verification; quarantined");
+        let size = self.size_of(hash)?.unwrap_or(0);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.index.delete_opt(hash.0, &wo)?;
+        let _ = self.disk.rename(
+            &self.path(hash),
+            &self.root.join("quarantine").join(hash.to_hex()),
+        );
+        self.counters.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
+        self.counters.chunks.fetch_sub(1, Ordering::Relaxed);
+        self.counters.bytes.fetch_sub(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Which of `hashes` this store holds.
+    pub fn has(&self, hashes: &[ChunkHash]) -> Result<Vec<bool>, DataError> {
+        self.index
+            .multi_get(hashes.iter().map(|h| h.0))
+            .into_iter()
+            .map(|r| Ok(r?.is_some()))
+            .collect()
+    }
+
+    /// Delete a chunk; returns whether it was there.
+    pub fn delete(&self, hash: &ChunkHash) -> Result<bool, DataError> {
+        let Some(size) = self.size_of(hash)? else {
+            return Ok(false);
+        };
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.index.delete_opt(hash.0, &wo)?;
+        match self.disk.remove(&self.path(hash)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.counters.chunks.fetch_sub(1, Ordering::Relaxed);
+        self.counters.bytes.fetch_sub(size, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Count a chunk fetched from another site (the fetch itself is the caller's).
+    pub fn count_remote_fetch(&self) {
+        self.counters.remote_fetches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        Stats {
+            chunks: c.chunks.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+            bytes_received: c.bytes_received.load(Ordering::Relaxed),
+            bytes_served: c.bytes_served.load(Ordering::Relaxed),
+            remote_fetches: c.remote_fetches.load(Ordering::Relaxed),
+            corrupt_chunks: c.corrupt_chunks.load(Ordering::Relaxed),
+        }
+    }
+}

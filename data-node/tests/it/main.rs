@@ -1,0 +1,4 @@
+//! Tests of the data node: the store with a faulty disk, and a real process over gRPC.
+
+mod service;
+mod store;

@@ -1,0 +1,240 @@
+//! A real `mobilus-data` process over gRPC.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mobilus_proto::datapb::chunks_client::ChunksClient;
+use mobilus_proto::datapb::{self as pb, put_request::Part};
+use mobilus_proto::fs::ChunkHash;
+use tonic::transport::Channel;
+use tonic::Code;
+
+struct Node(Child);
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &std::path::Path) -> (Node, String) {
+    let ready = dir.join("ready");
+    let child = Command::new(env!("CARGO_BIN_EXE_mobilus-data"))
+        .args(["--site", "site-a", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "mobilus-data did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Node(child), std::fs::read_to_string(ready).unwrap())
+}
+
+fn put_frames(hash: &ChunkHash, size: u64, frames: Vec<Vec<u8>>) -> Vec<pb::PutRequest> {
+    let header = pb::PutHeader {
+        hash: hash.0.to_vec(),
+        size,
+    };
+    let mut msgs = vec![pb::PutRequest {
+        part: Some(Part::Header(header)),
+    }];
+    msgs.extend(frames.into_iter().map(|f| pb::PutRequest {
+        part: Some(Part::Data(f)),
+    }));
+    msgs
+}
+
+async fn put(
+    c: &mut ChunksClient<Channel>,
+    msgs: Vec<pb::PutRequest>,
+) -> Result<bool, tonic::Status> {
+    c.put(tokio_stream::iter(msgs))
+        .await
+        .map(|r| r.into_inner().existed)
+}
+
+async fn get(
+    c: &mut ChunksClient<Channel>,
+    hash: &ChunkHash,
+    offset: u64,
+    length: u64,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = c
+        .get(pb::GetRequest {
+            hash: hash.0.to_vec(),
+            offset,
+            length,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(frame) = stream.message().await? {
+        out.extend(frame.data);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut node, addr) = start(tmp.path());
+    let mut c = ChunksClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+
+    // 5 MiB in 64 KiB frames: larger than any single message the server accepts.
+    let data: Vec<u8> = (0..5u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let h = ChunkHash::of(&data);
+    let frames = data.chunks(64 << 10).map(<[u8]>::to_vec).collect();
+    assert!(!put(&mut c, put_frames(&h, data.len() as u64, frames))
+        .await
+        .unwrap());
+    assert_eq!(get(&mut c, &h, 0, 0).await.unwrap(), data);
+    assert_eq!(
+        get(&mut c, &h, 4 << 20, 100).await.unwrap(),
+        data[4 << 20..(4 << 20) + 100].to_vec()
+    );
+    let missing = ChunkHash::of(b"missing");
+    let has = c
+        .has(pb::HasRequest {
+            hashes: vec![h.0.to_vec(), missing.0.to_vec()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(has.into_inner().present, vec![true, false]);
+
+    // Bad input: each refused with its code, nothing stored.
+    assert_eq!(
+        get(&mut c, &missing, 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        get(&mut c, &h, 6 << 20, 1).await.unwrap_err().code(),
+        Code::OutOfRange
+    );
+    let small = b"hello chunk".to_vec();
+    let hs = ChunkHash::of(&small);
+    let wrong = put(
+        &mut c,
+        put_frames(
+            &ChunkHash::of(b"x"),
+            small.len() as u64,
+            vec![small.clone()],
+        ),
+    )
+    .await;
+    assert_eq!(
+        wrong.unwrap_err().code(),
+        Code::InvalidArgument,
+        "hash mismatch"
+    );
+    let truncated = put(&mut c, put_frames(&hs, 100, vec![small.clone()])).await;
+    assert_eq!(
+        truncated.unwrap_err().code(),
+        Code::InvalidArgument,
+        "truncated stream"
+    );
+    let too_many = put(&mut c, put_frames(&hs, 3, vec![small.clone()])).await;
+    assert_eq!(
+        too_many.unwrap_err().code(),
+        Code::InvalidArgument,
+        "more than declared"
+    );
+    let no_header = vec![pb::PutRequest {
+        part: Some(Part::Data(small.clone())),
+    }];
+    assert_eq!(
+        put(&mut c, no_header).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        put(&mut c, vec![]).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let short_hash = c
+        .has(pb::HasRequest {
+            hashes: vec![vec![1, 2, 3]],
+        })
+        .await;
+    assert_eq!(short_hash.unwrap_err().code(), Code::InvalidArgument);
+    let huge = pb::PutHeader {
+        hash: hs.0.to_vec(),
+        size: 1 << 40,
+    };
+    let huge = put(
+        &mut c,
+        vec![pb::PutRequest {
+            part: Some(Part::Header(huge)),
+        }],
+    )
+    .await;
+    assert_eq!(huge.unwrap_err().code(), Code::InvalidArgument);
+    let has = c
+        .has(pb::HasRequest {
+            hashes: vec![hs.0.to_vec()],
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        has.into_inner().present,
+        vec![false],
+        "a refused put stored something"
+    );
+
+    // Dedup over the wire, stats, delete.
+    assert!(put(
+        &mut c,
+        put_frames(&hs, small.len() as u64, vec![small.clone()])
+    )
+    .await
+    .is_ok());
+    assert!(put(
+        &mut c,
+        put_frames(&hs, small.len() as u64, vec![small.clone()])
+    )
+    .await
+    .unwrap());
+    let stats = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.chunks, 2);
+    assert_eq!(stats.bytes, data.len() as u64 + small.len() as u64);
+    assert!(stats.bytes_served >= data.len() as u64);
+    let del = c
+        .delete(pb::DeleteRequest {
+            hash: hs.0.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(del.existed);
+    assert_eq!(
+        get(&mut c, &hs, 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+
+    // A clean, prompt stop on SIGTERM once clients have hung up.
+    drop(c);
+    let _ = Command::new("kill")
+        .args(["-TERM", &node.0.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = node.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mobilus-data did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+}
