@@ -7,12 +7,14 @@
 //! [`disk::Disk`], with a real and a fault-injecting implementation. [`service`] is the
 //! gRPC `Chunks` service over the store.
 //!
-//! Still to come (its issue is open): registration with the metadata service, GC driven
-//! by the metadata refcounts, repair from another site, and the replicator.
+//! A node registers with the metadata service's site registry and heartbeats through a
+//! [`worker`]. Still to come (its issue is open): GC driven by the metadata refcounts,
+//! repair from another site, and the replicator.
 
 pub mod disk;
 pub mod error;
 pub mod service;
 pub mod store;
+pub mod worker;
 
 pub use error::DataError;

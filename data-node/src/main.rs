@@ -9,6 +9,10 @@ use clap::Parser;
 use mobilus_data::disk::LocalDisk;
 use mobilus_data::service;
 use mobilus_data::store::ChunkStore;
+use mobilus_data::worker::{self, Shutdown};
+use mobilus_meta_client::MetaClient;
+use mobilus_proto::fs::{valid_site_name, DataNodeInfo};
+use std::time::Duration;
 
 /// A Mobilus data node: content-addressed chunks of one site.
 #[derive(Parser, Debug)]
@@ -26,16 +30,54 @@ struct Args {
     /// Write the bound address to this file once serving.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Metadata members to register with (host:port, comma separated).
+    #[arg(long, value_delimiter = ',')]
+    meta: Vec<String>,
+    /// Address other nodes and clients dial, when it differs from the bound one.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// How often to heartbeat to the site registry.
+    #[arg(long, default_value_t = 2000)]
+    heartbeat_ms: u64,
+}
+
+/// Register this node, then keep its registration fresh.
+fn start_heartbeat(
+    args: &Args,
+    addr: String,
+    store: Arc<ChunkStore>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if args.meta.is_empty() {
+        return Ok(None);
+    }
+    let client = MetaClient::connect(&args.meta).context("bad --meta address")?;
+    let (site, dir) = (args.site.clone(), args.data_dir.clone());
+    let every = Duration::from_millis(args.heartbeat_ms.max(100));
+    Ok(Some(worker::spawn_periodic(
+        "heartbeat",
+        every,
+        Duration::from_secs(30),
+        stop,
+        move || {
+            let (client, store, dir) = (client.clone(), store.clone(), dir.clone());
+            let node = DataNodeInfo {
+                site: site.clone(),
+                addr: addr.clone(),
+                capacity_bytes: nix::sys::statvfs::statvfs(&dir)
+                    .map(|s| s.blocks().saturating_mul(s.fragment_size()))
+                    .unwrap_or(0),
+                used_bytes: store.stats().bytes,
+                last_heartbeat_ns: 0,
+            };
+            async move { client.register_data_node(&node).await }
+        },
+    )))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if args.site.is_empty()
-        || !args
-            .site
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        anyhow::bail!("--site must be a non-empty name of letters, digits, '-' and '_'");
+    if !valid_site_name(&args.site) {
+        anyhow::bail!("--site must be 1 to 64 letters, digits, '-' and '_'");
     }
     let store = Arc::new(
         ChunkStore::open(&args.data_dir, Arc::new(LocalDisk))
@@ -44,7 +86,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?.to_string();
+    let addr = args
+        .advertise
+        .clone()
+        .unwrap_or(listener.local_addr()?.to_string());
+    let shutdown = Shutdown::default();
+    let heartbeat = start_heartbeat(&args, addr.clone(), store.clone(), shutdown.subscribe())?;
     if let Some(path) = &args.ready_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &addr)?;
@@ -53,7 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(site = %args.site, %addr, "mobilus-data serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut serving = tokio::spawn(service::serve(store, listener, async {
+    let mut serving = tokio::spawn(service::serve(store.clone(), listener, async {
         let _ = stop_rx.await;
     }));
     tokio::select! {
@@ -66,6 +113,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match tokio::time::timeout(std::time::Duration::from_secs(5), serving).await {
         Ok(res) => res??,
         Err(_) => tracing::warn!("clients still connected after 5s; stopping anyway"),
+    }
+    shutdown.stop();
+    if let Some(h) = heartbeat {
+        let _ = h.await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -1,6 +1,8 @@
 //! The Raft type configuration and the commands the state machine applies.
 
-use mobilus_proto::fs::{Attr, Epoch, Fence, FileKind, InodeId, SetAttr, SliceWrite, SubtreeId};
+use mobilus_proto::fs::{
+    Attr, DataNodeInfo, Epoch, Fence, FileKind, InodeId, SetAttr, SliceWrite, SubtreeId,
+};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +123,10 @@ pub enum Op {
         ino: InodeId,
         slices: Vec<SliceWrite>,
     },
+    /// A data node registers or heartbeats; its heartbeat time is the command's.
+    RegisterDataNode {
+        node: DataNodeInfo,
+    },
 }
 
 impl Op {
@@ -138,6 +144,7 @@ impl Op {
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
             Op::Write { .. } => "write",
+            Op::RegisterDataNode { .. } => "register_data_node",
         }
     }
 }

@@ -3,8 +3,8 @@
 //! into a valid domain value is an `INVALID_ARGUMENT` error, never a panic.
 
 use crate::fs::{
-    Attr, ChunkHash, ChunkRef, DirEntry, Extent, Fence, FileKind, SetAttr, SliceWrite, StatFs,
-    TimeSet,
+    Attr, ChunkHash, ChunkRef, DataNodeInfo, DirEntry, Extent, Fence, FileKind, SetAttr,
+    SliceWrite, StatFs, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -274,6 +274,30 @@ impl From<pb::StatFsReply> for StatFs {
             max_files: s.max_files,
             block_size: s.block_size,
             name_max: s.name_max,
+        }
+    }
+}
+
+impl From<&DataNodeInfo> for pb::DataNode {
+    fn from(n: &DataNodeInfo) -> Self {
+        pb::DataNode {
+            site: n.site.clone(),
+            addr: n.addr.clone(),
+            capacity_bytes: n.capacity_bytes,
+            used_bytes: n.used_bytes,
+            last_heartbeat_ns: n.last_heartbeat_ns,
+        }
+    }
+}
+
+impl From<pb::DataNode> for DataNodeInfo {
+    fn from(n: pb::DataNode) -> Self {
+        DataNodeInfo {
+            site: n.site,
+            addr: n.addr,
+            capacity_bytes: n.capacity_bytes,
+            used_bytes: n.used_bytes,
+            last_heartbeat_ns: n.last_heartbeat_ns,
         }
     }
 }

@@ -182,3 +182,23 @@ pub struct Fence {
     pub subtree: SubtreeId,
     pub epoch: Epoch,
 }
+
+/// A data node in the site registry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DataNodeInfo {
+    pub site: String,
+    pub addr: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    /// When its last heartbeat committed (the leader's clock); 0 in a registration request.
+    pub last_heartbeat_ns: i64,
+}
+
+/// Is `site` a valid site name: 1 to 64 of `[A-Za-z0-9_-]`?
+pub fn valid_site_name(site: &str) -> bool {
+    !site.is_empty()
+        && site.len() <= 64
+        && site
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}

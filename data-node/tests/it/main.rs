@@ -1,4 +1,5 @@
 //! Tests of the data node: the store with a faulty disk, and a real process over gRPC.
 
+mod registry;
 mod service;
 mod store;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use mobilus_proto::convert::{attr_from_reply, setattr_to_wire};
 use mobilus_proto::fs::{
-    Attr, DirEntry, Extent, Fence, FileKind, InodeId, SetAttr, SliceWrite, StatFs,
+    Attr, DataNodeInfo, DirEntry, Extent, Fence, FileKind, InodeId, SetAttr, SliceWrite, StatFs,
 };
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_client::ClusterClient;
@@ -740,6 +740,40 @@ impl MetaClient {
             })
             .await?;
         Ok(r.into_inner())
+    }
+
+    /// Register (or heartbeat) a data node in the site registry.
+    pub async fn register_data_node(&self, node: &DataNodeInfo) -> Result<(), ClientError> {
+        let req = pb::RegisterDataNodeRequest {
+            node: Some(node.into()),
+        };
+        self.call("register_data_node", |ch| {
+            let req = req.clone();
+            async move { Self::cluster(ch).register_data_node(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The data nodes of `site` (all sites when `None`), and the answering member's clock
+    /// (to judge heartbeat ages against).
+    pub async fn list_data_nodes(
+        &self,
+        site: Option<&str>,
+        stale: bool,
+    ) -> Result<(Vec<DataNodeInfo>, i64), ClientError> {
+        let req = pb::ListDataNodesRequest {
+            site: site.unwrap_or_default().to_string(),
+            stale,
+        };
+        let r = self
+            .call("list_data_nodes", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).list_data_nodes(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok((r.nodes.into_iter().map(Into::into).collect(), r.now_ns))
     }
 
     /// Ask the leader to build a snapshot now (and purge its log).

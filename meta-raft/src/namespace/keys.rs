@@ -27,11 +27,13 @@ pub enum Cf {
     ZeroRefs,
     /// named singletons: applied log id, membership, counters
     Sys,
+    /// site ‖ 0 ‖ address → `DataNodeInfo`: the site registry
+    Nodes,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 9] = [
+    pub const ALL: [Cf; 10] = [
         Cf::Inodes,
         Cf::Dentries,
         Cf::Cookies,
@@ -41,6 +43,7 @@ impl Cf {
         Cf::ChunkRefs,
         Cf::ZeroRefs,
         Cf::Sys,
+        Cf::Nodes,
     ];
 
     /// The RocksDB name of this column family.
@@ -55,6 +58,7 @@ impl Cf {
             Cf::ChunkRefs => "chunk_refs",
             Cf::ZeroRefs => "zero_refs",
             Cf::Sys => "sys",
+            Cf::Nodes => "nodes",
         }
     }
 }
@@ -93,6 +97,15 @@ pub fn slice(ino: InodeId, block: u64, seq: u64) -> Vec<u8> {
     k.extend_from_slice(&ino.to_be_bytes());
     k.extend_from_slice(&block.to_be_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Registry key of a data node; `node(site, b"")` is the prefix of a site's nodes.
+pub fn node(site: &str, addr: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(site.len() + 1 + addr.len());
+    k.extend_from_slice(site.as_bytes());
+    k.push(0);
+    k.extend_from_slice(addr.as_bytes());
     k
 }
 

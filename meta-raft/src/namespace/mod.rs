@@ -275,6 +275,20 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
             dir::removexattr(txn, now, *ino, name).map(|()| OpReply::Done)
         }
         Op::Write { ino, slices } => file::write(txn, now, *ino, slices).map(OpReply::Attr),
+        Op::RegisterDataNode { node } => {
+            if !mobilus_proto::fs::valid_site_name(&node.site)
+                || node.addr.is_empty()
+                || node.addr.len() > 255
+            {
+                return Err(Errno::EINVAL.into());
+            }
+            let record = mobilus_proto::fs::DataNodeInfo {
+                last_heartbeat_ns: now,
+                ..node.clone()
+            };
+            txn.put(Cf::Nodes, keys::node(&node.site, &node.addr), &record)?;
+            Ok(OpReply::Done)
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::ops::ControlFlow;
 
-use mobilus_proto::fs::{Attr, DirEntry, Extent, InodeId, StatFs, NAME_MAX};
+use mobilus_proto::fs::{Attr, DataNodeInfo, DirEntry, Extent, InodeId, StatFs, NAME_MAX};
 use mobilus_proto::status::Errno;
 
 use super::keys::{self, Cf};
@@ -115,10 +115,31 @@ impl Namespace {
         Ok(pairs.into_iter().map(|(k, _)| k[8..].to_vec()).collect())
     }
 
+    /// The registered data nodes, of one site or (`None`) of all.
+    pub fn data_nodes(&self, site: Option<&str>) -> Result<Vec<DataNodeInfo>, NsError> {
+        let prefix = site.map(|s| keys::node(s, "")).unwrap_or_default();
+        let mut out = Vec::new();
+        for (_, v) in self.txn().scan_all(Cf::Nodes, &prefix)? {
+            out.push(codec::decode(&v)?);
+        }
+        Ok(out)
+    }
+
     pub fn statfs(&self) -> Result<StatFs, NsError> {
         let c = counters(&self.txn())?;
+        // Capacity is what the data nodes report, once any has registered.
+        let registered: u64 = self
+            .data_nodes(None)?
+            .iter()
+            .map(|n| n.capacity_bytes)
+            .sum();
+        let capacity = if registered > 0 {
+            registered
+        } else {
+            DEFAULT_CAPACITY
+        };
         Ok(StatFs {
-            total_bytes: DEFAULT_CAPACITY.max(c.bytes),
+            total_bytes: capacity.max(c.bytes),
             used_bytes: c.bytes,
             files: c.inodes,
             max_files: 1 << 40,

@@ -315,6 +315,40 @@ impl Cluster for ClusterSvc {
         ClusterSvc::status(self)
     }
 
+    async fn register_data_node(
+        &self,
+        r: Request<pb::RegisterDataNodeRequest>,
+    ) -> Reply<pb::Empty> {
+        let node = r
+            .into_inner()
+            .node
+            .ok_or_else(|| Status::invalid_argument("no node given"))?;
+        let op = Op::RegisterDataNode { node: node.into() };
+        self.node.propose(None, op).await.map_err(status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_data_nodes(
+        &self,
+        r: Request<pb::ListDataNodesRequest>,
+    ) -> Reply<pb::ListDataNodesReply> {
+        let r = r.into_inner();
+        let site = (!r.site.is_empty()).then_some(r.site);
+        let nodes = self
+            .node
+            .read(r.stale, |ns| ns.data_nodes(site.as_deref()))
+            .await
+            .map_err(status)?;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        Ok(Response::new(pb::ListDataNodesReply {
+            nodes: nodes.iter().map(Into::into).collect(),
+            now_ns,
+        }))
+    }
+
     async fn trigger_snapshot(
         &self,
         _: Request<pb::TriggerSnapshotRequest>,

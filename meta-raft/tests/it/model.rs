@@ -398,6 +398,8 @@ impl Model {
                 n.ctime = now;
                 Ok(OpReply::Done)
             }
+            // Not generated: the registry is not POSIX state; `namespace.rs` tests it.
+            Op::RegisterDataNode { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices } => {
                 match self.get(*ino)?.kind {
                     FileKind::Regular => {}

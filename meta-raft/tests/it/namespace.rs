@@ -170,3 +170,50 @@ async fn a_batched_entry_applies_its_commands_in_order_as_one_transaction() {
     assert_eq!(ns.statfs().unwrap().files, 2);
     assert_eq!(sm.last_applied().map(|l| l.index), Some(1));
 }
+
+#[test]
+fn data_nodes_register_heartbeat_and_set_the_capacity_statfs_reports() {
+    use mobilus_proto::fs::DataNodeInfo;
+    use mobilus_proto::status::Errno;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Namespace::open(tmp.path()).unwrap();
+    let node = |site: &str, addr: &str, cap: u64| DataNodeInfo {
+        site: site.into(),
+        addr: addr.into(),
+        capacity_bytes: cap,
+        used_bytes: 1,
+        last_heartbeat_ns: 0,
+    };
+    let at = |t: i64, n: DataNodeInfo| {
+        ns.execute(&Command {
+            time_ns: t,
+            fence: None,
+            op: Op::RegisterDataNode { node: n },
+        })
+        .unwrap()
+    };
+    assert!(at(10, node("site-a", "10.0.0.1:7200", 100)).is_ok());
+    assert!(at(11, node("site-b", "10.0.0.2:7200", 50)).is_ok());
+    assert!(
+        at(20, node("site-a", "10.0.0.1:7200", 100)).is_ok(),
+        "heartbeat"
+    );
+    let a = ns.data_nodes(Some("site-a")).unwrap();
+    assert_eq!(a.len(), 1);
+    assert_eq!(
+        a[0].last_heartbeat_ns, 20,
+        "the heartbeat time is the command's"
+    );
+    assert_eq!(ns.data_nodes(None).unwrap().len(), 2);
+    assert!(ns.data_nodes(Some("site-c")).unwrap().is_empty());
+    assert_eq!(ns.statfs().unwrap().total_bytes, 150);
+    for bad in [
+        node("", "x:1", 1),
+        node("a/b", "x:1", 1),
+        node("site-a", "", 1),
+    ] {
+        let r = at(30, bad);
+        assert_eq!(r, Err(mobilus_meta::types::OpError::Errno(Errno::EINVAL.0)));
+    }
+}
