@@ -1,4 +1,16 @@
-//! `mobilus-client` / `mobilus-mount`: the client data path (`Client`) and the FUSE mount.
+//! `mobilus-client`: the client data path that the FUSE mount, the benchmarks and the
+//! Jepsen harness share.
 //!
-//! Not built yet: it depends on the data path. Metadata access for it already exists in
-//! `mobilus-meta-client`.
+//! - [`chunker`]: content-defined chunking (FastCDC) and BLAKE3 naming;
+//! - [`data`]: a client of one data node's `Chunks` service;
+//! - [`client`]: [`Client`] — buffered writes that become slices (dedup: a chunk the site
+//!   already holds is never sent), and reads that fetch a chunk from another site when the
+//!   local node lacks it, then store it locally (cache-through).
+//!
+//! The FUSE mount itself is a later issue.
+
+pub mod chunker;
+pub mod client;
+pub mod data;
+
+pub use client::{Client, ClientStats, FileWriter};

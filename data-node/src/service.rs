@@ -87,6 +87,9 @@ impl Chunks for ChunksSvc {
         }
         let store = self.store.clone();
         let existed = blocking(move || store.put(&h, &data)).await?;
+        if header.from_remote && !existed {
+            self.store.count_remote_fetch();
+        }
         Ok(Response::new(pb::PutReply { existed }))
     }
 

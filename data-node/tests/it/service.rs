@@ -41,6 +41,7 @@ fn put_frames(hash: &ChunkHash, size: u64, frames: Vec<Vec<u8>>) -> Vec<pb::PutR
     let header = pb::PutHeader {
         hash: hash.0.to_vec(),
         size,
+        from_remote: false,
     };
     let mut msgs = vec![pb::PutRequest {
         part: Some(Part::Header(header)),
@@ -169,6 +170,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     let huge = pb::PutHeader {
         hash: hs.0.to_vec(),
         size: 1 << 40,
+        from_remote: false,
     };
     let huge = put(
         &mut c,

@@ -1,0 +1,301 @@
+//! [`Client`]: buffered writes that become slices, reads that fault chunks in from other
+//! sites.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use mobilus_meta_client::MetaClient;
+use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, InodeId, SliceWrite};
+use mobilus_proto::status::Errno;
+
+use crate::chunker;
+use crate::data::{DataClient, DataClientError};
+
+/// A file's write buffer is flushed as slices once it holds this many bytes...
+pub const FLUSH_BYTES: usize = 64 << 20;
+/// ... or this many separate writes (each is a slice of the metadata commit).
+pub const FLUSH_WRITES: usize = 1024;
+/// Chunk transfers in flight per flush or read.
+const PARALLEL: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("metadata: {0}")]
+    Meta(#[from] mobilus_meta_client::ClientError),
+    #[error(transparent)]
+    Data(#[from] DataClientError),
+    #[error("no data node is registered for site {0}")]
+    NoDataNode(String),
+    #[error("chunk {0:?} is on no reachable site")]
+    ChunkUnavailable(ChunkHash),
+}
+
+impl ClientError {
+    /// The errno a file system returns for this error.
+    pub fn to_errno(&self) -> Errno {
+        match self {
+            ClientError::Meta(e) => e.to_errno(),
+            ClientError::Data(DataClientError::Rpc { status, .. })
+                if status
+                    .metadata()
+                    .get(mobilus_proto::status::ERRNO_KEY)
+                    .is_some() =>
+            {
+                match mobilus_proto::status::WireError::from_status(status) {
+                    mobilus_proto::status::WireError::Errno(e, _) => e,
+                    _ => Errno::EIO,
+                }
+            }
+            _ => Errno::EIO,
+        }
+    }
+}
+
+/// What this client has moved, for tests, benchmarks and the demo.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Bytes of chunks sent to the local data node.
+    pub bytes_sent: u64,
+    pub chunks_sent: u64,
+    /// Chunks not sent because the site already held them.
+    pub chunks_deduped: u64,
+    /// Chunks fetched from another site.
+    pub remote_fetches: u64,
+    pub bytes_fetched_remote: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    bytes_sent: AtomicU64,
+    chunks_sent: AtomicU64,
+    chunks_deduped: AtomicU64,
+    remote_fetches: AtomicU64,
+    bytes_fetched_remote: AtomicU64,
+}
+
+/// The data path of one site's client.
+pub struct Client {
+    meta: MetaClient,
+    site: String,
+    local: DataClient,
+    remotes: Vec<DataClient>,
+    counters: Arc<Counters>,
+}
+
+impl Client {
+    /// Connect to the metadata cluster and find this site's data node and the others.
+    pub async fn connect(meta_addrs: &[String], site: &str) -> Result<Self, ClientError> {
+        let meta = MetaClient::connect(meta_addrs)?;
+        let (nodes, _) = meta.list_data_nodes(None, false).await?;
+        let local = nodes
+            .iter()
+            .find(|n| n.site == site)
+            .ok_or_else(|| ClientError::NoDataNode(site.to_string()))?;
+        let local = DataClient::new(&local.addr)?;
+        let remotes = nodes
+            .iter()
+            .filter(|n| n.site != site)
+            .map(|n| DataClient::new(&n.addr))
+            .collect::<Result<_, _>>()?;
+        Ok(Client {
+            meta,
+            site: site.to_string(),
+            local,
+            remotes,
+            counters: Arc::default(),
+        })
+    }
+
+    pub fn meta(&self) -> &MetaClient {
+        &self.meta
+    }
+
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    pub fn local(&self) -> &DataClient {
+        &self.local
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.counters;
+        ClientStats {
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            chunks_sent: c.chunks_sent.load(Ordering::Relaxed),
+            chunks_deduped: c.chunks_deduped.load(Ordering::Relaxed),
+            remote_fetches: c.remote_fetches.load(Ordering::Relaxed),
+            bytes_fetched_remote: c.bytes_fetched_remote.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A write buffer for an open file.
+    pub fn writer(&self, ino: InodeId) -> FileWriter<'_> {
+        FileWriter {
+            client: self,
+            ino,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// `[offset, offset+len)` of a file, clamped to its size; holes read as zeros.
+    pub async fn read(&self, ino: InodeId, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+        let (extents, size) = self.meta.read_slices(ino, offset, len, false).await?;
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        let pieces: Vec<(u64, Vec<u8>)> = stream::iter(
+            extents
+                .into_iter()
+                .filter_map(|e| Some((e.offset, e.chunk?))),
+        )
+        .map(|(at, c)| async move { self.chunk_range(&c).await.map(|b| (at, b)) })
+        .buffer_unordered(PARALLEL)
+        .try_collect()
+        .await?;
+        for (at, bytes) in pieces {
+            let start = (at - offset) as usize;
+            out[start..start + bytes.len()].copy_from_slice(&bytes);
+        }
+        Ok(out)
+    }
+
+    /// The bytes of a chunk range: from the local node, else from another site (then
+    /// stored locally, so the next read is local).
+    async fn chunk_range(&self, c: &ChunkRef) -> Result<Vec<u8>, ClientError> {
+        match self.local.get(&c.hash, c.offset, c.len).await {
+            Ok(b) => return Ok(b),
+            Err(e) if e.is_missing() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let whole = self.fetch_remote(&c.hash).await?;
+        if let Err(e) = self.local.put(&c.hash, &whole, true).await {
+            tracing::warn!(hash = ?c.hash, error = %e, "could not keep a fetched chunk locally");
+        }
+        let (a, b) = (c.offset as usize, (c.offset + c.len) as usize);
+        whole
+            .get(a..b)
+            .map(<[u8]>::to_vec)
+            .ok_or(ClientError::ChunkUnavailable(c.hash))
+    }
+
+    async fn fetch_remote(&self, hash: &ChunkHash) -> Result<Vec<u8>, ClientError> {
+        for remote in &self.remotes {
+            match remote.get(hash, 0, 0).await {
+                // Verified here too: a remote site's bytes are trusted only if they hash right.
+                Ok(bytes) if ChunkHash::of(&bytes) == *hash => {
+                    self.counters.remote_fetches.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .bytes_fetched_remote
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    return Ok(bytes);
+                }
+                Ok(_) => tracing::warn!(
+                    ?hash,
+                    node = remote.addr(),
+                    "remote chunk failed verification"
+                ),
+                Err(e) => {
+                    tracing::debug!(?hash, node = remote.addr(), error = %e, "remote fetch failed")
+                }
+            }
+        }
+        Err(ClientError::ChunkUnavailable(*hash))
+    }
+}
+
+/// The write buffer of one open file: writes accumulate, and [`FileWriter::flush`] turns
+/// them into chunks on the local data node and slices committed in one metadata operation.
+pub struct FileWriter<'a> {
+    client: &'a Client,
+    ino: InodeId,
+    pending: Vec<(u64, Vec<u8>)>,
+    pending_bytes: usize,
+}
+
+impl FileWriter<'_> {
+    /// Buffer a write; flushes when the buffer is full.
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        // Sequential writes grow one buffer, so chunking sees long runs.
+        match self.pending.last_mut() {
+            Some((at, buf)) if *at + buf.len() as u64 == offset => buf.extend_from_slice(data),
+            _ => self.pending.push((offset, data.to_vec())),
+        }
+        self.pending_bytes += data.len();
+        if self.pending_bytes >= FLUSH_BYTES || self.pending.len() >= FLUSH_WRITES {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Make every buffered write durable: chunks on the local data node (fsynced there),
+    /// then the slices committed by a Raft quorum. Returns the new attributes, if anything
+    /// was written.
+    pub async fn flush(&mut self) -> Result<Option<Attr>, ClientError> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let mut slices = Vec::with_capacity(self.pending.len());
+        let mut chunks: Vec<(ChunkHash, &[u8])> = Vec::new();
+        let mut seen = HashSet::new();
+        for (offset, buf) in &self.pending {
+            let pieces = chunker::chunk(buf);
+            let refs = pieces
+                .iter()
+                .map(|p| ChunkRef {
+                    hash: p.hash,
+                    offset: 0,
+                    len: p.len as u64,
+                })
+                .collect();
+            slices.push(SliceWrite {
+                offset: *offset,
+                len: buf.len() as u64,
+                chunks: refs,
+            });
+            for p in pieces {
+                if seen.insert(p.hash) {
+                    chunks.push((p.hash, &buf[p.offset..p.offset + p.len]));
+                }
+            }
+        }
+        let c = self.client;
+        let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
+        let present = c.local.has(&hashes).await?;
+        let missing: Vec<_> = chunks
+            .iter()
+            .zip(&present)
+            .filter(|(_, p)| !**p)
+            .map(|(c, _)| *c)
+            .collect();
+        c.counters
+            .chunks_deduped
+            .fetch_add((chunks.len() - missing.len()) as u64, Ordering::Relaxed);
+        stream::iter(missing)
+            .map(|(hash, bytes)| async move {
+                let existed = c.local.put(&hash, bytes, false).await?;
+                if !existed {
+                    c.counters
+                        .bytes_sent
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    c.counters.chunks_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, ClientError>(())
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let attr = c.meta.write(self.ino, &slices, None).await?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        Ok(Some(attr))
+    }
+}

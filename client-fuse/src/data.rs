@@ -1,0 +1,129 @@
+//! A client of one data node's `Chunks` service.
+
+use mobilus_proto::datapb::chunks_client::ChunksClient;
+use mobilus_proto::datapb::{self as pb, put_request::Part};
+use mobilus_proto::fs::ChunkHash;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// Put frames: the server accepts messages up to 2 MiB.
+const FRAME: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataClientError {
+    #[error("chunk not found on {0}")]
+    NotFound(String),
+    #[error("data node {addr}: {status}")]
+    Rpc { addr: String, status: tonic::Status },
+    #[error("bad data node address {0}")]
+    BadAddress(String),
+}
+
+impl DataClientError {
+    /// Does the error say "no such chunk here" (try elsewhere) rather than a failure?
+    pub fn is_missing(&self) -> bool {
+        matches!(self, DataClientError::NotFound(_))
+            || matches!(self, DataClientError::Rpc { status, .. } if status.code() == Code::DataLoss)
+    }
+}
+
+#[derive(Clone)]
+pub struct DataClient {
+    addr: String,
+    inner: ChunksClient<Channel>,
+}
+
+impl DataClient {
+    pub fn new(addr: &str) -> Result<Self, DataClientError> {
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|_| DataClientError::BadAddress(addr.to_string()))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(DataClient {
+            addr: addr.to_string(),
+            inner: ChunksClient::new(ch),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    fn err(&self, status: tonic::Status) -> DataClientError {
+        if status.code() == Code::NotFound {
+            DataClientError::NotFound(self.addr.clone())
+        } else {
+            DataClientError::Rpc {
+                addr: self.addr.clone(),
+                status,
+            }
+        }
+    }
+
+    /// Store a chunk, streamed in frames. Returns whether the node already had it.
+    pub async fn put(
+        &self,
+        hash: &ChunkHash,
+        data: &[u8],
+        from_remote: bool,
+    ) -> Result<bool, DataClientError> {
+        let header = pb::PutHeader {
+            hash: hash.0.to_vec(),
+            size: data.len() as u64,
+            from_remote,
+        };
+        let mut msgs = vec![pb::PutRequest {
+            part: Some(Part::Header(header)),
+        }];
+        msgs.extend(data.chunks(FRAME).map(|f| pb::PutRequest {
+            part: Some(Part::Data(f.to_vec())),
+        }));
+        let mut c = self.inner.clone();
+        c.put(tokio_stream::iter(msgs))
+            .await
+            .map(|r| r.into_inner().existed)
+            .map_err(|s| self.err(s))
+    }
+
+    /// Bytes of a chunk (`len` 0: to its end).
+    pub async fn get(
+        &self,
+        hash: &ChunkHash,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, DataClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::GetRequest {
+            hash: hash.0.to_vec(),
+            offset,
+            length: len,
+        };
+        let mut stream = c.get(req).await.map_err(|s| self.err(s))?.into_inner();
+        let mut out = Vec::new();
+        while let Some(frame) = stream.message().await.map_err(|s| self.err(s))? {
+            out.extend_from_slice(&frame.data);
+        }
+        Ok(out)
+    }
+
+    /// Which of `hashes` the node holds, in one call.
+    pub async fn has(&self, hashes: &[ChunkHash]) -> Result<Vec<bool>, DataClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::HasRequest {
+            hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
+        };
+        Ok(c.has(req)
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner()
+            .present)
+    }
+
+    pub async fn stats(&self) -> Result<pb::StatsReply, DataClientError> {
+        let mut c = self.inner.clone();
+        Ok(c.stats(pb::StatsRequest {})
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner())
+    }
+}

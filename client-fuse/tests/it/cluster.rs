@@ -1,0 +1,134 @@
+//! Real processes for the tests, killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mobilus_client::Client;
+use mobilus_meta_client::MetaClient;
+use tempfile::TempDir;
+
+pub struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    // Integration tests live in target/debug/deps; the workspace's binaries one level up.
+    let exe = std::env::current_exe().expect("test binary path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` (cargo test --workspace does)",
+        path.display()
+    );
+    path
+}
+
+fn spawn(name: &str, args: &[String], dir: &Path) -> (Proc, String) {
+    std::fs::create_dir_all(dir).unwrap();
+    let ready = dir.join("ready");
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let child = Command::new(bin(name))
+        .args(args)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not start; see {}",
+            dir.join("log").display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (Proc(child), std::fs::read_to_string(ready).unwrap())
+}
+
+pub struct TwoSites {
+    pub meta_addrs: Vec<String>,
+    // Dropped in order: the processes first, then their folders.
+    _procs: Vec<Proc>,
+    _dir: TempDir,
+}
+
+impl TwoSites {
+    pub async fn start() -> TwoSites {
+        let dir = tempfile::tempdir().unwrap();
+        let mut procs = Vec::new();
+        let mut meta_addrs: Vec<String> = Vec::new();
+        for id in 1..=3u64 {
+            let d = dir.path().join(format!("meta-{id}"));
+            let mut args: Vec<String> = [
+                "--id",
+                &id.to_string(),
+                "--listen",
+                "127.0.0.1:0",
+                "--heartbeat-ms",
+                "50",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(["--data-dir".into(), d.join("data").to_string_lossy().into()]);
+            if id == 1 {
+                args.push("--init".into());
+            } else {
+                args.extend(["--join".into(), meta_addrs[0].clone()]);
+            }
+            let (p, addr) = spawn("mobilus-meta", &args, &d);
+            procs.push(p);
+            meta_addrs.push(addr);
+        }
+        for site in ["site-a", "site-b"] {
+            let d = dir.path().join(format!("data-{site}"));
+            let args: Vec<String> = vec![
+                "--site".into(),
+                site.into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--data-dir".into(),
+                d.join("chunks").to_string_lossy().into(),
+                "--meta".into(),
+                meta_addrs.join(","),
+                "--heartbeat-ms".into(),
+                "500".into(),
+            ];
+            let (p, _) = spawn("mobilus-data", &args, &d);
+            procs.push(p);
+        }
+        let meta = MetaClient::connect(&meta_addrs).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok((nodes, _)) = meta.list_data_nodes(None, false).await {
+                if nodes.len() == 2 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "data nodes never registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        TwoSites {
+            meta_addrs,
+            _procs: procs,
+            _dir: dir,
+        }
+    }
+
+    pub async fn client(&self, site: &str) -> Client {
+        Client::connect(&self.meta_addrs, site)
+            .await
+            .expect("client")
+    }
+}

@@ -1,0 +1,164 @@
+use mobilus_client::Client;
+use mobilus_proto::fs::{FileKind, ROOT_INO};
+use proptest::prelude::*;
+
+use crate::cluster::TwoSites;
+
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn must_create(c: &Client, name: &str) -> u64 {
+    c.meta()
+        .mknod(
+            ROOT_INO,
+            name.as_bytes(),
+            FileKind::Regular,
+            0o644,
+            0,
+            0,
+            0,
+            None,
+        )
+        .await
+        .unwrap()
+        .ino
+}
+
+async fn must_write(c: &Client, ino: u64, data: &[u8]) {
+    let mut w = c.writer(ino);
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        w.write((i << 20) as u64, piece).await.unwrap();
+    }
+    w.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn written_at_one_site_read_at_the_other_faulting_chunks_over_once() {
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let b = sites.client("site-b").await;
+    let data = noise(12 << 20, 1);
+    let ino = must_create(&a, "f").await;
+    must_write(&a, ino, &data).await;
+    assert_eq!(a.read(ino, 0, data.len() as u64).await.unwrap(), data);
+    assert_eq!(a.stats().remote_fetches, 0);
+
+    assert_eq!(b.read(ino, 0, data.len() as u64).await.unwrap(), data);
+    let fetched = b.stats().remote_fetches;
+    assert!(fetched >= 3, "12 MiB is several chunks: {fetched}");
+    let b_node = b.local().stats().await.unwrap();
+    assert_eq!(
+        b_node.remote_fetches, fetched,
+        "site-b's node counts each cached chunk once"
+    );
+    assert_eq!(
+        b_node.bytes,
+        data.len() as u64,
+        "site-b now holds the chunks"
+    );
+    // A second read, and a partial one, are local.
+    assert_eq!(b.read(ino, 0, data.len() as u64).await.unwrap(), data);
+    assert_eq!(
+        b.read(ino, 5_000_000, 1000).await.unwrap(),
+        data[5_000_000..5_001_000].to_vec()
+    );
+    assert_eq!(b.stats().remote_fetches, fetched);
+    // Reads past the end are clamped; beyond it they are empty.
+    assert_eq!(
+        b.read(ino, data.len() as u64 - 10, 100)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    assert!(b
+        .read(ino, data.len() as u64 + 1, 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_bytes_are_stored_and_sent_once_and_an_edit_resends_only_its_chunks() {
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let data = noise(64 << 20, 2);
+    let f1 = must_create(&a, "one").await;
+    must_write(&a, f1, &data).await;
+    let first = a.stats();
+    assert_eq!(first.bytes_sent, data.len() as u64);
+    let stored = a.local().stats().await.unwrap().bytes;
+
+    let f2 = must_create(&a, "two").await;
+    must_write(&a, f2, &data).await;
+    let second = a.stats();
+    assert_eq!(
+        second.bytes_sent, first.bytes_sent,
+        "a second copy sent bytes"
+    );
+    assert_eq!(
+        a.local().stats().await.unwrap().bytes,
+        stored,
+        "a second copy stored bytes"
+    );
+    assert_eq!(a.read(f2, 0, data.len() as u64).await.unwrap(), data);
+
+    let mut edited = data.clone();
+    for b in &mut edited[32 << 20..33 << 20] {
+        *b ^= 0xa5;
+    }
+    let f3 = must_create(&a, "three").await;
+    must_write(&a, f3, &edited).await;
+    let resent = a.stats().bytes_sent - second.bytes_sent;
+    assert!(
+        resent > 0 && resent <= 10 << 20,
+        "a 1 MiB edit re-sent {resent} bytes"
+    );
+    assert_eq!(a.read(f3, 0, edited.len() as u64).await.unwrap(), edited);
+    println!("dedup: 64 MiB written 3 times (once with 1 MiB changed): sent {} bytes, edit re-sent {resent}", a.stats().bytes_sent);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_overwrites_read_back_like_a_local_file(
+        writes in proptest::collection::vec((0u64..3_000_000, 1usize..700_000, any::<u64>(), any::<bool>()), 1..12)
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let sites = TwoSites::start().await;
+            let a = sites.client("site-a").await;
+            let b = sites.client("site-b").await;
+            let ino = must_create(&a, "f").await;
+            let mut reference: Vec<u8> = Vec::new();
+            let mut w = a.writer(ino);
+            for (offset, len, seed, flush) in &writes {
+                let bytes = noise(*len, *seed);
+                let end = *offset as usize + len;
+                if reference.len() < end {
+                    reference.resize(end, 0);
+                }
+                reference[*offset as usize..end].copy_from_slice(&bytes);
+                w.write(*offset, &bytes).await.unwrap();
+                if *flush {
+                    w.flush().await.unwrap();
+                }
+            }
+            w.flush().await.unwrap();
+            let n = reference.len() as u64;
+            prop_assert_eq!(a.read(ino, 0, n).await.unwrap(), reference.clone());
+            prop_assert_eq!(b.read(ino, 0, n).await.unwrap(), reference);
+            Ok(())
+        })?;
+    }
+}

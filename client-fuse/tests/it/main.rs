@@ -1,0 +1,5 @@
+//! The client data path against real processes: 3 metadata members, and one data node
+//! at each of two sites.
+
+mod cluster;
+mod data_path;
