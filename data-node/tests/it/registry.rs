@@ -1,44 +1,10 @@
 //! A data node registers with a real metadata member and keeps heartbeating.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mobilus_meta_client::MetaClient;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sibling(name: &str) -> std::path::PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_mobilus-data")).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace` (cargo test --workspace does)",
-        path.display()
-    );
-    path
-}
-
-fn spawn(bin: &std::path::Path, args: &[&str], ready: &std::path::Path) -> (Proc, String) {
-    let child = Command::new(bin)
-        .args(args)
-        .arg("--ready-file")
-        .arg(ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "{} did not start", bin.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Proc(child), std::fs::read_to_string(ready).unwrap())
-}
+use crate::procs::{data_bin, sibling, spawn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_node_registers_its_site_and_heartbeats() {
@@ -59,7 +25,7 @@ async fn a_data_node_registers_its_site_and_heartbeats() {
     );
     let data_dir = tmp.path().join("data");
     let (_data, data_addr) = spawn(
-        std::path::Path::new(env!("CARGO_BIN_EXE_mobilus-data")),
+        &data_bin(),
         &[
             "--site",
             "site-a",

@@ -1,40 +1,26 @@
 //! A real `mobilus-data` process over gRPC.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::procs::{data_bin, spawn, Proc};
 use mobilus_proto::datapb::chunks_client::ChunksClient;
 use mobilus_proto::datapb::{self as pb, put_request::Part};
 use mobilus_proto::fs::ChunkHash;
 use tonic::transport::Channel;
 use tonic::Code;
 
-struct Node(Child);
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &std::path::Path) -> (Node, String) {
-    let ready = dir.join("ready");
-    let child = Command::new(env!("CARGO_BIN_EXE_mobilus-data"))
-        .args(["--site", "site-a", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--ready-file")
-        .arg(&ready)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "mobilus-data did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Node(child), std::fs::read_to_string(ready).unwrap())
+fn start(dir: &std::path::Path) -> (Proc, String) {
+    let data = dir.join("data");
+    let args = [
+        "--site",
+        "site-a",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    spawn(&data_bin(), &args, &dir.join("ready"))
 }
 
 fn put_frames(hash: &ChunkHash, size: u64, frames: Vec<Vec<u8>>) -> Vec<pb::PutRequest> {
