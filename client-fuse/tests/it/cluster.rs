@@ -58,6 +58,8 @@ fn spawn(name: &str, args: &[String], dir: &Path) -> (Proc, String) {
 
 pub struct TwoSites {
     pub meta_addrs: Vec<String>,
+    /// Chunk folders of site-a's and site-b's data nodes.
+    pub chunk_dirs: Vec<PathBuf>,
     // Dropped in order: the processes first, then their folders.
     _procs: Vec<Proc>,
     _dir: TempDir,
@@ -91,6 +93,7 @@ impl TwoSites {
             procs.push(p);
             meta_addrs.push(addr);
         }
+        let mut chunk_dirs = Vec::new();
         for site in ["site-a", "site-b"] {
             let d = dir.path().join(format!("data-{site}"));
             let args: Vec<String> = vec![
@@ -107,6 +110,7 @@ impl TwoSites {
             ];
             let (p, _) = spawn("mobilus-data", &args, &d);
             procs.push(p);
+            chunk_dirs.push(d.join("chunks").join("chunks"));
         }
         let meta = MetaClient::connect(&meta_addrs).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -121,6 +125,7 @@ impl TwoSites {
         }
         TwoSites {
             meta_addrs,
+            chunk_dirs,
             _procs: procs,
             _dir: dir,
         }
