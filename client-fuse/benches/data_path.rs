@@ -1,0 +1,196 @@
+//! Sequential write and read of a file through `Client` with 1 MiB I/Os: 3 metadata
+//! members and one data node on 127.0.0.1, release binaries.
+//!
+//! `cargo build --release --workspace && cargo bench -p mobilus-client --bench data_path`
+//! (BENCH_MIB=N, default 1024). Baseline, same disk and run: writing the same bytes to a
+//! plain file with one fsync at the end, and reading them back.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mobilus_client::Client;
+use mobilus_proto::fs::{FileKind, ROOT_INO};
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().and_then(Path::parent).map(|d| d.join(name));
+    match path {
+        Some(p) if p.is_file() => Ok(p),
+        _ => anyhow::bail!(
+            "{name} is not built in release: run `cargo build --release --workspace` first"
+        ),
+    }
+}
+
+fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc, String)> {
+    let child = Command::new(bin(name)?)
+        .args(args)
+        .arg("--ready-file")
+        .arg(ready)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((Proc(child), std::fs::read_to_string(ready)?))
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn drop_caches() {
+    // Best effort: reads should come from disk, not the page cache, where allowed.
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mib: usize = std::env::var("BENCH_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    let tmp = tempfile::tempdir()?;
+    let s = |v: &str| v.to_string();
+    let mut procs = Vec::new();
+    let mut meta: Vec<String> = Vec::new();
+    for id in 1..=3 {
+        let d = tmp.path().join(format!("meta-{id}"));
+        let mut args = vec![
+            s("--id"),
+            id.to_string(),
+            s("--listen"),
+            s("127.0.0.1:0"),
+            s("--data-dir"),
+        ];
+        args.push(d.to_string_lossy().into());
+        if id == 1 {
+            args.push(s("--init"));
+        } else {
+            args.extend([s("--join"), meta[0].clone()]);
+        }
+        let (p, addr) = spawn(
+            "mobilus-meta",
+            &args,
+            &tmp.path().join(format!("meta-{id}.ready")),
+        )?;
+        procs.push(p);
+        meta.push(addr);
+    }
+    let chunks = tmp.path().join("chunks");
+    let args = vec![
+        s("--site"),
+        s("site-a"),
+        s("--listen"),
+        s("127.0.0.1:0"),
+        s("--data-dir"),
+        chunks.to_string_lossy().into(),
+        s("--meta"),
+        meta.join(","),
+    ];
+    let (p, _) = spawn("mobilus-data", &args, &tmp.path().join("data.ready"))?;
+    procs.push(p);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        match Client::connect(&meta, "site-a").await {
+            Ok(c) => break c,
+            Err(e) => anyhow::ensure!(Instant::now() < deadline, "no data node registered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    let data = noise(mib << 20);
+    let mb = data.len() as f64 / 1e6;
+
+    // Baseline: a plain file on the same disk.
+    let plain = tmp.path().join("plain");
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&plain)?;
+    for piece in data.chunks(1 << 20) {
+        f.write_all(piece)?;
+    }
+    f.sync_all()?;
+    let base_write = mb / t.elapsed().as_secs_f64();
+    drop_caches();
+    let t = Instant::now();
+    let mut back = Vec::with_capacity(data.len());
+    std::fs::File::open(&plain)?.read_to_end(&mut back)?;
+    let base_read = mb / t.elapsed().as_secs_f64();
+    std::fs::remove_file(&plain)?;
+
+    let ino = client
+        .meta()
+        .mknod(ROOT_INO, b"big", FileKind::Regular, 0o644, 0, 0, 0, None)
+        .await?
+        .ino;
+    let t = Instant::now();
+    let mut w = client.writer(ino);
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        w.write((i << 20) as u64, piece).await?;
+    }
+    w.flush().await?;
+    let write = mb / t.elapsed().as_secs_f64();
+    drop_caches();
+    let t = Instant::now();
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        let got = client.read(ino, off, 1 << 20).await?;
+        anyhow::ensure!(
+            got[..] == data[off as usize..off as usize + got.len()],
+            "read back differs at {off}"
+        );
+        off += got.len() as u64;
+    }
+    let read = mb / t.elapsed().as_secs_f64();
+    let stats = client.stats();
+
+    println!("{mib} MiB, 1 MiB I/Os, one client, 3 meta members + 1 data node on 127.0.0.1");
+    println!("{:<32} {:>10} {:>10}", "", "MB/s", "vs plain");
+    println!(
+        "{:<32} {:>10.0} {:>10}",
+        "plain file write + fsync", base_write, "1.00x"
+    );
+    println!(
+        "{:<32} {:>10.0} {:>9.2}x",
+        "Client write + flush",
+        write,
+        write / base_write
+    );
+    println!(
+        "{:<32} {:>10.0} {:>10}",
+        "plain file read", base_read, "1.00x"
+    );
+    println!(
+        "{:<32} {:>10.0} {:>9.2}x",
+        "Client read",
+        read,
+        read / base_read
+    );
+    println!(
+        "chunks sent: {} ({} bytes); deduped: {}",
+        stats.chunks_sent, stats.bytes_sent, stats.chunks_deduped
+    );
+    Ok(())
+}
