@@ -154,9 +154,10 @@ async fn main() -> anyhow::Result<()> {
     let write = mb / t.elapsed().as_secs_f64();
     drop_caches();
     let t = Instant::now();
+    let mut reader = client.reader(ino);
     let mut off = 0u64;
     while off < data.len() as u64 {
-        let got = client.read(ino, off, 1 << 20).await?;
+        let got = reader.read(off, 1 << 20).await?;
         anyhow::ensure!(
             got[..] == data[off as usize..off as usize + got.len()],
             "read back differs at {off}"

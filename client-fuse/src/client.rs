@@ -1,13 +1,13 @@
 //! [`Client`]: buffered writes that become slices, reads that fault chunks in from other
 //! sites.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mobilus_meta_client::MetaClient;
-use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, InodeId, SliceWrite};
+use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite};
 use mobilus_proto::status::Errno;
 
 use crate::chunker;
@@ -143,45 +143,35 @@ impl Client {
 
     /// `[offset, offset+len)` of a file, clamped to its size; holes read as zeros.
     pub async fn read(&self, ino: InodeId, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
-        let (extents, size) = self.meta.read_slices(ino, offset, len, false).await?;
-        let end = offset.saturating_add(len).min(size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let mut out = vec![0u8; (end - offset) as usize];
-        let pieces: Vec<(u64, Vec<u8>)> = stream::iter(
-            extents
-                .into_iter()
-                .filter_map(|e| Some((e.offset, e.chunk?))),
-        )
-        .map(|(at, c)| async move { self.chunk_range(&c).await.map(|b| (at, b)) })
-        .buffer_unordered(PARALLEL)
-        .try_collect()
-        .await?;
-        for (at, bytes) in pieces {
-            let start = (at - offset) as usize;
-            out[start..start + bytes.len()].copy_from_slice(&bytes);
-        }
-        Ok(out)
+        self.reader(ino).read(offset, len).await
     }
 
-    /// The bytes of a chunk range: from the local node, else from another site (then
-    /// stored locally, so the next read is local).
-    async fn chunk_range(&self, c: &ChunkRef) -> Result<Vec<u8>, ClientError> {
-        match self.local.get(&c.hash, c.offset, c.len).await {
-            Ok(b) => return Ok(b),
+    /// A reader for an open file: it keeps the slice map of a window and a few whole
+    /// chunks, so sequential reads do one metadata call per window and fetch each chunk
+    /// once.
+    pub fn reader(&self, ino: InodeId) -> FileReader<'_> {
+        FileReader {
+            client: self,
+            ino,
+            window: None,
+            cache: VecDeque::new(),
+        }
+    }
+
+    /// A whole chunk, verified: from the local node, else from another site (then stored
+    /// locally, so the next read is local).
+    async fn chunk(&self, hash: &ChunkHash) -> Result<Vec<u8>, ClientError> {
+        match self.local.get(hash, 0, 0).await {
+            Ok(b) if ChunkHash::of(&b) == *hash => return Ok(b),
+            Ok(_) => tracing::warn!(?hash, "local chunk failed verification in transit"),
             Err(e) if e.is_missing() => {}
             Err(e) => return Err(e.into()),
         }
-        let whole = self.fetch_remote(&c.hash).await?;
-        if let Err(e) = self.local.put(&c.hash, &whole, true).await {
-            tracing::warn!(hash = ?c.hash, error = %e, "could not keep a fetched chunk locally");
+        let whole = self.fetch_remote(hash).await?;
+        if let Err(e) = self.local.put(hash, &whole, true).await {
+            tracing::warn!(?hash, error = %e, "could not keep a fetched chunk locally");
         }
-        let (a, b) = (c.offset as usize, (c.offset + c.len) as usize);
-        whole
-            .get(a..b)
-            .map(<[u8]>::to_vec)
-            .ok_or(ClientError::ChunkUnavailable(c.hash))
+        Ok(whole)
     }
 
     async fn fetch_remote(&self, hash: &ChunkHash) -> Result<Vec<u8>, ClientError> {
@@ -206,6 +196,93 @@ impl Client {
             }
         }
         Err(ClientError::ChunkUnavailable(*hash))
+    }
+}
+
+/// Slice map fetched per call of a [`FileReader`] (the read-ahead window).
+pub const READ_WINDOW: u64 = 64 << 20;
+/// Whole chunks a [`FileReader`] keeps.
+const CACHED_CHUNKS: usize = 8;
+
+struct Window {
+    start: u64,
+    end: u64,
+    size: u64,
+    extents: Vec<Extent>,
+}
+
+/// The read side of one open file (close-to-open: it sees the file as it was when its
+/// window was fetched).
+pub struct FileReader<'a> {
+    client: &'a Client,
+    ino: InodeId,
+    window: Option<Window>,
+    cache: VecDeque<(ChunkHash, Arc<Vec<u8>>)>,
+}
+
+impl FileReader<'_> {
+    async fn window_for(&mut self, offset: u64, len: u64) -> Result<&Window, ClientError> {
+        let end = offset.saturating_add(len);
+        let fresh = match &self.window {
+            Some(w) => offset < w.start || (end > w.end && w.end < w.size),
+            None => true,
+        };
+        if fresh {
+            let span = len.max(READ_WINDOW);
+            let (extents, size) = self
+                .client
+                .meta
+                .read_slices(self.ino, offset, span, false)
+                .await?;
+            let end = offset.saturating_add(span).min(size);
+            self.window = Some(Window {
+                start: offset,
+                end,
+                size,
+                extents,
+            });
+        }
+        self.window
+            .as_ref()
+            .ok_or(ClientError::ChunkUnavailable(ChunkHash([0; 32])))
+    }
+
+    async fn cached_chunk(&mut self, hash: &ChunkHash) -> Result<Arc<Vec<u8>>, ClientError> {
+        if let Some((_, bytes)) = self.cache.iter().find(|(h, _)| h == hash) {
+            return Ok(bytes.clone());
+        }
+        let bytes = Arc::new(self.client.chunk(hash).await?);
+        if self.cache.len() == CACHED_CHUNKS {
+            self.cache.pop_front();
+        }
+        self.cache.push_back((*hash, bytes.clone()));
+        Ok(bytes)
+    }
+
+    /// `[offset, offset+len)`, clamped to the file size; holes read as zeros.
+    pub async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+        let w = self.window_for(offset, len).await?;
+        let end = offset.saturating_add(len).min(w.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<(u64, u64, ChunkRef)> = w
+            .extents
+            .iter()
+            .filter(|e| e.offset < end && e.offset + e.len > offset)
+            .filter_map(|e| Some((e.offset, e.len, e.chunk?)))
+            .collect();
+        let mut out = vec![0u8; (end - offset) as usize];
+        for (at, len, c) in wanted {
+            let whole = self.cached_chunk(&c.hash).await?;
+            let (a, b) = (at.max(offset), (at + len).min(end));
+            let src = (c.offset + (a - at)) as usize;
+            let piece = whole
+                .get(src..src + (b - a) as usize)
+                .ok_or(ClientError::ChunkUnavailable(c.hash))?;
+            out[(a - offset) as usize..(b - offset) as usize].copy_from_slice(piece);
+        }
+        Ok(out)
     }
 }
 

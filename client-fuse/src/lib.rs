@@ -13,4 +13,4 @@ pub mod chunker;
 pub mod client;
 pub mod data;
 
-pub use client::{Client, ClientStats, FileWriter};
+pub use client::{Client, ClientStats, FileReader, FileWriter};

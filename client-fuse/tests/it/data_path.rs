@@ -72,6 +72,17 @@ async fn written_at_one_site_read_at_the_other_faulting_chunks_over_once() {
         data[5_000_000..5_001_000].to_vec()
     );
     assert_eq!(b.stats().remote_fetches, fetched);
+    // A sequential reader in odd-sized steps returns the same bytes.
+    let mut reader = b.reader(ino);
+    let mut seen = Vec::new();
+    let mut off = 0;
+    while off < data.len() as u64 {
+        let got = reader.read(off, 300_000).await.unwrap();
+        assert!(!got.is_empty());
+        off += got.len() as u64;
+        seen.extend(got);
+    }
+    assert_eq!(seen, data);
     // Reads past the end are clamped; beyond it they are empty.
     assert_eq!(
         b.read(ino, data.len() as u64 - 10, 100)
