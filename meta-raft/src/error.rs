@@ -106,16 +106,3 @@ impl MetaError {
         self.to_wire().to_status()
     }
 }
-
-impl From<WireError> for MetaError {
-    fn from(w: WireError) -> Self {
-        match w {
-            WireError::Errno(e, _) => MetaError::Op(e.into()),
-            WireError::NotLeader(l) => MetaError::NotLeader(l),
-            WireError::Unavailable(m) => MetaError::Unavailable(m),
-            WireError::StaleEpoch(m) => MetaError::Raft(format!("stale epoch: {m}")),
-            WireError::Other(tonic::Code::InvalidArgument, m) => MetaError::InvalidRequest(m),
-            WireError::Other(code, m) => MetaError::Unavailable(format!("{code:?}: {m}")),
-        }
-    }
-}

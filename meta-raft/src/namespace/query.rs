@@ -157,22 +157,4 @@ impl Namespace {
     ) -> Result<(Vec<Extent>, u64), NsError> {
         file::read(&self.txn(), ino, offset, len)
     }
-
-    /// Reference count of a chunk (0 when unreferenced).
-    pub fn chunk_refs(&self, hash: &mobilus_proto::fs::ChunkHash) -> Result<u64, NsError> {
-        Ok(self.txn().get::<u64>(Cf::ChunkRefs, &hash.0)?.unwrap_or(0))
-    }
-
-    /// Every `(hash, count)` reference count, for checks.
-    pub fn all_chunk_refs(&self) -> Result<Vec<([u8; 32], u64)>, NsError> {
-        let mut out = Vec::new();
-        for (k, v) in self.txn().scan_all(Cf::ChunkRefs, &[])? {
-            let hash: [u8; 32] = k
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("chunk key".into()))?;
-            out.push((hash, codec::decode::<u64>(&v)?));
-        }
-        Ok(out)
-    }
 }

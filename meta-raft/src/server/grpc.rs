@@ -339,10 +339,7 @@ impl Cluster for ClusterSvc {
             .read(r.stale, |ns| ns.data_nodes(site.as_deref()))
             .await
             .map_err(status)?;
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
+        let now_ns = super::node::now_ns();
         Ok(Response::new(pb::ListDataNodesReply {
             nodes: nodes.iter().map(Into::into).collect(),
             now_ns,

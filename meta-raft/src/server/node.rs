@@ -65,7 +65,8 @@ pub struct MetaNode {
     pub timeouts: NodeTimeouts,
 }
 
-fn now_ns() -> i64 {
+/// The wall clock in nanoseconds: the leader stamps commands with it.
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

@@ -58,6 +58,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A wall-clock suffix that makes snapshot and temp-file names unique (never state).
+fn nonce() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
 /// Write `contents` to `path` durably: temp file, fsync, rename, fsync the directory.
 fn write_durably(path: &Path, contents: &[u8]) -> Result<(), StoreError> {
     let dir = path
@@ -199,10 +207,7 @@ impl Shared {
             ns.db().flush_wal(true)?;
             let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
             let term = applied.last_applied.map(|l| l.leader_id.term).unwrap_or(0);
-            let nonce = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
+            let nonce = nonce();
             let id = format!("{term}-{index}-{nonce}");
             let checkpoint = self.snapshots().join(format!("build-{id}"));
             Checkpoint::new(ns.db())?.create_checkpoint(&checkpoint)?;
@@ -358,10 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         let n = self.shared.generation.load(Ordering::SeqCst);
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nonce = nonce();
         let path = self
             .shared
             .snapshots()
