@@ -7,3 +7,4 @@ mod conformance;
 mod harness;
 mod model;
 mod namespace;
+mod partition;
