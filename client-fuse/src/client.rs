@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mobilus_meta_client::MetaClient;
-use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite};
+use mobilus_proto::fs::{Attr, ChunkCheck, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite};
 use mobilus_proto::status::Errno;
 
 use crate::chunker;
@@ -19,6 +19,8 @@ pub const FLUSH_BYTES: usize = 64 << 20;
 pub const FLUSH_WRITES: usize = 1024;
 /// Chunk transfers in flight per flush or read.
 const PARALLEL: usize = 4;
+/// Attempts of a flush that keeps racing with garbage collection.
+const STALE_CHUNK_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -64,6 +66,8 @@ pub struct ClientStats {
     /// Chunks fetched from another site.
     pub remote_fetches: u64,
     pub bytes_fetched_remote: u64,
+    /// Flushes retried because garbage collection raced with them.
+    pub stale_chunk_retries: u64,
 }
 
 #[derive(Default)]
@@ -73,6 +77,7 @@ struct Counters {
     chunks_deduped: AtomicU64,
     remote_fetches: AtomicU64,
     bytes_fetched_remote: AtomicU64,
+    stale_chunk_retries: AtomicU64,
 }
 
 /// The data path of one site's client.
@@ -82,6 +87,8 @@ pub struct Client {
     local: DataClient,
     remotes: Vec<DataClient>,
     counters: Arc<Counters>,
+    /// Milliseconds a flush waits between its upload and its metadata commit.
+    flush_pause_ms: AtomicU64,
 }
 
 impl Client {
@@ -105,6 +112,7 @@ impl Client {
             local,
             remotes,
             counters: Arc::default(),
+            flush_pause_ms: AtomicU64::new(0),
         })
     }
 
@@ -120,6 +128,14 @@ impl Client {
         &self.local
     }
 
+    /// Fault injection: make every flush wait `pause` between uploading its chunks and
+    /// its first commit attempt, as a slow or paused writer would. Tests and the Jepsen
+    /// harness use it to widen the window garbage collection must be safe against.
+    pub fn set_flush_pause(&self, pause: std::time::Duration) {
+        let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
+        self.flush_pause_ms.store(ms, Ordering::Relaxed);
+    }
+
     pub fn stats(&self) -> ClientStats {
         let c = &self.counters;
         ClientStats {
@@ -128,6 +144,7 @@ impl Client {
             chunks_deduped: c.chunks_deduped.load(Ordering::Relaxed),
             remote_fetches: c.remote_fetches.load(Ordering::Relaxed),
             bytes_fetched_remote: c.bytes_fetched_remote.load(Ordering::Relaxed),
+            stale_chunk_retries: c.stale_chunk_retries.load(Ordering::Relaxed),
         }
     }
 
@@ -172,6 +189,47 @@ impl Client {
             tracing::warn!(?hash, error = %e, "could not keep a fetched chunk locally");
         }
         Ok(whole)
+    }
+
+    /// Make `chunks` present on the local data node: one `has` call, then put what is
+    /// missing. Returns the check a metadata write must carry (see `namespace::gc`).
+    async fn upload(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<ChunkCheck, ClientError> {
+        let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
+        let (gc_gen, present) = self.local.has(&hashes).await?;
+        let missing: Vec<_> = chunks
+            .iter()
+            .zip(&present)
+            .filter(|(_, p)| !**p)
+            .map(|(c, _)| *c)
+            .collect();
+        self.counters
+            .chunks_deduped
+            .fetch_add((chunks.len() - missing.len()) as u64, Ordering::Relaxed);
+        // Futures made by a named fn, not a closure: the flush future stays `Send` for
+        // callers that spawn it.
+        let puts: Vec<_> = missing
+            .into_iter()
+            .map(|(hash, bytes)| self.put_local(hash, bytes))
+            .collect();
+        stream::iter(puts)
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(ChunkCheck {
+            node: self.local.addr().to_string(),
+            gc_gen,
+        })
+    }
+
+    async fn put_local(&self, hash: ChunkHash, bytes: &[u8]) -> Result<(), ClientError> {
+        let existed = self.local.put(&hash, bytes, false).await?;
+        if !existed {
+            self.counters
+                .bytes_sent
+                .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            self.counters.chunks_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn fetch_remote(&self, hash: &ChunkHash) -> Result<Vec<u8>, ClientError> {
@@ -344,33 +402,36 @@ impl FileWriter<'_> {
                 }
             }
         }
-        let c = self.client;
-        let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
-        let present = c.local.has(&hashes).await?;
-        let missing: Vec<_> = chunks
-            .iter()
-            .zip(&present)
-            .filter(|(_, p)| !**p)
-            .map(|(c, _)| *c)
-            .collect();
-        c.counters
-            .chunks_deduped
-            .fetch_add((chunks.len() - missing.len()) as u64, Ordering::Relaxed);
-        stream::iter(missing)
-            .map(|(hash, bytes)| async move {
-                let existed = c.local.put(&hash, bytes, false).await?;
-                if !existed {
-                    c.counters
-                        .bytes_sent
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    c.counters.chunks_sent.fetch_add(1, Ordering::Relaxed);
+        let mut attempt = 0;
+        let attr = loop {
+            attempt += 1;
+            let checked = self.client.upload(&chunks).await?;
+            let pause = self.client.flush_pause_ms.load(Ordering::Relaxed);
+            if pause > 0 && attempt == 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            match self
+                .client
+                .meta
+                .write(self.ino, &slices, None, Some(&checked))
+                .await
+            {
+                Ok(attr) => break attr,
+                // Garbage collection raced with this write: ask the data node again.
+                Err(mobilus_meta_client::ClientError::StaleChunks(why))
+                    if attempt < STALE_CHUNK_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, %why, "write raced with gc; checking the chunks again");
+                    self.client
+                        .counters
+                        .stale_chunk_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(6)))
+                        .await;
                 }
-                Ok::<_, ClientError>(())
-            })
-            .buffer_unordered(PARALLEL)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let attr = c.meta.write(self.ino, &slices, None).await?;
+                Err(e) => return Err(e.into()),
+            }
+        };
         self.pending.clear();
         self.pending_bytes = 0;
         Ok(Some(attr))

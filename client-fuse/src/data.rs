@@ -106,17 +106,34 @@ impl DataClient {
         Ok(out)
     }
 
-    /// Which of `hashes` the node holds, in one call.
-    pub async fn has(&self, hashes: &[ChunkHash]) -> Result<Vec<bool>, DataClientError> {
+    /// Which of `hashes` the node holds, in one call, and the node's GC generation when
+    /// it answered (a write relying on the answer carries it).
+    pub async fn has(&self, hashes: &[ChunkHash]) -> Result<(u64, Vec<bool>), DataClientError> {
         let mut c = self.inner.clone();
         let req = pb::HasRequest {
             hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
         };
-        Ok(c.has(req)
+        let r = c.has(req).await.map_err(|s| self.err(s))?.into_inner();
+        if r.present.len() != hashes.len() {
+            return Err(DataClientError::Rpc {
+                addr: self.addr.clone(),
+                status: tonic::Status::internal(format!(
+                    "{} answers for {} hashes",
+                    r.present.len(),
+                    hashes.len()
+                )),
+            });
+        }
+        Ok((r.gc_gen, r.present))
+    }
+
+    /// Run a garbage-collection round on the node now.
+    pub async fn gc(&self, dry_run: bool) -> Result<pb::GcReply, DataClientError> {
+        let mut c = self.inner.clone();
+        Ok(c.gc(pb::GcRequest { dry_run })
             .await
             .map_err(|s| self.err(s))?
-            .into_inner()
-            .present)
+            .into_inner())
     }
 
     pub async fn stats(&self) -> Result<pb::StatsReply, DataClientError> {

@@ -8,11 +8,12 @@
 //! gRPC `Chunks` service over the store.
 //!
 //! A node registers with the metadata service's site registry and heartbeats through a
-//! [`worker`]. Still to come (its issue is open): GC driven by the metadata refcounts,
-//! repair from another site, and the replicator.
+//! [`worker`], which also runs its garbage collection ([`gc`]): rounds that delete chunks
+//! the metadata has condemned, safely against concurrent writers.
 
 pub mod disk;
 pub mod error;
+pub mod gc;
 pub mod service;
 pub mod store;
 pub mod worker;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use mobilus_data::disk::LocalDisk;
+use mobilus_data::gc::{Collector, GcPolicy};
 use mobilus_data::service;
 use mobilus_data::store::ChunkStore;
 use mobilus_data::worker::{self, Shutdown};
@@ -39,6 +40,16 @@ struct Args {
     /// How often to heartbeat to the site registry.
     #[arg(long, default_value_t = 2000)]
     heartbeat_ms: u64,
+    /// How often to run a garbage-collection round (0: only when asked, by the `Gc` RPC).
+    #[arg(long, default_value_t = 60_000)]
+    gc_interval_ms: u64,
+    /// Chunks stored more recently than this are never collected (uploads whose slices
+    /// are not committed yet).
+    #[arg(long, default_value_t = 3_600_000)]
+    gc_ttl_ms: u64,
+    /// A chunk is collected only after having had no reference for this long.
+    #[arg(long, default_value_t = 3_600_000)]
+    gc_grace_ms: u64,
 }
 
 /// Register this node, then keep its registration fresh.
@@ -70,7 +81,13 @@ fn start_heartbeat(
                 used_bytes: store.stats().bytes,
                 last_heartbeat_ns: 0,
             };
-            async move { client.register_data_node(&node).await }
+            async move {
+                // The metadata's generation is never behind ours; adopting it matters after
+                // a crash between a round's "forget" and our durable write of its result.
+                let gc_gen = client.register_data_node(&node).await?;
+                store.advance_gc_gen(gc_gen)?;
+                anyhow::Ok(())
+            }
         },
     )))
 }
@@ -92,6 +109,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or(listener.local_addr()?.to_string());
     let shutdown = Shutdown::default();
     let heartbeat = start_heartbeat(&args, addr.clone(), store.clone(), shutdown.subscribe())?;
+    let collector = if args.meta.is_empty() {
+        None
+    } else {
+        let meta = MetaClient::connect(&args.meta).context("bad --meta address")?;
+        let policy = GcPolicy {
+            ttl: Duration::from_millis(args.gc_ttl_ms),
+            grace: Duration::from_millis(args.gc_grace_ms),
+        };
+        Some(Arc::new(Collector::new(
+            store.clone(),
+            meta,
+            addr.clone(),
+            policy,
+        )))
+    };
+    let gc_worker = match &collector {
+        Some(c) if args.gc_interval_ms > 0 => {
+            let c = c.clone();
+            Some(worker::spawn_periodic(
+                "gc",
+                Duration::from_millis(args.gc_interval_ms),
+                Duration::from_secs(300),
+                shutdown.subscribe(),
+                move || {
+                    let c = c.clone();
+                    async move { c.round(false).await.map(|_| ()) }
+                },
+            ))
+        }
+        _ => None,
+    };
     if let Some(path) = &args.ready_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &addr)?;
@@ -100,7 +148,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(site = %args.site, %addr, "mobilus-data serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut serving = tokio::spawn(service::serve(store.clone(), listener, async {
+    let mut serving = tokio::spawn(service::serve(store.clone(), collector, listener, async {
         let _ = stop_rx.await;
     }));
     tokio::select! {
@@ -115,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("clients still connected after 5s; stopping anyway"),
     }
     shutdown.stop();
-    if let Some(h) = heartbeat {
+    for h in [heartbeat, gc_worker].into_iter().flatten() {
         let _ = h.await;
     }
     tracing::info!("stopped");

@@ -12,6 +12,7 @@ use mobilus_proto::MAX_CHUNK_BYTES;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::DataError;
+use crate::gc::Collector;
 use crate::store::ChunkStore;
 
 /// Frames of a get reply.
@@ -21,6 +22,8 @@ const MAX_HAS: usize = 100_000;
 
 pub struct ChunksSvc {
     pub store: Arc<ChunkStore>,
+    /// `None` when the node runs without a metadata service (then `gc` is refused).
+    pub gc: Option<Arc<Collector>>,
 }
 
 fn hash(bytes: &[u8]) -> Result<ChunkHash, Status> {
@@ -123,8 +126,8 @@ impl Chunks for ChunksSvc {
             .map(|h| hash(h))
             .collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
-        let present = blocking(move || store.has(&hashes)).await?;
-        Ok(Response::new(pb::HasReply { present }))
+        let (gc_gen, present) = blocking(move || store.has(&hashes)).await?;
+        Ok(Response::new(pb::HasReply { present, gc_gen }))
     }
 
     async fn delete(
@@ -133,8 +136,25 @@ impl Chunks for ChunksSvc {
     ) -> Result<Response<pb::DeleteReply>, Status> {
         let h = hash(&r.into_inner().hash)?;
         let store = self.store.clone();
-        let existed = blocking(move || store.delete(&h)).await?;
+        let existed = blocking(move || store.delete(&h)).await?.is_some();
         Ok(Response::new(pb::DeleteReply { existed }))
+    }
+
+    async fn gc(&self, r: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {
+        let gc = self.gc.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this data node runs without --meta, so it cannot collect")
+        })?;
+        let report = gc
+            .round(r.into_inner().dry_run)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::GcReply {
+            examined: report.examined,
+            condemned: report.condemned,
+            deleted: report.deleted,
+            bytes_freed: report.bytes_freed,
+            gc_gen: report.gc_gen,
+        }))
     }
 
     async fn stats(
@@ -156,10 +176,11 @@ impl Chunks for ChunksSvc {
 /// Serve the store on `listener` until `stop` resolves.
 pub async fn serve(
     store: Arc<ChunkStore>,
+    gc: Option<Arc<Collector>>,
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = mobilus_proto::datapb::chunks_server::ChunksServer::new(ChunksSvc { store })
+    let svc = mobilus_proto::datapb::chunks_server::ChunksServer::new(ChunksSvc { store, gc })
         .max_decoding_message_size(2 * FRAME + 1024)
         .max_encoding_message_size(2 * FRAME + 1024);
     // TCP_NODELAY on accepted sockets: small RPCs otherwise stall on Nagle.

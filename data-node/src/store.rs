@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use mobilus_proto::fs::ChunkHash;
 use mobilus_proto::MAX_CHUNK_BYTES;
@@ -17,7 +17,11 @@ use rocksdb::{WriteOptions, DB};
 use crate::disk::Disk;
 use crate::error::DataError;
 
-const INDEX_FORMAT: u8 = 1;
+/// Index values: format byte, size, and when the chunk was stored (ns since the epoch;
+/// GC leaves chunks younger than its TTL alone).
+const INDEX_FORMAT: u8 = 2;
+/// Stripes of the put/delete lock: a delete never interleaves with a put of the same hash.
+const LOCK_STRIPES: usize = 64;
 
 /// Counters, as `stats` reports them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -46,24 +50,57 @@ pub struct ChunkStore {
     index: DB,
     counters: Counters,
     next_tmp: AtomicU64,
+    locks: Vec<Mutex<()>>,
+    /// The GC generation (see `gc`): bumped, durably, after each round's deletions.
+    gc_gen: AtomicU64,
 }
 
-fn encode_size(size: u64) -> Vec<u8> {
+/// An index entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    size: u64,
+    stored_at_ns: i64,
+}
+
+fn encode(e: Entry) -> Vec<u8> {
     let mut v = vec![INDEX_FORMAT];
-    v.extend_from_slice(&size.to_be_bytes());
+    v.extend_from_slice(&e.size.to_be_bytes());
+    v.extend_from_slice(&e.stored_at_ns.to_be_bytes());
     v
 }
 
-fn decode_size(v: &[u8]) -> Option<u64> {
-    match v {
-        [INDEX_FORMAT, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
-        _ => None,
+fn decode(v: &[u8]) -> Option<Entry> {
+    if v.len() != 17 || v.first() != Some(&INDEX_FORMAT) {
+        return None;
     }
+    Some(Entry {
+        size: u64::from_be_bytes(v.get(1..9)?.try_into().ok()?),
+        stored_at_ns: i64::from_be_bytes(v.get(9..17)?.try_into().ok()?),
+    })
 }
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+const GC_GEN_FILE: &str = "gc_gen";
 
 impl ChunkStore {
     /// Open (or create) a store under `root`; removes temporary files a crash left.
     pub fn open(root: &Path, disk: Arc<dyn Disk>) -> Result<Self, DataError> {
+        let gc_gen = match std::fs::read_to_string(root.join(GC_GEN_FILE)) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|_| {
+                DataError::Invalid(format!(
+                    "{} is not a number",
+                    root.join(GC_GEN_FILE).display()
+                ))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
         for dir in ["chunks", "tmp", "quarantine"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
@@ -79,7 +116,7 @@ impl ChunkStore {
             counters.chunks.fetch_add(1, Ordering::Relaxed);
             counters
                 .bytes
-                .fetch_add(decode_size(&v).unwrap_or(0), Ordering::Relaxed);
+                .fetch_add(decode(&v).map_or(0, |e| e.size), Ordering::Relaxed);
         }
         Ok(ChunkStore {
             root: root.to_path_buf(),
@@ -87,6 +124,8 @@ impl ChunkStore {
             index,
             counters,
             next_tmp: AtomicU64::new(0),
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            gc_gen: AtomicU64::new(gc_gen),
         })
     }
 
@@ -96,7 +135,16 @@ impl ChunkStore {
     }
 
     fn size_of(&self, hash: &ChunkHash) -> Result<Option<u64>, DataError> {
-        Ok(self.index.get(hash.0)?.and_then(|v| decode_size(&v)))
+        Ok(self
+            .index
+            .get(hash.0)?
+            .and_then(|v| decode(&v))
+            .map(|e| e.size))
+    }
+
+    fn lock(&self, hash: &ChunkHash) -> MutexGuard<'_, ()> {
+        let m = &self.locks[hash.0[0] as usize % LOCK_STRIPES];
+        m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Store `data` as chunk `hash`. Returns whether it was already there (then nothing
@@ -116,6 +164,7 @@ impl ChunkStore {
                 actual,
             });
         }
+        let _guard = self.lock(hash);
         if self.size_of(hash)?.is_some() {
             return Ok(true);
         }
@@ -131,8 +180,14 @@ impl ChunkStore {
         }
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
-        self.index
-            .put_opt(hash.0, encode_size(data.len() as u64), &wo)?;
+        self.index.put_opt(
+            hash.0,
+            encode(Entry {
+                size: data.len() as u64,
+                stored_at_ns: now_ns(),
+            }),
+            &wo,
+        )?;
         self.counters.chunks.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes
@@ -187,19 +242,79 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Which of `hashes` this store holds.
-    pub fn has(&self, hashes: &[ChunkHash]) -> Result<Vec<bool>, DataError> {
-        self.index
+    /// Which of `hashes` this store holds, and the GC generation of the answer: read
+    /// first, so an answer never claims a generation newer than the deletions it saw.
+    pub fn has(&self, hashes: &[ChunkHash]) -> Result<(u64, Vec<bool>), DataError> {
+        let gc_gen = self.gc_gen.load(Ordering::SeqCst);
+        let present = self
+            .index
             .multi_get(hashes.iter().map(|h| h.0))
             .into_iter()
             .map(|r| Ok(r?.is_some()))
-            .collect()
+            .collect::<Result<_, DataError>>()?;
+        Ok((gc_gen, present))
     }
 
-    /// Delete a chunk; returns whether it was there.
-    pub fn delete(&self, hash: &ChunkHash) -> Result<bool, DataError> {
+    pub fn gc_gen(&self) -> u64 {
+        self.gc_gen.load(Ordering::SeqCst)
+    }
+
+    /// Move to GC generation `gc_gen` (never backwards), durably first: a restarted node
+    /// must not answer with a generation older than deletions it already made.
+    pub fn advance_gc_gen(&self, gc_gen: u64) -> Result<(), DataError> {
+        if gc_gen <= self.gc_gen.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{GC_GEN_FILE}-{n}"));
+        let path = self.root.join(GC_GEN_FILE);
+        if let Err(e) = self
+            .disk
+            .write_durably(&tmp, &path, gc_gen.to_string().as_bytes())
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        self.gc_gen.fetch_max(gc_gen, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// GC candidates: up to `limit` chunks stored at or before `cutoff_ns`, in hash
+    /// order after `after`.
+    pub fn stored_before(
+        &self,
+        cutoff_ns: i64,
+        after: Option<&ChunkHash>,
+        limit: usize,
+    ) -> Result<(Vec<ChunkHash>, bool), DataError> {
+        let mode = match after {
+            Some(h) => rocksdb::IteratorMode::From(&h.0, rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.index.iterator(mode) {
+            let (k, v) = item?;
+            let Some(hash) = ChunkHash::from_slice(&k) else {
+                continue;
+            };
+            if Some(&hash) == after {
+                continue;
+            }
+            if decode(&v).is_none_or(|e| e.stored_at_ns <= cutoff_ns) {
+                out.push(hash);
+                if out.len() == limit {
+                    return Ok((out, false));
+                }
+            }
+        }
+        Ok((out, true))
+    }
+
+    /// Delete a chunk; returns its size if it was there.
+    pub fn delete(&self, hash: &ChunkHash) -> Result<Option<u64>, DataError> {
+        let _guard = self.lock(hash);
         let Some(size) = self.size_of(hash)? else {
-            return Ok(false);
+            return Ok(None);
         };
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
@@ -211,7 +326,7 @@ impl ChunkStore {
         }
         self.counters.chunks.fetch_sub(1, Ordering::Relaxed);
         self.counters.bytes.fetch_sub(size, Ordering::Relaxed);
-        Ok(true)
+        Ok(Some(size))
     }
 
     /// Count a chunk fetched from another site (the fetch itself is the caller's).

@@ -91,6 +91,7 @@ impl MetaError {
                 WireError::Errno(e, format!("{}: {}", e.name(), e.description()))
             }
             MetaError::Op(e @ OpError::StaleEpoch { .. }) => WireError::StaleEpoch(e.to_string()),
+            MetaError::Op(OpError::StaleChunks(m)) => WireError::StaleChunks(m.clone()),
             MetaError::NotLeader(l) => WireError::NotLeader(l.clone()),
             MetaError::Unavailable(m) => WireError::Unavailable(m.clone()),
             MetaError::InvalidRequest(m) => {

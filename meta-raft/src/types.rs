@@ -1,7 +1,8 @@
 //! The Raft type configuration and the commands the state machine applies.
 
 use mobilus_proto::fs::{
-    Attr, DataNodeInfo, Epoch, Fence, FileKind, InodeId, SetAttr, SliceWrite, SubtreeId,
+    Attr, ChunkCheck, ChunkHash, DataNodeInfo, Epoch, Fence, FileKind, InodeId, SetAttr,
+    SliceWrite, SubtreeId,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -122,10 +123,25 @@ pub enum Op {
     Write {
         ino: InodeId,
         slices: Vec<SliceWrite>,
+        /// The data-node answer the writer relied on (see `namespace::gc`).
+        checked: Option<ChunkCheck>,
     },
     /// A data node registers or heartbeats; its heartbeat time is the command's.
     RegisterDataNode {
         node: DataNodeInfo,
+    },
+    /// GC, step 1: of `hashes` (held by data node `node`), mark those unreferenced for at
+    /// least `grace_ns` as condemned; writes that reference them are refused from now on.
+    Condemn {
+        node: String,
+        hashes: Vec<ChunkHash>,
+        grace_ns: i64,
+    },
+    /// GC, step 2, after the node deleted them: forget the condemnations and bump the
+    /// node's GC generation, so writes that relied on its older answers are refused.
+    ForgetCondemned {
+        node: String,
+        hashes: Vec<ChunkHash>,
     },
 }
 
@@ -145,6 +161,8 @@ impl Op {
             Op::RemoveXattr { .. } => "removexattr",
             Op::Write { .. } => "write",
             Op::RegisterDataNode { .. } => "register_data_node",
+            Op::Condemn { .. } => "condemn",
+            Op::ForgetCondemned { .. } => "forget_condemned",
         }
     }
 }
@@ -160,6 +178,8 @@ pub enum OpError {
         given: Epoch,
         current: Epoch,
     },
+    #[error("stale chunks: {0}")]
+    StaleChunks(String),
 }
 
 fn errno_name(n: i32) -> &'static str {
@@ -176,8 +196,18 @@ impl From<Errno> for OpError {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum OpReply {
     Attr(Attr),
-    Unlinked { ino: InodeId, nlink: u32 },
+    Unlinked {
+        ino: InodeId,
+        nlink: u32,
+    },
     Done,
+    /// A data node's GC generation.
+    GcGen(u64),
+    /// Every chunk condemned for a node, and its GC generation.
+    Condemned {
+        hashes: Vec<ChunkHash>,
+        gc_gen: u64,
+    },
 }
 
 /// The state machine's answer to one command. An entry answers one per command

@@ -3,8 +3,8 @@
 //! into a valid domain value is an `INVALID_ARGUMENT` error, never a panic.
 
 use crate::fs::{
-    Attr, ChunkHash, ChunkRef, DataNodeInfo, DirEntry, Extent, Fence, FileKind, SetAttr,
-    SliceWrite, StatFs, TimeSet,
+    Attr, ChunkCheck, ChunkHash, ChunkRef, DataNodeInfo, DirEntry, Extent, Fence, FileKind,
+    SetAttr, SliceWrite, StatFs, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -204,6 +204,39 @@ impl TryFrom<pb::SliceWrite> for SliceWrite {
                 .collect::<Result<_, _>>()?,
         })
     }
+}
+
+impl From<&ChunkCheck> for pb::ChunkCheck {
+    fn from(c: &ChunkCheck) -> Self {
+        pb::ChunkCheck {
+            node: c.node.clone(),
+            gc_gen: c.gc_gen,
+        }
+    }
+}
+
+impl From<pb::ChunkCheck> for ChunkCheck {
+    fn from(c: pb::ChunkCheck) -> Self {
+        ChunkCheck {
+            node: c.node,
+            gc_gen: c.gc_gen,
+        }
+    }
+}
+
+/// Hashes on the wire: each must be 32 bytes.
+pub fn hashes_from_wire(hashes: &[Vec<u8>]) -> Result<Vec<ChunkHash>, WireError> {
+    hashes
+        .iter()
+        .map(|h| {
+            ChunkHash::from_slice(h)
+                .ok_or_else(|| invalid(format!("a chunk hash has 32 bytes, not {}", h.len())))
+        })
+        .collect()
+}
+
+pub fn hashes_to_wire(hashes: &[ChunkHash]) -> Vec<Vec<u8>> {
+    hashes.iter().map(|h| h.0.to_vec()).collect()
 }
 
 impl From<&Extent> for pb::Extent {

@@ -156,6 +156,16 @@ pub struct SliceWrite {
     pub chunks: Vec<ChunkRef>,
 }
 
+/// The data node whose `has` answer a write relied on, and that answer's GC generation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChunkCheck {
+    pub node: String,
+    pub gc_gen: u64,
+}
+
+/// Most hashes one GC request (condemn, forget, refs) may carry.
+pub const MAX_GC_BATCH: usize = 4096;
+
 /// A piece of the merged view of a file range: either bytes of a chunk or a hole.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extent {

@@ -95,6 +95,9 @@ pub enum WireError {
     Unavailable(String),
     /// The mutation was issued under an epoch that is no longer current.
     StaleEpoch(String),
+    /// A write relied on chunks that garbage collection has condemned or deleted since
+    /// the writer checked them: check again (re-upload) and retry.
+    StaleChunks(String),
     /// Any other status (bad request framing, oversized message, internal error).
     Other(Code, String),
 }
@@ -102,6 +105,7 @@ pub enum WireError {
 const NOT_LEADER: &str = "not-leader";
 const UNAVAILABLE: &str = "unavailable";
 const STALE_EPOCH: &str = "stale-epoch";
+const STALE_CHUNKS: &str = "stale-chunks";
 
 fn errno_code(errno: Errno) -> Code {
     match errno {
@@ -149,6 +153,11 @@ impl WireError {
                 ERROR_KEY,
                 STALE_EPOCH.to_string(),
             ),
+            WireError::StaleChunks(msg) => (
+                Status::aborted(msg.clone()),
+                ERROR_KEY,
+                STALE_CHUNKS.to_string(),
+            ),
             WireError::Other(code, msg) => return Status::new(*code, msg.clone()),
         };
         if let Ok(v) = MetadataValue::try_from(value.as_str()) {
@@ -168,6 +177,7 @@ impl WireError {
             Some(NOT_LEADER) => WireError::NotLeader(get(LEADER_KEY)),
             Some(UNAVAILABLE) => WireError::Unavailable(status.message().to_string()),
             Some(STALE_EPOCH) => WireError::StaleEpoch(status.message().to_string()),
+            Some(STALE_CHUNKS) => WireError::StaleChunks(status.message().to_string()),
             _ => WireError::Other(status.code(), status.message().to_string()),
         }
     }
@@ -186,6 +196,7 @@ mod tests {
             WireError::NotLeader(None),
             WireError::Unavailable("no quorum".into()),
             WireError::StaleEpoch("epoch 3 < 4".into()),
+            WireError::StaleChunks("gc generation 2 < 3".into()),
         ];
         for case in cases {
             let back = WireError::from_status(&case.to_status());

@@ -56,6 +56,24 @@ fn spawn(name: &str, args: &[String], dir: &Path) -> (Proc, String) {
     (Proc(child), std::fs::read_to_string(ready).unwrap())
 }
 
+/// How to start the cluster.
+pub struct Opts {
+    pub gc_ttl: Duration,
+    pub gc_grace: Duration,
+    /// Where site-a's data node keeps its files (default: in the cluster's temp dir).
+    pub site_a_dir: Option<PathBuf>,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            gc_ttl: Duration::from_secs(3600),
+            gc_grace: Duration::from_secs(3600),
+            site_a_dir: None,
+        }
+    }
+}
+
 pub struct TwoSites {
     pub meta_addrs: Vec<String>,
     /// Chunk folders of site-a's and site-b's data nodes.
@@ -66,7 +84,21 @@ pub struct TwoSites {
 }
 
 impl TwoSites {
+    /// Data nodes that collect garbage only when asked (the `Gc` RPC).
     pub async fn start() -> TwoSites {
+        Self::start_with(Opts::default()).await
+    }
+
+    pub async fn start_with_gc(gc_ttl: Duration, gc_grace: Duration) -> TwoSites {
+        Self::start_with(Opts {
+            gc_ttl,
+            gc_grace,
+            ..Opts::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(opts: Opts) -> TwoSites {
         let dir = tempfile::tempdir().unwrap();
         let mut procs = Vec::new();
         let mut meta_addrs: Vec<String> = Vec::new();
@@ -95,7 +127,10 @@ impl TwoSites {
         }
         let mut chunk_dirs = Vec::new();
         for site in ["site-a", "site-b"] {
-            let d = dir.path().join(format!("data-{site}"));
+            let d = match (&opts.site_a_dir, site) {
+                (Some(d), "site-a") => d.clone(),
+                _ => dir.path().join(format!("data-{site}")),
+            };
             let args: Vec<String> = vec![
                 "--site".into(),
                 site.into(),
@@ -107,6 +142,12 @@ impl TwoSites {
                 meta_addrs.join(","),
                 "--heartbeat-ms".into(),
                 "500".into(),
+                "--gc-interval-ms".into(),
+                "0".into(),
+                "--gc-ttl-ms".into(),
+                opts.gc_ttl.as_millis().to_string(),
+                "--gc-grace-ms".into(),
+                opts.gc_grace.as_millis().to_string(),
             ];
             let (p, _) = spawn("mobilus-data", &args, &d);
             procs.push(p);
@@ -135,5 +176,42 @@ impl TwoSites {
         Client::connect(&self.meta_addrs, site)
             .await
             .expect("client")
+    }
+}
+
+/// A small tmpfs, so a data node can really run out of space; unmounted on drop.
+pub struct SmallDisk {
+    pub path: PathBuf,
+    _dir: TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(size_mib: u32) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::create_dir(&path).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mib}m"),
+                "mobilus-test",
+            ])
+            .arg(&path)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (the README's test command runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path, _dir: dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

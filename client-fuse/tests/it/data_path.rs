@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use crate::cluster::TwoSites;
 
-fn noise(n: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {
@@ -16,7 +16,7 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-async fn must_create(c: &Client, name: &str) -> u64 {
+pub(crate) async fn must_create(c: &Client, name: &str) -> u64 {
     c.meta()
         .mknod(
             ROOT_INO,
@@ -33,7 +33,7 @@ async fn must_create(c: &Client, name: &str) -> u64 {
         .ino
 }
 
-async fn must_write(c: &Client, ino: u64, data: &[u8]) {
+pub(crate) async fn must_write(c: &Client, ino: u64, data: &[u8]) {
     let mut w = c.writer(ino);
     for (i, piece) in data.chunks(1 << 20).enumerate() {
         w.write((i << 20) as u64, piece).await.unwrap();

@@ -3,3 +3,5 @@
 
 mod cluster;
 mod data_path;
+mod disk_full;
+mod gc;

@@ -37,15 +37,15 @@ fn chunks_are_stored_once_read_by_range_and_deleted() {
         Err(DataError::BadRange { .. })
     ));
     let other = ChunkHash::of(b"other");
-    assert_eq!(store.has(&[h, other]).unwrap(), vec![true, false]);
+    assert_eq!(store.has(&[h, other]).unwrap().1, vec![true, false]);
     assert!(matches!(
         store.get(&other, 0, 0),
         Err(DataError::NotFound(_))
     ));
     let s = store.stats();
     assert_eq!((s.chunks, s.bytes, s.bytes_received), (1, 300_000, 600_000));
-    assert!(store.delete(&h).unwrap());
-    assert!(!store.delete(&h).unwrap());
+    assert_eq!(store.delete(&h).unwrap(), Some(300_000));
+    assert_eq!(store.delete(&h).unwrap(), None);
     assert_eq!(files_under(&tmp.path().join("chunks")), 0);
     assert_eq!(store.stats().chunks, 0);
 }
@@ -61,7 +61,7 @@ fn a_put_whose_bytes_do_not_match_its_hash_stores_nothing() {
         Err(DataError::HashMismatch { .. })
     ));
     assert_eq!(
-        store.has(&[wrong, ChunkHash::of(&a)]).unwrap(),
+        store.has(&[wrong, ChunkHash::of(&a)]).unwrap().1,
         vec![false, false]
     );
     assert_eq!(files_under(&tmp.path().join("chunks")), 0);
@@ -84,7 +84,7 @@ fn a_chunk_corrupted_on_disk_is_never_served_and_is_quarantined() {
     assert!(matches!(store.get(&h, 0, 10), Err(DataError::Corrupt(_))));
     assert!(tmp.path().join("quarantine").join(&hex).exists());
     assert!(!path.exists());
-    assert_eq!(store.has(&[h]).unwrap(), vec![false]);
+    assert_eq!(store.has(&[h]).unwrap().1, vec![false]);
     assert!(matches!(store.get(&h, 0, 10), Err(DataError::NotFound(_))));
     assert_eq!(store.stats().corrupt_chunks, 1);
     // A good copy can be stored again (repair from another replica).
@@ -119,7 +119,7 @@ fn a_full_disk_gives_enospc_and_damages_no_stored_chunk() {
     let err = store.put(&hb, &big).unwrap_err();
     assert!(matches!(err, DataError::NoSpace), "{err:?}");
     assert_eq!(err.to_status().code(), tonic::Code::OutOfRange);
-    assert_eq!(store.has(&[hb]).unwrap(), vec![false]);
+    assert_eq!(store.has(&[hb]).unwrap().1, vec![false]);
     assert_eq!(
         files_under(&tmp.path().join("tmp")),
         0,

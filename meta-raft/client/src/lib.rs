@@ -14,9 +14,10 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mobilus_proto::convert::{attr_from_reply, setattr_to_wire};
+use mobilus_proto::convert::{attr_from_reply, hashes_from_wire, hashes_to_wire, setattr_to_wire};
 use mobilus_proto::fs::{
-    Attr, DataNodeInfo, DirEntry, Extent, Fence, FileKind, InodeId, SetAttr, SliceWrite, StatFs,
+    Attr, ChunkCheck, ChunkHash, DataNodeInfo, DirEntry, Extent, Fence, FileKind, InodeId, SetAttr,
+    SliceWrite, StatFs,
 };
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_client::ClusterClient;
@@ -33,6 +34,9 @@ pub enum ClientError {
     Errno(Errno, String),
     #[error("stale epoch: {0}")]
     StaleEpoch(String),
+    /// GC may have removed chunks the write relied on: check them again and retry.
+    #[error("{0}")]
+    StaleChunks(String),
     #[error("cannot reach the metadata service at {addrs}: {last}")]
     Unavailable { addrs: String, last: String },
     #[error("{code:?}: {message}")]
@@ -75,6 +79,7 @@ impl From<WireError> for ClientError {
         match w {
             WireError::Errno(e, m) => ClientError::Errno(e, m),
             WireError::StaleEpoch(m) => ClientError::StaleEpoch(m),
+            WireError::StaleChunks(m) => ClientError::StaleChunks(m),
             WireError::NotLeader(l) => ClientError::Unavailable {
                 addrs: l.unwrap_or_default(),
                 last: "not the leader".into(),
@@ -619,11 +624,13 @@ impl MetaClient {
         ino: InodeId,
         slices: &[SliceWrite],
         fence: Option<Fence>,
+        checked: Option<&ChunkCheck>,
     ) -> Result<Attr, ClientError> {
         let req = pb::WriteRequest {
             ino,
             slices: slices.iter().map(Into::into).collect(),
             fence: fence.map(Into::into),
+            checked: checked.map(Into::into),
         };
         self.attr_call("write", |mut c| {
             let req = req.clone();
@@ -742,17 +749,90 @@ impl MetaClient {
         Ok(r.into_inner())
     }
 
-    /// Register (or heartbeat) a data node in the site registry.
-    pub async fn register_data_node(&self, node: &DataNodeInfo) -> Result<(), ClientError> {
+    /// Register (or heartbeat) a data node in the site registry. Returns the node's GC
+    /// generation as the metadata knows it.
+    pub async fn register_data_node(&self, node: &DataNodeInfo) -> Result<u64, ClientError> {
         let req = pb::RegisterDataNodeRequest {
             node: Some(node.into()),
         };
-        self.call("register_data_node", |ch| {
-            let req = req.clone();
-            async move { Self::cluster(ch).register_data_node(req).await }
-        })
-        .await?;
-        Ok(())
+        let r = self
+            .call("register_data_node", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).register_data_node(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().gc_gen)
+    }
+
+    /// GC step 1 for data node `node`: condemn those of `hashes` unreferenced for at least
+    /// `grace`. Returns every chunk condemned for the node, and its generation.
+    pub async fn condemn(
+        &self,
+        node: &str,
+        hashes: &[ChunkHash],
+        grace: Duration,
+    ) -> Result<(Vec<ChunkHash>, u64), ClientError> {
+        let req = pb::CondemnRequest {
+            node: node.to_string(),
+            hashes: hashes_to_wire(hashes),
+            grace_ns: i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX),
+        };
+        let r = self
+            .call("condemn", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).condemn(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok((hashes_from_wire(&r.condemned)?, r.gc_gen))
+    }
+
+    /// GC step 2, after the node deleted them: forget the condemnations; returns the
+    /// node's new generation.
+    pub async fn forget_condemned(
+        &self,
+        node: &str,
+        hashes: &[ChunkHash],
+    ) -> Result<u64, ClientError> {
+        let req = pb::ForgetCondemnedRequest {
+            node: node.to_string(),
+            hashes: hashes_to_wire(hashes),
+        };
+        let r = self
+            .call("forget_condemned", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).forget_condemned(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().gc_gen)
+    }
+
+    /// Per hash: its reference count and when it last dropped to zero (0: never, or still
+    /// referenced); and the answering member's clock.
+    pub async fn chunk_refs(
+        &self,
+        hashes: &[ChunkHash],
+        stale: bool,
+    ) -> Result<(Vec<(u64, i64)>, i64), ClientError> {
+        let req = pb::ChunkRefsRequest {
+            hashes: hashes_to_wire(hashes),
+            stale,
+        };
+        let r = self
+            .call("chunk_refs", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).chunk_refs(req).await }
+            })
+            .await?
+            .into_inner();
+        if r.refs.len() != hashes.len() || r.zero_since_ns.len() != hashes.len() {
+            return Err(ClientError::InvalidReply(format!(
+                "{} refs for {} hashes",
+                r.refs.len(),
+                hashes.len()
+            )));
+        }
+        Ok((r.refs.into_iter().zip(r.zero_since_ns).collect(), r.now_ns))
     }
 
     /// The data nodes of `site` (all sites when `None`), and the answering member's clock

@@ -4,7 +4,9 @@
 
 use std::ops::ControlFlow;
 
-use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, FileKind, InodeId, SliceWrite};
+use mobilus_proto::fs::{
+    Attr, ChunkCheck, ChunkHash, ChunkRef, Extent, FileKind, InodeId, SliceWrite,
+};
 use mobilus_proto::fs::{MAX_CHUNKS_PER_WRITE, MAX_FILE_SIZE};
 use mobilus_proto::status::Errno;
 
@@ -137,6 +139,7 @@ pub(crate) fn write(
     now: i64,
     ino: InodeId,
     slices: &[SliceWrite],
+    checked: Option<&ChunkCheck>,
 ) -> Result<Attr, NsError> {
     let mut rec = load(txn, ino)?;
     regular(&rec)?;
@@ -156,6 +159,11 @@ pub(crate) fn write(
             return Err(Errno::EINVAL.into());
         }
     }
+    super::gc::check_write(
+        txn,
+        checked,
+        slices.iter().flat_map(|s| s.chunks.iter().map(|c| &c.hash)),
+    )?;
     let old_size = rec.attr.size;
     for s in slices {
         let seq = next_seq(txn)?;

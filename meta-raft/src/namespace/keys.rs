@@ -4,7 +4,7 @@
 //! a directory's entries in creation order (`cookies`), a file's slices by block then by
 //! sequence (`slices`), an inode's xattrs (`xattrs`).
 
-use mobilus_proto::fs::InodeId;
+use mobilus_proto::fs::{ChunkHash, InodeId};
 
 /// A column family of the state-machine database.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -29,11 +29,15 @@ pub enum Cf {
     Sys,
     /// site ‖ 0 ‖ address → `DataNodeInfo`: the site registry
     Nodes,
+    /// data-node GC: `g` ‖ address → generation; `c` ‖ hash ‖ address and
+    /// `n` ‖ address ‖ 0 ‖ hash → condemned time; tombstones `t` ‖ hash ‖ address →
+    /// generation and `d` ‖ address ‖ 0 ‖ generation ‖ hash
+    Gc,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 10] = [
+    pub const ALL: [Cf; 11] = [
         Cf::Inodes,
         Cf::Dentries,
         Cf::Cookies,
@@ -44,6 +48,7 @@ impl Cf {
         Cf::ZeroRefs,
         Cf::Sys,
         Cf::Nodes,
+        Cf::Gc,
     ];
 
     /// The RocksDB name of this column family.
@@ -59,6 +64,7 @@ impl Cf {
             Cf::ZeroRefs => "zero_refs",
             Cf::Sys => "sys",
             Cf::Nodes => "nodes",
+            Cf::Gc => "gc",
         }
     }
 }
@@ -106,6 +112,58 @@ pub fn node(site: &str, addr: &str) -> Vec<u8> {
     k.extend_from_slice(site.as_bytes());
     k.push(0);
     k.extend_from_slice(addr.as_bytes());
+    k
+}
+
+/// GC generation key of a data node.
+pub fn gc_gen(node: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + node.len());
+    k.push(b'g');
+    k.extend_from_slice(node.as_bytes());
+    k
+}
+
+/// Condemned-chunk key; `condemned(hash, "")` is the prefix of every node's entry for it.
+pub fn condemned(hash: &ChunkHash, node: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33 + node.len());
+    k.push(b'c');
+    k.extend_from_slice(&hash.0);
+    k.extend_from_slice(node.as_bytes());
+    k
+}
+
+/// The same mark, listed by node: `n` ‖ address ‖ 0 ‖ hash; `condemned_by(node, None)`
+/// is the prefix of a node's marks.
+pub fn condemned_by(node: &str, hash: Option<&ChunkHash>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(34 + node.len());
+    k.push(b'n');
+    k.extend_from_slice(node.as_bytes());
+    k.push(0);
+    if let Some(h) = hash {
+        k.extend_from_slice(&h.0);
+    }
+    k
+}
+
+/// Tombstone of a chunk a node deleted: `t` ‖ hash ‖ address → the generation its
+/// deletion was forgotten at.
+pub fn tombstone(hash: &ChunkHash, node: &str) -> Vec<u8> {
+    let mut k = condemned(hash, node);
+    k[0] = b't';
+    k
+}
+
+/// The same tombstone, listed by generation for pruning: `d` ‖ address ‖ 0 ‖ gen ‖ hash;
+/// `tombstone_by_gen(node, gen, None)` is where generation `gen` starts.
+pub fn tombstone_by_gen(node: &str, gen: u64, hash: Option<&ChunkHash>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(42 + node.len());
+    k.push(b'd');
+    k.extend_from_slice(node.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&gen.to_be_bytes());
+    if let Some(h) = hash {
+        k.extend_from_slice(&h.0);
+    }
     k
 }
 

@@ -6,6 +6,7 @@
 
 mod dir;
 mod file;
+mod gc;
 pub mod keys;
 mod query;
 pub mod txn;
@@ -18,6 +19,7 @@ use mobilus_proto::status::Errno;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
+pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
 pub use self::txn::Txn;
 use crate::error::{NsError, StoreError};
@@ -274,7 +276,18 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
         Op::RemoveXattr { ino, name } => {
             dir::removexattr(txn, now, *ino, name).map(|()| OpReply::Done)
         }
-        Op::Write { ino, slices } => file::write(txn, now, *ino, slices).map(OpReply::Attr),
+        Op::Write {
+            ino,
+            slices,
+            checked,
+        } => file::write(txn, now, *ino, slices, checked.as_ref()).map(OpReply::Attr),
+        Op::Condemn {
+            node,
+            hashes,
+            grace_ns,
+        } => gc::condemn(txn, now, node, hashes, *grace_ns)
+            .map(|(hashes, gc_gen)| OpReply::Condemned { hashes, gc_gen }),
+        Op::ForgetCondemned { node, hashes } => gc::forget(txn, node, hashes).map(OpReply::GcGen),
         Op::RegisterDataNode { node } => {
             if !mobilus_proto::fs::valid_site_name(&node.site)
                 || node.addr.is_empty()
@@ -287,7 +300,7 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
                 ..node.clone()
             };
             txn.put(Cf::Nodes, keys::node(&node.site, &node.addr), &record)?;
-            Ok(OpReply::Done)
+            gc::generation(txn, &node.addr).map(OpReply::GcGen)
         }
     }
 }

@@ -2,12 +2,14 @@
 
 use std::ops::ControlFlow;
 
-use mobilus_proto::fs::{Attr, DataNodeInfo, DirEntry, Extent, InodeId, StatFs, NAME_MAX};
+use mobilus_proto::fs::{
+    Attr, ChunkHash, DataNodeInfo, DirEntry, Extent, InodeId, StatFs, MAX_GC_BATCH, NAME_MAX,
+};
 use mobilus_proto::status::Errno;
 
 use super::keys::{self, Cf};
 use super::txn::Txn;
-use super::{counters, dir, file, load, load_dir, validate_name, DentryRecord, Namespace};
+use super::{counters, dir, file, gc, load, load_dir, validate_name, DentryRecord, Namespace};
 use crate::codec;
 use crate::error::{NsError, StoreError};
 
@@ -123,6 +125,15 @@ impl Namespace {
             out.push(codec::decode(&v)?);
         }
         Ok(out)
+    }
+
+    /// Per hash: reference count and when it last dropped to zero (see `ChunkRefs`).
+    pub fn chunk_refs(&self, hashes: &[ChunkHash]) -> Result<Vec<(u64, i64)>, NsError> {
+        if hashes.len() > MAX_GC_BATCH {
+            return Err(Errno::E2BIG.into());
+        }
+        let txn = self.txn();
+        hashes.iter().map(|h| gc::refs(&txn, h)).collect()
     }
 
     pub fn statfs(&self) -> Result<StatFs, NsError> {

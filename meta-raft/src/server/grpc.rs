@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use mobilus_proto::convert::{fence_from_wire, kind_from_wire, setattr_from_wire};
+use mobilus_proto::convert::{
+    fence_from_wire, hashes_from_wire, hashes_to_wire, kind_from_wire, setattr_from_wire,
+};
 use mobilus_proto::fs::SliceWrite;
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_server::Cluster;
@@ -260,7 +262,12 @@ impl Meta for MetaSvc {
             .map(SliceWrite::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(wire)?;
-        attr_reply(self.op(r.fence, Op::Write { ino: r.ino, slices }).await?)
+        let op = Op::Write {
+            ino: r.ino,
+            slices,
+            checked: r.checked.map(Into::into),
+        };
+        attr_reply(self.op(r.fence, op).await?)
     }
 
     async fn read_slices(&self, r: Request<pb::ReadSlicesRequest>) -> Reply<pb::ReadSlicesReply> {
@@ -318,14 +325,62 @@ impl Cluster for ClusterSvc {
     async fn register_data_node(
         &self,
         r: Request<pb::RegisterDataNodeRequest>,
-    ) -> Reply<pb::Empty> {
+    ) -> Reply<pb::RegisterDataNodeReply> {
         let node = r
             .into_inner()
             .node
             .ok_or_else(|| Status::invalid_argument("no node given"))?;
         let op = Op::RegisterDataNode { node: node.into() };
-        self.node.propose(None, op).await.map_err(status)?;
-        Ok(Response::new(pb::Empty {}))
+        match self.node.propose(None, op).await.map_err(status)? {
+            OpReply::GcGen(gc_gen) => Ok(Response::new(pb::RegisterDataNodeReply { gc_gen })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn condemn(&self, r: Request<pb::CondemnRequest>) -> Reply<pb::CondemnReply> {
+        let r = r.into_inner();
+        let op = Op::Condemn {
+            node: r.node,
+            hashes: hashes_from_wire(&r.hashes).map_err(wire)?,
+            grace_ns: r.grace_ns,
+        };
+        match self.node.propose(None, op).await.map_err(status)? {
+            OpReply::Condemned { hashes, gc_gen } => Ok(Response::new(pb::CondemnReply {
+                condemned: hashes_to_wire(&hashes),
+                gc_gen,
+            })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn forget_condemned(
+        &self,
+        r: Request<pb::ForgetCondemnedRequest>,
+    ) -> Reply<pb::ForgetCondemnedReply> {
+        let r = r.into_inner();
+        let op = Op::ForgetCondemned {
+            node: r.node,
+            hashes: hashes_from_wire(&r.hashes).map_err(wire)?,
+        };
+        match self.node.propose(None, op).await.map_err(status)? {
+            OpReply::GcGen(gc_gen) => Ok(Response::new(pb::ForgetCondemnedReply { gc_gen })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn chunk_refs(&self, r: Request<pb::ChunkRefsRequest>) -> Reply<pb::ChunkRefsReply> {
+        let r = r.into_inner();
+        let hashes = hashes_from_wire(&r.hashes).map_err(wire)?;
+        let refs = self
+            .node
+            .read(r.stale, |ns| ns.chunk_refs(&hashes))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ChunkRefsReply {
+            refs: refs.iter().map(|(n, _)| *n).collect(),
+            zero_since_ns: refs.iter().map(|(_, t)| *t).collect(),
+            now_ns: super::node::now_ns(),
+        }))
     }
 
     async fn list_data_nodes(

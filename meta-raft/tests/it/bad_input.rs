@@ -161,11 +161,11 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
         }],
     };
     assert_eq!(
-        errno(c.write(dir, &[one(0, 10)], None).await),
+        errno(c.write(dir, &[one(0, 10)], None, None).await),
         Errno::EISDIR
     );
     assert_eq!(
-        errno(c.write(file, &[one(u64::MAX - 5, 10)], None).await),
+        errno(c.write(file, &[one(u64::MAX - 5, 10)], None, None).await),
         Errno::EFBIG
     );
     let mismatched = SliceWrite {
@@ -178,7 +178,7 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
         }],
     };
     assert_eq!(
-        errno(c.write(file, &[mismatched], None).await),
+        errno(c.write(file, &[mismatched], None, None).await),
         Errno::EINVAL
     );
     assert_eq!(
@@ -244,6 +244,7 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
             }],
         }],
         fence: None,
+        checked: None,
     };
     assert_eq!(
         raw.write(bad_hash).await.unwrap_err().code(),

@@ -399,8 +399,10 @@ impl Model {
                 Ok(OpReply::Done)
             }
             // Not generated: the registry is not POSIX state; `namespace.rs` tests it.
-            Op::RegisterDataNode { .. } => Ok(OpReply::Done),
-            Op::Write { ino, slices } => {
+            Op::RegisterDataNode { .. } => Ok(OpReply::GcGen(0)),
+            // Not generated: GC has its own tests (`gc.rs`).
+            Op::Condemn { .. } | Op::ForgetCondemned { .. } => Ok(OpReply::Done),
+            Op::Write { ino, slices, .. } => {
                 match self.get(*ino)?.kind {
                     FileKind::Regular => {}
                     FileKind::Directory => return Err(Errno::EISDIR),
@@ -714,6 +716,7 @@ fn to_op(g: &Gen, known: &[u64]) -> Op {
                     len,
                     chunks,
                 }],
+                checked: None,
             }
         }
     }
