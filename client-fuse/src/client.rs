@@ -1,7 +1,7 @@
 //! [`Client`]: buffered writes that become slices, reads that fault chunks in from other
 //! sites.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -175,6 +175,10 @@ impl Client {
         }
     }
 
+    async fn chunk_of(&self, hash: ChunkHash) -> Result<(ChunkHash, Vec<u8>), ClientError> {
+        Ok((hash, self.chunk(&hash).await?))
+    }
+
     /// A whole chunk, verified: from the local node, else from another site (then stored
     /// locally, so the next read is local).
     async fn chunk(&self, hash: &ChunkHash) -> Result<Vec<u8>, ClientError> {
@@ -261,6 +265,8 @@ impl Client {
 pub const READ_WINDOW: u64 = 64 << 20;
 /// Whole chunks a [`FileReader`] keeps.
 const CACHED_CHUNKS: usize = 8;
+/// Chunks past the end of a read fetched with it.
+const READAHEAD_CHUNKS: usize = 2;
 
 struct Window {
     start: u64,
@@ -330,15 +336,60 @@ impl FileReader<'_> {
             .filter(|e| e.offset < end && e.offset + e.len > offset)
             .filter_map(|e| Some((e.offset, e.len, e.chunk?)))
             .collect();
+        // Sequential readahead: the next chunks of the window are fetched along with
+        // this read's, concurrently, so the reads that follow find them cached.
+        let ahead: Vec<ChunkHash> = w
+            .extents
+            .iter()
+            .filter(|e| e.offset >= end)
+            .filter_map(|e| e.chunk.map(|c| c.hash))
+            .take(READAHEAD_CHUNKS)
+            .collect();
+        let mut fetched = self
+            .fetch_missing(wanted.iter().map(|(_, _, c)| c.hash).chain(ahead))
+            .await?;
         let mut out = vec![0u8; (end - offset) as usize];
         for (at, len, c) in wanted {
-            let whole = self.cached_chunk(&c.hash).await?;
+            let whole = match fetched.get(&c.hash) {
+                Some(bytes) => bytes.clone(),
+                None => self.cached_chunk(&c.hash).await?,
+            };
             let (a, b) = (at.max(offset), (at + len).min(end));
             let src = (c.offset + (a - at)) as usize;
             let piece = whole
                 .get(src..src + (b - a) as usize)
                 .ok_or(ClientError::ChunkUnavailable(c.hash))?;
             out[(a - offset) as usize..(b - offset) as usize].copy_from_slice(piece);
+        }
+        fetched.clear();
+        Ok(out)
+    }
+
+    /// Fetch, `PARALLEL` at a time, those of `hashes` not cached; each is cached as it
+    /// arrives (the newest last, so the readahead survives), and all are returned, so a
+    /// read wider than the cache still has every chunk it needs.
+    async fn fetch_missing(
+        &mut self,
+        hashes: impl Iterator<Item = ChunkHash>,
+    ) -> Result<HashMap<ChunkHash, Arc<Vec<u8>>>, ClientError> {
+        let mut seen = HashSet::new();
+        let todo: Vec<ChunkHash> = hashes
+            .filter(|h| seen.insert(*h) && !self.cache.iter().any(|(c, _)| c == h))
+            .collect();
+        let client = self.client;
+        let got: Vec<(ChunkHash, Vec<u8>)> =
+            stream::iter(todo.into_iter().map(|h| client.chunk_of(h)))
+                .buffered(PARALLEL)
+                .try_collect()
+                .await?;
+        let mut out = HashMap::with_capacity(got.len());
+        for (h, bytes) in got {
+            let bytes = Arc::new(bytes);
+            if self.cache.len() == CACHED_CHUNKS {
+                self.cache.pop_front();
+            }
+            self.cache.push_back((h, bytes.clone()));
+            out.insert(h, bytes);
         }
         Ok(out)
     }
