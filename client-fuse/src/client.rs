@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mobilus_meta_client::MetaClient;
-use mobilus_proto::fs::{Attr, ChunkCheck, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite};
+use mobilus_proto::fs::{
+    Attr, ChunkCheck, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite, MAX_FILE_SIZE,
+};
 use mobilus_proto::status::Errno;
 
 use crate::chunker;
@@ -32,12 +34,16 @@ pub enum ClientError {
     NoDataNode(String),
     #[error("chunk {0:?} is on no reachable site")]
     ChunkUnavailable(ChunkHash),
+    /// Refused here, before anything was sent.
+    #[error("{}: {}", .0.name(), .0.description())]
+    Refused(Errno),
 }
 
 impl ClientError {
     /// The errno a file system returns for this error.
     pub fn to_errno(&self) -> Errno {
         match self {
+            ClientError::Refused(e) => *e,
             ClientError::Meta(e) => e.to_errno(),
             ClientError::Data(DataClientError::Rpc { status, .. })
                 if status
@@ -78,17 +84,19 @@ struct Counters {
     remote_fetches: AtomicU64,
     bytes_fetched_remote: AtomicU64,
     stale_chunk_retries: AtomicU64,
+    /// Fault injection: milliseconds a flush waits between its upload and its commit.
+    flush_pause_ms: AtomicU64,
 }
 
-/// The data path of one site's client.
+/// The data path of one site's client. Cheap to clone: clones share connections and
+/// counters.
+#[derive(Clone)]
 pub struct Client {
     meta: MetaClient,
     site: String,
     local: DataClient,
     remotes: Vec<DataClient>,
     counters: Arc<Counters>,
-    /// Milliseconds a flush waits between its upload and its metadata commit.
-    flush_pause_ms: AtomicU64,
 }
 
 impl Client {
@@ -112,7 +120,6 @@ impl Client {
             local,
             remotes,
             counters: Arc::default(),
-            flush_pause_ms: AtomicU64::new(0),
         })
     }
 
@@ -133,7 +140,7 @@ impl Client {
     /// harness use it to widen the window garbage collection must be safe against.
     pub fn set_flush_pause(&self, pause: std::time::Duration) {
         let ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX);
-        self.flush_pause_ms.store(ms, Ordering::Relaxed);
+        self.counters.flush_pause_ms.store(ms, Ordering::Relaxed);
     }
 
     pub fn stats(&self) -> ClientStats {
@@ -149,9 +156,9 @@ impl Client {
     }
 
     /// A write buffer for an open file.
-    pub fn writer(&self, ino: InodeId) -> FileWriter<'_> {
+    pub fn writer(&self, ino: InodeId) -> FileWriter {
         FileWriter {
-            client: self,
+            client: self.clone(),
             ino,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -166,9 +173,9 @@ impl Client {
     /// A reader for an open file: it keeps the slice map of a window and a few whole
     /// chunks, so sequential reads do one metadata call per window and fetch each chunk
     /// once.
-    pub fn reader(&self, ino: InodeId) -> FileReader<'_> {
+    pub fn reader(&self, ino: InodeId) -> FileReader {
         FileReader {
-            client: self,
+            client: self.clone(),
             ino,
             window: None,
             cache: VecDeque::new(),
@@ -277,14 +284,14 @@ struct Window {
 
 /// The read side of one open file (close-to-open: it sees the file as it was when its
 /// window was fetched).
-pub struct FileReader<'a> {
-    client: &'a Client,
+pub struct FileReader {
+    client: Client,
     ino: InodeId,
     window: Option<Window>,
     cache: VecDeque<(ChunkHash, Arc<Vec<u8>>)>,
 }
 
-impl FileReader<'_> {
+impl FileReader {
     async fn window_for(&mut self, offset: u64, len: u64) -> Result<&Window, ClientError> {
         let end = offset.saturating_add(len);
         let fresh = match &self.window {
@@ -376,7 +383,7 @@ impl FileReader<'_> {
         let todo: Vec<ChunkHash> = hashes
             .filter(|h| seen.insert(*h) && !self.cache.iter().any(|(c, _)| c == h))
             .collect();
-        let client = self.client;
+        let client = &self.client;
         let got: Vec<(ChunkHash, Vec<u8>)> =
             stream::iter(todo.into_iter().map(|h| client.chunk_of(h)))
                 .buffered(PARALLEL)
@@ -397,18 +404,21 @@ impl FileReader<'_> {
 
 /// The write buffer of one open file: writes accumulate, and [`FileWriter::flush`] turns
 /// them into chunks on the local data node and slices committed in one metadata operation.
-pub struct FileWriter<'a> {
-    client: &'a Client,
+pub struct FileWriter {
+    client: Client,
     ino: InodeId,
     pending: Vec<(u64, Vec<u8>)>,
     pending_bytes: usize,
 }
 
-impl FileWriter<'_> {
+impl FileWriter {
     /// Buffer a write; flushes when the buffer is full.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
         if data.is_empty() {
             return Ok(());
+        }
+        if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
+            return Err(ClientError::Refused(Errno::EFBIG));
         }
         // Sequential writes grow one buffer, so chunking sees long runs.
         match self.pending.last_mut() {
@@ -420,6 +430,21 @@ impl FileWriter<'_> {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// Whether writes are buffered, not yet flushed.
+    pub fn is_dirty(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The end of the furthest buffered write (0 when clean): the file's size as its
+    /// writer sees it is at least this.
+    pub fn pending_end(&self) -> u64 {
+        self.pending
+            .iter()
+            .map(|(at, buf)| at + buf.len() as u64)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Make every buffered write durable: chunks on the local data node (fsynced there),
@@ -457,7 +482,7 @@ impl FileWriter<'_> {
         let attr = loop {
             attempt += 1;
             let checked = self.client.upload(&chunks).await?;
-            let pause = self.client.flush_pause_ms.load(Ordering::Relaxed);
+            let pause = self.client.counters.flush_pause_ms.load(Ordering::Relaxed);
             if pause > 0 && attempt == 1 {
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }

@@ -7,10 +7,12 @@
 //!   already holds is never sent), and reads that fetch a chunk from another site when the
 //!   local node lacks it, then store it locally (cache-through).
 //!
-//! The FUSE mount itself is a later issue.
+//! - [`mount`]: the FUSE mount (`mobilus-mount`), a thin fuser adapter over typed
+//!   operations on [`Client`].
 
 pub mod chunker;
 pub mod client;
 pub mod data;
+pub mod mount;
 
 pub use client::{Client, ClientStats, FileReader, FileWriter};

@@ -172,6 +172,39 @@ impl TwoSites {
         }
     }
 
+    /// A `mobilus-mount` process of `site` on a fresh directory.
+    pub fn mount(&self, site: &str) -> Mount {
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("mnt");
+        std::fs::create_dir(&point).unwrap();
+        let ready = dir.path().join("ready");
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = Command::new(bin("mobilus-mount"))
+            .args(["--site", site, "--meta", &self.meta_addrs.join(",")])
+            .arg("--ready-file")
+            .arg(&ready)
+            .arg(&point)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mount = Mount {
+            child: Some(child),
+            point,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "mobilus-mount did not mount; see {}",
+                mount.dir.path().join("log").display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        mount
+    }
+
     pub async fn client(&self, site: &str) -> Client {
         Client::connect(&self.meta_addrs, site)
             .await
@@ -213,5 +246,61 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// A mount process; dropping it stops it (SIGTERM: flush, unmount) and makes sure
+/// nothing stays mounted, even when the test failed.
+pub struct Mount {
+    child: Option<Child>,
+    pub point: PathBuf,
+    dir: TempDir,
+}
+
+impl Mount {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Stop it with SIGTERM and wait; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let point = self.point.to_string_lossy().to_string();
+        mounts
+            .lines()
+            .any(|l| l.split(' ').nth(1) == Some(point.as_str()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+        if self.is_mounted() {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.point)
+                .status();
+        }
     }
 }

@@ -5,3 +5,4 @@ mod cluster;
 mod data_path;
 mod disk_full;
 mod gc;
+mod mount;

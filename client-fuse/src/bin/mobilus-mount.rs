@@ -1,0 +1,205 @@
+//! `mobilus-mount`: mount Mobilus at a directory, as one site's app host.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use mobilus_client::mount::{self, MountFs, Tuning};
+use mobilus_client::Client;
+use serde::Deserialize;
+
+/// Mount Mobilus: a FUSE file system belonging to one site.
+#[derive(Parser, Debug)]
+#[command(name = "mobilus-mount", version)]
+struct Args {
+    /// The site this mount belongs to (its data node stores what it writes).
+    #[arg(long)]
+    site: Option<String>,
+    /// Metadata members (host:port, comma separated).
+    #[arg(long, value_delimiter = ',', env = "MOBILUS_META")]
+    meta: Vec<String>,
+    /// A TOML file with `site`, `meta`, `mountpoint` and optional `threads`,
+    /// `attr_ttl_ms`; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// FUSE threads serving the kernel.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// How long the kernel may cache attributes and entries, in milliseconds.
+    #[arg(long)]
+    attr_ttl_ms: Option<u64>,
+    /// Write the mountpoint to this file once mounted.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Where to mount.
+    mountpoint: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    site: Option<String>,
+    #[serde(default)]
+    meta: Vec<String>,
+    mountpoint: Option<PathBuf>,
+    threads: Option<usize>,
+    attr_ttl_ms: Option<u64>,
+}
+
+struct Settings {
+    site: String,
+    meta: Vec<String>,
+    mountpoint: PathBuf,
+    threads: usize,
+    tuning: Tuning,
+}
+
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("bad config {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let site = args
+        .site
+        .clone()
+        .or(file.site)
+        .context("--site is required (or `site` in --config)")?;
+    if !mobilus_proto::fs::valid_site_name(&site) {
+        anyhow::bail!("--site must be 1 to 64 letters, digits, '-' and '_'");
+    }
+    let meta = if args.meta.is_empty() {
+        file.meta
+    } else {
+        args.meta.clone()
+    };
+    if meta.is_empty() {
+        anyhow::bail!("--meta is required (or `meta` in --config, or MOBILUS_META)");
+    }
+    let mountpoint = args
+        .mountpoint
+        .clone()
+        .or(file.mountpoint)
+        .context("a MOUNTPOINT is required")?;
+    if !mountpoint.is_dir() {
+        anyhow::bail!("{} is not a directory", mountpoint.display());
+    }
+    let mut tuning = Tuning::default();
+    if let Some(ms) = args.attr_ttl_ms.or(file.attr_ttl_ms) {
+        tuning.attr_ttl = Duration::from_millis(ms);
+    }
+    Ok(Settings {
+        site,
+        meta,
+        mountpoint,
+        threads: args.threads.or(file.threads).unwrap_or(4),
+        tuning,
+    })
+}
+
+async fn connect(s: &Settings) -> anyhow::Result<Client> {
+    // The cluster may still be electing a leader or waiting for its data node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match Client::connect(&s.meta, &s.site).await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, "waiting for the cluster");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot reach the metadata service at {}", s.meta.join(","))
+                })
+            }
+        }
+    }
+}
+
+/// Detach the mount even if busy; a clean unmount is tried first.
+fn force_unmount(mountpoint: &std::path::Path) {
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status();
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let s = settings(&args)?;
+    let client = connect(&s).await?;
+    let fs = Arc::new(MountFs::new(client));
+    let config = mount::config(&s.site, s.threads);
+    let session = mount::spawn(
+        fs.clone(),
+        tokio::runtime::Handle::current(),
+        s.tuning,
+        &s.mountpoint,
+        &config,
+    )
+    .with_context(|| format!("cannot mount at {}", s.mountpoint.display()))?;
+    if let Some(path) = &args.ready_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, s.mountpoint.to_string_lossy().as_bytes())?;
+        std::fs::rename(&tmp, path)?;
+    }
+    tracing::info!(site = %s.site, mountpoint = %s.mountpoint.display(), "mounted");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if session.guard.is_finished() {
+                    // Unmounted from outside (`fusermount3 -u`): buffered writes still go.
+                    let failed = fs.flush_all().await;
+                    tracing::info!(failed, "unmounted from outside");
+                    return session.join().context("the FUSE session failed");
+                }
+            }
+        }
+    }
+    tracing::info!("stopping: flushing buffered writes, then unmounting");
+    let failed = fs.flush_all().await;
+    let mountpoint = s.mountpoint.clone();
+    let unmounted = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
+    if !matches!(unmounted, Ok(Ok(()))) {
+        tracing::warn!(?unmounted, "clean unmount failed; detaching");
+        force_unmount(&mountpoint);
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} files could not be flushed before unmounting");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mobilus-mount: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mobilus-mount: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

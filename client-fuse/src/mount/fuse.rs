@@ -1,0 +1,737 @@
+//! The fuser adapter: each callback decodes its request, runs the typed [`MountFs`]
+//! operation on the tokio runtime (so slow operations never block a FUSE thread), and
+//! encodes the reply. Errors map to errnos here, once (`ClientError::to_errno`).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use mobilus_proto::fs::{Attr, FileKind, SetAttr, TimeSet, XATTR_CREATE, XATTR_REPLACE};
+use mobilus_proto::status::Errno;
+use tokio::runtime::Handle as Runtime;
+
+use super::ops::{Caller, FsResult, MountFs};
+use crate::client::ClientError;
+
+/// Kernel settings, chosen and measured (see ARCHITECTURE.md, "The mount").
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// How long the kernel may trust attributes and entries.
+    pub attr_ttl: Duration,
+    pub max_write: u32,
+    pub max_background: u16,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            attr_ttl: Duration::from_secs(1),
+            max_write: 1 << 20,
+            max_background: 64,
+        }
+    }
+}
+
+pub struct FuseAdapter {
+    fs: Arc<MountFs>,
+    rt: Runtime,
+    tuning: Tuning,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<MountFs>, rt: Runtime, tuning: Tuning) -> Self {
+        FuseAdapter { fs, rt, tuning }
+    }
+
+    /// Run `op` on the runtime, then `reply` with its result.
+    fn run<T, F, Fut>(&self, op: F, reply: impl FnOnce(FsResult<T>) + Send + 'static)
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<MountFs>) -> Fut,
+        Fut: std::future::Future<Output = FsResult<T>> + Send + 'static,
+    {
+        let fut = op(self.fs.clone());
+        self.rt.spawn(async move { reply(fut.await) });
+    }
+}
+
+fn errno(e: &ClientError) -> FuseErrno {
+    FuseErrno::from_i32(e.to_errno().0)
+}
+
+fn refuse(e: Errno) -> FuseErrno {
+    FuseErrno::from_i32(e.0)
+}
+
+fn time(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+fn ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX),
+    }
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn kind_of_mode(mode: u32) -> Option<FileKind> {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG | 0 => Some(FileKind::Regular),
+        libc::S_IFIFO => Some(FileKind::Fifo),
+        libc::S_IFSOCK => Some(FileKind::Socket),
+        libc::S_IFCHR => Some(FileKind::CharDevice),
+        libc::S_IFBLK => Some(FileKind::BlockDevice),
+        _ => None,
+    }
+}
+
+/// `st_blksize`: large, so tools like `cp` and `dd` move data in big I/Os.
+const BLKSIZE: u32 = 1 << 20;
+
+pub fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: file_type(a.kind),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        flags: 0,
+        blksize: BLKSIZE,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::Ns(ns(t)),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn name(n: &OsStr) -> Vec<u8> {
+    n.as_bytes().to_vec()
+}
+
+/// The xattr reply protocol: a size probe (size 0), data that fits, or ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() <= size as usize {
+        reply.data(data);
+    } else {
+        reply.error(FuseErrno::ERANGE);
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each setting is best effort: an older kernel keeps its own limit.
+        let _ = config.set_max_write(self.tuning.max_write);
+        let _ = config.set_max_readahead(self.tuning.max_write);
+        let _ = config.set_max_background(self.tuning.max_background);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let (n, ttl) = (name(n), self.tuning.attr_ttl);
+        self.run(
+            move |fs| async move { fs.lookup(parent.0, &n).await },
+            move |r| match r {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let ttl = self.tuning.attr_ttl;
+        self.run(
+            move |fs| async move { fs.getattr(ino.0).await },
+            move |r| match r {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime_ns: ctime.map(ns),
+        };
+        let ttl = self.tuning.attr_ttl;
+        self.run(
+            move |fs| async move { fs.setattr(ino.0, set).await },
+            move |r| match r {
+                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.run(
+            move |fs| async move { fs.readlink(ino.0).await },
+            move |r| match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(kind) = kind_of_mode(mode) else {
+            return reply.error(FuseErrno::EINVAL);
+        };
+        let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
+        self.run(
+            move |fs| async move { fs.mknod(parent.0, &n, kind, mode & !umask, rdev, who).await },
+            move |r| match r {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
+        self.run(
+            move |fs| async move { fs.mkdir(parent.0, &n, mode & !umask, who).await },
+            move |r| match r {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.run(
+            move |fs| async move { fs.unlink(parent.0, &n).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.run(
+            move |fs| async move { fs.rmdir(parent.0, &n).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (n, t) = (name(link_name), target.as_os_str().as_bytes().to_vec());
+        let (who, ttl) = (caller(req), self.tuning.attr_ttl);
+        self.run(
+            move |fs| async move { fs.symlink(parent.0, &n, &t, who).await },
+            move |r| match r {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mut wire = 0;
+        if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            wire |= mobilus_proto::fs::RENAME_NOREPLACE;
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            wire |= mobilus_proto::fs::RENAME_EXCHANGE;
+        }
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return reply.error(FuseErrno::EINVAL);
+        }
+        let (n, nn) = (name(n), name(new_name));
+        self.run(
+            move |fs| async move { fs.rename(parent.0, &n, new_parent.0, &nn, wire).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (nn, ttl) = (name(new_name), self.tuning.attr_ttl);
+        self.run(
+            move |fs| async move { fs.link(ino.0, new_parent.0, &nn).await },
+            move |r| match r {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.run(
+            move |fs| async move { fs.open(ino.0).await },
+            move |r| match r {
+                Ok((fh, keep)) => {
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        if kind_of_mode(mode) != Some(FileKind::Regular) {
+            return reply.error(FuseErrno::EINVAL);
+        }
+        let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
+        self.run(
+            move |fs| async move { fs.create(parent.0, &n, mode & !umask, who).await },
+            move |r| match r {
+                Ok((a, fh)) => reply.created(
+                    &ttl,
+                    &file_attr(&a),
+                    Generation(a.generation),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.run(
+            move |fs| async move { fs.read(fh.0, offset, size).await },
+            move |r| match r {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.run(
+            move |fs| async move { fs.write(fh.0, offset, &data).await },
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            move |fs| async move { fs.flush(fh.0).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            move |fs| async move { fs.release(fh.0).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(
+            move |fs| async move { fs.flush(fh.0).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.run(
+            move |fs| async move {
+                let parent = if offset < 2 {
+                    fs.getattr(ino.0).await?.parent
+                } else {
+                    0
+                };
+                Ok((parent, fs.readdir(ino.0, offset.max(2), false).await?))
+            },
+            move |r| match r {
+                Ok((parent, entries)) => {
+                    // Offsets 1 and 2 are `.` and `..`; entries carry their cookies (≥ 3).
+                    if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+                        return reply.ok();
+                    }
+                    if offset < 2 && reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
+                        return reply.ok();
+                    }
+                    for e in entries {
+                        if reply.add(
+                            INodeNo(e.ino),
+                            e.cookie,
+                            file_type(e.kind),
+                            OsStr::from_bytes(&e.name),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.tuning.attr_ttl;
+        self.run(
+            move |fs| async move {
+                let this = fs.getattr(ino.0).await?;
+                let parent = if offset < 2 {
+                    Some(fs.getattr(this.parent).await?)
+                } else {
+                    None
+                };
+                Ok((this, parent, fs.readdir(ino.0, offset.max(2), true).await?))
+            },
+            move |r| match r {
+                Ok((this, parent, entries)) => {
+                    if offset < 1 && reply.add(ino, 1, ".", &ttl, &file_attr(&this), Generation(0))
+                    {
+                        return reply.ok();
+                    }
+                    if let Some(p) = parent {
+                        if reply.add(INodeNo(p.ino), 2, "..", &ttl, &file_attr(&p), Generation(0)) {
+                            return reply.ok();
+                        }
+                    }
+                    for e in entries {
+                        let Some(a) = e.attr else { continue };
+                        let n = OsStr::from_bytes(&e.name);
+                        if reply.add(
+                            INodeNo(e.ino),
+                            e.cookie,
+                            n,
+                            &ttl,
+                            &file_attr(&a),
+                            Generation(a.generation),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok()
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every directory change is committed by a Raft quorum before it is answered.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.run(
+            move |fs| async move { fs.statfs().await },
+            move |r| match r {
+                Ok(s) => {
+                    let bsize = u64::from(s.block_size.max(1));
+                    let blocks = s.total_bytes / bsize;
+                    let free = s.total_bytes.saturating_sub(s.used_bytes) / bsize;
+                    let ffree = s.max_files.saturating_sub(s.files);
+                    reply.statfs(
+                        blocks,
+                        free,
+                        free,
+                        s.max_files,
+                        ffree,
+                        s.block_size,
+                        s.name_max,
+                        s.block_size,
+                    )
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        n: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            return reply.error(FuseErrno::EINVAL);
+        }
+        let mut wire = 0;
+        if flags & libc::XATTR_CREATE != 0 {
+            wire |= XATTR_CREATE;
+        }
+        if flags & libc::XATTR_REPLACE != 0 {
+            wire |= XATTR_REPLACE;
+        }
+        let (n, v) = (name(n), value.to_vec());
+        self.run(
+            move |fs| async move { fs.setxattr(ino.0, &n, &v, wire).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        let n = name(n);
+        self.run(
+            move |fs| async move { fs.getxattr(ino.0, &n).await },
+            move |r| match r {
+                Ok(v) => reply_xattr(reply, size, &v),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.run(
+            move |fs| async move { fs.listxattr(ino.0).await },
+            move |r| match r {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    reply_xattr(reply, size, &buf)
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.run(
+            move |fs| async move { fs.removexattr(ino.0, &n).await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // The mount uses default_permissions: the kernel has checked the mode bits.
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Space is not reserved ahead in a content-addressed store: say so.
+        reply.error(refuse(Errno::EOPNOTSUPP));
+    }
+}

@@ -1,0 +1,427 @@
+//! [`MountFs`]: the file system of a mount as typed async operations. The FUSE adapter
+//! (`fuse.rs`) only decodes requests, calls these and encodes replies, so tests can
+//! drive the same code without a kernel.
+//!
+//! Writes are buffered per inode (one [`FileWriter`] shared by every handle of the
+//! inode in this mount), so a read through any handle, a truncate, or a getattr sees
+//! them: reads and truncates flush first, getattr reports the buffered size.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use mobilus_proto::fs::{Attr, DirEntry, FileKind, InodeId, SetAttr, StatFs};
+use mobilus_proto::status::Errno;
+use tracing::instrument;
+
+use crate::client::{Client, ClientError, FileReader, FileWriter};
+
+const S_ISGID: u32 = 0o2000;
+/// Entries one readdir call asks the metadata for.
+const READDIR_BATCH: u32 = 512;
+
+/// What a mount operation fails with; `to_errno` maps it once, at the FUSE boundary.
+pub type FsResult<T> = Result<T, ClientError>;
+
+fn refused<T>(e: Errno) -> FsResult<T> {
+    Err(ClientError::Refused(e))
+}
+
+/// An inode open in this mount: its write buffer, shared by all its handles.
+struct OpenInode {
+    writer: tokio::sync::Mutex<FileWriter>,
+    /// Handles open on it.
+    handles: AtomicU64,
+    /// Bumped by every flush or truncate: readers with an older view refetch.
+    version: AtomicU64,
+    /// The buffered size (see `FileWriter::pending_end`), readable without the lock.
+    pending_end: AtomicU64,
+}
+
+struct Handle {
+    ino: InodeId,
+    inode: Arc<OpenInode>,
+    reader: tokio::sync::Mutex<Option<(u64, FileReader)>>,
+}
+
+/// Who asks: the caller's credentials, for ownership of new inodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct MountFs {
+    client: Client,
+    inodes: Mutex<HashMap<InodeId, Arc<OpenInode>>>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// (mtime, ctime, size) of each inode at its last open, for FOPEN_KEEP_CACHE.
+    seen: Mutex<HashMap<InodeId, (i64, i64, u64)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl MountFs {
+    pub fn new(client: Client) -> Self {
+        MountFs {
+            client,
+            inodes: Mutex::default(),
+            handles: Mutex::default(),
+            next_fh: AtomicU64::new(1),
+            seen: Mutex::default(),
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn open_inode(&self, ino: InodeId) -> Option<Arc<OpenInode>> {
+        lock(&self.inodes).get(&ino).cloned()
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(ClientError::Refused(Errno::EBADF))
+    }
+
+    /// The attributes as this mount sees them: buffered writes extend the size.
+    fn merge(&self, mut attr: Attr) -> Attr {
+        if let Some(open) = self.open_inode(attr.ino) {
+            attr.size = attr.size.max(open.pending_end.load(Ordering::Acquire));
+        }
+        attr
+    }
+
+    async fn flush_inode(&self, inode: &OpenInode) -> FsResult<()> {
+        let mut w = inode.writer.lock().await;
+        if w.is_dirty() {
+            let result = w.flush().await;
+            inode.pending_end.store(w.pending_end(), Ordering::Release);
+            inode.version.fetch_add(1, Ordering::AcqRel);
+            result?;
+        }
+        Ok(())
+    }
+
+    #[instrument(skip(self))]
+    pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> FsResult<Attr> {
+        let attr = self.client.meta().lookup(parent, name, false).await?;
+        Ok(self.merge(attr))
+    }
+
+    #[instrument(skip(self))]
+    pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
+        let attr = self.client.meta().getattr(ino, false).await?;
+        Ok(self.merge(attr))
+    }
+
+    #[instrument(skip(self))]
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
+        let open = self.open_inode(ino);
+        if let (Some(open), Some(_)) = (&open, set.size) {
+            // Buffered writes land before the truncate, as they were issued.
+            self.flush_inode(open).await?;
+        }
+        let attr = self.client.meta().setattr(ino, &set, None).await?;
+        if let Some(open) = &open {
+            open.version.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(self.merge(attr))
+    }
+
+    /// Mode and group of a new inode in `parent`: a setgid directory passes on its group
+    /// (and, to directories, its setgid bit).
+    async fn inherit(
+        &self,
+        parent: InodeId,
+        kind: FileKind,
+        mode: u32,
+        who: Caller,
+    ) -> FsResult<(u32, u32)> {
+        let p = self.client.meta().getattr(parent, false).await?;
+        if p.mode & S_ISGID != 0 {
+            let mode = if kind == FileKind::Directory {
+                mode | S_ISGID
+            } else {
+                mode
+            };
+            Ok((mode, p.gid))
+        } else {
+            Ok((mode, who.gid))
+        }
+    }
+
+    #[instrument(skip(self))]
+    pub async fn mknod(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        rdev: u32,
+        who: Caller,
+    ) -> FsResult<Attr> {
+        let (mode, gid) = self.inherit(parent, kind, mode & 0o7777, who).await?;
+        Ok(self
+            .client
+            .meta()
+            .mknod(parent, name, kind, mode, who.uid, gid, rdev, None)
+            .await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn mkdir(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        who: Caller,
+    ) -> FsResult<Attr> {
+        let (mode, gid) = self
+            .inherit(parent, FileKind::Directory, mode & 0o7777, who)
+            .await?;
+        Ok(self
+            .client
+            .meta()
+            .mkdir(parent, name, mode, who.uid, gid, None)
+            .await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn symlink(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        target: &[u8],
+        who: Caller,
+    ) -> FsResult<Attr> {
+        let (_, gid) = self.inherit(parent, FileKind::Symlink, 0, who).await?;
+        Ok(self
+            .client
+            .meta()
+            .symlink(parent, name, target, who.uid, gid, None)
+            .await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn readlink(&self, ino: InodeId) -> FsResult<Vec<u8>> {
+        Ok(self.client.meta().readlink(ino, false).await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        self.client.meta().unlink(parent, name, None).await?;
+        Ok(())
+    }
+
+    #[instrument(skip(self))]
+    pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        Ok(self.client.meta().rmdir(parent, name, None).await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn rename(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        new_parent: InodeId,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        Ok(self
+            .client
+            .meta()
+            .rename(parent, name, new_parent, new_name, flags, None)
+            .await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> FsResult<Attr> {
+        let attr = self
+            .client
+            .meta()
+            .link(ino, new_parent, new_name, None)
+            .await?;
+        Ok(self.merge(attr))
+    }
+
+    /// Open `ino`; returns the handle, and whether the kernel may keep the pages it
+    /// cached.
+    #[instrument(skip(self))]
+    pub async fn open(&self, ino: InodeId) -> FsResult<(u64, bool)> {
+        // Keep the kernel's cached pages only if the file is as it was at the last open
+        // (close-to-open: a change made elsewhere is seen at open).
+        let attr = self.client.meta().getattr(ino, false).await?;
+        let now = (attr.mtime_ns, attr.ctime_ns, attr.size);
+        let keep_cache = lock(&self.seen).insert(ino, now) == Some(now);
+        let inode = {
+            let mut inodes = lock(&self.inodes);
+            inodes
+                .entry(ino)
+                .or_insert_with(|| {
+                    Arc::new(OpenInode {
+                        writer: tokio::sync::Mutex::new(self.client.writer(ino)),
+                        handles: AtomicU64::new(0),
+                        version: AtomicU64::new(0),
+                        pending_end: AtomicU64::new(0),
+                    })
+                })
+                .clone()
+        };
+        inode.handles.fetch_add(1, Ordering::AcqRel);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let handle = Arc::new(Handle {
+            ino,
+            inode,
+            reader: tokio::sync::Mutex::new(None),
+        });
+        lock(&self.handles).insert(fh, handle);
+        Ok((fh, keep_cache))
+    }
+
+    #[instrument(skip(self))]
+    pub async fn create(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        who: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        let attr = self
+            .mknod(parent, name, FileKind::Regular, mode, 0, who)
+            .await?;
+        let (fh, _) = self.open(attr.ino).await?;
+        Ok((attr, fh))
+    }
+
+    #[instrument(skip(self))]
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        self.flush_inode(&h.inode).await?;
+        let version = h.inode.version.load(Ordering::Acquire);
+        let mut reader = h.reader.lock().await;
+        let fresh = !matches!(&*reader, Some((v, _)) if *v == version);
+        if fresh {
+            *reader = Some((version, self.client.reader(h.ino)));
+        }
+        match reader.as_mut() {
+            Some((_, r)) => Ok(r.read(offset, u64::from(size)).await?),
+            None => refused(Errno::EIO),
+        }
+    }
+
+    #[instrument(skip(self, data), fields(len = data.len()))]
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        let len = u32::try_from(data.len()).map_err(|_| ClientError::Refused(Errno::EINVAL))?;
+        let mut w = h.inode.writer.lock().await;
+        let result = w.write(offset, data).await;
+        h.inode
+            .pending_end
+            .store(w.pending_end(), Ordering::Release);
+        if !data.is_empty() && !w.is_dirty() {
+            // The buffer filled and was flushed: readers must refetch.
+            h.inode.version.fetch_add(1, Ordering::AcqRel);
+        }
+        result?;
+        Ok(len)
+    }
+
+    /// Make a handle's inode's buffered writes durable (close, fsync).
+    #[instrument(skip(self))]
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        self.flush_inode(&h.inode).await
+    }
+
+    #[instrument(skip(self))]
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let result = self.flush_inode(&h.inode).await;
+        if result.is_ok() {
+            // Our own writes changed mtime: what the kernel cached is still right.
+            if let Ok(a) = self.client.meta().getattr(h.ino, false).await {
+                lock(&self.seen).insert(h.ino, (a.mtime_ns, a.ctime_ns, a.size));
+            }
+        }
+        lock(&self.handles).remove(&fh);
+        if h.inode.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut inodes = lock(&self.inodes);
+            // Reopened meanwhile? Then the entry is still in use.
+            if h.inode.handles.load(Ordering::Acquire) == 0 {
+                inodes.remove(&h.ino);
+            }
+        }
+        result
+    }
+
+    /// Flush every open inode (clean shutdown). Returns how many failed.
+    pub async fn flush_all(&self) -> usize {
+        let open: Vec<Arc<OpenInode>> = lock(&self.inodes).values().cloned().collect();
+        let mut failed = 0;
+        for inode in open {
+            if let Err(e) = self.flush_inode(&inode).await {
+                tracing::error!(error = %e, "flushing at shutdown failed");
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    /// Entries of a directory after `cookie`, at most one batch.
+    #[instrument(skip(self))]
+    pub async fn readdir(&self, ino: InodeId, cookie: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
+        let (mut entries, _) = self
+            .client
+            .meta()
+            .readdir(ino, cookie, READDIR_BATCH, plus, false)
+            .await?;
+        for e in &mut entries {
+            if let Some(a) = e.attr.take() {
+                e.attr = Some(self.merge(a));
+            }
+        }
+        Ok(entries)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn statfs(&self) -> FsResult<StatFs> {
+        Ok(self.client.meta().statfs(false).await?)
+    }
+
+    #[instrument(skip(self, value), fields(len = value.len()))]
+    pub async fn setxattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        Ok(self
+            .client
+            .meta()
+            .setxattr(ino, name, value, flags, None)
+            .await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn getxattr(&self, ino: InodeId, name: &[u8]) -> FsResult<Vec<u8>> {
+        Ok(self.client.meta().getxattr(ino, name, false).await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn listxattr(&self, ino: InodeId) -> FsResult<Vec<Vec<u8>>> {
+        Ok(self.client.meta().listxattr(ino, false).await?)
+    }
+
+    #[instrument(skip(self))]
+    pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
+        Ok(self.client.meta().removexattr(ino, name, None).await?)
+    }
+}

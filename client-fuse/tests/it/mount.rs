@@ -1,0 +1,112 @@
+//! `mobilus-mount` as a real process on a real FUSE mount: POSIX basics, both sites,
+//! bad input, and a clean stop.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+
+use crate::cluster::TwoSites;
+use crate::data_path::noise;
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn files_and_directories_behave_through_a_real_mount_at_both_sites() {
+    let sites = TwoSites::start().await;
+    let mut a = sites.mount("site-a");
+    let b = sites.mount("site-b");
+    let (pa, pb) = (a.point.clone(), b.point.clone());
+
+    // Bytes written at site-a read back, here and at site-b.
+    let data = noise(5 << 20 | 12345, 7);
+    std::fs::write(pa.join("f"), &data).unwrap();
+    assert_eq!(std::fs::read(pa.join("f")).unwrap(), data);
+    assert_eq!(
+        std::fs::metadata(pa.join("f")).unwrap().len(),
+        data.len() as u64
+    );
+    assert_eq!(std::fs::read(pb.join("f")).unwrap(), data, "read at site-b");
+
+    // Buffered writes are visible to stat and to reads before any close.
+    let mut f = std::fs::File::create(pa.join("g")).unwrap();
+    f.write_all(b"hello").unwrap();
+    assert_eq!(std::fs::metadata(pa.join("g")).unwrap().len(), 5);
+    f.write_all(b" world").unwrap();
+    let mut r = std::fs::File::open(pa.join("g")).unwrap();
+    let mut got = String::new();
+    r.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "hello world");
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(b"J").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(std::fs::read(pa.join("g")).unwrap(), b"Jello world");
+
+    // Directories, renames, links, symlinks, modes, truncation.
+    std::fs::create_dir_all(pa.join("d/e")).unwrap();
+    std::fs::rename(pa.join("g"), pa.join("d/e/h")).unwrap();
+    std::fs::hard_link(pa.join("d/e/h"), pa.join("d/h2")).unwrap();
+    assert_eq!(std::fs::metadata(pa.join("d/h2")).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("e/h", pa.join("d/s")).unwrap();
+    assert_eq!(std::fs::read(pa.join("d/s")).unwrap(), b"Jello world");
+    let mut names: Vec<String> = std::fs::read_dir(pa.join("d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["e", "h2", "s"]);
+    std::fs::set_permissions(pa.join("d/h2"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        std::fs::metadata(pa.join("d/e/h")).unwrap().mode() & 0o777,
+        0o600
+    );
+    let t = std::fs::OpenOptions::new()
+        .write(true)
+        .open(pa.join("d/h2"))
+        .unwrap();
+    t.set_len(5).unwrap();
+    drop(t);
+    assert_eq!(std::fs::read(pa.join("d/e/h")).unwrap(), b"Jello");
+    let mut app = std::fs::OpenOptions::new()
+        .append(true)
+        .open(pa.join("d/e/h"))
+        .unwrap();
+    app.write_all(b"!").unwrap();
+    drop(app);
+    assert_eq!(std::fs::read(pa.join("d/e/h")).unwrap(), b"Jello!");
+    std::fs::remove_file(pa.join("d/h2")).unwrap();
+    std::fs::remove_file(pa.join("d/s")).unwrap();
+    std::fs::remove_file(pa.join("d/e/h")).unwrap();
+    assert_eq!(
+        errno(std::fs::remove_dir(pa.join("d")).unwrap_err()),
+        libc::ENOTEMPTY
+    );
+    std::fs::remove_dir(pa.join("d/e")).unwrap();
+    std::fs::remove_dir(pa.join("d")).unwrap();
+    assert_eq!(
+        errno(std::fs::metadata(pa.join("d")).unwrap_err()),
+        libc::ENOENT
+    );
+
+    // Bad input: a name over 255 bytes, a write past the largest file size.
+    let long = "n".repeat(256);
+    assert_eq!(
+        errno(std::fs::write(pa.join(long), b"x").unwrap_err()),
+        libc::ENAMETOOLONG
+    );
+    let big = std::fs::File::create(pa.join("big")).unwrap();
+    assert_eq!(errno(big.write_at(b"x", 1 << 50).unwrap_err()), libc::EFBIG);
+    drop(big);
+
+    // SIGTERM: buffered writes are flushed, then the mount goes away.
+    let mut w = std::fs::File::create(pa.join("last")).unwrap();
+    w.write_all(b"flushed at shutdown").unwrap();
+    std::mem::forget(w); // still open, still buffered, when the mount stops
+    assert!(a.stop(), "mobilus-mount did not stop cleanly:\n{}", a.log());
+    assert!(!a.is_mounted());
+    assert_eq!(
+        std::fs::read(pb.join("last")).unwrap(),
+        b"flushed at shutdown"
+    );
+}
