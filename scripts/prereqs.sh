@@ -11,6 +11,8 @@ command -v c++ >/dev/null 2>&1 || need+=(build-essential)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v sccache >/dev/null 2>&1 || need+=(sccache)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# pjdfstest (built below) links libacl; the SQLite and git suites drive the real tools.
+dpkg -s libacl1-dev >/dev/null 2>&1 || need+=(libacl1-dev)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing: ${need[*]}"
@@ -22,3 +24,15 @@ fi
 
 command -v cargo >/dev/null 2>&1 || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q clippy || rustup component add clippy rustfmt
+
+# The POSIX suites run against a real mount (client-fuse/tests/it/posix_suites.rs).
+# Pinned versions; built once per machine, with sccache when there is one.
+command -v sccache >/dev/null 2>&1 && export RUSTC_WRAPPER=sccache
+command -v pjdfstest >/dev/null 2>&1 || cargo install --locked --quiet pjdfstest --version 0.2.2
+command -v fsx >/dev/null 2>&1 || cargo install --locked --quiet fsx --version 0.3.2
+# pjdfstest switches to a user `tests` (and `nobody`) to check permissions.
+if ! id tests >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd useradd --no-create-home --user-group tests
+fi

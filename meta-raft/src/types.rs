@@ -88,6 +88,12 @@ pub enum Op {
         parent: InodeId,
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
+        /// The caller has the file open: a last link leaves an orphan, not a deletion.
+        keep_open: bool,
+    },
+    /// The last handle of an orphan closed: delete it if it still has no link.
+    ReleaseOrphan {
+        ino: InodeId,
     },
     Rmdir {
         parent: InodeId,
@@ -154,6 +160,7 @@ impl Op {
             Op::Symlink { .. } => "symlink",
             Op::Link { .. } => "link",
             Op::Unlink { .. } => "unlink",
+            Op::ReleaseOrphan { .. } => "release_orphan",
             Op::Rmdir { .. } => "rmdir",
             Op::Rename { .. } => "rename",
             Op::SetAttr { .. } => "setattr",

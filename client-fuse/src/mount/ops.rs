@@ -7,7 +7,7 @@
 //! them: reads and truncates flush first, getattr reports the buffered size.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use mobilus_proto::fs::{Attr, DirEntry, FileKind, InodeId, SetAttr, StatFs};
@@ -36,6 +36,8 @@ struct OpenInode {
     version: AtomicU64,
     /// The buffered size (see `FileWriter::pending_end`), readable without the lock.
     pending_end: AtomicU64,
+    /// Unlinked while open here: the metadata keeps it until the last handle closes.
+    orphan: AtomicBool,
 }
 
 struct Handle {
@@ -216,7 +218,22 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
-        self.client.meta().unlink(parent, name, None).await?;
+        // A file open here stays usable through its handles until the last one closes.
+        let open = if lock(&self.inodes).is_empty() {
+            None
+        } else {
+            match self.client.meta().lookup(parent, name, false).await {
+                Ok(a) => self.open_inode(a.ino),
+                Err(_) => None,
+            }
+        };
+        if let Some(open) = &open {
+            open.orphan.store(true, Ordering::Release);
+        }
+        self.client
+            .meta()
+            .unlink_open(parent, name, None, open.is_some())
+            .await?;
         Ok(())
     }
 
@@ -270,6 +287,7 @@ impl MountFs {
                         handles: AtomicU64::new(0),
                         version: AtomicU64::new(0),
                         pending_end: AtomicU64::new(0),
+                        orphan: AtomicBool::new(false),
                     })
                 })
                 .clone()
@@ -352,10 +370,17 @@ impl MountFs {
         }
         lock(&self.handles).remove(&fh);
         if h.inode.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let mut inodes = lock(&self.inodes);
-            // Reopened meanwhile? Then the entry is still in use.
-            if h.inode.handles.load(Ordering::Acquire) == 0 {
-                inodes.remove(&h.ino);
+            let last = {
+                let mut inodes = lock(&self.inodes);
+                // Reopened meanwhile? Then the entry is still in use.
+                let last = h.inode.handles.load(Ordering::Acquire) == 0;
+                if last {
+                    inodes.remove(&h.ino);
+                }
+                last
+            };
+            if last && h.inode.orphan.load(Ordering::Acquire) {
+                self.client.meta().release_orphan(h.ino).await?;
             }
         }
         result

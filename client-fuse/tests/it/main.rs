@@ -6,3 +6,4 @@ mod data_path;
 mod disk_full;
 mod gc;
 mod mount;
+mod posix_suites;

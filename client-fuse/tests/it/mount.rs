@@ -89,6 +89,38 @@ async fn files_and_directories_behave_through_a_real_mount_at_both_sites() {
         libc::ENOENT
     );
 
+    // An unlinked file stays readable and writable through its open handle.
+    let mut o = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(pa.join("orphan"))
+        .unwrap();
+    o.write_all(b"still here").unwrap();
+    std::fs::remove_file(pa.join("orphan")).unwrap();
+    assert_eq!(
+        errno(std::fs::metadata(pa.join("orphan")).unwrap_err()),
+        libc::ENOENT
+    );
+    o.write_all(b", and more").unwrap();
+    o.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = String::new();
+    o.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "still here, and more");
+    assert_eq!(o.metadata().unwrap().nlink(), 0);
+    let files_before = nix::sys::statvfs::statvfs(&pa).unwrap().files_free();
+    drop(o);
+    // The kernel sends `release` after close returns: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while nix::sys::statvfs::statvfs(&pa).unwrap().files_free() != files_before + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last close did not free the orphan"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
     // Bad input: a name over 255 bytes, a write past the largest file size.
     let long = "n".repeat(256);
     assert_eq!(

@@ -403,10 +403,23 @@ impl MetaClient {
         name: &[u8],
         fence: Option<Fence>,
     ) -> Result<(InodeId, u32), ClientError> {
+        self.unlink_open(parent, name, fence, false).await
+    }
+
+    /// Unlink a file the caller still has open (`keep_open`): if it was the last link,
+    /// the inode lives on as an orphan until [`MetaClient::release_orphan`].
+    pub async fn unlink_open(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        fence: Option<Fence>,
+        keep_open: bool,
+    ) -> Result<(InodeId, u32), ClientError> {
         let req = pb::UnlinkRequest {
             parent,
             name: name.to_vec(),
             fence: fence.map(Into::into),
+            keep_open,
         };
         let r = self
             .call("unlink", |ch| {
@@ -416,6 +429,16 @@ impl MetaClient {
             .await?
             .into_inner();
         Ok((r.ino, r.nlink))
+    }
+
+    /// The last handle of an orphan closed: delete it unless it was linked again.
+    pub async fn release_orphan(&self, ino: InodeId) -> Result<(), ClientError> {
+        let req = pb::ReleaseOrphanRequest { ino };
+        self.call("release_orphan", |ch| async move {
+            Self::meta(ch).release_orphan(req).await
+        })
+        .await?;
+        Ok(())
     }
 
     pub async fn rmdir(

@@ -215,16 +215,32 @@ fn destroy(txn: &mut Txn<'_>, rec: &InodeRecord, now: i64) -> Result<(), NsError
 }
 
 /// Drop one link of `child` (already removed from its directory).
-fn drop_link(txn: &mut Txn<'_>, now: i64, child: InodeId) -> Result<u32, NsError> {
+fn drop_link(txn: &mut Txn<'_>, now: i64, child: InodeId, keep_open: bool) -> Result<u32, NsError> {
     let mut rec = load(txn, child)?;
     rec.attr.nlink = rec.attr.nlink.saturating_sub(1);
     rec.attr.ctime_ns = now;
-    if rec.attr.nlink == 0 {
+    if rec.attr.nlink == 0 && !keep_open {
         destroy(txn, &rec, now)?;
     } else {
+        if rec.attr.nlink == 0 {
+            txn.put(Cf::Orphans, keys::ino(child), &now)?;
+        }
         save(txn, &rec)?;
     }
     Ok(rec.attr.nlink)
+}
+
+/// Delete an orphan whose last handle closed (a no-op for an inode that is not one).
+pub(crate) fn release_orphan(txn: &mut Txn<'_>, now: i64, ino: InodeId) -> Result<(), NsError> {
+    if txn.get::<i64>(Cf::Orphans, &keys::ino(ino))?.is_none() {
+        return Ok(());
+    }
+    txn.delete(Cf::Orphans, keys::ino(ino));
+    let rec = load(txn, ino)?;
+    if rec.attr.nlink == 0 {
+        destroy(txn, &rec, now)?;
+    }
+    Ok(())
 }
 
 pub(crate) fn unlink(
@@ -232,6 +248,7 @@ pub(crate) fn unlink(
     now: i64,
     parent: InodeId,
     name: &[u8],
+    keep_open: bool,
 ) -> Result<OpReply, NsError> {
     validate_name(name)?;
     let mut p = load_dir(txn, parent)?;
@@ -245,7 +262,7 @@ pub(crate) fn unlink(
     remove_entry(txn, parent, name, &d);
     touch_dir(&mut p, now);
     save(txn, &p)?;
-    let nlink = drop_link(txn, now, d.ino)?;
+    let nlink = drop_link(txn, now, d.ino, keep_open)?;
     Ok(OpReply::Unlinked { ino: d.ino, nlink })
 }
 
@@ -361,7 +378,7 @@ pub(crate) fn rename(
             let tgt = load(txn, td.ino)?;
             destroy(txn, &tgt, now)?;
         } else {
-            drop_link(txn, now, td.ino)?;
+            drop_link(txn, now, td.ino, false)?;
         }
     }
     let mut dp = load(txn, new_parent)?;

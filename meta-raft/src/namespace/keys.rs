@@ -29,6 +29,8 @@ pub enum Cf {
     Sys,
     /// site ‖ 0 ‖ address → `DataNodeInfo`: the site registry
     Nodes,
+    /// ino → time it became an orphan (no link, still open somewhere)
+    Orphans,
     /// data-node GC: `g` ‖ address → generation; `c` ‖ hash ‖ address and
     /// `n` ‖ address ‖ 0 ‖ hash → condemned time; tombstones `t` ‖ hash ‖ address →
     /// generation and `d` ‖ address ‖ 0 ‖ generation ‖ hash
@@ -37,7 +39,7 @@ pub enum Cf {
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Inodes,
         Cf::Dentries,
         Cf::Cookies,
@@ -49,6 +51,7 @@ impl Cf {
         Cf::Sys,
         Cf::Nodes,
         Cf::Gc,
+        Cf::Orphans,
     ];
 
     /// The RocksDB name of this column family.
@@ -65,6 +68,7 @@ impl Cf {
             Cf::Sys => "sys",
             Cf::Nodes => "nodes",
             Cf::Gc => "gc",
+            Cf::Orphans => "orphans",
         }
     }
 }

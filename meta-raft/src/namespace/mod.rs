@@ -256,7 +256,12 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
             new_parent,
             new_name,
         } => dir::link(txn, now, *ino, *new_parent, new_name).map(OpReply::Attr),
-        Op::Unlink { parent, name } => dir::unlink(txn, now, *parent, name),
+        Op::Unlink {
+            parent,
+            name,
+            keep_open,
+        } => dir::unlink(txn, now, *parent, name, *keep_open),
+        Op::ReleaseOrphan { ino } => dir::release_orphan(txn, now, *ino).map(|()| OpReply::Done),
         Op::Rmdir { parent, name } => dir::rmdir(txn, now, *parent, name).map(|()| OpReply::Done),
         Op::Rename {
             parent,

@@ -132,6 +132,7 @@ impl Meta for MetaSvc {
                 Op::Unlink {
                     parent: r.parent,
                     name: r.name,
+                    keep_open: r.keep_open,
                 },
             )
             .await?
@@ -139,6 +140,14 @@ impl Meta for MetaSvc {
             OpReply::Unlinked { ino, nlink } => Ok(Response::new(pb::UnlinkReply { ino, nlink })),
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    async fn release_orphan(&self, r: Request<pb::ReleaseOrphanRequest>) -> Reply<pb::Empty> {
+        let op = Op::ReleaseOrphan {
+            ino: r.into_inner().ino,
+        };
+        self.op(None, op).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn rmdir(&self, r: Request<pb::RmdirRequest>) -> Reply<pb::Empty> {

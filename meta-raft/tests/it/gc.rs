@@ -104,6 +104,7 @@ fn only_chunks_unreferenced_for_the_grace_period_are_condemned() {
         Op::Unlink {
             parent: ROOT_INO,
             name: b"g".to_vec(),
+            keep_open: false,
         },
     )
     .unwrap();

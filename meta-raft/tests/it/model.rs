@@ -262,7 +262,7 @@ impl Model {
                 n.ctime = now;
                 Ok(OpReply::Attr(self.attr(*ino)))
             }
-            Op::Unlink { parent, name } => {
+            Op::Unlink { parent, name, .. } => {
                 check_name(name)?;
                 let p = self.dir(*parent)?;
                 if dot(name) {
@@ -402,6 +402,8 @@ impl Model {
             Op::RegisterDataNode { .. } => Ok(OpReply::GcGen(0)),
             // Not generated: GC has its own tests (`gc.rs`).
             Op::Condemn { .. } | Op::ForgetCondemned { .. } => Ok(OpReply::Done),
+            // Not generated: orphans are tested through a mount.
+            Op::ReleaseOrphan { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices, .. } => {
                 match self.get(*ino)?.kind {
                     FileKind::Regular => {}
@@ -625,6 +627,7 @@ fn to_op(g: &Gen, known: &[u64]) -> Op {
         Gen::Unlink(p, n) => Op::Unlink {
             parent: ino(p),
             name: name(n),
+            keep_open: false,
         },
         Gen::Rmdir(p, n) => Op::Rmdir {
             parent: ino(p),

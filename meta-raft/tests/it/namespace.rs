@@ -76,6 +76,7 @@ fn a_directory_of_100k_entries_pages_exactly_once_each_while_it_changes() {
                 Op::Unlink {
                     parent: dir.ino,
                     name: victim.clone().into_bytes(),
+                    keep_open: false,
                 },
             );
             removed.insert(victim);
@@ -134,6 +135,7 @@ async fn a_batched_entry_applies_its_commands_in_order_as_one_transaction() {
         cmd(Op::Unlink {
             parent: 2,
             name: b"f".to_vec(),
+            keep_open: false,
         }),
         cmd(Op::Rmdir {
             parent: ROOT_INO,
