@@ -93,3 +93,53 @@ async fn pjdfstest_passes_on_a_mount() {
         "these pass now; remove them from pjdfstest-expected.txt: {fixed:#?}"
     );
 }
+
+/// fsx operations for the test run; `FSX_OPS` raises it for the long, documented run.
+fn fsx_ops() -> u64 {
+    std::env::var("FSX_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+const FSX_CONFIG: &str = r#"
+# The defaults (read, write, mapread, mapwrite, truncate) plus closes and fsyncs, which
+# make the mount flush its buffers and reopen its readers.
+[weights]
+close_open = 0.05
+fsync = 0.05
+fdatasync = 0.05
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fsx_finds_no_miscompare_on_a_mount() {
+    let sites = TwoSites::start().await;
+    let m = sites.mount("site-a");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("fsx.toml");
+    std::fs::write(&config, FSX_CONFIG).unwrap();
+    let ops = fsx_ops();
+    let started = std::time::Instant::now();
+    let out = Command::new("fsx")
+        .arg("-N")
+        .arg(ops.to_string())
+        .args(["-S", "42", "-q", "-f"])
+        .arg(&config)
+        .arg("-P")
+        .arg(dir.path())
+        .arg(m.point.join("fsx.file"))
+        .output()
+        .expect("fsx is installed by scripts/prereqs.sh (cargo install fsx)");
+    eprintln!(
+        "fsx: {ops} operations in {:.1} s, exit {}",
+        started.elapsed().as_secs_f64(),
+        out.status
+    );
+    assert!(
+        out.status.success(),
+        "fsx failed:\n{}\n{}\nmount log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+}
