@@ -332,6 +332,20 @@ impl FileReader {
 
     /// `[offset, offset+len)`, clamped to the file size; holes read as zeros.
     pub async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+        Ok(self.read_sized(offset, len).await?.0)
+    }
+
+    /// Like [`FileReader::read`], also returning the file size the bytes were cut at.
+    pub async fn read_sized(
+        &mut self,
+        offset: u64,
+        len: u64,
+    ) -> Result<(Vec<u8>, u64), ClientError> {
+        let size = self.window_for(offset, len).await?.size;
+        Ok((self.read_window(offset, len).await?, size))
+    }
+
+    async fn read_window(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
         let w = self.window_for(offset, len).await?;
         let end = offset.saturating_add(len).min(w.size);
         if offset >= end {
@@ -430,6 +444,33 @@ impl FileWriter {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// The file as this writer sees it: `committed` holds the committed bytes from
+    /// `offset` (as a reader returned them, so cut at the committed size
+    /// `committed_size`), and the buffered writes are laid over them. Returns at most
+    /// `len` bytes, cut at the size the buffered writes give the file.
+    pub fn overlay(
+        &self,
+        offset: u64,
+        len: u64,
+        mut committed: Vec<u8>,
+        committed_size: u64,
+    ) -> Vec<u8> {
+        let size = committed_size.max(self.pending_end());
+        let end = offset.saturating_add(len).min(size);
+        if offset >= end {
+            return Vec::new();
+        }
+        committed.resize((end - offset) as usize, 0);
+        for (at, buf) in &self.pending {
+            let (a, b) = ((*at).max(offset), (at + buf.len() as u64).min(end));
+            if a < b {
+                committed[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&buf[(a - at) as usize..(b - at) as usize]);
+            }
+        }
+        committed
     }
 
     /// Whether writes are buffered, not yet flushed.

@@ -134,7 +134,7 @@ fn force_unmount(mountpoint: &std::path::Path) {
 async fn run(args: Args) -> anyhow::Result<()> {
     let s = settings(&args)?;
     let client = connect(&s).await?;
-    let fs = Arc::new(MountFs::new(client));
+    let fs = Arc::new(MountFs::new(client, s.tuning.attr_ttl));
     let config = mount::config(&s.site, s.threads);
     let session = mount::spawn(
         fs.clone(),

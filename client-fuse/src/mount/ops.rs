@@ -12,11 +12,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mobilus_proto::fs::{Attr, DirEntry, FileKind, InodeId, SetAttr, StatFs};
 use mobilus_proto::status::Errno;
+use std::time::{Duration, Instant};
+
 use tracing::instrument;
 
 use crate::client::{Client, ClientError, FileReader, FileWriter};
 
 const S_ISGID: u32 = 0o2000;
+const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Entries one readdir call asks the metadata for.
 const READDIR_BATCH: u32 = 512;
 
@@ -38,6 +41,10 @@ struct OpenInode {
     pending_end: AtomicU64,
     /// Unlinked while open here: the metadata keeps it until the last handle closes.
     orphan: AtomicBool,
+    /// Its attributes as this mount sees them, and when they were last committed ones:
+    /// served without asking the metadata while writes are buffered or for the cache
+    /// TTL after a commit (every write and truncate makes the kernel ask again).
+    attr: Mutex<(Attr, Instant)>,
 }
 
 struct Handle {
@@ -60,6 +67,18 @@ pub struct MountFs {
     next_fh: AtomicU64,
     /// (mtime, ctime, size) of each inode at its last open, for FOPEN_KEEP_CACHE.
     seen: Mutex<HashMap<InodeId, (i64, i64, u64)>>,
+    /// Inodes known, since the instant recorded, to have no `security.capability`: the
+    /// kernel asks before every write, and the answer is almost always "none".
+    no_caps: Mutex<HashMap<InodeId, Instant>>,
+    /// How long such knowledge (like the kernel's attribute cache) is trusted.
+    cache_ttl: Duration,
+}
+
+fn wall_clock_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -67,13 +86,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MountFs {
-    pub fn new(client: Client) -> Self {
+    pub fn new(client: Client, cache_ttl: Duration) -> Self {
         MountFs {
             client,
             inodes: Mutex::default(),
             handles: Mutex::default(),
             next_fh: AtomicU64::new(1),
             seen: Mutex::default(),
+            no_caps: Mutex::default(),
+            cache_ttl,
         }
     }
 
@@ -106,6 +127,9 @@ impl MountFs {
             let result = w.flush().await;
             inode.pending_end.store(w.pending_end(), Ordering::Release);
             inode.version.fetch_add(1, Ordering::AcqRel);
+            if let Ok(Some(attr)) = &result {
+                *lock(&inode.attr) = (attr.clone(), Instant::now());
+            }
             result?;
         }
         Ok(())
@@ -119,7 +143,19 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
+        let open = self.open_inode(ino);
+        if let Some(open) = &open {
+            let (attr, at) = lock(&open.attr).clone();
+            if open.pending_end.load(Ordering::Acquire) > 0 || at.elapsed() < self.cache_ttl {
+                return Ok(attr);
+            }
+        }
         let attr = self.client.meta().getattr(ino, false).await?;
+        if let Some(open) = &open {
+            if open.pending_end.load(Ordering::Acquire) == 0 {
+                *lock(&open.attr) = (attr.clone(), Instant::now());
+            }
+        }
         Ok(self.merge(attr))
     }
 
@@ -133,6 +169,16 @@ impl MountFs {
         let attr = self.client.meta().setattr(ino, &set, None).await?;
         if let Some(open) = &open {
             open.version.fetch_add(1, Ordering::AcqRel);
+            let mut guard = lock(&open.attr);
+            let (size, mtime, ctime) = (guard.0.size, guard.0.mtime_ns, guard.0.ctime_ns);
+            *guard = (attr.clone(), Instant::now());
+            let cached = &mut guard.0;
+            if open.pending_end.load(Ordering::Acquire) > 0 {
+                // Buffered writes still extend it and set its times.
+                cached.size = cached.size.max(size);
+                cached.mtime_ns = cached.mtime_ns.max(mtime);
+                cached.ctime_ns = cached.ctime_ns.max(ctime);
+            }
         }
         Ok(self.merge(attr))
     }
@@ -288,6 +334,7 @@ impl MountFs {
                         version: AtomicU64::new(0),
                         pending_end: AtomicU64::new(0),
                         orphan: AtomicBool::new(false),
+                        attr: Mutex::new((attr.clone(), Instant::now())),
                     })
                 })
                 .clone()
@@ -318,20 +365,26 @@ impl MountFs {
         Ok((attr, fh))
     }
 
+    /// Committed bytes with this mount's buffered writes laid over them (the writer is
+    /// locked throughout, so a flush cannot move bytes between the two meanwhile).
     #[instrument(skip(self))]
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.handle(fh)?;
-        self.flush_inode(&h.inode).await?;
+        let writer = h.inode.writer.lock().await;
         let version = h.inode.version.load(Ordering::Acquire);
         let mut reader = h.reader.lock().await;
         let fresh = !matches!(&*reader, Some((v, _)) if *v == version);
         if fresh {
             *reader = Some((version, self.client.reader(h.ino)));
         }
-        match reader.as_mut() {
-            Some((_, r)) => Ok(r.read(offset, u64::from(size)).await?),
-            None => refused(Errno::EIO),
+        let Some((_, r)) = reader.as_mut() else {
+            return refused(Errno::EIO);
+        };
+        let (committed, committed_size) = r.read_sized(offset, u64::from(size)).await?;
+        if !writer.is_dirty() {
+            return Ok(committed);
         }
+        Ok(writer.overlay(offset, u64::from(size), committed, committed_size))
     }
 
     #[instrument(skip(self, data), fields(len = data.len()))]
@@ -343,6 +396,14 @@ impl MountFs {
         h.inode
             .pending_end
             .store(w.pending_end(), Ordering::Release);
+        if result.is_ok() && w.is_dirty() {
+            let mut guard = lock(&h.inode.attr);
+            let cached = &mut guard.0;
+            let now = wall_clock_ns();
+            cached.size = cached.size.max(offset + data.len() as u64);
+            cached.mtime_ns = now;
+            cached.ctime_ns = now;
+        }
         if !data.is_empty() && !w.is_dirty() {
             // The buffer filled and was flushed: readers must refetch.
             h.inode.version.fetch_add(1, Ordering::AcqRel);
@@ -428,6 +489,9 @@ impl MountFs {
         value: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        if name == SECURITY_CAPABILITY {
+            lock(&self.no_caps).remove(&ino);
+        }
         Ok(self
             .client
             .meta()
@@ -437,7 +501,18 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn getxattr(&self, ino: InodeId, name: &[u8]) -> FsResult<Vec<u8>> {
-        Ok(self.client.meta().getxattr(ino, name, false).await?)
+        let caps = name == SECURITY_CAPABILITY;
+        if caps {
+            let known = lock(&self.no_caps).get(&ino).copied();
+            if known.is_some_and(|at| at.elapsed() < self.cache_ttl) {
+                return refused(Errno::ENODATA);
+            }
+        }
+        let result = self.client.meta().getxattr(ino, name, false).await;
+        if caps && matches!(&result, Err(e) if e.to_errno() == Errno::ENODATA) {
+            lock(&self.no_caps).insert(ino, Instant::now());
+        }
+        Ok(result?)
     }
 
     #[instrument(skip(self))]

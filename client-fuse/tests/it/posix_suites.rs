@@ -117,7 +117,12 @@ async fn fsx_finds_no_miscompare_on_a_mount() {
     let m = sites.mount("site-a");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("fsx.toml");
-    std::fs::write(&config, FSX_CONFIG).unwrap();
+    // `FSX_CONFIG` names another fsx config file (other operation weights).
+    let text = match std::env::var("FSX_CONFIG") {
+        Ok(path) => std::fs::read_to_string(path).unwrap(),
+        Err(_) => FSX_CONFIG.to_string(),
+    };
+    std::fs::write(&config, text).unwrap();
     let ops = fsx_ops();
     let started = std::time::Instant::now();
     let out = Command::new("fsx")
