@@ -13,6 +13,8 @@ command -v sccache >/dev/null 2>&1 || need+=(sccache)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # pjdfstest (built below) links libacl; the SQLite and git suites drive the real tools.
 dpkg -s libacl1-dev >/dev/null 2>&1 || need+=(libacl1-dev)
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
+command -v git >/dev/null 2>&1 || need+=(git)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing: ${need[*]}"

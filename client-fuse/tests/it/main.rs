@@ -1,6 +1,7 @@
 //! The client data path against real processes: 3 metadata members, and one data node
 //! at each of two sites.
 
+mod apps;
 mod cluster;
 mod data_path;
 mod disk_full;
