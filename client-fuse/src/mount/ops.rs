@@ -44,7 +44,7 @@ struct OpenInode {
     /// Its attributes as this mount sees them, and when they were last committed ones:
     /// served without asking the metadata while writes are buffered or for the cache
     /// TTL after a commit (every write and truncate makes the kernel ask again).
-    attr: Mutex<(Attr, Instant)>,
+    attr: Mutex<(Attr, Option<Instant>)>,
 }
 
 struct Handle {
@@ -121,6 +121,30 @@ impl MountFs {
         attr
     }
 
+    /// An operation answered `attr` for an inode open here: keep its cached attributes
+    /// (buffered writes still extend the size and set the times).
+    fn refresh_cached(&self, attr: &Attr) {
+        let Some(open) = self.open_inode(attr.ino) else {
+            return;
+        };
+        let mut guard = lock(&open.attr);
+        let old = guard.0.clone();
+        guard.0 = attr.clone();
+        if open.pending_end.load(Ordering::Acquire) > 0 {
+            guard.0.size = attr.size.max(old.size);
+            guard.0.mtime_ns = attr.mtime_ns.max(old.mtime_ns);
+        }
+        guard.1 = Some(Instant::now());
+    }
+
+    /// Forget the cached attributes of an inode open here (an operation changed them
+    /// without answering them).
+    fn invalidate_cached(&self, ino: InodeId) {
+        if let Some(open) = self.open_inode(ino) {
+            lock(&open.attr).1 = None;
+        }
+    }
+
     async fn flush_inode(&self, inode: &OpenInode) -> FsResult<()> {
         let mut w = inode.writer.lock().await;
         if w.is_dirty() {
@@ -128,7 +152,7 @@ impl MountFs {
             inode.pending_end.store(w.pending_end(), Ordering::Release);
             inode.version.fetch_add(1, Ordering::AcqRel);
             if let Ok(Some(attr)) = &result {
-                *lock(&inode.attr) = (attr.clone(), Instant::now());
+                *lock(&inode.attr) = (attr.clone(), Some(Instant::now()));
             }
             result?;
         }
@@ -146,14 +170,15 @@ impl MountFs {
         let open = self.open_inode(ino);
         if let Some(open) = &open {
             let (attr, at) = lock(&open.attr).clone();
-            if open.pending_end.load(Ordering::Acquire) > 0 || at.elapsed() < self.cache_ttl {
+            let fresh = at.is_some_and(|at| at.elapsed() < self.cache_ttl);
+            if open.pending_end.load(Ordering::Acquire) > 0 || fresh {
                 return Ok(attr);
             }
         }
         let attr = self.client.meta().getattr(ino, false).await?;
         if let Some(open) = &open {
             if open.pending_end.load(Ordering::Acquire) == 0 {
-                *lock(&open.attr) = (attr.clone(), Instant::now());
+                *lock(&open.attr) = (attr.clone(), Some(Instant::now()));
             }
         }
         Ok(self.merge(attr))
@@ -171,7 +196,7 @@ impl MountFs {
             open.version.fetch_add(1, Ordering::AcqRel);
             let mut guard = lock(&open.attr);
             let (size, mtime, ctime) = (guard.0.size, guard.0.mtime_ns, guard.0.ctime_ns);
-            *guard = (attr.clone(), Instant::now());
+            *guard = (attr.clone(), Some(Instant::now()));
             let cached = &mut guard.0;
             if open.pending_end.load(Ordering::Acquire) > 0 {
                 // Buffered writes still extend it and set its times.
@@ -276,10 +301,17 @@ impl MountFs {
         if let Some(open) = &open {
             open.orphan.store(true, Ordering::Release);
         }
-        self.client
+        let (_, nlink) = self
+            .client
             .meta()
             .unlink_open(parent, name, None, open.is_some())
             .await?;
+        if let Some(open) = &open {
+            let mut guard = lock(&open.attr);
+            guard.0.nlink = nlink;
+            guard.0.ctime_ns = wall_clock_ns();
+            guard.1 = None;
+        }
         Ok(())
     }
 
@@ -297,11 +329,16 @@ impl MountFs {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        Ok(self
-            .client
+        // Which inodes move is not answered: look the (few) open ones up again.
+        self.client
             .meta()
             .rename(parent, name, new_parent, new_name, flags, None)
-            .await?)
+            .await?;
+        let open: Vec<InodeId> = lock(&self.inodes).keys().copied().collect();
+        for ino in open {
+            self.invalidate_cached(ino);
+        }
+        Ok(())
     }
 
     #[instrument(skip(self))]
@@ -311,6 +348,7 @@ impl MountFs {
             .meta()
             .link(ino, new_parent, new_name, None)
             .await?;
+        self.refresh_cached(&attr);
         Ok(self.merge(attr))
     }
 
@@ -334,7 +372,7 @@ impl MountFs {
                         version: AtomicU64::new(0),
                         pending_end: AtomicU64::new(0),
                         orphan: AtomicBool::new(false),
-                        attr: Mutex::new((attr.clone(), Instant::now())),
+                        attr: Mutex::new((attr.clone(), Some(Instant::now()))),
                     })
                 })
                 .clone()
@@ -492,11 +530,12 @@ impl MountFs {
         if name == SECURITY_CAPABILITY {
             lock(&self.no_caps).remove(&ino);
         }
-        Ok(self
-            .client
+        self.client
             .meta()
             .setxattr(ino, name, value, flags, None)
-            .await?)
+            .await?;
+        self.invalidate_cached(ino);
+        Ok(())
     }
 
     #[instrument(skip(self))]
@@ -522,6 +561,8 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
-        Ok(self.client.meta().removexattr(ino, name, None).await?)
+        self.client.meta().removexattr(ino, name, None).await?;
+        self.invalidate_cached(ino);
+        Ok(())
     }
 }

@@ -79,7 +79,8 @@ pub struct TwoSites {
     /// Chunk folders of site-a's and site-b's data nodes.
     pub chunk_dirs: Vec<PathBuf>,
     // Dropped in order: the processes first, then their folders.
-    _procs: Vec<Proc>,
+    /// The 3 metadata members (member id - 1), then the data nodes.
+    procs: Vec<Proc>,
     _dir: TempDir,
 }
 
@@ -167,9 +168,19 @@ impl TwoSites {
         TwoSites {
             meta_addrs,
             chunk_dirs,
-            _procs: procs,
+            procs,
             _dir: dir,
         }
+    }
+
+    /// SIGKILL the metadata leader; returns its member id.
+    pub async fn kill_meta_leader(&mut self) -> u64 {
+        let meta = MetaClient::connect(&self.meta_addrs).unwrap();
+        let leader = meta.status().await.unwrap().id;
+        let p = &mut self.procs[(leader - 1) as usize];
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+        leader
     }
 
     /// A `mobilus-mount` process of `site` on a fresh directory.
@@ -280,6 +291,14 @@ impl Mount {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL it: nothing is flushed, nothing unmounted.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -8,3 +8,4 @@ mod disk_full;
 mod gc;
 mod mount;
 mod posix_suites;
+mod resilience;

