@@ -76,9 +76,11 @@ bench() {  # $1 label, $2 dir
   mkdir -p "$2/bench"
   "$JFS" bench --big-file-size "$BIG" --small-file-size 0.125 --small-file-count 100 \
     --block-size 1 "$2/bench" 2>&1 | tee "$RUN/bench-$1.txt" >&2
+  # Progress bars leave carriage returns at the start of lines.
   awk -v label="$1" '
-    /^Written a big file/   { v=$NF; gsub(/[()]/,"",v); bw=v }
-    /^Read a big file/      { v=$NF; gsub(/[()]/,"",v); br=v }
+    { sub(/^.*\r/, "") }
+    /^Written a big file/   { v=$(NF-1); gsub(/[()]/,"",v); bw=v }
+    /^Read a big file/      { v=$(NF-1); gsub(/[()]/,"",v); br=v }
     /^Written .* small/     { sw=$(NF-6) }
     /^Read .* small/        { sr=$(NF-6) }
     /^Stated/               { st=$(NF-6) }

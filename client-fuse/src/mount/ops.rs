@@ -18,7 +18,6 @@ use tracing::instrument;
 
 use crate::client::{Client, ClientError, FileReader, FileWriter};
 
-const S_ISGID: u32 = 0o2000;
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Entries one readdir call asks the metadata for.
 const READDIR_BATCH: u32 = 512;
@@ -208,28 +207,6 @@ impl MountFs {
         Ok(self.merge(attr))
     }
 
-    /// Mode and group of a new inode in `parent`: a setgid directory passes on its group
-    /// (and, to directories, its setgid bit).
-    async fn inherit(
-        &self,
-        parent: InodeId,
-        kind: FileKind,
-        mode: u32,
-        who: Caller,
-    ) -> FsResult<(u32, u32)> {
-        let p = self.client.meta().getattr(parent, false).await?;
-        if p.mode & S_ISGID != 0 {
-            let mode = if kind == FileKind::Directory {
-                mode | S_ISGID
-            } else {
-                mode
-            };
-            Ok((mode, p.gid))
-        } else {
-            Ok((mode, who.gid))
-        }
-    }
-
     #[instrument(skip(self))]
     pub async fn mknod(
         &self,
@@ -240,11 +217,20 @@ impl MountFs {
         rdev: u32,
         who: Caller,
     ) -> FsResult<Attr> {
-        let (mode, gid) = self.inherit(parent, kind, mode & 0o7777, who).await?;
+        // The namespace applies setgid-directory inheritance itself, atomically.
         Ok(self
             .client
             .meta()
-            .mknod(parent, name, kind, mode, who.uid, gid, rdev, None)
+            .mknod(
+                parent,
+                name,
+                kind,
+                mode & 0o7777,
+                who.uid,
+                who.gid,
+                rdev,
+                None,
+            )
             .await?)
     }
 
@@ -256,13 +242,10 @@ impl MountFs {
         mode: u32,
         who: Caller,
     ) -> FsResult<Attr> {
-        let (mode, gid) = self
-            .inherit(parent, FileKind::Directory, mode & 0o7777, who)
-            .await?;
         Ok(self
             .client
             .meta()
-            .mkdir(parent, name, mode, who.uid, gid, None)
+            .mkdir(parent, name, mode & 0o7777, who.uid, who.gid, None)
             .await?)
     }
 
@@ -274,11 +257,10 @@ impl MountFs {
         target: &[u8],
         who: Caller,
     ) -> FsResult<Attr> {
-        let (_, gid) = self.inherit(parent, FileKind::Symlink, 0, who).await?;
         Ok(self
             .client
             .meta()
-            .symlink(parent, name, target, who.uid, gid, None)
+            .symlink(parent, name, target, who.uid, who.gid, None)
             .await?)
     }
 
@@ -460,12 +442,13 @@ impl MountFs {
     #[instrument(skip(self))]
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
+        let dirty = h.inode.pending_end.load(Ordering::Acquire) > 0;
         let result = self.flush_inode(&h.inode).await;
-        if result.is_ok() {
-            // Our own writes changed mtime: what the kernel cached is still right.
-            if let Ok(a) = self.client.meta().getattr(h.ino, false).await {
-                lock(&self.seen).insert(h.ino, (a.mtime_ns, a.ctime_ns, a.size));
-            }
+        if dirty && result.is_ok() {
+            // Our own writes changed mtime, but what the kernel cached is still right:
+            // remember the attributes the commit answered.
+            let a = lock(&h.inode.attr).0.clone();
+            lock(&self.seen).insert(h.ino, (a.mtime_ns, a.ctime_ns, a.size));
         }
         lock(&self.handles).remove(&fh);
         if h.inode.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
