@@ -1,8 +1,9 @@
-//! `mobilusctl dev ...`: a local cluster of real processes under one folder.
+//! `mobilusctl dev ...`: a local cluster of real processes under one folder: metadata
+//! members, one data node per site, and one FUSE mount per site at `DIR/mnt/<site>`.
 //!
 //! Each process gets `DIR/<name>/` with its data, `log` and `pid`; `DIR/cluster.toml`
 //! records the addresses. `dev up` on a folder that already has a cluster restarts the
-//! members that are not running, on the same addresses and data.
+//! processes that are not running, on the same addresses and data.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::cluster;
-use crate::devconfig::{ClusterFile, MetaMember};
+use crate::devconfig::{ClusterFile, DataMember, MetaMember, MountMember};
 use crate::output::{emit, opt, table, OutputFormat};
 
 #[derive(Subcommand, Debug)]
@@ -29,6 +30,9 @@ pub enum DevCmd {
         /// Metadata members (1, 3 or 5).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
         meta: u64,
+        /// Sites (`site-a`, `site-b`, ...), each with a data node and a mount.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=8))]
+        sites: u64,
     },
     /// Show each process of the local cluster.
     Status {
@@ -88,6 +92,21 @@ fn spawn_meta(
     listen: &str,
     extra: &[String],
 ) -> anyhow::Result<String> {
+    let mut args = vec![
+        "--id".to_string(),
+        id.to_string(),
+        "--listen".into(),
+        listen.into(),
+        "--data-dir".into(),
+        dir.join("data").to_string_lossy().into_owned(),
+    ];
+    args.extend_from_slice(extra);
+    spawn(bin, &format!("mobilus-meta {id}"), dir, &args)
+}
+
+/// Start a process in the background with `args` and `--ready-file`; returns what it
+/// wrote there once ready (its address or mountpoint).
+fn spawn(bin: &Path, what: &str, dir: &Path, args: &[String]) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
@@ -96,12 +115,9 @@ fn spawn_meta(
         .append(true)
         .open(dir.join("log"))?;
     let child = Command::new(bin)
-        .args(["--id", &id.to_string(), "--listen", listen])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
+        .args(args)
         .arg("--ready-file")
         .arg(&ready)
-        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -118,13 +134,13 @@ fn spawn_meta(
             let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             bail!(
-                "mobilus-meta {id} exited at start; its log ends with:\n{}",
+                "{what} exited at start; its log ends with:\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
         if Instant::now() > deadline {
             bail!(
-                "mobilus-meta {id} did not start within 30s (see {})",
+                "{what} did not start within 30s (see {})",
                 dir.join("log").display()
             );
         }
@@ -153,12 +169,64 @@ async fn wait_healthy(addrs: &[String], voters: usize) -> anyhow::Result<()> {
     }
 }
 
-async fn up(dir: &Path, n: u64, format: OutputFormat) -> anyhow::Result<()> {
+fn site_name(i: u64) -> String {
+    format!("site-{}", (b'a' + i as u8) as char)
+}
+
+fn is_mounted(point: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let point = point.to_string_lossy();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(point.as_ref()))
+}
+
+/// Clear a mountpoint a killed mount left behind.
+fn clear_mount(point: &Path) {
+    if is_mounted(point) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(point)
+            .status();
+    }
+}
+
+fn start_data(bin: &Path, d: &DataMember, listen: &str, metas: &str) -> anyhow::Result<String> {
+    let args: Vec<String> = vec![
+        "--site".into(),
+        d.site.clone(),
+        "--listen".into(),
+        listen.into(),
+        "--data-dir".into(),
+        d.dir.join("data").to_string_lossy().into_owned(),
+        "--meta".into(),
+        metas.into(),
+    ];
+    spawn(bin, &format!("mobilus-data {}", d.site), &d.dir, &args)
+}
+
+fn start_mount(bin: &Path, m: &MountMember, metas: &str) -> anyhow::Result<()> {
+    clear_mount(&m.mountpoint);
+    std::fs::create_dir_all(&m.mountpoint)?;
+    let args: Vec<String> = vec![
+        "--site".into(),
+        m.site.clone(),
+        "--meta".into(),
+        metas.into(),
+        m.mountpoint.to_string_lossy().into_owned(),
+    ];
+    spawn(bin, &format!("mobilus-mount {}", m.site), &m.dir, &args)
+        .context("mounting needs root (or fuse3's fusermount3 set up for your user)")?;
+    Ok(())
+}
+
+async fn up(dir: &Path, n: u64, sites: u64, format: OutputFormat) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let bin = binary("mobilus-meta")?;
     let file_path = dir.join("cluster.toml");
-    let file = if file_path.exists() {
+    let mut file = if file_path.exists() {
         let file = ClusterFile::load(&file_path)?;
         for m in &file.meta {
             if running_pid(&m.dir).is_none() {
@@ -189,14 +257,59 @@ async fn up(dir: &Path, n: u64, format: OutputFormat) -> anyhow::Result<()> {
         let file = ClusterFile {
             meta_addrs: meta.iter().map(|m| m.addr.clone()).collect(),
             meta,
+            data: Vec::new(),
+            mounts: Vec::new(),
         };
         file.save(&file_path)?;
         file
     };
     wait_healthy(&file.meta_addrs, file.meta.len()).await?;
+
+    // Sites: a data node each (restarted on its address), then a mount each.
+    let metas = file.meta_addrs.join(",");
+    if file.data.is_empty() && sites > 0 {
+        let data_bin = binary("mobilus-data")?;
+        for i in 0..sites {
+            let site = site_name(i);
+            let mut d = DataMember {
+                addr: String::new(),
+                dir: dir.join(format!("data-{site}")),
+                site: site.clone(),
+            };
+            d.addr = start_data(&data_bin, &d, "127.0.0.1:0", &metas)?;
+            file.data.push(d);
+            file.mounts.push(MountMember {
+                mountpoint: dir.join("mnt").join(&site),
+                dir: dir.join(format!("mount-{site}")),
+                site,
+            });
+        }
+        file.save(&file_path)?;
+    } else {
+        let data_bin = binary("mobilus-data")?;
+        for d in &file.data {
+            if running_pid(&d.dir).is_none() {
+                start_data(&data_bin, d, &d.addr, &metas)?;
+            }
+        }
+    }
+    if !file.mounts.is_empty() {
+        let mount_bin = binary("mobilus-mount")?;
+        for m in &file.mounts {
+            if running_pid(&m.dir).is_none() {
+                start_mount(&mount_bin, m, &metas)?;
+            }
+        }
+    }
     if format == OutputFormat::Table {
         println!("Local Mobilus cluster is up in {}", dir.display());
-        println!("  metadata: {}", file.meta_addrs.join(","));
+        println!("  metadata: {metas}");
+        for d in &file.data {
+            println!("  {}:   data node {}", d.site, d.addr);
+        }
+        for m in &file.mounts {
+            println!("  {}:   mounted at {}", m.site, m.mountpoint.display());
+        }
         println!(
             "  try:      mobilusctl --config {} cluster status",
             file_path.display()
@@ -206,11 +319,17 @@ async fn up(dir: &Path, n: u64, format: OutputFormat) -> anyhow::Result<()> {
     status(&dir, format).await
 }
 
+/// One process of the local cluster, as `dev status` shows it (stable JSON schema).
 #[derive(Serialize, Debug)]
 struct ProcessView {
     name: String,
+    /// `meta`, `data` or `mount`.
+    kind: &'static str,
+    /// Metadata member id (0 for other kinds).
     id: u64,
+    /// Listening address, or the mountpoint of a mount.
     addr: String,
+    site: Option<String>,
     pid: Option<i32>,
     running: bool,
     state: Option<String>,
@@ -240,8 +359,10 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
         };
         rows.push(ProcessView {
             name: format!("meta-{}", m.id),
+            kind: "meta",
             id: m.id,
             addr: m.addr.clone(),
+            site: None,
             pid,
             running: pid.is_some(),
             state: s.as_ref().map(|s| s.state.clone()),
@@ -250,10 +371,42 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
             log: m.dir.join("log"),
         });
     }
+    let others = file
+        .data
+        .iter()
+        .map(|d| {
+            (
+                "data",
+                format!("data-{}", d.site),
+                d.addr.clone(),
+                &d.site,
+                &d.dir,
+            )
+        })
+        .chain(file.mounts.iter().map(|m| {
+            let point = m.mountpoint.to_string_lossy().into_owned();
+            ("mount", format!("mount-{}", m.site), point, &m.site, &m.dir)
+        }));
+    for (kind, name, addr, site, pdir) in others {
+        let pid = running_pid(pdir);
+        rows.push(ProcessView {
+            name,
+            kind,
+            id: 0,
+            addr,
+            site: Some(site.clone()),
+            pid,
+            running: pid.is_some(),
+            state: None,
+            term: None,
+            last_applied: None,
+            log: pdir.join("log"),
+        });
+    }
     emit(format, &rows, |rows| {
         let mut t = table(&[
             "PROCESS",
-            "ADDRESS",
+            "ADDRESS / MOUNTPOINT",
             "PID",
             "RUNNING",
             "RAFT STATE",
@@ -275,6 +428,23 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
     })
 }
 
+/// SIGTERM, then SIGKILL after `grace`; true if it had been running.
+fn stop(pdir: &Path, grace: Duration) -> bool {
+    let Some(pid) = running_pid(pdir) else {
+        return false;
+    };
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = std::fs::remove_file(pdir.join("pid"));
+    true
+}
+
 fn down(dir: &Path) -> anyhow::Result<()> {
     let path = dir.join("cluster.toml");
     if !path.exists() {
@@ -282,20 +452,16 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     }
     let file = ClusterFile::load(&path)?;
     let mut stopped = 0;
+    // Mounts first (they flush to the data nodes and the metadata), metadata last.
+    for m in &file.mounts {
+        stopped += usize::from(stop(&m.dir, Duration::from_secs(30)));
+        clear_mount(&m.mountpoint);
+    }
+    for d in &file.data {
+        stopped += usize::from(stop(&d.dir, Duration::from_secs(10)));
+    }
     for m in &file.meta {
-        let Some(pid) = running_pid(&m.dir) else {
-            continue;
-        };
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if alive(pid) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = std::fs::remove_file(m.dir.join("pid"));
-        stopped += 1;
+        stopped += usize::from(stop(&m.dir, Duration::from_secs(10)));
     }
     println!(
         "stopped {stopped} processes; data kept in {}",
@@ -306,7 +472,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
 
 pub async fn run(cmd: DevCmd, format: OutputFormat) -> anyhow::Result<()> {
     match cmd {
-        DevCmd::Up { dir, meta } => up(&dir, meta, format).await,
+        DevCmd::Up { dir, meta, sites } => up(&dir, meta, sites, format).await,
         DevCmd::Status { dir } => status(&dir, format).await,
         DevCmd::Down { dir } => down(&dir),
     }

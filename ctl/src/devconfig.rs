@@ -12,12 +12,32 @@ pub struct MetaMember {
     pub dir: PathBuf,
 }
 
+/// A data node of a local cluster.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DataMember {
+    pub site: String,
+    pub addr: String,
+    pub dir: PathBuf,
+}
+
+/// A FUSE mount of a local cluster.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct MountMember {
+    pub site: String,
+    pub mountpoint: PathBuf,
+    pub dir: PathBuf,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterFile {
     /// Addresses clients use.
     pub meta_addrs: Vec<String>,
     #[serde(default)]
     pub meta: Vec<MetaMember>,
+    #[serde(default)]
+    pub data: Vec<DataMember>,
+    #[serde(default)]
+    pub mounts: Vec<MountMember>,
 }
 
 impl ClusterFile {

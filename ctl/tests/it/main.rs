@@ -57,12 +57,25 @@ fn dev_up_status_restart_and_down_with_json_output() {
     let dir = tmp.path().join("dev");
     let dir = dir.to_str().unwrap();
     let _down = Down(dir);
-    let procs = must_json(&["dev", "up", "--dir", dir]);
-    let procs = procs.as_array().expect("array");
-    assert_eq!(procs.len(), 3);
-    assert!(procs.iter().all(|p| p["running"] == true));
+    let all = must_json(&["dev", "up", "--dir", dir]);
+    let all = all.as_array().expect("array");
+    let kinds: Vec<&str> = all.iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["meta", "meta", "meta", "data", "data", "mount", "mount"]
+    );
+    assert!(all.iter().all(|p| p["running"] == true), "{all:?}");
+    let procs: Vec<&serde_json::Value> = all.iter().filter(|p| p["kind"] == "meta").collect();
     assert_eq!(procs.iter().filter(|p| p["state"] == "Leader").count(), 1);
-    let pids: Vec<i64> = procs.iter().map(|p| p["pid"].as_i64().unwrap()).collect();
+    let pids: Vec<i64> = all.iter().map(|p| p["pid"].as_i64().unwrap()).collect();
+
+    // The mounts: written at site-a, read at site-b.
+    let (mnt_a, mnt_b) = (format!("{dir}/mnt/site-a"), format!("{dir}/mnt/site-b"));
+    std::fs::write(format!("{mnt_a}/hello"), b"from site-a").unwrap();
+    assert_eq!(
+        std::fs::read(format!("{mnt_b}/hello")).unwrap(),
+        b"from site-a"
+    );
 
     let config = format!("{dir}/cluster.toml");
     let status = must_json(&["--config", &config, "cluster", "status"]);
@@ -91,7 +104,12 @@ fn dev_up_status_restart_and_down_with_json_output() {
 
     // Down: nothing left running. Up again: same addresses, data kept.
     let out = must_ok(&["dev", "down", "--dir", dir]);
-    assert!(out.contains("stopped 3"), "{out}");
+    assert!(out.contains("stopped 7"), "{out}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(&mnt_a) && !mounts.contains(&mnt_b),
+        "{mounts}"
+    );
     for pid in &pids {
         assert!(
             !pid_alive(*pid),
@@ -100,9 +118,14 @@ fn dev_up_status_restart_and_down_with_json_output() {
     }
     let again = must_json(&["dev", "up", "--dir", dir]);
     let again = again.as_array().unwrap();
-    for (a, b) in again.iter().zip(procs) {
+    for (a, b) in again.iter().zip(all) {
         assert_eq!(a["addr"], b["addr"]);
     }
+    assert_eq!(
+        std::fs::read(format!("{mnt_b}/hello")).unwrap(),
+        b"from site-a"
+    );
+    let again: Vec<&serde_json::Value> = again.iter().filter(|p| p["kind"] == "meta").collect();
     assert!(
         again
             .iter()
