@@ -66,7 +66,7 @@ pub struct StatusView {
     pub members: Vec<MemberView>,
 }
 
-fn explain(e: ClientError) -> anyhow::Error {
+pub fn explain(e: ClientError) -> anyhow::Error {
     match e {
         ClientError::Unavailable { .. } => {
             anyhow::anyhow!("{e} — is `mobilus-meta` running? see `mobilusctl dev status`")

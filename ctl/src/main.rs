@@ -5,6 +5,7 @@
 mod cluster;
 mod dev;
 mod devconfig;
+mod nodes;
 mod output;
 
 use std::process::ExitCode;
@@ -38,6 +39,19 @@ enum Command {
     /// A local cluster of real processes under one folder.
     #[command(subcommand)]
     Dev(dev::DevCmd),
+    /// Data nodes, from the site registry.
+    #[command(subcommand)]
+    Node(nodes::NodeCmd),
+    /// Sites and their space.
+    #[command(subcommand)]
+    Site(nodes::SiteCmd),
+    /// Delete chunks no file references (after the data nodes' grace period), on every
+    /// data node now.
+    Gc {
+        /// Only count what would be collected.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +70,18 @@ fn main() -> ExitCode {
                 cluster::run(cmd, &addrs, cli.output).await
             }
             Command::Dev(cmd) => dev::run(cmd, cli.output).await,
+            Command::Node(cmd) => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                nodes::node(cmd, &cluster::connect(&addrs)?, cli.output).await
+            }
+            Command::Site(cmd) => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                nodes::site(cmd, &cluster::connect(&addrs)?, cli.output).await
+            }
+            Command::Gc { dry_run } => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                nodes::gc(&cluster::connect(&addrs)?, dry_run, cli.output).await
+            }
         }
     });
     match result {

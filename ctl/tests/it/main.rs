@@ -94,6 +94,36 @@ fn dev_up_status_restart_and_down_with_json_output() {
         "{table}"
     );
 
+    // The site registry and GC, in JSON.
+    let nodes = must_json(&["--config", &config, "node", "ls"]);
+    let nodes = nodes.as_array().unwrap();
+    let mut sites: Vec<&str> = nodes.iter().map(|n| n["site"].as_str().unwrap()).collect();
+    sites.sort();
+    assert_eq!(sites, ["site-a", "site-b"]);
+    assert!(nodes
+        .iter()
+        .all(|n| n["healthy"] == true && n["capacity_bytes"].as_u64() > Some(0)));
+    let site_rows = must_json(&["--config", &config, "site", "ls"]);
+    assert!(site_rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["nodes"] == 1 && s["healthy_nodes"] == 1));
+    for args in [vec!["gc", "--dry-run"], vec!["gc"]] {
+        let mut full = vec!["--config", config.as_str()];
+        full.extend(args);
+        let rows = must_json(&full);
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 2);
+        // The data nodes' grace period (an hour by default) keeps everything here.
+        assert!(
+            rows.iter()
+                .all(|r| r["error"].is_null() && r["deleted"] == 0),
+            "{rows:?}"
+        );
+    }
+    assert!(must_ok(&["--config", &config, "node", "ls"]).contains("site-a"));
+
     // The same through --meta, and through MOBILUS_CONFIG.
     let addrs: Vec<&str> = members
         .iter()
@@ -137,7 +167,13 @@ fn dev_up_status_restart_and_down_with_json_output() {
 
 #[test]
 fn errors_say_what_to_do_and_use_the_documented_exit_codes() {
-    // Unreachable cluster: exit 1 and a hint.
+    // Unreachable cluster: exit 1 and a hint, for every command that needs it.
+    for cmd in [["node", "ls"], ["site", "ls"]] {
+        let out = ctl(&["--meta", "127.0.0.1:1", cmd[0], cmd[1]]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is `mobilus-meta` running?"), "{err}");
+    }
     let out = ctl(&["--meta", "127.0.0.1:1", "cluster", "status"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

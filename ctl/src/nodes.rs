@@ -1,0 +1,210 @@
+//! `mobilusctl node ls`, `site ls`, `gc`: the data nodes of each site, from the site
+//! registry in the metadata, and garbage collection on them.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use mobilus_meta_client::MetaClient;
+use mobilus_proto::datapb::chunks_client::ChunksClient;
+use mobilus_proto::datapb::GcRequest;
+use mobilus_proto::fs::DataNodeInfo;
+use serde::Serialize;
+
+use crate::cluster::explain;
+use crate::output::{emit, opt, table, OutputFormat};
+
+/// A node whose last heartbeat is older than this is reported unhealthy.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(10);
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Data nodes: site, address, capacity, used, health.
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SiteCmd {
+    /// Sites: their data nodes and space.
+    Ls,
+}
+
+/// One data node, as `node ls --output json` reports it (a stable schema).
+#[derive(Serialize, Debug)]
+pub struct NodeView {
+    pub site: String,
+    pub addr: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    /// Since its last heartbeat committed, by the answering member's clock.
+    pub heartbeat_age_ms: u64,
+    pub healthy: bool,
+}
+
+/// One site, as `site ls --output json` reports it (a stable schema).
+#[derive(Serialize, Debug)]
+pub struct SiteView {
+    pub site: String,
+    pub nodes: usize,
+    pub healthy_nodes: usize,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// What a GC round did on one node, as `gc --output json` reports it (a stable schema).
+#[derive(Serialize, Debug, Default)]
+pub struct GcView {
+    pub site: String,
+    pub addr: String,
+    pub dry_run: bool,
+    pub examined: u64,
+    /// Chunks collectable (dry run) or condemned.
+    pub condemned: u64,
+    pub deleted: u64,
+    pub bytes_freed: u64,
+    pub error: Option<String>,
+}
+
+async fn nodes(client: &MetaClient) -> anyhow::Result<Vec<NodeView>> {
+    let (nodes, now) = client.list_data_nodes(None, false).await.map_err(explain)?;
+    Ok(nodes.iter().map(|n| view(n, now)).collect())
+}
+
+fn view(n: &DataNodeInfo, now_ns: i64) -> NodeView {
+    let age = Duration::from_nanos(now_ns.saturating_sub(n.last_heartbeat_ns).max(0) as u64);
+    NodeView {
+        site: n.site.clone(),
+        addr: n.addr.clone(),
+        capacity_bytes: n.capacity_bytes,
+        used_bytes: n.used_bytes,
+        heartbeat_age_ms: age.as_millis() as u64,
+        healthy: age < HEALTHY_WITHIN,
+    }
+}
+
+fn sites(nodes: &[NodeView]) -> Vec<SiteView> {
+    let mut out: Vec<SiteView> = Vec::new();
+    for n in nodes {
+        let i = match out.iter().position(|s| s.site == n.site) {
+            Some(i) => i,
+            None => {
+                out.push(SiteView {
+                    site: n.site.clone(),
+                    nodes: 0,
+                    healthy_nodes: 0,
+                    capacity_bytes: 0,
+                    used_bytes: 0,
+                });
+                out.len() - 1
+            }
+        };
+        let s = &mut out[i];
+        s.nodes += 1;
+        s.healthy_nodes += usize::from(n.healthy);
+        s.capacity_bytes += n.capacity_bytes;
+        s.used_bytes += n.used_bytes;
+    }
+    out
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
+    let NodeCmd::Ls = cmd;
+    let rows = nodes(client).await?;
+    emit(format, &rows, |rows| {
+        let mut t = table(&["SITE", "ADDRESS", "CAPACITY", "USED", "HEARTBEAT", "HEALTH"]);
+        for r in rows {
+            t.add_row(vec![
+                r.site.clone(),
+                r.addr.clone(),
+                gib(r.capacity_bytes),
+                gib(r.used_bytes),
+                format!("{} ms ago", r.heartbeat_age_ms),
+                if r.healthy { "ok" } else { "stale" }.into(),
+            ]);
+        }
+        t
+    })
+}
+
+pub async fn site(cmd: SiteCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
+    let SiteCmd::Ls = cmd;
+    let rows = sites(&nodes(client).await?);
+    emit(format, &rows, |rows| {
+        let mut t = table(&["SITE", "NODES", "HEALTHY", "CAPACITY", "USED"]);
+        for r in rows {
+            t.add_row(vec![
+                r.site.clone(),
+                r.nodes.to_string(),
+                r.healthy_nodes.to_string(),
+                gib(r.capacity_bytes),
+                gib(r.used_bytes),
+            ]);
+        }
+        t
+    })
+}
+
+async fn gc_one(n: &NodeView, dry_run: bool) -> anyhow::Result<GcView> {
+    let mut c = ChunksClient::connect(format!("http://{}", n.addr))
+        .await
+        .with_context(|| format!("cannot reach data node {} of {}", n.addr, n.site))?;
+    let r = c
+        .gc(GcRequest { dry_run })
+        .await
+        .map_err(|s| anyhow::anyhow!("data node {}: {}", n.addr, s.message()))?
+        .into_inner();
+    Ok(GcView {
+        site: n.site.clone(),
+        addr: n.addr.clone(),
+        dry_run,
+        examined: r.examined,
+        condemned: r.condemned,
+        deleted: r.deleted,
+        bytes_freed: r.bytes_freed,
+        error: None,
+    })
+}
+
+/// One GC round on every data node. Fails (exit 1) if any node could not collect.
+pub async fn gc(client: &MetaClient, dry_run: bool, format: OutputFormat) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for n in nodes(client).await? {
+        rows.push(match gc_one(&n, dry_run).await {
+            Ok(v) => v,
+            Err(e) => GcView {
+                site: n.site.clone(),
+                addr: n.addr.clone(),
+                dry_run,
+                error: Some(format!("{e:#}")),
+                ..GcView::default()
+            },
+        });
+    }
+    emit(format, &rows, |rows| {
+        let collect = if dry_run { "COLLECTABLE" } else { "CONDEMNED" };
+        let mut t = table(&[
+            "SITE", "ADDRESS", "EXAMINED", collect, "DELETED", "FREED", "ERROR",
+        ]);
+        for r in rows {
+            t.add_row(vec![
+                r.site.clone(),
+                r.addr.clone(),
+                r.examined.to_string(),
+                r.condemned.to_string(),
+                r.deleted.to_string(),
+                format!("{} B", r.bytes_freed),
+                r.error.clone().unwrap_or_else(|| opt(None)),
+            ]);
+        }
+        t
+    })?;
+    let failed = rows.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} data nodes could not collect; see the ERROR column");
+    }
+    Ok(())
+}
