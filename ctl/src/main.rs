@@ -52,6 +52,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print a shell completion script: `source <(mobilusctl completions bash)`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +75,12 @@ fn main() -> ExitCode {
                 cluster::run(cmd, &addrs, cli.output).await
             }
             Command::Dev(cmd) => dev::run(cmd, cli.output).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                let mut cmd = Cli::command();
+                clap_complete::generate(shell, &mut cmd, "mobilusctl", &mut std::io::stdout());
+                Ok(())
+            }
             Command::Node(cmd) => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 nodes::node(cmd, &cluster::connect(&addrs)?, cli.output).await

@@ -166,6 +166,20 @@ fn dev_up_status_restart_and_down_with_json_output() {
 }
 
 #[test]
+fn completions_are_printed_for_each_shell() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef mobilusctl"),
+        ("fish", "complete -c mobilusctl"),
+    ] {
+        let script = must_ok(&["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(script.contains("node") && script.contains("gc"), "{shell}");
+    }
+    assert_eq!(ctl(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+#[test]
 fn errors_say_what_to_do_and_use_the_documented_exit_codes() {
     // Unreachable cluster: exit 1 and a hint, for every command that needs it.
     for cmd in [["node", "ls"], ["site", "ls"]] {
