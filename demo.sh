@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install what is missing, build, start a local cluster of real processes
 # under .mobilus-dev/ (3 metadata members; sites site-a and site-b, each with a data node
-# and a FUSE mount at .mobilus-dev/mnt/<site>), show it, and move a file between sites.
+# and a FUSE mount at .mobilus-dev/mnt/<site>), show it, and run the narrated demo.
 # Needs root (FUSE mounts). Stop it with: target/debug/mobilusctl dev down --dir .mobilus-dev
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,8 +15,5 @@ echo
 echo "==> the cluster, as the leader sees it"
 $ctl --config .mobilus-dev/cluster.toml cluster status
 echo
-echo "==> 32 MiB written at site-a, read at site-b (its data node faults the chunks over)"
-a=.mobilus-dev/mnt/site-a b=.mobilus-dev/mnt/site-b
-head -c 32M /dev/urandom > "$a/demo.bin"
-cmp <(cat "$a/demo.bin") <(cat "$b/demo.bin") && echo "site-b reads the same $(du -h "$b/demo.bin" | cut -f1) as site-a wrote"
-rm -f "$a/demo.bin"
+echo "==> the story so far (mobilusctl dev demo)"
+$ctl dev demo --dir .mobilus-dev

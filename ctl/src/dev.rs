@@ -44,6 +44,11 @@ pub enum DevCmd {
         #[arg(long, default_value = ".mobilus-dev")]
         dir: PathBuf,
     },
+    /// The story so far, narrated as it runs on the local cluster (under a minute).
+    Demo {
+        #[arg(long, default_value = ".mobilus-dev")]
+        dir: PathBuf,
+    },
 }
 
 /// Find a sibling binary (same build) or one on PATH.
@@ -475,5 +480,6 @@ pub async fn run(cmd: DevCmd, format: OutputFormat) -> anyhow::Result<()> {
         DevCmd::Up { dir, meta, sites } => up(&dir, meta, sites, format).await,
         DevCmd::Status { dir } => status(&dir, format).await,
         DevCmd::Down { dir } => down(&dir),
+        DevCmd::Demo { dir } => crate::demo::run(&dir).await,
     }
 }

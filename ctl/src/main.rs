@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage.
 
 mod cluster;
+mod demo;
 mod dev;
 mod devconfig;
 mod nodes;
