@@ -14,7 +14,7 @@ use mobilus_meta_client::MetaClient;
 use mobilus_proto::fs::{ChunkHash, MAX_GC_BATCH};
 
 use crate::error::DataError;
-use crate::store::ChunkStore;
+use crate::store::{now_ns, ChunkStore};
 
 /// When chunks become garbage.
 #[derive(Clone, Copy, Debug)]
@@ -74,13 +74,6 @@ pub struct Collector {
     node: String,
     policy: GcPolicy,
     running: tokio::sync::Mutex<()>,
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn nanos(d: Duration) -> i64 {

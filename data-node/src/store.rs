@@ -79,7 +79,8 @@ fn decode(v: &[u8]) -> Option<Entry> {
     })
 }
 
-fn now_ns() -> i64 {
+/// The wall clock in nanoseconds since the epoch (chunk ages, GC cutoffs).
+pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))

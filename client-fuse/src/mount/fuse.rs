@@ -162,6 +162,30 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     }
 }
 
+/// The reply of an operation that answers nothing but success or an errno.
+fn empty(reply: ReplyEmpty) -> impl FnOnce(FsResult<()>) + Send + 'static {
+    move |r| match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// The reply of an operation that answers a directory entry.
+fn entry(reply: ReplyEntry, ttl: Duration) -> impl FnOnce(FsResult<Attr>) + Send + 'static {
+    move |r| match r {
+        Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// The reply of an operation that answers attributes.
+fn attr(reply: ReplyAttr, ttl: Duration) -> impl FnOnce(FsResult<Attr>) + Send + 'static {
+    move |r| match r {
+        Ok(a) => reply.attr(&ttl, &file_attr(&a)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Each setting is best effort: an older kernel keeps its own limit.
@@ -175,10 +199,7 @@ impl Filesystem for FuseAdapter {
         let (n, ttl) = (name(n), self.tuning.attr_ttl);
         self.run(
             move |fs| async move { fs.lookup(parent.0, &n).await },
-            move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry(reply, ttl),
         );
     }
 
@@ -186,10 +207,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.tuning.attr_ttl;
         self.run(
             move |fs| async move { fs.getattr(ino.0).await },
-            move |r| match r {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            attr(reply, ttl),
         );
     }
 
@@ -223,10 +241,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.tuning.attr_ttl;
         self.run(
             move |fs| async move { fs.setattr(ino.0, set).await },
-            move |r| match r {
-                Ok(a) => reply.attr(&ttl, &file_attr(&a)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            attr(reply, ttl),
         );
     }
 
@@ -256,10 +271,7 @@ impl Filesystem for FuseAdapter {
         let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
         self.run(
             move |fs| async move { fs.mknod(parent.0, &n, kind, mode & !umask, rdev, who).await },
-            move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry(reply, ttl),
         );
     }
 
@@ -275,10 +287,7 @@ impl Filesystem for FuseAdapter {
         let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
         self.run(
             move |fs| async move { fs.mkdir(parent.0, &n, mode & !umask, who).await },
-            move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry(reply, ttl),
         );
     }
 
@@ -286,10 +295,7 @@ impl Filesystem for FuseAdapter {
         let n = name(n);
         self.run(
             move |fs| async move { fs.unlink(parent.0, &n).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
@@ -297,10 +303,7 @@ impl Filesystem for FuseAdapter {
         let n = name(n);
         self.run(
             move |fs| async move { fs.rmdir(parent.0, &n).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
@@ -316,10 +319,7 @@ impl Filesystem for FuseAdapter {
         let (who, ttl) = (caller(req), self.tuning.attr_ttl);
         self.run(
             move |fs| async move { fs.symlink(parent.0, &n, &t, who).await },
-            move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry(reply, ttl),
         );
     }
 
@@ -346,10 +346,7 @@ impl Filesystem for FuseAdapter {
         let (n, nn) = (name(n), name(new_name));
         self.run(
             move |fs| async move { fs.rename(parent.0, &n, new_parent.0, &nn, wire).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
@@ -364,10 +361,7 @@ impl Filesystem for FuseAdapter {
         let (nn, ttl) = (name(new_name), self.tuning.attr_ttl);
         self.run(
             move |fs| async move { fs.link(ino.0, new_parent.0, &nn).await },
-            move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
-                Err(e) => reply.error(errno(&e)),
-            },
+            entry(reply, ttl),
         );
     }
 
@@ -467,13 +461,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.run(
-            move |fs| async move { fs.flush(fh.0).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        self.run(move |fs| async move { fs.flush(fh.0).await }, empty(reply));
     }
 
     fn release(
@@ -488,10 +476,7 @@ impl Filesystem for FuseAdapter {
     ) {
         self.run(
             move |fs| async move { fs.release(fh.0).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
@@ -503,13 +488,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(
-            move |fs| async move { fs.flush(fh.0).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        self.run(move |fs| async move { fs.flush(fh.0).await }, empty(reply));
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -670,10 +649,7 @@ impl Filesystem for FuseAdapter {
         let (n, v) = (name(n), value.to_vec());
         self.run(
             move |fs| async move { fs.setxattr(ino.0, &n, &v, wire).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
@@ -709,10 +685,7 @@ impl Filesystem for FuseAdapter {
         let n = name(n);
         self.run(
             move |fs| async move { fs.removexattr(ino.0, &n).await },
-            move |r| match r {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 

@@ -132,6 +132,7 @@ impl MountFs {
         if open.pending_end.load(Ordering::Acquire) > 0 {
             guard.0.size = attr.size.max(old.size);
             guard.0.mtime_ns = attr.mtime_ns.max(old.mtime_ns);
+            guard.0.ctime_ns = attr.ctime_ns.max(old.ctime_ns);
         }
         guard.1 = Some(Instant::now());
     }
@@ -193,17 +194,8 @@ impl MountFs {
         let attr = self.client.meta().setattr(ino, &set, None).await?;
         if let Some(open) = &open {
             open.version.fetch_add(1, Ordering::AcqRel);
-            let mut guard = lock(&open.attr);
-            let (size, mtime, ctime) = (guard.0.size, guard.0.mtime_ns, guard.0.ctime_ns);
-            *guard = (attr.clone(), Some(Instant::now()));
-            let cached = &mut guard.0;
-            if open.pending_end.load(Ordering::Acquire) > 0 {
-                // Buffered writes still extend it and set its times.
-                cached.size = cached.size.max(size);
-                cached.mtime_ns = cached.mtime_ns.max(mtime);
-                cached.ctime_ns = cached.ctime_ns.max(ctime);
-            }
         }
+        self.refresh_cached(&attr);
         Ok(self.merge(attr))
     }
 
