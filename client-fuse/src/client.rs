@@ -216,6 +216,8 @@ impl Client {
         self.counters
             .chunks_deduped
             .fetch_add((chunks.len() - missing.len()) as u64, Ordering::Relaxed);
+        metrics::counter!("mobilus_client_chunks_deduped_total")
+            .increment((chunks.len() - missing.len()) as u64);
         // Futures made by a named fn, not a closure: the flush future stays `Send` for
         // callers that spawn it.
         let puts: Vec<_> = missing
@@ -239,6 +241,8 @@ impl Client {
                 .bytes_sent
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
             self.counters.chunks_sent.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("mobilus_client_chunks_sent_total").increment(1);
+            metrics::counter!("mobilus_client_bytes_sent_total").increment(bytes.len() as u64);
         }
         Ok(())
     }
@@ -249,6 +253,9 @@ impl Client {
                 // Verified here too: a remote site's bytes are trusted only if they hash right.
                 Ok(bytes) if ChunkHash::of(&bytes) == *hash => {
                     self.counters.remote_fetches.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mobilus_client_remote_fetches_total").increment(1);
+                    metrics::counter!("mobilus_client_remote_fetch_bytes_total")
+                        .increment(bytes.len() as u64);
                     self.counters
                         .bytes_fetched_remote
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -543,6 +550,7 @@ impl FileWriter {
                         .counters
                         .stale_chunk_retries
                         .fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("mobilus_client_stale_chunk_retries_total").increment(1);
                     tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(6)))
                         .await;
                 }

@@ -9,6 +9,9 @@ use crate::output::{emit, opt, table, OutputFormat};
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
+    /// Make a new cluster of the members given with --meta: the first is initialised
+    /// as a one-member cluster, and each other one is added and made a voter.
+    Init,
     /// Members, roles, leader, term, applied index and lag of each member.
     Status,
     /// Change the membership.
@@ -155,10 +158,56 @@ fn render(s: &StatusView) -> comfy_table::Table {
     t
 }
 
+/// Initialise `addrs[0]`, then join the others as voters.
+async fn init(client: &MetaClient, addrs: &[String]) -> anyhow::Result<()> {
+    let Some(first) = addrs.first() else {
+        anyhow::bail!("give the members to initialise with --meta ADDR[,ADDR...]");
+    };
+    let mut ids = Vec::new();
+    for addr in addrs {
+        let s = client.status_of(addr).await.map_err(explain)?;
+        if s.members.iter().any(|m| m.id == s.id) {
+            anyhow::bail!(
+                "member {} at {addr} is already part of a cluster (term {}); \
+                 see `mobilusctl cluster status`",
+                s.id,
+                s.term
+            );
+        }
+        if ids.contains(&s.id) {
+            anyhow::bail!("two members have id {}: each needs its own --id", s.id);
+        }
+        ids.push(s.id);
+    }
+    client
+        .init()
+        .await
+        .map_err(explain)
+        .with_context(|| format!("initialising {first}"))?;
+    for (addr, id) in addrs.iter().zip(&ids).skip(1) {
+        client
+            .add_learner(*id, addr)
+            .await
+            .map_err(explain)
+            .with_context(|| format!("adding member {id} at {addr}"))?;
+        client
+            .promote(*id)
+            .await
+            .map_err(explain)
+            .with_context(|| format!("making member {id} a voter"))?;
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: ClusterCmd, addrs: &[String], format: OutputFormat) -> anyhow::Result<()> {
     let client = connect(addrs)?;
     match cmd {
         ClusterCmd::Status => {
+            let view = status(&client).await.map_err(explain)?;
+            emit(format, &view, render)
+        }
+        ClusterCmd::Init => {
+            init(&client, addrs).await?;
             let view = status(&client).await.map_err(explain)?;
             emit(format, &view, render)
         }

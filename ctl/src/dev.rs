@@ -109,8 +109,19 @@ fn spawn_meta(
     spawn(bin, &format!("mobilus-meta {id}"), dir, &args)
 }
 
-/// Start a process in the background with `args` and `--ready-file`; returns what it
-/// wrote there once ready (its address or mountpoint).
+/// Where a process of the local cluster records its metrics endpoint.
+const METRICS_FILE: &str = "metrics";
+
+/// The metrics endpoint (host:port) of the process whose folder is `dir`.
+pub fn metrics_addr(dir: &Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(METRICS_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Start a process in the background with `args`, `--ready-file` and a metrics endpoint;
+/// returns what it wrote to the ready file (its address or mountpoint).
 fn spawn(bin: &Path, what: &str, dir: &Path, args: &[String]) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
     let ready = dir.join("ready");
@@ -119,10 +130,18 @@ fn spawn(bin: &Path, what: &str, dir: &Path, args: &[String]) -> anyhow::Result<
         .create(true)
         .append(true)
         .open(dir.join("log"))?;
+    // Metrics on a free port the first time, and on the same one after a restart.
+    let metrics = dir.join(METRICS_FILE);
+    let metrics_listen = metrics_addr(dir).unwrap_or_else(|| "127.0.0.1:0".into());
+    let _ = std::fs::remove_file(&metrics);
     let child = Command::new(bin)
         .args(args)
         .arg("--ready-file")
         .arg(&ready)
+        .arg("--metrics-listen")
+        .arg(&metrics_listen)
+        .arg("--metrics-ready-file")
+        .arg(&metrics)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -340,6 +359,8 @@ struct ProcessView {
     state: Option<String>,
     term: Option<u64>,
     last_applied: Option<u64>,
+    /// Its Prometheus endpoint (`http://<metrics>/metrics`).
+    metrics: Option<String>,
     log: PathBuf,
 }
 
@@ -373,6 +394,7 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
             state: s.as_ref().map(|s| s.state.clone()),
             term: s.as_ref().map(|s| s.term),
             last_applied: s.as_ref().and_then(|s| s.last_applied),
+            metrics: metrics_addr(&m.dir),
             log: m.dir.join("log"),
         });
     }
@@ -405,6 +427,7 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
             state: None,
             term: None,
             last_applied: None,
+            metrics: metrics_addr(pdir),
             log: pdir.join("log"),
         });
     }
@@ -417,6 +440,7 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
             "RAFT STATE",
             "TERM",
             "APPLIED",
+            "METRICS",
         ]);
         for r in rows {
             t.add_row(vec![
@@ -427,6 +451,7 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
                 r.state.clone().unwrap_or_else(|| "-".into()),
                 opt(r.term),
                 opt(r.last_applied),
+                r.metrics.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         t

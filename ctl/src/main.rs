@@ -6,6 +6,7 @@ mod cluster;
 mod demo;
 mod dev;
 mod devconfig;
+mod fsck;
 mod nodes;
 mod output;
 
@@ -52,7 +53,14 @@ enum Command {
         /// Only count what would be collected.
         #[arg(long)]
         dry_run: bool,
+        /// Only on this site's data nodes.
+        #[arg(long)]
+        site: Option<String>,
     },
+    /// Check the file system: the tree is well formed, reference counts equal the
+    /// references, and every referenced chunk has an intact copy at some site (each is
+    /// read back and hashed). Exit 1 if anything is wrong.
+    Fsck,
     /// Print a shell completion script: `source <(mobilusctl completions bash)`.
     Completions {
         #[arg(value_enum)]
@@ -90,9 +98,14 @@ fn main() -> ExitCode {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 nodes::site(cmd, &cluster::connect(&addrs)?, cli.output).await
             }
-            Command::Gc { dry_run } => {
+            Command::Gc { dry_run, site } => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
-                nodes::gc(&cluster::connect(&addrs)?, dry_run, cli.output).await
+                let client = cluster::connect(&addrs)?;
+                nodes::gc(&client, site.as_deref(), dry_run, cli.output).await
+            }
+            Command::Fsck => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                fsck::fsck(&cluster::connect(&addrs)?, cli.output).await
             }
         }
     });

@@ -12,7 +12,7 @@ use mobilus_proto::fs::DataNodeInfo;
 use serde::Serialize;
 
 use crate::cluster::explain;
-use crate::output::{emit, opt, table, OutputFormat};
+use crate::output::{emit, opt, progress, table, OutputFormat};
 
 /// A node whose last heartbeat is older than this is reported unhealthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(10);
@@ -20,7 +20,11 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(10);
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
     /// Data nodes: site, address, capacity, used, health.
-    Ls,
+    Ls {
+        /// Only this site's nodes.
+        #[arg(long)]
+        site: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,9 +69,26 @@ pub struct GcView {
     pub error: Option<String>,
 }
 
-async fn nodes(client: &MetaClient) -> anyhow::Result<Vec<NodeView>> {
+/// The registered data nodes, of one site (which must exist) or of all.
+pub async fn nodes(client: &MetaClient, site: Option<&str>) -> anyhow::Result<Vec<NodeView>> {
     let (nodes, now) = client.list_data_nodes(None, false).await.map_err(explain)?;
-    Ok(nodes.iter().map(|n| view(n, now)).collect())
+    let all: Vec<NodeView> = nodes.iter().map(|n| view(n, now)).collect();
+    let Some(site) = site else {
+        return Ok(all);
+    };
+    let known = sites(&all);
+    if !known.iter().any(|s| s.site == site) {
+        let names: Vec<&str> = known.iter().map(|s| s.site.as_str()).collect();
+        anyhow::bail!(
+            "unknown site {site:?}: the sites are {} (see `mobilusctl site ls`)",
+            if names.is_empty() {
+                "none yet".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    Ok(all.into_iter().filter(|n| n.site == site).collect())
 }
 
 fn view(n: &DataNodeInfo, now_ns: i64) -> NodeView {
@@ -112,8 +133,8 @@ fn gib(bytes: u64) -> String {
 }
 
 pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
-    let NodeCmd::Ls = cmd;
-    let rows = nodes(client).await?;
+    let NodeCmd::Ls { site } = cmd;
+    let rows = nodes(client, site.as_deref()).await?;
     emit(format, &rows, |rows| {
         let mut t = table(&["SITE", "ADDRESS", "CAPACITY", "USED", "HEARTBEAT", "HEALTH"]);
         for r in rows {
@@ -132,7 +153,7 @@ pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> an
 
 pub async fn site(cmd: SiteCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
     let SiteCmd::Ls = cmd;
-    let rows = sites(&nodes(client).await?);
+    let rows = sites(&nodes(client, None).await?);
     emit(format, &rows, |rows| {
         let mut t = table(&["SITE", "NODES", "HEALTHY", "CAPACITY", "USED"]);
         for r in rows {
@@ -148,10 +169,20 @@ pub async fn site(cmd: SiteCmd, client: &MetaClient, format: OutputFormat) -> an
     })
 }
 
-async fn gc_one(n: &NodeView, dry_run: bool) -> anyhow::Result<GcView> {
-    let mut c = ChunksClient::connect(format!("http://{}", n.addr))
+/// A client of one data node.
+pub async fn dial(n: &NodeView) -> anyhow::Result<ChunksClient<tonic::transport::Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr))
+        .with_context(|| format!("bad data node address {}", n.addr))?
+        .connect_timeout(Duration::from_secs(2));
+    let channel = endpoint
+        .connect()
         .await
         .with_context(|| format!("cannot reach data node {} of {}", n.addr, n.site))?;
+    Ok(ChunksClient::new(channel).max_decoding_message_size(64 << 20))
+}
+
+async fn gc_one(n: &NodeView, dry_run: bool) -> anyhow::Result<GcView> {
+    let mut c = dial(n).await?;
     let r = c
         .gc(GcRequest { dry_run })
         .await
@@ -170,10 +201,18 @@ async fn gc_one(n: &NodeView, dry_run: bool) -> anyhow::Result<GcView> {
 }
 
 /// One GC round on every data node. Fails (exit 1) if any node could not collect.
-pub async fn gc(client: &MetaClient, dry_run: bool, format: OutputFormat) -> anyhow::Result<()> {
+pub async fn gc(
+    client: &MetaClient,
+    site: Option<&str>,
+    dry_run: bool,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    for n in nodes(client).await? {
-        rows.push(match gc_one(&n, dry_run).await {
+    let targets = nodes(client, site).await?;
+    let bar = progress(format, targets.len() as u64, "gc");
+    for n in targets {
+        bar.set_message(n.addr.clone());
+        let row = match gc_one(&n, dry_run).await {
             Ok(v) => v,
             Err(e) => GcView {
                 site: n.site.clone(),
@@ -182,8 +221,11 @@ pub async fn gc(client: &MetaClient, dry_run: bool, format: OutputFormat) -> any
                 error: Some(format!("{e:#}")),
                 ..GcView::default()
             },
-        });
+        };
+        rows.push(row);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     emit(format, &rows, |rows| {
         let collect = if dry_run { "COLLECTABLE" } else { "CONDEMNED" };
         let mut t = table(&[

@@ -34,3 +34,21 @@ pub fn emit<T: Serialize>(
 pub fn opt(v: Option<u64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
+
+/// A progress bar on stderr for `len` steps of `what`; drawn only for people (a terminal
+/// and table output), so scripts and logs stay clean.
+pub fn progress(format: OutputFormat, len: u64, what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if format != OutputFormat::Table || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>5} [{bar:40}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(what.to_string());
+    bar
+}

@@ -125,6 +125,11 @@ impl Collector {
             }
         }
         report.gc_gen = self.store.gc_gen();
+        if !dry_run {
+            metrics::counter!("mobilus_data_gc_rounds_total").increment(1);
+            metrics::counter!("mobilus_data_gc_deleted_chunks_total").increment(report.deleted);
+            metrics::counter!("mobilus_data_gc_freed_bytes_total").increment(report.bytes_freed);
+        }
         if report.deleted > 0 {
             tracing::info!(?report, "gc round");
         }

@@ -50,6 +50,8 @@ struct Args {
     /// A chunk is collected only after having had no reference for this long.
     #[arg(long, default_value_t = 3_600_000)]
     gc_grace_ms: u64,
+    #[command(flatten)]
+    telemetry: mobilus_telemetry::TelemetryArgs,
 }
 
 /// Register this node, then keep its registration fresh.
@@ -93,6 +95,7 @@ fn start_heartbeat(
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    ChunkStore::describe_metrics();
     if !valid_site_name(&args.site) {
         anyhow::bail!("--site must be 1 to 64 letters, digits, '-' and '_'");
     }
@@ -140,6 +143,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    // Counters become metrics once a second (cheaper than on every chunk).
+    let metrics_worker = args.telemetry.metrics_listen.is_some().then(|| {
+        let store = store.clone();
+        worker::spawn_periodic(
+            "metrics",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            shutdown.subscribe(),
+            move || {
+                store.publish_metrics();
+                std::future::ready(Ok::<(), std::convert::Infallible>(()))
+            },
+        )
+    });
     if let Some(path) = &args.ready_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &addr)?;
@@ -163,7 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("clients still connected after 5s; stopping anyway"),
     }
     shutdown.stop();
-    for h in [heartbeat, gc_worker].into_iter().flatten() {
+    for h in [heartbeat, gc_worker, metrics_worker].into_iter().flatten() {
         let _ = h.await;
     }
     tracing::info!("stopped");
@@ -172,24 +189,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("mobilus-data: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mobilus-data: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let telemetry = args.telemetry.clone();
+    mobilus_telemetry::main_with("mobilus-data", &telemetry, "info", || run(args))
 }

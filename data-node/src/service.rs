@@ -13,12 +13,14 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::DataError;
 use crate::gc::Collector;
-use crate::store::ChunkStore;
+use crate::store::{ChunkStore, Verified};
 
 /// Frames of a get reply.
 const FRAME: usize = 1 << 20;
 /// Most hashes one `has` call may ask about.
 const MAX_HAS: usize = 100_000;
+/// Most chunks one `verify` call reads back (up to 4 MiB each).
+const MAX_VERIFY: usize = 1024;
 
 pub struct ChunksSvc {
     pub store: Arc<ChunkStore>,
@@ -30,6 +32,14 @@ fn hash(bytes: &[u8]) -> Result<ChunkHash, Status> {
     ChunkHash::from_slice(bytes).ok_or_else(|| {
         DataError::Invalid(format!("a chunk hash has 32 bytes, not {}", bytes.len())).to_status()
     })
+}
+
+/// Up to `max` hashes of a batch request.
+fn hashes(wire: &[Vec<u8>], max: usize) -> Result<Vec<ChunkHash>, Status> {
+    if wire.len() > max {
+        return Err(DataError::Invalid(format!("at most {max} hashes per call")).to_status());
+    }
+    wire.iter().map(|h| hash(h)).collect()
 }
 
 async fn blocking<T: Send + 'static>(
@@ -114,20 +124,32 @@ impl Chunks for ChunksSvc {
     }
 
     async fn has(&self, r: Request<pb::HasRequest>) -> Result<Response<pb::HasReply>, Status> {
-        let r = r.into_inner();
-        if r.hashes.len() > MAX_HAS {
-            return Err(
-                DataError::Invalid(format!("at most {MAX_HAS} hashes per call")).to_status(),
-            );
-        }
-        let hashes = r
-            .hashes
-            .iter()
-            .map(|h| hash(h))
-            .collect::<Result<Vec<_>, _>>()?;
+        let hashes = hashes(&r.into_inner().hashes, MAX_HAS)?;
         let store = self.store.clone();
         let (gc_gen, present) = blocking(move || store.has(&hashes)).await?;
         Ok(Response::new(pb::HasReply { present, gc_gen }))
+    }
+
+    async fn verify(
+        &self,
+        r: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyReply>, Status> {
+        let hashes = hashes(&r.into_inner().hashes, MAX_VERIFY)?;
+        let store = self.store.clone();
+        let states = blocking(move || {
+            hashes
+                .iter()
+                .map(|h| {
+                    Ok(match store.verify(h)? {
+                        Verified::Ok => pb::ChunkState::ChunkOk,
+                        Verified::Missing => pb::ChunkState::ChunkMissing,
+                        Verified::Corrupt => pb::ChunkState::ChunkCorrupt,
+                    } as i32)
+                })
+                .collect::<Result<Vec<i32>, DataError>>()
+        })
+        .await?;
+        Ok(Response::new(pb::VerifyReply { states }))
     }
 
     async fn delete(
@@ -187,6 +209,7 @@ pub async fn serve(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
         .map(|conn| conn.and_then(|s| s.set_nodelay(true).map(|()| s)));
     tonic::transport::Server::builder()
+        .layer(mobilus_telemetry::GrpcMetricsLayer)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, stop)
         .await

@@ -34,6 +34,15 @@ pub struct Stats {
     pub corrupt_chunks: u64,
 }
 
+/// What a scrub of one chunk found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verified {
+    Ok,
+    Missing,
+    /// Its bytes did not hash right; it is quarantined now.
+    Corrupt,
+}
+
 #[derive(Default)]
 struct Counters {
     chunks: AtomicU64,
@@ -256,6 +265,27 @@ impl ChunkStore {
         Ok((gc_gen, present))
     }
 
+    /// Read a chunk back and check its hash (a scrub). A corrupt chunk is quarantined,
+    /// as a failed `get` would.
+    pub fn verify(&self, hash: &ChunkHash) -> Result<Verified, DataError> {
+        // Under the chunk's lock: a GC deletion in between is not mistaken for corruption.
+        let _guard = self.lock(hash);
+        let Some(size) = self.size_of(hash)? else {
+            return Ok(Verified::Missing);
+        };
+        let intact = match self.disk.read(&self.path(hash)) {
+            Ok(data) => data.len() as u64 == size && ChunkHash::of(&data) == *hash,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e.into()),
+        };
+        if intact {
+            Ok(Verified::Ok)
+        } else {
+            self.quarantine(hash)?;
+            Ok(Verified::Corrupt)
+        }
+    }
+
     pub fn gc_gen(&self) -> u64 {
         self.gc_gen.load(Ordering::SeqCst)
     }
@@ -333,6 +363,66 @@ impl ChunkStore {
     /// Count a chunk fetched from another site (the fetch itself is the caller's).
     pub fn count_remote_fetch(&self) {
         self.counters.remote_fetches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Help texts of the data node's metrics (call after installing the recorder).
+    pub fn describe_metrics() {
+        use metrics::{describe_counter, describe_gauge, Unit};
+        describe_gauge!("mobilus_data_chunks", "Chunks stored");
+        describe_gauge!(
+            "mobilus_data_bytes_stored",
+            Unit::Bytes,
+            "Bytes of chunks stored"
+        );
+        describe_counter!(
+            "mobilus_data_bytes_received_total",
+            Unit::Bytes,
+            "Bytes received by put"
+        );
+        describe_counter!(
+            "mobilus_data_bytes_served_total",
+            Unit::Bytes,
+            "Bytes served by get"
+        );
+        describe_counter!(
+            "mobilus_data_remote_fetches_total",
+            "Chunks this node fetched from another site"
+        );
+        describe_counter!(
+            "mobilus_data_corrupt_chunks_total",
+            "Chunks that failed their hash and were quarantined"
+        );
+        describe_gauge!(
+            "mobilus_data_gc_generation",
+            "This node's garbage-collection generation"
+        );
+        describe_counter!(
+            "mobilus_data_gc_rounds_total",
+            "Garbage-collection rounds run"
+        );
+        describe_counter!(
+            "mobilus_data_gc_deleted_chunks_total",
+            "Chunks deleted by garbage collection"
+        );
+        describe_counter!(
+            "mobilus_data_gc_freed_bytes_total",
+            Unit::Bytes,
+            "Bytes freed by garbage collection"
+        );
+        mobilus_telemetry::describe_grpc_metrics();
+    }
+
+    /// Publish the counters as metrics (`mobilus_data_*`; a no-op without a recorder).
+    pub fn publish_metrics(&self) {
+        let s = self.stats();
+        metrics::gauge!("mobilus_data_chunks").set(s.chunks as f64);
+        metrics::gauge!("mobilus_data_bytes_stored").set(s.bytes as f64);
+        metrics::counter!("mobilus_data_bytes_received_total").absolute(s.bytes_received);
+        metrics::counter!("mobilus_data_bytes_served_total").absolute(s.bytes_served);
+        metrics::counter!("mobilus_data_remote_fetches_total").absolute(s.remote_fetches);
+        metrics::counter!("mobilus_data_corrupt_chunks_total").absolute(s.corrupt_chunks);
+        metrics::gauge!("mobilus_data_gc_generation")
+            .set(self.gc_gen.load(Ordering::Relaxed) as f64);
     }
 
     pub fn stats(&self) -> Stats {

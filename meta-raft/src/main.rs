@@ -5,16 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use mobilus_meta::config::FileConfig;
 use mobilus_meta::server;
 use mobilus_meta_client::{ClientOptions, MetaClient};
-
-#[derive(Clone, Copy, ValueEnum, Debug)]
-enum LogFormat {
-    Text,
-    Json,
-}
 
 /// One member of the Mobilus metadata cluster (Raft over RocksDB, gRPC API).
 #[derive(Parser, Debug)]
@@ -50,24 +44,11 @@ struct Args {
     /// Raft heartbeat interval; election timeouts are 5-10 times it.
     #[arg(long)]
     heartbeat_ms: Option<u64>,
-    /// Log format (filter with RUST_LOG).
-    #[arg(long, value_enum)]
-    log_format: Option<LogFormat>,
+    #[command(flatten)]
+    telemetry: mobilus_telemetry::TelemetryArgs,
     /// Write the advertised address to this file once serving (for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 fn merge(args: &Args) -> anyhow::Result<FileConfig> {
@@ -121,6 +102,7 @@ async fn join(node: &server::MetaNode, seeds: &[String]) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    server::describe_metrics();
     let cfg = merge(&args)?.resolve()?;
     let handle = server::start(&cfg).await?;
     if let Some(path) = &args.ready_file {
@@ -165,19 +147,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.log_format.unwrap_or(LogFormat::Text));
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("mobilus-meta: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mobilus-meta: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let telemetry = args.telemetry.clone();
+    mobilus_telemetry::main_with("mobilus-meta", &telemetry, "info,openraft=warn", || {
+        run(args)
+    })
 }

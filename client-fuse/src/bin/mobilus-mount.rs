@@ -34,6 +34,8 @@ struct Args {
     /// Write the mountpoint to this file once mounted.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    #[command(flatten)]
+    telemetry: mobilus_telemetry::TelemetryArgs,
     /// Where to mount.
     mountpoint: Option<PathBuf>,
 }
@@ -132,6 +134,7 @@ fn force_unmount(mountpoint: &std::path::Path) {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    mount::describe_metrics();
     let s = settings(&args)?;
     let client = connect(&s).await?;
     let fs = Arc::new(MountFs::new(client, s.tuning.attr_ttl));
@@ -182,24 +185,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("mobilus-mount: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mobilus-mount: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let telemetry = args.telemetry.clone();
+    mobilus_telemetry::main_with("mobilus-mount", &telemetry, "info", || run(args))
 }

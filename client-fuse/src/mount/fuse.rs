@@ -40,6 +40,46 @@ impl Default for Tuning {
     }
 }
 
+/// Help texts of the mount's metrics (call after installing the recorder).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(
+        "mobilus_fuse_ops_total",
+        "FUSE operations answered, by op and outcome"
+    );
+    describe_histogram!(
+        "mobilus_fuse_op_seconds",
+        Unit::Seconds,
+        "Time to answer a FUSE operation, by op"
+    );
+    describe_counter!(
+        "mobilus_client_chunks_sent_total",
+        "Chunks uploaded to this site's data node"
+    );
+    describe_counter!(
+        "mobilus_client_bytes_sent_total",
+        Unit::Bytes,
+        "Bytes of chunks uploaded"
+    );
+    describe_counter!(
+        "mobilus_client_chunks_deduped_total",
+        "Chunks not uploaded because the site had them"
+    );
+    describe_counter!(
+        "mobilus_client_remote_fetches_total",
+        "Chunks read from another site (on demand)"
+    );
+    describe_counter!(
+        "mobilus_client_remote_fetch_bytes_total",
+        Unit::Bytes,
+        "Bytes read from another site"
+    );
+    describe_counter!(
+        "mobilus_client_stale_chunk_retries_total",
+        "Flushes retried because garbage collection raced with them"
+    );
+}
+
 pub struct FuseAdapter {
     fs: Arc<MountFs>,
     rt: Runtime,
@@ -52,14 +92,28 @@ impl FuseAdapter {
     }
 
     /// Run `op` on the runtime, then `reply` with its result.
-    fn run<T, F, Fut>(&self, op: F, reply: impl FnOnce(FsResult<T>) + Send + 'static)
-    where
+    /// Counted and timed as `name` (`mobilus_fuse_ops_total`, `mobilus_fuse_op_seconds`).
+    fn run<T, F, Fut>(
+        &self,
+        name: &'static str,
+        op: F,
+        reply: impl FnOnce(FsResult<T>) + Send + 'static,
+    ) where
         T: Send + 'static,
         F: FnOnce(Arc<MountFs>) -> Fut,
         Fut: std::future::Future<Output = FsResult<T>> + Send + 'static,
     {
+        let start = std::time::Instant::now();
         let fut = op(self.fs.clone());
-        self.rt.spawn(async move { reply(fut.await) });
+        self.rt.spawn(async move {
+            let result = fut.await;
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            metrics::counter!("mobilus_fuse_ops_total", "op" => name, "outcome" => outcome)
+                .increment(1);
+            metrics::histogram!("mobilus_fuse_op_seconds", "op" => name)
+                .record(start.elapsed().as_secs_f64());
+            reply(result)
+        });
     }
 }
 
@@ -198,6 +252,7 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let (n, ttl) = (name(n), self.tuning.attr_ttl);
         self.run(
+            "lookup",
             move |fs| async move { fs.lookup(parent.0, &n).await },
             entry(reply, ttl),
         );
@@ -206,6 +261,7 @@ impl Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ttl = self.tuning.attr_ttl;
         self.run(
+            "getattr",
             move |fs| async move { fs.getattr(ino.0).await },
             attr(reply, ttl),
         );
@@ -240,6 +296,7 @@ impl Filesystem for FuseAdapter {
         };
         let ttl = self.tuning.attr_ttl;
         self.run(
+            "setattr",
             move |fs| async move { fs.setattr(ino.0, set).await },
             attr(reply, ttl),
         );
@@ -247,6 +304,7 @@ impl Filesystem for FuseAdapter {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         self.run(
+            "readlink",
             move |fs| async move { fs.readlink(ino.0).await },
             move |r| match r {
                 Ok(t) => reply.data(&t),
@@ -270,6 +328,7 @@ impl Filesystem for FuseAdapter {
         };
         let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
         self.run(
+            "mknod",
             move |fs| async move { fs.mknod(parent.0, &n, kind, mode & !umask, rdev, who).await },
             entry(reply, ttl),
         );
@@ -286,6 +345,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
         self.run(
+            "mkdir",
             move |fs| async move { fs.mkdir(parent.0, &n, mode & !umask, who).await },
             entry(reply, ttl),
         );
@@ -294,6 +354,7 @@ impl Filesystem for FuseAdapter {
     fn unlink(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
         self.run(
+            "unlink",
             move |fs| async move { fs.unlink(parent.0, &n).await },
             empty(reply),
         );
@@ -302,6 +363,7 @@ impl Filesystem for FuseAdapter {
     fn rmdir(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
         self.run(
+            "rmdir",
             move |fs| async move { fs.rmdir(parent.0, &n).await },
             empty(reply),
         );
@@ -318,6 +380,7 @@ impl Filesystem for FuseAdapter {
         let (n, t) = (name(link_name), target.as_os_str().as_bytes().to_vec());
         let (who, ttl) = (caller(req), self.tuning.attr_ttl);
         self.run(
+            "symlink",
             move |fs| async move { fs.symlink(parent.0, &n, &t, who).await },
             entry(reply, ttl),
         );
@@ -345,6 +408,7 @@ impl Filesystem for FuseAdapter {
         }
         let (n, nn) = (name(n), name(new_name));
         self.run(
+            "rename",
             move |fs| async move { fs.rename(parent.0, &n, new_parent.0, &nn, wire).await },
             empty(reply),
         );
@@ -360,6 +424,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let (nn, ttl) = (name(new_name), self.tuning.attr_ttl);
         self.run(
+            "link",
             move |fs| async move { fs.link(ino.0, new_parent.0, &nn).await },
             entry(reply, ttl),
         );
@@ -367,6 +432,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.run(
+            "open",
             move |fs| async move { fs.open(ino.0).await },
             move |r| match r {
                 Ok((fh, keep)) => {
@@ -397,6 +463,7 @@ impl Filesystem for FuseAdapter {
         }
         let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
         self.run(
+            "create",
             move |fs| async move { fs.create(parent.0, &n, mode & !umask, who).await },
             move |r| match r {
                 Ok((a, fh)) => reply.created(
@@ -423,6 +490,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         self.run(
+            "read",
             move |fs| async move { fs.read(fh.0, offset, size).await },
             move |r| match r {
                 Ok(d) => reply.data(&d),
@@ -445,6 +513,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let data = data.to_vec();
         self.run(
+            "write",
             move |fs| async move { fs.write(fh.0, offset, &data).await },
             move |r| match r {
                 Ok(n) => reply.written(n),
@@ -461,7 +530,11 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.run(move |fs| async move { fs.flush(fh.0).await }, empty(reply));
+        self.run(
+            "flush",
+            move |fs| async move { fs.flush(fh.0).await },
+            empty(reply),
+        );
     }
 
     fn release(
@@ -475,6 +548,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.run(
+            "release",
             move |fs| async move { fs.release(fh.0).await },
             empty(reply),
         );
@@ -488,7 +562,11 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(move |fs| async move { fs.flush(fh.0).await }, empty(reply));
+        self.run(
+            "fsync",
+            move |fs| async move { fs.flush(fh.0).await },
+            empty(reply),
+        );
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -504,6 +582,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         self.run(
+            "readdir",
             move |fs| async move {
                 let parent = if offset < 2 {
                     fs.getattr(ino.0).await?.parent
@@ -548,6 +627,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let ttl = self.tuning.attr_ttl;
         self.run(
+            "readdirplus",
             move |fs| async move {
                 let this = fs.getattr(ino.0).await?;
                 let parent = if offset < 2 {
@@ -603,6 +683,7 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.run(
+            "statfs",
             move |fs| async move { fs.statfs().await },
             move |r| match r {
                 Ok(s) => {
@@ -648,6 +729,7 @@ impl Filesystem for FuseAdapter {
         }
         let (n, v) = (name(n), value.to_vec());
         self.run(
+            "setxattr",
             move |fs| async move { fs.setxattr(ino.0, &n, &v, wire).await },
             empty(reply),
         );
@@ -656,6 +738,7 @@ impl Filesystem for FuseAdapter {
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         let n = name(n);
         self.run(
+            "getxattr",
             move |fs| async move { fs.getxattr(ino.0, &n).await },
             move |r| match r {
                 Ok(v) => reply_xattr(reply, size, &v),
@@ -666,6 +749,7 @@ impl Filesystem for FuseAdapter {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.run(
+            "listxattr",
             move |fs| async move { fs.listxattr(ino.0).await },
             move |r| match r {
                 Ok(names) => {
@@ -684,6 +768,7 @@ impl Filesystem for FuseAdapter {
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
         self.run(
+            "removexattr",
             move |fs| async move { fs.removexattr(ino.0, &n).await },
             empty(reply),
         );

@@ -7,7 +7,7 @@ pub mod ops;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use self::fuse::{FuseAdapter, Tuning};
+pub use self::fuse::{describe_metrics, FuseAdapter, Tuning};
 pub use self::ops::MountFs;
 
 /// The fuser configuration of a mount of `site` served by `threads` FUSE threads.

@@ -1,5 +1,7 @@
 //! End-to-end tests of `mobilusctl` with a real local cluster.
 
+mod operate;
+
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -6,10 +6,13 @@
 
 mod dir;
 mod file;
+mod fsck;
 mod gc;
 pub mod keys;
 mod query;
 pub mod txn;
+
+pub use fsck::{FsckReport, MAX_LISTED_PROBLEMS};
 
 use std::path::Path;
 use std::sync::Arc;

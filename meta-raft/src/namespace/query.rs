@@ -136,6 +136,34 @@ impl Namespace {
         hashes.iter().map(|h| gc::refs(&txn, h)).collect()
     }
 
+    /// Referenced chunks and their counts, in hash order, after `after` (exclusive), at
+    /// most `limit` (capped at `MAX_GC_BATCH`). Returns them and whether the list ended.
+    pub fn referenced_chunks(
+        &self,
+        after: Option<&ChunkHash>,
+        limit: usize,
+    ) -> Result<(Vec<(ChunkHash, u64)>, bool), NsError> {
+        let limit = limit.clamp(1, MAX_GC_BATCH);
+        let start = after.map(|h| h.0.to_vec()).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut eof = true;
+        self.txn().scan(Cf::ChunkRefs, &[], &start, |k, v| {
+            let hash = ChunkHash::from_slice(k).ok_or_else(|| {
+                StoreError::Corrupt(format!("chunk_refs key of {} bytes", k.len()))
+            })?;
+            if Some(&hash) == after {
+                return Ok(ControlFlow::Continue(()));
+            }
+            if out.len() == limit {
+                eof = false;
+                return Ok(ControlFlow::Break(()));
+            }
+            out.push((hash, codec::decode(v)?));
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok((out, eof))
+    }
+
     pub fn statfs(&self) -> Result<StatFs, NsError> {
         let c = counters(&self.txn())?;
         // Capacity is what the data nodes report, once any has registered.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mobilus_proto::convert::{
     fence_from_wire, hashes_from_wire, hashes_to_wire, kind_from_wire, setattr_from_wire,
 };
-use mobilus_proto::fs::SliceWrite;
+use mobilus_proto::fs::{ChunkHash, SliceWrite};
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_server::Cluster;
 use mobilus_proto::pb::meta_server::Meta;
@@ -392,6 +392,35 @@ impl Cluster for ClusterSvc {
         }))
     }
 
+    async fn fsck(&self, _: Request<pb::FsckRequest>) -> Reply<pb::FsckReply> {
+        let r = self.node.fsck().await.map_err(status)?;
+        Ok(Response::new(fsck_to_wire(r)))
+    }
+
+    async fn list_chunks(&self, r: Request<pb::ListChunksRequest>) -> Reply<pb::ListChunksReply> {
+        let r = r.into_inner();
+        let after = if r.after.is_empty() {
+            None
+        } else {
+            Some(
+                ChunkHash::from_slice(&r.after)
+                    .ok_or_else(|| Status::invalid_argument("`after` is not a 32-byte hash"))?,
+            )
+        };
+        let (chunks, eof) = self
+            .node
+            .read(false, |ns| {
+                ns.referenced_chunks(after.as_ref(), r.limit as usize)
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListChunksReply {
+            hashes: chunks.iter().map(|(h, _)| h.0.to_vec()).collect(),
+            refs: chunks.iter().map(|(_, n)| *n).collect(),
+            eof,
+        }))
+    }
+
     async fn list_data_nodes(
         &self,
         r: Request<pb::ListDataNodesRequest>,
@@ -475,5 +504,22 @@ impl RaftRpc for RaftSvc {
             .await
             .map_err(status)?;
         encode(&reply)
+    }
+}
+
+fn fsck_to_wire(r: crate::namespace::FsckReport) -> pb::FsckReply {
+    pb::FsckReply {
+        inodes: r.inodes,
+        directories: r.directories,
+        files: r.files,
+        symlinks: r.symlinks,
+        others: r.others,
+        dentries: r.dentries,
+        orphans: r.orphans,
+        slices: r.slices,
+        referenced_chunks: r.referenced_chunks,
+        chunk_references: r.chunk_references,
+        problem_count: r.problem_count,
+        problems: r.problems,
     }
 }

@@ -1,6 +1,7 @@
 //! Starting and stopping a member: open the stores, start Raft, serve gRPC.
 
 mod grpc;
+mod metrics;
 mod node;
 mod proposer;
 
@@ -14,6 +15,7 @@ use mobilus_proto::{MAX_MESSAGE_BYTES, RAFT_MAX_ENTRIES_PER_MESSAGE, RAFT_MAX_ME
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use self::metrics::describe_metrics;
 pub use self::node::{MetaNode, NodeTimeouts};
 use crate::config::NodeConfig;
 use crate::error::MetaError;
@@ -88,6 +90,8 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
         tracing::info!(id = cfg.id, %addr, "initialised a new cluster");
     }
 
+    // Ends by itself when Raft shuts down.
+    metrics::spawn_raft_metrics(&node.raft);
     let (stop, stopped) = oneshot::channel::<()>();
     let meta = MetaServer::new(grpc::MetaSvc { node: node.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -105,6 +109,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
     let serving = tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
+            .layer(mobilus_telemetry::GrpcMetricsLayer)
             .add_service(meta)
             .add_service(cluster)
             .add_service(raft_svc)

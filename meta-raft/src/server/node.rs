@@ -108,18 +108,32 @@ impl MetaNode {
 
     /// Propose on this member only (the leader's half of forwarding).
     pub async fn propose_local(&self, fence: Option<Fence>, op: Op) -> Result<OpReply, MetaError> {
+        let name = op.name();
+        let start = std::time::Instant::now();
         let cmd = Command {
             time_ns: now_ns(),
             fence,
             op,
         };
-        match tokio::time::timeout(self.timeouts.write, self.proposer.propose(cmd)).await {
-            Err(_) => Err(MetaError::Unavailable(format!(
-                "not committed within {:?} (no quorum?); it may still commit",
-                self.timeouts.write
-            ))),
-            Ok(result) => reply_to_result(result?),
-        }
+        let result =
+            match tokio::time::timeout(self.timeouts.write, self.proposer.propose(cmd)).await {
+                Err(_) => Err(MetaError::Unavailable(format!(
+                    "not committed within {:?} (no quorum?); it may still commit",
+                    self.timeouts.write
+                ))),
+                Ok(result) => result.and_then(reply_to_result),
+            };
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(MetaError::Op(_)) => "refused",
+            Err(MetaError::NotLeader(_)) => "not_leader",
+            Err(_) => "unavailable",
+        };
+        metrics::counter!("mobilus_meta_proposals_total", "op" => name, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("mobilus_meta_commit_seconds", "op" => name)
+            .record(start.elapsed().as_secs_f64());
+        result
     }
 
     async fn forward(&self, leader: &str, fwd: Forwarded) -> Result<OpReply, MetaError> {
@@ -166,6 +180,18 @@ impl MetaNode {
             self.ensure_linearizable().await?;
         }
         Ok(read(&self.sm.namespace())?)
+    }
+
+    /// `fsck` of the namespace as of now (a linearizable point), off the async threads:
+    /// it reads every key.
+    #[instrument(skip(self))]
+    pub async fn fsck(&self) -> Result<crate::namespace::FsckReport, MetaError> {
+        self.ensure_linearizable().await?;
+        let ns = self.sm.namespace();
+        tokio::task::spawn_blocking(move || ns.fsck())
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("fsck task: {e}")))?
+            .map_err(MetaError::from)
     }
 
     pub async fn ensure_linearizable(&self) -> Result<(), MetaError> {

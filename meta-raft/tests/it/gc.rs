@@ -189,3 +189,57 @@ fn bad_gc_requests_are_refused() {
     assert_eq!(errno(forget), Errno::E2BIG);
     assert!(matches!(ns.chunk_refs(&too_many), Err(e) if e.to_string().contains("E2BIG")));
 }
+
+/// fsck counts what is there and names each planted inconsistency.
+#[test]
+fn fsck_reports_planted_inconsistencies() {
+    use mobilus_meta::namespace::keys::{self, Cf};
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Namespace::open(dir.path()).unwrap();
+    let ino = match at(
+        &ns,
+        1,
+        Op::Mknod {
+            parent: ROOT_INO,
+            name: b"f".to_vec(),
+            kind: FileKind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+        },
+    ) {
+        Ok(OpReply::Attr(a)) => a.ino,
+        other => panic!("mknod: {other:?}"),
+    };
+    let h = ChunkHash::of(b"0123456789");
+    at(&ns, 2, write(ino, h, None)).unwrap();
+    let clean = ns.fsck().unwrap();
+    assert_eq!(clean.problem_count, 0, "{:?}", clean.problems);
+    assert_eq!((clean.inodes, clean.files, clean.slices), (2, 1, 1));
+    assert_eq!((clean.referenced_chunks, clean.chunk_references), (1, 1));
+
+    // Plant: a reference count off by one, and an entry naming a missing inode.
+    let db = ns.db();
+    let refs = db.cf_handle(Cf::ChunkRefs.name()).unwrap();
+    db.put_cf(refs, h.0, mobilus_meta::codec::encode(&2u64).unwrap())
+        .unwrap();
+    let dentries = db.cf_handle(Cf::Dentries.name()).unwrap();
+    let ghost = mobilus_meta::namespace::DentryRecord {
+        ino: 999,
+        kind: FileKind::Regular,
+        cookie: 77,
+    };
+    db.put_cf(
+        dentries,
+        keys::with_name(ROOT_INO, b"ghost"),
+        mobilus_meta::codec::encode(&ghost).unwrap(),
+    )
+    .unwrap();
+    let bad = ns.fsck().unwrap();
+    let all = bad.problems.join("\n");
+    assert!(all.contains("counted 2 times but referenced 1"), "{all}");
+    assert!(all.contains("names missing inode 999"), "{all}");
+    assert!(all.contains("cookie 77 that does not name it"), "{all}");
+    assert_eq!(bad.problem_count, 3, "{all}");
+}

@@ -829,5 +829,9 @@ proptest! {
             }
             compare_state(&ns, &model, &known)?;
         }
+        // Whatever the operations did, fsck finds the namespace well formed.
+        let report = ns.fsck().unwrap();
+        prop_assert_eq!(report.problem_count, 0, "{:?}", report.problems);
+        prop_assert_eq!(report.inodes, model.nodes.len() as u64);
     }
 }

@@ -1,0 +1,300 @@
+//! `cluster init`, `fsck`, `--site`, and the metrics every process serves.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{ctl, must_json, must_ok, Down};
+
+/// A scrape of `http://addr/metrics`.
+fn must_scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// The sum of the samples whose name and labels start with `series`.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Poll until `series` at `addr` exceeds `above` (data nodes publish once a second).
+fn must_grow(addr: &str, series: &str, above: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = sample(&must_scrape(addr), series);
+        if v > above {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} at {addr} stayed at {v} (not above {above})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn metrics_of(status: &serde_json::Value, name: &str) -> String {
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["metrics"].as_str())
+        .unwrap_or_else(|| panic!("no metrics address for {name}: {status}"))
+        .to_string()
+}
+
+/// The chunk files of a data node's store.
+fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().is_some_and(|n| n.len() == 64) {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn fsck_metrics_and_site_filters_on_a_dev_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let dir = dir.to_str().unwrap();
+    let _down = Down(dir);
+    let procs = must_json(&["dev", "up", "--dir", dir]);
+    let config = format!("{dir}/cluster.toml");
+    let (meta_m, data_m, mount_m) = (
+        metrics_of(&procs, "meta-1"),
+        metrics_of(&procs, "data-site-a"),
+        metrics_of(&procs, "mount-site-a"),
+    );
+    let leader = must_json(&["--config", &config, "cluster", "status"])["leader_id"]
+        .as_u64()
+        .unwrap();
+    let leader_m = metrics_of(&procs, &format!("meta-{leader}"));
+
+    // Metrics before any file work, then after: they move.
+    let fuse_writes = r#"mobilus_fuse_ops_total{op="write",outcome="ok"}"#;
+    let before_mount = sample(&must_scrape(&mount_m), fuse_writes);
+    let before_data = sample(&must_scrape(&data_m), "mobilus_data_bytes_received_total");
+    let before_meta = sample(&must_scrape(&meta_m), "mobilus_raft_applied_index");
+    let mnt_a = format!("{dir}/mnt/site-a");
+    // Pseudo-random, so content-defined chunking finds no repeats to dedup.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let payload: Vec<u8> = (0..6u32 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(format!("{mnt_a}/big"), &payload).unwrap();
+    std::fs::create_dir(format!("{mnt_a}/dir")).unwrap();
+    std::os::unix::fs::symlink("big", format!("{mnt_a}/link")).unwrap();
+    assert!(must_grow(&mount_m, fuse_writes, before_mount) >= before_mount + 6.0);
+    let received = must_grow(&data_m, "mobilus_data_bytes_received_total", before_data);
+    assert!(received >= before_data + payload.len() as f64, "{received}");
+    must_grow(&meta_m, "mobilus_raft_applied_index", before_meta);
+    let leader_scrape = must_scrape(&leader_m);
+    for name in [
+        "mobilus_raft_term",
+        "mobilus_raft_commit_index",
+        "mobilus_raft_apply_lag",
+        "mobilus_raft_leader_changes_total",
+        "mobilus_raft_replication_lag{member=",
+        "mobilus_meta_commit_seconds_bucket{op=\"write\"",
+        "mobilus_grpc_request_seconds_bucket{service=\"Meta\",method=\"Write\"",
+        "# HELP mobilus_raft_term",
+    ] {
+        assert!(
+            leader_scrape.contains(name),
+            "{name} missing:\n{leader_scrape}"
+        );
+    }
+    assert!(
+        sample(
+            &leader_scrape,
+            r#"mobilus_meta_proposals_total{op="write",outcome="ok"}"#
+        ) >= 1.0
+    );
+    assert!(sample(&leader_scrape, "mobilus_raft_is_leader") == 1.0);
+    // Reading at site-b faults the chunks over (counted by its mount and its data node).
+    let mount_b = metrics_of(&procs, "mount-site-b");
+    assert_eq!(
+        std::fs::read(format!("{dir}/mnt/site-b/big")).unwrap(),
+        payload
+    );
+    must_grow(&mount_b, "mobilus_client_remote_fetches_total", 0.0);
+    must_grow(&mount_b, "mobilus_fuse_op_seconds_count{op=\"read\"}", 0.0);
+
+    // fsck: healthy, in both output modes.
+    let report = must_json(&["--config", &config, "fsck"]);
+    assert_eq!(report["healthy"], true, "{report}");
+    let m = &report["metadata"];
+    assert_eq!(m["problem_count"], 0, "{report}");
+    assert_eq!(m["files"], 1);
+    assert_eq!(m["symlinks"], 1);
+    assert_eq!(m["directories"], 2);
+    let chunks = m["referenced_chunks"].as_u64().unwrap();
+    assert!(chunks >= 3, "{report}");
+    let c = &report["chunks"];
+    assert_eq!(c["checked"].as_u64(), Some(chunks));
+    assert_eq!(c["intact"].as_u64(), Some(chunks));
+    assert_eq!(
+        c["copies"].as_u64(),
+        Some(2 * chunks),
+        "both sites: {report}"
+    );
+    assert!(must_ok(&["--config", &config, "fsck"]).contains("healthy"));
+
+    // A corrupt copy at site-a: found, quarantined, exit 1; the next fsck is clean.
+    let files_a = chunk_files(Path::new(&format!("{dir}/data-site-a/data")));
+    let victim = files_a[0].clone();
+    let name = victim.file_name().unwrap().to_owned();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+    let out = ctl(&["--config", &config, "fsck", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["healthy"], false);
+    assert_eq!(report["chunks"]["corrupt_copies"], 1, "{report}");
+    assert_eq!(report["chunks"]["lost"], 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 corrupt copies"));
+    must_grow(&data_m, "mobilus_data_corrupt_chunks_total", 0.0);
+    assert_eq!(must_json(&["--config", &config, "fsck"])["healthy"], true);
+
+    // The same chunk gone at site-b too: lost, and named.
+    let at_b = chunk_files(Path::new(&format!("{dir}/data-site-b/data")))
+        .into_iter()
+        .find(|p| p.file_name() == Some(&name))
+        .expect("site-b holds a copy");
+    std::fs::remove_file(at_b).unwrap();
+    let out = ctl(&["--config", &config, "fsck", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["chunks"]["lost"], 1, "{report}");
+    assert_eq!(
+        report["chunks"]["lost_hashes"][0].as_str(),
+        name.to_str(),
+        "{report}"
+    );
+    assert!(fsck_table(&config).contains("lost chunk"));
+
+    // --site: one site's nodes; an unknown site is an error that lists the real ones.
+    let nodes = must_json(&["--config", &config, "node", "ls", "--site", "site-b"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+    assert_eq!(nodes[0]["site"], "site-b");
+    let rows = must_json(&["--config", &config, "gc", "--dry-run", "--site", "site-a"]);
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    for args in [
+        vec!["node", "ls", "--site", "site-z"],
+        vec!["gc", "--site", "site-z"],
+    ] {
+        let mut full = vec!["--config", config.as_str()];
+        full.extend(args);
+        let out = ctl(&full);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("unknown site \"site-z\"") && err.contains("site-a, site-b"),
+            "{err}"
+        );
+    }
+    must_ok(&["dev", "down", "--dir", dir]);
+}
+
+/// The table output of a failing fsck (stdout, whatever the exit code).
+fn fsck_table(config: &str) -> String {
+    String::from_utf8_lossy(&ctl(&["--config", config, "fsck"]).stdout).into_owned()
+}
+
+/// Metadata members started by hand, killed on drop.
+struct Members(Vec<Child>);
+impl Drop for Members {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn cluster_init_makes_a_cluster_of_fresh_members_and_refuses_a_second_time() {
+    let meta = Path::new(super::CTL).with_file_name("mobilus-meta");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = Members(Vec::new());
+    let mut addrs = Vec::new();
+    for id in 1..=3 {
+        let ready = tmp.path().join(format!("ready-{id}"));
+        let log = std::fs::File::create(tmp.path().join(format!("log-{id}"))).unwrap();
+        members.0.push(
+            Command::new(&meta)
+                .args(["--id", &id.to_string(), "--listen", "127.0.0.1:0"])
+                .arg("--data-dir")
+                .arg(tmp.path().join(format!("m{id}")))
+                .arg("--ready-file")
+                .arg(&ready)
+                .args(["--log-format", "json"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "member {id} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        addrs.push(std::fs::read_to_string(&ready).unwrap());
+    }
+    let all = addrs.join(",");
+    // Not a cluster yet: status says so (exit 1).
+    assert_eq!(
+        ctl(&["--meta", &all, "cluster", "status"]).status.code(),
+        Some(1)
+    );
+    let status = must_json(&["--meta", &all, "cluster", "init"]);
+    let m = status["members"].as_array().unwrap();
+    assert_eq!(m.len(), 3, "{status}");
+    assert!(m.iter().all(|m| m["voter"] == true), "{status}");
+    assert_eq!(status["leader_id"], 1);
+    let out = ctl(&["--meta", &all, "cluster", "init"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already part of a cluster"), "{err}");
+    // --log-format json: every line a JSON object.
+    let log = std::fs::read_to_string(tmp.path().join("log-1")).unwrap();
+    assert!(log.lines().count() > 0);
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!("not JSON ({e}): {line}");
+        });
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+    }
+}
