@@ -1,4 +1,6 @@
-//! `mobilus-jepsen`: the Jepsen-style harness (network namespaces, nemeses, histories,
-//! a linearizability checker, reports).
-//!
-//! Not built yet: it depends on the FUSE mount issue.
+//! `mobilus-jepsen`: Jepsen's method for Mobilus, in Rust. Real processes on a real
+//! (namespaced) network, real faults, a recorded [`history`], and an independent
+//! [`checker`] (Wing-Gong/Lowe linearizability search, P-compositional by key).
+
+pub mod checker;
+pub mod history;

@@ -1,0 +1,3 @@
+//! `mobilus-jepsen`: run a test, check a history, draw a report.
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Integration tests of the Jepsen harness.
+
+mod checker;
