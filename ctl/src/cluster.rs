@@ -84,6 +84,7 @@ pub fn connect(addrs: &[String]) -> anyhow::Result<MetaClient> {
         deadline: std::time::Duration::from_secs(5),
         rpc_timeout: std::time::Duration::from_secs(3),
         connect_timeout: std::time::Duration::from_millis(500),
+        ..Default::default()
     };
     MetaClient::new(addrs, opts).context("bad --meta address")
 }

@@ -78,9 +78,10 @@ pub struct Event {
 /// What can be wrong with a history file.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: String,
+        #[source]
         source: std::io::Error,
     },
     #[error("line {line}: {why}")]

@@ -1,6 +1,15 @@
-//! `mobilus-jepsen`: Jepsen's method for Mobilus, in Rust. Real processes on a real
-//! (namespaced) network, real faults, a recorded [`history`], and an independent
-//! [`checker`] (Wing-Gong/Lowe linearizability search, P-compositional by key).
+//! `mobilus-jepsen`: Jepsen's method for Mobilus, in Rust. Real processes on separate
+//! (namespaced) hosts, real faults from a [`nemesis`], client operations recorded in a
+//! [`history`], and an independent [`checker`] (Wing-Gong/Lowe linearizability search,
+//! P-compositional by key; a set checker). [`run`] ties them together; [`report`] draws
+//! the pictures.
 
 pub mod checker;
+pub mod cluster;
+pub mod edn;
 pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod report;
+pub mod run;
+pub mod worker;

@@ -34,6 +34,10 @@ pub struct NodeConfig {
     /// Entries kept in the log behind a snapshot, for lagging followers.
     pub keep_logs: u64,
     pub heartbeat_ms: u64,
+    /// TEST ONLY (`--unsafe-local-reads`): serve "linearizable" reads from local state
+    /// on any member, without a read index. A deliberate bug, so the Jepsen harness can
+    /// show it catches stale reads.
+    pub unsafe_local_reads: bool,
 }
 
 /// Errors of configuration.
@@ -91,6 +95,7 @@ impl FileConfig {
             snapshot_logs,
             keep_logs: self.keep_logs.unwrap_or(1000),
             heartbeat_ms,
+            unsafe_local_reads: false,
         })
     }
 }

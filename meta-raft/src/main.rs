@@ -44,6 +44,10 @@ struct Args {
     /// Raft heartbeat interval; election timeouts are 5-10 times it.
     #[arg(long)]
     heartbeat_ms: Option<u64>,
+    /// TEST ONLY: serve reads from this member's local state without a read index (a
+    /// deliberate linearizability bug, for the Jepsen harness to catch).
+    #[arg(long, hide = true)]
+    unsafe_local_reads: bool,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
     /// Write the advertised address to this file once serving (for scripts and tests).
@@ -103,7 +107,8 @@ async fn join(node: &server::MetaNode, seeds: &[String]) -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     server::describe_metrics();
-    let cfg = merge(&args)?.resolve()?;
+    let mut cfg = merge(&args)?.resolve()?;
+    cfg.unsafe_local_reads = args.unsafe_local_reads;
     let handle = server::start(&cfg).await?;
     if let Some(path) = &args.ready_file {
         let tmp = path.with_extension("tmp");

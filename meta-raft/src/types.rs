@@ -149,6 +149,17 @@ pub enum Op {
         node: String,
         hashes: Vec<ChunkHash>,
     },
+    /// Compare-and-set of an xattr: set `name` to `value` only if its current value is
+    /// `expected` (`None`: absent); otherwise ECANCELED and nothing changes. (The Jepsen
+    /// register workload's CAS.)
+    CasXattr {
+        ino: InodeId,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        expected: Option<serde_bytes::ByteBuf>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -170,6 +181,7 @@ impl Op {
             Op::RegisterDataNode { .. } => "register_data_node",
             Op::Condemn { .. } => "condemn",
             Op::ForgetCondemned { .. } => "forget_condemned",
+            Op::CasXattr { .. } => "cas_xattr",
         }
     }
 }

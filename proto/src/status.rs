@@ -70,6 +70,7 @@ errnos!(
     EOPNOTSUPP => "operation not supported",
     ENOSYS => "function not implemented",
     ETIMEDOUT => "connection timed out",
+    ECANCELED => "operation canceled",
 );
 
 impl std::fmt::Debug for Errno {

@@ -5,6 +5,7 @@
 //! indeterminate ones (`info`) may have happened at any time after their call, or never;
 //! indeterminate reads tell nothing and are dropped.
 
+pub mod set;
 pub mod wgl;
 
 use std::collections::BTreeMap;
@@ -299,7 +300,12 @@ fn counterexample(
         linearized_count: stuck.linearized.len(),
         state: stuck.state,
         blocked: view(stuck.blocked),
-        pending: stuck.pending.iter().map(|i| view(*i)).collect(),
+        pending: stuck
+            .pending
+            .iter()
+            .filter(|i| **i != stuck.blocked)
+            .map(|i| view(*i))
+            .collect(),
         minimal_reads: kept
             .iter()
             .filter(|(_, r)| matches!(r, RegisterOp::Read(_)))

@@ -162,7 +162,7 @@ pub fn check<M: Model>(model: &M, ops: &[Interval<M::Op>], deadline: Instant) ->
             return Outcome::Linearizable;
         }
         steps += 1;
-        if steps % 1024 == 0 && Instant::now() > deadline {
+        if steps.is_multiple_of(1024) && Instant::now() > deadline {
             return Outcome::Unknown;
         }
         match list.entries[entry] {

@@ -101,6 +101,12 @@ pub struct ClientOptions {
     /// Longest one attempt may take.
     pub rpc_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Retry a call after a failure that leaves it unknown whether it took effect (the
+    /// connection broke, no answer in time, "may still commit"). Off, such a failure is
+    /// returned at once as `Unavailable`, so a definite answer (an errno) always comes
+    /// from the only attempt that may have taken effect: what a Jepsen client needs.
+    /// Redirects to the leader (nothing was done) are always followed.
+    pub retry_ambiguous: bool,
 }
 
 impl Default for ClientOptions {
@@ -109,6 +115,7 @@ impl Default for ClientOptions {
             deadline: Duration::from_secs(20),
             rpc_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
+            retry_ambiguous: true,
         }
     }
 }
@@ -252,7 +259,9 @@ impl MetaClient {
                     false
                 }
             };
-            if start.elapsed() >= self.inner.opts.deadline {
+            if (!retry_now && !self.inner.opts.retry_ambiguous)
+                || start.elapsed() >= self.inner.opts.deadline
+            {
                 return Err(ClientError::Unavailable {
                     addrs: self.inner.endpoints.join(","),
                     last,
@@ -583,6 +592,31 @@ impl MetaClient {
         self.call("setxattr", |ch| {
             let req = req.clone();
             async move { Self::meta(ch).set_xattr(req).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Set xattr `name` to `value` if it is now `expected` (`None`: absent); a
+    /// mismatch is `Errno(ECANCELED)` and changes nothing.
+    pub async fn cas_xattr(
+        &self,
+        ino: InodeId,
+        name: &[u8],
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<(), ClientError> {
+        let req = pb::CasXattrRequest {
+            ino,
+            name: name.to_vec(),
+            expected: expected.map(<[u8]>::to_vec).unwrap_or_default(),
+            expect_absent: expected.is_none(),
+            value: value.to_vec(),
+            fence: None,
+        };
+        self.call("cas_xattr", |ch| {
+            let req = req.clone();
+            async move { Self::meta(ch).cas_xattr(req).await }
         })
         .await?;
         Ok(())

@@ -544,6 +544,28 @@ pub(crate) fn setxattr(
     save(txn, &rec)
 }
 
+pub(crate) fn cas_xattr(
+    txn: &mut Txn<'_>,
+    now: i64,
+    ino: InodeId,
+    name: &[u8],
+    expected: Option<&[u8]>,
+    value: &[u8],
+) -> Result<(), NsError> {
+    validate_xattr_name(name)?;
+    if value.len() > XATTR_VALUE_MAX {
+        return Err(Errno::E2BIG.into());
+    }
+    let mut rec = load(txn, ino)?;
+    let key = keys::with_name(ino, name);
+    if txn.get_raw(Cf::Xattrs, &key)?.as_deref() != expected {
+        return Err(Errno::ECANCELED.into());
+    }
+    txn.put_raw(Cf::Xattrs, key, value.to_vec());
+    rec.attr.ctime_ns = now;
+    save(txn, &rec)
+}
+
 pub(crate) fn removexattr(
     txn: &mut Txn<'_>,
     now: i64,

@@ -281,6 +281,20 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
             value,
             flags,
         } => dir::setxattr(txn, now, *ino, name, value, *flags).map(|()| OpReply::Done),
+        Op::CasXattr {
+            ino,
+            name,
+            expected,
+            value,
+        } => dir::cas_xattr(
+            txn,
+            now,
+            *ino,
+            name,
+            expected.as_ref().map(|b| b.as_slice()),
+            value,
+        )
+        .map(|()| OpReply::Done),
         Op::RemoveXattr { ino, name } => {
             dir::removexattr(txn, now, *ino, name).map(|()| OpReply::Done)
         }

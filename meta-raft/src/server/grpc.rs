@@ -220,6 +220,18 @@ impl Meta for MetaSvc {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn cas_xattr(&self, r: Request<pb::CasXattrRequest>) -> Reply<pb::Empty> {
+        let r = r.into_inner();
+        let op = Op::CasXattr {
+            ino: r.ino,
+            name: r.name,
+            expected: (!r.expect_absent).then(|| serde_bytes::ByteBuf::from(r.expected)),
+            value: r.value,
+        };
+        self.op(r.fence, op).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn get_xattr(&self, r: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
         let r = r.into_inner();
         let value = self

@@ -78,7 +78,11 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
         faults,
         pool,
         timeouts: NodeTimeouts::default(),
+        unsafe_local_reads: cfg.unsafe_local_reads,
     });
+    if cfg.unsafe_local_reads {
+        tracing::warn!("--unsafe-local-reads: reads skip the read index (a test-only bug)");
+    }
     if cfg.init
         && !node
             .raft

@@ -63,6 +63,8 @@ pub struct MetaNode {
     pub(crate) pool: Arc<ChannelPool>,
     pub(crate) proposer: Proposer,
     pub timeouts: NodeTimeouts,
+    /// See `NodeConfig::unsafe_local_reads`.
+    pub unsafe_local_reads: bool,
 }
 
 /// The wall clock in nanoseconds: the leader stamps commands with it.
@@ -176,7 +178,7 @@ impl MetaNode {
         stale: bool,
         read: impl FnOnce(&Namespace) -> Result<T, NsError>,
     ) -> Result<T, MetaError> {
-        if !stale {
+        if !stale && !self.unsafe_local_reads {
             self.ensure_linearizable().await?;
         }
         Ok(read(&self.sm.namespace())?)

@@ -140,6 +140,7 @@ pub fn opts() -> ClientOptions {
         deadline: Duration::from_secs(30),
         rpc_timeout: Duration::from_secs(10),
         connect_timeout: Duration::from_millis(500),
+        ..Default::default()
     }
 }
 

@@ -20,6 +20,7 @@ fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
         snapshot_logs: 10_000,
         keep_logs: 1000,
         heartbeat_ms: 50,
+        unsafe_local_reads: false,
     }
 }
 

@@ -1,0 +1,335 @@
+//! A Mobilus cluster on namespaced hosts: three metadata members spread over the sites,
+//! a data node per site, and a client host per site. Processes can be killed, restarted,
+//! paused and resumed; dropping the cluster kills them all and tears the network down.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use mobilus_meta_client::{ClientOptions, MetaClient};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::net::{Host, Net, NetError};
+
+/// Port of every metadata member and data node (each host has its own address).
+pub const META_PORT: u16 = 7100;
+pub const DATA_PORT: u16 = 7200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("{0} is missing: build the workspace first (`cargo build --workspace --bins`)")]
+    MissingBinary(PathBuf),
+    #[error("cannot start {what}: {why}")]
+    Start { what: String, why: String },
+    #[error("the cluster did not become healthy within {0:?}: {1}")]
+    Unhealthy(Duration, String),
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// Where `mobilus-meta` and `mobilus-data` are.
+    pub bin_dir: PathBuf,
+    /// Data folders and logs.
+    pub dir: PathBuf,
+    pub sites: Vec<String>,
+    /// The deliberate bug: reads without a read index (see `mobilus-meta --help`).
+    pub unsafe_local_reads: bool,
+}
+
+/// The role of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    Meta { id: u64 },
+    Data { site: String },
+}
+
+/// A server process on a host.
+pub struct Proc {
+    pub role: Role,
+    pub host: usize,
+    pub addr: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Proc {
+    pub fn name(&self) -> String {
+        match &self.role {
+            Role::Meta { id } => format!("meta-{id}"),
+            Role::Data { site } => format!("data-{site}"),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+}
+
+pub struct Cluster {
+    pub net: Net,
+    pub procs: Vec<Proc>,
+    pub spec: ClusterSpec,
+}
+
+fn binary(dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
+    let p = dir.join(name);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(ClusterError::MissingBinary(p))
+    }
+}
+
+impl Cluster {
+    /// Hosts: `m1..m3` (metadata, one per site round-robin), `d-<site>` (data) and
+    /// `c-<site>` (clients) per site.
+    pub fn start(spec: ClusterSpec) -> Result<Cluster, ClusterError> {
+        let meta_bin = binary(&spec.bin_dir, "mobilus-meta")?;
+        let data_bin = binary(&spec.bin_dir, "mobilus-data")?;
+        let mut hosts: Vec<(String, String)> = Vec::new();
+        for i in 0..3 {
+            let site = spec.sites[i % spec.sites.len()].clone();
+            hosts.push((format!("m{}", i + 1), site));
+        }
+        for site in &spec.sites {
+            hosts.push((format!("d-{site}"), site.clone()));
+        }
+        for site in &spec.sites {
+            hosts.push((format!("c-{site}"), site.clone()));
+        }
+        let refs: Vec<(&str, &str)> = hosts
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let net = Net::create(&refs)?;
+        std::fs::create_dir_all(&spec.dir).map_err(|e| ClusterError::Start {
+            what: spec.dir.display().to_string(),
+            why: e.to_string(),
+        })?;
+        let mut cluster = Cluster {
+            net,
+            procs: Vec::new(),
+            spec: spec.clone(),
+        };
+        let seed = format!("{}:{META_PORT}", cluster.net.hosts[0].ip);
+        for i in 0..3 {
+            let id = i as u64 + 1;
+            let h = &cluster.net.hosts[i];
+            let addr = format!("{}:{META_PORT}", h.ip);
+            let mut args = vec![
+                "--id".into(),
+                id.to_string(),
+                "--listen".into(),
+                addr.clone(),
+                "--data-dir".into(),
+                spec.dir.join(format!("meta-{id}")).display().to_string(),
+            ];
+            if i == 0 {
+                args.push("--init".into());
+            } else {
+                args.extend(["--join".into(), seed.clone()]);
+            }
+            if spec.unsafe_local_reads {
+                args.push("--unsafe-local-reads".into());
+            }
+            cluster.procs.push(Proc {
+                role: Role::Meta { id },
+                host: i,
+                addr,
+                program: meta_bin.clone(),
+                args,
+                log: spec.dir.join(format!("meta-{id}.log")),
+                child: None,
+                paused: false,
+            });
+        }
+        let metas = cluster.meta_addrs().join(",");
+        for (j, site) in spec.sites.iter().enumerate() {
+            let host = 3 + j;
+            let addr = format!("{}:{DATA_PORT}", cluster.net.hosts[host].ip);
+            let args = vec![
+                "--site".into(),
+                site.clone(),
+                "--listen".into(),
+                addr.clone(),
+                "--data-dir".into(),
+                spec.dir.join(format!("data-{site}")).display().to_string(),
+                "--meta".into(),
+                metas.clone(),
+                "--heartbeat-ms".into(),
+                "500".into(),
+            ];
+            cluster.procs.push(Proc {
+                role: Role::Data { site: site.clone() },
+                host,
+                addr,
+                program: data_bin.clone(),
+                args,
+                log: spec.dir.join(format!("data-{site}.log")),
+                child: None,
+                paused: false,
+            });
+        }
+        for i in 0..cluster.procs.len() {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Addresses of the metadata members.
+    pub fn meta_addrs(&self) -> Vec<String> {
+        self.procs
+            .iter()
+            .filter(|p| matches!(p.role, Role::Meta { .. }))
+            .map(|p| p.addr.clone())
+            .collect()
+    }
+
+    /// The client host of each site.
+    pub fn client_hosts(&self) -> Vec<&Host> {
+        self.net
+            .hosts
+            .iter()
+            .filter(|h| h.name.starts_with("c-"))
+            .collect()
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<(), ClusterError> {
+        let p = &self.procs[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)
+            .map_err(|e| ClusterError::Start {
+                what: p.name(),
+                why: e.to_string(),
+            })?;
+        let child = self
+            .net
+            .command(&self.net.hosts[p.host], &p.program)
+            .args(&p.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| ClusterError::Start {
+                what: p.name(),
+                why: e.to_string(),
+            })?;
+        let p = &mut self.procs[i];
+        p.child = Some(child);
+        p.paused = false;
+        Ok(())
+    }
+
+    /// Wait until a leader sees every metadata member as a reachable voter.
+    pub async fn wait_healthy(&self, within: Duration) -> Result<(), ClusterError> {
+        let client = self.admin_client()?;
+        let deadline = Instant::now() + within;
+        let mut last;
+        loop {
+            match client.status().await {
+                Ok(s) => {
+                    let voters = s.members.iter().filter(|m| m.voter).count();
+                    let behind = s.members.iter().filter(|m| {
+                        m.id != s.id
+                            && m.matched_index.unwrap_or(0) + 10 < s.last_log_index.unwrap_or(0)
+                    });
+                    if voters == 3 && behind.count() == 0 {
+                        return Ok(());
+                    }
+                    last = format!("{voters} voters");
+                }
+                Err(e) => last = e.to_string(),
+            }
+            if Instant::now() > deadline {
+                return Err(ClusterError::Unhealthy(within, last));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A metadata client for the harness itself (from outside every namespace).
+    pub fn admin_client(&self) -> Result<MetaClient, ClusterError> {
+        let opts = ClientOptions {
+            deadline: Duration::from_secs(10),
+            rpc_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        MetaClient::new(&self.meta_addrs(), opts).map_err(|e| ClusterError::Start {
+            what: "a metadata client".into(),
+            why: e.to_string(),
+        })
+    }
+
+    /// SIGKILL process `i` (a no-op if it is not running).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.procs[i].paused = false;
+    }
+
+    /// Start process `i` again on its data (a no-op if it is running).
+    pub fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
+        if self.procs[i].is_running() {
+            return Ok(());
+        }
+        self.spawn(i)
+    }
+
+    pub fn pause(&mut self, i: usize) {
+        if let Some(pid) = self.procs[i].pid() {
+            if kill(pid, Signal::SIGSTOP).is_ok() {
+                self.procs[i].paused = true;
+            }
+        }
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        if let Some(pid) = self.procs[i].pid() {
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+        self.procs[i].paused = false;
+    }
+
+    /// Undo every fault: heal the network, resume paused processes, restart dead ones.
+    pub fn heal_all(&mut self) -> Result<(), ClusterError> {
+        self.net.heal()?;
+        for i in 0..self.procs.len() {
+            if self.procs[i].paused {
+                self.resume(i);
+            }
+            self.restart(i)?;
+        }
+        Ok(())
+    }
+
+    /// Kill every process (then the network goes with `Net`'s drop).
+    pub fn stop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.resume(i);
+            self.kill(i);
+        }
+        self.net.teardown();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,185 @@
+//! Faults, each with a start and a stop: network partitions (random halves, the leader
+//! isolated, a site cut off, a majority ring), SIGKILL and restart, SIGSTOP and SIGCONT,
+//! and membership changes (a voter removed, then added back). A schedule runs one fault
+//! at a time from the chosen kinds, with random gaps, until told to stop.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use crate::cluster::{Cluster, ClusterError, Role};
+
+/// The kinds a run may combine (`--nemesis partition,kill`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NemesisKind {
+    Partition,
+    Kill,
+    Pause,
+    Membership,
+}
+
+/// A fault in force, and how to undo it.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    Partition { description: String },
+    Killed { proc: usize },
+    Paused { proc: usize },
+    Removed { id: u64, addr: String },
+}
+
+impl Fault {
+    pub fn describe(&self, cluster: &Cluster) -> String {
+        match self {
+            Fault::Partition { description } => description.clone(),
+            Fault::Killed { proc } => format!("kill {}", cluster.procs[*proc].name()),
+            Fault::Paused { proc } => format!("pause {}", cluster.procs[*proc].name()),
+            Fault::Removed { id, .. } => format!("remove member {id}"),
+        }
+    }
+}
+
+fn names(cluster: &Cluster, group: &[usize]) -> String {
+    group
+        .iter()
+        .map(|i| cluster.net.hosts[*i].name.clone())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The host of the current leader, if one answers.
+async fn leader_host(cluster: &Cluster) -> Option<usize> {
+    let status = cluster.admin_client().ok()?.status().await.ok()?;
+    cluster
+        .procs
+        .iter()
+        .find(|p| p.role == Role::Meta { id: status.id })
+        .map(|p| p.host)
+}
+
+async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, ClusterError> {
+    let n = cluster.net.hosts.len();
+    let metas: Vec<usize> = (0..3).collect();
+    let mode = rng.random_range(0..4);
+    let description = match mode {
+        0 => {
+            let mut all: Vec<usize> = (0..n).collect();
+            all.shuffle(rng);
+            let (a, b) = all.split_at(n / 2);
+            cluster.net.partition(&[a.to_vec(), b.to_vec()])?;
+            format!(
+                "partition halves [{}] [{}]",
+                names(cluster, a),
+                names(cluster, b)
+            )
+        }
+        1 => {
+            let leader = match leader_host(cluster).await {
+                Some(l) => l,
+                None => metas[rng.random_range(0..3)],
+            };
+            let rest: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
+            cluster.net.partition(&[vec![leader], rest])?;
+            format!("isolate leader host {}", cluster.net.hosts[leader].name)
+        }
+        2 => {
+            let sites: Vec<String> = cluster.spec.sites.clone();
+            let site = &sites[rng.random_range(0..sites.len())];
+            let (inside, outside): (Vec<usize>, Vec<usize>) =
+                (0..n).partition(|i| &cluster.net.hosts[*i].site == site);
+            cluster.net.partition(&[inside, outside])?;
+            format!("cut off site {site}")
+        }
+        _ => {
+            // Three members in a ring with one link cut: each still sees a majority,
+            // but two of them cannot talk directly.
+            let mut m = metas.clone();
+            m.shuffle(rng);
+            cluster.net.heal()?;
+            cluster.net.cut(m[0], m[1])?;
+            format!(
+                "majority ring: {} and {} cut",
+                cluster.net.hosts[m[0]].name, cluster.net.hosts[m[1]].name
+            )
+        }
+    };
+    Ok(Fault::Partition { description })
+}
+
+/// Start one fault of `kind`.
+pub async fn start(
+    kind: NemesisKind,
+    cluster: &mut Cluster,
+    rng: &mut StdRng,
+) -> Result<Fault, ClusterError> {
+    match kind {
+        NemesisKind::Partition => partition(cluster, rng).await,
+        NemesisKind::Kill => {
+            let proc = rng.random_range(0..cluster.procs.len());
+            cluster.kill(proc);
+            Ok(Fault::Killed { proc })
+        }
+        NemesisKind::Pause => {
+            let proc = rng.random_range(0..cluster.procs.len());
+            cluster.pause(proc);
+            Ok(Fault::Paused { proc })
+        }
+        NemesisKind::Membership => {
+            let admin = cluster.admin_client()?;
+            let status = admin.status().await.map_err(|e| ClusterError::Start {
+                what: "membership change".into(),
+                why: e.to_string(),
+            })?;
+            let candidates: Vec<&mobilus_proto::pb::Member> = status
+                .members
+                .iter()
+                .filter(|m| m.voter && m.id != status.id)
+                .collect();
+            let Some(m) = candidates.get(rng.random_range(0..candidates.len().max(1))) else {
+                return Ok(Fault::Partition {
+                    description: "membership: no follower to remove".into(),
+                });
+            };
+            let (id, addr) = (m.id, m.addr.clone());
+            admin
+                .remove_member(id)
+                .await
+                .map_err(|e| ClusterError::Start {
+                    what: format!("removing member {id}"),
+                    why: e.to_string(),
+                })?;
+            Ok(Fault::Removed { id, addr })
+        }
+    }
+}
+
+/// Undo a fault.
+pub async fn stop(fault: &Fault, cluster: &mut Cluster) -> Result<(), ClusterError> {
+    match fault {
+        Fault::Partition { .. } => cluster.net.heal()?,
+        Fault::Killed { proc } => cluster.restart(*proc)?,
+        Fault::Paused { proc } => cluster.resume(*proc),
+        Fault::Removed { id, addr } => {
+            let admin = cluster.admin_client()?;
+            let mut last = String::new();
+            // The cluster may be electing; give it a few tries.
+            for _ in 0..20 {
+                match admin.add_learner(*id, addr).await {
+                    Ok(_) => match admin.promote(*id).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = e.to_string(),
+                    },
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            return Err(ClusterError::Start {
+                what: format!("re-adding member {id}"),
+                why: last,
+            });
+        }
+    }
+    Ok(())
+}

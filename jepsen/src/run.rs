@@ -1,0 +1,549 @@
+//! One test run: start the cluster on namespaced hosts, start a worker per client host,
+//! drive `concurrency` client processes with a workload's operations while the nemesis
+//! injects faults, then heal, read the final state, record everything, and check it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin};
+use tokio::sync::{oneshot, Mutex};
+
+use crate::checker::{self, set::SetReport, CheckReport, ModelKind, Verdict};
+use crate::cluster::{Cluster, ClusterSpec};
+use crate::history::{Event, EventType, History, Process};
+use crate::nemesis::{self, NemesisKind};
+use crate::worker::{Request, Response};
+
+/// What the clients do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Independent CAS registers (an xattr per file): read, write, compare-and-set.
+    Register,
+    /// Unique file creates in one directory, and listings.
+    Set,
+}
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub workload: Workload,
+    pub nemeses: Vec<NemesisKind>,
+    pub time_limit: Duration,
+    pub concurrency: usize,
+    pub seed: u64,
+    pub out: PathBuf,
+    pub bin_dir: PathBuf,
+    pub unsafe_local_reads: bool,
+    /// Mean gap between faults, and how long each lasts.
+    pub nemesis_interval: Duration,
+    pub op_timeout: Duration,
+    pub check_budget: Duration,
+}
+
+/// Counts of operations by outcome.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct OpCounts {
+    pub invoked: usize,
+    pub ok: usize,
+    pub fail: usize,
+    pub info: usize,
+}
+
+/// `results.json` of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunSummary {
+    pub workload: Workload,
+    pub nemeses: Vec<NemesisKind>,
+    pub seed: u64,
+    pub time_limit_s: u64,
+    pub concurrency: usize,
+    pub unsafe_local_reads: bool,
+    pub operations: OpCounts,
+    /// Faults injected: what, and when (ns since start) they started and stopped.
+    pub faults: Vec<FaultWindow>,
+    pub valid: bool,
+    pub register: Option<CheckReport>,
+    pub set: Option<SetReport>,
+    pub wall_s: f64,
+}
+
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct FaultWindow {
+    pub description: String,
+    pub start_ns: u64,
+    pub stop_ns: u64,
+}
+
+/// The history as it is recorded, with the run's clock.
+pub struct Recorder {
+    start: Instant,
+    history: std::sync::Mutex<History>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder {
+            start: Instant::now(),
+            history: std::sync::Mutex::new(History::default()),
+        }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn record(
+        &self,
+        process: Process,
+        kind: EventType,
+        f: &str,
+        key: Option<String>,
+        value: Value,
+        error: Option<String>,
+    ) {
+        let mut h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.push(Event {
+            index: 0,
+            time_ns: self.start.elapsed().as_nanos() as u64,
+            process,
+            kind,
+            f: f.to_string(),
+            key,
+            value,
+            error,
+        });
+    }
+
+    fn take(&self) -> History {
+        std::mem::take(&mut *self.history.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// A worker process in a client host, and its outstanding requests.
+struct WorkerConn {
+    stdin: Mutex<ChildStdin>,
+    pending: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Response>>>>,
+    next: AtomicU64,
+    _child: Child,
+}
+
+impl WorkerConn {
+    fn start(
+        cluster: &Cluster,
+        host: usize,
+        home: usize,
+        op_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut metas = cluster.meta_addrs();
+        let n = metas.len().max(1);
+        metas.rotate_left(home % n);
+        let mut cmd = cluster.net.command(&cluster.net.hosts[host], &exe);
+        cmd.arg("worker")
+            .arg("--meta")
+            .arg(metas.join(","))
+            .arg("--rpc-timeout-ms")
+            .arg(op_timeout.as_millis().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("worker stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("worker stdout"))?;
+        let pending: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Response>>>> =
+            Arc::default();
+        let waiting = pending.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(r) = serde_json::from_str::<Response>(&line) else {
+                    continue;
+                };
+                let tx = waiting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&r.id);
+                if let Some(tx) = tx {
+                    let _ = tx.send(r);
+                }
+            }
+        });
+        Ok(WorkerConn {
+            stdin: Mutex::new(stdin),
+            pending,
+            next: AtomicU64::new(0),
+            _child: child,
+        })
+    }
+
+    /// Send a request; `None` if no answer came within `timeout` (or the worker died).
+    async fn call(
+        &self,
+        f: &str,
+        key: Option<String>,
+        value: Value,
+        timeout: Duration,
+    ) -> Option<Response> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let req = Request {
+            id,
+            f: f.to_string(),
+            key,
+            value,
+        };
+        let mut line = serde_json::to_vec(&req).ok()?;
+        line.push(b'\n');
+        if self.stdin.lock().await.write_all(&line).await.is_err() {
+            return None;
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Some(r),
+            _ => {
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                None
+            }
+        }
+    }
+}
+
+/// Keys live for this long, so each key's history stays small enough to check.
+const KEY_LIFETIME: Duration = Duration::from_secs(2);
+const KEYS_AT_ONCE: u64 = 8;
+
+/// The next operation of a client process.
+fn generate(
+    workload: Workload,
+    rng: &mut StdRng,
+    elapsed: Duration,
+    next_add: &AtomicU64,
+) -> (&'static str, Option<String>, Value) {
+    match workload {
+        Workload::Register => {
+            let generation = elapsed.as_secs() / KEY_LIFETIME.as_secs();
+            let key = Some(format!(
+                "k{}",
+                generation * KEYS_AT_ONCE + rng.random_range(0..KEYS_AT_ONCE)
+            ));
+            match rng.random_range(0..4) {
+                0 | 1 => ("read", key, Value::Null),
+                2 => ("write", key, Value::from(rng.random_range(0..5))),
+                _ => (
+                    "cas",
+                    key,
+                    serde_json::json!([rng.random_range(0..5), rng.random_range(0..5)]),
+                ),
+            }
+        }
+        Workload::Set => {
+            if rng.random_range(0..10) == 0 {
+                ("read", None, Value::Null)
+            } else {
+                (
+                    "add",
+                    None,
+                    Value::from(next_add.fetch_add(1, Ordering::Relaxed) as i64),
+                )
+            }
+        }
+    }
+}
+
+/// One client slot: a process id that moves on after an indeterminate operation.
+async fn client_loop(
+    slot: usize,
+    opts: RunOptions,
+    conn: Arc<WorkerConn>,
+    rec: Arc<Recorder>,
+    deadline: Instant,
+    next_add: Arc<AtomicU64>,
+) {
+    let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_mul(1000).wrapping_add(slot as u64));
+    let mut process = slot as u64;
+    while Instant::now() < deadline {
+        let elapsed = Duration::from_nanos(rec.now_ns());
+        let (f, key, value) = generate(opts.workload, &mut rng, elapsed, &next_add);
+        rec.record(
+            Process::Client(process),
+            EventType::Invoke,
+            f,
+            key.clone(),
+            value.clone(),
+            None,
+        );
+        let answer = conn
+            .call(f, key.clone(), value.clone(), opts.op_timeout)
+            .await;
+        let (kind, out, error) = match answer {
+            Some(r) if r.kind == EventType::Ok && f == "read" => (r.kind, r.value, r.error),
+            Some(r) => (r.kind, value, r.error),
+            None => (EventType::Info, value, Some("no answer in time".into())),
+        };
+        rec.record(Process::Client(process), kind, f, key, out, error);
+        if kind == EventType::Info {
+            process += opts.concurrency as u64;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
+    }
+}
+
+/// Faults until `deadline`, one at a time.
+async fn nemesis_loop(
+    opts: RunOptions,
+    cluster: Arc<Mutex<Cluster>>,
+    rec: Arc<Recorder>,
+    deadline: Instant,
+) -> Vec<FaultWindow> {
+    let mut rng = StdRng::seed_from_u64(opts.seed ^ 0x006e_656d_6573_6973);
+    let mut windows = Vec::new();
+    if opts.nemeses.is_empty() {
+        return windows;
+    }
+    let gap = opts.nemesis_interval;
+    loop {
+        let wait = gap.mul_f64(rng.random_range(0.5..1.5));
+        if Instant::now() + wait + gap > deadline {
+            return windows;
+        }
+        tokio::time::sleep(wait).await;
+        let kind = opts.nemeses[rng.random_range(0..opts.nemeses.len())];
+        let started = {
+            let mut c = cluster.lock().await;
+            nemesis::start(kind, &mut c, &mut rng).await.map(|f| {
+                let d = f.describe(&c);
+                (f, d)
+            })
+        };
+        let (fault, description) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, ?kind, "could not start a fault");
+                continue;
+            }
+        };
+        let start_ns = rec.now_ns();
+        rec.record(
+            Process::nemesis(),
+            EventType::Info,
+            "start",
+            None,
+            Value::from(description.clone()),
+            None,
+        );
+        tracing::info!(%description, "fault started");
+        tokio::time::sleep(gap.mul_f64(rng.random_range(0.5..1.5))).await;
+        {
+            let mut c = cluster.lock().await;
+            if let Err(e) = nemesis::stop(&fault, &mut c).await {
+                tracing::warn!(error = %e, "could not stop a fault");
+            }
+        }
+        rec.record(
+            Process::nemesis(),
+            EventType::Info,
+            "stop",
+            None,
+            Value::from(description.clone()),
+            None,
+        );
+        windows.push(FaultWindow {
+            description,
+            start_ns,
+            stop_ns: rec.now_ns(),
+        });
+    }
+}
+
+fn count(history: &History) -> OpCounts {
+    let mut c = OpCounts::default();
+    for e in history.events.iter().filter(|e| !e.process.is_nemesis()) {
+        match e.kind {
+            EventType::Invoke => c.invoked += 1,
+            EventType::Ok => c.ok += 1,
+            EventType::Fail => c.fail += 1,
+            EventType::Info => c.info += 1,
+        }
+    }
+    // Operations cut short by the end of the run count as indeterminate.
+    c.info += c.invoked.saturating_sub(c.ok + c.fail + c.info);
+    c
+}
+
+/// Run a test; write `history.jsonl`, `history.edn` (registers) and `results.json` to
+/// `opts.out`.
+pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
+    let wall = Instant::now();
+    std::fs::create_dir_all(&opts.out)?;
+    let spec = ClusterSpec {
+        bin_dir: opts.bin_dir.clone(),
+        dir: opts.out.join("cluster"),
+        sites: vec!["site-a".into(), "site-b".into()],
+        unsafe_local_reads: opts.unsafe_local_reads,
+    };
+    let cluster = tokio::task::block_in_place(|| Cluster::start(spec))?;
+    cluster.wait_healthy(Duration::from_secs(60)).await?;
+    let clients: Vec<usize> = cluster
+        .net
+        .hosts
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.name.starts_with("c-"))
+        .map(|(i, _)| i)
+        .collect();
+    // One worker per (client host, home member): clients of a site spread over members.
+    let mut conns = Vec::new();
+    for (i, host) in clients.iter().enumerate() {
+        for home in 0..3 {
+            conns.push(Arc::new(WorkerConn::start(
+                &cluster,
+                *host,
+                home + i,
+                opts.op_timeout,
+            )?));
+        }
+    }
+    let cluster = Arc::new(Mutex::new(cluster));
+    let rec = Arc::new(Recorder::new());
+    let deadline = Instant::now() + opts.time_limit;
+    let next_add = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for slot in 0..opts.concurrency {
+        tasks.push(tokio::spawn(client_loop(
+            slot,
+            opts.clone(),
+            conns[slot % conns.len()].clone(),
+            rec.clone(),
+            deadline,
+            next_add.clone(),
+        )));
+    }
+    let faults = tokio::spawn(nemesis_loop(
+        opts.clone(),
+        cluster.clone(),
+        rec.clone(),
+        deadline,
+    ));
+    for t in tasks {
+        t.await?;
+    }
+    let faults = faults.await?;
+    // Heal everything, then read the final state.
+    {
+        let mut c = cluster.lock().await;
+        c.heal_all()?;
+        c.wait_healthy(Duration::from_secs(60)).await?;
+    }
+    if opts.workload == Workload::Set {
+        let final_process = Process::Client(u64::MAX / 2);
+        for _ in 0..10 {
+            rec.record(
+                final_process.clone(),
+                EventType::Invoke,
+                "read",
+                None,
+                Value::Null,
+                None,
+            );
+            let answer = conns[0]
+                .call("read", None, Value::Null, opts.op_timeout)
+                .await;
+            match answer {
+                Some(r) if r.kind == EventType::Ok => {
+                    rec.record(
+                        final_process.clone(),
+                        EventType::Ok,
+                        "read",
+                        None,
+                        r.value,
+                        None,
+                    );
+                    break;
+                }
+                other => {
+                    let error = other.and_then(|r| r.error);
+                    rec.record(
+                        final_process.clone(),
+                        EventType::Fail,
+                        "read",
+                        None,
+                        Value::Null,
+                        error,
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+    drop(conns);
+    let history = rec.take();
+    write_history(&opts, &history)?;
+    let mut summary = RunSummary {
+        workload: opts.workload,
+        nemeses: opts.nemeses.clone(),
+        seed: opts.seed,
+        time_limit_s: opts.time_limit.as_secs(),
+        concurrency: opts.concurrency,
+        unsafe_local_reads: opts.unsafe_local_reads,
+        operations: count(&history),
+        faults,
+        valid: false,
+        register: None,
+        set: None,
+        wall_s: 0.0,
+    };
+    match opts.workload {
+        Workload::Register => {
+            let r = checker::check(&history, ModelKind::CasRegister, opts.check_budget)?;
+            summary.valid = r.verdict == Verdict::Linearizable;
+            summary.register = Some(r);
+        }
+        Workload::Set => {
+            let r = checker::set::check(&history)?;
+            summary.valid = r.valid;
+            summary.set = Some(r);
+        }
+    }
+    cluster.lock().await.stop();
+    summary.wall_s = wall.elapsed().as_secs_f64();
+    std::fs::write(
+        opts.out.join("results.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    Ok(summary)
+}
+
+fn write_history(opts: &RunOptions, history: &History) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(opts.out.join("history.jsonl"))?);
+    history.write_jsonl(&mut out)?;
+    std::io::Write::flush(&mut out)?;
+    if opts.workload == Workload::Register {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(opts.out.join("history.edn"))?);
+        crate::edn::write_edn(history, &mut out)?;
+        std::io::Write::flush(&mut out)?;
+    }
+    Ok(())
+}
