@@ -231,43 +231,83 @@ impl WorkerConn {
     }
 }
 
-/// Keys live for this long, so each key's history stays small enough to check.
-const KEY_LIFETIME: Duration = Duration::from_secs(2);
+/// Registers in use at once; a fresh set replaces them after [`OPS_PER_GENERATION`]
+/// operations, or sooner after [`INFOS_PER_GENERATION`] indeterminate mutations. Each
+/// key's history stays small, and the indeterminate operations in it (which make the
+/// search exponential) few, as Jepsen's independent keys do.
 const KEYS_AT_ONCE: u64 = 8;
+const OPS_PER_GENERATION: u64 = 400;
+const INFOS_PER_GENERATION: u64 = 16;
 
-/// The next operation of a client process.
+/// Which registers are in use.
+#[derive(Default)]
+struct KeyPlan {
+    generation: AtomicU64,
+    ops: AtomicU64,
+    infos: AtomicU64,
+}
+
+impl KeyPlan {
+    fn key(&self, rng: &mut StdRng) -> (u64, String) {
+        if self.ops.fetch_add(1, Ordering::Relaxed) + 1 >= OPS_PER_GENERATION {
+            self.advance(self.generation.load(Ordering::Relaxed));
+        }
+        let g = self.generation.load(Ordering::Relaxed);
+        (
+            g,
+            format!("k{}", g * KEYS_AT_ONCE + rng.random_range(0..KEYS_AT_ONCE)),
+        )
+    }
+
+    /// An indeterminate mutation happened on a key of generation `g`.
+    fn indeterminate(&self, g: u64) {
+        if self.generation.load(Ordering::Relaxed) == g
+            && self.infos.fetch_add(1, Ordering::Relaxed) + 1 >= INFOS_PER_GENERATION
+        {
+            self.advance(g);
+        }
+    }
+
+    fn advance(&self, from: u64) {
+        if self
+            .generation
+            .compare_exchange(from, from + 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.ops.store(0, Ordering::Relaxed);
+            self.infos.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The next operation of a client process, and the key generation it belongs to.
 fn generate(
     workload: Workload,
     rng: &mut StdRng,
-    elapsed: Duration,
+    plan: &KeyPlan,
     next_add: &AtomicU64,
-) -> (&'static str, Option<String>, Value) {
+) -> (&'static str, Option<String>, Value, u64) {
     match workload {
         Workload::Register => {
-            let generation = elapsed.as_secs() / KEY_LIFETIME.as_secs();
-            let key = Some(format!(
-                "k{}",
-                generation * KEYS_AT_ONCE + rng.random_range(0..KEYS_AT_ONCE)
-            ));
+            let (g, key) = plan.key(rng);
+            let key = Some(key);
             match rng.random_range(0..4) {
-                0 | 1 => ("read", key, Value::Null),
-                2 => ("write", key, Value::from(rng.random_range(0..5))),
+                0 | 1 => ("read", key, Value::Null, g),
+                2 => ("write", key, Value::from(rng.random_range(0..5)), g),
                 _ => (
                     "cas",
                     key,
                     serde_json::json!([rng.random_range(0..5), rng.random_range(0..5)]),
+                    g,
                 ),
             }
         }
         Workload::Set => {
             if rng.random_range(0..10) == 0 {
-                ("read", None, Value::Null)
+                ("read", None, Value::Null, 0)
             } else {
-                (
-                    "add",
-                    None,
-                    Value::from(next_add.fetch_add(1, Ordering::Relaxed) as i64),
-                )
+                let v = next_add.fetch_add(1, Ordering::Relaxed) as i64;
+                ("add", None, Value::from(v), 0)
             }
         }
     }
@@ -281,12 +321,12 @@ async fn client_loop(
     rec: Arc<Recorder>,
     deadline: Instant,
     next_add: Arc<AtomicU64>,
+    plan: Arc<KeyPlan>,
 ) {
     let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_mul(1000).wrapping_add(slot as u64));
     let mut process = slot as u64;
     while Instant::now() < deadline {
-        let elapsed = Duration::from_nanos(rec.now_ns());
-        let (f, key, value) = generate(opts.workload, &mut rng, elapsed, &next_add);
+        let (f, key, value, generation) = generate(opts.workload, &mut rng, &plan, &next_add);
         rec.record(
             Process::Client(process),
             EventType::Invoke,
@@ -306,6 +346,9 @@ async fn client_loop(
         rec.record(Process::Client(process), kind, f, key, out, error);
         if kind == EventType::Info {
             process += opts.concurrency as u64;
+            if f != "read" {
+                plan.indeterminate(generation);
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
     }
@@ -430,6 +473,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let rec = Arc::new(Recorder::new());
     let deadline = Instant::now() + opts.time_limit;
     let next_add = Arc::new(AtomicU64::new(0));
+    let plan = Arc::new(KeyPlan::default());
     let mut tasks = Vec::new();
     for slot in 0..opts.concurrency {
         tasks.push(tokio::spawn(client_loop(
@@ -439,6 +483,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             rec.clone(),
             deadline,
             next_add.clone(),
+            plan.clone(),
         )));
     }
     let faults = tokio::spawn(nemesis_loop(

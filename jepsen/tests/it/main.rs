@@ -1,3 +1,4 @@
 //! Integration tests of the Jepsen harness.
 
 mod checker;
+mod runs;

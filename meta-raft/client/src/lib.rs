@@ -137,6 +137,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The messages of an error and its sources, joined.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut at = e.source();
+    while let Some(s) = at {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        at = s.source();
+    }
+    out
+}
+
+/// Did the call fail before any connection existed (refused, or the connect timed out)?
+/// Then the request was never sent.
+fn never_connected(status: &Status) -> bool {
+    let mut at = std::error::Error::source(status);
+    while let Some(e) = at {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        at = e.source();
+    }
+    false
+}
+
 /// Strip an optional `http://` so that addresses compare equal however they were written.
 fn normalize(addr: &str) -> String {
     addr.trim()
@@ -223,10 +253,17 @@ impl MetaClient {
                     *lock(&self.inner.leader) = Some(target);
                     return Ok(v);
                 }
+                // No connection could be made: nothing was sent, so trying another
+                // member is safe even for a caller that wants no ambiguous retries.
+                Ok(Err(status)) if never_connected(&status) => {
+                    last = format!("{target}: {}", chain(&status));
+                    *lock(&self.inner.leader) = None;
+                    true
+                }
                 // A failure of the connection itself (a member died mid-call, a reset
                 // stream), whatever code tonic gave it: try again, like Unavailable.
                 Ok(Err(status)) if std::error::Error::source(&status).is_some() => {
-                    last = format!("{target}: {}", status.message());
+                    last = format!("{target}: {}", chain(&status));
                     *lock(&self.inner.leader) = None;
                     false
                 }

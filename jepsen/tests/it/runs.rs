@@ -1,0 +1,230 @@
+//! Real runs: a cluster on namespaced hosts (root), workloads under partitions and kills,
+//! and the deliberate stale-read bug, which the harness must catch.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const JEPSEN: &str = env!("CARGO_BIN_EXE_mobilus-jepsen");
+
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(JEPSEN).parent().expect("bin dir").to_path_buf();
+    for b in ["mobilus-meta", "mobilus-data"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{b} is missing: run `cargo build --workspace --bins` (cargo test --workspace does)"
+        );
+    }
+    dir
+}
+
+/// Runs one at a time: each starts a whole cluster, and the leftover checks below must
+/// not see another run's processes.
+static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Run the harness; return its output and the run folder's results.
+fn must_run(out: &Path, args: &[&str]) -> (Output, serde_json::Value) {
+    let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let child = Command::new(JEPSEN)
+        .arg("run")
+        .args(["--no-build", "--bin-dir"])
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(out)
+        .args(args)
+        .output()
+        .expect("run mobilus-jepsen");
+    let results = std::fs::read_to_string(out.join("results.json")).unwrap_or_else(|e| {
+        panic!(
+            "no results.json ({e}); stderr:\n{}",
+            String::from_utf8_lossy(&child.stderr)
+        )
+    });
+    // Nothing left behind: no namespace, bridge or process of the run.
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let leftover = String::from_utf8_lossy(&netns.stdout).into_owned();
+    let bin = bin_dir().display().to_string();
+    let procs = Command::new("pgrep")
+        .args(["-f", &format!("{bin}/mobilus-(meta|data)")])
+        .output()
+        .unwrap();
+    assert!(
+        procs.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&procs.stdout)
+    );
+    assert!(!leftover.contains("mj-"), "namespaces left: {leftover}");
+    (child, serde_json::from_str(&results).expect("results.json"))
+}
+
+#[test]
+fn registers_stay_linearizable_under_partitions_and_kills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run(
+        &out,
+        &[
+            "--workload",
+            "register",
+            "--nemesis",
+            "partition,kill",
+            "--nemesis-interval",
+            "3",
+            "--time-limit",
+            "25",
+            "--concurrency",
+            "8",
+            "--seed",
+            "11",
+        ],
+    );
+    assert_eq!(child.status.code(), Some(0), "{r}");
+    assert_eq!(r["valid"], true);
+    assert_eq!(r["register"]["verdict"], "linearizable", "{r}");
+    assert!(r["operations"]["ok"].as_u64().unwrap() > 1000, "{r}");
+    assert!(r["faults"].as_array().unwrap().len() >= 2, "{r}");
+    for f in [
+        "history.jsonl",
+        "history.edn",
+        "index.html",
+        "timeline.svg",
+        "latency.svg",
+        "throughput.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // The exported EDN history checks the same, by the check command alone.
+    let check = Command::new(JEPSEN)
+        .args(["check", "--time-limit", "120"])
+        .arg(out.join("history.edn"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    // The report can be drawn again from the folder alone.
+    let report = Command::new(JEPSEN)
+        .arg("report")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(report.status.success());
+}
+
+#[test]
+fn directory_creates_are_never_lost_under_partitions_and_kills() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run(
+        &out,
+        &[
+            "--workload",
+            "set",
+            "--nemesis",
+            "partition,kill,pause",
+            "--nemesis-interval",
+            "3",
+            "--time-limit",
+            "20",
+            "--concurrency",
+            "8",
+            "--seed",
+            "12",
+        ],
+    );
+    assert_eq!(child.status.code(), Some(0), "{r}");
+    let s = &r["set"];
+    assert_eq!(s["valid"], true, "{r}");
+    assert!(s["acknowledged"].as_u64().unwrap() > 500, "{r}");
+    assert_eq!(s["lost"].as_array().unwrap().len(), 0);
+    assert_eq!(s["final_read"], true);
+}
+
+#[test]
+fn the_injected_stale_read_bug_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run(
+        &out,
+        &[
+            "--workload",
+            "register",
+            "--nemesis",
+            "partition",
+            "--nemesis-interval",
+            "2",
+            "--time-limit",
+            "20",
+            "--concurrency",
+            "8",
+            "--seed",
+            "13",
+            "--unsafe-local-reads",
+        ],
+    );
+    assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
+    assert_eq!(r["register"]["verdict"], "not-linearizable");
+    let c = &r["register"]["counterexample"];
+    assert_eq!(c["blocked"]["f"], "read", "{c}");
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("INVALID"));
+}
+
+#[test]
+fn check_exit_codes_follow_the_verdict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = tmp.path().join("good.edn");
+    std::fs::write(
+        &good,
+        "{:process 0, :type :invoke, :f :write, :value 1}\n{:process 0, :type :ok, :f :write, :value 1}\n\
+         {:process 1, :type :invoke, :f :read, :value nil}\n{:process 1, :type :ok, :f :read, :value 1}\n",
+    )
+    .unwrap();
+    let bad = tmp.path().join("bad.edn");
+    std::fs::write(
+        &bad,
+        "{:process 0, :type :invoke, :f :write, :value 1}\n{:process 0, :type :ok, :f :write, :value 1}\n\
+         {:process 1, :type :invoke, :f :read, :value nil}\n{:process 1, :type :ok, :f :read, :value 2}\n",
+    )
+    .unwrap();
+    let garbage = tmp.path().join("garbage.jsonl");
+    std::fs::write(&garbage, "not a history\n").unwrap();
+    let code = |args: &[&str], file: &Path| {
+        Command::new(JEPSEN)
+            .arg("check")
+            .args(args)
+            .arg(file)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(code(&[], &good), Some(0));
+    assert_eq!(code(&["--model", "register"], &good), Some(0));
+    assert_eq!(code(&[], &bad), Some(1));
+    assert_eq!(code(&[], &garbage), Some(2));
+    assert_eq!(code(&[], &tmp.path().join("missing.jsonl")), Some(2));
+    // JSON lines exported from EDN check the same.
+    let jsonl = tmp.path().join("bad.jsonl");
+    let out = Command::new(JEPSEN)
+        .arg("check")
+        .arg(&bad)
+        .arg("--export")
+        .arg(&jsonl)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(code(&["--format", "json"], &jsonl), Some(1));
+    assert_eq!(
+        Command::new(JEPSEN)
+            .args(["check", "--model", "nope"])
+            .arg(&good)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+}
