@@ -383,6 +383,30 @@ impl Model {
                 n.ctime = now;
                 Ok(OpReply::Done)
             }
+            Op::CasXattr {
+                ino,
+                name,
+                expected,
+                value,
+            } => {
+                if name.is_empty() {
+                    return Err(Errno::EINVAL);
+                }
+                if name.len() > 255 {
+                    return Err(Errno::ERANGE);
+                }
+                if value.len() > 65536 {
+                    return Err(Errno::E2BIG);
+                }
+                let current = self.get(*ino)?.xattrs.get(name.as_slice()).cloned();
+                if current.as_deref() != expected.as_deref().map(|b| b.as_slice()) {
+                    return Err(Errno::ECANCELED);
+                }
+                let n = self.node(*ino);
+                n.xattrs.insert(name.clone(), value.clone());
+                n.ctime = now;
+                Ok(OpReply::Done)
+            }
             Op::RemoveXattr { ino, name } => {
                 if name.is_empty() {
                     return Err(Errno::EINVAL);
@@ -535,6 +559,7 @@ enum Gen {
     Utimes(usize, Option<i64>, bool),
     SetXattr(usize, usize, usize, u8),
     RemoveXattr(usize, usize),
+    CasXattr(usize, usize, u8, u8),
     Write(usize, u8, u64, u64, u8, bool),
 }
 
@@ -572,6 +597,7 @@ fn gen_op() -> impl Strategy<Value = Gen> {
         1 => (i(), proptest::option::of(0i64..1_000_000), any::<bool>()).prop_map(|(n, t, a)| Gen::Utimes(n, t, a)),
         2 => (i(), i(), 0usize..70_000, 0u8..4).prop_map(|(n, x, l, f)| Gen::SetXattr(n, x, l, f)),
         1 => (i(), i()).prop_map(|(n, x)| Gen::RemoveXattr(n, x)),
+        2 => (i(), i(), 0u8..4, 0u8..3).prop_map(|(n, x, e, v)| Gen::CasXattr(n, x, e, v)),
         5 => (i(), 0u8..3, any::<u64>(), 1u64..6000, 1u8..250, any::<bool>())
             .prop_map(|(n, r, o, l, c, split)| Gen::Write(n, r, o, l, c, split)),
     ]
@@ -683,6 +709,16 @@ fn to_op(g: &Gen, known: &[u64]) -> Op {
             name: xname(x),
             value: vec![b'v'; l % 3 * 40 + if l > 66_000 { 66_000 } else { 0 }],
             flags: [0, XATTR_CREATE, XATTR_REPLACE, 3][f as usize],
+        },
+        Gen::CasXattr(n, x, e, v) => Op::CasXattr {
+            ino: ino(n),
+            name: xname(x),
+            // Absent, or one of the small values the generators write.
+            expected: match e {
+                0 => None,
+                e => Some(serde_bytes::ByteBuf::from(vec![b'v'; (e as usize - 1) * 40])),
+            },
+            value: vec![b'v'; v as usize * 40],
         },
         Gen::RemoveXattr(n, x) => Op::RemoveXattr {
             ino: ino(n),
