@@ -13,3 +13,4 @@ pub mod net;
 pub mod report;
 pub mod run;
 pub mod worker;
+pub mod worker_fs;

@@ -78,6 +78,13 @@ enum Command {
         meta: Vec<String>,
         #[arg(long, default_value_t = 3000)]
         rpc_timeout_ms: u64,
+        /// Serve file operations on a mount of this site (the durability workload).
+        #[arg(long)]
+        mount_site: Option<String>,
+        #[arg(long)]
+        mount_bin: Option<PathBuf>,
+        #[arg(long)]
+        mountpoint: Option<PathBuf>,
     },
     /// Check a history for linearizability and print the verdict (JSON).
     Check {
@@ -258,11 +265,29 @@ fn main() -> ExitCode {
         Command::Worker {
             meta,
             rpc_timeout_ms,
+            mount_site,
+            mount_bin,
+            mountpoint,
         } => {
+            let mount = match (mount_site, mount_bin, mountpoint) {
+                (Some(site), Some(bin), Some(mountpoint)) => {
+                    Some(mobilus_jepsen::worker::MountArgs {
+                        bin,
+                        site,
+                        mountpoint,
+                    })
+                }
+                (None, None, None) => None,
+                _ => {
+                    eprintln!("mobilus-jepsen worker: --mount-site, --mount-bin and --mountpoint go together");
+                    return ExitCode::from(2);
+                }
+            };
             let result = runtime().and_then(|rt| {
                 rt.block_on(mobilus_jepsen::worker::serve(
                     meta,
                     Duration::from_millis(rpc_timeout_ms),
+                    mount,
                 ))
             });
             match result {

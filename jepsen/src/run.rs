@@ -17,6 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::{oneshot, Mutex};
 
+use crate::checker::durability::DurabilityReport;
 use crate::checker::{self, set::SetReport, CheckReport, ModelKind, Verdict};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::history::{Event, EventType, History, Process};
@@ -31,6 +32,9 @@ pub enum Workload {
     Register,
     /// Unique file creates in one directory, and listings.
     Set,
+    /// Files written with fsync through real FUSE mounts (one per site), read back
+    /// byte-exact at the other site after the faults heal and every server restarts.
+    Durability,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +77,7 @@ pub struct RunSummary {
     pub valid: bool,
     pub register: Option<CheckReport>,
     pub set: Option<SetReport>,
+    pub durability: Option<DurabilityReport>,
     pub wall_s: f64,
 }
 
@@ -142,6 +147,7 @@ impl WorkerConn {
         host: usize,
         home: usize,
         op_timeout: Duration,
+        mount: Option<&crate::worker::MountArgs>,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut metas = cluster.meta_addrs();
@@ -156,6 +162,14 @@ impl WorkerConn {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(m) = mount {
+            cmd.arg("--mount-site")
+                .arg(&m.site)
+                .arg("--mount-bin")
+                .arg(&m.bin)
+                .arg("--mountpoint")
+                .arg(&m.mountpoint);
+        }
         let mut child = tokio::process::Command::from(cmd)
             .kill_on_drop(true)
             .spawn()?;
@@ -280,9 +294,14 @@ impl KeyPlan {
     }
 }
 
+/// Files each client slot rewrites, and their largest size.
+const FILES_PER_SLOT: u64 = 3;
+const MAX_FILE_BYTES: u64 = 3 << 20;
+
 /// The next operation of a client process, and the key generation it belongs to.
 fn generate(
     workload: Workload,
+    slot: usize,
     rng: &mut StdRng,
     plan: &KeyPlan,
     next_add: &AtomicU64,
@@ -301,6 +320,19 @@ fn generate(
                     g,
                 ),
             }
+        }
+        Workload::Durability => {
+            // Each slot owns its files: one writer per file, so content is never torn
+            // by concurrent writers.
+            let key = Some(format!("f{slot}-{}", rng.random_range(0..FILES_PER_SLOT)));
+            let seed = rng.random::<u64>() >> 11; // exact in JSON numbers
+            let len = rng.random_range(0..MAX_FILE_BYTES);
+            (
+                "write",
+                key,
+                serde_json::json!({"seed": seed, "len": len}),
+                0,
+            )
         }
         Workload::Set => {
             if rng.random_range(0..10) == 0 {
@@ -326,7 +358,7 @@ async fn client_loop(
     let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_mul(1000).wrapping_add(slot as u64));
     let mut process = slot as u64;
     while Instant::now() < deadline {
-        let (f, key, value, generation) = generate(opts.workload, &mut rng, &plan, &next_add);
+        let (f, key, value, generation) = generate(opts.workload, slot, &mut rng, &plan, &next_add);
         rec.record(
             Process::Client(process),
             EventType::Invoke,
@@ -350,7 +382,12 @@ async fn client_loop(
                 plan.indeterminate(generation);
             }
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(0..10))).await;
+        let think = if opts.workload == Workload::Durability {
+            20..100
+        } else {
+            0..10
+        };
+        tokio::time::sleep(Duration::from_millis(rng.random_range(think))).await;
     }
 }
 
@@ -441,9 +478,10 @@ fn count(history: &History) -> OpCounts {
 pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let wall = Instant::now();
     std::fs::create_dir_all(&opts.out)?;
+    let out = opts.out.canonicalize()?;
     let spec = ClusterSpec {
         bin_dir: opts.bin_dir.clone(),
-        dir: opts.out.join("cluster"),
+        dir: out.join("cluster"),
         sites: vec!["site-a".into(), "site-b".into()],
         unsafe_local_reads: opts.unsafe_local_reads,
     };
@@ -458,15 +496,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         .map(|(i, _)| i)
         .collect();
     // One worker per (client host, home member): clients of a site spread over members.
+    // The durability workload: one worker with its own FUSE mount per client host.
     let mut conns = Vec::new();
     for (i, host) in clients.iter().enumerate() {
+        if opts.workload == Workload::Durability {
+            let h = &cluster.net.hosts[*host];
+            let mount = crate::worker::MountArgs {
+                bin: opts.bin_dir.join("mobilus-mount"),
+                site: h.site.clone(),
+                mountpoint: out.join("cluster").join(format!("mnt-{}", h.name)),
+            };
+            let conn = WorkerConn::start(&cluster, *host, i, opts.op_timeout, Some(&mount))?;
+            conns.push(Arc::new(conn));
+            continue;
+        }
         for home in 0..3 {
-            conns.push(Arc::new(WorkerConn::start(
-                &cluster,
-                *host,
-                home + i,
-                opts.op_timeout,
-            )?));
+            let conn = WorkerConn::start(&cluster, *host, home + i, opts.op_timeout, None)?;
+            conns.push(Arc::new(conn));
         }
     }
     let cluster = Arc::new(Mutex::new(cluster));
@@ -501,6 +547,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         let mut c = cluster.lock().await;
         c.heal_all()?;
         c.wait_healthy(Duration::from_secs(60)).await?;
+    }
+    if opts.workload == Workload::Durability {
+        final_file_reads(&opts, &cluster, &conns, &rec).await?;
     }
     if opts.workload == Workload::Set {
         let final_process = Process::Client(u64::MAX / 2);
@@ -558,6 +607,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         valid: false,
         register: None,
         set: None,
+        durability: None,
         wall_s: 0.0,
     };
     match opts.workload {
@@ -571,6 +621,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             summary.valid = r.valid;
             summary.set = Some(r);
         }
+        Workload::Durability => {
+            let r = checker::durability::check(&history)?;
+            summary.valid = r.valid;
+            summary.durability = Some(r);
+        }
     }
     cluster.lock().await.stop();
     summary.wall_s = wall.elapsed().as_secs_f64();
@@ -579,6 +634,89 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         serde_json::to_vec_pretty(&summary)?,
     )?;
     Ok(summary)
+}
+
+/// Restart every server (SIGKILL, then start again on its data), then read every file
+/// written at one site through the other site's mount.
+async fn final_file_reads(
+    opts: &RunOptions,
+    cluster: &Arc<Mutex<Cluster>>,
+    conns: &[Arc<WorkerConn>],
+    rec: &Recorder,
+) -> anyhow::Result<()> {
+    let everything = || Value::from("kill and restart every server");
+    {
+        let mut c = cluster.lock().await;
+        rec.record(
+            Process::nemesis(),
+            EventType::Info,
+            "start",
+            None,
+            everything(),
+            None,
+        );
+        for i in 0..c.procs.len() {
+            c.kill(i);
+        }
+        for i in 0..c.procs.len() {
+            c.restart(i)?;
+        }
+        c.wait_healthy(Duration::from_secs(60)).await?;
+        rec.record(
+            Process::nemesis(),
+            EventType::Info,
+            "stop",
+            None,
+            everything(),
+            None,
+        );
+    }
+    let mut keys: Vec<(usize, String)> = Vec::new();
+    for slot in 0..opts.concurrency {
+        for j in 0..FILES_PER_SLOT {
+            keys.push((slot, format!("f{slot}-{j}")));
+        }
+    }
+    for (k, (slot, key)) in keys.into_iter().enumerate() {
+        let process = Process::Client(u64::MAX / 2 + k as u64);
+        // Through the site that did not write it.
+        let conn = &conns[(slot + 1) % conns.len()];
+        for _ in 0..10 {
+            rec.record(
+                process.clone(),
+                EventType::Invoke,
+                "read",
+                Some(key.clone()),
+                Value::Null,
+                None,
+            );
+            let answer = conn
+                .call(
+                    "read",
+                    Some(key.clone()),
+                    Value::Null,
+                    Duration::from_secs(60),
+                )
+                .await;
+            let (kind, value, error) = match answer {
+                Some(r) if r.kind == EventType::Ok => (EventType::Ok, r.value, None),
+                other => (EventType::Fail, Value::Null, other.and_then(|r| r.error)),
+            };
+            rec.record(
+                process.clone(),
+                kind,
+                "read",
+                Some(key.clone()),
+                value,
+                error,
+            );
+            if kind == EventType::Ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Ok(())
 }
 
 fn write_history(opts: &RunOptions, history: &History) -> anyhow::Result<()> {

@@ -231,8 +231,38 @@ impl State {
     }
 }
 
-/// Serve requests from stdin until it closes.
-pub async fn serve(meta: Vec<String>, rpc_timeout: Duration) -> anyhow::Result<()> {
+/// A FUSE mount for the durability workload: which binary, site and mountpoint.
+#[derive(Clone, Debug)]
+pub struct MountArgs {
+    pub bin: std::path::PathBuf,
+    pub site: String,
+    pub mountpoint: std::path::PathBuf,
+}
+
+/// Serve requests from stdin until it closes: through the metadata client, or (with
+/// `mount`) as file operations on a mount of our own.
+pub async fn serve(
+    meta: Vec<String>,
+    rpc_timeout: Duration,
+    mount: Option<MountArgs>,
+) -> anyhow::Result<()> {
+    let owned = match &mount {
+        Some(m) => {
+            let (bin, site, point, metas) = (
+                m.bin.clone(),
+                m.site.clone(),
+                m.mountpoint.clone(),
+                meta.clone(),
+            );
+            Some(Arc::new(
+                tokio::task::spawn_blocking(move || {
+                    crate::worker_fs::OwnedMount::start(&bin, &site, &metas, &point)
+                })
+                .await??,
+            ))
+        }
+        None => None,
+    };
     let opts = ClientOptions {
         deadline: rpc_timeout,
         rpc_timeout,
@@ -261,11 +291,25 @@ pub async fn serve(meta: Vec<String>, rpc_timeout: Duration) -> anyhow::Result<(
             Err(e) => anyhow::bail!("bad request {line:?}: {e}"),
         };
         let (state, tx) = (state.clone(), tx.clone());
-        tokio::spawn(async move {
-            let _ = tx.send(state.handle(req).await);
-        });
+        match &owned {
+            Some(m) => {
+                let m = m.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _ = tx.send(crate::worker_fs::handle(&m.mountpoint, &req));
+                });
+            }
+            None => {
+                tokio::spawn(async move {
+                    let _ = tx.send(state.handle(req).await);
+                });
+            }
+        }
     }
     drop(tx);
     writer.await??;
+    // Unmount (flushing) before exiting, off the async threads.
+    if let Some(m) = owned {
+        tokio::task::spawn_blocking(move || drop(m)).await?;
+    }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! indeterminate ones (`info`) may have happened at any time after their call, or never;
 //! indeterminate reads tell nothing and are dropped.
 
+pub mod durability;
 pub mod set;
 pub mod wgl;
 

@@ -143,6 +143,38 @@ fn directory_creates_are_never_lost_under_partitions_and_kills() {
 }
 
 #[test]
+fn fsynced_files_survive_kills_and_restarts_through_real_mounts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run(
+        &out,
+        &[
+            "--workload",
+            "durability",
+            "--nemesis",
+            "partition,kill",
+            "--nemesis-interval",
+            "3",
+            "--time-limit",
+            "20",
+            "--concurrency",
+            "4",
+            "--seed",
+            "14",
+        ],
+    );
+    assert_eq!(child.status.code(), Some(0), "{r}");
+    let d = &r["durability"];
+    assert_eq!(d["valid"], true, "{r}");
+    assert_eq!(d["lost_bytes"], 0);
+    assert_eq!(d["files"], 12, "{r}");
+    assert!(d["acknowledged_writes"].as_u64().unwrap() > 50, "{r}");
+    // The mounts went with their workers.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(out.to_str().unwrap()), "{mounts}");
+}
+
+#[test]
 fn the_injected_stale_read_bug_is_caught() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");

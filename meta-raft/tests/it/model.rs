@@ -716,7 +716,10 @@ fn to_op(g: &Gen, known: &[u64]) -> Op {
             // Absent, or one of the small values the generators write.
             expected: match e {
                 0 => None,
-                e => Some(serde_bytes::ByteBuf::from(vec![b'v'; (e as usize - 1) * 40])),
+                e => Some(serde_bytes::ByteBuf::from(vec![
+                    b'v';
+                    (e as usize - 1) * 40
+                ])),
             },
             value: vec![b'v'; v as usize * 40],
         },
