@@ -11,6 +11,9 @@ command -v c++ >/dev/null 2>&1 || need+=(build-essential)
 command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
 command -v sccache >/dev/null 2>&1 || need+=(sccache)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The Jepsen harness: partitions by iptables, process checks by pgrep.
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v pgrep >/dev/null 2>&1 || need+=(procps)
 # pjdfstest (built below) links libacl; the SQLite and git suites drive the real tools.
 dpkg -s libacl1-dev >/dev/null 2>&1 || need+=(libacl1-dev)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
