@@ -10,6 +10,7 @@ use mobilus_meta_client::{ClientOptions, MetaClient};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::link::{LinkEmulator, BASE_PORT};
 use crate::net::{Host, Net, NetError};
 
 /// Port of every metadata member and data node (each host has its own address).
@@ -38,6 +39,8 @@ pub struct ClusterSpec {
     pub sites: Vec<String>,
     /// The deliberate bug: reads without a read index (see `mobilus-meta --help`).
     pub unsafe_local_reads: bool,
+    /// Route traffic between sites through the link emulator.
+    pub link_emulator: bool,
 }
 
 /// The role of a process.
@@ -80,6 +83,8 @@ pub struct Cluster {
     pub net: Net,
     pub procs: Vec<Proc>,
     pub spec: ClusterSpec,
+    /// With `spec.link_emulator`: the proxies between sites.
+    pub link: Option<LinkEmulator>,
 }
 
 fn binary(dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
@@ -94,7 +99,7 @@ fn binary(dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
 impl Cluster {
     /// Hosts: `m1..m3` (metadata, one per site round-robin), `d-<site>` (data) and
     /// `c-<site>` (clients) per site.
-    pub fn start(spec: ClusterSpec) -> Result<Cluster, ClusterError> {
+    pub async fn start(spec: ClusterSpec) -> Result<Cluster, ClusterError> {
         let meta_bin = binary(&spec.bin_dir, "mobilus-meta")?;
         let data_bin = binary(&spec.bin_dir, "mobilus-data")?;
         let mut hosts: Vec<(String, String)> = Vec::new();
@@ -112,7 +117,7 @@ impl Cluster {
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect();
-        let net = Net::create(&refs)?;
+        let net = tokio::task::block_in_place(|| Net::create(&refs))?;
         std::fs::create_dir_all(&spec.dir).map_err(|e| ClusterError::Start {
             what: spec.dir.display().to_string(),
             why: e.to_string(),
@@ -121,6 +126,7 @@ impl Cluster {
             net,
             procs: Vec::new(),
             spec: spec.clone(),
+            link: None,
         };
         let seed = format!("{}:{META_PORT}", cluster.net.hosts[0].ip);
         for i in 0..3 {
@@ -181,10 +187,82 @@ impl Cluster {
                 paused: false,
             });
         }
+        if spec.link_emulator {
+            cluster.start_link_emulator().await?;
+        }
         for i in 0..cluster.procs.len() {
             cluster.spawn(i)?;
         }
         Ok(cluster)
+    }
+
+    /// Proxy every connection to a server of another site (before anything connects:
+    /// connections made earlier would keep going direct).
+    async fn start_link_emulator(&mut self) -> Result<(), ClusterError> {
+        let targets: Vec<(usize, std::net::SocketAddr)> = self
+            .procs
+            .iter()
+            .filter_map(|p| Some((p.host, p.addr.parse().ok()?)))
+            .collect();
+        let emulator = LinkEmulator::start(self.net.gateway(), &targets)
+            .await
+            .map_err(|e| ClusterError::Start {
+                what: "the link emulator".into(),
+                why: e.to_string(),
+            })?;
+        for from in 0..self.net.hosts.len() {
+            for (to, addr) in &targets {
+                if self.net.hosts[from].site == self.net.hosts[*to].site {
+                    continue;
+                }
+                let ip = match addr.ip() {
+                    std::net::IpAddr::V4(ip) => ip,
+                    std::net::IpAddr::V6(_) => continue,
+                };
+                self.net
+                    .redirect(from, ip, addr.port(), BASE_PORT + *to as u16)?;
+            }
+        }
+        self.link = Some(emulator);
+        Ok(())
+    }
+
+    /// Partition the hosts into `groups` (see `Net::partition`), proxied links included.
+    pub fn partition(&self, groups: &[Vec<usize>]) -> Result<(), ClusterError> {
+        self.net.partition(groups)?;
+        if let Some(link) = &self.link {
+            let n = self.net.hosts.len();
+            let group_of = |i: usize| groups.iter().position(|g| g.contains(&i));
+            let mut pairs = Vec::new();
+            for a in 0..n {
+                for b in 0..n {
+                    if a != b && (group_of(a).is_none() || group_of(a) != group_of(b)) {
+                        pairs.push((self.net.hosts[a].ip, self.net.hosts[b].ip));
+                    }
+                }
+            }
+            link.set_cut(pairs);
+        }
+        Ok(())
+    }
+
+    /// Cut the link between hosts `a` and `b` only (after healing everything else).
+    pub fn cut(&self, a: usize, b: usize) -> Result<(), ClusterError> {
+        self.heal_net()?;
+        self.net.cut(a, b)?;
+        if let Some(link) = &self.link {
+            link.set_cut([(self.net.hosts[a].ip, self.net.hosts[b].ip)]);
+        }
+        Ok(())
+    }
+
+    /// Remove every partition.
+    pub fn heal_net(&self) -> Result<(), ClusterError> {
+        self.net.heal()?;
+        if let Some(link) = &self.link {
+            link.set_cut([]);
+        }
+        Ok(())
     }
 
     /// Addresses of the metadata members.
@@ -308,7 +386,10 @@ impl Cluster {
 
     /// Undo every fault: heal the network, resume paused processes, restart dead ones.
     pub fn heal_all(&mut self) -> Result<(), ClusterError> {
-        self.net.heal()?;
+        self.heal_net()?;
+        if let Some(link) = &self.link {
+            link.set_shape(crate::link::LinkShape::default());
+        }
         for i in 0..self.procs.len() {
             if self.procs[i].paused {
                 self.resume(i);

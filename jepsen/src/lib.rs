@@ -8,6 +8,7 @@ pub mod checker;
 pub mod cluster;
 pub mod edn;
 pub mod history;
+pub mod link;
 pub mod nemesis;
 pub mod net;
 pub mod report;

@@ -10,6 +10,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use crate::cluster::{Cluster, ClusterError, Role};
+use crate::link::LinkShape;
 
 /// The kinds a run may combine (`--nemesis partition,kill`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
@@ -19,6 +20,8 @@ pub enum NemesisKind {
     Kill,
     Pause,
     Membership,
+    /// Latency and a bandwidth limit on links between sites (the link emulator).
+    Link,
 }
 
 /// A fault in force, and how to undo it.
@@ -28,6 +31,7 @@ pub enum Fault {
     Killed { proc: usize },
     Paused { proc: usize },
     Removed { id: u64, addr: String },
+    Shaped { description: String },
 }
 
 impl Fault {
@@ -37,6 +41,7 @@ impl Fault {
             Fault::Killed { proc } => format!("kill {}", cluster.procs[*proc].name()),
             Fault::Paused { proc } => format!("pause {}", cluster.procs[*proc].name()),
             Fault::Removed { id, .. } => format!("remove member {id}"),
+            Fault::Shaped { description } => description.clone(),
         }
     }
 }
@@ -68,7 +73,7 @@ async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, Cluster
             let mut all: Vec<usize> = (0..n).collect();
             all.shuffle(rng);
             let (a, b) = all.split_at(n / 2);
-            cluster.net.partition(&[a.to_vec(), b.to_vec()])?;
+            cluster.partition(&[a.to_vec(), b.to_vec()])?;
             format!(
                 "partition halves [{}] [{}]",
                 names(cluster, a),
@@ -81,7 +86,7 @@ async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, Cluster
                 None => metas[rng.random_range(0..3)],
             };
             let rest: Vec<usize> = (0..n).filter(|i| *i != leader).collect();
-            cluster.net.partition(&[vec![leader], rest])?;
+            cluster.partition(&[vec![leader], rest])?;
             format!("isolate leader host {}", cluster.net.hosts[leader].name)
         }
         2 => {
@@ -89,7 +94,7 @@ async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, Cluster
             let site = &sites[rng.random_range(0..sites.len())];
             let (inside, outside): (Vec<usize>, Vec<usize>) =
                 (0..n).partition(|i| &cluster.net.hosts[*i].site == site);
-            cluster.net.partition(&[inside, outside])?;
+            cluster.partition(&[inside, outside])?;
             format!("cut off site {site}")
         }
         _ => {
@@ -97,8 +102,7 @@ async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, Cluster
             // but two of them cannot talk directly.
             let mut m = metas.clone();
             m.shuffle(rng);
-            cluster.net.heal()?;
-            cluster.net.cut(m[0], m[1])?;
+            cluster.cut(m[0], m[1])?;
             format!(
                 "majority ring: {} and {} cut",
                 cluster.net.hosts[m[0]].name, cluster.net.hosts[m[1]].name
@@ -120,6 +124,25 @@ pub async fn start(
             let proc = rng.random_range(0..cluster.procs.len());
             cluster.kill(proc);
             Ok(Fault::Killed { proc })
+        }
+        NemesisKind::Link => {
+            let Some(link) = &cluster.link else {
+                return Err(ClusterError::Start {
+                    what: "a link fault".into(),
+                    why: "the cluster runs without the link emulator".into(),
+                });
+            };
+            let shape = LinkShape {
+                latency: Duration::from_millis(rng.random_range(20..250)),
+                bandwidth: Some(rng.random_range(256u64 << 10..8 << 20)),
+            };
+            let description = format!(
+                "slow links between sites: +{} ms, {} KiB/s",
+                shape.latency.as_millis(),
+                shape.bandwidth.unwrap_or(0) >> 10
+            );
+            link.set_shape(shape);
+            Ok(Fault::Shaped { description })
         }
         NemesisKind::Pause => {
             let proc = rng.random_range(0..cluster.procs.len());
@@ -158,7 +181,12 @@ pub async fn start(
 /// Undo a fault.
 pub async fn stop(fault: &Fault, cluster: &mut Cluster) -> Result<(), ClusterError> {
     match fault {
-        Fault::Partition { .. } => cluster.net.heal()?,
+        Fault::Partition { .. } => cluster.heal_net()?,
+        Fault::Shaped { .. } => {
+            if let Some(link) = &cluster.link {
+                link.set_shape(LinkShape::default());
+            }
+        }
         Fault::Killed { proc } => cluster.restart(*proc)?,
         Fault::Paused { proc } => cluster.resume(*proc),
         Fault::Removed { id, addr } => {

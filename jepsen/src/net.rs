@@ -239,6 +239,39 @@ impl Net {
         Ok(())
     }
 
+    /// Send `from`'s TCP connections to `to_ip:to_port` through `proxy_port` on the
+    /// gateway instead (the link emulator).
+    pub fn redirect(
+        &self,
+        from: usize,
+        to_ip: Ipv4Addr,
+        to_port: u16,
+        proxy_port: u16,
+    ) -> Result<(), NetError> {
+        let proxy = format!("{}:{proxy_port}", self.gateway());
+        in_ns(
+            &self.hosts[from].ns,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "tcp",
+                "-d",
+                &to_ip.to_string(),
+                "--dport",
+                &to_port.to_string(),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &proxy,
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Remove every partition.
     pub fn heal(&self) -> Result<(), NetError> {
         for h in &self.hosts {

@@ -484,8 +484,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         dir: out.join("cluster"),
         sites: vec!["site-a".into(), "site-b".into()],
         unsafe_local_reads: opts.unsafe_local_reads,
+        link_emulator: opts.nemeses.contains(&NemesisKind::Link),
     };
-    let cluster = tokio::task::block_in_place(|| Cluster::start(spec))?;
+    let cluster = Cluster::start(spec).await?;
     cluster.wait_healthy(Duration::from_secs(60)).await?;
     let clients: Vec<usize> = cluster
         .net

@@ -24,27 +24,41 @@ static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Run the harness; return its output and the run folder's results.
 fn must_run(out: &Path, args: &[&str]) -> (Output, serde_json::Value) {
     let _one = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let child = Command::new(JEPSEN)
+    let spawned = Command::new(JEPSEN)
         .arg("run")
         .args(["--no-build", "--bin-dir"])
         .arg(bin_dir())
         .arg("--out")
         .arg(out)
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run mobilus-jepsen");
+    let pid = spawned.id();
+    let child = spawned.wait_with_output().expect("wait for mobilus-jepsen");
     let results = std::fs::read_to_string(out.join("results.json")).unwrap_or_else(|e| {
         panic!(
             "no results.json ({e}); stderr:\n{}",
             String::from_utf8_lossy(&child.stderr)
         )
     });
-    // Nothing left behind: no namespace, bridge or process of the run.
+    // Nothing of this run left behind: namespaces, bridge, processes.
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let leftover = String::from_utf8_lossy(&netns.stdout).into_owned();
+    assert!(
+        !leftover.contains(&format!("mj-{pid}-")),
+        "namespaces left: {leftover}"
+    );
+    let links = Command::new("ip").args(["link"]).output().unwrap();
+    let links = String::from_utf8_lossy(&links.stdout).into_owned();
+    assert!(
+        !links.contains(&format!("mjb{pid}")),
+        "bridge left: {links}"
+    );
     let bin = bin_dir().display().to_string();
     let procs = Command::new("pgrep")
-        .args(["-f", &format!("{bin}/mobilus-(meta|data)")])
+        .args(["-f", &format!("{bin}/mobilus-(meta|data|mount)")])
         .output()
         .unwrap();
     assert!(
@@ -52,12 +66,11 @@ fn must_run(out: &Path, args: &[&str]) -> (Output, serde_json::Value) {
         "processes left: {}",
         String::from_utf8_lossy(&procs.stdout)
     );
-    assert!(!leftover.contains("mj-"), "namespaces left: {leftover}");
     (child, serde_json::from_str(&results).expect("results.json"))
 }
 
 #[test]
-fn registers_stay_linearizable_under_partitions_and_kills() {
+fn registers_stay_linearizable_under_partitions_kills_and_membership_changes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let (child, r) = must_run(
@@ -66,7 +79,7 @@ fn registers_stay_linearizable_under_partitions_and_kills() {
             "--workload",
             "register",
             "--nemesis",
-            "partition,kill",
+            "partition,kill,membership",
             "--nemesis-interval",
             "3",
             "--time-limit",
@@ -114,7 +127,7 @@ fn registers_stay_linearizable_under_partitions_and_kills() {
 }
 
 #[test]
-fn directory_creates_are_never_lost_under_partitions_and_kills() {
+fn directory_creates_are_never_lost_under_partitions_kills_pauses_and_slow_links() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     let (child, r) = must_run(
@@ -123,7 +136,7 @@ fn directory_creates_are_never_lost_under_partitions_and_kills() {
             "--workload",
             "set",
             "--nemesis",
-            "partition,kill,pause",
+            "partition,kill,pause,link",
             "--nemesis-interval",
             "3",
             "--time-limit",
