@@ -167,7 +167,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_test(opts: RunOptions, no_build: bool) -> anyhow::Result<bool> {
     if !no_build {
         build(&opts.bin_dir)?;
