@@ -132,7 +132,10 @@ fn spawn(bin: &Path, what: &str, dir: &Path, args: &[String]) -> anyhow::Result<
         .open(dir.join("log"))?;
     // Metrics on a free port the first time, and on the same one after a restart.
     let metrics = dir.join(METRICS_FILE);
-    let metrics_listen = metrics_addr(dir).unwrap_or_else(|| "127.0.0.1:0".into());
+    // (A port taken meanwhile by another program would stop the process: take a new one.)
+    let metrics_listen = metrics_addr(dir)
+        .filter(|a| std::net::TcpListener::bind(a.as_str()).is_ok())
+        .unwrap_or_else(|| "127.0.0.1:0".into());
     let _ = std::fs::remove_file(&metrics);
     let child = Command::new(bin)
         .args(args)

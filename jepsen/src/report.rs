@@ -73,9 +73,10 @@ fn timeline(
     ops: &[Operation],
     faults: &[FaultWindow],
     end: f64,
+    concurrency: u64,
     path: &Path,
 ) -> Result<(), ReportError> {
-    let slots = ops.iter().map(slot).max().unwrap_or(0) + 1;
+    let slots = ops.iter().map(|o| slot(o, concurrency)).max().unwrap_or(0) + 1;
     let root = SVGBackend::new(path, (1200, 40 + 14 * slots as u32 + 60)).into_drawing_area();
     let e = |x: String| ReportError::Draw("timeline", x);
     root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
@@ -106,7 +107,7 @@ fn timeline(
         .map_err(|x| e(x.to_string()))?;
     chart
         .draw_series(ops.iter().map(|o| {
-            let y = slot(o) as f64;
+            let y = slot(o, concurrency) as f64;
             let end_s = o.complete_ns.map_or(end, secs);
             Rectangle::new(
                 [
@@ -120,10 +121,12 @@ fn timeline(
     root.present().map_err(|x| e(x.to_string()))
 }
 
-/// The client slot of an operation (its process modulo the concurrency it started with).
-fn slot(o: &Operation) -> u64 {
+/// The client slot of an operation: its process modulo the run's concurrency (a process
+/// that retires hands its slot to the next number); the final reads get one row.
+fn slot(o: &Operation, concurrency: u64) -> u64 {
     match &o.process {
-        crate::history::Process::Client(p) => *p % 64,
+        crate::history::Process::Client(p) if *p >= u64::MAX / 2 => concurrency,
+        crate::history::Process::Client(p) => *p % concurrency.max(1),
         crate::history::Process::Named(_) => 0,
     }
 }
@@ -252,9 +255,6 @@ pub fn write(dir: &Path) -> Result<(), ReportError> {
     let ops = history.operations()?;
     let faults = windows(&history);
     let end = history.events.last().map_or(1.0, |e| secs(e.time_ns));
-    timeline(&ops, &faults, end, &dir.join("timeline.svg"))?;
-    latency(&ops, &faults, end, &dir.join("latency.svg"))?;
-    throughput(&ops, &faults, end, &dir.join("throughput.svg"))?;
     let results = match std::fs::read_to_string(dir.join("results.json")) {
         Ok(text) => {
             let v: serde_json::Value =
@@ -263,6 +263,15 @@ pub fn write(dir: &Path) -> Result<(), ReportError> {
         }
         Err(_) => None,
     };
+    // Without results.json the concurrency is unknown: fold into 64 rows.
+    let concurrency = results
+        .as_ref()
+        .and_then(|r| r["concurrency"].as_u64())
+        .filter(|c| (1..=1024).contains(c))
+        .unwrap_or(64);
+    timeline(&ops, &faults, end, concurrency, &dir.join("timeline.svg"))?;
+    latency(&ops, &faults, end, &dir.join("latency.svg"))?;
+    throughput(&ops, &faults, end, &dir.join("throughput.svg"))?;
     let verdict = match &results {
         Some(r) if r["valid"] == true => "<p class=ok>VALID: every check passed.</p>".to_string(),
         Some(_) => "<p class=bad>INVALID: see the checker's findings below.</p>".to_string(),
