@@ -214,11 +214,17 @@ pub async fn run(cmd: ClusterCmd, addrs: &[String], format: OutputFormat) -> any
         }
         ClusterCmd::Snapshot => {
             let s = client.trigger_snapshot().await.map_err(explain)?;
-            println!(
-                "snapshot requested on member {} (last applied {})",
-                s.id,
-                opt(s.last_applied)
-            );
+            match format {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({"member": s.id, "last_applied": s.last_applied})
+                ),
+                OutputFormat::Table => println!(
+                    "snapshot requested on member {} (last applied {})",
+                    s.id,
+                    opt(s.last_applied)
+                ),
+            }
             Ok(())
         }
         ClusterCmd::Members(m) => {
@@ -228,7 +234,8 @@ pub async fn run(cmd: ClusterCmd, addrs: &[String], format: OutputFormat) -> any
                 MembersCmd::Remove { id } => client.remove_member(id).await,
             }
             .map_err(explain)?;
-            println!("membership changed; {} members now", s.members.len());
+            // On stderr: stdout carries only the status (parseable with --output json).
+            eprintln!("membership changed; {} members now", s.members.len());
             let view = status(&client).await.map_err(explain)?;
             emit(format, &view, render)
         }

@@ -166,13 +166,19 @@ pub async fn start(
                 });
             };
             let (id, addr) = (m.id, m.addr.clone());
-            admin
-                .remove_member(id)
-                .await
-                .map_err(|e| ClusterError::Start {
-                    what: format!("removing member {id}"),
-                    why: e.to_string(),
-                })?;
+            if let Err(e) = admin.remove_member(id).await {
+                // A retried call may fail after the first attempt removed it: look.
+                let gone = admin
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.members.iter().all(|m| m.id != id));
+                if !gone {
+                    return Err(ClusterError::Start {
+                        what: format!("removing member {id}"),
+                        why: e.to_string(),
+                    });
+                }
+            }
             Ok(Fault::Removed { id, addr })
         }
     }

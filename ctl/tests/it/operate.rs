@@ -202,6 +202,20 @@ fn fsck_metrics_and_site_filters_on_a_dev_cluster() {
     );
     assert!(fsck_table(&config).contains("lost chunk"));
 
+    // The other read commands in table form.
+    let sites = must_ok(&["--config", &config, "site", "ls"]);
+    assert!(
+        sites.contains("site-a") && sites.contains("HEALTHY"),
+        "{sites}"
+    );
+    let gc = must_ok(&["--config", &config, "gc", "--dry-run"]);
+    assert!(gc.contains("COLLECTABLE") && gc.contains("site-b"), "{gc}");
+    let status = must_ok(&["dev", "status", "--dir", dir]);
+    assert!(
+        status.contains("METRICS") && status.contains(&meta_m),
+        "{status}"
+    );
+
     // --site: one site's nodes; an unknown site is an error that lists the real ones.
     let nodes = must_json(&["--config", &config, "node", "ls", "--site", "site-b"]);
     assert_eq!(nodes.as_array().unwrap().len(), 1);
@@ -285,6 +299,55 @@ fn cluster_init_makes_a_cluster_of_fresh_members_and_refuses_a_second_time() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already part of a cluster"), "{err}");
+    // Membership by hand: remove member 3, add it back as a learner, promote it.
+    let removed = must_json(&["--meta", &all, "cluster", "members", "remove", "--id", "3"]);
+    let ids: Vec<u64> = removed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2], "{removed}");
+    let added = must_json(&[
+        "--meta", &all, "cluster", "members", "add", "--id", "3", "--addr", &addrs[2],
+    ]);
+    let third = added["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == 3)
+        .cloned()
+        .unwrap_or_else(|| panic!("member 3 missing: {added}"));
+    assert_eq!(third["voter"], false, "a learner first: {added}");
+    let promoted = must_json(&["--meta", &all, "cluster", "members", "promote", "--id", "3"]);
+    assert!(
+        promoted["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["voter"] == true),
+        "{promoted}"
+    );
+    let table = must_ok(&["--meta", &all, "cluster", "members", "promote", "--id", "3"]);
+    assert!(
+        table.contains("voter") && table.contains("Leader"),
+        "{table}"
+    );
+    let snap = must_ok(&["--meta", &all, "cluster", "snapshot"]);
+    assert!(snap.contains("snapshot requested on member 1"), "{snap}");
+    let snap = must_json(&["--meta", &all, "cluster", "snapshot"]);
+    assert_eq!(snap["member"], 1, "{snap}");
+    assert!(snap["last_applied"].as_u64() > Some(0), "{snap}");
+    // Removing a member that does not exist is an error, not a crash.
+    let out = ctl(&["--meta", &all, "cluster", "members", "remove", "--id", "42"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("member 42 is not in the cluster"), "{err}");
     // --log-format json: every line a JSON object.
     let log = std::fs::read_to_string(tmp.path().join("log-1")).unwrap();
     assert!(log.lines().count() > 0);

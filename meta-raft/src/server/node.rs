@@ -280,6 +280,11 @@ impl MetaNode {
     #[instrument(skip(self))]
     pub async fn remove(&self, id: NodeId) -> Result<(), MetaError> {
         let m = self.raft.metrics().borrow().clone();
+        if m.membership_config.membership().get_node(&id).is_none() {
+            return Err(MetaError::InvalidRequest(format!(
+                "member {id} is not in the cluster"
+            )));
+        }
         let is_voter = m
             .membership_config
             .membership()
