@@ -516,6 +516,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             conns.push(Arc::new(conn));
         }
     }
+    // Every worker must answer before the clock starts: a worker that cannot run is a
+    // failure of the harness, not an anomaly of the system under test.
+    for (i, conn) in conns.iter().enumerate() {
+        let pong = conn
+            .call("ping", None, Value::Null, Duration::from_secs(60))
+            .await;
+        if !pong.is_some_and(|r| r.kind == EventType::Ok) {
+            anyhow::bail!("worker {i} did not start (see its errors above)");
+        }
+    }
     let cluster = Arc::new(Mutex::new(cluster));
     let rec = Arc::new(Recorder::new());
     let deadline = Instant::now() + opts.time_limit;

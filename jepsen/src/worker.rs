@@ -226,6 +226,7 @@ impl State {
                     Err(e) => failed(id, &e),
                 }
             }
+            ("ping", _) => done(id, Value::Null),
             (f, _) => refuse(id, format!("unknown operation {f:?}")),
         }
     }
@@ -291,6 +292,10 @@ pub async fn serve(
             Err(e) => anyhow::bail!("bad request {line:?}: {e}"),
         };
         let (state, tx) = (state.clone(), tx.clone());
+        if req.f == "ping" {
+            let _ = tx.send(done(req.id, Value::Null));
+            continue;
+        }
         match &owned {
             Some(m) => {
                 let m = m.clone();
