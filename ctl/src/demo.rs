@@ -39,15 +39,7 @@ fn mib(bytes: u64) -> String {
 }
 
 pub async fn run(dir: &Path) -> anyhow::Result<()> {
-    let path = dir.join("cluster.toml");
-    if !path.exists() {
-        bail!(
-            "no local cluster in {} — start one with `mobilusctl dev up --dir {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
-    let file = ClusterFile::load(&path)?;
+    let file = ClusterFile::load_dev(dir)?;
     let find = |site: &str| {
         let data = file.data.iter().find(|d| d.site == site);
         let mount = file.mounts.iter().find(|m| m.site == site);

@@ -368,15 +368,7 @@ struct ProcessView {
 }
 
 async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
-    let path = dir.join("cluster.toml");
-    if !path.exists() {
-        bail!(
-            "no local cluster in {} — start one with `mobilusctl dev up --dir {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
-    let file = ClusterFile::load(&path)?;
+    let file = ClusterFile::load_dev(dir)?;
     let client = cluster::connect(&file.meta_addrs)?;
     let mut rows = Vec::new();
     for m in &file.meta {
@@ -479,11 +471,7 @@ fn stop(pdir: &Path, grace: Duration) -> bool {
 }
 
 fn down(dir: &Path) -> anyhow::Result<()> {
-    let path = dir.join("cluster.toml");
-    if !path.exists() {
-        bail!("no local cluster in {}", dir.display());
-    }
-    let file = ClusterFile::load(&path)?;
+    let file = ClusterFile::load_dev(dir)?;
     let mut stopped = 0;
     // Mounts first (they flush to the data nodes and the metadata), metadata last.
     for m in &file.mounts {

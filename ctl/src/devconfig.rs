@@ -47,6 +47,20 @@ impl ClusterFile {
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
+    /// The `cluster.toml` of the local cluster in `dir`, or an error saying how to start
+    /// one.
+    pub fn load_dev(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("cluster.toml");
+        if !path.exists() {
+            bail!(
+                "no local cluster in {} — start one with `mobilusctl dev up --dir {}`",
+                dir.display(),
+                dir.display()
+            );
+        }
+        Self::load(&path)
+    }
+
     /// Write durably: temp file, fsync, rename.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         use std::io::Write;
