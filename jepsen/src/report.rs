@@ -39,6 +39,20 @@ fn secs(ns: u64) -> f64 {
     ns as f64 / 1e9
 }
 
+/// The fault windows as grey bands from `y0` to `y1`.
+fn shaded(
+    faults: &[FaultWindow],
+    y0: f64,
+    y1: f64,
+) -> impl Iterator<Item = Rectangle<(f64, f64)>> + '_ {
+    faults.iter().map(move |w| {
+        Rectangle::new(
+            [(secs(w.start_ns), y0), (secs(w.stop_ns), y1)],
+            FAULT.mix(0.2).filled(),
+        )
+    })
+}
+
 /// The fault windows, from the nemesis events of the history.
 fn windows(history: &History) -> Vec<FaultWindow> {
     let mut open: Vec<(String, u64)> = Vec::new();
@@ -98,12 +112,7 @@ fn timeline(
         .draw()
         .map_err(|x| e(x.to_string()))?;
     chart
-        .draw_series(faults.iter().map(|w| {
-            Rectangle::new(
-                [(secs(w.start_ns), 0.0), (secs(w.stop_ns), slots as f64)],
-                FAULT.mix(0.2).filled(),
-            )
-        }))
+        .draw_series(shaded(faults, 0.0, slots as f64))
         .map_err(|x| e(x.to_string()))?;
     chart
         .draw_series(ops.iter().map(|o| {
@@ -125,7 +134,7 @@ fn timeline(
 /// that retires hands its slot to the next number); the final reads get one row.
 fn slot(o: &Operation, concurrency: u64) -> u64 {
     match &o.process {
-        crate::history::Process::Client(p) if *p >= u64::MAX / 2 => concurrency,
+        crate::history::Process::Client(p) if *p >= crate::run::FINAL_PROCESS => concurrency,
         crate::history::Process::Client(p) => *p % concurrency.max(1),
         crate::history::Process::Named(_) => 0,
     }
@@ -169,12 +178,7 @@ fn latency(
         .draw()
         .map_err(|x| e(x.to_string()))?;
     chart
-        .draw_series(faults.iter().map(|w| {
-            Rectangle::new(
-                [(secs(w.start_ns), 0.1), (secs(w.stop_ns), top)],
-                FAULT.mix(0.2).filled(),
-            )
-        }))
+        .draw_series(shaded(faults, 0.1, top))
         .map_err(|x| e(x.to_string()))?;
     chart
         .draw_series(
@@ -225,12 +229,7 @@ fn throughput(
         .draw()
         .map_err(|x| e(x.to_string()))?;
     chart
-        .draw_series(faults.iter().map(|w| {
-            Rectangle::new(
-                [(secs(w.start_ns), 0.0), (secs(w.stop_ns), top)],
-                FAULT.mix(0.2).filled(),
-            )
-        }))
+        .draw_series(shaded(faults, 0.0, top))
         .map_err(|x| e(x.to_string()))?;
     for (series, c) in per.iter().zip([OK, FAIL, INFO]) {
         chart

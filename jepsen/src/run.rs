@@ -563,45 +563,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         final_file_reads(&opts, &cluster, &conns, &rec).await?;
     }
     if opts.workload == Workload::Set {
-        let final_process = Process::Client(u64::MAX / 2);
-        for _ in 0..10 {
-            rec.record(
-                final_process.clone(),
-                EventType::Invoke,
-                "read",
-                None,
-                Value::Null,
-                None,
-            );
-            let answer = conns[0]
-                .call("read", None, Value::Null, opts.op_timeout)
-                .await;
-            match answer {
-                Some(r) if r.kind == EventType::Ok => {
-                    rec.record(
-                        final_process.clone(),
-                        EventType::Ok,
-                        "read",
-                        None,
-                        r.value,
-                        None,
-                    );
-                    break;
-                }
-                other => {
-                    let error = other.and_then(|r| r.error);
-                    rec.record(
-                        final_process.clone(),
-                        EventType::Fail,
-                        "read",
-                        None,
-                        Value::Null,
-                        error,
-                    );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+        let process = Process::Client(FINAL_PROCESS);
+        final_read(&rec, &conns[0], process, None, opts.op_timeout).await;
     }
     drop(conns);
     let history = rec.take();
@@ -647,6 +610,40 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     Ok(summary)
 }
 
+/// Process numbers of the reads after the run (far above any client's).
+pub const FINAL_PROCESS: u64 = u64::MAX / 2;
+
+/// A read after the faults, retried (each attempt recorded) until one succeeds, at most
+/// ten times.
+async fn final_read(
+    rec: &Recorder,
+    conn: &WorkerConn,
+    process: Process,
+    key: Option<String>,
+    timeout: Duration,
+) {
+    for _ in 0..10 {
+        let (p, k) = (process.clone(), key.clone());
+        rec.record(
+            p.clone(),
+            EventType::Invoke,
+            "read",
+            k.clone(),
+            Value::Null,
+            None,
+        );
+        let (kind, value, error) = match conn.call("read", k.clone(), Value::Null, timeout).await {
+            Some(r) if r.kind == EventType::Ok => (EventType::Ok, r.value, None),
+            other => (EventType::Fail, Value::Null, other.and_then(|r| r.error)),
+        };
+        rec.record(p, kind, "read", k, value, error);
+        if kind == EventType::Ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Restart every server (SIGKILL, then start again on its data), then read every file
 /// written at one site through the other site's mount.
 async fn final_file_reads(
@@ -689,43 +686,10 @@ async fn final_file_reads(
         }
     }
     for (k, (slot, key)) in keys.into_iter().enumerate() {
-        let process = Process::Client(u64::MAX / 2 + k as u64);
+        let process = Process::Client(FINAL_PROCESS + k as u64);
         // Through the site that did not write it.
         let conn = &conns[(slot + 1) % conns.len()];
-        for _ in 0..10 {
-            rec.record(
-                process.clone(),
-                EventType::Invoke,
-                "read",
-                Some(key.clone()),
-                Value::Null,
-                None,
-            );
-            let answer = conn
-                .call(
-                    "read",
-                    Some(key.clone()),
-                    Value::Null,
-                    Duration::from_secs(60),
-                )
-                .await;
-            let (kind, value, error) = match answer {
-                Some(r) if r.kind == EventType::Ok => (EventType::Ok, r.value, None),
-                other => (EventType::Fail, Value::Null, other.and_then(|r| r.error)),
-            };
-            rec.record(
-                process.clone(),
-                kind,
-                "read",
-                Some(key.clone()),
-                value,
-                error,
-            );
-            if kind == EventType::Ok {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        final_read(rec, conn, process, Some(key), Duration::from_secs(60)).await;
     }
     Ok(())
 }
