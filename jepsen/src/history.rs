@@ -75,6 +75,29 @@ pub struct Event {
     pub error: Option<String>,
 }
 
+impl Event {
+    /// An event of client `process` at time 0, numbered when pushed (for tests and
+    /// hand-made histories).
+    pub fn client(
+        process: u64,
+        kind: EventType,
+        f: &str,
+        key: Option<&str>,
+        value: serde_json::Value,
+    ) -> Self {
+        Event {
+            index: 0,
+            time_ns: 0,
+            process: Process::Client(process),
+            kind,
+            f: f.to_string(),
+            key: key.map(str::to_string),
+            value,
+            error: None,
+        }
+    }
+}
+
 /// What can be wrong with a history file.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -217,16 +240,7 @@ mod tests {
     use serde_json::json;
 
     fn ev(process: u64, kind: EventType, f: &str, value: serde_json::Value) -> Event {
-        Event {
-            index: 0,
-            time_ns: 0,
-            process: Process::Client(process),
-            kind,
-            f: f.into(),
-            key: Some("k".into()),
-            value,
-            error: None,
-        }
+        Event::client(process, kind, f, Some("k"), value)
     }
 
     #[test]

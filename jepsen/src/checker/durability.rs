@@ -112,20 +112,11 @@ pub fn check(history: &History) -> Result<DurabilityReport, HistoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Event, Process};
+    use crate::history::Event;
     use serde_json::{json, Value};
 
     fn push(h: &mut History, p: u64, kind: EventType, f: &str, value: Value) {
-        h.push(Event {
-            index: 0,
-            time_ns: 0,
-            process: Process::Client(p),
-            kind,
-            f: f.into(),
-            key: Some("f0".into()),
-            value,
-            error: None,
-        });
+        h.push(Event::client(p, kind, f, Some("f0"), value));
     }
 
     #[test]
