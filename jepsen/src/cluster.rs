@@ -30,6 +30,30 @@ pub enum ClusterError {
 }
 
 /// What to run.
+/// Deliberate bugs the metadata members can be started with (hidden flags of
+/// `mobilus-meta`), so a run can show that its checkers catch them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetaBugs {
+    /// Reads without a read index, on any member (`--unsafe-local-reads`).
+    pub local_reads: bool,
+    /// A read lease of this length, past the election timeout (`--unsafe-read-lease-ms`).
+    pub read_lease_ms: Option<u64>,
+}
+
+impl MetaBugs {
+    /// The member flags that switch them on.
+    pub fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.local_reads {
+            args.push("--unsafe-local-reads".to_string());
+        }
+        if let Some(ms) = self.read_lease_ms {
+            args.extend(["--unsafe-read-lease-ms".to_string(), ms.to_string()]);
+        }
+        args
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ClusterSpec {
     /// Where `mobilus-meta` and `mobilus-data` are.
@@ -37,8 +61,8 @@ pub struct ClusterSpec {
     /// Data folders and logs.
     pub dir: PathBuf,
     pub sites: Vec<String>,
-    /// The deliberate bug: reads without a read index (see `mobilus-meta --help`).
-    pub unsafe_local_reads: bool,
+    /// Deliberate bugs, to show the checkers catch them.
+    pub bugs: MetaBugs,
     /// Route traffic between sites through the link emulator.
     pub link_emulator: bool,
 }
@@ -146,9 +170,7 @@ impl Cluster {
             } else {
                 args.extend(["--join".into(), seed.clone()]);
             }
-            if spec.unsafe_local_reads {
-                args.push("--unsafe-local-reads".into());
-            }
+            args.extend(spec.bugs.args());
             cluster.procs.push(Proc {
                 role: Role::Meta { id },
                 host: i,

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mobilus_jepsen::checker::{self, ModelKind, Verdict};
+use mobilus_jepsen::cluster::MetaBugs;
 use mobilus_jepsen::history::History;
 use mobilus_jepsen::nemesis::NemesisKind;
 use mobilus_jepsen::run::{RunOptions, Workload};
@@ -68,6 +69,10 @@ enum Command {
         /// TEST ONLY: start the metadata members with the deliberate stale-read bug.
         #[arg(long, hide = true)]
         unsafe_local_reads: bool,
+        /// TEST ONLY: start the metadata members with a read lease of this many ms,
+        /// longer than their election timeout (the deliberate lease bug).
+        #[arg(long, hide = true)]
+        unsafe_read_lease_ms: Option<u64>,
     },
     /// Draw (again) the report of a run folder: timeline, latency, throughput, index.html.
     Report { dir: PathBuf },
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
             bin_dir,
             no_build,
             unsafe_local_reads,
+            unsafe_read_lease_ms,
         } => {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -237,7 +243,10 @@ fn main() -> ExitCode {
                 seed,
                 out,
                 bin_dir,
-                unsafe_local_reads,
+                bugs: MetaBugs {
+                    local_reads: unsafe_local_reads,
+                    read_lease_ms: unsafe_read_lease_ms,
+                },
                 nemesis_interval: Duration::from_secs(nemesis_interval.max(1)),
                 op_timeout: Duration::from_millis(op_timeout_ms.max(100)),
                 check_budget: Duration::from_secs(check_time_limit),

@@ -67,7 +67,7 @@ async fn leader_host(cluster: &Cluster) -> Option<usize> {
 async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, ClusterError> {
     let n = cluster.net.hosts.len();
     let metas: Vec<usize> = (0..3).collect();
-    let mode = rng.random_range(0..4);
+    let mode = rng.random_range(0..5);
     let description = match mode {
         0 => {
             let mut all: Vec<usize> = (0..n).collect();
@@ -96,6 +96,26 @@ async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, Cluster
                 (0..n).partition(|i| &cluster.net.hosts[*i].site == site);
             cluster.partition(&[inside, outside])?;
             format!("cut off site {site}")
+        }
+        3 => {
+            // The leader in a minority with one site's clients: they can still reach
+            // it, while the other site's clients reach the majority, which elects
+            // another leader. A leader that kept serving reads past its leadership
+            // (a read lease too long) shows here.
+            let leader = match leader_host(cluster).await {
+                Some(l) => l,
+                None => metas[rng.random_range(0..3)],
+            };
+            let sites = &cluster.spec.sites;
+            let site = &sites[rng.random_range(0..sites.len())];
+            let clients = format!("c-{site}");
+            let (minority, majority): (Vec<usize>, Vec<usize>) =
+                (0..n).partition(|i| *i == leader || cluster.net.hosts[*i].name == clients);
+            cluster.partition(&[minority, majority])?;
+            format!(
+                "leader host {} with the clients of {site}, cut off",
+                cluster.net.hosts[leader].name
+            )
         }
         _ => {
             // Three members in a ring with one link cut: each still sees a majority,

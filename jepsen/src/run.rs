@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use crate::checker::durability::DurabilityReport;
 use crate::checker::{self, set::SetReport, CheckReport, ModelKind, Verdict};
-use crate::cluster::{Cluster, ClusterSpec};
+use crate::cluster::{Cluster, ClusterSpec, MetaBugs};
 use crate::history::{Event, EventType, History, Process};
 use crate::nemesis::{self, NemesisKind};
 use crate::worker::{Request, Response};
@@ -46,7 +46,8 @@ pub struct RunOptions {
     pub seed: u64,
     pub out: PathBuf,
     pub bin_dir: PathBuf,
-    pub unsafe_local_reads: bool,
+    /// Deliberate bugs to start the metadata members with.
+    pub bugs: MetaBugs,
     /// Mean gap between faults, and how long each lasts.
     pub nemesis_interval: Duration,
     pub op_timeout: Duration,
@@ -71,6 +72,8 @@ pub struct RunSummary {
     pub time_limit_s: u64,
     pub concurrency: usize,
     pub unsafe_local_reads: bool,
+    #[serde(default)]
+    pub unsafe_read_lease_ms: Option<u64>,
     pub operations: OpCounts,
     /// Faults injected: what, and when (ns since start) they started and stopped.
     pub faults: Vec<FaultWindow>,
@@ -483,7 +486,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         bin_dir: opts.bin_dir.clone(),
         dir: out.join("cluster"),
         sites: vec!["site-a".into(), "site-b".into()],
-        unsafe_local_reads: opts.unsafe_local_reads,
+        bugs: opts.bugs,
         link_emulator: opts.nemeses.contains(&NemesisKind::Link),
     };
     let cluster = Cluster::start(spec).await?;
@@ -575,7 +578,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         seed: opts.seed,
         time_limit_s: opts.time_limit.as_secs(),
         concurrency: opts.concurrency,
-        unsafe_local_reads: opts.unsafe_local_reads,
+        unsafe_local_reads: opts.bugs.local_reads,
+        unsafe_read_lease_ms: opts.bugs.read_lease_ms,
         operations: count(&history),
         faults,
         valid: false,

@@ -5,6 +5,11 @@
 //! all members), and the ratio to a baseline measured in the same run on the same disk:
 //! one client doing `write + fdatasync` of 100 bytes in a loop (the ceiling for a
 //! sequential durable commit).
+//!
+//! Then getattr/s at 1, 16 and 64 clients, three ways: linearizable under the leader's
+//! read lease (the default), linearizable by batched read-index rounds alone (a second
+//! cluster started with `--no-lease-reads`), and stale (local state, no check); the
+//! ratios are to stale reads, measured in the same run.
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -88,28 +93,12 @@ async fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let baseline = fsync_baseline(tmp.path(), secs.min(3.0))?;
 
-    let (p1, seed) = start(1, tmp.path(), &["--init".into()])?;
-    let join = vec!["--join".to_string(), seed.clone()];
-    let (p2, a2) = start(2, tmp.path(), &join)?;
-    let (p3, a3) = start(3, tmp.path(), &join)?;
-    let _procs = [p1, p2, p3];
-    let addrs = vec![seed, a2, a3];
+    let (_procs, addrs) = start_cluster(&tmp.path().join("a"), &[]).await?;
     let opts = ClientOptions {
         deadline: Duration::from_secs(30),
         ..Default::default()
     };
     let admin = MetaClient::new(&addrs, opts.clone())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while admin
-        .status()
-        .await
-        .map(|s| s.members.iter().filter(|m| m.voter).count())
-        .unwrap_or(0)
-        < 3
-    {
-        anyhow::ensure!(Instant::now() < deadline, "cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 
     println!(
         "mobilus-meta: 3 members on 127.0.0.1, {secs}s per level, data in {}",
@@ -188,32 +177,86 @@ async fn main() -> anyhow::Result<()> {
             rate / baseline,
         );
     }
-    // Reads: linearizable (read index) and stale, 16 clients.
-    for stale in [false, true] {
-        let clients = 16;
-        let stop_at = Instant::now() + Duration::from_secs_f64(secs.min(3.0));
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..clients {
-            let client = MetaClient::new(&addrs, opts.clone())?;
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while Instant::now() < stop_at {
-                    client.getattr(ROOT_INO, stale).await?;
-                    n += 1;
-                }
-                anyhow::Ok(n)
-            }));
-        }
-        let mut n = 0;
-        for t in tasks {
-            n += t.await??;
-        }
-        let kind = if stale { "stale" } else { "linearizable" };
+    // Reads: the same cluster (lease, stale), and one without lease reads.
+    let (_plain_procs, plain) =
+        start_cluster(&tmp.path().join("b"), &["--no-lease-reads".into()]).await?;
+    let read_secs = secs.min(3.0);
+    println!(
+        "\n{:<10} {:>14} {:>14} {:>12} {:>12} {:>12}",
+        "clients", "lease reads/s", "read-index/s", "stale/s", "lease/stale", "index/stale"
+    );
+    for clients in [1usize, 16, 64] {
+        let lease = read_rate(&addrs, clients, false, read_secs).await?;
+        let index = read_rate(&plain, clients, false, read_secs).await?;
+        let stale = read_rate(&addrs, clients, true, read_secs).await?;
         println!(
-            "\ngetattr, {kind}, 16 clients: {:.0} reads/s",
-            n as f64 / started.elapsed().as_secs_f64()
+            "{:<10} {:>14.0} {:>14.0} {:>12.0} {:>11.2}x {:>11.2}x",
+            clients,
+            lease,
+            index,
+            stale,
+            lease / stale,
+            index / stale
         );
     }
     Ok(())
+}
+
+/// Three members in `dir`, started with `flags`; returns them and their addresses once
+/// a leader reports three voters.
+async fn start_cluster(dir: &Path, flags: &[String]) -> anyhow::Result<([Proc; 3], Vec<String>)> {
+    std::fs::create_dir_all(dir)?;
+    let mut first = flags.to_vec();
+    first.push("--init".into());
+    let (p1, seed) = start(1, dir, &first)?;
+    let mut join = flags.to_vec();
+    join.extend(["--join".to_string(), seed.clone()]);
+    let (p2, a2) = start(2, dir, &join)?;
+    let (p3, a3) = start(3, dir, &join)?;
+    let addrs = vec![seed, a2, a3];
+    let admin = MetaClient::new(&addrs, ClientOptions::default())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while admin
+        .status()
+        .await
+        .map(|s| s.members.iter().filter(|m| m.voter).count())
+        .unwrap_or(0)
+        < 3
+    {
+        anyhow::ensure!(Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(([p1, p2, p3], addrs))
+}
+
+/// getattr of the root per second by `clients` concurrent clients for `secs`.
+async fn read_rate(
+    addrs: &[String],
+    clients: usize,
+    stale: bool,
+    secs: f64,
+) -> anyhow::Result<f64> {
+    let opts = ClientOptions {
+        deadline: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let stop_at = Instant::now() + Duration::from_secs_f64(secs);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let client = MetaClient::new(addrs, opts.clone())?;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < stop_at {
+                client.getattr(ROOT_INO, stale).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut n = 0;
+    for t in tasks {
+        n += t.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }

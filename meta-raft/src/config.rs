@@ -17,6 +17,8 @@ pub struct FileConfig {
     pub snapshot_logs: Option<u64>,
     pub keep_logs: Option<u64>,
     pub heartbeat_ms: Option<u64>,
+    /// Serve linearizable reads under the leader's lease (default true).
+    pub lease_reads: Option<bool>,
     pub log_format: Option<String>,
 }
 
@@ -34,6 +36,13 @@ pub struct NodeConfig {
     /// Entries kept in the log behind a snapshot, for lagging followers.
     pub keep_logs: u64,
     pub heartbeat_ms: u64,
+    /// Linearizable reads skip the read-index round while the leader's lease holds
+    /// (`server/read_index.rs`); off, every read takes a (batched) round.
+    pub lease_reads: bool,
+    /// TEST ONLY (`--unsafe-read-lease-ms`): a read lease of this length, however it
+    /// compares with the election timeout. A deliberate bug when longer, so the Jepsen
+    /// harness can show it catches a lease that outlives the leadership it stands for.
+    pub unsafe_read_lease_ms: Option<u64>,
     /// TEST ONLY (`--unsafe-local-reads`): serve "linearizable" reads from local state
     /// on any member, without a read index. A deliberate bug, so the Jepsen harness can
     /// show it catches stale reads.
@@ -51,6 +60,23 @@ pub enum ConfigError {
     Missing(&'static str, &'static str),
     #[error("invalid setting `{0}`: {1}")]
     Invalid(&'static str, String),
+}
+
+impl NodeConfig {
+    /// openraft's `leader_lease`: a follower refuses votes this long after it last heard
+    /// from the leader. (`election_timeout_max`, as `raft_config` sets it.)
+    pub fn leader_lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.heartbeat_ms * 10)
+    }
+
+    /// How long after a confirmed round the leader serves reads without another: 3/4
+    /// of the leader lease, or `None` without lease reads.
+    pub fn read_lease(&self) -> Option<std::time::Duration> {
+        if let Some(ms) = self.unsafe_read_lease_ms {
+            return Some(std::time::Duration::from_millis(ms));
+        }
+        self.lease_reads.then(|| self.leader_lease() * 3 / 4)
+    }
 }
 
 impl FileConfig {
@@ -95,6 +121,8 @@ impl FileConfig {
             snapshot_logs,
             keep_logs: self.keep_logs.unwrap_or(1000),
             heartbeat_ms,
+            lease_reads: self.lease_reads.unwrap_or(true),
+            unsafe_read_lease_ms: None,
             unsafe_local_reads: false,
         })
     }

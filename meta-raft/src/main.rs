@@ -48,6 +48,13 @@ struct Args {
     /// deliberate linearizability bug, for the Jepsen harness to catch).
     #[arg(long, hide = true)]
     unsafe_local_reads: bool,
+    /// Take a read-index round for every linearizable read (no leader-lease reads).
+    #[arg(long)]
+    no_lease_reads: bool,
+    /// TEST ONLY: a read lease of this many milliseconds, however long (a deliberate
+    /// bug past the election timeout, for the Jepsen harness to catch).
+    #[arg(long, hide = true)]
+    unsafe_read_lease_ms: Option<u64>,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
     /// Write the advertised address to this file once serving (for scripts and tests).
@@ -77,6 +84,9 @@ fn merge(args: &Args) -> anyhow::Result<FileConfig> {
     }
     if args.init {
         file.init = Some(true);
+    }
+    if args.no_lease_reads {
+        file.lease_reads = Some(false);
     }
     Ok(file)
 }
@@ -109,6 +119,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     server::describe_metrics();
     let mut cfg = merge(&args)?.resolve()?;
     cfg.unsafe_local_reads = args.unsafe_local_reads;
+    cfg.unsafe_read_lease_ms = args.unsafe_read_lease_ms;
     let handle = server::start(&cfg).await?;
     if let Some(path) = &args.ready_file {
         let tmp = path.with_extension("tmp");

@@ -748,6 +748,19 @@ impl MetaClient {
         len: u64,
         stale: bool,
     ) -> Result<(Vec<Extent>, u64), ClientError> {
+        let (extents, attr) = self.read_slices_attr(ino, offset, len, stale).await?;
+        Ok((extents, attr.size))
+    }
+
+    /// The merged slice map of a range, and the file's attributes as of the same state
+    /// (one round for what an open needs).
+    pub async fn read_slices_attr(
+        &self,
+        ino: InodeId,
+        offset: u64,
+        len: u64,
+        stale: bool,
+    ) -> Result<(Vec<Extent>, Attr), ClientError> {
         let req = pb::ReadSlicesRequest {
             ino,
             offset,
@@ -765,6 +778,7 @@ impl MetaClient {
             .into_iter()
             .map(Extent::try_from)
             .collect::<Result<_, _>>()?;
-        Ok((extents, r.size))
+        let attr = attr_from_reply(pb::AttrReply { attr: r.attr })?;
+        Ok((extents, attr))
     }
 }

@@ -331,20 +331,20 @@ pub(crate) fn truncate(
 }
 
 /// The merged view of `[offset, offset+len)` clamped to the file size: chunk extents and
-/// holes, in order, covering the range exactly.
+/// holes, in order, covering the range exactly; and the file's attributes.
 pub(crate) fn read(
     txn: &Txn<'_>,
     ino: InodeId,
     offset: u64,
     len: u64,
-) -> Result<(Vec<Extent>, u64), NsError> {
+) -> Result<(Vec<Extent>, Attr), NsError> {
     let rec = load(txn, ino)?;
     regular(&rec)?;
     let size = rec.attr.size;
     let end = offset.saturating_add(len).min(size);
     let mut out: Vec<Extent> = Vec::new();
     if offset >= end {
-        return Ok((out, size));
+        return Ok((out, rec.attr));
     }
     for block in offset / BLOCK_SIZE..=(end - 1) / BLOCK_SIZE {
         let lo = offset.max(block * BLOCK_SIZE);
@@ -371,7 +371,7 @@ pub(crate) fn read(
             }
         }
     }
-    Ok((out, size))
+    Ok((out, rec.attr))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! `fsck` of the metadata: is the tree well formed, and do the chunk reference counts
-//! equal the references? Read-only, over one RocksDB snapshot, so a check running beside
+//! equal the references? Read-only, over one consistent view of the store, so a check running beside
 //! live writes sees one consistent state and reports no false problems.
 //!
 //! It keeps a few dozen bytes per inode and per distinct chunk in memory.
@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use mobilus_proto::fs::{ChunkHash, FileKind, InodeId, ROOT_INO};
-use rocksdb::{IteratorMode, SnapshotWithThreadMode, DB};
 use serde::de::DeserializeOwned;
 
 use super::keys::{self, Cf, BLOCK_SIZE};
+use super::kv::KvRead;
 use super::{Counters, DentryRecord, InodeRecord, Namespace, SliceRecord};
 use crate::codec;
 use crate::error::{NsError, StoreError};
@@ -56,34 +56,25 @@ struct InodeFacts {
     subdirs: u32,
 }
 
-type Snapshot<'a> = SnapshotWithThreadMode<'a, DB>;
-
-fn cf(db: &DB, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
-    db.cf_handle(cf.name())
-        .ok_or(StoreError::MissingColumnFamily(cf.name()))
-}
-
-/// Visit every pair of a column family as of the snapshot.
+/// Visit every pair of a column family as of the view.
 fn each(
-    db: &DB,
-    snap: &Snapshot<'_>,
+    view: &dyn KvRead,
     which: Cf,
     mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), NsError>,
 ) -> Result<(), NsError> {
-    for item in snap.iterator_cf(cf(db, which)?, IteratorMode::Start) {
-        let (k, v) = item.map_err(StoreError::from)?;
+    for item in view.iter_from(which, &[])? {
+        let (k, v) = item?;
         visit(&k, &v)?;
     }
     Ok(())
 }
 
 fn get<T: DeserializeOwned>(
-    db: &DB,
-    snap: &Snapshot<'_>,
+    view: &dyn KvRead,
     which: Cf,
     key: &[u8],
 ) -> Result<Option<T>, NsError> {
-    match snap.get_cf(cf(db, which)?, key).map_err(StoreError::from)? {
+    match view.get(which, key)? {
         Some(v) => Ok(Some(codec::decode(&v)?)),
         None => Ok(None),
     }
@@ -92,11 +83,11 @@ fn get<T: DeserializeOwned>(
 impl Namespace {
     /// Check the whole namespace (see the module doc).
     pub fn fsck(&self) -> Result<FsckReport, NsError> {
-        let db: &DB = self.db();
-        let snap = db.snapshot();
+        let view = self.store().view()?;
+        let view: &dyn KvRead = &*view;
         let mut r = FsckReport::default();
         let mut inodes: BTreeMap<InodeId, InodeFacts> = BTreeMap::new();
-        each(db, &snap, Cf::Inodes, |k, v| {
+        each(view, Cf::Inodes, |k, v| {
             let rec: InodeRecord = codec::decode(v)?;
             let ino = keys::u64_at(k, 0);
             if rec.attr.ino != ino {
@@ -121,25 +112,25 @@ impl Namespace {
             Ok(())
         })?;
         r.inodes = inodes.len() as u64;
-        self.check_dentries(db, &snap, &mut inodes, &mut r)?;
-        self.check_cookies(db, &snap, &mut r)?;
+        self.check_dentries(view, &mut inodes, &mut r)?;
+        self.check_cookies(view, &mut r)?;
         let mut orphans = Vec::new();
-        each(db, &snap, Cf::Orphans, |k, _| {
+        each(view, Cf::Orphans, |k, _| {
             orphans.push(keys::u64_at(k, 0));
             Ok(())
         })?;
         r.orphans = orphans.len() as u64;
         check_links(&inodes, &orphans, &mut r);
         check_reachable(&inodes, &mut r);
-        self.check_chunks(db, &snap, &inodes, &mut r)?;
-        each(db, &snap, Cf::Xattrs, |k, _| {
+        self.check_chunks(view, &inodes, &mut r)?;
+        each(view, Cf::Xattrs, |k, _| {
             let ino = keys::u64_at(k, 0);
             if !inodes.contains_key(&ino) {
                 r.problem(format!("xattr of missing inode {ino}"));
             }
             Ok(())
         })?;
-        let counters: Counters = get(db, &snap, Cf::Sys, keys::sys::COUNTERS)?.unwrap_or_default();
+        let counters: Counters = get(view, Cf::Sys, keys::sys::COUNTERS)?.unwrap_or_default();
         if counters.inodes != r.inodes {
             r.problem(format!(
                 "the inode counter says {} but {} inodes exist",
@@ -159,12 +150,11 @@ impl Namespace {
 
     fn check_dentries(
         &self,
-        db: &DB,
-        snap: &Snapshot<'_>,
+        view: &dyn KvRead,
         inodes: &mut BTreeMap<InodeId, InodeFacts>,
         r: &mut FsckReport,
     ) -> Result<(), NsError> {
-        each(db, snap, Cf::Dentries, |k, v| {
+        each(view, Cf::Dentries, |k, v| {
             r.dentries += 1;
             let parent = keys::u64_at(k, 0);
             let name = String::from_utf8_lossy(k.get(8..).unwrap_or_default()).into_owned();
@@ -175,7 +165,7 @@ impl Namespace {
                 None => r.problem(format!("entry {name:?} is in missing directory {parent}")),
             }
             let named_cookie: Option<Vec<u8>> =
-                get_raw(db, snap, Cf::Cookies, &keys::cookie(parent, d.cookie))?;
+                view.get(Cf::Cookies, &keys::cookie(parent, d.cookie))?;
             if named_cookie.as_deref() != k.get(8..) {
                 r.problem(format!(
                     "entry {name:?} in {parent} has cookie {} that does not name it",
@@ -211,17 +201,11 @@ impl Namespace {
         })
     }
 
-    fn check_cookies(
-        &self,
-        db: &DB,
-        snap: &Snapshot<'_>,
-        r: &mut FsckReport,
-    ) -> Result<(), NsError> {
-        each(db, snap, Cf::Cookies, |k, name| {
+    fn check_cookies(&self, view: &dyn KvRead, r: &mut FsckReport) -> Result<(), NsError> {
+        each(view, Cf::Cookies, |k, name| {
             let parent = keys::u64_at(k, 0);
             let cookie = keys::u64_at(k, 8);
-            let d: Option<DentryRecord> =
-                get(db, snap, Cf::Dentries, &keys::with_name(parent, name))?;
+            let d: Option<DentryRecord> = get(view, Cf::Dentries, &keys::with_name(parent, name))?;
             if d.map(|d| d.cookie) != Some(cookie) {
                 r.problem(format!(
                     "cookie {cookie} of {parent} names {:?}, which has no entry with it",
@@ -235,13 +219,12 @@ impl Namespace {
     /// Reference counts against the references the slices hold.
     fn check_chunks(
         &self,
-        db: &DB,
-        snap: &Snapshot<'_>,
+        view: &dyn KvRead,
         inodes: &BTreeMap<InodeId, InodeFacts>,
         r: &mut FsckReport,
     ) -> Result<(), NsError> {
         let mut held: HashMap<ChunkHash, u64> = HashMap::new();
-        each(db, snap, Cf::Slices, |k, v| {
+        each(view, Cf::Slices, |k, v| {
             r.slices += 1;
             let (ino, block) = (keys::u64_at(k, 0), keys::u64_at(k, 8));
             let s: SliceRecord = codec::decode(v)?;
@@ -270,7 +253,7 @@ impl Namespace {
             Ok(())
         })?;
         r.referenced_chunks = held.len() as u64;
-        each(db, snap, Cf::ChunkRefs, |k, v| {
+        each(view, Cf::ChunkRefs, |k, v| {
             let count: u64 = codec::decode(v)?;
             let hash = ChunkHash::from_slice(k).ok_or_else(|| {
                 StoreError::Corrupt(format!("chunk_refs key of {} bytes", k.len()))
@@ -292,15 +275,6 @@ impl Namespace {
         }
         Ok(())
     }
-}
-
-fn get_raw(
-    db: &DB,
-    snap: &Snapshot<'_>,
-    which: Cf,
-    key: &[u8],
-) -> Result<Option<Vec<u8>>, NsError> {
-    Ok(snap.get_cf(cf(db, which)?, key).map_err(StoreError::from)?)
 }
 
 /// Link counts: a directory has 2 plus its subdirectories; anything else one per entry;

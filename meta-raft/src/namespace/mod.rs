@@ -1,4 +1,5 @@
-//! The namespace state machine: POSIX semantics over RocksDB column families.
+//! The namespace state machine: POSIX semantics over ordered key-value column families
+//! (RocksDB in a member, memory in model tests; see [`kv`]).
 //!
 //! Deterministic by construction: an operation reads only the database and its
 //! [`Command`](crate::types::Command), whose `time_ns` the leader stamped at proposal. The
@@ -9,6 +10,7 @@ mod file;
 mod fsck;
 mod gc;
 pub mod keys;
+pub mod kv;
 mod query;
 pub mod txn;
 
@@ -19,11 +21,11 @@ use std::sync::Arc;
 
 use mobilus_proto::fs::{Attr, ChunkRef, Epoch, FileKind, InodeId, ROOT_INO};
 use mobilus_proto::status::Errno;
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
+pub use self::kv::{KvRead, KvStore, MemStore, RocksStore};
 pub use self::txn::Txn;
 use crate::error::{NsError, StoreError};
 use crate::types::{Command, Op, OpError, OpReply, Reply};
@@ -80,24 +82,11 @@ pub struct Counters {
 /// The first cookie a directory entry gets.
 pub const FIRST_COOKIE: u64 = 3;
 
-/// Open (or create) a state-machine database with every column family.
-pub fn open_db(path: &Path) -> Result<DB, StoreError> {
-    let mut opts = Options::default();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    opts.set_max_background_jobs(2);
-    let cfs = Cf::ALL
-        .iter()
-        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
-    let db = DB::open_cf_descriptors(&opts, path, cfs)?;
-    bootstrap(&db)?;
-    Ok(db)
-}
-
-/// Write the root directory and counters into a new database. Identical on every member
+/// Write the root directory and counters into a new store. Identical on every member
 /// (no clock), so a fresh member and a snapshot agree.
-fn bootstrap(db: &DB) -> Result<(), StoreError> {
-    let mut txn = Txn::new(db);
+fn bootstrap(store: &dyn KvStore) -> Result<(), StoreError> {
+    let view = store.view()?;
+    let mut txn = Txn::new(&*view);
     if txn.get_raw(Cf::Sys, keys::sys::FORMAT)?.is_some() {
         return Ok(());
     }
@@ -138,39 +127,58 @@ fn bootstrap(db: &DB) -> Result<(), StoreError> {
     };
     txn.put(Cf::Sys, keys::sys::COUNTERS.to_vec(), &counters)?;
     txn.put_raw(Cf::Sys, keys::sys::FORMAT.to_vec(), FORMAT_NAME.to_vec());
-    let mut wo = WriteOptions::default();
-    wo.set_sync(true);
-    db.write_opt(txn.into_batch()?, &wo)?;
-    Ok(())
+    let writes = txn.into_writes();
+    drop(view);
+    store.write(writes, true)
 }
 
-/// The namespace over one database. Cheap to clone.
+/// The namespace over one store. Cheap to clone.
 #[derive(Clone)]
 pub struct Namespace {
-    db: Arc<DB>,
+    store: Arc<dyn KvStore>,
 }
 
 impl Namespace {
-    pub fn new(db: Arc<DB>) -> Self {
-        Namespace { db }
+    /// The namespace in `store`, bootstrapped (root directory, counters) if it is new.
+    pub fn new(store: Arc<dyn KvStore>) -> Result<Self, StoreError> {
+        bootstrap(&*store)?;
+        Ok(Namespace { store })
     }
 
-    /// Open a standalone namespace (tests, tools).
+    /// Open a standalone namespace on RocksDB (tests, tools).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Ok(Namespace::new(Arc::new(open_db(path)?)))
+        Namespace::new(Arc::new(RocksStore::open(path)?))
     }
 
-    pub fn db(&self) -> &Arc<DB> {
-        &self.db
+    /// A namespace in memory (model tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Namespace::new(Arc::new(MemStore::new()))
+    }
+
+    pub fn store(&self) -> &Arc<dyn KvStore> {
+        &self.store
+    }
+
+    /// Run `read` over one consistent view of the namespace: everything it reads is the
+    /// state after one whole log entry, whatever commits meanwhile. Every query does.
+    pub fn with_view<T>(
+        &self,
+        read: impl FnOnce(&Txn<'_>) -> Result<T, NsError>,
+    ) -> Result<T, NsError> {
+        let view = self.store.view()?;
+        read(&Txn::new(&*view))
     }
 
     /// Run one command and commit its effects (not fsynced: the Raft log is the durable
     /// record). A refused command commits nothing. (The state machine runs whole batches
     /// in one transaction with [`execute`].)
     pub fn execute(&self, cmd: &Command) -> Result<Reply, StoreError> {
-        let mut txn = Txn::new(&self.db);
+        let view = self.store.view()?;
+        let mut txn = Txn::new(&*view);
         let reply = execute(&mut txn, cmd)?;
-        self.db.write(txn.into_batch()?)?;
+        let writes = txn.into_writes();
+        drop(view);
+        self.store.write(writes, false)?;
         Ok(reply)
     }
 }

@@ -18,33 +18,33 @@ pub const READDIR_MAX: u32 = 10_000;
 /// Capacity reported by statfs until data nodes report theirs (1 PiB).
 pub const DEFAULT_CAPACITY: u64 = 1 << 50;
 
+// Every query reads one consistent view (`with_view`): a listing is the directory after
+// one whole log entry, and a slice map sees each write whole or not at all, however
+// entries are applied meanwhile.
 impl Namespace {
-    fn txn(&self) -> Txn<'_> {
-        Txn::new(self.db())
-    }
-
     pub fn getattr(&self, ino: InodeId) -> Result<Attr, NsError> {
-        Ok(load(&self.txn(), ino)?.attr)
+        self.with_view(|txn| Ok(load(txn, ino)?.attr))
     }
 
     /// Look `name` up in `parent`; `.` and `..` resolve to the directory and its parent.
     pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr, NsError> {
         validate_name(name)?;
-        let txn = self.txn();
-        let p = load_dir(&txn, parent)?;
-        match name {
-            b"." => return Ok(p.attr),
-            b".." => return Ok(load(&txn, p.attr.parent)?.attr),
-            _ => {}
-        }
-        let d: DentryRecord = txn
-            .get(Cf::Dentries, &keys::with_name(parent, name))?
-            .ok_or(Errno::ENOENT)?;
-        Ok(load(&txn, d.ino)?.attr)
+        self.with_view(|txn| {
+            let p = load_dir(txn, parent)?;
+            match name {
+                b"." => return Ok(p.attr),
+                b".." => return Ok(load(txn, p.attr.parent)?.attr),
+                _ => {}
+            }
+            let d: DentryRecord = txn
+                .get(Cf::Dentries, &keys::with_name(parent, name))?
+                .ok_or(Errno::ENOENT)?;
+            Ok(load(txn, d.ino)?.attr)
+        })
     }
 
     pub fn readlink(&self, ino: InodeId) -> Result<Vec<u8>, NsError> {
-        let rec = load(&self.txn(), ino)?;
+        let rec = self.with_view(|txn| load(txn, ino))?;
         if rec.attr.kind != mobilus_proto::fs::FileKind::Symlink {
             return Err(Errno::EINVAL.into());
         }
@@ -61,70 +61,30 @@ impl Namespace {
         limit: u32,
         plus: bool,
     ) -> Result<(Vec<DirEntry>, bool), NsError> {
-        let txn = self.txn();
-        load_dir(&txn, ino)?;
-        let limit = if limit == 0 {
-            READDIR_MAX
-        } else {
-            limit.min(READDIR_MAX)
-        } as usize;
-        let prefix = keys::ino(ino);
-        let start = keys::cookie(ino, cookie.saturating_add(1));
-        let mut names = Vec::new();
-        let mut eof = true;
-        txn.scan(Cf::Cookies, &prefix, &start, |k, v| {
-            if names.len() == limit {
-                eof = false;
-                return Ok(ControlFlow::Break(()));
-            }
-            names.push((keys::u64_at(k, 8), v.to_vec()));
-            Ok(ControlFlow::Continue(()))
-        })?;
-        let mut out = Vec::with_capacity(names.len());
-        for (cookie, name) in names {
-            let d: DentryRecord = txn
-                .get(Cf::Dentries, &keys::with_name(ino, &name))?
-                .ok_or_else(|| StoreError::Corrupt(format!("cookie {cookie} of {ino} dangles")))?;
-            let attr = if plus {
-                Some(load(&txn, d.ino)?.attr)
-            } else {
-                None
-            };
-            out.push(DirEntry {
-                name,
-                ino: d.ino,
-                kind: d.kind,
-                cookie,
-                attr,
-            });
-        }
-        Ok((out, eof))
+        self.with_view(|txn| readdir(txn, ino, cookie, limit, plus))
     }
 
     pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>, NsError> {
         dir::check_xattr_name(name)?;
-        let txn = self.txn();
-        load(&txn, ino)?;
-        Ok(txn
-            .get_raw(Cf::Xattrs, &keys::with_name(ino, name))?
-            .ok_or(Errno::ENODATA)?)
+        self.with_view(|txn| {
+            load(txn, ino)?;
+            Ok(txn
+                .get_raw(Cf::Xattrs, &keys::with_name(ino, name))?
+                .ok_or(Errno::ENODATA)?)
+        })
     }
 
     pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, NsError> {
-        let txn = self.txn();
-        load(&txn, ino)?;
-        let pairs = txn.scan_all(Cf::Xattrs, &keys::ino(ino))?;
-        Ok(pairs.into_iter().map(|(k, _)| k[8..].to_vec()).collect())
+        self.with_view(|txn| {
+            load(txn, ino)?;
+            let pairs = txn.scan_all(Cf::Xattrs, &keys::ino(ino))?;
+            Ok(pairs.into_iter().map(|(k, _)| k[8..].to_vec()).collect())
+        })
     }
 
     /// The registered data nodes, of one site or (`None`) of all.
     pub fn data_nodes(&self, site: Option<&str>) -> Result<Vec<DataNodeInfo>, NsError> {
-        let prefix = site.map(|s| keys::node(s, "")).unwrap_or_default();
-        let mut out = Vec::new();
-        for (_, v) in self.txn().scan_all(Cf::Nodes, &prefix)? {
-            out.push(codec::decode(&v)?);
-        }
-        Ok(out)
+        self.with_view(|txn| data_nodes(txn, site))
     }
 
     /// Per hash: reference count and when it last dropped to zero (see `ChunkRefs`).
@@ -132,8 +92,7 @@ impl Namespace {
         if hashes.len() > MAX_GC_BATCH {
             return Err(Errno::E2BIG.into());
         }
-        let txn = self.txn();
-        hashes.iter().map(|h| gc::refs(&txn, h)).collect()
+        self.with_view(|txn| hashes.iter().map(|h| gc::refs(txn, h)).collect())
     }
 
     /// Referenced chunks and their counts, in hash order, after `after` (exclusive), at
@@ -147,31 +106,30 @@ impl Namespace {
         let start = after.map(|h| h.0.to_vec()).unwrap_or_default();
         let mut out = Vec::new();
         let mut eof = true;
-        self.txn().scan(Cf::ChunkRefs, &[], &start, |k, v| {
-            let hash = ChunkHash::from_slice(k).ok_or_else(|| {
-                StoreError::Corrupt(format!("chunk_refs key of {} bytes", k.len()))
+        self.with_view(|txn| {
+            txn.scan(Cf::ChunkRefs, &[], &start, |k, v| {
+                let hash = ChunkHash::from_slice(k).ok_or_else(|| {
+                    StoreError::Corrupt(format!("chunk_refs key of {} bytes", k.len()))
+                })?;
+                if Some(&hash) == after {
+                    return Ok(ControlFlow::Continue(()));
+                }
+                if out.len() == limit {
+                    eof = false;
+                    return Ok(ControlFlow::Break(()));
+                }
+                out.push((hash, codec::decode(v)?));
+                Ok(ControlFlow::Continue(()))
             })?;
-            if Some(&hash) == after {
-                return Ok(ControlFlow::Continue(()));
-            }
-            if out.len() == limit {
-                eof = false;
-                return Ok(ControlFlow::Break(()));
-            }
-            out.push((hash, codec::decode(v)?));
-            Ok(ControlFlow::Continue(()))
+            Ok(())
         })?;
         Ok((out, eof))
     }
 
     pub fn statfs(&self) -> Result<StatFs, NsError> {
-        let c = counters(&self.txn())?;
+        let (c, nodes) = self.with_view(|txn| Ok((counters(txn)?, data_nodes(txn, None)?)))?;
         // Capacity is what the data nodes report, once any has registered.
-        let registered: u64 = self
-            .data_nodes(None)?
-            .iter()
-            .map(|n| n.capacity_bytes)
-            .sum();
+        let registered: u64 = nodes.iter().map(|n| n.capacity_bytes).sum();
         let capacity = if registered > 0 {
             registered
         } else {
@@ -187,13 +145,68 @@ impl Namespace {
         })
     }
 
-    /// The merged slice map of a range and the file size.
+    /// The merged slice map of a range, and the file's attributes (the size included).
     pub fn read_slices(
         &self,
         ino: InodeId,
         offset: u64,
         len: u64,
-    ) -> Result<(Vec<Extent>, u64), NsError> {
-        file::read(&self.txn(), ino, offset, len)
+    ) -> Result<(Vec<Extent>, Attr), NsError> {
+        self.with_view(|txn| file::read(txn, ino, offset, len))
     }
+}
+
+fn data_nodes(txn: &Txn<'_>, site: Option<&str>) -> Result<Vec<DataNodeInfo>, NsError> {
+    let prefix = site.map(|s| keys::node(s, "")).unwrap_or_default();
+    let mut out = Vec::new();
+    for (_, v) in txn.scan_all(Cf::Nodes, &prefix)? {
+        out.push(codec::decode(&v)?);
+    }
+    Ok(out)
+}
+
+fn readdir(
+    txn: &Txn<'_>,
+    ino: InodeId,
+    cookie: u64,
+    limit: u32,
+    plus: bool,
+) -> Result<(Vec<DirEntry>, bool), NsError> {
+    load_dir(txn, ino)?;
+    let limit = if limit == 0 {
+        READDIR_MAX
+    } else {
+        limit.min(READDIR_MAX)
+    } as usize;
+    let prefix = keys::ino(ino);
+    let start = keys::cookie(ino, cookie.saturating_add(1));
+    let mut names = Vec::new();
+    let mut eof = true;
+    txn.scan(Cf::Cookies, &prefix, &start, |k, v| {
+        if names.len() == limit {
+            eof = false;
+            return Ok(ControlFlow::Break(()));
+        }
+        names.push((keys::u64_at(k, 8), v.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    let mut out = Vec::with_capacity(names.len());
+    for (cookie, name) in names {
+        let d: DentryRecord = txn
+            .get(Cf::Dentries, &keys::with_name(ino, &name))?
+            .ok_or_else(|| StoreError::Corrupt(format!("cookie {cookie} of {ino} dangles")))?;
+        let attr = if plus {
+            Some(load(txn, d.ino)?.attr)
+        } else {
+            None
+        };
+        out.push(DirEntry {
+            name,
+            ino: d.ino,
+            kind: d.kind,
+            cookie,
+            attr,
+        });
+    }
+    Ok((out, eof))
 }

@@ -1,27 +1,26 @@
 //! A transaction over the state-machine database: point reads and range scans see the
 //! transaction's own writes (an overlay merged over the committed state), savepoints roll
-//! back part of it, and everything is committed as one atomic `WriteBatch`. One log entry
-//! (a batch of commands) is one transaction.
+//! back part of it, and everything is committed as one atomic [`WriteSet`]. One log entry
+//! (a batch of commands) is one transaction. A transaction reads through a [`KvRead`]
+//! view; a read-only query is a transaction that never writes.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
-use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::keys::Cf;
+use super::kv::{KvIter, KvRead, Pair, WriteSet};
 use crate::codec;
 use crate::error::StoreError;
 
 type Key = (Cf, Vec<u8>);
-/// A key and value as RocksDB hands them out.
-type RawPair = (Box<[u8]>, Box<[u8]>);
 /// Keys and values, owned.
-pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Pairs = Vec<Pair>;
 
 pub struct Txn<'a> {
-    db: &'a DB,
+    base: &'a dyn KvRead,
     overlay: BTreeMap<Key, Option<Vec<u8>>>,
     /// What each write replaced in the overlay (outer None: the key was not in it).
     undo: Vec<(Key, Option<Option<Vec<u8>>>)>,
@@ -31,10 +30,7 @@ pub struct Txn<'a> {
 #[derive(Clone, Copy, Debug)]
 pub struct Savepoint(usize);
 
-fn next_committed(
-    it: &mut rocksdb::DBIteratorWithThreadMode<'_, DB>,
-    prefix: &[u8],
-) -> Result<Option<RawPair>, StoreError> {
+fn next_committed(it: &mut KvIter<'_>, prefix: &[u8]) -> Result<Option<Pair>, StoreError> {
     match it.next() {
         Some(item) => {
             let (k, v) = item?;
@@ -45,25 +41,19 @@ fn next_committed(
 }
 
 impl<'a> Txn<'a> {
-    pub fn new(db: &'a DB) -> Self {
+    pub fn new(base: &'a dyn KvRead) -> Self {
         Txn {
-            db,
+            base,
             overlay: BTreeMap::new(),
             undo: Vec::new(),
         }
-    }
-
-    fn cf(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db
-            .cf_handle(cf.name())
-            .ok_or(StoreError::MissingColumnFamily(cf.name()))
     }
 
     pub fn get_raw(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(v) = self.overlay.get(&(cf, key.to_vec())) {
             return Ok(v.clone());
         }
-        Ok(self.db.get_cf(self.cf(cf)?, key)?)
+        self.base.get(cf, key)
     }
 
     pub fn get<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -118,9 +108,7 @@ impl<'a> Txn<'a> {
         start: &[u8],
         mut visit: impl FnMut(&[u8], &[u8]) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
-        let mut it = self
-            .db
-            .iterator_cf(self.cf(cf)?, IteratorMode::From(start, Direction::Forward));
+        let mut it = self.base.iter_from(cf, start)?;
         let mut pending = self
             .overlay
             .range((cf, start.to_vec())..)
@@ -132,16 +120,13 @@ impl<'a> Txn<'a> {
                 (None, None) => return Ok(()),
                 (Some(_), None) => false,
                 (None, Some(_)) => true,
-                (Some((ck, _)), Some(((_, ok), _))) => ok.as_slice() <= ck.as_ref(),
+                (Some((ck, _)), Some(((_, ok), _))) => ok <= ck,
             };
             let flow = if from_overlay {
                 let Some(((_, key), value)) = pending.next() else {
                     return Ok(());
                 };
-                if committed
-                    .as_ref()
-                    .is_some_and(|(ck, _)| ck.as_ref() == key.as_slice())
-                {
+                if committed.as_ref().is_some_and(|(ck, _)| ck == key) {
                     committed = next_committed(&mut it, prefix)?;
                 }
                 match value {
@@ -171,19 +156,8 @@ impl<'a> Txn<'a> {
         Ok(out)
     }
 
-    /// Turn the writes into one batch.
-    pub fn into_batch(self) -> Result<WriteBatch, StoreError> {
-        let mut batch = WriteBatch::default();
-        for ((cf, key), value) in self.overlay {
-            let handle = self
-                .db
-                .cf_handle(cf.name())
-                .ok_or(StoreError::MissingColumnFamily(cf.name()))?;
-            match value {
-                Some(v) => batch.put_cf(handle, key, v),
-                None => batch.delete_cf(handle, key),
-            }
-        }
-        Ok(batch)
+    /// The writes, to commit as one atomic write set.
+    pub fn into_writes(self) -> WriteSet {
+        self.overlay
     }
 }

@@ -293,14 +293,15 @@ impl Meta for MetaSvc {
 
     async fn read_slices(&self, r: Request<pb::ReadSlicesRequest>) -> Reply<pb::ReadSlicesReply> {
         let r = r.into_inner();
-        let (extents, size) = self
+        let (extents, attr) = self
             .node
             .read(r.stale, |ns| ns.read_slices(r.ino, r.offset, r.length))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadSlicesReply {
             extents: extents.iter().map(Into::into).collect(),
-            size,
+            size: attr.size,
+            attr: Some((&attr).into()),
         }))
     }
 }
@@ -500,6 +501,10 @@ impl RaftRpc for RaftSvc {
     async fn vote(&self, r: Request<pb::RaftBytes>) -> Reply<pb::RaftBytes> {
         let req: openraft::raft::VoteRequest<NodeId> = decode(r)?;
         self.admit(req.vote.leader_id().voted_for().unwrap_or_default())?;
+        if let Some(why) = self.node.refuse_vote() {
+            // An error, not a denial: the candidate counts neither, and retries later.
+            return Err(Status::unavailable(format!("vote refused: {why}")));
+        }
         encode(&self.node.raft.vote(req).await)
     }
 

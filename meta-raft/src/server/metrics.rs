@@ -51,6 +51,14 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time to commit and apply a mutation, by op"
     );
+    describe_counter!(
+        "mobilus_meta_linearizable_reads_total",
+        "Linearizable reads, by path: under the leader's lease, or after a read-index round"
+    );
+    describe_counter!(
+        "mobilus_meta_read_index_rounds_total",
+        "Read-index rounds run (each shared by every read that waited for it)"
+    );
     mobilus_telemetry::describe_grpc_metrics();
 }
 

@@ -4,6 +4,7 @@ mod grpc;
 mod metrics;
 mod node;
 mod proposer;
+mod read_index;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ fn raft_config(cfg: &NodeConfig) -> Result<openraft::Config, MetaError> {
         cluster_name: "mobilus".into(),
         heartbeat_interval: hb,
         election_timeout_min: hb * 5,
+        // `NodeConfig::leader_lease` relies on this (openraft's leader lease is it).
         election_timeout_max: hb * 10,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_logs),
@@ -68,6 +70,24 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
     let raft = Raft::new(cfg.id, config, network, log, sm.clone())
         .await
         .map_err(|e| MetaError::Raft(e.to_string()))?;
+    // openraft keeps when it last heard from a leader in memory only: a member that was
+    // in a cluster before this start neither votes nor stands for a leader lease, as if
+    // it had just heard from the leader (whose read lease may rely on it).
+    let was_member = raft
+        .is_initialized()
+        .await
+        .map_err(|e| MetaError::Raft(e.to_string()))?;
+    let vote_gate_until = was_member.then(|| tokio::time::Instant::now() + cfg.leader_lease());
+    if was_member {
+        raft.runtime_config().elect(false);
+        let (raft, gate) = (raft.clone(), cfg.leader_lease());
+        tokio::spawn(async move {
+            tokio::time::sleep(gate).await;
+            raft.runtime_config().elect(true);
+        });
+    }
+    let timeouts = NodeTimeouts::default();
+    let read_index = read_index::ReadIndex::new(raft.clone(), cfg.read_lease(), timeouts.read);
     let node = Arc::new(MetaNode {
         id: cfg.id,
         addr: addr.clone(),
@@ -77,9 +97,19 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
         log_stats,
         faults,
         pool,
-        timeouts: NodeTimeouts::default(),
+        timeouts,
         unsafe_local_reads: cfg.unsafe_local_reads,
+        read_index,
+        vote_gate_until,
     });
+    if let Some(ms) = cfg.unsafe_read_lease_ms {
+        tracing::warn!(
+            ms,
+            leader_lease_ms = cfg.leader_lease().as_millis() as u64,
+            "--unsafe-read-lease-ms: a read lease of any length (a test-only bug when it \
+             outlives the leader lease)"
+        );
+    }
     if cfg.unsafe_local_reads {
         tracing::warn!("--unsafe-local-reads: reads skip the read index (a test-only bug)");
     }

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::instrument;
 
 use super::proposer::Proposer;
+use super::read_index::ReadIndex;
 use crate::codec;
 use crate::error::{MetaError, NsError};
 use crate::namespace::Namespace;
@@ -65,6 +66,9 @@ pub struct MetaNode {
     pub timeouts: NodeTimeouts,
     /// See `NodeConfig::unsafe_local_reads`.
     pub unsafe_local_reads: bool,
+    pub(crate) read_index: Arc<ReadIndex>,
+    /// A member that restarted refuses votes until then (see `refuse_vote`).
+    pub(crate) vote_gate_until: Option<tokio::time::Instant>,
 }
 
 /// The wall clock in nanoseconds: the leader stamps commands with it.
@@ -196,21 +200,33 @@ impl MetaNode {
             .map_err(MetaError::from)
     }
 
+    /// Wait until a read of the local state is linearizable: under the leader's read
+    /// lease at once, else after a (shared) read-index round (`read_index.rs`).
     pub async fn ensure_linearizable(&self) -> Result<(), MetaError> {
-        let check = self.raft.ensure_linearizable();
-        match tokio::time::timeout(self.timeouts.read, check).await {
-            Err(_) => Err(MetaError::Unavailable(format!(
-                "read index not confirmed within {:?} (no quorum?)",
-                self.timeouts.read
-            ))),
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
-                f,
-            )))) => Err(MetaError::NotLeader(
-                f.leader_node.map(|n| n.addr).or_else(|| self.leader_addr()),
-            )),
-            Ok(Err(e)) => Err(MetaError::Unavailable(e.to_string())),
+        let path = self.read_index.linearize().await?;
+        metrics::counter!("mobilus_meta_linearizable_reads_total", "path" => path.label())
+            .increment(1);
+        Ok(())
+    }
+
+    /// Read-index rounds this member has run (each shared by the reads that waited).
+    pub fn read_rounds(&self) -> u64 {
+        self.read_index.rounds()
+    }
+
+    /// Why this member must not grant a vote now, if it must not: it restarted less
+    /// than a leader lease ago (openraft forgets across a restart when it last heard from
+    /// the leader, and so would vote at once), or it holds a read lease itself.
+    pub fn refuse_vote(&self) -> Option<&'static str> {
+        if self
+            .vote_gate_until
+            .is_some_and(|t| tokio::time::Instant::now() < t)
+        {
+            return Some("restarted less than a leader lease ago");
         }
+        self.read_index
+            .holds_lease()
+            .then_some("the leader holds a read lease")
     }
 
     // ---- membership ----

@@ -19,7 +19,7 @@ use rocksdb::checkpoint::Checkpoint;
 
 use super::archive::{self, fsync_dir};
 use crate::error::StoreError;
-use crate::namespace::{self, keys, Cf, Namespace, Txn};
+use crate::namespace::{self, keys, Cf, KvStore, Namespace, RocksStore, Txn};
 use crate::types::{
     Entry, LogId, NodeId, Proposal, Reply, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -29,9 +29,25 @@ struct Applied {
     membership: StoredMembership,
 }
 
+/// The live database: the namespace over it, and the RocksDB handle behind it for what
+/// only RocksDB does (checkpoints).
+#[derive(Clone)]
+struct Live {
+    rocks: Arc<RocksStore>,
+    ns: Namespace,
+}
+
+impl Live {
+    fn open(dir: &Path) -> Result<Self, StoreError> {
+        let rocks = Arc::new(RocksStore::open(dir)?);
+        let ns = Namespace::new(rocks.clone())?;
+        Ok(Live { rocks, ns })
+    }
+}
+
 struct Shared {
     root: PathBuf,
-    ns: RwLock<Namespace>,
+    live: RwLock<Live>,
     /// Held while applying and while taking a checkpoint, so a snapshot's contents and
     /// its metadata describe the same point of the log.
     applied: Mutex<Applied>,
@@ -102,17 +118,20 @@ impl StateMachine {
                 fs::remove_dir_all(root.join(&name))?;
             }
         }
-        let ns = Namespace::open(&root.join(&current_name))?;
-        let txn = Txn::new(ns.db());
-        let last_applied: Option<LogId> = txn.get(Cf::Sys, keys::sys::APPLIED)?.flatten();
-        let membership: StoredMembership =
-            txn.get(Cf::Sys, keys::sys::MEMBERSHIP)?.unwrap_or_default();
-        drop(txn);
+        let live = Live::open(&root.join(&current_name))?;
+        let (last_applied, membership) = {
+            let view = live.rocks.view()?;
+            let txn = Txn::new(&*view);
+            let last_applied: Option<LogId> = txn.get(Cf::Sys, keys::sys::APPLIED)?.flatten();
+            let membership: StoredMembership =
+                txn.get(Cf::Sys, keys::sys::MEMBERSHIP)?.unwrap_or_default();
+            (last_applied, membership)
+        };
         let current = newest_snapshot(&snaps)?;
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 root: root.to_path_buf(),
-                ns: RwLock::new(ns),
+                live: RwLock::new(live),
                 applied: Mutex::new(Applied {
                     last_applied,
                     membership,
@@ -182,8 +201,12 @@ fn newest_snapshot(dir: &Path) -> Result<Option<(SnapshotMeta, PathBuf)>, StoreE
 }
 
 impl Shared {
+    fn live(&self) -> Live {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn namespace(&self) -> Namespace {
-        self.ns.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live().ns
     }
 
     fn snapshots(&self) -> PathBuf {
@@ -203,14 +226,14 @@ impl Shared {
     fn build(&self) -> Result<(SnapshotMeta, PathBuf), StoreError> {
         let (meta, checkpoint) = {
             let applied = lock(&self.applied);
-            let ns = self.namespace();
-            ns.db().flush_wal(true)?;
+            let live = self.live();
+            live.rocks.db().flush_wal(true)?;
             let index = applied.last_applied.map(|l| l.index).unwrap_or(0);
             let term = applied.last_applied.map(|l| l.leader_id.term).unwrap_or(0);
             let nonce = nonce();
             let id = format!("{term}-{index}-{nonce}");
             let checkpoint = self.snapshots().join(format!("build-{id}"));
-            Checkpoint::new(ns.db())?.create_checkpoint(&checkpoint)?;
+            Checkpoint::new(live.rocks.db())?.create_checkpoint(&checkpoint)?;
             let meta = SnapshotMeta {
                 last_log_id: applied.last_applied,
                 last_membership: applied.membership.clone(),
@@ -254,12 +277,12 @@ impl Shared {
                 got.snapshot_id, got.last_log_id, meta.snapshot_id, meta.last_log_id
             )));
         }
-        let new_ns = Namespace::open(&dir)?;
-        let old_ns = {
+        let new_live = Live::open(&dir)?;
+        let old_live = {
             let mut applied = lock(&self.applied);
             let old = std::mem::replace(
-                &mut *self.ns.write().unwrap_or_else(|p| p.into_inner()),
-                new_ns,
+                &mut *self.live.write().unwrap_or_else(|p| p.into_inner()),
+                new_live,
             );
             applied.last_applied = meta.last_log_id;
             applied.membership = meta.last_membership.clone();
@@ -269,9 +292,11 @@ impl Shared {
         };
         self.set_current(meta.clone(), path);
         // Remove the old database once no reader holds it; otherwise the next open does.
-        let old_dir = old_ns.db().path().to_path_buf();
-        if Arc::strong_count(old_ns.db()) == 1 {
-            drop(old_ns);
+        let Live { rocks, ns } = old_live;
+        drop(ns);
+        let old_dir = rocks.db().path().to_path_buf();
+        if Arc::strong_count(&rocks) == 1 {
+            drop(rocks);
             let _ = fs::remove_dir_all(old_dir);
         }
         for entry in fs::read_dir(self.snapshots())? {
@@ -319,13 +344,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut applied = lock(&self.shared.applied);
-        let ns = self.shared.namespace();
+        let live = self.shared.live();
+        let store: &dyn KvStore = &*live.rocks;
         let mut replies = Vec::new();
         for entry in entries {
             let log_id = *entry.get_log_id();
             // One entry, one atomic batch: its commands and the applied log id together,
-            // so a crash never leaves an entry half applied.
-            let mut txn = Txn::new(ns.db());
+            // so a crash never leaves an entry half applied, and no reader's view holds
+            // half of one. (Only apply writes, so its own view is the live state.)
+            let view = store.view().map_err(sm_err)?;
+            let mut txn = Txn::new(&*view);
             let mut entry_replies = Vec::new();
             match &entry.payload {
                 EntryPayload::Blank => {}
@@ -344,8 +372,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
             txn.put(Cf::Sys, keys::sys::APPLIED.to_vec(), &Some(log_id))
                 .map_err(sm_err)?;
-            let batch = txn.into_batch().map_err(sm_err)?;
-            ns.db().write(batch).map_err(sm_err)?;
+            let writes = txn.into_writes();
+            drop(view);
+            store.write(writes, false).map_err(sm_err)?;
             applied.last_applied = Some(log_id);
             self.shared
                 .entries_applied

@@ -220,22 +220,21 @@ fn fsck_reports_planted_inconsistencies() {
     assert_eq!((clean.referenced_chunks, clean.chunk_references), (1, 1));
 
     // Plant: a reference count off by one, and an entry naming a missing inode.
-    let db = ns.db();
-    let refs = db.cf_handle(Cf::ChunkRefs.name()).unwrap();
-    db.put_cf(refs, h.0, mobilus_meta::codec::encode(&2u64).unwrap())
-        .unwrap();
-    let dentries = db.cf_handle(Cf::Dentries.name()).unwrap();
     let ghost = mobilus_meta::namespace::DentryRecord {
         ino: 999,
         kind: FileKind::Regular,
         cookie: 77,
     };
-    db.put_cf(
-        dentries,
-        keys::with_name(ROOT_INO, b"ghost"),
-        mobilus_meta::codec::encode(&ghost).unwrap(),
-    )
-    .unwrap();
+    let mut planted = mobilus_meta::namespace::kv::WriteSet::new();
+    planted.insert(
+        (Cf::ChunkRefs, h.0.to_vec()),
+        Some(mobilus_meta::codec::encode(&2u64).unwrap()),
+    );
+    planted.insert(
+        (Cf::Dentries, keys::with_name(ROOT_INO, b"ghost")),
+        Some(mobilus_meta::codec::encode(&ghost).unwrap()),
+    );
+    ns.store().write(planted, false).unwrap();
     let bad = ns.fsck().unwrap();
     let all = bad.problems.join("\n");
     assert!(all.contains("counted 2 times but referenced 1"), "{all}");

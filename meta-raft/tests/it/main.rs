@@ -6,6 +6,7 @@ mod config;
 mod conformance;
 mod gc;
 mod harness;
+mod isolation;
 mod model;
 mod namespace;
 mod partition;

@@ -800,7 +800,8 @@ fn compare_state(ns: &Namespace, model: &Model, known: &[u64]) -> Result<(), Tes
                     }
                     FileKind::Symlink => prop_assert_eq!(&ns.readlink(ino).unwrap(), &n.target),
                     FileKind::Regular => {
-                        let (extents, size) = ns.read_slices(ino, 0, u64::MAX).unwrap();
+                        let (extents, attr) = ns.read_slices(ino, 0, u64::MAX).unwrap();
+                        let size = attr.size;
                         prop_assert_eq!(size, n.size);
                         let mut pos = 0;
                         for e in extents {
@@ -846,31 +847,53 @@ fn compare_state(ns: &Namespace, model: &Model, known: &[u64]) -> Result<(), Tes
     Ok(())
 }
 
+fn run_against_model(ns: &Namespace, steps: &[Gen]) -> Result<(), TestCaseError> {
+    let mut model = Model::new();
+    let mut known = vec![ROOT_INO];
+    for (i, g) in steps.iter().enumerate() {
+        let now = 1_000_000 + i as i64 * 1000;
+        let op = to_op(g, &known);
+        let want = model.apply(now, &op);
+        let got = ns
+            .execute(&Command {
+                time_ns: now,
+                fence: None,
+                op: op.clone(),
+            })
+            .unwrap()
+            .map_err(errno_of);
+        prop_assert_eq!(&got, &want, "step {}: {:?}", i, op);
+        if let Ok(OpReply::Attr(a)) = &got {
+            if !known.contains(&a.ino) {
+                known.push(a.ino);
+            }
+        }
+        compare_state(ns, &model, &known)?;
+    }
+    // Whatever the operations did, fsck finds the namespace well formed.
+    let report = ns.fsck().unwrap();
+    prop_assert_eq!(report.problem_count, 0, "{:?}", report.problems);
+    prop_assert_eq!(report.inodes, model.nodes.len() as u64);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
+    /// The namespace logic on the in-memory store: many cases, fast.
     #[test]
     fn state_machine_matches_the_posix_model(steps in proptest::collection::vec(gen_op(), 1..60)) {
+        run_against_model(&Namespace::in_memory().unwrap(), &steps)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, max_shrink_iters: 500, ..ProptestConfig::default() })]
+
+    /// The same on RocksDB, the store a member runs: both stores must behave alike.
+    #[test]
+    fn state_machine_on_rocksdb_matches_the_posix_model(steps in proptest::collection::vec(gen_op(), 1..60)) {
         let dir = tempfile::tempdir().unwrap();
-        let ns = Namespace::open(dir.path()).unwrap();
-        let mut model = Model::new();
-        let mut known = vec![ROOT_INO];
-        for (i, g) in steps.iter().enumerate() {
-            let now = 1_000_000 + i as i64 * 1000;
-            let op = to_op(g, &known);
-            let want = model.apply(now, &op);
-            let got = ns.execute(&Command { time_ns: now, fence: None, op: op.clone() }).unwrap().map_err(errno_of);
-            prop_assert_eq!(&got, &want, "step {}: {:?}", i, op);
-            if let Ok(OpReply::Attr(a)) = &got {
-                if !known.contains(&a.ino) {
-                    known.push(a.ino);
-                }
-            }
-            compare_state(&ns, &model, &known)?;
-        }
-        // Whatever the operations did, fsck finds the namespace well formed.
-        let report = ns.fsck().unwrap();
-        prop_assert_eq!(report.problem_count, 0, "{:?}", report.problems);
-        prop_assert_eq!(report.inodes, model.nodes.len() as u64);
+        run_against_model(&Namespace::open(dir.path()).unwrap(), &steps)?;
     }
 }

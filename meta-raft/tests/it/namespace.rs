@@ -286,7 +286,8 @@ fn compacted_slices_read_the_same_and_keep_references_consistent() {
             model[(offset + k) as usize] = Some((id, at + k));
         }
     }
-    let (extents, size) = ns.read_slices(f.ino, 0, SIZE as u64).unwrap();
+    let (extents, attr) = ns.read_slices(f.ino, 0, SIZE as u64).unwrap();
+    let size = attr.size;
     assert_eq!(size as usize, model.len());
     let mut got: Vec<Option<(u8, u64)>> = Vec::new();
     for e in extents {

@@ -20,6 +20,8 @@ fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
         snapshot_logs: 10_000,
         keep_logs: 1000,
         heartbeat_ms: 50,
+        lease_reads: true,
+        unsafe_read_lease_ms: None,
         unsafe_local_reads: false,
     }
 }
@@ -125,6 +127,98 @@ async fn a_leader_cut_off_by_dropped_traffic_loses_leadership_and_catches_up_aft
         .await
         .is_err());
     for n in [n1, n2, n3] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+async fn must_three_members(tmp: &std::path::Path, lease_reads: bool) -> [ServerHandle; 3] {
+    let cfg = |id| NodeConfig {
+        lease_reads,
+        ..config(id, tmp)
+    };
+    let n1 = server::start(&cfg(1)).await.unwrap();
+    let n2 = server::start(&cfg(2)).await.unwrap();
+    let n3 = server::start(&cfg(3)).await.unwrap();
+    leader_among(&[&n1]).await;
+    for n in [&n2, &n3] {
+        n1.node
+            .add_learner(n.node.id, n.addr().to_string())
+            .await
+            .unwrap();
+        n1.node.promote(n.node.id).await.unwrap();
+    }
+    [n1, n2, n3]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reads_share_read_index_rounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = must_three_members(tmp.path(), false).await;
+    let l = leader_among(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let leader = nodes[l].node.clone();
+    let before = leader.read_rounds();
+    let reads: Vec<_> = (0..200)
+        .map(|_| {
+            let node = leader.clone();
+            tokio::spawn(async move { node.read(false, |ns| ns.getattr(ROOT_INO)).await })
+        })
+        .collect();
+    for r in reads {
+        r.await.unwrap().expect("linearizable read");
+    }
+    let rounds = leader.read_rounds() - before;
+    // Each read waits for at most the round in flight plus the next: far fewer rounds
+    // than reads, and at least one.
+    assert!((1..100).contains(&rounds), "{rounds} rounds for 200 reads");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_under_the_leader_lease_take_no_rounds_and_the_lease_ends_with_leadership() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = must_three_members(tmp.path(), true).await;
+    let all = [&nodes[0], &nodes[1], &nodes[2]];
+    let l = leader_among(&all).await;
+    let leader = nodes[l].node.clone();
+    leader.read(false, |ns| ns.getattr(ROOT_INO)).await.unwrap();
+    let before = leader.read_rounds();
+    for _ in 0..100 {
+        leader.read(false, |ns| ns.getattr(ROOT_INO)).await.unwrap();
+    }
+    // Renewals only: the lease (375 ms here) outlasts 100 local reads many times.
+    assert!(leader.read_rounds() - before <= 2, "rounds under a lease");
+    // A leader holding its lease grants no vote.
+    assert!(leader.refuse_vote().is_some());
+
+    // Cut it off: within the lease it may still answer (it is still the only leader),
+    // but once the others elect a leader of their own it answers nothing.
+    let others: Vec<&ServerHandle> = (0..3).filter(|&i| i != l).map(|i| &nodes[i]).collect();
+    for o in &others {
+        leader.faults.block(o.node.id);
+        o.node.faults.block(leader.id);
+    }
+    let majority = others[leader_among(&others).await];
+    majority
+        .node
+        .propose(None, mkdir("after-the-cut"))
+        .await
+        .unwrap();
+    let read = leader
+        .read(false, |ns| ns.lookup(ROOT_INO, b"after-the-cut"))
+        .await;
+    assert!(
+        matches!(
+            read,
+            Err(MetaError::Unavailable(_) | MetaError::NotLeader(_))
+        ),
+        "the cut-off leader answered after another was elected: {read:?}"
+    );
+    for n in &nodes {
+        n.node.faults.heal();
+    }
+    for n in nodes {
         n.shutdown().await.unwrap();
     }
 }
