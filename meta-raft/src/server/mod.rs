@@ -70,15 +70,18 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
     let raft = Raft::new(cfg.id, config, network, log, sm.clone())
         .await
         .map_err(|e| MetaError::Raft(e.to_string()))?;
-    // openraft keeps when it last heard from a leader in memory only: a member that was
-    // in a cluster before this start neither votes nor stands for a leader lease, as if
-    // it had just heard from the leader (whose read lease may rely on it).
-    let was_member = raft
+    // After a restart openraft refuses votes for a leader lease only if it had saved a
+    // committed vote; a member that comes back without one (a wiped or restored disk
+    // under the same id) would vote at once for a candidate while the leader's read lease
+    // may count on it. So every start but that of a new cluster's first member neither
+    // votes nor stands for a leader lease (one second at the default heartbeat).
+    let initialized = raft
         .is_initialized()
         .await
         .map_err(|e| MetaError::Raft(e.to_string()))?;
-    let vote_gate_until = was_member.then(|| tokio::time::Instant::now() + cfg.leader_lease());
-    if was_member {
+    let gated = initialized || !cfg.init;
+    let vote_gate_until = gated.then(|| tokio::time::Instant::now() + cfg.leader_lease());
+    if gated {
         raft.runtime_config().elect(false);
         let (raft, gate) = (raft.clone(), cfg.leader_lease());
         tokio::spawn(async move {

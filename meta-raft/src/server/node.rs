@@ -214,9 +214,9 @@ impl MetaNode {
         self.read_index.rounds()
     }
 
-    /// Why this member must not grant a vote now, if it must not: it restarted less
-    /// than a leader lease ago (openraft forgets across a restart when it last heard from
-    /// the leader, and so would vote at once), or it holds a read lease itself.
+    /// Why this member must not grant a vote now, if it must not: it started less than a
+    /// leader lease ago (it may have acknowledged a leader before and remember nothing of
+    /// it), or it holds a read lease itself.
     pub fn refuse_vote(&self) -> Option<&'static str> {
         if self
             .vote_gate_until

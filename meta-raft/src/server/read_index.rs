@@ -8,16 +8,23 @@
 //!
 //! **Lease.** A follower that heard from the leader refuses votes for `leader_lease`
 //! (openraft's `election_timeout_max`) afterwards and does not stand itself for longer
-//! still. So when a round that started at monotonic time `t` succeeds, a quorum heard
-//! from this leader after `t`, and no other leader can exist before `t + leader_lease`.
-//! Until `t + lease` (`lease` = 3/4 of `leader_lease`: room for clock-rate drift and
-//! scheduling) the leader answers reads from its applied state with no round at all: a
-//! write this leader acknowledged is applied before its acknowledgement, and the round
-//! itself waited until every entry of earlier terms was applied. The lease is dropped
-//! when the term or the membership changes. What keeps it sound around it lives in
-//! `MetaNode::refuse_vote`: a member restarting refuses votes (and does not stand) for
-//! `leader_lease`, because openraft keeps the time it last heard from a leader only in
-//! memory; and a leader holding a lease refuses votes itself.
+//! still. When a round that started at time `t` succeeds, every voter of a quorum
+//! acknowledged a heartbeat sent after `t` (openraft sends fresh ones per round); the
+//! followers among them refuse votes until `t + leader_lease` at least, and the leader
+//! (counted in the quorum too) refuses them while it holds the lease
+//! (`MetaNode::refuse_vote`). So no other leader can be elected before `t + lease`
+//! (`lease` = 3/4 of `leader_lease`: room for clock-rate drift and scheduling), and until
+//! then the leader answers reads from its applied state with no round at all: a write
+//! this leader acknowledged was applied before its acknowledgement, and the term's first
+//! round waited until everything its log held was applied (below). The lease is dropped
+//! when the term or the membership changes, and it is measured on CLOCK_BOOTTIME, which
+//! keeps counting while the machine is suspended (the monotonic clock does not).
+//!
+//! **The term's floor.** openraft restores a member whose saved vote is its own as leader
+//! at once, reusing its term's first entry, and its committed and applied indexes are
+//! not fsynced: after a power loss the read index could be below writes it acknowledged
+//! before. So the first successful round of each term records the log's last index and
+//! waits until that much is applied; no read in the term is answered before.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +33,6 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::error::MetaError;
 use crate::types::{LogId, NodeId, Raft};
@@ -51,10 +57,11 @@ impl From<RoundError> for MetaError {
 /// The outcome of one round, shared by its readers (`None` until it ends).
 type RoundResult = Option<Result<(), RoundError>>;
 
-/// A read lease: reads may skip the round until `until`, while term and membership stay.
+/// A read lease: reads may skip the round until `until` (on [`boot_clock`]), while term
+/// and membership stay.
 #[derive(Clone, Copy, Debug)]
 struct Lease {
-    until: Instant,
+    until: Duration,
     term: u64,
     membership: Option<LogId>,
 }
@@ -65,6 +72,16 @@ struct State {
     /// The readers waiting for the round after the one in flight.
     next: Option<watch::Sender<RoundResult>>,
     lease: Option<Lease>,
+    /// (term, index): this term's reads wait until the index is applied (module doc).
+    floor: Option<(u64, u64)>,
+}
+
+/// Time since boot, counting suspended time (CLOCK_BOOTTIME): a leader suspended in the
+/// middle of its lease must find it expired when it wakes.
+/// `None` where the clock cannot be read: then there are no leases.
+fn boot_clock() -> Option<Duration> {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    Some(Duration::new(ts.tv_sec().max(0) as u64, ts.tv_nsec().max(0) as u32))
 }
 
 /// One per member; cheap to share.
@@ -138,7 +155,7 @@ impl ReadIndex {
     /// and still leader.
     fn current_lease(&self, state: &State) -> Option<Lease> {
         let lease = state.lease?;
-        if Instant::now() >= lease.until {
+        if boot_clock()? >= lease.until {
             return None;
         }
         let m = self.raft.metrics().borrow().clone();
@@ -162,8 +179,8 @@ impl ReadIndex {
             if let Some(lease) = self.current_lease(&state) {
                 // Renew ahead of expiry, so that a steady stream of reads never waits.
                 let half = self.lease.map(|l| l / 2).unwrap_or_default();
-                if !state.in_flight && lease.until.saturating_duration_since(Instant::now()) < half
-                {
+                let left = boot_clock().map(|now| lease.until.saturating_sub(now));
+                if !state.in_flight && left.is_some_and(|left| left < half) {
                     state.in_flight = true;
                     self.spawn_rounds(None);
                 }
@@ -223,7 +240,7 @@ impl ReadIndex {
 
     /// One read-index round; on success, extend the lease from the round's start.
     async fn round(&self) -> Result<(), RoundError> {
-        let started = Instant::now();
+        let started = boot_clock();
         let before = self.raft.metrics().borrow().clone();
         metrics::counter!("mobilus_meta_read_index_rounds_total").increment(1);
         self.rounds.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +252,8 @@ impl ReadIndex {
             ))),
             Ok(Err(e)) => Err(round_error(&self.raft, e)),
             Ok(Ok(_)) => {
-                if let Some(lease) = self.lease {
+                self.reach_floor().await?;
+                if let (Some(lease), Some(started)) = (self.lease, started) {
                     // Keyed to the term and membership seen before the round: if either
                     // changed while it ran, the lease never matches and is never used.
                     let mut state = self.lock();
@@ -248,5 +266,30 @@ impl ReadIndex {
                 Ok(())
             }
         }
+    }
+
+    /// Wait until this term's floor is applied, recording it on the term's first round.
+    async fn reach_floor(&self) -> Result<(), RoundError> {
+        let now = self.raft.metrics().borrow().clone();
+        let floor = {
+            let mut state = self.lock();
+            match state.floor {
+                Some((term, index)) if term == now.current_term => index,
+                _ => {
+                    let index = now.last_log_index.unwrap_or(0);
+                    state.floor = Some((now.current_term, index));
+                    index
+                }
+            }
+        };
+        if now.last_applied.map(|l| l.index).unwrap_or(0) >= floor {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(self.timeout))
+            .applied_index_at_least(Some(floor), "read floor of the term")
+            .await
+            .map(|_| ())
+            .map_err(|e| RoundError::Unavailable(format!("applying up to the read floor: {e}")))
     }
 }
