@@ -182,6 +182,28 @@ impl Client {
         }
     }
 
+    /// Open a regular file for reading in one metadata round: its attributes and the
+    /// slice map of its first window, from the same state. `Ok(None)`: not a regular
+    /// file (the caller asks for its attributes instead).
+    pub async fn open_reader(
+        &self,
+        ino: InodeId,
+    ) -> Result<Option<(Attr, FileReader)>, ClientError> {
+        let (extents, attr) = match self.meta.read_slices_attr(ino, 0, READ_WINDOW, false).await {
+            Ok(answer) => answer,
+            Err(e) if matches!(e.errno(), Some(Errno::EISDIR | Errno::EINVAL)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let mut reader = self.reader(ino);
+        reader.window = Some(Window {
+            start: 0,
+            end: READ_WINDOW.min(attr.size),
+            size: attr.size,
+            extents,
+        });
+        Ok(Some((attr, reader)))
+    }
+
     async fn chunk_of(&self, hash: ChunkHash) -> Result<(ChunkHash, Vec<u8>), ClientError> {
         Ok((hash, self.chunk(&hash).await?))
     }

@@ -71,6 +71,9 @@ pub struct MountFs {
     no_caps: Mutex<HashMap<InodeId, Instant>>,
     /// How long such knowledge (like the kernel's attribute cache) is trusted.
     cache_ttl: Duration,
+    /// Bumped with every inode's `version`: an open that fetched a slice map keeps it
+    /// only if nothing in this mount changed a file meanwhile.
+    changes: AtomicU64,
 }
 
 fn wall_clock_ns() -> i64 {
@@ -94,7 +97,14 @@ impl MountFs {
             seen: Mutex::default(),
             no_caps: Mutex::default(),
             cache_ttl,
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// This mount committed a change to `inode`'s bytes or size: its readers refetch.
+    fn changed(&self, inode: &OpenInode) {
+        inode.version.fetch_add(1, Ordering::AcqRel);
+        self.changes.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn client(&self) -> &Client {
@@ -150,7 +160,7 @@ impl MountFs {
         if w.is_dirty() {
             let result = w.flush().await;
             inode.pending_end.store(w.pending_end(), Ordering::Release);
-            inode.version.fetch_add(1, Ordering::AcqRel);
+            self.changed(inode);
             if let Ok(Some(attr)) = &result {
                 *lock(&inode.attr) = (attr.clone(), Some(Instant::now()));
             }
@@ -193,7 +203,7 @@ impl MountFs {
         }
         let attr = self.client.meta().setattr(ino, &set, None).await?;
         if let Some(open) = &open {
-            open.version.fetch_add(1, Ordering::AcqRel);
+            self.changed(open);
         }
         self.refresh_cached(&attr);
         Ok(self.merge(attr))
@@ -332,7 +342,26 @@ impl MountFs {
     pub async fn open(&self, ino: InodeId) -> FsResult<(u64, bool)> {
         // Keep the kernel's cached pages only if the file is as it was at the last open
         // (close-to-open: a change made elsewhere is seen at open).
-        let attr = self.client.meta().getattr(ino, false).await?;
+        // One round for a regular file: its attributes and first slice map together,
+        // so the first read needs no metadata call (the reader then sees the file as of
+        // this open, as close-to-open asks).
+        let changes = self.changes.load(Ordering::Acquire);
+        let (attr, reader) = match self.client.open_reader(ino).await? {
+            Some((attr, reader)) => (attr, Some(reader)),
+            None => (self.client.meta().getattr(ino, false).await?, None),
+        };
+        let (fh, keep_cache) = self.open_as(ino, attr);
+        // A flush here since the fetch may have committed bytes the map predates.
+        let unchanged = self.changes.load(Ordering::Acquire) == changes;
+        if let (Some(reader), Ok(h), true) = (reader, self.handle(fh), unchanged) {
+            let version = h.inode.version.load(Ordering::Acquire);
+            *h.reader.lock().await = Some((version, reader));
+        }
+        Ok((fh, keep_cache))
+    }
+
+    /// Open `ino`, whose attributes were just answered by the metadata service.
+    fn open_as(&self, ino: InodeId, attr: Attr) -> (u64, bool) {
         let now = (attr.mtime_ns, attr.ctime_ns, attr.size);
         let keep_cache = lock(&self.seen).insert(ino, now) == Some(now);
         let inode = {
@@ -359,7 +388,7 @@ impl MountFs {
             reader: tokio::sync::Mutex::new(None),
         });
         lock(&self.handles).insert(fh, handle);
-        Ok((fh, keep_cache))
+        (fh, keep_cache)
     }
 
     #[instrument(skip(self))]
@@ -373,7 +402,8 @@ impl MountFs {
         let attr = self
             .mknod(parent, name, FileKind::Regular, mode, 0, who)
             .await?;
-        let (fh, _) = self.open(attr.ino).await?;
+        // The create answered the attributes: no second round to open what it made.
+        let (fh, _) = self.open_as(attr.ino, attr.clone());
         Ok((attr, fh))
     }
 
@@ -418,7 +448,7 @@ impl MountFs {
         }
         if !data.is_empty() && !w.is_dirty() {
             // The buffer filled and was flushed: readers must refetch.
-            h.inode.version.fetch_add(1, Ordering::AcqRel);
+            self.changed(&h.inode);
         }
         result?;
         Ok(len)
