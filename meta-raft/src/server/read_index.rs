@@ -81,7 +81,10 @@ struct State {
 /// `None` where the clock cannot be read: then there are no leases.
 fn boot_clock() -> Option<Duration> {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
-    Some(Duration::new(ts.tv_sec().max(0) as u64, ts.tv_nsec().max(0) as u32))
+    Some(Duration::new(
+        ts.tv_sec().max(0) as u64,
+        ts.tv_nsec().max(0) as u32,
+    ))
 }
 
 /// One per member; cheap to share.

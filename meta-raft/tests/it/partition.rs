@@ -36,6 +36,19 @@ fn mkdir(name: &str) -> Op {
     }
 }
 
+/// A member cut off from the majority, which has elected a leader and written `name`,
+/// must answer no linearizable read (however it would have answered).
+async fn must_refuse_reads(node: &mobilus_meta::server::MetaNode, name: &[u8]) {
+    let read = node.read(false, |ns| ns.lookup(ROOT_INO, name)).await;
+    assert!(
+        matches!(
+            read,
+            Err(MetaError::Unavailable(_) | MetaError::NotLeader(_))
+        ),
+        "a cut-off member answered a linearizable read: {read:?}"
+    );
+}
+
 async fn leader_among(nodes: &[&ServerHandle]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -84,17 +97,7 @@ async fn a_leader_cut_off_by_dropped_traffic_loses_leadership_and_catches_up_aft
         Ok(OpReply::Attr(_))
     ));
     // The old leader cannot confirm a read index, so it serves no linearizable read.
-    let read = leader
-        .node
-        .read(false, |ns| ns.lookup(ROOT_INO, b"majority"))
-        .await;
-    assert!(
-        matches!(
-            read,
-            Err(MetaError::Unavailable(_) | MetaError::NotLeader(_))
-        ),
-        "{read:?}"
-    );
+    must_refuse_reads(&leader.node, b"majority").await;
 
     // Heal: the old leader steps down; its write was never acknowledged.
     for n in nodes {
@@ -205,16 +208,7 @@ async fn reads_under_the_leader_lease_take_no_rounds_and_the_lease_ends_with_lea
         .propose(None, mkdir("after-the-cut"))
         .await
         .unwrap();
-    let read = leader
-        .read(false, |ns| ns.lookup(ROOT_INO, b"after-the-cut"))
-        .await;
-    assert!(
-        matches!(
-            read,
-            Err(MetaError::Unavailable(_) | MetaError::NotLeader(_))
-        ),
-        "the cut-off leader answered after another was elected: {read:?}"
-    );
+    must_refuse_reads(&leader, b"after-the-cut").await;
     for n in &nodes {
         n.node.faults.heal();
     }
