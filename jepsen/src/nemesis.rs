@@ -22,6 +22,10 @@ pub enum NemesisKind {
     Membership,
     /// Latency and a bandwidth limit on links between sites (the link emulator).
     Link,
+    /// Always the partition that keeps the leader with one site's clients, cut off from
+    /// the majority: where a leader serving past its leadership (a read lease too long)
+    /// answers clients stale values.
+    LeaderMinority,
 }
 
 /// A fault in force, and how to undo it.
@@ -97,26 +101,7 @@ async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, Cluster
             cluster.partition(&[inside, outside])?;
             format!("cut off site {site}")
         }
-        3 => {
-            // The leader in a minority with one site's clients: they can still reach
-            // it, while the other site's clients reach the majority, which elects
-            // another leader. A leader that kept serving reads past its leadership
-            // (a read lease too long) shows here.
-            let leader = match leader_host(cluster).await {
-                Some(l) => l,
-                None => metas[rng.random_range(0..3)],
-            };
-            let sites = &cluster.spec.sites;
-            let site = &sites[rng.random_range(0..sites.len())];
-            let clients = format!("c-{site}");
-            let (minority, majority): (Vec<usize>, Vec<usize>) =
-                (0..n).partition(|i| *i == leader || cluster.net.hosts[*i].name == clients);
-            cluster.partition(&[minority, majority])?;
-            format!(
-                "leader host {} with the clients of {site}, cut off",
-                cluster.net.hosts[leader].name
-            )
-        }
+        3 => return leader_minority(cluster, rng).await,
         _ => {
             // Three members in a ring with one link cut: each still sees a majority,
             // but two of them cannot talk directly.
@@ -132,6 +117,29 @@ async fn partition(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, Cluster
     Ok(Fault::Partition { description })
 }
 
+/// The leader in a minority with one site's clients: they can still reach it, while the
+/// other site's clients reach the majority, which elects another leader. A leader that
+/// kept serving reads past its leadership (a read lease too long) shows here.
+async fn leader_minority(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, ClusterError> {
+    let n = cluster.net.hosts.len();
+    let leader = match leader_host(cluster).await {
+        Some(l) => l,
+        None => rng.random_range(0..3),
+    };
+    let sites = &cluster.spec.sites;
+    let site = &sites[rng.random_range(0..sites.len())];
+    let clients = format!("c-{site}");
+    let (minority, majority): (Vec<usize>, Vec<usize>) =
+        (0..n).partition(|i| *i == leader || cluster.net.hosts[*i].name == clients);
+    cluster.partition(&[minority, majority])?;
+    Ok(Fault::Partition {
+        description: format!(
+            "leader host {} with the clients of {site}, cut off",
+            cluster.net.hosts[leader].name
+        ),
+    })
+}
+
 /// Start one fault of `kind`.
 pub async fn start(
     kind: NemesisKind,
@@ -140,6 +148,7 @@ pub async fn start(
 ) -> Result<Fault, ClusterError> {
     match kind {
         NemesisKind::Partition => partition(cluster, rng).await,
+        NemesisKind::LeaderMinority => leader_minority(cluster, rng).await,
         NemesisKind::Kill => {
             let proc = rng.random_range(0..cluster.procs.len());
             cluster.kill(proc);
