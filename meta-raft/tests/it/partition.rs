@@ -63,17 +63,7 @@ async fn leader_among(nodes: &[&ServerHandle]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_by_dropped_traffic_loses_leadership_and_catches_up_after_healing() {
     let tmp = tempfile::tempdir().unwrap();
-    let n1 = server::start(&config(1, tmp.path())).await.unwrap();
-    let n2 = server::start(&config(2, tmp.path())).await.unwrap();
-    let n3 = server::start(&config(3, tmp.path())).await.unwrap();
-    leader_among(&[&n1]).await;
-    for n in [&n2, &n3] {
-        n1.node
-            .add_learner(n.node.id, n.addr().to_string())
-            .await
-            .unwrap();
-        n1.node.promote(n.node.id).await.unwrap();
-    }
+    let [n1, n2, n3] = must_three_members(tmp.path(), true).await;
     let nodes = [&n1, &n2, &n3];
     let l = leader_among(&nodes).await;
     let (leader, others) = (nodes[l], [nodes[(l + 1) % 3], nodes[(l + 2) % 3]]);
