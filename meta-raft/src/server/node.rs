@@ -71,6 +71,19 @@ pub struct MetaNode {
     pub(crate) vote_gate_until: Option<tokio::time::Instant>,
 }
 
+/// The leader's id and address, as `raft` knows them.
+pub(crate) fn known_leader(raft: &Raft) -> Option<(NodeId, String)> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let id = m.current_leader?;
+    let addr = m
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .map(|n| n.addr.clone())?;
+    Some((id, addr))
+}
+
 /// The wall clock in nanoseconds: the leader stamps commands with it.
 pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -86,14 +99,7 @@ fn reply_to_result(reply: Reply) -> Result<OpReply, MetaError> {
 impl MetaNode {
     /// The leader's id and address, as this member knows them.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let m = self.raft.metrics().borrow().clone();
-        let id = m.current_leader?;
-        let addr = m
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())?;
-        Some((id, addr))
+        known_leader(&self.raft)
     }
 
     fn leader_addr(&self) -> Option<String> {

@@ -120,14 +120,10 @@ fn round_error(
 ) -> RoundError {
     match e {
         RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
-            let known = f.leader_node.map(|n| n.addr).or_else(|| {
-                let m = raft.metrics().borrow().clone();
-                let id = m.current_leader?;
-                m.membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-            });
+            let known = f
+                .leader_node
+                .map(|n| n.addr)
+                .or_else(|| super::node::known_leader(raft).map(|(_, addr)| addr));
             RoundError::NotLeader(known)
         }
         other => RoundError::Unavailable(other.to_string()),
@@ -161,7 +157,9 @@ impl ReadIndex {
         if boot_clock()? >= lease.until {
             return None;
         }
-        let m = self.raft.metrics().borrow().clone();
+        // Every read passes here: look at the metrics in place, without copying them.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let same = m.state == ServerState::Leader
             && m.current_term == lease.term
             && m.membership_config.log_id() == &lease.membership;
