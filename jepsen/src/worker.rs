@@ -89,7 +89,28 @@ fn refuse(id: u64, why: String) -> Response {
     }
 }
 
+fn cache_key(parent: InodeId, name: &[u8]) -> Vec<u8> {
+    let mut key = parent.to_be_bytes().to_vec();
+    key.extend_from_slice(name);
+    key
+}
+
 impl State {
+    async fn cached(&self, parent: InodeId, name: &[u8]) -> Option<InodeId> {
+        self.inodes
+            .lock()
+            .await
+            .get(&cache_key(parent, name))
+            .copied()
+    }
+
+    async fn keep(&self, parent: InodeId, name: &[u8], ino: InodeId) {
+        self.inodes
+            .lock()
+            .await
+            .insert(cache_key(parent, name), ino);
+    }
+
     /// The inode of `dir/name`, made if missing (cached once known).
     async fn ensure(
         &self,
@@ -97,10 +118,8 @@ impl State {
         name: &[u8],
         kind: FileKind,
     ) -> Result<InodeId, ClientError> {
-        let mut cache_key = parent.to_be_bytes().to_vec();
-        cache_key.extend_from_slice(name);
-        if let Some(ino) = self.inodes.lock().await.get(&cache_key) {
-            return Ok(*ino);
+        if let Some(ino) = self.cached(parent, name).await {
+            return Ok(ino);
         }
         let made = match kind {
             FileKind::Directory => self.client.mkdir(parent, name, 0o755, 0, 0, None).await,
@@ -117,8 +136,33 @@ impl State {
             }
             Err(e) => return Err(e),
         };
-        self.inodes.lock().await.insert(cache_key, ino);
+        self.keep(parent, name, ino).await;
         Ok(ino)
+    }
+
+    /// The inode of `dir/name` if it exists, by lookup (cached once known): what a read
+    /// uses, so that reading a register nobody wrote yet is a read (of nil) and not a
+    /// write that a cut-off leader cannot commit.
+    async fn find(&self, parent: InodeId, name: &[u8]) -> Result<Option<InodeId>, ClientError> {
+        if let Some(ino) = self.cached(parent, name).await {
+            return Ok(Some(ino));
+        }
+        match self.client.lookup(parent, name, false).await {
+            Ok(a) => {
+                self.keep(parent, name, a.ino).await;
+                Ok(Some(a.ino))
+            }
+            Err(ClientError::Errno(Errno::ENOENT, _)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A register's inode for reading; `None` while it does not exist (it holds nil).
+    async fn existing_register(&self, key: &str) -> Result<Option<InodeId>, ClientError> {
+        match self.find(ROOT_INO, REGISTER_DIR).await? {
+            Some(dir) => self.find(dir, key.as_bytes()).await,
+            None => Ok(None),
+        }
     }
 
     async fn register(&self, key: &str) -> Result<InodeId, ClientError> {
@@ -132,8 +176,9 @@ impl State {
         let id = r.id;
         match (r.f.as_str(), r.key.as_deref()) {
             ("read", Some(key)) => {
-                let ino = match self.register(key).await {
-                    Ok(i) => i,
+                let ino = match self.existing_register(key).await {
+                    Ok(Some(i)) => i,
+                    Ok(None) => return done(id, Value::Null),
                     Err(e) => return failed(id, &e),
                 };
                 match self.client.getxattr(ino, VALUE_XATTR, false).await {
@@ -267,7 +312,9 @@ pub async fn serve(
     let opts = ClientOptions {
         deadline: rpc_timeout,
         rpc_timeout,
-        connect_timeout: Duration::from_millis(500),
+        // A member behind a partition drops the connect: give up on it early enough to
+        // try another member within the operation's time.
+        connect_timeout: (rpc_timeout / 4).min(Duration::from_millis(500)),
         retry_ambiguous: false,
     };
     let state = Arc::new(State {

@@ -221,6 +221,40 @@ fn the_injected_stale_read_bug_is_caught() {
 }
 
 #[test]
+fn a_read_lease_longer_than_the_election_timeout_is_caught() {
+    // 10 s of lease against a 1 s leader lease: the leader, cut off with one site's
+    // clients, keeps answering their reads while the majority elects another leader and
+    // the other site's clients write. Short operation timeouts keep the cut-off clients
+    // from spending the partition in hung writes.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run(
+        &out,
+        &[
+            "--workload",
+            "register",
+            "--nemesis",
+            "leader-minority",
+            "--nemesis-interval",
+            "6",
+            "--op-timeout-ms",
+            "500",
+            "--time-limit",
+            "20",
+            "--concurrency",
+            "8",
+            "--seed",
+            "15",
+            "--unsafe-read-lease-ms",
+            "10000",
+        ],
+    );
+    assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
+    assert_eq!(r["register"]["verdict"], "not-linearizable", "{r}");
+    assert_eq!(r["unsafe_read_lease_ms"], 10000, "{r}");
+}
+
+#[test]
 fn check_exit_codes_follow_the_verdict() {
     let tmp = tempfile::tempdir().unwrap();
     let good = tmp.path().join("good.edn");

@@ -13,6 +13,7 @@ mod cluster;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,6 +124,10 @@ impl Default for ClientOptions {
 struct Inner {
     endpoints: Vec<String>,
     leader: Mutex<Option<String>>,
+    /// Where the next call starts looking when no leader is known: the member that
+    /// answered last, or the one after a member that just failed. Shared by all calls, so
+    /// one unreachable member costs one attempt, not one per call.
+    cursor: AtomicUsize,
     channels: Mutex<HashMap<String, Channel>>,
     opts: ClientOptions,
 }
@@ -197,6 +202,7 @@ impl MetaClient {
             inner: Arc::new(Inner {
                 endpoints,
                 leader: Mutex::new(None),
+                cursor: AtomicUsize::new(0),
                 channels: Mutex::new(HashMap::new()),
                 opts,
             }),
@@ -228,6 +234,35 @@ impl MetaClient {
         Ok(ch)
     }
 
+    fn cursor(&self) -> usize {
+        self.inner.cursor.load(Ordering::Relaxed) % self.inner.endpoints.len()
+    }
+
+    fn position(&self, addr: &str) -> Option<usize> {
+        self.inner.endpoints.iter().position(|e| e == addr)
+    }
+
+    /// `addr` answered: start there next time no leader is known.
+    fn remember(&self, addr: &str) {
+        if let Some(i) = self.position(addr) {
+            self.inner.cursor.store(i, Ordering::Relaxed);
+        }
+    }
+
+    /// `addr` failed: start after it next time (a leader named by a redirect that is not
+    /// one of our endpoints leaves the cursor alone).
+    fn move_past(&self, addr: &str) {
+        if let Some(i) = self.position(addr) {
+            let n = self.inner.endpoints.len();
+            let _ = self.inner.cursor.compare_exchange(
+                i,
+                (i + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Run `f` against the leader (or any member for stale reads), following redirects
     /// and retrying while the cluster is unavailable, within the deadline.
     async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, ClientError>
@@ -236,20 +271,20 @@ impl MetaClient {
         Fut: Future<Output = Result<T, Status>>,
     {
         let start = Instant::now();
-        let n = self.inner.endpoints.len();
-        let mut next = 0usize;
         let mut attempt = 0u32;
         let mut last;
         loop {
-            let target = lock(&self.inner.leader).clone().unwrap_or_else(|| {
-                let a = self.inner.endpoints[next % n].clone();
-                next += 1;
-                a
-            });
+            let target = lock(&self.inner.leader)
+                .clone()
+                .unwrap_or_else(|| self.inner.endpoints[self.cursor()].clone());
             let ch = self.channel(&target)?;
             let outcome = tokio::time::timeout(self.inner.opts.rpc_timeout, f(ch)).await;
+            if !matches!(outcome, Ok(Ok(_))) {
+                self.move_past(&target);
+            }
             let retry_now = match outcome {
                 Ok(Ok(v)) => {
+                    self.remember(&target);
                     *lock(&self.inner.leader) = Some(target);
                     return Ok(v);
                 }

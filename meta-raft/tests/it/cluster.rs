@@ -341,3 +341,41 @@ async fn a_follower_that_missed_many_large_entries_catches_up() {
         value
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_pays_for_a_hung_member_once_not_on_every_call() {
+    // The first endpoint accepts connections (the kernel's backlog) but never answers,
+    // like a member behind a partition that drops traffic. A client that gives up on it
+    // once must start its next calls at a member that works.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let cluster = Cluster::start(1, &[]).await;
+    let addrs = vec![
+        hung.local_addr().expect("addr").to_string(),
+        cluster.members[0].addr.clone(),
+    ];
+    let c = MetaClient::new(
+        &addrs,
+        ClientOptions {
+            deadline: Duration::from_millis(300),
+            rpc_timeout: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(300),
+            retry_ambiguous: false,
+        },
+    )
+    .expect("client");
+    let first = c.getattr(ROOT_INO, false).await;
+    assert!(
+        matches!(first, Err(ClientError::Unavailable { .. })),
+        "the hung member answered: {first:?}"
+    );
+    for i in 0..5 {
+        let started = Instant::now();
+        c.getattr(ROOT_INO, true)
+            .await
+            .unwrap_or_else(|e| panic!("call {i} after the hung member failed: {e}"));
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "call {i} waited on the hung member"
+        );
+    }
+}
