@@ -104,18 +104,49 @@ impl FuseAdapter {
         Fut: std::future::Future<Output = FsResult<T>> + Send + 'static,
     {
         let start = std::time::Instant::now();
+        let fs = self.fs.clone();
         let fut = op(self.fs.clone());
         self.rt.spawn(async move {
             let result = fut.await;
-            let outcome = if result.is_ok() { "ok" } else { "error" };
-            metrics::counter!("mobilus_fuse_ops_total", "op" => name, "outcome" => outcome)
-                .increment(1);
-            metrics::histogram!("mobilus_fuse_op_seconds", "op" => name)
-                .record(start.elapsed().as_secs_f64());
+            // Before the kernel hears the answer: its next request must not be served
+            // attributes answered before this operation ended.
+            if !READ_ONLY_OPS.contains(&name) {
+                fs.mutated();
+            }
+            record(name, result.is_ok(), start);
             reply(result)
         });
     }
 }
+
+/// Count and time one operation.
+fn record(name: &'static str, ok: bool, start: std::time::Instant) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!("mobilus_fuse_ops_total", "op" => name, "outcome" => outcome).increment(1);
+    metrics::histogram!("mobilus_fuse_op_seconds", "op" => name)
+        .record(start.elapsed().as_secs_f64());
+}
+
+/// The operations that change nothing, neither at the metadata service nor in this
+/// mount's buffers; every other one ends with [`MountFs::mutated`] (so a new operation is
+/// a mutation until it is listed here). Closes and fsyncs are listed because they change
+/// something only by committing buffered bytes or freeing an orphan, which call
+/// `mutated` themselves: closing a file that was only read forgets nothing.
+const READ_ONLY_OPS: &[&str] = &[
+    "flush",
+    "release",
+    "fsync",
+    "lookup",
+    "getattr",
+    "readlink",
+    "open",
+    "read",
+    "readdir",
+    "readdirplus",
+    "statfs",
+    "getxattr",
+    "listxattr",
+];
 
 fn errno(e: &ClientError) -> FuseErrno {
     FuseErrno::from_i32(e.to_errno().0)
@@ -260,6 +291,13 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ttl = self.tuning.attr_ttl;
+        // Answered here, on the FUSE thread, when no round is needed: handing the request
+        // to the runtime would cost more than the answer.
+        let start = std::time::Instant::now();
+        if let Some(a) = self.fs.known_attr(ino.0) {
+            record("getattr", true, start);
+            return reply.attr(&ttl, &file_attr(&a));
+        }
         self.run(
             "getattr",
             move |fs| async move { fs.getattr(ino.0).await },
@@ -737,6 +775,11 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         let n = name(n);
+        let start = std::time::Instant::now();
+        if self.fs.known_absent_xattr(ino.0, &n) {
+            record("getxattr", false, start);
+            return reply.error(refuse(Errno::ENODATA));
+        }
         self.run(
             "getxattr",
             move |fs| async move { fs.getxattr(ino.0, &n).await },

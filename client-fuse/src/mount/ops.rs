@@ -74,7 +74,27 @@ pub struct MountFs {
     /// Bumped with every inode's `version`: an open that fetched a slice map keeps it
     /// only if nothing in this mount changed a file meanwhile.
     changes: AtomicU64,
+    /// Attributes of closed inodes as lookups and getattrs answered them.
+    answered: Mutex<AnsweredAttrs>,
 }
+
+/// Attributes the metadata service answered, for the GETATTRs the kernel sends while its
+/// own copy would still be fresh: it drops that copy after every read to refresh atime,
+/// which Mobilus changes only on setattr. Trusted for `cache_ttl`, as long as the kernel
+/// would have trusted its own copy, and forgotten whole whenever an operation of this
+/// mount may have changed anything ([`MountFs::mutated`]); an answer to a request that
+/// began before such an operation ended is not kept.
+#[derive(Default)]
+struct AnsweredAttrs {
+    generation: u64,
+    attrs: HashMap<InodeId, (Attr, Instant)>,
+}
+
+/// More answered attributes than this and they are forgotten (the kernel's own cache
+/// holds the rest).
+const MAX_ANSWERED_ATTRS: usize = 16_384;
+/// Inodes known to have no `security.capability`, at most.
+const MAX_NO_CAPS: usize = 16_384;
 
 fn wall_clock_ns() -> i64 {
     std::time::SystemTime::now()
@@ -98,7 +118,55 @@ impl MountFs {
             no_caps: Mutex::default(),
             cache_ttl,
             changes: AtomicU64::new(0),
+            answered: Mutex::default(),
         }
+    }
+
+    /// An operation of this mount that may have changed something ended: forget every
+    /// answered attribute, and those still in flight. The FUSE adapter calls it after
+    /// every operation but the few that only read; closes and fsyncs call it here, when
+    /// they commit buffered bytes or free an orphan.
+    pub fn mutated(&self) {
+        let mut a = lock(&self.answered);
+        a.generation += 1;
+        if !a.attrs.is_empty() {
+            a.attrs = HashMap::new();
+        }
+    }
+
+    fn answered_generation(&self) -> u64 {
+        lock(&self.answered).generation
+    }
+
+    /// Keep `attr`, answered to a request that began at `generation`.
+    fn keep_answered(&self, generation: u64, attr: &Attr) {
+        let mut a = lock(&self.answered);
+        if a.generation != generation {
+            return;
+        }
+        if a.attrs.len() >= MAX_ANSWERED_ATTRS {
+            a.attrs.clear();
+        }
+        a.attrs.insert(attr.ino, (attr.clone(), Instant::now()));
+    }
+
+    fn fresh_answer(&self, ino: InodeId) -> Option<Attr> {
+        let a = lock(&self.answered);
+        let (attr, at) = a.attrs.get(&ino)?;
+        (at.elapsed() < self.cache_ttl).then(|| attr.clone())
+    }
+
+    /// `ino` is known, as of now, to have no `security.capability`.
+    fn remember_no_caps(&self, ino: InodeId) {
+        let mut known = lock(&self.no_caps);
+        if known.len() >= MAX_NO_CAPS {
+            let ttl = self.cache_ttl;
+            known.retain(|_, at| at.elapsed() < ttl);
+            if known.len() >= MAX_NO_CAPS {
+                known.clear();
+            }
+        }
+        known.insert(ino, Instant::now());
     }
 
     /// This mount committed a change to `inode`'s bytes or size: its readers refetch.
@@ -161,6 +229,7 @@ impl MountFs {
             let result = w.flush().await;
             inode.pending_end.store(w.pending_end(), Ordering::Release);
             self.changed(inode);
+            self.mutated();
             if let Ok(Some(attr)) = &result {
                 *lock(&inode.attr) = (attr.clone(), Some(Instant::now()));
             }
@@ -171,25 +240,49 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> FsResult<Attr> {
+        let generation = self.answered_generation();
         let attr = self.client.meta().lookup(parent, name, false).await?;
+        self.keep_answered(generation, &attr);
         Ok(self.merge(attr))
+    }
+
+    /// The attributes of `ino` if this mount can answer them without a round: an open
+    /// inode's (fresh, or extended by buffered writes), or a closed one's fresh answer.
+    pub fn known_attr(&self, ino: InodeId) -> Option<Attr> {
+        match self.open_inode(ino) {
+            Some(open) => {
+                let (attr, at) = lock(&open.attr).clone();
+                let fresh = at.is_some_and(|at| at.elapsed() < self.cache_ttl);
+                (open.pending_end.load(Ordering::Acquire) > 0 || fresh).then_some(attr)
+            }
+            None => self.fresh_answer(ino),
+        }
+    }
+
+    /// Whether `name` of `ino` is known, without a round, to be absent (only
+    /// `security.capability` is tracked: the kernel asks before every write).
+    pub fn known_absent_xattr(&self, ino: InodeId, name: &[u8]) -> bool {
+        name == SECURITY_CAPABILITY
+            && lock(&self.no_caps)
+                .get(&ino)
+                .is_some_and(|at| at.elapsed() < self.cache_ttl)
     }
 
     #[instrument(skip(self))]
     pub async fn getattr(&self, ino: InodeId) -> FsResult<Attr> {
-        let open = self.open_inode(ino);
-        if let Some(open) = &open {
-            let (attr, at) = lock(&open.attr).clone();
-            let fresh = at.is_some_and(|at| at.elapsed() < self.cache_ttl);
-            if open.pending_end.load(Ordering::Acquire) > 0 || fresh {
-                return Ok(attr);
-            }
+        if let Some(attr) = self.known_attr(ino) {
+            return Ok(attr);
         }
+        let open = self.open_inode(ino);
+        let generation = self.answered_generation();
         let attr = self.client.meta().getattr(ino, false).await?;
-        if let Some(open) = &open {
-            if open.pending_end.load(Ordering::Acquire) == 0 {
-                *lock(&open.attr) = (attr.clone(), Some(Instant::now()));
+        match &open {
+            Some(open) => {
+                if open.pending_end.load(Ordering::Acquire) == 0 {
+                    *lock(&open.attr) = (attr.clone(), Some(Instant::now()));
+                }
             }
+            None => self.keep_answered(generation, &attr),
         }
         Ok(self.merge(attr))
     }
@@ -404,6 +497,9 @@ impl MountFs {
             .await?;
         // The create answered the attributes: no second round to open what it made.
         let (fh, _) = self.open_as(attr.ino, attr.clone());
+        // A file just made has no xattrs: the kernel's question before the first write
+        // needs no round either.
+        self.remember_no_caps(attr.ino);
         Ok((attr, fh))
     }
 
@@ -484,7 +580,9 @@ impl MountFs {
                 last
             };
             if last && h.inode.orphan.load(Ordering::Acquire) {
-                self.client.meta().release_orphan(h.ino).await?;
+                let released = self.client.meta().release_orphan(h.ino).await;
+                self.mutated();
+                released?;
             }
         }
         result
@@ -546,15 +644,12 @@ impl MountFs {
     #[instrument(skip(self))]
     pub async fn getxattr(&self, ino: InodeId, name: &[u8]) -> FsResult<Vec<u8>> {
         let caps = name == SECURITY_CAPABILITY;
-        if caps {
-            let known = lock(&self.no_caps).get(&ino).copied();
-            if known.is_some_and(|at| at.elapsed() < self.cache_ttl) {
-                return refused(Errno::ENODATA);
-            }
+        if self.known_absent_xattr(ino, name) {
+            return refused(Errno::ENODATA);
         }
         let result = self.client.meta().getxattr(ino, name, false).await;
         if caps && matches!(&result, Err(e) if e.to_errno() == Errno::ENODATA) {
-            lock(&self.no_caps).insert(ino, Instant::now());
+            self.remember_no_caps(ino);
         }
         Ok(result?)
     }

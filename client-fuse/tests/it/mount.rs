@@ -142,3 +142,65 @@ async fn files_and_directories_behave_through_a_real_mount_at_both_sites() {
         b"flushed at shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stat_after_a_read_shows_every_change_made_here_and_others_within_the_ttl() {
+    // The kernel drops its cached attributes after every read (atime), and the mount
+    // then answers from those it was last given: never across a change made here, and
+    // never for longer than the attribute TTL for a change made elsewhere.
+    let sites = TwoSites::start().await;
+    let a = sites.mount("site-a");
+    let b = sites.mount("site-b");
+    let (f, g) = (a.point.join("f"), a.point.join("g"));
+    std::fs::write(&f, b"0123456789").unwrap();
+    let stat_after_read = |p: &std::path::Path| {
+        let _ = std::fs::read(p).unwrap();
+        std::fs::metadata(p).unwrap()
+    };
+    assert_eq!(stat_after_read(&f).len(), 10);
+
+    // Changes made here, each seen by the next stat.
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(stat_after_read(&f).mode() & 0o777, 0o600, "chmod");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"ab")
+        .unwrap();
+    assert_eq!(stat_after_read(&f).len(), 12, "append");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(4)
+        .unwrap();
+    assert_eq!(stat_after_read(&f).len(), 4, "truncate");
+    let before = stat_after_read(&f);
+    std::fs::hard_link(&f, &g).unwrap();
+    assert_eq!(stat_after_read(&f).nlink(), 2, "link");
+    assert!(
+        stat_after_read(&f).ctime_nsec() != before.ctime_nsec()
+            || stat_after_read(&f).ctime() != before.ctime(),
+        "link moves ctime"
+    );
+    std::fs::remove_file(&g).unwrap();
+    assert_eq!(stat_after_read(&f).nlink(), 1, "unlink of the other name");
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+    assert_eq!(stat_after_read(&f).mtime(), 1_000_000, "utime");
+
+    // A change made elsewhere, seen here once the TTL (1 s) has passed.
+    std::fs::write(b.point.join("f"), b"changed at site-b").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    assert_eq!(
+        stat_after_read(&f).len(),
+        17,
+        "a change at site-b, after the TTL"
+    );
+}
