@@ -37,5 +37,7 @@ pub fn spawn(
     mountpoint: &Path,
     config: &fuser::Config,
 ) -> std::io::Result<fuser::BackgroundSession> {
-    fuser::spawn_mount(FuseAdapter::new(fs, rt, tuning), mountpoint, config)
+    let session = fuser::spawn_mount(FuseAdapter::new(fs.clone(), rt, tuning), mountpoint, config)?;
+    fs.mounted(session.notifier());
+    Ok(session)
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use mobilus_proto::fs::{Attr, DirEntry, FileKind, InodeId, SetAttr, StatFs};
 use mobilus_proto::status::Errno;
@@ -76,6 +76,8 @@ pub struct MountFs {
     changes: AtomicU64,
     /// Attributes of closed inodes as lookups and getattrs answered them.
     answered: Mutex<AnsweredAttrs>,
+    /// The kernel's side of the mount, once mounted: to drop attributes it cached.
+    kernel: OnceLock<fuser::Notifier>,
 }
 
 /// Attributes the metadata service answered, for the GETATTRs the kernel sends while its
@@ -119,6 +121,25 @@ impl MountFs {
             cache_ttl,
             changes: AtomicU64::new(0),
             answered: Mutex::default(),
+            kernel: OnceLock::new(),
+        }
+    }
+
+    /// The mount is up: `notifier` reaches the kernel's caches of it.
+    pub fn mounted(&self, notifier: fuser::Notifier) {
+        let _ = self.kernel.set(notifier);
+    }
+
+    /// Make the kernel ask for `ino`'s attributes again (not its pages: an open without
+    /// FOPEN_KEEP_CACHE drops those already).
+    fn forget_kernel_attrs(&self, ino: InodeId) {
+        if let Some(kernel) = self.kernel.get() {
+            // ENOENT: the kernel holds nothing of the inode, which is as good.
+            if let Err(e) = kernel.inval_inode(fuser::INodeNo(ino), -1, 0) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    tracing::debug!(ino, error = %e, "dropping the kernel's attributes failed");
+                }
+            }
         }
     }
 
@@ -439,11 +460,21 @@ impl MountFs {
         // so the first read needs no metadata call (the reader then sees the file as of
         // this open, as close-to-open asks).
         let changes = self.changes.load(Ordering::Acquire);
+        let generation = self.answered_generation();
         let (attr, reader) = match self.client.open_reader(ino).await? {
             Some((attr, reader)) => (attr, Some(reader)),
             None => (self.client.meta().getattr(ino, false).await?, None),
         };
+        // What the open saw replaces an older answer: a stat after this file is closed
+        // again never shows the file as it was before this open.
+        self.keep_answered(generation, &attr);
         let (fh, keep_cache) = self.open_as(ino, attr);
+        if !keep_cache {
+            // The file changed since the kernel may have cached its attributes (a stat
+            // here before a change elsewhere): drop them, or a read would stop at the
+            // size the kernel remembers (close-to-open).
+            self.forget_kernel_attrs(ino);
+        }
         // A flush here since the fetch may have committed bytes the map predates.
         let unchanged = self.changes.load(Ordering::Acquire) == changes;
         if let (Some(reader), Ok(h), true) = (reader, self.handle(fh), unchanged) {
