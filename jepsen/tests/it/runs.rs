@@ -69,6 +69,33 @@ fn must_run(out: &Path, args: &[&str]) -> (Output, serde_json::Value) {
     (child, serde_json::from_str(&results).expect("results.json"))
 }
 
+/// A register run with 8 clients: `nemesis` every `interval` s (mean), for `limit` s.
+fn must_run_registers(
+    out: &Path,
+    nemesis: &str,
+    interval: &str,
+    limit: &str,
+    seed: &str,
+    extra: &[&str],
+) -> (Output, serde_json::Value) {
+    let mut args = vec![
+        "--workload",
+        "register",
+        "--nemesis",
+        nemesis,
+        "--nemesis-interval",
+        interval,
+        "--time-limit",
+        limit,
+        "--concurrency",
+        "8",
+        "--seed",
+        seed,
+    ];
+    args.extend_from_slice(extra);
+    must_run(out, &args)
+}
+
 #[test]
 fn registers_stay_linearizable_under_partitions_kills_pauses_and_membership_changes() {
     // Reads are served under the leader's lease here (the default): pauses of the
@@ -76,22 +103,13 @@ fn registers_stay_linearizable_under_partitions_kills_pauses_and_membership_chan
     // not open a window with two lease holders.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let (child, r) = must_run(
+    let (child, r) = must_run_registers(
         &out,
-        &[
-            "--workload",
-            "register",
-            "--nemesis",
-            "partition,kill,pause,membership",
-            "--nemesis-interval",
-            "3",
-            "--time-limit",
-            "25",
-            "--concurrency",
-            "8",
-            "--seed",
-            "11",
-        ],
+        "partition,kill,pause,membership",
+        "3",
+        "25",
+        "11",
+        &[],
     );
     assert_eq!(child.status.code(), Some(0), "{r}");
     assert_eq!(r["valid"], true);
@@ -194,23 +212,13 @@ fn fsynced_files_survive_kills_and_restarts_through_real_mounts() {
 fn the_injected_stale_read_bug_is_caught() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let (child, r) = must_run(
+    let (child, r) = must_run_registers(
         &out,
-        &[
-            "--workload",
-            "register",
-            "--nemesis",
-            "partition",
-            "--nemesis-interval",
-            "2",
-            "--time-limit",
-            "20",
-            "--concurrency",
-            "8",
-            "--seed",
-            "13",
-            "--unsafe-local-reads",
-        ],
+        "partition",
+        "2",
+        "20",
+        "13",
+        &["--unsafe-local-reads"],
     );
     assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
     assert_eq!(r["register"]["verdict"], "not-linearizable");
@@ -228,26 +236,13 @@ fn a_read_lease_longer_than_the_election_timeout_is_caught() {
     // from spending the partition in hung writes.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let (child, r) = must_run(
+    let (child, r) = must_run_registers(
         &out,
-        &[
-            "--workload",
-            "register",
-            "--nemesis",
-            "leader-minority",
-            "--nemesis-interval",
-            "6",
-            "--op-timeout-ms",
-            "500",
-            "--time-limit",
-            "20",
-            "--concurrency",
-            "8",
-            "--seed",
-            "15",
-            "--unsafe-read-lease-ms",
-            "10000",
-        ],
+        "leader-minority",
+        "6",
+        "20",
+        "15",
+        &["--op-timeout-ms", "500", "--unsafe-read-lease-ms", "10000"],
     );
     assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
     assert_eq!(r["register"]["verdict"], "not-linearizable", "{r}");
