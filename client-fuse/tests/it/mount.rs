@@ -199,6 +199,9 @@ async fn a_stat_after_a_read_shows_every_change_made_here_and_others_within_the_
     // every stat after it; and by a plain stat once the TTL (1 s) has passed.
     std::fs::write(b.point.join("f"), b"changed at site-b").unwrap();
     assert_eq!(std::fs::read(&f).unwrap(), b"changed at site-b");
+    // The kernel sends the close's RELEASE after close(2) returns: wait for it, so the
+    // stat below meets a closed inode (well within the TTL).
+    std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(
         std::fs::metadata(&f).unwrap().len(),
         17,
