@@ -316,6 +316,7 @@ pub async fn serve(
         // try another member within the operation's time.
         connect_timeout: (rpc_timeout / 4).min(Duration::from_millis(500)),
         retry_ambiguous: false,
+        site: None,
     };
     let state = Arc::new(State {
         client: MetaClient::new(&meta, opts)?,

@@ -92,6 +92,14 @@ impl MetaError {
             }
             MetaError::Op(e @ OpError::StaleEpoch { .. }) => WireError::StaleEpoch(e.to_string()),
             MetaError::Op(OpError::StaleChunks(m)) => WireError::StaleChunks(m.clone()),
+            MetaError::Op(e @ OpError::NotOwner { .. }) => WireError::NotOwner(e.to_string()),
+            MetaError::Op(e @ OpError::LeaseExpired { .. }) => {
+                WireError::LeaseExpired(e.to_string())
+            }
+            MetaError::Op(e @ OpError::UnknownSite(_)) => WireError::UnknownSite(e.to_string()),
+            MetaError::Op(e @ OpError::Explained { errno, .. }) => {
+                WireError::Errno(Errno(*errno), e.to_string())
+            }
             MetaError::NotLeader(l) => WireError::NotLeader(l.clone()),
             MetaError::Unavailable(m) => WireError::Unavailable(m.clone()),
             MetaError::InvalidRequest(m) => {

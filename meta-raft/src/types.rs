@@ -2,7 +2,7 @@
 
 use mobilus_proto::fs::{
     Attr, ChunkCheck, ChunkHash, DataNodeInfo, Epoch, Fence, FileKind, InodeId, SetAttr,
-    SliceWrite, SubtreeId,
+    SliceWrite, SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,8 @@ pub struct Proposal(pub Vec<Command>);
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Command {
     pub time_ns: i64,
+    /// The site that issued it (a mount's); `None` for tools that speak for no site.
+    pub site: Option<String>,
     pub fence: Option<Fence>,
     pub op: Op,
 }
@@ -160,6 +162,40 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
+    /// Make directory `root` a subtree owned by `owner`, epoch 1. An empty directory is
+    /// owned at once; an existing tree is `Preparing` until `RelabelSubtree` has labelled
+    /// every inode under it.
+    CreateSubtree {
+        root: InodeId,
+        owner: String,
+    },
+    /// Relabel at most `limit` more inodes of a preparing subtree; the step that labels
+    /// the last one makes it owned.
+    RelabelSubtree {
+        root: InodeId,
+        limit: u32,
+    },
+    /// Give a subtree to site `to` with epoch + 1. `force` takes it from an owner whose
+    /// lease has expired; without it, the owner's lease must be valid.
+    MoveSubtree {
+        root: InodeId,
+        to: String,
+        force: bool,
+    },
+}
+
+/// Which inodes an operation changes, as the ownership check sees them.
+pub enum Touches {
+    /// Cluster administration (the site registry, GC, subtree changes): not a change of
+    /// any subtree's contents by a site.
+    Admin,
+    /// The inodes whose subtree decides: a directory for changes to its entries, the inode
+    /// itself for changes to it.
+    Inodes(Vec<InodeId>),
+    /// Deleting an orphan (an inode with no name left, whose last open handle closed):
+    /// changes nothing any listing, lookup or read can reach, so any site may do it, and
+    /// a mount that had the file open at the old owner can still let it go.
+    Orphan(InodeId),
 }
 
 impl Op {
@@ -182,6 +218,39 @@ impl Op {
             Op::Condemn { .. } => "condemn",
             Op::ForgetCondemned { .. } => "forget_condemned",
             Op::CasXattr { .. } => "cas_xattr",
+            Op::CreateSubtree { .. } => "create_subtree",
+            Op::RelabelSubtree { .. } => "relabel_subtree",
+            Op::MoveSubtree { .. } => "move_subtree",
+        }
+    }
+
+    /// The inodes this operation changes (for the ownership check, which every command
+    /// passes before it runs). Every variant is listed: a new one must say what it touches.
+    pub fn touches(&self) -> Touches {
+        match self {
+            Op::Mknod { parent, .. }
+            | Op::Mkdir { parent, .. }
+            | Op::Symlink { parent, .. }
+            | Op::Unlink { parent, .. }
+            | Op::Rmdir { parent, .. } => Touches::Inodes(vec![*parent]),
+            Op::Link {
+                ino, new_parent, ..
+            } => Touches::Inodes(vec![*ino, *new_parent]),
+            Op::Rename {
+                parent, new_parent, ..
+            } => Touches::Inodes(vec![*parent, *new_parent]),
+            Op::SetAttr { ino, .. }
+            | Op::SetXattr { ino, .. }
+            | Op::RemoveXattr { ino, .. }
+            | Op::CasXattr { ino, .. }
+            | Op::Write { ino, .. } => Touches::Inodes(vec![*ino]),
+            Op::ReleaseOrphan { ino } => Touches::Orphan(*ino),
+            Op::RegisterDataNode { .. }
+            | Op::Condemn { .. }
+            | Op::ForgetCondemned { .. }
+            | Op::CreateSubtree { .. }
+            | Op::RelabelSubtree { .. }
+            | Op::MoveSubtree { .. } => Touches::Admin,
         }
     }
 }
@@ -199,6 +268,31 @@ pub enum OpError {
     },
     #[error("stale chunks: {0}")]
     StaleChunks(String),
+    #[error("subtree {subtree} is owned by {owner}, not by {}", .site.as_deref().unwrap_or("a tool of no site"))]
+    NotOwner {
+        subtree: SubtreeId,
+        owner: String,
+        site: Option<String>,
+    },
+    #[error(
+        "the lease of {owner} on subtree {subtree} has expired (its data node has not renewed it)"
+    )]
+    LeaseExpired { subtree: SubtreeId, owner: String },
+    #[error("unknown site {0:?}: no data node of it has ever registered")]
+    UnknownSite(String),
+    /// An errno with the reason spelled out (subtree administration).
+    #[error("{}: {reason}", errno_name(*.errno))]
+    Explained { errno: i32, reason: String },
+}
+
+impl OpError {
+    /// An errno with a reason for people.
+    pub fn explained(errno: Errno, reason: impl Into<String>) -> OpError {
+        OpError::Explained {
+            errno: errno.0,
+            reason: reason.into(),
+        }
+    }
 }
 
 fn errno_name(n: i32) -> &'static str {
@@ -227,6 +321,7 @@ pub enum OpReply {
         hashes: Vec<ChunkHash>,
         gc_gen: u64,
     },
+    Subtree(SubtreeInfo),
 }
 
 /// The state machine's answer to one command. An entry answers one per command

@@ -4,7 +4,7 @@
 
 use crate::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, DataNodeInfo, DirEntry, Extent, Fence, FileKind,
-    SetAttr, SliceWrite, StatFs, TimeSet,
+    SetAttr, SliceWrite, StatFs, SubtreeInfo, SubtreeState, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -110,25 +110,75 @@ fn time_from_wire(t: Option<pb::TimeSet>) -> Option<TimeSet> {
     }
 }
 
-impl From<Fence> for pb::Fence {
-    fn from(f: Fence) -> Self {
-        pb::Fence {
-            subtree: f.subtree,
-            epoch: f.epoch,
+/// Encode who issues a mutation (`site`) and under which epoch (`fence`).
+pub fn fence_to_wire(site: Option<&str>, fence: Option<Fence>) -> Option<pb::Fence> {
+    if site.is_none() && fence.is_none() {
+        return None;
+    }
+    let (subtree, epoch) = fence.map_or((0, 0), |f| (f.subtree, f.epoch));
+    Some(pb::Fence {
+        subtree,
+        epoch,
+        site: site.unwrap_or_default().to_string(),
+    })
+}
+
+/// Decode who issued a mutation: the site (if any) and the epoch fence (if any).
+pub fn fence_from_wire(f: Option<pb::Fence>) -> (Option<String>, Option<Fence>) {
+    let Some(f) = f else {
+        return (None, None);
+    };
+    let fence = (f.subtree != 0).then_some(Fence {
+        subtree: f.subtree,
+        epoch: f.epoch,
+    });
+    ((!f.site.is_empty()).then_some(f.site), fence)
+}
+
+impl From<&SubtreeInfo> for pb::Subtree {
+    fn from(s: &SubtreeInfo) -> Self {
+        pb::Subtree {
+            root: s.root,
+            owner: s.owner.clone().unwrap_or_default(),
+            epoch: s.epoch,
+            state: s.state.name().to_string(),
+            lease_expiry_ns: s.lease_expiry_ns,
+            log_now_ns: s.log_now_ns,
+            inodes: s.inodes,
+            bytes: s.bytes,
+            pending_dirs: s.pending_dirs,
+            path: s.path.clone(),
+            created_ns: s.created_ns,
+            moved_ns: s.moved_ns,
         }
     }
 }
 
-/// Decode an optional fence.
-pub fn fence_from_wire(f: Option<pb::Fence>) -> Option<Fence> {
-    f.map(|f| Fence {
-        subtree: f.subtree,
-        epoch: f.epoch,
+/// Decode a subtree.
+pub fn subtree_from_wire(s: pb::Subtree) -> Result<SubtreeInfo, WireError> {
+    let state = match s.state.as_str() {
+        "preparing" => SubtreeState::Preparing,
+        "owned" => SubtreeState::Owned,
+        other => return Err(invalid(format!("unknown subtree state {other:?}"))),
+    };
+    Ok(SubtreeInfo {
+        root: s.root,
+        owner: (!s.owner.is_empty()).then_some(s.owner),
+        epoch: s.epoch,
+        state,
+        lease_expiry_ns: s.lease_expiry_ns,
+        log_now_ns: s.log_now_ns,
+        inodes: s.inodes,
+        bytes: s.bytes,
+        pending_dirs: s.pending_dirs,
+        path: s.path,
+        created_ns: s.created_ns,
+        moved_ns: s.moved_ns,
     })
 }
 
 /// Build a `SetAttrRequest` for an inode.
-pub fn setattr_to_wire(ino: u64, s: &SetAttr, fence: Option<Fence>) -> pb::SetAttrRequest {
+pub fn setattr_to_wire(ino: u64, s: &SetAttr, fence: Option<pb::Fence>) -> pb::SetAttrRequest {
     pb::SetAttrRequest {
         ino,
         mode: s.mode,
@@ -138,7 +188,7 @@ pub fn setattr_to_wire(ino: u64, s: &SetAttr, fence: Option<Fence>) -> pb::SetAt
         atime: s.atime.map(Into::into),
         mtime: s.mtime.map(Into::into),
         ctime_ns: s.ctime_ns,
-        fence: fence.map(Into::into),
+        fence,
     }
 }
 

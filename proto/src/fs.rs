@@ -193,6 +193,53 @@ pub struct Fence {
     pub epoch: Epoch,
 }
 
+/// What a site may be asked to prove about a subtree: the state of its ownership.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubtreeState {
+    /// An existing tree is being relabelled into the subtree; until that ends, its inodes
+    /// still belong to the shared root subtree, and those already relabelled are frozen.
+    Preparing,
+    /// Owned by one site (or, for the root, shared).
+    Owned,
+}
+
+impl SubtreeState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SubtreeState::Preparing => "preparing",
+            SubtreeState::Owned => "owned",
+        }
+    }
+}
+
+/// A subtree as the metadata service reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SubtreeInfo {
+    pub root: SubtreeId,
+    /// `None`: shared (the namespace root).
+    pub owner: Option<String>,
+    pub epoch: Epoch,
+    pub state: SubtreeState,
+    /// The owner site's lease, in log time; 0 when it has none.
+    pub lease_expiry_ns: i64,
+    /// The log's clock when this was read (compare with `lease_expiry_ns`).
+    pub log_now_ns: i64,
+    pub inodes: u64,
+    pub bytes: u64,
+    pub pending_dirs: u64,
+    /// Where the subtree's root is now; empty if no path reaches it.
+    pub path: String,
+    pub created_ns: i64,
+    pub moved_ns: i64,
+}
+
+impl SubtreeInfo {
+    /// Does the owner hold a lease at the time this was read?
+    pub fn lease_valid(&self) -> bool {
+        self.lease_expiry_ns > self.log_now_ns
+    }
+}
+
 /// A data node in the site registry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DataNodeInfo {

@@ -3,7 +3,8 @@
 //! A namespace error travels as a `tonic::Status` whose code follows the errno's meaning
 //! (ENOENT → NOT_FOUND, EEXIST → ALREADY_EXISTS, ...) and whose `x-mobilus-errno` metadata
 //! holds the errno number. Cluster errors carry `x-mobilus-error` with a stable name
-//! (`not-leader`, `unavailable`, `stale-epoch`) and, for `not-leader`, `x-mobilus-leader`
+//! (`not-leader`, `unavailable`, `stale-epoch`, `stale-chunks`, `not-owner`,
+//! `lease-expired`, `unknown-site`) and, for `not-leader`, `x-mobilus-leader`
 //! with the leader's address when it is known.
 
 use tonic::metadata::MetadataValue;
@@ -99,6 +100,13 @@ pub enum WireError {
     /// A write relied on chunks that garbage collection has condemned or deleted since
     /// the writer checked them: check again (re-upload) and retry.
     StaleChunks(String),
+    /// The subtree is owned by another site: this site may read it, not change it.
+    NotOwner(String),
+    /// The owner site's lease has run out (its agent stopped renewing): no site may
+    /// change the subtree until the lease is renewed or the subtree is taken over.
+    LeaseExpired(String),
+    /// A site that has never registered a data node.
+    UnknownSite(String),
     /// Any other status (bad request framing, oversized message, internal error).
     Other(Code, String),
 }
@@ -107,6 +115,9 @@ const NOT_LEADER: &str = "not-leader";
 const UNAVAILABLE: &str = "unavailable";
 const STALE_EPOCH: &str = "stale-epoch";
 const STALE_CHUNKS: &str = "stale-chunks";
+const NOT_OWNER: &str = "not-owner";
+const LEASE_EXPIRED: &str = "lease-expired";
+const UNKNOWN_SITE: &str = "unknown-site";
 
 fn errno_code(errno: Errno) -> Code {
     match errno {
@@ -159,6 +170,21 @@ impl WireError {
                 ERROR_KEY,
                 STALE_CHUNKS.to_string(),
             ),
+            WireError::NotOwner(msg) => (
+                Status::permission_denied(msg.clone()),
+                ERROR_KEY,
+                NOT_OWNER.to_string(),
+            ),
+            WireError::LeaseExpired(msg) => (
+                Status::failed_precondition(msg.clone()),
+                ERROR_KEY,
+                LEASE_EXPIRED.to_string(),
+            ),
+            WireError::UnknownSite(msg) => (
+                Status::not_found(msg.clone()),
+                ERROR_KEY,
+                UNKNOWN_SITE.to_string(),
+            ),
             WireError::Other(code, msg) => return Status::new(*code, msg.clone()),
         };
         if let Ok(v) = MetadataValue::try_from(value.as_str()) {
@@ -179,6 +205,9 @@ impl WireError {
             Some(UNAVAILABLE) => WireError::Unavailable(status.message().to_string()),
             Some(STALE_EPOCH) => WireError::StaleEpoch(status.message().to_string()),
             Some(STALE_CHUNKS) => WireError::StaleChunks(status.message().to_string()),
+            Some(NOT_OWNER) => WireError::NotOwner(status.message().to_string()),
+            Some(LEASE_EXPIRED) => WireError::LeaseExpired(status.message().to_string()),
+            Some(UNKNOWN_SITE) => WireError::UnknownSite(status.message().to_string()),
             _ => WireError::Other(status.code(), status.message().to_string()),
         }
     }
@@ -198,6 +227,9 @@ mod tests {
             WireError::Unavailable("no quorum".into()),
             WireError::StaleEpoch("epoch 3 < 4".into()),
             WireError::StaleChunks("gc generation 2 < 3".into()),
+            WireError::NotOwner("owned by site-b".into()),
+            WireError::LeaseExpired("site-a's lease ran out".into()),
+            WireError::UnknownSite("site-z".into()),
         ];
         for case in cases {
             let back = WireError::from_status(&case.to_status());

@@ -10,6 +10,7 @@
 //! EEXIST. Callers that must know (the Jepsen harness) treat such outcomes as indeterminate.
 
 mod cluster;
+mod subtree;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mobilus_proto::convert::{attr_from_reply, setattr_to_wire};
+use mobilus_proto::convert::{attr_from_reply, fence_to_wire, setattr_to_wire};
 use mobilus_proto::fs::{
     Attr, ChunkCheck, DirEntry, Extent, Fence, FileKind, InodeId, SetAttr, SliceWrite, StatFs,
 };
@@ -38,6 +39,15 @@ pub enum ClientError {
     /// GC may have removed chunks the write relied on: check them again and retry.
     #[error("{0}")]
     StaleChunks(String),
+    /// The subtree is another site's: this client's site may read it, not change it.
+    #[error("{0}")]
+    NotOwner(String),
+    /// The owner site's lease has expired: nobody may change the subtree until it is
+    /// renewed or the subtree is taken over.
+    #[error("{0}")]
+    LeaseExpired(String),
+    #[error("{0}")]
+    UnknownSite(String),
     #[error("cannot reach the metadata service at {addrs}: {last}")]
     Unavailable { addrs: String, last: String },
     #[error("{code:?}: {message}")]
@@ -61,7 +71,10 @@ impl ClientError {
     pub fn to_errno(&self) -> Errno {
         match self {
             ClientError::Errno(e, _) => *e,
-            ClientError::StaleEpoch(_) => Errno::EROFS,
+            ClientError::StaleEpoch(_)
+            | ClientError::NotOwner(_)
+            | ClientError::LeaseExpired(_) => Errno::EROFS,
+            ClientError::UnknownSite(_) => Errno::ENOENT,
             ClientError::Rpc {
                 code: Code::InvalidArgument,
                 ..
@@ -81,6 +94,9 @@ impl From<WireError> for ClientError {
             WireError::Errno(e, m) => ClientError::Errno(e, m),
             WireError::StaleEpoch(m) => ClientError::StaleEpoch(m),
             WireError::StaleChunks(m) => ClientError::StaleChunks(m),
+            WireError::NotOwner(m) => ClientError::NotOwner(m),
+            WireError::LeaseExpired(m) => ClientError::LeaseExpired(m),
+            WireError::UnknownSite(m) => ClientError::UnknownSite(m),
             WireError::NotLeader(l) => ClientError::Unavailable {
                 addrs: l.unwrap_or_default(),
                 last: "not the leader".into(),
@@ -108,6 +124,10 @@ pub struct ClientOptions {
     /// from the only attempt that may have taken effect: what a Jepsen client needs.
     /// Redirects to the leader (nothing was done) are always followed.
     pub retry_ambiguous: bool,
+    /// The site this client's mutations are issued for (a mount's): the metadata lets
+    /// only a subtree's owner site change it. `None`: a tool of no site, which may change
+    /// only the shared root subtree.
+    pub site: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -117,6 +137,7 @@ impl Default for ClientOptions {
             rpc_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
             retry_ambiguous: true,
+            site: None,
         }
     }
 }
@@ -212,6 +233,16 @@ impl MetaClient {
     /// A client with default options.
     pub fn connect(addrs: &[String]) -> Result<Self, ClientError> {
         Self::new(addrs, ClientOptions::default())
+    }
+
+    /// Who issues a mutation, and under which epoch, as the wire carries it.
+    fn fence(&self, fence: Option<Fence>) -> Option<pb::Fence> {
+        fence_to_wire(self.inner.opts.site.as_deref(), fence)
+    }
+
+    /// The site this client speaks for.
+    pub fn site(&self) -> Option<&str> {
+        self.inner.opts.site.as_deref()
     }
 
     /// The members this client was given.
@@ -407,7 +438,7 @@ impl MetaClient {
             uid,
             gid,
             rdev,
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
         };
         self.attr_call("mknod", |mut c| {
             let req = req.clone();
@@ -431,7 +462,7 @@ impl MetaClient {
             mode,
             uid,
             gid,
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
         };
         self.attr_call("mkdir", |mut c| {
             let req = req.clone();
@@ -455,7 +486,7 @@ impl MetaClient {
             target: target.to_vec(),
             uid,
             gid,
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
         };
         self.attr_call("symlink", |mut c| {
             let req = req.clone();
@@ -475,7 +506,7 @@ impl MetaClient {
             ino,
             new_parent,
             new_name: new_name.to_vec(),
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
         };
         self.attr_call("link", |mut c| {
             let req = req.clone();
@@ -506,7 +537,7 @@ impl MetaClient {
         let req = pb::UnlinkRequest {
             parent,
             name: name.to_vec(),
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
             keep_open,
         };
         let r = self
@@ -538,7 +569,7 @@ impl MetaClient {
         let req = pb::RmdirRequest {
             parent,
             name: name.to_vec(),
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
         };
         self.call("rmdir", |ch| {
             let req = req.clone();
@@ -563,7 +594,7 @@ impl MetaClient {
             new_parent,
             new_name: new_name.to_vec(),
             flags,
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
         };
         self.call("rename", |ch| {
             let req = req.clone();
@@ -579,9 +610,12 @@ impl MetaClient {
         set: &SetAttr,
         fence: Option<Fence>,
     ) -> Result<Attr, ClientError> {
-        let req = setattr_to_wire(ino, set, fence);
-        self.attr_call("setattr", |mut c| async move { c.set_attr(req).await })
-            .await
+        let req = setattr_to_wire(ino, set, self.fence(fence));
+        self.attr_call("setattr", |mut c| {
+            let req = req.clone();
+            async move { c.set_attr(req).await }
+        })
+        .await
     }
 
     pub async fn readlink(&self, ino: InodeId, stale: bool) -> Result<Vec<u8>, ClientError> {
@@ -659,7 +693,7 @@ impl MetaClient {
             name: name.to_vec(),
             value: value.to_vec(),
             flags,
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
         };
         self.call("setxattr", |ch| {
             let req = req.clone();
@@ -684,7 +718,7 @@ impl MetaClient {
             expected: expected.map(<[u8]>::to_vec).unwrap_or_default(),
             expect_absent: expected.is_none(),
             value: value.to_vec(),
-            fence: None,
+            fence: self.fence(None),
         };
         self.call("cas_xattr", |ch| {
             let req = req.clone();
@@ -733,7 +767,7 @@ impl MetaClient {
         let req = pb::RemoveXattrRequest {
             ino,
             name: name.to_vec(),
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
         };
         self.call("removexattr", |ch| {
             let req = req.clone();
@@ -765,7 +799,7 @@ impl MetaClient {
         let req = pb::WriteRequest {
             ino,
             slices: slices.iter().map(Into::into).collect(),
-            fence: fence.map(Into::into),
+            fence: self.fence(fence),
             checked: checked.map(Into::into),
         };
         self.attr_call("write", |mut c| {

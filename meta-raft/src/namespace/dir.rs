@@ -12,8 +12,8 @@ use mobilus_proto::status::Errno;
 use super::keys::{self, Cf};
 use super::txn::Txn;
 use super::{
-    file, is_dot, load, load_dir, save, update, update_counters, validate_name, DentryRecord,
-    InodeRecord, FIRST_COOKIE, LINK_MAX,
+    file, is_dot, load, load_dir, save, subtree, update, update_counters, validate_name,
+    DentryRecord, InodeRecord, FIRST_COOKIE, LINK_MAX,
 };
 use crate::error::NsError;
 use crate::types::OpReply;
@@ -62,7 +62,7 @@ fn touch_dir(rec: &mut InodeRecord, now: i64) {
     rec.attr.ctime_ns = now;
 }
 
-fn is_empty_dir(txn: &Txn<'_>, ino: InodeId) -> Result<bool, NsError> {
+pub(crate) fn is_empty_dir(txn: &Txn<'_>, ino: InodeId) -> Result<bool, NsError> {
     let mut empty = true;
     let prefix = keys::ino(ino);
     txn.scan(Cf::Cookies, &prefix, &prefix, |_, _| {
@@ -93,6 +93,7 @@ pub(crate) fn create(
         c.next_ino += 1;
         c.inodes += 1;
     })?;
+    subtree::account(txn, p.attr.subtree, 1, 0)?;
     let ino = counters.next_ino - 1;
     // BSD group semantics under a setgid directory, as Linux applies them.
     let (mut mode, mut gid) = (new.mode & 0o7777, new.gid);
@@ -211,7 +212,7 @@ fn destroy(txn: &mut Txn<'_>, rec: &InodeRecord, now: i64) -> Result<(), NsError
         c.inodes = c.inodes.saturating_sub(1);
         c.bytes = c.bytes.saturating_sub(bytes);
     })?;
-    Ok(())
+    subtree::account(txn, rec.attr.subtree, -1, -(bytes as i64))
 }
 
 /// Drop one link of `child` (already removed from its directory).
@@ -284,6 +285,7 @@ pub(crate) fn rmdir(
     if child.attr.kind != FileKind::Directory {
         return Err(Errno::ENOTDIR.into());
     }
+    subtree::refuse_subtree_root(txn, d.ino)?;
     if !is_empty_dir(txn, d.ino)? {
         return Err(Errno::ENOTEMPTY.into());
     }
@@ -336,6 +338,10 @@ pub(crate) fn rename(
     let td = dentry(txn, new_parent, new_name)?;
     if sp.attr.subtree != dp.attr.subtree {
         return Err(Errno::EXDEV.into());
+    }
+    subtree::refuse_subtree_root(txn, sd.ino)?;
+    if let Some(td) = &td {
+        subtree::refuse_subtree_root(txn, td.ino)?;
     }
     if flags & RENAME_EXCHANGE != 0 {
         let td = td.ok_or(Errno::ENOENT)?;

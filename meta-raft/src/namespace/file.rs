@@ -12,7 +12,7 @@ use mobilus_proto::status::Errno;
 
 use super::keys::{self, Cf, BLOCK_SIZE};
 use super::txn::Txn;
-use super::{load, save, update_counters, InodeRecord, SliceRecord};
+use super::{load, save, subtree, update_counters, InodeRecord, SliceRecord};
 use crate::codec;
 use crate::error::NsError;
 
@@ -202,6 +202,7 @@ pub(crate) fn write(
     rec.attr.ctime_ns = now;
     let grown = rec.attr.size - old_size;
     update_counters(txn, |c| c.bytes += grown)?;
+    subtree::account(txn, rec.attr.subtree, 0, grown as i64)?;
     save(txn, &rec)?;
     Ok(rec.attr)
 }
@@ -322,8 +323,10 @@ pub(crate) fn truncate(
         }
         drop_slices_from(txn, now, ino, first_whole)?;
         update_counters(txn, |c| c.bytes = c.bytes.saturating_sub(old - size))?;
+        subtree::account(txn, rec.attr.subtree, 0, -((old - size) as i64))?;
     } else {
         update_counters(txn, |c| c.bytes += size - old)?;
+        subtree::account(txn, rec.attr.subtree, 0, (size - old) as i64)?;
     }
     rec.attr.size = size;
     rec.attr.ctime_ns = now;

@@ -6,12 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use mobilus_proto::fs::{ChunkHash, FileKind, InodeId, ROOT_INO};
+use mobilus_proto::fs::{ChunkHash, FileKind, InodeId, SubtreeState, ROOT_INO};
 use serde::de::DeserializeOwned;
 
 use super::keys::{self, Cf, BLOCK_SIZE};
 use super::kv::KvRead;
-use super::{Counters, DentryRecord, InodeRecord, Namespace, SliceRecord};
+use super::{Counters, DentryRecord, InodeRecord, Namespace, SliceRecord, SubtreeRecord};
 use crate::codec;
 use crate::error::{NsError, StoreError};
 
@@ -51,6 +51,8 @@ struct InodeFacts {
     kind: FileKind,
     nlink: u32,
     parent: InodeId,
+    subtree: InodeId,
+    size: u64,
     /// Dentries naming it, and (directories) subdirectories in it.
     links: u32,
     subdirs: u32,
@@ -105,6 +107,8 @@ impl Namespace {
                     kind: rec.attr.kind,
                     nlink: rec.attr.nlink,
                     parent: rec.attr.parent,
+                    subtree: rec.attr.subtree,
+                    size: rec.attr.size,
                     links: 0,
                     subdirs: 0,
                 },
@@ -112,7 +116,14 @@ impl Namespace {
             Ok(())
         })?;
         r.inodes = inodes.len() as u64;
-        self.check_dentries(view, &mut inodes, &mut r)?;
+        let mut subtrees = BTreeMap::new();
+        each(view, Cf::Subtrees, |k, v| {
+            let sub: SubtreeRecord = codec::decode(v)?;
+            subtrees.insert(keys::u64_at(k, 0), sub);
+            Ok(())
+        })?;
+        check_subtrees(&inodes, &subtrees, &mut r);
+        self.check_dentries(view, &mut inodes, &subtrees, &mut r)?;
         self.check_cookies(view, &mut r)?;
         let mut orphans = Vec::new();
         each(view, Cf::Orphans, |k, _| {
@@ -152,6 +163,7 @@ impl Namespace {
         &self,
         view: &dyn KvRead,
         inodes: &mut BTreeMap<InodeId, InodeFacts>,
+        subtrees: &BTreeMap<InodeId, SubtreeRecord>,
         r: &mut FsckReport,
     ) -> Result<(), NsError> {
         each(view, Cf::Dentries, |k, v| {
@@ -172,6 +184,7 @@ impl Namespace {
                     d.cookie
                 ));
             }
+            let parent_label = inodes.get(&parent).map(|p| p.subtree);
             let Some(child) = inodes.get_mut(&d.ino) else {
                 r.problem(format!(
                     "entry {name:?} in {parent} names missing inode {}",
@@ -180,6 +193,28 @@ impl Namespace {
                 return Ok(());
             };
             child.links += 1;
+            if let Some(parent_label) = parent_label {
+                let preparing = |s: InodeId| {
+                    subtrees
+                        .get(&s)
+                        .is_some_and(|t| t.state == SubtreeState::Preparing)
+                };
+                let fits = child.subtree == parent_label
+                    // A subtree's root, named in the shared subtree.
+                    || (child.subtree == d.ino && parent_label == ROOT_INO)
+                    // Mid-relabel: relabelled directories list entries not reached yet.
+                    || preparing(child.subtree)
+                    || preparing(parent_label)
+                    // A file with several names keeps the subtree it got; names of it on
+                    // both sides can only come from links made before the subtree was.
+                    || (child.kind != FileKind::Directory && child.nlink > 1);
+                if !fits {
+                    r.problem(format!(
+                        "entry {name:?} in {parent} (subtree {parent_label}) names inode {} of subtree {}",
+                        d.ino, child.subtree
+                    ));
+                }
+            }
             if child.kind != d.kind {
                 r.problem(format!(
                     "entry {name:?} in {parent} says {:?} but inode {} is {:?}",
@@ -336,6 +371,40 @@ fn check_reachable(inodes: &BTreeMap<InodeId, InodeFacts>, r: &mut FsckReport) {
         }
         if !verdict {
             r.problem(format!("directory {ino} is not reachable from the root"));
+        }
+    }
+}
+
+/// Every label names a subtree, and each owned subtree's counts are its inodes'.
+fn check_subtrees(
+    inodes: &BTreeMap<InodeId, InodeFacts>,
+    subtrees: &BTreeMap<InodeId, SubtreeRecord>,
+    r: &mut FsckReport,
+) {
+    let mut usage: BTreeMap<InodeId, (u64, u64)> = BTreeMap::new();
+    for (ino, f) in inodes {
+        if !subtrees.contains_key(&f.subtree) {
+            r.problem(format!(
+                "inode {ino} is labelled with unknown subtree {}",
+                f.subtree
+            ));
+        }
+        let u = usage.entry(f.subtree).or_default();
+        u.0 += 1;
+        if f.kind == FileKind::Regular {
+            u.1 += f.size;
+        }
+    }
+    for (root, sub) in subtrees {
+        if *root == ROOT_INO || sub.state != SubtreeState::Owned {
+            continue;
+        }
+        let (n, bytes) = usage.get(root).copied().unwrap_or_default();
+        if (n, bytes) != (sub.inodes, sub.bytes) {
+            r.problem(format!(
+                "subtree {root} counts {} inodes and {} bytes but holds {n} and {bytes}",
+                sub.inodes, sub.bytes
+            ));
         }
     }
 }

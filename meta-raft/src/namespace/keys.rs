@@ -82,6 +82,10 @@ pub mod sys {
     pub const APPLIED: &[u8] = b"applied";
     pub const MEMBERSHIP: &[u8] = b"membership";
     pub const COUNTERS: &[u8] = b"counters";
+    /// The log's clock: the highest leader stamp a lease calculation has seen (i64 ns).
+    pub const CLOCK: &[u8] = b"clock";
+    /// `lease/` ‖ site → when the site's lease ends, in log time (i64 ns).
+    pub const SITE_LEASE: &[u8] = b"lease/";
 }
 
 pub fn ino(ino: InodeId) -> Vec<u8> {

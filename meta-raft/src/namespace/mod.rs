@@ -12,6 +12,7 @@ mod gc;
 pub mod keys;
 pub mod kv;
 mod query;
+pub mod subtree;
 pub mod txn;
 
 pub use fsck::{FsckReport, MAX_LISTED_PROBLEMS};
@@ -19,16 +20,17 @@ pub use fsck::{FsckReport, MAX_LISTED_PROBLEMS};
 use std::path::Path;
 use std::sync::Arc;
 
-use mobilus_proto::fs::{Attr, ChunkRef, Epoch, FileKind, InodeId, ROOT_INO};
+use mobilus_proto::fs::{Attr, ChunkRef, FileKind, InodeId, ROOT_INO};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
 pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
 pub use self::kv::{KvRead, KvStore, MemStore, RocksStore};
+pub use self::subtree::{SubtreeRecord, SITE_LEASE_NS};
 pub use self::txn::Txn;
 use crate::error::{NsError, StoreError};
-use crate::types::{Command, Op, OpError, OpReply, Reply};
+use crate::types::{Command, Op, OpReply, Reply};
 
 /// Most links an inode may have (ext4's limit); more is EMLINK.
 pub const LINK_MAX: u32 = 65000;
@@ -61,13 +63,6 @@ pub struct SliceRecord {
     pub offset: u64,
     pub len: u64,
     pub chunks: Vec<ChunkRef>,
-}
-
-/// Ownership of a subtree.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct SubtreeRecord {
-    pub owner: Option<String>,
-    pub epoch: Epoch,
 }
 
 /// Counters kept in the same transaction as the data they count.
@@ -114,10 +109,7 @@ fn bootstrap(store: &dyn KvStore) -> Result<(), StoreError> {
     txn.put(
         Cf::Subtrees,
         keys::ino(ROOT_INO),
-        &SubtreeRecord {
-            owner: None,
-            epoch: 0,
-        },
+        &SubtreeRecord::shared_root(),
     )?;
     let counters = Counters {
         next_ino: ROOT_INO + 1,
@@ -187,7 +179,7 @@ impl Namespace {
 /// refused operation (its own writes were rolled back); `Err(_)` is a storage failure.
 pub fn execute(txn: &mut Txn<'_>, cmd: &Command) -> Result<Reply, StoreError> {
     let savepoint = txn.savepoint();
-    let result = check_fence(txn, cmd).and_then(|()| run(txn, cmd.time_ns, &cmd.op));
+    let result = subtree::check(txn, cmd).and_then(|()| run(txn, cmd.time_ns, &cmd.op));
     match result {
         Ok(reply) => Ok(Ok(reply)),
         Err(NsError::Op(e)) => {
@@ -196,24 +188,6 @@ pub fn execute(txn: &mut Txn<'_>, cmd: &Command) -> Result<Reply, StoreError> {
         }
         Err(NsError::Store(e)) => Err(e),
     }
-}
-
-fn check_fence(txn: &Txn<'_>, cmd: &Command) -> Result<(), NsError> {
-    let Some(fence) = cmd.fence else {
-        return Ok(());
-    };
-    let sub: SubtreeRecord = txn
-        .get(Cf::Subtrees, &keys::ino(fence.subtree))?
-        .ok_or(Errno::ESTALE)?;
-    if sub.epoch != fence.epoch {
-        return Err(OpError::StaleEpoch {
-            subtree: fence.subtree,
-            given: fence.epoch,
-            current: sub.epoch,
-        }
-        .into());
-    }
-    Ok(())
 }
 
 fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
@@ -330,7 +304,18 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
                 ..node.clone()
             };
             txn.put(Cf::Nodes, keys::node(&node.site, &node.addr), &record)?;
+            // The data node is its site's agent: its heartbeat renews the site's lease.
+            subtree::renew_site_lease(txn, now, &node.site)?;
             gc::generation(txn, &node.addr).map(OpReply::GcGen)
+        }
+        Op::CreateSubtree { root, owner } => {
+            subtree::create(txn, now, *root, owner).map(OpReply::Subtree)
+        }
+        Op::RelabelSubtree { root, limit } => {
+            subtree::relabel(txn, *root, *limit).map(OpReply::Subtree)
+        }
+        Op::MoveSubtree { root, to, force } => {
+            subtree::give(txn, now, *root, to, *force).map(OpReply::Subtree)
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mobilus_proto::convert::{
     fence_from_wire, hashes_from_wire, hashes_to_wire, kind_from_wire, setattr_from_wire,
 };
-use mobilus_proto::fs::{ChunkHash, SliceWrite};
+use mobilus_proto::fs::{valid_site_name, ChunkHash, SliceWrite, SubtreeInfo};
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_server::Cluster;
 use mobilus_proto::pb::meta_server::Meta;
@@ -35,6 +35,29 @@ fn attr_reply(r: OpReply) -> Reply<pb::AttrReply> {
     }
 }
 
+fn subtree_reply(r: OpReply) -> Reply<pb::SubtreeReply> {
+    match r {
+        OpReply::Subtree(s) => Ok(Response::new(subtree_to_wire(&s))),
+        other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+fn subtree_to_wire(s: &SubtreeInfo) -> pb::SubtreeReply {
+    pb::SubtreeReply {
+        subtree: Some(s.into()),
+    }
+}
+
+fn site_arg(site: String, what: &str) -> Result<String, Status> {
+    if valid_site_name(&site) {
+        Ok(site)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{what} must be a site name: 1 to 64 letters, digits, '-' and '_'"
+        )))
+    }
+}
+
 fn wire(e: mobilus_proto::status::WireError) -> Status {
     e.to_status()
 }
@@ -46,10 +69,13 @@ pub struct MetaSvc {
 
 impl MetaSvc {
     async fn op(&self, fence: Option<pb::Fence>, op: Op) -> Result<OpReply, Status> {
-        self.node
-            .propose(fence_from_wire(fence), op)
-            .await
-            .map_err(status)
+        let (site, fence) = fence_from_wire(fence);
+        if site.as_deref().is_some_and(|s| !valid_site_name(s)) {
+            return Err(Status::invalid_argument(
+                "the fence's site must be 1 to 64 letters, digits, '-' and '_'",
+            ));
+        }
+        self.node.propose_as(site, fence, op).await.map_err(status)
     }
 }
 
@@ -431,6 +457,68 @@ impl Cluster for ClusterSvc {
             hashes: chunks.iter().map(|(h, _)| h.0.to_vec()).collect(),
             refs: chunks.iter().map(|(_, n)| *n).collect(),
             eof,
+        }))
+    }
+
+    async fn create_subtree(
+        &self,
+        r: Request<pb::CreateSubtreeRequest>,
+    ) -> Reply<pb::SubtreeReply> {
+        let r = r.into_inner();
+        let op = Op::CreateSubtree {
+            root: r.root,
+            owner: site_arg(r.owner, "the owner")?,
+        };
+        subtree_reply(self.node.propose(None, op).await.map_err(status)?)
+    }
+
+    async fn relabel_subtree(
+        &self,
+        r: Request<pb::RelabelSubtreeRequest>,
+    ) -> Reply<pb::SubtreeReply> {
+        let r = r.into_inner();
+        let op = Op::RelabelSubtree {
+            root: r.root,
+            limit: if r.limit == 0 { 1000 } else { r.limit },
+        };
+        subtree_reply(self.node.propose(None, op).await.map_err(status)?)
+    }
+
+    async fn move_subtree(&self, r: Request<pb::MoveSubtreeRequest>) -> Reply<pb::SubtreeReply> {
+        let r = r.into_inner();
+        let op = Op::MoveSubtree {
+            root: r.root,
+            to: site_arg(r.to, "the target")?,
+            force: r.force,
+        };
+        let reply = self.node.propose(None, op).await.map_err(status)?;
+        let kind = if r.force { "takeover" } else { "move" };
+        metrics::counter!("mobilus_meta_subtree_moves_total", "kind" => kind).increment(1);
+        subtree_reply(reply)
+    }
+
+    async fn get_subtree(&self, r: Request<pb::GetSubtreeRequest>) -> Reply<pb::SubtreeReply> {
+        let r = r.into_inner();
+        let s = self
+            .node
+            .read(r.stale, |ns| ns.subtree(r.root))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(subtree_to_wire(&s)))
+    }
+
+    async fn list_subtrees(
+        &self,
+        r: Request<pb::ListSubtreesRequest>,
+    ) -> Reply<pb::ListSubtreesReply> {
+        let r = r.into_inner();
+        let all = self
+            .node
+            .read(r.stale, |ns| ns.subtrees())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListSubtreesReply {
+            subtrees: all.iter().map(Into::into).collect(),
         }))
     }
 

@@ -19,7 +19,7 @@ use crate::error::{MetaError, NsError};
 use crate::namespace::Namespace;
 use crate::network::{ChannelPool, NetFaults};
 use crate::store::{LogStats, StateMachine};
-use crate::types::{Command, NodeId, Op, OpReply, Raft, Reply};
+use crate::types::{Command, NodeId, Op, OpError, OpReply, Raft, Reply};
 
 /// Timeouts of a member's client-facing operations.
 #[derive(Clone, Debug)]
@@ -42,6 +42,7 @@ impl Default for NodeTimeouts {
 /// A forwarded mutation, as a follower sends it to the leader.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Forwarded {
+    pub site: Option<String>,
     pub fence: Option<Fence>,
     pub op: Op,
 }
@@ -110,20 +111,38 @@ impl MetaNode {
     /// it to the leader once, and answers NotLeader if that is not possible.
     #[instrument(skip(self, op), fields(op = op.name()))]
     pub async fn propose(&self, fence: Option<Fence>, op: Op) -> Result<OpReply, MetaError> {
-        match self.propose_local(fence, op.clone()).await {
+        self.propose_as(None, fence, op).await
+    }
+
+    /// Propose a mutation issued by `site` (a mount's): the ownership check judges it by
+    /// that site.
+    #[instrument(skip(self, op), fields(op = op.name()))]
+    pub async fn propose_as(
+        &self,
+        site: Option<String>,
+        fence: Option<Fence>,
+        op: Op,
+    ) -> Result<OpReply, MetaError> {
+        match self.propose_local(site.clone(), fence, op.clone()).await {
             Err(MetaError::NotLeader(Some(leader))) if leader != self.addr => {
-                self.forward(&leader, Forwarded { fence, op }).await
+                self.forward(&leader, Forwarded { site, fence, op }).await
             }
             other => other,
         }
     }
 
     /// Propose on this member only (the leader's half of forwarding).
-    pub async fn propose_local(&self, fence: Option<Fence>, op: Op) -> Result<OpReply, MetaError> {
+    pub async fn propose_local(
+        &self,
+        site: Option<String>,
+        fence: Option<Fence>,
+        op: Op,
+    ) -> Result<OpReply, MetaError> {
         let name = op.name();
         let start = std::time::Instant::now();
         let cmd = Command {
             time_ns: now_ns(),
+            site,
             fence,
             op,
         };
@@ -137,6 +156,9 @@ impl MetaNode {
             };
         let outcome = match &result {
             Ok(_) => "ok",
+            Err(MetaError::Op(OpError::NotOwner { .. })) => "not_owner",
+            Err(MetaError::Op(OpError::LeaseExpired { .. })) => "lease_expired",
+            Err(MetaError::Op(OpError::StaleEpoch { .. })) => "stale_epoch",
             Err(MetaError::Op(_)) => "refused",
             Err(MetaError::NotLeader(_)) => "not_leader",
             Err(_) => "unavailable",
@@ -172,12 +194,14 @@ impl MetaNode {
     pub async fn accept_forwarded(&self, bytes: &[u8]) -> Result<ForwardReply, MetaError> {
         let fwd: Forwarded =
             codec::decode(bytes).map_err(|e| MetaError::InvalidRequest(e.to_string()))?;
-        Ok(match self.propose_local(fwd.fence, fwd.op).await {
-            Ok(r) => ForwardReply::Applied(Ok(r)),
-            Err(MetaError::Op(e)) => ForwardReply::Applied(Err(e)),
-            Err(MetaError::NotLeader(l)) => ForwardReply::NotLeader(l),
-            Err(e) => ForwardReply::Unavailable(e.to_string()),
-        })
+        Ok(
+            match self.propose_local(fwd.site, fwd.fence, fwd.op).await {
+                Ok(r) => ForwardReply::Applied(Ok(r)),
+                Err(MetaError::Op(e)) => ForwardReply::Applied(Err(e)),
+                Err(MetaError::NotLeader(l)) => ForwardReply::NotLeader(l),
+                Err(e) => ForwardReply::Unavailable(e.to_string()),
+            },
+        )
     }
 
     /// Run a read against the state machine: linearizable (read index confirmed by a

@@ -360,6 +360,7 @@ async fn a_client_pays_for_a_hung_member_once_not_on_every_call() {
             rpc_timeout: Duration::from_millis(300),
             connect_timeout: Duration::from_millis(300),
             retry_ambiguous: false,
+            site: None,
         },
     )
     .expect("client");

@@ -13,6 +13,7 @@ const NODE: &str = "10.0.0.1:7200";
 fn at(ns: &Namespace, time_ns: i64, op: Op) -> Reply {
     ns.execute(&Command {
         time_ns,
+        site: None,
         fence: None,
         op,
     })

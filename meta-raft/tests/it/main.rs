@@ -9,4 +9,5 @@ mod harness;
 mod isolation;
 mod model;
 mod namespace;
+mod ownership;
 mod partition;

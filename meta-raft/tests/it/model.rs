@@ -426,6 +426,10 @@ impl Model {
             Op::RegisterDataNode { .. } => Ok(OpReply::GcGen(0)),
             // Not generated: GC has its own tests (`gc.rs`).
             Op::Condemn { .. } | Op::ForgetCondemned { .. } => Ok(OpReply::Done),
+            // Not generated: ownership has its own tests (`ownership.rs`).
+            Op::CreateSubtree { .. } | Op::RelabelSubtree { .. } | Op::MoveSubtree { .. } => {
+                Err(Errno::EOPNOTSUPP)
+            }
             // Not generated: orphans are tested through a mount.
             Op::ReleaseOrphan { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices, .. } => {
@@ -857,6 +861,7 @@ fn run_against_model(ns: &Namespace, steps: &[Gen]) -> Result<(), TestCaseError>
         let got = ns
             .execute(&Command {
                 time_ns: now,
+                site: None,
                 fence: None,
                 op: op.clone(),
             })

@@ -9,6 +9,7 @@ use mobilus_proto::fs::{FileKind, ROOT_INO};
 fn must(ns: &Namespace, op: Op) -> OpReply {
     ns.execute(&Command {
         time_ns: 1,
+        site: None,
         fence: None,
         op,
     })
@@ -108,6 +109,7 @@ async fn a_batched_entry_applies_its_commands_in_order_as_one_transaction() {
     let tmp = tempfile::tempdir().unwrap();
     let cmd = |op: Op| Command {
         time_ns: 5,
+        site: None,
         fence: None,
         op,
     };
@@ -190,6 +192,7 @@ fn data_nodes_register_heartbeat_and_set_the_capacity_statfs_reports() {
     let at = |t: i64, n: DataNodeInfo| {
         ns.execute(&Command {
             time_ns: t,
+            site: None,
             fence: None,
             op: Op::RegisterDataNode { node: n },
         })

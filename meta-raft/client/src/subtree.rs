@@ -1,0 +1,107 @@
+//! Subtree ownership: create (and relabel), move, and report subtrees. A third `impl`
+//! block of [`MetaClient`].
+
+use mobilus_proto::convert::subtree_from_wire;
+use mobilus_proto::fs::{InodeId, SubtreeInfo};
+use mobilus_proto::pb;
+use mobilus_proto::pb::cluster_client::ClusterClient;
+use tonic::transport::Channel;
+
+use crate::{ClientError, MetaClient};
+
+fn cluster(ch: Channel) -> ClusterClient<Channel> {
+    ClusterClient::new(ch)
+}
+
+fn one(reply: pb::SubtreeReply) -> Result<SubtreeInfo, ClientError> {
+    let s = reply
+        .subtree
+        .ok_or_else(|| ClientError::InvalidReply("no subtree in the reply".into()))?;
+    Ok(subtree_from_wire(s)?)
+}
+
+impl MetaClient {
+    /// Make directory `root` a subtree owned by `owner`. An existing tree comes back
+    /// `Preparing`: call [`relabel_subtree`](Self::relabel_subtree) until it is owned.
+    pub async fn create_subtree(
+        &self,
+        root: InodeId,
+        owner: &str,
+    ) -> Result<SubtreeInfo, ClientError> {
+        let req = pb::CreateSubtreeRequest {
+            root,
+            owner: owner.to_string(),
+        };
+        let r = self
+            .call("create_subtree", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).create_subtree(req).await }
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// Relabel at most `limit` more inodes of a subtree being prepared.
+    pub async fn relabel_subtree(
+        &self,
+        root: InodeId,
+        limit: u32,
+    ) -> Result<SubtreeInfo, ClientError> {
+        let req = pb::RelabelSubtreeRequest { root, limit };
+        let r = self
+            .call("relabel_subtree", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).relabel_subtree(req).await }
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// Give subtree `root` to site `to` (epoch + 1); `force` takes it from an owner whose
+    /// lease has expired.
+    pub async fn move_subtree(
+        &self,
+        root: InodeId,
+        to: &str,
+        force: bool,
+    ) -> Result<SubtreeInfo, ClientError> {
+        let req = pb::MoveSubtreeRequest {
+            root,
+            to: to.to_string(),
+            force,
+        };
+        let r = self
+            .call("move_subtree", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).move_subtree(req).await }
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// One subtree, by its root.
+    pub async fn subtree(&self, root: InodeId, stale: bool) -> Result<SubtreeInfo, ClientError> {
+        let req = pb::GetSubtreeRequest { root, stale };
+        let r = self
+            .call("get_subtree", |ch| async move {
+                cluster(ch).get_subtree(req).await
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// Every subtree, the shared root first.
+    pub async fn subtrees(&self, stale: bool) -> Result<Vec<SubtreeInfo>, ClientError> {
+        let req = pb::ListSubtreesRequest { stale };
+        let r = self
+            .call("list_subtrees", |ch| async move {
+                cluster(ch).list_subtrees(req).await
+            })
+            .await?;
+        r.into_inner()
+            .subtrees
+            .into_iter()
+            .map(|s| Ok(subtree_from_wire(s)?))
+            .collect()
+    }
+}
