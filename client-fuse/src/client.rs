@@ -102,7 +102,13 @@ pub struct Client {
 impl Client {
     /// Connect to the metadata cluster and find this site's data node and the others.
     pub async fn connect(meta_addrs: &[String], site: &str) -> Result<Self, ClientError> {
-        let meta = MetaClient::connect(meta_addrs)?;
+        // Every mutation says which site issued it: the metadata lets only a subtree's
+        // owner change it.
+        let opts = mobilus_meta_client::ClientOptions {
+            site: Some(site.to_string()),
+            ..Default::default()
+        };
+        let meta = MetaClient::new(meta_addrs, opts)?;
         let (nodes, _) = meta.list_data_nodes(None, false).await?;
         let local = nodes
             .iter()

@@ -9,6 +9,7 @@ mod devconfig;
 mod fsck;
 mod nodes;
 mod output;
+mod subtree;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Sites and their space.
     #[command(subcommand)]
     Site(nodes::SiteCmd),
+    /// Subtrees: units of ownership, each changed by one site; move them between sites.
+    #[command(subcommand)]
+    Subtree(subtree::SubtreeCmd),
     /// Delete chunks no file references (after the data nodes' grace period), on every
     /// data node now.
     Gc {
@@ -97,6 +101,10 @@ fn main() -> ExitCode {
             Command::Site(cmd) => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 nodes::site(cmd, &cluster::connect(&addrs)?, cli.output).await
+            }
+            Command::Subtree(cmd) => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                subtree::run(cmd, &cluster::connect(&addrs)?, cli.output).await
             }
             Command::Gc { dry_run, site } => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;

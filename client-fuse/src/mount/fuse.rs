@@ -5,8 +5,8 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
@@ -149,7 +149,26 @@ const READ_ONLY_OPS: &[&str] = &[
 ];
 
 fn errno(e: &ClientError) -> FuseErrno {
+    if let ClientError::Meta(
+        m @ (mobilus_meta_client::ClientError::NotOwner(_)
+        | mobilus_meta_client::ClientError::LeaseExpired(_)
+        | mobilus_meta_client::ClientError::StaleEpoch(_)),
+    ) = e
+    {
+        log_read_only(m);
+    }
     FuseErrno::from_i32(e.to_errno().0)
+}
+
+/// Say why a write was refused as read-only (another site owns the subtree, or this
+/// site's lease ran out), at most once a second.
+fn log_read_only(why: &mobilus_meta_client::ClientError) {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        *last = Some(Instant::now());
+        tracing::warn!(%why, "write refused: read-only here (EROFS)");
+    }
 }
 
 fn refuse(e: Errno) -> FuseErrno {

@@ -183,6 +183,18 @@ impl TwoSites {
         leader
     }
 
+    /// SIGKILL a site's data node (its agent: the site's lease is no longer renewed).
+    pub fn kill_data_node(&mut self, site: &str) {
+        let i = match site {
+            "site-a" => 3,
+            "site-b" => 4,
+            other => panic!("no site {other}"),
+        };
+        let p = &mut self.procs[i];
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+    }
+
     /// A `mobilus-mount` process of `site` on a fresh directory.
     pub fn mount(&self, site: &str) -> Mount {
         let dir = tempfile::tempdir().unwrap();

@@ -7,5 +7,6 @@ mod data_path;
 mod disk_full;
 mod gc;
 mod mount;
+mod ownership;
 mod posix_suites;
 mod resilience;

@@ -49,9 +49,8 @@ impl MetaClient {
     ) -> Result<SubtreeInfo, ClientError> {
         let req = pb::RelabelSubtreeRequest { root, limit };
         let r = self
-            .call("relabel_subtree", |ch| {
-                let req = req.clone();
-                async move { cluster(ch).relabel_subtree(req).await }
+            .call("relabel_subtree", |ch| async move {
+                cluster(ch).relabel_subtree(req).await
             })
             .await?;
         one(r.into_inner())

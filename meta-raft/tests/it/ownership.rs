@@ -245,8 +245,8 @@ fn every_mutation_of_an_owned_subtree_is_judged_by_its_owner_lease_and_epoch() {
         assert!(matches!(op.touches(), Touches::Inodes(_)), "{}", op.name());
     }
     let t = T0 + SEC;
-    for i in 0..ops.len() {
-        let name = ops[i].name();
+    for (i, op) in ops.iter().enumerate() {
+        let name = op.name();
         // Another site, and a tool of no site: refused, nothing changes.
         for site in [Some("site-b"), None] {
             let f = fixture();

@@ -1,0 +1,285 @@
+//! `mobilusctl subtree create|ls|status|move`: units of ownership, which site owns each,
+//! and moving them between sites.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use mobilus_meta_client::{ClientError, MetaClient};
+use mobilus_proto::fs::{FileKind, InodeId, SubtreeInfo, SubtreeState, ROOT_INO};
+use serde::Serialize;
+
+use crate::cluster::explain;
+use crate::output::{emit, progress, table, OutputFormat};
+
+#[derive(Subcommand, Debug)]
+pub enum SubtreeCmd {
+    /// Make a directory a unit of ownership, owned by one site. An existing tree is
+    /// relabelled in bounded steps (resumable: run the same command again after a crash).
+    /// Subtrees do not nest.
+    Create {
+        /// The directory, as a path in the Mobilus namespace (`/apps/db`).
+        path: String,
+        /// The site that may change it (see `mobilusctl site ls`).
+        #[arg(long)]
+        owner: String,
+        /// Inodes relabelled per step (one Raft entry each).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch: u32,
+    },
+    /// Every subtree: owner, epoch, lease, state, inodes and bytes.
+    Ls,
+    /// One subtree, by its root's path.
+    Status { path: String },
+    /// Give a subtree to another site at once (epoch + 1); nothing is copied first. The
+    /// old owner can never change it again.
+    Move {
+        path: String,
+        /// The new owner.
+        #[arg(long)]
+        to: String,
+        /// Take it from an owner that stopped renewing its lease (a dead or partitioned
+        /// site); refused while that lease is valid.
+        #[arg(long)]
+        force: bool,
+        /// Wait until the new owner holds a valid lease (its data node heartbeats), so its
+        /// mounts can write at once.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+/// One subtree, as `subtree ls|status --output json` reports it (a stable schema).
+#[derive(Serialize, Debug)]
+pub struct SubtreeView {
+    pub root: InodeId,
+    pub path: String,
+    /// `null` for the shared root, which any site may write.
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub state: &'static str,
+    /// Milliseconds the owner's lease has left (negative: expired that long ago); `null`
+    /// for the shared root.
+    pub lease_left_ms: Option<i64>,
+    pub inodes: u64,
+    pub bytes: u64,
+    pub pending_dirs: u64,
+    pub created_ns: i64,
+    pub moved_ns: i64,
+}
+
+fn view(s: &SubtreeInfo) -> SubtreeView {
+    SubtreeView {
+        root: s.root,
+        path: if s.root == ROOT_INO {
+            "/".into()
+        } else {
+            s.path.clone()
+        },
+        owner: s.owner.clone(),
+        epoch: s.epoch,
+        state: s.state.name(),
+        lease_left_ms: s
+            .owner
+            .as_ref()
+            .map(|_| (s.lease_expiry_ns - s.log_now_ns) / 1_000_000),
+        inodes: s.inodes,
+        bytes: s.bytes,
+        pending_dirs: s.pending_dirs,
+        created_ns: s.created_ns,
+        moved_ns: s.moved_ns,
+    }
+}
+
+fn lease_cell(v: &SubtreeView) -> String {
+    match v.lease_left_ms {
+        None => "-".into(),
+        Some(ms) if ms > 0 => format!("{:.1} s left", ms as f64 / 1000.0),
+        Some(ms) => format!("expired {:.1} s ago", -ms as f64 / 1000.0),
+    }
+}
+
+fn render(rows: &[SubtreeView]) -> comfy_table::Table {
+    let mut t = table(&[
+        "PATH", "ROOT", "OWNER", "EPOCH", "LEASE", "STATE", "INODES", "BYTES",
+    ]);
+    for r in rows {
+        t.add_row(vec![
+            r.path.clone(),
+            r.root.to_string(),
+            r.owner.clone().unwrap_or_else(|| "(shared)".into()),
+            r.epoch.to_string(),
+            lease_cell(r),
+            if r.pending_dirs > 0 {
+                format!("{} ({} dirs left)", r.state, r.pending_dirs)
+            } else {
+                r.state.to_string()
+            },
+            r.inodes.to_string(),
+            r.bytes.to_string(),
+        ]);
+    }
+    t
+}
+
+/// The directory at `path` in the namespace (absolute, `/`-separated).
+pub async fn resolve_dir(client: &MetaClient, path: &str) -> anyhow::Result<InodeId> {
+    if !path.starts_with('/') {
+        anyhow::bail!("{path:?} is not an absolute path in the Mobilus namespace (like /apps/db)");
+    }
+    let mut ino = ROOT_INO;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        let attr = match client.lookup(ino, part.as_bytes(), false).await {
+            Ok(a) => a,
+            Err(e) if e.errno() == Some(mobilus_proto::status::Errno::ENOENT) => {
+                anyhow::bail!("{path}: no such file or directory (no {part:?})")
+            }
+            Err(e) => return Err(explain(e)).with_context(|| format!("looking up {path}")),
+        };
+        ino = attr.ino;
+        if attr.kind != FileKind::Directory {
+            anyhow::bail!("{path}: not a directory ({part:?} is a {:?})", attr.kind);
+        }
+    }
+    Ok(ino)
+}
+
+/// Explain a refusal naming a site, with the sites that exist.
+async fn explain_site(client: &MetaClient, e: ClientError) -> anyhow::Error {
+    if let ClientError::UnknownSite(_) = e {
+        let sites = client
+            .list_data_nodes(None, false)
+            .await
+            .map(|(nodes, _)| {
+                let mut s: Vec<String> = nodes.into_iter().map(|n| n.site).collect();
+                s.sort();
+                s.dedup();
+                s
+            })
+            .unwrap_or_default();
+        return anyhow::anyhow!(
+            "{e}; the sites are {} (see `mobilusctl site ls`)",
+            if sites.is_empty() {
+                "none yet".to_string()
+            } else {
+                sites.join(", ")
+            }
+        );
+    }
+    explain(e)
+}
+
+/// The subtree rooted at `path`, or an error saying where `path` belongs instead.
+async fn subtree_at(client: &MetaClient, path: &str) -> anyhow::Result<SubtreeInfo> {
+    let ino = resolve_dir(client, path).await?;
+    match client.subtree(ino, false).await {
+        Ok(s) => Ok(s),
+        Err(ClientError::Errno(mobilus_proto::status::Errno::EINVAL, _)) => {
+            let attr = client.getattr(ino, false).await.map_err(explain)?;
+            let within = client.subtree(attr.subtree, false).await.map_err(explain)?;
+            anyhow::bail!(
+                "{path} is not a subtree; it is inside {} (see `mobilusctl subtree ls`)",
+                if within.root == ROOT_INO {
+                    "the shared root".to_string()
+                } else {
+                    format!("subtree {}", within.path)
+                }
+            )
+        }
+        Err(e) => Err(explain(e)),
+    }
+}
+
+pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
+    match cmd {
+        SubtreeCmd::Ls => {
+            let all = client.subtrees(false).await.map_err(explain)?;
+            let rows: Vec<SubtreeView> = all.iter().map(view).collect();
+            emit(format, &rows, |r| render(r))
+        }
+        SubtreeCmd::Status { path } => {
+            let s = subtree_at(client, &path).await?;
+            emit(format, &view(&s), |v| render(std::slice::from_ref(v)))
+        }
+        SubtreeCmd::Create { path, owner, batch } => {
+            let ino = resolve_dir(client, &path).await?;
+            let mut s = match client.create_subtree(ino, &owner).await {
+                Ok(s) => s,
+                // Resuming a creation that stopped halfway.
+                Err(ClientError::Errno(mobilus_proto::status::Errno::EEXIST, _)) => {
+                    let s = client.subtree(ino, false).await.map_err(explain)?;
+                    if s.state != SubtreeState::Preparing {
+                        anyhow::bail!(
+                            "{path} is a subtree already, owned by {} (epoch {})",
+                            s.owner.as_deref().unwrap_or("nobody"),
+                            s.epoch
+                        );
+                    }
+                    if s.owner.as_deref() != Some(owner.as_str()) {
+                        anyhow::bail!(
+                            "{path} is being made a subtree for {}, not {owner}; finish that with --owner {0}",
+                            s.owner.as_deref().unwrap_or("nobody")
+                        );
+                    }
+                    s
+                }
+                Err(e) => return Err(explain_site(client, e).await).context(path.clone()),
+            };
+            let bar = progress(format, 0, "relabel");
+            while s.state == SubtreeState::Preparing {
+                s = client.relabel_subtree(ino, batch).await.map_err(explain)?;
+                bar.set_length(s.inodes + s.pending_dirs);
+                bar.set_position(s.inodes);
+                bar.set_message(format!("{} directories left", s.pending_dirs));
+            }
+            bar.finish_and_clear();
+            emit(format, &view(&s), |v| render(std::slice::from_ref(v)))
+        }
+        SubtreeCmd::Move {
+            path,
+            to,
+            force,
+            wait,
+        } => {
+            let before = subtree_at(client, &path).await?;
+            let start = Instant::now();
+            let s = match client.move_subtree(before.root, &to, force).await {
+                Ok(s) => s,
+                Err(e @ ClientError::LeaseExpired(_)) if !force => {
+                    anyhow::bail!(
+                        "{e}; if {} is down or cut off, take the subtree over with --force",
+                        before.owner.as_deref().unwrap_or("the owner")
+                    )
+                }
+                Err(e) => return Err(explain_site(client, e).await).context(path.clone()),
+            };
+            let mut s = s;
+            if wait {
+                let until = Instant::now() + Duration::from_secs(30);
+                while !s.lease_valid() {
+                    if Instant::now() > until {
+                        anyhow::bail!(
+                            "moved, but {to} has held no valid lease for 30 s: is its data node running?"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    s = client.subtree(s.root, false).await.map_err(explain)?;
+                }
+            } else if !s.lease_valid() {
+                eprintln!(
+                    "mobilusctl: warning: {to} holds no valid lease (is its data node running?); its mounts cannot write {path} until it does"
+                );
+            }
+            if format == OutputFormat::Table {
+                eprintln!(
+                    "moved {path} from {} to {to} (epoch {} -> {}) in {:.1} ms",
+                    before.owner.as_deref().unwrap_or("nobody"),
+                    before.epoch,
+                    s.epoch,
+                    start.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            emit(format, &view(&s), |v| render(std::slice::from_ref(v)))
+        }
+    }
+}
