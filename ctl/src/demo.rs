@@ -1,6 +1,8 @@
 //! `mobilusctl dev demo`: the story of the product so far, narrated as it runs on the
-//! local cluster: a database grows at site-a; site-b queries it at once, faulting chunks
-//! over; a second copy costs no new bytes; and what moved, against a full copy.
+//! local cluster: a database grows at site-a in a subtree site-a owns; site-b queries it
+//! at once, faulting chunks over, but cannot change it; a second copy costs no new bytes;
+//! the subtree moves to site-b in an instant, after which site-b writes and site-a
+//! cannot; and what moved, against a full copy.
 
 use std::path::Path;
 use std::process::Command;
@@ -54,12 +56,13 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         mount_a.mountpoint.join("demo"),
         mount_b.mountpoint.join("demo"),
     );
-    if here.exists() {
-        std::fs::remove_dir_all(&here).context("clearing the last demo")?;
-    }
-    std::fs::create_dir(&here)?;
+    let meta = crate::cluster::connect(&file.meta_addrs)?;
+    let root = own_demo_dir(&meta, &here).await?;
 
-    println!("1. An application at site-a builds an SQLite database on its mount.");
+    println!(
+        "1. /demo is a subtree owned by site-a (`mobilusctl subtree create /demo --owner site-a`);"
+    );
+    println!("   an application at site-a builds an SQLite database in it.");
     let db = here.join("orders.db");
     let t = Instant::now();
     sqlite(
@@ -112,6 +115,13 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         "   the same scan again ({:.2} s): {again} chunks fetched; site-b now holds them.",
         t.elapsed().as_secs_f64()
     );
+    match sqlite(
+        &remote,
+        "INSERT INTO orders (customer, amount, note) VALUES (1, 1, 'from b');",
+    ) {
+        Err(e) => println!("   but site-b cannot change it while site-a owns it: {e}"),
+        Ok(_) => bail!("site-b wrote a subtree owned by site-a"),
+    }
 
     println!("3. Copies of the same data cost no new bytes (dedup).");
     for n in 1..=2 {
@@ -131,6 +141,34 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         );
     }
 
+    println!("4. The application moves to site-b: `mobilusctl subtree move /demo --to site-b`.");
+    let t = Instant::now();
+    let moved_to = meta
+        .move_subtree(root, "site-b", false)
+        .await
+        .map_err(crate::cluster::explain)?;
+    let move_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    sqlite(
+        &remote,
+        "INSERT INTO orders (customer, amount, note) VALUES (1, 1, 'written at site-b');",
+    )?;
+    println!(
+        "   moved in {move_ms:.1} ms (epoch {}, no byte copied: {} of data stayed where it was); site-b's first write took {:.2} s.",
+        moved_to.epoch,
+        mib(moved_to.bytes),
+        t.elapsed().as_secs_f64()
+    );
+    match sqlite(
+        &db,
+        "INSERT INTO orders (customer, amount, note) VALUES (2, 2, 'late, from a');",
+    ) {
+        Err(e) => println!("   site-a, the old owner, is fenced off: {e}"),
+        Ok(_) => bail!("site-a wrote after the subtree moved away"),
+    }
+    let rows = sqlite(&db, "SELECT count(*) FROM orders;")?;
+    println!("   site-a still reads it: {rows} rows, site-b's included.");
+
     let first = point.bytes_received - before_b.bytes_received;
     println!(
         "In all: site-b's first answer needed {} of a {} database ({:.0}% of a full copy); the full scan brought the rest ({} moved). The demo took {:.1} s.",
@@ -141,4 +179,55 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `/demo` (at `here`, through site-a's mount) emptied and owned by site-a: made a subtree
+/// the first time, given back to site-a by a later run.
+async fn own_demo_dir(
+    meta: &mobilus_meta_client::MetaClient,
+    here: &Path,
+) -> anyhow::Result<mobilus_proto::fs::InodeId> {
+    use std::os::unix::fs::MetadataExt;
+    if !here.exists() {
+        std::fs::create_dir(here)?;
+    }
+    let root = std::fs::metadata(here)?.ino();
+    match meta.subtree(root, false).await {
+        Ok(s) if s.owner.as_deref() != Some("site-a") => {
+            meta.move_subtree(root, "site-a", false)
+                .await
+                .map_err(crate::cluster::explain)
+                .context("giving /demo back to site-a")?;
+        }
+        Ok(_) => {}
+        Err(_) => {
+            meta.create_subtree(root, "site-a")
+                .await
+                .map_err(crate::cluster::explain)
+                .context("making /demo a subtree")?;
+        }
+    }
+    // site-a's lease comes with its data node's next heartbeat.
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !meta
+        .subtree(root, false)
+        .await
+        .map_err(crate::cluster::explain)?
+        .lease_valid()
+    {
+        if Instant::now() > deadline {
+            bail!("site-a holds no lease: is its data node running? (`mobilusctl dev status`)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for entry in std::fs::read_dir(here)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        }
+        .with_context(|| format!("clearing {}", path.display()))?;
+    }
+    Ok(root)
 }

@@ -38,6 +38,8 @@ pub struct MetaBugs {
     pub local_reads: bool,
     /// A read lease of this length, past the election timeout (`--unsafe-read-lease-ms`).
     pub read_lease_ms: Option<u64>,
+    /// Any site may change any subtree (`--unsafe-no-ownership-check`).
+    pub no_ownership_check: bool,
 }
 
 impl MetaBugs {
@@ -49,6 +51,9 @@ impl MetaBugs {
         }
         if let Some(ms) = self.read_lease_ms {
             args.extend(["--unsafe-read-lease-ms".to_string(), ms.to_string()]);
+        }
+        if self.no_ownership_check {
+            args.push("--unsafe-no-ownership-check".to_string());
         }
         args
     }
@@ -109,6 +114,8 @@ pub struct Cluster {
     pub spec: ClusterSpec,
     /// With `spec.link_emulator`: the proxies between sites.
     pub link: Option<LinkEmulator>,
+    /// The ownership workload's subtree and its moves.
+    pub owned: Option<crate::ownership::Owned>,
 }
 
 fn binary(dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
@@ -151,6 +158,7 @@ impl Cluster {
             procs: Vec::new(),
             spec: spec.clone(),
             link: None,
+            owned: None,
         };
         let seed = format!("{}:{META_PORT}", cluster.net.hosts[0].ip);
         for i in 0..3 {

@@ -11,6 +11,7 @@ pub mod history;
 pub mod link;
 pub mod nemesis;
 pub mod net;
+pub mod ownership;
 pub mod report;
 pub mod run;
 pub mod worker;

@@ -73,6 +73,10 @@ enum Command {
         /// longer than their election timeout (the deliberate lease bug).
         #[arg(long, hide = true)]
         unsafe_read_lease_ms: Option<u64>,
+        /// TEST ONLY: start the metadata members letting any site change any subtree
+        /// (the deliberate fencing bug).
+        #[arg(long, hide = true)]
+        unsafe_no_ownership_check: bool,
     },
     /// Draw (again) the report of a run folder: timeline, latency, throughput, index.html.
     Report { dir: PathBuf },
@@ -90,6 +94,12 @@ enum Command {
         mount_bin: Option<PathBuf>,
         #[arg(long)]
         mountpoint: Option<PathBuf>,
+        /// The site this worker's mutations are issued for.
+        #[arg(long)]
+        site: Option<String>,
+        /// The registers' folder under the root.
+        #[arg(long, default_value = "jepsen-registers")]
+        register_dir: String,
     },
     /// Check a history for linearizability and print the verdict (JSON).
     Check {
@@ -215,6 +225,7 @@ fn main() -> ExitCode {
             no_build,
             unsafe_local_reads,
             unsafe_read_lease_ms,
+            unsafe_no_ownership_check,
         } => {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -246,6 +257,7 @@ fn main() -> ExitCode {
                 bugs: MetaBugs {
                     local_reads: unsafe_local_reads,
                     read_lease_ms: unsafe_read_lease_ms,
+                    no_ownership_check: unsafe_no_ownership_check,
                 },
                 nemesis_interval: Duration::from_secs(nemesis_interval.max(1)),
                 op_timeout: Duration::from_millis(op_timeout_ms.max(100)),
@@ -276,6 +288,8 @@ fn main() -> ExitCode {
             mount_site,
             mount_bin,
             mountpoint,
+            site,
+            register_dir,
         } => {
             let mount = match (mount_site, mount_bin, mountpoint) {
                 (Some(site), Some(bin), Some(mountpoint)) => {
@@ -296,6 +310,10 @@ fn main() -> ExitCode {
                     meta,
                     Duration::from_millis(rpc_timeout_ms),
                     mount,
+                    mobilus_jepsen::worker::Issuer {
+                        site,
+                        register_dir: register_dir.into_bytes(),
+                    },
                 ))
             });
             match result {

@@ -26,16 +26,42 @@ pub enum NemesisKind {
     /// the majority: where a leader serving past its leadership (a read lease too long)
     /// answers clients stale values.
     LeaderMinority,
+    /// The ownership workload: give its subtree to the other site.
+    Move,
+    /// The ownership workload: SIGSTOP the owner site's data node (its agent) until the
+    /// site's lease runs out, while its clients keep writing, then take the subtree over
+    /// by force; the data node resumes when the fault stops.
+    Takeover,
 }
 
 /// A fault in force, and how to undo it.
 #[derive(Clone, Debug)]
 pub enum Fault {
-    Partition { description: String },
-    Killed { proc: usize },
-    Paused { proc: usize },
-    Removed { id: u64, addr: String },
-    Shaped { description: String },
+    Partition {
+        description: String,
+    },
+    Killed {
+        proc: usize,
+    },
+    Paused {
+        proc: usize,
+    },
+    Removed {
+        id: u64,
+        addr: String,
+    },
+    Shaped {
+        description: String,
+    },
+    /// A change of owner: nothing to undo.
+    Moved {
+        description: String,
+    },
+    /// A takeover: the paused agent resumes.
+    TakenOver {
+        proc: usize,
+        description: String,
+    },
 }
 
 impl Fault {
@@ -45,7 +71,9 @@ impl Fault {
             Fault::Killed { proc } => format!("kill {}", cluster.procs[*proc].name()),
             Fault::Paused { proc } => format!("pause {}", cluster.procs[*proc].name()),
             Fault::Removed { id, .. } => format!("remove member {id}"),
-            Fault::Shaped { description } => description.clone(),
+            Fault::Shaped { description }
+            | Fault::Moved { description }
+            | Fault::TakenOver { description, .. } => description.clone(),
         }
     }
 }
@@ -149,6 +177,13 @@ pub async fn start(
     match kind {
         NemesisKind::Partition => partition(cluster, rng).await,
         NemesisKind::LeaderMinority => leader_minority(cluster, rng).await,
+        NemesisKind::Move => Ok(Fault::Moved {
+            description: cluster.move_to_other().await?,
+        }),
+        NemesisKind::Takeover => {
+            let (proc, description) = cluster.take_over().await?;
+            Ok(Fault::TakenOver { proc, description })
+        }
         NemesisKind::Kill => {
             let proc = rng.random_range(0..cluster.procs.len());
             cluster.kill(proc);
@@ -223,7 +258,8 @@ pub async fn stop(fault: &Fault, cluster: &mut Cluster) -> Result<(), ClusterErr
             }
         }
         Fault::Killed { proc } => cluster.restart(*proc)?,
-        Fault::Paused { proc } => cluster.resume(*proc),
+        Fault::Paused { proc } | Fault::TakenOver { proc, .. } => cluster.resume(*proc),
+        Fault::Moved { .. } => {}
         Fault::Removed { id, addr } => {
             let admin = cluster.admin_client()?;
             let mut last = String::new();

@@ -18,6 +18,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::checker::durability::DurabilityReport;
+use crate::checker::ownership::OwnershipReport;
 use crate::checker::{self, set::SetReport, CheckReport, ModelKind, Verdict};
 use crate::cluster::{Cluster, ClusterSpec, MetaBugs};
 use crate::history::{Event, EventType, History, Process};
@@ -35,6 +36,10 @@ pub enum Workload {
     /// Files written with fsync through real FUSE mounts (one per site), read back
     /// byte-exact at the other site after the faults heal and every server restarts.
     Durability,
+    /// CAS registers in a subtree owned by one site at a time, written by clients of
+    /// both sites while the `move` and `takeover` nemeses change its owner: linearizable,
+    /// and no change acknowledged from a site that did not own it.
+    Ownership,
 }
 
 #[derive(Clone, Debug)]
@@ -81,6 +86,9 @@ pub struct RunSummary {
     pub register: Option<CheckReport>,
     pub set: Option<SetReport>,
     pub durability: Option<DurabilityReport>,
+    pub ownership: Option<OwnershipReport>,
+    #[serde(default)]
+    pub unsafe_no_ownership_check: bool,
     pub wall_s: f64,
 }
 
@@ -138,6 +146,8 @@ impl Recorder {
 
 /// A worker process in a client host, and its outstanding requests.
 struct WorkerConn {
+    /// The site of its client host.
+    site: String,
     stdin: Mutex<ChildStdin>,
     pending: Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<Response>>>>,
     next: AtomicU64,
@@ -151,6 +161,7 @@ impl WorkerConn {
         home: usize,
         op_timeout: Duration,
         mount: Option<&crate::worker::MountArgs>,
+        register_dir: &str,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut metas = cluster.meta_addrs();
@@ -162,6 +173,10 @@ impl WorkerConn {
             .arg(metas.join(","))
             .arg("--rpc-timeout-ms")
             .arg(op_timeout.as_millis().to_string())
+            .arg("--site")
+            .arg(&cluster.net.hosts[host].site)
+            .arg("--register-dir")
+            .arg(register_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -203,6 +218,7 @@ impl WorkerConn {
             }
         });
         Ok(WorkerConn {
+            site: cluster.net.hosts[host].site.clone(),
             stdin: Mutex::new(stdin),
             pending,
             next: AtomicU64::new(0),
@@ -310,7 +326,7 @@ fn generate(
     next_add: &AtomicU64,
 ) -> (&'static str, Option<String>, Value, u64) {
     match workload {
-        Workload::Register => {
+        Workload::Register | Workload::Ownership => {
             let (g, key) = plan.key(rng);
             let key = Some(key);
             match rng.random_range(0..4) {
@@ -489,8 +505,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         bugs: opts.bugs,
         link_emulator: opts.nemeses.contains(&NemesisKind::Link),
     };
-    let cluster = Cluster::start(spec).await?;
+    let mut cluster = Cluster::start(spec).await?;
     cluster.wait_healthy(Duration::from_secs(60)).await?;
+    let register_dir = if opts.workload == Workload::Ownership {
+        crate::ownership::set_up(&mut cluster).await?;
+        crate::ownership::OWNED_DIR
+    } else {
+        std::str::from_utf8(crate::worker::REGISTER_DIR)?
+    };
     let clients: Vec<usize> = cluster
         .net
         .hosts
@@ -510,12 +532,26 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
                 site: h.site.clone(),
                 mountpoint: out.join("cluster").join(format!("mnt-{}", h.name)),
             };
-            let conn = WorkerConn::start(&cluster, *host, i, opts.op_timeout, Some(&mount))?;
+            let conn = WorkerConn::start(
+                &cluster,
+                *host,
+                i,
+                opts.op_timeout,
+                Some(&mount),
+                register_dir,
+            )?;
             conns.push(Arc::new(conn));
             continue;
         }
         for home in 0..3 {
-            let conn = WorkerConn::start(&cluster, *host, home + i, opts.op_timeout, None)?;
+            let conn = WorkerConn::start(
+                &cluster,
+                *host,
+                home + i,
+                opts.op_timeout,
+                None,
+                register_dir,
+            )?;
             conns.push(Arc::new(conn));
         }
     }
@@ -569,6 +605,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         let process = Process::Client(FINAL_PROCESS);
         final_read(&rec, &conns[0], process, None, opts.op_timeout).await;
     }
+    let conns_sites: Vec<String> = conns.iter().map(|c| c.site.clone()).collect();
     drop(conns);
     let history = rec.take();
     write_history(&opts, &history)?;
@@ -586,6 +623,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         register: None,
         set: None,
         durability: None,
+        ownership: None,
+        unsafe_no_ownership_check: opts.bugs.no_ownership_check,
         wall_s: 0.0,
     };
     match opts.workload {
@@ -604,6 +643,14 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             summary.valid = r.valid;
             summary.durability = Some(r);
         }
+        Workload::Ownership => {
+            let r = checker::check(&history, ModelKind::CasRegister, opts.check_budget)?;
+            let o =
+                check_ownership(&history, &cluster, &rec, &conns_sites, opts.concurrency).await?;
+            summary.valid = r.verdict == Verdict::Linearizable && o.valid;
+            summary.register = Some(r);
+            summary.ownership = Some(o);
+        }
     }
     cluster.lock().await.stop();
     summary.wall_s = wall.elapsed().as_secs_f64();
@@ -612,6 +659,44 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         serde_json::to_vec_pretty(&summary)?,
     )?;
     Ok(summary)
+}
+
+/// The ownership check of a run: tenures from the harness's move log, on the run's clock.
+async fn check_ownership(
+    history: &History,
+    cluster: &Arc<Mutex<Cluster>>,
+    rec: &Recorder,
+    conn_sites: &[String],
+    concurrency: usize,
+) -> anyhow::Result<OwnershipReport> {
+    use crate::checker::ownership::{self, Move};
+    let c = cluster.lock().await;
+    let owned = c
+        .owned
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("the ownership workload has no subtree"))?;
+    let on_clock = |t: Instant| t.saturating_duration_since(rec.start).as_nanos() as u64;
+    let moves: Vec<Move> = owned
+        .moves
+        .iter()
+        .map(|m| Move {
+            to: m.to.clone(),
+            invoke_ns: on_clock(m.invoke),
+            complete_ns: on_clock(m.complete),
+            outcome: m.outcome,
+        })
+        .collect();
+    // The subtree was owned before the clock started.
+    let since = on_clock(owned.since);
+    let tenures = ownership::tenures(&owned.first_owner, since, &moves, u64::MAX);
+    let site_of = |p: &Process| match p {
+        Process::Client(n) => {
+            let slot = (*n % concurrency as u64) as usize;
+            conn_sites.get(slot % conn_sites.len().max(1)).cloned()
+        }
+        Process::Named(_) => None,
+    };
+    Ok(ownership::check(history, tenures, &moves, site_of)?)
 }
 
 /// Process numbers of the reads after the run (far above any client's).
@@ -702,7 +787,7 @@ fn write_history(opts: &RunOptions, history: &History) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(opts.out.join("history.jsonl"))?);
     history.write_jsonl(&mut out)?;
     std::io::Write::flush(&mut out)?;
-    if opts.workload == Workload::Register {
+    if matches!(opts.workload, Workload::Register | Workload::Ownership) {
         let mut out = std::io::BufWriter::new(std::fs::File::create(opts.out.join("history.edn"))?);
         crate::edn::write_edn(history, &mut out)?;
         std::io::Write::flush(&mut out)?;

@@ -52,12 +52,26 @@ pub struct Response {
 struct State {
     client: MetaClient,
     inodes: Mutex<HashMap<Vec<u8>, InodeId>>,
+    /// The registers' folder under the root.
+    register_dir: Vec<u8>,
+}
+
+/// Who the worker is: the site its mutations are issued for, and where its registers are
+/// (a subtree, for the ownership workload).
+#[derive(Clone, Debug)]
+pub struct Issuer {
+    pub site: Option<String>,
+    pub register_dir: Vec<u8>,
 }
 
 /// A client error as an outcome: a definite errno (`fail`) or unknown (`info`).
 fn outcome(e: &ClientError) -> EventType {
     match e {
-        ClientError::Errno(..) => EventType::Fail,
+        // Refused in apply: it did not take effect.
+        ClientError::Errno(..)
+        | ClientError::NotOwner(_)
+        | ClientError::LeaseExpired(_)
+        | ClientError::StaleEpoch(_) => EventType::Fail,
         _ => EventType::Info,
     }
 }
@@ -159,7 +173,7 @@ impl State {
 
     /// A register's inode for reading; `None` while it does not exist (it holds nil).
     async fn existing_register(&self, key: &str) -> Result<Option<InodeId>, ClientError> {
-        match self.find(ROOT_INO, REGISTER_DIR).await? {
+        match self.find(ROOT_INO, &self.register_dir).await? {
             Some(dir) => self.find(dir, key.as_bytes()).await,
             None => Ok(None),
         }
@@ -167,7 +181,7 @@ impl State {
 
     async fn register(&self, key: &str) -> Result<InodeId, ClientError> {
         let dir = self
-            .ensure(ROOT_INO, REGISTER_DIR, FileKind::Directory)
+            .ensure(ROOT_INO, &self.register_dir, FileKind::Directory)
             .await?;
         self.ensure(dir, key.as_bytes(), FileKind::Regular).await
     }
@@ -291,6 +305,7 @@ pub async fn serve(
     meta: Vec<String>,
     rpc_timeout: Duration,
     mount: Option<MountArgs>,
+    issuer: Issuer,
 ) -> anyhow::Result<()> {
     let owned = match &mount {
         Some(m) => {
@@ -316,11 +331,12 @@ pub async fn serve(
         // try another member within the operation's time.
         connect_timeout: (rpc_timeout / 4).min(Duration::from_millis(500)),
         retry_ambiguous: false,
-        site: None,
+        site: issuer.site,
     };
     let state = Arc::new(State {
         client: MetaClient::new(&meta, opts)?,
         inodes: Mutex::new(HashMap::new()),
+        register_dir: issuer.register_dir,
     });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Response>();
     let writer = tokio::spawn(async move {

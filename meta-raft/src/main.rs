@@ -55,6 +55,10 @@ struct Args {
     /// bug past the election timeout, for the Jepsen harness to catch).
     #[arg(long, hide = true)]
     unsafe_read_lease_ms: Option<u64>,
+    /// TEST ONLY: let any site change any subtree, under any epoch (a deliberate fencing
+    /// bug, for the Jepsen harness to catch). Every member must run with it alike.
+    #[arg(long, hide = true)]
+    unsafe_no_ownership_check: bool,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
     /// Write the advertised address to this file once serving (for scripts and tests).
@@ -120,6 +124,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = merge(&args)?.resolve()?;
     cfg.unsafe_local_reads = args.unsafe_local_reads;
     cfg.unsafe_read_lease_ms = args.unsafe_read_lease_ms;
+    if args.unsafe_no_ownership_check {
+        tracing::warn!(
+            "--unsafe-no-ownership-check: any site may change any subtree (a test-only bug)"
+        );
+        mobilus_meta::namespace::subtree::disable_ownership_check_for_tests();
+    }
     let handle = server::start(&cfg).await?;
     if let Some(path) = &args.ready_file {
         let tmp = path.with_extension("tmp");

@@ -6,6 +6,7 @@
 //! indeterminate reads tell nothing and are dropped.
 
 pub mod durability;
+pub mod ownership;
 pub mod set;
 pub mod wgl;
 

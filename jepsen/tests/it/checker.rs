@@ -333,3 +333,88 @@ proptest::proptest! {
         proptest::prop_assert_eq!(r.verdict, expected, "{:?}", h.0.events);
     }
 }
+
+#[test]
+fn the_ownership_checker_flags_a_change_acknowledged_from_a_site_that_did_not_own_it() {
+    use mobilus_jepsen::checker::ownership::{check, tenures, Move};
+    // site-a owns until a move to site-b is attempted at 10 µs and acknowledged at 12;
+    // a move back of unknown outcome at 30 leaves the owner unknown until one is
+    // acknowledged at 41.
+    let moves = vec![
+        Move {
+            to: "site-b".into(),
+            invoke_ns: 10_000,
+            complete_ns: 12_000,
+            outcome: EventType::Ok,
+        },
+        Move {
+            to: "site-a".into(),
+            invoke_ns: 30_000,
+            complete_ns: 31_000,
+            outcome: EventType::Info,
+        },
+        Move {
+            to: "site-a".into(),
+            invoke_ns: 40_000,
+            complete_ns: 41_000,
+            outcome: EventType::Ok,
+        },
+    ];
+    let t = tenures("site-a", 0, &moves, u64::MAX);
+    let spans: Vec<(&str, u64, u64)> = t
+        .iter()
+        .map(|t| (t.owner.as_str(), t.from_ns, t.until_ns))
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            ("site-a", 0, 10_000),
+            ("site-b", 12_000, 30_000),
+            ("site-a", 41_000, u64::MAX)
+        ]
+    );
+    // Process 0 is at site-a, process 1 at site-b: (process, f, invoke, complete, outcome).
+    let ops: [(u64, &str, u64, u64, EventType); 6] = [
+        (0, "write", 1_000, 2_000, EventType::Ok), // the owner: fine
+        (1, "write", 3_000, 4_000, EventType::Fail), // refused: fine
+        (1, "cas", 5_000, 6_000, EventType::Ok),   // site-b while site-a owns: violation
+        (0, "write", 9_000, 13_000, EventType::Ok), // spans the move: not judged
+        (0, "write", 32_000, 33_000, EventType::Ok), // owner unknown: not judged
+        (0, "read", 14_000, 15_000, EventType::Ok), // reads are anyone's
+    ];
+    let mut h = History::default();
+    let mut evs: Vec<Event> = Vec::new();
+    for (p, f, inv, done, outcome) in ops {
+        for (kind, at) in [(EventType::Invoke, inv), (outcome, done)] {
+            evs.push(Event {
+                index: 0,
+                time_ns: at,
+                process: Process::Client(p),
+                kind,
+                f: f.into(),
+                key: Some("k".into()),
+                value: if f == "cas" { json!([1, 2]) } else { json!(1) },
+                error: None,
+            });
+        }
+    }
+    evs.sort_by_key(|e| e.time_ns);
+    for e in evs {
+        h.push(e);
+    }
+    let site_of = |p: &Process| match p {
+        Process::Client(0) => Some("site-a".to_string()),
+        Process::Client(1) => Some("site-b".to_string()),
+        _ => None,
+    };
+    let r = check(&h, t, &moves, site_of).unwrap();
+    assert!(!r.valid);
+    assert_eq!(r.violation_count, 1, "{:?}", r.violations);
+    assert!(
+        r.violations[0].starts_with("cas \"k\" by site-b"),
+        "{:?}",
+        r.violations
+    );
+    assert_eq!((r.writes_judged, r.writes_during_moves), (2, 2));
+    assert_eq!((r.moves_ok, r.moves_unknown), (2, 1));
+}

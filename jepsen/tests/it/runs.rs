@@ -249,6 +249,73 @@ fn a_read_lease_longer_than_the_election_timeout_is_caught() {
     assert_eq!(r["unsafe_read_lease_ms"], 10000, "{r}");
 }
 
+/// An ownership run with 8 clients (both sites write a subtree that moves).
+fn must_run_owned(
+    out: &Path,
+    nemesis: &str,
+    interval: &str,
+    limit: &str,
+    seed: &str,
+    extra: &[&str],
+) -> (Output, serde_json::Value) {
+    let mut args = vec![
+        "--workload",
+        "ownership",
+        "--nemesis",
+        nemesis,
+        "--nemesis-interval",
+        interval,
+        "--op-timeout-ms",
+        "1000",
+        "--time-limit",
+        limit,
+        "--concurrency",
+        "8",
+        "--seed",
+        seed,
+    ];
+    args.extend_from_slice(extra);
+    must_run(out, &args)
+}
+
+#[test]
+fn a_subtree_moved_and_taken_over_is_changed_only_by_its_owner_and_stays_linearizable() {
+    // Clients of both sites write registers in the subtree; it moves to the other site,
+    // then its owner's agent is stopped until the lease runs out and the subtree is taken
+    // over by force while that site's clients keep writing.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run_owned(&out, "move,takeover,partition,pause", "3", "25", "21", &[]);
+    assert_eq!(child.status.code(), Some(0), "{r}");
+    assert_eq!(r["register"]["verdict"], "linearizable", "{r}");
+    let o = &r["ownership"];
+    assert_eq!(o["valid"], true, "{o}");
+    assert!(o["moves_ok"].as_u64().unwrap() >= 2, "{o}");
+    assert!(o["writes_judged"].as_u64().unwrap() > 500, "{o}");
+    assert!(o["refused_not_owner"].as_u64().unwrap() > 100, "{o}");
+    let faults = r["faults"].to_string();
+    assert!(faults.contains("take over the subtree"), "{faults}");
+}
+
+#[test]
+fn disabling_the_ownership_check_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run_owned(
+        &out,
+        "move",
+        "2",
+        "10",
+        "1",
+        &["--unsafe-no-ownership-check"],
+    );
+    assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
+    let o = &r["ownership"];
+    assert_eq!(o["valid"], false, "{o}");
+    assert!(o["violation_count"].as_u64().unwrap() > 0, "{o}");
+    assert_eq!(r["unsafe_no_ownership_check"], true);
+}
+
 #[test]
 fn check_exit_codes_follow_the_verdict() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,0 +1,205 @@
+//! The ownership workload's subtree, on the harness's side: made at the start, moved
+//! between the sites by the `move` nemesis and taken over by force by `takeover`, every
+//! attempt logged for the ownership checker (`checker::ownership`).
+
+use std::time::{Duration, Instant};
+
+use mobilus_meta_client::{ClientError, MetaClient};
+use mobilus_proto::fs::{FileKind, InodeId, SubtreeInfo, ROOT_INO};
+use mobilus_proto::status::Errno;
+
+use crate::cluster::{Cluster, ClusterError, Role};
+use crate::history::EventType;
+
+/// The subtree's folder under the root: the registers of the ownership workload.
+pub const OWNED_DIR: &str = "jepsen-owned";
+
+/// One attempt to change the subtree's owner, as the harness saw it.
+#[derive(Clone, Debug)]
+pub struct MoveAttempt {
+    pub to: String,
+    pub force: bool,
+    pub invoke: Instant,
+    pub complete: Instant,
+    /// `Ok` committed, `Fail` refused (nothing changed), `Info` unknown.
+    pub outcome: EventType,
+    pub epoch: Option<u64>,
+}
+
+/// The subtree and the log of its moves.
+#[derive(Debug)]
+pub struct Owned {
+    pub root: InodeId,
+    pub first_owner: String,
+    /// When the first owner held it (the subtree and its lease exist).
+    pub since: Instant,
+    pub moves: Vec<MoveAttempt>,
+}
+
+fn start_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Start {
+        what: what.into(),
+        why: e.to_string(),
+    }
+}
+
+async fn wait_for_lease(
+    admin: &MetaClient,
+    root: InodeId,
+    valid: bool,
+) -> Result<SubtreeInfo, ClusterError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(s) = admin.subtree(root, false).await {
+            if s.lease_valid() == valid {
+                return Ok(s);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(start_err(
+                "waiting for the owner's lease",
+                format!(
+                    "it did not become {}",
+                    if valid { "valid" } else { "expired" }
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Make `/jepsen-owned` a subtree owned by the first site, and wait for its lease.
+pub async fn set_up(cluster: &mut Cluster) -> Result<(), ClusterError> {
+    let admin = cluster.admin_client()?;
+    let owner = cluster.spec.sites[0].clone();
+    let dir = match admin
+        .mkdir(ROOT_INO, OWNED_DIR.as_bytes(), 0o755, 0, 0, None)
+        .await
+    {
+        Ok(a) => a.ino,
+        Err(ClientError::Errno(Errno::EEXIST, _)) => {
+            admin
+                .lookup(ROOT_INO, OWNED_DIR.as_bytes(), false)
+                .await
+                .map_err(|e| start_err("the ownership workload's folder", e))?
+                .ino
+        }
+        Err(e) => return Err(start_err("the ownership workload's folder", e)),
+    };
+    let attr = admin
+        .getattr(dir, false)
+        .await
+        .map_err(|e| start_err("the ownership workload's folder", e))?;
+    if attr.kind != FileKind::Directory {
+        return Err(start_err(
+            "the ownership workload's folder",
+            "not a directory",
+        ));
+    }
+    admin
+        .create_subtree(dir, &owner)
+        .await
+        .map_err(|e| start_err("the ownership workload's subtree", e))?;
+    wait_for_lease(&admin, dir, true).await?;
+    cluster.owned = Some(Owned {
+        root: dir,
+        first_owner: owner,
+        since: Instant::now(),
+        moves: Vec::new(),
+    });
+    Ok(())
+}
+
+impl Cluster {
+    fn owned_root(&self) -> Result<InodeId, ClusterError> {
+        self.owned
+            .as_ref()
+            .map(|o| o.root)
+            .ok_or_else(|| start_err("a move", "the workload has no subtree"))
+    }
+
+    /// The subtree's owner now, and the site it would move to.
+    async fn owner_and_other(&self) -> Result<(SubtreeInfo, String), ClusterError> {
+        let root = self.owned_root()?;
+        let admin = self.admin_client()?;
+        let s = admin
+            .subtree(root, false)
+            .await
+            .map_err(|e| start_err("reading the subtree", e))?;
+        let owner = s.owner.clone().unwrap_or_default();
+        let other = self
+            .spec
+            .sites
+            .iter()
+            .find(|site| **site != owner)
+            .cloned()
+            .unwrap_or(owner);
+        Ok((s, other))
+    }
+
+    /// Try to give the subtree to `to`, and log the attempt.
+    pub async fn move_owned(&mut self, to: &str, force: bool) -> Result<String, ClusterError> {
+        let root = self.owned_root()?;
+        let admin = self.admin_client()?;
+        let invoke = Instant::now();
+        let result = admin.move_subtree(root, to, force).await;
+        let complete = Instant::now();
+        let (outcome, epoch, text) = match &result {
+            Ok(s) => (EventType::Ok, Some(s.epoch), format!("epoch {}", s.epoch)),
+            Err(
+                e @ (ClientError::Errno(..)
+                | ClientError::LeaseExpired(_)
+                | ClientError::UnknownSite(_)),
+            ) => (EventType::Fail, None, format!("refused: {e}")),
+            Err(e) => (EventType::Info, None, format!("unknown: {e}")),
+        };
+        if let Some(o) = self.owned.as_mut() {
+            o.moves.push(MoveAttempt {
+                to: to.to_string(),
+                force,
+                invoke,
+                complete,
+                outcome,
+                epoch,
+            });
+        }
+        Ok(format!(
+            "{} the subtree to {to}: {text}",
+            if force { "take over" } else { "move" }
+        ))
+    }
+
+    /// `move`: give the subtree to the other site, as an operator would.
+    pub async fn move_to_other(&mut self) -> Result<String, ClusterError> {
+        let (_, other) = self.owner_and_other().await?;
+        self.move_owned(&other, false).await
+    }
+
+    /// `takeover`: stop the owner site's agent (SIGSTOP its data node) until its lease
+    /// runs out, while its clients keep writing, then take the subtree over by force.
+    /// Returns the paused process (resumed when the fault stops) and what happened.
+    pub async fn take_over(&mut self) -> Result<(usize, String), ClusterError> {
+        let (s, other) = self.owner_and_other().await?;
+        let owner = s.owner.clone().unwrap_or_default();
+        let agent = self
+            .procs
+            .iter()
+            .position(|p| {
+                p.role
+                    == Role::Data {
+                        site: owner.clone(),
+                    }
+            })
+            .ok_or_else(|| start_err("a takeover", format!("no data node of {owner}")))?;
+        self.pause(agent);
+        let admin = self.admin_client()?;
+        if let Err(e) = wait_for_lease(&admin, s.root, false).await {
+            return Ok((agent, format!("pause data-{owner}: {e}")));
+        }
+        let what = self.move_owned(&other, true).await?;
+        Ok((
+            agent,
+            format!("pause data-{owner} until its lease expired, {what}"),
+        ))
+    }
+}
