@@ -87,6 +87,8 @@ fn start_heartbeat(
                 // The metadata's generation is never behind ours; adopting it matters after
                 // a crash between a round's "forget" and our durable write of its result.
                 let gc_gen = client.register_data_node(&node).await?;
+                // The node is its site's agent: each committed heartbeat renews the lease.
+                metrics::counter!("mobilus_data_site_lease_renewals_total").increment(1);
                 store.advance_gc_gen(gc_gen)?;
                 anyhow::Ok(())
             }

@@ -385,6 +385,10 @@ impl ChunkStore {
             "Bytes served by get"
         );
         describe_counter!(
+            "mobilus_data_site_lease_renewals_total",
+            "Heartbeats committed, each renewing this site's lease"
+        );
+        describe_counter!(
             "mobilus_data_remote_fetches_total",
             "Chunks this node fetched from another site"
         );

@@ -236,7 +236,120 @@ fn fsck_metrics_and_site_filters_on_a_dev_cluster() {
             "{err}"
         );
     }
+    subtree_commands(&config, dir);
     must_ok(&["dev", "down", "--dir", dir]);
+}
+
+/// `subtree create|ls|status|move` on the dev cluster, and their refusals.
+fn subtree_commands(config: &str, dir: &str) {
+    let (mnt_a, mnt_b) = (format!("{dir}/mnt/site-a"), format!("{dir}/mnt/site-b"));
+    std::fs::create_dir_all(format!("{mnt_a}/proj/src")).unwrap();
+    for i in 0..30 {
+        std::fs::write(format!("{mnt_a}/proj/src/f{i}"), b"0123456789").unwrap();
+    }
+    let run = |args: &[&str]| {
+        let mut full = vec!["--config", config];
+        full.extend_from_slice(args);
+        full.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let json = |args: &[&str]| {
+        let full = run(args);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        must_json(&refs)
+    };
+    let fails = |args: &[&str]| {
+        let full = run(args);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = ctl(&refs);
+        assert_eq!(out.status.code(), Some(1), "{args:?} did not fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // An existing tree, relabelled two inodes a step.
+    let s = json(&[
+        "subtree", "create", "/proj", "--owner", "site-a", "--batch", "2",
+    ]);
+    assert_eq!(s["state"], "owned", "{s}");
+    assert_eq!(s["owner"], "site-a");
+    assert_eq!(s["epoch"], 1);
+    assert_eq!(s["inodes"], 32, "the root, src and 30 files: {s}");
+    assert_eq!(s["bytes"], 300);
+    assert_eq!(s["path"], "/proj");
+    let all = json(&["subtree", "ls"]);
+    assert_eq!(all[0]["path"], "/", "{all}");
+    assert_eq!(all[0]["owner"], serde_json::Value::Null);
+    assert_eq!(all[1]["path"], "/proj", "{all}");
+    let table = must_ok(&["--config", config, "subtree", "ls"]);
+    assert!(
+        table.contains("(shared)") && table.contains("s left"),
+        "{table}"
+    );
+    // site-b reads but cannot write; the move is instant and fences site-a.
+    assert_eq!(
+        std::fs::read(format!("{mnt_b}/proj/src/f0")).unwrap(),
+        b"0123456789"
+    );
+    let e = std::fs::write(format!("{mnt_b}/proj/new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let err = fails(&["subtree", "move", "/proj", "--to", "site-b", "--force"]);
+    assert!(
+        err.contains("--force takes over only after it expires"),
+        "{err}"
+    );
+    let s = json(&["subtree", "move", "/proj", "--to", "site-b", "--wait"]);
+    assert_eq!(
+        (s["owner"].as_str(), s["epoch"].as_u64()),
+        (Some("site-b"), Some(2))
+    );
+    assert!(s["lease_left_ms"].as_i64().unwrap() > 0, "{s}");
+    std::fs::write(format!("{mnt_b}/proj/new"), b"x").unwrap();
+    let e = std::fs::write(format!("{mnt_a}/proj/late"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let s = json(&["subtree", "status", "/proj"]);
+    assert_eq!(s["inodes"], 33, "{s}");
+    // Refusals say what is wrong.
+    for (args, says) in [
+        (
+            vec!["subtree", "create", "/proj", "--owner", "site-b"],
+            "is a subtree already",
+        ),
+        (
+            vec!["subtree", "create", "/proj/src", "--owner", "site-a"],
+            "do not nest",
+        ),
+        (
+            vec!["subtree", "create", "/dir", "--owner", "site-z"],
+            "the sites are site-a, site-b",
+        ),
+        (
+            vec!["subtree", "create", "/nowhere", "--owner", "site-a"],
+            "no such file or directory",
+        ),
+        (
+            vec!["subtree", "create", "/big", "--owner", "site-a"],
+            "not a directory",
+        ),
+        (
+            vec!["subtree", "create", "proj", "--owner", "site-a"],
+            "not an absolute path",
+        ),
+        (
+            vec!["subtree", "status", "/dir"],
+            "is not a subtree; it is inside the shared root",
+        ),
+        (
+            vec!["subtree", "move", "/proj", "--to", "site-z"],
+            "unknown site",
+        ),
+        (vec!["subtree", "move", "/", "--to", "site-a"], "EINVAL"),
+    ] {
+        let err = fails(&args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let e = std::fs::rename(format!("{mnt_b}/proj"), format!("{mnt_b}/proj2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}");
+    let e =
+        std::fs::hard_link(format!("{mnt_b}/proj/new"), format!("{mnt_b}/dir/new")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
 }
 
 /// The table output of a failing fsck (stdout, whatever the exit code).

@@ -46,6 +46,10 @@ pub fn describe_metrics() {
         "mobilus_meta_proposals_total",
         "Mutations proposed on this member, by op and outcome"
     );
+    describe_counter!(
+        "mobilus_meta_subtree_moves_total",
+        "Subtree moves asked of this member, by kind (move, takeover)"
+    );
     describe_histogram!(
         "mobilus_meta_commit_seconds",
         Unit::Seconds,
