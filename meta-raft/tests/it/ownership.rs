@@ -754,3 +754,83 @@ fn an_existing_tree_becomes_a_subtree_in_bounded_steps_that_freeze_what_they_rel
     // A step after the end changes nothing.
     assert_eq!(step(7).inodes, s.inodes + 1);
 }
+
+/// A site's data node heartbeat, through the real service.
+async fn must_register(client: &mobilus_meta_client::MetaClient, site: &str) {
+    let node = DataNodeInfo {
+        site: site.into(),
+        addr: format!("{site}.example:7200"),
+        capacity_bytes: 0,
+        used_bytes: 0,
+        last_heartbeat_ns: 0,
+    };
+    client.register_data_node(&node).await.expect("register");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_moves_and_a_move_across_a_leader_kill_leave_exactly_one_owner() {
+    let mut cluster = crate::harness::Cluster::start(3, &[]).await;
+    let client = cluster.client();
+    must_register(&client, "site-a").await;
+    must_register(&client, "site-b").await;
+    let app = client
+        .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    client.create_subtree(app, "site-a").await.unwrap();
+
+    // Two moves to one site at once: one commits epoch 2, the other finds it done.
+    let (x, y) = tokio::join!(
+        client.move_subtree(app, "site-b", false),
+        client.move_subtree(app, "site-b", false)
+    );
+    assert_eq!((x.unwrap().epoch, y.unwrap().epoch), (2, 2));
+    // Moves to both sites at once: they apply in some order, each one whole.
+    let (x, y) = tokio::join!(
+        client.move_subtree(app, "site-a", false),
+        client.move_subtree(app, "site-b", false)
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let now = client.subtree(app, false).await.unwrap();
+    let last = if x.epoch > y.epoch { &x } else { &y };
+    assert_eq!(
+        (now.owner.as_ref(), now.epoch),
+        (last.owner.as_ref(), last.epoch)
+    );
+    assert!(now.epoch == 3 || now.epoch == 4, "{now:?}");
+
+    // A move while the leader is killed: it commits or it does not, never half; asked
+    // again, it ends with the new owner, one epoch further.
+    let to = if now.owner.as_deref() == Some("site-a") {
+        "site-b"
+    } else {
+        "site-a"
+    };
+    let leader = cluster.must_leader().await;
+    let moving = {
+        let client = client.clone();
+        tokio::spawn(async move { client.move_subtree(app, to, false).await })
+    };
+    cluster.members[leader].kill();
+    let first = moving.await.unwrap();
+    let after = client.subtree(app, false).await.unwrap();
+    match &first {
+        Ok(s) => assert_eq!((s.owner.as_deref(), s.epoch), (Some(to), now.epoch + 1)),
+        Err(_) => assert!(
+            (after.owner.as_deref(), after.epoch) == (Some(to), now.epoch + 1)
+                || (after.owner.clone(), after.epoch) == (now.owner.clone(), now.epoch),
+            "{after:?}"
+        ),
+    }
+    // The kill may have taken the leases' last renewal with it: renew, then retry.
+    must_register(&client, "site-a").await;
+    must_register(&client, "site-b").await;
+    let done = client.move_subtree(app, to, false).await.unwrap();
+    assert_eq!(
+        (done.owner.as_deref(), done.epoch),
+        (Some(to), now.epoch + 1)
+    );
+    let report = client.fsck().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new());
+}
