@@ -28,9 +28,10 @@ pub enum NemesisKind {
     LeaderMinority,
     /// The ownership workload: give its subtree to the other site.
     Move,
-    /// The ownership workload: SIGSTOP the owner site's data node (its agent) until the
-    /// site's lease runs out, while its clients keep writing, then take the subtree over
-    /// by force; the data node resumes when the fault stops.
+    /// The ownership workload: stop the owner site's agent until the site's lease runs
+    /// out, then take the subtree over by force. Either its data node is SIGSTOPped while
+    /// its clients keep writing, or its data node and clients are cut off together; both
+    /// end when the fault stops.
     Takeover,
 }
 
@@ -180,10 +181,10 @@ pub async fn start(
         NemesisKind::Move => Ok(Fault::Moved {
             description: cluster.move_to_other().await?,
         }),
-        NemesisKind::Takeover => {
-            let (proc, description) = cluster.take_over().await?;
-            Ok(Fault::TakenOver { proc, description })
-        }
+        NemesisKind::Takeover => match cluster.take_over(rng.random_bool(0.5)).await? {
+            (Some(proc), description) => Ok(Fault::TakenOver { proc, description }),
+            (None, description) => Ok(Fault::Partition { description }),
+        },
         NemesisKind::Kill => {
             let proc = rng.random_range(0..cluster.procs.len());
             cluster.kill(proc);

@@ -175,31 +175,42 @@ impl Cluster {
         self.move_owned(&other, false).await
     }
 
-    /// `takeover`: stop the owner site's agent (SIGSTOP its data node) until its lease
-    /// runs out, while its clients keep writing, then take the subtree over by force.
-    /// Returns the paused process (resumed when the fault stops) and what happened.
-    pub async fn take_over(&mut self) -> Result<(usize, String), ClusterError> {
+    /// `takeover`: stop the owner site's agent until its lease runs out, then take the
+    /// subtree over by force. Either SIGSTOP its data node while its clients keep writing
+    /// (`cut_off` false: the paused process is returned, to resume when the fault
+    /// stops), or cut its data node and client host off from every other host (`cut_off`:
+    /// the partition stays until the fault stops). Returns what happened.
+    pub async fn take_over(
+        &mut self,
+        cut_off: bool,
+    ) -> Result<(Option<usize>, String), ClusterError> {
         let (s, other) = self.owner_and_other().await?;
         let owner = s.owner.clone().unwrap_or_default();
+        let site = Role::Data {
+            site: owner.clone(),
+        };
         let agent = self
             .procs
             .iter()
-            .position(|p| {
-                p.role
-                    == Role::Data {
-                        site: owner.clone(),
-                    }
-            })
+            .position(|p| p.role == site)
             .ok_or_else(|| start_err("a takeover", format!("no data node of {owner}")))?;
-        self.pause(agent);
+        let (paused, how) = if cut_off {
+            let n = self.net.hosts.len();
+            let agent_host = self.procs[agent].host;
+            let clients = format!("c-{owner}");
+            let (inside, outside): (Vec<usize>, Vec<usize>) =
+                (0..n).partition(|i| *i == agent_host || self.net.hosts[*i].name == clients);
+            self.partition(&[inside, outside])?;
+            (None, format!("cut off data-{owner} and c-{owner}"))
+        } else {
+            self.pause(agent);
+            (Some(agent), format!("pause data-{owner}"))
+        };
         let admin = self.admin_client()?;
         if let Err(e) = wait_for_lease(&admin, s.root, false).await {
-            return Ok((agent, format!("pause data-{owner}: {e}")));
+            return Ok((paused, format!("{how}: {e}")));
         }
         let what = self.move_owned(&other, true).await?;
-        Ok((
-            agent,
-            format!("pause data-{owner} until its lease expired, {what}"),
-        ))
+        Ok((paused, format!("{how} until its lease expired, {what}")))
     }
 }

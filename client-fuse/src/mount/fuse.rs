@@ -299,6 +299,11 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
+    // BATCH_FORGET comes here too (fuser's default `batch_forget`).
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.fs.forget(ino.0);
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let (n, ttl) = (name(n), self.tuning.attr_ttl);
         self.run(

@@ -97,6 +97,9 @@ struct AnsweredAttrs {
 const MAX_ANSWERED_ATTRS: usize = 16_384;
 /// Inodes known to have no `security.capability`, at most.
 const MAX_NO_CAPS: usize = 16_384;
+/// Inodes whose attributes at their last open are remembered (for FOPEN_KEEP_CACHE), at
+/// most: past it they are forgotten, and the next open of each drops the kernel's pages.
+const MAX_SEEN: usize = 65_536;
 
 fn wall_clock_ns() -> i64 {
     std::time::SystemTime::now()
@@ -175,6 +178,24 @@ impl MountFs {
         let a = lock(&self.answered);
         let (attr, at) = a.attrs.get(&ino)?;
         (at.elapsed() < self.cache_ttl).then(|| attr.clone())
+    }
+
+    /// Remember `ino`'s (mtime, ctime, size) at an open; returns what was remembered.
+    fn remember_seen(&self, ino: InodeId, now: (i64, i64, u64)) -> Option<(i64, i64, u64)> {
+        let mut seen = lock(&self.seen);
+        if seen.len() >= MAX_SEEN && !seen.contains_key(&ino) {
+            seen.clear();
+        }
+        seen.insert(ino, now)
+    }
+
+    /// The kernel forgot `ino` (FORGET: it holds no reference to it any more): so does
+    /// this mount, but for what open handles hold. Forgetting only costs a refetch, so
+    /// the per-inode tables stay as small as the kernel's inode cache.
+    pub fn forget(&self, ino: InodeId) {
+        lock(&self.seen).remove(&ino);
+        lock(&self.no_caps).remove(&ino);
+        lock(&self.answered).attrs.remove(&ino);
     }
 
     /// `ino` is known, as of now, to have no `security.capability`.
@@ -487,7 +508,7 @@ impl MountFs {
     /// Open `ino`, whose attributes were just answered by the metadata service.
     fn open_as(&self, ino: InodeId, attr: Attr) -> (u64, bool) {
         let now = (attr.mtime_ns, attr.ctime_ns, attr.size);
-        let keep_cache = lock(&self.seen).insert(ino, now) == Some(now);
+        let keep_cache = self.remember_seen(ino, now) == Some(now);
         let inode = {
             let mut inodes = lock(&self.inodes);
             inodes
@@ -597,7 +618,7 @@ impl MountFs {
             // Our own writes changed mtime, but what the kernel cached is still right:
             // remember the attributes the commit answered.
             let a = lock(&h.inode.attr).0.clone();
-            lock(&self.seen).insert(h.ino, (a.mtime_ns, a.ctime_ns, a.size));
+            self.remember_seen(h.ino, (a.mtime_ns, a.ctime_ns, a.size));
         }
         lock(&self.handles).remove(&fh);
         if h.inode.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
