@@ -69,9 +69,10 @@ fn must_run(out: &Path, args: &[&str]) -> (Output, serde_json::Value) {
     (child, serde_json::from_str(&results).expect("results.json"))
 }
 
-/// A register run with 8 clients: `nemesis` every `interval` s (mean), for `limit` s.
-fn must_run_registers(
+/// A run of `workload` with 8 clients: `nemesis` every `interval` s (mean), for `limit` s.
+fn must_run_workload(
     out: &Path,
+    workload: &str,
     nemesis: &str,
     interval: &str,
     limit: &str,
@@ -80,7 +81,7 @@ fn must_run_registers(
 ) -> (Output, serde_json::Value) {
     let mut args = vec![
         "--workload",
-        "register",
+        workload,
         "--nemesis",
         nemesis,
         "--nemesis-interval",
@@ -94,6 +95,32 @@ fn must_run_registers(
     ];
     args.extend_from_slice(extra);
     must_run(out, &args)
+}
+
+/// A register run (see [`must_run_workload`]).
+fn must_run_registers(
+    out: &Path,
+    nemesis: &str,
+    interval: &str,
+    limit: &str,
+    seed: &str,
+    extra: &[&str],
+) -> (Output, serde_json::Value) {
+    must_run_workload(out, "register", nemesis, interval, limit, seed, extra)
+}
+
+/// An ownership run: both sites write a subtree that moves (1 s operation timeouts).
+fn must_run_owned(
+    out: &Path,
+    nemesis: &str,
+    interval: &str,
+    limit: &str,
+    seed: &str,
+    extra: &[&str],
+) -> (Output, serde_json::Value) {
+    let mut all = vec!["--op-timeout-ms", "1000"];
+    all.extend_from_slice(extra);
+    must_run_workload(out, "ownership", nemesis, interval, limit, seed, &all)
 }
 
 #[test]
@@ -247,35 +274,6 @@ fn a_read_lease_longer_than_the_election_timeout_is_caught() {
     assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
     assert_eq!(r["register"]["verdict"], "not-linearizable", "{r}");
     assert_eq!(r["unsafe_read_lease_ms"], 10000, "{r}");
-}
-
-/// An ownership run with 8 clients (both sites write a subtree that moves).
-fn must_run_owned(
-    out: &Path,
-    nemesis: &str,
-    interval: &str,
-    limit: &str,
-    seed: &str,
-    extra: &[&str],
-) -> (Output, serde_json::Value) {
-    let mut args = vec![
-        "--workload",
-        "ownership",
-        "--nemesis",
-        nemesis,
-        "--nemesis-interval",
-        interval,
-        "--op-timeout-ms",
-        "1000",
-        "--time-limit",
-        limit,
-        "--concurrency",
-        "8",
-        "--seed",
-        seed,
-    ];
-    args.extend_from_slice(extra);
-    must_run(out, &args)
 }
 
 #[test]
