@@ -29,6 +29,21 @@ pub enum SubtreeCmd {
     },
     /// Every subtree: owner, epoch, lease, state, inodes and bytes.
     Ls,
+    /// Who moves a subtree: the operator only (`--manual`, the default), or also the
+    /// first write from another site once the owner has held it HOLD_MS
+    /// (`--follow-writer HOLD_MS`; the hold keeps two writers from bouncing it).
+    Policy {
+        path: String,
+        #[arg(
+            long,
+            value_name = "HOLD_MS",
+            conflicts_with = "manual",
+            required_unless_present = "manual"
+        )]
+        follow_writer: Option<u64>,
+        #[arg(long)]
+        manual: bool,
+    },
     /// One subtree, by its root's path.
     Status { path: String },
     /// Give a subtree to another site at once (epoch + 1); nothing is copied first. The
@@ -66,6 +81,8 @@ pub struct SubtreeView {
     pub pending_dirs: u64,
     pub created_ns: i64,
     pub moved_ns: i64,
+    /// `manual`, or `follow-writer` with its hold.
+    pub policy: String,
 }
 
 fn view(s: &SubtreeInfo) -> SubtreeView {
@@ -88,6 +105,10 @@ fn view(s: &SubtreeInfo) -> SubtreeView {
         pending_dirs: s.pending_dirs,
         created_ns: s.created_ns,
         moved_ns: s.moved_ns,
+        policy: match s.follow_writer_hold_ns {
+            None => "manual".into(),
+            Some(ns) => format!("follow-writer (hold {} ms)", ns / 1_000_000),
+        },
     }
 }
 
@@ -101,7 +122,7 @@ fn lease_cell(v: &SubtreeView) -> String {
 
 fn render(rows: &[SubtreeView]) -> comfy_table::Table {
     let mut t = table(&[
-        "PATH", "ROOT", "OWNER", "EPOCH", "LEASE", "STATE", "INODES", "BYTES",
+        "PATH", "ROOT", "OWNER", "EPOCH", "LEASE", "STATE", "POLICY", "INODES", "BYTES",
     ]);
     for r in rows {
         t.add_row(vec![
@@ -115,6 +136,7 @@ fn render(rows: &[SubtreeView]) -> comfy_table::Table {
             } else {
                 r.state.to_string()
             },
+            r.policy.clone(),
             r.inodes.to_string(),
             r.bytes.to_string(),
         ]);
@@ -196,6 +218,23 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
             let all = client.subtrees(false).await.map_err(explain)?;
             let rows: Vec<SubtreeView> = all.iter().map(view).collect();
             emit(format, &rows, |r| render(r))
+        }
+        SubtreeCmd::Policy {
+            path,
+            follow_writer,
+            manual,
+        } => {
+            let s = subtree_at(client, &path).await?;
+            let hold = if manual {
+                None
+            } else {
+                follow_writer.map(Duration::from_millis)
+            };
+            let s = client
+                .set_subtree_policy(s.root, hold)
+                .await
+                .map_err(explain)?;
+            emit(format, &view(&s), |v| render(std::slice::from_ref(v)))
         }
         SubtreeCmd::Status { path } => {
             let s = subtree_at(client, &path).await?;

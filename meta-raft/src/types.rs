@@ -182,6 +182,13 @@ pub enum Op {
         to: String,
         force: bool,
     },
+    /// Set a subtree's follow-writer policy: `Some(hold)` lets the first write from
+    /// another site (whose lease is valid) move ownership there, once the owner has held
+    /// it `hold` ns; `None` turns it off.
+    SetSubtreePolicy {
+        root: InodeId,
+        follow_writer_hold_ns: Option<i64>,
+    },
 }
 
 /// Which inodes an operation changes, as the ownership check sees them.
@@ -221,6 +228,7 @@ impl Op {
             Op::CreateSubtree { .. } => "create_subtree",
             Op::RelabelSubtree { .. } => "relabel_subtree",
             Op::MoveSubtree { .. } => "move_subtree",
+            Op::SetSubtreePolicy { .. } => "set_subtree_policy",
         }
     }
 
@@ -250,7 +258,8 @@ impl Op {
             | Op::ForgetCondemned { .. }
             | Op::CreateSubtree { .. }
             | Op::RelabelSubtree { .. }
-            | Op::MoveSubtree { .. } => Touches::Admin,
+            | Op::MoveSubtree { .. }
+            | Op::SetSubtreePolicy { .. } => Touches::Admin,
         }
     }
 }

@@ -150,6 +150,7 @@ impl From<&SubtreeInfo> for pb::Subtree {
             path: s.path.clone(),
             created_ns: s.created_ns,
             moved_ns: s.moved_ns,
+            follow_writer_hold_ns: s.follow_writer_hold_ns,
         }
     }
 }
@@ -174,6 +175,7 @@ pub fn subtree_from_wire(s: pb::Subtree) -> Result<SubtreeInfo, WireError> {
         path: s.path,
         created_ns: s.created_ns,
         moved_ns: s.moved_ns,
+        follow_writer_hold_ns: s.follow_writer_hold_ns,
     })
 }
 

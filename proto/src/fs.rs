@@ -231,6 +231,9 @@ pub struct SubtreeInfo {
     pub path: String,
     pub created_ns: i64,
     pub moved_ns: i64,
+    /// follow-writer: a write from another site moves ownership there once the owner
+    /// has held it this long (ns); `None`: only the operator moves it.
+    pub follow_writer_hold_ns: Option<i64>,
 }
 
 impl SubtreeInfo {

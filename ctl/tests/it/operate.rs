@@ -350,6 +350,24 @@ fn subtree_commands(config: &str, dir: &str) {
     let e =
         std::fs::hard_link(format!("{mnt_b}/proj/new"), format!("{mnt_b}/dir/new")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EXDEV), "{e}");
+    // follow-writer: site-a's first write takes the subtree back, by itself.
+    let s = json(&["subtree", "policy", "/proj", "--follow-writer", "0"]);
+    assert_eq!(s["policy"], "follow-writer (hold 0 ms)", "{s}");
+    std::fs::write(format!("{mnt_a}/proj/back"), b"a").unwrap();
+    let s = json(&["subtree", "status", "/proj"]);
+    assert_eq!(
+        (s["owner"].as_str(), s["epoch"].as_u64()),
+        (Some("site-a"), Some(3)),
+        "{s}"
+    );
+    let s = json(&["subtree", "policy", "/proj", "--manual"]);
+    assert_eq!(s["policy"], "manual");
+    let e = std::fs::write(format!("{mnt_b}/proj/new"), b"y").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    // Neither --follow-writer nor --manual: bad usage, exit 2.
+    let out = ctl(&["--config", config, "subtree", "policy", "/proj"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--follow-writer"));
 }
 
 /// The table output of a failing fsck (stdout, whatever the exit code).

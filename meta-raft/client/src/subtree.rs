@@ -78,6 +78,26 @@ impl MetaClient {
         one(r.into_inner())
     }
 
+    /// Set the follow-writer policy: `Some(hold)` moves the subtree to the site of the
+    /// first write from elsewhere once its owner has held it that long; `None`: off.
+    pub async fn set_subtree_policy(
+        &self,
+        root: InodeId,
+        follow_writer_hold: Option<std::time::Duration>,
+    ) -> Result<SubtreeInfo, ClientError> {
+        let req = pb::SetSubtreePolicyRequest {
+            root,
+            follow_writer_hold_ns: follow_writer_hold
+                .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+        };
+        let r = self
+            .call("set_subtree_policy", |ch| async move {
+                cluster(ch).set_subtree_policy(req).await
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
     /// One subtree, by its root.
     pub async fn subtree(&self, root: InodeId, stale: bool) -> Result<SubtreeInfo, ClientError> {
         let req = pb::GetSubtreeRequest { root, stale };

@@ -317,6 +317,10 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
         Op::MoveSubtree { root, to, force } => {
             subtree::give(txn, now, *root, to, *force).map(OpReply::Subtree)
         }
+        Op::SetSubtreePolicy {
+            root,
+            follow_writer_hold_ns,
+        } => subtree::set_policy(txn, *root, *follow_writer_hold_ns).map(OpReply::Subtree),
     }
 }
 

@@ -48,6 +48,8 @@ pub struct SubtreeRecord {
     pub bytes: u64,
     pub created_ns: i64,
     pub moved_ns: i64,
+    /// follow-writer: see `Op::SetSubtreePolicy`.
+    pub follow_writer_hold_ns: Option<i64>,
 }
 
 impl SubtreeRecord {
@@ -62,6 +64,7 @@ impl SubtreeRecord {
             bytes: 0,
             created_ns: 0,
             moved_ns: 0,
+            follow_writer_hold_ns: None,
         }
     }
 }
@@ -180,21 +183,24 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
     if OWNERSHIP_CHECK_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
-    let sub = must_get(txn, root)?;
-    if let Some(owner) = &sub.owner {
-        if cmd.site.as_deref() != Some(owner.as_str()) {
+    let mut sub = must_get(txn, root)?;
+    if let Some(owner) = sub.owner.clone() {
+        let now = log_now(txn, cmd.time_ns)?;
+        if cmd.site.as_deref() != Some(owner.as_str())
+            && !follow_writer(txn, root, &mut sub, cmd.site.as_deref(), now)?
+        {
             return Err(OpError::NotOwner {
                 subtree: root,
-                owner: owner.clone(),
+                owner,
                 site: cmd.site.clone(),
             }
             .into());
         }
-        let now = log_now(txn, cmd.time_ns)?;
-        if now >= site_lease(txn, owner)? {
+        let owner = sub.owner.clone().unwrap_or_default();
+        if now >= site_lease(txn, &owner)? {
             return Err(OpError::LeaseExpired {
                 subtree: root,
-                owner: owner.clone(),
+                owner,
             }
             .into());
         }
@@ -210,6 +216,49 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
         }
     }
     Ok(())
+}
+
+/// The follow-writer policy: a write from `site` moves the subtree there (epoch + 1,
+/// in the writer's own command, so a write that is refused later moves nothing) when
+/// the owner has held it for the policy's hold time and `site`'s lease is valid.
+fn follow_writer(
+    txn: &mut Txn<'_>,
+    root: SubtreeId,
+    sub: &mut SubtreeRecord,
+    site: Option<&str>,
+    now: i64,
+) -> Result<bool, NsError> {
+    let (Some(hold), Some(site)) = (sub.follow_writer_hold_ns, site) else {
+        return Ok(false);
+    };
+    if now - sub.moved_ns.max(sub.created_ns) < hold || now >= site_lease(txn, site)? {
+        return Ok(false);
+    }
+    sub.owner = Some(site.to_string());
+    sub.epoch += 1;
+    sub.moved_ns = now;
+    put(txn, root, sub)?;
+    Ok(true)
+}
+
+/// `SetSubtreePolicy`.
+pub(crate) fn set_policy(
+    txn: &mut Txn<'_>,
+    root: InodeId,
+    follow_writer_hold_ns: Option<i64>,
+) -> Result<SubtreeInfo, NsError> {
+    if root == ROOT_INO {
+        return Err(
+            OpError::explained(Errno::EINVAL, "the shared root subtree has no owner").into(),
+        );
+    }
+    if follow_writer_hold_ns.is_some_and(|h| h < 0) {
+        return Err(OpError::explained(Errno::EINVAL, "a hold time cannot be negative").into());
+    }
+    let mut sub = must_get(txn, root)?;
+    sub.follow_writer_hold_ns = follow_writer_hold_ns;
+    put(txn, root, &sub)?;
+    info(txn, root, &sub)
 }
 
 /// The subtree an inode labelled `label` belongs to now: a subtree still being prepared
@@ -337,6 +386,7 @@ pub(crate) fn create(
         bytes: 0,
         created_ns: now,
         moved_ns: 0,
+        follow_writer_hold_ns: None,
     };
     put(txn, root, &sub)?;
     info(txn, root, &sub)
@@ -490,6 +540,7 @@ pub(crate) fn info(
         path: path_of(txn, root)?.unwrap_or_default(),
         created_ns: sub.created_ns,
         moved_ns: sub.moved_ns,
+        follow_writer_hold_ns: sub.follow_writer_hold_ns,
     })
 }
 

@@ -497,6 +497,18 @@ impl Cluster for ClusterSvc {
         subtree_reply(reply)
     }
 
+    async fn set_subtree_policy(
+        &self,
+        r: Request<pb::SetSubtreePolicyRequest>,
+    ) -> Reply<pb::SubtreeReply> {
+        let r = r.into_inner();
+        let op = Op::SetSubtreePolicy {
+            root: r.root,
+            follow_writer_hold_ns: r.follow_writer_hold_ns,
+        };
+        subtree_reply(self.node.propose(None, op).await.map_err(status)?)
+    }
+
     async fn get_subtree(&self, r: Request<pb::GetSubtreeRequest>) -> Reply<pb::SubtreeReply> {
         let r = r.into_inner();
         let s = self

@@ -427,9 +427,10 @@ impl Model {
             // Not generated: GC has its own tests (`gc.rs`).
             Op::Condemn { .. } | Op::ForgetCondemned { .. } => Ok(OpReply::Done),
             // Not generated: ownership has its own tests (`ownership.rs`).
-            Op::CreateSubtree { .. } | Op::RelabelSubtree { .. } | Op::MoveSubtree { .. } => {
-                Err(Errno::EOPNOTSUPP)
-            }
+            Op::CreateSubtree { .. }
+            | Op::RelabelSubtree { .. }
+            | Op::MoveSubtree { .. }
+            | Op::SetSubtreePolicy { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: orphans are tested through a mount.
             Op::ReleaseOrphan { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices, .. } => {

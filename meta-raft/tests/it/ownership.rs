@@ -218,7 +218,8 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::ForgetCondemned { .. }
         | Op::CreateSubtree { .. }
         | Op::RelabelSubtree { .. }
-        | Op::MoveSubtree { .. } => false,
+        | Op::MoveSubtree { .. }
+        | Op::SetSubtreePolicy { .. } => false,
     }
 }
 
@@ -753,6 +754,96 @@ fn an_existing_tree_becomes_a_subtree_in_bounded_steps_that_freeze_what_they_rel
     assert_eq!(shared.inodes, 1 + 1, "the root and the escaped file");
     // A step after the end changes nothing.
     assert_eq!(step(7).inodes, s.inodes + 1);
+}
+
+#[test]
+fn follow_writer_moves_the_subtree_to_a_writing_site_after_the_hold_and_never_sooner() {
+    let f = fixture();
+    let policy = |hold: Option<i64>| {
+        exec(
+            &f.ns,
+            T0,
+            None,
+            None,
+            Op::SetSubtreePolicy {
+                root: f.app,
+                follow_writer_hold_ns: hold,
+            },
+        )
+    };
+    assert!(matches!(policy(Some(-1)), Err(OpError::Explained { .. })));
+    policy(Some(5 * SEC)).unwrap();
+    assert_eq!(
+        f.ns.subtree(f.app).unwrap().follow_writer_hold_ns,
+        Some(5 * SEC)
+    );
+    // Within the hold: refused, as without the policy.
+    let r = exec(
+        &f.ns,
+        T0 + 4 * SEC,
+        Some("site-b"),
+        None,
+        mknod(f.app, "b1"),
+    );
+    assert!(matches!(r, Err(OpError::NotOwner { .. })), "{r:?}");
+    // A write that fails moves nothing (the move is part of its command).
+    let r = exec(&f.ns, T0 + 6 * SEC, Some("site-b"), None, mknod(f.app, "f"));
+    assert_eq!(r, Err(OpError::Errno(Errno::EEXIST.0)));
+    assert_eq!(f.ns.subtree(f.app).unwrap().epoch, 1);
+    // After it: site-b's write moves the subtree to site-b, epoch 2, and applies.
+    let r = exec(
+        &f.ns,
+        T0 + 6 * SEC,
+        Some("site-b"),
+        None,
+        mknod(f.app, "b2"),
+    );
+    assert!(r.is_ok(), "{r:?}");
+    let s = f.ns.subtree(f.app).unwrap();
+    assert_eq!(
+        (s.owner.as_deref(), s.epoch, s.moved_ns),
+        (Some("site-b"), 2, T0 + 6 * SEC)
+    );
+    // site-a cannot take it straight back (the hold runs from the move: no ping-pong).
+    heartbeat(&f.ns, T0 + 7 * SEC, "site-a");
+    let r = exec(
+        &f.ns,
+        T0 + 8 * SEC,
+        Some("site-a"),
+        None,
+        mknod(f.app, "a1"),
+    );
+    assert!(matches!(r, Err(OpError::NotOwner { .. })), "{r:?}");
+    // A writer whose own lease has run out does not get it (site-b's ran out at T0 + 10 s).
+    let r = exec(
+        &f.ns,
+        T0 + 12 * SEC,
+        Some("site-b"),
+        None,
+        mknod(f.app, "b3"),
+    );
+    assert!(matches!(r, Err(OpError::LeaseExpired { .. })), "{r:?}");
+    let r = exec(
+        &f.ns,
+        T0 + 12 * SEC,
+        Some("site-a"),
+        None,
+        mknod(f.app, "a2"),
+    );
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(f.ns.subtree(f.app).unwrap().epoch, 3);
+    // Off again: the owner stays.
+    policy(None).unwrap();
+    heartbeat(&f.ns, T0 + 30 * SEC, "site-b");
+    let r = exec(
+        &f.ns,
+        T0 + 30 * SEC,
+        Some("site-b"),
+        None,
+        mknod(f.app, "b4"),
+    );
+    assert!(matches!(r, Err(OpError::NotOwner { .. })), "{r:?}");
+    must_fsck_clean(&f.ns);
 }
 
 /// A site's data node heartbeat, through the real service.
