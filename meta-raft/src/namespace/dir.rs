@@ -5,7 +5,7 @@
 
 use mobilus_proto::fs::{
     Attr, FileKind, InodeId, SetAttr, TimeSet, MAX_FILE_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE,
-    SYMLINK_MAX, XATTR_CREATE, XATTR_REPLACE, XATTR_VALUE_MAX,
+    ROOT_INO, SYMLINK_MAX, XATTR_CREATE, XATTR_REPLACE, XATTR_VALUE_MAX,
 };
 use mobilus_proto::status::Errno;
 
@@ -342,6 +342,11 @@ pub(crate) fn rename(
     subtree::refuse_subtree_root(txn, sd.ino)?;
     if let Some(td) = &td {
         subtree::refuse_subtree_root(txn, td.ino)?;
+    }
+    let moves_a_dir = sd.kind == FileKind::Directory
+        || (flags & RENAME_EXCHANGE != 0 && td.is_some_and(|t| t.kind == FileKind::Directory));
+    if moves_a_dir && sp.attr.subtree == ROOT_INO {
+        subtree::refuse_move_across_preparing(txn, parent, new_parent)?;
     }
     if flags & RENAME_EXCHANGE != 0 {
         let td = td.ok_or(Errno::ENOENT)?;

@@ -184,6 +184,9 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
         return Ok(());
     }
     let mut sub = must_get(txn, root)?;
+    // The epoch the command was issued under: follow-writer may bump it below, as part
+    // of this very command.
+    let issued_epoch = sub.epoch;
     if let Some(owner) = sub.owner.clone() {
         let now = log_now(txn, cmd.time_ns)?;
         if cmd.site.as_deref() != Some(owner.as_str())
@@ -206,11 +209,11 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
         }
     }
     if let Some(fence) = cmd.fence {
-        if fence.subtree != root || fence.epoch != sub.epoch {
+        if fence.subtree != root || fence.epoch != issued_epoch {
             return Err(OpError::StaleEpoch {
                 subtree: root,
                 given: fence.epoch,
-                current: sub.epoch,
+                current: issued_epoch,
             }
             .into());
         }
@@ -279,6 +282,48 @@ fn effective_label(txn: &Txn<'_>, label: SubtreeId) -> Result<SubtreeId, NsError
         .into());
     }
     Ok(label)
+}
+
+/// The nearest subtree root above directory `dir` (itself included), or the namespace
+/// root: what a directory labelled shared belongs to while a subtree is being prepared.
+fn enclosing_root(txn: &Txn<'_>, dir: InodeId) -> Result<InodeId, NsError> {
+    let mut cur = dir;
+    for _ in 0..=MAX_DEPTH {
+        if cur == ROOT_INO || get(txn, cur)?.is_some() {
+            return Ok(cur);
+        }
+        cur = load(txn, cur)?.attr.parent;
+    }
+    Err(StoreError::Corrupt(format!("directory {dir} is deeper than {MAX_DEPTH}")).into())
+}
+
+/// A directory may not move between a subtree being prepared and the rest of the shared
+/// subtree: moved in, it could bring another subtree's root into the tree, and the walk
+/// would nest it (moved out is refused alike, to keep the rule simple). Files may: the
+/// walk finds or misses each whole. Only directory renames between two directories
+/// labelled shared pay for the walk up, and only while a subtree is being prepared.
+pub(crate) fn refuse_move_across_preparing(
+    txn: &Txn<'_>,
+    from_dir: InodeId,
+    to_dir: InodeId,
+) -> Result<(), NsError> {
+    if from_dir == to_dir
+        || !all(txn)?
+            .iter()
+            .any(|(_, s)| s.state == SubtreeState::Preparing)
+    {
+        return Ok(());
+    }
+    let (from, to) = (enclosing_root(txn, from_dir)?, enclosing_root(txn, to_dir)?);
+    if from != to {
+        let busy = if from == ROOT_INO { to } else { from };
+        return Err(OpError::explained(
+            Errno::EBUSY,
+            format!("subtree {busy} is being created; directories cannot move in or out of it until it is owned"),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Is `ino` the root of a subtree other than the namespace's? Such a directory may not
@@ -432,8 +477,9 @@ pub(crate) fn relabel(
                 .get(Cf::Dentries, &keys::with_name(dir, &name))?
                 .ok_or_else(|| StoreError::Corrupt(format!("cookie {cookie} of {dir} dangles")))?;
             let mut child = load(txn, d.ino)?;
-            // A file with two names here is relabelled once.
-            if child.attr.subtree != root {
+            // A file with two names here is relabelled once; one already of another
+            // subtree (a link made before either was a subtree) stays where it is.
+            if child.attr.subtree == ROOT_INO {
                 child.attr.subtree = root;
                 save(txn, &child)?;
                 sub.inodes += 1;

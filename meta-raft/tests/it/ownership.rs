@@ -790,12 +790,17 @@ fn follow_writer_moves_the_subtree_to_a_writing_site_after_the_hold_and_never_so
     let r = exec(&f.ns, T0 + 6 * SEC, Some("site-b"), None, mknod(f.app, "f"));
     assert_eq!(r, Err(OpError::Errno(Errno::EEXIST.0)));
     assert_eq!(f.ns.subtree(f.app).unwrap().epoch, 1);
-    // After it: site-b's write moves the subtree to site-b, epoch 2, and applies.
+    // After it: site-b's write, issued under the current epoch, moves the subtree to
+    // site-b (epoch 2) and applies.
+    let current = Fence {
+        subtree: f.app,
+        epoch: 1,
+    };
     let r = exec(
         &f.ns,
         T0 + 6 * SEC,
         Some("site-b"),
-        None,
+        Some(current),
         mknod(f.app, "b2"),
     );
     assert!(r.is_ok(), "{r:?}");
@@ -844,6 +849,113 @@ fn follow_writer_moves_the_subtree_to_a_writing_site_after_the_hold_and_never_so
     );
     assert!(matches!(r, Err(OpError::NotOwner { .. })), "{r:?}");
     must_fsck_clean(&f.ns);
+}
+
+#[test]
+fn a_tree_being_prepared_takes_in_no_other_subtree_and_no_file_another_subtree_holds() {
+    let ns = Namespace::in_memory().unwrap();
+    heartbeat(&ns, T0, "site-a");
+    heartbeat(&ns, T0, "site-b");
+    let mk = |parent, name: &str| must_attr(&ns, T0, None, mkdir(parent, name)).ino;
+    let rename = |parent, name: &str, new_parent| {
+        exec(
+            &ns,
+            T0,
+            None,
+            None,
+            Op::Rename {
+                parent,
+                name: name.into(),
+                new_parent,
+                new_name: name.into(),
+                flags: 0,
+            },
+        )
+    };
+    let create = |root, owner: &str| {
+        let mut s = must_subtree(
+            &ns,
+            T0,
+            Op::CreateSubtree {
+                root,
+                owner: owner.into(),
+            },
+        )
+        .state;
+        while s == SubtreeState::Preparing {
+            s = must_subtree(&ns, T0, Op::RelabelSubtree { root, limit: 3 }).state;
+        }
+    };
+    // /x/t is site-b's subtree; /d is being made site-a's, /d/b not reached yet.
+    let x = mk(ROOT_INO, "x");
+    let t = mk(x, "t");
+    let d = mk(ROOT_INO, "d");
+    let b = mk(d, "b");
+    create(t, "site-b");
+    let s = must_subtree(
+        &ns,
+        T0,
+        Op::CreateSubtree {
+            root: d,
+            owner: "site-a".into(),
+        },
+    );
+    assert_eq!(s.state, SubtreeState::Preparing);
+    // Moving /x (which holds site-b's subtree) under /d/b would nest it: refused.
+    let r = rename(ROOT_INO, "x", b);
+    assert!(
+        matches!(&r, Err(OpError::Explained { errno, reason })
+            if *errno == Errno::EBUSY.0 && reason.contains("being created")),
+        "{r:?}"
+    );
+    // A file may still move in; a directory may not move out either.
+    must_attr(&ns, T0, None, mknod(x, "file"));
+    let moved = rename(x, "file", b);
+    assert!(moved.is_ok(), "{moved:?}");
+    let r = rename(d, "b", ROOT_INO);
+    assert!(matches!(r, Err(OpError::Explained { .. })), "{r:?}");
+    while must_subtree(&ns, T0, Op::RelabelSubtree { root: d, limit: 3 }).state
+        == SubtreeState::Preparing
+    {}
+    assert_eq!(
+        ns.subtree(d).unwrap().inodes,
+        3,
+        "/d, /d/b and the file moved in"
+    );
+    assert_eq!(ns.subtree(t).unwrap().owner.as_deref(), Some("site-b"));
+
+    // A file /p/f also named /q/f: /p becomes a subtree first; /q's walk leaves it to /p.
+    let p = mk(ROOT_INO, "p");
+    let q = mk(ROOT_INO, "q");
+    let f = must_attr(&ns, T0, None, mknod(p, "f")).ino;
+    let size = SetAttr {
+        size: Some(1000),
+        ..SetAttr::default()
+    };
+    must(&ns, T0, None, Op::SetAttr { ino: f, set: size });
+    let link = Op::Link {
+        ino: f,
+        new_parent: q,
+        new_name: b"f".to_vec(),
+    };
+    must_attr(&ns, T0, None, link);
+    create(p, "site-a");
+    create(q, "site-b");
+    assert_eq!(ns.getattr(f).unwrap().subtree, p);
+    let (sp, sq) = (ns.subtree(p).unwrap(), ns.subtree(q).unwrap());
+    assert_eq!((sp.inodes, sp.bytes), (2, 1000));
+    assert_eq!((sq.inodes, sq.bytes), (1, 0));
+    // site-b cannot change it through its own name of it.
+    let chmod = Op::SetAttr {
+        ino: f,
+        set: SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        },
+    };
+    let r = exec(&ns, T0, Some("site-b"), None, chmod);
+    assert!(matches!(r, Err(OpError::NotOwner { .. })), "{r:?}");
+    must_fsck_clean(&ns);
 }
 
 /// A site's data node heartbeat, through the real service.
