@@ -165,25 +165,46 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
         Touches::Admin | Touches::Orphan(_) => return Ok(()),
         Touches::Inodes(inodes) => inodes,
     };
-    let mut subtree = None;
+    // The subtree the inodes belong to, and its record (read once; none for the shared
+    // root, which has no owner to check).
+    let mut subtree: Option<(SubtreeId, Option<SubtreeRecord>)> = None;
     for ino in inodes {
         // A missing inode: the operation itself answers ENOENT.
         let Some(rec) = txn.get::<InodeRecord>(Cf::Inodes, &keys::ino(ino))? else {
             continue;
         };
-        let label = effective_label(txn, rec.attr.subtree)?;
-        match subtree {
-            Some(s) if s != label => return Err(Errno::EXDEV.into()),
-            _ => subtree = Some(label),
+        let label = rec.attr.subtree;
+        if subtree.as_ref().is_some_and(|(s, _)| *s == label) {
+            continue;
+        }
+        let resolved = resolve(txn, label)?;
+        match &subtree {
+            Some((s, _)) if *s != resolved.0 => return Err(Errno::EXDEV.into()),
+            Some(_) => {}
+            None => subtree = Some(resolved),
         }
     }
-    let Some(root) = subtree else {
+    let Some((root, sub)) = subtree else {
         return Ok(());
     };
     if OWNERSHIP_CHECK_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
-    let mut sub = must_get(txn, root)?;
+    let mut sub = match sub {
+        Some(sub) => sub,
+        // The shared root: only a fence can refuse a command (its epoch is always 0).
+        None => {
+            return match cmd.fence {
+                Some(f) if f.subtree != ROOT_INO || f.epoch != 0 => Err(OpError::StaleEpoch {
+                    subtree: ROOT_INO,
+                    given: f.epoch,
+                    current: 0,
+                }
+                .into()),
+                _ => Ok(()),
+            };
+        }
+    };
     // The epoch the command was issued under: follow-writer may bump it below, as part
     // of this very command.
     let issued_epoch = sub.epoch;
@@ -264,12 +285,12 @@ pub(crate) fn set_policy(
     info(txn, root, &sub)
 }
 
-/// The subtree an inode labelled `label` belongs to now: a subtree still being prepared
-/// is not one yet (its inodes belong to the shared root), and what it has relabelled
-/// may not change until it is.
-fn effective_label(txn: &Txn<'_>, label: SubtreeId) -> Result<SubtreeId, NsError> {
+/// The subtree an inode labelled `label` belongs to now, and its record (`None` for the
+/// shared root): a subtree still being prepared is not one yet (its inodes belong to the
+/// shared root), and what it has relabelled may not change until it is.
+fn resolve(txn: &Txn<'_>, label: SubtreeId) -> Result<(SubtreeId, Option<SubtreeRecord>), NsError> {
     if label == ROOT_INO {
-        return Ok(ROOT_INO);
+        return Ok((ROOT_INO, None));
     }
     let sub = get(txn, label)?.ok_or_else(|| {
         StoreError::Corrupt(format!("inode labelled with unknown subtree {label}"))
@@ -281,7 +302,7 @@ fn effective_label(txn: &Txn<'_>, label: SubtreeId) -> Result<SubtreeId, NsError
         )
         .into());
     }
-    Ok(label)
+    Ok((label, Some(sub)))
 }
 
 /// The nearest subtree root above directory `dir` (itself included), or the namespace
@@ -438,7 +459,7 @@ pub(crate) fn create(
 }
 
 /// `RelabelSubtree`: label up to `limit` more inodes, breadth first; the relabelled
-/// directories are frozen (see [`effective_label`]), so their entries cannot change
+/// directories are frozen (see [`resolve`]), so their entries cannot change
 /// under the walk, while entries of directories not reached yet may: the walk finds
 /// them when it gets there. Repeating the step after a crash resumes where it stopped.
 pub(crate) fn relabel(
