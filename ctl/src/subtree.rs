@@ -166,27 +166,13 @@ pub async fn resolve_dir(client: &MetaClient, path: &str) -> anyhow::Result<Inod
     Ok(ino)
 }
 
-/// Explain a refusal naming a site, with the sites that exist.
-async fn explain_site(client: &MetaClient, e: ClientError) -> anyhow::Error {
+/// Explain a refusal naming `site`: an unknown one gets `node ls --site`'s message, which
+/// lists the real sites.
+async fn explain_site(client: &MetaClient, e: ClientError, site: &str) -> anyhow::Error {
     if let ClientError::UnknownSite(_) = e {
-        let sites = client
-            .list_data_nodes(None, false)
-            .await
-            .map(|(nodes, _)| {
-                let mut s: Vec<String> = nodes.into_iter().map(|n| n.site).collect();
-                s.sort();
-                s.dedup();
-                s
-            })
-            .unwrap_or_default();
-        return anyhow::anyhow!(
-            "{e}; the sites are {} (see `mobilusctl site ls`)",
-            if sites.is_empty() {
-                "none yet".to_string()
-            } else {
-                sites.join(", ")
-            }
-        );
+        if let Err(listed) = crate::nodes::nodes(client, Some(site)).await {
+            return listed;
+        }
     }
     explain(e)
 }
@@ -262,7 +248,7 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
                     }
                     s
                 }
-                Err(e) => return Err(explain_site(client, e).await).context(path.clone()),
+                Err(e) => return Err(explain_site(client, e, &owner).await).context(path.clone()),
             };
             let bar = progress(format, 0, "relabel");
             while s.state == SubtreeState::Preparing {
@@ -290,7 +276,7 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
                         before.owner.as_deref().unwrap_or("the owner")
                     )
                 }
-                Err(e) => return Err(explain_site(client, e).await).context(path.clone()),
+                Err(e) => return Err(explain_site(client, e, &to).await).context(path.clone()),
             };
             let mut s = s;
             if wait {
