@@ -18,12 +18,10 @@ pub const OWNED_DIR: &str = "jepsen-owned";
 #[derive(Clone, Debug)]
 pub struct MoveAttempt {
     pub to: String,
-    pub force: bool,
     pub invoke: Instant,
     pub complete: Instant,
     /// `Ok` committed, `Fail` refused (nothing changed), `Info` unknown.
     pub outcome: EventType,
-    pub epoch: Option<u64>,
 }
 
 /// The subtree and the log of its moves.
@@ -144,23 +142,21 @@ impl Cluster {
         let invoke = Instant::now();
         let result = admin.move_subtree(root, to, force).await;
         let complete = Instant::now();
-        let (outcome, epoch, text) = match &result {
-            Ok(s) => (EventType::Ok, Some(s.epoch), format!("epoch {}", s.epoch)),
+        let (outcome, text) = match &result {
+            Ok(s) => (EventType::Ok, format!("epoch {}", s.epoch)),
             Err(
                 e @ (ClientError::Errno(..)
                 | ClientError::LeaseExpired(_)
                 | ClientError::UnknownSite(_)),
-            ) => (EventType::Fail, None, format!("refused: {e}")),
-            Err(e) => (EventType::Info, None, format!("unknown: {e}")),
+            ) => (EventType::Fail, format!("refused: {e}")),
+            Err(e) => (EventType::Info, format!("unknown: {e}")),
         };
         if let Some(o) = self.owned.as_mut() {
             o.moves.push(MoveAttempt {
                 to: to.to_string(),
-                force,
                 invoke,
                 complete,
                 outcome,
-                epoch,
             });
         }
         Ok(format!(
