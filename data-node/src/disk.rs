@@ -12,6 +12,8 @@ pub trait Disk: Send + Sync + 'static {
     /// On error nothing is left at `path` (the caller removes `tmp`).
     fn write_durably(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()>;
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Exactly `len` bytes of `path` from `offset` (a short file is an error).
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
 }
@@ -35,6 +37,13 @@ impl Disk for LocalDisk {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; len];
+        File::open(path)?.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -95,6 +104,17 @@ impl Disk for FaultyDisk {
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let mut data = self.inner.read(path)?;
+        if self.rot.load(Ordering::SeqCst) {
+            let mid = data.len() / 2;
+            if let Some(b) = data.get_mut(mid) {
+                *b ^= 0x10;
+            }
+        }
+        Ok(data)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut data = self.inner.read_at(path, offset, len)?;
         if self.rot.load(Ordering::SeqCst) {
             let mid = data.len() / 2;
             if let Some(b) = data.get_mut(mid) {

@@ -123,6 +123,22 @@ impl Chunks for ChunksSvc {
         Ok(Response::new(Box::pin(tokio_stream::iter(frames))))
     }
 
+    async fn read_blocks(
+        &self,
+        r: Request<pb::ReadBlocksRequest>,
+    ) -> Result<Response<pb::ReadBlocksReply>, Status> {
+        let r = r.into_inner();
+        let h = hash(&r.hash)?;
+        let store = self.store.clone();
+        let read = blocking(move || store.read_blocks(&h, r.offset, r.length, r.outboard)).await?;
+        Ok(Response::new(pb::ReadBlocksReply {
+            chunk_size: read.chunk_size,
+            first_block: read.first_block,
+            data: read.data,
+            outboard: read.outboard.unwrap_or_default(),
+        }))
+    }
+
     async fn has(&self, r: Request<pb::HasRequest>) -> Result<Response<pb::HasReply>, Status> {
         let hashes = hashes(&r.into_inner().hashes, MAX_HAS)?;
         let store = self.store.clone();

@@ -5,14 +5,20 @@
 //! anything touches the disk; a get verifies it again on the bytes read, and quarantines
 //! (moves to `quarantine/`, drops from the index) a chunk that no longer matches, so it is
 //! never served and can be fetched again from another replica.
+//!
+//! Each chunk of more than one block also has its outboard (the chaining values of its
+//! 16 KiB blocks, see `mobilus_proto::blocks`) in the `outboard` column family, written in
+//! the same batch as its index entry: a range read reads and checks only the blocks it
+//! needs. A chunk stored before outboards existed gets one at its first range read.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use mobilus_proto::blocks::{self, Outboard};
 use mobilus_proto::fs::ChunkHash;
 use mobilus_proto::MAX_CHUNK_BYTES;
-use rocksdb::{WriteOptions, DB};
+use rocksdb::{WriteBatch, WriteOptions, DB};
 
 use crate::disk::Disk;
 use crate::error::DataError;
@@ -22,6 +28,20 @@ use crate::error::DataError;
 const INDEX_FORMAT: u8 = 2;
 /// Stripes of the put/delete lock: a delete never interleaves with a put of the same hash.
 const LOCK_STRIPES: usize = 64;
+
+/// The column family of outboards (hash → block chaining values).
+const OUTBOARD_CF: &str = "outboard";
+
+/// Blocks of a chunk, as a range read returns them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockRead {
+    pub chunk_size: u64,
+    pub first_block: u64,
+    /// The blocks, concatenated, each checked against the chunk's outboard.
+    pub data: Vec<u8>,
+    /// The chunk's outboard, when asked for.
+    pub outboard: Option<Vec<u8>>,
+}
 
 /// Counters, as `stats` reports them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -88,6 +108,20 @@ fn decode(v: &[u8]) -> Option<Entry> {
     })
 }
 
+fn synced() -> WriteOptions {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}
+
+/// A read that found the chunk's file gone or shorter than its index says.
+fn is_lost(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+    )
+}
+
 /// The wall clock in nanoseconds since the epoch (chunk ages, GC cutoffs).
 pub(crate) fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -119,7 +153,8 @@ impl ChunkStore {
         }
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
-        let index = DB::open(&opts, root.join("index"))?;
+        opts.create_missing_column_families(true);
+        let index = DB::open_cf(&opts, root.join("index"), ["default", OUTBOARD_CF])?;
         let counters = Counters::default();
         for item in index.iterator(rocksdb::IteratorMode::Start) {
             let (_, v) = item?;
@@ -167,7 +202,9 @@ impl ChunkStore {
         if data.len() as u64 > MAX_CHUNK_BYTES {
             return Err(DataError::TooLarge(data.len() as u64));
         }
-        let actual = ChunkHash::of(data);
+        // One pass hashes the chunk and computes its outboard.
+        let outboard = Outboard::compute(data);
+        let actual = outboard.hash();
         if actual != *hash {
             return Err(DataError::HashMismatch {
                 claimed: *hash,
@@ -188,16 +225,16 @@ impl ChunkStore {
             let _ = std::fs::remove_file(&tmp);
             return Err(e.into());
         }
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.index.put_opt(
+        let mut batch = WriteBatch::default();
+        batch.put(
             hash.0,
             encode(Entry {
                 size: data.len() as u64,
                 stored_at_ns: now_ns(),
             }),
-            &wo,
-        )?;
+        );
+        batch.put_cf(self.outboard_cf()?, hash.0, outboard.to_bytes());
+        self.index.write_opt(batch, &synced())?;
         self.counters.chunks.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes
@@ -235,13 +272,111 @@ impl ChunkStore {
         Ok(out)
     }
 
+    fn outboard_cf(&self) -> Result<&rocksdb::ColumnFamily, DataError> {
+        self.index
+            .cf_handle(OUTBOARD_CF)
+            .ok_or_else(|| DataError::Invalid("the index has no outboard column family".into()))
+    }
+
+    /// Drop a chunk's index entry and outboard, durably, in one batch.
+    fn forget(&self, hash: &ChunkHash) -> Result<(), DataError> {
+        let mut batch = WriteBatch::default();
+        batch.delete(hash.0);
+        batch.delete_cf(self.outboard_cf()?, hash.0);
+        self.index.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// The blocks of a chunk that cover `[offset, offset+len)` (cut at the chunk's end,
+    /// at most [`blocks::MAX_READ_BYTES`]; `len` 0: the block around `offset`), each
+    /// checked against the chunk's outboard; only those blocks are read from disk. A
+    /// block that fails its check quarantines the chunk, as a failed `get` does.
+    pub fn read_blocks(
+        &self,
+        hash: &ChunkHash,
+        offset: u64,
+        len: u64,
+        with_outboard: bool,
+    ) -> Result<BlockRead, DataError> {
+        let size = self.size_of(hash)?.ok_or(DataError::NotFound(*hash))?;
+        if offset >= size.max(1) || len > blocks::MAX_READ_BYTES {
+            return Err(DataError::BadRange { offset, len, size });
+        }
+        let outboard = self.outboard(hash, size)?;
+        let (first, end) = blocks::blocks_covering(offset, len.min(size - offset));
+        let (start, _) = blocks::block_span(size, first);
+        let (_, stop) = blocks::block_span(size, end - 1);
+        let data = match self
+            .disk
+            .read_at(&self.path(hash), start, (stop - start) as usize)
+        {
+            Ok(d) => d,
+            Err(e) if is_lost(&e) => return Err(self.lost(hash)?),
+            Err(e) => return Err(e.into()),
+        };
+        let intact = (first..end).all(|i| {
+            let (a, b) = blocks::block_span(size, i);
+            outboard.verify_block(i, &data[(a - start) as usize..(b - start) as usize])
+        });
+        if !intact {
+            self.quarantine(hash)?;
+            return Err(DataError::Corrupt(*hash));
+        }
+        self.counters
+            .bytes_served
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(BlockRead {
+            chunk_size: size,
+            first_block: first,
+            data,
+            outboard: with_outboard.then(|| outboard.to_bytes()),
+        })
+    }
+
+    /// A chunk's outboard: stored with it, or (a chunk stored before outboards) computed
+    /// from the whole chunk, verified, and stored now.
+    fn outboard(&self, hash: &ChunkHash, size: u64) -> Result<Outboard, DataError> {
+        if let Some(bytes) = self.index.get_cf(self.outboard_cf()?, hash.0)? {
+            return Outboard::verified(*hash, size, &bytes).map_err(|e| {
+                tracing::warn!(?hash, error = %e, "stored outboard is wrong");
+                DataError::Corrupt(*hash)
+            });
+        }
+        let data = match self.disk.read(&self.path(hash)) {
+            Ok(d) => d,
+            Err(e) if is_lost(&e) => return Err(self.lost(hash)?),
+            Err(e) => return Err(e.into()),
+        };
+        let outboard = Outboard::compute(&data);
+        if data.len() as u64 != size || outboard.hash() != *hash {
+            self.quarantine(hash)?;
+            return Err(DataError::Corrupt(*hash));
+        }
+        let _guard = self.lock(hash);
+        // Not if a delete won the lock meanwhile: no outboard outlives its chunk.
+        if self.size_of(hash)?.is_some() {
+            self.index
+                .put_cf_opt(self.outboard_cf()?, hash.0, outboard.to_bytes(), &synced())?;
+        }
+        Ok(outboard)
+    }
+
+    /// The error for a chunk whose file was not there: deleted meanwhile (under the lock,
+    /// so not mistaken for damage), or lost, and then quarantined.
+    fn lost(&self, hash: &ChunkHash) -> Result<DataError, DataError> {
+        let _guard = self.lock(hash);
+        if self.size_of(hash)?.is_none() {
+            return Ok(DataError::NotFound(*hash));
+        }
+        self.quarantine(hash)?;
+        Ok(DataError::Corrupt(*hash))
+    }
+
     /// Move a bad chunk aside and forget it; it is never served again.
     fn quarantine(&self, hash: &ChunkHash) -> Result<(), DataError> {
         tracing::warn!(?hash, "chunk failed verification; quarantined");
         let size = self.size_of(hash)?.unwrap_or(0);
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.index.delete_opt(hash.0, &wo)?;
+        self.forget(hash)?;
         let _ = self.disk.rename(
             &self.path(hash),
             &self.root.join("quarantine").join(hash.to_hex()),
@@ -347,9 +482,7 @@ impl ChunkStore {
         let Some(size) = self.size_of(hash)? else {
             return Ok(None);
         };
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.index.delete_opt(hash.0, &wo)?;
+        self.forget(hash)?;
         match self.disk.remove(&self.path(hash)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -2,11 +2,13 @@
 //!
 //! - [`pb`], [`datapb`]: the code generated from `proto/meta.proto` and
 //!   `proto/chunks.proto` (gRPC services and messages);
+//! - [`blocks`]: verified reads of part of a chunk (BLAKE3 block chaining values);
 //! - [`fs`]: the typed domain values the services carry (attributes, slices, ids);
 //! - [`convert`]: the one place where domain values become protobuf messages and back;
 //! - [`status`]: the stable error codes on the wire (errnos and cluster errors) and
 //!   their mapping to and from `tonic::Status`.
 
+pub mod blocks;
 pub mod convert;
 pub mod fs;
 pub mod status;

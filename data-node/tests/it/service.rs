@@ -4,6 +4,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::procs::{data_bin, spawn, Proc};
+use mobilus_proto::blocks::{Outboard, BLOCK};
 use mobilus_proto::datapb::chunks_client::ChunksClient;
 use mobilus_proto::datapb::{self as pb, put_request::Part};
 use mobilus_proto::fs::ChunkHash;
@@ -90,6 +91,46 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
         get(&mut c, &h, 4 << 20, 100).await.unwrap(),
         data[4 << 20..(4 << 20) + 100].to_vec()
     );
+    // A range read: the blocks around it, checked with the outboard it asked for.
+    let r = c
+        .read_blocks(pb::ReadBlocksRequest {
+            hash: h.0.to_vec(),
+            offset: (4 << 20) + 100,
+            length: 4096,
+            outboard: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ob = Outboard::verified(h, data.len() as u64, &r.outboard).unwrap();
+    assert_eq!(r.first_block, (4 << 20) / BLOCK);
+    assert!(ob.verify_block(r.first_block, &r.data));
+    assert_eq!(r.data, data[4 << 20..(4 << 20) + BLOCK as usize].to_vec());
+    for (bad, code) in [
+        (vec![0u8; 31], Code::InvalidArgument),
+        (ChunkHash::of(b"missing").0.to_vec(), Code::NotFound),
+    ] {
+        let e = c
+            .read_blocks(pb::ReadBlocksRequest {
+                hash: bad,
+                offset: 0,
+                length: 1,
+                outboard: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code);
+    }
+    let past_end = c
+        .read_blocks(pb::ReadBlocksRequest {
+            hash: h.0.to_vec(),
+            offset: 5 << 20,
+            length: 1,
+            outboard: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(past_end.code(), Code::OutOfRange);
     let missing = ChunkHash::of(b"missing");
     let has = c
         .has(pb::HasRequest {
