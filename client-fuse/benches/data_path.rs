@@ -154,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let write = mb / t.elapsed().as_secs_f64();
     drop_caches();
     let t = Instant::now();
-    let mut reader = client.reader(ino);
+    let reader = client.reader(ino);
     let mut off = 0u64;
     while off < data.len() as u64 {
         let got = reader.read(off, 1 << 20).await?;

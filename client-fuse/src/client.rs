@@ -1,17 +1,17 @@
-//! [`Client`]: buffered writes that become slices, reads that fault chunks in from other
-//! sites.
+//! [`Client`]: buffered writes that become slices; the reads are in `read`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mobilus_meta_client::MetaClient;
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite, MAX_FILE_SIZE,
+    Attr, ChunkCheck, ChunkHash, ChunkRef, InodeId, SliceWrite, MAX_FILE_SIZE,
 };
 use mobilus_proto::status::Errno;
 
+use crate::block_cache::{BlockCache, BlockCacheStats};
 use crate::chunker;
 use crate::data::{DataClient, DataClientError};
 
@@ -21,6 +21,8 @@ pub const FLUSH_BYTES: usize = 64 << 20;
 pub const FLUSH_WRITES: usize = 1024;
 /// Chunk transfers in flight per flush or read.
 const PARALLEL: usize = 4;
+/// Readahead fetches in flight per client (each up to 1 MiB of blocks).
+const PREFETCHES: usize = 8;
 /// Attempts of a flush that keeps racing with garbage collection.
 const STALE_CHUNK_ATTEMPTS: u32 = 8;
 
@@ -88,20 +90,47 @@ struct Counters {
     flush_pause_ms: AtomicU64,
 }
 
-/// The data path of one site's client. Cheap to clone: clones share connections and
-/// counters.
+/// How a [`Client`] caches.
+#[derive(Clone, Debug)]
+pub struct DataOptions {
+    /// Bytes of verified blocks kept for reads, shared by every open file.
+    pub block_cache_bytes: u64,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        DataOptions {
+            block_cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The data path of one site's client. Cheap to clone: clones share connections,
+/// caches and counters.
 #[derive(Clone)]
 pub struct Client {
-    meta: MetaClient,
+    pub(crate) meta: MetaClient,
     site: String,
-    local: DataClient,
+    pub(crate) local: DataClient,
     remotes: Vec<DataClient>,
     counters: Arc<Counters>,
+    pub(crate) blocks: Arc<BlockCache>,
+    /// Readahead budget: a sequential stream starts a fetch only with a permit.
+    pub(crate) prefetch: Arc<tokio::sync::Semaphore>,
 }
 
 impl Client {
     /// Connect to the metadata cluster and find this site's data node and the others.
     pub async fn connect(meta_addrs: &[String], site: &str) -> Result<Self, ClientError> {
+        Self::connect_with(meta_addrs, site, DataOptions::default()).await
+    }
+
+    /// [`Client::connect`], caching as `data` says.
+    pub async fn connect_with(
+        meta_addrs: &[String],
+        site: &str,
+        data: DataOptions,
+    ) -> Result<Self, ClientError> {
         // Every mutation says which site issued it: the metadata lets only a subtree's
         // owner change it.
         let opts = mobilus_meta_client::ClientOptions {
@@ -126,7 +155,14 @@ impl Client {
             local,
             remotes,
             counters: Arc::default(),
+            blocks: Arc::new(BlockCache::new(data.block_cache_bytes)),
+            prefetch: Arc::new(tokio::sync::Semaphore::new(PREFETCHES)),
         })
+    }
+
+    /// The block cache's counters.
+    pub fn block_cache_stats(&self) -> BlockCacheStats {
+        self.blocks.stats()
     }
 
     pub fn meta(&self) -> &MetaClient {
@@ -169,65 +205,6 @@ impl Client {
             pending: Vec::new(),
             pending_bytes: 0,
         }
-    }
-
-    /// `[offset, offset+len)` of a file, clamped to its size; holes read as zeros.
-    pub async fn read(&self, ino: InodeId, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
-        self.reader(ino).read(offset, len).await
-    }
-
-    /// A reader for an open file: it keeps the slice map of a window and a few whole
-    /// chunks, so sequential reads do one metadata call per window and fetch each chunk
-    /// once.
-    pub fn reader(&self, ino: InodeId) -> FileReader {
-        FileReader {
-            client: self.clone(),
-            ino,
-            window: None,
-            cache: VecDeque::new(),
-        }
-    }
-
-    /// Open a regular file for reading in one metadata round: its attributes and the
-    /// slice map of its first window, from the same state. `Ok(None)`: not a regular
-    /// file (the caller asks for its attributes instead).
-    pub async fn open_reader(
-        &self,
-        ino: InodeId,
-    ) -> Result<Option<(Attr, FileReader)>, ClientError> {
-        let (extents, attr) = match self.meta.read_slices_attr(ino, 0, READ_WINDOW, false).await {
-            Ok(answer) => answer,
-            Err(e) if matches!(e.errno(), Some(Errno::EISDIR | Errno::EINVAL)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        let mut reader = self.reader(ino);
-        reader.window = Some(Window {
-            start: 0,
-            end: READ_WINDOW.min(attr.size),
-            size: attr.size,
-            extents,
-        });
-        Ok(Some((attr, reader)))
-    }
-
-    async fn chunk_of(&self, hash: ChunkHash) -> Result<(ChunkHash, Vec<u8>), ClientError> {
-        Ok((hash, self.chunk(&hash).await?))
-    }
-
-    /// A whole chunk, verified: from the local node, else from another site (then stored
-    /// locally, so the next read is local).
-    async fn chunk(&self, hash: &ChunkHash) -> Result<Vec<u8>, ClientError> {
-        match self.local.get(hash, 0, 0).await {
-            Ok(b) if ChunkHash::of(&b) == *hash => return Ok(b),
-            Ok(_) => tracing::warn!(?hash, "local chunk failed verification in transit"),
-            Err(e) if e.is_missing() => {}
-            Err(e) => return Err(e.into()),
-        }
-        let whole = self.fetch_remote(hash).await?;
-        if let Err(e) = self.local.put(hash, &whole, true).await {
-            tracing::warn!(?hash, error = %e, "could not keep a fetched chunk locally");
-        }
-        Ok(whole)
     }
 
     /// Make `chunks` present on the local data node: one `has` call, then put what is
@@ -275,6 +252,19 @@ impl Client {
         Ok(())
     }
 
+    /// A whole chunk not at this site, verified, from another site; then stored locally,
+    /// so the next read is local.
+    pub(crate) async fn chunk_from_elsewhere(
+        &self,
+        hash: &ChunkHash,
+    ) -> Result<Vec<u8>, ClientError> {
+        let whole = self.fetch_remote(hash).await?;
+        if let Err(e) = self.local.put(hash, &whole, true).await {
+            tracing::warn!(?hash, error = %e, "could not keep a fetched chunk locally");
+        }
+        Ok(whole)
+    }
+
     async fn fetch_remote(&self, hash: &ChunkHash) -> Result<Vec<u8>, ClientError> {
         for remote in &self.remotes {
             match remote.get(hash, 0, 0).await {
@@ -300,154 +290,6 @@ impl Client {
             }
         }
         Err(ClientError::ChunkUnavailable(*hash))
-    }
-}
-
-/// Slice map fetched per call of a [`FileReader`] (the read-ahead window).
-pub const READ_WINDOW: u64 = 64 << 20;
-/// Whole chunks a [`FileReader`] keeps.
-const CACHED_CHUNKS: usize = 8;
-/// Chunks past the end of a read fetched with it.
-const READAHEAD_CHUNKS: usize = 2;
-
-struct Window {
-    start: u64,
-    end: u64,
-    size: u64,
-    extents: Vec<Extent>,
-}
-
-/// The read side of one open file (close-to-open: it sees the file as it was when its
-/// window was fetched).
-pub struct FileReader {
-    client: Client,
-    ino: InodeId,
-    window: Option<Window>,
-    cache: VecDeque<(ChunkHash, Arc<Vec<u8>>)>,
-}
-
-impl FileReader {
-    async fn window_for(&mut self, offset: u64, len: u64) -> Result<&Window, ClientError> {
-        let end = offset.saturating_add(len);
-        let fresh = match &self.window {
-            Some(w) => offset < w.start || (end > w.end && w.end < w.size),
-            None => true,
-        };
-        if fresh {
-            let span = len.max(READ_WINDOW);
-            let (extents, size) = self
-                .client
-                .meta
-                .read_slices(self.ino, offset, span, false)
-                .await?;
-            let end = offset.saturating_add(span).min(size);
-            self.window = Some(Window {
-                start: offset,
-                end,
-                size,
-                extents,
-            });
-        }
-        self.window
-            .as_ref()
-            .ok_or(ClientError::ChunkUnavailable(ChunkHash([0; 32])))
-    }
-
-    async fn cached_chunk(&mut self, hash: &ChunkHash) -> Result<Arc<Vec<u8>>, ClientError> {
-        if let Some((_, bytes)) = self.cache.iter().find(|(h, _)| h == hash) {
-            return Ok(bytes.clone());
-        }
-        let bytes = Arc::new(self.client.chunk(hash).await?);
-        if self.cache.len() == CACHED_CHUNKS {
-            self.cache.pop_front();
-        }
-        self.cache.push_back((*hash, bytes.clone()));
-        Ok(bytes)
-    }
-
-    /// `[offset, offset+len)`, clamped to the file size; holes read as zeros.
-    pub async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
-        Ok(self.read_sized(offset, len).await?.0)
-    }
-
-    /// Like [`FileReader::read`], also returning the file size the bytes were cut at.
-    pub async fn read_sized(
-        &mut self,
-        offset: u64,
-        len: u64,
-    ) -> Result<(Vec<u8>, u64), ClientError> {
-        let size = self.window_for(offset, len).await?.size;
-        Ok((self.read_window(offset, len).await?, size))
-    }
-
-    async fn read_window(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
-        let w = self.window_for(offset, len).await?;
-        let end = offset.saturating_add(len).min(w.size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let wanted: Vec<(u64, u64, ChunkRef)> = w
-            .extents
-            .iter()
-            .filter(|e| e.offset < end && e.offset + e.len > offset)
-            .filter_map(|e| Some((e.offset, e.len, e.chunk?)))
-            .collect();
-        // Sequential readahead: the next chunks of the window are fetched along with
-        // this read's, concurrently, so the reads that follow find them cached.
-        let ahead: Vec<ChunkHash> = w
-            .extents
-            .iter()
-            .filter(|e| e.offset >= end)
-            .filter_map(|e| e.chunk.map(|c| c.hash))
-            .take(READAHEAD_CHUNKS)
-            .collect();
-        let mut fetched = self
-            .fetch_missing(wanted.iter().map(|(_, _, c)| c.hash).chain(ahead))
-            .await?;
-        let mut out = vec![0u8; (end - offset) as usize];
-        for (at, len, c) in wanted {
-            let whole = match fetched.get(&c.hash) {
-                Some(bytes) => bytes.clone(),
-                None => self.cached_chunk(&c.hash).await?,
-            };
-            let (a, b) = (at.max(offset), (at + len).min(end));
-            let src = (c.offset + (a - at)) as usize;
-            let piece = whole
-                .get(src..src + (b - a) as usize)
-                .ok_or(ClientError::ChunkUnavailable(c.hash))?;
-            out[(a - offset) as usize..(b - offset) as usize].copy_from_slice(piece);
-        }
-        fetched.clear();
-        Ok(out)
-    }
-
-    /// Fetch, `PARALLEL` at a time, those of `hashes` not cached; each is cached as it
-    /// arrives (the newest last, so the readahead survives), and all are returned, so a
-    /// read wider than the cache still has every chunk it needs.
-    async fn fetch_missing(
-        &mut self,
-        hashes: impl Iterator<Item = ChunkHash>,
-    ) -> Result<HashMap<ChunkHash, Arc<Vec<u8>>>, ClientError> {
-        let mut seen = HashSet::new();
-        let todo: Vec<ChunkHash> = hashes
-            .filter(|h| seen.insert(*h) && !self.cache.iter().any(|(c, _)| c == h))
-            .collect();
-        let client = &self.client;
-        let got: Vec<(ChunkHash, Vec<u8>)> =
-            stream::iter(todo.into_iter().map(|h| client.chunk_of(h)))
-                .buffered(PARALLEL)
-                .try_collect()
-                .await?;
-        let mut out = HashMap::with_capacity(got.len());
-        for (h, bytes) in got {
-            let bytes = Arc::new(bytes);
-            if self.cache.len() == CACHED_CHUNKS {
-                self.cache.pop_front();
-            }
-            self.cache.push_back((h, bytes.clone()));
-            out.insert(h, bytes);
-        }
-        Ok(out)
     }
 }
 

@@ -106,6 +106,29 @@ impl DataClient {
         Ok(out)
     }
 
+    /// The verified-block range read (see `mobilus_proto::blocks`): the blocks covering
+    /// `[offset, offset+len)`, and the chunk's outboard if `outboard`. The caller checks
+    /// them.
+    pub async fn read_blocks(
+        &self,
+        hash: &ChunkHash,
+        offset: u64,
+        len: u64,
+        outboard: bool,
+    ) -> Result<pb::ReadBlocksReply, DataClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::ReadBlocksRequest {
+            hash: hash.0.to_vec(),
+            offset,
+            length: len,
+            outboard,
+        };
+        Ok(c.read_blocks(req)
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner())
+    }
+
     /// Which of `hashes` the node holds, in one call, and the node's GC generation when
     /// it answered (a write relying on the answer carries it).
     pub async fn has(&self, hashes: &[ChunkHash]) -> Result<(u64, Vec<bool>), DataClientError> {

@@ -4,15 +4,21 @@
 //! - [`chunker`]: content-defined chunking (FastCDC) and BLAKE3 naming;
 //! - [`data`]: a client of one data node's `Chunks` service;
 //! - [`client`]: [`Client`] — buffered writes that become slices (dedup: a chunk the site
-//!   already holds is never sent), and reads that fetch a chunk from another site when the
-//!   local node lacks it, then store it locally (cache-through).
+//!   already holds is never sent);
+//! - [`read`]: reads by verified 16 KiB blocks through a bounded cache shared by every
+//!   open file ([`block_cache`]), with readahead for sequential streams; a chunk the
+//!   local node lacks is fetched from another site, then stored locally (cache-through).
 //!
 //! - [`mount`]: the FUSE mount (`mobilus-mount`), a thin fuser adapter over typed
 //!   operations on [`Client`].
 
+pub mod block_cache;
 pub mod chunker;
 pub mod client;
 pub mod data;
 pub mod mount;
+pub mod read;
 
-pub use client::{Client, ClientStats, FileReader, FileWriter};
+pub use block_cache::BlockCacheStats;
+pub use client::{Client, ClientStats, DataOptions, FileWriter};
+pub use read::{FileReader, READ_WINDOW};

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use mobilus_client::mount::{self, MountFs, Tuning};
-use mobilus_client::Client;
+use mobilus_client::{Client, DataOptions};
 use serde::Deserialize;
 
 /// Mount Mobilus: a FUSE file system belonging to one site.
@@ -22,7 +22,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', env = "MOBILUS_META")]
     meta: Vec<String>,
     /// A TOML file with `site`, `meta`, `mountpoint` and optional `threads`,
-    /// `attr_ttl_ms`; flags override it.
+    /// `attr_ttl_ms`, `block_cache_mib`; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// FUSE threads serving the kernel.
@@ -31,6 +31,9 @@ struct Args {
     /// How long the kernel may cache attributes and entries, in milliseconds.
     #[arg(long)]
     attr_ttl_ms: Option<u64>,
+    /// Memory for the block cache shared by all open files, in MiB (default 256).
+    #[arg(long)]
+    block_cache_mib: Option<u64>,
     /// Write the mountpoint to this file once mounted.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -49,6 +52,7 @@ struct FileConfig {
     mountpoint: Option<PathBuf>,
     threads: Option<usize>,
     attr_ttl_ms: Option<u64>,
+    block_cache_mib: Option<u64>,
 }
 
 struct Settings {
@@ -57,6 +61,7 @@ struct Settings {
     mountpoint: PathBuf,
     threads: usize,
     tuning: Tuning,
+    data: DataOptions,
 }
 
 fn settings(args: &Args) -> anyhow::Result<Settings> {
@@ -96,12 +101,20 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
     if let Some(ms) = args.attr_ttl_ms.or(file.attr_ttl_ms) {
         tuning.attr_ttl = Duration::from_millis(ms);
     }
+    let mut data = DataOptions::default();
+    if let Some(mib) = args.block_cache_mib.or(file.block_cache_mib) {
+        if !(1..=1 << 20).contains(&mib) {
+            anyhow::bail!("--block-cache-mib must be 1 to 1048576");
+        }
+        data.block_cache_bytes = mib << 20;
+    }
     Ok(Settings {
         site,
         meta,
         mountpoint,
         threads: args.threads.or(file.threads).unwrap_or(4),
         tuning,
+        data,
     })
 }
 
@@ -109,7 +122,7 @@ async fn connect(s: &Settings) -> anyhow::Result<Client> {
     // The cluster may still be electing a leader or waiting for its data node.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match Client::connect(&s.meta, &s.site).await {
+        match Client::connect_with(&s.meta, &s.site, s.data.clone()).await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() < deadline => {
                 tracing::info!(error = %e, "waiting for the cluster");

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use tracing::instrument;
 
-use crate::client::{Client, ClientError, FileReader, FileWriter};
+use crate::client::{Client, ClientError, FileWriter};
+use crate::read::FileReader;
 
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Entries one readdir call asks the metadata for.
@@ -24,6 +25,9 @@ const READDIR_BATCH: u32 = 512;
 
 /// What a mount operation fails with; `to_errno` maps it once, at the FUSE boundary.
 pub type FsResult<T> = Result<T, ClientError>;
+
+/// Lock-free reads of a clean file that keep racing with commits fall back to locking.
+const CLEAN_READ_ATTEMPTS: usize = 3;
 
 fn refused<T>(e: Errno) -> FsResult<T> {
     Err(ClientError::Refused(e))
@@ -49,7 +53,8 @@ struct OpenInode {
 struct Handle {
     ino: InodeId,
     inode: Arc<OpenInode>,
-    reader: tokio::sync::Mutex<Option<(u64, FileReader)>>,
+    /// The reader of the inode's version it was made at (reads share it concurrently).
+    reader: Mutex<Option<(u64, Arc<FileReader>)>>,
 }
 
 /// Who asks: the caller's credentials, for ownership of new inodes.
@@ -500,7 +505,7 @@ impl MountFs {
         let unchanged = self.changes.load(Ordering::Acquire) == changes;
         if let (Some(reader), Ok(h), true) = (reader, self.handle(fh), unchanged) {
             let version = h.inode.version.load(Ordering::Acquire);
-            *h.reader.lock().await = Some((version, reader));
+            *lock(&h.reader) = Some((version, Arc::new(reader)));
         }
         Ok((fh, keep_cache))
     }
@@ -530,7 +535,7 @@ impl MountFs {
         let handle = Arc::new(Handle {
             ino,
             inode,
-            reader: tokio::sync::Mutex::new(None),
+            reader: Mutex::new(None),
         });
         lock(&self.handles).insert(fh, handle);
         (fh, keep_cache)
@@ -555,26 +560,50 @@ impl MountFs {
         Ok((attr, fh))
     }
 
-    /// Committed bytes with this mount's buffered writes laid over them (the writer is
-    /// locked throughout, so a flush cannot move bytes between the two meanwhile).
+    /// Committed bytes with this mount's buffered writes laid over them.
     #[instrument(skip(self))]
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.handle(fh)?;
+        // With nothing buffered, read without the writer's lock, so reads of one file
+        // (several handles, or the kernel's concurrent readahead) run in parallel. A
+        // flush or truncate that commits meanwhile bumps the version: read again.
+        for _ in 0..CLEAN_READ_ATTEMPTS {
+            let version = {
+                let writer = h.inode.writer.lock().await;
+                if writer.is_dirty() {
+                    break;
+                }
+                h.inode.version.load(Ordering::Acquire)
+            };
+            let reader = self.reader_at(&h, version);
+            let (committed, _) = reader.read_sized(offset, u64::from(size)).await?;
+            if h.inode.version.load(Ordering::Acquire) == version {
+                return Ok(committed);
+            }
+        }
+        // Writes are buffered: the writer stays locked throughout, so a flush cannot move
+        // bytes between the committed file and the buffer meanwhile.
         let writer = h.inode.writer.lock().await;
         let version = h.inode.version.load(Ordering::Acquire);
-        let mut reader = h.reader.lock().await;
-        let fresh = !matches!(&*reader, Some((v, _)) if *v == version);
-        if fresh {
-            *reader = Some((version, self.client.reader(h.ino)));
-        }
-        let Some((_, r)) = reader.as_mut() else {
-            return refused(Errno::EIO);
-        };
-        let (committed, committed_size) = r.read_sized(offset, u64::from(size)).await?;
+        let reader = self.reader_at(&h, version);
+        let (committed, committed_size) = reader.read_sized(offset, u64::from(size)).await?;
         if !writer.is_dirty() {
             return Ok(committed);
         }
         Ok(writer.overlay(offset, u64::from(size), committed, committed_size))
+    }
+
+    /// The handle's reader for the inode's `version` (a new one if it changed since).
+    fn reader_at(&self, h: &Handle, version: u64) -> Arc<FileReader> {
+        let mut slot = lock(&h.reader);
+        match &*slot {
+            Some((v, r)) if *v == version => r.clone(),
+            _ => {
+                let r = Arc::new(self.client.reader(h.ino));
+                *slot = Some((version, r.clone()));
+                r
+            }
+        }
     }
 
     #[instrument(skip(self, data), fields(len = data.len()))]

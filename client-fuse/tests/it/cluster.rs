@@ -233,6 +233,16 @@ impl TwoSites {
             .await
             .expect("client")
     }
+
+    /// A client whose block cache holds at most `cache_bytes`.
+    pub async fn client_with_cache(&self, site: &str, cache_bytes: u64) -> Client {
+        let opts = mobilus_client::DataOptions {
+            block_cache_bytes: cache_bytes,
+        };
+        Client::connect_with(&self.meta_addrs, site, opts)
+            .await
+            .expect("client")
+    }
 }
 
 /// A small tmpfs, so a data node can really run out of space; unmounted on drop.

@@ -73,7 +73,7 @@ async fn written_at_one_site_read_at_the_other_faulting_chunks_over_once() {
     );
     assert_eq!(b.stats().remote_fetches, fetched);
     // A sequential reader in odd-sized steps returns the same bytes.
-    let mut reader = b.reader(ino);
+    let reader = b.reader(ino);
     let mut seen = Vec::new();
     let mut off = 0;
     while off < data.len() as u64 {
@@ -204,7 +204,9 @@ async fn a_chunk_corrupted_at_one_site_is_never_returned_and_is_repaired_from_th
         bytes[mid] ^= 0x01;
         std::fs::write(f, bytes).unwrap();
     }
-    // The read is still correct: the bad copies are refused and refetched from site-a.
+    // The read is still correct: the bad copies are refused and refetched from site-a
+    // (by a client with a cold block cache: the first one's still holds the good bytes).
+    let b = sites.client("site-b").await;
     assert_eq!(b.read(ino, 0, data.len() as u64).await.unwrap(), data);
     let node = b.local().stats().await.unwrap();
     assert_eq!(
@@ -212,8 +214,10 @@ async fn a_chunk_corrupted_at_one_site_is_never_returned_and_is_repaired_from_th
         files.len() as u64,
         "each bad copy detected once"
     );
-    assert_eq!(b.stats().remote_fetches, fetched + files.len() as u64);
+    assert_eq!(b.stats().remote_fetches, files.len() as u64);
     // Repaired: the next read is local and correct.
+    let b = sites.client("site-b").await;
     assert_eq!(b.read(ino, 0, data.len() as u64).await.unwrap(), data);
-    assert_eq!(b.stats().remote_fetches, fetched + files.len() as u64);
+    assert_eq!(b.stats().remote_fetches, 0);
+    assert!(fetched > 0);
 }

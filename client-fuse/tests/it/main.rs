@@ -2,6 +2,7 @@
 //! at each of two sites.
 
 mod apps;
+mod block_reads;
 mod cluster;
 mod data_path;
 mod disk_full;

@@ -1,0 +1,442 @@
+//! The read path. A [`FileReader`] maps a range of a file to chunk ranges through the
+//! slice map of a window, and reads those through the mount's block cache: a miss reads
+//! only the verified 16 KiB blocks around it from the local data node (one round trip),
+//! or, for a chunk not at this site, the whole chunk from another site (verified, and
+//! kept here). A sequential stream gets readahead that grows with it.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::FutureExt;
+use mobilus_proto::blocks::{self, Outboard, BLOCK};
+use mobilus_proto::datapb as pb;
+use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, InodeId};
+use mobilus_proto::status::Errno;
+
+use crate::block_cache::Run;
+use crate::client::{Client, ClientError};
+
+/// Slice map fetched per call of a [`FileReader`] (readahead stays inside it).
+pub const READ_WINDOW: u64 = 64 << 20;
+/// Readahead of a sequential stream: it starts at this many bytes past the read...
+const AHEAD_MIN: u64 = 256 << 10;
+/// ... doubles with each sequential read, up to this; a random read stops it.
+const AHEAD_MAX: u64 = 8 << 20;
+/// Blocks fetched by one call to the data node.
+const MAX_RUN: u64 = blocks::MAX_READ_BYTES / BLOCK;
+
+impl Client {
+    /// `[offset, offset+len)` of a file, clamped to its size; holes read as zeros.
+    pub async fn read(&self, ino: InodeId, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+        self.reader(ino).read(offset, len).await
+    }
+
+    /// A reader for an open file (it sees the file as of its window's slice map).
+    pub fn reader(&self, ino: InodeId) -> FileReader {
+        FileReader {
+            client: self.clone(),
+            ino,
+            window: tokio::sync::Mutex::new(None),
+            stream: Mutex::new(Stream::default()),
+        }
+    }
+
+    /// Open a regular file for reading in one metadata round: its attributes and the
+    /// slice map of its first window, from the same state. `Ok(None)`: not a regular
+    /// file (the caller asks for its attributes instead).
+    pub async fn open_reader(
+        &self,
+        ino: InodeId,
+    ) -> Result<Option<(Attr, FileReader)>, ClientError> {
+        let (extents, attr) = match self.meta.read_slices_attr(ino, 0, READ_WINDOW, false).await {
+            Ok(answer) => answer,
+            Err(e) if matches!(e.errno(), Some(Errno::EISDIR | Errno::EINVAL)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let reader = self.reader(ino);
+        *reader.window.lock().await = Some(Arc::new(Window {
+            start: 0,
+            end: READ_WINDOW.min(attr.size),
+            size: attr.size,
+            extents,
+        }));
+        Ok(Some((attr, reader)))
+    }
+
+    /// Bytes `[offset, offset+len)` of chunk `hash`, verified.
+    pub(crate) async fn chunk_bytes(
+        &self,
+        hash: ChunkHash,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let (first, blocks) = self.blocks_of(hash, offset, len).await?;
+        let mut out = Vec::with_capacity(len as usize);
+        let mut at = first * BLOCK;
+        for block in blocks {
+            let (a, b) = (offset.max(at), (offset + len).min(at + block.len() as u64));
+            if a < b {
+                out.extend_from_slice(&block[(a - at) as usize..(b - at) as usize]);
+            }
+            at += block.len() as u64;
+        }
+        if out.len() as u64 != len {
+            return Err(ClientError::ChunkUnavailable(hash));
+        }
+        Ok(out)
+    }
+
+    /// The blocks of `hash` covering `[offset, offset+len)`: cached, or fetched (sharing
+    /// fetches already under way).
+    async fn blocks_of(
+        &self,
+        hash: ChunkHash,
+        offset: u64,
+        len: u64,
+    ) -> Result<(u64, Vec<Bytes>), ClientError> {
+        let (first, end) = blocks::blocks_covering(offset, len);
+        let mut got: Vec<Option<Bytes>> = (first..end)
+            .map(|i| self.blocks.block(&(hash, i)))
+            .collect();
+        let missing: Vec<u64> = (first..end)
+            .filter(|i| got[(i - first) as usize].is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok((first, got.into_iter().flatten().collect()));
+        }
+        let runs = self.fetch_blocks(hash, &missing).await;
+        for &i in &missing {
+            got[(i - first) as usize] = runs.iter().find_map(|r| r.block(i).cloned());
+        }
+        // A shared fetch failed: fetch what is still missing here, for our own error.
+        let left: Vec<u64> = missing
+            .into_iter()
+            .filter(|i| got[(i - first) as usize].is_none())
+            .collect();
+        if let (Some(&a), Some(&b)) = (left.first(), left.last()) {
+            let run = self.fetch_run(hash, a, b + 1).await?;
+            for i in left {
+                got[(i - first) as usize] = run.block(i).cloned();
+            }
+        }
+        got.into_iter()
+            .collect::<Option<Vec<Bytes>>>()
+            .map(|blocks| (first, blocks))
+            .ok_or(ClientError::ChunkUnavailable(hash))
+    }
+
+    /// Fetch `missing` blocks of `hash` (ascending), each run of them in one call, or
+    /// await the fetch another reader has under way. Failed fetches are left out.
+    async fn fetch_blocks(&self, hash: ChunkHash, missing: &[u64]) -> Vec<Arc<Run>> {
+        let fetches = self
+            .blocks
+            .fetches_for(hash, missing, MAX_RUN, |first, end| {
+                self.clone().fetch_shared(hash, first, end).boxed()
+            });
+        futures::future::join_all(fetches)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn fetch_shared(self, hash: ChunkHash, first: u64, end: u64) -> Option<Arc<Run>> {
+        let result = self.fetch_run(hash, first, end).await;
+        self.blocks.fetched(hash, first, end);
+        match result {
+            Ok(run) => Some(run),
+            Err(e) => {
+                tracing::debug!(?hash, first, end, error = %e, "block fetch failed");
+                None
+            }
+        }
+    }
+
+    /// Blocks `first..end` of `hash` (or more), verified, and cached: from the local data
+    /// node, else (not at this site, or damaged in transit) the whole chunk from another
+    /// site, once however many runs of it missed.
+    async fn fetch_run(
+        &self,
+        hash: ChunkHash,
+        first: u64,
+        end: u64,
+    ) -> Result<Arc<Run>, ClientError> {
+        let known = self.blocks.outboard(&hash);
+        let asked = self
+            .local
+            .read_blocks(&hash, first * BLOCK, (end - first) * BLOCK, known.is_none())
+            .await;
+        match asked {
+            Ok(reply) => match verify_run(hash, known.clone(), first, reply) {
+                Ok((outboard, run)) => {
+                    if known.is_none() {
+                        self.blocks.insert_outboard(outboard);
+                    }
+                    for (i, block) in run.blocks.iter().enumerate() {
+                        self.blocks
+                            .insert_block((hash, first + i as u64), block.clone());
+                    }
+                    return Ok(Arc::new(run));
+                }
+                Err(why) => tracing::warn!(?hash, %why, "local blocks failed verification"),
+            },
+            Err(e) if e.is_missing() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let fetch = self
+            .blocks
+            .whole_fetch(hash, || self.clone().whole_shared(hash).boxed());
+        match fetch.await {
+            Some(run) => Ok(run),
+            // Failed for whoever started it: once more here, for our own error.
+            None => self.whole_run(hash).await,
+        }
+    }
+
+    async fn whole_shared(self, hash: ChunkHash) -> Option<Arc<Run>> {
+        let result = self.whole_run(hash).await;
+        self.blocks.whole_fetched(&hash);
+        match result {
+            Ok(run) => Some(run),
+            Err(e) => {
+                tracing::debug!(?hash, error = %e, "fetch from another site failed");
+                None
+            }
+        }
+    }
+
+    /// The whole chunk from another site (verified, and kept locally), as cached blocks.
+    async fn whole_run(&self, hash: ChunkHash) -> Result<Arc<Run>, ClientError> {
+        let whole = self.chunk_from_elsewhere(&hash).await?;
+        let outboard = Arc::new(Outboard::compute(&whole));
+        let size = whole.len() as u64;
+        let blocks: Vec<Bytes> = (0..blocks::block_count(size))
+            .map(|i| {
+                let (a, b) = blocks::block_span(size, i);
+                Bytes::copy_from_slice(&whole[a as usize..b as usize])
+            })
+            .collect();
+        for (i, block) in blocks.iter().enumerate() {
+            self.blocks.insert_block((hash, i as u64), block.clone());
+        }
+        self.blocks.insert_outboard(outboard);
+        Ok(Arc::new(Run { first: 0, blocks }))
+    }
+
+    /// Start fetching the blocks of `hash` covering `[offset, offset+len)` in the
+    /// background. `false`: the mount's readahead budget is spent (nothing started).
+    fn prefetch(&self, hash: ChunkHash, offset: u64, len: u64) -> bool {
+        let (first, end) = blocks::blocks_covering(offset, len);
+        let missing: Vec<u64> = (first..end)
+            .filter(|i| !self.blocks.has_block(&(hash, *i)))
+            .collect();
+        if missing.is_empty() {
+            return true;
+        }
+        let Ok(permit) = self.prefetch.clone().try_acquire_owned() else {
+            return false;
+        };
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.fetch_blocks(hash, &missing).await;
+            drop(permit);
+        });
+        true
+    }
+}
+
+/// Check a `ReadBlocks` reply: the outboard against the chunk's name (unless already
+/// known), and each block against the outboard.
+fn verify_run(
+    hash: ChunkHash,
+    known: Option<Arc<Outboard>>,
+    first: u64,
+    reply: pb::ReadBlocksReply,
+) -> Result<(Arc<Outboard>, Run), String> {
+    let outboard = match known {
+        Some(o) => o,
+        None => Arc::new(
+            Outboard::verified(hash, reply.chunk_size, &reply.outboard)
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    let size = outboard.size();
+    if reply.chunk_size != size || reply.first_block != first {
+        return Err(format!(
+            "reply for blocks from {} of a chunk of {} bytes, asked from {first} of {size}",
+            reply.first_block, reply.chunk_size
+        ));
+    }
+    let data = Bytes::from(reply.data);
+    let mut blocks = Vec::new();
+    let mut pos = 0usize;
+    let mut index = first;
+    while pos < data.len() {
+        let (a, b) = blocks::block_span(size, index);
+        let n = (b - a) as usize;
+        let block = data
+            .get(pos..pos + n)
+            .filter(|_| n > 0)
+            .ok_or_else(|| format!("block {index} cut short"))?;
+        if !outboard.verify_block(index, block) {
+            return Err(format!("block {index} does not hash right"));
+        }
+        // Single blocks share the reply's buffer; a run is copied apart, so a block the
+        // cache keeps does not pin the others' memory.
+        blocks.push(if n == data.len() {
+            data.clone()
+        } else {
+            Bytes::copy_from_slice(block)
+        });
+        pos += n;
+        index += 1;
+    }
+    if blocks.is_empty() && size > 0 {
+        return Err("no blocks in the reply".into());
+    }
+    if blocks.is_empty() {
+        blocks.push(Bytes::new());
+    }
+    Ok((outboard, Run { first, blocks }))
+}
+
+struct Window {
+    start: u64,
+    end: u64,
+    size: u64,
+    extents: Vec<Extent>,
+}
+
+impl Window {
+    /// The chunk ranges of `[offset, end)`: (file offset, length, chunk range); holes
+    /// are left out.
+    fn pieces(&self, offset: u64, end: u64) -> Vec<(u64, u64, ChunkRef)> {
+        self.extents
+            .iter()
+            .filter(|e| e.offset < end && e.offset + e.len > offset)
+            .filter_map(|e| {
+                let c = e.chunk?;
+                let (a, b) = (e.offset.max(offset), (e.offset + e.len).min(end));
+                Some((
+                    a,
+                    b - a,
+                    ChunkRef {
+                        hash: c.hash,
+                        offset: c.offset + (a - e.offset),
+                        len: b - a,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// What a reader knows of its caller's access pattern.
+#[derive(Default)]
+struct Stream {
+    /// Where the next read starts if the stream is sequential.
+    next: u64,
+    /// Bytes of readahead past each read (0: random access).
+    ahead: u64,
+    /// Readahead already started up to here.
+    prefetched_to: u64,
+}
+
+/// The read side of one open file (close-to-open: it sees the file as it was when its
+/// window was fetched). Reads run concurrently; only fetching a new window is serialized.
+pub struct FileReader {
+    client: Client,
+    ino: InodeId,
+    window: tokio::sync::Mutex<Option<Arc<Window>>>,
+    stream: Mutex<Stream>,
+}
+
+impl FileReader {
+    async fn window_for(&self, offset: u64, len: u64) -> Result<Arc<Window>, ClientError> {
+        let end = offset.saturating_add(len);
+        let mut slot = self.window.lock().await;
+        if let Some(w) = &*slot {
+            if offset >= w.start && (end <= w.end || w.end >= w.size) {
+                return Ok(w.clone());
+            }
+        }
+        let span = len.max(READ_WINDOW);
+        let (extents, size) = self
+            .client
+            .meta
+            .read_slices(self.ino, offset, span, false)
+            .await?;
+        let w = Arc::new(Window {
+            start: offset,
+            end: offset.saturating_add(span).min(size),
+            size,
+            extents,
+        });
+        *slot = Some(w.clone());
+        Ok(w)
+    }
+
+    /// `[offset, offset+len)`, clamped to the file size; holes read as zeros.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, ClientError> {
+        Ok(self.read_sized(offset, len).await?.0)
+    }
+
+    /// Like [`FileReader::read`], also returning the file size the bytes were cut at.
+    pub async fn read_sized(&self, offset: u64, len: u64) -> Result<(Vec<u8>, u64), ClientError> {
+        let w = self.window_for(offset, len).await?;
+        let end = offset.saturating_add(len).min(w.size);
+        if offset >= end {
+            return Ok((Vec::new(), w.size));
+        }
+        self.read_ahead(&w, offset, end);
+        let pieces = w.pieces(offset, end);
+        let parts = futures::future::try_join_all(
+            pieces
+                .iter()
+                .map(|(_, _, c)| self.client.chunk_bytes(c.hash, c.offset, c.len)),
+        )
+        .await?;
+        let mut out = vec![0u8; (end - offset) as usize];
+        for ((at, len, _), bytes) in pieces.iter().zip(parts) {
+            let dst = (at - offset) as usize;
+            out[dst..dst + *len as usize].copy_from_slice(&bytes);
+        }
+        Ok((out, w.size))
+    }
+
+    /// Follow the access pattern; for a sequential stream, start fetching what comes
+    /// next (inside the window) in the background.
+    fn read_ahead(&self, w: &Window, offset: u64, end: u64) {
+        let (from, to) = {
+            let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+            if offset == s.next {
+                s.ahead = (s.ahead * 2).clamp(AHEAD_MIN, AHEAD_MAX);
+            } else {
+                s.ahead = 0;
+                s.prefetched_to = 0;
+            }
+            s.next = end;
+            (s.prefetched_to.max(end), (end + s.ahead).min(w.end))
+        };
+        if from >= to {
+            return;
+        }
+        // Up to where readahead was started (holes need none).
+        let mut done = to;
+        'pieces: for (file_at, len, c) in w.pieces(from, to) {
+            let mut at = 0;
+            while at < len {
+                let n = (len - at).min(blocks::MAX_READ_BYTES);
+                if !self.client.prefetch(c.hash, c.offset + at, n) {
+                    done = file_at + at;
+                    break 'pieces;
+                }
+                at += n;
+            }
+        }
+        let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        if s.next == end {
+            s.prefetched_to = s.prefetched_to.max(done);
+        }
+    }
+}

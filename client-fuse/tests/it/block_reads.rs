@@ -1,0 +1,106 @@
+//! Reads by verified blocks: a small read costs a block, not a chunk; concurrent misses
+//! share one fetch; the cache stays within its bound; a sequential stream is read ahead
+//! without fetching anything twice.
+
+use std::sync::Arc;
+
+use mobilus_proto::blocks::BLOCK;
+
+use crate::cluster::TwoSites;
+use crate::data_path::{must_create, must_write, noise};
+
+/// Bytes the site's data node has served so far.
+async fn served(c: &mobilus_client::Client) -> u64 {
+    c.local().stats().await.unwrap().bytes_served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_read_fetches_one_block_and_concurrent_misses_share_it() {
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let data = noise(8 << 20, 11);
+    let ino = must_create(&a, "f").await;
+    must_write(&a, ino, &data).await;
+
+    let cold = sites.client("site-a").await;
+    let before = served(&cold).await;
+    let at = 5_000_000u64;
+    let got = cold.read(ino, at, 4096).await.unwrap();
+    assert_eq!(got, data[at as usize..at as usize + 4096]);
+    // 4 KiB inside one block: that block crossed the wire, not its 0.5 to 4 MiB chunk.
+    let first = served(&cold).await - before;
+    assert_eq!(first, BLOCK, "one block for a 4 KiB read");
+    // Again: from the block cache.
+    assert_eq!(cold.read(ino, at, 4096).await.unwrap(), got);
+    assert_eq!(served(&cold).await - before, BLOCK);
+
+    // 32 readers of one cold page at once: one fetch between them.
+    let cold = Arc::new(sites.client("site-a").await);
+    let before = served(&cold).await;
+    let page = 7_000_000u64;
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let c = cold.clone();
+            tokio::spawn(async move { c.read(ino, page, 4096).await.unwrap() })
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.await.unwrap(), data[page as usize..page as usize + 4096]);
+    }
+    let spent = served(&cold).await - before;
+    assert_eq!(
+        spent, BLOCK,
+        "concurrent misses of one block share one fetch"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_block_cache_stays_within_its_bound_and_reads_stay_right() {
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let data = noise(24 << 20, 12);
+    let ino = must_create(&a, "f").await;
+    must_write(&a, ino, &data).await;
+    let small = sites.client_with_cache("site-a", 2 << 20).await;
+    let reader = small.reader(ino);
+    // Random reads all over a file twelve times the cache: each is right, the cache
+    // never holds more than its bound.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..400 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = x % (data.len() as u64 - 10_000);
+        let len = 1 + (x >> 40) % 10_000;
+        let got = reader.read(at, len).await.unwrap();
+        assert_eq!(got, data[at as usize..(at + len) as usize]);
+        let s = small.block_cache_stats();
+        assert!(s.bytes <= s.capacity, "{s:?}");
+    }
+    assert!(small.block_cache_stats().bytes > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sequential_stream_is_read_ahead_and_nothing_is_fetched_twice() {
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let data = noise(20 << 20, 13);
+    let ino = must_create(&a, "f").await;
+    must_write(&a, ino, &data).await;
+    let cold = sites.client("site-a").await;
+    let before = served(&cold).await;
+    let reader = cold.reader(ino);
+    let mut seen = Vec::with_capacity(data.len());
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        let got = reader.read(off, 128 << 10).await.unwrap();
+        off += got.len() as u64;
+        seen.extend(got);
+    }
+    assert!(seen == data, "the stream reads back what was written");
+    let spent = served(&cold).await - before;
+    assert_eq!(spent, data.len() as u64, "every byte fetched exactly once");
+    // Readahead found most blocks in the cache before the reads asked for them.
+    let s = cold.block_cache_stats();
+    assert!(s.hits > 2 * s.misses, "readahead served most reads: {s:?}");
+}
