@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The data path side by side, one command, one run, one disk: fio (1 MiB sequential write
 # with fsync and read, 4 KiB random reads at 1 and 4 jobs, 4 KiB random writes with
-# fsync) and SQLite (build a 200k-row table, random point selects cold and warm), the
-# page cache dropped before each cold read phase, on
+# fsync), SQLite (build a 200k-row table, random point selects cold and warm) and
+# PostgreSQL 15 (initdb, pgbench -i -s 10, TPC-B-like and select-only runs of 4 clients),
+# the page cache dropped before each cold read phase, on
 #   plain      a directory on the same disk,
 #   bindfs     bindfs --multithreaded over a directory (what FUSE alone costs),
 #   juicefs    JuiceFS 0.14.2 (SQLite metadata, local-disk storage), the peer,
@@ -25,6 +26,8 @@ scripts/prereqs.sh
 for tool in fio bindfs; do
   command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $tool >/dev/null
 done
+[ -x /usr/lib/postgresql/15/bin/initdb ] ||
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
 if [ ! -x "$WORK/venv/bin/python" ]; then
   mkdir -p "$WORK" && python3 -m venv "$WORK/venv"
 fi
@@ -58,10 +61,10 @@ ready() {
 }
 
 SYSTEMS=(plain="$RUN/plain")
-bindfs --multithreaded "$RUN/bindfs-src" "$RUN/mnt-bindfs"; MNTS+=("$RUN/mnt-bindfs")
+bindfs --multithreaded -o allow_other "$RUN/bindfs-src" "$RUN/mnt-bindfs"; MNTS+=("$RUN/mnt-bindfs")
 SYSTEMS+=(bindfs="$RUN/mnt-bindfs")
 "$JFS" format --storage file --bucket "$RUN/jfs-bucket/" "sqlite3://$RUN/jfs.db" bench >/dev/null 2>&1
-"$JFS" mount -d "sqlite3://$RUN/jfs.db" "$RUN/mnt-jfs" >/dev/null 2>&1; MNTS+=("$RUN/mnt-jfs")
+"$JFS" mount -d -o allow_other "sqlite3://$RUN/jfs.db" "$RUN/mnt-jfs" >/dev/null 2>&1; MNTS+=("$RUN/mnt-jfs")
 for _ in $(seq 100); do mountpoint -q "$RUN/mnt-jfs" && break; sleep 0.1; done
 mountpoint -q "$RUN/mnt-jfs" || { echo "JuiceFS did not mount" >&2; exit 1; }
 SYSTEMS+=(juicefs="$RUN/mnt-jfs")
