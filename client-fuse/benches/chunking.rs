@@ -12,15 +12,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(256);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let buf: Vec<u8> = (0..mib << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let buf = mobilus_proto::noise::noise(mib << 20, 1);
     let best = |f: &dyn Fn() -> usize| {
         (0..3)
             .map(|_| {

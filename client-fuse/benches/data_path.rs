@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use mobilus_client::Client;
 use mobilus_proto::fs::{FileKind, ROOT_INO};
+use mobilus_proto::noise::noise;
 
 struct Proc(Child);
 impl Drop for Proc {
@@ -47,18 +48,6 @@ fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc, Str
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok((Proc(child), std::fs::read_to_string(ready)?))
-}
-
-fn noise(n: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn drop_caches() {
@@ -121,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
-    let data = noise(mib << 20);
+    let data = noise(mib << 20, 1);
     let mb = data.len() as f64 / 1e6;
 
     // Baseline: a plain file on the same disk.

@@ -41,18 +41,7 @@ pub fn chunk(data: &[u8]) -> Vec<Piece> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use mobilus_proto::noise::noise;
 
     #[test]
     fn pieces_tile_the_buffer_within_the_size_bounds() {

@@ -174,18 +174,7 @@ fn subtree_of(cvs: &[ChainingValue], len: u64) -> ChainingValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn noise(n: usize) -> Vec<u8> {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ n as u64;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
+    use crate::noise::noise;
 
     #[test]
     fn the_outboard_hashes_to_the_chunk_name_at_every_size() {
@@ -203,7 +192,7 @@ mod tests {
             64 * b - 1,
             (4 << 20) + 13,
         ] {
-            let data = noise(n);
+            let data = noise(n, n as u64);
             let ob = Outboard::compute(&data);
             assert_eq!(ob.hash(), ChunkHash::of(&data), "size {n}");
             let again = Outboard::verified(ob.hash(), n as u64, &ob.to_bytes()).unwrap();
@@ -220,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_flipped_bit_or_a_wrong_outboard_is_caught() {
-        let data = noise(5 * BLOCK as usize + 100);
+        let data = noise(5 * BLOCK as usize + 100, 1);
         let ob = Outboard::compute(&data);
         let mut block = data[BLOCK as usize..2 * BLOCK as usize].to_vec();
         block[77] ^= 1;

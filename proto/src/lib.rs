@@ -3,6 +3,7 @@
 //! - [`pb`], [`datapb`]: the code generated from `proto/meta.proto` and
 //!   `proto/chunks.proto` (gRPC services and messages);
 //! - [`blocks`]: verified reads of part of a chunk (BLAKE3 block chaining values);
+//! - [`noise`]: deterministic pseudo-random bytes for tests and benchmarks;
 //! - [`fs`]: the typed domain values the services carry (attributes, slices, ids);
 //! - [`convert`]: the one place where domain values become protobuf messages and back;
 //! - [`status`]: the stable error codes on the wire (errnos and cluster errors) and
@@ -11,6 +12,7 @@
 pub mod blocks;
 pub mod convert;
 pub mod fs;
+pub mod noise;
 pub mod status;
 
 /// Generated protobuf and gRPC code for `mobilus.meta.v1`.

@@ -237,6 +237,27 @@ pub fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// What a lookup answers for a name that does not exist: inode 0.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        flags: 0,
+        blksize: BLKSIZE,
+    }
+}
+
 fn time_set(t: TimeOrNow) -> TimeSet {
     match t {
         TimeOrNow::Now => TimeSet::Now,
@@ -309,7 +330,17 @@ impl Filesystem for FuseAdapter {
         self.run(
             "lookup",
             move |fs| async move { fs.lookup(parent.0, &n).await },
-            entry(reply, ttl),
+            move |r| match r {
+                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+                // No such name: a negative entry (inode 0) the kernel keeps for the same
+                // TTL as a positive one. Without it every check for an absent file
+                // (SQLite's journal before each transaction, a compiler's include path)
+                // is a metadata round.
+                Err(ClientError::Meta(e)) if e.errno() == Some(Errno::ENOENT) => {
+                    reply.entry(&ttl, &negative_entry(), Generation(0))
+                }
+                Err(e) => reply.error(errno(&e)),
+            },
         );
     }
 

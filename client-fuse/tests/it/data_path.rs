@@ -4,17 +4,7 @@ use proptest::prelude::*;
 
 use crate::cluster::TwoSites;
 
-pub(crate) fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub(crate) use mobilus_proto::noise::noise;
 
 pub(crate) async fn must_create(c: &Client, name: &str) -> u64 {
     c.meta()

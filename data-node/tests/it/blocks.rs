@@ -7,18 +7,7 @@ use mobilus_data::store::ChunkStore;
 use mobilus_data::DataError;
 use mobilus_proto::blocks::{self, Outboard, BLOCK};
 use mobilus_proto::fs::ChunkHash;
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use mobilus_proto::noise::noise;
 
 fn chunk_path(root: &std::path::Path, h: &ChunkHash) -> std::path::PathBuf {
     let hex = h.to_hex();
