@@ -59,6 +59,8 @@ pub struct BlockCacheStats {
     pub misses: u64,
     pub bytes: u64,
     pub capacity: u64,
+    /// Blocks readahead asked for before a read did.
+    pub prefetched: u64,
 }
 
 pub(crate) struct BlockCache {
@@ -69,6 +71,7 @@ pub(crate) struct BlockCache {
     remote: Mutex<HashMap<ChunkHash, Fetch>>,
     hits: AtomicU64,
     misses: AtomicU64,
+    prefetched: AtomicU64,
 }
 
 impl BlockCache {
@@ -84,6 +87,7 @@ impl BlockCache {
             remote: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            prefetched: AtomicU64::new(0),
         }
     }
 
@@ -117,7 +121,10 @@ impl BlockCache {
 
     /// For each of `missing` (blocks of chunk `hash`, ascending): the fetch under way for
     /// it, or a new one made by `start(first, end)` for each run of blocks nobody fetches
-    /// yet (at most `max_run` blocks each), registered before it is returned.
+    /// yet (at most `max_run` blocks each), registered before it is returned. A block
+    /// cached meanwhile is left out: a fetch caches its blocks before it unregisters, so
+    /// under this lock a block is either registered or cached, never neither while its
+    /// fetch ends.
     pub fn fetches_for(
         &self,
         hash: ChunkHash,
@@ -136,6 +143,12 @@ impl BlockCache {
             fetch
         };
         for &i in missing {
+            if self.blocks.contains_key(&(hash, i)) {
+                if let Some((a, b)) = run.take() {
+                    fetches.push(begin(a, b, &mut inflight));
+                }
+                continue;
+            }
             if let Some(f) = inflight.get(&(hash, i)).cloned() {
                 if let Some((a, b)) = run.take() {
                     fetches.push(begin(a, b, &mut inflight));
@@ -187,12 +200,18 @@ impl BlockCache {
         remote.remove(hash);
     }
 
+    /// Count blocks readahead asked for.
+    pub fn count_prefetch(&self, blocks: usize) {
+        self.prefetched.fetch_add(blocks as u64, Ordering::Relaxed);
+    }
+
     pub fn stats(&self) -> BlockCacheStats {
         BlockCacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             bytes: self.blocks.weight(),
             capacity: self.blocks.capacity(),
+            prefetched: self.prefetched.load(Ordering::Relaxed),
         }
     }
 }

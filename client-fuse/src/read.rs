@@ -106,7 +106,10 @@ impl Client {
         }
         let runs = self.fetch_blocks(hash, &missing).await;
         for &i in &missing {
-            got[(i - first) as usize] = runs.iter().find_map(|r| r.block(i).cloned());
+            got[(i - first) as usize] = runs
+                .iter()
+                .find_map(|r| r.block(i).cloned())
+                .or_else(|| self.blocks.block(&(hash, i)));
         }
         // A shared fetch failed: fetch what is still missing here, for our own error.
         let left: Vec<u64> = missing
@@ -236,9 +239,16 @@ impl Client {
         let Ok(permit) = self.prefetch.clone().try_acquire_owned() else {
             return false;
         };
-        let me = self.clone();
+        self.blocks.count_prefetch(missing.len());
+        // Registered now, not when the task first runs: a read that comes first finds
+        // these fetches and awaits them instead of starting its own.
+        let fetches = self
+            .blocks
+            .fetches_for(hash, &missing, MAX_RUN, |first, end| {
+                self.clone().fetch_shared(hash, first, end).boxed()
+            });
         tokio::spawn(async move {
-            me.fetch_blocks(hash, &missing).await;
+            futures::future::join_all(fetches).await;
             drop(permit);
         });
         true

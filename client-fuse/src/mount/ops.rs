@@ -194,6 +194,15 @@ impl MountFs {
         seen.insert(ino, now)
     }
 
+    /// This mount committed its own writes to `attr.ino`: they changed its mtime, but what
+    /// the kernel cached is still right (it saw those writes), so the next open keeps the
+    /// kernel's pages. Every commit, not just the one at close: a database keeps its files
+    /// open and fsyncs them, and each new connection's open would otherwise drop the
+    /// cached pages of its tables.
+    fn committed_here(&self, attr: &Attr) {
+        self.remember_seen(attr.ino, (attr.mtime_ns, attr.ctime_ns, attr.size));
+    }
+
     /// The kernel forgot `ino` (FORGET: it holds no reference to it any more): so does
     /// this mount, but for what open handles hold. Forgetting only costs a refetch, so
     /// the per-inode tables stay as small as the kernel's inode cache.
@@ -279,6 +288,7 @@ impl MountFs {
             self.mutated();
             if let Ok(Some(attr)) = &result {
                 *lock(&inode.attr) = (attr.clone(), Some(Instant::now()));
+                self.committed_here(attr);
             }
             result?;
         }
@@ -641,14 +651,7 @@ impl MountFs {
     #[instrument(skip(self))]
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        let dirty = h.inode.pending_end.load(Ordering::Acquire) > 0;
         let result = self.flush_inode(&h.inode).await;
-        if dirty && result.is_ok() {
-            // Our own writes changed mtime, but what the kernel cached is still right:
-            // remember the attributes the commit answered.
-            let a = lock(&h.inode.attr).0.clone();
-            self.remember_seen(h.ino, (a.mtime_ns, a.ctime_ns, a.size));
-        }
         lock(&self.handles).remove(&fh);
         if h.inode.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             let last = {

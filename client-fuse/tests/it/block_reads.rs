@@ -100,9 +100,25 @@ async fn a_sequential_stream_is_read_ahead_and_nothing_is_fetched_twice() {
     assert!(seen == data, "the stream reads back what was written");
     let spent = served(&cold).await - before;
     assert_eq!(spent, data.len() as u64, "every byte fetched exactly once");
-    // Readahead found most blocks in the cache before the reads asked for them.
+    // Readahead asked for blocks before the reads did (how far ahead it got depends on
+    // the machine's load; that it never fetched a byte twice does not).
     let s = cold.block_cache_stats();
-    assert!(s.hits > 2 * s.misses, "readahead served most reads: {s:?}");
+    assert!(s.prefetched > 0, "a sequential stream is read ahead: {s:?}");
+    // A random pattern is not.
+    let random = sites.client("site-a").await;
+    let reader = random.reader(ino);
+    for i in 1..40u64 {
+        let at = (i * 7_919 * 4096) % (data.len() as u64 - 4096);
+        assert_eq!(
+            reader.read(at, 4096).await.unwrap(),
+            data[at as usize..at as usize + 4096]
+        );
+    }
+    assert_eq!(
+        random.block_cache_stats().prefetched,
+        0,
+        "random reads are not read ahead"
+    );
 }
 
 /// Reads of one file through the mount's operations, from three handles, while a fourth
