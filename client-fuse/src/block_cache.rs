@@ -107,6 +107,11 @@ impl BlockCache {
         self.blocks.contains_key(key)
     }
 
+    /// A block cached since the caller's lookup counted its miss (not counted again).
+    pub fn block_since(&self, key: &BlockKey) -> Option<Bytes> {
+        self.blocks.get(key)
+    }
+
     pub fn insert_block(&self, key: BlockKey, block: Bytes) {
         self.blocks.insert(key, block);
     }

@@ -109,16 +109,19 @@ impl Client {
             got[(i - first) as usize] = runs
                 .iter()
                 .find_map(|r| r.block(i).cloned())
-                .or_else(|| self.blocks.block(&(hash, i)));
+                .or_else(|| self.blocks.block_since(&(hash, i)));
         }
-        // A shared fetch failed: fetch what is still missing here, for our own error.
+        // A shared fetch failed: fetch what is still missing here, for our own error,
+        // in calls of at most MAX_RUN blocks.
         let left: Vec<u64> = missing
             .into_iter()
             .filter(|i| got[(i - first) as usize].is_none())
             .collect();
-        if let (Some(&a), Some(&b)) = (left.first(), left.last()) {
-            let run = self.fetch_run(hash, a, b + 1).await?;
-            for i in left {
+        let mut left = left.into_iter().peekable();
+        while let Some(a) = left.next() {
+            let run = self.fetch_run(hash, a, (a + MAX_RUN).min(end)).await?;
+            got[(a - first) as usize] = run.block(a).cloned();
+            while let Some(i) = left.next_if(|i| run.block(*i).is_some()) {
                 got[(i - first) as usize] = run.block(i).cloned();
             }
         }
@@ -146,13 +149,7 @@ impl Client {
     async fn fetch_shared(self, hash: ChunkHash, first: u64, end: u64) -> Option<Arc<Run>> {
         let result = self.fetch_run(hash, first, end).await;
         self.blocks.fetched(hash, first, end);
-        match result {
-            Ok(run) => Some(run),
-            Err(e) => {
-                tracing::debug!(?hash, first, end, error = %e, "block fetch failed");
-                None
-            }
-        }
+        shared_outcome(hash, result)
     }
 
     /// Blocks `first..end` of `hash` (or more), verified, and cached: from the local data
@@ -199,13 +196,7 @@ impl Client {
     async fn whole_shared(self, hash: ChunkHash) -> Option<Arc<Run>> {
         let result = self.whole_run(hash).await;
         self.blocks.whole_fetched(&hash);
-        match result {
-            Ok(run) => Some(run),
-            Err(e) => {
-                tracing::debug!(?hash, error = %e, "fetch from another site failed");
-                None
-            }
-        }
+        shared_outcome(hash, result)
     }
 
     /// The whole chunk from another site (verified, and kept locally), as cached blocks.
@@ -253,6 +244,14 @@ impl Client {
         });
         true
     }
+}
+
+/// What a shared fetch hands its waiters: its blocks, or `None` (each then fetches by
+/// itself, for an error of its own; this one is only logged).
+fn shared_outcome(hash: ChunkHash, result: Result<Arc<Run>, ClientError>) -> Option<Arc<Run>> {
+    result
+        .inspect_err(|e| tracing::debug!(?hash, error = %e, "shared block fetch failed"))
+        .ok()
 }
 
 /// Check a `ReadBlocks` reply: the outboard against the chunk's name (unless already
