@@ -214,4 +214,18 @@ async fn a_stat_after_a_read_shows_every_change_made_here_and_others_within_the_
         9,
         "a change at site-b, after the TTL"
     );
+
+    // An absent name is remembered as absent (a negative entry), but no longer than the
+    // TTL: one made elsewhere shows once it has passed, one made here at once.
+    let (late, here) = (a.point.join("late"), a.point.join("here"));
+    assert!(!late.exists() && !here.exists());
+    std::fs::write(b.point.join("late"), b"made at site-b").unwrap();
+    std::fs::write(&here, b"made here").unwrap();
+    assert_eq!(std::fs::read(&here).unwrap(), b"made here", "a create here");
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    assert_eq!(
+        std::fs::read(&late).unwrap(),
+        b"made at site-b",
+        "a name made at site-b, after the TTL"
+    );
 }
