@@ -16,6 +16,7 @@ pub mod error;
 pub mod gc;
 pub mod service;
 pub mod store;
-pub mod worker;
+/// Background work (shared with the mount): `mobilus_telemetry::worker`.
+pub use mobilus_telemetry::worker;
 
 pub use error::DataError;

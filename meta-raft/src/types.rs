@@ -1,7 +1,7 @@
 //! The Raft type configuration and the commands the state machine applies.
 
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, DataNodeInfo, Epoch, Fence, FileKind, InodeId, SetAttr,
+    Attr, ChunkCheck, ChunkHash, DataNodeInfo, Epoch, Fence, FileKind, InodeId, LockKind, SetAttr,
     SliceWrite, SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
@@ -189,6 +189,30 @@ pub enum Op {
         root: InodeId,
         follow_writer_hold_ns: Option<i64>,
     },
+    /// A mount opens a lock session (its site is the command's): it holds advisory locks
+    /// while its lease lasts.
+    OpenSession,
+    /// The session's holder is alive: extend its lease. An expired session is gone
+    /// (ENOLCK), and so are its locks.
+    RenewSession {
+        session: u64,
+    },
+    /// Release every lock of the session and end it (a clean unmount).
+    CloseSession {
+        session: u64,
+    },
+    /// Set, change or release the advisory lock of (`session`, `owner`) on bytes
+    /// `start..=end` of `ino`, with POSIX record-lock semantics; a conflicting lock of a
+    /// live session is EAGAIN.
+    SetLock {
+        ino: InodeId,
+        session: u64,
+        owner: u64,
+        start: u64,
+        end: u64,
+        kind: LockKind,
+        pid: u32,
+    },
 }
 
 /// Which inodes an operation changes, as the ownership check sees them.
@@ -203,6 +227,11 @@ pub enum Touches {
     /// changes nothing any listing, lookup or read can reach, so any site may do it, and
     /// a mount that had the file open at the old owner can still let it go.
     Orphan(InodeId),
+    /// Advisory locks and the sessions that hold them: they change no file's contents,
+    /// names or attributes, so any site may take them on any subtree (a reader at a
+    /// non-owner site takes read locks, as SQLite does before every query), and no lock
+    /// makes a refused write possible.
+    Advisory,
 }
 
 impl Op {
@@ -229,6 +258,10 @@ impl Op {
             Op::RelabelSubtree { .. } => "relabel_subtree",
             Op::MoveSubtree { .. } => "move_subtree",
             Op::SetSubtreePolicy { .. } => "set_subtree_policy",
+            Op::OpenSession => "open_session",
+            Op::RenewSession { .. } => "renew_session",
+            Op::CloseSession { .. } => "close_session",
+            Op::SetLock { .. } => "set_lock",
         }
     }
 
@@ -260,7 +293,20 @@ impl Op {
             | Op::RelabelSubtree { .. }
             | Op::MoveSubtree { .. }
             | Op::SetSubtreePolicy { .. } => Touches::Admin,
+            Op::OpenSession
+            | Op::RenewSession { .. }
+            | Op::CloseSession { .. }
+            | Op::SetLock { .. } => Touches::Advisory,
         }
+    }
+
+    /// Whether applying it may release a lock someone waits for (see
+    /// `StateMachine::lock_changes`).
+    pub fn changes_locks(&self) -> bool {
+        matches!(
+            self,
+            Op::RenewSession { .. } | Op::CloseSession { .. } | Op::SetLock { .. }
+        )
     }
 }
 
@@ -331,6 +377,11 @@ pub enum OpReply {
         gc_gen: u64,
     },
     Subtree(SubtreeInfo),
+    /// A lock session and when its lease ends (log time, ns).
+    Session {
+        id: u64,
+        lease_end_ns: i64,
+    },
 }
 
 /// The state machine's answer to one command. An entry answers one per command

@@ -4,7 +4,7 @@
 
 use crate::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, DataNodeInfo, DirEntry, Extent, Fence, FileKind,
-    SetAttr, SliceWrite, StatFs, SubtreeInfo, SubtreeState, TimeSet,
+    LockKind, SetAttr, SliceWrite, StatFs, SubtreeInfo, SubtreeState, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -39,6 +39,23 @@ pub fn kind_from_wire(v: i32) -> Result<FileKind, WireError> {
         Ok(pb::FileKind::CharDevice) => Ok(FileKind::CharDevice),
         Ok(pb::FileKind::BlockDevice) => Ok(FileKind::BlockDevice),
         _ => Err(invalid(format!("unknown file kind {v}"))),
+    }
+}
+
+pub fn lock_kind_from_wire(v: i32) -> Result<LockKind, WireError> {
+    match pb::LockKind::try_from(v) {
+        Ok(pb::LockKind::Read) => Ok(LockKind::Read),
+        Ok(pb::LockKind::Write) => Ok(LockKind::Write),
+        Ok(pb::LockKind::Unlock) => Ok(LockKind::Unlock),
+        _ => Err(invalid(format!("unknown lock kind {v}"))),
+    }
+}
+
+pub fn lock_kind_to_wire(kind: LockKind) -> pb::LockKind {
+    match kind {
+        LockKind::Read => pb::LockKind::Read,
+        LockKind::Write => pb::LockKind::Write,
+        LockKind::Unlock => pb::LockKind::Unlock,
     }
 }
 

@@ -193,6 +193,33 @@ pub struct Fence {
     pub epoch: Epoch,
 }
 
+/// What an advisory lock request asks for (fcntl's F_RDLCK, F_WRLCK, F_UNLCK).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockKind {
+    Read,
+    Write,
+    Unlock,
+}
+
+/// An advisory lock held on bytes `start..=end` of a file (`end` = `u64::MAX`: to the end,
+/// however far the file grows).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldLock {
+    pub start: u64,
+    pub end: u64,
+    pub write: bool,
+    /// The holder's process id, as its mount saw it (for F_GETLK; not unique across hosts).
+    pub pid: u32,
+}
+
+impl HeldLock {
+    /// Whether it keeps an owner from taking `kind` on `start..=end`.
+    pub fn conflicts(&self, start: u64, end: u64, kind: LockKind) -> bool {
+        let overlaps = self.start <= end && start <= self.end;
+        overlaps && (self.write || kind == LockKind::Write)
+    }
+}
+
 /// What a site may be asked to prove about a subtree: the state of its ownership.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubtreeState {

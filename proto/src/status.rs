@@ -72,6 +72,9 @@ errnos!(
     ENOSYS => "function not implemented",
     ETIMEDOUT => "connection timed out",
     ECANCELED => "operation canceled",
+    EAGAIN => "resource temporarily unavailable",
+    EINTR => "interrupted system call",
+    ENOLCK => "no locks available",
 );
 
 impl std::fmt::Debug for Errno {

@@ -8,6 +8,7 @@
 //!   `http://ADDR/metrics`. The names are documented in `docs/metrics.md`.
 
 mod grpc;
+pub mod worker;
 
 pub use grpc::{describe_grpc_metrics, GrpcMetrics, GrpcMetricsLayer};
 

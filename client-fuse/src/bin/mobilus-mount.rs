@@ -175,6 +175,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if session.guard.is_finished() {
                     // Unmounted from outside (`fusermount3 -u`): buffered writes still go.
                     let failed = fs.flush_all().await;
+                    fs.close_locks().await;
                     tracing::info!(failed, "unmounted from outside");
                     return session.join().context("the FUSE session failed");
                 }
@@ -183,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: flushing buffered writes, then unmounting");
     let failed = fs.flush_all().await;
+    fs.close_locks().await;
     let mountpoint = s.mountpoint.clone();
     let unmounted = tokio::task::spawn_blocking(move || session.umount_and_join()).await;
     if !matches!(unmounted, Ok(Ok(()))) {

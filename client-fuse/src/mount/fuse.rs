@@ -10,11 +10,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno as FuseErrno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use mobilus_proto::fs::{Attr, FileKind, SetAttr, TimeSet, XATTR_CREATE, XATTR_REPLACE};
+use mobilus_proto::fs::{Attr, FileKind, LockKind, SetAttr, TimeSet, XATTR_CREATE, XATTR_REPLACE};
 use mobilus_proto::status::Errno;
 use tokio::runtime::Handle as Runtime;
 
@@ -146,7 +146,18 @@ const READ_ONLY_OPS: &[&str] = &[
     "statfs",
     "getxattr",
     "listxattr",
+    "getlk",
 ];
+
+/// fcntl's lock type as a lock request.
+fn lock_kind(typ: i32) -> Option<LockKind> {
+    match typ {
+        libc::F_RDLCK => Some(LockKind::Read),
+        libc::F_WRLCK => Some(LockKind::Write),
+        libc::F_UNLCK => Some(LockKind::Unlock),
+        _ => None,
+    }
+}
 
 fn errno(e: &ClientError) -> FuseErrno {
     if let ClientError::Meta(
@@ -317,6 +328,12 @@ impl Filesystem for FuseAdapter {
         let _ = config.set_max_write(self.tuning.max_write);
         let _ = config.set_max_readahead(self.tuning.max_write);
         let _ = config.set_max_background(self.tuning.max_background);
+        // Locks go to the metadata service (cluster-wide), not the kernel's own table.
+        if let Err(missing) =
+            config.add_capabilities(InitFlags::FUSE_POSIX_LOCKS | InitFlags::FUSE_FLOCK_LOCKS)
+        {
+            tracing::warn!(?missing, "the kernel keeps these locks to this host only");
+        }
         Ok(())
     }
 
@@ -548,7 +565,7 @@ impl Filesystem for FuseAdapter {
         n: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         if kind_of_mode(mode) != Some(FileKind::Regular) {
@@ -557,7 +574,7 @@ impl Filesystem for FuseAdapter {
         let (n, who, ttl) = (name(n), caller(req), self.tuning.attr_ttl);
         self.run(
             "create",
-            move |fs| async move { fs.create(parent.0, &n, mode & !umask, who).await },
+            move |fs| async move { fs.create(parent.0, &n, mode & !umask, flags, who).await },
             move |r| match r {
                 Ok((a, fh)) => reply.created(
                     &ttl,
@@ -618,14 +635,18 @@ impl Filesystem for FuseAdapter {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        // A close: POSIX drops the closing process's locks on the file.
         self.run(
             "flush",
-            move |fs| async move { fs.flush(fh.0).await },
+            move |fs| async move {
+                fs.flush(fh.0).await?;
+                fs.release_locks(fh.0, ino.0, lock_owner.0).await
+            },
             empty(reply),
         );
     }
@@ -633,16 +654,83 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // `lock_owner`: the file held a flock, released with its last close.
         self.run(
             "release",
-            move |fs| async move { fs.release(fh.0).await },
+            move |fs| async move {
+                let unlocked = match lock_owner {
+                    Some(owner) => fs.release_locks(fh.0, ino.0, owner.0).await,
+                    None => Ok(()),
+                };
+                let released = fs.release(fh.0).await;
+                unlocked.and(released)
+            },
+            empty(reply),
+        );
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(refuse(Errno::EINVAL));
+        };
+        self.run(
+            "getlk",
+            move |fs| async move { fs.getlk(ino.0, lock_owner.0, start, end, kind).await },
+            move |r| match r {
+                Ok(Some(h)) => {
+                    let typ = if h.write {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    reply.locked(h.start, h.end, typ, h.pid)
+                }
+                Ok(None) => reply.locked(start, end, libc::F_UNLCK, 0),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(kind) = lock_kind(typ) else {
+            return reply.error(refuse(Errno::EINVAL));
+        };
+        self.run(
+            "setlk",
+            move |fs| async move {
+                fs.setlk(fh.0, ino.0, lock_owner.0, start, end, kind, pid, sleep)
+                    .await
+            },
             empty(reply),
         );
     }

@@ -19,6 +19,8 @@ use tracing::instrument;
 use crate::client::{Client, ClientError, FileWriter};
 use crate::read::FileReader;
 
+mod locks;
+
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Entries one readdir call asks the metadata for.
 const READDIR_BATCH: u32 = 512;
@@ -83,6 +85,8 @@ pub struct MountFs {
     answered: Mutex<AnsweredAttrs>,
     /// The kernel's side of the mount, once mounted: to drop attributes it cached.
     kernel: OnceLock<fuser::Notifier>,
+    /// Advisory locks (`locks.rs`).
+    locks: locks::Locks,
 }
 
 /// Attributes the metadata service answered, for the GETATTRs the kernel sends while its
@@ -130,6 +134,7 @@ impl MountFs {
             changes: AtomicU64::new(0),
             answered: Mutex::default(),
             kernel: OnceLock::new(),
+            locks: locks::Locks::default(),
         }
     }
 
@@ -141,14 +146,32 @@ impl MountFs {
     /// Make the kernel ask for `ino`'s attributes again (not its pages: an open without
     /// FOPEN_KEEP_CACHE drops those already).
     fn forget_kernel_attrs(&self, ino: InodeId) {
+        self.inval_kernel(ino, -1);
+    }
+
+    /// Drop the kernel's cached attributes of `ino`, and its pages from `offset` on (none
+    /// if negative).
+    fn inval_kernel(&self, ino: InodeId, offset: i64) {
         if let Some(kernel) = self.kernel.get() {
             // ENOENT: the kernel holds nothing of the inode, which is as good.
-            if let Err(e) = kernel.inval_inode(fuser::INodeNo(ino), -1, 0) {
+            if let Err(e) = kernel.inval_inode(fuser::INodeNo(ino), offset, 0) {
                 if e.raw_os_error() != Some(libc::ENOENT) {
-                    tracing::debug!(ino, error = %e, "dropping the kernel's attributes failed");
+                    tracing::debug!(ino, error = %e, "dropping the kernel's cache failed");
                 }
             }
         }
+    }
+
+    /// Drop everything this mount and the kernel cached of `ino`'s bytes and attributes
+    /// (a lock was just granted: another mount may have changed the file under its own).
+    fn revalidate(&self, ino: InodeId) {
+        if let Some(open) = self.open_inode(ino) {
+            self.changed(&open);
+            lock(&open.attr).1 = None;
+        }
+        lock(&self.seen).remove(&ino);
+        lock(&self.answered).attrs.remove(&ino);
+        self.inval_kernel(ino, 0);
     }
 
     /// An operation of this mount that may have changed something ended: forget every
@@ -497,9 +520,22 @@ impl MountFs {
         // this open, as close-to-open asks).
         let changes = self.changes.load(Ordering::Acquire);
         let generation = self.answered_generation();
-        let (attr, reader) = match self.client.open_reader(ino).await? {
-            Some((attr, reader)) => (attr, Some(reader)),
-            None => (self.client.meta().getattr(ino, false).await?, None),
+        let opened = match self.client.open_reader(ino).await {
+            Ok(Some((attr, reader))) => Ok((attr, Some(reader))),
+            Ok(None) => self
+                .client
+                .meta()
+                .getattr(ino, false)
+                .await
+                .map(|a| (a, None))
+                .map_err(ClientError::from),
+            Err(e) => Err(e),
+        };
+        let (attr, reader) = match opened {
+            // The kernel's entry named an inode another mount has deleted since: ESTALE
+            // makes it look the name up again and retry the open (as NFS does).
+            Err(e) if e.to_errno() == Errno::ENOENT => return refused(Errno::ESTALE),
+            other => other?,
         };
         // What the open saw replaces an older answer: a stat after this file is closed
         // again never shows the file as it was before this open.
@@ -557,17 +593,60 @@ impl MountFs {
         parent: InodeId,
         name: &[u8],
         mode: u32,
+        flags: i32,
         who: Caller,
     ) -> FsResult<(Attr, u64)> {
-        let attr = self
+        let attr = match self
             .mknod(parent, name, FileKind::Regular, mode, 0, who)
-            .await?;
+            .await
+        {
+            // The kernel's negative entry was stale (another mount made the name since):
+            // without O_EXCL, open what is there, as a local create would.
+            Err(e) if e.to_errno() == Errno::EEXIST && flags & libc::O_EXCL == 0 => {
+                return self.open_existing(parent, name, flags, who).await;
+            }
+            other => other?,
+        };
         // The create answered the attributes: no second round to open what it made.
         let (fh, _) = self.open_as(attr.ino, attr.clone());
         // A file just made has no xattrs: the kernel's question before the first write
         // needs no round either.
         self.remember_no_caps(attr.ino);
         Ok((attr, fh))
+    }
+
+    /// `create` found the name taken: open that file instead. The kernel believes it made
+    /// the file, so it neither checks write permission nor truncates: this does both.
+    async fn open_existing(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        flags: i32,
+        who: Caller,
+    ) -> FsResult<(Attr, u64)> {
+        let attr = self.client.meta().lookup(parent, name, false).await?;
+        if attr.kind != FileKind::Regular {
+            return refused(Errno::EEXIST);
+        }
+        let writable = match (who.uid, who.gid) {
+            (0, _) => true,
+            (uid, _) if uid == attr.uid => attr.mode & 0o200 != 0,
+            (_, gid) if gid == attr.gid => attr.mode & 0o020 != 0,
+            _ => attr.mode & 0o002 != 0,
+        };
+        if !writable {
+            return refused(Errno::EACCES);
+        }
+        let (fh, _) = self.open(attr.ino).await?;
+        if flags & libc::O_TRUNC != 0 {
+            let set = SetAttr {
+                size: Some(0),
+                ..SetAttr::default()
+            };
+            let truncated = self.setattr(attr.ino, set).await?;
+            return Ok((truncated, fh));
+        }
+        Ok((self.merge(attr), fh))
     }
 
     /// Committed bytes with this mount's buffered writes laid over them.

@@ -140,7 +140,7 @@ async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order
     ));
     let who = Caller { uid: 0, gid: 0 };
     let (attr, writer_fh) = fs
-        .create(mobilus_proto::fs::ROOT_INO, b"generations", 0o644, who)
+        .create(mobilus_proto::fs::ROOT_INO, b"generations", 0o644, 0, who)
         .await
         .unwrap();
     let returned = Arc::new(AtomicU64::new(0));

@@ -7,6 +7,7 @@ mod cluster;
 mod data_path;
 mod disk_full;
 mod gc;
+mod locks;
 mod mount;
 mod ownership;
 mod posix_suites;

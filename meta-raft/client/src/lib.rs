@@ -10,7 +10,10 @@
 //! EEXIST. Callers that must know (the Jepsen harness) treat such outcomes as indeterminate.
 
 mod cluster;
+mod locks;
 mod subtree;
+
+pub use self::locks::LockRequest;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -35,11 +35,14 @@ pub enum Cf {
     /// `n` ‖ address ‖ 0 ‖ hash → condemned time; tombstones `t` ‖ hash ‖ address →
     /// generation and `d` ‖ address ‖ 0 ‖ generation ‖ hash
     Gc,
+    /// advisory locks: `s` ‖ session → `SessionRecord`; `l` ‖ ino ‖ session ‖ owner →
+    /// the owner's locks on the inode; `i` ‖ session ‖ ino → () (what a session holds)
+    Locks,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 13] = [
         Cf::Inodes,
         Cf::Dentries,
         Cf::Cookies,
@@ -52,6 +55,7 @@ impl Cf {
         Cf::Nodes,
         Cf::Gc,
         Cf::Orphans,
+        Cf::Locks,
     ];
 
     /// The RocksDB name of this column family.
@@ -69,6 +73,7 @@ impl Cf {
             Cf::Nodes => "nodes",
             Cf::Gc => "gc",
             Cf::Orphans => "orphans",
+            Cf::Locks => "locks",
         }
     }
 }
@@ -86,6 +91,8 @@ pub mod sys {
     pub const CLOCK: &[u8] = b"clock";
     /// `lease/` ‖ site → when the site's lease ends, in log time (i64 ns).
     pub const SITE_LEASE: &[u8] = b"lease/";
+    /// The id the next lock session gets (u64).
+    pub const NEXT_SESSION: &[u8] = b"next_session";
 }
 
 pub fn ino(ino: InodeId) -> Vec<u8> {

@@ -11,6 +11,7 @@ mod fsck;
 mod gc;
 pub mod keys;
 pub mod kv;
+mod locks;
 mod query;
 pub mod subtree;
 pub mod txn;
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
 pub use self::kv::{KvRead, KvStore, MemStore, RocksStore};
+pub use self::locks::{LockQuery, SessionRecord, SESSION_LEASE_NS};
 pub use self::subtree::{SubtreeRecord, SITE_LEASE_NS};
 pub use self::txn::Txn;
 use crate::error::{NsError, StoreError};
@@ -179,7 +181,8 @@ impl Namespace {
 /// refused operation (its own writes were rolled back); `Err(_)` is a storage failure.
 pub fn execute(txn: &mut Txn<'_>, cmd: &Command) -> Result<Reply, StoreError> {
     let savepoint = txn.savepoint();
-    let result = subtree::check(txn, cmd).and_then(|()| run(txn, cmd.time_ns, &cmd.op));
+    let result =
+        subtree::check(txn, cmd).and_then(|()| run(txn, cmd.time_ns, cmd.site.as_deref(), &cmd.op));
     match result {
         Ok(reply) => Ok(Ok(reply)),
         Err(NsError::Op(e)) => {
@@ -190,7 +193,7 @@ pub fn execute(txn: &mut Txn<'_>, cmd: &Command) -> Result<Reply, StoreError> {
     }
 }
 
-fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
+fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpReply, NsError> {
     match op {
         Op::Mknod {
             parent,
@@ -321,6 +324,25 @@ fn run(txn: &mut Txn<'_>, now: i64, op: &Op) -> Result<OpReply, NsError> {
             root,
             follow_writer_hold_ns,
         } => subtree::set_policy(txn, *root, *follow_writer_hold_ns).map(OpReply::Subtree),
+        Op::OpenSession => locks::open_session(txn, now, site)
+            .map(|(id, lease_end_ns)| OpReply::Session { id, lease_end_ns }),
+        Op::RenewSession { session } => {
+            locks::renew(txn, now, *session).map(|lease_end_ns| OpReply::Session {
+                id: *session,
+                lease_end_ns,
+            })
+        }
+        Op::CloseSession { session } => locks::close(txn, *session).map(|()| OpReply::Done),
+        Op::SetLock {
+            ino,
+            session,
+            owner,
+            start,
+            end,
+            kind,
+            pid,
+        } => locks::set_lock(txn, now, *ino, *session, *owner, *start, *end, *kind, *pid)
+            .map(|()| OpReply::Done),
     }
 }
 

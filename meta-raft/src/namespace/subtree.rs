@@ -86,7 +86,7 @@ pub(crate) fn log_now(txn: &mut Txn<'_>, stamp: i64) -> Result<i64, NsError> {
     Ok(high)
 }
 
-fn read_log_now(txn: &Txn<'_>) -> Result<i64, NsError> {
+pub(crate) fn read_log_now(txn: &Txn<'_>) -> Result<i64, NsError> {
     Ok(txn.get(Cf::Sys, keys::sys::CLOCK)?.unwrap_or(0))
 }
 
@@ -162,7 +162,7 @@ pub fn disable_ownership_check_for_tests() {
 /// command are EXDEV; the relabelled part of a subtree being prepared is frozen (EBUSY).
 pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
     let inodes = match cmd.op.touches() {
-        Touches::Admin | Touches::Orphan(_) => return Ok(()),
+        Touches::Admin | Touches::Orphan(_) | Touches::Advisory => return Ok(()),
         Touches::Inodes(inodes) => inodes,
     };
     // The subtree the inodes belong to, and its record (read once; none for the shared

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use mobilus_proto::convert::{
-    fence_from_wire, hashes_from_wire, hashes_to_wire, kind_from_wire, setattr_from_wire,
+    fence_from_wire, hashes_from_wire, hashes_to_wire, kind_from_wire, lock_kind_from_wire,
+    lock_kind_to_wire, setattr_from_wire,
 };
-use mobilus_proto::fs::{valid_site_name, ChunkHash, SliceWrite, SubtreeInfo};
+use mobilus_proto::fs::{valid_site_name, ChunkHash, LockKind, SliceWrite, SubtreeInfo};
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_server::Cluster;
 use mobilus_proto::pb::meta_server::Meta;
@@ -18,6 +19,7 @@ use tonic::{Request, Response, Status};
 use super::node::MetaNode;
 use crate::codec;
 use crate::error::MetaError;
+use crate::namespace::LockQuery;
 use crate::types::{NodeId, Op, OpReply};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -76,6 +78,16 @@ impl MetaSvc {
             ));
         }
         self.node.propose_as(site, fence, op).await.map_err(status)
+    }
+}
+
+fn session_reply(r: OpReply, now_ns: i64) -> Reply<pb::SessionReply> {
+    match r {
+        OpReply::Session { id, lease_end_ns } => Ok(Response::new(pb::SessionReply {
+            session: id,
+            lease_ms: u64::try_from((lease_end_ns - now_ns) / 1_000_000).unwrap_or(0),
+        })),
+        other => Err(Status::internal(format!("unexpected reply {other:?}"))),
     }
 }
 
@@ -315,6 +327,77 @@ impl Meta for MetaSvc {
             checked: r.checked.map(Into::into),
         };
         attr_reply(self.op(r.fence, op).await?)
+    }
+
+    async fn open_session(&self, r: Request<pb::OpenSessionRequest>) -> Reply<pb::SessionReply> {
+        let r = r.into_inner();
+        let now = super::node::now_ns();
+        session_reply(self.op(r.fence, Op::OpenSession).await?, now)
+    }
+
+    async fn renew_session(&self, r: Request<pb::SessionRequest>) -> Reply<pb::SessionReply> {
+        let session = r.into_inner().session;
+        let now = super::node::now_ns();
+        session_reply(self.op(None, Op::RenewSession { session }).await?, now)
+    }
+
+    async fn close_session(&self, r: Request<pb::SessionRequest>) -> Reply<pb::Empty> {
+        let session = r.into_inner().session;
+        self.op(None, Op::CloseSession { session }).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn set_lock(&self, r: Request<pb::SetLockRequest>) -> Reply<pb::Empty> {
+        let r = r.into_inner();
+        let q = LockQuery {
+            ino: r.ino,
+            session: r.session,
+            owner: r.owner,
+            start: r.start,
+            end: r.end,
+            kind: lock_kind_from_wire(r.kind).map_err(wire)?,
+        };
+        let wait = std::time::Duration::from_millis(u64::from(r.wait_ms));
+        self.node
+            .set_lock(None, q, r.pid, wait)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn get_lock(&self, r: Request<pb::GetLockRequest>) -> Reply<pb::GetLockReply> {
+        let r = r.into_inner();
+        let q = LockQuery {
+            ino: r.ino,
+            session: r.session,
+            owner: r.owner,
+            start: r.start,
+            end: r.end,
+            kind: lock_kind_from_wire(r.kind).map_err(wire)?,
+        };
+        let held = self
+            .node
+            .read(r.stale, |ns| ns.get_lock(q))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match held {
+            Some(h) => pb::GetLockReply {
+                found: true,
+                start: h.start,
+                end: h.end,
+                kind: if h.write {
+                    lock_kind_to_wire(LockKind::Write)
+                } else {
+                    lock_kind_to_wire(LockKind::Read)
+                } as i32,
+                pid: h.pid,
+            },
+            None => pb::GetLockReply {
+                found: false,
+                kind: lock_kind_to_wire(LockKind::Unlock) as i32,
+                ..Default::default()
+            },
+        }))
     }
 
     async fn read_slices(&self, r: Request<pb::ReadSlicesRequest>) -> Reply<pb::ReadSlicesReply> {

@@ -1,6 +1,7 @@
 //! Starting and stopping a member: open the stores, start Raft, serve gRPC.
 
 mod grpc;
+mod locks;
 mod metrics;
 mod node;
 mod proposer;
@@ -16,6 +17,7 @@ use mobilus_proto::{MAX_MESSAGE_BYTES, RAFT_MAX_ENTRIES_PER_MESSAGE, RAFT_MAX_ME
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use self::locks::MAX_LOCK_WAIT;
 pub use self::metrics::describe_metrics;
 pub use self::node::{MetaNode, NodeTimeouts};
 use crate::config::NodeConfig;

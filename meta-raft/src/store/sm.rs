@@ -54,6 +54,9 @@ struct Shared {
     current: Mutex<Option<(SnapshotMeta, PathBuf)>>,
     entries_applied: AtomicU64,
     generation: AtomicU64,
+    /// Bumped after every applied entry that may have released a lock (not state: a
+    /// wake-up for the lock waiters of this member).
+    lock_changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// The state machine. Clones share one store.
@@ -138,6 +141,7 @@ impl StateMachine {
                 }),
                 current: Mutex::new(current),
                 entries_applied: AtomicU64::new(0),
+                lock_changes: tokio::sync::watch::channel(0).0,
                 generation: AtomicU64::new(generation),
             }),
         })
@@ -146,6 +150,11 @@ impl StateMachine {
     /// The live namespace, for reads.
     pub fn namespace(&self) -> Namespace {
         self.shared.namespace()
+    }
+
+    /// Changes whenever an applied entry may have released an advisory lock.
+    pub fn lock_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.lock_changes.subscribe()
     }
 
     /// Commands applied since this process started.
@@ -355,10 +364,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let view = store.view().map_err(sm_err)?;
             let mut txn = Txn::new(&*view);
             let mut entry_replies = Vec::new();
+            let mut locks_changed = false;
             match &entry.payload {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(Proposal(cmds)) => {
                     for cmd in cmds {
+                        locks_changed |= cmd.op.changes_locks();
                         let reply = namespace::execute(&mut txn, cmd)
                             .map_err(|e| StorageIOError::<NodeId>::apply(log_id, &e))?;
                         entry_replies.push(reply);
@@ -376,6 +387,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             drop(view);
             store.write(writes, false).map_err(sm_err)?;
             applied.last_applied = Some(log_id);
+            if locks_changed {
+                self.shared
+                    .lock_changes
+                    .send_modify(|n| *n = n.wrapping_add(1));
+            }
             self.shared
                 .entries_applied
                 .fetch_add(entry_replies.len() as u64, Ordering::Relaxed);

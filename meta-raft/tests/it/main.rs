@@ -7,6 +7,7 @@ mod conformance;
 mod gc;
 mod harness;
 mod isolation;
+mod locks;
 mod model;
 mod namespace;
 mod ownership;

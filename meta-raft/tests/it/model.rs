@@ -431,6 +431,11 @@ impl Model {
             | Op::RelabelSubtree { .. }
             | Op::MoveSubtree { .. }
             | Op::SetSubtreePolicy { .. } => Err(Errno::EOPNOTSUPP),
+            // Not generated: locks have their own tests (`locks.rs`).
+            Op::OpenSession
+            | Op::RenewSession { .. }
+            | Op::CloseSession { .. }
+            | Op::SetLock { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: orphans are tested through a mount.
             Op::ReleaseOrphan { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices, .. } => {

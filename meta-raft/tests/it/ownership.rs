@@ -219,7 +219,12 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::CreateSubtree { .. }
         | Op::RelabelSubtree { .. }
         | Op::MoveSubtree { .. }
-        | Op::SetSubtreePolicy { .. } => false,
+        | Op::SetSubtreePolicy { .. }
+        // Advisory locks change nothing a read or a write sees (`Touches::Advisory`).
+        | Op::OpenSession
+        | Op::RenewSession { .. }
+        | Op::CloseSession { .. }
+        | Op::SetLock { .. } => false,
     }
 }
 

@@ -1,5 +1,6 @@
-//! Background work: one abstraction for every periodic task of a data node, with
-//! exponential backoff after failures and a clean stop.
+//! Background work: one abstraction for every periodic task of a server (a data node's
+//! heartbeats and GC, a mount's lock-session renewals), with exponential backoff after
+//! failures and a clean stop.
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,116 @@
+//! Advisory locks and the sessions that hold them (see the `SetLock` RPC).
+
+use std::time::Duration;
+
+use mobilus_proto::convert::{lock_kind_from_wire, lock_kind_to_wire};
+use mobilus_proto::fs::{HeldLock, InodeId, LockKind};
+use mobilus_proto::pb;
+
+use crate::{ClientError, MetaClient};
+
+/// A lock request: whose, on what, for which bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockRequest {
+    pub ino: InodeId,
+    pub session: u64,
+    /// The kernel's lock owner, unique within the session's mount.
+    pub owner: u64,
+    pub start: u64,
+    /// Inclusive; `u64::MAX`: to the end of the file.
+    pub end: u64,
+    pub kind: LockKind,
+}
+
+impl MetaClient {
+    /// Open a lock session for this client's site; returns it and its lease.
+    pub async fn open_session(&self) -> Result<(u64, Duration), ClientError> {
+        let req = pb::OpenSessionRequest {
+            fence: self.fence(None),
+        };
+        let r = self
+            .call("open_session", |ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).open_session(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok((r.session, Duration::from_millis(r.lease_ms)))
+    }
+
+    /// Extend a session's lease; ENOLCK if it has already ended (its locks are gone).
+    pub async fn renew_session(&self, session: u64) -> Result<Duration, ClientError> {
+        let req = pb::SessionRequest { session };
+        let r = self
+            .call("renew_session", |ch| async move {
+                Self::meta(ch).renew_session(req).await
+            })
+            .await?
+            .into_inner();
+        Ok(Duration::from_millis(r.lease_ms))
+    }
+
+    /// End a session, releasing every lock it holds.
+    pub async fn close_session(&self, session: u64) -> Result<(), ClientError> {
+        let req = pb::SessionRequest { session };
+        self.call("close_session", |ch| async move {
+            Self::meta(ch).close_session(req).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Take, change or release a lock. A conflicting lock answers EAGAIN, after the
+    /// member waited up to `wait` (it caps the wait at a few seconds; ask again to wait
+    /// longer). Retrying a request is harmless: the same request sets the same state.
+    pub async fn set_lock(
+        &self,
+        r: LockRequest,
+        pid: u32,
+        wait: Duration,
+    ) -> Result<(), ClientError> {
+        let req = pb::SetLockRequest {
+            ino: r.ino,
+            session: r.session,
+            owner: r.owner,
+            start: r.start,
+            end: r.end,
+            kind: lock_kind_to_wire(r.kind) as i32,
+            pid,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        self.call("set_lock", |ch| async move {
+            Self::meta(ch).set_lock(req).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// F_GETLK: the lock of another owner that `r` would conflict with, if any.
+    pub async fn get_lock(&self, r: LockRequest) -> Result<Option<HeldLock>, ClientError> {
+        let req = pb::GetLockRequest {
+            ino: r.ino,
+            session: r.session,
+            owner: r.owner,
+            start: r.start,
+            end: r.end,
+            kind: lock_kind_to_wire(r.kind) as i32,
+            stale: false,
+        };
+        let g = self
+            .call("get_lock", |ch| async move {
+                Self::meta(ch).get_lock(req).await
+            })
+            .await?
+            .into_inner();
+        if !g.found {
+            return Ok(None);
+        }
+        let kind = lock_kind_from_wire(g.kind)?;
+        Ok(Some(HeldLock {
+            start: g.start,
+            end: g.end,
+            write: kind == LockKind::Write,
+            pid: g.pid,
+        }))
+    }
+}
