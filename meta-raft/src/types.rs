@@ -1,8 +1,8 @@
 //! The Raft type configuration and the commands the state machine applies.
 
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, DataNodeInfo, Epoch, Fence, FileKind, InodeId, LockKind, SetAttr,
-    SliceWrite, SubtreeId, SubtreeInfo,
+    Attr, ChunkCheck, ChunkHash, DataNodeInfo, Epoch, Fence, FileKind, InodeId, LockRequest,
+    SetAttr, SliceWrite, SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -202,15 +202,10 @@ pub enum Op {
         session: u64,
     },
     /// Set, change or release the advisory lock of (`session`, `owner`) on bytes
-    /// `start..=end` of `ino`, with POSIX record-lock semantics; a conflicting lock of a
+    /// `start..=end` of `ino` (all in `lock`), with POSIX record-lock semantics; a conflicting lock of a
     /// live session is EAGAIN.
     SetLock {
-        ino: InodeId,
-        session: u64,
-        owner: u64,
-        start: u64,
-        end: u64,
-        kind: LockKind,
+        lock: LockRequest,
         pid: u32,
     },
 }

@@ -201,6 +201,19 @@ pub enum LockKind {
     Unlock,
 }
 
+/// A lock request, or a question about one: whose (a lock session and the kernel's lock
+/// owner within it), on which file, for which bytes (`end` inclusive; `u64::MAX`: to the
+/// end of the file).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockRequest {
+    pub ino: InodeId,
+    pub session: u64,
+    pub owner: u64,
+    pub start: u64,
+    pub end: u64,
+    pub kind: LockKind,
+}
+
 /// An advisory lock held on bytes `start..=end` of a file (`end` = `u64::MAX`: to the end,
 /// however far the file grows).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

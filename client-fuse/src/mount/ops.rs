@@ -146,15 +146,9 @@ impl MountFs {
     /// Make the kernel ask for `ino`'s attributes again (not its pages: an open without
     /// FOPEN_KEEP_CACHE drops those already).
     fn forget_kernel_attrs(&self, ino: InodeId) {
-        self.inval_kernel(ino, -1);
-    }
-
-    /// Drop the kernel's cached attributes of `ino`, and its pages from `offset` on (none
-    /// if negative).
-    fn inval_kernel(&self, ino: InodeId, offset: i64) {
         if let Some(kernel) = self.kernel.get() {
             // ENOENT: the kernel holds nothing of the inode, which is as good.
-            if let Err(e) = kernel.inval_inode(fuser::INodeNo(ino), offset, 0) {
+            if let Err(e) = kernel.inval_inode(fuser::INodeNo(ino), -1, 0) {
                 if e.raw_os_error() != Some(libc::ENOENT) {
                     tracing::debug!(ino, error = %e, "dropping the kernel's cache failed");
                 }
@@ -162,16 +156,44 @@ impl MountFs {
         }
     }
 
-    /// Drop everything this mount and the kernel cached of `ino`'s bytes and attributes
-    /// (a lock was just granted: another mount may have changed the file under its own).
-    fn revalidate(&self, ino: InodeId) {
+    /// A lock on `ino` was just granted: another mount may have changed the file under
+    /// its own lock. If the file is not as this mount last knew it (at its last open or
+    /// its own last commit), drop every cache of it; if it is, what is cached is right
+    /// (one metadata read instead of rereading the file: writers on one mount).
+    async fn revalidate_after_grant(&self, ino: InodeId) {
+        let known = lock(&self.seen).get(&ino).copied();
+        match self.client.meta().getattr(ino, false).await {
+            Ok(a) if known == Some((a.mtime_ns, a.ctime_ns, a.size)) => {}
+            Ok(a) => {
+                self.revalidate(ino).await;
+                self.remember_seen(ino, (a.mtime_ns, a.ctime_ns, a.size));
+            }
+            Err(_) => self.revalidate(ino).await,
+        }
+    }
+
+    /// Drop everything this mount and the kernel cached of `ino`'s bytes and attributes.
+    async fn revalidate(&self, ino: InodeId) {
         if let Some(open) = self.open_inode(ino) {
             self.changed(&open);
             lock(&open.attr).1 = None;
         }
         lock(&self.seen).remove(&ino);
         lock(&self.answered).attrs.remove(&ino);
-        self.inval_kernel(ino, 0);
+        // Dropping pages waits for each page a read has locked, and that read is answered
+        // by this runtime: never block its workers with it (two such waits deadlocked a
+        // mount of four SQLite writers).
+        let Some(kernel) = self.kernel.get().cloned() else {
+            return;
+        };
+        let dropped =
+            tokio::task::spawn_blocking(move || kernel.inval_inode(fuser::INodeNo(ino), 0, 0))
+                .await;
+        if let Ok(Err(e)) = dropped {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::debug!(ino, error = %e, "dropping the kernel's pages failed");
+            }
+        }
     }
 
     /// An operation of this mount that may have changed something ended: forget every

@@ -13,7 +13,7 @@ mod cluster;
 mod locks;
 mod subtree;
 
-pub use self::locks::LockRequest;
+pub use mobilus_proto::fs::LockRequest;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -3,23 +3,10 @@
 use std::time::Duration;
 
 use mobilus_proto::convert::{lock_kind_from_wire, lock_kind_to_wire};
-use mobilus_proto::fs::{HeldLock, InodeId, LockKind};
+use mobilus_proto::fs::{HeldLock, LockKind, LockRequest};
 use mobilus_proto::pb;
 
 use crate::{ClientError, MetaClient};
-
-/// A lock request: whose, on what, for which bytes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LockRequest {
-    pub ino: InodeId,
-    pub session: u64,
-    /// The kernel's lock owner, unique within the session's mount.
-    pub owner: u64,
-    pub start: u64,
-    /// Inclusive; `u64::MAX`: to the end of the file.
-    pub end: u64,
-    pub kind: LockKind,
-}
 
 impl MetaClient {
     /// Open a lock session for this client's site; returns it and its lease.

@@ -10,7 +10,7 @@
 
 use std::ops::ControlFlow;
 
-use mobilus_proto::fs::{HeldLock, InodeId, LockKind};
+use mobilus_proto::fs::{HeldLock, InodeId, LockKind, LockRequest};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
@@ -145,19 +145,12 @@ fn sweep(txn: &mut Txn<'_>, now: i64) -> Result<(), NsError> {
 }
 
 /// The first lock of a live owner other than `q`'s that conflicts with it.
-fn conflict(txn: &Txn<'_>, now: i64, q: LockQuery) -> Result<Option<HeldLock>, NsError> {
-    let LockQuery {
-        ino,
-        session,
-        owner,
-        start,
-        end,
-        kind,
-    } = q;
+fn conflict(txn: &Txn<'_>, now: i64, q: LockRequest) -> Result<Option<HeldLock>, NsError> {
+    let (ino, start, end, kind) = (q.ino, q.start, q.end, q.kind);
     if kind == LockKind::Unlock {
         return Ok(None);
     }
-    let mine = lock_key(ino, Some(session), Some(owner));
+    let mine = lock_key(ino, Some(q.session), Some(q.owner));
     let mut found = None;
     let mut holders = Vec::new();
     txn.scan(
@@ -184,18 +177,20 @@ fn conflict(txn: &Txn<'_>, now: i64, q: LockQuery) -> Result<Option<HeldLock>, N
 }
 
 /// `SetLock`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn set_lock(
     txn: &mut Txn<'_>,
     stamp: i64,
-    ino: InodeId,
-    session: u64,
-    owner: u64,
-    start: u64,
-    end: u64,
-    kind: LockKind,
+    q: LockRequest,
     pid: u32,
 ) -> Result<(), NsError> {
+    let LockRequest {
+        ino,
+        session,
+        owner,
+        start,
+        end,
+        kind,
+    } = q;
     if start > end {
         return Err(OpError::explained(Errno::EINVAL, "a lock's start is past its end").into());
     }
@@ -204,14 +199,6 @@ pub(crate) fn set_lock(
         return Err(expired(session));
     }
     load(txn, ino)?;
-    let q = LockQuery {
-        ino,
-        session,
-        owner,
-        start,
-        end,
-        kind,
-    };
     if conflict(txn, now, q)?.is_some() {
         return Err(Errno::EAGAIN.into());
     }
@@ -282,7 +269,11 @@ fn merge(mut held: Vec<HeldLock>) -> Vec<HeldLock> {
 
 /// F_GETLK: the first lock of another live owner that would refuse `q`, judged at log
 /// time or at `at` if that is later.
-pub(crate) fn get_lock(txn: &Txn<'_>, q: LockQuery, at: i64) -> Result<Option<HeldLock>, NsError> {
+pub(crate) fn get_lock(
+    txn: &Txn<'_>,
+    q: LockRequest,
+    at: i64,
+) -> Result<Option<HeldLock>, NsError> {
     if q.start > q.end {
         return Err(OpError::explained(Errno::EINVAL, "a lock's start is past its end").into());
     }
@@ -306,26 +297,15 @@ pub(crate) fn held_on(txn: &Txn<'_>, ino: InodeId) -> Result<Vec<(u64, u64, Held
     Ok(out)
 }
 
-/// A lock request as a query sees it: who asks, for what.
-#[derive(Clone, Copy, Debug)]
-pub struct LockQuery {
-    pub ino: InodeId,
-    pub session: u64,
-    pub owner: u64,
-    pub start: u64,
-    pub end: u64,
-    pub kind: LockKind,
-}
-
 impl super::Namespace {
     /// F_GETLK: the lock that would refuse `q`, if any.
-    pub fn get_lock(&self, q: LockQuery) -> Result<Option<HeldLock>, NsError> {
+    pub fn get_lock(&self, q: LockRequest) -> Result<Option<HeldLock>, NsError> {
         self.with_view(|txn| get_lock(txn, q, 0))
     }
 
     /// Whether `q` would still be refused at time `at` (a waiter's guess of log time: the
     /// log's clock moves only with commands, and a holder's lease runs out without one).
-    pub fn lock_refused_at(&self, q: LockQuery, at: i64) -> Result<bool, NsError> {
+    pub fn lock_refused_at(&self, q: LockRequest, at: i64) -> Result<bool, NsError> {
         self.with_view(|txn| get_lock(txn, q, at))
             .map(|h| h.is_some())
     }

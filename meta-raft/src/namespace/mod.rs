@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
 pub use self::kv::{KvRead, KvStore, MemStore, RocksStore};
-pub use self::locks::{LockQuery, SessionRecord, SESSION_LEASE_NS};
+pub use self::locks::{SessionRecord, SESSION_LEASE_NS};
 pub use self::subtree::{SubtreeRecord, SITE_LEASE_NS};
 pub use self::txn::Txn;
 use crate::error::{NsError, StoreError};
@@ -333,16 +333,7 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             })
         }
         Op::CloseSession { session } => locks::close(txn, *session).map(|()| OpReply::Done),
-        Op::SetLock {
-            ino,
-            session,
-            owner,
-            start,
-            end,
-            kind,
-            pid,
-        } => locks::set_lock(txn, now, *ino, *session, *owner, *start, *end, *kind, *pid)
-            .map(|()| OpReply::Done),
+        Op::SetLock { lock, pid } => locks::set_lock(txn, now, *lock, *pid).map(|()| OpReply::Done),
     }
 }
 

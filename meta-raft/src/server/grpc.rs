@@ -7,7 +7,9 @@ use mobilus_proto::convert::{
     fence_from_wire, hashes_from_wire, hashes_to_wire, kind_from_wire, lock_kind_from_wire,
     lock_kind_to_wire, setattr_from_wire,
 };
-use mobilus_proto::fs::{valid_site_name, ChunkHash, LockKind, SliceWrite, SubtreeInfo};
+use mobilus_proto::fs::{
+    valid_site_name, ChunkHash, LockKind, LockRequest, SliceWrite, SubtreeInfo,
+};
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_server::Cluster;
 use mobilus_proto::pb::meta_server::Meta;
@@ -19,7 +21,6 @@ use tonic::{Request, Response, Status};
 use super::node::MetaNode;
 use crate::codec;
 use crate::error::MetaError;
-use crate::namespace::LockQuery;
 use crate::types::{NodeId, Op, OpReply};
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -79,6 +80,23 @@ impl MetaSvc {
         }
         self.node.propose_as(site, fence, op).await.map_err(status)
     }
+}
+
+fn lock_request(
+    ino: u64,
+    session: u64,
+    owner: u64,
+    (start, end): (u64, u64),
+    kind: i32,
+) -> Result<LockRequest, Status> {
+    Ok(LockRequest {
+        ino,
+        session,
+        owner,
+        start,
+        end,
+        kind: lock_kind_from_wire(kind).map_err(wire)?,
+    })
 }
 
 fn session_reply(r: OpReply, now_ns: i64) -> Reply<pb::SessionReply> {
@@ -349,14 +367,7 @@ impl Meta for MetaSvc {
 
     async fn set_lock(&self, r: Request<pb::SetLockRequest>) -> Reply<pb::Empty> {
         let r = r.into_inner();
-        let q = LockQuery {
-            ino: r.ino,
-            session: r.session,
-            owner: r.owner,
-            start: r.start,
-            end: r.end,
-            kind: lock_kind_from_wire(r.kind).map_err(wire)?,
-        };
+        let q = lock_request(r.ino, r.session, r.owner, (r.start, r.end), r.kind)?;
         let wait = std::time::Duration::from_millis(u64::from(r.wait_ms));
         self.node
             .set_lock(None, q, r.pid, wait)
@@ -367,14 +378,7 @@ impl Meta for MetaSvc {
 
     async fn get_lock(&self, r: Request<pb::GetLockRequest>) -> Reply<pb::GetLockReply> {
         let r = r.into_inner();
-        let q = LockQuery {
-            ino: r.ino,
-            session: r.session,
-            owner: r.owner,
-            start: r.start,
-            end: r.end,
-            kind: lock_kind_from_wire(r.kind).map_err(wire)?,
-        };
+        let q = lock_request(r.ino, r.session, r.owner, (r.start, r.end), r.kind)?;
         let held = self
             .node
             .read(r.stale, |ns| ns.get_lock(q))

@@ -7,8 +7,9 @@ use mobilus_proto::status::Errno;
 
 use super::node::{now_ns, MetaNode};
 use crate::error::MetaError;
-use crate::namespace::{LockQuery, SESSION_LEASE_NS};
+use crate::namespace::SESSION_LEASE_NS;
 use crate::types::{Op, OpError, OpReply};
+use mobilus_proto::fs::LockRequest;
 
 /// Longest one SetLock waits at a member before answering EAGAIN (the mount asks again,
 /// well inside its RPC timeout).
@@ -29,19 +30,11 @@ impl MetaNode {
     pub async fn set_lock(
         &self,
         site: Option<String>,
-        q: LockQuery,
+        q: LockRequest,
         pid: u32,
         wait: Duration,
     ) -> Result<(), MetaError> {
-        let op = Op::SetLock {
-            ino: q.ino,
-            session: q.session,
-            owner: q.owner,
-            start: q.start,
-            end: q.end,
-            kind: q.kind,
-            pid,
-        };
+        let op = Op::SetLock { lock: q, pid };
         let deadline = tokio::time::Instant::now() + wait.min(MAX_LOCK_WAIT);
         let mut changes = self.sm.lock_changes();
         loop {

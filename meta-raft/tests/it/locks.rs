@@ -67,15 +67,15 @@ fn fixture() -> Fixture {
 impl Fixture {
     #[allow(clippy::too_many_arguments)]
     fn set(&self, t: i64, session: u64, owner: u64, start: u64, end: u64, kind: LockKind) -> Reply {
-        let op = Op::SetLock {
+        let lock = LockRequest {
             ino: self.file,
             session,
             owner,
             start,
             end,
             kind,
-            pid: 42,
         };
+        let op = Op::SetLock { lock, pid: 42 };
         exec(&self.ns, t, Some("site-b"), op)
     }
 
@@ -186,12 +186,10 @@ fn a_closed_session_releases_everything_and_bad_requests_are_refused() {
     f.must_refuse(t, 999, 0, 0, LockKind::Read, Errno::ENOLCK);
     f.must_refuse(t, f.b, 10, 9, LockKind::Read, Errno::EINVAL);
     let missing = Op::SetLock {
-        ino: 12_345,
-        session: f.b,
-        owner: 1,
-        start: 0,
-        end: 0,
-        kind: LockKind::Read,
+        lock: LockRequest {
+            ino: 12_345,
+            ..req(f.file, f.b, LockKind::Read)
+        },
         pid: 1,
     };
     assert_eq!(

@@ -191,7 +191,7 @@ impl MountFs {
         }
         result?;
         lock(&self.locks.held).insert(key);
-        self.revalidate(ino);
+        self.revalidate_after_grant(ino).await;
         Ok(())
     }
 
