@@ -168,17 +168,38 @@ fn errno(e: &ClientError) -> FuseErrno {
     {
         log_read_only(m);
     }
-    FuseErrno::from_i32(e.to_errno().0)
+    let code = e.to_errno();
+    tracing::debug!(error = %e, errno = code.0, "answering an error");
+    if code == Errno::EIO {
+        log_io_error(e);
+    }
+    FuseErrno::from_i32(code.0)
+}
+
+/// True at most once a second per `last`: a failure that repeats is said, not flooded.
+fn once_a_second(last: &Mutex<Option<Instant>>) -> bool {
+    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+    let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }
 
 /// Say why a write was refused as read-only (another site owns the subtree, or this
 /// site's lease ran out), at most once a second.
 fn log_read_only(why: &mobilus_meta_client::ClientError) {
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-        *last = Some(Instant::now());
+    if once_a_second(&LAST) {
         tracing::warn!(%why, "write refused: read-only here (EROFS)");
+    }
+}
+
+/// Say what an application's EIO stands for: it names nothing itself.
+fn log_io_error(why: &ClientError) {
+    static LAST: Mutex<Option<Instant>> = Mutex::new(None);
+    if once_a_second(&LAST) {
+        tracing::warn!(%why, "answering EIO");
     }
 }
 

@@ -557,6 +557,13 @@ impl MountFs {
             // The kernel's entry named an inode another mount has deleted since: ESTALE
             // makes it look the name up again and retry the open (as NFS does).
             Err(e) if e.to_errno() == Errno::ENOENT => return refused(Errno::ESTALE),
+            // Unlinked, and alive only for another mount's open handles: the kernel's
+            // entry is stale here too. Opening it would hand out what is no longer at
+            // that name (SQLite took another mount's deleted journal for a hot one and
+            // rolled back a committed transaction).
+            Ok((a, _)) if a.nlink == 0 && self.open_inode(ino).is_none() => {
+                return refused(Errno::ESTALE)
+            }
             other => other?,
         };
         // What the open saw replaces an older answer: a stat after this file is closed

@@ -131,6 +131,8 @@ async fn locks_taken_through_one_mount_hold_at_another_and_carry_its_writes() {
 fn sqlite(db: &Path, sql: &str) -> String {
     let out = Command::new("sqlite3")
         .arg("-batch")
+        // SQLite's own log names the system call and errno behind an error.
+        .args(["-cmd", ".log stderr"])
         .arg(db)
         .arg(sql)
         .output()

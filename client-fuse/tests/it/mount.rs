@@ -228,4 +228,19 @@ async fn a_stat_after_a_read_shows_every_change_made_here_and_others_within_the_
         b"made at site-b",
         "a name made at site-b, after the TTL"
     );
+
+    // A file unlinked at site-b while open there lives on only for that open: a name
+    // here that still points at it (within the TTL) opens nothing.
+    let gone = a.point.join("gone");
+    std::fs::write(&gone, b"unlinked elsewhere").unwrap();
+    assert_eq!(std::fs::metadata(&gone).unwrap().len(), 18);
+    let held = std::fs::File::open(b.point.join("gone")).unwrap();
+    std::fs::remove_file(b.point.join("gone")).unwrap();
+    let opened = std::fs::read(&gone);
+    assert_eq!(
+        opened.map_err(errno),
+        Err(libc::ENOENT),
+        "opened a file unlinked at site-b through a stale name"
+    );
+    drop(held);
 }
