@@ -41,6 +41,16 @@ impl Client {
         }
     }
 
+    /// A reader that starts with a slice map fetched before (a delegation's cache: the
+    /// file cannot have changed since).
+    pub fn reader_with(&self, ino: InodeId, map: SliceMap) -> FileReader {
+        let reader = self.reader(ino);
+        if let Ok(mut w) = reader.window.try_lock() {
+            *w = Some(map.0);
+        }
+        reader
+    }
+
     /// Open a regular file for reading in one metadata round: its attributes and the
     /// slice map of its first window, from the same state. `Ok(None)`: not a regular
     /// file (the caller asks for its attributes instead).
@@ -351,6 +361,10 @@ struct Stream {
     prefetched_to: u64,
 }
 
+/// A file's slice map as one reader fetched it (opaque: see [`Client::reader_with`]).
+#[derive(Clone)]
+pub struct SliceMap(Arc<Window>);
+
 /// The read side of one open file (close-to-open: it sees the file as it was when its
 /// window was fetched). Reads run concurrently; only fetching a new window is serialized.
 pub struct FileReader {
@@ -361,6 +375,11 @@ pub struct FileReader {
 }
 
 impl FileReader {
+    /// The slice map this reader holds now, if any.
+    pub async fn slice_map(&self) -> Option<SliceMap> {
+        self.window.lock().await.clone().map(SliceMap)
+    }
+
     async fn window_for(&self, offset: u64, len: u64) -> Result<Arc<Window>, ClientError> {
         let end = offset.saturating_add(len);
         let mut slot = self.window.lock().await;

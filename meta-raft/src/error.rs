@@ -97,6 +97,7 @@ impl MetaError {
                 WireError::LeaseExpired(e.to_string())
             }
             MetaError::Op(e @ OpError::UnknownSite(_)) => WireError::UnknownSite(e.to_string()),
+            MetaError::Op(e @ OpError::Delegated { .. }) => WireError::Delegated(e.to_string()),
             MetaError::Op(e @ OpError::Explained { errno, .. }) => {
                 WireError::Errno(Errno(*errno), e.to_string())
             }

@@ -1,7 +1,7 @@
 //! The Raft type configuration and the commands the state machine applies.
 
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, DataNodeInfo, Epoch, Fence, FileKind, InodeId, LockRequest,
+    Attr, ChunkCheck, ChunkHash, DataNodeInfo, DelegationGrant, Epoch, Fence, FileKind, InodeId, LockRequest,
     SetAttr, SliceWrite, SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
@@ -46,6 +46,9 @@ pub struct Command {
     pub time_ns: i64,
     /// The site that issued it (a mount's); `None` for tools that speak for no site.
     pub site: Option<String>,
+    /// The issuing mount's session, if any: the holder of a subtree's delegation is
+    /// recognised by it (see `namespace::delegation`).
+    pub session: Option<u64>,
     pub fence: Option<Fence>,
     pub op: Op,
 }
@@ -208,6 +211,22 @@ pub enum Op {
         lock: LockRequest,
         pid: u32,
     },
+    /// `session` (a mount of the owner site) takes the subtree's delegation, or renews
+    /// it: while it holds it, no other session may change the subtree.
+    AcquireDelegation {
+        session: u64,
+        subtree: SubtreeId,
+    },
+    /// The holder gives the delegation back (after a recall, or at unmount).
+    ReleaseDelegation {
+        session: u64,
+        subtree: SubtreeId,
+    },
+    /// Another session (or a move) needs the subtree: ask its holder to give the
+    /// delegation back; it stays valid at most a grace period longer.
+    RecallDelegation {
+        subtree: SubtreeId,
+    },
 }
 
 /// Which inodes an operation changes, as the ownership check sees them.
@@ -257,6 +276,9 @@ impl Op {
             Op::RenewSession { .. } => "renew_session",
             Op::CloseSession { .. } => "close_session",
             Op::SetLock { .. } => "set_lock",
+            Op::AcquireDelegation { .. } => "acquire_delegation",
+            Op::ReleaseDelegation { .. } => "release_delegation",
+            Op::RecallDelegation { .. } => "recall_delegation",
         }
     }
 
@@ -288,6 +310,11 @@ impl Op {
             | Op::RelabelSubtree { .. }
             | Op::MoveSubtree { .. }
             | Op::SetSubtreePolicy { .. } => Touches::Admin,
+            // They change who may change the subtree's contents, not the contents;
+            // `namespace::delegation` checks the holder's site and lease itself.
+            Op::AcquireDelegation { .. }
+            | Op::ReleaseDelegation { .. }
+            | Op::RecallDelegation { .. } => Touches::Admin,
             Op::OpenSession
             | Op::RenewSession { .. }
             | Op::CloseSession { .. }
@@ -295,12 +322,18 @@ impl Op {
         }
     }
 
-    /// Whether applying it may release a lock someone waits for (see
-    /// `StateMachine::lock_changes`).
+    /// Whether applying it may release a lock or a delegation someone waits for, or
+    /// recall a delegation (see `StateMachine::lock_changes`).
     pub fn changes_locks(&self) -> bool {
         matches!(
             self,
-            Op::RenewSession { .. } | Op::CloseSession { .. } | Op::SetLock { .. }
+            Op::RenewSession { .. }
+                | Op::CloseSession { .. }
+                | Op::SetLock { .. }
+                | Op::AcquireDelegation { .. }
+                | Op::ReleaseDelegation { .. }
+                | Op::RecallDelegation { .. }
+                | Op::MoveSubtree { .. }
         )
     }
 }
@@ -330,6 +363,12 @@ pub enum OpError {
     LeaseExpired { subtree: SubtreeId, owner: String },
     #[error("unknown site {0:?}: no data node of it has ever registered")]
     UnknownSite(String),
+    #[error("subtree {subtree} is delegated to mount session {holder} for {remaining_ns} ns more; recalling it")]
+    Delegated {
+        subtree: SubtreeId,
+        holder: u64,
+        remaining_ns: i64,
+    },
     /// An errno with the reason spelled out (subtree administration).
     #[error("{}: {reason}", errno_name(*.errno))]
     Explained { errno: i32, reason: String },
@@ -376,6 +415,13 @@ pub enum OpReply {
     Session {
         id: u64,
         lease_end_ns: i64,
+        /// The delegations the session holds (a renewal answers them).
+        delegations: Vec<DelegationGrant>,
+    },
+    Delegation(DelegationGrant),
+    /// A recall: how long the holder's delegation may still last (0: nobody holds it).
+    Recalled {
+        remaining_ns: i64,
     },
 }
 

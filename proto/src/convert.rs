@@ -3,7 +3,8 @@
 //! into a valid domain value is an `INVALID_ARGUMENT` error, never a panic.
 
 use crate::fs::{
-    Attr, ChunkCheck, ChunkHash, ChunkRef, DataNodeInfo, DirEntry, Extent, Fence, FileKind,
+    Attr, ChunkCheck, ChunkHash, ChunkRef, DataNodeInfo, DelegationGrant, DirEntry, Extent, Fence,
+    FileKind,
     LockKind, SetAttr, SliceWrite, StatFs, SubtreeInfo, SubtreeState, TimeSet,
 };
 use crate::pb;
@@ -127,9 +128,14 @@ fn time_from_wire(t: Option<pb::TimeSet>) -> Option<TimeSet> {
     }
 }
 
-/// Encode who issues a mutation (`site`) and under which epoch (`fence`).
-pub fn fence_to_wire(site: Option<&str>, fence: Option<Fence>) -> Option<pb::Fence> {
-    if site.is_none() && fence.is_none() {
+/// Encode who issues a mutation (`site`, and the mount's `session`) and under which
+/// epoch (`fence`).
+pub fn fence_to_wire(
+    site: Option<&str>,
+    session: Option<u64>,
+    fence: Option<Fence>,
+) -> Option<pb::Fence> {
+    if site.is_none() && session.is_none() && fence.is_none() {
         return None;
     }
     let (subtree, epoch) = fence.map_or((0, 0), |f| (f.subtree, f.epoch));
@@ -137,19 +143,53 @@ pub fn fence_to_wire(site: Option<&str>, fence: Option<Fence>) -> Option<pb::Fen
         subtree,
         epoch,
         site: site.unwrap_or_default().to_string(),
+        session: session.unwrap_or(0),
     })
 }
 
-/// Decode who issued a mutation: the site (if any) and the epoch fence (if any).
-pub fn fence_from_wire(f: Option<pb::Fence>) -> (Option<String>, Option<Fence>) {
+/// Who issued a mutation, as the wire says: its site and mount session, if any.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Issuer {
+    pub site: Option<String>,
+    pub session: Option<u64>,
+}
+
+/// Decode who issued a mutation and the epoch fence (if any).
+pub fn fence_from_wire(f: Option<pb::Fence>) -> (Issuer, Option<Fence>) {
     let Some(f) = f else {
-        return (None, None);
+        return (Issuer::default(), None);
     };
     let fence = (f.subtree != 0).then_some(Fence {
         subtree: f.subtree,
         epoch: f.epoch,
     });
-    ((!f.site.is_empty()).then_some(f.site), fence)
+    let issuer = Issuer {
+        site: (!f.site.is_empty()).then_some(f.site),
+        session: (f.session != 0).then_some(f.session),
+    };
+    (issuer, fence)
+}
+
+impl From<&DelegationGrant> for pb::DelegationGrant {
+    fn from(g: &DelegationGrant) -> Self {
+        pb::DelegationGrant {
+            subtree: g.subtree,
+            epoch: g.epoch,
+            valid_ms: u64::try_from(g.remaining_ns / 1_000_000).unwrap_or(0),
+            recalled: g.recalled,
+        }
+    }
+}
+
+impl From<&pb::DelegationGrant> for DelegationGrant {
+    fn from(g: &pb::DelegationGrant) -> Self {
+        DelegationGrant {
+            subtree: g.subtree,
+            epoch: g.epoch,
+            remaining_ns: i64::try_from(g.valid_ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX),
+            recalled: g.recalled,
+        }
+    }
 }
 
 impl From<&SubtreeInfo> for pb::Subtree {

@@ -186,6 +186,16 @@ pub struct StatFs {
     pub name_max: u32,
 }
 
+/// A subtree's delegation as its holder sees it: held for `remaining_ns` more of log time
+/// (from the command that answered it), and whether it is being recalled.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DelegationGrant {
+    pub subtree: SubtreeId,
+    pub epoch: Epoch,
+    pub remaining_ns: i64,
+    pub recalled: bool,
+}
+
 /// The (subtree, epoch) under which a mutation was issued.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fence {

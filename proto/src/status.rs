@@ -4,7 +4,7 @@
 //! (ENOENT → NOT_FOUND, EEXIST → ALREADY_EXISTS, ...) and whose `x-mobilus-errno` metadata
 //! holds the errno number. Cluster errors carry `x-mobilus-error` with a stable name
 //! (`not-leader`, `unavailable`, `stale-epoch`, `stale-chunks`, `not-owner`,
-//! `lease-expired`, `unknown-site`) and, for `not-leader`, `x-mobilus-leader`
+//! `lease-expired`, `unknown-site`, `delegated`) and, for `not-leader`, `x-mobilus-leader`
 //! with the leader's address when it is known.
 
 use tonic::metadata::MetadataValue;
@@ -110,6 +110,10 @@ pub enum WireError {
     LeaseExpired(String),
     /// A site that has never registered a data node.
     UnknownSite(String),
+    /// Another mount session holds the subtree's delegation: nothing was done; the
+    /// delegation is being recalled, so the same request succeeds once it is given back
+    /// or its lease ends.
+    Delegated(String),
     /// Any other status (bad request framing, oversized message, internal error).
     Other(Code, String),
 }
@@ -121,6 +125,7 @@ const STALE_CHUNKS: &str = "stale-chunks";
 const NOT_OWNER: &str = "not-owner";
 const LEASE_EXPIRED: &str = "lease-expired";
 const UNKNOWN_SITE: &str = "unknown-site";
+const DELEGATED: &str = "delegated";
 
 fn errno_code(errno: Errno) -> Code {
     match errno {
@@ -188,6 +193,11 @@ impl WireError {
                 ERROR_KEY,
                 UNKNOWN_SITE.to_string(),
             ),
+            WireError::Delegated(msg) => (
+                Status::unavailable(msg.clone()),
+                ERROR_KEY,
+                DELEGATED.to_string(),
+            ),
             WireError::Other(code, msg) => return Status::new(*code, msg.clone()),
         };
         if let Ok(v) = MetadataValue::try_from(value.as_str()) {
@@ -211,6 +221,7 @@ impl WireError {
             Some(NOT_OWNER) => WireError::NotOwner(status.message().to_string()),
             Some(LEASE_EXPIRED) => WireError::LeaseExpired(status.message().to_string()),
             Some(UNKNOWN_SITE) => WireError::UnknownSite(status.message().to_string()),
+            Some(DELEGATED) => WireError::Delegated(status.message().to_string()),
             _ => WireError::Other(status.code(), status.message().to_string()),
         }
     }
@@ -233,6 +244,7 @@ mod tests {
             WireError::NotOwner("owned by site-b".into()),
             WireError::LeaseExpired("site-a's lease ran out".into()),
             WireError::UnknownSite("site-z".into()),
+            WireError::Delegated("subtree 7 is delegated to session 3".into()),
         ];
         for case in cases {
             let back = WireError::from_status(&case.to_status());

@@ -34,6 +34,10 @@ struct Args {
     /// Memory for the block cache shared by all open files, in MiB (default 256).
     #[arg(long)]
     block_cache_mib: Option<u64>,
+    /// Never ask for the delegation of a subtree this site owns (no authoritative
+    /// caching: every mount then keeps the short TTLs).
+    #[arg(long)]
+    no_delegations: bool,
     /// Write the mountpoint to this file once mounted.
     #[arg(long)]
     ready_file: Option<PathBuf>,
@@ -150,7 +154,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     mount::describe_metrics();
     let s = settings(&args)?;
     let client = connect(&s).await?;
-    let fs = Arc::new(MountFs::new(client, s.tuning.attr_ttl));
+    let fs = Arc::new(
+        MountFs::new(client, s.tuning.attr_ttl).with_delegations(!args.no_delegations),
+    );
     let config = mount::config(&s.site, s.threads);
     let session = mount::spawn(
         fs.clone(),

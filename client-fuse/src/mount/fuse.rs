@@ -367,16 +367,23 @@ impl Filesystem for FuseAdapter {
         let (n, ttl) = (name(n), self.tuning.attr_ttl);
         self.run(
             "lookup",
-            move |fs| async move { fs.lookup(parent.0, &n).await },
+            move |fs| async move {
+                // A delegation's holder gives the kernel TTLs as long as the delegation.
+                match fs.lookup(parent.0, &n).await {
+                    Ok(a) => Ok((fs.ttl_for(Some((parent.0, &n)), &a, ttl), Some(a))),
+                    Err(e) if e.to_errno() == Errno::ENOENT => {
+                        Ok((fs.negative_ttl(parent.0, &n, ttl), None))
+                    }
+                    Err(e) => Err(e),
+                }
+            },
             move |r| match r {
-                Ok(a) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+                Ok((ttl, Some(a))) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
                 // No such name: a negative entry (inode 0) the kernel keeps for the same
                 // TTL as a positive one. Without it every check for an absent file
                 // (SQLite's journal before each transaction, a compiler's include path)
                 // is a metadata round.
-                Err(ClientError::Meta(e)) if e.errno() == Some(Errno::ENOENT) => {
-                    reply.entry(&ttl, &negative_entry(), Generation(0))
-                }
+                Ok((ttl, None)) => reply.entry(&ttl, &negative_entry(), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -389,12 +396,18 @@ impl Filesystem for FuseAdapter {
         let start = std::time::Instant::now();
         if let Some(a) = self.fs.known_attr(ino.0) {
             record("getattr", true, start);
-            return reply.attr(&ttl, &file_attr(&a));
+            return reply.attr(&self.fs.ttl_for(None, &a, ttl), &file_attr(&a));
         }
         self.run(
             "getattr",
-            move |fs| async move { fs.getattr(ino.0).await },
-            attr(reply, ttl),
+            move |fs| async move {
+                let a = fs.getattr(ino.0).await?;
+                Ok((fs.ttl_for(None, &a, ttl), a))
+            },
+            move |r| match r {
+                Ok((ttl, a)) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => reply.error(errno(&e)),
+            },
         );
     }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use mobilus_proto::fs::{Attr, DirEntry, FileKind, InodeId, SetAttr, StatFs};
 use mobilus_proto::status::Errno;
@@ -19,6 +19,7 @@ use tracing::instrument;
 use crate::client::{Client, ClientError, FileWriter};
 use crate::read::FileReader;
 
+mod delegation;
 mod locks;
 
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
@@ -87,6 +88,10 @@ pub struct MountFs {
     kernel: OnceLock<fuser::Notifier>,
     /// Advisory locks (`locks.rs`).
     locks: locks::Locks,
+    /// Delegations and the authoritative cache under them (`delegation.rs`).
+    deleg: delegation::Delegations,
+    /// This mount, for background work it starts itself (set once mounted).
+    me: OnceLock<Weak<MountFs>>,
 }
 
 /// Attributes the metadata service answered, for the GETATTRs the kernel sends while its
@@ -135,12 +140,29 @@ impl MountFs {
             answered: Mutex::default(),
             kernel: OnceLock::new(),
             locks: locks::Locks::default(),
+            deleg: delegation::Delegations::new(true),
+            me: OnceLock::new(),
         }
     }
 
+    /// Whether this mount asks for the delegations of subtrees its site owns (on by
+    /// default; `--no-delegations`).
+    pub fn with_delegations(mut self, on: bool) -> Self {
+        self.deleg = delegation::Delegations::new(on);
+        self
+    }
+
     /// The mount is up: `notifier` reaches the kernel's caches of it.
-    pub fn mounted(&self, notifier: fuser::Notifier) {
+    pub fn mounted(self: &Arc<Self>, notifier: fuser::Notifier) {
         let _ = self.kernel.set(notifier);
+        self.start_background();
+    }
+
+    /// Background work of this mount (delegations, lock-session renewals) may start;
+    /// `mounted` does this, and tests that drive a `MountFs` without a kernel call it.
+    pub fn start_background(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+        self.locks.set_owner(Arc::downgrade(self));
     }
 
     /// Make the kernel ask for `ino`'s attributes again (not its pages: an open without
@@ -327,6 +349,7 @@ impl MountFs {
     async fn flush_inode(&self, inode: &OpenInode) -> FsResult<()> {
         let mut w = inode.writer.lock().await;
         if w.is_dirty() {
+            let _changing = self.deleg.mutation();
             let result = w.flush().await;
             inode.pending_end.store(w.pending_end(), Ordering::Release);
             self.changed(inode);
@@ -342,10 +365,39 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> FsResult<Attr> {
+        if let Some(known) = self.deleg.entry(parent, name) {
+            delegation::hit("lookup");
+            return match known {
+                Some(attr) => Ok(self.merge(attr)),
+                None => refused(Errno::ENOENT),
+            };
+        }
         let generation = self.answered_generation();
-        let attr = self.client.meta().lookup(parent, name, false).await?;
+        let ticket = self.deleg.ticket();
+        let attr = match self.client.meta().lookup(parent, name, false).await {
+            Ok(attr) => attr,
+            Err(e) => {
+                if e.errno() == Some(Errno::ENOENT) {
+                    self.deleg.keep_entry(ticket, parent, name, None);
+                }
+                return Err(e.into());
+            }
+        };
         self.keep_answered(generation, &attr);
+        self.deleg.keep_entry(ticket, parent, name, Some(&attr));
+        self.consider_delegation(attr.subtree);
         Ok(self.merge(attr))
+    }
+
+    /// The kernel TTL for an entry (`name` in `parent`) or the attributes of `attr`:
+    /// the delegation's length if this mount holds one for it, else `ordinary`.
+    pub fn ttl_for(&self, entry: Option<(InodeId, &[u8])>, attr: &Attr, ordinary: Duration) -> Duration {
+        self.deleg.ttl(entry, attr, ordinary)
+    }
+
+    /// The kernel TTL for a negative entry.
+    pub fn negative_ttl(&self, parent: InodeId, name: &[u8], ordinary: Duration) -> Duration {
+        self.deleg.negative_ttl(parent, name, ordinary)
     }
 
     /// The attributes of `ino` if this mount can answer them without a round: an open
@@ -357,7 +409,11 @@ impl MountFs {
                 let fresh = at.is_some_and(|at| at.elapsed() < self.cache_ttl);
                 (open.pending_end.load(Ordering::Acquire) > 0 || fresh).then_some(attr)
             }
-            None => self.fresh_answer(ino),
+            None => self.fresh_answer(ino).or_else(|| {
+                let a = self.deleg.attr(ino)?;
+                delegation::hit("getattr");
+                Some(a)
+            }),
         }
     }
 
@@ -377,7 +433,12 @@ impl MountFs {
         }
         let open = self.open_inode(ino);
         let generation = self.answered_generation();
+        let ticket = self.deleg.ticket();
         let attr = self.client.meta().getattr(ino, false).await?;
+        if open.is_none() {
+            self.deleg.keep_attr(ticket, &attr);
+        }
+        self.consider_delegation(attr.subtree);
         match &open {
             Some(open) => {
                 if open.pending_end.load(Ordering::Acquire) == 0 {
@@ -391,6 +452,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
+        let _changing = self.deleg.mutation();
         let open = self.open_inode(ino);
         if let (Some(open), Some(_)) = (&open, set.size) {
             // Buffered writes land before the truncate, as they were issued.
@@ -414,6 +476,7 @@ impl MountFs {
         rdev: u32,
         who: Caller,
     ) -> FsResult<Attr> {
+        let _changing = self.deleg.mutation();
         // The namespace applies setgid-directory inheritance itself, atomically.
         Ok(self
             .client
@@ -439,6 +502,7 @@ impl MountFs {
         mode: u32,
         who: Caller,
     ) -> FsResult<Attr> {
+        let _changing = self.deleg.mutation();
         Ok(self
             .client
             .meta()
@@ -454,6 +518,7 @@ impl MountFs {
         target: &[u8],
         who: Caller,
     ) -> FsResult<Attr> {
+        let _changing = self.deleg.mutation();
         Ok(self
             .client
             .meta()
@@ -468,6 +533,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        let _changing = self.deleg.mutation();
         // A file open here stays usable through its handles until the last one closes.
         let open = if lock(&self.inodes).is_empty() {
             None
@@ -496,6 +562,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        let _changing = self.deleg.mutation();
         Ok(self.client.meta().rmdir(parent, name, None).await?)
     }
 
@@ -508,6 +575,7 @@ impl MountFs {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        let _changing = self.deleg.mutation();
         // Which inodes move is not answered: look the (few) open ones up again.
         self.client
             .meta()
@@ -522,6 +590,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> FsResult<Attr> {
+        let _changing = self.deleg.mutation();
         let attr = self
             .client
             .meta()
@@ -540,8 +609,20 @@ impl MountFs {
         // One round for a regular file: its attributes and first slice map together,
         // so the first read needs no metadata call (the reader then sees the file as of
         // this open, as close-to-open asks).
+        if let Some((attr, map)) = self.deleg.opened(ino) {
+            // Delegated: nobody else can have changed it since this mount read it.
+            delegation::hit("open");
+            let (fh, keep_cache) = self.open_as(ino, attr);
+            if let Ok(h) = self.handle(fh) {
+                let version = h.inode.version.load(Ordering::Acquire);
+                let reader = self.client.reader_with(ino, map);
+                *lock(&h.reader) = Some((version, Arc::new(reader)));
+            }
+            return Ok((fh, keep_cache));
+        }
         let changes = self.changes.load(Ordering::Acquire);
         let generation = self.answered_generation();
+        let ticket = self.deleg.ticket();
         let opened = match self.client.open_reader(ino).await {
             Ok(Some((attr, reader))) => Ok((attr, Some(reader))),
             Ok(None) => self
@@ -569,7 +650,8 @@ impl MountFs {
         // What the open saw replaces an older answer: a stat after this file is closed
         // again never shows the file as it was before this open.
         self.keep_answered(generation, &attr);
-        let (fh, keep_cache) = self.open_as(ino, attr);
+        let subtree = attr.subtree;
+        let (fh, keep_cache) = self.open_as(ino, attr.clone());
         if !keep_cache {
             // The file changed since the kernel may have cached its attributes (a stat
             // here before a change elsewhere): drop them, or a read would stop at the
@@ -579,9 +661,13 @@ impl MountFs {
         // A flush here since the fetch may have committed bytes the map predates.
         let unchanged = self.changes.load(Ordering::Acquire) == changes;
         if let (Some(reader), Ok(h), true) = (reader, self.handle(fh), unchanged) {
+            if let Some(map) = reader.slice_map().await {
+                self.deleg.keep_opened(ticket, &attr, map);
+            }
             let version = h.inode.version.load(Ordering::Acquire);
             *lock(&h.reader) = Some((version, Arc::new(reader)));
         }
+        self.consider_delegation(subtree);
         Ok((fh, keep_cache))
     }
 
@@ -742,8 +828,10 @@ impl MountFs {
             cached.ctime_ns = now;
         }
         if !data.is_empty() && !w.is_dirty() {
-            // The buffer filled and was flushed: readers must refetch.
+            // The buffer filled and was flushed: readers must refetch, and nothing cached
+            // from before (or during) the commit may be trusted.
             self.changed(&h.inode);
+            drop(self.deleg.mutation());
         }
         result?;
         Ok(len)
@@ -772,6 +860,7 @@ impl MountFs {
                 last
             };
             if last && h.inode.orphan.load(Ordering::Acquire) {
+                let _changing = self.deleg.mutation();
                 let released = self.client.meta().release_orphan(h.ino).await;
                 self.mutated();
                 released?;
@@ -796,11 +885,24 @@ impl MountFs {
     /// Entries of a directory after `cookie`, at most one batch.
     #[instrument(skip(self))]
     pub async fn readdir(&self, ino: InodeId, cookie: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
-        let (mut entries, _) = self
+        if let Some(mut entries) = self.deleg.listing(ino, cookie, plus) {
+            delegation::hit("readdir");
+            for e in &mut entries {
+                if let Some(a) = e.attr.take() {
+                    e.attr = Some(self.merge(a));
+                }
+            }
+            return Ok(entries);
+        }
+        let ticket = self.deleg.ticket();
+        let (mut entries, eof) = self
             .client
             .meta()
             .readdir(ino, cookie, READDIR_BATCH, plus, false)
             .await?;
+        if cookie == 0 && eof {
+            self.deleg.keep_listing(ticket, ino, &entries, plus);
+        }
         for e in &mut entries {
             if let Some(a) = e.attr.take() {
                 e.attr = Some(self.merge(a));
@@ -822,6 +924,7 @@ impl MountFs {
         value: &[u8],
         flags: u32,
     ) -> FsResult<()> {
+        let _changing = self.deleg.mutation();
         if name == SECURITY_CAPABILITY {
             lock(&self.no_caps).remove(&ino);
         }
@@ -853,6 +956,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
+        let _changing = self.deleg.mutation();
         self.client.meta().removexattr(ino, name, None).await?;
         self.invalidate_cached(ino);
         Ok(())

@@ -100,6 +100,10 @@ impl From<WireError> for ClientError {
             WireError::NotOwner(m) => ClientError::NotOwner(m),
             WireError::LeaseExpired(m) => ClientError::LeaseExpired(m),
             WireError::UnknownSite(m) => ClientError::UnknownSite(m),
+            WireError::Delegated(m) => ClientError::Unavailable {
+                addrs: String::new(),
+                last: m,
+            },
             WireError::NotLeader(l) => ClientError::Unavailable {
                 addrs: l.unwrap_or_default(),
                 last: "not the leader".into(),
@@ -154,6 +158,8 @@ struct Inner {
     cursor: AtomicUsize,
     channels: Mutex<HashMap<String, Channel>>,
     opts: ClientOptions,
+    /// See [`MetaClient::set_session`]; 0 is none.
+    session: std::sync::atomic::AtomicU64,
 }
 
 /// A client of the metadata cluster. Cheap to clone; clones share channels.
@@ -229,6 +235,7 @@ impl MetaClient {
                 cursor: AtomicUsize::new(0),
                 channels: Mutex::new(HashMap::new()),
                 opts,
+                session: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -240,7 +247,21 @@ impl MetaClient {
 
     /// Who issues a mutation, and under which epoch, as the wire carries it.
     fn fence(&self, fence: Option<Fence>) -> Option<pb::Fence> {
-        fence_to_wire(self.inner.opts.site.as_deref(), fence)
+        let session = self.inner.session.load(Ordering::Relaxed);
+        fence_to_wire(
+            self.inner.opts.site.as_deref(),
+            (session != 0).then_some(session),
+            fence,
+        )
+    }
+
+    /// The mount session this client's mutations are issued under from now on (`None`:
+    /// none). Shared by every clone: a mount's whole client speaks for its session, so
+    /// the holder of a delegation is recognised whatever path a mutation takes.
+    pub fn set_session(&self, session: Option<u64>) {
+        self.inner
+            .session
+            .store(session.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// The site this client speaks for.
@@ -308,6 +329,9 @@ impl MetaClient {
         let mut attempt = 0u32;
         let mut last;
         loop {
+            // Refused because another mount holds the subtree's delegation: nothing was
+            // done, so asking again is safe for any caller.
+            let mut delegated = false;
             let target = lock(&self.inner.leader)
                 .clone()
                 .unwrap_or_else(|| self.inner.endpoints[self.cursor()].clone());
@@ -349,6 +373,11 @@ impl MetaClient {
                         *lock(&self.inner.leader) = None;
                         false
                     }
+                    WireError::Delegated(msg) => {
+                        last = format!("{target}: {msg}");
+                        delegated = true;
+                        false
+                    }
                     WireError::Other(Code::Unavailable | Code::Unknown, msg) => {
                         last = format!("{target}: {msg}");
                         *lock(&self.inner.leader) = None;
@@ -365,7 +394,7 @@ impl MetaClient {
                     false
                 }
             };
-            if (!retry_now && !self.inner.opts.retry_ambiguous)
+            if (!retry_now && !delegated && !self.inner.opts.retry_ambiguous)
                 || start.elapsed() >= self.inner.opts.deadline
             {
                 return Err(ClientError::Unavailable {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mobilus_proto::convert::{lock_kind_from_wire, lock_kind_to_wire};
-use mobilus_proto::fs::{HeldLock, LockKind, LockRequest};
+use mobilus_proto::fs::{DelegationGrant, HeldLock, LockKind, LockRequest};
 use mobilus_proto::pb;
 
 use crate::{ClientError, MetaClient};
@@ -24,8 +24,12 @@ impl MetaClient {
         Ok((r.session, Duration::from_millis(r.lease_ms)))
     }
 
-    /// Extend a session's lease; ENOLCK if it has already ended (its locks are gone).
-    pub async fn renew_session(&self, session: u64) -> Result<Duration, ClientError> {
+    /// Extend a session's lease; ENOLCK if it has already ended (its locks and
+    /// delegations are gone). Answers the lease and the delegations it still holds.
+    pub async fn renew_session(
+        &self,
+        session: u64,
+    ) -> Result<(Duration, Vec<DelegationGrant>), ClientError> {
         let req = pb::SessionRequest { session };
         let r = self
             .call("renew_session", |ch| async move {
@@ -33,7 +37,50 @@ impl MetaClient {
             })
             .await?
             .into_inner();
-        Ok(Duration::from_millis(r.lease_ms))
+        let grants = r.delegations.iter().map(DelegationGrant::from).collect();
+        Ok((Duration::from_millis(r.lease_ms), grants))
+    }
+
+    /// Take (or renew) `subtree`'s delegation for `session`: refused unless the session's
+    /// site owns the subtree and no other session holds it.
+    pub async fn acquire_delegation(
+        &self,
+        session: u64,
+        subtree: u64,
+    ) -> Result<DelegationGrant, ClientError> {
+        let req = pb::DelegationRequest { session, subtree };
+        let r = self
+            .call("acquire_delegation", |ch| async move {
+                Self::meta(ch).acquire_delegation(req).await
+            })
+            .await?
+            .into_inner();
+        Ok(DelegationGrant::from(&r))
+    }
+
+    /// Give `subtree`'s delegation back.
+    pub async fn release_delegation(&self, session: u64, subtree: u64) -> Result<(), ClientError> {
+        let req = pb::DelegationRequest { session, subtree };
+        self.call("release_delegation", |ch| async move {
+            Self::meta(ch).release_delegation(req).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// The recalls of `session`'s delegations, as a stream from one member (the current
+    /// ones first). The stream ends when that member goes: open another.
+    pub async fn watch_delegations(
+        &self,
+        session: u64,
+    ) -> Result<tonic::Streaming<pb::DelegationGrant>, ClientError> {
+        let req = pb::SessionRequest { session };
+        let r = self
+            .call("watch_delegations", |ch| async move {
+                Self::meta(ch).watch_delegations(req).await
+            })
+            .await?;
+        Ok(r.into_inner())
     }
 
     /// End a session, releasing every lock it holds.

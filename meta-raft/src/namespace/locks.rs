@@ -10,10 +10,11 @@
 
 use std::ops::ControlFlow;
 
-use mobilus_proto::fs::{HeldLock, InodeId, LockKind, LockRequest};
+use mobilus_proto::fs::{DelegationGrant, HeldLock, InodeId, LockKind, LockRequest};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
+use super::delegation;
 use super::subtree::{log_now, read_log_now};
 use super::{keys, load, Cf, Txn};
 use crate::error::NsError;
@@ -59,12 +60,17 @@ fn held_key(session: u64, ino: Option<InodeId>) -> Vec<u8> {
     k
 }
 
-fn expired(session: u64) -> NsError {
+pub(crate) fn expired(session: u64) -> NsError {
     OpError::explained(
         Errno::ENOLCK,
         format!("lock session {session} has ended (its lease ran out): its locks are gone"),
     )
     .into()
+}
+
+/// The session's record, if it has not been deleted.
+pub(crate) fn session_record(txn: &Txn<'_>, session: u64) -> Result<Option<SessionRecord>, NsError> {
+    Ok(txn.get(Cf::Locks, &session_key(session))?)
 }
 
 /// Whether `session` holds locks at log time `now`.
@@ -91,8 +97,13 @@ pub(crate) fn open_session(
     Ok((id, rec.lease_end_ns))
 }
 
-/// `RenewSession`: extends a live session; then deletes a few expired ones.
-pub(crate) fn renew(txn: &mut Txn<'_>, stamp: i64, session: u64) -> Result<i64, NsError> {
+/// `RenewSession`: extends a live session; then deletes a few expired ones. Answers the
+/// new lease end and the delegations the session still holds.
+pub(crate) fn renew(
+    txn: &mut Txn<'_>,
+    stamp: i64,
+    session: u64,
+) -> Result<(i64, Vec<DelegationGrant>), NsError> {
     let now = log_now(txn, stamp)?;
     let key = session_key(session);
     let Some(mut rec) = txn.get::<SessionRecord>(Cf::Locks, &key)? else {
@@ -104,7 +115,7 @@ pub(crate) fn renew(txn: &mut Txn<'_>, stamp: i64, session: u64) -> Result<i64, 
     rec.lease_end_ns = now + SESSION_LEASE_NS;
     txn.put(Cf::Locks, key, &rec)?;
     sweep(txn, now)?;
-    Ok(rec.lease_end_ns)
+    Ok((rec.lease_end_ns, delegation::grants_of(txn, session, now)?))
 }
 
 /// `CloseSession`: release everything it holds. Closing an unknown session is done.
@@ -113,6 +124,7 @@ pub(crate) fn close(txn: &mut Txn<'_>, session: u64) -> Result<(), NsError> {
 }
 
 fn drop_session(txn: &mut Txn<'_>, session: u64) -> Result<(), NsError> {
+    delegation::drop_session(txn, session)?;
     for (k, _) in txn.scan_all(Cf::Locks, &held_key(session, None))? {
         let ino = keys::u64_at(&k, 9);
         for (lk, _) in txn.scan_all(Cf::Locks, &lock_key(ino, Some(session), None))? {

@@ -5,6 +5,7 @@
 //! [`Command`](crate::types::Command), whose `time_ns` the leader stamped at proposal. The
 //! same log therefore produces the same bytes on every member.
 
+mod delegation;
 mod dir;
 mod file;
 mod fsck;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
 pub use self::kv::{KvRead, KvStore, MemStore, RocksStore};
+pub use self::delegation::{DelegationRecord, REACQUIRE_HOLD_NS, RECALL_GRACE_NS};
 pub use self::locks::{SessionRecord, SESSION_LEASE_NS};
 pub use self::subtree::{SubtreeRecord, SITE_LEASE_NS};
 pub use self::txn::Txn;
@@ -324,14 +326,30 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             root,
             follow_writer_hold_ns,
         } => subtree::set_policy(txn, *root, *follow_writer_hold_ns).map(OpReply::Subtree),
-        Op::OpenSession => locks::open_session(txn, now, site)
-            .map(|(id, lease_end_ns)| OpReply::Session { id, lease_end_ns }),
-        Op::RenewSession { session } => {
-            locks::renew(txn, now, *session).map(|lease_end_ns| OpReply::Session {
-                id: *session,
+        Op::OpenSession => {
+            locks::open_session(txn, now, site).map(|(id, lease_end_ns)| OpReply::Session {
+                id,
                 lease_end_ns,
+                delegations: Vec::new(),
             })
         }
+        Op::RenewSession { session } => {
+            locks::renew(txn, now, *session).map(|(lease_end_ns, delegations)| {
+                OpReply::Session {
+                    id: *session,
+                    lease_end_ns,
+                    delegations,
+                }
+            })
+        }
+        Op::AcquireDelegation { session, subtree } => {
+            delegation::acquire(txn, now, *session, *subtree).map(OpReply::Delegation)
+        }
+        Op::ReleaseDelegation { session, subtree } => {
+            delegation::release(txn, *session, *subtree).map(|()| OpReply::Done)
+        }
+        Op::RecallDelegation { subtree } => delegation::recall(txn, now, *subtree)
+            .map(|remaining_ns| OpReply::Recalled { remaining_ns }),
         Op::CloseSession { session } => locks::close(txn, *session).map(|()| OpReply::Done),
         Op::SetLock { lock, pid } => locks::set_lock(txn, now, *lock, *pid).map(|()| OpReply::Done),
     }

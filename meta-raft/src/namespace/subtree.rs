@@ -17,6 +17,7 @@ use mobilus_proto::fs::{Epoch, FileKind, InodeId, SubtreeId, SubtreeInfo, Subtre
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
+use super::delegation;
 use super::keys::{self, Cf};
 use super::txn::Txn;
 use super::{load, save, DentryRecord, InodeRecord};
@@ -91,7 +92,7 @@ pub(crate) fn read_log_now(txn: &Txn<'_>) -> Result<i64, NsError> {
 }
 
 /// When `site`'s lease ends, in log time (0: it never had one).
-fn site_lease(txn: &Txn<'_>, site: &str) -> Result<i64, NsError> {
+pub(crate) fn site_lease(txn: &Txn<'_>, site: &str) -> Result<i64, NsError> {
     Ok(txn.get(Cf::Sys, &lease_key(site))?.unwrap_or(0))
 }
 
@@ -210,15 +211,26 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
     let issued_epoch = sub.epoch;
     if let Some(owner) = sub.owner.clone() {
         let now = log_now(txn, cmd.time_ns)?;
-        if cmd.site.as_deref() != Some(owner.as_str())
-            && !follow_writer(txn, root, &mut sub, cmd.site.as_deref(), now)?
-        {
-            return Err(OpError::NotOwner {
-                subtree: root,
-                owner,
-                site: cmd.site.clone(),
-            }
-            .into());
+        if cmd.site.as_deref() != Some(owner.as_str()) {
+            let Some(writer) = cmd
+                .site
+                .as_deref()
+                .filter(|site| follows_writer(txn, &sub, site, now).unwrap_or(false))
+            else {
+                return Err(OpError::NotOwner {
+                    subtree: root,
+                    owner,
+                    site: cmd.site.clone(),
+                }
+                .into());
+            };
+            // The owner's delegation is recalled before the subtree follows the writer.
+            delegation::check(txn, root, &sub, now, cmd.session)?;
+            sub.owner = Some(writer.to_string());
+            sub.epoch += 1;
+            sub.moved_ns = now;
+            put(txn, root, &sub)?;
+            delegation::clear(txn, root)?;
         }
         let owner = sub.owner.clone().unwrap_or_default();
         if now >= site_lease(txn, &owner)? {
@@ -228,6 +240,18 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
             }
             .into());
         }
+        if let Some(fence) = cmd.fence {
+            if fence.subtree != root || fence.epoch != issued_epoch {
+                return Err(OpError::StaleEpoch {
+                    subtree: root,
+                    given: fence.epoch,
+                    current: issued_epoch,
+                }
+                .into());
+            }
+        }
+        // Only the holder of the subtree's delegation, if any, may change it.
+        return delegation::check(txn, root, &sub, now, cmd.session);
     }
     if let Some(fence) = cmd.fence {
         if fence.subtree != root || fence.epoch != issued_epoch {
@@ -245,24 +269,16 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
 /// The follow-writer policy: a write from `site` moves the subtree there (epoch + 1,
 /// in the writer's own command, so a write that is refused later moves nothing) when
 /// the owner has held it for the policy's hold time and `site`'s lease is valid.
-fn follow_writer(
-    txn: &mut Txn<'_>,
-    root: SubtreeId,
-    sub: &mut SubtreeRecord,
-    site: Option<&str>,
+fn follows_writer(
+    txn: &Txn<'_>,
+    sub: &SubtreeRecord,
+    site: &str,
     now: i64,
 ) -> Result<bool, NsError> {
-    let (Some(hold), Some(site)) = (sub.follow_writer_hold_ns, site) else {
+    let Some(hold) = sub.follow_writer_hold_ns else {
         return Ok(false);
     };
-    if now - sub.moved_ns.max(sub.created_ns) < hold || now >= site_lease(txn, site)? {
-        return Ok(false);
-    }
-    sub.owner = Some(site.to_string());
-    sub.epoch += 1;
-    sub.moved_ns = now;
-    put(txn, root, sub)?;
-    Ok(true)
+    Ok(now - sub.moved_ns.max(sub.created_ns) >= hold && now < site_lease(txn, site)?)
 }
 
 /// `SetSubtreePolicy`.
@@ -572,10 +588,14 @@ pub(crate) fn give(
         }
         .into());
     }
+    // The owner's mount that holds the delegation flushes and gives it back first (the
+    // member recalls it and proposes the move again); after a takeover it has expired.
+    delegation::check(txn, root, &sub, now, None)?;
     sub.owner = Some(to.to_string());
     sub.epoch += 1;
     sub.moved_ns = now;
     put(txn, root, &sub)?;
+    delegation::clear(txn, root)?;
     info(txn, root, &sub)
 }
 

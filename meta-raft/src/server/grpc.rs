@@ -72,13 +72,16 @@ pub struct MetaSvc {
 
 impl MetaSvc {
     async fn op(&self, fence: Option<pb::Fence>, op: Op) -> Result<OpReply, Status> {
-        let (site, fence) = fence_from_wire(fence);
-        if site.as_deref().is_some_and(|s| !valid_site_name(s)) {
+        let (issuer, fence) = fence_from_wire(fence);
+        if issuer.site.as_deref().is_some_and(|s| !valid_site_name(s)) {
             return Err(Status::invalid_argument(
                 "the fence's site must be 1 to 64 letters, digits, '-' and '_'",
             ));
         }
-        self.node.propose_as(site, fence, op).await.map_err(status)
+        self.node
+            .propose_by(issuer.site, issuer.session, fence, op)
+            .await
+            .map_err(status)
     }
 }
 
@@ -101,8 +104,13 @@ fn lock_request(
 
 fn session_reply(r: OpReply, now_ns: i64) -> Reply<pb::SessionReply> {
     match r {
-        OpReply::Session { id, lease_end_ns } => Ok(Response::new(pb::SessionReply {
+        OpReply::Session {
+            id,
+            lease_end_ns,
+            delegations,
+        } => Ok(Response::new(pb::SessionReply {
             session: id,
+            delegations: delegations.iter().map(Into::into).collect(),
             lease_ms: u64::try_from((lease_end_ns - now_ns) / 1_000_000).unwrap_or(0),
         })),
         other => Err(Status::internal(format!("unexpected reply {other:?}"))),
@@ -363,6 +371,48 @@ impl Meta for MetaSvc {
         let session = r.into_inner().session;
         self.op(None, Op::CloseSession { session }).await?;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn acquire_delegation(
+        &self,
+        r: Request<pb::DelegationRequest>,
+    ) -> Reply<pb::DelegationGrant> {
+        let r = r.into_inner();
+        let op = Op::AcquireDelegation {
+            session: r.session,
+            subtree: r.subtree,
+        };
+        match self.op(None, op).await? {
+            OpReply::Delegation(g) => Ok(Response::new((&g).into())),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn release_delegation(&self, r: Request<pb::DelegationRequest>) -> Reply<pb::Empty> {
+        let r = r.into_inner();
+        let op = Op::ReleaseDelegation {
+            session: r.session,
+            subtree: r.subtree,
+        };
+        self.op(None, op).await?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    type WatchDelegationsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::DelegationGrant, Status>> + Send>,
+    >;
+
+    async fn watch_delegations(
+        &self,
+        r: Request<pb::SessionRequest>,
+    ) -> Reply<Self::WatchDelegationsStream> {
+        let session = r.into_inner().session;
+        let rx = self.node.clone().watch_delegations(session);
+        let stream = tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            |g| g.map(|g| pb::DelegationGrant::from(&g)).map_err(status),
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn set_lock(&self, r: Request<pb::SetLockRequest>) -> Reply<pb::Empty> {

@@ -1,5 +1,6 @@
 //! Starting and stopping a member: open the stores, start Raft, serve gRPC.
 
+mod delegations;
 mod grpc;
 mod locks;
 mod metrics;
@@ -17,6 +18,7 @@ use mobilus_proto::{MAX_MESSAGE_BYTES, RAFT_MAX_ENTRIES_PER_MESSAGE, RAFT_MAX_ME
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use self::delegations::MAX_RECALL_WAIT;
 pub use self::locks::MAX_LOCK_WAIT;
 pub use self::metrics::describe_metrics;
 pub use self::node::{MetaNode, NodeTimeouts};

@@ -43,6 +43,7 @@ impl Default for NodeTimeouts {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Forwarded {
     pub site: Option<String>,
+    pub session: Option<u64>,
     pub fence: Option<Fence>,
     pub op: Op,
 }
@@ -123,9 +124,50 @@ impl MetaNode {
         fence: Option<Fence>,
         op: Op,
     ) -> Result<OpReply, MetaError> {
-        match self.propose_local(site.clone(), fence, op.clone()).await {
+        self.propose_by(site, None, fence, op).await
+    }
+
+    /// Propose a mutation issued by `site` and mount `session`. A refusal because
+    /// another session holds the subtree's delegation is not final: this member recalls
+    /// the delegation, waits until it is given back or runs out, and proposes again
+    /// (`server/delegations.rs`).
+    pub async fn propose_by(
+        &self,
+        site: Option<String>,
+        session: Option<u64>,
+        fence: Option<Fence>,
+        op: Op,
+    ) -> Result<OpReply, MetaError> {
+        let deadline = tokio::time::Instant::now() + super::delegations::MAX_RECALL_WAIT;
+        loop {
+            let result = self.propose_once(site.clone(), session, fence, op.clone()).await;
+            match result {
+                Err(MetaError::Op(OpError::Delegated { subtree, .. }))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    self.recall_and_wait(subtree, session, deadline).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub(super) async fn propose_once(
+        &self,
+        site: Option<String>,
+        session: Option<u64>,
+        fence: Option<Fence>,
+        op: Op,
+    ) -> Result<OpReply, MetaError> {
+        match self.propose_local(site.clone(), session, fence, op.clone()).await {
             Err(MetaError::NotLeader(Some(leader))) if leader != self.addr => {
-                self.forward(&leader, Forwarded { site, fence, op }).await
+                let fwd = Forwarded {
+                    site,
+                    session,
+                    fence,
+                    op,
+                };
+                self.forward(&leader, fwd).await
             }
             other => other,
         }
@@ -135,6 +177,7 @@ impl MetaNode {
     pub async fn propose_local(
         &self,
         site: Option<String>,
+        session: Option<u64>,
         fence: Option<Fence>,
         op: Op,
     ) -> Result<OpReply, MetaError> {
@@ -143,6 +186,7 @@ impl MetaNode {
         let cmd = Command {
             time_ns: now_ns(),
             site,
+            session,
             fence,
             op,
         };
@@ -159,6 +203,7 @@ impl MetaNode {
             Err(MetaError::Op(OpError::NotOwner { .. })) => "not_owner",
             Err(MetaError::Op(OpError::LeaseExpired { .. })) => "lease_expired",
             Err(MetaError::Op(OpError::StaleEpoch { .. })) => "stale_epoch",
+            Err(MetaError::Op(OpError::Delegated { .. })) => "delegated",
             Err(MetaError::Op(_)) => "refused",
             Err(MetaError::NotLeader(_)) => "not_leader",
             Err(_) => "unavailable",
@@ -195,7 +240,10 @@ impl MetaNode {
         let fwd: Forwarded =
             codec::decode(bytes).map_err(|e| MetaError::InvalidRequest(e.to_string()))?;
         Ok(
-            match self.propose_local(fwd.site, fwd.fence, fwd.op).await {
+            match self
+                .propose_local(fwd.site, fwd.session, fwd.fence, fwd.op)
+                .await
+            {
                 Ok(r) => ForwardReply::Applied(Ok(r)),
                 Err(MetaError::Op(e)) => ForwardReply::Applied(Err(e)),
                 Err(MetaError::NotLeader(l)) => ForwardReply::NotLeader(l),

@@ -14,6 +14,7 @@ fn at(ns: &Namespace, time_ns: i64, op: Op) -> Reply {
     ns.execute(&Command {
         time_ns,
         site: None,
+        session: None,
         fence: None,
         op,
     })

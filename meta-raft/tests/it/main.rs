@@ -4,6 +4,7 @@ mod bad_input;
 mod cluster;
 mod config;
 mod conformance;
+mod delegation;
 mod gc;
 mod harness;
 mod isolation;

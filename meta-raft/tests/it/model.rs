@@ -435,7 +435,10 @@ impl Model {
             Op::OpenSession
             | Op::RenewSession { .. }
             | Op::CloseSession { .. }
-            | Op::SetLock { .. } => Err(Errno::EOPNOTSUPP),
+            | Op::SetLock { .. }
+            | Op::AcquireDelegation { .. }
+            | Op::ReleaseDelegation { .. }
+            | Op::RecallDelegation { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: orphans are tested through a mount.
             Op::ReleaseOrphan { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices, .. } => {
@@ -868,6 +871,7 @@ fn run_against_model(ns: &Namespace, steps: &[Gen]) -> Result<(), TestCaseError>
             .execute(&Command {
                 time_ns: now,
                 site: None,
+                session: None,
                 fence: None,
                 op: op.clone(),
             })

@@ -10,6 +10,7 @@ fn must(ns: &Namespace, op: Op) -> OpReply {
     ns.execute(&Command {
         time_ns: 1,
         site: None,
+        session: None,
         fence: None,
         op,
     })
@@ -110,6 +111,7 @@ async fn a_batched_entry_applies_its_commands_in_order_as_one_transaction() {
     let cmd = |op: Op| Command {
         time_ns: 5,
         site: None,
+        session: None,
         fence: None,
         op,
     };
@@ -193,6 +195,7 @@ fn data_nodes_register_heartbeat_and_set_the_capacity_statfs_reports() {
         ns.execute(&Command {
             time_ns: t,
             site: None,
+            session: None,
             fence: None,
             op: Op::RegisterDataNode { node: n },
         })

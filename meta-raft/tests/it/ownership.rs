@@ -11,40 +11,41 @@ use mobilus_proto::fs::{
 };
 use mobilus_proto::status::Errno;
 
-const SEC: i64 = 1_000_000_000;
+pub(crate) const SEC: i64 = 1_000_000_000;
 /// The time the fixtures start at.
-const T0: i64 = 1_000 * SEC;
+pub(crate) const T0: i64 = 1_000 * SEC;
 
-fn exec(ns: &Namespace, t: i64, site: Option<&str>, fence: Option<Fence>, op: Op) -> Reply {
+pub(crate) fn exec(ns: &Namespace, t: i64, site: Option<&str>, fence: Option<Fence>, op: Op) -> Reply {
     ns.execute(&Command {
         time_ns: t,
         site: site.map(str::to_string),
+        session: None,
         fence,
         op,
     })
     .expect("store")
 }
 
-fn must(ns: &Namespace, t: i64, site: Option<&str>, op: Op) -> OpReply {
+pub(crate) fn must(ns: &Namespace, t: i64, site: Option<&str>, op: Op) -> OpReply {
     let name = op.name();
     exec(ns, t, site, None, op).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-fn must_attr(ns: &Namespace, t: i64, site: Option<&str>, op: Op) -> Attr {
+pub(crate) fn must_attr(ns: &Namespace, t: i64, site: Option<&str>, op: Op) -> Attr {
     match must(ns, t, site, op) {
         OpReply::Attr(a) => a,
         other => panic!("not an attr: {other:?}"),
     }
 }
 
-fn must_subtree(ns: &Namespace, t: i64, op: Op) -> SubtreeInfo {
+pub(crate) fn must_subtree(ns: &Namespace, t: i64, op: Op) -> SubtreeInfo {
     match must(ns, t, None, op) {
         OpReply::Subtree(s) => s,
         other => panic!("not a subtree: {other:?}"),
     }
 }
 
-fn mkdir(parent: InodeId, name: &str) -> Op {
+pub(crate) fn mkdir(parent: InodeId, name: &str) -> Op {
     Op::Mkdir {
         parent,
         name: name.into(),
@@ -54,7 +55,7 @@ fn mkdir(parent: InodeId, name: &str) -> Op {
     }
 }
 
-fn mknod(parent: InodeId, name: &str) -> Op {
+pub(crate) fn mknod(parent: InodeId, name: &str) -> Op {
     Op::Mknod {
         parent,
         name: name.into(),
@@ -67,7 +68,7 @@ fn mknod(parent: InodeId, name: &str) -> Op {
 }
 
 /// A heartbeat of `site`'s data node: registers the site and renews its lease.
-fn heartbeat(ns: &Namespace, t: i64, site: &str) {
+pub(crate) fn heartbeat(ns: &Namespace, t: i64, site: &str) {
     must(
         ns,
         t,
@@ -84,21 +85,21 @@ fn heartbeat(ns: &Namespace, t: i64, site: &str) {
     );
 }
 
-fn must_fsck_clean(ns: &Namespace) {
+pub(crate) fn must_fsck_clean(ns: &Namespace) {
     let r = ns.fsck().unwrap();
     assert_eq!(r.problem_count, 0, "fsck: {:?}", r.problems);
 }
 
 /// `/app` owned by site-a (holding file `f`, directory `d`, and `shared/` beside it in
 /// the root), both sites registered at `T0`.
-struct Fixture {
-    ns: Namespace,
-    app: InodeId,
-    file: InodeId,
-    shared: InodeId,
+pub(crate) struct Fixture {
+    pub ns: Namespace,
+    pub app: InodeId,
+    pub file: InodeId,
+    pub shared: InodeId,
 }
 
-fn fixture() -> Fixture {
+pub(crate) fn fixture() -> Fixture {
     let ns = Namespace::in_memory().unwrap();
     heartbeat(&ns, T0, "site-a");
     heartbeat(&ns, T0, "site-b");
@@ -124,7 +125,7 @@ fn fixture() -> Fixture {
 }
 
 /// One of every operation that changes a subtree's contents, all aimed at `/app`.
-fn every_mutation(f: &Fixture) -> Vec<Op> {
+pub(crate) fn every_mutation(f: &Fixture) -> Vec<Op> {
     vec![
         mknod(f.app, "new"),
         mkdir(f.app, "newdir"),
@@ -224,11 +225,15 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::OpenSession
         | Op::RenewSession { .. }
         | Op::CloseSession { .. }
-        | Op::SetLock { .. } => false,
+        | Op::SetLock { .. }
+        // Delegations change who may change a subtree (`tests/it/delegation.rs`).
+        | Op::AcquireDelegation { .. }
+        | Op::ReleaseDelegation { .. }
+        | Op::RecallDelegation { .. } => false,
     }
 }
 
-const MUTATION_KINDS: usize = 12;
+pub(crate) const MUTATION_KINDS: usize = 12;
 
 fn is_refusal_of_ownership(r: &Reply) -> bool {
     matches!(

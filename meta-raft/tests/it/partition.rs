@@ -79,7 +79,7 @@ async fn a_leader_cut_off_by_dropped_traffic_loses_leadership_and_catches_up_aft
     }
     let old = leader.node.clone();
     let pending =
-        tokio::spawn(async move { old.propose_local(None, None, mkdir("minority")).await });
+        tokio::spawn(async move { old.propose_local(None, None, None, mkdir("minority")).await });
 
     // The majority elects a leader of its own and commits.
     let majority = others[leader_among(&others).await];

@@ -11,8 +11,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use mobilus_meta_client::{LockRequest, MetaClient};
 use mobilus_proto::fs::{HeldLock, InodeId, LockKind};
@@ -40,6 +40,8 @@ pub(super) struct Locks {
     held: Mutex<HashSet<(InodeId, u64)>>,
     /// Blocked requests: an unlock or close by the same owner ends its wait (EINTR).
     waiting: Mutex<HashMap<(InodeId, u64), Arc<AtomicBool>>>,
+    /// The mount, told of every renewal (the session also holds its delegations).
+    owner: Arc<OnceLock<Weak<MountFs>>>,
 }
 
 fn errno_of(e: &mobilus_meta_client::ClientError) -> Errno {
@@ -47,18 +49,29 @@ fn errno_of(e: &mobilus_meta_client::ClientError) -> Errno {
 }
 
 impl Locks {
-    async fn current(&self) -> Option<u64> {
+    pub(super) async fn current(&self) -> Option<u64> {
         *self.session.lock().await
     }
 
-    /// The session, opened now if there is none.
-    async fn session(&self, meta: &MetaClient) -> FsResult<u64> {
+    pub(super) fn set_owner(&self, fs: Weak<MountFs>) {
+        let _ = self.owner.set(fs);
+    }
+
+    /// Changes to true when the mount stops.
+    pub(super) fn stop_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// The session, opened now if there is none. Every mutation of this mount carries
+    /// it from then on (a delegation's holder is known by it).
+    pub(super) async fn session(&self, meta: &MetaClient) -> FsResult<u64> {
         let mut slot = self.session.lock().await;
         if let Some(id) = *slot {
             return Ok(id);
         }
         let (id, lease) = meta.open_session().await?;
         tracing::info!(session = id, ?lease, "opened a lock session");
+        meta.set_session(Some(id));
         *slot = Some(id);
         if !self.renewing.swap(true, Ordering::AcqRel) {
             self.start_renewing(meta.clone());
@@ -68,19 +81,27 @@ impl Locks {
 
     fn start_renewing(&self, meta: MetaClient) {
         let slot = self.session.clone();
+        let owner = self.owner.clone();
         spawn_periodic(
             "lock-session",
             RENEW_EVERY,
             RENEW_EVERY,
             self.stop.subscribe(),
             move || {
-                let (meta, slot) = (meta.clone(), slot.clone());
+                let (meta, slot, owner) = (meta.clone(), slot.clone(), owner.clone());
                 async move {
                     let Some(id) = *slot.lock().await else {
                         return Ok::<(), mobilus_meta_client::ClientError>(());
                     };
+                    let fs = owner.get().and_then(Weak::upgrade);
+                    let sent = Instant::now();
                     match meta.renew_session(id).await {
-                        Ok(_) => Ok(()),
+                        Ok((_, grants)) => {
+                            if let Some(fs) = fs {
+                                fs.session_renewed(sent, Some(&grants));
+                            }
+                            Ok(())
+                        }
                         Err(e) if errno_of(&e) == Errno::ENOLCK => {
                             // Renewals stopped for a whole lease (a pause, a partition):
                             // the service has given its locks away. The next lock opens a
@@ -91,6 +112,10 @@ impl Locks {
                             let mut s = slot.lock().await;
                             if *s == Some(id) {
                                 *s = None;
+                                meta.set_session(None);
+                            }
+                            if let Some(fs) = fs {
+                                fs.session_renewed(sent, None);
                             }
                             Ok(())
                         }
@@ -243,7 +268,8 @@ impl MountFs {
 
     /// Unmount: release every lock at once (instead of when the lease ends) and stop
     /// renewing.
-    pub async fn close_locks(&self) {
+    pub async fn close_locks(self: &Arc<Self>) {
+        self.give_back_all().await;
         self.locks.stop.stop();
         if let Some(id) = self.locks.session.lock().await.take() {
             if let Err(e) = self.client.meta().close_session(id).await {

@@ -1,0 +1,583 @@
+//! Delegations at the mount: authoritative caching of a subtree this mount's site owns.
+//!
+//! A mount that meets an inode of an owned subtree asks for the subtree's delegation
+//! (once in a while, in the background); the metadata grants it only to a mount session
+//! of the owner site, one at a time. While this mount holds it, no other mount can change
+//! the subtree, so what this mount read of it stays true until this mount changes it:
+//! attributes, entries (negative ones too), whole listings and slice maps are answered
+//! from memory with no metadata round, and the kernel gets entry and attribute TTLs as
+//! long as the delegation (not the 1 s of everyone else).
+//!
+//! The delegation lasts, by this mount's monotonic clock, three quarters of what the
+//! metadata answered from the moment the request was sent (renewed with the lock session
+//! every 2 s), so it ends here before it ends in the log; kernel TTLs never outlast it. A
+//! recall (a stream from the metadata, or a renewal that says so) stops the trust at
+//! once, commits what this mount buffered, drops the kernel's long-lived entries and
+//! attributes, and gives the delegation back.
+//!
+//! What is cached is kept exact simply: every mutation of this mount clears it, and an
+//! answer is kept only if no mutation of this mount began or ran while it was fetched,
+//! and no delegation was granted or lost meanwhile.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use mobilus_proto::fs::{Attr, DelegationGrant, DirEntry, FileKind, InodeId, SubtreeId, ROOT_INO};
+
+use super::{lock, MountFs};
+use crate::read::SliceMap;
+
+/// A subtree whose delegation was refused is asked for again after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Most attributes (and slice maps, and directories) cached: past it, all is forgotten.
+const MAX_CACHED: usize = 200_000;
+/// Most entries of a listing cached whole.
+const MAX_LISTING: usize = 4_096;
+/// Most kernel entries and attributes given long TTLs (each must be dropped at a recall);
+/// past it, answers get the ordinary TTL.
+const MAX_KERNEL_LONG: usize = 100_000;
+/// The longest TTL given to the kernel.
+const LONG_TTL: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    valid_until: Instant,
+    recalled: bool,
+}
+
+#[derive(Default)]
+struct DirCache {
+    /// Names looked up: `None` is known absent.
+    names: HashMap<Vec<u8>, Option<InodeId>>,
+    /// The whole listing (so every name not in it is absent).
+    listing: Option<Arc<Vec<DirEntry>>>,
+}
+
+#[derive(Default)]
+struct AuthCache {
+    /// Bumped by every mutation of this mount (at its start and end), every grant and
+    /// every loss: an answer fetched across a bump is not kept.
+    epoch: u64,
+    /// Mutations of this mount in flight.
+    inflight: u32,
+    attrs: HashMap<InodeId, Attr>,
+    dirs: HashMap<InodeId, DirCache>,
+    maps: HashMap<InodeId, SliceMap>,
+}
+
+impl AuthCache {
+    fn clear(&mut self) {
+        self.epoch += 1;
+        if !self.attrs.is_empty() || !self.dirs.is_empty() || !self.maps.is_empty() {
+            self.attrs = HashMap::new();
+            self.dirs = HashMap::new();
+            self.maps = HashMap::new();
+        }
+    }
+}
+
+/// What the kernel was given long TTLs for, per subtree: dropped at a recall.
+#[derive(Default)]
+struct KernelLong {
+    count: usize,
+    entries: HashMap<SubtreeId, HashSet<(InodeId, Vec<u8>)>>,
+    inodes: HashMap<SubtreeId, HashSet<InodeId>>,
+}
+
+/// This mount's delegations and what it caches under them.
+pub(crate) struct Delegations {
+    enabled: bool,
+    held: Mutex<HashMap<SubtreeId, Held>>,
+    tried: Mutex<HashMap<SubtreeId, Instant>>,
+    cache: Mutex<AuthCache>,
+    kernel: Mutex<KernelLong>,
+    /// The session the recall stream follows (0: none yet).
+    watching: Mutex<u64>,
+}
+
+/// An answer being fetched: kept only if nothing changed meanwhile.
+#[derive(Clone, Copy)]
+pub(super) struct Ticket(Option<u64>);
+
+/// A mutation of this mount in flight (see [`Delegations::mutation`]).
+pub(super) struct Mutation<'a>(&'a Delegations);
+
+impl Drop for Mutation<'_> {
+    fn drop(&mut self) {
+        let mut c = lock(&self.0.cache);
+        c.inflight = c.inflight.saturating_sub(1);
+        c.epoch += 1;
+    }
+}
+
+impl Delegations {
+    pub(super) fn new(enabled: bool) -> Self {
+        Delegations {
+            enabled,
+            held: Mutex::default(),
+            tried: Mutex::default(),
+            cache: Mutex::default(),
+            kernel: Mutex::default(),
+            watching: Mutex::new(0),
+        }
+    }
+
+    /// Until when this mount may trust its cache of `subtree` (`None`: it may not).
+    fn trusted(&self, subtree: SubtreeId) -> Option<Instant> {
+        let held = lock(&self.held);
+        let h = held.get(&subtree)?;
+        (!h.recalled && Instant::now() < h.valid_until).then_some(h.valid_until)
+    }
+
+    /// Subtrees held (even if recalled), for tests and metrics.
+    pub(super) fn held(&self) -> Vec<SubtreeId> {
+        lock(&self.held).keys().copied().collect()
+    }
+
+    /// A mutation of this mount begins: forget everything cached until it ends.
+    pub(super) fn mutation(&self) -> Mutation<'_> {
+        let mut c = lock(&self.cache);
+        c.inflight += 1;
+        c.clear();
+        Mutation(self)
+    }
+
+    /// Call before fetching an answer that may be cached.
+    pub(super) fn ticket(&self) -> Ticket {
+        let c = lock(&self.cache);
+        Ticket((c.inflight == 0).then_some(c.epoch))
+    }
+
+    fn fill(&self, ticket: Ticket, f: impl FnOnce(&mut AuthCache)) {
+        let Some(epoch) = ticket.0 else { return };
+        let mut c = lock(&self.cache);
+        if c.epoch != epoch || c.inflight > 0 {
+            return;
+        }
+        if c.attrs.len() >= MAX_CACHED || c.dirs.len() >= MAX_CACHED || c.maps.len() >= MAX_CACHED
+        {
+            // Bounded: forget all (what was just fetched is still good).
+            c.attrs = HashMap::new();
+            c.dirs = HashMap::new();
+            c.maps = HashMap::new();
+        }
+        f(&mut c);
+    }
+
+    /// Attributes of `ino`, if cached under a delegation in force.
+    pub(super) fn attr(&self, ino: InodeId) -> Option<Attr> {
+        let a = lock(&self.cache).attrs.get(&ino).cloned()?;
+        self.trusted(a.subtree).map(|_| a)
+    }
+
+    /// `Some(Some(attr))`: `name` in `parent` is that inode; `Some(None)`: it is absent;
+    /// `None`: not known here.
+    pub(super) fn entry(&self, parent: InodeId, name: &[u8]) -> Option<Option<Attr>> {
+        let c = lock(&self.cache);
+        let dir_attr = c.attrs.get(&parent)?;
+        self.trusted(dir_attr.subtree)?;
+        let dir = c.dirs.get(&parent)?;
+        let ino = match dir.names.get(name) {
+            Some(known) => *known,
+            None if dir.listing.is_some() => {
+                let listing = dir.listing.as_ref()?;
+                match listing.iter().find(|e| e.name == name) {
+                    Some(e) => Some(e.ino),
+                    None => None,
+                }
+            }
+            None => return None,
+        };
+        match ino {
+            None => Some(None),
+            Some(ino) => c.attrs.get(&ino).map(|a| Some(a.clone())),
+        }
+    }
+
+    /// The entries of `dir` after `cookie`, if its whole listing is cached.
+    pub(super) fn listing(&self, dir: InodeId, cookie: u64, plus: bool) -> Option<Vec<DirEntry>> {
+        let c = lock(&self.cache);
+        let dir_attr = c.attrs.get(&dir)?;
+        self.trusted(dir_attr.subtree)?;
+        let listing = c.dirs.get(&dir)?.listing.clone()?;
+        let mut out = Vec::new();
+        for e in listing.iter().filter(|e| e.cookie > cookie) {
+            let mut e = e.clone();
+            e.attr = if plus {
+                Some(c.attrs.get(&e.ino)?.clone())
+            } else {
+                None
+            };
+            out.push(e);
+        }
+        Some(out)
+    }
+
+    /// A regular file's attributes and slice map, to open it with no round.
+    pub(super) fn opened(&self, ino: InodeId) -> Option<(Attr, SliceMap)> {
+        let c = lock(&self.cache);
+        let a = c.attrs.get(&ino)?;
+        self.trusted(a.subtree)?;
+        Some((a.clone(), c.maps.get(&ino)?.clone()))
+    }
+
+    pub(super) fn keep_attr(&self, ticket: Ticket, attr: &Attr) {
+        if self.trusted(attr.subtree).is_some() {
+            self.fill(ticket, |c| {
+                c.attrs.insert(attr.ino, attr.clone());
+            });
+        }
+    }
+
+    /// A lookup of `name` in `parent` answered `found` (`None`: absent).
+    pub(super) fn keep_entry(&self, ticket: Ticket, parent: InodeId, name: &[u8], found: Option<&Attr>) {
+        // A subtree's root is an entry of the shared subtree: its entry there is not ours
+        // to trust, but its attributes are (its label is its own).
+        if let Some(a) = found {
+            self.keep_attr(ticket, a);
+        }
+        let Some(dir_subtree) = lock(&self.cache).attrs.get(&parent).map(|a| a.subtree) else {
+            return;
+        };
+        if self.trusted(dir_subtree).is_none()
+            || found.is_some_and(|a| a.subtree != dir_subtree)
+        {
+            return;
+        }
+        self.fill(ticket, |c| {
+            let dir = c.dirs.entry(parent).or_default();
+            dir.names.insert(name.to_vec(), found.map(|a| a.ino));
+        });
+    }
+
+    /// A listing of `dir` from its start to its end (with attributes if `plus`).
+    pub(super) fn keep_listing(&self, ticket: Ticket, dir: InodeId, entries: &[DirEntry], plus: bool) {
+        let Some(subtree) = lock(&self.cache).attrs.get(&dir).map(|a| a.subtree) else {
+            return;
+        };
+        if self.trusted(subtree).is_none() || entries.len() > MAX_LISTING || !plus {
+            return;
+        }
+        self.fill(ticket, |c| {
+            for e in entries {
+                if let Some(a) = &e.attr {
+                    c.attrs.insert(a.ino, a.clone());
+                }
+            }
+            let listing: Vec<DirEntry> = entries
+                .iter()
+                .map(|e| DirEntry {
+                    attr: None,
+                    ..e.clone()
+                })
+                .collect();
+            c.dirs.entry(dir).or_default().listing = Some(Arc::new(listing));
+        });
+    }
+
+    pub(super) fn keep_opened(&self, ticket: Ticket, attr: &Attr, map: SliceMap) {
+        if attr.kind != FileKind::Regular || self.trusted(attr.subtree).is_none() {
+            return;
+        }
+        self.fill(ticket, |c| {
+            c.attrs.insert(attr.ino, attr.clone());
+            c.maps.insert(attr.ino, map);
+        });
+    }
+
+    /// The TTL for the kernel's copy of `attr` (an entry of `parent`, if given): as long
+    /// as the delegation lasts here, else `ordinary`. A long one is remembered, to be
+    /// dropped at a recall.
+    pub(super) fn ttl(&self, parent: Option<(InodeId, &[u8])>, attr: &Attr, ordinary: Duration) -> Duration {
+        let Some(until) = self.trusted(attr.subtree) else {
+            return ordinary;
+        };
+        let left = until.saturating_duration_since(Instant::now()).min(LONG_TTL);
+        if left <= ordinary {
+            return ordinary;
+        }
+        let mut k = lock(&self.kernel);
+        if k.count >= MAX_KERNEL_LONG {
+            return ordinary;
+        }
+        k.count += 1;
+        if let Some((p, name)) = parent {
+            // The entry of a subtree's root lives in the shared subtree: never long.
+            if attr.ino == attr.subtree {
+                return ordinary;
+            }
+            k.entries
+                .entry(attr.subtree)
+                .or_default()
+                .insert((p, name.to_vec()));
+        }
+        k.inodes.entry(attr.subtree).or_default().insert(attr.ino);
+        left
+    }
+
+    /// The kernel TTL of a negative entry of `name` in `parent`.
+    pub(super) fn negative_ttl(&self, parent: InodeId, name: &[u8], ordinary: Duration) -> Duration {
+        let Some(dir) = lock(&self.cache).attrs.get(&parent).cloned() else {
+            return ordinary;
+        };
+        let Some(until) = self.trusted(dir.subtree) else {
+            return ordinary;
+        };
+        let left = until.saturating_duration_since(Instant::now()).min(LONG_TTL);
+        let mut k = lock(&self.kernel);
+        if left <= ordinary || k.count >= MAX_KERNEL_LONG {
+            return ordinary;
+        }
+        k.count += 1;
+        k.entries
+            .entry(dir.subtree)
+            .or_default()
+            .insert((parent, name.to_vec()));
+        left
+    }
+
+    /// Whether to ask for `subtree`'s delegation now (at most once per [`RETRY_AFTER`]).
+    fn wants(&self, subtree: SubtreeId) -> bool {
+        if !self.enabled || subtree == ROOT_INO || lock(&self.held).contains_key(&subtree) {
+            return false;
+        }
+        let mut tried = lock(&self.tried);
+        if tried.get(&subtree).is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+            return false;
+        }
+        if tried.len() > 4096 {
+            tried.clear();
+        }
+        tried.insert(subtree, Instant::now());
+        true
+    }
+
+    fn validity(sent: Instant, remaining_ns: i64) -> Instant {
+        // Three quarters: room for the two clocks' rates and the request's own delay.
+        let ns = u64::try_from(remaining_ns.max(0)).unwrap_or(0) / 4 * 3;
+        sent + Duration::from_nanos(ns)
+    }
+
+    fn granted(&self, sent: Instant, g: DelegationGrant) {
+        lock(&self.held).insert(
+            g.subtree,
+            Held {
+                valid_until: Self::validity(sent, g.remaining_ns),
+                recalled: g.recalled,
+            },
+        );
+        // Nothing cached before the grant may be trusted: start afresh.
+        lock(&self.cache).clear();
+        metrics::counter!("mobilus_fuse_delegations_total", "event" => "granted").increment(1);
+    }
+
+    /// A renewal sent at `sent` answered the delegations still held; returns those to
+    /// give back (recalled) and those lost.
+    fn renewed(&self, sent: Instant, grants: &[DelegationGrant]) -> (Vec<SubtreeId>, Vec<SubtreeId>) {
+        let mut held = lock(&self.held);
+        let (mut recalled, mut lost) = (Vec::new(), Vec::new());
+        for (subtree, h) in held.iter_mut() {
+            match grants.iter().find(|g| g.subtree == *subtree) {
+                Some(g) => {
+                    h.valid_until = Self::validity(sent, g.remaining_ns);
+                    if g.recalled && !h.recalled {
+                        recalled.push(*subtree);
+                    }
+                }
+                None => lost.push(*subtree),
+            }
+        }
+        (recalled, lost)
+    }
+
+    /// Stop trusting `subtree` and forget what is cached; returns whether it was held
+    /// and not yet being given back.
+    fn stop_trusting(&self, subtree: SubtreeId) -> bool {
+        let was = {
+            let mut held = lock(&self.held);
+            match held.get_mut(&subtree) {
+                Some(h) if !h.recalled => {
+                    h.recalled = true;
+                    true
+                }
+                _ => false,
+            }
+        };
+        lock(&self.cache).clear();
+        was
+    }
+
+    fn forget(&self, subtree: SubtreeId) {
+        lock(&self.held).remove(&subtree);
+        lock(&self.tried).insert(subtree, Instant::now());
+    }
+
+    /// What the kernel holds with long TTLs for `subtree`, taken out.
+    fn take_kernel_long(&self, subtree: SubtreeId) -> (HashSet<(InodeId, Vec<u8>)>, HashSet<InodeId>) {
+        let mut k = lock(&self.kernel);
+        let entries = k.entries.remove(&subtree).unwrap_or_default();
+        let inodes = k.inodes.remove(&subtree).unwrap_or_default();
+        k.count = k.count.saturating_sub(entries.len() + inodes.len());
+        (entries, inodes)
+    }
+}
+
+impl MountFs {
+    /// An answer showed an inode of `subtree`: ask for its delegation if this mount may
+    /// want it (in the background; refused unless this site owns it).
+    pub(super) fn consider_delegation(&self, subtree: SubtreeId) {
+        if !self.deleg.wants(subtree) {
+            return;
+        }
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        tokio::spawn(async move { me.acquire_delegation(subtree).await });
+    }
+
+    async fn acquire_delegation(self: Arc<Self>, subtree: SubtreeId) {
+        let meta = self.client.meta().clone();
+        let session = match self.locks.session(&meta).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(subtree, error = %e, "no session for a delegation");
+                return;
+            }
+        };
+        self.watch_recalls(session);
+        let sent = Instant::now();
+        match meta.acquire_delegation(session, subtree).await {
+            Ok(g) => {
+                tracing::info!(subtree, session, valid_ms = g.remaining_ns / 1_000_000,
+                    "holding the subtree's delegation: caching it authoritatively");
+                self.deleg.granted(sent, g);
+            }
+            Err(e) => tracing::debug!(subtree, error = %e, "delegation refused"),
+        }
+    }
+
+    /// Follow the recall stream of `session` (once per session), reopening it on failure.
+    fn watch_recalls(self: &Arc<Self>, session: u64) {
+        {
+            let mut w = lock(&self.deleg.watching);
+            if *w == session {
+                return;
+            }
+            *w = session;
+        }
+        let me = Arc::downgrade(self);
+        let mut stop = self.locks.stop_signal();
+        tokio::spawn(async move {
+            loop {
+                let Some(fs) = me.upgrade() else { return };
+                if *lock(&fs.deleg.watching) != session || *stop.borrow() {
+                    return;
+                }
+                let meta = fs.client.meta().clone();
+                drop(fs);
+                if let Ok(mut stream) = meta.watch_delegations(session).await {
+                    loop {
+                        let next = tokio::select! {
+                            m = stream.message() => m,
+                            _ = stop.changed() => return,
+                        };
+                        let Ok(Some(g)) = next else { break };
+                        let Some(fs) = me.upgrade() else { return };
+                        if g.recalled {
+                            tokio::spawn(async move { fs.give_back(g.subtree).await });
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// The lock session was renewed at `sent` (`None`: it ended): keep the delegations
+    /// it still holds, give back the recalled ones, drop the lost ones.
+    pub(super) fn session_renewed(self: &Arc<Self>, sent: Instant, grants: Option<&[DelegationGrant]>) {
+        let (recalled, lost) = match grants {
+            Some(g) => self.deleg.renewed(sent, g),
+            None => (Vec::new(), self.deleg.held()),
+        };
+        for subtree in recalled {
+            let fs = self.clone();
+            tokio::spawn(async move { fs.give_back(subtree).await });
+        }
+        for subtree in lost {
+            tracing::warn!(subtree, "the subtree's delegation was lost (lease ended)");
+            metrics::counter!("mobilus_fuse_delegations_total", "event" => "lost").increment(1);
+            self.deleg.stop_trusting(subtree);
+            let fs = self.clone();
+            tokio::spawn(async move {
+                fs.drop_kernel_long(subtree).await;
+                fs.deleg.forget(subtree);
+            });
+        }
+    }
+
+    /// A recall: stop trusting, commit what is buffered, drop the kernel's long-lived
+    /// copies, give the delegation back.
+    pub(super) async fn give_back(self: Arc<Self>, subtree: SubtreeId) {
+        if !self.deleg.stop_trusting(subtree) {
+            return;
+        }
+        let start = Instant::now();
+        let failed = self.flush_all().await;
+        self.drop_kernel_long(subtree).await;
+        let session = self.locks.current().await;
+        if let Some(session) = session {
+            if let Err(e) = self.client.meta().release_delegation(session, subtree).await {
+                tracing::warn!(subtree, error = %e, "giving the delegation back failed; it ends with its lease");
+            }
+        }
+        self.deleg.forget(subtree);
+        metrics::counter!("mobilus_fuse_delegations_total", "event" => "recalled").increment(1);
+        tracing::info!(subtree, failed_flushes = failed, took_ms = start.elapsed().as_millis() as u64,
+            "gave the subtree's delegation back");
+    }
+
+    async fn drop_kernel_long(&self, subtree: SubtreeId) {
+        let (entries, inodes) = self.deleg.take_kernel_long(subtree);
+        let Some(kernel) = self.kernel.get().cloned() else {
+            return;
+        };
+        // The kernel may wait on a request this runtime answers: off its workers.
+        let _ = tokio::task::spawn_blocking(move || {
+            for (parent, name) in entries {
+                use std::os::unix::ffi::OsStrExt;
+                let _ = kernel.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(&name));
+            }
+            for ino in inodes {
+                let _ = kernel.inval_inode(fuser::INodeNo(ino), -1, 0);
+            }
+        })
+        .await;
+    }
+
+    /// Give back every delegation (unmount).
+    pub(super) async fn give_back_all(self: &Arc<Self>) {
+        for subtree in self.deleg.held() {
+            self.clone().give_back(subtree).await;
+        }
+    }
+
+    /// Subtrees whose delegation this mount holds (tests).
+    pub fn delegations_held(&self) -> Vec<SubtreeId> {
+        self.deleg.held()
+    }
+
+    /// Whether a lookup or getattr answer is served without a metadata round now.
+    pub fn serves_from_cache(&self, ino: InodeId) -> bool {
+        self.deleg.attr(ino).is_some()
+    }
+}
+
+/// Count an answer served from the delegated cache (no metadata round).
+pub(super) fn hit(what: &'static str) {
+    metrics::counter!("mobilus_fuse_delegated_answers_total", "op" => what).increment(1);
+}

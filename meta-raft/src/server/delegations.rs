@@ -1,0 +1,96 @@
+//! Delegations at a member: recalling one for a conflicting command, and the stream that
+//! tells a holder about its recalls.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mobilus_proto::fs::{DelegationGrant, SubtreeId};
+
+use super::node::{now_ns, MetaNode};
+use crate::error::MetaError;
+use crate::types::{Op, OpReply};
+
+/// Longest a member holds a command that met another session's delegation (recall,
+/// wait, propose again) before it answers `delegated` (the client asks again, inside its
+/// own deadline: a holder that died blocks for its session's lease, 10 s).
+pub const MAX_RECALL_WAIT: Duration = Duration::from_secs(6);
+
+/// A holder whose lease simply runs out announces nothing: a waiter also looks again
+/// this often.
+const EXPIRY_RECHECK: Duration = Duration::from_millis(200);
+
+impl MetaNode {
+    /// Recall `subtree`'s delegation for a command of `session`, and wait until this
+    /// member's state shows the delegation given back or run out, or until `deadline`.
+    pub(super) async fn recall_and_wait(
+        &self,
+        subtree: SubtreeId,
+        session: Option<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), MetaError> {
+        let mut changes = self.sm.lock_changes();
+        changes.borrow_and_update();
+        metrics::counter!("mobilus_meta_delegation_recalls_total").increment(1);
+        // A recall touches no subtree's contents: it is never itself delegated.
+        match self
+            .propose_once(None, None, None, Op::RecallDelegation { subtree })
+            .await?
+        {
+            OpReply::Recalled { remaining_ns: 0 } => return Ok(()),
+            OpReply::Recalled { .. } => {}
+            other => return Err(MetaError::Raft(format!("unexpected reply {other:?}"))),
+        }
+        loop {
+            let recheck = (tokio::time::Instant::now() + EXPIRY_RECHECK).min(deadline);
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+            changes.borrow_and_update();
+            if tokio::time::Instant::now() >= deadline
+                || !self
+                    .sm
+                    .namespace()
+                    .delegated_at(subtree, session, now_ns())?
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The recalls of `session`'s delegations, as this member applies them: first every
+    /// delegation it holds that is being recalled, then each new recall once. Ends when
+    /// the receiver is dropped.
+    pub fn watch_delegations(
+        self: std::sync::Arc<Self>,
+        session: u64,
+    ) -> tokio::sync::mpsc::Receiver<Result<DelegationGrant, MetaError>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut changes = self.sm.lock_changes();
+            let mut told: HashSet<SubtreeId> = HashSet::new();
+            loop {
+                changes.borrow_and_update();
+                let grants = match self.sm.namespace().delegations_of(session, now_ns()) {
+                    Ok(g) => g,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                // A delegation released and granted again may be recalled again.
+                told.retain(|s| grants.iter().any(|g| g.subtree == *s && g.recalled));
+                for g in grants {
+                    if g.recalled && told.insert(g.subtree) && tx.send(Ok(g)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        rx
+    }
+}

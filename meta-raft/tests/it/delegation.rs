@@ -1,0 +1,215 @@
+//! Delegations in the state machine: one mount session of the owner site holds a
+//! subtree's delegation; every change of the subtree by anyone else is refused
+//! (`Delegated`, nothing done) until it is given back, recalled past its grace, or its
+//! session's or site's lease ends; moves wait for it and takeovers find it gone.
+
+use mobilus_meta::namespace::{
+    Namespace, REACQUIRE_HOLD_NS, RECALL_GRACE_NS, SESSION_LEASE_NS, SITE_LEASE_NS,
+};
+use mobilus_meta::types::{Command, Op, OpError, OpReply, Reply};
+use mobilus_proto::fs::{DelegationGrant, SubtreeId};
+use mobilus_proto::status::Errno;
+
+use crate::ownership::{
+    every_mutation, fixture, heartbeat, must_fsck_clean, Fixture, MUTATION_KINDS, SEC, T0,
+};
+
+fn run(ns: &Namespace, t: i64, site: Option<&str>, session: Option<u64>, op: Op) -> Reply {
+    ns.execute(&Command {
+        time_ns: t,
+        site: site.map(str::to_string),
+        session,
+        fence: None,
+        op,
+    })
+    .expect("store")
+}
+
+fn must_session(ns: &Namespace, t: i64, site: &str) -> u64 {
+    match run(ns, t, Some(site), None, Op::OpenSession) {
+        Ok(OpReply::Session { id, .. }) => id,
+        other => panic!("open session: {other:?}"),
+    }
+}
+
+fn acquire(ns: &Namespace, t: i64, session: u64, subtree: SubtreeId) -> Result<DelegationGrant, OpError> {
+    match run(ns, t, None, None, Op::AcquireDelegation { session, subtree }) {
+        Ok(OpReply::Delegation(g)) => Ok(g),
+        Ok(other) => panic!("acquire: {other:?}"),
+        Err(e) => Err(e),
+    }
+}
+
+fn must_acquire(ns: &Namespace, t: i64, session: u64, subtree: SubtreeId) -> DelegationGrant {
+    acquire(ns, t, session, subtree).unwrap_or_else(|e| panic!("acquire: {e}"))
+}
+
+fn recall(ns: &Namespace, t: i64, subtree: SubtreeId) -> i64 {
+    match run(ns, t, None, None, Op::RecallDelegation { subtree }) {
+        Ok(OpReply::Recalled { remaining_ns }) => remaining_ns,
+        other => panic!("recall: {other:?}"),
+    }
+}
+
+fn renew(ns: &Namespace, t: i64, session: u64) -> Vec<DelegationGrant> {
+    match run(ns, t, None, None, Op::RenewSession { session }) {
+        Ok(OpReply::Session { delegations, .. }) => delegations,
+        other => panic!("renew: {other:?}"),
+    }
+}
+
+fn is_delegated(r: &Reply, holder: u64) -> bool {
+    matches!(r, Err(OpError::Delegated { holder: h, .. }) if *h == holder)
+}
+
+/// `/app` of site-a delegated to a session of site-a's mount at `T0`; returns the
+/// fixture, the holder, and another session of site-a.
+fn delegated() -> (Fixture, u64, u64) {
+    let f = fixture();
+    let holder = must_session(&f.ns, T0, "site-a");
+    let other = must_session(&f.ns, T0, "site-a");
+    let g = must_acquire(&f.ns, T0, holder, f.app);
+    assert_eq!((g.subtree, g.epoch, g.recalled), (f.app, 1, false));
+    assert_eq!(g.remaining_ns, SESSION_LEASE_NS.min(SITE_LEASE_NS));
+    (f, holder, other)
+}
+
+#[test]
+fn only_the_holder_changes_a_delegated_subtree_whatever_the_operation() {
+    let ops = every_mutation(&fixture());
+    assert_eq!(ops.len(), MUTATION_KINDS);
+    let t = T0 + SEC;
+    for i in 0..MUTATION_KINDS {
+        let name = ops[i].name();
+        // Another session of the owner site, and the owner site with no session.
+        for session in [Some(false), None] {
+            let (f, holder, other) = delegated();
+            let op = every_mutation(&f).swap_remove(i);
+            let before = f.ns.fsck().unwrap();
+            let r = run(&f.ns, t, Some("site-a"), session.map(|_| other), op);
+            assert!(is_delegated(&r, holder), "{name} by {session:?}: {r:?}");
+            assert_eq!(f.ns.fsck().unwrap(), before, "{name} changed something");
+        }
+        // Another site is refused for ownership first: its attempts recall nothing.
+        let (f, _, _) = delegated();
+        let op = every_mutation(&f).swap_remove(i);
+        let r = run(&f.ns, t, Some("site-b"), Some(99), op);
+        assert!(matches!(r, Err(OpError::NotOwner { .. })), "{name}: {r:?}");
+        // The holder.
+        let (f, holder, _) = delegated();
+        let op = every_mutation(&f).swap_remove(i);
+        let r = run(&f.ns, t, Some("site-a"), Some(holder), op);
+        assert!(r.is_ok() || name == "removexattr", "{name} by the holder: {r:?}");
+        must_fsck_clean(&f.ns);
+    }
+    // The shared root is never delegated: anyone writes it.
+    let (f, _, other) = delegated();
+    let r = run(&f.ns, t, Some("site-b"), Some(other), crate::ownership::mkdir(f.shared, "x"));
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
+fn who_may_hold_a_delegation() {
+    let f = fixture();
+    let a1 = must_session(&f.ns, T0, "site-a");
+    let a2 = must_session(&f.ns, T0, "site-a");
+    let b = must_session(&f.ns, T0, "site-b");
+    // Not the owner site; the shared root; not a subtree; an unknown session.
+    assert!(matches!(acquire(&f.ns, T0, b, f.app), Err(OpError::NotOwner { .. })));
+    for (subtree, errno) in [(1, Errno::EINVAL), (f.file, Errno::EINVAL)] {
+        let r = acquire(&f.ns, T0, a1, subtree);
+        assert!(
+            matches!(&r, Err(OpError::Explained { errno: e, .. }) if *e == errno.0),
+            "{subtree}: {r:?}"
+        );
+    }
+    assert!(matches!(
+        acquire(&f.ns, T0, 12345, f.app),
+        Err(OpError::Explained { errno, .. }) if errno == Errno::ENOLCK.0
+    ));
+    // One holder at a time; acquiring again renews.
+    must_acquire(&f.ns, T0, a1, f.app);
+    let r = acquire(&f.ns, T0 + SEC, a2, f.app);
+    assert!(matches!(&r, Err(OpError::Explained { errno, .. }) if *errno == Errno::EBUSY.0), "{r:?}");
+    assert_eq!(must_acquire(&f.ns, T0 + SEC, a1, f.app).subtree, f.app);
+    // The site's lease bounds it: renewed sessions do not outlive an agent that stopped.
+    let late = T0 + SITE_LEASE_NS - SEC;
+    assert_eq!(renew(&f.ns, late, a1)[0].remaining_ns, SEC);
+    assert!(renew(&f.ns, T0 + SITE_LEASE_NS, a1).is_empty(), "outlived the site lease");
+    // The session's own lease bounds it too: a holder that stops renewing loses it.
+    let f = fixture();
+    let a1 = must_session(&f.ns, T0, "site-a");
+    must_acquire(&f.ns, T0, a1, f.app);
+    heartbeat(&f.ns, T0 + 9 * SEC, "site-a");
+    let a2 = must_session(&f.ns, T0 + 9 * SEC, "site-a");
+    let write = crate::ownership::mknod(f.app, "z");
+    let r = run(&f.ns, T0 + SESSION_LEASE_NS - 1, Some("site-a"), Some(a2), write.clone());
+    assert!(is_delegated(&r, a1), "{r:?}");
+    let r = run(&f.ns, T0 + SESSION_LEASE_NS, Some("site-a"), Some(a2), write);
+    assert!(r.is_ok(), "{r:?}");
+    must_acquire(&f.ns, T0 + SESSION_LEASE_NS, a2, f.app);
+}
+
+#[test]
+fn a_recall_leaves_the_holder_a_grace_and_keeps_the_delegation_free_for_a_while() {
+    let (f, holder, other) = delegated();
+    let t = T0 + SEC;
+    let write = || crate::ownership::mknod(f.app, "late");
+    // Recalled: the holder may still flush; others wait; the holder's renewal says so.
+    let left = recall(&f.ns, t, f.app);
+    assert_eq!(left, SESSION_LEASE_NS - SEC);
+    assert!(renew(&f.ns, t, holder)[0].recalled);
+    assert!(is_delegated(&run(&f.ns, t, Some("site-a"), Some(other), write()), holder));
+    assert!(run(&f.ns, t, Some("site-a"), Some(holder), crate::ownership::mknod(f.app, "flushed")).is_ok());
+    // A holder that keeps renewing but never gives it back loses it after the grace.
+    for s in 2..11 {
+        heartbeat(&f.ns, T0 + s * SEC, "site-a");
+        renew(&f.ns, T0 + s * SEC, holder);
+        renew(&f.ns, T0 + s * SEC, other);
+    }
+    let end = t + RECALL_GRACE_NS;
+    assert!(is_delegated(&run(&f.ns, end - 1, Some("site-a"), Some(other), write()), holder));
+    assert!(run(&f.ns, end, Some("site-a"), Some(other), write()).is_ok());
+    // Given back: nobody takes it again until the hold after the recall has passed.
+    let (f, holder, other) = delegated();
+    recall(&f.ns, t, f.app);
+    run(&f.ns, t, None, None, Op::ReleaseDelegation { session: holder, subtree: f.app }).unwrap();
+    assert!(run(&f.ns, t, Some("site-a"), Some(other), crate::ownership::mknod(f.app, "mine")).is_ok());
+    let r = acquire(&f.ns, t + REACQUIRE_HOLD_NS - 1, holder, f.app);
+    assert!(matches!(&r, Err(OpError::Explained { errno, .. }) if *errno == Errno::EAGAIN.0), "{r:?}");
+    heartbeat(&f.ns, t + REACQUIRE_HOLD_NS, "site-a");
+    renew(&f.ns, t + REACQUIRE_HOLD_NS, other);
+    must_acquire(&f.ns, t + REACQUIRE_HOLD_NS, other, f.app);
+    // Releasing what one does not hold, or twice, is done; a recall of nothing is 0.
+    run(&f.ns, t + REACQUIRE_HOLD_NS, None, None, Op::ReleaseDelegation { session: holder, subtree: f.app }).unwrap();
+    assert_eq!(recall(&f.ns, t, f.shared), 0);
+}
+
+#[test]
+fn a_move_waits_for_the_delegation_and_a_takeover_finds_it_gone() {
+    let (f, holder, _) = delegated();
+    let t = T0 + SEC;
+    let mv = |force| Op::MoveSubtree { root: f.app, to: "site-b".into(), force };
+    assert!(is_delegated(&run(&f.ns, t, None, None, mv(false)), holder));
+    run(&f.ns, t, None, None, Op::ReleaseDelegation { session: holder, subtree: f.app }).unwrap();
+    assert!(run(&f.ns, t, None, None, mv(false)).is_ok());
+    // The old holder's writes are refused for ownership; its renewal holds nothing.
+    let r = run(&f.ns, t, Some("site-a"), Some(holder), crate::ownership::mknod(f.app, "x"));
+    assert!(matches!(r, Err(OpError::NotOwner { .. })), "{r:?}");
+    assert!(renew(&f.ns, t, holder).is_empty());
+
+    // A takeover after site-a's agent stopped: its delegation ended with its lease.
+    let (f, holder, _) = delegated();
+    for s in 1..=10 {
+        heartbeat(&f.ns, T0 + s * SEC, "site-b");
+        renew(&f.ns, T0 + s * SEC, holder);
+    }
+    let t = T0 + SITE_LEASE_NS;
+    let r = run(&f.ns, t, None, None, Op::MoveSubtree { root: f.app, to: "site-b".into(), force: true });
+    assert!(r.is_ok(), "{r:?}");
+    assert!(renew(&f.ns, t, holder).is_empty());
+    // Closing a session gives its delegations back.
+    let (f, holder, other) = delegated();
+    run(&f.ns, T0 + SEC, None, None, Op::CloseSession { session: holder }).unwrap();
+    must_acquire(&f.ns, T0 + SEC, other, f.app);
+}
