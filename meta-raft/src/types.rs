@@ -1,8 +1,8 @@
 //! The Raft type configuration and the commands the state machine applies.
 
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, DataNodeInfo, DelegationGrant, Epoch, Fence, FileKind, InodeId, LockRequest,
-    SetAttr, SliceWrite, SubtreeId, SubtreeInfo,
+    Attr, ChunkCheck, ChunkHash, DataNodeInfo, DelegationGrant, Epoch, Fence, FileKind, InodeId,
+    LockRequest, SetAttr, SliceWrite, SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};

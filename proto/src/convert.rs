@@ -4,8 +4,7 @@
 
 use crate::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, DataNodeInfo, DelegationGrant, DirEntry, Extent, Fence,
-    FileKind,
-    LockKind, SetAttr, SliceWrite, StatFs, SubtreeInfo, SubtreeState, TimeSet,
+    FileKind, LockKind, SetAttr, SliceWrite, StatFs, SubtreeInfo, SubtreeState, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;

@@ -154,9 +154,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     mount::describe_metrics();
     let s = settings(&args)?;
     let client = connect(&s).await?;
-    let fs = Arc::new(
-        MountFs::new(client, s.tuning.attr_ttl).with_delegations(!args.no_delegations),
-    );
+    let fs =
+        Arc::new(MountFs::new(client, s.tuning.attr_ttl).with_delegations(!args.no_delegations));
     let config = mount::config(&s.site, s.threads);
     let session = mount::spawn(
         fs.clone(),

@@ -845,11 +845,13 @@ impl Filesystem for FuseAdapter {
             "readdirplus",
             move |fs| async move {
                 let this = fs.getattr(ino.0).await?;
-                let parent = if offset < 2 {
-                    Some(fs.getattr(this.parent).await?)
-                } else {
-                    None
-                };
+                // The kernel links no inode for "." or ".." from a READDIRPLUS reply
+                // (fuse_direntplus_link skips them): ".." needs its inode number only,
+                // not a round for its attributes.
+                let parent = (offset < 2).then(|| Attr {
+                    ino: this.parent,
+                    ..this.clone()
+                });
                 Ok((this, parent, fs.readdir(ino.0, offset.max(2), true).await?))
             },
             move |r| match r {

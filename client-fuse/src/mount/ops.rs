@@ -391,7 +391,12 @@ impl MountFs {
 
     /// The kernel TTL for an entry (`name` in `parent`) or the attributes of `attr`:
     /// the delegation's length if this mount holds one for it, else `ordinary`.
-    pub fn ttl_for(&self, entry: Option<(InodeId, &[u8])>, attr: &Attr, ordinary: Duration) -> Duration {
+    pub fn ttl_for(
+        &self,
+        entry: Option<(InodeId, &[u8])>,
+        attr: &Attr,
+        ordinary: Duration,
+    ) -> Duration {
         self.deleg.ttl(entry, attr, ordinary)
     }
 
@@ -900,8 +905,9 @@ impl MountFs {
             .meta()
             .readdir(ino, cookie, READDIR_BATCH, plus, false)
             .await?;
-        if cookie == 0 && eof {
-            self.deleg.keep_listing(ticket, ino, &entries, plus);
+        // Entries' cookies start at 3 (1 and 2 are "." and ".."): from 2 is all of it.
+        if cookie <= 2 && eof {
+            self.deleg.keep_listing(ticket, ino, &entries);
         }
         for e in &mut entries {
             if let Some(a) = e.attr.take() {

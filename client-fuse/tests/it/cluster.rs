@@ -183,6 +183,14 @@ impl TwoSites {
         leader
     }
 
+    /// Send `signal` to every metadata member (SIGSTOP pauses the whole service).
+    pub fn signal_meta(&self, signal: nix::sys::signal::Signal) {
+        for p in &self.procs[..3] {
+            let pid = nix::unistd::Pid::from_raw(p.0.id() as i32);
+            nix::sys::signal::kill(pid, signal).unwrap();
+        }
+    }
+
     /// SIGKILL a site's data node (its agent: the site's lease is no longer renewed).
     pub fn kill_data_node(&mut self, site: &str) {
         let i = match site {

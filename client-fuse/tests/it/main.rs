@@ -5,6 +5,7 @@ mod apps;
 mod block_reads;
 mod cluster;
 mod data_path;
+mod delegation;
 mod disk_full;
 mod gc;
 mod locks;

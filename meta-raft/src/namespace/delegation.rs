@@ -123,7 +123,13 @@ pub(crate) fn check(
     }
 }
 
-fn grant(sub: &SubtreeRecord, subtree: SubtreeId, end: i64, now: i64, rec: &DelegationRecord) -> DelegationGrant {
+fn grant(
+    sub: &SubtreeRecord,
+    subtree: SubtreeId,
+    end: i64,
+    now: i64,
+    rec: &DelegationRecord,
+) -> DelegationGrant {
     DelegationGrant {
         subtree,
         epoch: sub.epoch,

@@ -69,7 +69,10 @@ pub(crate) fn expired(session: u64) -> NsError {
 }
 
 /// The session's record, if it has not been deleted.
-pub(crate) fn session_record(txn: &Txn<'_>, session: u64) -> Result<Option<SessionRecord>, NsError> {
+pub(crate) fn session_record(
+    txn: &Txn<'_>,
+    session: u64,
+) -> Result<Option<SessionRecord>, NsError> {
     Ok(txn.get(Cf::Locks, &session_key(session))?)
 }
 

@@ -26,10 +26,10 @@ use mobilus_proto::fs::{Attr, ChunkRef, FileKind, InodeId, ROOT_INO};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
+pub use self::delegation::{DelegationRecord, REACQUIRE_HOLD_NS, RECALL_GRACE_NS};
 pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
 pub use self::kv::{KvRead, KvStore, MemStore, RocksStore};
-pub use self::delegation::{DelegationRecord, REACQUIRE_HOLD_NS, RECALL_GRACE_NS};
 pub use self::locks::{SessionRecord, SESSION_LEASE_NS};
 pub use self::subtree::{SubtreeRecord, SITE_LEASE_NS};
 pub use self::txn::Txn;
@@ -334,12 +334,10 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             })
         }
         Op::RenewSession { session } => {
-            locks::renew(txn, now, *session).map(|(lease_end_ns, delegations)| {
-                OpReply::Session {
-                    id: *session,
-                    lease_end_ns,
-                    delegations,
-                }
+            locks::renew(txn, now, *session).map(|(lease_end_ns, delegations)| OpReply::Session {
+                id: *session,
+                lease_end_ns,
+                delegations,
             })
         }
         Op::AcquireDelegation { session, subtree } => {

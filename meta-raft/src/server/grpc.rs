@@ -408,10 +408,10 @@ impl Meta for MetaSvc {
     ) -> Reply<Self::WatchDelegationsStream> {
         let session = r.into_inner().session;
         let rx = self.node.clone().watch_delegations(session);
-        let stream = tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            |g| g.map(|g| pb::DelegationGrant::from(&g)).map_err(status),
-        );
+        let stream =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |g| {
+                g.map(|g| pb::DelegationGrant::from(&g)).map_err(status)
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -140,7 +140,9 @@ impl MetaNode {
     ) -> Result<OpReply, MetaError> {
         let deadline = tokio::time::Instant::now() + super::delegations::MAX_RECALL_WAIT;
         loop {
-            let result = self.propose_once(site.clone(), session, fence, op.clone()).await;
+            let result = self
+                .propose_once(site.clone(), session, fence, op.clone())
+                .await;
             match result {
                 Err(MetaError::Op(OpError::Delegated { subtree, .. }))
                     if tokio::time::Instant::now() < deadline =>
@@ -159,7 +161,10 @@ impl MetaNode {
         fence: Option<Fence>,
         op: Op,
     ) -> Result<OpReply, MetaError> {
-        match self.propose_local(site.clone(), session, fence, op.clone()).await {
+        match self
+            .propose_local(site.clone(), session, fence, op.clone())
+            .await
+        {
             Err(MetaError::NotLeader(Some(leader))) if leader != self.addr => {
                 let fwd = Forwarded {
                     site,

@@ -32,8 +32,19 @@ fn must_session(ns: &Namespace, t: i64, site: &str) -> u64 {
     }
 }
 
-fn acquire(ns: &Namespace, t: i64, session: u64, subtree: SubtreeId) -> Result<DelegationGrant, OpError> {
-    match run(ns, t, None, None, Op::AcquireDelegation { session, subtree }) {
+fn acquire(
+    ns: &Namespace,
+    t: i64,
+    session: u64,
+    subtree: SubtreeId,
+) -> Result<DelegationGrant, OpError> {
+    match run(
+        ns,
+        t,
+        None,
+        None,
+        Op::AcquireDelegation { session, subtree },
+    ) {
         Ok(OpReply::Delegation(g)) => Ok(g),
         Ok(other) => panic!("acquire: {other:?}"),
         Err(e) => Err(e),
@@ -99,12 +110,21 @@ fn only_the_holder_changes_a_delegated_subtree_whatever_the_operation() {
         let (f, holder, _) = delegated();
         let op = every_mutation(&f).swap_remove(i);
         let r = run(&f.ns, t, Some("site-a"), Some(holder), op);
-        assert!(r.is_ok() || name == "removexattr", "{name} by the holder: {r:?}");
+        assert!(
+            r.is_ok() || name == "removexattr",
+            "{name} by the holder: {r:?}"
+        );
         must_fsck_clean(&f.ns);
     }
     // The shared root is never delegated: anyone writes it.
     let (f, _, other) = delegated();
-    let r = run(&f.ns, t, Some("site-b"), Some(other), crate::ownership::mkdir(f.shared, "x"));
+    let r = run(
+        &f.ns,
+        t,
+        Some("site-b"),
+        Some(other),
+        crate::ownership::mkdir(f.shared, "x"),
+    );
     assert!(r.is_ok(), "{r:?}");
 }
 
@@ -115,7 +135,10 @@ fn who_may_hold_a_delegation() {
     let a2 = must_session(&f.ns, T0, "site-a");
     let b = must_session(&f.ns, T0, "site-b");
     // Not the owner site; the shared root; not a subtree; an unknown session.
-    assert!(matches!(acquire(&f.ns, T0, b, f.app), Err(OpError::NotOwner { .. })));
+    assert!(matches!(
+        acquire(&f.ns, T0, b, f.app),
+        Err(OpError::NotOwner { .. })
+    ));
     for (subtree, errno) in [(1, Errno::EINVAL), (f.file, Errno::EINVAL)] {
         let r = acquire(&f.ns, T0, a1, subtree);
         assert!(
@@ -130,12 +153,18 @@ fn who_may_hold_a_delegation() {
     // One holder at a time; acquiring again renews.
     must_acquire(&f.ns, T0, a1, f.app);
     let r = acquire(&f.ns, T0 + SEC, a2, f.app);
-    assert!(matches!(&r, Err(OpError::Explained { errno, .. }) if *errno == Errno::EBUSY.0), "{r:?}");
+    assert!(
+        matches!(&r, Err(OpError::Explained { errno, .. }) if *errno == Errno::EBUSY.0),
+        "{r:?}"
+    );
     assert_eq!(must_acquire(&f.ns, T0 + SEC, a1, f.app).subtree, f.app);
     // The site's lease bounds it: renewed sessions do not outlive an agent that stopped.
     let late = T0 + SITE_LEASE_NS - SEC;
     assert_eq!(renew(&f.ns, late, a1)[0].remaining_ns, SEC);
-    assert!(renew(&f.ns, T0 + SITE_LEASE_NS, a1).is_empty(), "outlived the site lease");
+    assert!(
+        renew(&f.ns, T0 + SITE_LEASE_NS, a1).is_empty(),
+        "outlived the site lease"
+    );
     // The session's own lease bounds it too: a holder that stops renewing loses it.
     let f = fixture();
     let a1 = must_session(&f.ns, T0, "site-a");
@@ -143,9 +172,21 @@ fn who_may_hold_a_delegation() {
     heartbeat(&f.ns, T0 + 9 * SEC, "site-a");
     let a2 = must_session(&f.ns, T0 + 9 * SEC, "site-a");
     let write = crate::ownership::mknod(f.app, "z");
-    let r = run(&f.ns, T0 + SESSION_LEASE_NS - 1, Some("site-a"), Some(a2), write.clone());
+    let r = run(
+        &f.ns,
+        T0 + SESSION_LEASE_NS - 1,
+        Some("site-a"),
+        Some(a2),
+        write.clone(),
+    );
     assert!(is_delegated(&r, a1), "{r:?}");
-    let r = run(&f.ns, T0 + SESSION_LEASE_NS, Some("site-a"), Some(a2), write);
+    let r = run(
+        &f.ns,
+        T0 + SESSION_LEASE_NS,
+        Some("site-a"),
+        Some(a2),
+        write,
+    );
     assert!(r.is_ok(), "{r:?}");
     must_acquire(&f.ns, T0 + SESSION_LEASE_NS, a2, f.app);
 }
@@ -159,8 +200,18 @@ fn a_recall_leaves_the_holder_a_grace_and_keeps_the_delegation_free_for_a_while(
     let left = recall(&f.ns, t, f.app);
     assert_eq!(left, SESSION_LEASE_NS - SEC);
     assert!(renew(&f.ns, t, holder)[0].recalled);
-    assert!(is_delegated(&run(&f.ns, t, Some("site-a"), Some(other), write()), holder));
-    assert!(run(&f.ns, t, Some("site-a"), Some(holder), crate::ownership::mknod(f.app, "flushed")).is_ok());
+    assert!(is_delegated(
+        &run(&f.ns, t, Some("site-a"), Some(other), write()),
+        holder
+    ));
+    assert!(run(
+        &f.ns,
+        t,
+        Some("site-a"),
+        Some(holder),
+        crate::ownership::mknod(f.app, "flushed")
+    )
+    .is_ok());
     // A holder that keeps renewing but never gives it back loses it after the grace.
     for s in 2..11 {
         heartbeat(&f.ns, T0 + s * SEC, "site-a");
@@ -168,20 +219,53 @@ fn a_recall_leaves_the_holder_a_grace_and_keeps_the_delegation_free_for_a_while(
         renew(&f.ns, T0 + s * SEC, other);
     }
     let end = t + RECALL_GRACE_NS;
-    assert!(is_delegated(&run(&f.ns, end - 1, Some("site-a"), Some(other), write()), holder));
+    assert!(is_delegated(
+        &run(&f.ns, end - 1, Some("site-a"), Some(other), write()),
+        holder
+    ));
     assert!(run(&f.ns, end, Some("site-a"), Some(other), write()).is_ok());
     // Given back: nobody takes it again until the hold after the recall has passed.
     let (f, holder, other) = delegated();
     recall(&f.ns, t, f.app);
-    run(&f.ns, t, None, None, Op::ReleaseDelegation { session: holder, subtree: f.app }).unwrap();
-    assert!(run(&f.ns, t, Some("site-a"), Some(other), crate::ownership::mknod(f.app, "mine")).is_ok());
+    run(
+        &f.ns,
+        t,
+        None,
+        None,
+        Op::ReleaseDelegation {
+            session: holder,
+            subtree: f.app,
+        },
+    )
+    .unwrap();
+    assert!(run(
+        &f.ns,
+        t,
+        Some("site-a"),
+        Some(other),
+        crate::ownership::mknod(f.app, "mine")
+    )
+    .is_ok());
     let r = acquire(&f.ns, t + REACQUIRE_HOLD_NS - 1, holder, f.app);
-    assert!(matches!(&r, Err(OpError::Explained { errno, .. }) if *errno == Errno::EAGAIN.0), "{r:?}");
+    assert!(
+        matches!(&r, Err(OpError::Explained { errno, .. }) if *errno == Errno::EAGAIN.0),
+        "{r:?}"
+    );
     heartbeat(&f.ns, t + REACQUIRE_HOLD_NS, "site-a");
     renew(&f.ns, t + REACQUIRE_HOLD_NS, other);
     must_acquire(&f.ns, t + REACQUIRE_HOLD_NS, other, f.app);
     // Releasing what one does not hold, or twice, is done; a recall of nothing is 0.
-    run(&f.ns, t + REACQUIRE_HOLD_NS, None, None, Op::ReleaseDelegation { session: holder, subtree: f.app }).unwrap();
+    run(
+        &f.ns,
+        t + REACQUIRE_HOLD_NS,
+        None,
+        None,
+        Op::ReleaseDelegation {
+            session: holder,
+            subtree: f.app,
+        },
+    )
+    .unwrap();
     assert_eq!(recall(&f.ns, t, f.shared), 0);
 }
 
@@ -189,12 +273,32 @@ fn a_recall_leaves_the_holder_a_grace_and_keeps_the_delegation_free_for_a_while(
 fn a_move_waits_for_the_delegation_and_a_takeover_finds_it_gone() {
     let (f, holder, _) = delegated();
     let t = T0 + SEC;
-    let mv = |force| Op::MoveSubtree { root: f.app, to: "site-b".into(), force };
+    let mv = |force| Op::MoveSubtree {
+        root: f.app,
+        to: "site-b".into(),
+        force,
+    };
     assert!(is_delegated(&run(&f.ns, t, None, None, mv(false)), holder));
-    run(&f.ns, t, None, None, Op::ReleaseDelegation { session: holder, subtree: f.app }).unwrap();
+    run(
+        &f.ns,
+        t,
+        None,
+        None,
+        Op::ReleaseDelegation {
+            session: holder,
+            subtree: f.app,
+        },
+    )
+    .unwrap();
     assert!(run(&f.ns, t, None, None, mv(false)).is_ok());
     // The old holder's writes are refused for ownership; its renewal holds nothing.
-    let r = run(&f.ns, t, Some("site-a"), Some(holder), crate::ownership::mknod(f.app, "x"));
+    let r = run(
+        &f.ns,
+        t,
+        Some("site-a"),
+        Some(holder),
+        crate::ownership::mknod(f.app, "x"),
+    );
     assert!(matches!(r, Err(OpError::NotOwner { .. })), "{r:?}");
     assert!(renew(&f.ns, t, holder).is_empty());
 
@@ -205,11 +309,28 @@ fn a_move_waits_for_the_delegation_and_a_takeover_finds_it_gone() {
         renew(&f.ns, T0 + s * SEC, holder);
     }
     let t = T0 + SITE_LEASE_NS;
-    let r = run(&f.ns, t, None, None, Op::MoveSubtree { root: f.app, to: "site-b".into(), force: true });
+    let r = run(
+        &f.ns,
+        t,
+        None,
+        None,
+        Op::MoveSubtree {
+            root: f.app,
+            to: "site-b".into(),
+            force: true,
+        },
+    );
     assert!(r.is_ok(), "{r:?}");
     assert!(renew(&f.ns, t, holder).is_empty());
     // Closing a session gives its delegations back.
     let (f, holder, other) = delegated();
-    run(&f.ns, T0 + SEC, None, None, Op::CloseSession { session: holder }).unwrap();
+    run(
+        &f.ns,
+        T0 + SEC,
+        None,
+        None,
+        Op::CloseSession { session: holder },
+    )
+    .unwrap();
     must_acquire(&f.ns, T0 + SEC, other, f.app);
 }

@@ -27,7 +27,9 @@ fn exec(ns: &Namespace, t: i64, site: Option<&str>, op: Op) -> Reply {
 
 fn must_session(ns: &Namespace, t: i64) -> u64 {
     match exec(ns, t, Some("site-a"), Op::OpenSession) {
-        Ok(OpReply::Session { id, lease_end_ns, .. }) => {
+        Ok(OpReply::Session {
+            id, lease_end_ns, ..
+        }) => {
             assert_eq!(lease_end_ns, t + SESSION_LEASE_NS);
             id
         }

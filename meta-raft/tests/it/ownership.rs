@@ -15,7 +15,13 @@ pub(crate) const SEC: i64 = 1_000_000_000;
 /// The time the fixtures start at.
 pub(crate) const T0: i64 = 1_000 * SEC;
 
-pub(crate) fn exec(ns: &Namespace, t: i64, site: Option<&str>, fence: Option<Fence>, op: Op) -> Reply {
+pub(crate) fn exec(
+    ns: &Namespace,
+    t: i64,
+    site: Option<&str>,
+    fence: Option<Fence>,
+    op: Op,
+) -> Reply {
     ns.execute(&Command {
         time_ns: t,
         site: site.map(str::to_string),

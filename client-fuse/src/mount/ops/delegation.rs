@@ -155,8 +155,7 @@ impl Delegations {
         if c.epoch != epoch || c.inflight > 0 {
             return;
         }
-        if c.attrs.len() >= MAX_CACHED || c.dirs.len() >= MAX_CACHED || c.maps.len() >= MAX_CACHED
-        {
+        if c.attrs.len() >= MAX_CACHED || c.dirs.len() >= MAX_CACHED || c.maps.len() >= MAX_CACHED {
             // Bounded: forget all (what was just fetched is still good).
             c.attrs = HashMap::new();
             c.dirs = HashMap::new();
@@ -175,19 +174,25 @@ impl Delegations {
     /// `None`: not known here.
     pub(super) fn entry(&self, parent: InodeId, name: &[u8]) -> Option<Option<Attr>> {
         let c = lock(&self.cache);
-        let dir_attr = c.attrs.get(&parent)?;
-        self.trusted(dir_attr.subtree)?;
         let dir = c.dirs.get(&parent)?;
-        let ino = match dir.names.get(name) {
-            Some(known) => *known,
-            None if dir.listing.is_some() => {
+        let known = dir.names.get(name).copied();
+        let parent_trusted = c
+            .attrs
+            .get(&parent)
+            .is_some_and(|a| self.trusted(a.subtree).is_some());
+        if !parent_trusted {
+            // The entry of a subtree's root, in the shared subtree: it can be neither
+            // renamed nor removed, so it is as sure as the root's own attributes.
+            let a = c.attrs.get(&known??)?;
+            return (a.ino == a.subtree && self.trusted(a.subtree).is_some())
+                .then(|| Some(a.clone()));
+        }
+        let ino = match known {
+            Some(known) => known,
+            None => {
                 let listing = dir.listing.as_ref()?;
-                match listing.iter().find(|e| e.name == name) {
-                    Some(e) => Some(e.ino),
-                    None => None,
-                }
+                listing.iter().find(|e| e.name == name).map(|e| e.ino)
             }
-            None => return None,
         };
         match ino {
             None => Some(None),
@@ -231,32 +236,40 @@ impl Delegations {
     }
 
     /// A lookup of `name` in `parent` answered `found` (`None`: absent).
-    pub(super) fn keep_entry(&self, ticket: Ticket, parent: InodeId, name: &[u8], found: Option<&Attr>) {
-        // A subtree's root is an entry of the shared subtree: its entry there is not ours
-        // to trust, but its attributes are (its label is its own).
+    pub(super) fn keep_entry(
+        &self,
+        ticket: Ticket,
+        parent: InodeId,
+        name: &[u8],
+        found: Option<&Attr>,
+    ) {
         if let Some(a) = found {
             self.keep_attr(ticket, a);
         }
-        let Some(dir_subtree) = lock(&self.cache).attrs.get(&parent).map(|a| a.subtree) else {
-            return;
+        let dir_subtree = lock(&self.cache).attrs.get(&parent).map(|a| a.subtree);
+        let ours = match (dir_subtree, found) {
+            // A subtree's root held here, seen from the shared subtree (see `entry`).
+            (_, Some(a)) if a.ino == a.subtree => self.trusted(a.subtree).is_some(),
+            (Some(dir), found) => {
+                self.trusted(dir).is_some() && found.is_none_or(|a| a.subtree == dir)
+            }
+            (None, _) => false,
         };
-        if self.trusted(dir_subtree).is_none()
-            || found.is_some_and(|a| a.subtree != dir_subtree)
-        {
-            return;
+        if ours {
+            self.fill(ticket, |c| {
+                let dir = c.dirs.entry(parent).or_default();
+                dir.names.insert(name.to_vec(), found.map(|a| a.ino));
+            });
         }
-        self.fill(ticket, |c| {
-            let dir = c.dirs.entry(parent).or_default();
-            dir.names.insert(name.to_vec(), found.map(|a| a.ino));
-        });
     }
 
-    /// A listing of `dir` from its start to its end (with attributes if `plus`).
-    pub(super) fn keep_listing(&self, ticket: Ticket, dir: InodeId, entries: &[DirEntry], plus: bool) {
+    /// A listing of `dir` from its start to its end (with the entries' attributes, if it
+    /// was a READDIRPLUS).
+    pub(super) fn keep_listing(&self, ticket: Ticket, dir: InodeId, entries: &[DirEntry]) {
         let Some(subtree) = lock(&self.cache).attrs.get(&dir).map(|a| a.subtree) else {
             return;
         };
-        if self.trusted(subtree).is_none() || entries.len() > MAX_LISTING || !plus {
+        if self.trusted(subtree).is_none() || entries.len() > MAX_LISTING {
             return;
         }
         self.fill(ticket, |c| {
@@ -289,11 +302,18 @@ impl Delegations {
     /// The TTL for the kernel's copy of `attr` (an entry of `parent`, if given): as long
     /// as the delegation lasts here, else `ordinary`. A long one is remembered, to be
     /// dropped at a recall.
-    pub(super) fn ttl(&self, parent: Option<(InodeId, &[u8])>, attr: &Attr, ordinary: Duration) -> Duration {
+    pub(super) fn ttl(
+        &self,
+        parent: Option<(InodeId, &[u8])>,
+        attr: &Attr,
+        ordinary: Duration,
+    ) -> Duration {
         let Some(until) = self.trusted(attr.subtree) else {
             return ordinary;
         };
-        let left = until.saturating_duration_since(Instant::now()).min(LONG_TTL);
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .min(LONG_TTL);
         if left <= ordinary {
             return ordinary;
         }
@@ -303,10 +323,6 @@ impl Delegations {
         }
         k.count += 1;
         if let Some((p, name)) = parent {
-            // The entry of a subtree's root lives in the shared subtree: never long.
-            if attr.ino == attr.subtree {
-                return ordinary;
-            }
             k.entries
                 .entry(attr.subtree)
                 .or_default()
@@ -317,14 +333,21 @@ impl Delegations {
     }
 
     /// The kernel TTL of a negative entry of `name` in `parent`.
-    pub(super) fn negative_ttl(&self, parent: InodeId, name: &[u8], ordinary: Duration) -> Duration {
+    pub(super) fn negative_ttl(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        ordinary: Duration,
+    ) -> Duration {
         let Some(dir) = lock(&self.cache).attrs.get(&parent).cloned() else {
             return ordinary;
         };
         let Some(until) = self.trusted(dir.subtree) else {
             return ordinary;
         };
-        let left = until.saturating_duration_since(Instant::now()).min(LONG_TTL);
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .min(LONG_TTL);
         let mut k = lock(&self.kernel);
         if left <= ordinary || k.count >= MAX_KERNEL_LONG {
             return ordinary;
@@ -343,7 +366,10 @@ impl Delegations {
             return false;
         }
         let mut tried = lock(&self.tried);
-        if tried.get(&subtree).is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+        if tried
+            .get(&subtree)
+            .is_some_and(|at| at.elapsed() < RETRY_AFTER)
+        {
             return false;
         }
         if tried.len() > 4096 {
@@ -374,7 +400,11 @@ impl Delegations {
 
     /// A renewal sent at `sent` answered the delegations still held; returns those to
     /// give back (recalled) and those lost.
-    fn renewed(&self, sent: Instant, grants: &[DelegationGrant]) -> (Vec<SubtreeId>, Vec<SubtreeId>) {
+    fn renewed(
+        &self,
+        sent: Instant,
+        grants: &[DelegationGrant],
+    ) -> (Vec<SubtreeId>, Vec<SubtreeId>) {
         let mut held = lock(&self.held);
         let (mut recalled, mut lost) = (Vec::new(), Vec::new());
         for (subtree, h) in held.iter_mut() {
@@ -414,7 +444,10 @@ impl Delegations {
     }
 
     /// What the kernel holds with long TTLs for `subtree`, taken out.
-    fn take_kernel_long(&self, subtree: SubtreeId) -> (HashSet<(InodeId, Vec<u8>)>, HashSet<InodeId>) {
+    fn take_kernel_long(
+        &self,
+        subtree: SubtreeId,
+    ) -> (HashSet<(InodeId, Vec<u8>)>, HashSet<InodeId>) {
         let mut k = lock(&self.kernel);
         let entries = k.entries.remove(&subtree).unwrap_or_default();
         let inodes = k.inodes.remove(&subtree).unwrap_or_default();
@@ -449,8 +482,12 @@ impl MountFs {
         let sent = Instant::now();
         match meta.acquire_delegation(session, subtree).await {
             Ok(g) => {
-                tracing::info!(subtree, session, valid_ms = g.remaining_ns / 1_000_000,
-                    "holding the subtree's delegation: caching it authoritatively");
+                tracing::info!(
+                    subtree,
+                    session,
+                    valid_ms = g.remaining_ns / 1_000_000,
+                    "holding the subtree's delegation: caching it authoritatively"
+                );
                 self.deleg.granted(sent, g);
             }
             Err(e) => tracing::debug!(subtree, error = %e, "delegation refused"),
@@ -499,7 +536,11 @@ impl MountFs {
 
     /// The lock session was renewed at `sent` (`None`: it ended): keep the delegations
     /// it still holds, give back the recalled ones, drop the lost ones.
-    pub(super) fn session_renewed(self: &Arc<Self>, sent: Instant, grants: Option<&[DelegationGrant]>) {
+    pub(super) fn session_renewed(
+        self: &Arc<Self>,
+        sent: Instant,
+        grants: Option<&[DelegationGrant]>,
+    ) {
         let (recalled, lost) = match grants {
             Some(g) => self.deleg.renewed(sent, g),
             None => (Vec::new(), self.deleg.held()),
@@ -531,14 +572,23 @@ impl MountFs {
         self.drop_kernel_long(subtree).await;
         let session = self.locks.current().await;
         if let Some(session) = session {
-            if let Err(e) = self.client.meta().release_delegation(session, subtree).await {
+            if let Err(e) = self
+                .client
+                .meta()
+                .release_delegation(session, subtree)
+                .await
+            {
                 tracing::warn!(subtree, error = %e, "giving the delegation back failed; it ends with its lease");
             }
         }
         self.deleg.forget(subtree);
         metrics::counter!("mobilus_fuse_delegations_total", "event" => "recalled").increment(1);
-        tracing::info!(subtree, failed_flushes = failed, took_ms = start.elapsed().as_millis() as u64,
-            "gave the subtree's delegation back");
+        tracing::info!(
+            subtree,
+            failed_flushes = failed,
+            took_ms = start.elapsed().as_millis() as u64,
+            "gave the subtree's delegation back"
+        );
     }
 
     async fn drop_kernel_long(&self, subtree: SubtreeId) {
@@ -550,7 +600,8 @@ impl MountFs {
         let _ = tokio::task::spawn_blocking(move || {
             for (parent, name) in entries {
                 use std::os::unix::ffi::OsStrExt;
-                let _ = kernel.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(&name));
+                let _ =
+                    kernel.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(&name));
             }
             for ino in inodes {
                 let _ = kernel.inval_inode(fuser::INodeNo(ino), -1, 0);
