@@ -3,7 +3,10 @@
 # small files of 128 KiB, stat of 100 files) on
 #   (a) a plain directory, (b) bindfs --multithreaded over it (a FUSE passthrough),
 #   (c) JuiceFS 0.14.2 (SQLite metadata, local-disk storage), the peer we compare with,
-#   (d) a Mobilus mount of a local cluster: 3 metadata members (Raft), 1 data node;
+#   (d) a Mobilus mount of a local cluster: 3 metadata members (Raft), 1 data node, in
+#       the shared root (no owner: every mount keeps 1 s TTLs), and
+#   (e) the same mount in a subtree its site owns (`mobilus-owned`: the mount holds the
+#       subtree's delegation and caches it authoritatively);
 # then every line with its ratio to JuiceFS. Needs root (mounts). Usage:
 #   bench/fs-bench.sh [BIG_FILE_MIB]        (default 1024)
 set -euo pipefail
@@ -59,6 +62,12 @@ ready "$RUN/data-a.ready" >/dev/null
 "$BIN/mobilus-mount" --site site-a --meta "$METAS" --ready-file "$RUN/mount.ready" \
   "$RUN/mnt-mobilus" 2>"$RUN/mount.log" & PIDS+=($!)
 ready "$RUN/mount.ready" >/dev/null
+mkdir -p "$RUN/mnt-mobilus/owned"
+for _ in $(seq 50); do
+  "$BIN/mobilusctl" --meta "$METAS" subtree create /owned --owner site-a >/dev/null 2>&1 && break
+  sleep 0.2
+done
+"$BIN/mobilusctl" --meta "$METAS" subtree status /owned >&2
 
 bench() {  # $1 label, $2 dir
   echo "==> juicefs bench on $1" >&2
@@ -80,6 +89,7 @@ bench() {  # $1 label, $2 dir
   bench bindfs "$RUN/mnt-bindfs"
   bench juicefs "$RUN/mnt-jfs"
   bench mobilus "$RUN/mnt-mobilus"
+  bench mobilus-owned "$RUN/mnt-mobilus/owned"
 } > "$RUN/results.txt"
 
 echo
@@ -92,7 +102,7 @@ for line in open(sys.argv[1]):
 ref = rows["juicefs"]
 names = [f"write {sys.argv[2]} MiB file, 1 MiB I/O (MiB/s)", f"read {sys.argv[2]} MiB file, 1 MiB I/O (MiB/s)",
          "write 100 x 128 KiB files (files/s)", "read 100 x 128 KiB files (files/s)", "stat 100 files (files/s)"]
-systems = ["plain", "bindfs", "juicefs", "mobilus"]
+systems = ["plain", "bindfs", "juicefs", "mobilus", "mobilus-owned"]
 print(f"{'':44}" + "".join(f"{s:>18}" for s in systems))
 for i, n in enumerate(names):
     cells = [f"{rows[s][i]:>9.1f} ({rows[s][i] / ref[i]:4.2f}x)" for s in systems]

@@ -83,6 +83,10 @@ pub struct SubtreeView {
     pub moved_ns: i64,
     /// `manual`, or `follow-writer` with its hold.
     pub policy: String,
+    /// The mount session holding the subtree's delegation (it caches the subtree
+    /// authoritatively), if any.
+    pub delegated_to: Option<u64>,
+    pub delegation_recalled: bool,
 }
 
 fn view(s: &SubtreeInfo) -> SubtreeView {
@@ -109,6 +113,16 @@ fn view(s: &SubtreeInfo) -> SubtreeView {
             None => "manual".into(),
             Some(ns) => format!("follow-writer (hold {} ms)", ns / 1_000_000),
         },
+        delegated_to: s.delegation.map(|(session, _)| session),
+        delegation_recalled: s.delegation.is_some_and(|(_, r)| r),
+    }
+}
+
+fn delegation_cell(v: &SubtreeView) -> String {
+    match (v.delegated_to, v.delegation_recalled) {
+        (None, _) => "-".into(),
+        (Some(s), false) => format!("mount session {s}"),
+        (Some(s), true) => format!("mount session {s} (recalled)"),
     }
 }
 
@@ -122,7 +136,16 @@ fn lease_cell(v: &SubtreeView) -> String {
 
 fn render(rows: &[SubtreeView]) -> comfy_table::Table {
     let mut t = table(&[
-        "PATH", "ROOT", "OWNER", "EPOCH", "LEASE", "STATE", "POLICY", "INODES", "BYTES",
+        "PATH",
+        "ROOT",
+        "OWNER",
+        "EPOCH",
+        "LEASE",
+        "STATE",
+        "POLICY",
+        "DELEGATED TO",
+        "INODES",
+        "BYTES",
     ]);
     for r in rows {
         t.add_row(vec![
@@ -137,6 +160,7 @@ fn render(rows: &[SubtreeView]) -> comfy_table::Table {
                 r.state.to_string()
             },
             r.policy.clone(),
+            delegation_cell(r),
             r.inodes.to_string(),
             r.bytes.to_string(),
         ]);
@@ -268,7 +292,10 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
         } => {
             let before = subtree_at(client, &path).await?;
             let start = Instant::now();
-            let s = match client.move_subtree(before.root, &to, force).await {
+            // A mount of the owner may hold the subtree's delegation: the move waits for
+            // its recall (a holder that is gone blocks it until its lease ends, 10 s).
+            let patient = client.with_timeouts(Duration::from_secs(30), Duration::from_secs(9));
+            let s = match patient.move_subtree(before.root, &to, force).await {
                 Ok(s) => s,
                 Err(e @ ClientError::LeaseExpired(_)) if !force => {
                     anyhow::bail!(

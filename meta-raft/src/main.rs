@@ -59,6 +59,10 @@ struct Args {
     /// bug, for the Jepsen harness to catch). Every member must run with it alike.
     #[arg(long, hide = true)]
     unsafe_no_ownership_check: bool,
+    /// TEST ONLY: let any mount session change a subtree another one holds the
+    /// delegation of (a deliberate bug: the holder then serves what it cached, stale).
+    #[arg(long, hide = true)]
+    unsafe_no_delegation_check: bool,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
     /// Write the advertised address to this file once serving (for scripts and tests).
@@ -129,6 +133,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--unsafe-no-ownership-check: any site may change any subtree (a test-only bug)"
         );
         mobilus_meta::namespace::subtree::disable_ownership_check_for_tests();
+    }
+    if args.unsafe_no_delegation_check {
+        tracing::warn!(
+            "--unsafe-no-delegation-check: any mount may change a delegated subtree (a test-only bug)"
+        );
+        mobilus_meta::namespace::disable_delegation_check_for_tests();
     }
     let handle = server::start(&cfg).await?;
     if let Some(path) = &args.ready_file {

@@ -46,11 +46,12 @@ pub struct Command {
     pub time_ns: i64,
     /// The site that issued it (a mount's); `None` for tools that speak for no site.
     pub site: Option<String>,
-    /// The issuing mount's session, if any: the holder of a subtree's delegation is
-    /// recognised by it (see `namespace::delegation`).
-    pub session: Option<u64>,
     pub fence: Option<Fence>,
     pub op: Op,
+    /// The issuing mount's session, if any: the holder of a subtree's delegation is
+    /// recognised by it (see `namespace::delegation`). Last, so that an entry written
+    /// before it existed fails to decode rather than being misread.
+    pub session: Option<u64>,
 }
 
 /// A namespace mutation.

@@ -207,6 +207,8 @@ impl From<&SubtreeInfo> for pb::Subtree {
             created_ns: s.created_ns,
             moved_ns: s.moved_ns,
             follow_writer_hold_ns: s.follow_writer_hold_ns,
+            delegated_to: s.delegation.map(|(session, _)| session),
+            delegation_recalled: s.delegation.is_some_and(|(_, r)| r),
         }
     }
 }
@@ -232,6 +234,9 @@ pub fn subtree_from_wire(s: pb::Subtree) -> Result<SubtreeInfo, WireError> {
         created_ns: s.created_ns,
         moved_ns: s.moved_ns,
         follow_writer_hold_ns: s.follow_writer_hold_ns,
+        delegation: s
+            .delegated_to
+            .map(|session| (session, s.delegation_recalled)),
     })
 }
 

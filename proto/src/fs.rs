@@ -284,6 +284,8 @@ pub struct SubtreeInfo {
     /// follow-writer: a write from another site moves ownership there once the owner
     /// has held it this long (ns); `None`: only the operator moves it.
     pub follow_writer_hold_ns: Option<i64>,
+    /// The mount session holding the subtree's delegation, and whether it is recalled.
+    pub delegation: Option<(u64, bool)>,
 }
 
 impl SubtreeInfo {

@@ -378,12 +378,14 @@ impl Filesystem for FuseAdapter {
                 }
             },
             move |r| match r {
-                Ok((ttl, Some(a))) => reply.entry(&ttl, &file_attr(&a), Generation(a.generation)),
+                Ok((ttl, Some(a))) => {
+                    reply.entry(&ttl.ttl, &file_attr(&a), Generation(a.generation))
+                }
                 // No such name: a negative entry (inode 0) the kernel keeps for the same
                 // TTL as a positive one. Without it every check for an absent file
                 // (SQLite's journal before each transaction, a compiler's include path)
                 // is a metadata round.
-                Ok((ttl, None)) => reply.entry(&ttl, &negative_entry(), Generation(0)),
+                Ok((ttl, None)) => reply.entry(&ttl.ttl, &negative_entry(), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -396,7 +398,8 @@ impl Filesystem for FuseAdapter {
         let start = std::time::Instant::now();
         if let Some(a) = self.fs.known_attr(ino.0) {
             record("getattr", true, start);
-            return reply.attr(&self.fs.ttl_for(None, &a, ttl), &file_attr(&a));
+            let ttl = self.fs.ttl_for(None, &a, ttl);
+            return reply.attr(&ttl.ttl, &file_attr(&a));
         }
         self.run(
             "getattr",
@@ -405,7 +408,7 @@ impl Filesystem for FuseAdapter {
                 Ok((fs.ttl_for(None, &a, ttl), a))
             },
             move |r| match r {
-                Ok((ttl, a)) => reply.attr(&ttl, &file_attr(&a)),
+                Ok((ttl, a)) => reply.attr(&ttl.ttl, &file_attr(&a)),
                 Err(e) => reply.error(errno(&e)),
             },
         );

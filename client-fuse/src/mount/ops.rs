@@ -22,6 +22,8 @@ use crate::read::FileReader;
 mod delegation;
 mod locks;
 
+pub use self::delegation::KernelTtl;
+
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Entries one readdir call asks the metadata for.
 const READDIR_BATCH: u32 = 512;
@@ -396,12 +398,12 @@ impl MountFs {
         entry: Option<(InodeId, &[u8])>,
         attr: &Attr,
         ordinary: Duration,
-    ) -> Duration {
+    ) -> KernelTtl {
         self.deleg.ttl(entry, attr, ordinary)
     }
 
     /// The kernel TTL for a negative entry.
-    pub fn negative_ttl(&self, parent: InodeId, name: &[u8], ordinary: Duration) -> Duration {
+    pub fn negative_ttl(&self, parent: InodeId, name: &[u8], ordinary: Duration) -> KernelTtl {
         self.deleg.negative_ttl(parent, name, ordinary)
     }
 
@@ -872,6 +874,24 @@ impl MountFs {
             }
         }
         result
+    }
+
+    /// Flush every open inode of `subtree` (a recall of its delegation). Returns how many
+    /// failed.
+    async fn flush_subtree(&self, subtree: InodeId) -> usize {
+        let open: Vec<Arc<OpenInode>> = lock(&self.inodes)
+            .values()
+            .filter(|i| lock(&i.attr).0.subtree == subtree)
+            .cloned()
+            .collect();
+        let mut failed = 0;
+        for inode in open {
+            if let Err(e) = self.flush_inode(&inode).await {
+                tracing::error!(error = %e, subtree, "flushing at a recall failed");
+                failed += 1;
+            }
+        }
+        failed
     }
 
     /// Flush every open inode (clean shutdown). Returns how many failed.

@@ -62,6 +62,8 @@ pub struct Opts {
     pub gc_grace: Duration,
     /// Where site-a's data node keeps its files (default: in the cluster's temp dir).
     pub site_a_dir: Option<PathBuf>,
+    /// More flags for every metadata member.
+    pub meta_args: Vec<String>,
 }
 
 impl Default for Opts {
@@ -70,6 +72,7 @@ impl Default for Opts {
             gc_ttl: Duration::from_secs(3600),
             gc_grace: Duration::from_secs(3600),
             site_a_dir: None,
+            meta_args: Vec::new(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl TwoSites {
             .map(|s| s.to_string())
             .collect();
             args.extend(["--data-dir".into(), d.join("data").to_string_lossy().into()]);
+            args.extend(opts.meta_args.iter().cloned());
             if id == 1 {
                 args.push("--init".into());
             } else {

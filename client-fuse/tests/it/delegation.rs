@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use mobilus_meta_client::MetaClient;
 use nix::sys::signal::Signal;
 
-use crate::cluster::{Mount, TwoSites};
+use crate::cluster::{Mount, Opts, TwoSites};
 
 /// Wait until `mount`'s log has `needle` in it.
 fn must_log(mount: &Mount, needle: &str, within: Duration) {
@@ -35,9 +35,14 @@ fn within<T: Send + 'static>(
     rx.recv_timeout(within).ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_holder_caches_and_a_second_mount_of_its_site_recalls_it_at_once() {
-    let sites = TwoSites::start().await;
+/// A cluster whose metadata members run with `meta_args`, and a mount of site-a that
+/// holds the delegation of `/app` (holding `f` = "one" and `d/`) and has cached it.
+async fn holder_with_a_warm_cache(meta_args: &[&str]) -> (TwoSites, Mount, MetaClient) {
+    let sites = TwoSites::start_with(Opts {
+        meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
+        ..Opts::default()
+    })
+    .await;
     let a1 = sites.mount("site-a");
     let meta = MetaClient::connect(&sites.meta_addrs).unwrap();
     let app = a1.point.join("app");
@@ -66,7 +71,13 @@ async fn the_holder_caches_and_a_second_mount_of_its_site_recalls_it_at_once() {
         assert_eq!(std::fs::read_dir(&app).unwrap().count(), 2);
         std::thread::sleep(Duration::from_millis(1100));
     }
+    (sites, a1, meta)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_holder_caches_and_a_second_mount_of_its_site_recalls_it_at_once() {
+    let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
+    let app = a1.point.join("app");
     // Authoritative: with the whole metadata service paused, a1 still answers stats,
     // absent names, listings and opens of the subtree (past the ordinary 1 s TTL).
     // The namespace root is shared (any site changes it), so the kernel still asks
@@ -127,4 +138,17 @@ async fn the_holder_caches_and_a_second_mount_of_its_site_recalls_it_at_once() {
     eprintln!("paused-metadata answers in {took:?}; a2's write recalled a1 in {recall:?}");
     let report = meta.fsck().await.unwrap();
     assert_eq!(report.problems, Vec::<String>::new());
+}
+
+/// The check is what makes the holder's cache safe: with it disabled on the members
+/// (a deliberate bug), the second mount's write is not recalled, and the holder serves
+/// the bytes it cached (caught).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_delegation_check_the_holder_serves_stale_bytes() {
+    let (sites, a1, _meta) = holder_with_a_warm_cache(&["--unsafe-no-delegation-check"]).await;
+    let a2 = sites.mount("site-a");
+    std::fs::write(a2.point.join("app/f"), b"two, from a2").unwrap();
+    let seen = std::fs::read(a1.point.join("app/f")).unwrap();
+    assert_eq!(seen, b"one", "the broken switch was not caught");
+    assert!(!a1.log().contains("gave the subtree's delegation back"));
 }

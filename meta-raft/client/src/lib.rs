@@ -264,6 +264,33 @@ impl MetaClient {
             .store(session.unwrap_or(0), Ordering::Relaxed);
     }
 
+    /// A client of the same members with other timeouts (a move may wait for the
+    /// recall of a delegation: up to its holder's lease when the holder is gone).
+    pub fn with_timeouts(&self, deadline: Duration, rpc_timeout: Duration) -> MetaClient {
+        let opts = ClientOptions {
+            deadline,
+            rpc_timeout,
+            ..self.inner.opts.clone()
+        };
+        let client = MetaClient {
+            inner: Arc::new(Inner {
+                endpoints: self.inner.endpoints.clone(),
+                leader: Mutex::new(lock(&self.inner.leader).clone()),
+                cursor: AtomicUsize::new(self.cursor()),
+                channels: Mutex::new(lock(&self.inner.channels).clone()),
+                opts,
+                session: std::sync::atomic::AtomicU64::new(0),
+            }),
+        };
+        client.set_session(self.session());
+        client
+    }
+
+    fn session(&self) -> Option<u64> {
+        let s = self.inner.session.load(Ordering::Relaxed);
+        (s != 0).then_some(s)
+    }
+
     /// The site this client speaks for.
     pub fn site(&self) -> Option<&str> {
         self.inner.opts.site.as_deref()

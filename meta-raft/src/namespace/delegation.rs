@@ -81,6 +81,20 @@ pub(crate) fn live_holder(
     Ok((now < end).then_some((holder, end)))
 }
 
+/// Who holds `subtree`'s delegation at `now`, and whether it is recalled (status).
+pub(crate) fn holder(
+    txn: &Txn<'_>,
+    subtree: SubtreeId,
+    sub: &SubtreeRecord,
+    now: i64,
+) -> Result<Option<(u64, bool)>, NsError> {
+    let Some((holder, _)) = live_holder(txn, subtree, sub, now)? else {
+        return Ok(None);
+    };
+    let recalled = record(txn, subtree)?.is_some_and(|r| r.recalled_ns.is_some());
+    Ok(Some((holder, recalled)))
+}
+
 /// When `holder`'s delegation ends: the soonest of its session's lease, its site's
 /// lease (only while that site owns the subtree) and a recall's grace.
 fn valid_until(
@@ -103,6 +117,15 @@ fn valid_until(
     Ok(end)
 }
 
+/// Set by the hidden `--unsafe-no-delegation-check` (a deliberate bug a test must catch).
+static DELEGATION_CHECK_DISABLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// TEST ONLY: let every session change delegated subtrees, in this process.
+pub fn disable_delegation_check_for_tests() {
+    DELEGATION_CHECK_DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The ownership check's part: a change of `subtree` by any session but its delegation's
 /// holder is refused while the delegation lasts.
 pub(crate) fn check(
@@ -112,6 +135,9 @@ pub(crate) fn check(
     now: i64,
     session: Option<u64>,
 ) -> Result<(), NsError> {
+    if DELEGATION_CHECK_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
     match live_holder(txn, subtree, sub, now)? {
         Some((holder, end)) if session != Some(holder) => Err(OpError::Delegated {
             subtree,

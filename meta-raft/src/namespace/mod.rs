@@ -26,7 +26,9 @@ use mobilus_proto::fs::{Attr, ChunkRef, FileKind, InodeId, ROOT_INO};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
-pub use self::delegation::{DelegationRecord, REACQUIRE_HOLD_NS, RECALL_GRACE_NS};
+pub use self::delegation::{
+    disable_delegation_check_for_tests, DelegationRecord, REACQUIRE_HOLD_NS, RECALL_GRACE_NS,
+};
 pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
 pub use self::kv::{KvRead, KvStore, MemStore, RocksStore};

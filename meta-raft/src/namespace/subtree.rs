@@ -628,6 +628,7 @@ pub(crate) fn info(
         created_ns: sub.created_ns,
         moved_ns: sub.moved_ns,
         follow_writer_hold_ns: sub.follow_writer_hold_ns,
+        delegation: delegation::holder(txn, root, sub, read_log_now(txn)?)?,
     })
 }
 

@@ -32,23 +32,32 @@ impl MetaNode {
         changes.borrow_and_update();
         metrics::counter!("mobilus_meta_delegation_recalls_total").increment(1);
         // A recall touches no subtree's contents: it is never itself delegated.
-        match self
+        let remaining = match self
             .propose_once(None, None, None, Op::RecallDelegation { subtree })
             .await?
         {
             OpReply::Recalled { remaining_ns: 0 } => return Ok(()),
-            OpReply::Recalled { .. } => {}
+            OpReply::Recalled { remaining_ns } => remaining_ns,
             other => return Err(MetaError::Raft(format!("unexpected reply {other:?}"))),
-        }
+        };
+        // Until then the delegation can end only by being given back, which an applied
+        // entry announces: this member's own clock (maybe ahead of the log's) is not
+        // trusted to end it sooner, or a refused command would be proposed in a loop.
+        let expires = tokio::time::Instant::now()
+            + Duration::from_nanos(u64::try_from(remaining).unwrap_or(0));
         loop {
             let recheck = (tokio::time::Instant::now() + EXPIRY_RECHECK).min(deadline);
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = tokio::time::sleep_until(recheck) => {}
-            }
+            let applied = tokio::select! {
+                _ = changes.changed() => true,
+                _ = tokio::time::sleep_until(recheck) => false,
+            };
             changes.borrow_and_update();
-            if tokio::time::Instant::now() >= deadline
-                || !self
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            if (applied || now >= expires)
+                && !self
                     .sm
                     .namespace()
                     .delegated_at(subtree, session, now_ns())?

@@ -43,9 +43,9 @@ impl Default for NodeTimeouts {
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Forwarded {
     pub site: Option<String>,
-    pub session: Option<u64>,
     pub fence: Option<Fence>,
     pub op: Op,
+    pub session: Option<u64>,
 }
 
 /// The leader's answer to a forwarded mutation.

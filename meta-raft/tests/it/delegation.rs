@@ -90,8 +90,8 @@ fn only_the_holder_changes_a_delegated_subtree_whatever_the_operation() {
     let ops = every_mutation(&fixture());
     assert_eq!(ops.len(), MUTATION_KINDS);
     let t = T0 + SEC;
-    for i in 0..MUTATION_KINDS {
-        let name = ops[i].name();
+    for (i, op) in ops.iter().enumerate() {
+        let name = op.name();
         // Another session of the owner site, and the owner site with no session.
         for session in [Some(false), None] {
             let (f, holder, other) = delegated();

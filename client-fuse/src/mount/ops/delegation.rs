@@ -30,6 +30,9 @@ use crate::read::SliceMap;
 
 /// A subtree whose delegation was refused is asked for again after this long.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// After giving one back at a recall (another mount of the site writes the subtree),
+/// this mount waits longer before asking again, so two busy mounts do not bounce it.
+const RETRY_AFTER_RECALL: Duration = Duration::from_secs(60);
 /// Most attributes (and slice maps, and directories) cached: past it, all is forgotten.
 const MAX_CACHED: usize = 200_000;
 /// Most entries of a listing cached whole.
@@ -44,6 +47,9 @@ const LONG_TTL: Duration = Duration::from_secs(60);
 struct Held {
     valid_until: Instant,
     recalled: bool,
+    /// When the request that granted it was sent: a renewal sent before says nothing of
+    /// it.
+    since: Instant,
 }
 
 #[derive(Default)]
@@ -89,11 +95,29 @@ struct KernelLong {
 pub(crate) struct Delegations {
     enabled: bool,
     held: Mutex<HashMap<SubtreeId, Held>>,
-    tried: Mutex<HashMap<SubtreeId, Instant>>,
+    /// When each subtree's delegation may be asked for again.
+    not_before: Mutex<HashMap<SubtreeId, Instant>>,
+    /// Held (shared) from giving the kernel a long TTL until the reply is sent; a recall
+    /// takes it whole before it drops what the kernel was given, so no long-lived reply
+    /// reaches the kernel after that.
+    gate: Arc<tokio::sync::RwLock<()>>,
     cache: Mutex<AuthCache>,
     kernel: Mutex<KernelLong>,
     /// The session the recall stream follows (0: none yet).
     watching: Mutex<u64>,
+}
+
+/// A TTL for the kernel. A long one holds a recall back until it is dropped: keep it
+/// until the reply that carries it is sent.
+pub struct KernelTtl {
+    pub ttl: Duration,
+    _gate: Option<tokio::sync::OwnedRwLockReadGuard<()>>,
+}
+
+impl KernelTtl {
+    fn ordinary(ttl: Duration) -> Self {
+        KernelTtl { ttl, _gate: None }
+    }
 }
 
 /// An answer being fetched: kept only if nothing changed meanwhile.
@@ -116,7 +140,8 @@ impl Delegations {
         Delegations {
             enabled,
             held: Mutex::default(),
-            tried: Mutex::default(),
+            not_before: Mutex::default(),
+            gate: Arc::default(),
             cache: Mutex::default(),
             kernel: Mutex::default(),
             watching: Mutex::new(0),
@@ -170,33 +195,37 @@ impl Delegations {
         self.trusted(a.subtree).map(|_| a)
     }
 
+    /// What the cache knows of `name` in `parent`: `Some(Some(ino))`, `Some(None)`
+    /// (absent), or `None` (not known), whatever the trust.
+    fn cached_entry(c: &AuthCache, parent: InodeId, name: &[u8]) -> Option<Option<InodeId>> {
+        let dir = c.dirs.get(&parent)?;
+        if let Some(known) = dir.names.get(name) {
+            return Some(*known);
+        }
+        let listing = dir.listing.as_ref()?;
+        Some(listing.iter().find(|e| e.name == name).map(|e| e.ino))
+    }
+
     /// `Some(Some(attr))`: `name` in `parent` is that inode; `Some(None)`: it is absent;
     /// `None`: not known here.
     pub(super) fn entry(&self, parent: InodeId, name: &[u8]) -> Option<Option<Attr>> {
         let c = lock(&self.cache);
-        let dir = c.dirs.get(&parent)?;
-        let known = dir.names.get(name).copied();
+        let known = Self::cached_entry(&c, parent, name)?;
         let parent_trusted = c
             .attrs
             .get(&parent)
             .is_some_and(|a| self.trusted(a.subtree).is_some());
-        if !parent_trusted {
-            // The entry of a subtree's root, in the shared subtree: it can be neither
-            // renamed nor removed, so it is as sure as the root's own attributes.
-            let a = c.attrs.get(&known??)?;
-            return (a.ino == a.subtree && self.trusted(a.subtree).is_some())
-                .then(|| Some(a.clone()));
-        }
-        let ino = match known {
-            Some(known) => known,
-            None => {
-                let listing = dir.listing.as_ref()?;
-                listing.iter().find(|e| e.name == name).map(|e| e.ino)
+        match known {
+            None if parent_trusted => Some(None),
+            None => None,
+            Some(ino) => {
+                let a = c.attrs.get(&ino)?;
+                // In a trusted directory; or the entry of a subtree's root, in the shared
+                // subtree: it can be neither renamed nor removed, so it is as sure as the
+                // root's own attributes.
+                let sure = parent_trusted || a.ino == a.subtree;
+                (sure && self.trusted(a.subtree).is_some()).then(|| Some(a.clone()))
             }
-        };
-        match ino {
-            None => Some(None),
-            Some(ino) => c.attrs.get(&ino).map(|a| Some(a.clone())),
         }
     }
 
@@ -210,7 +239,10 @@ impl Delegations {
         for e in listing.iter().filter(|e| e.cookie > cookie) {
             let mut e = e.clone();
             e.attr = if plus {
-                Some(c.attrs.get(&e.ino)?.clone())
+                let a = c.attrs.get(&e.ino)?;
+                // A file linked from another subtree too (before either was one).
+                self.trusted(a.subtree)?;
+                Some(a.clone())
             } else {
                 None
             };
@@ -274,7 +306,7 @@ impl Delegations {
         }
         self.fill(ticket, |c| {
             for e in entries {
-                if let Some(a) = &e.attr {
+                if let Some(a) = e.attr.as_ref().filter(|a| a.subtree == subtree) {
                     c.attrs.insert(a.ino, a.clone());
                 }
             }
@@ -307,29 +339,21 @@ impl Delegations {
         parent: Option<(InodeId, &[u8])>,
         attr: &Attr,
         ordinary: Duration,
-    ) -> Duration {
+    ) -> KernelTtl {
+        let short = KernelTtl::ordinary(ordinary);
         let Some(until) = self.trusted(attr.subtree) else {
-            return ordinary;
+            return short;
         };
-        let left = until
-            .saturating_duration_since(Instant::now())
-            .min(LONG_TTL);
-        if left <= ordinary {
-            return ordinary;
+        {
+            // Only what the authoritative cache holds was read under the delegation.
+            let c = lock(&self.cache);
+            if c.attrs.get(&attr.ino) != Some(attr)
+                || parent.is_some_and(|(p, n)| Self::cached_entry(&c, p, n) != Some(Some(attr.ino)))
+            {
+                return short;
+            }
         }
-        let mut k = lock(&self.kernel);
-        if k.count >= MAX_KERNEL_LONG {
-            return ordinary;
-        }
-        k.count += 1;
-        if let Some((p, name)) = parent {
-            k.entries
-                .entry(attr.subtree)
-                .or_default()
-                .insert((p, name.to_vec()));
-        }
-        k.inodes.entry(attr.subtree).or_default().insert(attr.ino);
-        left
+        self.long(attr.subtree, until, ordinary, parent, Some(attr.ino))
     }
 
     /// The kernel TTL of a negative entry of `name` in `parent`.
@@ -338,26 +362,66 @@ impl Delegations {
         parent: InodeId,
         name: &[u8],
         ordinary: Duration,
-    ) -> Duration {
-        let Some(dir) = lock(&self.cache).attrs.get(&parent).cloned() else {
-            return ordinary;
+    ) -> KernelTtl {
+        let short = KernelTtl::ordinary(ordinary);
+        let subtree = {
+            let c = lock(&self.cache);
+            let Some(dir) = c.attrs.get(&parent) else {
+                return short;
+            };
+            if Self::cached_entry(&c, parent, name) != Some(None) {
+                return short;
+            }
+            dir.subtree
         };
-        let Some(until) = self.trusted(dir.subtree) else {
-            return ordinary;
+        let Some(until) = self.trusted(subtree) else {
+            return short;
         };
+        self.long(subtree, until, ordinary, Some((parent, name)), None)
+    }
+
+    /// A long TTL until `until`, remembered so that a recall drops it.
+    fn long(
+        &self,
+        subtree: SubtreeId,
+        until: Instant,
+        ordinary: Duration,
+        entry: Option<(InodeId, &[u8])>,
+        ino: Option<InodeId>,
+    ) -> KernelTtl {
+        let short = KernelTtl::ordinary(ordinary);
         let left = until
             .saturating_duration_since(Instant::now())
             .min(LONG_TTL);
-        let mut k = lock(&self.kernel);
-        if left <= ordinary || k.count >= MAX_KERNEL_LONG {
-            return ordinary;
+        if left <= ordinary {
+            return short;
         }
-        k.count += 1;
-        k.entries
-            .entry(dir.subtree)
-            .or_default()
-            .insert((parent, name.to_vec()));
-        left
+        // A recall is dropping what the kernel holds: nothing long until it is done.
+        let Ok(gate) = self.gate.clone().try_read_owned() else {
+            return short;
+        };
+        // Registered before the recall can take the gate, so it is dropped with the rest.
+        let mut k = lock(&self.kernel);
+        if k.count >= MAX_KERNEL_LONG {
+            return short;
+        }
+        let mut added = 0;
+        if let Some((p, name)) = entry {
+            added += usize::from(
+                k.entries
+                    .entry(subtree)
+                    .or_default()
+                    .insert((p, name.to_vec())),
+            );
+        }
+        if let Some(ino) = ino {
+            added += usize::from(k.inodes.entry(subtree).or_default().insert(ino));
+        }
+        k.count += added;
+        KernelTtl {
+            ttl: left,
+            _gate: Some(gate),
+        }
     }
 
     /// Whether to ask for `subtree`'s delegation now (at most once per [`RETRY_AFTER`]).
@@ -365,17 +429,15 @@ impl Delegations {
         if !self.enabled || subtree == ROOT_INO || lock(&self.held).contains_key(&subtree) {
             return false;
         }
-        let mut tried = lock(&self.tried);
-        if tried
-            .get(&subtree)
-            .is_some_and(|at| at.elapsed() < RETRY_AFTER)
-        {
+        let now = Instant::now();
+        let mut not_before = lock(&self.not_before);
+        if not_before.get(&subtree).is_some_and(|at| now < *at) {
             return false;
         }
-        if tried.len() > 4096 {
-            tried.clear();
+        if not_before.len() > 4096 {
+            not_before.retain(|_, at| now < *at);
         }
-        tried.insert(subtree, Instant::now());
+        not_before.insert(subtree, now + RETRY_AFTER);
         true
     }
 
@@ -391,6 +453,7 @@ impl Delegations {
             Held {
                 valid_until: Self::validity(sent, g.remaining_ns),
                 recalled: g.recalled,
+                since: sent,
             },
         );
         // Nothing cached before the grant may be trusted: start afresh.
@@ -408,6 +471,10 @@ impl Delegations {
         let mut held = lock(&self.held);
         let (mut recalled, mut lost) = (Vec::new(), Vec::new());
         for (subtree, h) in held.iter_mut() {
+            if sent < h.since {
+                // Sent before the grant: it could not know of it.
+                continue;
+            }
             match grants.iter().find(|g| g.subtree == *subtree) {
                 Some(g) => {
                     h.valid_until = Self::validity(sent, g.remaining_ns);
@@ -438,9 +505,9 @@ impl Delegations {
         was
     }
 
-    fn forget(&self, subtree: SubtreeId) {
+    fn forget(&self, subtree: SubtreeId, wait: Duration) {
         lock(&self.held).remove(&subtree);
-        lock(&self.tried).insert(subtree, Instant::now());
+        lock(&self.not_before).insert(subtree, Instant::now() + wait);
     }
 
     /// What the kernel holds with long TTLs for `subtree`, taken out.
@@ -556,7 +623,11 @@ impl MountFs {
             let fs = self.clone();
             tokio::spawn(async move {
                 fs.drop_kernel_long(subtree).await;
-                fs.deleg.forget(subtree);
+                // In case the metadata still counts it (a renewal that raced a grant).
+                if let Some(session) = fs.locks.current().await {
+                    let _ = fs.client.meta().release_delegation(session, subtree).await;
+                }
+                fs.deleg.forget(subtree, RETRY_AFTER);
             });
         }
     }
@@ -564,11 +635,12 @@ impl MountFs {
     /// A recall: stop trusting, commit what is buffered, drop the kernel's long-lived
     /// copies, give the delegation back.
     pub(super) async fn give_back(self: Arc<Self>, subtree: SubtreeId) {
-        if !self.deleg.stop_trusting(subtree) {
-            return;
-        }
+        // Even one this mount no longer counts as held (lost, or granted after a renewal
+        // that did not know it): the metadata may still count it, and releasing is
+        // harmless.
+        self.deleg.stop_trusting(subtree);
         let start = Instant::now();
-        let failed = self.flush_all().await;
+        let failed = self.flush_subtree(subtree).await;
         self.drop_kernel_long(subtree).await;
         let session = self.locks.current().await;
         if let Some(session) = session {
@@ -581,7 +653,7 @@ impl MountFs {
                 tracing::warn!(subtree, error = %e, "giving the delegation back failed; it ends with its lease");
             }
         }
-        self.deleg.forget(subtree);
+        self.deleg.forget(subtree, RETRY_AFTER_RECALL);
         metrics::counter!("mobilus_fuse_delegations_total", "event" => "recalled").increment(1);
         tracing::info!(
             subtree,
@@ -592,6 +664,9 @@ impl MountFs {
     }
 
     async fn drop_kernel_long(&self, subtree: SubtreeId) {
+        // Wait for long-lived replies still on their way to the kernel (none start now:
+        // the subtree is no longer trusted).
+        let _gate = self.deleg.gate.clone().write_owned().await;
         let (entries, inodes) = self.deleg.take_kernel_long(subtree);
         let Some(kernel) = self.kernel.get().cloned() else {
             return;
