@@ -112,6 +112,10 @@ impl FuseAdapter {
             // attributes answered before this operation ended.
             if !READ_ONLY_OPS.contains(&name) {
                 fs.mutated();
+                // A change whose outcome is unknown (a timeout) may still commit later.
+                if matches!(&result, Err(e) if e.to_errno() == Errno::EIO) {
+                    fs.outcome_unknown();
+                }
             }
             record(name, result.is_ok(), start);
             reply(result)

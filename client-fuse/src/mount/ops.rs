@@ -402,6 +402,11 @@ impl MountFs {
         self.deleg.ttl(entry, attr, ordinary)
     }
 
+    /// A mutation answered with an error of unknown outcome (it may still commit).
+    pub fn outcome_unknown(&self) {
+        self.deleg.outcome_unknown();
+    }
+
     /// The kernel TTL for a negative entry.
     pub fn negative_ttl(&self, parent: InodeId, name: &[u8], ordinary: Duration) -> KernelTtl {
         self.deleg.negative_ttl(parent, name, ordinary)

@@ -40,6 +40,9 @@ const MAX_LISTING: usize = 4_096;
 /// Most kernel entries and attributes given long TTLs (each must be dropped at a recall);
 /// past it, answers get the ordinary TTL.
 const MAX_KERNEL_LONG: usize = 100_000;
+/// How long a mutation whose outcome is unknown may still commit (a member gives a
+/// proposal 8 s, the client retries within 20 s).
+const UNSURE_FOR: Duration = Duration::from_secs(30);
 /// The longest TTL given to the kernel.
 const LONG_TTL: Duration = Duration::from_secs(60);
 
@@ -70,6 +73,8 @@ struct AuthCache {
     attrs: HashMap<InodeId, Attr>,
     dirs: HashMap<InodeId, DirCache>,
     maps: HashMap<InodeId, SliceMap>,
+    /// After a mutation of unknown outcome: nothing is cached until then.
+    unsure_until: Option<Instant>,
 }
 
 impl AuthCache {
@@ -171,7 +176,16 @@ impl Delegations {
     /// Call before fetching an answer that may be cached.
     pub(super) fn ticket(&self) -> Ticket {
         let c = lock(&self.cache);
-        Ticket((c.inflight == 0).then_some(c.epoch))
+        let quiet = c.inflight == 0 && c.unsure_until.is_none_or(|t| Instant::now() >= t);
+        Ticket(quiet.then_some(c.epoch))
+    }
+
+    /// A mutation of this mount failed without a definite answer: it may still commit
+    /// (for as long as a write may wait for a quorum), so cache nothing until then.
+    pub(super) fn outcome_unknown(&self) {
+        let mut c = lock(&self.cache);
+        c.clear();
+        c.unsure_until = Some(Instant::now() + UNSURE_FOR);
     }
 
     fn fill(&self, ticket: Ticket, f: impl FnOnce(&mut AuthCache)) {
