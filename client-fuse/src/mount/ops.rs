@@ -503,7 +503,8 @@ impl MountFs {
                 rdev,
                 None,
             )
-            .await?)
+            .await
+            .inspect(|a| self.consider_delegation(a.subtree))?)
     }
 
     #[instrument(skip(self))]
@@ -519,7 +520,8 @@ impl MountFs {
             .client
             .meta()
             .mkdir(parent, name, mode & 0o7777, who.uid, who.gid, None)
-            .await?)
+            .await
+            .inspect(|a| self.consider_delegation(a.subtree))?)
     }
 
     #[instrument(skip(self))]
@@ -535,7 +537,8 @@ impl MountFs {
             .client
             .meta()
             .symlink(parent, name, target, who.uid, who.gid, None)
-            .await?)
+            .await
+            .inspect(|a| self.consider_delegation(a.subtree))?)
     }
 
     #[instrument(skip(self))]

@@ -12,8 +12,14 @@ use crate::cluster::{Mount, Opts, TwoSites};
 
 /// Wait until `mount`'s log has `needle` in it.
 fn must_log(mount: &Mount, needle: &str, within: Duration) {
+    must_log_while(mount, needle, within, || {});
+}
+
+/// Wait until `mount`'s log has `needle` in it, doing `meanwhile` between looks.
+fn must_log_while(mount: &Mount, needle: &str, within: Duration, meanwhile: impl Fn()) {
     let deadline = Instant::now() + within;
     while !mount.log().contains(needle) {
+        meanwhile();
         assert!(
             Instant::now() < deadline,
             "the mount never logged {needle:?}:\n{}",
@@ -21,18 +27,6 @@ fn must_log(mount: &Mount, needle: &str, within: Duration) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Run `f` on a thread; its answer if it came within `within`.
-fn within<T: Send + 'static>(
-    within: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(within).ok()
 }
 
 /// A cluster whose metadata members run with `meta_args`, and a mount of site-a that
@@ -59,10 +53,15 @@ async fn holder_with_a_warm_cache(meta_args: &[&str]) -> (TwoSites, Mount, MetaC
     std::fs::write(app.join("f"), b"one").unwrap();
     std::fs::create_dir(app.join("d")).unwrap();
     let _ = std::fs::read_dir(&app).unwrap().count();
-    must_log(
+    // (Asked for when the mount meets an inode of the subtree: keep meeting them.)
+    let f = app.join("f");
+    must_log_while(
         &a1,
         "holding the subtree's delegation",
         Duration::from_secs(15),
+        || {
+            let _ = std::fs::metadata(&f);
+        },
     );
     // Fill the cache: an entry, an absent name, a listing, a file's map.
     for _ in 0..2 {
@@ -79,39 +78,48 @@ async fn the_holder_caches_and_a_second_mount_of_its_site_recalls_it_at_once() {
     let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
     let app = a1.point.join("app");
     // Authoritative: with the whole metadata service paused, a1 still answers stats,
-    // absent names, listings and opens of the subtree (past the ordinary 1 s TTL).
-    // The namespace root is shared (any site changes it), so the kernel still asks
-    // for its attributes once a TTL: fetch them just before.
-    std::fs::metadata(&app).unwrap();
-    sites.signal_meta(Signal::SIGSTOP);
-    let (f, absent, dir) = (app.join("f"), app.join("absent"), app.clone());
-    let progress = std::sync::Arc::new(std::sync::Mutex::new(Vec::<&str>::new()));
-    let p = progress.clone();
-    let answered = within(Duration::from_millis(800), move || {
-        let start = Instant::now();
-        let size = std::fs::metadata(&f).map(|m| m.len());
-        p.lock().unwrap().push("stat");
-        let gone = std::fs::metadata(&absent).map(|_| ());
-        p.lock().unwrap().push("absent");
-        let names = std::fs::read_dir(&dir).map(|d| d.count());
-        p.lock().unwrap().push("ls");
-        let bytes = std::fs::read(&f);
-        (
-            start.elapsed(),
-            size.ok(),
-            gone.is_err(),
-            names.ok(),
-            bytes.ok(),
-        )
-    });
-    sites.signal_meta(Signal::SIGCONT);
-    let (took, size, gone, names, bytes) = answered.unwrap_or_else(|| {
+    // absent names, listings and opens of the subtree (past the ordinary 1 s TTL). The
+    // namespace root is shared (any site changes it), so the kernel still asks for its
+    // attributes once a TTL: they are fetched just before, and an attempt that meets
+    // their expiry anyway (a loaded machine) is made again, at most three times.
+    let mut answered = None;
+    let mut progress = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        std::fs::metadata(&app).unwrap();
+        sites.signal_meta(Signal::SIGSTOP);
+        let (f, absent, dir) = (app.join("f"), app.join("absent"), app.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let attempt = std::thread::spawn(move || {
+            let start = Instant::now();
+            let size = std::fs::metadata(&f).map(|m| m.len());
+            let _ = tx.send("stat");
+            let gone = std::fs::metadata(&absent).map(|_| ());
+            let _ = tx.send("absent");
+            let names = std::fs::read_dir(&dir).map(|d| d.count());
+            let _ = tx.send("ls");
+            let bytes = std::fs::read(&f);
+            (
+                start.elapsed(),
+                size.ok(),
+                gone.is_err(),
+                names.ok(),
+                bytes.ok(),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(800));
+        let done = attempt.is_finished();
         sites.signal_meta(Signal::SIGCONT);
-        panic!(
-            "a1 waited for the paused metadata after {:?}",
-            progress.lock().unwrap()
-        )
-    });
+        let result = attempt.join().unwrap();
+        progress.push(rx.try_iter().collect::<Vec<_>>());
+        if done {
+            answered = Some(result);
+            break;
+        }
+    }
+    let (took, size, gone, names, bytes) =
+        answered.unwrap_or_else(|| panic!("a1 waited for the paused metadata: {progress:?}"));
+    eprintln!("attempts: {progress:?}");
     assert_eq!((size, gone, names), (Some(3), true, Some(2)));
     assert_eq!(bytes.as_deref(), Some(&b"one"[..]));
 
