@@ -40,6 +40,9 @@ pub struct MetaBugs {
     pub read_lease_ms: Option<u64>,
     /// Any site may change any subtree (`--unsafe-no-ownership-check`).
     pub no_ownership_check: bool,
+    /// Any mount may change a delegated subtree without recalling the delegation
+    /// (`--unsafe-no-delegation-check`).
+    pub no_delegation_check: bool,
 }
 
 impl MetaBugs {
@@ -54,6 +57,9 @@ impl MetaBugs {
         }
         if self.no_ownership_check {
             args.push("--unsafe-no-ownership-check".to_string());
+        }
+        if self.no_delegation_check {
+            args.push("--unsafe-no-delegation-check".to_string());
         }
         args
     }
@@ -70,6 +76,8 @@ pub struct ClusterSpec {
     pub bugs: MetaBugs,
     /// Route traffic between sites through the link emulator.
     pub link_emulator: bool,
+    /// A second client host (`c2-<site>`) at each of these sites.
+    pub second_clients: Vec<String>,
 }
 
 /// The role of a process.
@@ -116,6 +124,48 @@ pub struct Cluster {
     pub link: Option<LinkEmulator>,
     /// The ownership workload's subtree and its moves.
     pub owned: Option<crate::ownership::Owned>,
+    /// The FUSE mounts of the workers that run one: their host and process.
+    pub mounts: Vec<MountProc>,
+    /// Faults the `mount` nemesis has started (it alternates pauses and cuts).
+    pub mount_faults: usize,
+    /// The delegation workload's writer turns (their start and length): the mount whose
+    /// turn it is writes, and most likely holds the delegation.
+    pub writer_turns: Option<(Instant, Duration)>,
+}
+
+/// A worker's FUSE mount, which the `mount` nemesis pauses or cuts off.
+#[derive(Clone, Copy, Debug)]
+pub struct MountProc {
+    pub host: usize,
+    pub pid: u32,
+}
+
+impl Cluster {
+    /// The mount whose writer turn it is, if the workload takes turns.
+    pub fn writing_mount(&self) -> Option<usize> {
+        let (start, turn) = self.writer_turns?;
+        let n = self.mounts.len() as u64;
+        (n > 0).then(|| ((start.elapsed().as_secs() / turn.as_secs().max(1)) % n) as usize)
+    }
+}
+
+impl MountProc {
+    fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.pid as i32), signal);
+    }
+
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+}
+
+/// Whether a host (by name) runs clients.
+pub fn is_client_host(name: &str) -> bool {
+    name.starts_with("c-") || name.starts_with("c2-")
 }
 
 fn binary(dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
@@ -129,7 +179,7 @@ fn binary(dir: &Path, name: &str) -> Result<PathBuf, ClusterError> {
 
 impl Cluster {
     /// Hosts: `m1..m3` (metadata, one per site round-robin), `d-<site>` (data) and
-    /// `c-<site>` (clients) per site.
+    /// `c-<site>` (clients) per site, and `c2-<site>` at the sites of `second_clients`.
     pub async fn start(spec: ClusterSpec) -> Result<Cluster, ClusterError> {
         let meta_bin = binary(&spec.bin_dir, "mobilus-meta")?;
         let data_bin = binary(&spec.bin_dir, "mobilus-data")?;
@@ -143,6 +193,9 @@ impl Cluster {
         }
         for site in &spec.sites {
             hosts.push((format!("c-{site}"), site.clone()));
+        }
+        for site in &spec.second_clients {
+            hosts.push((format!("c2-{site}"), site.clone()));
         }
         let refs: Vec<(&str, &str)> = hosts
             .iter()
@@ -159,6 +212,9 @@ impl Cluster {
             spec: spec.clone(),
             link: None,
             owned: None,
+            mounts: Vec::new(),
+            mount_faults: 0,
+            writer_turns: None,
         };
         let seed = format!("{}:{META_PORT}", cluster.net.hosts[0].ip);
         for i in 0..3 {
@@ -304,12 +360,12 @@ impl Cluster {
             .collect()
     }
 
-    /// The client host of each site.
+    /// The client hosts: one per site, and the second ones.
     pub fn client_hosts(&self) -> Vec<&Host> {
         self.net
             .hosts
             .iter()
-            .filter(|h| h.name.starts_with("c-"))
+            .filter(|h| is_client_host(&h.name))
             .collect()
     }
 
@@ -417,6 +473,9 @@ impl Cluster {
     /// Undo every fault: heal the network, resume paused processes, restart dead ones.
     pub fn heal_all(&mut self) -> Result<(), ClusterError> {
         self.heal_net()?;
+        for m in &self.mounts {
+            m.resume();
+        }
         if let Some(link) = &self.link {
             link.set_shape(crate::link::LinkShape::default());
         }

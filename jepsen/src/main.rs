@@ -77,6 +77,10 @@ enum Command {
         /// (the deliberate fencing bug).
         #[arg(long, hide = true)]
         unsafe_no_ownership_check: bool,
+        /// TEST ONLY: start the metadata members letting any mount change a delegated
+        /// subtree without recalling the delegation (the deliberate caching bug).
+        #[arg(long, hide = true)]
+        unsafe_no_delegation_check: bool,
     },
     /// Draw (again) the report of a run folder: timeline, latency, throughput, index.html.
     Report { dir: PathBuf },
@@ -94,6 +98,9 @@ enum Command {
         mount_bin: Option<PathBuf>,
         #[arg(long)]
         mountpoint: Option<PathBuf>,
+        /// What the file operations on the mount are.
+        #[arg(long, value_enum, default_value_t = mobilus_jepsen::worker_fs::FsOps::Files)]
+        mount_ops: mobilus_jepsen::worker_fs::FsOps,
         /// The site this worker's mutations are issued for.
         #[arg(long)]
         site: Option<String>,
@@ -226,6 +233,7 @@ fn main() -> ExitCode {
             unsafe_local_reads,
             unsafe_read_lease_ms,
             unsafe_no_ownership_check,
+            unsafe_no_delegation_check,
         } => {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -258,6 +266,7 @@ fn main() -> ExitCode {
                     local_reads: unsafe_local_reads,
                     read_lease_ms: unsafe_read_lease_ms,
                     no_ownership_check: unsafe_no_ownership_check,
+                    no_delegation_check: unsafe_no_delegation_check,
                 },
                 nemesis_interval: Duration::from_secs(nemesis_interval.max(1)),
                 op_timeout: Duration::from_millis(op_timeout_ms.max(100)),
@@ -288,6 +297,7 @@ fn main() -> ExitCode {
             mount_site,
             mount_bin,
             mountpoint,
+            mount_ops,
             site,
             register_dir,
         } => {
@@ -297,6 +307,7 @@ fn main() -> ExitCode {
                         bin,
                         site,
                         mountpoint,
+                        ops: mount_ops,
                     })
                 }
                 (None, None, None) => None,

@@ -33,6 +33,10 @@ pub enum NemesisKind {
     /// its clients keep writing, or its data node and clients are cut off together; both
     /// end when the fault stops.
     Takeover,
+    /// The delegation workload: SIGSTOP one of the mounts (the delegation's holder,
+    /// perhaps, which then answers no recall), or cut its client host off from every
+    /// other host.
+    Mount,
 }
 
 /// A fault in force, and how to undo it.
@@ -63,6 +67,11 @@ pub enum Fault {
         proc: usize,
         description: String,
     },
+    /// A mount stopped: it continues.
+    MountPaused {
+        mount: usize,
+        description: String,
+    },
 }
 
 impl Fault {
@@ -74,7 +83,8 @@ impl Fault {
             Fault::Removed { id, .. } => format!("remove member {id}"),
             Fault::Shaped { description }
             | Fault::Moved { description }
-            | Fault::TakenOver { description, .. } => description.clone(),
+            | Fault::TakenOver { description, .. }
+            | Fault::MountPaused { description, .. } => description.clone(),
         }
     }
 }
@@ -185,6 +195,49 @@ pub async fn start(
             (Some(proc), description) => Ok(Fault::TakenOver { proc, description }),
             (None, description) => Ok(Fault::Partition { description }),
         },
+        NemesisKind::Mount => {
+            if cluster.mounts.is_empty() {
+                return Err(ClusterError::Start {
+                    what: "a mount fault".into(),
+                    why: "no worker runs a mount".into(),
+                });
+            }
+            cluster.mount_faults += 1;
+            let pause = !cluster.mount_faults.is_multiple_of(2);
+            // A pause is aimed at the writing mount, the likely holder of the delegation,
+            // a moment before the other mount's turn begins: its first writes then
+            // conflict with a holder that answers no recall.
+            if let (true, Some((start, turn))) = (pause, cluster.writer_turns) {
+                let into = Duration::from_nanos(
+                    (start.elapsed().as_nanos() % turn.as_nanos().max(1)) as u64,
+                );
+                let lead = Duration::from_secs(1);
+                if turn > into + lead {
+                    tokio::time::sleep(turn - into - lead).await;
+                }
+            }
+            let mount = match cluster.writing_mount() {
+                Some(w) if pause => w,
+                _ => rng.random_range(0..cluster.mounts.len()),
+            };
+            let m = cluster.mounts[mount];
+            let host = cluster.net.hosts[m.host].name.clone();
+            if pause {
+                m.pause();
+                Ok(Fault::MountPaused {
+                    mount,
+                    description: format!("pause the mount on {host}"),
+                })
+            } else {
+                let rest: Vec<usize> = (0..cluster.net.hosts.len())
+                    .filter(|i| *i != m.host)
+                    .collect();
+                cluster.partition(&[vec![m.host], rest])?;
+                Ok(Fault::Partition {
+                    description: format!("cut off the mount's host {host}"),
+                })
+            }
+        }
         NemesisKind::Kill => {
             let proc = rng.random_range(0..cluster.procs.len());
             cluster.kill(proc);
@@ -261,6 +314,7 @@ pub async fn stop(fault: &Fault, cluster: &mut Cluster) -> Result<(), ClusterErr
         Fault::Killed { proc } => cluster.restart(*proc)?,
         Fault::Paused { proc } | Fault::TakenOver { proc, .. } => cluster.resume(*proc),
         Fault::Moved { .. } => {}
+        Fault::MountPaused { mount, .. } => cluster.mounts[*mount].resume(),
         Fault::Removed { id, addr } => {
             let admin = cluster.admin_client()?;
             let mut last = String::new();

@@ -40,7 +40,27 @@ pub enum Workload {
     /// both sites while the `move` and `takeover` nemeses change its owner: linearizable,
     /// and no change acknowledged from a site that did not own it.
     Ownership,
+    /// Registers as small files of a subtree owned by the first site, read through two
+    /// FUSE mounts of that site on two hosts and written through one of them at a time,
+    /// in turns ([`WRITER_TURN`]): the writer takes the subtree's delegation and serves
+    /// the subtree from its cache, and the other's first write of its turn recalls it. Checked for linearizability with reads allowed to be as stale as the
+    /// kernel's cache lifetime of a mount without the delegation ([`STALENESS_BOUND`]),
+    /// and for every acknowledged write by reads after the faults heal. The `mount`
+    /// nemesis pauses a mount or cuts its host off.
+    Delegation,
 }
+
+/// How stale a read through a mount that holds no delegation may be: the kernel keeps
+/// its entries and attributes for 1 s (the mount's TTL), and the answer takes a moment
+/// to reach it. A holder's cache may never be staler than this: a write by another mount
+/// recalls it first.
+pub const STALENESS_BOUND: Duration = Duration::from_millis(2000);
+
+/// The delegation workload writes through one mount at a time, in turns of this long
+/// (the other mount reads): long enough for the writer to take the delegation once the
+/// hold after a recall (5 s) ends, and hold it for a while; each turn's first write by
+/// the other mount recalls it.
+pub const WRITER_TURN: Duration = Duration::from_secs(9);
 
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -87,8 +107,16 @@ pub struct RunSummary {
     pub set: Option<SetReport>,
     pub durability: Option<DurabilityReport>,
     pub ownership: Option<OwnershipReport>,
+    /// The delegation workload: no read older than the staleness bound.
+    #[serde(default)]
+    pub staleness: Option<crate::checker::staleness::StalenessReport>,
     #[serde(default)]
     pub unsafe_no_ownership_check: bool,
+    #[serde(default)]
+    pub unsafe_no_delegation_check: bool,
+    /// The delegation workload: how stale a read was allowed to be.
+    #[serde(default)]
+    pub staleness_bound_ms: Option<u64>,
     pub wall_s: f64,
 }
 
@@ -186,7 +214,12 @@ impl WorkerConn {
                 .arg("--mount-bin")
                 .arg(&m.bin)
                 .arg("--mountpoint")
-                .arg(&m.mountpoint);
+                .arg(&m.mountpoint)
+                .arg("--mount-ops")
+                .arg(match m.ops {
+                    crate::worker_fs::FsOps::Files => "files",
+                    crate::worker_fs::FsOps::Registers => "registers",
+                });
         }
         let mut child = tokio::process::Command::from(cmd)
             .kill_on_drop(true)
@@ -271,18 +304,30 @@ impl WorkerConn {
 const KEYS_AT_ONCE: u64 = 8;
 const OPS_PER_GENERATION: u64 = 400;
 const INFOS_PER_GENERATION: u64 = 16;
+/// The delegation workload's registers live for many seconds: a read is allowed to be
+/// [`STALENESS_BOUND`] stale, so a register younger than that could hide a stale cache.
+const DELEGATION_OPS_PER_GENERATION: u64 = 20_000;
 
 /// Which registers are in use.
-#[derive(Default)]
 struct KeyPlan {
+    ops_per_generation: u64,
     generation: AtomicU64,
     ops: AtomicU64,
     infos: AtomicU64,
 }
 
 impl KeyPlan {
+    fn new(ops_per_generation: u64) -> Self {
+        KeyPlan {
+            ops_per_generation,
+            generation: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            infos: AtomicU64::new(0),
+        }
+    }
+
     fn key(&self, rng: &mut StdRng) -> (u64, String) {
-        if self.ops.fetch_add(1, Ordering::Relaxed) + 1 >= OPS_PER_GENERATION {
+        if self.ops.fetch_add(1, Ordering::Relaxed) + 1 >= self.ops_per_generation {
             self.advance(self.generation.load(Ordering::Relaxed));
         }
         let g = self.generation.load(Ordering::Relaxed);
@@ -321,6 +366,7 @@ const MAX_FILE_BYTES: u64 = 3 << 20;
 fn generate(
     workload: Workload,
     slot: usize,
+    may_write: bool,
     rng: &mut StdRng,
     plan: &KeyPlan,
     next_add: &AtomicU64,
@@ -338,6 +384,16 @@ fn generate(
                     serde_json::json!([rng.random_range(0..5), rng.random_range(0..5)]),
                     g,
                 ),
+            }
+        }
+        Workload::Delegation => {
+            let (g, key) = plan.key(rng);
+            if !may_write || rng.random_bool(0.5) {
+                ("read", Some(key), Value::Null, g)
+            } else {
+                // Unique values: a read names the one write it saw.
+                let v = next_add.fetch_add(1, Ordering::Relaxed) as i64;
+                ("write", Some(key), Value::from(v), g)
             }
         }
         Workload::Durability => {
@@ -365,10 +421,13 @@ fn generate(
 }
 
 /// One client slot: a process id that moves on after an indeterminate operation.
+#[allow(clippy::too_many_arguments)]
 async fn client_loop(
     slot: usize,
     opts: RunOptions,
     conn: Arc<WorkerConn>,
+    // This slot's worker among `workers` (the delegation workload's writer turns).
+    (worker, workers): (usize, usize),
     rec: Arc<Recorder>,
     deadline: Instant,
     next_add: Arc<AtomicU64>,
@@ -377,7 +436,11 @@ async fn client_loop(
     let mut rng = StdRng::seed_from_u64(opts.seed.wrapping_mul(1000).wrapping_add(slot as u64));
     let mut process = slot as u64;
     while Instant::now() < deadline {
-        let (f, key, value, generation) = generate(opts.workload, slot, &mut rng, &plan, &next_add);
+        let turn = rec.start.elapsed().as_secs() / WRITER_TURN.as_secs();
+        let may_write =
+            opts.workload != Workload::Delegation || turn % workers as u64 == worker as u64;
+        let (f, key, value, generation) =
+            generate(opts.workload, slot, may_write, &mut rng, &plan, &next_add);
         rec.record(
             Process::Client(process),
             EventType::Invoke,
@@ -401,10 +464,10 @@ async fn client_loop(
                 plan.indeterminate(generation);
             }
         }
-        let think = if opts.workload == Workload::Durability {
-            20..100
-        } else {
-            0..10
+        let think = match opts.workload {
+            Workload::Durability => 20..100,
+            Workload::Delegation => 0..20,
+            _ => 0..10,
         };
         tokio::time::sleep(Duration::from_millis(rng.random_range(think))).await;
     }
@@ -504,10 +567,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         sites: vec!["site-a".into(), "site-b".into()],
         bugs: opts.bugs,
         link_emulator: opts.nemeses.contains(&NemesisKind::Link),
+        // The delegation workload's second mount of the owner site, on a host of its own.
+        second_clients: if opts.workload == Workload::Delegation {
+            vec!["site-a".into()]
+        } else {
+            Vec::new()
+        },
     };
     let mut cluster = Cluster::start(spec).await?;
     cluster.wait_healthy(Duration::from_secs(60)).await?;
-    let register_dir = if opts.workload == Workload::Ownership {
+    let register_dir = if matches!(opts.workload, Workload::Ownership | Workload::Delegation) {
         crate::ownership::set_up(&mut cluster).await?;
         crate::ownership::OWNED_DIR
     } else {
@@ -518,19 +587,27 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         .hosts
         .iter()
         .enumerate()
-        .filter(|(_, h)| h.name.starts_with("c-"))
+        .filter(|(_, h)| crate::cluster::is_client_host(&h.name))
+        // The delegation workload runs at the owner site only.
+        .filter(|(_, h)| opts.workload != Workload::Delegation || h.site == "site-a")
         .map(|(i, _)| i)
         .collect();
     // One worker per (client host, home member): clients of a site spread over members.
-    // The durability workload: one worker with its own FUSE mount per client host.
+    // The workloads through FUSE: one worker with its own mount per client host.
     let mut conns = Vec::new();
     for (i, host) in clients.iter().enumerate() {
-        if opts.workload == Workload::Durability {
+        let ops = match opts.workload {
+            Workload::Durability => Some(crate::worker_fs::FsOps::Files),
+            Workload::Delegation => Some(crate::worker_fs::FsOps::Registers),
+            _ => None,
+        };
+        if let Some(ops) = ops {
             let h = &cluster.net.hosts[*host];
             let mount = crate::worker::MountArgs {
                 bin: opts.bin_dir.join("mobilus-mount"),
                 site: h.site.clone(),
                 mountpoint: out.join("cluster").join(format!("mnt-{}", h.name)),
+                ops,
             };
             let conn = WorkerConn::start(
                 &cluster,
@@ -561,21 +638,35 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         let pong = conn
             .call("ping", None, Value::Null, Duration::from_secs(60))
             .await;
-        if !pong.is_some_and(|r| r.kind == EventType::Ok) {
+        let Some(pong) = pong.filter(|r| r.kind == EventType::Ok) else {
             anyhow::bail!("worker {i} did not start (see its errors above)");
+        };
+        if let Some(pid) = pong.value["mount_pid"].as_u64() {
+            cluster.mounts.push(crate::cluster::MountProc {
+                host: clients[i],
+                pid: pid as u32,
+            });
         }
     }
-    let cluster = Arc::new(Mutex::new(cluster));
     let rec = Arc::new(Recorder::new());
+    if opts.workload == Workload::Delegation {
+        cluster.writer_turns = Some((rec.start, WRITER_TURN));
+    }
+    let cluster = Arc::new(Mutex::new(cluster));
     let deadline = Instant::now() + opts.time_limit;
     let next_add = Arc::new(AtomicU64::new(0));
-    let plan = Arc::new(KeyPlan::default());
+    let plan = Arc::new(KeyPlan::new(if opts.workload == Workload::Delegation {
+        DELEGATION_OPS_PER_GENERATION
+    } else {
+        OPS_PER_GENERATION
+    }));
     let mut tasks = Vec::new();
     for slot in 0..opts.concurrency {
         tasks.push(tokio::spawn(client_loop(
             slot,
             opts.clone(),
             conns[slot % conns.len()].clone(),
+            (slot % conns.len(), conns.len()),
             rec.clone(),
             deadline,
             next_add.clone(),
@@ -605,6 +696,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         let process = Process::Client(FINAL_PROCESS);
         final_read(&rec, &conns[0], process, None, opts.op_timeout).await;
     }
+    if opts.workload == Workload::Delegation {
+        // Every register ever used, through each mount in turn: an acknowledged write
+        // that was lost shows here.
+        let keys = (plan.generation.load(Ordering::Relaxed) + 1) * KEYS_AT_ONCE;
+        for k in 0..keys {
+            let conn = &conns[k as usize % conns.len()];
+            let process = Process::Client(FINAL_PROCESS + k);
+            final_read(&rec, conn, process, Some(format!("k{k}")), opts.op_timeout).await;
+        }
+    }
     let conns_sites: Vec<String> = conns.iter().map(|c| c.site.clone()).collect();
     drop(conns);
     let history = rec.take();
@@ -624,7 +725,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         set: None,
         durability: None,
         ownership: None,
+        staleness: None,
         unsafe_no_ownership_check: opts.bugs.no_ownership_check,
+        unsafe_no_delegation_check: opts.bugs.no_delegation_check,
+        staleness_bound_ms: (opts.workload == Workload::Delegation)
+            .then_some(STALENESS_BOUND.as_millis() as u64),
         wall_s: 0.0,
     };
     match opts.workload {
@@ -642,6 +747,23 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             let r = checker::durability::check(&history)?;
             summary.valid = r.valid;
             summary.durability = Some(r);
+        }
+        Workload::Delegation => {
+            // The staleness check decides; the search for a linearization (which may run
+            // out of time on these long registers) runs only when it passed.
+            let s = checker::staleness::check(&history, STALENESS_BOUND)?;
+            summary.valid = s.valid;
+            if s.valid {
+                let r = checker::check_ordered(
+                    &history,
+                    ModelKind::Register,
+                    opts.check_budget,
+                    checker::Order::ReadsStaleBy(STALENESS_BOUND),
+                )?;
+                summary.valid = r.verdict != Verdict::NotLinearizable;
+                summary.register = Some(r);
+            }
+            summary.staleness = Some(s);
         }
         Workload::Ownership => {
             let r = checker::check(&history, ModelKind::CasRegister, opts.check_budget)?;
@@ -787,7 +909,10 @@ fn write_history(opts: &RunOptions, history: &History) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(opts.out.join("history.jsonl"))?);
     history.write_jsonl(&mut out)?;
     std::io::Write::flush(&mut out)?;
-    if matches!(opts.workload, Workload::Register | Workload::Ownership) {
+    if matches!(
+        opts.workload,
+        Workload::Register | Workload::Ownership | Workload::Delegation
+    ) {
         let mut out = std::io::BufWriter::new(std::fs::File::create(opts.out.join("history.edn"))?);
         crate::edn::write_edn(history, &mut out)?;
         std::io::Write::flush(&mut out)?;

@@ -291,12 +291,14 @@ impl State {
     }
 }
 
-/// A FUSE mount for the durability workload: which binary, site and mountpoint.
+/// A FUSE mount for the workloads that go through one: which binary, site and
+/// mountpoint, and what the file operations are.
 #[derive(Clone, Debug)]
 pub struct MountArgs {
     pub bin: std::path::PathBuf,
     pub site: String,
     pub mountpoint: std::path::PathBuf,
+    pub ops: crate::worker_fs::FsOps,
 }
 
 /// Serve requests from stdin until it closes: through the metadata client, or (with
@@ -357,17 +359,20 @@ pub async fn serve(
         };
         let (state, tx) = (state.clone(), tx.clone());
         if req.f == "ping" {
-            let _ = tx.send(done(req.id, Value::Null));
+            // The mount's process, for the nemesis that pauses it.
+            let pid = owned.as_ref().map(|m| m.pid());
+            let _ = tx.send(done(req.id, serde_json::json!({ "mount_pid": pid })));
             continue;
         }
-        match &owned {
-            Some(m) => {
-                let m = m.clone();
+        match (&owned, &mount) {
+            (Some(m), Some(args)) => {
+                let (m, ops) = (m.clone(), args.ops);
+                let dir = String::from_utf8_lossy(&state.register_dir).into_owned();
                 tokio::task::spawn_blocking(move || {
-                    let _ = tx.send(crate::worker_fs::handle(&m.mountpoint, &req));
+                    let _ = tx.send(crate::worker_fs::handle(ops, &m.mountpoint, &dir, &req));
                 });
             }
-            None => {
+            _ => {
                 tokio::spawn(async move {
                     let _ = tx.send(state.handle(req).await);
                 });

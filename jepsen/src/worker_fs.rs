@@ -1,7 +1,12 @@
-//! The durability workload's client side: a real `mobilus-mount` started by the worker
-//! (so it lives in the worker's mount namespace), and files written with fsync and read
-//! back through it. Each file starts with a header (seed and length) followed by bytes
-//! derived from the seed, so a read can tell which write it sees and whether it is whole.
+//! The client side of the workloads that go through FUSE: a real `mobilus-mount` started
+//! by the worker (so it lives in the worker's mount namespace), and file operations on it.
+//!
+//! - Durability: files written with fsync and read back. Each file starts with a header
+//!   (seed and length) followed by bytes derived from the seed, so a read can tell which
+//!   write it sees and whether it is whole.
+//! - Delegation: registers as small files of a subtree, written by two mounts of its
+//!   owner site (one of which holds the subtree's delegation at a time), either in place
+//!   or by a rename over the old file, and read back.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -52,6 +57,35 @@ pub fn inspect(data: &[u8]) -> Value {
     json!({"seed": seed, "len": len, "intact": intact})
 }
 
+/// What the worker's file operations are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsOps {
+    /// Whole files with a header (the durability workload).
+    Files,
+    /// Registers of one integer each (the delegation workload).
+    Registers,
+}
+
+/// A register file's bytes: the value in decimal, fixed width, so an in-place write
+/// replaces the whole of it.
+const REGISTER_BYTES: usize = 20;
+
+fn register_bytes(v: i64) -> Vec<u8> {
+    format!("{v:0width$}", width = REGISTER_BYTES).into_bytes()
+}
+
+/// A register file's value; `-1` for content no write ever made (torn or foreign), which
+/// the checker then finds unexplained.
+pub fn register_value(data: &[u8]) -> i64 {
+    if data.len() != REGISTER_BYTES {
+        return -1;
+    }
+    std::str::from_utf8(data)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(-1)
+}
+
 /// A mount owned by the worker; unmounted (SIGTERM, which flushes) on drop.
 pub struct OwnedMount {
     child: Child,
@@ -59,6 +93,10 @@ pub struct OwnedMount {
 }
 
 impl OwnedMount {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(
         bin: &Path,
         site: &str,
@@ -133,19 +171,100 @@ fn file_lock(key: &str) -> Arc<Mutex<()>> {
     locks.entry(key.to_string()).or_default().clone()
 }
 
-/// Serve one request of the durability workload (blocking file I/O).
-pub fn handle(mountpoint: &Path, r: &Request) -> Response {
-    let Some(key) = r
-        .key
+fn ok(id: u64, value: Value) -> Response {
+    Response {
+        id,
+        kind: EventType::Ok,
+        value,
+        error: None,
+    }
+}
+
+fn refused(id: u64, why: String) -> Response {
+    Response {
+        id,
+        kind: EventType::Fail,
+        value: Value::Null,
+        error: Some(why),
+    }
+}
+
+/// Serve one request (blocking file I/O): `dir` is the workload's folder on the mount.
+pub fn handle(ops: FsOps, mountpoint: &Path, dir: &str, r: &Request) -> Response {
+    match ops {
+        FsOps::Files => handle_file(mountpoint, r),
+        FsOps::Registers => handle_register(&mountpoint.join(dir), r),
+    }
+}
+
+/// A register write: in place (open, write at 0, fsync) or, when `replace` or when the
+/// file does not exist yet, a new file written, fsynced and renamed over the old one.
+fn write_register(dir: &Path, key: &str, v: i64, replace: bool, id: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(key);
+    let bytes = register_bytes(v);
+    if !replace {
+        match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => {
+                f.write_all_at(&bytes, 0)?;
+                return f.sync_all();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let tmp = dir.join(format!(".{key}.{}.{id}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &path)
+}
+
+fn handle_register(dir: &Path, r: &Request) -> Response {
+    let Some(key) = valid_key(r) else {
+        return refused(r.id, format!("bad key {:?}", r.key));
+    };
+    let lock = file_lock(key);
+    let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
+    match r.f.as_str() {
+        "write" => {
+            let Some(v) = r.value.as_i64() else {
+                return refused(r.id, format!("write of {}", r.value));
+            };
+            // Half the writes in place, half by rename: both must be seen by the other mount.
+            match write_register(dir, key, v, r.id.is_multiple_of(2), r.id) {
+                Ok(()) => ok(r.id, r.value.clone()),
+                Err(e) => io_failed(r.id, &e),
+            }
+        }
+        "read" => match std::fs::File::open(dir.join(key)) {
+            Ok(mut f) => {
+                // An error after the open (the file replaced and deleted by another
+                // mount meanwhile) says nothing of the register: it is not "absent".
+                let mut data = Vec::new();
+                match f.read_to_end(&mut data) {
+                    Ok(_) => ok(r.id, Value::from(register_value(&data))),
+                    Err(e) => refused(r.id, format!("read after open: {e}")),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ok(r.id, Value::Null),
+            Err(e) => refused(r.id, format!("open: {e}")),
+        },
+        other => refused(r.id, format!("unknown operation {other:?}")),
+    }
+}
+
+fn valid_key(r: &Request) -> Option<&str> {
+    r.key
         .as_deref()
         .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-    else {
-        return Response {
-            id: r.id,
-            kind: EventType::Fail,
-            value: Value::Null,
-            error: Some(format!("bad key {:?}", r.key)),
-        };
+}
+
+/// Serve one request of the durability workload.
+fn handle_file(mountpoint: &Path, r: &Request) -> Response {
+    let Some(key) = valid_key(r) else {
+        return refused(r.id, format!("bad key {:?}", r.key));
     };
     let lock = file_lock(key);
     let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,5 +343,14 @@ mod tests {
         assert_eq!(inspect(&torn)["intact"], false);
         assert_eq!(inspect(&c[..600])["intact"], false);
         assert_eq!(inspect(b"short")["intact"], false);
+    }
+
+    #[test]
+    fn register_files_hold_their_value_and_anything_else_reads_as_unexplained() {
+        assert_eq!(register_value(&register_bytes(42)), 42);
+        assert_eq!(register_value(&register_bytes(0)), 0);
+        assert_eq!(register_value(&register_bytes(42)[..10]), -1);
+        assert_eq!(register_value(b""), -1);
+        assert_eq!(register_value(&[b'x'; REGISTER_BYTES]), -1);
     }
 }

@@ -107,7 +107,10 @@ impl FuseAdapter {
         let fs = self.fs.clone();
         let fut = op(self.fs.clone());
         self.rt.spawn(async move {
-            let result = fut.await;
+            let mut result = fut.await;
+            if BY_INODE_OPS.contains(&name) {
+                result = stale_if_gone(result);
+            }
             // Before the kernel hears the answer: its next request must not be served
             // attributes answered before this operation ended.
             if !READ_ONLY_OPS.contains(&name) {
@@ -120,6 +123,38 @@ impl FuseAdapter {
             record(name, result.is_ok(), start);
             reply(result)
         });
+    }
+}
+
+/// The operations the kernel addresses to an inode by its number (not to a name in a
+/// directory). Its inode gone means the kernel's handle is stale: another mount renamed
+/// over it or removed it (this mount's own removals keep open files alive).
+const BY_INODE_OPS: &[&str] = &[
+    "getattr",
+    "setattr",
+    "readlink",
+    "read",
+    "write",
+    "flush",
+    "fsync",
+    "getlk",
+    "setlk",
+    "readdir",
+    "readdirplus",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+];
+
+/// ENOENT for an inode addressed by number becomes ESTALE, as over NFS: the kernel then
+/// looks the path up again and retries a stat or an open (a permission check on an open
+/// asks for the attributes of the inode its cached entry names), where ENOENT would tell
+/// the caller that a file which never stopped existing is absent.
+fn stale_if_gone<T>(result: FsResult<T>) -> FsResult<T> {
+    match result {
+        Err(e) if e.to_errno() == Errno::ENOENT => Err(ClientError::Refused(Errno::ESTALE)),
+        other => other,
     }
 }
 

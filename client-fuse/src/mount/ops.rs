@@ -359,6 +359,7 @@ impl MountFs {
             if let Ok(Some(attr)) = &result {
                 *lock(&inode.attr) = (attr.clone(), Some(Instant::now()));
                 self.committed_here(attr);
+                self.consider_delegation_writing(attr.subtree);
             }
             result?;
         }
@@ -504,7 +505,7 @@ impl MountFs {
                 None,
             )
             .await
-            .inspect(|a| self.consider_delegation(a.subtree))?)
+            .inspect(|a| self.consider_delegation_writing(a.subtree))?)
     }
 
     #[instrument(skip(self))]
@@ -521,7 +522,7 @@ impl MountFs {
             .meta()
             .mkdir(parent, name, mode & 0o7777, who.uid, who.gid, None)
             .await
-            .inspect(|a| self.consider_delegation(a.subtree))?)
+            .inspect(|a| self.consider_delegation_writing(a.subtree))?)
     }
 
     #[instrument(skip(self))]
@@ -538,7 +539,7 @@ impl MountFs {
             .meta()
             .symlink(parent, name, target, who.uid, who.gid, None)
             .await
-            .inspect(|a| self.consider_delegation(a.subtree))?)
+            .inspect(|a| self.consider_delegation_writing(a.subtree))?)
     }
 
     #[instrument(skip(self))]

@@ -8,6 +8,7 @@
 pub mod durability;
 pub mod ownership;
 pub mod set;
+pub mod staleness;
 pub mod wgl;
 
 use std::collections::BTreeMap;
@@ -213,12 +214,39 @@ fn register_op(op: &Operation, model: ModelKind) -> Result<Option<RegisterOp>, C
     }))
 }
 
-fn intervals(ops: &[(Operation, RegisterOp)]) -> Vec<Interval<RegisterOp>> {
+/// What orders operations in real time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// Their positions in the history: linearizability.
+    Positions,
+    /// Their times, with every read's call moved back by the bound: a read may return
+    /// any value the register held at some point in `[call - bound, return]`. This is
+    /// timed (or Δ-) linearizability: writes stay atomic and ordered in real time, and a
+    /// read is never staler than the bound (the kernel's attribute and entry cache
+    /// lifetime, for mounts that hold no delegation).
+    ReadsStaleBy(Duration),
+}
+
+fn intervals(ops: &[(Operation, RegisterOp)], order: Order) -> Vec<Interval<RegisterOp>> {
     ops.iter()
-        .map(|(o, r)| Interval {
-            op: r.clone(),
-            call: o.invoke_index,
-            ret: o.complete_index,
+        .map(|(o, r)| match order {
+            Order::Positions => Interval {
+                op: r.clone(),
+                call: o.invoke_index,
+                ret: o.complete_index,
+            },
+            Order::ReadsStaleBy(bound) => {
+                let back = if matches!(r, RegisterOp::Read(_)) {
+                    bound.as_nanos() as u64
+                } else {
+                    0
+                };
+                Interval {
+                    op: r.clone(),
+                    call: o.invoke_ns.saturating_sub(back),
+                    ret: o.complete_ns,
+                }
+            }
         })
         .collect()
 }
@@ -228,6 +256,16 @@ pub fn check(
     history: &History,
     model: ModelKind,
     budget: Duration,
+) -> Result<CheckReport, CheckError> {
+    check_ordered(history, model, budget, Order::Positions)
+}
+
+/// [`check`], with operations ordered by `order`.
+pub fn check_ordered(
+    history: &History,
+    model: ModelKind,
+    budget: Duration,
+    order: Order,
 ) -> Result<CheckReport, CheckError> {
     let start = Instant::now();
     let deadline = start + budget;
@@ -249,12 +287,12 @@ pub fn check(
         elapsed_ms: 0,
     };
     for (key, ops) in &by_key {
-        match wgl::check(&RegisterModel, &intervals(ops), deadline) {
+        match wgl::check(&RegisterModel, &intervals(ops, order), deadline) {
             Outcome::Linearizable => {}
             Outcome::Unknown => report.unknown_keys.push(key.clone().unwrap_or_default()),
             Outcome::NotLinearizable(stuck) => {
                 report.verdict = Verdict::NotLinearizable;
-                report.counterexample = Some(counterexample(key, ops, stuck, deadline));
+                report.counterexample = Some(counterexample(key, ops, stuck, deadline, order));
                 break;
             }
         }
@@ -273,6 +311,7 @@ fn counterexample(
     ops: &[(Operation, RegisterOp)],
     first: wgl::Stuck<Option<i64>>,
     deadline: Instant,
+    order: Order,
 ) -> Counterexample {
     let mut kept: Vec<(Operation, RegisterOp)> = ops.to_vec();
     let mut stuck = first;
@@ -285,7 +324,7 @@ fn counterexample(
         let mut without = kept.clone();
         without.remove(i);
         if let Outcome::NotLinearizable(s) =
-            wgl::check(&RegisterModel, &intervals(&without), deadline)
+            wgl::check(&RegisterModel, &intervals(&without, order), deadline)
         {
             kept = without;
             stuck = s;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mobilus_jepsen::checker::{check, ModelKind, Verdict};
+use mobilus_jepsen::checker::{check, check_ordered, ModelKind, Order, Verdict};
 use mobilus_jepsen::history::{Event, EventType, History, Process};
 use serde_json::{json, Value};
 
@@ -77,6 +77,38 @@ fn a_stale_read_is_found_and_explained() {
         "the register held 2 when the read of 1 completed"
     );
     assert_eq!(c.minimal_reads, 1);
+}
+
+#[test]
+fn a_read_within_the_staleness_bound_may_be_stale_and_one_past_it_may_not() {
+    // Events are 1 µs apart: write 1, write 2 (completes at 3 µs), then a read of 1
+    // called 1 µs after write 2 completed (at 4 µs) and one called at 7 µs.
+    let timed = |bound_ns: u64, h: &H| {
+        check_ordered(
+            &h.0,
+            ModelKind::Register,
+            Duration::from_secs(10),
+            Order::ReadsStaleBy(Duration::from_nanos(bound_ns)),
+        )
+        .expect("checkable")
+        .verdict
+    };
+    let mut h = H::default();
+    h.seq(0, "write", json!(1), json!(1))
+        .seq(0, "write", json!(2), json!(2))
+        .seq(1, "read", json!(null), json!(1));
+    assert_eq!(timed(1500, &h), Verdict::Linearizable);
+    assert_eq!(timed(500, &h), Verdict::NotLinearizable);
+    assert_eq!(verdict(&h, ModelKind::Register), Verdict::NotLinearizable);
+    // A later read of the old value, called more than the bound after write 2
+    // completed, is refused; so is a value never written, however large the bound.
+    h.seq(1, "read", json!(null), json!(2))
+        .seq(1, "read", json!(null), json!(1));
+    assert_eq!(timed(1500, &h), Verdict::NotLinearizable);
+    let mut h = H::default();
+    h.seq(0, "write", json!(1), json!(1))
+        .seq(1, "read", json!(null), json!(3));
+    assert_eq!(timed(1_000_000, &h), Verdict::NotLinearizable);
 }
 
 #[test]

@@ -8,7 +8,7 @@ const JEPSEN: &str = env!("CARGO_BIN_EXE_mobilus-jepsen");
 
 fn bin_dir() -> PathBuf {
     let dir = Path::new(JEPSEN).parent().expect("bin dir").to_path_buf();
-    for b in ["mobilus-meta", "mobilus-data"] {
+    for b in ["mobilus-meta", "mobilus-data", "mobilus-mount"] {
         assert!(
             dir.join(b).is_file(),
             "{b} is missing: run `cargo build --workspace --bins` (cargo test --workspace does)"
@@ -312,6 +312,82 @@ fn disabling_the_ownership_check_is_caught() {
     assert_eq!(o["valid"], false, "{o}");
     assert!(o["violation_count"].as_u64().unwrap() > 0, "{o}");
     assert_eq!(r["unsafe_no_ownership_check"], true);
+}
+
+/// A delegation run: two mounts of the owner site read and write registers as files.
+fn must_run_delegated(
+    out: &Path,
+    nemesis: &str,
+    limit: &str,
+    seed: &str,
+    extra: &[&str],
+) -> (Output, serde_json::Value) {
+    // Long enough for a write that waits out a paused holder's delegation (10 s).
+    let mut all = vec!["--op-timeout-ms", "15000", "--check-time-limit", "60"];
+    all.extend_from_slice(extra);
+    let mut args = vec![
+        "--workload",
+        "delegation",
+        "--nemesis-interval",
+        "3",
+        "--time-limit",
+        limit,
+        "--concurrency",
+        "6",
+        "--seed",
+        seed,
+    ];
+    if !nemesis.is_empty() {
+        args.extend(["--nemesis", nemesis]);
+    }
+    args.extend_from_slice(&all);
+    must_run(out, &args)
+}
+
+#[test]
+fn two_mounts_of_the_owner_site_read_fresh_values_while_the_delegation_moves_between_them() {
+    // The mounts write in turns: the writer takes the subtree's delegation and answers
+    // from its cache; the other's first write of its turn recalls it. The holder is
+    // paused across a change of turns (its recall waits), and a mount's host is cut off.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run_delegated(&out, "mount", "25", "34", &[]);
+    assert_eq!(child.status.code(), Some(0), "{r}");
+    let s = &r["staleness"];
+    assert_eq!(s["valid"], true, "{s}");
+    assert_eq!(s["bound_ms"], 2000, "{s}");
+    assert!(s["reads_checked"].as_u64().unwrap() > 1000, "{s}");
+    assert!(s["writes"].as_u64().unwrap() > 300, "{s}");
+    assert_eq!(r["register"]["verdict"], "linearizable", "{r}");
+    let faults = r["faults"].to_string();
+    assert!(faults.contains("pause the mount"), "{faults}");
+    assert!(faults.contains("cut off the mount's host"), "{faults}");
+    // The delegation was held by both mounts in turn, and recalled.
+    let logs = String::from_utf8_lossy(&child.stderr);
+    assert!(
+        logs.matches("holding the subtree's delegation").count() >= 2,
+        "{logs}"
+    );
+    assert!(
+        logs.contains("gave the subtree's delegation back"),
+        "{logs}"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(out.to_str().unwrap()), "{mounts}");
+}
+
+#[test]
+fn disabling_the_delegation_check_is_caught() {
+    // Writes no longer recall the holder, which keeps serving what it cached.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run_delegated(&out, "", "15", "32", &["--unsafe-no-delegation-check"]);
+    assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
+    let s = &r["staleness"];
+    assert_eq!(s["valid"], false, "{s}");
+    assert!(s["stale_count"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["stale"][0]["stale_by_ms"].as_u64().unwrap() > 2000, "{s}");
+    assert_eq!(r["unsafe_no_delegation_check"], true);
 }
 
 #[test]

@@ -28,10 +28,13 @@ use mobilus_proto::fs::{Attr, DelegationGrant, DirEntry, FileKind, InodeId, Subt
 use super::{lock, MountFs};
 use crate::read::SliceMap;
 
-/// A subtree whose delegation was refused is asked for again after this long.
-const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// A subtree whose delegation was refused is asked for again after this long (each ask
+/// is a metadata write; the service refuses everyone for 5 s after a recall anyway).
+const RETRY_AFTER: Duration = Duration::from_secs(3);
 /// After giving one back at a recall (another mount of the site writes the subtree),
-/// this mount waits longer before asking again, so two busy mounts do not bounce it.
+/// this mount asks again only when it writes the subtree itself, or after this long:
+/// a mount that only reads must not take it from the one that writes, and two mounts
+/// that both write bounce it no faster than the service's hold after a recall allows.
 const RETRY_AFTER_RECALL: Duration = Duration::from_secs(60);
 /// Most attributes (and slice maps, and directories) cached: past it, all is forgotten.
 const MAX_CACHED: usize = 200_000;
@@ -102,6 +105,8 @@ pub(crate) struct Delegations {
     held: Mutex<HashMap<SubtreeId, Held>>,
     /// When each subtree's delegation may be asked for again.
     not_before: Mutex<HashMap<SubtreeId, Instant>>,
+    /// Subtrees recalled from this mount: until when only a write here asks again.
+    recalled_until: Mutex<HashMap<SubtreeId, Instant>>,
     /// Held (shared) from giving the kernel a long TTL until the reply is sent; a recall
     /// takes it whole before it drops what the kernel was given, so no long-lived reply
     /// reaches the kernel after that.
@@ -146,6 +151,7 @@ impl Delegations {
             enabled,
             held: Mutex::default(),
             not_before: Mutex::default(),
+            recalled_until: Mutex::default(),
             gate: Arc::default(),
             cache: Mutex::default(),
             kernel: Mutex::default(),
@@ -438,12 +444,22 @@ impl Delegations {
         }
     }
 
-    /// Whether to ask for `subtree`'s delegation now (at most once per [`RETRY_AFTER`]).
-    fn wants(&self, subtree: SubtreeId) -> bool {
+    /// Whether to ask for `subtree`'s delegation now (at most once per [`RETRY_AFTER`]),
+    /// for an access that `writes` or only reads.
+    fn wants(&self, subtree: SubtreeId, writes: bool) -> bool {
         if !self.enabled || subtree == ROOT_INO || lock(&self.held).contains_key(&subtree) {
             return false;
         }
         let now = Instant::now();
+        if !writes {
+            let mut recalled = lock(&self.recalled_until);
+            if recalled.get(&subtree).is_some_and(|until| now < *until) {
+                return false;
+            }
+            if recalled.len() > 4096 {
+                recalled.retain(|_, until| now < *until);
+            }
+        }
         let mut not_before = lock(&self.not_before);
         if not_before.get(&subtree).is_some_and(|at| now < *at) {
             return false;
@@ -519,9 +535,14 @@ impl Delegations {
         was
     }
 
-    fn forget(&self, subtree: SubtreeId, wait: Duration) {
+    /// Drop `subtree`'s delegation; it was recalled (`recalled`) or lost.
+    fn forget(&self, subtree: SubtreeId, recalled: bool) {
         lock(&self.held).remove(&subtree);
-        lock(&self.not_before).insert(subtree, Instant::now() + wait);
+        let now = Instant::now();
+        lock(&self.not_before).insert(subtree, now + RETRY_AFTER);
+        if recalled {
+            lock(&self.recalled_until).insert(subtree, now + RETRY_AFTER_RECALL);
+        }
     }
 
     /// What the kernel holds with long TTLs for `subtree`, taken out.
@@ -541,7 +562,17 @@ impl MountFs {
     /// An answer showed an inode of `subtree`: ask for its delegation if this mount may
     /// want it (in the background; refused unless this site owns it).
     pub(super) fn consider_delegation(&self, subtree: SubtreeId) {
-        if !self.deleg.wants(subtree) {
+        self.consider_delegation_for(subtree, false);
+    }
+
+    /// This mount changed something in `subtree`: ask for its delegation, even soon after
+    /// it was recalled from here (the writer is the mount that should hold it).
+    pub(super) fn consider_delegation_writing(&self, subtree: SubtreeId) {
+        self.consider_delegation_for(subtree, true);
+    }
+
+    fn consider_delegation_for(&self, subtree: SubtreeId, writes: bool) {
+        if !self.deleg.wants(subtree, writes) {
             return;
         }
         let Some(me) = self.me.get().and_then(Weak::upgrade) else {
@@ -641,7 +672,7 @@ impl MountFs {
                 if let Some(session) = fs.locks.current().await {
                     let _ = fs.client.meta().release_delegation(session, subtree).await;
                 }
-                fs.deleg.forget(subtree, RETRY_AFTER);
+                fs.deleg.forget(subtree, false);
             });
         }
     }
@@ -667,7 +698,7 @@ impl MountFs {
                 tracing::warn!(subtree, error = %e, "giving the delegation back failed; it ends with its lease");
             }
         }
-        self.deleg.forget(subtree, RETRY_AFTER_RECALL);
+        self.deleg.forget(subtree, true);
         metrics::counter!("mobilus_fuse_delegations_total", "event" => "recalled").increment(1);
         tracing::info!(
             subtree,
