@@ -243,4 +243,30 @@ async fn a_stat_after_a_read_shows_every_change_made_here_and_others_within_the_
         "opened a file unlinked at site-b through a stale name"
     );
     drop(held);
+
+    // A file replaced at site-b by a rename while open here: its inode is gone, and what
+    // this mount's handle asks of it answers ESTALE (as over NFS), never ENOENT, which
+    // would tell the caller a live name is absent; the name opens the new file.
+    let replaced = a.point.join("replaced");
+    std::fs::write(&replaced, b"written here").unwrap();
+    let mut held = std::fs::File::options()
+        .write(true)
+        .open(&replaced)
+        .unwrap();
+    let tmp = b.point.join("replaced.tmp");
+    std::fs::write(&tmp, b"renamed over at site-b").unwrap();
+    std::fs::rename(&tmp, b.point.join("replaced")).unwrap();
+    // Past the attribute TTL, so the kernel asks the mount.
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    assert_eq!(
+        held.metadata().map(|_| ()).map_err(errno),
+        Err(libc::ESTALE),
+        "fstat"
+    );
+    match held.write_all(b"late").map_err(errno) {
+        Ok(()) => assert_eq!(held.sync_all().map_err(errno), Err(libc::ESTALE), "fsync"),
+        Err(e) => assert_eq!(e, libc::ESTALE, "write"),
+    }
+    drop(held);
+    assert_eq!(std::fs::read(&replaced).unwrap(), b"renamed over at site-b");
 }
