@@ -76,7 +76,7 @@ fn outcome(e: &ClientError) -> EventType {
     }
 }
 
-fn done(id: u64, value: Value) -> Response {
+pub(crate) fn done(id: u64, value: Value) -> Response {
     Response {
         id,
         kind: EventType::Ok,
@@ -94,7 +94,7 @@ fn failed(id: u64, e: &ClientError) -> Response {
     }
 }
 
-fn refuse(id: u64, why: String) -> Response {
+pub(crate) fn refuse(id: u64, why: String) -> Response {
     Response {
         id,
         kind: EventType::Fail,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::history::EventType;
-use crate::worker::{Request, Response};
+use crate::worker::{done, refuse, Request, Response};
 
 /// Folder of the workload's files, on the mount.
 pub const FILES_DIR: &str = "jepsen-files";
@@ -171,24 +171,6 @@ fn file_lock(key: &str) -> Arc<Mutex<()>> {
     locks.entry(key.to_string()).or_default().clone()
 }
 
-fn ok(id: u64, value: Value) -> Response {
-    Response {
-        id,
-        kind: EventType::Ok,
-        value,
-        error: None,
-    }
-}
-
-fn refused(id: u64, why: String) -> Response {
-    Response {
-        id,
-        kind: EventType::Fail,
-        value: Value::Null,
-        error: Some(why),
-    }
-}
-
 /// Serve one request (blocking file I/O): `dir` is the workload's folder on the mount.
 pub fn handle(ops: FsOps, mountpoint: &Path, dir: &str, r: &Request) -> Response {
     match ops {
@@ -223,18 +205,18 @@ fn write_register(dir: &Path, key: &str, v: i64, replace: bool, id: u64) -> std:
 
 fn handle_register(dir: &Path, r: &Request) -> Response {
     let Some(key) = valid_key(r) else {
-        return refused(r.id, format!("bad key {:?}", r.key));
+        return refuse(r.id, format!("bad key {:?}", r.key));
     };
     let lock = file_lock(key);
     let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
     match r.f.as_str() {
         "write" => {
             let Some(v) = r.value.as_i64() else {
-                return refused(r.id, format!("write of {}", r.value));
+                return refuse(r.id, format!("write of {}", r.value));
             };
             // Half the writes in place, half by rename: both must be seen by the other mount.
             match write_register(dir, key, v, r.id.is_multiple_of(2), r.id) {
-                Ok(()) => ok(r.id, r.value.clone()),
+                Ok(()) => done(r.id, r.value.clone()),
                 Err(e) => io_failed(r.id, &e),
             }
         }
@@ -244,14 +226,14 @@ fn handle_register(dir: &Path, r: &Request) -> Response {
                 // mount meanwhile) says nothing of the register: it is not "absent".
                 let mut data = Vec::new();
                 match f.read_to_end(&mut data) {
-                    Ok(_) => ok(r.id, Value::from(register_value(&data))),
-                    Err(e) => refused(r.id, format!("read after open: {e}")),
+                    Ok(_) => done(r.id, Value::from(register_value(&data))),
+                    Err(e) => refuse(r.id, format!("read after open: {e}")),
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ok(r.id, Value::Null),
-            Err(e) => refused(r.id, format!("open: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => done(r.id, Value::Null),
+            Err(e) => refuse(r.id, format!("open: {e}")),
         },
-        other => refused(r.id, format!("unknown operation {other:?}")),
+        other => refuse(r.id, format!("unknown operation {other:?}")),
     }
 }
 
@@ -264,7 +246,7 @@ fn valid_key(r: &Request) -> Option<&str> {
 /// Serve one request of the durability workload.
 fn handle_file(mountpoint: &Path, r: &Request) -> Response {
     let Some(key) = valid_key(r) else {
-        return refused(r.id, format!("bad key {:?}", r.key));
+        return refuse(r.id, format!("bad key {:?}", r.key));
     };
     let lock = file_lock(key);
     let _one_at_a_time = lock.lock().unwrap_or_else(|p| p.into_inner());
