@@ -303,6 +303,11 @@ pub struct FileWriter {
 }
 
 impl FileWriter {
+    /// The file written.
+    pub fn ino(&self) -> InodeId {
+        self.ino
+    }
+
     /// Buffer a write; flushes when the buffer is full.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
         if data.is_empty() {
@@ -366,9 +371,9 @@ impl FileWriter {
     }
 
     /// Make every buffered write durable: chunks on the local data node (fsynced there),
-    /// then the slices committed by a Raft quorum. Returns the new attributes, if anything
-    /// was written.
-    pub async fn flush(&mut self) -> Result<Option<Attr>, ClientError> {
+    /// then the slices committed by a Raft quorum. Returns the new attributes and the
+    /// slices committed, if anything was written.
+    pub async fn flush(&mut self) -> Result<Option<(Attr, Vec<SliceWrite>)>, ClientError> {
         if self.pending.is_empty() {
             return Ok(None);
         }
@@ -429,6 +434,6 @@ impl FileWriter {
         };
         self.pending.clear();
         self.pending_bytes = 0;
-        Ok(Some(attr))
+        Ok(Some((attr, slices)))
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use mobilus_proto::blocks::{self, Outboard, BLOCK};
 use mobilus_proto::datapb as pb;
-use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, InodeId};
+use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite};
 use mobilus_proto::status::Errno;
 
 use crate::block_cache::Run;
@@ -365,6 +365,86 @@ struct Stream {
 #[derive(Clone)]
 pub struct SliceMap(Arc<Window>);
 
+impl SliceMap {
+    /// The map of an empty file.
+    pub fn empty() -> SliceMap {
+        SliceMap(Arc::new(Window {
+            start: 0,
+            end: 0,
+            size: 0,
+            extents: Vec::new(),
+        }))
+    }
+
+    /// This map with `slices` committed over it, in order, for a file now `size` bytes
+    /// long (what the metadata would answer, without asking it). `None` unless the map
+    /// covers the whole file and the result fits one window.
+    pub fn overlaid(&self, slices: &[SliceWrite], size: u64) -> Option<SliceMap> {
+        let w = &self.0;
+        if w.start != 0 || w.end < w.size || size > READ_WINDOW {
+            return None;
+        }
+        let mut extents = w.extents.clone();
+        for s in slices {
+            let mut at = s.offset;
+            for c in &s.chunks {
+                lay(&mut extents, at, *c);
+                at += c.len;
+            }
+        }
+        extents.retain(|e| e.offset < size);
+        Some(SliceMap(Arc::new(Window {
+            start: 0,
+            end: size,
+            size,
+            extents,
+        })))
+    }
+}
+
+/// Lay `chunk` at file offset `at` over `extents` (sorted, disjoint), cutting what it
+/// covers.
+fn lay(extents: &mut Vec<Extent>, at: u64, chunk: ChunkRef) {
+    let end = at + chunk.len;
+    let mut out = Vec::with_capacity(extents.len() + 2);
+    for e in extents.drain(..) {
+        let e_end = e.offset + e.len;
+        if e_end <= at || e.offset >= end {
+            out.push(e);
+            continue;
+        }
+        if e.offset < at {
+            out.push(Extent {
+                offset: e.offset,
+                len: at - e.offset,
+                chunk: e.chunk.map(|c| ChunkRef {
+                    len: at - e.offset,
+                    ..c
+                }),
+            });
+        }
+        if e_end > end {
+            let cut = end - e.offset;
+            out.push(Extent {
+                offset: end,
+                len: e_end - end,
+                chunk: e.chunk.map(|c| ChunkRef {
+                    hash: c.hash,
+                    offset: c.offset + cut,
+                    len: e_end - end,
+                }),
+            });
+        }
+    }
+    out.push(Extent {
+        offset: at,
+        len: chunk.len,
+        chunk: Some(chunk),
+    });
+    out.sort_by_key(|e| e.offset);
+    *extents = out;
+}
+
 /// The read side of one open file (close-to-open: it sees the file as it was when its
 /// window was fetched). Reads run concurrently; only fetching a new window is serialized.
 pub struct FileReader {
@@ -465,6 +545,60 @@ impl FileReader {
         let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
         if s.next == end {
             s.prefetched_to = s.prefetched_to.max(done);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Which chunk byte each file byte reads, by the map.
+    fn bytes_of(map: &SliceMap) -> Vec<Option<(u8, u64)>> {
+        let w = &map.0;
+        (0..w.size)
+            .map(|at| {
+                let e = w
+                    .extents
+                    .iter()
+                    .find(|e| e.offset <= at && at < e.offset + e.len)?;
+                let c = e.chunk?;
+                Some((c.hash.0[0], c.offset + (at - e.offset)))
+            })
+            .collect()
+    }
+
+    proptest! {
+        /// Laying commits over a map answers, for every byte, the chunk byte the last
+        /// write of it put there (as the metadata's slices do).
+        #[test]
+        fn overlaid_maps_read_what_was_written_last(
+            writes in prop::collection::vec((0u64..300, prop::collection::vec(1u64..80, 1..4)), 1..12)
+        ) {
+            let mut map = SliceMap::empty();
+            let mut model: Vec<Option<(u8, u64)>> = Vec::new();
+            let mut next = 1u8;
+            for (offset, lens) in writes {
+                let mut chunks = Vec::new();
+                let mut at = offset;
+                for len in lens {
+                    let hash = ChunkHash([next; 32]);
+                    chunks.push(ChunkRef { hash, offset: 0, len });
+                    for i in 0..len {
+                        let pos = (at + i) as usize;
+                        if model.len() <= pos {
+                            model.resize(pos + 1, None);
+                        }
+                        model[pos] = Some((next, i));
+                    }
+                    at += len;
+                    next = next.wrapping_add(1).max(1);
+                }
+                let slice = SliceWrite { offset, len: at - offset, chunks };
+                map = map.overlaid(&[slice], model.len() as u64).unwrap();
+                prop_assert_eq!(bytes_of(&map), model.clone());
+            }
         }
     }
 }

@@ -404,6 +404,22 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let (n, ttl) = (name(n), self.tuning.attr_ttl);
+        // Answered here, on the FUSE thread, when the delegated cache knows the name (as
+        // `getattr` does): a stat after the kernel dropped its caches is one lookup.
+        let start = std::time::Instant::now();
+        if let Some(answer) = self.fs.delegated_lookup(parent.0, &n) {
+            record("lookup", true, start);
+            return match answer {
+                Ok(a) => {
+                    let ttl = self.fs.ttl_for(Some((parent.0, &n)), &a, ttl);
+                    reply.entry(&ttl.ttl, &file_attr(&a), Generation(a.generation))
+                }
+                Err(_) => {
+                    let ttl = self.fs.negative_ttl(parent.0, &n, ttl);
+                    reply.entry(&ttl.ttl, &negative_entry(), Generation(0))
+                }
+            };
+        }
         self.run(
             "lookup",
             move |fs| async move {

@@ -23,6 +23,7 @@ mod delegation;
 mod locks;
 
 pub use self::delegation::KernelTtl;
+use self::delegation::{Mutation, Touches};
 
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Entries one readdir call asks the metadata for.
@@ -351,13 +352,14 @@ impl MountFs {
     async fn flush_inode(&self, inode: &OpenInode) -> FsResult<()> {
         let mut w = inode.writer.lock().await;
         if w.is_dirty() {
-            let _changing = self.deleg.mutation();
+            let changing = self.deleg.mutation(Touches::write(w.ino()));
             let result = w.flush().await;
             inode.pending_end.store(w.pending_end(), Ordering::Release);
             self.changed(inode);
             self.mutated();
-            if let Ok(Some(attr)) = &result {
+            if let Ok(Some((attr, slices))) = &result {
                 *lock(&inode.attr) = (attr.clone(), Some(Instant::now()));
+                changing.written(attr, slices);
                 self.committed_here(attr);
                 self.consider_delegation_writing(attr.subtree);
             }
@@ -366,14 +368,21 @@ impl MountFs {
         Ok(())
     }
 
+    /// A lookup answered from the delegated cache, with no round and no wait, if it can
+    /// be: the FUSE thread answers it itself.
+    pub fn delegated_lookup(&self, parent: InodeId, name: &[u8]) -> Option<FsResult<Attr>> {
+        let known = self.deleg.entry(parent, name)?;
+        delegation::hit("lookup");
+        Some(match known {
+            Some(attr) => Ok(self.merge(attr)),
+            None => refused(Errno::ENOENT),
+        })
+    }
+
     #[instrument(skip(self))]
     pub async fn lookup(&self, parent: InodeId, name: &[u8]) -> FsResult<Attr> {
-        if let Some(known) = self.deleg.entry(parent, name) {
-            delegation::hit("lookup");
-            return match known {
-                Some(attr) => Ok(self.merge(attr)),
-                None => refused(Errno::ENOENT),
-            };
+        if let Some(answer) = self.delegated_lookup(parent, name) {
+            return answer;
         }
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
@@ -465,7 +474,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
-        let _changing = self.deleg.mutation();
+        let changing = self.deleg.mutation(Touches::inode(ino));
         let open = self.open_inode(ino);
         if let (Some(open), Some(_)) = (&open, set.size) {
             // Buffered writes land before the truncate, as they were issued.
@@ -475,6 +484,7 @@ impl MountFs {
         if let Some(open) = &open {
             self.changed(open);
         }
+        changing.changed(&attr);
         self.refresh_cached(&attr);
         Ok(self.merge(attr))
     }
@@ -489,9 +499,9 @@ impl MountFs {
         rdev: u32,
         who: Caller,
     ) -> FsResult<Attr> {
-        let _changing = self.deleg.mutation();
+        let changing = self.deleg.mutation(Touches::create(parent, name, None));
         // The namespace applies setgid-directory inheritance itself, atomically.
-        Ok(self
+        let attr = self
             .client
             .meta()
             .mknod(
@@ -504,8 +514,15 @@ impl MountFs {
                 rdev,
                 None,
             )
-            .await
-            .inspect(|a| self.consider_delegation_writing(a.subtree))?)
+            .await?;
+        self.made(&changing, parent, name, &attr);
+        Ok(attr)
+    }
+
+    /// `attr` was made as `name` in `parent` (a create, mkdir or symlink).
+    fn made(&self, changing: &Mutation<'_>, parent: InodeId, name: &[u8], attr: &Attr) {
+        changing.created(parent, name, attr);
+        self.consider_delegation_writing(attr.subtree);
     }
 
     #[instrument(skip(self))]
@@ -516,13 +533,14 @@ impl MountFs {
         mode: u32,
         who: Caller,
     ) -> FsResult<Attr> {
-        let _changing = self.deleg.mutation();
-        Ok(self
+        let changing = self.deleg.mutation(Touches::create(parent, name, None));
+        let attr = self
             .client
             .meta()
             .mkdir(parent, name, mode & 0o7777, who.uid, who.gid, None)
-            .await
-            .inspect(|a| self.consider_delegation_writing(a.subtree))?)
+            .await?;
+        self.made(&changing, parent, name, &attr);
+        Ok(attr)
     }
 
     #[instrument(skip(self))]
@@ -533,13 +551,14 @@ impl MountFs {
         target: &[u8],
         who: Caller,
     ) -> FsResult<Attr> {
-        let _changing = self.deleg.mutation();
-        Ok(self
+        let changing = self.deleg.mutation(Touches::create(parent, name, None));
+        let attr = self
             .client
             .meta()
             .symlink(parent, name, target, who.uid, who.gid, None)
-            .await
-            .inspect(|a| self.consider_delegation_writing(a.subtree))?)
+            .await?;
+        self.made(&changing, parent, name, &attr);
+        Ok(attr)
     }
 
     #[instrument(skip(self))]
@@ -549,7 +568,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
-        let _changing = self.deleg.mutation();
+        let changing = self.deleg.mutation(Touches::remove(&[(parent, name)]));
         // A file open here stays usable through its handles until the last one closes.
         let open = if lock(&self.inodes).is_empty() {
             None
@@ -567,6 +586,7 @@ impl MountFs {
             .meta()
             .unlink_open(parent, name, None, open.is_some())
             .await?;
+        changing.removed(parent, name);
         if let Some(open) = &open {
             let mut guard = lock(&open.attr);
             guard.0.nlink = nlink;
@@ -578,8 +598,10 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
-        let _changing = self.deleg.mutation();
-        Ok(self.client.meta().rmdir(parent, name, None).await?)
+        let changing = self.deleg.mutation(Touches::remove(&[(parent, name)]));
+        self.client.meta().rmdir(parent, name, None).await?;
+        changing.removed(parent, name);
+        Ok(())
     }
 
     #[instrument(skip(self))]
@@ -591,7 +613,9 @@ impl MountFs {
         new_name: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        let _changing = self.deleg.mutation();
+        let _changing = self
+            .deleg
+            .mutation(Touches::remove(&[(parent, name), (new_parent, new_name)]));
         // Which inodes move is not answered: look the (few) open ones up again.
         self.client
             .meta()
@@ -606,12 +630,15 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn link(&self, ino: InodeId, new_parent: InodeId, new_name: &[u8]) -> FsResult<Attr> {
-        let _changing = self.deleg.mutation();
+        let changing = self
+            .deleg
+            .mutation(Touches::create(new_parent, new_name, Some(ino)));
         let attr = self
             .client
             .meta()
             .link(ino, new_parent, new_name, None)
             .await?;
+        changing.created(new_parent, new_name, &attr);
         self.refresh_cached(&attr);
         Ok(self.merge(attr))
     }
@@ -847,7 +874,7 @@ impl MountFs {
             // The buffer filled and was flushed: readers must refetch, and nothing cached
             // from before (or during) the commit may be trusted.
             self.changed(&h.inode);
-            drop(self.deleg.mutation());
+            drop(self.deleg.mutation(Touches::inode(h.ino)));
         }
         result?;
         Ok(len)
@@ -876,7 +903,7 @@ impl MountFs {
                 last
             };
             if last && h.inode.orphan.load(Ordering::Acquire) {
-                let _changing = self.deleg.mutation();
+                let _changing = self.deleg.mutation(Touches::inode(h.ino));
                 let released = self.client.meta().release_orphan(h.ino).await;
                 self.mutated();
                 released?;
@@ -959,7 +986,7 @@ impl MountFs {
         value: &[u8],
         flags: u32,
     ) -> FsResult<()> {
-        let _changing = self.deleg.mutation();
+        let _changing = self.deleg.mutation(Touches::inode(ino));
         if name == SECURITY_CAPABILITY {
             lock(&self.no_caps).remove(&ino);
         }
@@ -991,7 +1018,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
-        let _changing = self.deleg.mutation();
+        let _changing = self.deleg.mutation(Touches::inode(ino));
         self.client.meta().removexattr(ino, name, None).await?;
         self.invalidate_cached(ino);
         Ok(())

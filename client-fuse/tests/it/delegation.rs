@@ -3,6 +3,7 @@
 //! a write by a second mount of the same site recalls it at once (the holder flushes
 //! and gives it back), and the holder's next open sees the new bytes (close-to-open).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mobilus_meta_client::MetaClient;
@@ -27,6 +28,36 @@ fn must_log_while(mount: &Mount, needle: &str, within: Duration, meanwhile: impl
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// What `probe` answers while every metadata member is paused, after `prepare`: it must
+/// answer within 800 ms. The namespace root is shared (any site changes it), so the
+/// kernel still asks for its attributes once a TTL: they are fetched just before, and an
+/// attempt that meets their expiry anyway (a loaded machine) is made again, at most three
+/// times (each told its number, so it can start afresh).
+fn must_answer_with_metadata_paused<T: Send + 'static>(
+    sites: &TwoSites,
+    app: &Path,
+    prepare: impl Fn(usize),
+    probe: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> T {
+    let probe = std::sync::Arc::new(probe);
+    for n in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        prepare(n);
+        std::fs::metadata(app).unwrap();
+        sites.signal_meta(Signal::SIGSTOP);
+        let p = probe.clone();
+        let attempt = std::thread::spawn(move || p(n));
+        std::thread::sleep(Duration::from_millis(800));
+        let done = attempt.is_finished();
+        sites.signal_meta(Signal::SIGCONT);
+        let answer = attempt.join().unwrap();
+        if done {
+            return answer;
+        }
+    }
+    panic!("the mount waited for the paused metadata service, three times");
 }
 
 /// A cluster whose metadata members run with `meta_args`, and a mount of site-a that
@@ -78,26 +109,17 @@ async fn the_holder_caches_and_a_second_mount_of_its_site_recalls_it_at_once() {
     let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
     let app = a1.point.join("app");
     // Authoritative: with the whole metadata service paused, a1 still answers stats,
-    // absent names, listings and opens of the subtree (past the ordinary 1 s TTL). The
-    // namespace root is shared (any site changes it), so the kernel still asks for its
-    // attributes once a TTL: they are fetched just before, and an attempt that meets
-    // their expiry anyway (a loaded machine) is made again, at most three times.
-    let mut answered = None;
-    let mut progress = Vec::new();
-    for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(1100));
-        std::fs::metadata(&app).unwrap();
-        sites.signal_meta(Signal::SIGSTOP);
-        let (f, absent, dir) = (app.join("f"), app.join("absent"), app.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let attempt = std::thread::spawn(move || {
+    // absent names, listings and opens of the subtree (past the ordinary 1 s TTL).
+    let (f, absent, dir) = (app.join("f"), app.join("absent"), app.clone());
+    let (took, size, gone, names, bytes) = must_answer_with_metadata_paused(
+        &sites,
+        &app,
+        |_| {},
+        move |_| {
             let start = Instant::now();
             let size = std::fs::metadata(&f).map(|m| m.len());
-            let _ = tx.send("stat");
             let gone = std::fs::metadata(&absent).map(|_| ());
-            let _ = tx.send("absent");
             let names = std::fs::read_dir(&dir).map(|d| d.count());
-            let _ = tx.send("ls");
             let bytes = std::fs::read(&f);
             (
                 start.elapsed(),
@@ -106,20 +128,8 @@ async fn the_holder_caches_and_a_second_mount_of_its_site_recalls_it_at_once() {
                 names.ok(),
                 bytes.ok(),
             )
-        });
-        std::thread::sleep(Duration::from_millis(800));
-        let done = attempt.is_finished();
-        sites.signal_meta(Signal::SIGCONT);
-        let result = attempt.join().unwrap();
-        progress.push(rx.try_iter().collect::<Vec<_>>());
-        if done {
-            answered = Some(result);
-            break;
-        }
-    }
-    let (took, size, gone, names, bytes) =
-        answered.unwrap_or_else(|| panic!("a1 waited for the paused metadata: {progress:?}"));
-    eprintln!("attempts: {progress:?}");
+        },
+    );
     assert_eq!((size, gone, names), (Some(3), true, Some(2)));
     assert_eq!(bytes.as_deref(), Some(&b"one"[..]));
 
@@ -159,4 +169,181 @@ async fn without_the_delegation_check_the_holder_serves_stale_bytes() {
     let seen = std::fs::read(a1.point.join("app/f")).unwrap();
     assert_eq!(seen, b"one", "the broken switch was not caught");
     assert!(!a1.log().contains("gave the subtree's delegation back"));
+}
+
+/// What a stat of `path` shows: (inode, size, permission bits, links, mtime, ctime).
+type Seen = Option<(u64, u64, u32, u64, i64, i64)>;
+
+fn seen_by_mount(path: &Path) -> Seen {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    let ns = |s: i64, n: i64| s * 1_000_000_000 + n;
+    Some((
+        m.ino(),
+        if m.is_dir() { 0 } else { m.len() },
+        m.mode() & 0o7777,
+        m.nlink(),
+        ns(m.mtime(), m.mtime_nsec()),
+        ns(m.ctime(), m.ctime_nsec()),
+    ))
+}
+
+/// What the metadata service holds at `rel` under the directory `root`.
+async fn seen_by_metadata(meta: &MetaClient, root: u64, rel: &str) -> Seen {
+    let mut attr = meta.getattr(root, false).await.unwrap();
+    for part in rel.split('/') {
+        attr = meta.lookup(attr.ino, part.as_bytes(), false).await.ok()?;
+    }
+    let dir = attr.kind == mobilus_proto::fs::FileKind::Directory;
+    Some((
+        attr.ino,
+        if dir { 0 } else { attr.size },
+        attr.mode & 0o7777,
+        u64::from(attr.nlink),
+        attr.mtime_ns,
+        attr.ctime_ns,
+    ))
+}
+
+/// Drop the kernel's unused entries, inodes and pages: the next stat of each name asks
+/// the mount again, whatever TTL it was given, and so does the next read.
+fn drop_kernel_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
+/// The holder's own changes keep its cache exact, and filled: after each kind of change
+/// it makes (create and write, mkdir, hard link, rename, rename over a file, unlink,
+/// truncate and chmod, rmdir), with the kernel's caches dropped so that every stat and
+/// listing asks the mount, it answers what the metadata service holds. Then, with the
+/// metadata service paused, it still answers the names it made and the names it had
+/// looked up before: a change forgets only what it touched (before, every change emptied
+/// the cache, and each such stat waited for the metadata).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_holders_own_changes_keep_its_cache_exact_and_filled() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
+    let app = a1.point.join("app");
+    let root = std::fs::metadata(&app).unwrap().ino();
+    let names = ["f", "n1", "n2", "sub", "sub/x", "sub/l", "d", "absent"];
+    // Site-b's mount reads what the metadata holds (a read from another site recalls
+    // nothing).
+    let b = sites.mount("site-b");
+    let b_app = b.point.join("app");
+    type Step = (&'static str, fn(&Path));
+    let steps: [Step; 9] = [
+        ("create and write n1", |app| {
+            std::fs::write(app.join("n1"), b"abc").unwrap()
+        }),
+        ("mkdir sub, create sub/x", |app| {
+            std::fs::create_dir(app.join("sub")).unwrap();
+            std::fs::write(app.join("sub/x"), b"x").unwrap();
+        }),
+        ("link n1 as sub/l", |app| {
+            std::fs::hard_link(app.join("n1"), app.join("sub/l")).unwrap()
+        }),
+        ("rename n1 to n2", |app| {
+            std::fs::rename(app.join("n1"), app.join("n2")).unwrap()
+        }),
+        ("overwrite the middle of n2 and append to it", |app| {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(app.join("n2"))
+                .unwrap();
+            f.seek(SeekFrom::Start(1)).unwrap();
+            f.write_all(b"ZZ").unwrap();
+            f.seek(SeekFrom::End(0)).unwrap();
+            f.write_all(b"tail").unwrap();
+        }),
+        ("rename sub/x over f", |app| {
+            std::fs::rename(app.join("sub/x"), app.join("f")).unwrap()
+        }),
+        ("unlink sub/l", |app| {
+            std::fs::remove_file(app.join("sub/l")).unwrap()
+        }),
+        ("truncate and chmod n2", |app| {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(app.join("n2"))
+                .unwrap();
+            f.set_len(1).unwrap();
+            drop(f);
+            let mode = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(app.join("n2"), mode).unwrap();
+        }),
+        ("rmdir d", |app| std::fs::remove_dir(app.join("d")).unwrap()),
+    ];
+    for (what, step) in steps {
+        step(&app);
+        drop_kernel_caches();
+        for name in names {
+            let mount = seen_by_mount(&app.join(name));
+            let truth = seen_by_metadata(&meta, root, name).await;
+            assert_eq!(mount, truth, "after {what}: {name}");
+            if mount.is_some_and(|m| m.1 > 0) {
+                let bytes = std::fs::read(app.join(name)).unwrap();
+                let at_b = std::fs::read(b_app.join(name)).unwrap();
+                assert_eq!(bytes, at_b, "after {what}: the bytes of {name}");
+            }
+        }
+        for dir in ["", "sub"] {
+            let Ok(listing) = std::fs::read_dir(app.join(dir)) else {
+                continue;
+            };
+            let mut mount: Vec<String> = listing
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            mount.sort();
+            let ino = match dir {
+                "" => root,
+                _ => seen_by_metadata(&meta, root, dir).await.unwrap().0,
+            };
+            let mut truth: Vec<String> = meta
+                .readdir_all(ino, false)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| String::from_utf8(e.name).unwrap())
+                .filter(|n| n != "." && n != "..")
+                .collect();
+            truth.sort();
+            assert_eq!(mount, truth, "after {what}: the listing of /app/{dir}");
+        }
+    }
+    assert!(
+        !a1.log().contains("gave the subtree's delegation back"),
+        "a1 lost the delegation on the way"
+    );
+
+    // Made just before each attempt, so nothing but the changes themselves can have put
+    // them in the cache (an attempt that waited has looked up the names it asked for).
+    let made = |n: usize| {
+        std::fs::write(app.join(format!("late{n}")), b"late").unwrap();
+        std::fs::create_dir(app.join(format!("late-dir{n}"))).unwrap();
+        drop_kernel_caches();
+    };
+    let probe_dir = app.clone();
+    let answered = must_answer_with_metadata_paused(&sites, &app, made, move |n| {
+        [
+            format!("late{n}"),
+            format!("late-dir{n}"),
+            "n2".into(),
+            "absent".into(),
+        ]
+        .map(|name| std::fs::metadata(probe_dir.join(name)).map(|m| (m.is_dir(), m.len())))
+        .map(|r| r.ok().map(|(dir, len)| if dir { 0 } else { len }))
+    });
+    assert_eq!(answered, [Some(4), Some(0), Some(1), None]);
+    // Its first open of a file it wrote reads it from the map it worked out itself.
+    let written = |n: usize| {
+        std::fs::write(app.join(format!("written{n}")), b"written").unwrap();
+        drop_kernel_caches();
+    };
+    let probe_dir = app.clone();
+    let bytes = must_answer_with_metadata_paused(&sites, &app, written, move |n| {
+        std::fs::read(probe_dir.join(format!("written{n}"))).ok()
+    });
+    assert_eq!(bytes.as_deref(), Some(&b"written"[..]));
+    let report = meta.fsck().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new());
 }

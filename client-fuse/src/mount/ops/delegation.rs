@@ -15,15 +15,22 @@
 //! once, commits what this mount buffered, drops the kernel's long-lived entries and
 //! attributes, and gives the delegation back.
 //!
-//! What is cached is kept exact simply: every mutation of this mount clears it, and an
-//! answer is kept only if no mutation of this mount began or ran while it was fetched,
-//! and no delegation was granted or lost meanwhile.
+//! What is cached is kept exact this way: a mutation of this mount declares what it
+//! touches ([`Touches`]) and forgets that when it begins (everything, when it cannot say
+//! which inode a name it removes names); when it succeeds and no other mutation of this
+//! mount overlapped it, it records what it made (the entry and attributes of a new file,
+//! an absent name after an unlink), so a holder that creates files can answer lookups of
+//! them at once. An answer fetched from the metadata is kept only if no mutation of this
+//! mount began or ran while it was fetched, and no delegation was granted or lost
+//! meanwhile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use mobilus_proto::fs::{Attr, DelegationGrant, DirEntry, FileKind, InodeId, SubtreeId, ROOT_INO};
+use mobilus_proto::fs::{
+    Attr, DelegationGrant, DirEntry, FileKind, InodeId, SliceWrite, SubtreeId, ROOT_INO,
+};
 
 use super::{lock, MountFs};
 use crate::read::SliceMap;
@@ -38,6 +45,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(3);
 const RETRY_AFTER_RECALL: Duration = Duration::from_secs(60);
 /// Most attributes (and slice maps, and directories) cached: past it, all is forgotten.
 const MAX_CACHED: usize = 200_000;
+/// Most names cached, looked up or in listings (a directory of a million files must not
+/// cost a million names): past it, all is forgotten.
+const MAX_NAMES: usize = 200_000;
 /// Most entries of a listing cached whole.
 const MAX_LISTING: usize = 4_096;
 /// Most kernel entries and attributes given long TTLs (each must be dropped at a recall);
@@ -58,8 +68,9 @@ struct Held {
     since: Instant,
 }
 
-#[derive(Default)]
 struct DirCache {
+    /// The directory's subtree (`None`: not known, so no absence is trusted).
+    subtree: Option<SubtreeId>,
     /// Names looked up: `None` is known absent.
     names: HashMap<Vec<u8>, Option<InodeId>>,
     /// The whole listing (so every name not in it is absent).
@@ -76,18 +87,78 @@ struct AuthCache {
     attrs: HashMap<InodeId, Attr>,
     dirs: HashMap<InodeId, DirCache>,
     maps: HashMap<InodeId, SliceMap>,
+    /// Names added to `dirs` since it was last emptied (never decreased: removals only
+    /// make it an overestimate).
+    names: usize,
     /// After a mutation of unknown outcome: nothing is cached until then.
     unsure_until: Option<Instant>,
 }
 
 impl AuthCache {
+    fn dir(&mut self, dir: InodeId) -> &mut DirCache {
+        let subtree = self.attrs.get(&dir).map(|a| a.subtree);
+        let d = self.dirs.entry(dir).or_insert_with(|| DirCache {
+            subtree,
+            names: HashMap::new(),
+            listing: None,
+        });
+        d.subtree = d.subtree.or(subtree);
+        d
+    }
+
+    /// Forget what `touches` may change.
+    fn forget(&mut self, touches: &Touches) {
+        self.epoch += 1;
+        for ino in &touches.inodes {
+            self.attrs.remove(ino);
+            self.maps.remove(ino);
+        }
+        for (parent, name) in &touches.names {
+            self.attrs.remove(parent);
+            match Delegations::cached_entry(self, *parent, name) {
+                Some(Some(ino)) => {
+                    // An unlink or a rename over it changes its link count and ctime.
+                    self.attrs.remove(&ino);
+                    self.maps.remove(&ino);
+                    self.dirs.remove(&ino);
+                }
+                Some(None) => {}
+                // Which inode it removes is not known here: any cached one may be it.
+                None if touches.removes => self.clear(),
+                None => {}
+            }
+            if let Some(d) = self.dirs.get_mut(parent) {
+                d.names.remove(name.as_slice());
+                d.listing = None;
+            }
+        }
+    }
+
     fn clear(&mut self) {
         self.epoch += 1;
+        self.forget_all();
+    }
+
+    /// Empty every table (their memory too), without bumping the epoch.
+    fn forget_all(&mut self) {
         if !self.attrs.is_empty() || !self.dirs.is_empty() || !self.maps.is_empty() {
             self.attrs = HashMap::new();
             self.dirs = HashMap::new();
             self.maps = HashMap::new();
         }
+        self.names = 0;
+    }
+
+    /// Bounded: when `adding` more names would pass a bound, forget all first.
+    fn make_room(&mut self, adding: usize) {
+        let full = self.attrs.len() >= MAX_CACHED
+            || self.dirs.len() >= MAX_CACHED
+            || self.maps.len() >= MAX_CACHED
+            || self.names + adding > MAX_NAMES;
+        if full {
+            self.forget_all();
+        }
+        self.names += adding;
     }
 }
 
@@ -134,12 +205,141 @@ impl KernelTtl {
 #[derive(Clone, Copy)]
 pub(super) struct Ticket(Option<u64>);
 
+/// What a mutation may change in the cache.
+#[derive(Debug, Default)]
+pub(super) struct Touches {
+    /// Inodes whose attributes (or slice maps) change.
+    inodes: Vec<InodeId>,
+    /// Names bound, unbound or rebound (and so their directories' attributes).
+    names: Vec<(InodeId, Vec<u8>)>,
+    /// Whether a name's inode may lose a link (unlink, rmdir, rename).
+    removes: bool,
+    /// A file whose committed bytes change, and whose new slice map can be worked out
+    /// from its old one.
+    writes: Option<InodeId>,
+}
+
+impl Touches {
+    /// The attributes or bytes of `ino`.
+    pub(super) fn inode(ino: InodeId) -> Self {
+        Touches {
+            inodes: vec![ino],
+            ..Touches::default()
+        }
+    }
+
+    /// A commit of bytes written to `ino`.
+    pub(super) fn write(ino: InodeId) -> Self {
+        Touches {
+            inodes: vec![ino],
+            writes: Some(ino),
+            ..Touches::default()
+        }
+    }
+
+    /// A new name in `parent` (and `linked`'s link count, for a hard link).
+    pub(super) fn create(parent: InodeId, name: &[u8], linked: Option<InodeId>) -> Self {
+        Touches {
+            inodes: linked.into_iter().collect(),
+            names: vec![(parent, name.to_vec())],
+            ..Touches::default()
+        }
+    }
+
+    /// `names` unbound or rebound (unlink, rmdir, rename).
+    pub(super) fn remove(names: &[(InodeId, &[u8])]) -> Self {
+        Touches {
+            inodes: Vec::new(),
+            names: names.iter().map(|(p, n)| (*p, n.to_vec())).collect(),
+            removes: true,
+            ..Touches::default()
+        }
+    }
+}
+
 /// A mutation of this mount in flight (see [`Delegations::mutation`]).
-pub(super) struct Mutation<'a>(&'a Delegations);
+pub(super) struct Mutation<'a> {
+    deleg: &'a Delegations,
+    /// The cache's epoch just after this mutation began: still the same when it ends if
+    /// no other mutation, grant or loss came between.
+    epoch: u64,
+    /// The slice map of the file it writes, as cached when it began.
+    map_before: Option<SliceMap>,
+}
+
+impl Mutation<'_> {
+    /// Record what this mutation made, if nothing else happened since it began; `f` may
+    /// only add what the mutation's own answer proves.
+    fn record(&self, f: impl FnOnce(&mut AuthCache, &dyn Fn(SubtreeId) -> bool)) {
+        let mut c = lock(&self.deleg.cache);
+        let unsure = c.unsure_until.is_some_and(|t| Instant::now() < t);
+        if c.epoch != self.epoch || c.inflight != 1 || unsure {
+            return;
+        }
+        c.make_room(1);
+        let trusted = |s: SubtreeId| self.deleg.trusted(s).is_some();
+        f(&mut c, &trusted);
+    }
+
+    /// It made `attr`, named `name` in `parent` (a create, mkdir, symlink or link).
+    pub(super) fn created(&self, parent: InodeId, name: &[u8], attr: &Attr) {
+        self.record(|c, trusted| {
+            if !trusted(attr.subtree)
+                || c.dirs
+                    .get(&parent)
+                    .is_some_and(|d| d.subtree != Some(attr.subtree))
+            {
+                return;
+            }
+            c.attrs.insert(attr.ino, attr.clone());
+            if attr.kind == FileKind::Regular && attr.size == 0 && attr.nlink == 1 {
+                // Made empty just now: its map is known, so its first open needs no round.
+                c.maps.insert(attr.ino, SliceMap::empty());
+            }
+            let dir = c.dir(parent);
+            dir.subtree = Some(attr.subtree);
+            dir.names.insert(name.to_vec(), Some(attr.ino));
+        });
+    }
+
+    /// It committed `slices` to a file, which it answered as `attr`.
+    pub(super) fn written(&self, attr: &Attr, slices: &[SliceWrite]) {
+        self.record(|c, trusted| {
+            if !trusted(attr.subtree) {
+                return;
+            }
+            c.attrs.insert(attr.ino, attr.clone());
+            let map = self.map_before.as_ref();
+            if let Some(map) = map.and_then(|m| m.overlaid(slices, attr.size)) {
+                c.maps.insert(attr.ino, map);
+            }
+        });
+    }
+
+    /// It answered `attr` (a setattr, or a commit of written bytes).
+    pub(super) fn changed(&self, attr: &Attr) {
+        self.record(|c, trusted| {
+            if trusted(attr.subtree) {
+                c.attrs.insert(attr.ino, attr.clone());
+            }
+        });
+    }
+
+    /// It removed `name` from `parent` (an unlink or rmdir).
+    pub(super) fn removed(&self, parent: InodeId, name: &[u8]) {
+        self.record(|c, trusted| {
+            if let Some(d) = c.dirs.get_mut(&parent) {
+                if d.subtree.is_some_and(trusted) {
+                    d.names.insert(name.to_vec(), None);
+                }
+            }
+        });
+    }
+}
 
 impl Drop for Mutation<'_> {
     fn drop(&mut self) {
-        let mut c = lock(&self.0.cache);
+        let mut c = lock(&self.deleg.cache);
         c.inflight = c.inflight.saturating_sub(1);
         c.epoch += 1;
     }
@@ -171,12 +371,18 @@ impl Delegations {
         lock(&self.held).keys().copied().collect()
     }
 
-    /// A mutation of this mount begins: forget everything cached until it ends.
-    pub(super) fn mutation(&self) -> Mutation<'_> {
+    /// A mutation of this mount begins: forget what it `touches`, and keep nothing
+    /// fetched until it ends.
+    pub(super) fn mutation(&self, touches: Touches) -> Mutation<'_> {
         let mut c = lock(&self.cache);
         c.inflight += 1;
-        c.clear();
-        Mutation(self)
+        let map_before = touches.writes.and_then(|ino| c.maps.get(&ino).cloned());
+        c.forget(&touches);
+        Mutation {
+            deleg: self,
+            epoch: c.epoch,
+            map_before,
+        }
     }
 
     /// Call before fetching an answer that may be cached.
@@ -194,18 +400,15 @@ impl Delegations {
         c.unsure_until = Some(Instant::now() + UNSURE_FOR);
     }
 
-    fn fill(&self, ticket: Ticket, f: impl FnOnce(&mut AuthCache)) {
+    /// Keep what `f` adds (`names` names at most), fetched with `ticket`.
+    fn fill(&self, ticket: Ticket, names: usize, f: impl FnOnce(&mut AuthCache)) {
         let Some(epoch) = ticket.0 else { return };
         let mut c = lock(&self.cache);
         if c.epoch != epoch || c.inflight > 0 {
             return;
         }
-        if c.attrs.len() >= MAX_CACHED || c.dirs.len() >= MAX_CACHED || c.maps.len() >= MAX_CACHED {
-            // Bounded: forget all (what was just fetched is still good).
-            c.attrs = HashMap::new();
-            c.dirs = HashMap::new();
-            c.maps = HashMap::new();
-        }
+        // Forgetting all to stay bounded leaves what was just fetched still good.
+        c.make_room(names);
         f(&mut c);
     }
 
@@ -232,9 +435,10 @@ impl Delegations {
         let c = lock(&self.cache);
         let known = Self::cached_entry(&c, parent, name)?;
         let parent_trusted = c
-            .attrs
+            .dirs
             .get(&parent)
-            .is_some_and(|a| self.trusted(a.subtree).is_some());
+            .and_then(|d| d.subtree)
+            .is_some_and(|s| self.trusted(s).is_some());
         match known {
             None if parent_trusted => Some(None),
             None => None,
@@ -281,7 +485,7 @@ impl Delegations {
 
     pub(super) fn keep_attr(&self, ticket: Ticket, attr: &Attr) {
         if self.trusted(attr.subtree).is_some() {
-            self.fill(ticket, |c| {
+            self.fill(ticket, 0, |c| {
                 c.attrs.insert(attr.ino, attr.clone());
             });
         }
@@ -308,9 +512,10 @@ impl Delegations {
             (None, _) => false,
         };
         if ours {
-            self.fill(ticket, |c| {
-                let dir = c.dirs.entry(parent).or_default();
-                dir.names.insert(name.to_vec(), found.map(|a| a.ino));
+            self.fill(ticket, 1, |c| {
+                c.dir(parent)
+                    .names
+                    .insert(name.to_vec(), found.map(|a| a.ino));
             });
         }
     }
@@ -324,7 +529,7 @@ impl Delegations {
         if self.trusted(subtree).is_none() || entries.len() > MAX_LISTING {
             return;
         }
-        self.fill(ticket, |c| {
+        self.fill(ticket, entries.len(), |c| {
             for e in entries {
                 if let Some(a) = e.attr.as_ref().filter(|a| a.subtree == subtree) {
                     c.attrs.insert(a.ino, a.clone());
@@ -337,7 +542,7 @@ impl Delegations {
                     ..e.clone()
                 })
                 .collect();
-            c.dirs.entry(dir).or_default().listing = Some(Arc::new(listing));
+            c.dir(dir).listing = Some(Arc::new(listing));
         });
     }
 
@@ -345,7 +550,7 @@ impl Delegations {
         if attr.kind != FileKind::Regular || self.trusted(attr.subtree).is_none() {
             return;
         }
-        self.fill(ticket, |c| {
+        self.fill(ticket, 0, |c| {
             c.attrs.insert(attr.ino, attr.clone());
             c.maps.insert(attr.ino, map);
         });
@@ -386,13 +591,13 @@ impl Delegations {
         let short = KernelTtl::ordinary(ordinary);
         let subtree = {
             let c = lock(&self.cache);
-            let Some(dir) = c.attrs.get(&parent) else {
+            let Some(subtree) = c.dirs.get(&parent).and_then(|d| d.subtree) else {
                 return short;
             };
             if Self::cached_entry(&c, parent, name) != Some(None) {
                 return short;
             }
-            dir.subtree
+            subtree
         };
         let Some(until) = self.trusted(subtree) else {
             return short;
