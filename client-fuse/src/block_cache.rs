@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
-use mobilus_proto::blocks::Outboard;
+use mobilus_proto::blocks::{self, Outboard};
 use mobilus_proto::fs::ChunkHash;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
@@ -118,6 +118,16 @@ impl BlockCache {
 
     pub fn outboard(&self, hash: &ChunkHash) -> Option<Arc<Outboard>> {
         self.outboards.get(hash)
+    }
+
+    /// Keep every block of a chunk whose bytes this mount hashed itself.
+    pub fn insert_chunk(&self, hash: ChunkHash, bytes: &[u8]) {
+        let size = bytes.len() as u64;
+        for i in 0..blocks::block_count(size) {
+            let (a, b) = blocks::block_span(size, i);
+            let block = Bytes::copy_from_slice(&bytes[a as usize..b as usize]);
+            self.insert_block((hash, i), block);
+        }
     }
 
     pub fn insert_outboard(&self, outboard: Arc<Outboard>) {

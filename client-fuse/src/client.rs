@@ -19,6 +19,8 @@ use crate::data::{DataClient, DataClientError};
 pub const FLUSH_BYTES: usize = 64 << 20;
 /// ... or this many separate writes (each is a slice of the metadata commit).
 pub const FLUSH_WRITES: usize = 1024;
+/// Most bytes of one commit kept in the block cache as written.
+const WRITE_THROUGH_BYTES: usize = 4 << 20;
 /// Chunk transfers in flight per flush or read.
 const PARALLEL: usize = 4;
 /// Readahead fetches in flight per client (each up to 1 MiB of blocks).
@@ -432,6 +434,14 @@ impl FileWriter {
                 Err(e) => return Err(e.into()),
             }
         };
+        // Small commits stay in the block cache (their bytes are what was hashed): a
+        // file read back just after it is written costs no data-node round. Large ones
+        // would only push out what readers fetched.
+        if self.pending_bytes <= WRITE_THROUGH_BYTES {
+            for (hash, bytes) in &chunks {
+                self.client.blocks.insert_chunk(*hash, bytes);
+            }
+        }
         self.pending.clear();
         self.pending_bytes = 0;
         Ok(Some((attr, slices)))

@@ -633,18 +633,25 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let opened = |reply: ReplyOpen, fh: u64, keep: bool| {
+            let flags = if keep {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            reply.opened(FileHandle(fh), flags)
+        };
+        // Answered here, on the FUSE thread, when the delegated cache has the file.
+        let start = std::time::Instant::now();
+        if let Some((fh, keep)) = self.fs.delegated_open(ino.0) {
+            record("open", true, start);
+            return opened(reply, fh, keep);
+        }
         self.run(
             "open",
             move |fs| async move { fs.open(ino.0).await },
             move |r| match r {
-                Ok((fh, keep)) => {
-                    let flags = if keep {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(fh), flags)
-                }
+                Ok((fh, keep)) => opened(reply, fh, keep),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -732,7 +739,13 @@ impl Filesystem for FuseAdapter {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // A close: POSIX drops the closing process's locks on the file.
+        // A close: POSIX drops the closing process's locks on the file. With nothing to
+        // commit and no lock to drop, it is answered here, on the FUSE thread.
+        let start = std::time::Instant::now();
+        if self.fs.flush_if_clean(fh.0, ino.0, lock_owner.0) {
+            record("flush", true, start);
+            return reply.ok();
+        }
         self.run(
             "flush",
             move |fs| async move {
@@ -753,7 +766,28 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // `lock_owner`: the file held a flock, released with its last close.
+        // `lock_owner`: the file held a flock, released with its last close. With nothing
+        // to commit and no flock, it is done here, on the FUSE thread (but for freeing an
+        // unlinked file).
+        let start = std::time::Instant::now();
+        let clean = match lock_owner {
+            None => self.fs.release_if_clean(fh.0),
+            Some(_) => None,
+        };
+        match clean {
+            Some(false) => {
+                record("release", true, start);
+                return reply.ok();
+            }
+            Some(true) => {
+                return self.run(
+                    "release",
+                    move |fs| async move { fs.release_orphan(ino.0).await },
+                    empty(reply),
+                )
+            }
+            None => {}
+        }
         self.run(
             "release",
             move |fs| async move {

@@ -645,6 +645,22 @@ impl MountFs {
 
     /// Open `ino`; returns the handle, and whether the kernel may keep the pages it
     /// cached.
+    /// An open answered from the delegated cache, with no round and no wait, if it can
+    /// be (the FUSE thread answers it itself): the handle, and whether the kernel may
+    /// keep its pages.
+    pub fn delegated_open(&self, ino: InodeId) -> Option<(u64, bool)> {
+        let (attr, map) = self.deleg.opened(ino)?;
+        // Delegated: nobody else can have changed it since this mount read it.
+        delegation::hit("open");
+        let (fh, keep_cache) = self.open_as(ino, attr);
+        if let Ok(h) = self.handle(fh) {
+            let version = h.inode.version.load(Ordering::Acquire);
+            let reader = self.client.reader_with(ino, map);
+            *lock(&h.reader) = Some((version, Arc::new(reader)));
+        }
+        Some((fh, keep_cache))
+    }
+
     #[instrument(skip(self))]
     pub async fn open(&self, ino: InodeId) -> FsResult<(u64, bool)> {
         // Keep the kernel's cached pages only if the file is as it was at the last open
@@ -652,16 +668,8 @@ impl MountFs {
         // One round for a regular file: its attributes and first slice map together,
         // so the first read needs no metadata call (the reader then sees the file as of
         // this open, as close-to-open asks).
-        if let Some((attr, map)) = self.deleg.opened(ino) {
-            // Delegated: nobody else can have changed it since this mount read it.
-            delegation::hit("open");
-            let (fh, keep_cache) = self.open_as(ino, attr);
-            if let Ok(h) = self.handle(fh) {
-                let version = h.inode.version.load(Ordering::Acquire);
-                let reader = self.client.reader_with(ino, map);
-                *lock(&h.reader) = Some((version, Arc::new(reader)));
-            }
-            return Ok((fh, keep_cache));
+        if let Some(opened) = self.delegated_open(ino) {
+            return Ok(opened);
         }
         let changes = self.changes.load(Ordering::Acquire);
         let generation = self.answered_generation();
@@ -891,25 +899,60 @@ impl MountFs {
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
         let result = self.flush_inode(&h.inode).await;
-        lock(&self.handles).remove(&fh);
-        if h.inode.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let last = {
-                let mut inodes = lock(&self.inodes);
-                // Reopened meanwhile? Then the entry is still in use.
-                let last = h.inode.handles.load(Ordering::Acquire) == 0;
-                if last {
-                    inodes.remove(&h.ino);
-                }
-                last
-            };
-            if last && h.inode.orphan.load(Ordering::Acquire) {
-                let _changing = self.deleg.mutation(Touches::inode(h.ino));
-                let released = self.client.meta().release_orphan(h.ino).await;
-                self.mutated();
-                released?;
-            }
+        if self.drop_handle(fh, &h) {
+            self.release_orphan(h.ino).await?;
         }
         result
+    }
+
+    /// Forget handle `fh`; returns whether it was the last one of an unlinked file (which
+    /// the caller then frees with [`MountFs::release_orphan`]).
+    fn drop_handle(&self, fh: u64, h: &Handle) -> bool {
+        lock(&self.handles).remove(&fh);
+        if h.inode.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
+        }
+        let last = {
+            let mut inodes = lock(&self.inodes);
+            // Reopened meanwhile? Then the entry is still in use.
+            let last = h.inode.handles.load(Ordering::Acquire) == 0;
+            if last {
+                inodes.remove(&h.ino);
+            }
+            last
+        };
+        last && h.inode.orphan.load(Ordering::Acquire)
+    }
+
+    /// Free an unlinked file whose last handle here closed.
+    pub async fn release_orphan(&self, ino: InodeId) -> FsResult<()> {
+        let _changing = self.deleg.mutation(Touches::inode(ino));
+        let released = self.client.meta().release_orphan(ino).await;
+        self.mutated();
+        Ok(released?)
+    }
+
+    /// Whether handle `fh` has nothing buffered to commit (so a close needs no round).
+    fn is_clean(&self, fh: u64) -> bool {
+        self.handle(fh)
+            .is_ok_and(|h| h.inode.writer.try_lock().is_ok_and(|w| !w.is_dirty()))
+    }
+
+    /// A close (FLUSH) by `owner` answered with no wait, if it can be: nothing buffered,
+    /// no lock of the owner's to drop. Called on the FUSE thread.
+    pub fn flush_if_clean(&self, fh: u64, ino: InodeId, owner: u64) -> bool {
+        self.is_clean(fh) && self.holds_no_lock(ino, owner)
+    }
+
+    /// The last close of a handle (RELEASE) with nothing buffered, done with no wait
+    /// (called on the FUSE thread): `None` if it must go the long way; else whether an
+    /// unlinked file must still be freed.
+    pub fn release_if_clean(&self, fh: u64) -> Option<bool> {
+        if !self.is_clean(fh) {
+            return None;
+        }
+        let h = self.handle(fh).ok()?;
+        Some(self.drop_handle(fh, &h))
     }
 
     /// Flush every open inode of `subtree` (a recall of its delegation). Returns how many

@@ -44,10 +44,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(3);
 /// that both write bounce it no faster than the service's hold after a recall allows.
 const RETRY_AFTER_RECALL: Duration = Duration::from_secs(60);
 /// Most attributes (and slice maps, and directories) cached: past it, all is forgotten.
-const MAX_CACHED: usize = 200_000;
+const MAX_CACHED: usize = 100_000;
 /// Most names cached, looked up or in listings (a directory of a million files must not
 /// cost a million names): past it, all is forgotten.
-const MAX_NAMES: usize = 200_000;
+const MAX_NAMES: usize = 100_000;
 /// Most entries of a listing cached whole.
 const MAX_LISTING: usize = 4_096;
 /// Most kernel entries and attributes given long TTLs (each must be dropped at a recall);
@@ -296,6 +296,13 @@ impl Mutation<'_> {
                 // Made empty just now: its map is known, so its first open needs no round.
                 c.maps.insert(attr.ino, SliceMap::empty());
             }
+            if attr.kind == FileKind::Directory {
+                // Made empty just now: every name looked up in it is absent (so are those
+                // a program checks before it creates them) until this mount adds one.
+                let made = c.dir(attr.ino);
+                made.subtree = Some(attr.subtree);
+                made.listing = Some(Arc::new(Vec::new()));
+            }
             let dir = c.dir(parent);
             dir.subtree = Some(attr.subtree);
             dir.names.insert(name.to_vec(), Some(attr.ino));
@@ -502,7 +509,12 @@ impl Delegations {
         if let Some(a) = found {
             self.keep_attr(ticket, a);
         }
-        let dir_subtree = lock(&self.cache).attrs.get(&parent).map(|a| a.subtree);
+        let dir_subtree = {
+            let c = lock(&self.cache);
+            // A create in it forgot its attributes, not which subtree it is in.
+            let known = c.dirs.get(&parent).and_then(|d| d.subtree);
+            c.attrs.get(&parent).map(|a| a.subtree).or(known)
+        };
         let ours = match (dir_subtree, found) {
             // A subtree's root held here, seen from the shared subtree (see `entry`).
             (_, Some(a)) if a.ino == a.subtree => self.trusted(a.subtree).is_some(),

@@ -260,6 +260,14 @@ impl MountFs {
         Ok(())
     }
 
+    /// Whether `owner` holds no lock on `ino` (so a close has none to drop); a wait of
+    /// its for one is cancelled, as a close does.
+    pub(crate) fn holds_no_lock(&self, ino: InodeId, owner: u64) -> bool {
+        let key = (ino, owner);
+        self.locks.cancel_waiter(key);
+        !lock(&self.locks.held).contains(&key)
+    }
+
     /// A close by `owner` (FLUSH) or the last close of a flock holder (RELEASE): POSIX
     /// drops every lock the owner holds on the file.
     pub async fn release_locks(&self, fh: u64, ino: InodeId, owner: u64) -> FsResult<()> {
