@@ -202,6 +202,7 @@ impl Cluster {
             .map(|(a, b)| (a.as_str(), b.as_str()))
             .collect();
         let net = tokio::task::block_in_place(|| Net::create(&refs))?;
+        clear_earlier_cluster(&spec.dir)?;
         std::fs::create_dir_all(&spec.dir).map_err(|e| ClusterError::Start {
             what: spec.dir.display().to_string(),
             why: e.to_string(),
@@ -501,5 +502,59 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Remove the cluster an earlier run left in `dir` (a rerun of one seed uses the same
+/// folder; members started on its data would not form the new cluster). A mount a killed
+/// run left behind is detached first, so nothing beneath it is touched.
+fn clear_earlier_cluster(dir: &Path) -> Result<(), ClusterError> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_mount_dir = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("mnt-"));
+        if is_mount_dir {
+            // EINVAL: not mounted, nothing to detach.
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    std::fs::remove_dir_all(dir).map_err(|e| ClusterError::Start {
+        what: format!("the cluster in {}", dir.display()),
+        why: format!("removing an earlier run's: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rerun into the same folder starts from nothing: the earlier cluster's files go,
+    /// and a mount it left (a tmpfs here) is detached first.
+    #[test]
+    fn an_earlier_runs_cluster_is_cleared_and_its_mounts_detached() {
+        let out = tempfile::tempdir().unwrap();
+        let cluster = out.path().join("cluster");
+        let (data, mnt) = (cluster.join("meta-1/data"), cluster.join("mnt-c-site-a"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("CURRENT"), b"x").unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &mnt,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        clear_earlier_cluster(&cluster).unwrap();
+        assert!(!cluster.exists());
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!mounts.contains(&mnt.display().to_string()));
+        // Nothing there: nothing to do.
+        clear_earlier_cluster(&cluster).unwrap();
     }
 }
