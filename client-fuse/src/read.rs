@@ -81,19 +81,22 @@ impl Client {
         len: u64,
     ) -> Result<Vec<u8>, ClientError> {
         let (first, blocks) = self.blocks_of(hash, offset, len).await?;
-        let mut out = Vec::with_capacity(len as usize);
-        let mut at = first * BLOCK;
-        for block in blocks {
-            let (a, b) = (offset.max(at), (offset + len).min(at + block.len() as u64));
-            if a < b {
-                out.extend_from_slice(&block[(a - at) as usize..(b - at) as usize]);
-            }
-            at += block.len() as u64;
+        bytes_of_blocks(first, &blocks, offset, len).ok_or(ClientError::ChunkUnavailable(hash))
+    }
+
+    /// Bytes `[offset, offset+len)` of chunk `hash` from the block cache alone, if every
+    /// block they need is there (no fetch, no wait).
+    fn chunk_bytes_cached(&self, hash: ChunkHash, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let (first, end) = blocks::blocks_covering(offset, len);
+        // Looked at first without counting, so a read that goes the long way counts its
+        // misses once.
+        if !(first..end).all(|i| self.blocks.has_block(&(hash, i))) {
+            return None;
         }
-        if out.len() as u64 != len {
-            return Err(ClientError::ChunkUnavailable(hash));
-        }
-        Ok(out)
+        let blocks = (first..end)
+            .map(|i| self.blocks.block(&(hash, i)))
+            .collect::<Option<Vec<Bytes>>>()?;
+        bytes_of_blocks(first, &blocks, offset, len)
     }
 
     /// The blocks of `hash` covering `[offset, offset+len)`: cached, or fetched (sharing
@@ -361,6 +364,21 @@ struct Stream {
     prefetched_to: u64,
 }
 
+/// Bytes `[offset, offset+len)` of a chunk out of its blocks `first..` (`None`: they do
+/// not cover it).
+fn bytes_of_blocks(first: u64, blocks: &[Bytes], offset: u64, len: u64) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(len as usize);
+    let mut at = first * BLOCK;
+    for block in blocks {
+        let (a, b) = (offset.max(at), (offset + len).min(at + block.len() as u64));
+        if a < b {
+            out.extend_from_slice(&block[(a - at) as usize..(b - at) as usize]);
+        }
+        at += block.len() as u64;
+    }
+    (out.len() as u64 == len).then_some(out)
+}
+
 /// A file's slice map as one reader fetched it (opaque: see [`Client::reader_with`]).
 #[derive(Clone)]
 pub struct SliceMap(Arc<Window>);
@@ -510,6 +528,29 @@ impl FileReader {
             out[dst..dst + *len as usize].copy_from_slice(&bytes);
         }
         Ok((out, w.size))
+    }
+
+    /// [`FileReader::read_sized`] from memory alone (the window held, every block it
+    /// needs cached), with no wait: `None` when anything must be fetched. Call inside
+    /// the runtime's context (readahead may start fetches).
+    pub fn read_cached(&self, offset: u64, len: u64) -> Option<(Vec<u8>, u64)> {
+        let w = self.window.try_lock().ok()?.clone()?;
+        let end = offset.saturating_add(len);
+        if offset < w.start || (end > w.end && w.end < w.size) {
+            return None;
+        }
+        let end = end.min(w.size);
+        if offset >= end {
+            return Some((Vec::new(), w.size));
+        }
+        let mut out = vec![0u8; (end - offset) as usize];
+        for (at, len, c) in w.pieces(offset, end) {
+            let bytes = self.client.chunk_bytes_cached(c.hash, c.offset, c.len)?;
+            let dst = (at - offset) as usize;
+            out[dst..dst + len as usize].copy_from_slice(&bytes);
+        }
+        self.read_ahead(&w, offset, end);
+        Some((out, w.size))
     }
 
     /// Follow the access pattern; for a sequential stream, start fetching what comes

@@ -848,6 +848,24 @@ impl MountFs {
         Ok(writer.overlay(offset, u64::from(size), committed, committed_size))
     }
 
+    /// A read answered from memory with no wait, if it can be (the FUSE thread answers
+    /// it itself): nothing buffered for the file, its window and blocks in memory. Call
+    /// inside the runtime's context.
+    pub fn read_cached(&self, fh: u64, offset: u64, size: u32) -> Option<Vec<u8>> {
+        let h = self.handle(fh).ok()?;
+        let version = {
+            let writer = h.inode.writer.try_lock().ok()?;
+            if writer.is_dirty() {
+                return None;
+            }
+            h.inode.version.load(Ordering::Acquire)
+        };
+        let reader = self.reader_at(&h, version);
+        let (bytes, _) = reader.read_cached(offset, u64::from(size))?;
+        // A commit meanwhile: the long way reads again.
+        (h.inode.version.load(Ordering::Acquire) == version).then_some(bytes)
+    }
+
     /// The handle's reader for the inode's `version` (a new one if it changed since).
     fn reader_at(&self, h: &Handle, version: u64) -> Arc<FileReader> {
         let mut slot = lock(&h.reader);

@@ -124,7 +124,8 @@ async fn a_sequential_stream_is_read_ahead_and_nothing_is_fetched_twice() {
 /// Reads of one file through the mount's operations, from three handles, while a fourth
 /// rewrites it whole (one write call per generation) and flushes every other generation:
 /// each read sees one whole generation, and never one older than a write that had
-/// returned before the read began (reads of a clean file run without the writer's lock).
+/// returned before the read began (reads of a clean file run without the writer's lock,
+/// and from memory with no wait when every byte is there).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order() {
     use mobilus_client::mount::ops::Caller;
@@ -149,10 +150,21 @@ async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order
             let (fs, returned) = (fs.clone(), returned.clone());
             tokio::spawn(async move {
                 let (fh, _) = fs.open(attr.ino).await.unwrap();
-                let mut reads = 0u64;
+                let (mut reads, mut from_memory) = (0u64, 0u64);
                 loop {
                     let floor = returned.load(Ordering::Acquire);
-                    let got = fs.read(fh, 0, LEN as u32).await.unwrap();
+                    // As the FUSE adapter reads: from memory with no wait when it can
+                    // (every other read here), else the long way.
+                    let cached = (reads % 2 == 0)
+                        .then(|| fs.read_cached(fh, 0, LEN as u32))
+                        .flatten();
+                    let got = match cached {
+                        Some(bytes) => {
+                            from_memory += 1;
+                            bytes
+                        }
+                        None => fs.read(fh, 0, LEN as u32).await.unwrap(),
+                    };
                     reads += 1;
                     if floor == 0 && got.is_empty() {
                         continue;
@@ -163,7 +175,7 @@ async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order
                     assert!(g >= floor, "read generation {g} after {floor} returned");
                     if floor == GENERATIONS {
                         fs.release(fh).await.unwrap();
-                        return reads;
+                        return (reads, from_memory);
                     }
                 }
             })
@@ -178,8 +190,12 @@ async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order
         returned.store(g, Ordering::Release);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
+    let mut from_memory = 0;
     for r in readers {
-        assert!(r.await.unwrap() > 0);
+        let (reads, cached) = r.await.unwrap();
+        assert!(reads > 0);
+        from_memory += cached;
     }
+    assert!(from_memory > 0, "no read was answered from memory");
     fs.release(writer_fh).await.unwrap();
 }
