@@ -7,11 +7,15 @@
 #       the shared root (no owner: every mount keeps 1 s TTLs), and
 #   (e) the same mount in a subtree its site owns (`mobilus-owned`: the mount holds the
 #       subtree's delegation and caches it authoritatively);
-# then every line with its ratio to JuiceFS. Needs root (mounts). Usage:
-#   bench/fs-bench.sh [BIG_FILE_MIB]        (default 1024)
+# then every line with its ratio to JuiceFS. The small-file and stat phases (100 files
+# each) move by tens of percent between runs, so after the first round (big file too)
+# ROUNDS-1 more rounds of them alone run, the systems taking turns, and each small-file
+# line is the median of all rounds. Needs root (mounts). Usage:
+#   [ROUNDS=3] bench/fs-bench.sh [BIG_FILE_MIB]        (default 1024)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIG=${1:-1024}
+ROUNDS=${ROUNDS:-3}
 WORK=${MOBILUS_BENCH_DIR:-/var/tmp/mobilus-bench}
 
 scripts/prereqs.sh
@@ -69,11 +73,12 @@ for _ in $(seq 50); do
 done
 "$BIN/mobilusctl" --meta "$METAS" subtree status /owned >&2
 
-bench() {  # $1 label, $2 dir
-  echo "==> juicefs bench on $1" >&2
-  mkdir -p "$2/bench"
-  "$JFS" bench --big-file-size "$BIG" --small-file-size 0.125 --small-file-count 100 \
-    --block-size 1 "$2/bench" 2>&1 | tee "$RUN/bench-$1.txt" >&2
+bench() {  # $1 label, $2 dir, $3 round (from 1; the first one also writes a big file)
+  echo "==> juicefs bench on $1 (round $3)" >&2
+  local big=$BIG; [ "$3" = 1 ] || big=0
+  mkdir -p "$2/bench$3"
+  "$JFS" bench --big-file-size "$big" --small-file-size 0.125 --small-file-count 100 \
+    --block-size 1 "$2/bench$3" 2>&1 | tee "$RUN/bench-$1.txt" >&2
   # Progress bars leave carriage returns at the start of lines.
   awk -v label="$1" '
     { sub(/^.*\r/, "") }
@@ -82,23 +87,29 @@ bench() {  # $1 label, $2 dir
     /^Written .* small/     { sw=$(NF-6) }
     /^Read .* small/        { sr=$(NF-6) }
     /^Stated/               { st=$(NF-6) }
-    END { print label, bw, br, sw, sr, st }' "$RUN/bench-$1.txt"
+    END { print label, (bw == "" ? "-" : bw), (br == "" ? "-" : br), sw, sr, st }' "$RUN/bench-$1.txt"
 }
-{
-  bench plain "$RUN/plain"
-  bench bindfs "$RUN/mnt-bindfs"
-  bench juicefs "$RUN/mnt-jfs"
-  bench mobilus "$RUN/mnt-mobilus"
-  bench mobilus-owned "$RUN/mnt-mobilus/owned"
-} > "$RUN/results.txt"
+for round in $(seq "$ROUNDS"); do
+  bench plain "$RUN/plain" "$round"
+  bench bindfs "$RUN/mnt-bindfs" "$round"
+  bench juicefs "$RUN/mnt-jfs" "$round"
+  bench mobilus "$RUN/mnt-mobilus" "$round"
+  bench mobilus-owned "$RUN/mnt-mobilus/owned" "$round"
+done > "$RUN/results.txt"
 
 echo
 python3 - "$RUN/results.txt" "$BIG" <<'PY'
-import sys
-rows = {}
+import statistics, sys
+runs = {}
 for line in open(sys.argv[1]):
     f = line.split()
-    rows[f[0]] = [float(x) for x in f[1:]]
+    runs.setdefault(f[0], []).append(f[1:])
+# Big-file lines from the first round; small-file lines the median of every round.
+rows = {}
+for name, rs in runs.items():
+    big = [float(x) for x in rs[0][:2]]
+    small = [statistics.median(float(r[i]) for r in rs) for i in range(2, 5)]
+    rows[name] = big + small
 ref = rows["juicefs"]
 names = [f"write {sys.argv[2]} MiB file, 1 MiB I/O (MiB/s)", f"read {sys.argv[2]} MiB file, 1 MiB I/O (MiB/s)",
          "write 100 x 128 KiB files (files/s)", "read 100 x 128 KiB files (files/s)", "stat 100 files (files/s)"]
@@ -107,5 +118,5 @@ print(f"{'':44}" + "".join(f"{s:>18}" for s in systems))
 for i, n in enumerate(names):
     cells = [f"{rows[s][i]:>9.1f} ({rows[s][i] / ref[i]:4.2f}x)" for s in systems]
     print(f"{n:44}" + "".join(f"{c:>18}" for c in cells))
-print("\n(ratios are to JuiceFS 0.14.2; same run, same disk)")
+print(f"\n(ratios are to JuiceFS 0.14.2; same run, same disk; small-file lines: median of {len(runs['juicefs'])} rounds)")
 PY
