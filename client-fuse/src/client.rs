@@ -310,6 +310,12 @@ impl FileWriter {
         self.ino
     }
 
+    /// Whether a write of `len` bytes may fill the buffer and so commit (an
+    /// overestimate: a write appended to the last one adds no entry).
+    pub fn may_flush(&self, len: usize) -> bool {
+        self.pending_bytes + len >= FLUSH_BYTES || self.pending.len() + 1 >= FLUSH_WRITES
+    }
+
     /// Buffer a write; flushes when the buffer is full.
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
         if data.is_empty() {

@@ -357,6 +357,10 @@ impl MountFs {
             inode.pending_end.store(w.pending_end(), Ordering::Release);
             self.changed(inode);
             self.mutated();
+            if matches!(&result, Err(e) if e.to_errno() == Errno::EIO) {
+                // The commit may still land: cache nothing for a while.
+                self.deleg.outcome_unknown();
+            }
             if let Ok(Some((attr, slices))) = &result {
                 *lock(&inode.attr) = (attr.clone(), Some(Instant::now()));
                 changing.written(attr, slices);
@@ -649,11 +653,14 @@ impl MountFs {
     /// be (the FUSE thread answers it itself): the handle, and whether the kernel may
     /// keep its pages.
     pub fn delegated_open(&self, ino: InodeId) -> Option<(u64, bool)> {
+        let changes = self.changes.load(Ordering::Acquire);
         let (attr, map) = self.deleg.opened(ino)?;
         // Delegated: nobody else can have changed it since this mount read it.
         delegation::hit("open");
         let (fh, keep_cache) = self.open_as(ino, attr);
-        if let Ok(h) = self.handle(fh) {
+        // A commit here since the map was read: the first read fetches a fresh one.
+        let unchanged = self.changes.load(Ordering::Acquire) == changes;
+        if let (Ok(h), true) = (self.handle(fh), unchanged) {
             let version = h.inode.version.load(Ordering::Acquire);
             let reader = self.client.reader_with(ino, map);
             *lock(&h.reader) = Some((version, Arc::new(reader)));
@@ -728,7 +735,7 @@ impl MountFs {
         let keep_cache = self.remember_seen(ino, now) == Some(now);
         let inode = {
             let mut inodes = lock(&self.inodes);
-            inodes
+            let inode = inodes
                 .entry(ino)
                 .or_insert_with(|| {
                     Arc::new(OpenInode {
@@ -740,9 +747,12 @@ impl MountFs {
                         attr: Mutex::new((attr.clone(), Some(Instant::now()))),
                     })
                 })
-                .clone()
+                .clone();
+            // Counted under the table's lock: a last close meanwhile must not drop an
+            // entry this open is about to use.
+            inode.handles.fetch_add(1, Ordering::AcqRel);
+            inode
         };
-        inode.handles.fetch_add(1, Ordering::AcqRel);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let handle = Arc::new(Handle {
             ino,
@@ -884,6 +894,10 @@ impl MountFs {
         let h = self.handle(fh)?;
         let len = u32::try_from(data.len()).map_err(|_| ClientError::Refused(Errno::EINVAL))?;
         let mut w = h.inode.writer.lock().await;
+        // A write that fills the buffer commits: forget the file's cached attributes and
+        // map before the commit, as a flush does, not after it.
+        let _changing = (!data.is_empty() && w.may_flush(data.len()))
+            .then(|| self.deleg.mutation(Touches::inode(h.ino)));
         let result = w.write(offset, data).await;
         h.inode
             .pending_end
@@ -900,7 +914,6 @@ impl MountFs {
             // The buffer filled and was flushed: readers must refetch, and nothing cached
             // from before (or during) the commit may be trusted.
             self.changed(&h.inode);
-            drop(self.deleg.mutation(Touches::inode(h.ino)));
         }
         result?;
         Ok(len)
