@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use mobilus_proto::blocks::{self, Outboard, BLOCK};
 use mobilus_proto::datapb as pb;
-use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite};
+use mobilus_proto::fs::{overlay_extents, Attr, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite};
 use mobilus_proto::status::Errno;
 
 use crate::block_cache::Run;
@@ -406,7 +406,12 @@ impl SliceMap {
         for s in slices {
             let mut at = s.offset;
             for c in &s.chunks {
-                lay(&mut extents, at, *c);
+                let piece = Extent {
+                    offset: at,
+                    len: c.len,
+                    chunk: Some(*c),
+                };
+                overlay_extents(&mut extents, at, at + c.len, vec![piece]);
                 at += c.len;
             }
         }
@@ -418,49 +423,6 @@ impl SliceMap {
             extents,
         })))
     }
-}
-
-/// Lay `chunk` at file offset `at` over `extents` (sorted, disjoint), cutting what it
-/// covers.
-fn lay(extents: &mut Vec<Extent>, at: u64, chunk: ChunkRef) {
-    let end = at + chunk.len;
-    let mut out = Vec::with_capacity(extents.len() + 2);
-    for e in extents.drain(..) {
-        let e_end = e.offset + e.len;
-        if e_end <= at || e.offset >= end {
-            out.push(e);
-            continue;
-        }
-        if e.offset < at {
-            out.push(Extent {
-                offset: e.offset,
-                len: at - e.offset,
-                chunk: e.chunk.map(|c| ChunkRef {
-                    len: at - e.offset,
-                    ..c
-                }),
-            });
-        }
-        if e_end > end {
-            let cut = end - e.offset;
-            out.push(Extent {
-                offset: end,
-                len: e_end - end,
-                chunk: e.chunk.map(|c| ChunkRef {
-                    hash: c.hash,
-                    offset: c.offset + cut,
-                    len: e_end - end,
-                }),
-            });
-        }
-    }
-    out.push(Extent {
-        offset: at,
-        len: chunk.len,
-        chunk: Some(chunk),
-    });
-    out.sort_by_key(|e| e.offset);
-    *extents = out;
 }
 
 /// The read side of one open file (close-to-open: it sees the file as it was when its

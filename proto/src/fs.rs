@@ -175,6 +175,44 @@ pub struct Extent {
     pub chunk: Option<ChunkRef>,
 }
 
+/// Replace what `extents` (sorted, covering a range) say about `[a, b)` with `pieces`.
+pub fn overlay_extents(extents: &mut Vec<Extent>, a: u64, b: u64, pieces: Vec<Extent>) {
+    let mut out = Vec::with_capacity(extents.len() + pieces.len() + 2);
+    for e in extents.drain(..) {
+        let end = e.offset + e.len;
+        if end <= a || e.offset >= b {
+            out.push(e);
+            continue;
+        }
+        if e.offset < a {
+            out.push(Extent {
+                offset: e.offset,
+                len: a - e.offset,
+                chunk: e.chunk.map(|c| ChunkRef {
+                    len: a - e.offset,
+                    ..c
+                }),
+            });
+        }
+        if end > b {
+            let skip = b - e.offset;
+            let chunk = e.chunk.map(|c| ChunkRef {
+                offset: c.offset + skip,
+                len: end - b,
+                ..c
+            });
+            out.push(Extent {
+                offset: b,
+                len: end - b,
+                chunk,
+            });
+        }
+    }
+    out.extend(pieces);
+    out.sort_by_key(|e| e.offset);
+    *extents = out;
+}
+
 /// File system usage, as `statfs` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StatFs {

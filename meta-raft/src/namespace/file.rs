@@ -4,10 +4,10 @@
 
 use std::ops::ControlFlow;
 
+use mobilus_proto::fs::{overlay_extents, MAX_CHUNKS_PER_WRITE, MAX_FILE_SIZE};
 use mobilus_proto::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, Extent, FileKind, InodeId, SliceWrite,
 };
-use mobilus_proto::fs::{MAX_CHUNKS_PER_WRITE, MAX_FILE_SIZE};
 use mobilus_proto::status::Errno;
 
 use super::keys::{self, Cf, BLOCK_SIZE};
@@ -52,44 +52,6 @@ pub fn cut(start: u64, len: u64, chunks: &[ChunkRef], a: u64, b: u64) -> Vec<Ext
         }
     }
     out
-}
-
-/// Replace what `extents` (sorted, covering a range) say about `[a, b)` with `pieces`.
-fn overlay(extents: &mut Vec<Extent>, a: u64, b: u64, pieces: Vec<Extent>) {
-    let mut out = Vec::with_capacity(extents.len() + pieces.len() + 2);
-    for e in extents.drain(..) {
-        let end = e.offset + e.len;
-        if end <= a || e.offset >= b {
-            out.push(e);
-            continue;
-        }
-        if e.offset < a {
-            out.push(Extent {
-                offset: e.offset,
-                len: a - e.offset,
-                chunk: e.chunk.map(|c| ChunkRef {
-                    len: a - e.offset,
-                    ..c
-                }),
-            });
-        }
-        if end > b {
-            let skip = b - e.offset;
-            let chunk = e.chunk.map(|c| ChunkRef {
-                offset: c.offset + skip,
-                len: end - b,
-                ..c
-            });
-            out.push(Extent {
-                offset: b,
-                len: end - b,
-                chunk,
-            });
-        }
-    }
-    out.extend(pieces);
-    out.sort_by_key(|e| e.offset);
-    *extents = out;
 }
 
 fn incref(txn: &mut Txn<'_>, hash: &ChunkHash) -> Result<(), NsError> {
@@ -254,7 +216,7 @@ fn compact(txn: &mut Txn<'_>, now: i64, ino: InodeId, block: u64) -> Result<(), 
         let pieces = cut(r.offset, r.len, &r.chunks, lo, hi);
         if let (Some(first), Some(last)) = (pieces.first(), pieces.last()) {
             let (a, b) = (first.offset, last.offset + last.len);
-            overlay(&mut extents, a, b, pieces);
+            overlay_extents(&mut extents, a, b, pieces);
         }
         for c in &r.chunks {
             decref(txn, now, &c.hash)?;
@@ -363,7 +325,7 @@ pub(crate) fn read(
             let pieces = cut(r.offset, r.len, &r.chunks, lo, hi);
             if let (Some(first), Some(last)) = (pieces.first(), pieces.last()) {
                 let (a, b) = (first.offset, last.offset + last.len);
-                overlay(&mut extents, a, b, pieces);
+                overlay_extents(&mut extents, a, b, pieces);
             }
             Ok(ControlFlow::Continue(()))
         })?;
@@ -420,7 +382,7 @@ mod tests {
             len: 10,
             chunk: Some(c(1, 0, 10)),
         }];
-        overlay(
+        overlay_extents(
             &mut ext,
             3,
             5,
