@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use mobilus_meta_client::MetaClient;
+use mobilus_meta_client::{MetaClient, ReservedCreate};
 use mobilus_proto::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, InodeId, SliceWrite, MAX_FILE_SIZE,
 };
@@ -206,6 +206,7 @@ impl Client {
             ino,
             pending: Vec::new(),
             pending_bytes: 0,
+            create_first: None,
         }
     }
 
@@ -302,6 +303,16 @@ pub struct FileWriter {
     ino: InodeId,
     pending: Vec<(u64, Vec<u8>)>,
     pending_bytes: usize,
+    /// A create answered before the file was made (`mount::ops::deferred`): the first
+    /// commit makes it.
+    create_first: Option<CreateSlot>,
+}
+
+/// A create answered and not yet made (shared with the mount's registry of them).
+pub type CreateSlot = Arc<std::sync::Mutex<Option<ReservedCreate>>>;
+
+fn slot_create(slot: &CreateSlot) -> Option<ReservedCreate> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl FileWriter {
@@ -368,6 +379,30 @@ impl FileWriter {
         !self.pending.is_empty()
     }
 
+    /// The file was answered created before it was made: `slot` holds how to make it,
+    /// until the first commit (or the mount) does.
+    pub fn create_first(&mut self, slot: CreateSlot) {
+        self.create_first = Some(slot);
+    }
+
+    /// Whether the file exists in the metadata (not a create still to make).
+    pub fn is_made(&self) -> bool {
+        self.create_first
+            .as_ref()
+            .is_none_or(|s| slot_create(s).is_none())
+    }
+
+    /// Whether a flush has anything to do: buffered writes, or the file still to make.
+    pub fn needs_commit(&self) -> bool {
+        self.is_dirty() || !self.is_made()
+    }
+
+    fn made(&mut self) {
+        if let Some(slot) = self.create_first.take() {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
     /// The end of the furthest buffered write (0 when clean): the file's size as its
     /// writer sees it is at least this.
     pub fn pending_end(&self) -> u64 {
@@ -382,8 +417,15 @@ impl FileWriter {
     /// then the slices committed by a Raft quorum. Returns the new attributes and the
     /// slices committed, if anything was written.
     pub async fn flush(&mut self) -> Result<Option<(Attr, Vec<SliceWrite>)>, ClientError> {
+        let create = self.create_first.as_ref().and_then(slot_create);
         if self.pending.is_empty() {
-            return Ok(None);
+            let Some(create) = create else {
+                self.create_first = None;
+                return Ok(None);
+            };
+            let attr = self.client.meta.create_reserved(&create, None).await?;
+            self.made();
+            return Ok(Some((attr, Vec::new())));
         }
         let mut slices = Vec::with_capacity(self.pending.len());
         let mut chunks: Vec<(ChunkHash, &[u8])> = Vec::new();
@@ -417,12 +459,20 @@ impl FileWriter {
             if pause > 0 && attempt == 1 {
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
-            match self
-                .client
-                .meta
-                .write(self.ino, &slices, None, Some(&checked))
-                .await
-            {
+            let committed = match &create {
+                // Made and written in one command.
+                Some(create) => {
+                    let write = Some((slices.as_slice(), Some(&checked)));
+                    self.client.meta.create_reserved(create, write).await
+                }
+                None => {
+                    self.client
+                        .meta
+                        .write(self.ino, &slices, None, Some(&checked))
+                        .await
+                }
+            };
+            match committed {
                 Ok(attr) => break attr,
                 // Garbage collection raced with this write: ask the data node again.
                 Err(mobilus_meta_client::ClientError::StaleChunks(why))
@@ -450,6 +500,7 @@ impl FileWriter {
         }
         self.pending.clear();
         self.pending_bytes = 0;
+        self.made();
         Ok(Some((attr, slices)))
     }
 }

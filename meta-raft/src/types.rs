@@ -138,6 +138,25 @@ pub enum Op {
         /// The data-node answer the writer relied on (see `namespace::gc`).
         checked: Option<ChunkCheck>,
     },
+    /// Reserve a block of inode numbers for `session`'s creates (`namespace::reserved`).
+    ReserveInodes {
+        session: u64,
+    },
+    /// A regular file that `session` (a delegation's holder) answered before creating
+    /// it, under a number it reserved, made at `time_ns` (its own clock, never later than
+    /// the command's); with its first write, if any, in the same command.
+    CreateReserved {
+        parent: InodeId,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        ino: InodeId,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        time_ns: i64,
+        session: u64,
+        write: Option<(Vec<SliceWrite>, Option<ChunkCheck>)>,
+    },
     /// A data node registers or heartbeats; its heartbeat time is the command's.
     RegisterDataNode {
         node: DataNodeInfo,
@@ -265,6 +284,9 @@ impl Op {
             Op::SetXattr { .. } => "setxattr",
             Op::RemoveXattr { .. } => "removexattr",
             Op::Write { .. } => "write",
+            Op::ReserveInodes { .. } => "reserve_inodes",
+            Op::CreateReserved { write: None, .. } => "create_reserved",
+            Op::CreateReserved { write: Some(_), .. } => "create_and_write",
             Op::RegisterDataNode { .. } => "register_data_node",
             Op::Condemn { .. } => "condemn",
             Op::ForgetCondemned { .. } => "forget_condemned",
@@ -291,7 +313,9 @@ impl Op {
             | Op::Mkdir { parent, .. }
             | Op::Symlink { parent, .. }
             | Op::Unlink { parent, .. }
-            | Op::Rmdir { parent, .. } => Touches::Inodes(vec![*parent]),
+            | Op::Rmdir { parent, .. }
+            // The new inode takes the directory's subtree.
+            | Op::CreateReserved { parent, .. } => Touches::Inodes(vec![*parent]),
             Op::Link {
                 ino, new_parent, ..
             } => Touches::Inodes(vec![*ino, *new_parent]),
@@ -320,6 +344,8 @@ impl Op {
             | Op::RenewSession { .. }
             | Op::CloseSession { .. }
             | Op::SetLock { .. } => Touches::Advisory,
+            // Numbers only: what uses them is checked when it does.
+            Op::ReserveInodes { .. } => Touches::Advisory,
         }
     }
 
@@ -421,6 +447,11 @@ pub enum OpReply {
     },
     Delegation(DelegationGrant),
     /// A recall: how long the holder's delegation may still last (0: nobody holds it).
+    /// Inode numbers `first..first + count`, reserved.
+    Inodes {
+        first: InodeId,
+        count: u32,
+    },
     Recalled {
         remaining_ns: i64,
     },

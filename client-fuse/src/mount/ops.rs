@@ -19,6 +19,7 @@ use tracing::instrument;
 use crate::client::{Client, ClientError, FileWriter};
 use crate::read::FileReader;
 
+mod deferred;
 mod delegation;
 mod locks;
 
@@ -93,6 +94,8 @@ pub struct MountFs {
     locks: locks::Locks,
     /// Delegations and the authoritative cache under them (`delegation.rs`).
     deleg: delegation::Delegations,
+    /// Creates answered under a delegation before they are made (`deferred.rs`).
+    deferred: deferred::Deferred,
     /// This mount, for background work it starts itself (set once mounted).
     me: OnceLock<Weak<MountFs>>,
 }
@@ -144,6 +147,7 @@ impl MountFs {
             kernel: OnceLock::new(),
             locks: locks::Locks::default(),
             deleg: delegation::Delegations::new(true),
+            deferred: deferred::Deferred::default(),
             me: OnceLock::new(),
         }
     }
@@ -187,7 +191,7 @@ impl MountFs {
     /// (one metadata read instead of rereading the file: writers on one mount).
     async fn revalidate_after_grant(&self, ino: InodeId) {
         let known = lock(&self.seen).get(&ino).copied();
-        match self.client.meta().getattr(ino, false).await {
+        match self.meta().await.getattr(ino, false).await {
             Ok(a) if known == Some((a.mtime_ns, a.ctime_ns, a.size)) => {}
             Ok(a) => {
                 self.revalidate(ino).await;
@@ -351,7 +355,7 @@ impl MountFs {
 
     async fn flush_inode(&self, inode: &OpenInode) -> FsResult<()> {
         let mut w = inode.writer.lock().await;
-        if w.is_dirty() {
+        if w.needs_commit() {
             let changing = self.deleg.mutation(Touches::write(w.ino()));
             let result = w.flush().await;
             inode.pending_end.store(w.pending_end(), Ordering::Release);
@@ -390,7 +394,7 @@ impl MountFs {
         }
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
-        let attr = match self.client.meta().lookup(parent, name, false).await {
+        let attr = match self.meta().await.lookup(parent, name, false).await {
             Ok(attr) => attr,
             Err(e) => {
                 if e.errno() == Some(Errno::ENOENT) {
@@ -460,7 +464,7 @@ impl MountFs {
         let open = self.open_inode(ino);
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
-        let attr = self.client.meta().getattr(ino, false).await?;
+        let attr = self.meta().await.getattr(ino, false).await?;
         if open.is_none() {
             self.deleg.keep_attr(ticket, &attr);
         }
@@ -484,7 +488,7 @@ impl MountFs {
             // Buffered writes land before the truncate, as they were issued.
             self.flush_inode(open).await?;
         }
-        let attr = self.client.meta().setattr(ino, &set, None).await?;
+        let attr = self.meta().await.setattr(ino, &set, None).await?;
         if let Some(open) = &open {
             self.changed(open);
         }
@@ -506,8 +510,8 @@ impl MountFs {
         let changing = self.deleg.mutation(Touches::create(parent, name, None));
         // The namespace applies setgid-directory inheritance itself, atomically.
         let attr = self
-            .client
             .meta()
+            .await
             .mknod(
                 parent,
                 name,
@@ -539,8 +543,8 @@ impl MountFs {
     ) -> FsResult<Attr> {
         let changing = self.deleg.mutation(Touches::create(parent, name, None));
         let attr = self
-            .client
             .meta()
+            .await
             .mkdir(parent, name, mode & 0o7777, who.uid, who.gid, None)
             .await?;
         self.made(&changing, parent, name, &attr);
@@ -557,8 +561,8 @@ impl MountFs {
     ) -> FsResult<Attr> {
         let changing = self.deleg.mutation(Touches::create(parent, name, None));
         let attr = self
-            .client
             .meta()
+            .await
             .symlink(parent, name, target, who.uid, who.gid, None)
             .await?;
         self.made(&changing, parent, name, &attr);
@@ -567,7 +571,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn readlink(&self, ino: InodeId) -> FsResult<Vec<u8>> {
-        Ok(self.client.meta().readlink(ino, false).await?)
+        Ok(self.meta().await.readlink(ino, false).await?)
     }
 
     #[instrument(skip(self))]
@@ -577,7 +581,7 @@ impl MountFs {
         let open = if lock(&self.inodes).is_empty() {
             None
         } else {
-            match self.client.meta().lookup(parent, name, false).await {
+            match self.meta().await.lookup(parent, name, false).await {
                 Ok(a) => self.open_inode(a.ino),
                 Err(_) => None,
             }
@@ -586,8 +590,8 @@ impl MountFs {
             open.orphan.store(true, Ordering::Release);
         }
         let (_, nlink) = self
-            .client
             .meta()
+            .await
             .unlink_open(parent, name, None, open.is_some())
             .await?;
         changing.removed(parent, name);
@@ -603,7 +607,7 @@ impl MountFs {
     #[instrument(skip(self))]
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
         let changing = self.deleg.mutation(Touches::remove(&[(parent, name)]));
-        self.client.meta().rmdir(parent, name, None).await?;
+        self.meta().await.rmdir(parent, name, None).await?;
         changing.removed(parent, name);
         Ok(())
     }
@@ -621,8 +625,8 @@ impl MountFs {
             .deleg
             .mutation(Touches::remove(&[(parent, name), (new_parent, new_name)]));
         // Which inodes move is not answered: look the (few) open ones up again.
-        self.client
-            .meta()
+        self.meta()
+            .await
             .rename(parent, name, new_parent, new_name, flags, None)
             .await?;
         let open: Vec<InodeId> = lock(&self.inodes).keys().copied().collect();
@@ -638,8 +642,8 @@ impl MountFs {
             .deleg
             .mutation(Touches::create(new_parent, new_name, Some(ino)));
         let attr = self
-            .client
             .meta()
+            .await
             .link(ino, new_parent, new_name, None)
             .await?;
         changing.created(new_parent, new_name, &attr);
@@ -681,11 +685,12 @@ impl MountFs {
         let changes = self.changes.load(Ordering::Acquire);
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
+        self.settle().await;
         let opened = match self.client.open_reader(ino).await {
             Ok(Some((attr, reader))) => Ok((attr, Some(reader))),
             Ok(None) => self
-                .client
                 .meta()
+                .await
                 .getattr(ino, false)
                 .await
                 .map(|a| (a, None))
@@ -772,6 +777,9 @@ impl MountFs {
         flags: i32,
         who: Caller,
     ) -> FsResult<(Attr, u64)> {
+        if let Some(made) = self.deferred_create(parent, name, mode, who).await {
+            return Ok(made);
+        }
         let attr = match self
             .mknod(parent, name, FileKind::Regular, mode, 0, who)
             .await
@@ -800,7 +808,7 @@ impl MountFs {
         flags: i32,
         who: Caller,
     ) -> FsResult<(Attr, u64)> {
-        let attr = self.client.meta().lookup(parent, name, false).await?;
+        let attr = self.meta().await.lookup(parent, name, false).await?;
         if attr.kind != FileKind::Regular {
             return refused(Errno::EEXIST);
         }
@@ -835,7 +843,7 @@ impl MountFs {
         for _ in 0..CLEAN_READ_ATTEMPTS {
             let version = {
                 let writer = h.inode.writer.lock().await;
-                if writer.is_dirty() {
+                if writer.needs_commit() {
                     break;
                 }
                 h.inode.version.load(Ordering::Acquire)
@@ -849,6 +857,10 @@ impl MountFs {
         // Writes are buffered: the writer stays locked throughout, so a flush cannot move
         // bytes between the committed file and the buffer meanwhile.
         let writer = h.inode.writer.lock().await;
+        if !writer.is_made() {
+            // Answered created here and not yet made: nothing committed to read.
+            return Ok(writer.overlay(offset, u64::from(size), Vec::new(), 0));
+        }
         let version = h.inode.version.load(Ordering::Acquire);
         let reader = self.reader_at(&h, version);
         let (committed, committed_size) = reader.read_sized(offset, u64::from(size)).await?;
@@ -865,7 +877,7 @@ impl MountFs {
         let h = self.handle(fh).ok()?;
         let version = {
             let writer = h.inode.writer.try_lock().ok()?;
-            if writer.is_dirty() {
+            if writer.needs_commit() {
                 return None;
             }
             h.inode.version.load(Ordering::Acquire)
@@ -958,7 +970,7 @@ impl MountFs {
     /// Free an unlinked file whose last handle here closed.
     pub async fn release_orphan(&self, ino: InodeId) -> FsResult<()> {
         let _changing = self.deleg.mutation(Touches::inode(ino));
-        let released = self.client.meta().release_orphan(ino).await;
+        let released = self.meta().await.release_orphan(ino).await;
         self.mutated();
         Ok(released?)
     }
@@ -966,7 +978,7 @@ impl MountFs {
     /// Whether handle `fh` has nothing buffered to commit (so a close needs no round).
     fn is_clean(&self, fh: u64) -> bool {
         self.handle(fh)
-            .is_ok_and(|h| h.inode.writer.try_lock().is_ok_and(|w| !w.is_dirty()))
+            .is_ok_and(|h| h.inode.writer.try_lock().is_ok_and(|w| !w.needs_commit()))
     }
 
     /// A close (FLUSH) by `owner` answered with no wait, if it can be: nothing buffered,
@@ -1031,8 +1043,8 @@ impl MountFs {
         }
         let ticket = self.deleg.ticket();
         let (mut entries, eof) = self
-            .client
             .meta()
+            .await
             .readdir(ino, cookie, READDIR_BATCH, plus, false)
             .await?;
         // Entries' cookies start at 3 (1 and 2 are "." and ".."): from 2 is all of it.
@@ -1049,7 +1061,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn statfs(&self) -> FsResult<StatFs> {
-        Ok(self.client.meta().statfs(false).await?)
+        Ok(self.meta().await.statfs(false).await?)
     }
 
     #[instrument(skip(self, value), fields(len = value.len()))]
@@ -1064,8 +1076,8 @@ impl MountFs {
         if name == SECURITY_CAPABILITY {
             lock(&self.no_caps).remove(&ino);
         }
-        self.client
-            .meta()
+        self.meta()
+            .await
             .setxattr(ino, name, value, flags, None)
             .await?;
         self.invalidate_cached(ino);
@@ -1078,7 +1090,7 @@ impl MountFs {
         if self.known_absent_xattr(ino, name) {
             return refused(Errno::ENODATA);
         }
-        let result = self.client.meta().getxattr(ino, name, false).await;
+        let result = self.meta().await.getxattr(ino, name, false).await;
         if caps && matches!(&result, Err(e) if e.to_errno() == Errno::ENODATA) {
             self.remember_no_caps(ino);
         }
@@ -1087,13 +1099,13 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn listxattr(&self, ino: InodeId) -> FsResult<Vec<Vec<u8>>> {
-        Ok(self.client.meta().listxattr(ino, false).await?)
+        Ok(self.meta().await.listxattr(ino, false).await?)
     }
 
     #[instrument(skip(self))]
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
         let _changing = self.deleg.mutation(Touches::inode(ino));
-        self.client.meta().removexattr(ino, name, None).await?;
+        self.meta().await.removexattr(ino, name, None).await?;
         self.invalidate_cached(ino);
         Ok(())
     }

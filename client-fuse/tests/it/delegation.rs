@@ -158,6 +158,61 @@ async fn the_holder_caches_and_a_second_mount_of_its_site_recalls_it_at_once() {
     assert_eq!(report.problems, Vec::<String>::new());
 }
 
+/// The holder answers a create itself, even with the metadata paused (the file is made
+/// at its close, with its bytes, in one commit); a file answered and not yet made is made
+/// before any metadata read of the holder's (a listing), and before a recall hands the
+/// subtree to a second mount of the site, which then sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_holder_answers_creates_and_makes_them_before_anyone_else_looks() {
+    let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
+    let app = a1.point.join("app");
+    // Numbers are reserved in the background, once a create asks: ask first.
+    std::fs::write(app.join("warm"), b"w").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = app.clone();
+    let (name, file) = must_answer_with_metadata_paused(
+        &sites,
+        &app,
+        |_| {},
+        move |n| {
+            let name = format!("new{n}");
+            (name.clone(), std::fs::File::create(dir.join(&name)))
+        },
+    );
+    let mut file = file.expect("a create answered by the holder");
+    std::io::Write::write_all(&mut file, b"hello").unwrap();
+    // The holder's own listing makes it first; so the other site sees it (empty: the
+    // bytes are still buffered).
+    let names: Vec<String> = std::fs::read_dir(&app)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.contains(&name), "{names:?}");
+    let b1 = sites.mount("site-b");
+    let at_b = b1.point.join("app").join(&name);
+    assert_eq!(std::fs::metadata(&at_b).unwrap().len(), 0);
+    drop(file);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(std::fs::read(&at_b).unwrap(), b"hello");
+
+    // Answered, written, still open: a second mount of site-a writes the subtree, which
+    // recalls the delegation; a1 makes the file before it gives the subtree back.
+    let mut open = std::fs::File::create(app.join("pending")).unwrap();
+    std::io::Write::write_all(&mut open, b"p").unwrap();
+    let a2 = sites.mount("site-a");
+    std::fs::write(a2.point.join("app/other"), b"o").unwrap();
+    must_log(
+        &a1,
+        "gave the subtree's delegation back",
+        Duration::from_secs(5),
+    );
+    assert!(a2.point.join("app/pending").exists());
+    drop(open);
+    assert_eq!(std::fs::read(a2.point.join("app/pending")).unwrap(), b"p");
+    let report = meta.fsck().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new());
+}
+
 /// The check is what makes the holder's cache safe: with it disabled on the members
 /// (a deliberate bug), the second mount's write is not recalled, and the holder serves
 /// the bytes it cached (caught).

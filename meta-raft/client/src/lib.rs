@@ -15,6 +15,20 @@ mod subtree;
 
 pub use mobilus_proto::fs::LockRequest;
 
+/// A regular file made under a reserved inode number (see
+/// [`MetaClient::create_reserved`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReservedCreate {
+    pub parent: InodeId,
+    pub name: Vec<u8>,
+    pub ino: InodeId,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// When it was answered (ns since the epoch, the answering client's clock).
+    pub time_ns: i64,
+}
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -498,6 +512,8 @@ impl MetaClient {
             gid,
             rdev,
             fence: self.fence(fence),
+            ino: 0,
+            time_ns: 0,
         };
         self.attr_call("mknod", |mut c| {
             let req = req.clone();
@@ -860,12 +876,71 @@ impl MetaClient {
             slices: slices.iter().map(Into::into).collect(),
             fence: self.fence(fence),
             checked: checked.map(Into::into),
+            create: None,
         };
         self.attr_call("write", |mut c| {
             let req = req.clone();
             async move { c.write(req).await }
         })
         .await
+    }
+
+    /// Make the regular file `create` describes, under the number this client's session
+    /// reserved for it ([`MetaClient::reserve_inodes`]); with `write` (its slices and
+    /// chunk check) committed in the same command, if given. A retry of a command that
+    /// committed answers what it made.
+    pub async fn create_reserved(
+        &self,
+        create: &ReservedCreate,
+        write: Option<(&[SliceWrite], Option<&ChunkCheck>)>,
+    ) -> Result<Attr, ClientError> {
+        let mknod = pb::MknodRequest {
+            parent: create.parent,
+            name: create.name.clone(),
+            kind: pb::FileKind::from(FileKind::Regular) as i32,
+            mode: create.mode,
+            uid: create.uid,
+            gid: create.gid,
+            rdev: 0,
+            fence: self.fence(None),
+            ino: create.ino,
+            time_ns: create.time_ns,
+        };
+        match write {
+            None => {
+                self.attr_call("mknod", |mut c| {
+                    let req = mknod.clone();
+                    async move { c.mknod(req).await }
+                })
+                .await
+            }
+            Some((slices, checked)) => {
+                let req = pb::WriteRequest {
+                    ino: create.ino,
+                    slices: slices.iter().map(Into::into).collect(),
+                    fence: self.fence(None),
+                    checked: checked.map(Into::into),
+                    create: Some(mknod),
+                };
+                self.attr_call("write", |mut c| {
+                    let req = req.clone();
+                    async move { c.write(req).await }
+                })
+                .await
+            }
+        }
+    }
+
+    /// Reserve a block of inode numbers for `session`'s creates: `(first, count)`.
+    pub async fn reserve_inodes(&self, session: u64) -> Result<(InodeId, u32), ClientError> {
+        let req = pb::SessionRequest { session };
+        let r = self
+            .call("reserve_inodes", |ch| async move {
+                Self::meta(ch).reserve_inodes(req).await
+            })
+            .await?
+            .into_inner();
+        Ok((r.first, r.count))
     }
 
     /// The merged slice map of a range, and the file size.

@@ -28,7 +28,11 @@ pub(crate) struct NewInode {
     pub rdev: u32,
 }
 
-fn dentry(txn: &Txn<'_>, parent: InodeId, name: &[u8]) -> Result<Option<DentryRecord>, NsError> {
+pub(crate) fn dentry(
+    txn: &Txn<'_>,
+    parent: InodeId,
+    name: &[u8],
+) -> Result<Option<DentryRecord>, NsError> {
     Ok(txn.get(Cf::Dentries, &keys::with_name(parent, name))?)
 }
 
@@ -80,6 +84,20 @@ pub(crate) fn create(
     new: NewInode,
     target: Vec<u8>,
 ) -> Result<Attr, NsError> {
+    create_numbered(txn, now, parent, name, new, target, None)
+}
+
+/// `create`, under `reserved` (a number reserved for the issuing session) if given, else
+/// the next free number.
+pub(crate) fn create_numbered(
+    txn: &mut Txn<'_>,
+    now: i64,
+    parent: InodeId,
+    name: &[u8],
+    new: NewInode,
+    target: Vec<u8>,
+    reserved: Option<InodeId>,
+) -> Result<Attr, NsError> {
     validate_name(name)?;
     let mut p = load_dir(txn, parent)?;
     if is_dot(name) || dentry(txn, parent, name)?.is_some() {
@@ -90,11 +108,13 @@ pub(crate) fn create(
         return Err(Errno::EMLINK.into());
     }
     let counters = update_counters(txn, |c| {
-        c.next_ino += 1;
+        if reserved.is_none() {
+            c.next_ino += 1;
+        }
         c.inodes += 1;
     })?;
     subtree::account(txn, p.attr.subtree, 1, 0)?;
-    let ino = counters.next_ino - 1;
+    let ino = reserved.unwrap_or(counters.next_ino - 1);
     // BSD group semantics under a setgid directory, as Linux applies them.
     let (mut mode, mut gid) = (new.mode & 0o7777, new.gid);
     if p.attr.mode & S_ISGID != 0 {

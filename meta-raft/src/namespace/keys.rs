@@ -93,6 +93,15 @@ pub mod sys {
     pub const SITE_LEASE: &[u8] = b"lease/";
     /// The id the next lock session gets (u64).
     pub const NEXT_SESSION: &[u8] = b"next_session";
+    /// `reserved/` ‖ first number (u64, big-endian) → a block of inode numbers reserved
+    /// for a session (`namespace::reserved`).
+    pub const RESERVED: &[u8] = b"reserved/";
+
+    pub fn reserved(first: u64) -> Vec<u8> {
+        let mut k = RESERVED.to_vec();
+        k.extend_from_slice(&first.to_be_bytes());
+        k
+    }
 }
 
 pub fn ino(ino: InodeId) -> Vec<u8> {

@@ -14,6 +14,7 @@ pub mod keys;
 pub mod kv;
 mod locks;
 mod query;
+mod reserved;
 pub mod subtree;
 pub mod txn;
 
@@ -351,6 +352,33 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
         Op::RecallDelegation { subtree } => delegation::recall(txn, now, *subtree)
             .map(|remaining_ns| OpReply::Recalled { remaining_ns }),
         Op::CloseSession { session } => locks::close(txn, *session).map(|()| OpReply::Done),
+        Op::ReserveInodes { session } => {
+            reserved::reserve(txn, *session).map(|(first, count)| OpReply::Inodes { first, count })
+        }
+        Op::CreateReserved {
+            parent,
+            name,
+            ino,
+            mode,
+            uid,
+            gid,
+            time_ns,
+            session,
+            write,
+        } => {
+            let new = reserved::Create {
+                parent: *parent,
+                name,
+                ino: *ino,
+                mode: *mode,
+                uid: *uid,
+                gid: *gid,
+                session: *session,
+                // Never later than the log's time: a fast clock cannot stamp the future.
+                time_ns: (*time_ns).min(now),
+            };
+            reserved::create(txn, now, new, write.as_ref()).map(OpReply::Attr)
+        }
         Op::SetLock { lock, pid } => locks::set_lock(txn, now, *lock, *pid).map(|()| OpReply::Done),
     }
 }

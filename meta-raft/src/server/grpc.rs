@@ -85,6 +85,36 @@ impl MetaSvc {
     }
 }
 
+/// A create under a reserved number (`MknodRequest.ino`), and the write that comes with
+/// it, if any: only a regular file, by the session that reserved the number.
+fn reserved_create(
+    r: pb::MknodRequest,
+    write: Option<(Vec<SliceWrite>, Option<mobilus_proto::fs::ChunkCheck>)>,
+) -> Result<Op, Status> {
+    if kind_from_wire(r.kind).map_err(wire)? != mobilus_proto::fs::FileKind::Regular {
+        return Err(Status::invalid_argument(
+            "only a regular file is created under a reserved number",
+        ));
+    }
+    let session = r.fence.as_ref().map_or(0, |f| f.session);
+    if session == 0 {
+        return Err(Status::invalid_argument(
+            "a create under a reserved number must carry the session that reserved it",
+        ));
+    }
+    Ok(Op::CreateReserved {
+        parent: r.parent,
+        name: r.name,
+        ino: r.ino,
+        mode: r.mode,
+        uid: r.uid,
+        gid: r.gid,
+        time_ns: r.time_ns,
+        session,
+        write,
+    })
+}
+
 fn lock_request(
     ino: u64,
     session: u64,
@@ -141,6 +171,10 @@ impl Meta for MetaSvc {
 
     async fn mknod(&self, r: Request<pb::MknodRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
+        if r.ino != 0 {
+            let fence = r.fence.clone();
+            return attr_reply(self.op(fence, reserved_create(r, None)?).await?);
+        }
         let kind = kind_from_wire(r.kind).map_err(wire)?;
         let op = Op::Mknod {
             parent: r.parent,
@@ -347,10 +381,21 @@ impl Meta for MetaSvc {
             .map(SliceWrite::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(wire)?;
-        let op = Op::Write {
-            ino: r.ino,
-            slices,
-            checked: r.checked.map(Into::into),
+        let checked = r.checked.map(Into::into);
+        let op = match r.create {
+            Some(create) if create.ino == r.ino => {
+                reserved_create(create, Some((slices, checked)))?
+            }
+            Some(_) => {
+                return Err(Status::invalid_argument(
+                    "a write that creates its file must name the file it creates",
+                ))
+            }
+            None => Op::Write {
+                ino: r.ino,
+                slices,
+                checked,
+            },
         };
         attr_reply(self.op(r.fence, op).await?)
     }
@@ -365,6 +410,19 @@ impl Meta for MetaSvc {
         let session = r.into_inner().session;
         let now = super::node::now_ns();
         session_reply(self.op(None, Op::RenewSession { session }).await?, now)
+    }
+
+    async fn reserve_inodes(
+        &self,
+        r: Request<pb::SessionRequest>,
+    ) -> Reply<pb::ReserveInodesReply> {
+        let session = r.into_inner().session;
+        match self.op(None, Op::ReserveInodes { session }).await? {
+            OpReply::Inodes { first, count } => {
+                Ok(Response::new(pb::ReserveInodesReply { first, count }))
+            }
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
     }
 
     async fn close_session(&self, r: Request<pb::SessionRequest>) -> Reply<pb::Empty> {

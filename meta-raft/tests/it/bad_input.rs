@@ -245,9 +245,46 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
         }],
         fence: None,
         checked: None,
+        create: None,
     };
     assert_eq!(
         raw.write(bad_hash).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+
+    // Creates under a reserved number: without the session that reserved it, of a
+    // directory, or carried by a write to another file.
+    let reserved = pb::MknodRequest {
+        parent: ROOT_INO,
+        name: b"r".to_vec(),
+        kind: pb::FileKind::Regular as i32,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        fence: None,
+        ino: 1 << 20,
+        time_ns: 0,
+    };
+    let as_dir = pb::MknodRequest {
+        kind: pb::FileKind::Directory as i32,
+        ..reserved.clone()
+    };
+    for bad in [reserved.clone(), as_dir] {
+        assert_eq!(
+            raw.mknod(bad).await.unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+    let elsewhere = pb::WriteRequest {
+        ino: 5,
+        slices: Vec::new(),
+        fence: None,
+        checked: None,
+        create: Some(reserved),
+    };
+    assert_eq!(
+        raw.write(elsewhere).await.unwrap_err().code(),
         tonic::Code::InvalidArgument
     );
 

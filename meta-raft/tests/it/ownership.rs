@@ -103,7 +103,12 @@ pub(crate) struct Fixture {
     pub app: InodeId,
     pub file: InodeId,
     pub shared: InodeId,
+    /// A block of inode numbers reserved for session [`SESSION`].
+    pub reserved: InodeId,
 }
+
+/// The session the fixture reserves inode numbers for.
+pub(crate) const SESSION: u64 = 7;
 
 pub(crate) fn fixture() -> Fixture {
     let ns = Namespace::in_memory().unwrap();
@@ -122,11 +127,21 @@ pub(crate) fn fixture() -> Fixture {
     assert_eq!((s.state, s.epoch), (SubtreeState::Owned, 1));
     let file = must_attr(&ns, T0, Some("site-a"), mknod(app, "f")).ino;
     must_attr(&ns, T0, Some("site-a"), mkdir(app, "d"));
+    let reserved = match must(
+        &ns,
+        T0,
+        Some("site-a"),
+        Op::ReserveInodes { session: SESSION },
+    ) {
+        OpReply::Inodes { first, .. } => first,
+        other => panic!("not inodes: {other:?}"),
+    };
     Fixture {
         ns,
         app,
         file,
         shared,
+        reserved,
     }
 }
 
@@ -188,18 +203,44 @@ pub(crate) fn every_mutation(f: &Fixture) -> Vec<Op> {
         },
         Op::Write {
             ino: f.file,
-            slices: vec![SliceWrite {
-                offset: 0,
-                len: 10,
-                chunks: vec![ChunkRef {
-                    hash: ChunkHash([7; 32]),
-                    offset: 0,
-                    len: 10,
-                }],
-            }],
+            slices: ten_bytes(),
             checked: None,
         },
+        create_reserved(f, "made", 0, None),
+        create_reserved(f, "made-written", 1, Some((ten_bytes(), None))),
     ]
+}
+
+fn ten_bytes() -> Vec<SliceWrite> {
+    vec![SliceWrite {
+        offset: 0,
+        len: 10,
+        chunks: vec![ChunkRef {
+            hash: ChunkHash([7; 32]),
+            offset: 0,
+            len: 10,
+        }],
+    }]
+}
+
+/// A create in `/app` under the fixture's `nth` reserved number.
+pub(crate) fn create_reserved(
+    f: &Fixture,
+    name: &str,
+    nth: u64,
+    write: Option<(Vec<SliceWrite>, Option<mobilus_proto::fs::ChunkCheck>)>,
+) -> Op {
+    Op::CreateReserved {
+        parent: f.app,
+        name: name.into(),
+        ino: f.reserved + nth,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        time_ns: T0,
+        session: SESSION,
+        write,
+    }
 }
 
 /// Every variant, sorted by what the ownership check must do with it. No wildcard: a
@@ -218,7 +259,8 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::SetXattr { .. }
         | Op::RemoveXattr { .. }
         | Op::CasXattr { .. }
-        | Op::Write { .. } => true,
+        | Op::Write { .. }
+        | Op::CreateReserved { .. } => true,
         Op::ReleaseOrphan { .. }
         | Op::RegisterDataNode { .. }
         | Op::Condemn { .. }
@@ -235,11 +277,13 @@ fn judged_by_owner(op: &Op) -> bool {
         // Delegations change who may change a subtree (`tests/it/delegation.rs`).
         | Op::AcquireDelegation { .. }
         | Op::ReleaseDelegation { .. }
-        | Op::RecallDelegation { .. } => false,
+        | Op::RecallDelegation { .. }
+        // Numbers only: the create that uses one is judged.
+        | Op::ReserveInodes { .. } => false,
     }
 }
 
-pub(crate) const MUTATION_KINDS: usize = 12;
+pub(crate) const MUTATION_KINDS: usize = 14;
 
 fn is_refusal_of_ownership(r: &Reply) -> bool {
     matches!(
@@ -1052,4 +1096,79 @@ async fn concurrent_moves_and_a_move_across_a_leader_kill_leave_exactly_one_owne
     );
     let report = client.fsck().await.unwrap();
     assert_eq!(report.problems, Vec::<String>::new());
+}
+
+/// Creates under reserved numbers (a delegation holder's deferred creates): only the
+/// reserving session, each number once (a retry answers the file made), never a number
+/// that was not reserved, and normal creates never take a reserved one.
+#[test]
+fn reserved_numbers_are_made_once_by_their_session_only() {
+    let f = fixture();
+    let t = T0 + SEC;
+    let second = match must(
+        &f.ns,
+        t,
+        Some("site-a"),
+        Op::ReserveInodes { session: SESSION },
+    ) {
+        OpReply::Inodes { first, count } => {
+            assert_eq!(count, 64);
+            first
+        }
+        other => panic!("not inodes: {other:?}"),
+    };
+    assert_eq!(f.reserved % 64, 0);
+    assert!(
+        second >= f.reserved + 64,
+        "blocks overlap: {} {second}",
+        f.reserved
+    );
+    let plain = must_attr(&f.ns, t, Some("site-a"), mknod(f.app, "plain")).ino;
+    assert!(
+        plain >= second + 64,
+        "a plain create took a reserved number: {plain}"
+    );
+
+    // Made and written in one command; the future time is cut to the log's.
+    let mut op = create_reserved(&f, "a", 0, Some((ten_bytes(), None)));
+    if let Op::CreateReserved { time_ns, .. } = &mut op {
+        *time_ns = t + 1_000 * SEC;
+    }
+    let a = must_attr(&f.ns, t, Some("site-a"), op.clone());
+    assert_eq!((a.ino, a.size, a.ctime_ns), (f.reserved, 10, t));
+    // A retry answers the same file, its bytes written over themselves.
+    let again = must_attr(&f.ns, t, Some("site-a"), op);
+    assert_eq!((again.ino, again.size, again.nlink), (a.ino, 10, 1));
+    // Made by the holder first, then its commit: the write still lands.
+    must_attr(&f.ns, t, Some("site-a"), create_reserved(&f, "b", 1, None));
+    let b = must_attr(
+        &f.ns,
+        t,
+        Some("site-a"),
+        create_reserved(&f, "b", 1, Some((ten_bytes(), None))),
+    );
+    assert_eq!(b.size, 10);
+
+    let refused = |op: Op| exec(&f.ns, t, Some("site-a"), None, op).unwrap_err();
+    // Another session's number.
+    let mut other = create_reserved(&f, "c", 2, None);
+    if let Op::CreateReserved { session, .. } = &mut other {
+        *session = SESSION + 1;
+    }
+    assert!(matches!(refused(other), OpError::Explained { errno, .. } if errno == Errno::EPERM.0));
+    // A number never reserved (an existing file's), and one past the block.
+    for ino in [f.file, plain, second + 64] {
+        let mut op = create_reserved(&f, "d", 0, Some((ten_bytes(), None)));
+        if let Op::CreateReserved { ino: i, .. } = &mut op {
+            *i = ino;
+        }
+        assert!(
+            matches!(refused(op), OpError::Explained { errno, .. } if errno == Errno::EINVAL.0)
+        );
+    }
+    // A name taken: refused, and the number stays unused.
+    let taken = refused(create_reserved(&f, "plain", 3, None));
+    assert_eq!(taken, OpError::Errno(Errno::EEXIST.0));
+    must_attr(&f.ns, t, Some("site-a"), create_reserved(&f, "e", 3, None));
+    must_fsck_clean(&f.ns);
 }

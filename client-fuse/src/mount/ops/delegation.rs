@@ -73,8 +73,22 @@ struct DirCache {
     subtree: Option<SubtreeId>,
     /// Names looked up: `None` is known absent.
     names: HashMap<Vec<u8>, Option<InodeId>>,
-    /// The whole listing (so every name not in it is absent).
+    /// A whole listing: a name in neither it nor `names` is absent (unless `unsure`).
     listing: Option<Arc<Vec<DirEntry>>>,
+    /// Whether `listing` is still the directory's listing (no name of it changed since),
+    /// so a READDIR may be answered from it.
+    listing_current: bool,
+    /// Names a mutation changed since `listing` was fetched, whose outcome is not known:
+    /// the listing no longer says anything about them.
+    unsure: HashSet<Vec<u8>>,
+}
+
+impl DirCache {
+    /// `name` is now known to be `ino` (`None`: absent).
+    fn know(&mut self, name: &[u8], ino: Option<InodeId>) {
+        self.unsure.remove(name);
+        self.names.insert(name.to_vec(), ino);
+    }
 }
 
 #[derive(Default)]
@@ -101,6 +115,8 @@ impl AuthCache {
             subtree,
             names: HashMap::new(),
             listing: None,
+            listing_current: false,
+            unsure: HashSet::new(),
         });
         d.subtree = d.subtree.or(subtree);
         d
@@ -129,7 +145,14 @@ impl AuthCache {
             }
             if let Some(d) = self.dirs.get_mut(parent) {
                 d.names.remove(name.as_slice());
-                d.listing = None;
+                // The listing still answers for every other name (so the lookup before
+                // each create in a directory this mount fills needs no round), but no
+                // longer for a READDIR.
+                if d.listing.is_some() {
+                    d.unsure.insert(name.clone());
+                    d.listing_current = false;
+                    self.names += 1;
+                }
             }
         }
     }
@@ -217,6 +240,9 @@ pub(super) struct Touches {
     /// A file whose committed bytes change, and whose new slice map can be worked out
     /// from its old one.
     writes: Option<InodeId>,
+    /// A directory that gets a new entry, whose new attributes can be worked out from its
+    /// old ones.
+    adds_to: Option<InodeId>,
 }
 
 impl Touches {
@@ -242,6 +268,7 @@ impl Touches {
         Touches {
             inodes: linked.into_iter().collect(),
             names: vec![(parent, name.to_vec())],
+            adds_to: Some(parent),
             ..Touches::default()
         }
     }
@@ -265,6 +292,8 @@ pub(super) struct Mutation<'a> {
     epoch: u64,
     /// The slice map of the file it writes, as cached when it began.
     map_before: Option<SliceMap>,
+    /// The attributes of the directory it adds an entry to, as cached when it began.
+    parent_before: Option<Attr>,
 }
 
 impl Mutation<'_> {
@@ -302,10 +331,26 @@ impl Mutation<'_> {
                 let made = c.dir(attr.ino);
                 made.subtree = Some(attr.subtree);
                 made.listing = Some(Arc::new(Vec::new()));
+                made.listing_current = true;
+            }
+            // The directory as the state machine leaves it: a new entry stamps its mtime
+            // and ctime with the new inode's ctime (or, for a link, the linked one's),
+            // and a subdirectory adds a link. The kernel asks for it after every create.
+            if let Some(mut p) = self
+                .parent_before
+                .clone()
+                .filter(|p| p.subtree == attr.subtree)
+            {
+                p.mtime_ns = attr.ctime_ns;
+                p.ctime_ns = attr.ctime_ns;
+                if attr.kind == FileKind::Directory {
+                    p.nlink += 1;
+                }
+                c.attrs.insert(parent, p);
             }
             let dir = c.dir(parent);
             dir.subtree = Some(attr.subtree);
-            dir.names.insert(name.to_vec(), Some(attr.ino));
+            dir.know(name, Some(attr.ino));
         });
     }
 
@@ -337,7 +382,7 @@ impl Mutation<'_> {
         self.record(|c, trusted| {
             if let Some(d) = c.dirs.get_mut(&parent) {
                 if d.subtree.is_some_and(trusted) {
-                    d.names.insert(name.to_vec(), None);
+                    d.know(name, None);
                 }
             }
         });
@@ -367,7 +412,7 @@ impl Delegations {
     }
 
     /// Until when this mount may trust its cache of `subtree` (`None`: it may not).
-    fn trusted(&self, subtree: SubtreeId) -> Option<Instant> {
+    pub(super) fn trusted(&self, subtree: SubtreeId) -> Option<Instant> {
         let held = lock(&self.held);
         let h = held.get(&subtree)?;
         (!h.recalled && Instant::now() < h.valid_until).then_some(h.valid_until)
@@ -384,11 +429,13 @@ impl Delegations {
         let mut c = lock(&self.cache);
         c.inflight += 1;
         let map_before = touches.writes.and_then(|ino| c.maps.get(&ino).cloned());
+        let parent_before = touches.adds_to.and_then(|p| c.attrs.get(&p).cloned());
         c.forget(&touches);
         Mutation {
             deleg: self,
             epoch: c.epoch,
             map_before,
+            parent_before,
         }
     }
 
@@ -432,6 +479,9 @@ impl Delegations {
         if let Some(known) = dir.names.get(name) {
             return Some(*known);
         }
+        if dir.unsure.contains(name) {
+            return None;
+        }
         let listing = dir.listing.as_ref()?;
         Some(listing.iter().find(|e| e.name == name).map(|e| e.ino))
     }
@@ -465,7 +515,11 @@ impl Delegations {
         let c = lock(&self.cache);
         let dir_attr = c.attrs.get(&dir)?;
         self.trusted(dir_attr.subtree)?;
-        let listing = c.dirs.get(&dir)?.listing.clone()?;
+        let d = c.dirs.get(&dir)?;
+        if !d.listing_current {
+            return None;
+        }
+        let listing = d.listing.clone()?;
         let mut out = Vec::new();
         for e in listing.iter().filter(|e| e.cookie > cookie) {
             let mut e = e.clone();
@@ -525,9 +579,7 @@ impl Delegations {
         };
         if ours {
             self.fill(ticket, 1, |c| {
-                c.dir(parent)
-                    .names
-                    .insert(name.to_vec(), found.map(|a| a.ino));
+                c.dir(parent).know(name, found.map(|a| a.ino));
             });
         }
     }
@@ -554,7 +606,10 @@ impl Delegations {
                     ..e.clone()
                 })
                 .collect();
-            c.dir(dir).listing = Some(Arc::new(listing));
+            let d = c.dir(dir);
+            d.listing = Some(Arc::new(listing));
+            d.listing_current = true;
+            d.unsure.clear();
         });
     }
 
@@ -903,6 +958,8 @@ impl MountFs {
         self.deleg.stop_trusting(subtree);
         let start = Instant::now();
         let failed = self.flush_subtree(subtree).await;
+        // Creates answered here under it are made before it is given back.
+        self.settle().await;
         self.drop_kernel_long(subtree).await;
         let session = self.locks.current().await;
         if let Some(session) = session {

@@ -1,0 +1,221 @@
+//! Creates the holder of a delegation answers before it makes them.
+//!
+//! A new file costs a create and, at its close, a commit: two metadata rounds. While this
+//! mount holds the subtree's delegation nobody else can change the directory, so it can
+//! answer a create itself, when its cache knows the parent and knows the name is absent:
+//! with an inode number reserved for its session (blocks of them, fetched ahead in the
+//! background), and the attributes the metadata would give. The file is made at its
+//! first commit, together with the bytes written ([`FileWriter::flush`]): one round for
+//! a file created, written and closed.
+//!
+//! Until then the file is known only here. So every metadata call of an operation goes
+//! through [`MountFs::meta`], which first makes every create answered but not yet made
+//! ([`MountFs::settle`]); a recall makes them before the delegation is given back; a close
+//! always makes its file. Making one twice is harmless: the metadata answers a create
+//! under a number already made with the file it made (and still applies a write that
+//! comes with it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mobilus_meta_client::{MetaClient, ReservedCreate};
+
+pub use crate::client::CreateSlot;
+use mobilus_proto::fs::{Attr, FileKind, InodeId, NAME_MAX};
+
+use super::delegation::Touches;
+use super::{lock, wall_clock_ns, Caller, MountFs};
+
+/// Ask for the next block when fewer numbers than this are left.
+const REFILL_BELOW: u64 = 32;
+const S_ISGID: u32 = 0o2000;
+
+/// Inode numbers reserved for a session: `next..end`, and the block after them.
+#[derive(Default)]
+struct Reserved {
+    session: u64,
+    next: InodeId,
+    end: InodeId,
+    spare: Option<(InodeId, InodeId)>,
+}
+
+#[derive(Default)]
+pub(super) struct Deferred {
+    /// Creates answered here and not yet made, by inode.
+    pending: Mutex<HashMap<InodeId, CreateSlot>>,
+    reserved: Mutex<Reserved>,
+    refilling: AtomicBool,
+}
+
+impl Deferred {
+    /// The next reserved number of `session`, if one is at hand; and whether to reserve
+    /// more.
+    fn take(&self, session: u64) -> (Option<InodeId>, bool) {
+        let mut r = lock(&self.reserved);
+        if r.session != session {
+            *r = Reserved {
+                session,
+                ..Reserved::default()
+            };
+        }
+        if r.next == r.end {
+            if let Some((next, end)) = r.spare.take() {
+                (r.next, r.end) = (next, end);
+            }
+        }
+        let ino = (r.next < r.end).then(|| {
+            r.next += 1;
+            r.next - 1
+        });
+        let low = r.spare.is_none() && r.end - r.next < REFILL_BELOW;
+        (ino, low)
+    }
+
+    fn add(&self, session: u64, first: InodeId, count: u32) {
+        let mut r = lock(&self.reserved);
+        if r.session != session {
+            return;
+        }
+        let block = (first, first + u64::from(count));
+        if r.next == r.end {
+            (r.next, r.end) = block;
+        } else {
+            r.spare = Some(block);
+        }
+    }
+}
+
+impl MountFs {
+    /// The metadata client, once every create answered here is made: every operation's
+    /// metadata call goes through here, so none sees the namespace without them.
+    pub(super) async fn meta(&self) -> &MetaClient {
+        self.settle().await;
+        self.client.meta()
+    }
+
+    /// Make every create answered here and not yet made.
+    pub(super) async fn settle(&self) {
+        let pending: Vec<(InodeId, CreateSlot)> = {
+            let p = lock(&self.deferred.pending);
+            if p.is_empty() {
+                return;
+            }
+            p.iter().map(|(i, s)| (*i, s.clone())).collect()
+        };
+        let makes = pending.into_iter().map(|(ino, slot)| async move {
+            let create = lock(&slot).clone();
+            if let Some(create) = create {
+                match self.client.meta().create_reserved(&create, None).await {
+                    Ok(_) => {
+                        let mut s = lock(&slot);
+                        if s.as_ref() == Some(&create) {
+                            *s = None;
+                        }
+                    }
+                    // Its file's own commit tries again, and reports the error.
+                    Err(e) => tracing::warn!(ino, error = %e, "making a file created here failed"),
+                }
+            }
+            lock(&self.deferred.pending).remove(&ino);
+        });
+        futures::future::join_all(makes).await;
+    }
+
+    /// Answer a create of a regular file without a round, if this mount may: it holds
+    /// the delegation, knows the directory and that `name` is absent, and has a number
+    /// at hand. Returns the file's attributes and a handle open on it.
+    pub(super) async fn deferred_create(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+        mode: u32,
+        who: Caller,
+    ) -> Option<(Attr, u64)> {
+        let dir = self.deleg.attr(parent)?;
+        if dir.kind != FileKind::Directory
+            || !matches!(self.deleg.entry(parent, name), Some(None))
+            || name.is_empty()
+            || name.len() > NAME_MAX
+            || name == b"."
+            || name == b".."
+            || name.contains(&b'/')
+            || name.contains(&0)
+        {
+            return None;
+        }
+        let session = self.locks.current().await?;
+        let (ino, low) = self.deferred.take(session);
+        if low {
+            self.reserve_more(session);
+        }
+        let ino = ino?;
+        // As the namespace makes it (`dir::create`), setgid-directory inheritance too.
+        let (mode, mut gid) = (mode & 0o7777, who.gid);
+        if dir.mode & S_ISGID != 0 {
+            gid = dir.gid;
+        }
+        let now = wall_clock_ns();
+        let attr = Attr {
+            ino,
+            kind: FileKind::Regular,
+            mode,
+            uid: who.uid,
+            gid,
+            size: 0,
+            nlink: 1,
+            atime_ns: now,
+            mtime_ns: now,
+            ctime_ns: now,
+            generation: 1,
+            subtree: dir.subtree,
+            rdev: 0,
+            parent: 0,
+        };
+        let create = ReservedCreate {
+            parent,
+            name: name.to_vec(),
+            ino,
+            mode,
+            uid: who.uid,
+            gid: who.gid,
+            time_ns: now,
+        };
+        let slot: CreateSlot = Arc::new(Mutex::new(Some(create)));
+        {
+            // Under the registry's lock: a recall stops the trust before it makes what
+            // is registered, so a create is either refused here or made by the recall.
+            let mut pending = lock(&self.deferred.pending);
+            self.deleg.trusted(dir.subtree)?;
+            pending.insert(ino, slot.clone());
+        }
+        let changing = self.deleg.mutation(Touches::create(parent, name, None));
+        changing.created(parent, name, &attr);
+        drop(changing);
+        let (fh, _) = self.open_as(ino, attr.clone());
+        if let Ok(h) = self.handle(fh) {
+            h.inode.writer.lock().await.create_first(slot);
+        }
+        self.remember_no_caps(ino);
+        super::delegation::hit("create");
+        Some((attr, fh))
+    }
+
+    /// Reserve the next block of numbers for `session`, in the background.
+    fn reserve_more(&self, session: u64) {
+        if self.deferred.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            self.deferred.refilling.store(false, Ordering::Release);
+            return;
+        };
+        tokio::spawn(async move {
+            match me.client.meta().reserve_inodes(session).await {
+                Ok((first, count)) => me.deferred.add(session, first, count),
+                Err(e) => tracing::debug!(session, error = %e, "reserving inode numbers failed"),
+            }
+            me.deferred.refilling.store(false, Ordering::Release);
+        });
+    }
+}
