@@ -996,8 +996,16 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every directory change is committed by a Raft quorum before it is answered.
-        reply.ok();
+        // Every directory change is committed by a Raft quorum before it is answered,
+        // but for creates the holder of a delegation answered first: those are made now.
+        self.run(
+            "fsyncdir",
+            move |fs| async move { fs.fsyncdir().await },
+            move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -685,7 +685,7 @@ impl MountFs {
         let changes = self.changes.load(Ordering::Acquire);
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
-        self.settle().await;
+        let _ = self.settle().await;
         let opened = match self.client.open_reader(ino).await {
             Ok(Some((attr, reader))) => Ok((attr, Some(reader))),
             Ok(None) => self

@@ -24,8 +24,11 @@ use mobilus_meta_client::{MetaClient, ReservedCreate};
 pub use crate::client::CreateSlot;
 use mobilus_proto::fs::{Attr, FileKind, InodeId, NAME_MAX};
 
+use mobilus_proto::status::Errno;
+
 use super::delegation::Touches;
-use super::{lock, wall_clock_ns, Caller, MountFs};
+use super::{lock, wall_clock_ns, Caller, FsResult, MountFs};
+use crate::client::ClientError;
 
 /// Ask for the next block when fewer numbers than this are left.
 const REFILL_BELOW: u64 = 32;
@@ -90,21 +93,32 @@ impl MountFs {
     /// The metadata client, once every create answered here is made: every operation's
     /// metadata call goes through here, so none sees the namespace without them.
     pub(super) async fn meta(&self) -> &MetaClient {
-        self.settle().await;
+        let _ = self.settle().await;
         self.client.meta()
     }
 
-    /// Make every create answered here and not yet made.
-    pub(super) async fn settle(&self) {
+    /// An fsync of a directory: the creates answered in it (in any, for simplicity) are
+    /// made, so durable; every other change of a directory is committed before it is
+    /// answered.
+    pub async fn fsyncdir(&self) -> FsResult<()> {
+        match self.settle().await {
+            0 => Ok(()),
+            _ => Err(ClientError::Refused(Errno::EIO)),
+        }
+    }
+
+    /// Make every create answered here and not yet made; returns how many failed.
+    pub(super) async fn settle(&self) -> usize {
         let pending: Vec<(InodeId, CreateSlot)> = {
             let p = lock(&self.deferred.pending);
             if p.is_empty() {
-                return;
+                return 0;
             }
             p.iter().map(|(i, s)| (*i, s.clone())).collect()
         };
         let makes = pending.into_iter().map(|(ino, slot)| async move {
             let create = lock(&slot).clone();
+            let mut failed = false;
             if let Some(create) = create {
                 match self.client.meta().create_reserved(&create, None).await {
                     Ok(_) => {
@@ -114,12 +128,17 @@ impl MountFs {
                         }
                     }
                     // Its file's own commit tries again, and reports the error.
-                    Err(e) => tracing::warn!(ino, error = %e, "making a file created here failed"),
+                    Err(e) => {
+                        tracing::warn!(ino, error = %e, "making a file created here failed");
+                        failed = true;
+                    }
                 }
             }
             lock(&self.deferred.pending).remove(&ino);
+            failed
         });
-        futures::future::join_all(makes).await;
+        let failed = futures::future::join_all(makes).await;
+        failed.into_iter().filter(|f| *f).count()
     }
 
     /// Answer a create of a regular file without a round, if this mount may: it holds

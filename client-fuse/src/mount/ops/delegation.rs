@@ -959,7 +959,7 @@ impl MountFs {
         let start = Instant::now();
         let failed = self.flush_subtree(subtree).await;
         // Creates answered here under it are made before it is given back.
-        self.settle().await;
+        let _ = self.settle().await;
         self.drop_kernel_long(subtree).await;
         let session = self.locks.current().await;
         if let Some(session) = session {
