@@ -119,7 +119,23 @@ pub struct Client {
     pub(crate) blocks: Arc<BlockCache>,
     /// Readahead budget: a sequential stream starts a fetch only with a permit.
     pub(crate) prefetch: Arc<tokio::sync::Semaphore>,
+    /// Chunks known present at the local node (see [`Client::upload`]).
+    present: Arc<std::sync::Mutex<PresentChunks>>,
 }
+
+/// Chunks the local node answered present (or stored), each with the GC generation read
+/// before it did: a commit may carry that generation instead of asking again, because
+/// the metadata refuses a commit whose generation a GC round has passed (and any commit
+/// of a chunk condemned meanwhile), exactly as it would after a fresh `has`.
+#[derive(Default)]
+struct PresentChunks {
+    chunks: std::collections::HashMap<ChunkHash, (u64, std::time::Instant)>,
+}
+
+/// Chunks remembered present, at most (past it, all are forgotten).
+const MAX_PRESENT: usize = 8192;
+/// How long a chunk is remembered present.
+const PRESENT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Client {
     /// Connect to the metadata cluster and find this site's data node and the others.
@@ -159,6 +175,7 @@ impl Client {
             counters: Arc::default(),
             blocks: Arc::new(BlockCache::new(data.block_cache_bytes)),
             prefetch: Arc::new(tokio::sync::Semaphore::new(PREFETCHES)),
+            present: Arc::default(),
         })
     }
 
@@ -214,6 +231,17 @@ impl Client {
     /// missing. Returns the check a metadata write must carry (see `namespace::gc`).
     async fn upload(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<ChunkCheck, ClientError> {
         let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
+        // All known present: no round (a file written again, a copy of one).
+        if let Some(gc_gen) = self.known_present(&hashes) {
+            self.counters
+                .chunks_deduped
+                .fetch_add(hashes.len() as u64, Ordering::Relaxed);
+            metrics::counter!("mobilus_client_chunks_deduped_total").increment(hashes.len() as u64);
+            return Ok(ChunkCheck {
+                node: self.local.addr().to_string(),
+                gc_gen,
+            });
+        }
         let (gc_gen, present) = self.local.has(&hashes).await?;
         let missing: Vec<_> = chunks
             .iter()
@@ -236,10 +264,40 @@ impl Client {
             .buffer_unordered(PARALLEL)
             .try_collect::<Vec<()>>()
             .await?;
+        self.remember_present(&hashes, gc_gen);
         Ok(ChunkCheck {
             node: self.local.addr().to_string(),
             gc_gen,
         })
+    }
+
+    /// The oldest generation at which every one of `hashes` was known present, if each
+    /// was, recently.
+    fn known_present(&self, hashes: &[ChunkHash]) -> Option<u64> {
+        let p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        hashes.iter().try_fold(u64::MAX, |oldest, h| {
+            let (gen, at) = p.chunks.get(h)?;
+            (at.elapsed() < PRESENT_FOR).then_some(oldest.min(*gen))
+        })
+    }
+
+    fn remember_present(&self, hashes: &[ChunkHash], gc_gen: u64) {
+        let mut p = self.present.lock().unwrap_or_else(|e| e.into_inner());
+        if p.chunks.len() + hashes.len() > MAX_PRESENT {
+            p.chunks = std::collections::HashMap::new();
+        }
+        let now = std::time::Instant::now();
+        for h in hashes {
+            p.chunks.insert(*h, (gc_gen, now));
+        }
+    }
+
+    /// A commit met garbage collection: ask the node again next time.
+    fn forget_present(&self) {
+        self.present
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .chunks = std::collections::HashMap::new();
     }
 
     async fn put_local(&self, hash: ChunkHash, bytes: &[u8]) -> Result<(), ClientError> {
@@ -479,6 +537,7 @@ impl FileWriter {
                     if attempt < STALE_CHUNK_ATTEMPTS =>
                 {
                     tracing::debug!(attempt, %why, "write raced with gc; checking the chunks again");
+                    self.client.forget_present();
                     self.client
                         .counters
                         .stale_chunk_retries
