@@ -191,7 +191,11 @@ impl MountFs {
     /// (one metadata read instead of rereading the file: writers on one mount).
     async fn revalidate_after_grant(&self, ino: InodeId) {
         let known = lock(&self.seen).get(&ino).copied();
-        match self.meta().await.getattr(ino, false).await {
+        let fresh = match self.meta().await {
+            Ok(meta) => meta.getattr(ino, false).await.map_err(ClientError::from),
+            Err(e) => Err(e),
+        };
+        match fresh {
             Ok(a) if known == Some((a.mtime_ns, a.ctime_ns, a.size)) => {}
             Ok(a) => {
                 self.revalidate(ino).await;
@@ -394,7 +398,7 @@ impl MountFs {
         }
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
-        let attr = match self.meta().await.lookup(parent, name, false).await {
+        let attr = match self.meta().await?.lookup(parent, name, false).await {
             Ok(attr) => attr,
             Err(e) => {
                 if e.errno() == Some(Errno::ENOENT) {
@@ -464,7 +468,7 @@ impl MountFs {
         let open = self.open_inode(ino);
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
-        let attr = self.meta().await.getattr(ino, false).await?;
+        let attr = self.meta().await?.getattr(ino, false).await?;
         if open.is_none() {
             self.deleg.keep_attr(ticket, &attr);
         }
@@ -488,7 +492,7 @@ impl MountFs {
             // Buffered writes land before the truncate, as they were issued.
             self.flush_inode(open).await?;
         }
-        let attr = self.meta().await.setattr(ino, &set, None).await?;
+        let attr = self.meta().await?.setattr(ino, &set, None).await?;
         if let Some(open) = &open {
             self.changed(open);
         }
@@ -511,7 +515,7 @@ impl MountFs {
         // The namespace applies setgid-directory inheritance itself, atomically.
         let attr = self
             .meta()
-            .await
+            .await?
             .mknod(
                 parent,
                 name,
@@ -544,7 +548,7 @@ impl MountFs {
         let changing = self.deleg.mutation(Touches::create(parent, name, None));
         let attr = self
             .meta()
-            .await
+            .await?
             .mkdir(parent, name, mode & 0o7777, who.uid, who.gid, None)
             .await?;
         self.made(&changing, parent, name, &attr);
@@ -562,7 +566,7 @@ impl MountFs {
         let changing = self.deleg.mutation(Touches::create(parent, name, None));
         let attr = self
             .meta()
-            .await
+            .await?
             .symlink(parent, name, target, who.uid, who.gid, None)
             .await?;
         self.made(&changing, parent, name, &attr);
@@ -571,7 +575,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn readlink(&self, ino: InodeId) -> FsResult<Vec<u8>> {
-        Ok(self.meta().await.readlink(ino, false).await?)
+        Ok(self.meta().await?.readlink(ino, false).await?)
     }
 
     #[instrument(skip(self))]
@@ -581,7 +585,7 @@ impl MountFs {
         let open = if lock(&self.inodes).is_empty() {
             None
         } else {
-            match self.meta().await.lookup(parent, name, false).await {
+            match self.meta().await?.lookup(parent, name, false).await {
                 Ok(a) => self.open_inode(a.ino),
                 Err(_) => None,
             }
@@ -591,7 +595,7 @@ impl MountFs {
         }
         let (_, nlink) = self
             .meta()
-            .await
+            .await?
             .unlink_open(parent, name, None, open.is_some())
             .await?;
         changing.removed(parent, name);
@@ -607,7 +611,7 @@ impl MountFs {
     #[instrument(skip(self))]
     pub async fn rmdir(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
         let changing = self.deleg.mutation(Touches::remove(&[(parent, name)]));
-        self.meta().await.rmdir(parent, name, None).await?;
+        self.meta().await?.rmdir(parent, name, None).await?;
         changing.removed(parent, name);
         Ok(())
     }
@@ -626,7 +630,7 @@ impl MountFs {
             .mutation(Touches::remove(&[(parent, name), (new_parent, new_name)]));
         // Which inodes move is not answered: look the (few) open ones up again.
         self.meta()
-            .await
+            .await?
             .rename(parent, name, new_parent, new_name, flags, None)
             .await?;
         let open: Vec<InodeId> = lock(&self.inodes).keys().copied().collect();
@@ -643,7 +647,7 @@ impl MountFs {
             .mutation(Touches::create(new_parent, new_name, Some(ino)));
         let attr = self
             .meta()
-            .await
+            .await?
             .link(ino, new_parent, new_name, None)
             .await?;
         changing.created(new_parent, new_name, &attr);
@@ -685,12 +689,13 @@ impl MountFs {
         let changes = self.changes.load(Ordering::Acquire);
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
-        let _ = self.settle().await;
+        // The reader asks the metadata itself: creates answered here first.
+        self.meta().await?;
         let opened = match self.client.open_reader(ino).await {
             Ok(Some((attr, reader))) => Ok((attr, Some(reader))),
             Ok(None) => self
                 .meta()
-                .await
+                .await?
                 .getattr(ino, false)
                 .await
                 .map(|a| (a, None))
@@ -808,7 +813,7 @@ impl MountFs {
         flags: i32,
         who: Caller,
     ) -> FsResult<(Attr, u64)> {
-        let attr = self.meta().await.lookup(parent, name, false).await?;
+        let attr = self.meta().await?.lookup(parent, name, false).await?;
         if attr.kind != FileKind::Regular {
             return refused(Errno::EEXIST);
         }
@@ -970,7 +975,7 @@ impl MountFs {
     /// Free an unlinked file whose last handle here closed.
     pub async fn release_orphan(&self, ino: InodeId) -> FsResult<()> {
         let _changing = self.deleg.mutation(Touches::inode(ino));
-        let released = self.meta().await.release_orphan(ino).await;
+        let released = self.meta().await?.release_orphan(ino).await;
         self.mutated();
         Ok(released?)
     }
@@ -1044,7 +1049,7 @@ impl MountFs {
         let ticket = self.deleg.ticket();
         let (mut entries, eof) = self
             .meta()
-            .await
+            .await?
             .readdir(ino, cookie, READDIR_BATCH, plus, false)
             .await?;
         // Entries' cookies start at 3 (1 and 2 are "." and ".."): from 2 is all of it.
@@ -1061,7 +1066,7 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn statfs(&self) -> FsResult<StatFs> {
-        Ok(self.meta().await.statfs(false).await?)
+        Ok(self.meta().await?.statfs(false).await?)
     }
 
     #[instrument(skip(self, value), fields(len = value.len()))]
@@ -1077,7 +1082,7 @@ impl MountFs {
             lock(&self.no_caps).remove(&ino);
         }
         self.meta()
-            .await
+            .await?
             .setxattr(ino, name, value, flags, None)
             .await?;
         self.invalidate_cached(ino);
@@ -1090,7 +1095,7 @@ impl MountFs {
         if self.known_absent_xattr(ino, name) {
             return refused(Errno::ENODATA);
         }
-        let result = self.meta().await.getxattr(ino, name, false).await;
+        let result = self.meta().await?.getxattr(ino, name, false).await;
         if caps && matches!(&result, Err(e) if e.to_errno() == Errno::ENODATA) {
             self.remember_no_caps(ino);
         }
@@ -1099,13 +1104,13 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn listxattr(&self, ino: InodeId) -> FsResult<Vec<Vec<u8>>> {
-        Ok(self.meta().await.listxattr(ino, false).await?)
+        Ok(self.meta().await?.listxattr(ino, false).await?)
     }
 
     #[instrument(skip(self))]
     pub async fn removexattr(&self, ino: InodeId, name: &[u8]) -> FsResult<()> {
         let _changing = self.deleg.mutation(Touches::inode(ino));
-        self.meta().await.removexattr(ino, name, None).await?;
+        self.meta().await?.removexattr(ino, name, None).await?;
         self.invalidate_cached(ino);
         Ok(())
     }

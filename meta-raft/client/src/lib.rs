@@ -27,6 +27,9 @@ pub struct ReservedCreate {
     pub gid: u32,
     /// When it was answered (ns since the epoch, the answering client's clock).
     pub time_ns: i64,
+    /// The session that reserved `ino`: the create is issued under it, whatever session
+    /// the client has since (the number is that session's only).
+    pub session: u64,
 }
 
 use std::collections::HashMap;
@@ -894,6 +897,7 @@ impl MetaClient {
         create: &ReservedCreate,
         write: Option<(&[SliceWrite], Option<&ChunkCheck>)>,
     ) -> Result<Attr, ClientError> {
+        let fence = fence_to_wire(self.inner.opts.site.as_deref(), Some(create.session), None);
         let mknod = pb::MknodRequest {
             parent: create.parent,
             name: create.name.clone(),
@@ -902,7 +906,7 @@ impl MetaClient {
             uid: create.uid,
             gid: create.gid,
             rdev: 0,
-            fence: self.fence(None),
+            fence: fence.clone(),
             ino: create.ino,
             time_ns: create.time_ns,
         };
@@ -918,7 +922,7 @@ impl MetaClient {
                 let req = pb::WriteRequest {
                     ino: create.ino,
                     slices: slices.iter().map(Into::into).collect(),
-                    fence: self.fence(None),
+                    fence,
                     checked: checked.map(Into::into),
                     create: Some(mknod),
                 };

@@ -149,7 +149,12 @@ pub(crate) fn create_numbered(
     if is_dir {
         p.attr.nlink += 1;
     }
-    touch_dir(&mut p, now);
+    // A holder's creates carry its own times and are made in any order: never backwards.
+    let touched = match reserved {
+        Some(_) => now.max(p.attr.mtime_ns).max(p.attr.ctime_ns),
+        None => now,
+    };
+    touch_dir(&mut p, touched);
     save(txn, &p)?;
     Ok(attr)
 }

@@ -1169,6 +1169,11 @@ fn reserved_numbers_are_made_once_by_their_session_only() {
     // A name taken: refused, and the number stays unused.
     let taken = refused(create_reserved(&f, "plain", 3, None));
     assert_eq!(taken, OpError::Errno(Errno::EEXIST.0));
-    must_attr(&f.ns, t, Some("site-a"), create_reserved(&f, "e", 3, None));
+    // Answered earlier (T0) than what was made before it: the directory's times do not
+    // go back.
+    let e = must_attr(&f.ns, t, Some("site-a"), create_reserved(&f, "e", 3, None));
+    assert_eq!(e.ctime_ns, T0);
+    let app = f.ns.getattr(f.app).unwrap();
+    assert_eq!((app.mtime_ns, app.ctime_ns), (t, t));
     must_fsck_clean(&f.ns);
 }

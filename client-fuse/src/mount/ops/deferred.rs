@@ -47,6 +47,8 @@ struct Reserved {
 pub(super) struct Deferred {
     /// Creates answered here and not yet made, by inode.
     pending: Mutex<HashMap<InodeId, CreateSlot>>,
+    /// Held while a `settle` runs.
+    settling: tokio::sync::Mutex<()>,
     reserved: Mutex<Reserved>,
     refilling: AtomicBool,
 }
@@ -91,24 +93,33 @@ impl Deferred {
 
 impl MountFs {
     /// The metadata client, once every create answered here is made: every operation's
-    /// metadata call goes through here, so none sees the namespace without them.
-    pub(super) async fn meta(&self) -> &MetaClient {
-        let _ = self.settle().await;
-        self.client.meta()
+    /// metadata call goes through here, so none sees the namespace without them. Fails
+    /// (EIO) while one cannot be made for a reason that may pass (the metadata is
+    /// unreachable): answering without it could show its name absent.
+    pub(super) async fn meta(&self) -> FsResult<&MetaClient> {
+        match self.settle().await {
+            0 => Ok(self.client.meta()),
+            _ => Err(ClientError::Refused(Errno::EIO)),
+        }
     }
 
     /// An fsync of a directory: the creates answered in it (in any, for simplicity) are
     /// made, so durable; every other change of a directory is committed before it is
     /// answered.
     pub async fn fsyncdir(&self) -> FsResult<()> {
-        match self.settle().await {
-            0 => Ok(()),
-            _ => Err(ClientError::Refused(Errno::EIO)),
-        }
+        self.meta().await.map(|_| ())
     }
 
-    /// Make every create answered here and not yet made; returns how many failed.
+    /// Make every create answered here and not yet made; returns how many are still to
+    /// be made (their making failed with an error that may pass). A create refused for
+    /// good (the subtree moved, the name was taken after the delegation was lost) is
+    /// left to its file's own commit, which reports the error to the application.
     pub(super) async fn settle(&self) -> usize {
+        if lock(&self.deferred.pending).is_empty() {
+            return 0;
+        }
+        // One at a time: a second caller finds the first one's work done.
+        let _one = self.deferred.settling.lock().await;
         let pending: Vec<(InodeId, CreateSlot)> = {
             let p = lock(&self.deferred.pending);
             if p.is_empty() {
@@ -118,7 +129,6 @@ impl MountFs {
         };
         let makes = pending.into_iter().map(|(ino, slot)| async move {
             let create = lock(&slot).clone();
-            let mut failed = false;
             if let Some(create) = create {
                 match self.client.meta().create_reserved(&create, None).await {
                     Ok(_) => {
@@ -127,15 +137,17 @@ impl MountFs {
                             *s = None;
                         }
                     }
-                    // Its file's own commit tries again, and reports the error.
                     Err(e) => {
+                        let e = ClientError::from(e);
                         tracing::warn!(ino, error = %e, "making a file created here failed");
-                        failed = true;
+                        if e.to_errno() == Errno::EIO {
+                            return true;
+                        }
                     }
                 }
             }
             lock(&self.deferred.pending).remove(&ino);
-            failed
+            false
         });
         let failed = futures::future::join_all(makes).await;
         failed.into_iter().filter(|f| *f).count()
@@ -199,6 +211,7 @@ impl MountFs {
             uid: who.uid,
             gid: who.gid,
             time_ns: now,
+            session,
         };
         let slot: CreateSlot = Arc::new(Mutex::new(Some(create)));
         {

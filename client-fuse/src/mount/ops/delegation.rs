@@ -341,8 +341,9 @@ impl Mutation<'_> {
                 .clone()
                 .filter(|p| p.subtree == attr.subtree)
             {
-                p.mtime_ns = attr.ctime_ns;
-                p.ctime_ns = attr.ctime_ns;
+                // Never backwards: creates a holder answered are made in any order.
+                p.mtime_ns = p.mtime_ns.max(attr.ctime_ns);
+                p.ctime_ns = p.ctime_ns.max(attr.ctime_ns);
                 if attr.kind == FileKind::Directory {
                     p.nlink += 1;
                 }
@@ -957,9 +958,10 @@ impl MountFs {
         // harmless.
         self.deleg.stop_trusting(subtree);
         let start = Instant::now();
-        let failed = self.flush_subtree(subtree).await;
-        // Creates answered here under it are made before it is given back.
-        let _ = self.settle().await;
+        // Creates answered here under it are made first (metadata only, quick), within
+        // the recall's grace, before the uploads of what is buffered.
+        let unmade = self.settle().await;
+        let failed = self.flush_subtree(subtree).await + unmade;
         self.drop_kernel_long(subtree).await;
         let session = self.locks.current().await;
         if let Some(session) = session {

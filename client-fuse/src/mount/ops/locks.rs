@@ -166,7 +166,7 @@ impl MountFs {
             end,
             kind,
         };
-        Ok(self.meta().await.get_lock(req).await?)
+        Ok(self.meta().await?.get_lock(req).await?)
     }
 
     /// F_SETLK (`sleep`: F_SETLKW) on behalf of the kernel's lock `owner`.
@@ -185,7 +185,7 @@ impl MountFs {
         if kind == LockKind::Unlock {
             return self.unlock(fh, ino, owner, start, end).await;
         }
-        let meta = self.meta().await;
+        let meta = self.meta().await?;
         let session = self.locks.session(meta).await?;
         let req = LockRequest {
             ino,
@@ -249,7 +249,7 @@ impl MountFs {
             end,
             kind: LockKind::Unlock,
         };
-        match self.meta().await.set_lock(req, 0, Duration::ZERO).await {
+        match self.meta().await?.set_lock(req, 0, Duration::ZERO).await {
             // The session ended: it holds nothing any more.
             Err(e) if errno_of(&e) == Errno::ENOLCK => {}
             other => other.map_err(ClientError::from)?,
