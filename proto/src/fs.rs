@@ -26,6 +26,10 @@ pub const MAX_FILE_SIZE: u64 = 1 << 50;
 pub const RENAME_NOREPLACE: u32 = 1;
 /// Swap the two names atomically.
 pub const RENAME_EXCHANGE: u32 = 2;
+/// Mobilus's own `rename` flag: the caller has the file the rename replaces open, so if
+/// that was its last link it stays, as an orphan, until `ReleaseOrphan` (as
+/// `UnlinkRequest.keep_open` does for an unlink).
+pub const RENAME_KEEP_OPEN: u32 = 1 << 31;
 /// `setxattr` flags, with Linux's values.
 pub const XATTR_CREATE: u32 = 1;
 /// Fail unless the attribute exists.

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use mobilus_proto::fs::{Attr, DirEntry, FileKind, InodeId, SetAttr, StatFs};
+use mobilus_proto::fs::{
+    Attr, DirEntry, FileKind, InodeId, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_KEEP_OPEN,
+};
 use mobilus_proto::status::Errno;
 use std::time::{Duration, Instant};
 
@@ -628,6 +630,23 @@ impl MountFs {
         let _changing = self
             .deleg
             .mutation(Touches::remove(&[(parent, name), (new_parent, new_name)]));
+        // A file it replaces that is open here stays usable through its handles until
+        // the last one closes, as after an unlink.
+        let replaced = if flags & RENAME_EXCHANGE != 0 || lock(&self.inodes).is_empty() {
+            None
+        } else {
+            match self.meta().await?.lookup(new_parent, new_name, false).await {
+                Ok(a) => self.open_inode(a.ino),
+                Err(_) => None,
+            }
+        };
+        let flags = match &replaced {
+            Some(_) => flags | RENAME_KEEP_OPEN,
+            None => flags,
+        };
+        if let Some(open) = &replaced {
+            open.orphan.store(true, Ordering::Release);
+        }
         // Which inodes move is not answered: look the (few) open ones up again.
         self.meta()
             .await?

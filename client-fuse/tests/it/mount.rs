@@ -121,6 +121,30 @@ async fn files_and_directories_behave_through_a_real_mount_at_both_sites() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 
+    // So does a file a rename replaced (an editor's atomic save over a file a reader has
+    // open), and its last close frees it.
+    std::fs::write(pa.join("old"), b"old bytes").unwrap();
+    let mut reader = std::fs::File::open(pa.join("old")).unwrap();
+    std::fs::write(pa.join("new"), b"new bytes").unwrap();
+    std::fs::rename(pa.join("new"), pa.join("old")).unwrap();
+    let mut back = String::new();
+    reader.read_to_string(&mut back).unwrap();
+    assert_eq!(
+        back, "old bytes",
+        "the replaced file's handle reads its own bytes"
+    );
+    assert_eq!(std::fs::read(pa.join("old")).unwrap(), b"new bytes");
+    let files_before = nix::sys::statvfs::statvfs(&pa).unwrap().files_free();
+    drop(reader);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while nix::sys::statvfs::statvfs(&pa).unwrap().files_free() != files_before + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last close did not free the replaced file"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
     // Bad input: a name over 255 bytes, a write past the largest file size.
     let long = "n".repeat(256);
     assert_eq!(

@@ -4,8 +4,8 @@
 //! ctime; any change to an inode's attributes or link count updates its ctime.
 
 use mobilus_proto::fs::{
-    Attr, FileKind, InodeId, SetAttr, TimeSet, MAX_FILE_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE,
-    ROOT_INO, SYMLINK_MAX, XATTR_CREATE, XATTR_REPLACE, XATTR_VALUE_MAX,
+    Attr, FileKind, InodeId, SetAttr, TimeSet, MAX_FILE_SIZE, RENAME_EXCHANGE, RENAME_KEEP_OPEN,
+    RENAME_NOREPLACE, ROOT_INO, SYMLINK_MAX, XATTR_CREATE, XATTR_REPLACE, XATTR_VALUE_MAX,
 };
 use mobilus_proto::status::Errno;
 
@@ -347,6 +347,8 @@ pub(crate) fn rename(
     new_name: &[u8],
     flags: u32,
 ) -> Result<(), NsError> {
+    let keep_open = flags & RENAME_KEEP_OPEN != 0;
+    let flags = flags & !RENAME_KEEP_OPEN;
     if flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0
         || flags == RENAME_NOREPLACE | RENAME_EXCHANGE
     {
@@ -414,7 +416,7 @@ pub(crate) fn rename(
             let tgt = load(txn, td.ino)?;
             destroy(txn, &tgt, now)?;
         } else {
-            drop_link(txn, now, td.ino, false)?;
+            drop_link(txn, now, td.ino, keep_open)?;
         }
     }
     let mut dp = load(txn, new_parent)?;

@@ -7,7 +7,7 @@ use mobilus_meta::namespace::{Namespace, SITE_LEASE_NS};
 use mobilus_meta::types::{Command, Op, OpError, OpReply, Reply, Touches};
 use mobilus_proto::fs::{
     Attr, ChunkHash, ChunkRef, DataNodeInfo, Fence, FileKind, InodeId, SetAttr, SliceWrite,
-    SubtreeInfo, SubtreeState, ROOT_INO,
+    SubtreeInfo, SubtreeState, RENAME_KEEP_OPEN, ROOT_INO,
 };
 use mobilus_proto::status::Errno;
 
@@ -400,6 +400,31 @@ fn the_shared_root_is_written_by_any_site_and_orphans_are_released_by_any() {
     must(&f.ns, T0, Some("site-b"), Op::ReleaseOrphan { ino: f.file });
     assert_eq!(f.ns.getattr(f.file).unwrap_err().to_string(), "ENOENT");
     must_fsck_clean(&f.ns);
+
+    // A file a rename replaces while the renamer has it open stays, an orphan, until
+    // its release; without the flag it goes at once.
+    for keep_open in [true, false] {
+        let (old_name, new_name) = (format!("old-{keep_open}"), format!("new-{keep_open}"));
+        let old = must_attr(&f.ns, T0, Some("site-a"), mknod(f.app, &old_name)).ino;
+        must_attr(&f.ns, T0, Some("site-a"), mknod(f.app, &new_name));
+        let rename = Op::Rename {
+            parent: f.app,
+            name: new_name.into_bytes(),
+            new_parent: f.app,
+            new_name: old_name.into_bytes(),
+            flags: if keep_open { RENAME_KEEP_OPEN } else { 0 },
+        };
+        must(&f.ns, T0, Some("site-a"), rename);
+        match f.ns.getattr(old) {
+            Ok(a) if keep_open => assert_eq!(a.nlink, 0),
+            Err(e) if !keep_open => assert_eq!(e.to_string(), "ENOENT"),
+            other => panic!("keep_open {keep_open}: {other:?}"),
+        }
+        must_fsck_clean(&f.ns);
+        must(&f.ns, T0, Some("site-a"), Op::ReleaseOrphan { ino: old });
+        assert_eq!(f.ns.getattr(old).unwrap_err().to_string(), "ENOENT");
+        must_fsck_clean(&f.ns);
+    }
 }
 
 #[test]
