@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::status::Errno;
+
 /// An inode number. Never reused within a cluster.
 pub type InodeId = u64;
 /// The root directory of the namespace.
@@ -26,6 +28,18 @@ pub const MAX_FILE_SIZE: u64 = 1 << 50;
 pub const RENAME_NOREPLACE: u32 = 1;
 /// Swap the two names atomically.
 pub const RENAME_EXCHANGE: u32 = 2;
+/// Check a directory entry name: 1..=[`NAME_MAX`] bytes, no `/`, no NUL (the namespace
+/// refuses any other; a mount that answers a create itself checks the same).
+pub fn validate_name(name: &[u8]) -> Result<(), Errno> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
 /// Mobilus's own `rename` flag: the caller has the file the rename replaces open, so if
 /// that was its last link it stays, as an orphan, until `ReleaseOrphan` (as
 /// `UnlinkRequest.keep_open` does for an unlink).

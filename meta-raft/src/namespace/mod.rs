@@ -429,16 +429,7 @@ pub(crate) fn update_counters(
     Ok(c)
 }
 
-/// Check a directory entry name: 1..=255 bytes, no `/`, no NUL.
-pub fn validate_name(name: &[u8]) -> Result<(), Errno> {
-    if name.len() > mobilus_proto::fs::NAME_MAX {
-        return Err(Errno::ENAMETOOLONG);
-    }
-    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
-        return Err(Errno::EINVAL);
-    }
-    Ok(())
-}
+pub use mobilus_proto::fs::validate_name;
 
 pub(crate) fn is_dot(name: &[u8]) -> bool {
     name == b"." || name == b".."

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use mobilus_meta_client::{MetaClient, ReservedCreate};
 
 pub use crate::client::CreateSlot;
-use mobilus_proto::fs::{Attr, FileKind, InodeId, NAME_MAX};
+use mobilus_proto::fs::{validate_name, Attr, FileKind, InodeId};
 
 use mobilus_proto::status::Errno;
 
@@ -166,12 +166,9 @@ impl MountFs {
         let dir = self.deleg.attr(parent)?;
         if dir.kind != FileKind::Directory
             || !matches!(self.deleg.entry(parent, name), Some(None))
-            || name.is_empty()
-            || name.len() > NAME_MAX
+            || validate_name(name).is_err()
             || name == b"."
             || name == b".."
-            || name.contains(&b'/')
-            || name.contains(&0)
         {
             return None;
         }
