@@ -319,6 +319,18 @@ impl MountFs {
         lock(&self.inodes).get(&ino).cloned()
     }
 
+    /// The inode open here that `name` in `parent` names, if any (a round only when
+    /// something is open): what an unlink or a replacing rename must keep as an orphan.
+    async fn open_under(&self, parent: InodeId, name: &[u8]) -> FsResult<Option<Arc<OpenInode>>> {
+        if lock(&self.inodes).is_empty() {
+            return Ok(None);
+        }
+        Ok(match self.meta().await?.lookup(parent, name, false).await {
+            Ok(a) => self.open_inode(a.ino),
+            Err(_) => None,
+        })
+    }
+
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
         lock(&self.handles)
             .get(&fh)
@@ -584,14 +596,7 @@ impl MountFs {
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
         let changing = self.deleg.mutation(Touches::remove(&[(parent, name)]));
         // A file open here stays usable through its handles until the last one closes.
-        let open = if lock(&self.inodes).is_empty() {
-            None
-        } else {
-            match self.meta().await?.lookup(parent, name, false).await {
-                Ok(a) => self.open_inode(a.ino),
-                Err(_) => None,
-            }
-        };
+        let open = self.open_under(parent, name).await?;
         if let Some(open) = &open {
             open.orphan.store(true, Ordering::Release);
         }
@@ -632,13 +637,9 @@ impl MountFs {
             .mutation(Touches::remove(&[(parent, name), (new_parent, new_name)]));
         // A file it replaces that is open here stays usable through its handles until
         // the last one closes, as after an unlink.
-        let replaced = if flags & RENAME_EXCHANGE != 0 || lock(&self.inodes).is_empty() {
-            None
-        } else {
-            match self.meta().await?.lookup(new_parent, new_name, false).await {
-                Ok(a) => self.open_inode(a.ino),
-                Err(_) => None,
-            }
+        let replaced = match flags & RENAME_EXCHANGE {
+            0 => self.open_under(new_parent, new_name).await?,
+            _ => None,
         };
         let flags = match &replaced {
             Some(_) => flags | RENAME_KEEP_OPEN,
