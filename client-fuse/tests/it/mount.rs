@@ -11,6 +11,21 @@ fn errno(e: std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)
 }
 
+/// Close `file`, the last handle of a file with no name left, and wait until the mount
+/// has freed its inode (the kernel sends `release` after close returns).
+fn must_free_at_last_close(mount: &std::path::Path, file: std::fs::File, what: &str) {
+    let files_before = nix::sys::statvfs::statvfs(mount).unwrap().files_free();
+    drop(file);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while nix::sys::statvfs::statvfs(mount).unwrap().files_free() != files_before + 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last close did not free the {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_and_directories_behave_through_a_real_mount_at_both_sites() {
     let sites = TwoSites::start().await;
@@ -109,17 +124,7 @@ async fn files_and_directories_behave_through_a_real_mount_at_both_sites() {
     o.read_to_string(&mut back).unwrap();
     assert_eq!(back, "still here, and more");
     assert_eq!(o.metadata().unwrap().nlink(), 0);
-    let files_before = nix::sys::statvfs::statvfs(&pa).unwrap().files_free();
-    drop(o);
-    // The kernel sends `release` after close returns: wait for it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while nix::sys::statvfs::statvfs(&pa).unwrap().files_free() != files_before + 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the last close did not free the orphan"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    must_free_at_last_close(&pa, o, "orphan");
 
     // So does a file a rename replaced (an editor's atomic save over a file a reader has
     // open), and its last close frees it.
@@ -134,16 +139,7 @@ async fn files_and_directories_behave_through_a_real_mount_at_both_sites() {
         "the replaced file's handle reads its own bytes"
     );
     assert_eq!(std::fs::read(pa.join("old")).unwrap(), b"new bytes");
-    let files_before = nix::sys::statvfs::statvfs(&pa).unwrap().files_free();
-    drop(reader);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while nix::sys::statvfs::statvfs(&pa).unwrap().files_free() != files_before + 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the last close did not free the replaced file"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    must_free_at_last_close(&pa, reader, "replaced file");
 
     // Bad input: a name over 255 bytes, a write past the largest file size.
     let long = "n".repeat(256);
