@@ -224,6 +224,7 @@ impl Client {
             pending: Vec::new(),
             pending_bytes: 0,
             create_first: None,
+            holder_only: false,
         }
     }
 
@@ -364,6 +365,9 @@ pub struct FileWriter {
     /// A create answered before the file was made (`mount::ops::deferred`): the first
     /// commit makes it.
     create_first: Option<CreateSlot>,
+    /// A close was answered before these writes committed, relying on the subtree's
+    /// delegation (`mount::ops::write_back`): they commit only while it lasts.
+    holder_only: bool,
 }
 
 /// A create answered and not yet made (shared with the mount's registry of them).
@@ -443,6 +447,27 @@ impl FileWriter {
         self.create_first = Some(slot);
     }
 
+    /// A close was answered with these writes still buffered, under the subtree's
+    /// delegation: from now until they commit, they commit only while it lasts.
+    pub fn written_back(&mut self) {
+        self.holder_only = true;
+    }
+
+    /// Drop what is buffered (its commit was refused for good after the close that
+    /// buffered it was answered; the error was reported where it could be).
+    pub fn discard(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.holder_only = false;
+        // A create refused with them is not made by anyone either.
+        self.made();
+    }
+
+    /// The bytes buffered.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     /// Whether the file exists in the metadata (not a create still to make).
     pub fn is_made(&self) -> bool {
         self.create_first
@@ -481,8 +506,13 @@ impl FileWriter {
                 self.create_first = None;
                 return Ok(None);
             };
-            let attr = self.client.meta.create_reserved(&create, None).await?;
+            let attr = self
+                .client
+                .meta
+                .create_reserved(&create, None, self.holder_only)
+                .await?;
             self.made();
+            self.holder_only = false;
             return Ok(Some((attr, Vec::new())));
         }
         let mut slices = Vec::with_capacity(self.pending.len());
@@ -521,12 +551,15 @@ impl FileWriter {
                 // Made and written in one command.
                 Some(create) => {
                     let write = Some((slices.as_slice(), Some(&checked)));
-                    self.client.meta.create_reserved(create, write).await
+                    self.client
+                        .meta
+                        .create_reserved(create, write, self.holder_only)
+                        .await
                 }
                 None => {
                     self.client
                         .meta
-                        .write(self.ino, &slices, None, Some(&checked))
+                        .write(self.ino, &slices, None, Some(&checked), self.holder_only)
                         .await
                 }
             };
@@ -559,6 +592,7 @@ impl FileWriter {
         }
         self.pending.clear();
         self.pending_bytes = 0;
+        self.holder_only = false;
         self.made();
         Ok(Some((attr, slices)))
     }

@@ -63,6 +63,10 @@ struct Args {
     /// delegation of (a deliberate bug: the holder then serves what it cached, stale).
     #[arg(long, hide = true)]
     unsafe_no_delegation_check: bool,
+    /// TEST ONLY: read a subtree whose holder has closes not yet committed without
+    /// recalling it first (a deliberate bug: a close there is not seen by an open here).
+    #[arg(long, hide = true)]
+    unsafe_no_write_back_recall: bool,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
     /// Write the advertised address to this file once serving (for scripts and tests).
@@ -139,6 +143,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--unsafe-no-delegation-check: any mount may change a delegated subtree (a test-only bug)"
         );
         mobilus_meta::namespace::disable_delegation_check_for_tests();
+    }
+    if args.unsafe_no_write_back_recall {
+        tracing::warn!(
+            "--unsafe-no-write-back-recall: reads ignore closes a holder has not committed (a test-only bug)"
+        );
+        mobilus_meta::namespace::disable_write_back_recall_for_tests();
     }
     let handle = server::start(&cfg).await?;
     if let Some(path) = &args.ready_file {

@@ -52,6 +52,9 @@ pub struct Command {
     /// recognised by it (see `namespace::delegation`). Last, so that an entry written
     /// before it existed fails to decode rather than being misread.
     pub session: Option<u64>,
+    /// Issued relying on `session`'s delegation of the subtree it touches (a holder's
+    /// write-back): refused unless that delegation still lasts. Last, for the same reason.
+    pub holder_only: bool,
 }
 
 /// A namespace mutation.
@@ -247,6 +250,13 @@ pub enum Op {
     RecallDelegation {
         subtree: SubtreeId,
     },
+    /// The holder says whether it has closes answered before their writes commit: while
+    /// it has, another session's read of the subtree recalls the delegation first.
+    SetWriteBack {
+        session: u64,
+        subtree: SubtreeId,
+        on: bool,
+    },
 }
 
 /// Which inodes an operation changes, as the ownership check sees them.
@@ -302,6 +312,7 @@ impl Op {
             Op::AcquireDelegation { .. } => "acquire_delegation",
             Op::ReleaseDelegation { .. } => "release_delegation",
             Op::RecallDelegation { .. } => "recall_delegation",
+            Op::SetWriteBack { .. } => "set_write_back",
         }
     }
 
@@ -339,7 +350,8 @@ impl Op {
             // `namespace::delegation` checks the holder's site and lease itself.
             Op::AcquireDelegation { .. }
             | Op::ReleaseDelegation { .. }
-            | Op::RecallDelegation { .. } => Touches::Admin,
+            | Op::RecallDelegation { .. }
+            | Op::SetWriteBack { .. } => Touches::Admin,
             Op::OpenSession
             | Op::RenewSession { .. }
             | Op::CloseSession { .. }

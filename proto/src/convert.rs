@@ -143,6 +143,7 @@ pub fn fence_to_wire(
         epoch,
         site: site.unwrap_or_default().to_string(),
         session: session.unwrap_or(0),
+        holder_only: false,
     })
 }
 
@@ -151,6 +152,8 @@ pub fn fence_to_wire(
 pub struct Issuer {
     pub site: Option<String>,
     pub session: Option<u64>,
+    /// Issued relying on the session's delegation: refused unless it still lasts.
+    pub holder_only: bool,
 }
 
 /// Decode who issued a mutation and the epoch fence (if any).
@@ -165,6 +168,7 @@ pub fn fence_from_wire(f: Option<pb::Fence>) -> (Issuer, Option<Fence>) {
     let issuer = Issuer {
         site: (!f.site.is_empty()).then_some(f.site),
         session: (f.session != 0).then_some(f.session),
+        holder_only: f.holder_only,
     };
     (issuer, fence)
 }

@@ -759,7 +759,7 @@ impl Filesystem for FuseAdapter {
         self.run(
             "flush",
             move |fs| async move {
-                fs.flush(fh.0).await?;
+                fs.close(fh.0).await?;
                 fs.release_locks(fh.0, ino.0, lock_owner.0).await
             },
             empty(reply),

@@ -24,6 +24,7 @@ use crate::read::FileReader;
 mod deferred;
 mod delegation;
 mod locks;
+mod write_back;
 
 pub use self::delegation::KernelTtl;
 use self::delegation::{Mutation, Touches};
@@ -53,6 +54,11 @@ struct OpenInode {
     pending_end: AtomicU64,
     /// Unlinked while open here: the metadata keeps it until the last handle closes.
     orphan: AtomicBool,
+    /// A close was answered before its writes committed (`write_back.rs`): it stays open
+    /// here, with no handle, until they do.
+    written_back: AtomicBool,
+    /// A write-back of it was refused for good: reported by its next close or fsync.
+    write_back_error: Mutex<Option<Errno>>,
     /// Its attributes as this mount sees them, and when they were last committed ones:
     /// served without asking the metadata while writes are buffered or for the cache
     /// TTL after a commit (every write and truncate makes the kernel ask again).
@@ -98,6 +104,8 @@ pub struct MountFs {
     deleg: delegation::Delegations,
     /// Creates answered under a delegation before they are made (`deferred.rs`).
     deferred: deferred::Deferred,
+    /// Closes answered under a delegation before their writes commit (`write_back.rs`).
+    write_back: write_back::WriteBack,
     /// This mount, for background work it starts itself (set once mounted).
     me: OnceLock<Weak<MountFs>>,
 }
@@ -150,6 +158,7 @@ impl MountFs {
             locks: locks::Locks::default(),
             deleg: delegation::Delegations::new(true),
             deferred: deferred::Deferred::default(),
+            write_back: write_back::WriteBack::default(),
             me: OnceLock::new(),
         }
     }
@@ -376,16 +385,20 @@ impl MountFs {
         if w.needs_commit() {
             let changing = self.deleg.mutation(Touches::write(w.ino()));
             let result = w.flush().await;
-            inode.pending_end.store(w.pending_end(), Ordering::Release);
-            self.changed(inode);
-            self.mutated();
             if matches!(&result, Err(e) if e.to_errno() == Errno::EIO) {
                 // The commit may still land: cache nothing for a while.
                 self.deleg.outcome_unknown();
             }
+            // What was committed is cached before the buffer stops extending the size:
+            // a stat meanwhile sees one or the other.
             if let Ok(Some((attr, slices))) = &result {
                 *lock(&inode.attr) = (attr.clone(), Some(Instant::now()));
                 changing.written(attr, slices);
+            }
+            inode.pending_end.store(w.pending_end(), Ordering::Release);
+            self.changed(inode);
+            self.mutated();
+            if let Ok(Some((attr, _))) = &result {
                 self.committed_here(attr);
                 self.consider_delegation_writing(attr.subtree);
             }
@@ -774,6 +787,8 @@ impl MountFs {
                         version: AtomicU64::new(0),
                         pending_end: AtomicU64::new(0),
                         orphan: AtomicBool::new(false),
+                        written_back: AtomicBool::new(false),
+                        write_back_error: Mutex::new(None),
                         attr: Mutex::new((attr.clone(), Some(Instant::now()))),
                     })
                 })
@@ -956,17 +971,26 @@ impl MountFs {
         Ok(len)
     }
 
-    /// Make a handle's inode's buffered writes durable (close, fsync).
+    /// Make a handle's inode's buffered writes durable (fsync; a close that may not
+    /// be written back).
     #[instrument(skip(self))]
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
+        if let Some(e) = lock(&h.inode.write_back_error).take() {
+            return Err(ClientError::Refused(e));
+        }
         self.flush_inode(&h.inode).await
     }
 
     #[instrument(skip(self))]
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        let result = self.flush_inode(&h.inode).await;
+        // A close written back is committing in the background already.
+        let result = if h.inode.written_back.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            self.flush_inode(&h.inode).await
+        };
         if self.drop_handle(fh, &h) {
             self.release_orphan(h.ino).await?;
         }
@@ -980,16 +1004,20 @@ impl MountFs {
         if h.inode.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
             return false;
         }
-        let last = {
-            let mut inodes = lock(&self.inodes);
-            // Reopened meanwhile? Then the entry is still in use.
-            let last = h.inode.handles.load(Ordering::Acquire) == 0;
-            if last {
-                inodes.remove(&h.ino);
-            }
-            last
-        };
-        last && h.inode.orphan.load(Ordering::Acquire)
+        self.close_if_unused(h.ino, &h.inode)
+    }
+
+    /// `inode` is closed here if no handle is open on it (reopened meanwhile?) and no
+    /// write-back of it waits; returns whether it was unlinked (the caller frees it).
+    fn close_if_unused(&self, ino: InodeId, inode: &Arc<OpenInode>) -> bool {
+        let mut inodes = lock(&self.inodes);
+        let unused = inode.handles.load(Ordering::Acquire) == 0
+            && !inode.written_back.load(Ordering::Acquire)
+            && inodes.get(&ino).is_some_and(|i| Arc::ptr_eq(i, inode));
+        if unused {
+            inodes.remove(&ino);
+        }
+        unused && inode.orphan.load(Ordering::Acquire)
     }
 
     /// Free an unlinked file whose last handle here closed.

@@ -195,14 +195,23 @@ impl TwoSites {
         }
     }
 
-    /// SIGKILL a site's data node (its agent: the site's lease is no longer renewed).
-    pub fn kill_data_node(&mut self, site: &str) {
-        let i = match site {
+    fn data_node(site: &str) -> usize {
+        match site {
             "site-a" => 3,
             "site-b" => 4,
             other => panic!("no site {other}"),
-        };
-        let p = &mut self.procs[i];
+        }
+    }
+
+    /// Send `signal` to a site's data node (SIGSTOP holds every upload to it).
+    pub fn signal_data_node(&self, site: &str, signal: nix::sys::signal::Signal) {
+        let p = &self.procs[Self::data_node(site)];
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), signal).unwrap();
+    }
+
+    /// SIGKILL a site's data node (its agent: the site's lease is no longer renewed).
+    pub fn kill_data_node(&mut self, site: &str) {
+        let p = &mut self.procs[Self::data_node(site)];
         p.0.kill().unwrap();
         p.0.wait().unwrap();
     }

@@ -228,6 +228,69 @@ async fn without_the_delegation_check_the_holder_serves_stale_bytes() {
     assert!(!a1.log().contains("gave the subtree's delegation back"));
 }
 
+/// Wait until every write-back mark `mount` set is taken back (it logs both).
+fn must_have_no_write_backs(mount: &Mount) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = mount.log();
+        let marked = log.matches("writing back closes").count();
+        let unmarked = log.matches("no closes left to write back").count();
+        if marked == unmarked {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "write-backs still marked after 5 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A second mount of the holder's site; `/app/f` written and closed by the holder while
+/// site-a's data node is paused, so its commit cannot finish: the close is answered at
+/// once (written back); returns when, and what a read through the second mount, started
+/// meanwhile, saw once the data node went on.
+async fn written_back_then_read_elsewhere(
+    meta_args: &[&str],
+) -> (Duration, Vec<u8>, Mount, TwoSites) {
+    let (sites, a1, _meta) = holder_with_a_warm_cache(meta_args).await;
+    let a2 = sites.mount("site-a");
+    sites.signal_data_node("site-a", Signal::SIGSTOP);
+    let start = Instant::now();
+    std::fs::write(a1.point.join("app/f"), b"written back").unwrap();
+    let closed = start.elapsed();
+    let at_a2 = a2.point.join("app/f");
+    let read = std::thread::spawn(move || std::fs::read(at_a2).unwrap());
+    std::thread::sleep(Duration::from_millis(700));
+    sites.signal_data_node("site-a", Signal::SIGCONT);
+    let seen = read.join().unwrap();
+    (closed, seen, a1, sites)
+}
+
+/// The holder answers a close before its writes commit (a write-back: no metadata or
+/// data-node round), and another mount's open still sees the bytes (close-to-open): its
+/// read recalls the delegation first, and the holder commits before giving it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_close_answered_before_its_commit_is_seen_by_an_open_elsewhere() {
+    let (closed, seen, a1, _sites) = written_back_then_read_elsewhere(&[]).await;
+    assert!(
+        closed < Duration::from_millis(500),
+        "the close waited {closed:?} for a paused data node"
+    );
+    assert_eq!(seen, b"written back");
+    assert!(a1.log().contains("gave the subtree's delegation back"));
+}
+
+/// With the read-side recall disabled on the members (a deliberate bug), the other mount
+/// reads the bytes from before the close (caught).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_write_back_recall_an_open_elsewhere_misses_a_close() {
+    let (_, seen, _a1, _sites) =
+        written_back_then_read_elsewhere(&["--unsafe-no-write-back-recall"]).await;
+    // The truncate (O_TRUNC) committed at the open; the bytes had not.
+    assert_eq!(seen, b"", "the broken switch was not caught");
+}
+
 /// What a stat of `path` shows: (inode, size, permission bits, links, mtime, ctime).
 type Seen = Option<(u64, u64, u32, u64, i64, i64)>;
 
@@ -283,7 +346,7 @@ async fn the_holders_own_changes_keep_its_cache_exact_and_filled() {
     let root = std::fs::metadata(&app).unwrap().ino();
     let names = ["f", "n1", "n2", "sub", "sub/x", "sub/l", "d", "absent"];
     // Site-b's mount reads what the metadata holds (a read from another site recalls
-    // nothing).
+    // nothing once the holder has no closes left to commit).
     let b = sites.mount("site-b");
     let b_app = b.point.join("app");
     type Step = (&'static str, fn(&Path));
@@ -332,6 +395,9 @@ async fn the_holders_own_changes_keep_its_cache_exact_and_filled() {
     ];
     for (what, step) in steps {
         step(&app);
+        // Another session's read recalls the delegation while closes answered here are
+        // still to commit: look once they are all committed, and the mount says so.
+        must_have_no_write_backs(&a1);
         drop_kernel_caches();
         for name in names {
             let mount = seen_by_mount(&app.join(name));
@@ -377,6 +443,7 @@ async fn the_holders_own_changes_keep_its_cache_exact_and_filled() {
     let made = |n: usize| {
         std::fs::write(app.join(format!("late{n}")), b"late").unwrap();
         std::fs::create_dir(app.join(format!("late-dir{n}"))).unwrap();
+        must_have_no_write_backs(&a1);
         drop_kernel_caches();
     };
     let probe_dir = app.clone();
@@ -394,6 +461,8 @@ async fn the_holders_own_changes_keep_its_cache_exact_and_filled() {
     // Its first open of a file it wrote reads it from the map it worked out itself.
     let written = |n: usize| {
         std::fs::write(app.join(format!("written{n}")), b"written").unwrap();
+        // Committed (written back) before the metadata pauses.
+        must_have_no_write_backs(&a1);
         drop_kernel_caches();
     };
     let probe_dir = app.clone();

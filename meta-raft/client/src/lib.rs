@@ -303,6 +303,12 @@ impl MetaClient {
         client
     }
 
+    /// The session reads are made for (0: none): a subtree another session holds with
+    /// uncommitted closes is recalled before this client reads it.
+    fn reader(&self) -> u64 {
+        self.inner.session.load(Ordering::Relaxed)
+    }
+
     fn session(&self) -> Option<u64> {
         let s = self.inner.session.load(Ordering::Relaxed);
         (s != 0).then_some(s)
@@ -480,6 +486,7 @@ impl MetaClient {
             parent,
             name: name.to_vec(),
             stale,
+            session: self.reader(),
         };
         self.attr_call("lookup", |mut c| {
             let req = req.clone();
@@ -489,7 +496,11 @@ impl MetaClient {
     }
 
     pub async fn getattr(&self, ino: InodeId, stale: bool) -> Result<Attr, ClientError> {
-        let req = pb::GetAttrRequest { ino, stale };
+        let req = pb::GetAttrRequest {
+            ino,
+            stale,
+            session: self.reader(),
+        };
         self.attr_call("getattr", |mut c| async move { c.get_attr(req).await })
             .await
     }
@@ -697,7 +708,11 @@ impl MetaClient {
     }
 
     pub async fn readlink(&self, ino: InodeId, stale: bool) -> Result<Vec<u8>, ClientError> {
-        let req = pb::ReadLinkRequest { ino, stale };
+        let req = pb::ReadLinkRequest {
+            ino,
+            stale,
+            session: self.reader(),
+        };
         let r = self
             .call("readlink", |ch| async move {
                 Self::meta(ch).read_link(req).await
@@ -722,6 +737,7 @@ impl MetaClient {
             limit,
             plus,
             stale,
+            session: self.reader(),
         };
         let r = self
             .call(
@@ -816,6 +832,7 @@ impl MetaClient {
             ino,
             name: name.to_vec(),
             stale,
+            session: self.reader(),
         };
         let r = self
             .call("getxattr", |ch| {
@@ -827,7 +844,11 @@ impl MetaClient {
     }
 
     pub async fn listxattr(&self, ino: InodeId, stale: bool) -> Result<Vec<Vec<u8>>, ClientError> {
-        let req = pb::ListXattrRequest { ino, stale };
+        let req = pb::ListXattrRequest {
+            ino,
+            stale,
+            session: self.reader(),
+        };
         let r = self
             .call("listxattr", |ch| async move {
                 Self::meta(ch).list_xattr(req).await
@@ -866,18 +887,20 @@ impl MetaClient {
         Ok(r.into_inner().into())
     }
 
-    /// Commit the slices of a write in one operation.
+    /// Commit the slices of a write in one operation; `holder_only`: only while this
+    /// client's session still holds the subtree's delegation (a write-back), else ESTALE.
     pub async fn write(
         &self,
         ino: InodeId,
         slices: &[SliceWrite],
         fence: Option<Fence>,
         checked: Option<&ChunkCheck>,
+        holder_only: bool,
     ) -> Result<Attr, ClientError> {
         let req = pb::WriteRequest {
             ino,
             slices: slices.iter().map(Into::into).collect(),
-            fence: self.fence(fence),
+            fence: self.fence(fence).map(|f| pb::Fence { holder_only, ..f }),
             checked: checked.map(Into::into),
             create: None,
         };
@@ -891,13 +914,15 @@ impl MetaClient {
     /// Make the regular file `create` describes, under the number this client's session
     /// reserved for it ([`MetaClient::reserve_inodes`]); with `write` (its slices and
     /// chunk check) committed in the same command, if given. A retry of a command that
-    /// committed answers what it made.
+    /// committed answers what it made. `holder_only` as for [`MetaClient::write`].
     pub async fn create_reserved(
         &self,
         create: &ReservedCreate,
         write: Option<(&[SliceWrite], Option<&ChunkCheck>)>,
+        holder_only: bool,
     ) -> Result<Attr, ClientError> {
-        let fence = fence_to_wire(self.inner.opts.site.as_deref(), Some(create.session), None);
+        let fence = fence_to_wire(self.inner.opts.site.as_deref(), Some(create.session), None)
+            .map(|f| pb::Fence { holder_only, ..f });
         let mknod = pb::MknodRequest {
             parent: create.parent,
             name: create.name.clone(),
@@ -973,6 +998,7 @@ impl MetaClient {
             offset,
             length: len,
             stale,
+            session: self.reader(),
         };
         let r = self
             .call("read_slices", |ch| async move {

@@ -68,6 +68,27 @@ impl MetaClient {
         Ok(())
     }
 
+    /// Say whether `session`, the holder of `subtree`'s delegation, has closes answered
+    /// before their writes commit (`on`): while it has, other sessions' reads of the
+    /// subtree recall the delegation first.
+    pub async fn set_write_back(
+        &self,
+        session: u64,
+        subtree: u64,
+        on: bool,
+    ) -> Result<(), ClientError> {
+        let req = pb::WriteBackRequest {
+            session,
+            subtree,
+            on,
+        };
+        self.call("set_write_back", |ch| async move {
+            Self::meta(ch).set_write_back(req).await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// The recalls of `session`'s delegations, as a stream from one member (the current
     /// ones first). The stream ends when that member goes: open another.
     pub async fn watch_delegations(

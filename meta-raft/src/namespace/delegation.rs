@@ -14,13 +14,13 @@
 //! Keys (`locks` cf): `d` ‖ subtree → [`DelegationRecord`]; `D` ‖ session ‖ subtree → ()
 //! (what a session holds, for its renewal and its end).
 
-use mobilus_proto::fs::{DelegationGrant, SubtreeId, SubtreeState, ROOT_INO};
+use mobilus_proto::fs::{DelegationGrant, InodeId, SubtreeId, SubtreeState, ROOT_INO};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
 use super::locks::session_record;
 use super::subtree::{self, log_now, SubtreeRecord};
-use super::{keys, Cf, Txn};
+use super::{keys, Cf, InodeRecord, Txn};
 use crate::error::NsError;
 use crate::types::OpError;
 
@@ -41,6 +41,10 @@ pub struct DelegationRecord {
     pub recalled_ns: Option<i64>,
     /// The last recall, whoever held it then (for [`REACQUIRE_HOLD_NS`]).
     pub last_recall_ns: i64,
+    /// The holder has closes answered before their writes commit ([`set_write_back`]):
+    /// another session's read recalls the delegation first. Cleared when the delegation
+    /// is given back, granted anew, or found ended by a recall.
+    pub write_back: bool,
 }
 
 fn record_key(subtree: SubtreeId) -> Vec<u8> {
@@ -117,6 +121,16 @@ fn valid_until(
     Ok(end)
 }
 
+/// Set by the hidden `--unsafe-no-write-back-recall` (a deliberate bug a test must
+/// catch).
+static WRITE_BACK_RECALL_DISABLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// TEST ONLY: reads never recall a delegation for its write-backs, in this process.
+pub fn disable_write_back_recall_for_tests() {
+    WRITE_BACK_RECALL_DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Set by the hidden `--unsafe-no-delegation-check` (a deliberate bug a test must catch).
 static DELEGATION_CHECK_DISABLED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
@@ -134,6 +148,7 @@ pub(crate) fn check(
     sub: &SubtreeRecord,
     now: i64,
     session: Option<u64>,
+    holder_only: bool,
 ) -> Result<(), NsError> {
     if DELEGATION_CHECK_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
@@ -145,7 +160,44 @@ pub(crate) fn check(
             remaining_ns: end - now,
         }
         .into()),
+        None if holder_only => Err(lost(subtree)),
         _ => Ok(()),
+    }
+}
+
+/// A holder-only command (a write-back) whose delegation has ended: what it carries
+/// was answered under a delegation another mount may since have read past.
+pub(crate) fn lost(subtree: SubtreeId) -> NsError {
+    OpError::explained(
+        Errno::ESTALE,
+        format!("the delegation of subtree {subtree} this write relied on has ended"),
+    )
+    .into()
+}
+
+/// `SetWriteBack`: only the live holder says whether it has uncommitted closes.
+pub(crate) fn set_write_back(
+    txn: &mut Txn<'_>,
+    stamp: i64,
+    session: u64,
+    subtree: SubtreeId,
+    on: bool,
+) -> Result<(), NsError> {
+    let now = log_now(txn, stamp)?;
+    let (Some(sub), Some(mut rec)) = (subtree::get(txn, subtree)?, record(txn, subtree)?) else {
+        return Err(lost(subtree));
+    };
+    match live_holder(txn, subtree, &sub, now)? {
+        Some((holder, _)) if holder == session => {
+            if rec.write_back != on {
+                rec.write_back = on;
+                txn.put(Cf::Locks, record_key(subtree), &rec)?;
+            }
+            Ok(())
+        }
+        // Turning it off is never refused: nothing to protect.
+        _ if !on => Ok(()),
+        _ => Err(lost(subtree)),
     }
 }
 
@@ -214,6 +266,7 @@ pub(crate) fn acquire(
         granted_ns: now,
         recalled_ns: None,
         last_recall_ns: i64::MIN,
+        write_back: false,
     });
     if let Some((holder, end)) = live_holder(txn, subtree, &sub, now)? {
         if holder != session {
@@ -245,6 +298,7 @@ pub(crate) fn acquire(
     rec.holder = Some(session);
     rec.granted_ns = now;
     rec.recalled_ns = None;
+    rec.write_back = false;
     txn.put(Cf::Locks, record_key(subtree), &rec)?;
     txn.put(Cf::Locks, held_key(session, Some(subtree)), &())?;
     let end = valid_until(txn, session, &sub, &rec)?;
@@ -260,6 +314,7 @@ pub(crate) fn release(txn: &mut Txn<'_>, session: u64, subtree: SubtreeId) -> Re
     if rec.holder == Some(session) {
         rec.holder = None;
         rec.recalled_ns = None;
+        rec.write_back = false;
         txn.put(Cf::Locks, record_key(subtree), &rec)?;
     }
     Ok(())
@@ -277,6 +332,7 @@ pub(crate) fn recall(txn: &mut Txn<'_>, stamp: i64, subtree: SubtreeId) -> Resul
         granted_ns: now,
         recalled_ns: None,
         last_recall_ns: i64::MIN,
+        write_back: false,
     });
     let remaining = match live_holder(txn, subtree, &sub, now)? {
         Some(_) => {
@@ -286,7 +342,12 @@ pub(crate) fn recall(txn: &mut Txn<'_>, stamp: i64, subtree: SubtreeId) -> Resul
             let holder = rec.holder.unwrap_or_default();
             valid_until(txn, holder, &sub, &rec)? - now
         }
-        None => 0,
+        // Ended: whatever it had not committed is refused from now on (holder-only
+        // commits are checked in log time, which only moves forward).
+        None => {
+            rec.write_back = false;
+            0
+        }
     };
     rec.last_recall_ns = now;
     txn.put(Cf::Locks, record_key(subtree), &rec)?;
@@ -337,6 +398,29 @@ pub(crate) fn drop_session(txn: &mut Txn<'_>, session: u64) -> Result<(), NsErro
 }
 
 impl super::Namespace {
+    /// The subtree of `ino` and its holder, if another session than `reader` holds its delegation with
+    /// closes not yet committed: a read must recall it first. No clock: a delegation that
+    /// has ended keeps the mark until a recall finds it ended.
+    pub fn written_back_elsewhere(
+        &self,
+        ino: InodeId,
+        reader: Option<u64>,
+    ) -> Result<Option<(SubtreeId, u64)>, NsError> {
+        if WRITE_BACK_RECALL_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
+        }
+        self.with_view(|txn| {
+            let Some(inode) = txn.get::<InodeRecord>(Cf::Inodes, &keys::ino(ino))? else {
+                return Ok(None);
+            };
+            let subtree = inode.attr.subtree;
+            Ok(record(txn, subtree)?.and_then(|r| match r.holder {
+                Some(holder) if r.write_back && Some(holder) != reader => Some((subtree, holder)),
+                _ => None,
+            }))
+        })
+    }
+
     /// The delegations `session` holds, as of log time `now` (the recall stream's view).
     pub fn delegations_of(&self, session: u64, now: i64) -> Result<Vec<DelegationGrant>, NsError> {
         self.with_view(|txn| grants_of(txn, session, now))

@@ -28,7 +28,8 @@ use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
 pub use self::delegation::{
-    disable_delegation_check_for_tests, DelegationRecord, REACQUIRE_HOLD_NS, RECALL_GRACE_NS,
+    disable_delegation_check_for_tests, disable_write_back_recall_for_tests, DelegationRecord,
+    REACQUIRE_HOLD_NS, RECALL_GRACE_NS,
 };
 pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
@@ -351,6 +352,11 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
         }
         Op::RecallDelegation { subtree } => delegation::recall(txn, now, *subtree)
             .map(|remaining_ns| OpReply::Recalled { remaining_ns }),
+        Op::SetWriteBack {
+            session,
+            subtree,
+            on,
+        } => delegation::set_write_back(txn, now, *session, *subtree, *on).map(|()| OpReply::Done),
         Op::CloseSession { session } => locks::close(txn, *session).map(|()| OpReply::Done),
         Op::ReserveInodes { session } => {
             reserved::reserve(txn, *session).map(|(first, count)| OpReply::Inodes { first, count })

@@ -188,6 +188,10 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
     let Some((root, sub)) = subtree else {
         return Ok(());
     };
+    // The shared root has no delegation for a holder-only command to rely on.
+    if cmd.holder_only && sub.is_none() {
+        return Err(delegation::lost(root));
+    }
     if OWNERSHIP_CHECK_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
@@ -225,7 +229,7 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
                 .into());
             };
             // The owner's delegation is recalled before the subtree follows the writer.
-            delegation::check(txn, root, &sub, now, cmd.session)?;
+            delegation::check(txn, root, &sub, now, cmd.session, cmd.holder_only)?;
             sub.owner = Some(writer.to_string());
             sub.epoch += 1;
             sub.moved_ns = now;
@@ -251,7 +255,10 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
             }
         }
         // Only the holder of the subtree's delegation, if any, may change it.
-        return delegation::check(txn, root, &sub, now, cmd.session);
+        return delegation::check(txn, root, &sub, now, cmd.session, cmd.holder_only);
+    }
+    if cmd.holder_only {
+        return Err(delegation::lost(root));
     }
     if let Some(fence) = cmd.fence {
         if fence.subtree != root || fence.epoch != issued_epoch {
@@ -590,7 +597,7 @@ pub(crate) fn give(
     }
     // The owner's mount that holds the delegation flushes and gives it back first (the
     // member recalls it and proposes the move again); after a takeover it has expired.
-    delegation::check(txn, root, &sub, now, None)?;
+    delegation::check(txn, root, &sub, now, None, false)?;
     sub.owner = Some(to.to_string());
     sub.epoch += 1;
     sub.moved_ns = now;

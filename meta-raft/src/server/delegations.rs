@@ -4,11 +4,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use mobilus_proto::fs::{DelegationGrant, SubtreeId};
+use mobilus_proto::convert::Issuer;
+use mobilus_proto::fs::{DelegationGrant, InodeId, SubtreeId};
 
 use super::node::{now_ns, MetaNode};
 use crate::error::MetaError;
-use crate::types::{Op, OpReply};
+use crate::types::{Op, OpError, OpReply};
 
 /// Longest a member holds a command that met another session's delegation (recall,
 /// wait, propose again) before it answers `delegated` (the client asks again, inside its
@@ -33,7 +34,7 @@ impl MetaNode {
         metrics::counter!("mobilus_meta_delegation_recalls_total").increment(1);
         // A recall touches no subtree's contents: it is never itself delegated.
         let remaining = match self
-            .propose_once(None, None, None, Op::RecallDelegation { subtree })
+            .propose_once(Issuer::default(), None, Op::RecallDelegation { subtree })
             .await?
         {
             OpReply::Recalled { remaining_ns: 0 } => return Ok(()),
@@ -64,6 +65,35 @@ impl MetaNode {
             {
                 return Ok(());
             }
+        }
+    }
+
+    /// Before a read of `ino` by `reader`: while another session holds the delegation of
+    /// its subtree with closes answered but not committed, recall it and wait for the
+    /// holder to commit and give it back (its commits precede its release in the log).
+    /// Past [`MAX_RECALL_WAIT`] the read is refused as `delegated` (the client asks
+    /// again).
+    pub(super) async fn wait_for_write_back(
+        &self,
+        ino: InodeId,
+        reader: Option<u64>,
+    ) -> Result<(), MetaError> {
+        let deadline = tokio::time::Instant::now() + MAX_RECALL_WAIT;
+        loop {
+            let Some((subtree, holder)) =
+                self.sm.namespace().written_back_elsewhere(ino, reader)?
+            else {
+                return Ok(());
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(MetaError::Op(OpError::Delegated {
+                    subtree,
+                    holder,
+                    remaining_ns: 0,
+                }));
+            }
+            metrics::counter!("mobilus_meta_write_back_recalls_total").increment(1);
+            self.recall_and_wait(subtree, reader, deadline).await?;
         }
     }
 

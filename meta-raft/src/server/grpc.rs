@@ -79,10 +79,15 @@ impl MetaSvc {
             ));
         }
         self.node
-            .propose_by(issuer.site, issuer.session, fence, op)
+            .propose_by(issuer, fence, op)
             .await
             .map_err(status)
     }
+}
+
+/// The mount session a read is made for (0 on the wire: none).
+fn reader(session: u64) -> Option<u64> {
+    (session != 0).then_some(session)
 }
 
 /// A create under a reserved number (`MknodRequest.ino`), and the write that comes with
@@ -153,7 +158,9 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let a = self
             .node
-            .read(r.stale, |ns| ns.lookup(r.parent, &r.name))
+            .read_in(r.stale, reader(r.session), r.parent, |ns| {
+                ns.lookup(r.parent, &r.name)
+            })
             .await
             .map_err(status)?;
         attr_reply(OpReply::Attr(a))
@@ -163,7 +170,7 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let a = self
             .node
-            .read(r.stale, |ns| ns.getattr(r.ino))
+            .read_in(r.stale, reader(r.session), r.ino, |ns| ns.getattr(r.ino))
             .await
             .map_err(status)?;
         attr_reply(OpReply::Attr(a))
@@ -287,7 +294,7 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let target = self
             .node
-            .read(r.stale, |ns| ns.readlink(r.ino))
+            .read_in(r.stale, reader(r.session), r.ino, |ns| ns.readlink(r.ino))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadLinkReply { target }))
@@ -297,7 +304,9 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let (entries, eof) = self
             .node
-            .read(r.stale, |ns| ns.readdir(r.ino, r.cookie, r.limit, r.plus))
+            .read_in(r.stale, reader(r.session), r.ino, |ns| {
+                ns.readdir(r.ino, r.cookie, r.limit, r.plus)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadDirReply {
@@ -334,7 +343,9 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let value = self
             .node
-            .read(r.stale, |ns| ns.getxattr(r.ino, &r.name))
+            .read_in(r.stale, reader(r.session), r.ino, |ns| {
+                ns.getxattr(r.ino, &r.name)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetXattrReply { value }))
@@ -344,7 +355,7 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let names = self
             .node
-            .read(r.stale, |ns| ns.listxattr(r.ino))
+            .read_in(r.stale, reader(r.session), r.ino, |ns| ns.listxattr(r.ino))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListXattrReply { names }))
@@ -423,6 +434,17 @@ impl Meta for MetaSvc {
             }
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
+    }
+
+    async fn set_write_back(&self, r: Request<pb::WriteBackRequest>) -> Reply<pb::Empty> {
+        let r = r.into_inner();
+        let op = Op::SetWriteBack {
+            session: r.session,
+            subtree: r.subtree,
+            on: r.on,
+        };
+        self.op(None, op).await?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     async fn close_session(&self, r: Request<pb::SessionRequest>) -> Reply<pb::Empty> {
@@ -516,7 +538,9 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let (extents, attr) = self
             .node
-            .read(r.stale, |ns| ns.read_slices(r.ino, r.offset, r.length))
+            .read_in(r.stale, reader(r.session), r.ino, |ns| {
+                ns.read_slices(r.ino, r.offset, r.length)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadSlicesReply {

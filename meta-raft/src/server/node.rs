@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mobilus_proto::convert::Issuer;
 use mobilus_proto::fs::Fence;
 use mobilus_proto::pb;
 use openraft::error::{ClientWriteError, RaftError};
@@ -46,6 +47,7 @@ pub struct Forwarded {
     pub fence: Option<Fence>,
     pub op: Op,
     pub session: Option<u64>,
+    pub holder_only: bool,
 }
 
 /// The leader's answer to a forwarded mutation.
@@ -124,7 +126,11 @@ impl MetaNode {
         fence: Option<Fence>,
         op: Op,
     ) -> Result<OpReply, MetaError> {
-        self.propose_by(site, None, fence, op).await
+        let issuer = Issuer {
+            site,
+            ..Issuer::default()
+        };
+        self.propose_by(issuer, fence, op).await
     }
 
     /// Propose a mutation issued by `site` and mount `session`. A refusal because
@@ -133,21 +139,19 @@ impl MetaNode {
     /// (`server/delegations.rs`).
     pub async fn propose_by(
         &self,
-        site: Option<String>,
-        session: Option<u64>,
+        issuer: Issuer,
         fence: Option<Fence>,
         op: Op,
     ) -> Result<OpReply, MetaError> {
         let deadline = tokio::time::Instant::now() + super::delegations::MAX_RECALL_WAIT;
         loop {
-            let result = self
-                .propose_once(site.clone(), session, fence, op.clone())
-                .await;
+            let result = self.propose_once(issuer.clone(), fence, op.clone()).await;
             match result {
                 Err(MetaError::Op(OpError::Delegated { subtree, .. }))
                     if tokio::time::Instant::now() < deadline =>
                 {
-                    self.recall_and_wait(subtree, session, deadline).await?;
+                    self.recall_and_wait(subtree, issuer.session, deadline)
+                        .await?;
                 }
                 other => return other,
             }
@@ -156,21 +160,18 @@ impl MetaNode {
 
     pub(super) async fn propose_once(
         &self,
-        site: Option<String>,
-        session: Option<u64>,
+        issuer: Issuer,
         fence: Option<Fence>,
         op: Op,
     ) -> Result<OpReply, MetaError> {
-        match self
-            .propose_local(site.clone(), session, fence, op.clone())
-            .await
-        {
+        match self.propose_local(issuer.clone(), fence, op.clone()).await {
             Err(MetaError::NotLeader(Some(leader))) if leader != self.addr => {
                 let fwd = Forwarded {
-                    site,
-                    session,
+                    site: issuer.site,
+                    session: issuer.session,
                     fence,
                     op,
+                    holder_only: issuer.holder_only,
                 };
                 self.forward(&leader, fwd).await
             }
@@ -181,8 +182,7 @@ impl MetaNode {
     /// Propose on this member only (the leader's half of forwarding).
     pub async fn propose_local(
         &self,
-        site: Option<String>,
-        session: Option<u64>,
+        issuer: Issuer,
         fence: Option<Fence>,
         op: Op,
     ) -> Result<OpReply, MetaError> {
@@ -190,10 +190,11 @@ impl MetaNode {
         let start = std::time::Instant::now();
         let cmd = Command {
             time_ns: now_ns(),
-            site,
-            session,
+            site: issuer.site,
+            session: issuer.session,
             fence,
             op,
+            holder_only: issuer.holder_only,
         };
         let result =
             match tokio::time::timeout(self.timeouts.write, self.proposer.propose(cmd)).await {
@@ -246,7 +247,15 @@ impl MetaNode {
             codec::decode(bytes).map_err(|e| MetaError::InvalidRequest(e.to_string()))?;
         Ok(
             match self
-                .propose_local(fwd.site, fwd.session, fwd.fence, fwd.op)
+                .propose_local(
+                    Issuer {
+                        site: fwd.site,
+                        session: fwd.session,
+                        holder_only: fwd.holder_only,
+                    },
+                    fwd.fence,
+                    fwd.op,
+                )
                 .await
             {
                 Ok(r) => ForwardReply::Applied(Ok(r)),
@@ -267,6 +276,26 @@ impl MetaNode {
     ) -> Result<T, MetaError> {
         if !stale && !self.unsafe_local_reads {
             self.ensure_linearizable().await?;
+        }
+        Ok(read(&self.sm.namespace())?)
+    }
+
+    /// A read of inode `ino` (or of its entries) by mount session `reader`: as
+    /// [`MetaNode::read`], and, unless `stale`, after recalling the delegation of its
+    /// subtree if another session holds it with closes not yet committed (close-to-open
+    /// across mounts, `server/delegations.rs`).
+    pub async fn read_in<T>(
+        &self,
+        stale: bool,
+        reader: Option<u64>,
+        ino: mobilus_proto::fs::InodeId,
+        read: impl FnOnce(&Namespace) -> Result<T, NsError>,
+    ) -> Result<T, MetaError> {
+        if !stale {
+            if !self.unsafe_local_reads {
+                self.ensure_linearizable().await?;
+            }
+            self.wait_for_write_back(ino, reader).await?;
         }
         Ok(read(&self.sm.namespace())?)
     }

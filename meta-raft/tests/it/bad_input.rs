@@ -161,11 +161,14 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
         }],
     };
     assert_eq!(
-        errno(c.write(dir, &[one(0, 10)], None, None).await),
+        errno(c.write(dir, &[one(0, 10)], None, None, false).await),
         Errno::EISDIR
     );
     assert_eq!(
-        errno(c.write(file, &[one(u64::MAX - 5, 10)], None, None).await),
+        errno(
+            c.write(file, &[one(u64::MAX - 5, 10)], None, None, false)
+                .await
+        ),
         Errno::EFBIG
     );
     let mismatched = SliceWrite {
@@ -178,7 +181,7 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
         }],
     };
     assert_eq!(
-        errno(c.write(file, &[mismatched], None, None).await),
+        errno(c.write(file, &[mismatched], None, None, false).await),
         Errno::EINVAL
     );
     assert_eq!(

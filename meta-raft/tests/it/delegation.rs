@@ -19,6 +19,7 @@ fn run(ns: &Namespace, t: i64, site: Option<&str>, session: Option<u64>, op: Op)
         time_ns: t,
         site: site.map(str::to_string),
         session,
+        holder_only: false,
         fence: None,
         op,
     })
@@ -333,4 +334,150 @@ fn a_move_waits_for_the_delegation_and_a_takeover_finds_it_gone() {
     )
     .unwrap();
     must_acquire(&f.ns, T0 + SEC, other, f.app);
+}
+
+/// A command the holder sends relying on its delegation (a write-back's commit).
+fn run_held(ns: &Namespace, t: i64, session: u64, op: Op) -> Reply {
+    ns.execute(&Command {
+        time_ns: t,
+        site: Some("site-a".into()),
+        session: Some(session),
+        fence: None,
+        op,
+        holder_only: true,
+    })
+    .expect("store")
+}
+
+fn set_write_back(ns: &Namespace, t: i64, session: u64, subtree: SubtreeId, on: bool) -> Reply {
+    run(
+        ns,
+        t,
+        None,
+        None,
+        Op::SetWriteBack {
+            session,
+            subtree,
+            on,
+        },
+    )
+}
+
+fn is_stale(r: &Reply) -> bool {
+    matches!(r, Err(OpError::Explained { errno, .. }) if *errno == Errno::ESTALE.0)
+}
+
+#[test]
+fn write_backs_commit_only_under_their_delegation_and_mark_it_for_other_readers() {
+    let (f, holder, other) = delegated();
+    let t = T0 + SEC;
+    let write = |ino| Op::Write {
+        ino,
+        slices: crate::ownership::ten_bytes(),
+        checked: None,
+    };
+    // The holder's write-back lands while its delegation lasts; another session's is
+    // refused as delegated (nothing done), as any change of its would be.
+    assert!(run_held(&f.ns, t, holder, write(f.file)).is_ok());
+    assert!(is_delegated(
+        &run_held(&f.ns, t, other, write(f.file)),
+        holder
+    ));
+    // Only the live holder marks it; another session's reads then recall it first, the
+    // holder's own do not, and reads of the shared root never do.
+    assert!(is_stale(&set_write_back(&f.ns, t, other, f.app, true)));
+    assert_eq!(
+        f.ns.written_back_elsewhere(f.file, Some(other)).unwrap(),
+        None
+    );
+    assert!(set_write_back(&f.ns, t, holder, f.app, true).is_ok());
+    for reader in [Some(other), None] {
+        assert_eq!(
+            f.ns.written_back_elsewhere(f.file, reader).unwrap(),
+            Some((f.app, holder)),
+            "{reader:?}"
+        );
+        assert_eq!(
+            f.ns.written_back_elsewhere(f.app, reader).unwrap(),
+            Some((f.app, holder))
+        );
+        assert_eq!(f.ns.written_back_elsewhere(f.shared, reader).unwrap(), None);
+    }
+    assert_eq!(
+        f.ns.written_back_elsewhere(f.file, Some(holder)).unwrap(),
+        None
+    );
+    assert_eq!(
+        f.ns.written_back_elsewhere(424_242, Some(other)).unwrap(),
+        None
+    );
+    // Taken back by the holder (never refused); marked again.
+    assert!(set_write_back(&f.ns, t, holder, f.app, false).is_ok());
+    assert!(set_write_back(&f.ns, t, other, f.app, false).is_ok());
+    assert_eq!(
+        f.ns.written_back_elsewhere(f.file, Some(other)).unwrap(),
+        None
+    );
+    assert!(set_write_back(&f.ns, t, holder, f.app, true).is_ok());
+    // Given back: the mark goes with it, and a late write-back is refused for good.
+    let release = Op::ReleaseDelegation {
+        session: holder,
+        subtree: f.app,
+    };
+    run(&f.ns, t, None, None, release).unwrap();
+    assert_eq!(
+        f.ns.written_back_elsewhere(f.file, Some(other)).unwrap(),
+        None
+    );
+    let before = f.ns.fsck().unwrap();
+    assert!(is_stale(&run_held(&f.ns, t, holder, write(f.file))));
+    assert_eq!(
+        f.ns.fsck().unwrap(),
+        before,
+        "a refused write-back changed something"
+    );
+    // A new grant starts unmarked.
+    let t = t + REACQUIRE_HOLD_NS;
+    must_acquire(&f.ns, t, holder, f.app);
+    assert_eq!(
+        f.ns.written_back_elsewhere(f.file, Some(other)).unwrap(),
+        None
+    );
+
+    // Run out (the holder paused past its session's lease): its write-backs are refused
+    // from then on; the mark stays until a recall finds the delegation ended.
+    let (f, holder, other) = delegated();
+    assert!(set_write_back(&f.ns, T0, holder, f.app, true).is_ok());
+    heartbeat(&f.ns, T0 + 9 * SEC, "site-a");
+    let ended = T0 + SESSION_LEASE_NS;
+    assert!(is_stale(&run_held(&f.ns, ended, holder, write(f.file))));
+    assert!(is_stale(&set_write_back(&f.ns, ended, holder, f.app, true)));
+    assert_eq!(
+        f.ns.written_back_elsewhere(f.file, Some(other)).unwrap(),
+        Some((f.app, holder))
+    );
+    assert_eq!(recall(&f.ns, ended, f.app), 0);
+    assert_eq!(
+        f.ns.written_back_elsewhere(f.file, Some(other)).unwrap(),
+        None
+    );
+    // A recall while it lasts keeps the mark: the holder commits before giving it back.
+    let (f, holder, other) = delegated();
+    assert!(set_write_back(&f.ns, T0, holder, f.app, true).is_ok());
+    assert!(recall(&f.ns, T0 + SEC, f.app) > 0);
+    assert!(f
+        .ns
+        .written_back_elsewhere(f.file, Some(other))
+        .unwrap()
+        .is_some());
+    assert!(run_held(&f.ns, T0 + 2 * SEC, holder, write(f.file)).is_ok());
+    // The shared root has no delegation to rely on.
+    let r = run_held(
+        &f.ns,
+        T0 + 2 * SEC,
+        holder,
+        crate::ownership::mkdir(f.shared, "y"),
+    );
+    assert!(is_stale(&r), "{r:?}");
+    must_fsck_clean(&f.ns);
 }

@@ -15,6 +15,7 @@ fn at(ns: &Namespace, time_ns: i64, op: Op) -> Reply {
         time_ns,
         site: None,
         session: None,
+        holder_only: false,
         fence: None,
         op,
     })

@@ -19,6 +19,7 @@ fn exec(ns: &Namespace, t: i64, site: Option<&str>, op: Op) -> Reply {
         time_ns: t,
         site: site.map(str::to_string),
         session: None,
+        holder_only: false,
         fence: None,
         op,
     })

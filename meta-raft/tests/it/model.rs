@@ -438,7 +438,8 @@ impl Model {
             | Op::SetLock { .. }
             | Op::AcquireDelegation { .. }
             | Op::ReleaseDelegation { .. }
-            | Op::RecallDelegation { .. } => Err(Errno::EOPNOTSUPP),
+            | Op::RecallDelegation { .. }
+            | Op::SetWriteBack { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: reserved creates are tested in `ownership.rs` and through a
             // mount.
             Op::ReserveInodes { .. } | Op::CreateReserved { .. } => Err(Errno::EOPNOTSUPP),
@@ -875,6 +876,7 @@ fn run_against_model(ns: &Namespace, steps: &[Gen]) -> Result<(), TestCaseError>
                 time_ns: now,
                 site: None,
                 session: None,
+                holder_only: false,
                 fence: None,
                 op: op.clone(),
             })

@@ -11,6 +11,7 @@ fn must(ns: &Namespace, op: Op) -> OpReply {
         time_ns: 1,
         site: None,
         session: None,
+        holder_only: false,
         fence: None,
         op,
     })
@@ -112,6 +113,7 @@ async fn a_batched_entry_applies_its_commands_in_order_as_one_transaction() {
         time_ns: 5,
         site: None,
         session: None,
+        holder_only: false,
         fence: None,
         op,
     };
@@ -196,6 +198,7 @@ fn data_nodes_register_heartbeat_and_set_the_capacity_statfs_reports() {
             time_ns: t,
             site: None,
             session: None,
+            holder_only: false,
             fence: None,
             op: Op::RegisterDataNode { node: n },
         })

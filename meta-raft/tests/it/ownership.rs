@@ -26,6 +26,7 @@ pub(crate) fn exec(
         time_ns: t,
         site: site.map(str::to_string),
         session: None,
+        holder_only: false,
         fence,
         op,
     })
@@ -211,7 +212,7 @@ pub(crate) fn every_mutation(f: &Fixture) -> Vec<Op> {
     ]
 }
 
-fn ten_bytes() -> Vec<SliceWrite> {
+pub(crate) fn ten_bytes() -> Vec<SliceWrite> {
     vec![SliceWrite {
         offset: 0,
         len: 10,
@@ -278,6 +279,7 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::AcquireDelegation { .. }
         | Op::ReleaseDelegation { .. }
         | Op::RecallDelegation { .. }
+        | Op::SetWriteBack { .. }
         // Numbers only: the create that uses one is judged.
         | Op::ReserveInodes { .. } => false,
     }

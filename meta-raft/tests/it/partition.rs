@@ -78,8 +78,10 @@ async fn a_leader_cut_off_by_dropped_traffic_loses_leadership_and_catches_up_aft
         o.node.faults.block(leader.node.id);
     }
     let old = leader.node.clone();
-    let pending =
-        tokio::spawn(async move { old.propose_local(None, None, None, mkdir("minority")).await });
+    let pending = tokio::spawn(async move {
+        old.propose_local(Default::default(), None, mkdir("minority"))
+            .await
+    });
 
     // The majority elects a leader of its own and commits.
     let majority = others[leader_among(&others).await];

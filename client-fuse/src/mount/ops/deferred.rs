@@ -110,27 +110,35 @@ impl MountFs {
         self.meta().await.map(|_| ())
     }
 
-    /// Make every create answered here and not yet made; returns how many are still to
-    /// be made (their making failed with an error that may pass). A create refused for
+    /// Commit every close written back here (`write_back.rs`) and make every create
+    /// answered here and not yet made; returns how many are still to be committed or
+    /// made (they failed with an error that may pass). A create refused for
     /// good (the subtree moved, the name was taken after the delegation was lost) is
     /// left to its file's own commit, which reports the error to the application.
     pub(super) async fn settle(&self) -> usize {
-        if lock(&self.deferred.pending).is_empty() {
+        if lock(&self.deferred.pending).is_empty() && self.write_back.is_empty() {
             return 0;
         }
         // One at a time: a second caller finds the first one's work done.
         let _one = self.deferred.settling.lock().await;
+        // Closes written back first: a file created here is made with its bytes.
+        let unwritten = self.settle_write_backs().await;
         let pending: Vec<(InodeId, CreateSlot)> = {
             let p = lock(&self.deferred.pending);
             if p.is_empty() {
-                return 0;
+                return unwritten;
             }
             p.iter().map(|(i, s)| (*i, s.clone())).collect()
         };
         let makes = pending.into_iter().map(|(ino, slot)| async move {
             let create = lock(&slot).clone();
             if let Some(create) = create {
-                match self.client.meta().create_reserved(&create, None).await {
+                match self
+                    .client
+                    .meta()
+                    .create_reserved(&create, None, false)
+                    .await
+                {
                     Ok(_) => {
                         let mut s = lock(&slot);
                         if s.as_ref() == Some(&create) {
@@ -150,7 +158,7 @@ impl MountFs {
             false
         });
         let failed = futures::future::join_all(makes).await;
-        failed.into_iter().filter(|f| *f).count()
+        unwritten + failed.into_iter().filter(|f| *f).count()
     }
 
     /// Answer a create of a regular file without a round, if this mount may: it holds

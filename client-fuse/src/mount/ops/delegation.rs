@@ -66,6 +66,9 @@ struct Held {
     /// When the request that granted it was sent: a renewal sent before says nothing of
     /// it.
     since: Instant,
+    /// The metadata was told this grant has closes answered before their writes commit
+    /// (`write_back.rs`): other mounts' reads recall it first.
+    marked: bool,
 }
 
 struct DirCache {
@@ -106,7 +109,18 @@ struct AuthCache {
     names: usize,
     /// After a mutation of unknown outcome: nothing is cached until then.
     unsure_until: Option<Instant>,
+    /// The epoch of the last change that may have touched any inode (a grant, a loss, a
+    /// removal of a name whose inode is not known here).
+    global: u64,
+    /// Per inode, the epoch at which the last mutation touching it began and how many
+    /// touching it are in flight: a mutation records its answer unless another one of
+    /// the same inodes overlapped it.
+    touched: HashMap<InodeId, (u64, u32)>,
 }
+
+/// Most inodes whose touches are remembered: past it, those not in flight are forgotten
+/// (and every commit then in flight records nothing).
+const MAX_TOUCHED: usize = 100_000;
 
 impl AuthCache {
     fn dir(&mut self, dir: InodeId) -> &mut DirCache {
@@ -122,21 +136,24 @@ impl AuthCache {
         d
     }
 
-    /// Forget what `touches` may change.
-    fn forget(&mut self, touches: &Touches) {
+    /// Forget what `touches` may change; returns the inodes it may change.
+    fn forget(&mut self, touches: &Touches) -> Vec<InodeId> {
         self.epoch += 1;
+        let mut pinned = touches.inodes.clone();
         for ino in &touches.inodes {
             self.attrs.remove(ino);
             self.maps.remove(ino);
         }
         for (parent, name) in &touches.names {
             self.attrs.remove(parent);
+            pinned.push(*parent);
             match Delegations::cached_entry(self, *parent, name) {
                 Some(Some(ino)) => {
                     // An unlink or a rename over it changes its link count and ctime.
                     self.attrs.remove(&ino);
                     self.maps.remove(&ino);
                     self.dirs.remove(&ino);
+                    pinned.push(ino);
                 }
                 Some(None) => {}
                 // Which inode it removes is not known here: any cached one may be it.
@@ -155,10 +172,22 @@ impl AuthCache {
                 }
             }
         }
+        pinned.sort_unstable();
+        pinned.dedup();
+        if self.touched.len() >= MAX_TOUCHED {
+            self.touched.retain(|_, (_, inflight)| *inflight > 0);
+            self.global = self.epoch;
+        }
+        for ino in &pinned {
+            let t = self.touched.entry(*ino).or_default();
+            *t = (self.epoch, t.1 + 1);
+        }
+        pinned
     }
 
     fn clear(&mut self) {
         self.epoch += 1;
+        self.global = self.epoch;
         self.forget_all();
     }
 
@@ -294,15 +323,23 @@ pub(super) struct Mutation<'a> {
     map_before: Option<SliceMap>,
     /// The attributes of the directory it adds an entry to, as cached when it began.
     parent_before: Option<Attr>,
+    /// The inodes it may change (counted in flight in `AuthCache::touched`).
+    pinned: Vec<InodeId>,
 }
 
 impl Mutation<'_> {
-    /// Record what this mutation made, if nothing else happened since it began; `f` may
-    /// only add what the mutation's own answer proves.
+    /// Record what this mutation made, if no other mutation of the inodes it touches
+    /// overlapped it and nothing changed everything since it began; `f` may only add
+    /// what the mutation's own answer proves, of those inodes. (Mutations of other inodes
+    /// may overlap it: write-backs commit while the application goes on.)
     fn record(&self, f: impl FnOnce(&mut AuthCache, &dyn Fn(SubtreeId) -> bool)) {
         let mut c = lock(&self.deleg.cache);
         let unsure = c.unsure_until.is_some_and(|t| Instant::now() < t);
-        if c.epoch != self.epoch || c.inflight != 1 || unsure {
+        let alone = self
+            .pinned
+            .iter()
+            .all(|i| c.touched.get(i) == Some(&(self.epoch, 1)));
+        if c.global > self.epoch || !alone || unsure {
             return;
         }
         c.make_room(1);
@@ -395,6 +432,11 @@ impl Drop for Mutation<'_> {
         let mut c = lock(&self.deleg.cache);
         c.inflight = c.inflight.saturating_sub(1);
         c.epoch += 1;
+        for ino in &self.pinned {
+            if let Some(t) = c.touched.get_mut(ino) {
+                t.1 = t.1.saturating_sub(1);
+            }
+        }
     }
 }
 
@@ -419,6 +461,24 @@ impl Delegations {
         (!h.recalled && Instant::now() < h.valid_until).then_some(h.valid_until)
     }
 
+    /// The grant of `subtree` this mount trusts now (when it was asked for) and whether
+    /// the metadata knows it has write-backs (`None`: not trusted).
+    pub(super) fn write_back_grant(&self, subtree: SubtreeId) -> Option<(Instant, bool)> {
+        let held = lock(&self.held);
+        let h = held.get(&subtree)?;
+        (!h.recalled && Instant::now() < h.valid_until).then_some((h.since, h.marked))
+    }
+
+    /// The metadata now knows (`on`) or no longer knows that the grant of `subtree` asked
+    /// for at `since` has write-backs; a grant since replaced is left alone.
+    pub(super) fn set_marked(&self, subtree: SubtreeId, since: Instant, on: bool) {
+        if let Some(h) = lock(&self.held).get_mut(&subtree) {
+            if h.since == since {
+                h.marked = on;
+            }
+        }
+    }
+
     /// Subtrees held (even if recalled), for tests and metrics.
     pub(super) fn held(&self) -> Vec<SubtreeId> {
         lock(&self.held).keys().copied().collect()
@@ -431,12 +491,13 @@ impl Delegations {
         c.inflight += 1;
         let map_before = touches.writes.and_then(|ino| c.maps.get(&ino).cloned());
         let parent_before = touches.adds_to.and_then(|p| c.attrs.get(&p).cloned());
-        c.forget(&touches);
+        let pinned = c.forget(&touches);
         Mutation {
             deleg: self,
             epoch: c.epoch,
             map_before,
             parent_before,
+            pinned,
         }
     }
 
@@ -757,6 +818,7 @@ impl Delegations {
                 valid_until: Self::validity(sent, g.remaining_ns),
                 recalled: g.recalled,
                 since: sent,
+                marked: false,
             },
         );
         // Nothing cached before the grant may be trusted: start afresh.

@@ -1,0 +1,305 @@
+//! Closes the holder of a delegation answers before their writes commit (write-back).
+//!
+//! A small file written and closed costs one metadata commit, and a close that waits for
+//! it costs the application that round (about 2 ms with three members). A local file
+//! system answers a close from its page cache; the holder of a subtree's delegation can
+//! too, as long as nobody can see the file before its writes commit:
+//! - **Other mounts.** Before the first such close under a grant, the metadata is told
+//!   (`SetWriteBack`); while it knows, a read of the subtree by any other session first
+//!   recalls the delegation, and a recall commits everything buffered here before the
+//!   delegation is given back. So an open elsewhere after the close sees the bytes
+//!   (close-to-open). When nothing has been left to commit for [`IDLE_UNMARK`], the mark
+//!   is taken back.
+//! - **This mount.** The closed inode stays open here until it commits, so reads, stats
+//!   and reopens see its buffer; and every metadata call goes through
+//!   [`MountFs::meta`], which first commits every write-back ([`MountFs::settle`]).
+//! - **Losing the delegation.** The commits go out `holder_only`: once the delegation has
+//!   ended (its holder paused or cut off past its lease), the metadata refuses them
+//!   (ESTALE) rather than let a write appear after another mount read past it. They are
+//!   then lost, as a crashed host's page cache is: `fsync` is the durability point, and
+//!   an fsync of a file whose write-back was refused reports EIO.
+//!
+//! Each write-back is committed at once in the background (several in flight share
+//! Raft batches); one whose commit fails with an error that may pass is retried.
+//! At most [`MAX_FILES`] files and [`MAX_BYTES`] bytes wait: past that, closes commit
+//! before they answer, as they do outside a held delegation.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use mobilus_proto::fs::{InodeId, SubtreeId, ROOT_INO};
+use mobilus_proto::status::Errno;
+
+use super::{lock, FsResult, MountFs, OpenInode};
+use crate::client::ClientError;
+
+/// Most closed files waiting for their commit.
+const MAX_FILES: usize = 1_024;
+/// Most bytes buffered by closed files waiting for their commit.
+const MAX_BYTES: usize = 256 << 20;
+/// With nothing left to commit for this long, the metadata is told so (other mounts then
+/// read the subtree without recalling it).
+pub(super) const IDLE_UNMARK: Duration = Duration::from_millis(300);
+/// Longest pause between attempts of a commit that failed with an error that may pass.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
+struct Waiting {
+    subtree: SubtreeId,
+    inode: Arc<OpenInode>,
+    bytes: usize,
+}
+
+#[derive(Default)]
+pub(super) struct WriteBack {
+    /// Closed inodes whose writes are still to commit.
+    waiting: Mutex<HashMap<InodeId, Waiting>>,
+    /// Held shared by a close registering a write-back, whole while a subtree's mark is
+    /// taken back: no close relies on a mark being removed.
+    marking: tokio::sync::RwLock<()>,
+    /// The last write-back close of each marked subtree.
+    last: Mutex<HashMap<SubtreeId, Instant>>,
+    /// Subtrees whose mark a task is waiting to take back.
+    unmarking: Mutex<HashSet<SubtreeId>>,
+}
+
+impl WriteBack {
+    fn totals(&self) -> (usize, usize) {
+        let w = lock(&self.waiting);
+        (w.len(), w.values().map(|x| x.bytes).sum())
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        lock(&self.waiting).is_empty()
+    }
+
+    fn inodes(&self) -> Vec<Arc<OpenInode>> {
+        lock(&self.waiting)
+            .values()
+            .map(|w| w.inode.clone())
+            .collect()
+    }
+
+    fn waits_in(&self, subtree: SubtreeId) -> bool {
+        lock(&self.waiting).values().any(|w| w.subtree == subtree)
+    }
+}
+
+impl MountFs {
+    /// A close (FLUSH): answered at once if this mount holds the subtree's delegation and
+    /// may write back; else its writes commit first.
+    pub async fn close(&self, fh: u64) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        if let Some(e) = lock(&h.inode.write_back_error).take() {
+            return Err(ClientError::Refused(e));
+        }
+        if self.write_back(&h.inode).await {
+            return Ok(());
+        }
+        self.flush_inode(&h.inode).await
+    }
+
+    /// Register `inode`'s buffered writes as a write-back, if this mount may: returns
+    /// whether it did (the close is then answered).
+    async fn write_back(&self, inode: &Arc<OpenInode>) -> bool {
+        let subtree = lock(&inode.attr).0.subtree;
+        if subtree == ROOT_INO {
+            return false;
+        }
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return false;
+        };
+        let _marking = self.write_back.marking.read().await;
+        let Some((since, marked)) = self.deleg.write_back_grant(subtree) else {
+            return false;
+        };
+        let mut w = inode.writer.lock().await;
+        if !w.needs_commit() {
+            return false;
+        }
+        let (files, bytes) = self.write_back.totals();
+        if files >= MAX_FILES || bytes + w.pending_bytes() > MAX_BYTES {
+            metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "full").increment(1);
+            return false;
+        }
+        if !marked {
+            let Some(session) = self.locks.current().await else {
+                return false;
+            };
+            if let Err(e) = self
+                .client
+                .meta()
+                .set_write_back(session, subtree, true)
+                .await
+            {
+                tracing::debug!(subtree, error = %e, "write-back refused; closing synchronously");
+                return false;
+            }
+            self.deleg.set_marked(subtree, since, true);
+            tracing::info!(
+                subtree,
+                "writing back closes: other mounts' reads recall the delegation first"
+            );
+        }
+        w.written_back();
+        inode.written_back.store(true, Ordering::Release);
+        lock(&self.write_back.last).insert(subtree, Instant::now());
+        let ino = w.ino();
+        let pending = w.pending_bytes();
+        lock(&self.write_back.waiting)
+            .entry(ino)
+            .and_modify(|x| x.bytes = pending)
+            .or_insert_with(|| Waiting {
+                subtree,
+                inode: inode.clone(),
+                bytes: pending,
+            });
+        drop(w);
+        metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "answered").increment(1);
+        tokio::spawn(async move { me.commit_written_back(ino).await });
+        true
+    }
+
+    /// Commit `ino`'s write-back in the background, retrying what may pass.
+    async fn commit_written_back(self: Arc<Self>, ino: InodeId) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let inode = match lock(&self.write_back.waiting).get(&ino) {
+                Some(w) => w.inode.clone(),
+                None => return,
+            };
+            if self.commit_waiting(&inode).await.is_ok() {
+                // Committed, or refused for good; more written meanwhile goes round again.
+                if !lock(&self.write_back.waiting).contains_key(&ino) {
+                    return;
+                }
+                continue;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_RETRY_PAUSE);
+        }
+    }
+
+    /// Commit one waiting inode: `Err` if it failed with an error that may pass (it
+    /// stays waiting). A refusal for good drops what was buffered, reported to the next
+    /// close or fsync of the file here.
+    async fn commit_waiting(&self, inode: &Arc<OpenInode>) -> FsResult<()> {
+        match self.flush_inode(inode).await {
+            Ok(()) => {}
+            Err(e) if e.to_errno() == Errno::EIO => return Err(e),
+            Err(e) => {
+                let mut w = inode.writer.lock().await;
+                tracing::error!(
+                    ino = w.ino(),
+                    error = %e,
+                    "a closed file's writes were refused after its close was answered; they are lost"
+                );
+                metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "lost")
+                    .increment(1);
+                *lock(&inode.write_back_error) = Some(Errno::EIO);
+                w.discard();
+                inode.pending_end.store(0, Ordering::Release);
+            }
+        }
+        self.write_back_done(inode).await;
+        Ok(())
+    }
+
+    /// After a commit of `inode`: if nothing is left to commit, it no longer waits, and
+    /// with no handle left it is closed here (and freed, if unlinked meanwhile).
+    async fn write_back_done(&self, inode: &Arc<OpenInode>) {
+        let w = inode.writer.lock().await;
+        if w.needs_commit() {
+            return;
+        }
+        let ino = w.ino();
+        let subtree = {
+            let mut waiting = lock(&self.write_back.waiting);
+            match waiting.get(&ino) {
+                Some(x) if Arc::ptr_eq(&x.inode, inode) => waiting.remove(&ino).map(|x| x.subtree),
+                _ => None,
+            }
+        };
+        inode.written_back.store(false, Ordering::Release);
+        let free = self.close_if_unused(ino, inode);
+        drop(w);
+        if let Some(subtree) = subtree {
+            metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "committed")
+                .increment(1);
+            if !self.write_back.waits_in(subtree) {
+                self.unmark_when_idle(subtree);
+            }
+        }
+        if free {
+            // Straight to the metadata: a file with no name has nothing to settle first.
+            let meta = self.client.meta().clone();
+            tokio::spawn(async move {
+                if let Err(e) = meta.release_orphan(ino).await {
+                    tracing::warn!(ino, error = %e, "freeing an unlinked file failed");
+                }
+            });
+        }
+    }
+
+    /// Commit every write-back (the barrier before a metadata call); returns how many
+    /// failed with an error that may pass.
+    pub(super) async fn settle_write_backs(&self) -> usize {
+        let waiting = self.write_back.inodes();
+        let commits = waiting
+            .iter()
+            .map(|inode| async move { self.commit_waiting(inode).await.is_err() });
+        futures::future::join_all(commits)
+            .await
+            .into_iter()
+            .filter(|f| *f)
+            .count()
+    }
+
+    /// Take back `subtree`'s mark once no write-back has waited in it for
+    /// [`IDLE_UNMARK`] (one task per subtree).
+    fn unmark_when_idle(&self, subtree: SubtreeId) {
+        if !lock(&self.write_back.unmarking).insert(subtree) {
+            return;
+        }
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            lock(&self.write_back.unmarking).remove(&subtree);
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_UNMARK).await;
+                let idle = lock(&me.write_back.last)
+                    .get(&subtree)
+                    .is_none_or(|t| t.elapsed() >= IDLE_UNMARK);
+                if !idle || me.write_back.waits_in(subtree) {
+                    continue;
+                }
+                let _all = me.write_back.marking.write().await;
+                if me.write_back.waits_in(subtree) {
+                    continue;
+                }
+                lock(&me.write_back.unmarking).remove(&subtree);
+                lock(&me.write_back.last).remove(&subtree);
+                let Some((since, true)) = me.deleg.write_back_grant(subtree) else {
+                    return;
+                };
+                // Forgotten here first: a close that comes next marks again.
+                me.deleg.set_marked(subtree, since, false);
+                if let Some(session) = me.locks.current().await {
+                    if let Err(e) = me
+                        .client
+                        .meta()
+                        .set_write_back(session, subtree, false)
+                        .await
+                    {
+                        tracing::debug!(subtree, error = %e, "taking back the write-back mark failed");
+                        return;
+                    }
+                    tracing::info!(subtree, "no closes left to write back");
+                }
+                return;
+            }
+        });
+    }
+}
