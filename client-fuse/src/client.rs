@@ -453,6 +453,11 @@ impl FileWriter {
         self.holder_only = true;
     }
 
+    /// Whether what a close answered is still to commit ([`FileWriter::written_back`]).
+    pub fn holder_only(&self) -> bool {
+        self.holder_only
+    }
+
     /// Drop what is buffered (its commit was refused for good after the close that
     /// buffered it was answered; the error was reported where it could be).
     pub fn discard(&mut self) {

@@ -57,8 +57,6 @@ struct OpenInode {
     /// A close was answered before its writes committed (`write_back.rs`): it stays open
     /// here, with no handle, until they do.
     written_back: AtomicBool,
-    /// A write-back of it was refused for good: reported by its next close or fsync.
-    write_back_error: Mutex<Option<Errno>>,
     /// Its attributes as this mount sees them, and when they were last committed ones:
     /// served without asking the metadata while writes are buffered or for the cache
     /// TTL after a commit (every write and truncate makes the kernel ask again).
@@ -788,7 +786,6 @@ impl MountFs {
                         pending_end: AtomicU64::new(0),
                         orphan: AtomicBool::new(false),
                         written_back: AtomicBool::new(false),
-                        write_back_error: Mutex::new(None),
                         attr: Mutex::new((attr.clone(), Some(Instant::now()))),
                     })
                 })
@@ -976,7 +973,7 @@ impl MountFs {
     #[instrument(skip(self))]
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        if let Some(e) = lock(&h.inode.write_back_error).take() {
+        if let Some(e) = self.write_back.take_lost(h.ino) {
             return Err(ClientError::Refused(e));
         }
         self.flush_inode(&h.inode).await
@@ -1037,7 +1034,7 @@ impl MountFs {
     /// A close (FLUSH) by `owner` answered with no wait, if it can be: nothing buffered,
     /// no lock of the owner's to drop. Called on the FUSE thread.
     pub fn flush_if_clean(&self, fh: u64, ino: InodeId, owner: u64) -> bool {
-        self.is_clean(fh) && self.holds_no_lock(ino, owner)
+        self.is_clean(fh) && self.holds_no_lock(ino, owner) && !self.write_back.has_lost(ino)
     }
 
     /// The last close of a handle (RELEASE) with nothing buffered, done with no wait

@@ -154,6 +154,9 @@ pub(crate) fn check(
         return Ok(());
     }
     match live_holder(txn, subtree, sub, now)? {
+        // A write-back of a delegation since given to another: refused for good, and
+        // the new holder is not recalled for it.
+        Some((holder, _)) if holder_only && session != Some(holder) => Err(lost(subtree)),
         Some((holder, end)) if session != Some(holder) => Err(OpError::Delegated {
             subtree,
             holder,
@@ -343,8 +346,13 @@ pub(crate) fn recall(txn: &mut Txn<'_>, stamp: i64, subtree: SubtreeId) -> Resul
             valid_until(txn, holder, &sub, &rec)? - now
         }
         // Ended: whatever it had not committed is refused from now on (holder-only
-        // commits are checked in log time, which only moves forward).
+        // commits are checked in log time, which only moves forward). It is given back
+        // here for good: a lapsed site lease renewed later must not revive it.
         None => {
+            if let Some(old) = rec.holder.take() {
+                txn.delete(Cf::Locks, held_key(old, Some(subtree)));
+            }
+            rec.recalled_ns = None;
             rec.write_back = false;
             0
         }

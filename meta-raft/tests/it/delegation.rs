@@ -376,13 +376,10 @@ fn write_backs_commit_only_under_their_delegation_and_mark_it_for_other_readers(
         slices: crate::ownership::ten_bytes(),
         checked: None,
     };
-    // The holder's write-back lands while its delegation lasts; another session's is
-    // refused as delegated (nothing done), as any change of its would be.
+    // The holder's write-back lands while its delegation lasts; another session's (one
+    // that held it before) is refused for good, recalling nothing.
     assert!(run_held(&f.ns, t, holder, write(f.file)).is_ok());
-    assert!(is_delegated(
-        &run_held(&f.ns, t, other, write(f.file)),
-        holder
-    ));
+    assert!(is_stale(&run_held(&f.ns, t, other, write(f.file))));
     // Only the live holder marks it; another session's reads then recall it first, the
     // holder's own do not, and reads of the shared root never do.
     assert!(is_stale(&set_write_back(&f.ns, t, other, f.app, true)));
@@ -457,6 +454,21 @@ fn write_backs_commit_only_under_their_delegation_and_mark_it_for_other_readers(
         Some((f.app, holder))
     );
     assert_eq!(recall(&f.ns, ended, f.app), 0);
+    assert_eq!(
+        f.ns.written_back_elsewhere(f.file, Some(other)).unwrap(),
+        None
+    );
+    // Ended by the site's lease (its agent missed heartbeats) while the session lives: a
+    // recall finds it ended and gives it back for good, so the agent's next heartbeat
+    // does not revive it for a late write-back.
+    let (f, holder, other) = delegated();
+    assert!(set_write_back(&f.ns, T0, holder, f.app, true).is_ok());
+    let lapsed = T0 + SITE_LEASE_NS;
+    assert!(!renew(&f.ns, lapsed - SEC, holder).is_empty());
+    assert_eq!(recall(&f.ns, lapsed, f.app), 0);
+    heartbeat(&f.ns, lapsed, "site-a");
+    assert!(is_stale(&run_held(&f.ns, lapsed, holder, write(f.file))));
+    assert!(renew(&f.ns, lapsed, holder).is_empty(), "revived");
     assert_eq!(
         f.ns.written_back_elsewhere(f.file, Some(other)).unwrap(),
         None

@@ -432,9 +432,12 @@ impl Drop for Mutation<'_> {
         let mut c = lock(&self.deleg.cache);
         c.inflight = c.inflight.saturating_sub(1);
         c.epoch += 1;
+        // Its end counts as a touch: one that began before it and records after it
+        // must not (its answer may predate this one's effect).
+        let epoch = c.epoch;
         for ino in &self.pinned {
             if let Some(t) = c.touched.get_mut(ino) {
-                t.1 = t.1.saturating_sub(1);
+                *t = (epoch, t.1.saturating_sub(1));
             }
         }
     }
@@ -1003,6 +1006,7 @@ impl MountFs {
             let fs = self.clone();
             tokio::spawn(async move {
                 fs.drop_kernel_long(subtree).await;
+                fs.drop_write_backs(subtree).await;
                 // In case the metadata still counts it (a renewal that raced a grant).
                 if let Some(session) = fs.locks.current().await {
                     let _ = fs.client.meta().release_delegation(session, subtree).await;
@@ -1023,7 +1027,11 @@ impl MountFs {
         // Creates answered here under it are made first (metadata only, quick), within
         // the recall's grace, before the uploads of what is buffered.
         let unmade = self.settle().await;
-        let failed = self.flush_subtree(subtree).await + unmade;
+        // Closes answered under it must commit before it is given back: a reader waits
+        // for the release to see them.
+        let unwritten = self.commit_write_backs_of(subtree).await;
+        let failed = self.flush_subtree(subtree).await + unmade + unwritten;
+        self.drop_write_backs(subtree).await;
         self.drop_kernel_long(subtree).await;
         let session = self.locks.current().await;
         if let Some(session) = session {

@@ -62,7 +62,16 @@ pub(super) struct WriteBack {
     last: Mutex<HashMap<SubtreeId, Instant>>,
     /// Subtrees whose mark a task is waiting to take back.
     unmarking: Mutex<HashSet<SubtreeId>>,
+    /// Files whose write-back was refused for good, and why: the next close or fsync of
+    /// each here reports it (at most [`MAX_LOST`] remembered).
+    lost: Mutex<HashMap<InodeId, Errno>>,
 }
+
+/// Most refused write-backs remembered for their next close or fsync.
+const MAX_LOST: usize = 4_096;
+/// How long a recall keeps retrying write-backs that fail in a way that may pass before
+/// it gives the delegation back anyway (within the recall's 10 s grace).
+const RECALL_RETRY_FOR: Duration = Duration::from_secs(8);
 
 impl WriteBack {
     fn totals(&self) -> (usize, usize) {
@@ -84,6 +93,21 @@ impl WriteBack {
     fn waits_in(&self, subtree: SubtreeId) -> bool {
         lock(&self.waiting).values().any(|w| w.subtree == subtree)
     }
+
+    /// The error of `ino`'s last refused write-back, if not yet reported (taken).
+    pub(super) fn take_lost(&self, ino: InodeId) -> Option<Errno> {
+        let mut lost = lock(&self.lost);
+        if lost.is_empty() {
+            return None;
+        }
+        lost.remove(&ino)
+    }
+
+    /// Whether `ino` has a refused write-back to report (without taking it).
+    pub(super) fn has_lost(&self, ino: InodeId) -> bool {
+        let lost = lock(&self.lost);
+        !lost.is_empty() && lost.contains_key(&ino)
+    }
 }
 
 impl MountFs {
@@ -91,7 +115,7 @@ impl MountFs {
     /// may write back; else its writes commit first.
     pub async fn close(&self, fh: u64) -> FsResult<()> {
         let h = self.handle(fh)?;
-        if let Some(e) = lock(&h.inode.write_back_error).take() {
+        if let Some(e) = self.write_back.take_lost(h.ino) {
             return Err(ClientError::Refused(e));
         }
         if self.write_back(&h.inode).await {
@@ -110,14 +134,16 @@ impl MountFs {
         let Some(me) = self.me.get().and_then(Weak::upgrade) else {
             return false;
         };
-        let _marking = self.write_back.marking.read().await;
-        let Some((since, marked)) = self.deleg.write_back_grant(subtree) else {
-            return false;
-        };
+        // The writer first: an unmark waiting for `marking` holds up no close behind
+        // one slow file (it takes no writer).
         let mut w = inode.writer.lock().await;
         if !w.needs_commit() {
             return false;
         }
+        let _marking = self.write_back.marking.read().await;
+        let Some((since, marked)) = self.deleg.write_back_grant(subtree) else {
+            return false;
+        };
         let (files, bytes) = self.write_back.totals();
         if files >= MAX_FILES || bytes + w.pending_bytes() > MAX_BYTES {
             metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "full").increment(1);
@@ -141,6 +167,11 @@ impl MountFs {
                 subtree,
                 "writing back closes: other mounts' reads recall the delegation first"
             );
+        }
+        // Still the grant that was marked, after the waits above (lost, or replaced by
+        // one the metadata has not marked)? Else the close commits first.
+        if self.deleg.write_back_grant(subtree) != Some((since, true)) {
+            return false;
         }
         w.written_back();
         inode.written_back.store(true, Ordering::Release);
@@ -182,35 +213,96 @@ impl MountFs {
     }
 
     /// Commit one waiting inode: `Err` if it failed with an error that may pass (it
-    /// stays waiting). A refusal for good drops what was buffered, reported to the next
-    /// close or fsync of the file here.
+    /// stays waiting). A refusal for good drops what was buffered (as a local file
+    /// system's write-back error does), reported to the next close or fsync of the file
+    /// here.
     async fn commit_waiting(&self, inode: &Arc<OpenInode>) -> FsResult<()> {
         match self.flush_inode(inode).await {
             Ok(()) => {}
             Err(e) if e.to_errno() == Errno::EIO => return Err(e),
-            Err(e) => {
-                let mut w = inode.writer.lock().await;
-                tracing::error!(
-                    ino = w.ino(),
-                    error = %e,
-                    "a closed file's writes were refused after its close was answered; they are lost"
-                );
-                metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "lost")
-                    .increment(1);
-                *lock(&inode.write_back_error) = Some(Errno::EIO);
-                w.discard();
-                inode.pending_end.store(0, Ordering::Release);
-            }
+            Err(e) => self.lose(inode, e.to_errno(), &e.to_string()).await,
         }
         self.write_back_done(inode).await;
         Ok(())
+    }
+
+    /// Drop what a close of `inode` answered and has not committed, if anything.
+    async fn lose(&self, inode: &Arc<OpenInode>, errno: Errno, why: &str) {
+        let mut w = inode.writer.lock().await;
+        if !w.holder_only() {
+            return;
+        }
+        let ino = w.ino();
+        tracing::error!(
+            ino,
+            error = why,
+            "a closed file's writes were refused after its close was answered; they are lost"
+        );
+        metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "lost").increment(1);
+        w.discard();
+        inode.pending_end.store(0, Ordering::Release);
+        lock(&inode.attr).1 = None;
+        self.changed(inode);
+        {
+            let mut lost = lock(&self.write_back.lost);
+            if lost.len() >= MAX_LOST {
+                lost.clear();
+            }
+            lost.insert(ino, errno);
+        }
+        // The kernel's pages and attributes may show the lost bytes.
+        lock(&self.seen).remove(&ino);
+        self.forget_kernel_attrs(ino);
+    }
+
+    /// The delegation of `subtree` is given back or lost: a write-back of it still
+    /// waiting can never commit (the metadata refuses it), so it is dropped now rather
+    /// than left to land under a later grant.
+    pub(super) async fn drop_write_backs(&self, subtree: SubtreeId) {
+        let waiting: Vec<Arc<OpenInode>> = lock(&self.write_back.waiting)
+            .values()
+            .filter(|w| w.subtree == subtree)
+            .map(|w| w.inode.clone())
+            .collect();
+        for inode in waiting {
+            self.lose(&inode, Errno::EIO, "the delegation ended first")
+                .await;
+            self.write_back_done(&inode).await;
+        }
+    }
+
+    /// At a recall: commit `subtree`'s write-backs, retrying those that fail in a way
+    /// that may pass for up to [`RECALL_RETRY_FOR`]; returns how many are left.
+    pub(super) async fn commit_write_backs_of(&self, subtree: SubtreeId) -> usize {
+        let start = Instant::now();
+        loop {
+            let waiting: Vec<Arc<OpenInode>> = lock(&self.write_back.waiting)
+                .values()
+                .filter(|w| w.subtree == subtree)
+                .map(|w| w.inode.clone())
+                .collect();
+            if waiting.is_empty() {
+                return 0;
+            }
+            for inode in &waiting {
+                let _ = self.commit_waiting(inode).await;
+            }
+            if start.elapsed() >= RECALL_RETRY_FOR {
+                return waiting.len();
+            }
+            if self.write_back.waits_in(subtree) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// After a commit of `inode`: if nothing is left to commit, it no longer waits, and
     /// with no handle left it is closed here (and freed, if unlinked meanwhile).
     async fn write_back_done(&self, inode: &Arc<OpenInode>) {
         let w = inode.writer.lock().await;
-        if w.needs_commit() {
+        // What the close answered is committed (or dropped); what was written since, by
+        // a handle opened again, is that handle's to commit.
+        if w.holder_only() {
             return;
         }
         let ino = w.ino();
@@ -244,11 +336,13 @@ impl MountFs {
 
     /// Commit every write-back (the barrier before a metadata call); returns how many
     /// failed with an error that may pass.
+    /// Only a file not yet made counts: one that exists answers this mount from its open
+    /// inode meanwhile, so its failing commit need not stop unrelated operations.
     pub(super) async fn settle_write_backs(&self) -> usize {
         let waiting = self.write_back.inodes();
-        let commits = waiting
-            .iter()
-            .map(|inode| async move { self.commit_waiting(inode).await.is_err() });
+        let commits = waiting.iter().map(|inode| async move {
+            self.commit_waiting(inode).await.is_err() && !inode.writer.lock().await.is_made()
+        });
         futures::future::join_all(commits)
             .await
             .into_iter()
