@@ -256,6 +256,8 @@ pub enum Op {
         session: u64,
         subtree: SubtreeId,
         on: bool,
+        /// Grows with each such command of a mount: an older one applied late is void.
+        seq: u64,
     },
 }
 

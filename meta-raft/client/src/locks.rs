@@ -70,17 +70,20 @@ impl MetaClient {
 
     /// Say whether `session`, the holder of `subtree`'s delegation, has closes answered
     /// before their writes commit (`on`): while it has, other sessions' reads of the
-    /// subtree recall the delegation first.
+    /// subtree recall the delegation first. `seq` must grow with every call for the
+    /// session: one applied after a later one is void.
     pub async fn set_write_back(
         &self,
         session: u64,
         subtree: u64,
         on: bool,
+        seq: u64,
     ) -> Result<(), ClientError> {
         let req = pb::WriteBackRequest {
             session,
             subtree,
             on,
+            seq,
         };
         self.call("set_write_back", |ch| async move {
             Self::meta(ch).set_write_back(req).await

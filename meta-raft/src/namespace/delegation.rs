@@ -45,6 +45,9 @@ pub struct DelegationRecord {
     /// another session's read recalls the delegation first. Cleared when the delegation
     /// is given back, granted anew, or found ended by a recall.
     pub write_back: bool,
+    /// The `seq` of the last `SetWriteBack` applied (0 since the grant): an older one
+    /// is void.
+    pub write_back_seq: u64,
 }
 
 fn record_key(subtree: SubtreeId) -> Vec<u8> {
@@ -185,6 +188,7 @@ pub(crate) fn set_write_back(
     session: u64,
     subtree: SubtreeId,
     on: bool,
+    seq: u64,
 ) -> Result<(), NsError> {
     let now = log_now(txn, stamp)?;
     let (Some(sub), Some(mut rec)) = (subtree::get(txn, subtree)?, record(txn, subtree)?) else {
@@ -192,8 +196,11 @@ pub(crate) fn set_write_back(
     };
     match live_holder(txn, subtree, &sub, now)? {
         Some((holder, _)) if holder == session => {
-            if rec.write_back != on {
+            // One sent before another already applied (its answer was lost, it was
+            // retried or forwarded late) says nothing any more.
+            if seq > rec.write_back_seq {
                 rec.write_back = on;
+                rec.write_back_seq = seq;
                 txn.put(Cf::Locks, record_key(subtree), &rec)?;
             }
             Ok(())
@@ -270,6 +277,7 @@ pub(crate) fn acquire(
         recalled_ns: None,
         last_recall_ns: i64::MIN,
         write_back: false,
+        write_back_seq: 0,
     });
     if let Some((holder, end)) = live_holder(txn, subtree, &sub, now)? {
         if holder != session {
@@ -302,6 +310,7 @@ pub(crate) fn acquire(
     rec.granted_ns = now;
     rec.recalled_ns = None;
     rec.write_back = false;
+    rec.write_back_seq = 0;
     txn.put(Cf::Locks, record_key(subtree), &rec)?;
     txn.put(Cf::Locks, held_key(session, Some(subtree)), &())?;
     let end = valid_until(txn, session, &sub, &rec)?;
@@ -336,6 +345,7 @@ pub(crate) fn recall(txn: &mut Txn<'_>, stamp: i64, subtree: SubtreeId) -> Resul
         recalled_ns: None,
         last_recall_ns: i64::MIN,
         write_back: false,
+        write_back_seq: 0,
     });
     let remaining = match live_holder(txn, subtree, &sub, now)? {
         Some(_) => {

@@ -356,7 +356,9 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             session,
             subtree,
             on,
-        } => delegation::set_write_back(txn, now, *session, *subtree, *on).map(|()| OpReply::Done),
+            seq,
+        } => delegation::set_write_back(txn, now, *session, *subtree, *on, *seq)
+            .map(|()| OpReply::Done),
         Op::CloseSession { session } => locks::close(txn, *session).map(|()| OpReply::Done),
         Op::ReserveInodes { session } => {
             reserved::reserve(txn, *session).map(|(first, count)| OpReply::Inodes { first, count })

@@ -442,6 +442,7 @@ impl Meta for MetaSvc {
             session: r.session,
             subtree: r.subtree,
             on: r.on,
+            seq: r.seq,
         };
         self.op(None, op).await?;
         Ok(Response::new(pb::Empty {}))

@@ -349,7 +349,21 @@ fn run_held(ns: &Namespace, t: i64, session: u64, op: Op) -> Reply {
     .expect("store")
 }
 
+/// `SetWriteBack` with the next sequence number of this test.
 fn set_write_back(ns: &Namespace, t: i64, session: u64, subtree: SubtreeId, on: bool) -> Reply {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    set_write_back_seq(ns, t, session, subtree, on, seq)
+}
+
+fn set_write_back_seq(
+    ns: &Namespace,
+    t: i64,
+    session: u64,
+    subtree: SubtreeId,
+    on: bool,
+    seq: u64,
+) -> Reply {
     run(
         ns,
         t,
@@ -359,6 +373,7 @@ fn set_write_back(ns: &Namespace, t: i64, session: u64, subtree: SubtreeId, on: 
             session,
             subtree,
             on,
+            seq,
         },
     )
 }
@@ -408,6 +423,13 @@ fn write_backs_commit_only_under_their_delegation_and_mark_it_for_other_readers(
         f.ns.written_back_elsewhere(424_242, Some(other)).unwrap(),
         None
     );
+    // One sent before another already applied (a late retry) changes nothing.
+    assert!(set_write_back_seq(&f.ns, t, holder, f.app, false, 1).is_ok());
+    assert!(f
+        .ns
+        .written_back_elsewhere(f.file, Some(other))
+        .unwrap()
+        .is_some());
     // Taken back by the holder (never refused); marked again.
     assert!(set_write_back(&f.ns, t, holder, f.app, false).is_ok());
     assert!(set_write_back(&f.ns, t, other, f.app, false).is_ok());

@@ -62,6 +62,8 @@ pub(super) struct WriteBack {
     last: Mutex<HashMap<SubtreeId, Instant>>,
     /// Subtrees whose mark a task is waiting to take back.
     unmarking: Mutex<HashSet<SubtreeId>>,
+    /// The last `SetWriteBack` sequence number sent (they only grow).
+    seq: std::sync::atomic::AtomicU64,
     /// Files whose write-back was refused for good, and why: the next close or fsync of
     /// each here reports it (at most [`MAX_LOST`] remembered).
     lost: Mutex<HashMap<InodeId, Errno>>,
@@ -88,6 +90,10 @@ impl WriteBack {
             .values()
             .map(|w| w.inode.clone())
             .collect()
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     fn waits_in(&self, subtree: SubtreeId) -> bool {
@@ -156,7 +162,7 @@ impl MountFs {
             if let Err(e) = self
                 .client
                 .meta()
-                .set_write_back(session, subtree, true)
+                .set_write_back(session, subtree, true, self.write_back.next_seq())
                 .await
             {
                 tracing::debug!(subtree, error = %e, "write-back refused; closing synchronously");
@@ -384,7 +390,7 @@ impl MountFs {
                     if let Err(e) = me
                         .client
                         .meta()
-                        .set_write_back(session, subtree, false)
+                        .set_write_back(session, subtree, false, me.write_back.next_seq())
                         .await
                     {
                         tracing::debug!(subtree, error = %e, "taking back the write-back mark failed");
