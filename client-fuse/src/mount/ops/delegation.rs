@@ -1098,3 +1098,7 @@ impl MountFs {
 pub(super) fn hit(what: &'static str) {
     metrics::counter!("mobilus_fuse_delegated_answers_total", "op" => what).increment(1);
 }
+
+#[cfg(test)]
+#[path = "delegation_tests.rs"]
+mod tests;

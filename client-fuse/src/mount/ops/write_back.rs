@@ -85,9 +85,11 @@ impl WriteBack {
         lock(&self.waiting).is_empty()
     }
 
-    fn inodes(&self) -> Vec<Arc<OpenInode>> {
+    /// The inodes waiting, of `subtree` only if given.
+    fn inodes(&self, subtree: Option<SubtreeId>) -> Vec<Arc<OpenInode>> {
         lock(&self.waiting)
             .values()
+            .filter(|w| subtree.is_none_or(|s| s == w.subtree))
             .map(|w| w.inode.clone())
             .collect()
     }
@@ -102,17 +104,12 @@ impl WriteBack {
 
     /// The error of `ino`'s last refused write-back, if not yet reported (taken).
     pub(super) fn take_lost(&self, ino: InodeId) -> Option<Errno> {
-        let mut lost = lock(&self.lost);
-        if lost.is_empty() {
-            return None;
-        }
-        lost.remove(&ino)
+        lock(&self.lost).remove(&ino)
     }
 
     /// Whether `ino` has a refused write-back to report (without taking it).
     pub(super) fn has_lost(&self, ino: InodeId) -> bool {
-        let lost = lock(&self.lost);
-        !lost.is_empty() && lost.contains_key(&ino)
+        lock(&self.lost).contains_key(&ino)
     }
 }
 
@@ -156,15 +153,7 @@ impl MountFs {
             return false;
         }
         if !marked {
-            let Some(session) = self.locks.current().await else {
-                return false;
-            };
-            if let Err(e) = self
-                .client
-                .meta()
-                .set_write_back(session, subtree, true, self.write_back.next_seq())
-                .await
-            {
+            if let Err(e) = self.tell_write_back(subtree, true).await {
                 tracing::debug!(subtree, error = %e, "write-back refused; closing synchronously");
                 return false;
             }
@@ -265,12 +254,7 @@ impl MountFs {
     /// waiting can never commit (the metadata refuses it), so it is dropped now rather
     /// than left to land under a later grant.
     pub(super) async fn drop_write_backs(&self, subtree: SubtreeId) {
-        let waiting: Vec<Arc<OpenInode>> = lock(&self.write_back.waiting)
-            .values()
-            .filter(|w| w.subtree == subtree)
-            .map(|w| w.inode.clone())
-            .collect();
-        for inode in waiting {
+        for inode in self.write_back.inodes(Some(subtree)) {
             self.lose(&inode, Errno::EIO, "the delegation ended first")
                 .await;
             self.write_back_done(&inode).await;
@@ -282,11 +266,7 @@ impl MountFs {
     pub(super) async fn commit_write_backs_of(&self, subtree: SubtreeId) -> usize {
         let start = Instant::now();
         loop {
-            let waiting: Vec<Arc<OpenInode>> = lock(&self.write_back.waiting)
-                .values()
-                .filter(|w| w.subtree == subtree)
-                .map(|w| w.inode.clone())
-                .collect();
+            let waiting = self.write_back.inodes(Some(subtree));
             if waiting.is_empty() {
                 return 0;
             }
@@ -345,7 +325,7 @@ impl MountFs {
     /// Only a file not yet made counts: one that exists answers this mount from its open
     /// inode meanwhile, so its failing commit need not stop unrelated operations.
     pub(super) async fn settle_write_backs(&self) -> usize {
-        let waiting = self.write_back.inodes();
+        let waiting = self.write_back.inodes(None);
         let commits = waiting.iter().map(|inode| async move {
             self.commit_waiting(inode).await.is_err() && !inode.writer.lock().await.is_made()
         });
@@ -354,6 +334,19 @@ impl MountFs {
             .into_iter()
             .filter(|f| *f)
             .count()
+    }
+
+    /// Tell the metadata whether this mount has write-backs in `subtree` (`on`), under
+    /// its session and the next sequence number.
+    async fn tell_write_back(&self, subtree: SubtreeId, on: bool) -> FsResult<()> {
+        let session = self
+            .locks
+            .current()
+            .await
+            .ok_or(ClientError::Refused(Errno::ENOLCK))?;
+        let seq = self.write_back.next_seq();
+        let meta = self.client.meta();
+        Ok(meta.set_write_back(session, subtree, on, seq).await?)
     }
 
     /// Take back `subtree`'s mark once no write-back has waited in it for
@@ -386,17 +379,11 @@ impl MountFs {
                 };
                 // Forgotten here first: a close that comes next marks again.
                 me.deleg.set_marked(subtree, since, false);
-                if let Some(session) = me.locks.current().await {
-                    if let Err(e) = me
-                        .client
-                        .meta()
-                        .set_write_back(session, subtree, false, me.write_back.next_seq())
-                        .await
-                    {
-                        tracing::debug!(subtree, error = %e, "taking back the write-back mark failed");
-                        return;
+                match me.tell_write_back(subtree, false).await {
+                    Ok(()) => tracing::info!(subtree, "no closes left to write back"),
+                    Err(e) => {
+                        tracing::debug!(subtree, error = %e, "taking back the write-back mark failed")
                     }
-                    tracing::info!(subtree, "no closes left to write back");
                 }
                 return;
             }

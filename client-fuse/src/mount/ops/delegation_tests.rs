@@ -1,0 +1,90 @@
+//! The cache's record rule: a mutation records its answer unless another mutation of the
+//! same inodes overlapped it; mutations of other inodes (write-backs committing in the
+//! background) do not stop it.
+
+use std::time::{Duration, Instant};
+
+use mobilus_proto::fs::{Attr, DelegationGrant, FileKind, InodeId};
+
+use super::{Delegations, Touches};
+
+const SUBTREE: InodeId = 2;
+const F: InodeId = 10;
+const G: InodeId = 11;
+
+fn attr(ino: InodeId, mode: u32) -> Attr {
+    Attr {
+        ino,
+        kind: FileKind::Regular,
+        mode,
+        uid: 0,
+        gid: 0,
+        size: 0,
+        nlink: 1,
+        atime_ns: 0,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        generation: 1,
+        subtree: SUBTREE,
+        rdev: 0,
+        parent: 0,
+    }
+}
+
+fn held() -> Delegations {
+    let d = Delegations::new(true);
+    let grant = DelegationGrant {
+        subtree: SUBTREE,
+        epoch: 1,
+        remaining_ns: Duration::from_secs(60).as_nanos() as i64,
+        recalled: false,
+    };
+    d.granted(Instant::now(), grant);
+    d
+}
+
+fn cached_mode(d: &Delegations, ino: InodeId) -> Option<u32> {
+    d.attr(ino).map(|a| a.mode)
+}
+
+#[test]
+fn a_mutation_records_unless_another_of_the_same_inode_overlapped_it() {
+    let d = held();
+    // Alone: recorded.
+    let m = d.mutation(Touches::inode(F));
+    m.changed(&attr(F, 0o600));
+    drop(m);
+    assert_eq!(cached_mode(&d, F), Some(0o600));
+
+    // A commit of another file runs across it: still recorded.
+    let w = d.mutation(Touches::write(G));
+    let m = d.mutation(Touches::inode(F));
+    m.changed(&attr(F, 0o640));
+    drop(m);
+    drop(w);
+    assert_eq!(cached_mode(&d, F), Some(0o640));
+
+    // Two of F: the one still in flight when the other records, and the one that began
+    // first and ended first (its effect may come after the other's answer), both stop it.
+    let m1 = d.mutation(Touches::inode(F));
+    let m2 = d.mutation(Touches::inode(F));
+    m1.changed(&attr(F, 0o700));
+    drop(m1);
+    m2.changed(&attr(F, 0o644));
+    drop(m2);
+    assert_eq!(cached_mode(&d, F), None);
+
+    // One of F that began after it, even if ended before it records.
+    let m1 = d.mutation(Touches::inode(F));
+    drop(d.mutation(Touches::inode(F)));
+    m1.changed(&attr(F, 0o604));
+    drop(m1);
+    assert_eq!(cached_mode(&d, F), None);
+
+    // A loss between its start and its answer stops it.
+    let m = d.mutation(Touches::inode(F));
+    d.outcome_unknown();
+    m.changed(&attr(F, 0o606));
+    drop(m);
+    assert_eq!(cached_mode(&d, F), None);
+}
