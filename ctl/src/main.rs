@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage.
 
+mod clone;
 mod cluster;
 mod demo;
 mod dev;
@@ -51,6 +52,10 @@ enum Command {
     /// Subtrees: units of ownership, each changed by one site; move them between sites.
     #[command(subcommand)]
     Subtree(subtree::SubtreeCmd),
+    /// Copy a subtree into a new one by its metadata alone: no data is copied, and
+    /// either side's later writes never change the other. The source is frozen (its
+    /// writers wait) until the copy is published whole.
+    Clone(clone::CloneArgs),
     /// Delete chunks no file references (after the data nodes' grace period), on every
     /// data node now.
     Gc {
@@ -105,6 +110,10 @@ fn main() -> ExitCode {
             Command::Subtree(cmd) => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 subtree::run(cmd, &cluster::connect(&addrs)?, cli.output).await
+            }
+            Command::Clone(args) => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                clone::run(args, &cluster::connect(&addrs)?, cli.output).await
             }
             Command::Gc { dry_run, site } => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;

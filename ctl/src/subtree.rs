@@ -192,7 +192,7 @@ pub async fn resolve_dir(client: &MetaClient, path: &str) -> anyhow::Result<Inod
 
 /// Explain a refusal naming `site`: an unknown one gets `node ls --site`'s message, which
 /// lists the real sites.
-async fn explain_site(client: &MetaClient, e: ClientError, site: &str) -> anyhow::Error {
+pub async fn explain_site(client: &MetaClient, e: ClientError, site: &str) -> anyhow::Error {
     if let ClientError::UnknownSite(_) = e {
         if let Err(listed) = crate::nodes::nodes(client, Some(site)).await {
             return listed;
@@ -202,7 +202,7 @@ async fn explain_site(client: &MetaClient, e: ClientError, site: &str) -> anyhow
 }
 
 /// The subtree rooted at `path`, or an error saying where `path` belongs instead.
-async fn subtree_at(client: &MetaClient, path: &str) -> anyhow::Result<SubtreeInfo> {
+pub async fn subtree_at(client: &MetaClient, path: &str) -> anyhow::Result<SubtreeInfo> {
     let ino = resolve_dir(client, path).await?;
     match client.subtree(ino, false).await {
         Ok(s) => Ok(s),

@@ -98,6 +98,7 @@ impl MetaError {
             }
             MetaError::Op(e @ OpError::UnknownSite(_)) => WireError::UnknownSite(e.to_string()),
             MetaError::Op(e @ OpError::Delegated { .. }) => WireError::Delegated(e.to_string()),
+            MetaError::Op(e @ OpError::Frozen { .. }) => WireError::Frozen(e.to_string()),
             MetaError::Op(e @ OpError::Explained { errno, .. }) => {
                 WireError::Errno(Errno(*errno), e.to_string())
             }

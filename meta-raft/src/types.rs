@@ -1,8 +1,8 @@
 //! The Raft type configuration and the commands the state machine applies.
 
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, DataNodeInfo, DelegationGrant, Epoch, Fence, FileKind, InodeId,
-    LockRequest, SetAttr, SliceWrite, SubtreeId, SubtreeInfo,
+    Attr, ChunkCheck, ChunkHash, CloneInfo, DataNodeInfo, DelegationGrant, Epoch, Fence, FileKind,
+    InodeId, LockRequest, SetAttr, SliceWrite, SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -259,6 +259,28 @@ pub enum Op {
         /// Grows with each such command of a mount: an older one applied late is void.
         seq: u64,
     },
+    /// Start copying subtree `src` into a new subtree `name` in `parent` (a directory of
+    /// the shared subtree), owned by `owner` (`None`: the source's). The source is frozen
+    /// until the copy is published, or until no step has come for `CLONE_LEASE_NS`.
+    StartClone {
+        src: SubtreeId,
+        parent: InodeId,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        owner: Option<String>,
+    },
+    /// Copy at most `limit` more inodes and slices; the step that copies the last
+    /// publishes the clone.
+    CloneStep {
+        dst: InodeId,
+        limit: u32,
+    },
+    /// Abort the clone (if it is still copying) and remove at most `limit` more of what
+    /// it copied; the step that removes the last forgets it.
+    AbortCloneStep {
+        dst: InodeId,
+        limit: u32,
+    },
 }
 
 /// Which inodes an operation changes, as the ownership check sees them.
@@ -315,6 +337,9 @@ impl Op {
             Op::ReleaseDelegation { .. } => "release_delegation",
             Op::RecallDelegation { .. } => "recall_delegation",
             Op::SetWriteBack { .. } => "set_write_back",
+            Op::StartClone { .. } => "start_clone",
+            Op::CloneStep { .. } => "clone_step",
+            Op::AbortCloneStep { .. } => "abort_clone_step",
         }
     }
 
@@ -348,6 +373,11 @@ impl Op {
             | Op::RelabelSubtree { .. }
             | Op::MoveSubtree { .. }
             | Op::SetSubtreePolicy { .. } => Touches::Admin,
+            // A clone reads its source (frozen meanwhile) and writes only its own hidden
+            // tree until one entry in the shared subtree publishes it.
+            Op::StartClone { .. } | Op::CloneStep { .. } | Op::AbortCloneStep { .. } => {
+                Touches::Admin
+            }
             // They change who may change the subtree's contents, not the contents;
             // `namespace::delegation` checks the holder's site and lease itself.
             Op::AcquireDelegation { .. }
@@ -410,6 +440,14 @@ pub enum OpError {
         holder: u64,
         remaining_ns: i64,
     },
+    #[error(
+        "subtree {subtree} is frozen for {remaining_ns} ns more while clone {clone} copies it"
+    )]
+    Frozen {
+        subtree: SubtreeId,
+        clone: InodeId,
+        remaining_ns: i64,
+    },
     /// An errno with the reason spelled out (subtree administration).
     #[error("{}: {reason}", errno_name(*.errno))]
     Explained { errno: i32, reason: String },
@@ -460,15 +498,16 @@ pub enum OpReply {
         delegations: Vec<DelegationGrant>,
     },
     Delegation(DelegationGrant),
-    /// A recall: how long the holder's delegation may still last (0: nobody holds it).
     /// Inode numbers `first..first + count`, reserved.
     Inodes {
         first: InodeId,
         count: u32,
     },
+    /// A recall: how long the holder's delegation may still last (0: nobody holds it).
     Recalled {
         remaining_ns: i64,
     },
+    Clone(CloneInfo),
 }
 
 /// The state machine's answer to one command. An entry answers one per command

@@ -3,8 +3,9 @@
 //! into a valid domain value is an `INVALID_ARGUMENT` error, never a panic.
 
 use crate::fs::{
-    Attr, ChunkCheck, ChunkHash, ChunkRef, DataNodeInfo, DelegationGrant, DirEntry, Extent, Fence,
-    FileKind, LockKind, SetAttr, SliceWrite, StatFs, SubtreeInfo, SubtreeState, TimeSet,
+    Attr, ChunkCheck, ChunkHash, ChunkRef, CloneInfo, CloneState, DataNodeInfo, DelegationGrant,
+    DirEntry, Extent, Fence, FileKind, LockKind, SetAttr, SliceWrite, StatFs, SubtreeInfo,
+    SubtreeState, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -241,6 +242,52 @@ pub fn subtree_from_wire(s: pb::Subtree) -> Result<SubtreeInfo, WireError> {
         delegation: s
             .delegated_to
             .map(|session| (session, s.delegation_recalled)),
+    })
+}
+
+impl From<&CloneInfo> for pb::Clone {
+    fn from(c: &CloneInfo) -> Self {
+        pb::Clone {
+            dst: c.dst,
+            src: c.src,
+            parent: c.parent,
+            name: c.name.clone(),
+            owner: c.owner.clone(),
+            state: c.state.name().to_string(),
+            total_inodes: c.total_inodes,
+            copied_inodes: c.copied_inodes,
+            copied_bytes: c.copied_bytes,
+            started_ns: c.started_ns,
+            deadline_ns: c.deadline_ns,
+            log_now_ns: c.log_now_ns,
+            why: c.why.clone(),
+        }
+    }
+}
+
+/// Decode a clone.
+pub fn clone_from_wire(c: pb::Clone) -> Result<CloneInfo, WireError> {
+    let state = match c.state.as_str() {
+        "copying" => CloneState::Copying,
+        "aborting" => CloneState::Aborting,
+        "done" => CloneState::Done,
+        "gone" => CloneState::Gone,
+        other => return Err(invalid(format!("unknown clone state {other:?}"))),
+    };
+    Ok(CloneInfo {
+        dst: c.dst,
+        src: c.src,
+        parent: c.parent,
+        name: c.name,
+        owner: c.owner,
+        state,
+        total_inodes: c.total_inodes,
+        copied_inodes: c.copied_inodes,
+        copied_bytes: c.copied_bytes,
+        started_ns: c.started_ns,
+        deadline_ns: c.deadline_ns,
+        log_now_ns: c.log_now_ns,
+        why: c.why,
     })
 }
 

@@ -351,6 +351,52 @@ impl SubtreeInfo {
     }
 }
 
+/// Where a clone stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloneState {
+    /// Copying the source's metadata, step by step; the source is frozen meanwhile.
+    Copying,
+    /// Interrupted or refused: what was copied is being removed, step by step.
+    Aborting,
+    /// Published: the clone is a subtree of its own.
+    Done,
+    /// Removed: nothing of it is left.
+    Gone,
+}
+
+impl CloneState {
+    pub fn name(self) -> &'static str {
+        match self {
+            CloneState::Copying => "copying",
+            CloneState::Aborting => "aborting",
+            CloneState::Done => "done",
+            CloneState::Gone => "gone",
+        }
+    }
+}
+
+/// A clone as the metadata service reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CloneInfo {
+    /// The new subtree's root, hidden until the clone is published.
+    pub dst: InodeId,
+    pub src: SubtreeId,
+    pub parent: InodeId,
+    pub name: Vec<u8>,
+    pub owner: String,
+    pub state: CloneState,
+    /// The source's inodes when the clone began.
+    pub total_inodes: u64,
+    pub copied_inodes: u64,
+    pub copied_bytes: u64,
+    pub started_ns: i64,
+    /// Copying: the source's freeze ends then (log time) unless a step renews it.
+    pub deadline_ns: i64,
+    pub log_now_ns: i64,
+    /// Aborting: why.
+    pub why: String,
+}
+
 /// A data node in the site registry.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct DataNodeInfo {

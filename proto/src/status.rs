@@ -114,6 +114,9 @@ pub enum WireError {
     /// delegation is being recalled, so the same request succeeds once it is given back
     /// or its lease ends.
     Delegated(String),
+    /// The subtree is frozen while a clone copies it: nothing was done; the same request
+    /// succeeds once the clone is published or its freeze runs out (seconds).
+    Frozen(String),
     /// Any other status (bad request framing, oversized message, internal error).
     Other(Code, String),
 }
@@ -126,6 +129,7 @@ const NOT_OWNER: &str = "not-owner";
 const LEASE_EXPIRED: &str = "lease-expired";
 const UNKNOWN_SITE: &str = "unknown-site";
 const DELEGATED: &str = "delegated";
+const FROZEN: &str = "frozen";
 
 fn errno_code(errno: Errno) -> Code {
     match errno {
@@ -198,6 +202,11 @@ impl WireError {
                 ERROR_KEY,
                 DELEGATED.to_string(),
             ),
+            WireError::Frozen(msg) => (
+                Status::unavailable(msg.clone()),
+                ERROR_KEY,
+                FROZEN.to_string(),
+            ),
             WireError::Other(code, msg) => return Status::new(*code, msg.clone()),
         };
         if let Ok(v) = MetadataValue::try_from(value.as_str()) {
@@ -222,6 +231,7 @@ impl WireError {
             Some(LEASE_EXPIRED) => WireError::LeaseExpired(status.message().to_string()),
             Some(UNKNOWN_SITE) => WireError::UnknownSite(status.message().to_string()),
             Some(DELEGATED) => WireError::Delegated(status.message().to_string()),
+            Some(FROZEN) => WireError::Frozen(status.message().to_string()),
             _ => WireError::Other(status.code(), status.message().to_string()),
         }
     }
@@ -245,6 +255,7 @@ mod tests {
             WireError::LeaseExpired("site-a's lease ran out".into()),
             WireError::UnknownSite("site-z".into()),
             WireError::Delegated("subtree 7 is delegated to session 3".into()),
+            WireError::Frozen("subtree 7 is being cloned".into()),
         ];
         for case in cases {
             let back = WireError::from_status(&case.to_status());

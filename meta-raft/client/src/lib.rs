@@ -9,6 +9,7 @@
 //! sent) may already have been applied; like NFS, a retried `mkdir` can then answer
 //! EEXIST. Callers that must know (the Jepsen harness) treat such outcomes as indeterminate.
 
+mod clone;
 mod cluster;
 mod locks;
 mod subtree;
@@ -117,7 +118,7 @@ impl From<WireError> for ClientError {
             WireError::NotOwner(m) => ClientError::NotOwner(m),
             WireError::LeaseExpired(m) => ClientError::LeaseExpired(m),
             WireError::UnknownSite(m) => ClientError::UnknownSite(m),
-            WireError::Delegated(m) => ClientError::Unavailable {
+            WireError::Delegated(m) | WireError::Frozen(m) => ClientError::Unavailable {
                 addrs: String::new(),
                 last: m,
             },
@@ -423,7 +424,9 @@ impl MetaClient {
                         *lock(&self.inner.leader) = None;
                         false
                     }
-                    WireError::Delegated(msg) => {
+                    // A freeze (a clone copying the subtree) lasts seconds; nothing was
+                    // done, so asking again is as safe as after a delegation.
+                    WireError::Delegated(msg) | WireError::Frozen(msg) => {
                         last = format!("{target}: {msg}");
                         delegated = true;
                         false

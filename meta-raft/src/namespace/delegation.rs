@@ -253,6 +253,8 @@ pub(crate) fn acquire(
         )
         .into());
     }
+    // Not while a clone copies it: the holder would answer changes that cannot commit.
+    super::clone::refuse_frozen(txn, subtree, now)?;
     let Some(rec_session) = session_record(txn, session)? else {
         return Err(super::locks::expired(session));
     };

@@ -37,7 +37,7 @@ pub(crate) fn dentry(
 }
 
 /// Add `name → ino` to `parent`, taking the parent's next cookie.
-fn add_entry(
+pub(crate) fn add_entry(
     txn: &mut Txn<'_>,
     parent: &mut InodeRecord,
     name: &[u8],
@@ -219,7 +219,7 @@ pub(crate) fn link(
 }
 
 /// Remove an inode whose last link is gone: its attributes, xattrs and data.
-fn destroy(txn: &mut Txn<'_>, rec: &InodeRecord, now: i64) -> Result<(), NsError> {
+pub(crate) fn destroy(txn: &mut Txn<'_>, rec: &InodeRecord, now: i64) -> Result<(), NsError> {
     let ino = rec.attr.ino;
     txn.delete(Cf::Inodes, keys::ino(ino));
     for (k, _) in txn.scan_all(Cf::Xattrs, &keys::ino(ino))? {
@@ -314,6 +314,7 @@ pub(crate) fn rmdir(
     if !is_empty_dir(txn, d.ino)? {
         return Err(Errno::ENOTEMPTY.into());
     }
+    super::clone::refuse_publishing_parent(txn, d.ino)?;
     remove_entry(txn, parent, name, &d);
     p.attr.nlink = p.attr.nlink.saturating_sub(1);
     touch_dir(&mut p, now);
@@ -396,6 +397,9 @@ pub(crate) fn rename(
         }
         if tgt_is_dir && !is_empty_dir(txn, td.ino)? {
             return Err(Errno::ENOTEMPTY.into());
+        }
+        if tgt_is_dir {
+            super::clone::refuse_publishing_parent(txn, td.ino)?;
         }
     }
     if src_is_dir && is_ancestor_or_self(txn, sd.ino, new_parent)? {

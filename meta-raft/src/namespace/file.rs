@@ -54,7 +54,7 @@ pub fn cut(start: u64, len: u64, chunks: &[ChunkRef], a: u64, b: u64) -> Vec<Ext
     out
 }
 
-fn incref(txn: &mut Txn<'_>, hash: &ChunkHash) -> Result<(), NsError> {
+pub(crate) fn incref(txn: &mut Txn<'_>, hash: &ChunkHash) -> Result<(), NsError> {
     let count: u64 = txn.get(Cf::ChunkRefs, &hash.0)?.unwrap_or(0);
     if count == 0 {
         txn.delete(Cf::ZeroRefs, hash.0.to_vec());

@@ -131,7 +131,9 @@ impl Namespace {
             Ok(())
         })?;
         r.orphans = orphans.len() as u64;
-        check_links(&inodes, &orphans, &mut r);
+        // The hidden roots of clones being made are named by their clone records.
+        let clone_roots = super::clone::roots(view)?;
+        check_links(&inodes, &orphans, &clone_roots, &mut r);
         check_reachable(&inodes, &mut r);
         self.check_chunks(view, &inodes, &mut r)?;
         each(view, Cf::Xattrs, |k, _| {
@@ -314,7 +316,12 @@ impl Namespace {
 
 /// Link counts: a directory has 2 plus its subdirectories; anything else one per entry;
 /// an inode with none is an orphan (open somewhere) or leaked.
-fn check_links(inodes: &BTreeMap<InodeId, InodeFacts>, orphans: &[InodeId], r: &mut FsckReport) {
+fn check_links(
+    inodes: &BTreeMap<InodeId, InodeFacts>,
+    orphans: &[InodeId],
+    clone_roots: &[InodeId],
+    r: &mut FsckReport,
+) {
     for (ino, f) in inodes {
         let expected = if f.kind == FileKind::Directory {
             2 + f.subdirs
@@ -327,8 +334,9 @@ fn check_links(inodes: &BTreeMap<InodeId, InodeFacts>, orphans: &[InodeId], r: &
                 f.nlink
             ));
         }
-        let named = f.links > 0 || *ino == ROOT_INO;
-        if f.kind == FileKind::Directory && *ino != ROOT_INO && f.links != 1 {
+        let hidden_clone = clone_roots.contains(ino);
+        let named = f.links > 0 || *ino == ROOT_INO || hidden_clone;
+        if f.kind == FileKind::Directory && *ino != ROOT_INO && !hidden_clone && f.links != 1 {
             r.problem(format!("directory {ino} is named {} times", f.links));
         }
         if !named && !orphans.contains(ino) {

@@ -38,11 +38,15 @@ pub enum Cf {
     /// advisory locks: `s` ‖ session → `SessionRecord`; `l` ‖ ino ‖ session ‖ owner →
     /// the owner's locks on the inode; `i` ‖ session ‖ ino → () (what a session holds)
     Locks,
+    /// clones being made (`namespace::clone`): `c` ‖ dst → `CloneRecord`; `s` ‖ src →
+    /// dst (the freeze); `p` ‖ parent ‖ dst → () (where it will be published); `m` ‖ dst
+    /// ‖ source inode → its copy (files with several names)
+    Clones,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 13] = [
+    pub const ALL: [Cf; 14] = [
         Cf::Inodes,
         Cf::Dentries,
         Cf::Cookies,
@@ -56,6 +60,7 @@ impl Cf {
         Cf::Gc,
         Cf::Orphans,
         Cf::Locks,
+        Cf::Clones,
     ];
 
     /// The RocksDB name of this column family.
@@ -74,6 +79,7 @@ impl Cf {
             Cf::Gc => "gc",
             Cf::Orphans => "orphans",
             Cf::Locks => "locks",
+            Cf::Clones => "clones",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`Command`](crate::types::Command), whose `time_ns` the leader stamped at proposal. The
 //! same log therefore produces the same bytes on every member.
 
+mod clone;
 mod delegation;
 mod dir;
 mod file;
@@ -27,6 +28,7 @@ use mobilus_proto::fs::{Attr, ChunkRef, FileKind, InodeId, ROOT_INO};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
+pub use self::clone::{CloneRecord, CLONE_LEASE_NS, MAX_CLONE_BATCH};
 pub use self::delegation::{
     disable_delegation_check_for_tests, disable_write_back_recall_for_tests, DelegationRecord,
     REACQUIRE_HOLD_NS, RECALL_GRACE_NS,
@@ -330,6 +332,16 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             root,
             follow_writer_hold_ns,
         } => subtree::set_policy(txn, *root, *follow_writer_hold_ns).map(OpReply::Subtree),
+        Op::StartClone {
+            src,
+            parent,
+            name,
+            owner,
+        } => clone::start(txn, now, *src, *parent, name, owner.as_deref()).map(OpReply::Clone),
+        Op::CloneStep { dst, limit } => clone::step(txn, now, *dst, *limit).map(OpReply::Clone),
+        Op::AbortCloneStep { dst, limit } => {
+            clone::abort_step(txn, now, *dst, *limit).map(OpReply::Clone)
+        }
         Op::OpenSession => {
             locks::open_session(txn, now, site).map(|(id, lease_end_ns)| OpReply::Session {
                 id,

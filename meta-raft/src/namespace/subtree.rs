@@ -102,7 +102,7 @@ pub(crate) fn renew_site_lease(txn: &mut Txn<'_>, stamp: i64, site: &str) -> Res
     Ok(txn.put(Cf::Sys, lease_key(site), &(now + SITE_LEASE_NS))?)
 }
 
-fn known_site(txn: &Txn<'_>, site: &str) -> Result<bool, NsError> {
+pub(crate) fn known_site(txn: &Txn<'_>, site: &str) -> Result<bool, NsError> {
     let prefix = keys::node(site, "");
     let mut found = false;
     txn.scan(Cf::Nodes, &prefix, &prefix, |_, _| {
@@ -116,13 +116,13 @@ pub(crate) fn get(txn: &Txn<'_>, root: SubtreeId) -> Result<Option<SubtreeRecord
     Ok(txn.get(Cf::Subtrees, &keys::ino(root))?)
 }
 
-fn must_get(txn: &Txn<'_>, root: SubtreeId) -> Result<SubtreeRecord, NsError> {
+pub(crate) fn must_get(txn: &Txn<'_>, root: SubtreeId) -> Result<SubtreeRecord, NsError> {
     get(txn, root)?.ok_or_else(|| {
         OpError::explained(Errno::EINVAL, format!("inode {root} is not a subtree")).into()
     })
 }
 
-fn put(txn: &mut Txn<'_>, root: SubtreeId, rec: &SubtreeRecord) -> Result<(), NsError> {
+pub(crate) fn put(txn: &mut Txn<'_>, root: SubtreeId, rec: &SubtreeRecord) -> Result<(), NsError> {
     Ok(txn.put(Cf::Subtrees, keys::ino(root), rec)?)
 }
 
@@ -215,6 +215,8 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
     let issued_epoch = sub.epoch;
     if let Some(owner) = sub.owner.clone() {
         let now = log_now(txn, cmd.time_ns)?;
+        // A clone is copying it: nothing may change until it is published.
+        super::clone::refuse_frozen(txn, root, now)?;
         if cmd.site.as_deref() != Some(owner.as_str()) {
             let Some(writer) = cmd
                 .site
@@ -384,7 +386,7 @@ pub(crate) fn refuse_subtree_root(txn: &Txn<'_>, ino: InodeId) -> Result<(), NsE
 }
 
 /// The directories from `dir`'s parent up to the namespace root.
-fn ancestors(txn: &Txn<'_>, dir: InodeId) -> Result<Vec<InodeId>, NsError> {
+pub(crate) fn ancestors(txn: &Txn<'_>, dir: InodeId) -> Result<Vec<InodeId>, NsError> {
     let mut out = Vec::new();
     let mut cur = dir;
     while cur != ROOT_INO {
@@ -399,7 +401,7 @@ fn ancestors(txn: &Txn<'_>, dir: InodeId) -> Result<Vec<InodeId>, NsError> {
     Ok(out)
 }
 
-fn all(txn: &Txn<'_>) -> Result<Vec<(SubtreeId, SubtreeRecord)>, NsError> {
+pub(crate) fn all(txn: &Txn<'_>) -> Result<Vec<(SubtreeId, SubtreeRecord)>, NsError> {
     let mut out = Vec::new();
     for (k, v) in txn.scan_all(Cf::Subtrees, &[])? {
         out.push((keys::u64_at(&k, 0), crate::codec::decode(&v)?));
@@ -492,6 +494,13 @@ pub(crate) fn relabel(
 ) -> Result<SubtreeInfo, NsError> {
     let limit = limit.clamp(1, MAX_RELABEL_BATCH) as usize;
     let mut sub = must_get(txn, root)?;
+    if super::clone::get(txn, root)?.is_some() {
+        return Err(OpError::explained(
+            Errno::EBUSY,
+            format!("subtree {root} is a clone being made; its clone steps finish it"),
+        )
+        .into());
+    }
     let mut done = 0;
     while done < limit && sub.state == SubtreeState::Preparing {
         let Some(&(dir, after)) = sub.pending.first() else {

@@ -754,6 +754,22 @@ impl Cluster for ClusterSvc {
         }))
     }
 
+    async fn start_clone(&self, r: Request<pb::StartCloneRequest>) -> Reply<pb::CloneReply> {
+        super::clones::start(&self.node, r.into_inner()).await
+    }
+
+    async fn clone_step(&self, r: Request<pb::CloneStepRequest>) -> Reply<pb::CloneReply> {
+        super::clones::step(&self.node, r.into_inner()).await
+    }
+
+    async fn abort_clone_step(&self, r: Request<pb::CloneStepRequest>) -> Reply<pb::CloneReply> {
+        super::clones::abort_step(&self.node, r.into_inner()).await
+    }
+
+    async fn list_clones(&self, r: Request<pb::ListClonesRequest>) -> Reply<pb::ListClonesReply> {
+        super::clones::list(&self.node, r.into_inner()).await
+    }
+
     async fn list_data_nodes(
         &self,
         r: Request<pb::ListDataNodesRequest>,

@@ -1,5 +1,6 @@
 //! Starting and stopping a member: open the stores, start Raft, serve gRPC.
 
+mod clones;
 mod delegations;
 mod grpc;
 mod locks;

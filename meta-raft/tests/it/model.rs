@@ -443,6 +443,10 @@ impl Model {
             // Not generated: reserved creates are tested in `ownership.rs` and through a
             // mount.
             Op::ReserveInodes { .. } | Op::CreateReserved { .. } => Err(Errno::EOPNOTSUPP),
+            // Not generated: clones are tested in `clone.rs`.
+            Op::StartClone { .. } | Op::CloneStep { .. } | Op::AbortCloneStep { .. } => {
+                Err(Errno::EOPNOTSUPP)
+            }
             // Not generated: orphans are tested through a mount.
             Op::ReleaseOrphan { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices, .. } => {

@@ -281,7 +281,12 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::RecallDelegation { .. }
         | Op::SetWriteBack { .. }
         // Numbers only: the create that uses one is judged.
-        | Op::ReserveInodes { .. } => false,
+        | Op::ReserveInodes { .. }
+        // A clone writes only its own hidden tree, and freezes its source
+        // (`tests/it/clone.rs`).
+        | Op::StartClone { .. }
+        | Op::CloneStep { .. }
+        | Op::AbortCloneStep { .. } => false,
     }
 }
 

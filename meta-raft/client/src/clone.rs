@@ -1,0 +1,92 @@
+//! Clones: start one, step it to the end (or remove an aborted one), list them. Another
+//! `impl` block of [`MetaClient`].
+
+use mobilus_proto::convert::clone_from_wire;
+use mobilus_proto::fs::{CloneInfo, InodeId, SubtreeId};
+use mobilus_proto::pb;
+use mobilus_proto::pb::cluster_client::ClusterClient;
+use tonic::transport::Channel;
+
+use crate::{ClientError, MetaClient};
+
+fn cluster(ch: Channel) -> ClusterClient<Channel> {
+    ClusterClient::new(ch)
+}
+
+fn one(reply: pb::CloneReply) -> Result<CloneInfo, ClientError> {
+    let c = reply
+        .clone
+        .ok_or_else(|| ClientError::InvalidReply("no clone in the reply".into()))?;
+    Ok(clone_from_wire(c)?)
+}
+
+impl MetaClient {
+    /// Start copying subtree `src` into a new subtree `name` in directory `parent`,
+    /// owned by `owner` (`None`: the source's owner). The source is frozen until the
+    /// clone is published: call [`clone_step`](Self::clone_step) until it is `Done`
+    /// (or `Aborting`: then [`abort_clone_step`](Self::abort_clone_step) until `Gone`).
+    pub async fn start_clone(
+        &self,
+        src: SubtreeId,
+        parent: InodeId,
+        name: &[u8],
+        owner: Option<&str>,
+    ) -> Result<CloneInfo, ClientError> {
+        let req = pb::StartCloneRequest {
+            src,
+            parent,
+            name: name.to_vec(),
+            owner: owner.unwrap_or_default().to_string(),
+        };
+        let r = self
+            .call("start_clone", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).start_clone(req).await }
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// Copy at most `limit` more inodes and slices of clone `dst` (0: the server's
+    /// default); the step that copies the last publishes it.
+    pub async fn clone_step(&self, dst: InodeId, limit: u32) -> Result<CloneInfo, ClientError> {
+        let req = pb::CloneStepRequest { dst, limit };
+        let r = self
+            .call("clone_step", |ch| async move {
+                cluster(ch).clone_step(req).await
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// Abort clone `dst` if it is still copying, and remove at most `limit` more of
+    /// what it copied; the step that removes the last forgets it (`Gone`).
+    pub async fn abort_clone_step(
+        &self,
+        dst: InodeId,
+        limit: u32,
+    ) -> Result<CloneInfo, ClientError> {
+        let req = pb::CloneStepRequest { dst, limit };
+        let r = self
+            .call("abort_clone_step", |ch| async move {
+                cluster(ch).abort_clone_step(req).await
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// Every clone being made or removed.
+    pub async fn clones(&self, stale: bool) -> Result<Vec<CloneInfo>, ClientError> {
+        let req = pb::ListClonesRequest { stale };
+        let r = self
+            .call("list_clones", |ch| async move {
+                cluster(ch).list_clones(req).await
+            })
+            .await?;
+        r.into_inner()
+            .clones
+            .into_iter()
+            .map(|c| Ok(clone_from_wire(c)?))
+            .collect()
+    }
+}
