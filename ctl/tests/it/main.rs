@@ -1,11 +1,12 @@
 //! End-to-end tests of `mobilusctl` with a real local cluster.
 
+mod clone;
 mod operate;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-const CTL: &str = env!("CARGO_BIN_EXE_mobilusctl");
+pub(crate) const CTL: &str = env!("CARGO_BIN_EXE_mobilusctl");
 
 fn ctl(args: &[&str]) -> Output {
     let meta = Path::new(CTL).with_file_name("mobilus-meta");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::{ctl, must_json, must_ok, Down};
 
 /// A scrape of `http://addr/metrics`.
-fn must_scrape(addr: &str) -> String {
+pub(crate) fn must_scrape(addr: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -23,7 +23,7 @@ fn must_scrape(addr: &str) -> String {
 }
 
 /// The sum of the samples whose name and labels start with `series`.
-fn sample(body: &str, series: &str) -> f64 {
+pub(crate) fn sample(body: &str, series: &str) -> f64 {
     body.lines()
         .filter(|l| !l.starts_with('#') && l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -31,7 +31,7 @@ fn sample(body: &str, series: &str) -> f64 {
 }
 
 /// Poll until `series` at `addr` exceeds `above` (data nodes publish once a second).
-fn must_grow(addr: &str, series: &str, above: f64) -> f64 {
+pub(crate) fn must_grow(addr: &str, series: &str, above: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let v = sample(&must_scrape(addr), series);
@@ -46,7 +46,7 @@ fn must_grow(addr: &str, series: &str, above: f64) -> f64 {
     }
 }
 
-fn metrics_of(status: &serde_json::Value, name: &str) -> String {
+pub(crate) fn metrics_of(status: &serde_json::Value, name: &str) -> String {
     status
         .as_array()
         .unwrap()
@@ -58,7 +58,7 @@ fn metrics_of(status: &serde_json::Value, name: &str) -> String {
 }
 
 /// The chunk files of a data node's store.
-fn chunk_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn chunk_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -88,10 +88,6 @@ fn fsck_metrics_and_site_filters_on_a_dev_cluster() {
         metrics_of(&procs, "data-site-a"),
         metrics_of(&procs, "mount-site-a"),
     );
-    let leader = must_json(&["--config", &config, "cluster", "status"])["leader_id"]
-        .as_u64()
-        .unwrap();
-    let leader_m = metrics_of(&procs, &format!("meta-{leader}"));
 
     // Metrics before any file work, then after: they move.
     let fuse_writes = r#"mobilus_fuse_ops_total{op="write",outcome="ok"}"#;
@@ -116,6 +112,11 @@ fn fsck_metrics_and_site_filters_on_a_dev_cluster() {
     let received = must_grow(&data_m, "mobilus_data_bytes_received_total", before_data);
     assert!(received >= before_data + payload.len() as f64, "{received}");
     must_grow(&meta_m, "mobilus_raft_applied_index", before_meta);
+    // The leader after the writes (a busy machine may have elected another since start).
+    let leader = must_json(&["--config", &config, "cluster", "status"])["leader_id"]
+        .as_u64()
+        .unwrap();
+    let leader_m = metrics_of(&procs, &format!("meta-{leader}"));
     let leader_scrape = must_scrape(&leader_m);
     for name in [
         "mobilus_raft_term",
@@ -237,6 +238,7 @@ fn fsck_metrics_and_site_filters_on_a_dev_cluster() {
         );
     }
     subtree_commands(&config, dir);
+    super::clone::clone_commands(&config, dir, &procs);
     must_ok(&["dev", "down", "--dir", dir]);
 }
 

@@ -556,3 +556,183 @@ fn a_clone_whose_name_is_taken_meanwhile_aborts() {
     assert_eq!(f.ns.lookup(ROOT_INO, b"copy").unwrap().ino, taken);
     must_fsck_clean(&f.ns);
 }
+
+/// A site's data node heartbeat, through the real service, every second until dropped:
+/// the site's lease stays valid however long the test runs.
+fn heartbeats(client: &mobilus_meta_client::MetaClient, site: &str) -> tokio::task::JoinHandle<()> {
+    let (client, site) = (client.clone(), site.to_string());
+    tokio::spawn(async move {
+        loop {
+            let node = mobilus_proto::fs::DataNodeInfo {
+                site: site.clone(),
+                addr: format!("{site}.example:7200"),
+                capacity_bytes: 0,
+                used_bytes: 0,
+                last_heartbeat_ns: 0,
+            };
+            let _ = client.register_data_node(&node).await;
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    })
+}
+
+/// Through real members: a clone stepped across a leader's SIGKILL is published whole
+/// or removed, and holds exactly the source as it was when the clone began: a writer
+/// creating files one after another meanwhile finds its creates held (retried) until
+/// the clone is published, so the copy holds a prefix of them that includes every
+/// create acknowledged before the clone started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clone_across_a_leader_kill_is_whole_or_absent_and_holds_one_point_of_its_source() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let mut cluster = crate::harness::Cluster::start(3, &[]).await;
+    let admin = cluster.client();
+    let beating = heartbeats(&admin, "site-a");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let app = admin
+        .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    admin.create_subtree(app, "site-a").await.unwrap();
+    let site_a = mobilus_meta_client::MetaClient::new(
+        &cluster.addrs(),
+        mobilus_meta_client::ClientOptions {
+            site: Some("site-a".into()),
+            ..crate::harness::opts()
+        },
+    )
+    .unwrap();
+    const DIRS: usize = 20;
+    const FILES: usize = 100;
+    let mut made = tokio::task::JoinSet::new();
+    for d in 0..DIRS {
+        let c = site_a.clone();
+        made.spawn(async move {
+            let dir = c
+                .mkdir(app, format!("d{d}").as_bytes(), 0o755, 0, 0, None)
+                .await
+                .unwrap()
+                .ino;
+            for i in 0..FILES {
+                c.mknod(
+                    dir,
+                    format!("f{i}").as_bytes(),
+                    FileKind::Regular,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    None,
+                )
+                .await
+                .unwrap();
+            }
+        });
+    }
+    while let Some(r) = made.join_next().await {
+        r.unwrap();
+    }
+    let writes = site_a
+        .mkdir(app, b"writes", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    let (acked, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let writer = {
+        let (c, acked, stop) = (site_a.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                c.mknod(
+                    writes,
+                    format!("w{i}").as_bytes(),
+                    FileKind::Regular,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    None,
+                )
+                .await
+                .expect("a create is held by the freeze, never refused");
+                i += 1;
+                acked.store(i, Ordering::SeqCst);
+            }
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let mut killed = false;
+    let (done, acked_before) = loop {
+        let acked_before = acked.load(Ordering::SeqCst);
+        let mut c = admin
+            .start_clone(app, ROOT_INO, b"copy", None)
+            .await
+            .unwrap();
+        let mut steps = 0;
+        while c.state == CloneState::Copying {
+            c = admin.clone_step(c.dst, 100).await.unwrap();
+            steps += 1;
+            if steps == 5 && !killed {
+                let leader = cluster.must_leader().await;
+                cluster.members[leader].kill();
+                killed = true;
+            }
+        }
+        if c.state == CloneState::Done {
+            break (c, acked_before);
+        }
+        // Abandoned across the election: removed, then made again.
+        while c.state != CloneState::Gone {
+            c = admin.abort_clone_step(c.dst, 100).await.unwrap();
+        }
+        assert!(admin.lookup(ROOT_INO, b"copy", false).await.is_err());
+    };
+    assert!(killed);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    writer.await.unwrap();
+
+    let copy = admin.lookup(ROOT_INO, b"copy", false).await.unwrap().ino;
+    assert_eq!(copy, done.dst);
+    let mut files = 0;
+    for d in 0..DIRS {
+        let dir = admin
+            .lookup(copy, format!("d{d}").as_bytes(), false)
+            .await
+            .unwrap()
+            .ino;
+        files += admin.readdir_all(dir, false).await.unwrap().len();
+    }
+    assert_eq!(files, DIRS * FILES);
+    let copied_writes = admin
+        .readdir_all(
+            admin.lookup(copy, b"writes", false).await.unwrap().ino,
+            false,
+        )
+        .await
+        .unwrap();
+    let k = copied_writes.len() as u64;
+    let names: std::collections::BTreeSet<Vec<u8>> =
+        copied_writes.into_iter().map(|e| e.name).collect();
+    let prefix: std::collections::BTreeSet<Vec<u8>> =
+        (0..k).map(|i| format!("w{i}").into_bytes()).collect();
+    assert_eq!(
+        names, prefix,
+        "the copy holds a prefix of the writer's creates"
+    );
+    assert!(
+        k >= acked_before,
+        "{k} copied, {acked_before} acknowledged before"
+    );
+    let all = admin.readdir_all(writes, false).await.unwrap().len() as u64;
+    assert!(all > k, "the writer went on after the clone: {all} > {k}");
+    let report = admin.fsck().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new());
+    beating.abort();
+}
