@@ -197,7 +197,7 @@ pub async fn run(args: CloneArgs, client: &MetaClient, format: OutputFormat) -> 
     }
 }
 
-async fn clone(
+pub(crate) async fn clone(
     client: &MetaClient,
     src: &str,
     dst: &str,

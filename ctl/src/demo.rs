@@ -3,7 +3,8 @@
 //! writes small files without waiting for the metadata); site-b queries it
 //! at once, faulting chunks over, but cannot change it; a second copy costs no new bytes;
 //! the subtree moves to site-b in an instant, after which site-b writes and site-a
-//! cannot; and what moved, against a full copy.
+//! cannot; a developer at site-a clones it by its metadata alone; and what moved,
+//! against a full copy.
 
 use std::path::Path;
 use std::process::Command;
@@ -201,6 +202,13 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
     let rows = sqlite(&db, "SELECT count(*) FROM orders;")?;
     println!("   site-a still reads it: {rows} rows, site-b's included.");
+    developer_clone(
+        &meta,
+        &mount_a.mountpoint,
+        &remote,
+        [&data_a.addr, &data_b.addr],
+    )
+    .await?;
 
     let first = point.bytes_received - before_b.bytes_received;
     println!(
@@ -211,6 +219,54 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         mib(moved),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// A developer at site-a clones production (now site-b's) by its metadata: no byte is
+/// stored anew, and the clone's changes never reach production.
+async fn developer_clone(
+    meta: &mobilus_meta_client::MetaClient,
+    mount_a: &Path,
+    production: &Path,
+    data: [&str; 2],
+) -> anyhow::Result<()> {
+    // A new name each run: a subtree's root stays (like a mount point). Asked of the
+    // metadata: a miss through the mount would be remembered for the entry TTL.
+    let mut name = String::new();
+    for n in 1.. {
+        name = format!("demo-dev-{n}");
+        let taken = meta.lookup(mobilus_proto::fs::ROOT_INO, name.as_bytes(), false).await;
+        if taken.is_err() {
+            break;
+        }
+    }
+    println!("5. A developer at site-a gets a copy of production: `mobilusctl clone /demo /{name} --owner site-a`.");
+    let stored = |s: &[StatsReply]| s.iter().map(|s| s.bytes).sum::<u64>();
+    let before = [stats(data[0]).await?, stats(data[1]).await?];
+    let done = crate::clone::clone(
+        meta,
+        "/demo",
+        &format!("/{name}"),
+        Some("site-a"),
+        5_000,
+        crate::output::OutputFormat::Json,
+    )
+    .await?;
+    let after = [stats(data[0]).await?, stats(data[1]).await?];
+    println!(
+        "   {} inodes ({} of files) cloned in {:.0} ms; the data nodes stored {} new bytes.",
+        done.inodes,
+        mib(done.bytes),
+        done.seconds * 1e3,
+        stored(&after).saturating_sub(stored(&before))
+    );
+    let copy = mount_a.join(&name).join("orders.db");
+    sqlite(&copy, "DELETE FROM orders WHERE id % 2 = 0;")?;
+    let (mine, theirs) = (
+        sqlite(&copy, "SELECT count(*) FROM orders;")?,
+        sqlite(production, "SELECT count(*) FROM orders;")?,
+    );
+    println!("   the developer deletes half the rows in the copy ({mine} left); production at site-b still has {theirs}.");
     Ok(())
 }
 

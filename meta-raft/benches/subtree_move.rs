@@ -8,16 +8,15 @@
 //! timed), then moved between two sites 10 times. Prints the median and p90 move time
 //! and each row's ratio to the smallest subtree's median, measured in the same run.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mobilus_meta_client::{ClientOptions, MetaClient};
 use mobilus_proto::fs::{
-    ChunkHash, ChunkRef, DataNodeInfo, FileKind, InodeId, SliceWrite, SubtreeState, ROOT_INO,
+    ChunkHash, ChunkRef, FileKind, InodeId, SliceWrite, SubtreeState, ROOT_INO,
 };
 
 mod common;
-use common::start_cluster;
+use common::{agents, fill_files, start_cluster};
 
 const CHUNK: u64 = 4 << 20;
 const MOVES: usize = 10;
@@ -28,67 +27,6 @@ fn list(var: &str, default: &str) -> Vec<f64> {
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect()
-}
-
-/// Keep both sites' leases valid, as their data nodes would.
-fn agents(client: MetaClient) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            for site in ["site-a", "site-b"] {
-                let node = DataNodeInfo {
-                    site: site.into(),
-                    addr: format!("{site}.bench:7200"),
-                    capacity_bytes: 1 << 40,
-                    used_bytes: 0,
-                    last_heartbeat_ns: 0,
-                };
-                let _ = client.register_data_node(&node).await;
-            }
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-        }
-    })
-}
-
-async fn fill_files(addrs: &[String], dir: InodeId, files: u64) -> anyhow::Result<()> {
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..64 {
-        let client = MetaClient::new(addrs, ClientOptions::default())?;
-        let next = next.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= files {
-                    return anyhow::Ok(());
-                }
-                // 1,000 files a directory, as an application's tree would spread them.
-                let sub = format!("d{}", i / 1000);
-                let parent = match client.lookup(dir, sub.as_bytes(), false).await {
-                    Ok(a) => a.ino,
-                    Err(_) => match client.mkdir(dir, sub.as_bytes(), 0o755, 0, 0, None).await {
-                        Ok(a) => a.ino,
-                        Err(_) => client.lookup(dir, sub.as_bytes(), false).await?.ino,
-                    },
-                };
-                client
-                    .mknod(
-                        parent,
-                        format!("f{i}").as_bytes(),
-                        FileKind::Regular,
-                        0o644,
-                        0,
-                        0,
-                        0,
-                        None,
-                    )
-                    .await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(())
 }
 
 async fn fill_bytes(client: &MetaClient, dir: InodeId, bytes: u64) -> anyhow::Result<()> {

@@ -4,7 +4,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use mobilus_meta_client::{ClientOptions, MetaClient};
+use mobilus_proto::fs::{DataNodeInfo, FileKind, InodeId};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mobilus-meta");
 
@@ -65,4 +68,68 @@ pub async fn start_cluster(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(([p1, p2, p3], addrs))
+}
+
+// Each benchmark binary uses some of these helpers.
+#[allow(dead_code)]
+/// Keep both sites' leases valid, as their data nodes would.
+pub fn agents(client: MetaClient) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            for site in ["site-a", "site-b"] {
+                let node = DataNodeInfo {
+                    site: site.into(),
+                    addr: format!("{site}.bench:7200"),
+                    capacity_bytes: 1 << 40,
+                    used_bytes: 0,
+                    last_heartbeat_ns: 0,
+                };
+                let _ = client.register_data_node(&node).await;
+            }
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+        }
+    })
+}
+
+#[allow(dead_code)]
+pub async fn fill_files(addrs: &[String], dir: InodeId, files: u64) -> anyhow::Result<()> {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let client = MetaClient::new(addrs, ClientOptions::default())?;
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= files {
+                    return anyhow::Ok(());
+                }
+                // 1,000 files a directory, as an application's tree would spread them.
+                let sub = format!("d{}", i / 1000);
+                let parent = match client.lookup(dir, sub.as_bytes(), false).await {
+                    Ok(a) => a.ino,
+                    Err(_) => match client.mkdir(dir, sub.as_bytes(), 0o755, 0, 0, None).await {
+                        Ok(a) => a.ino,
+                        Err(_) => client.lookup(dir, sub.as_bytes(), false).await?.ino,
+                    },
+                };
+                client
+                    .mknod(
+                        parent,
+                        format!("f{i}").as_bytes(),
+                        FileKind::Regular,
+                        0o644,
+                        0,
+                        0,
+                        0,
+                        None,
+                    )
+                    .await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(())
 }
