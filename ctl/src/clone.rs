@@ -61,7 +61,7 @@ pub struct CloneView {
     pub why: String,
 }
 
-fn view(c: &CloneInfo) -> CloneView {
+pub(crate) fn view(c: &CloneInfo) -> CloneView {
     CloneView {
         id: c.dst,
         src: c.src,
@@ -89,7 +89,7 @@ fn abandoned(c: &CloneInfo) -> bool {
     c.state == CloneState::Copying && c.log_now_ns >= c.deadline_ns
 }
 
-fn render(rows: &[CloneView]) -> comfy_table::Table {
+pub(crate) fn render(rows: &[CloneView]) -> comfy_table::Table {
     let mut t = table(&[
         "ID", "SOURCE", "INTO", "NAME", "OWNER", "STATE", "COPIED", "BYTES", "WHY",
     ]);
@@ -123,7 +123,7 @@ pub struct CloneDone {
     pub seconds: f64,
 }
 
-fn render_done(d: &CloneDone) -> comfy_table::Table {
+pub(crate) fn render_done(d: &CloneDone) -> comfy_table::Table {
     let mut t = table(&[
         "SOURCE", "CLONE", "ROOT", "OWNER", "INODES", "BYTES", "SECONDS",
     ]);
@@ -140,7 +140,11 @@ fn render_done(d: &CloneDone) -> comfy_table::Table {
 }
 
 /// Remove what clone `id` copied, step by step, until nothing is left.
-async fn remove(client: &MetaClient, id: InodeId, batch: u32) -> anyhow::Result<CloneInfo> {
+pub(crate) async fn remove(
+    client: &MetaClient,
+    id: InodeId,
+    batch: u32,
+) -> anyhow::Result<CloneInfo> {
     loop {
         let c = client.abort_clone_step(id, batch).await.map_err(explain)?;
         if c.state == CloneState::Gone {
@@ -161,9 +165,30 @@ fn split(path: &str) -> anyhow::Result<(&str, &str)> {
     }
 }
 
+/// A client whose steps may wait out a leader election (the freeze, 10 s, is the real
+/// bound).
+pub(crate) fn patient(client: &MetaClient) -> MetaClient {
+    client.with_timeouts(Duration::from_secs(15), Duration::from_secs(9))
+}
+
+/// Remove the clones (and snapshots) left unfinished by a `mobilusctl` that died: nothing
+/// of them was ever visible.
+pub(crate) async fn remove_unfinished(client: &MetaClient) -> anyhow::Result<()> {
+    for c in client.clones(false).await.map_err(explain)? {
+        if c.state == CloneState::Aborting || abandoned(&c) {
+            eprintln!(
+                "mobilusctl: removing clone {} (into {:?}), left unfinished",
+                c.dst,
+                String::from_utf8_lossy(&c.name)
+            );
+            remove(client, c.dst, 5_000).await?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: CloneArgs, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
-    // A step may wait out a leader election; the freeze (10 s) is the real bound.
-    let client = &client.with_timeouts(Duration::from_secs(15), Duration::from_secs(9));
+    let client = &patient(client);
     match (args.cmd, args.src, args.dst) {
         (Some(CloneCmd::Ls), ..) => {
             let rows: Vec<CloneView> = client
@@ -208,17 +233,7 @@ pub(crate) async fn clone(
     let source = subtree_at(client, src).await?;
     let (parent_path, name) = split(dst)?;
     let parent = resolve_dir(client, parent_path).await?;
-    // Clones whose driver died are removed first: nothing of them was ever visible.
-    for c in client.clones(false).await.map_err(explain)? {
-        if c.state == CloneState::Aborting || abandoned(&c) {
-            eprintln!(
-                "mobilusctl: removing clone {} (into {:?}), left unfinished",
-                c.dst,
-                String::from_utf8_lossy(&c.name)
-            );
-            remove(client, c.dst, batch).await?;
-        }
-    }
+    remove_unfinished(client).await?;
     let start = Instant::now();
     let mut c = match client
         .start_clone(source.root, parent, name.as_bytes(), owner)

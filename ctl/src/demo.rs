@@ -235,7 +235,9 @@ async fn developer_clone(
     let mut name = String::new();
     for n in 1.. {
         name = format!("demo-dev-{n}");
-        let taken = meta.lookup(mobilus_proto::fs::ROOT_INO, name.as_bytes(), false).await;
+        let taken = meta
+            .lookup(mobilus_proto::fs::ROOT_INO, name.as_bytes(), false)
+            .await;
         if taken.is_err() {
             break;
         }

@@ -10,6 +10,7 @@ mod devconfig;
 mod fsck;
 mod nodes;
 mod output;
+mod snapshot;
 mod subtree;
 
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ enum Command {
     /// either side's later writes never change the other. The source is frozen (its
     /// writers wait) until the copy is published whole.
     Clone(clone::CloneArgs),
+    /// Snapshots of a subtree: read-only copies by metadata alone, at PATH/.snapshots/NAME.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
     /// Delete chunks no file references (after the data nodes' grace period), on every
     /// data node now.
     Gc {
@@ -114,6 +118,10 @@ fn main() -> ExitCode {
             Command::Clone(args) => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 clone::run(args, &cluster::connect(&addrs)?, cli.output).await
+            }
+            Command::Snapshot(cmd) => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                snapshot::run(cmd, &cluster::connect(&addrs)?, cli.output).await
             }
             Command::Gc { dry_run, site } => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;

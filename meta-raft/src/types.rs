@@ -268,6 +268,14 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
         owner: Option<String>,
+        /// Publish it as snapshot `name` of `src` (then `parent` is `src`), read-only.
+        snapshot: bool,
+    },
+    /// Forget snapshot `name` of subtree `src`; `AbortCloneStep`s then remove its tree.
+    RemoveSnapshot {
+        src: SubtreeId,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
     },
     /// Copy at most `limit` more inodes and slices; the step that copies the last
     /// publishes the clone.
@@ -337,7 +345,11 @@ impl Op {
             Op::ReleaseDelegation { .. } => "release_delegation",
             Op::RecallDelegation { .. } => "recall_delegation",
             Op::SetWriteBack { .. } => "set_write_back",
-            Op::StartClone { .. } => "start_clone",
+            Op::StartClone {
+                snapshot: false, ..
+            } => "start_clone",
+            Op::StartClone { snapshot: true, .. } => "create_snapshot",
+            Op::RemoveSnapshot { .. } => "remove_snapshot",
             Op::CloneStep { .. } => "clone_step",
             Op::AbortCloneStep { .. } => "abort_clone_step",
         }
@@ -375,9 +387,10 @@ impl Op {
             | Op::SetSubtreePolicy { .. } => Touches::Admin,
             // A clone reads its source (frozen meanwhile) and writes only its own hidden
             // tree until one entry in the shared subtree publishes it.
-            Op::StartClone { .. } | Op::CloneStep { .. } | Op::AbortCloneStep { .. } => {
-                Touches::Admin
-            }
+            Op::StartClone { .. }
+            | Op::CloneStep { .. }
+            | Op::AbortCloneStep { .. }
+            | Op::RemoveSnapshot { .. } => Touches::Admin,
             // They change who may change the subtree's contents, not the contents;
             // `namespace::delegation` checks the holder's site and lease itself.
             Op::AcquireDelegation { .. }

@@ -4,8 +4,8 @@
 
 use crate::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, CloneInfo, CloneState, DataNodeInfo, DelegationGrant,
-    DirEntry, Extent, Fence, FileKind, LockKind, SetAttr, SliceWrite, StatFs, SubtreeInfo,
-    SubtreeState, TimeSet,
+    DirEntry, Extent, Fence, FileKind, LockKind, SetAttr, SliceWrite, SnapshotInfo, StatFs,
+    SubtreeInfo, SubtreeState, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -261,6 +261,30 @@ impl From<&CloneInfo> for pb::Clone {
             deadline_ns: c.deadline_ns,
             log_now_ns: c.log_now_ns,
             why: c.why.clone(),
+        }
+    }
+}
+
+impl From<&SnapshotInfo> for pb::Snapshot {
+    fn from(s: &SnapshotInfo) -> Self {
+        pb::Snapshot {
+            name: s.name.clone(),
+            root: s.root,
+            created_ns: s.created_ns,
+            inodes: s.inodes,
+            bytes: s.bytes,
+        }
+    }
+}
+
+impl From<pb::Snapshot> for SnapshotInfo {
+    fn from(s: pb::Snapshot) -> Self {
+        SnapshotInfo {
+            name: s.name,
+            root: s.root,
+            created_ns: s.created_ns,
+            inodes: s.inodes,
+            bytes: s.bytes,
         }
     }
 }

@@ -8,6 +8,18 @@ use crate::status::Errno;
 pub type InodeId = u64;
 /// The root directory of the namespace.
 pub const ROOT_INO: InodeId = 1;
+
+/// The name, in a subtree's root, of the directory that holds its snapshots: reachable
+/// by lookup, not listed (like ZFS's `.zfs`), and read-only.
+pub const SNAPSHOTS_DIR: &[u8] = b".snapshots";
+/// The inode number of subtree `S`'s snapshots directory is `S | SNAPSHOTS_DIR_BIT`
+/// (no stored inode has it: numbers are handed out from 2 upwards).
+pub const SNAPSHOTS_DIR_BIT: InodeId = 1 << 62;
+
+/// A snapshots directory's number, if `ino` is one, and its subtree.
+pub fn snapshots_dir_of(ino: InodeId) -> Option<SubtreeId> {
+    (ino & SNAPSHOTS_DIR_BIT != 0).then_some(ino & !SNAPSHOTS_DIR_BIT)
+}
 /// A subtree is named by the inode number of its root directory.
 pub type SubtreeId = InodeId;
 /// An ownership epoch; bumped every time a subtree changes owner.
@@ -395,6 +407,17 @@ pub struct CloneInfo {
     pub log_now_ns: i64,
     /// Aborting: why.
     pub why: String,
+}
+
+/// A snapshot as the metadata service reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub name: Vec<u8>,
+    /// Its root: a read-only subtree.
+    pub root: InodeId,
+    pub created_ns: i64,
+    pub inodes: u64,
+    pub bytes: u64,
 }
 
 /// A data node in the site registry.

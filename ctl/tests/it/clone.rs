@@ -236,9 +236,73 @@ pub(crate) fn clone_commands(config: &str, dir: &str, procs: &serde_json::Value)
     );
     assert_eq!(json(&["clone", "ls"]), serde_json::json!([]));
     assert!(Path::new(&format!("{mnt_a}/proj-killed/after-kill")).exists());
+    snapshot_commands(config, dir);
     // The metadata is clean (the one lost chunk is `/big`'s, lost on purpose earlier).
     let out = ctl(&["--config", config, "fsck", "--output", "json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["metadata"]["problem_count"], 0, "{report}");
     assert_eq!(report["chunks"]["lost"], 1, "{report}");
+}
+
+/// `snapshot create|ls|restore|rm`: read-only copies at `/proj/.snapshots/NAME`, through
+/// both sites' mounts.
+fn snapshot_commands(config: &str, dir: &str) {
+    let (mnt_a, mnt_b) = (format!("{dir}/mnt/site-a"), format!("{dir}/mnt/site-b"));
+    let json = |args: &[&str]| {
+        let mut full = vec!["--config", config];
+        full.extend_from_slice(args);
+        must_json(&full)
+    };
+    let before = tree(Path::new(&format!("{mnt_a}/proj")));
+    let s = json(&["snapshot", "create", "/proj", "s1"]);
+    assert_eq!(s["dst"], "/proj/.snapshots/s1", "{s}");
+    for mnt in [&mnt_a, &mnt_b] {
+        assert_eq!(
+            tree(Path::new(&format!("{mnt}/proj/.snapshots/s1"))),
+            before,
+            "{mnt}"
+        );
+    }
+    // Not listed in the subtree's root; read-only, for the owner too.
+    assert!(std::fs::read_dir(format!("{mnt_a}/proj"))
+        .unwrap()
+        .all(|e| e.unwrap().file_name() != ".snapshots"));
+    for path in [
+        format!("{mnt_a}/proj/.snapshots/s1/new"),
+        format!("{mnt_a}/proj/.snapshots/new"),
+        format!("{mnt_a}/proj/.snapshots/s1/src/f0"),
+    ] {
+        let e = std::fs::write(&path, b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{path}: {e}");
+    }
+    // The source goes on; the snapshot does not.
+    std::fs::write(format!("{mnt_a}/proj/src/f3"), b"changed").unwrap();
+    assert_eq!(
+        std::fs::read(format!("{mnt_a}/proj/.snapshots/s1/src/f3")).unwrap(),
+        b"0123456789"
+    );
+    let ls = json(&["snapshot", "ls", "/proj"]);
+    assert_eq!(ls[0]["name"], "s1", "{ls}");
+    assert_eq!(ls[0]["path"], "/proj/.snapshots/s1");
+    // Restored as a new, writable subtree.
+    let r = json(&[
+        "snapshot",
+        "restore",
+        "/proj",
+        "s1",
+        "--to",
+        "/proj-restored",
+    ]);
+    assert_eq!(r["dst"], "/proj-restored", "{r}");
+    assert_eq!(tree(Path::new(&format!("{mnt_a}/proj-restored"))), before);
+    std::fs::write(format!("{mnt_a}/proj-restored/writable"), b"w").unwrap();
+    let out = ctl(&["--config", config, "snapshot", "create", "/proj", "s1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already"));
+    let gone = json(&["snapshot", "rm", "/proj", "s1"]);
+    assert_eq!(gone["state"], "gone", "{gone}");
+    assert_eq!(json(&["snapshot", "ls", "/proj"]), serde_json::json!([]));
+    let out = ctl(&["--config", config, "snapshot", "rm", "/proj", "s1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no snapshot"));
 }

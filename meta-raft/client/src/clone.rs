@@ -2,7 +2,7 @@
 //! `impl` block of [`MetaClient`].
 
 use mobilus_proto::convert::clone_from_wire;
-use mobilus_proto::fs::{CloneInfo, InodeId, SubtreeId};
+use mobilus_proto::fs::{CloneInfo, InodeId, SnapshotInfo, SubtreeId};
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_client::ClusterClient;
 use tonic::transport::Channel;
@@ -73,6 +73,65 @@ impl MetaClient {
             })
             .await?;
         one(r.into_inner())
+    }
+
+    /// Start snapshot `name` of subtree `src`: step it with
+    /// [`clone_step`](Self::clone_step) as a clone.
+    pub async fn create_snapshot(
+        &self,
+        src: SubtreeId,
+        name: &[u8],
+    ) -> Result<CloneInfo, ClientError> {
+        let req = pb::SnapshotRequest {
+            src,
+            name: name.to_vec(),
+        };
+        let r = self
+            .call("create_snapshot", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).create_snapshot(req).await }
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// Forget snapshot `name` of subtree `src`: remove its tree with
+    /// [`abort_clone_step`](Self::abort_clone_step) until `Gone`.
+    pub async fn remove_snapshot(
+        &self,
+        src: SubtreeId,
+        name: &[u8],
+    ) -> Result<CloneInfo, ClientError> {
+        let req = pb::SnapshotRequest {
+            src,
+            name: name.to_vec(),
+        };
+        let r = self
+            .call("remove_snapshot", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).remove_snapshot(req).await }
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
+    /// The snapshots of subtree `src`, oldest first.
+    pub async fn snapshots(
+        &self,
+        src: SubtreeId,
+        stale: bool,
+    ) -> Result<Vec<SnapshotInfo>, ClientError> {
+        let req = pb::ListSnapshotsRequest { src, stale };
+        let r = self
+            .call("list_snapshots", |ch| async move {
+                cluster(ch).list_snapshots(req).await
+            })
+            .await?;
+        Ok(r.into_inner()
+            .snapshots
+            .into_iter()
+            .map(Into::into)
+            .collect())
     }
 
     /// Every clone being made or removed.

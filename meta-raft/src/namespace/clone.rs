@@ -55,6 +55,8 @@ pub struct CloneRecord {
     pub name: Vec<u8>,
     pub owner: String,
     pub aborting: bool,
+    /// Published as snapshot `name` of `src` (read-only), not as an entry of `parent`.
+    pub snapshot: bool,
     /// Copying: (source directory, its copy, the last cookie copied), breadth first.
     /// Aborting: copies of directories to empty, the one being emptied last.
     pub pending: Vec<(InodeId, InodeId, u64)>,
@@ -145,9 +147,10 @@ pub(crate) fn refuse_publishing_parent(txn: &Txn<'_>, dir: InodeId) -> Result<()
     }
 }
 
-/// Is `ino` the hidden root of a clone being made or removed? (fsck counts it named.)
+/// The hidden roots of clones being made or removed, and the roots of snapshots: named
+/// by their records, not by entries (fsck counts them named).
 pub(crate) fn roots(view: &dyn super::KvRead) -> Result<Vec<InodeId>, NsError> {
-    let mut out = Vec::new();
+    let mut out = super::snapshot::roots(view)?;
     for item in view.iter_from(Cf::Clones, b"c")? {
         let (k, _) = item?;
         if k.first() != Some(&b'c') {
@@ -188,6 +191,7 @@ pub(crate) fn start(
     parent: InodeId,
     name: &[u8],
     owner: Option<&str>,
+    snapshot: bool,
 ) -> Result<CloneInfo, NsError> {
     validate_name(name)?;
     if super::is_dot(name) {
@@ -226,9 +230,29 @@ pub(crate) fn start(
     // first (the member recalls it and proposes again), so the copy holds every close
     // acknowledged before it.
     delegation::check(txn, src, &sub, now, None, false)?;
-    check_parent(txn, parent)?;
-    if dir::dentry(txn, parent, name)?.is_some() {
-        return Err(Errno::EEXIST.into());
+    if snapshot {
+        if parent != src || owner.is_some() {
+            return Err(OpError::explained(
+                Errno::EINVAL,
+                "a snapshot is published in its source's .snapshots, owned as its source",
+            )
+            .into());
+        }
+        if super::snapshot::get(txn, src, name)?.is_some() {
+            return Err(OpError::explained(
+                Errno::EEXIST,
+                format!(
+                    "subtree {src} has a snapshot {:?} already",
+                    String::from_utf8_lossy(name)
+                ),
+            )
+            .into());
+        }
+    } else {
+        check_parent(txn, parent)?;
+        if dir::dentry(txn, parent, name)?.is_some() {
+            return Err(Errno::EEXIST.into());
+        }
     }
     let prefix = parent_key(parent, None);
     for (k, _) in txn.scan_all(Cf::Clones, &prefix)? {
@@ -285,6 +309,7 @@ pub(crate) fn start(
         name: name.to_vec(),
         owner,
         aborting: false,
+        snapshot,
         pending: vec![(src, dst, 0)],
         deadline_ns: now + CLONE_LEASE_NS,
         started_ns: now,
@@ -465,18 +490,22 @@ fn publish(
     dst: InodeId,
     rec: CloneRecord,
 ) -> Result<CloneInfo, NsError> {
-    let parent = match check_parent(txn, rec.parent) {
-        Ok(p) if dir::dentry(txn, rec.parent, &rec.name)?.is_none() => p,
-        Ok(_) => return refuse_publish(txn, dst, rec, "its name was taken meanwhile".into()),
-        Err(NsError::Op(e)) => return refuse_publish(txn, dst, rec, e.to_string()),
-        Err(e) => return Err(e),
-    };
-    let mut parent = parent;
-    dir::add_entry(txn, &mut parent, &rec.name, dst, FileKind::Directory)?;
-    parent.attr.nlink += 1;
-    parent.attr.mtime_ns = now;
-    parent.attr.ctime_ns = now;
-    save(txn, &parent)?;
+    if rec.snapshot {
+        super::snapshot::register(txn, rec.src, &rec.name, dst, now)?;
+    } else {
+        let parent = match check_parent(txn, rec.parent) {
+            Ok(p) if dir::dentry(txn, rec.parent, &rec.name)?.is_none() => p,
+            Ok(_) => return refuse_publish(txn, dst, rec, "its name was taken meanwhile".into()),
+            Err(NsError::Op(e)) => return refuse_publish(txn, dst, rec, e.to_string()),
+            Err(e) => return Err(e),
+        };
+        let mut parent = parent;
+        dir::add_entry(txn, &mut parent, &rec.name, dst, FileKind::Directory)?;
+        parent.attr.nlink += 1;
+        parent.attr.mtime_ns = now;
+        parent.attr.ctime_ns = now;
+        save(txn, &parent)?;
+    }
     let mut sub = subtree::must_get(txn, dst)?;
     sub.state = SubtreeState::Owned;
     sub.created_ns = now;
@@ -507,6 +536,41 @@ fn forget(txn: &mut Txn<'_>, dst: InodeId, rec: &CloneRecord) -> Result<(), NsEr
         txn.delete(Cf::Clones, k);
     }
     Ok(())
+}
+
+/// `RemoveSnapshot`: snapshot `name` of `src` is forgotten at once (no longer listed,
+/// no longer read-only), and its tree is to be removed by `AbortCloneStep`s, as an
+/// aborted clone's is.
+pub(crate) fn remove_snapshot(
+    txn: &mut Txn<'_>,
+    stamp: i64,
+    src: SubtreeId,
+    name: &[u8],
+) -> Result<CloneInfo, NsError> {
+    let now = log_now(txn, stamp)?;
+    let root = super::snapshot::unregister(txn, src, name)?;
+    let sub = subtree::must_get(txn, root)?;
+    let rec = CloneRecord {
+        src,
+        parent: src,
+        name: name.to_vec(),
+        owner: sub.owner.clone().unwrap_or_default(),
+        aborting: true,
+        snapshot: true,
+        pending: vec![(0, root, 0)],
+        deadline_ns: now,
+        started_ns: now,
+        total_inodes: sub.inodes,
+        copied_inodes: sub.inodes,
+        copied_bytes: sub.bytes,
+        why: "snapshot removed".into(),
+    };
+    // Nothing may change it or hold it meanwhile, as while it was being copied.
+    let mut sub = sub;
+    sub.state = SubtreeState::Preparing;
+    subtree::put(txn, root, &sub)?;
+    put(txn, root, &rec)?;
+    info(txn, root, &rec, CloneState::Aborting)
 }
 
 /// `AbortCloneStep`: abort the clone if it is still copying, then remove at most

@@ -253,8 +253,10 @@ pub(crate) fn acquire(
         )
         .into());
     }
-    // Not while a clone copies it: the holder would answer changes that cannot commit.
+    // Not while a clone copies it, nor a snapshot: the holder would answer changes that
+    // cannot commit.
     super::clone::refuse_frozen(txn, subtree, now)?;
+    super::snapshot::refuse_read_only(txn, subtree)?;
     let Some(rec_session) = session_record(txn, session)? else {
         return Err(super::locks::expired(session));
     };

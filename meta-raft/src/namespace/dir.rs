@@ -103,6 +103,7 @@ pub(crate) fn create_numbered(
     if is_dot(name) || dentry(txn, parent, name)?.is_some() {
         return Err(Errno::EEXIST.into());
     }
+    super::snapshot::refuse_reserved_name(txn, parent, name)?;
     let is_dir = new.kind == FileKind::Directory;
     if is_dir && p.attr.nlink >= LINK_MAX {
         return Err(Errno::EMLINK.into());
@@ -200,6 +201,7 @@ pub(crate) fn link(
     if is_dot(new_name) || dentry(txn, new_parent, new_name)?.is_some() {
         return Err(Errno::EEXIST.into());
     }
+    super::snapshot::refuse_reserved_name(txn, new_parent, new_name)?;
     if src.attr.kind == FileKind::Directory {
         return Err(Errno::EPERM.into());
     }
@@ -367,6 +369,7 @@ pub(crate) fn rename(
     if sp.attr.subtree != dp.attr.subtree {
         return Err(Errno::EXDEV.into());
     }
+    super::snapshot::refuse_reserved_name(txn, new_parent, new_name)?;
     subtree::refuse_subtree_root(txn, sd.ino)?;
     if let Some(td) = &td {
         subtree::refuse_subtree_root(txn, td.ino)?;

@@ -16,6 +16,7 @@ pub mod kv;
 mod locks;
 mod query;
 mod reserved;
+mod snapshot;
 pub mod subtree;
 pub mod txn;
 
@@ -37,6 +38,7 @@ pub use self::gc::TOMBSTONE_GENERATIONS;
 pub use self::keys::Cf;
 pub use self::kv::{KvRead, KvStore, MemStore, RocksStore};
 pub use self::locks::{SessionRecord, SESSION_LEASE_NS};
+pub use self::snapshot::SnapshotRecord;
 pub use self::subtree::{SubtreeRecord, SITE_LEASE_NS};
 pub use self::txn::Txn;
 use crate::error::{NsError, StoreError};
@@ -337,7 +339,12 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             parent,
             name,
             owner,
-        } => clone::start(txn, now, *src, *parent, name, owner.as_deref()).map(OpReply::Clone),
+            snapshot,
+        } => clone::start(txn, now, *src, *parent, name, owner.as_deref(), *snapshot)
+            .map(OpReply::Clone),
+        Op::RemoveSnapshot { src, name } => {
+            clone::remove_snapshot(txn, now, *src, name).map(OpReply::Clone)
+        }
         Op::CloneStep { dst, limit } => clone::step(txn, now, *dst, *limit).map(OpReply::Clone),
         Op::AbortCloneStep { dst, limit } => {
             clone::abort_step(txn, now, *dst, *limit).map(OpReply::Clone)

@@ -3,13 +3,16 @@
 use std::ops::ControlFlow;
 
 use mobilus_proto::fs::{
-    Attr, ChunkHash, DataNodeInfo, DirEntry, Extent, InodeId, StatFs, MAX_GC_BATCH, NAME_MAX,
+    snapshots_dir_of, Attr, ChunkHash, DataNodeInfo, DirEntry, Extent, InodeId, StatFs,
+    MAX_GC_BATCH, NAME_MAX, SNAPSHOTS_DIR,
 };
 use mobilus_proto::status::Errno;
 
 use super::keys::{self, Cf};
 use super::txn::Txn;
-use super::{counters, dir, file, gc, load, load_dir, validate_name, DentryRecord, Namespace};
+use super::{
+    counters, dir, file, gc, load, load_dir, snapshot, validate_name, DentryRecord, Namespace,
+};
 use crate::codec;
 use crate::error::{NsError, StoreError};
 
@@ -23,17 +26,32 @@ pub const DEFAULT_CAPACITY: u64 = 1 << 50;
 // entries are applied meanwhile.
 impl Namespace {
     pub fn getattr(&self, ino: InodeId) -> Result<Attr, NsError> {
-        self.with_view(|txn| Ok(load(txn, ino)?.attr))
+        self.with_view(|txn| match snapshots_dir_of(ino) {
+            Some(src) => snapshot::dir_attr(txn, src),
+            None => Ok(load(txn, ino)?.attr),
+        })
     }
 
     /// Look `name` up in `parent`; `.` and `..` resolve to the directory and its parent.
+    /// `.snapshots` in a subtree's root is its snapshots directory (`namespace::snapshot`).
     pub fn lookup(&self, parent: InodeId, name: &[u8]) -> Result<Attr, NsError> {
         validate_name(name)?;
         self.with_view(|txn| {
+            if let Some(src) = snapshots_dir_of(parent) {
+                return snapshot::lookup(txn, src, name);
+            }
             let p = load_dir(txn, parent)?;
             match name {
                 b"." => return Ok(p.attr),
-                b".." => return Ok(load(txn, p.attr.parent)?.attr),
+                b".." => {
+                    if let Some((src, _)) = snapshot::of(txn, parent)? {
+                        return snapshot::dir_attr(txn, src);
+                    }
+                    return Ok(load(txn, p.attr.parent)?.attr);
+                }
+                SNAPSHOTS_DIR if snapshot::dir_attr(txn, parent).is_ok() => {
+                    return snapshot::dir_attr(txn, parent)
+                }
                 _ => {}
             }
             let d: DentryRecord = txn
@@ -67,6 +85,10 @@ impl Namespace {
     pub fn getxattr(&self, ino: InodeId, name: &[u8]) -> Result<Vec<u8>, NsError> {
         dir::check_xattr_name(name)?;
         self.with_view(|txn| {
+            if let Some(src) = snapshots_dir_of(ino) {
+                snapshot::dir_attr(txn, src)?;
+                return Err(Errno::ENODATA.into());
+            }
             load(txn, ino)?;
             Ok(txn
                 .get_raw(Cf::Xattrs, &keys::with_name(ino, name))?
@@ -76,6 +98,10 @@ impl Namespace {
 
     pub fn listxattr(&self, ino: InodeId) -> Result<Vec<Vec<u8>>, NsError> {
         self.with_view(|txn| {
+            if let Some(src) = snapshots_dir_of(ino) {
+                snapshot::dir_attr(txn, src)?;
+                return Ok(Vec::new());
+            }
             load(txn, ino)?;
             let pairs = txn.scan_all(Cf::Xattrs, &keys::ino(ino))?;
             Ok(pairs.into_iter().map(|(k, _)| k[8..].to_vec()).collect())
@@ -172,12 +198,15 @@ fn readdir(
     limit: u32,
     plus: bool,
 ) -> Result<(Vec<DirEntry>, bool), NsError> {
-    load_dir(txn, ino)?;
     let limit = if limit == 0 {
         READDIR_MAX
     } else {
         limit.min(READDIR_MAX)
     } as usize;
+    if let Some(src) = snapshots_dir_of(ino) {
+        return snapshot::readdir(txn, src, cookie, limit, plus);
+    }
+    load_dir(txn, ino)?;
     let prefix = keys::ino(ino);
     let start = keys::cookie(ino, cookie.saturating_add(1));
     let mut names = Vec::new();

@@ -170,6 +170,7 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
     // root, which has no owner to check).
     let mut subtree: Option<(SubtreeId, Option<SubtreeRecord>)> = None;
     for ino in inodes {
+        super::snapshot::refuse_snapshots_dir(ino)?;
         // A missing inode: the operation itself answers ENOENT.
         let Some(rec) = txn.get::<InodeRecord>(Cf::Inodes, &keys::ino(ino))? else {
             continue;
@@ -194,6 +195,10 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
     }
     if OWNERSHIP_CHECK_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
+    }
+    // A snapshot changes for nobody.
+    if sub.is_some() {
+        super::snapshot::refuse_read_only(txn, root)?;
     }
     let mut sub = match sub {
         Some(sub) => sub,
@@ -667,6 +672,13 @@ fn path_of(txn: &Txn<'_>, dir: InodeId) -> Result<Option<String>, NsError> {
     let mut names = Vec::new();
     let mut cur = dir;
     while cur != ROOT_INO {
+        // A snapshot's root is named by its source's registry.
+        if let Some((src, name)) = super::snapshot::of(txn, cur)? {
+            names.push(String::from_utf8_lossy(&name).into_owned());
+            names.push(String::from_utf8_lossy(mobilus_proto::fs::SNAPSHOTS_DIR).into_owned());
+            cur = src;
+            continue;
+        }
         let parent = load(txn, cur)?.attr.parent;
         let prefix = keys::ino(parent);
         let (mut found, mut seen) = (None, 0usize);

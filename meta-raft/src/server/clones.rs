@@ -46,6 +46,7 @@ pub(super) async fn start(node: &MetaNode, r: pb::StartCloneRequest) -> Reply<pb
         parent: r.parent,
         name: r.name,
         owner,
+        snapshot: false,
     };
     clone_reply(node.propose(None, op).await.map_err(|e| e.to_status())?)
 }
@@ -64,6 +65,44 @@ pub(super) async fn abort_step(node: &MetaNode, r: pb::CloneStepRequest) -> Repl
         limit: limit(r.limit),
     };
     clone_reply(node.propose(None, op).await.map_err(|e| e.to_status())?)
+}
+
+pub(super) async fn create_snapshot(
+    node: &MetaNode,
+    r: pb::SnapshotRequest,
+) -> Reply<pb::CloneReply> {
+    let op = Op::StartClone {
+        src: r.src,
+        parent: r.src,
+        name: r.name,
+        owner: None,
+        snapshot: true,
+    };
+    clone_reply(node.propose(None, op).await.map_err(|e| e.to_status())?)
+}
+
+pub(super) async fn remove_snapshot(
+    node: &MetaNode,
+    r: pb::SnapshotRequest,
+) -> Reply<pb::CloneReply> {
+    let op = Op::RemoveSnapshot {
+        src: r.src,
+        name: r.name,
+    };
+    clone_reply(node.propose(None, op).await.map_err(|e| e.to_status())?)
+}
+
+pub(super) async fn list_snapshots(
+    node: &MetaNode,
+    r: pb::ListSnapshotsRequest,
+) -> Reply<pb::ListSnapshotsReply> {
+    let all = node
+        .read(r.stale, |ns| ns.snapshots(r.src))
+        .await
+        .map_err(|e| e.to_status())?;
+    Ok(Response::new(pb::ListSnapshotsReply {
+        snapshots: all.iter().map(Into::into).collect(),
+    }))
 }
 
 pub(super) async fn list(node: &MetaNode, r: pb::ListClonesRequest) -> Reply<pb::ListClonesReply> {

@@ -770,6 +770,21 @@ impl Cluster for ClusterSvc {
         super::clones::list(&self.node, r.into_inner()).await
     }
 
+    async fn create_snapshot(&self, r: Request<pb::SnapshotRequest>) -> Reply<pb::CloneReply> {
+        super::clones::create_snapshot(&self.node, r.into_inner()).await
+    }
+
+    async fn remove_snapshot(&self, r: Request<pb::SnapshotRequest>) -> Reply<pb::CloneReply> {
+        super::clones::remove_snapshot(&self.node, r.into_inner()).await
+    }
+
+    async fn list_snapshots(
+        &self,
+        r: Request<pb::ListSnapshotsRequest>,
+    ) -> Reply<pb::ListSnapshotsReply> {
+        super::clones::list_snapshots(&self.node, r.into_inner()).await
+    }
+
     async fn list_data_nodes(
         &self,
         r: Request<pb::ListDataNodesRequest>,

@@ -16,28 +16,29 @@ use crate::ownership::{
     exec, fixture, heartbeat, mkdir, mknod, must, must_attr, must_fsck_clean, Fixture, SEC, T0,
 };
 
-fn must_clone(ns: &Namespace, t: i64, op: Op) -> CloneInfo {
+pub(crate) fn must_clone(ns: &Namespace, t: i64, op: Op) -> CloneInfo {
     match must(ns, t, None, op) {
         OpReply::Clone(c) => c,
         other => panic!("not a clone: {other:?}"),
     }
 }
 
-fn start(src: InodeId, parent: InodeId, name: &str, owner: Option<&str>) -> Op {
+pub(crate) fn start(src: InodeId, parent: InodeId, name: &str, owner: Option<&str>) -> Op {
     Op::StartClone {
         src,
         parent,
         name: name.into(),
         owner: owner.map(str::to_string),
+        snapshot: false,
     }
 }
 
-fn chunk(n: u8) -> ChunkHash {
+pub(crate) fn chunk(n: u8) -> ChunkHash {
     ChunkHash([n; 32])
 }
 
 /// `len` bytes at `offset` from chunk `n`.
-fn write(ino: InodeId, offset: u64, len: u64, n: u8) -> Op {
+pub(crate) fn write(ino: InodeId, offset: u64, len: u64, n: u8) -> Op {
     Op::Write {
         ino,
         slices: vec![SliceWrite {
@@ -53,7 +54,7 @@ fn write(ino: InodeId, offset: u64, len: u64, n: u8) -> Op {
     }
 }
 
-fn errno_of(r: &Reply) -> Option<i32> {
+pub(crate) fn errno_of(r: &Reply) -> Option<i32> {
     match r {
         Err(OpError::Errno(e)) => Some(*e),
         Err(OpError::Explained { errno, .. }) => Some(*errno),
@@ -64,7 +65,7 @@ fn errno_of(r: &Reply) -> Option<i32> {
 /// Everything a reader sees of the tree under `dir`, by path: attributes that a copy
 /// keeps, symlink targets, xattrs, the file's extents, and which paths share an inode.
 #[derive(Debug, PartialEq)]
-struct Seen {
+pub(crate) struct Seen {
     kind: FileKind,
     mode: u32,
     size: u64,
@@ -77,7 +78,7 @@ struct Seen {
     same_as: String,
 }
 
-fn seen(ns: &Namespace, dir: InodeId) -> BTreeMap<String, Seen> {
+pub(crate) fn seen(ns: &Namespace, dir: InodeId) -> BTreeMap<String, Seen> {
     let mut out = BTreeMap::new();
     let mut first_name: BTreeMap<InodeId, String> = BTreeMap::new();
     let mut todo = vec![(dir, String::new())];
@@ -131,7 +132,7 @@ fn seen(ns: &Namespace, dir: InodeId) -> BTreeMap<String, Seen> {
 
 /// `/app` of the fixture filled: nested directories, files of several slices, a file
 /// with two names, a symlink, xattrs. Returns the chunks it references.
-fn fill(f: &Fixture, t: i64) -> Vec<ChunkHash> {
+pub(crate) fn fill(f: &Fixture, t: i64) -> Vec<ChunkHash> {
     let a = Some("site-a");
     let mut chunks = Vec::new();
     let mut n = 10u8;
@@ -188,7 +189,7 @@ fn fill(f: &Fixture, t: i64) -> Vec<ChunkHash> {
     chunks
 }
 
-fn refs(ns: &Namespace, chunks: &[ChunkHash]) -> Vec<u64> {
+pub(crate) fn refs(ns: &Namespace, chunks: &[ChunkHash]) -> Vec<u64> {
     ns.chunk_refs(chunks)
         .unwrap()
         .into_iter()

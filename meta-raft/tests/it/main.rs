@@ -14,3 +14,4 @@ mod model;
 mod namespace;
 mod ownership;
 mod partition;
+mod snapshot;

@@ -444,9 +444,10 @@ impl Model {
             // mount.
             Op::ReserveInodes { .. } | Op::CreateReserved { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: clones are tested in `clone.rs`.
-            Op::StartClone { .. } | Op::CloneStep { .. } | Op::AbortCloneStep { .. } => {
-                Err(Errno::EOPNOTSUPP)
-            }
+            Op::StartClone { .. }
+            | Op::CloneStep { .. }
+            | Op::AbortCloneStep { .. }
+            | Op::RemoveSnapshot { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: orphans are tested through a mount.
             Op::ReleaseOrphan { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices, .. } => {

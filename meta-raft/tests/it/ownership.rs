@@ -286,7 +286,8 @@ fn judged_by_owner(op: &Op) -> bool {
         // (`tests/it/clone.rs`).
         | Op::StartClone { .. }
         | Op::CloneStep { .. }
-        | Op::AbortCloneStep { .. } => false,
+        | Op::AbortCloneStep { .. }
+        | Op::RemoveSnapshot { .. } => false,
     }
 }
 
