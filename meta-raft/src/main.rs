@@ -67,6 +67,10 @@ struct Args {
     /// recalling it first (a deliberate bug: a close there is not seen by an open here).
     #[arg(long, hide = true)]
     unsafe_no_write_back_recall: bool,
+    /// TEST ONLY: let a subtree change while a clone copies it (a deliberate bug: the
+    /// copy then mixes moments of its source).
+    #[arg(long, hide = true)]
+    unsafe_no_clone_freeze: bool,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
     /// Write the advertised address to this file once serving (for scripts and tests).
@@ -137,6 +141,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--unsafe-no-ownership-check: any site may change any subtree (a test-only bug)"
         );
         mobilus_meta::namespace::subtree::disable_ownership_check_for_tests();
+    }
+    if args.unsafe_no_clone_freeze {
+        tracing::warn!(
+            "--unsafe-no-clone-freeze: a subtree may change while it is cloned (a test-only bug)"
+        );
+        mobilus_meta::namespace::disable_clone_freeze_for_tests();
     }
     if args.unsafe_no_delegation_check {
         tracing::warn!(

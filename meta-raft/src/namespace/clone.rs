@@ -112,9 +112,22 @@ fn put(txn: &mut Txn<'_>, dst: InodeId, rec: &CloneRecord) -> Result<(), NsError
     Ok(txn.put(Cf::Clones, record_key(dst), rec)?)
 }
 
+/// Set by the hidden `--unsafe-no-clone-freeze` (a deliberate bug the tests must catch);
+/// the same on every member, so members still apply alike.
+static CLONE_FREEZE_DISABLED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// TEST ONLY: let subtrees change while they are cloned, in this process.
+pub fn disable_clone_freeze_for_tests() {
+    CLONE_FREEZE_DISABLED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Is subtree `src` frozen by a clone copying it (log time `now`)? Then nothing may
 /// change it: the ownership check refuses such a command with `frozen`.
 pub(crate) fn refuse_frozen(txn: &Txn<'_>, src: SubtreeId, now: i64) -> Result<(), NsError> {
+    if CLONE_FREEZE_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
     let Some(dst) = txn.get::<InodeId>(Cf::Clones, &freeze_key(src))? else {
         return Ok(());
     };

@@ -29,7 +29,9 @@ use mobilus_proto::fs::{Attr, ChunkRef, FileKind, InodeId, ROOT_INO};
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
 
-pub use self::clone::{CloneRecord, CLONE_LEASE_NS, MAX_CLONE_BATCH};
+pub use self::clone::{
+    disable_clone_freeze_for_tests, CloneRecord, CLONE_LEASE_NS, MAX_CLONE_BATCH,
+};
 pub use self::delegation::{
     disable_delegation_check_for_tests, disable_write_back_recall_for_tests, DelegationRecord,
     REACQUIRE_HOLD_NS, RECALL_GRACE_NS,

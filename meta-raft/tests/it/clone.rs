@@ -737,3 +737,114 @@ async fn a_clone_across_a_leader_kill_is_whole_or_absent_and_holds_one_point_of_
     assert_eq!(report.problems, Vec::<String>::new());
     beating.abort();
 }
+
+/// The copy's creates of a writer that made `x/w0`, `y/w1`, then (while the clone was
+/// half done) `x/a`, `y/b`, one after another, on a one-member cluster started with
+/// `flags`; and which of the late creates were acknowledged.
+async fn copy_of_two_moments(flags: &[&str]) -> (Vec<String>, Vec<bool>) {
+    let cluster = crate::harness::Cluster::start(1, flags).await;
+    let admin = cluster.client();
+    let beating = heartbeats(&admin, "site-a");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let app = admin
+        .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    admin.create_subtree(app, "site-a").await.unwrap();
+    // Asks once: a create refused as frozen is not retried until the clone is done.
+    let site_a = mobilus_meta_client::MetaClient::new(
+        &cluster.addrs(),
+        mobilus_meta_client::ClientOptions {
+            site: Some("site-a".into()),
+            deadline: std::time::Duration::from_millis(200),
+            ..crate::harness::opts()
+        },
+    )
+    .unwrap();
+    let mk = |parent: InodeId, name: &'static str| {
+        let c = site_a.clone();
+        async move {
+            c.mknod(
+                parent,
+                name.as_bytes(),
+                FileKind::Regular,
+                0o644,
+                0,
+                0,
+                0,
+                None,
+            )
+            .await
+            .is_ok()
+        }
+    };
+    let x = site_a
+        .mkdir(app, b"x", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    let y = site_a
+        .mkdir(app, b"y", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    assert!(mk(x, "w0").await && mk(y, "w1").await);
+    let c = admin
+        .start_clone(app, ROOT_INO, b"copy", None)
+        .await
+        .unwrap();
+    // Step 1 copies x and y; step 2 copies x's entries and starts on y's.
+    let c = admin.clone_step(c.dst, 2).await.unwrap();
+    let mut c = admin.clone_step(c.dst, 2).await.unwrap();
+    let late = vec![mk(x, "a").await, mk(y, "b").await];
+    while c.state == CloneState::Copying {
+        c = admin.clone_step(c.dst, 100).await.unwrap();
+    }
+    assert_eq!(c.state, CloneState::Done);
+    let mut names = Vec::new();
+    for dir in [b"x".as_slice(), b"y"] {
+        let d = admin.lookup(c.dst, dir, false).await.unwrap().ino;
+        for e in admin.readdir_all(d, false).await.unwrap() {
+            names.push(String::from_utf8_lossy(&e.name).into_owned());
+        }
+    }
+    names.sort();
+    beating.abort();
+    (names, late)
+}
+
+/// Is `copy` one moment of the writer's history `w0, w1, a, b`: a prefix of the creates
+/// that were acknowledged?
+fn one_moment(copy: &[String], late: &[bool]) -> bool {
+    let history: Vec<&str> = ["w0", "w1", "a", "b"]
+        .into_iter()
+        .zip([true, true, late[0], late[1]])
+        .filter(|(_, done)| *done)
+        .map(|(n, _)| n)
+        .collect();
+    (0..=history.len()).any(|k| {
+        let mut prefix: Vec<String> = history[..k].iter().map(|s| s.to_string()).collect();
+        prefix.sort();
+        prefix == copy
+    })
+}
+
+/// The freeze is what makes the copy one moment: with it, the late creates wait and the
+/// copy is the source as the clone began; with it deliberately broken
+/// (`--unsafe-no-clone-freeze`), the copy holds `b` but not `a`, made before it, and the
+/// check says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_freeze_a_clone_mixes_two_moments_and_the_check_sees_it() {
+    let (copy, late) = copy_of_two_moments(&[]).await;
+    assert_eq!(late, vec![false, false], "creates refused while frozen");
+    assert_eq!(copy, vec!["w0", "w1"]);
+    assert!(one_moment(&copy, &late));
+    let (copy, late) = copy_of_two_moments(&["--unsafe-no-clone-freeze"]).await;
+    assert_eq!(late, vec![true, true]);
+    assert_eq!(copy, vec!["b", "w0", "w1"]);
+    assert!(
+        !one_moment(&copy, &late),
+        "the check must catch a mixed copy"
+    );
+}
