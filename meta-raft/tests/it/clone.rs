@@ -848,3 +848,69 @@ async fn without_the_freeze_a_clone_mixes_two_moments_and_the_check_sees_it() {
         "the check must catch a mixed copy"
     );
 }
+
+/// Empty directory `dir` (a subtree's root stays) as its owner would, deepest first.
+fn remove_all(ns: &Namespace, t: i64, site: Option<&str>, dir: InodeId) {
+    let (entries, _) = ns.readdir(dir, 0, 0, false).unwrap();
+    for e in entries {
+        let op = if e.kind == FileKind::Directory {
+            remove_all(ns, t, site, e.ino);
+            Op::Rmdir {
+                parent: dir,
+                name: e.name,
+            }
+        } else {
+            Op::Unlink {
+                parent: dir,
+                name: e.name,
+                keep_open: false,
+            }
+        };
+        must(ns, t, site, op);
+    }
+}
+
+/// GC's view: emptying the source leaves every chunk counted by the clone, and emptying
+/// the clone too leaves them all unreferenced (condemnable); either order.
+#[test]
+fn emptying_the_source_or_the_clone_keeps_the_others_chunks_and_both_free_them() {
+    for source_first in [true, false] {
+        let f = fixture();
+        let t = T0 + SEC;
+        let chunks = fill(&f, t);
+        let mut c = must_clone(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
+        while c.state == CloneState::Copying {
+            c = must_clone(
+                &f.ns,
+                t,
+                Op::CloneStep {
+                    dst: c.dst,
+                    limit: 100,
+                },
+            );
+        }
+        let (first, second) = if source_first {
+            (f.app, c.dst)
+        } else {
+            (c.dst, f.app)
+        };
+        remove_all(&f.ns, t, Some("site-a"), first);
+        assert!(
+            refs(&f.ns, &chunks).iter().all(|n| *n == 1),
+            "the other side holds every chunk once"
+        );
+        assert!(f
+            .ns
+            .chunk_refs(&chunks)
+            .unwrap()
+            .iter()
+            .all(|(_, zero)| *zero == 0));
+        remove_all(&f.ns, t, Some("site-a"), second);
+        let after = f.ns.chunk_refs(&chunks).unwrap();
+        assert!(
+            after.iter().all(|(n, zero)| *n == 0 && *zero == t),
+            "every chunk unreferenced since {t}: {after:?}"
+        );
+        must_fsck_clean(&f.ns);
+    }
+}
