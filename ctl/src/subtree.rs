@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Subcommand;
 use mobilus_meta_client::{ClientError, MetaClient};
-use mobilus_proto::fs::{FileKind, InodeId, SubtreeInfo, SubtreeState, ROOT_INO};
+use mobilus_proto::fs::{FileKind, InodeId, SubtreeInfo, SubtreeState, SubtreeUsage, ROOT_INO};
 use serde::Serialize;
 
 use crate::cluster::explain;
@@ -168,6 +168,37 @@ fn render(rows: &[SubtreeView]) -> comfy_table::Table {
     t
 }
 
+/// `subtree status`: the subtree, and what it holds of the data (not for the shared
+/// root, which holds everything else).
+#[derive(Serialize, Debug)]
+pub struct StatusView {
+    #[serde(flatten)]
+    pub subtree: SubtreeView,
+    /// Files, logical bytes, chunks referenced and their bytes, and the chunks and bytes
+    /// nothing outside the subtree references (what deleting it would free).
+    pub usage: Option<SubtreeUsage>,
+}
+
+fn render_status(v: &StatusView) -> comfy_table::Table {
+    let mut t = render(std::slice::from_ref(&v.subtree));
+    if let Some(u) = &v.usage {
+        t.add_row(vec![String::new(); 10]);
+        t.add_row(vec![
+            "usage".to_string(),
+            format!("{} files", u.files),
+            format!("{} chunks", u.chunks),
+            format!("{} bytes referenced", u.referenced_bytes),
+            String::new(),
+            String::new(),
+            String::new(),
+            format!("only its: {} chunks", u.exclusive_chunks),
+            String::new(),
+            format!("{} (freed by deleting it)", u.exclusive_bytes),
+        ]);
+    }
+    t
+}
+
 /// The directory at `path` in the namespace (absolute, `/`-separated).
 pub async fn resolve_dir(client: &MetaClient, path: &str) -> anyhow::Result<InodeId> {
     if !path.starts_with('/') {
@@ -248,7 +279,16 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
         }
         SubtreeCmd::Status { path } => {
             let s = subtree_at(client, &path).await?;
-            emit(format, &view(&s), |v| render(std::slice::from_ref(v)))
+            let usage = if s.root == ROOT_INO {
+                None
+            } else {
+                Some(client.subtree_usage(s.root).await.map_err(explain)?)
+            };
+            let v = StatusView {
+                subtree: view(&s),
+                usage,
+            };
+            emit(format, &v, render_status)
         }
         SubtreeCmd::Create { path, owner, batch } => {
             let ino = resolve_dir(client, &path).await?;

@@ -5,7 +5,7 @@
 use crate::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, CloneInfo, CloneState, DataNodeInfo, DelegationGrant,
     DirEntry, Extent, Fence, FileKind, LockKind, SetAttr, SliceWrite, SnapshotInfo, StatFs,
-    SubtreeInfo, SubtreeState, TimeSet,
+    SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -261,6 +261,34 @@ impl From<&CloneInfo> for pb::Clone {
             deadline_ns: c.deadline_ns,
             log_now_ns: c.log_now_ns,
             why: c.why.clone(),
+        }
+    }
+}
+
+impl From<&SubtreeUsage> for pb::SubtreeUsage {
+    fn from(u: &SubtreeUsage) -> Self {
+        pb::SubtreeUsage {
+            root: u.root,
+            files: u.files,
+            logical_bytes: u.logical_bytes,
+            chunks: u.chunks,
+            referenced_bytes: u.referenced_bytes,
+            exclusive_chunks: u.exclusive_chunks,
+            exclusive_bytes: u.exclusive_bytes,
+        }
+    }
+}
+
+impl From<pb::SubtreeUsage> for SubtreeUsage {
+    fn from(u: pb::SubtreeUsage) -> Self {
+        SubtreeUsage {
+            root: u.root,
+            files: u.files,
+            logical_bytes: u.logical_bytes,
+            chunks: u.chunks,
+            referenced_bytes: u.referenced_bytes,
+            exclusive_chunks: u.exclusive_chunks,
+            exclusive_bytes: u.exclusive_bytes,
         }
     }
 }

@@ -409,6 +409,23 @@ pub struct CloneInfo {
     pub why: String,
 }
 
+/// What a subtree holds of the data.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubtreeUsage {
+    pub root: SubtreeId,
+    /// Regular files (each once, however many names it has).
+    pub files: u64,
+    /// The sum of its files' sizes.
+    pub logical_bytes: u64,
+    /// Distinct chunks its files reference, and their bytes.
+    pub chunks: u64,
+    pub referenced_bytes: u64,
+    /// Chunks nothing outside it references, and their bytes: what deleting it would
+    /// free (once GC has run).
+    pub exclusive_chunks: u64,
+    pub exclusive_bytes: u64,
+}
+
 /// A snapshot as the metadata service reports it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotInfo {

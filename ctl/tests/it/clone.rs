@@ -108,6 +108,13 @@ pub(crate) fn clone_commands(config: &str, dir: &str, procs: &serde_json::Value)
         (Some("site-a"), Some(1)),
         "{s}"
     );
+    // Every chunk shared with the source: deleting either would free nothing.
+    assert!(s["usage"]["chunks"].as_u64() > Some(0), "{s}");
+    assert_eq!(s["usage"]["exclusive_bytes"], 0, "{s}");
+    assert_eq!(
+        json(&["subtree", "status", "/proj"])["usage"]["exclusive_chunks"],
+        0
+    );
 
     // Copy-on-write: each side changes alone.
     std::fs::write(format!("{copy}/src/f0"), b"changed").unwrap();

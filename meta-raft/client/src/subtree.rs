@@ -2,7 +2,7 @@
 //! block of [`MetaClient`].
 
 use mobilus_proto::convert::subtree_from_wire;
-use mobilus_proto::fs::{InodeId, SubtreeInfo};
+use mobilus_proto::fs::{InodeId, SubtreeInfo, SubtreeUsage};
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_client::ClusterClient;
 use tonic::transport::Channel;
@@ -107,6 +107,17 @@ impl MetaClient {
             })
             .await?;
         one(r.into_inner())
+    }
+
+    /// What subtree `root` holds of the data, and what deleting it would free.
+    pub async fn subtree_usage(&self, root: InodeId) -> Result<SubtreeUsage, ClientError> {
+        let req = pb::GetSubtreeRequest { root, stale: false };
+        let r = self
+            .call("get_subtree_usage", |ch| async move {
+                cluster(ch).get_subtree_usage(req).await
+            })
+            .await?;
+        Ok(r.into_inner().into())
     }
 
     /// Every subtree, the shared root first.

@@ -19,6 +19,7 @@ mod reserved;
 mod snapshot;
 pub mod subtree;
 pub mod txn;
+mod usage;
 
 pub use fsck::{FsckReport, MAX_LISTED_PROBLEMS};
 

@@ -739,6 +739,18 @@ impl Cluster for ClusterSvc {
         Ok(Response::new(subtree_to_wire(&s)))
     }
 
+    async fn get_subtree_usage(
+        &self,
+        r: Request<pb::GetSubtreeRequest>,
+    ) -> Reply<pb::SubtreeUsage> {
+        let u = self
+            .node
+            .subtree_usage(r.into_inner().root)
+            .await
+            .map_err(status)?;
+        Ok(Response::new((&u).into()))
+    }
+
     async fn list_subtrees(
         &self,
         r: Request<pb::ListSubtreesRequest>,

@@ -312,6 +312,20 @@ impl MetaNode {
             .map_err(MetaError::from)
     }
 
+    /// What subtree `root` holds of the data, as of now (a linearizable point), off the
+    /// async threads: it walks the subtree.
+    pub async fn subtree_usage(
+        &self,
+        root: mobilus_proto::fs::SubtreeId,
+    ) -> Result<mobilus_proto::fs::SubtreeUsage, MetaError> {
+        self.ensure_linearizable().await?;
+        let ns = self.sm.namespace();
+        tokio::task::spawn_blocking(move || ns.subtree_usage(root))
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("usage task: {e}")))?
+            .map_err(MetaError::from)
+    }
+
     /// Wait until a read of the local state is linearizable: under the leader's read
     /// lease at once, else after a (shared) read-index round (`read_index.rs`).
     pub async fn ensure_linearizable(&self) -> Result<(), MetaError> {

@@ -914,3 +914,70 @@ fn emptying_the_source_or_the_clone_keeps_the_others_chunks_and_both_free_them()
         must_fsck_clean(&f.ns);
     }
 }
+
+/// `subtree status`'s usage: a clone shares every chunk, so deleting either side would
+/// free nothing until one side changes; its own new chunks are its alone.
+#[test]
+fn usage_says_what_deleting_a_subtree_or_its_clone_would_free() {
+    let f = fixture();
+    let t = T0 + SEC;
+    let chunks = fill(&f, t);
+    let u = f.ns.subtree_usage(f.app).unwrap();
+    assert_eq!((u.files, u.chunks), (14, chunks.len() as u64), "{u:?}");
+    assert_eq!(
+        (u.exclusive_chunks, u.exclusive_bytes),
+        (u.chunks, u.referenced_bytes)
+    );
+    assert_eq!(u.logical_bytes, f.ns.subtree(f.app).unwrap().bytes);
+    let mut c = must_clone(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
+    while c.state == CloneState::Copying {
+        c = must_clone(
+            &f.ns,
+            t,
+            Op::CloneStep {
+                dst: c.dst,
+                limit: 100,
+            },
+        );
+    }
+    for root in [f.app, c.dst] {
+        let u = f.ns.subtree_usage(root).unwrap();
+        assert_eq!(
+            (u.chunks, u.exclusive_chunks, u.exclusive_bytes),
+            (chunks.len() as u64, 0, 0)
+        );
+    }
+    // The copy's own write is its alone; a file deleted in the source leaves its chunks
+    // to the copy alone.
+    let a = Some("site-a");
+    let linked = f.ns.lookup(c.dst, b"linked").unwrap().ino;
+    must(&f.ns, t, a, write(linked, 100, 1000, 250));
+    must(
+        &f.ns,
+        t,
+        a,
+        Op::Unlink {
+            parent: f.app,
+            name: b"linked".to_vec(),
+            keep_open: false,
+        },
+    );
+    let dir0 = f.ns.lookup(f.app, b"dir0").unwrap().ino;
+    must(
+        &f.ns,
+        t,
+        a,
+        Op::Unlink {
+            parent: dir0,
+            name: b"second-name".to_vec(),
+            keep_open: false,
+        },
+    );
+    let u = f.ns.subtree_usage(c.dst).unwrap();
+    assert_eq!(
+        (u.exclusive_chunks, u.exclusive_bytes),
+        (2, 10 + 1000),
+        "{u:?}"
+    );
+    assert_eq!(f.ns.subtree_usage(f.app).unwrap().exclusive_chunks, 0);
+}
