@@ -1,4 +1,4 @@
-//! `mobilusctl clone SRC DST [--owner SITE]`, `clone ls`, `clone abort ID`: a subtree
+//! `mobilusctl clone SRC DST [--owner SITE]`, `clone ls`, `clone refresh DST`, `clone abort ID`: a subtree
 //! copied into a new one by its metadata alone (no data byte moves), in bounded steps;
 //! the copy appears whole, at once, or not at all.
 
@@ -37,6 +37,13 @@ pub struct CloneArgs {
 enum CloneCmd {
     /// Clones being made or removed now.
     Ls,
+    /// Bring a clone up to date with its source, for every file the clone has not
+    /// changed since it was made (both are frozen meanwhile); lists the files changed on
+    /// both sides, which it leaves alone.
+    Refresh {
+        /// The clone's path.
+        dst: String,
+    },
     /// Stop a clone and remove what it copied (nothing of it was ever visible).
     Abort {
         /// The clone's id (`clone ls`).
@@ -84,9 +91,10 @@ pub(crate) fn view(c: &CloneInfo) -> CloneView {
     }
 }
 
-/// Copying, but no step came before its freeze ran out: its next step aborts it.
+/// Copying or refreshing, but no step came before its freeze ran out: its next step
+/// aborts it.
 fn abandoned(c: &CloneInfo) -> bool {
-    c.state == CloneState::Copying && c.log_now_ns >= c.deadline_ns
+    matches!(c.state, CloneState::Copying | CloneState::Refreshing) && c.log_now_ns >= c.deadline_ns
 }
 
 pub(crate) fn render(rows: &[CloneView]) -> comfy_table::Table {
@@ -200,6 +208,10 @@ pub async fn run(args: CloneArgs, client: &MetaClient, format: OutputFormat) -> 
                 .collect();
             emit(format, &rows, |r| render(r))
         }
+        (Some(CloneCmd::Refresh { dst }), ..) => {
+            let done = refresh(client, &dst, args.batch, format).await?;
+            emit(format, &done, render_refresh)
+        }
         (Some(CloneCmd::Abort { id }), ..) => {
             let c = remove(client, id, args.batch).await?;
             emit(format, &view(&c), |v| render(std::slice::from_ref(v)))
@@ -269,6 +281,127 @@ pub(crate) async fn clone(
         owner: c.owner,
         inodes: c.copied_inodes,
         bytes: c.copied_bytes,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// What `clone refresh` did.
+#[derive(Serialize, Debug)]
+pub struct RefreshDone {
+    pub clone: String,
+    /// The files the clone copied, looked at.
+    pub files: u64,
+    /// Changed in the source only: now as the source has them.
+    pub refreshed: u64,
+    /// Changed in the clone only: left as they are.
+    pub kept: u64,
+    /// Gone from either side: left alone.
+    pub gone: u64,
+    /// Changed on both sides: left alone (their paths in the clone; the first 1,000).
+    pub conflicts: Vec<String>,
+    pub conflict_count: u64,
+    pub seconds: f64,
+}
+
+fn render_refresh(d: &RefreshDone) -> comfy_table::Table {
+    let mut t = table(&[
+        "CLONE",
+        "FILES",
+        "REFRESHED",
+        "KEPT",
+        "GONE",
+        "CONFLICTS",
+        "SECONDS",
+    ]);
+    t.add_row(vec![
+        d.clone.clone(),
+        d.files.to_string(),
+        d.refreshed.to_string(),
+        d.kept.to_string(),
+        d.gone.to_string(),
+        if d.conflicts.is_empty() {
+            d.conflict_count.to_string()
+        } else {
+            format!("{}: {}", d.conflict_count, d.conflicts.join(", "))
+        },
+        format!("{:.2}", d.seconds),
+    ]);
+    t
+}
+
+/// The paths, under `root` (shown as `shown`), of the inodes in `wanted`.
+async fn paths_of(
+    client: &MetaClient,
+    root: InodeId,
+    shown: &str,
+    wanted: &[InodeId],
+) -> anyhow::Result<Vec<String>> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut todo = vec![(root, shown.trim_end_matches('/').to_string())];
+    while let Some((dir, path)) = todo.pop() {
+        for e in client.readdir_all(dir, false).await.map_err(explain)? {
+            let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+            if e.kind == mobilus_proto::fs::FileKind::Directory {
+                todo.push((e.ino, p));
+            } else if wanted.contains(&e.ino) {
+                found.entry(e.ino).or_insert(p);
+            }
+        }
+    }
+    Ok(wanted
+        .iter()
+        .map(|i| {
+            found
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| format!("inode {i}"))
+        })
+        .collect())
+}
+
+async fn refresh(
+    client: &MetaClient,
+    dst: &str,
+    batch: u32,
+    format: OutputFormat,
+) -> anyhow::Result<RefreshDone> {
+    let target = subtree_at(client, dst).await?;
+    remove_unfinished(client).await?;
+    let start = Instant::now();
+    let mut c = client
+        .start_refresh(target.root)
+        .await
+        .map_err(explain)
+        .with_context(|| format!("refreshing {dst}"))?;
+    let bar = progress(format, c.total_inodes, "refresh");
+    while c.state == CloneState::Refreshing {
+        c = client.clone_step(c.dst, batch).await.map_err(explain)?;
+        if let Some(r) = &c.refresh {
+            bar.set_position(r.files);
+        }
+    }
+    bar.finish_and_clear();
+    let r = c.refresh.clone().unwrap_or_default();
+    if c.state != CloneState::Done {
+        anyhow::bail!(
+            "the refresh of {dst} stopped: {}; {} files were refreshed (each whole)",
+            c.why,
+            r.refreshed
+        );
+    }
+    let conflicts = if r.conflicts.is_empty() {
+        Vec::new()
+    } else {
+        paths_of(client, target.root, dst, &r.conflicts).await?
+    };
+    Ok(RefreshDone {
+        clone: dst.to_string(),
+        files: r.files,
+        refreshed: r.refreshed,
+        kept: r.kept,
+        gone: r.gone,
+        conflicts,
+        conflict_count: r.conflict_count,
         seconds: start.elapsed().as_secs_f64(),
     })
 }

@@ -271,6 +271,11 @@ pub enum Op {
         /// Publish it as snapshot `name` of `src` (then `parent` is `src`), read-only.
         snapshot: bool,
     },
+    /// Bring published clone `dst` up to date with its source, for every file it has not
+    /// changed (then `CloneStep` until done); both are frozen meanwhile.
+    StartRefresh {
+        dst: InodeId,
+    },
     /// Forget snapshot `name` of subtree `src`; `AbortCloneStep`s then remove its tree.
     RemoveSnapshot {
         src: SubtreeId,
@@ -350,6 +355,7 @@ impl Op {
             } => "start_clone",
             Op::StartClone { snapshot: true, .. } => "create_snapshot",
             Op::RemoveSnapshot { .. } => "remove_snapshot",
+            Op::StartRefresh { .. } => "start_refresh",
             Op::CloneStep { .. } => "clone_step",
             Op::AbortCloneStep { .. } => "abort_clone_step",
         }
@@ -390,7 +396,8 @@ impl Op {
             Op::StartClone { .. }
             | Op::CloneStep { .. }
             | Op::AbortCloneStep { .. }
-            | Op::RemoveSnapshot { .. } => Touches::Admin,
+            | Op::RemoveSnapshot { .. }
+            | Op::StartRefresh { .. } => Touches::Admin,
             // They change who may change the subtree's contents, not the contents;
             // `namespace::delegation` checks the holder's site and lease itself.
             Op::AcquireDelegation { .. }

@@ -4,8 +4,8 @@
 
 use crate::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, CloneInfo, CloneState, DataNodeInfo, DelegationGrant,
-    DirEntry, Extent, Fence, FileKind, LockKind, SetAttr, SliceWrite, SnapshotInfo, StatFs,
-    SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet,
+    DirEntry, Extent, Fence, FileKind, LockKind, RefreshInfo, SetAttr, SliceWrite, SnapshotInfo,
+    StatFs, SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -261,6 +261,14 @@ impl From<&CloneInfo> for pb::Clone {
             deadline_ns: c.deadline_ns,
             log_now_ns: c.log_now_ns,
             why: c.why.clone(),
+            refresh: c.refresh.as_ref().map(|r| pb::Refresh {
+                files: r.files,
+                refreshed: r.refreshed,
+                kept: r.kept,
+                gone: r.gone,
+                conflicts: r.conflicts.clone(),
+                conflict_count: r.conflict_count,
+            }),
         }
     }
 }
@@ -324,6 +332,7 @@ pub fn clone_from_wire(c: pb::Clone) -> Result<CloneInfo, WireError> {
         "aborting" => CloneState::Aborting,
         "done" => CloneState::Done,
         "gone" => CloneState::Gone,
+        "refreshing" => CloneState::Refreshing,
         other => return Err(invalid(format!("unknown clone state {other:?}"))),
     };
     Ok(CloneInfo {
@@ -340,6 +349,14 @@ pub fn clone_from_wire(c: pb::Clone) -> Result<CloneInfo, WireError> {
         deadline_ns: c.deadline_ns,
         log_now_ns: c.log_now_ns,
         why: c.why,
+        refresh: c.refresh.map(|r| RefreshInfo {
+            files: r.files,
+            refreshed: r.refreshed,
+            kept: r.kept,
+            gone: r.gone,
+            conflicts: r.conflicts,
+            conflict_count: r.conflict_count,
+        }),
     })
 }
 

@@ -372,8 +372,10 @@ pub enum CloneState {
     Aborting,
     /// Published: the clone is a subtree of its own.
     Done,
-    /// Removed: nothing of it is left.
+    /// Removed: nothing of it is left (or a refresh stopped: the clone stays).
     Gone,
+    /// A published clone being brought up to date with its source (both frozen).
+    Refreshing,
 }
 
 impl CloneState {
@@ -383,6 +385,7 @@ impl CloneState {
             CloneState::Aborting => "aborting",
             CloneState::Done => "done",
             CloneState::Gone => "gone",
+            CloneState::Refreshing => "refreshing",
         }
     }
 }
@@ -407,6 +410,23 @@ pub struct CloneInfo {
     pub log_now_ns: i64,
     /// Aborting: why.
     pub why: String,
+    /// A refresh: what it did so far.
+    pub refresh: Option<RefreshInfo>,
+}
+
+/// What a refresh of a clone did to its files (each a file the clone copied).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefreshInfo {
+    pub files: u64,
+    /// Changed in the source only: now as the source has them.
+    pub refreshed: u64,
+    /// Changed in the clone only: left as the clone has them.
+    pub kept: u64,
+    /// Gone from the source (or from the clone): left alone.
+    pub gone: u64,
+    /// Changed on both sides: left alone; the first of them (the clone's inodes).
+    pub conflicts: Vec<InodeId>,
+    pub conflict_count: u64,
 }
 
 /// What a subtree holds of the data.

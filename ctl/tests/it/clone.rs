@@ -142,6 +142,37 @@ pub(crate) fn clone_commands(config: &str, dir: &str, procs: &serde_json::Value)
         b"0123456789+"
     );
 
+    // A refresh takes what only the source changed (f1), keeps the clone's own change
+    // (f0) and what the source removed (f2), and lists what both changed (f4).
+    std::fs::write(format!("{src}/src/f4"), b"source").unwrap();
+    std::fs::write(format!("{copy}/src/f4"), b"clone").unwrap();
+    let r = json(&["clone", "refresh", "/proj-copy"]);
+    assert_eq!(
+        r["conflicts"],
+        serde_json::json!(["/proj-copy/src/f4"]),
+        "{r}"
+    );
+    assert_eq!(
+        (
+            r["refreshed"].as_u64(),
+            r["kept"].as_u64(),
+            r["gone"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{r}"
+    );
+    assert_eq!(
+        std::fs::read(format!("{copy}/src/f1")).unwrap(),
+        b"0123456789+"
+    );
+    assert_eq!(std::fs::read(format!("{copy}/src/f0")).unwrap(), b"changed");
+    assert_eq!(
+        std::fs::read(format!("{copy}/src/f2")).unwrap(),
+        b"0123456789"
+    );
+    assert_eq!(std::fs::read(format!("{copy}/src/f4")).unwrap(), b"clone");
+    assert_eq!(std::fs::read(format!("{src}/src/f4")).unwrap(), b"source");
+
     // A copy owned by site-b: written there, read there by fetching chunks on demand.
     let mount_b = metrics_of(procs, "mount-site-b");
     let fetched = sample(

@@ -75,6 +75,18 @@ impl MetaClient {
         one(r.into_inner())
     }
 
+    /// Start refreshing published clone `dst` from its source: step it with
+    /// [`clone_step`](Self::clone_step) until `Done`.
+    pub async fn start_refresh(&self, dst: InodeId) -> Result<CloneInfo, ClientError> {
+        let req = pb::CloneStepRequest { dst, limit: 0 };
+        let r = self
+            .call("start_refresh", |ch| async move {
+                cluster(ch).start_refresh(req).await
+            })
+            .await?;
+        one(r.into_inner())
+    }
+
     /// Start snapshot `name` of subtree `src`: step it with
     /// [`clone_step`](Self::clone_step) as a clone.
     pub async fn create_snapshot(

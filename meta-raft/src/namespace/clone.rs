@@ -23,7 +23,7 @@
 use std::ops::ControlFlow;
 
 use mobilus_proto::fs::{
-    CloneInfo, CloneState, FileKind, InodeId, SubtreeId, SubtreeState, ROOT_INO,
+    CloneInfo, CloneState, FileKind, InodeId, RefreshInfo, SubtreeId, SubtreeState, ROOT_INO,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -66,15 +66,19 @@ pub struct CloneRecord {
     pub copied_inodes: u64,
     pub copied_bytes: u64,
     pub why: String,
+    /// A refresh of a published clone (`namespace::refresh`): what it did so far, and the
+    /// last of the clone's files it looked at.
+    pub refresh: Option<RefreshInfo>,
+    pub refresh_after: InodeId,
 }
 
-fn record_key(dst: InodeId) -> Vec<u8> {
+pub(super) fn record_key(dst: InodeId) -> Vec<u8> {
     let mut k = b"c".to_vec();
     k.extend_from_slice(&dst.to_be_bytes());
     k
 }
 
-fn freeze_key(src: SubtreeId) -> Vec<u8> {
+pub(super) fn freeze_key(src: SubtreeId) -> Vec<u8> {
     let mut k = b"s".to_vec();
     k.extend_from_slice(&src.to_be_bytes());
     k
@@ -102,13 +106,13 @@ pub(crate) fn get(txn: &Txn<'_>, dst: InodeId) -> Result<Option<CloneRecord>, Ns
     Ok(txn.get(Cf::Clones, &record_key(dst))?)
 }
 
-fn must_get(txn: &Txn<'_>, dst: InodeId) -> Result<CloneRecord, NsError> {
+pub(super) fn must_get(txn: &Txn<'_>, dst: InodeId) -> Result<CloneRecord, NsError> {
     get(txn, dst)?.ok_or_else(|| {
         OpError::explained(Errno::ENOENT, format!("no clone {dst} is being made")).into()
     })
 }
 
-fn put(txn: &mut Txn<'_>, dst: InodeId, rec: &CloneRecord) -> Result<(), NsError> {
+pub(super) fn put(txn: &mut Txn<'_>, dst: InodeId, rec: &CloneRecord) -> Result<(), NsError> {
     Ok(txn.put(Cf::Clones, record_key(dst), rec)?)
 }
 
@@ -330,6 +334,8 @@ pub(crate) fn start(
         copied_inodes: 1,
         copied_bytes: 0,
         why: String::new(),
+        refresh: None,
+        refresh_after: 0,
     };
     put(txn, dst, &rec)?;
     txn.put(Cf::Clones, freeze_key(src), &dst)?;
@@ -371,6 +377,9 @@ pub(crate) fn step(
 ) -> Result<CloneInfo, NsError> {
     let limit = u64::from(limit.clamp(1, MAX_CLONE_BATCH));
     let mut rec = must_get(txn, dst)?;
+    if rec.refresh.is_some() {
+        return super::refresh::step(txn, stamp, dst, limit, rec);
+    }
     if rec.aborting {
         return info(txn, dst, &rec, CloneState::Aborting);
     }
@@ -475,7 +484,12 @@ fn copy_entry(
     copy_xattrs(txn, d.ino, copy)?;
     let mut cost = 1;
     if is_regular {
-        for (k, v) in txn.scan_all(Cf::Slices, &keys::ino(d.ino))? {
+        let slices = txn.scan_all(Cf::Slices, &keys::ino(d.ino))?;
+        if !rec.snapshot {
+            // What a refresh compares both sides with later.
+            super::refresh::remember_origin(txn, dst, copy, d.ino, &child.attr, &slices)?;
+        }
+        for (k, v) in slices {
             let slice: SliceRecord = codec::decode(&v)?;
             for c in &slice.chunks {
                 file::incref(txn, &c.hash)?;
@@ -506,6 +520,7 @@ fn publish(
     if rec.snapshot {
         super::snapshot::register(txn, rec.src, &rec.name, dst, now)?;
     } else {
+        super::refresh::remember_source(txn, dst, rec.src)?;
         let parent = match check_parent(txn, rec.parent) {
             Ok(p) if dir::dentry(txn, rec.parent, &rec.name)?.is_none() => p,
             Ok(_) => return refuse_publish(txn, dst, rec, "its name was taken meanwhile".into()),
@@ -577,6 +592,8 @@ pub(crate) fn remove_snapshot(
         copied_inodes: sub.inodes,
         copied_bytes: sub.bytes,
         why: "snapshot removed".into(),
+        refresh: None,
+        refresh_after: 0,
     };
     // Nothing may change it or hold it meanwhile, as while it was being copied.
     let mut sub = sub;
@@ -597,6 +614,9 @@ pub(crate) fn abort_step(
 ) -> Result<CloneInfo, NsError> {
     let limit = u64::from(limit.clamp(1, MAX_CLONE_BATCH));
     let mut rec = must_get(txn, dst)?;
+    if rec.refresh.is_some() {
+        return super::refresh::stop(txn, dst, rec, "stopped by the operator");
+    }
     let now = log_now(txn, stamp)?;
     if !rec.aborting {
         abandon(txn, dst, rec, "aborted by the operator")?;
@@ -623,6 +643,7 @@ pub(crate) fn abort_step(
                 dir::destroy(txn, &root, now)?;
                 txn.delete(Cf::Subtrees, keys::ino(dst));
                 forget(txn, dst, &rec)?;
+                super::refresh::forget_origins(txn, dst)?;
                 return info(txn, dst, &rec, CloneState::Gone);
             }
             continue;
@@ -646,7 +667,7 @@ pub(crate) fn abort_step(
     info(txn, dst, &rec, CloneState::Aborting)
 }
 
-fn info(
+pub(super) fn info(
     txn: &Txn<'_>,
     dst: InodeId,
     rec: &CloneRecord,
@@ -666,6 +687,7 @@ fn info(
         deadline_ns: rec.deadline_ns,
         log_now_ns: read_log_now(txn)?,
         why: rec.why.clone(),
+        refresh: rec.refresh.clone(),
     })
 }
 
@@ -674,7 +696,9 @@ pub(crate) fn list(txn: &Txn<'_>) -> Result<Vec<CloneInfo>, NsError> {
     let mut out = Vec::new();
     for (k, v) in txn.scan_all(Cf::Clones, b"c")? {
         let rec: CloneRecord = codec::decode(&v)?;
-        let state = if rec.aborting {
+        let state = if rec.refresh.is_some() {
+            CloneState::Refreshing
+        } else if rec.aborting {
             CloneState::Aborting
         } else {
             CloneState::Copying

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod kv;
 mod locks;
 mod query;
+mod refresh;
 mod reserved;
 mod snapshot;
 pub mod subtree;
@@ -345,6 +346,7 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             snapshot,
         } => clone::start(txn, now, *src, *parent, name, owner.as_deref(), *snapshot)
             .map(OpReply::Clone),
+        Op::StartRefresh { dst } => refresh::start(txn, now, *dst).map(OpReply::Clone),
         Op::RemoveSnapshot { src, name } => {
             clone::remove_snapshot(txn, now, *src, name).map(OpReply::Clone)
         }

@@ -67,6 +67,14 @@ pub(super) async fn abort_step(node: &MetaNode, r: pb::CloneStepRequest) -> Repl
     clone_reply(node.propose(None, op).await.map_err(|e| e.to_status())?)
 }
 
+pub(super) async fn start_refresh(
+    node: &MetaNode,
+    r: pb::CloneStepRequest,
+) -> Reply<pb::CloneReply> {
+    let op = Op::StartRefresh { dst: r.dst };
+    clone_reply(node.propose(None, op).await.map_err(|e| e.to_status())?)
+}
+
 pub(super) async fn create_snapshot(
     node: &MetaNode,
     r: pb::SnapshotRequest,

@@ -782,6 +782,10 @@ impl Cluster for ClusterSvc {
         super::clones::list(&self.node, r.into_inner()).await
     }
 
+    async fn start_refresh(&self, r: Request<pb::CloneStepRequest>) -> Reply<pb::CloneReply> {
+        super::clones::start_refresh(&self.node, r.into_inner()).await
+    }
+
     async fn create_snapshot(&self, r: Request<pb::SnapshotRequest>) -> Reply<pb::CloneReply> {
         super::clones::create_snapshot(&self.node, r.into_inner()).await
     }

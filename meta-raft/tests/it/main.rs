@@ -14,4 +14,5 @@ mod model;
 mod namespace;
 mod ownership;
 mod partition;
+mod refresh;
 mod snapshot;

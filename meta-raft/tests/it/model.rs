@@ -447,7 +447,8 @@ impl Model {
             Op::StartClone { .. }
             | Op::CloneStep { .. }
             | Op::AbortCloneStep { .. }
-            | Op::RemoveSnapshot { .. } => Err(Errno::EOPNOTSUPP),
+            | Op::RemoveSnapshot { .. }
+            | Op::StartRefresh { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: orphans are tested through a mount.
             Op::ReleaseOrphan { .. } => Ok(OpReply::Done),
             Op::Write { ino, slices, .. } => {

@@ -287,7 +287,8 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::StartClone { .. }
         | Op::CloneStep { .. }
         | Op::AbortCloneStep { .. }
-        | Op::RemoveSnapshot { .. } => false,
+        | Op::RemoveSnapshot { .. }
+        | Op::StartRefresh { .. } => false,
     }
 }
 
