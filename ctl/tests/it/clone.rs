@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::operate::{chunk_files, metrics_of, must_grow, must_scrape, sample};
-use super::{ctl, must_json, CTL};
+use super::{ctl, must_json, must_ok, CTL};
 
 fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed;
@@ -318,6 +318,17 @@ fn snapshot_commands(config: &str, dir: &str) {
     assert_eq!(
         std::fs::read(format!("{mnt_a}/proj/.snapshots/s1/src/f3")).unwrap(),
         b"0123456789"
+    );
+    // And after the whole cluster restarts, through the other site too.
+    must_ok(&["dev", "down", "--dir", dir]);
+    must_json(&["dev", "up", "--dir", dir]);
+    assert_eq!(
+        std::fs::read(format!("{mnt_b}/proj/.snapshots/s1/src/f3")).unwrap(),
+        b"0123456789"
+    );
+    assert_eq!(
+        std::fs::read(format!("{mnt_b}/proj/src/f3")).unwrap(),
+        b"changed"
     );
     let ls = json(&["snapshot", "ls", "/proj"]);
     assert_eq!(ls[0]["name"], "s1", "{ls}");
