@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use mobilus_proto::fs::{
     Attr, DirEntry, FileKind, InodeId, SetAttr, StatFs, RENAME_EXCHANGE, RENAME_KEEP_OPEN,
-    SNAPSHOTS_DIR,
 };
 use mobilus_proto::status::Errno;
 use std::time::{Duration, Instant};
@@ -409,11 +408,6 @@ impl MountFs {
     /// A lookup answered from the delegated cache, with no round and no wait, if it can
     /// be: the FUSE thread answers it itself.
     pub fn delegated_lookup(&self, parent: InodeId, name: &[u8]) -> Option<FsResult<Attr>> {
-        // A subtree's snapshots directory is no entry of its root: only the metadata knows
-        // it (and it is not listed, so a cached listing cannot say it is absent).
-        if name == SNAPSHOTS_DIR {
-            return None;
-        }
         let known = self.deleg.entry(parent, name)?;
         delegation::hit("lookup");
         Some(match known {
@@ -432,16 +426,14 @@ impl MountFs {
         let attr = match self.meta().await?.lookup(parent, name, false).await {
             Ok(attr) => attr,
             Err(e) => {
-                if e.errno() == Some(Errno::ENOENT) && name != SNAPSHOTS_DIR {
+                if e.errno() == Some(Errno::ENOENT) {
                     self.deleg.keep_entry(ticket, parent, name, None);
                 }
                 return Err(e.into());
             }
         };
         self.keep_answered(generation, &attr);
-        if name != SNAPSHOTS_DIR {
-            self.deleg.keep_entry(ticket, parent, name, Some(&attr));
-        }
+        self.deleg.keep_entry(ticket, parent, name, Some(&attr));
         self.consider_delegation(attr.subtree);
         Ok(self.merge(attr))
     }

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use mobilus_proto::fs::{
     Attr, DelegationGrant, DirEntry, FileKind, InodeId, SliceWrite, SubtreeId, ROOT_INO,
+    SNAPSHOTS_DIR,
 };
 
 use super::{lock, MountFs};
@@ -554,6 +555,12 @@ impl Delegations {
     /// `Some(Some(attr))`: `name` in `parent` is that inode; `Some(None)`: it is absent;
     /// `None`: not known here.
     pub(super) fn entry(&self, parent: InodeId, name: &[u8]) -> Option<Option<Attr>> {
+        // A subtree's snapshots directory is no entry of its root: only the metadata knows
+        // it (it is not listed, so a cached listing cannot say it is absent, and a create
+        // of that name must not be answered here).
+        if name == SNAPSHOTS_DIR {
+            return None;
+        }
         let c = lock(&self.cache);
         let known = Self::cached_entry(&c, parent, name)?;
         let parent_trusted = c
@@ -625,6 +632,9 @@ impl Delegations {
         name: &[u8],
         found: Option<&Attr>,
     ) {
+        if name == SNAPSHOTS_DIR {
+            return;
+        }
         if let Some(a) = found {
             self.keep_attr(ticket, a);
         }
