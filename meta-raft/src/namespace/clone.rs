@@ -72,6 +72,14 @@ pub struct CloneRecord {
     pub refresh_after: InodeId,
 }
 
+impl CloneRecord {
+    /// Does it hold its source (and, refreshing, its clone) frozen at log time `now`:
+    /// copying or refreshing, with steps still coming?
+    pub(super) fn freezes(&self, now: i64) -> bool {
+        !self.aborting && now < self.deadline_ns
+    }
+}
+
 pub(super) fn record_key(dst: InodeId) -> Vec<u8> {
     let mut k = b"c".to_vec();
     k.extend_from_slice(&dst.to_be_bytes());
@@ -136,7 +144,7 @@ pub(crate) fn refuse_frozen(txn: &Txn<'_>, src: SubtreeId, now: i64) -> Result<(
         return Ok(());
     };
     match get(txn, dst)? {
-        Some(rec) if !rec.aborting && now < rec.deadline_ns => Err(OpError::Frozen {
+        Some(rec) if rec.freezes(now) => Err(OpError::Frozen {
             subtree: src,
             clone: dst,
             remaining_ns: rec.deadline_ns - now,
@@ -232,14 +240,16 @@ pub(crate) fn start(
     let now = log_now(txn, stamp)?;
     if let Some(other) = txn.get::<InodeId>(Cf::Clones, &freeze_key(src))? {
         match get(txn, other)? {
-            Some(rec) if !rec.aborting && now < rec.deadline_ns => {
+            Some(rec) if rec.freezes(now) => {
                 return Err(OpError::explained(
                     Errno::EBUSY,
                     format!("subtree {src} is being cloned already (clone {other})"),
                 )
                 .into())
             }
-            Some(rec) => abandon(txn, other, rec, "no step came for 10 s")?,
+            Some(rec) => {
+                abandon(txn, other, rec, "no step came for 10 s")?;
+            }
             None => txn.delete(Cf::Clones, freeze_key(src)),
         }
     }
@@ -357,14 +367,15 @@ fn abandon(
     dst: InodeId,
     mut rec: CloneRecord,
     why: &str,
-) -> Result<(), NsError> {
+) -> Result<CloneRecord, NsError> {
     if txn.get::<InodeId>(Cf::Clones, &freeze_key(rec.src))? == Some(dst) {
         txn.delete(Cf::Clones, freeze_key(rec.src));
     }
     rec.aborting = true;
     rec.why = why.to_string();
     rec.pending = vec![(0, dst, 0)];
-    put(txn, dst, &rec)
+    put(txn, dst, &rec)?;
+    Ok(rec)
 }
 
 /// `CloneStep`: copy at most `limit` more inodes and slice records; the step that copies
@@ -385,13 +396,12 @@ pub(crate) fn step(
     }
     let now = log_now(txn, stamp)?;
     if now >= rec.deadline_ns {
-        abandon(
+        let rec = abandon(
             txn,
             dst,
-            rec.clone(),
+            rec,
             "no step came for 10 s, so the source was thawed and may have changed",
         )?;
-        let rec = must_get(txn, dst)?;
         return info(txn, dst, &rec, CloneState::Aborting);
     }
     rec.deadline_ns = now + CLONE_LEASE_NS;
@@ -548,8 +558,7 @@ fn refuse_publish(
     rec: CloneRecord,
     why: String,
 ) -> Result<CloneInfo, NsError> {
-    abandon(txn, dst, rec, &format!("it could not be published: {why}"))?;
-    let rec = must_get(txn, dst)?;
+    let rec = abandon(txn, dst, rec, &format!("it could not be published: {why}"))?;
     info(txn, dst, &rec, CloneState::Aborting)
 }
 
@@ -619,8 +628,7 @@ pub(crate) fn abort_step(
     }
     let now = log_now(txn, stamp)?;
     if !rec.aborting {
-        abandon(txn, dst, rec, "aborted by the operator")?;
-        rec = must_get(txn, dst)?;
+        rec = abandon(txn, dst, rec, "aborted by the operator")?;
     }
     let mut done = 0u64;
     while done < limit {

@@ -139,7 +139,7 @@ fn refuse_busy(txn: &Txn<'_>, root: SubtreeId, now: i64) -> Result<(), NsError> 
         .into());
     }
     if let Some(by) = txn.get::<InodeId>(Cf::Clones, &clone::freeze_key(root))? {
-        if clone::get(txn, by)?.is_some_and(|c| !c.aborting && now < c.deadline_ns) {
+        if clone::get(txn, by)?.is_some_and(|c| c.freezes(now)) {
             return Err(OpError::explained(
                 Errno::EBUSY,
                 format!("subtree {root} is frozen by clone {by}"),
