@@ -291,6 +291,47 @@ async fn without_the_write_back_recall_an_open_elsewhere_misses_a_close() {
     assert_eq!(seen, b"", "the broken switch was not caught");
 }
 
+/// A clone is of the source as its holder answered it: the clone's start recalls the
+/// delegation, and the holder commits a close it answered (its data node paused, so the
+/// commit cannot have happened before) before giving it back. Seen to fail with the
+/// recall taken out of `clone::start`: the copy then lacks the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clone_holds_a_close_its_source_holder_answered_before_committing() {
+    use mobilus_proto::fs::{CloneState, ROOT_INO};
+    let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
+    let app =
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(a1.point.join("app")).unwrap());
+    sites.signal_data_node("site-a", Signal::SIGSTOP);
+    std::fs::write(a1.point.join("app/late"), b"answered, not committed").unwrap();
+    let cloning = {
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            let mut c = meta
+                .start_clone(app, ROOT_INO, b"copy", None)
+                .await
+                .unwrap();
+            while c.state == CloneState::Copying {
+                c = meta.clone_step(c.dst, 100).await.unwrap();
+            }
+            c
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sites.signal_data_node("site-a", Signal::SIGCONT);
+    let c = cloning.await.unwrap();
+    assert_eq!(c.state, CloneState::Done, "{c:?}");
+    let late = meta.lookup(c.dst, b"late", false).await;
+    assert_eq!(
+        late.map(|a| a.size).ok(),
+        Some(23),
+        "the copy lacks the answered close"
+    );
+    assert_eq!(
+        std::fs::read(a1.point.join("copy/late")).unwrap(),
+        b"answered, not committed"
+    );
+}
+
 /// What a stat of `path` shows: (inode, size, permission bits, links, mtime, ctime).
 type Seen = Option<(u64, u64, u32, u64, i64, i64)>;
 
