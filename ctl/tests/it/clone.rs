@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 use super::operate::{chunk_files, metrics_of, must_grow, must_scrape, sample};
 use super::{ctl, must_json, must_ok, CTL};
 
-fn payload(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Every file under `root`: relative path → (mode, bytes or symlink target).
 fn tree(root: &Path) -> Vec<(String, u32, Vec<u8>)> {
     let mut out = Vec::new();
@@ -75,7 +63,7 @@ pub(crate) fn clone_commands(config: &str, dir: &str, procs: &serde_json::Value)
         format!("{mnt_a}/proj/src/back-link"),
     )
     .unwrap();
-    let fresh = payload(0x51ed_270b_2f3a_9c7d, 1 << 20);
+    let fresh = mobilus_proto::noise::noise(1 << 20, 0x51ed_270b_2f3a_9c7d);
     // fsync: committed (chunks on site-a's node) before anything is counted.
     let mut f = std::fs::File::create(format!("{mnt_a}/proj/fresh")).unwrap();
     std::io::Write::write_all(&mut f, &fresh).unwrap();

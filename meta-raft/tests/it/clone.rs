@@ -23,6 +23,27 @@ pub(crate) fn must_clone(ns: &Namespace, t: i64, op: Op) -> CloneInfo {
     }
 }
 
+/// Step clone `c`, 100 inodes and slices a step, until it is no longer copying.
+pub(crate) fn must_step_to_end(ns: &Namespace, t: i64, mut c: CloneInfo) -> CloneInfo {
+    while c.state == CloneState::Copying {
+        c = must_clone(
+            ns,
+            t,
+            Op::CloneStep {
+                dst: c.dst,
+                limit: 100,
+            },
+        );
+    }
+    c
+}
+
+/// Start a clone with `op` and step it to the end.
+pub(crate) fn must_clone_whole(ns: &Namespace, t: i64, op: Op) -> CloneInfo {
+    let c = must_clone(ns, t, op);
+    must_step_to_end(ns, t, c)
+}
+
 pub(crate) fn start(src: InodeId, parent: InodeId, name: &str, owner: Option<&str>) -> Op {
     Op::StartClone {
         src,
@@ -503,17 +524,7 @@ fn bad_clones_are_refused_with_the_reason_and_change_nothing() {
     );
     assert!(matches!(r, Err(OpError::Frozen { .. })), "{r:?}");
     // Another subtree may be cloned into the same name meanwhile, not published twice.
-    let mut c = c;
-    while c.state == CloneState::Copying {
-        c = must_clone(
-            &f.ns,
-            t,
-            Op::CloneStep {
-                dst: c.dst,
-                limit: 100,
-            },
-        );
-    }
+    let c = must_step_to_end(&f.ns, t, c);
     assert_eq!(c.state, CloneState::Done);
     // Owned by site-b: site-a may read it, not change it.
     let r = exec(&f.ns, t, Some("site-a"), None, mknod(c.dst, "n"));
@@ -531,17 +542,7 @@ fn a_clone_whose_name_is_taken_meanwhile_aborts() {
     fill(&f, t);
     let c = must_clone(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
     let taken = must_attr(&f.ns, t, None, mkdir(ROOT_INO, "copy")).ino;
-    let mut c = c;
-    while c.state == CloneState::Copying {
-        c = must_clone(
-            &f.ns,
-            t,
-            Op::CloneStep {
-                dst: c.dst,
-                limit: 100,
-            },
-        );
-    }
+    let mut c = must_step_to_end(&f.ns, t, c);
     assert_eq!(c.state, CloneState::Aborting);
     assert!(c.why.contains("name was taken"), "{}", c.why);
     while c.state != CloneState::Gone {
@@ -878,17 +879,7 @@ fn emptying_the_source_or_the_clone_keeps_the_others_chunks_and_both_free_them()
         let f = fixture();
         let t = T0 + SEC;
         let chunks = fill(&f, t);
-        let mut c = must_clone(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
-        while c.state == CloneState::Copying {
-            c = must_clone(
-                &f.ns,
-                t,
-                Op::CloneStep {
-                    dst: c.dst,
-                    limit: 100,
-                },
-            );
-        }
+        let c = must_clone_whole(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
         let (first, second) = if source_first {
             (f.app, c.dst)
         } else {
@@ -929,17 +920,7 @@ fn usage_says_what_deleting_a_subtree_or_its_clone_would_free() {
         (u.chunks, u.referenced_bytes)
     );
     assert_eq!(u.logical_bytes, f.ns.subtree(f.app).unwrap().bytes);
-    let mut c = must_clone(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
-    while c.state == CloneState::Copying {
-        c = must_clone(
-            &f.ns,
-            t,
-            Op::CloneStep {
-                dst: c.dst,
-                limit: 100,
-            },
-        );
-    }
+    let c = must_clone_whole(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
     for root in [f.app, c.dst] {
         let u = f.ns.subtree_usage(root).unwrap();
         assert_eq!(

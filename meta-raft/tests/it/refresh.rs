@@ -6,7 +6,7 @@ use mobilus_meta::types::{Op, OpError};
 use mobilus_proto::fs::{CloneInfo, CloneState, InodeId, SetAttr, ROOT_INO};
 use mobilus_proto::status::Errno;
 
-use crate::clone::{errno_of, fill, must_clone, start, write};
+use crate::clone::{errno_of, fill, must_clone, must_clone_whole, start, write};
 use crate::ownership::{
     exec, fixture, heartbeat, mknod, must, must_attr, must_fsck_clean, SEC, T0,
 };
@@ -37,17 +37,7 @@ fn a_refresh_takes_what_only_the_source_changed_and_lists_what_both_did() {
     let t = T0 + SEC;
     let a = Some("site-a");
     fill(&f, t);
-    let mut c = must_clone(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
-    while c.state == CloneState::Copying {
-        c = must_clone(
-            &f.ns,
-            t,
-            Op::CloneStep {
-                dst: c.dst,
-                limit: 100,
-            },
-        );
-    }
+    let c = must_clone_whole(&f.ns, t, start(f.app, ROOT_INO, "copy", None));
     let (src, copy) = (f.app, c.dst);
     let chmod = |ino| Op::SetAttr {
         ino,

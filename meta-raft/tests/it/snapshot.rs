@@ -7,7 +7,7 @@ use mobilus_proto::fs::{
 };
 use mobilus_proto::status::Errno;
 
-use crate::clone::{errno_of, fill, must_clone, refs, seen, start, write};
+use crate::clone::{errno_of, fill, must_clone, must_clone_whole, refs, seen, start, write};
 use crate::ownership::{
     exec, fixture, mkdir, mknod, must, must_attr, must_fsck_clean, Fixture, SEC, T0,
 };
@@ -179,17 +179,7 @@ fn a_snapshot_is_the_subtree_as_it_was_read_only_under_dot_snapshots() {
     must_fsck_clean(&f.ns);
 
     // Restored as a new subtree: a clone of the snapshot, writable.
-    let mut c = must_clone(&f.ns, t, start(s1, ROOT_INO, "restored", None));
-    while c.state == CloneState::Copying {
-        c = must_clone(
-            &f.ns,
-            t,
-            Op::CloneStep {
-                dst: c.dst,
-                limit: 100,
-            },
-        );
-    }
+    let c = must_clone_whole(&f.ns, t, start(s1, ROOT_INO, "restored", None));
     assert_eq!(seen(&f.ns, c.dst), before);
     must_attr(&f.ns, t, a, mknod(c.dst, "writable"));
 
