@@ -49,8 +49,11 @@ impl Namespace {
                     }
                     return Ok(load(txn, p.attr.parent)?.attr);
                 }
-                SNAPSHOTS_DIR if snapshot::dir_attr(txn, parent).is_ok() => {
-                    return snapshot::dir_attr(txn, parent)
+                // Only a subtree's root has one; elsewhere it is an ordinary name.
+                SNAPSHOTS_DIR => {
+                    if let Ok(attr) = snapshot::dir_attr(txn, parent) {
+                        return Ok(attr);
+                    }
                 }
                 _ => {}
             }
