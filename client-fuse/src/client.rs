@@ -1,10 +1,10 @@
 //! [`Client`]: buffered writes that become slices; the reads are in `read`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 use mobilus_meta_client::{MetaClient, ReservedCreate};
 use mobilus_proto::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, InodeId, SliceWrite, MAX_FILE_SIZE,
@@ -13,7 +13,7 @@ use mobilus_proto::status::Errno;
 
 use crate::block_cache::{BlockCache, BlockCacheStats};
 use crate::chunker;
-use crate::data::{DataClient, DataClientError};
+use mobilus_data_client::{nodes::HEALTHY_WITHIN, DataClient, DataClientError, DataNodes};
 
 /// A file's write buffer is flushed as slices once it holds this many bytes...
 pub const FLUSH_BYTES: usize = 64 << 20;
@@ -25,6 +25,8 @@ const WRITE_THROUGH_BYTES: usize = 4 << 20;
 const PARALLEL: usize = 4;
 /// Readahead fetches in flight per client (each up to 1 MiB of blocks).
 const PREFETCHES: usize = 8;
+/// Read repairs in flight per client, at most (more are left to the replicators).
+const MAX_REPAIRS: usize = 16;
 /// Attempts of a flush that keeps racing with garbage collection.
 const STALE_CHUNK_ATTEMPTS: u32 = 8;
 
@@ -68,16 +70,18 @@ impl ClientError {
 /// What this client has moved, for tests, benchmarks and the demo.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
-    /// Bytes of chunks sent to the local data node.
+    /// Bytes of chunks sent to this site's data nodes (every copy counts).
     pub bytes_sent: u64,
     pub chunks_sent: u64,
-    /// Chunks not sent because the site already held them.
+    /// Chunk copies not sent because the node already held them.
     pub chunks_deduped: u64,
     /// Chunks fetched from another site.
     pub remote_fetches: u64,
     pub bytes_fetched_remote: u64,
     /// Flushes retried because garbage collection raced with them.
     pub stale_chunk_retries: u64,
+    /// Copies put back on a node of this site that lacked them (read repair).
+    pub repairs: u64,
 }
 
 #[derive(Default)]
@@ -88,6 +92,7 @@ struct Counters {
     remote_fetches: AtomicU64,
     bytes_fetched_remote: AtomicU64,
     stale_chunk_retries: AtomicU64,
+    repairs: AtomicU64,
     /// Fault injection: milliseconds a flush waits between its upload and its commit.
     flush_pause_ms: AtomicU64,
 }
@@ -113,23 +118,28 @@ impl Default for DataOptions {
 pub struct Client {
     pub(crate) meta: MetaClient,
     site: String,
-    pub(crate) local: DataClient,
-    remotes: Vec<DataClient>,
+    /// The data nodes of every site, and where each chunk belongs among a site's.
+    pub(crate) nodes: Arc<DataNodes>,
+    /// The first of this site's nodes (its only one, in a one-node site).
+    first_local: DataClient,
     counters: Arc<Counters>,
     pub(crate) blocks: Arc<BlockCache>,
     /// Readahead budget: a sequential stream starts a fetch only with a permit.
     pub(crate) prefetch: Arc<tokio::sync::Semaphore>,
     /// Chunks known present at the local node (see [`Client::upload`]).
     present: Arc<std::sync::Mutex<PresentChunks>>,
+    /// Chunks being repaired (see [`Client::repair`]).
+    repairing: Arc<std::sync::Mutex<HashSet<ChunkHash>>>,
 }
 
-/// Chunks the local node answered present (or stored), each with the GC generation read
-/// before it did: a commit may carry that generation instead of asking again, because
-/// the metadata refuses a commit whose generation a GC round has passed (and any commit
-/// of a chunk condemned meanwhile), exactly as it would after a fresh `has`.
+/// Chunks this site's nodes answered present (or stored), each with the nodes that hold
+/// it and the GC generation each answered under: a commit may carry those generations
+/// instead of asking again, because the metadata refuses a commit whose generation a GC
+/// round has passed (and any commit of a chunk condemned meanwhile), exactly as it would
+/// after a fresh `has`.
 #[derive(Default)]
 struct PresentChunks {
-    chunks: std::collections::HashMap<ChunkHash, (u64, std::time::Instant)>,
+    chunks: std::collections::HashMap<ChunkHash, (Vec<ChunkCheck>, std::time::Instant)>,
 }
 
 /// Chunks remembered present, at most (past it, all are forgotten).
@@ -156,26 +166,21 @@ impl Client {
             ..Default::default()
         };
         let meta = MetaClient::new(meta_addrs, opts)?;
-        let (nodes, _) = meta.list_data_nodes(None, false).await?;
-        let local = nodes
-            .iter()
-            .find(|n| n.site == site)
-            .ok_or_else(|| ClientError::NoDataNode(site.to_string()))?;
-        let local = DataClient::new(&local.addr)?;
-        let remotes = nodes
-            .iter()
-            .filter(|n| n.site != site)
-            .map(|n| DataClient::new(&n.addr))
-            .collect::<Result<_, _>>()?;
+        let nodes = DataNodes::connect(meta.clone(), HEALTHY_WITHIN).await?;
+        let first_local = match nodes.registry().nodes(site).first() {
+            Some(n) => nodes.client(&n.addr)?,
+            None => return Err(ClientError::NoDataNode(site.to_string())),
+        };
         Ok(Client {
             meta,
             site: site.to_string(),
-            local,
-            remotes,
+            nodes,
+            first_local,
             counters: Arc::default(),
             blocks: Arc::new(BlockCache::new(data.block_cache_bytes)),
             prefetch: Arc::new(tokio::sync::Semaphore::new(PREFETCHES)),
             present: Arc::default(),
+            repairing: Arc::default(),
         })
     }
 
@@ -192,8 +197,14 @@ impl Client {
         &self.site
     }
 
+    /// The first of this site's data nodes (its only one, in a one-node site).
     pub fn local(&self) -> &DataClient {
-        &self.local
+        &self.first_local
+    }
+
+    /// The data nodes of every site.
+    pub fn data_nodes(&self) -> &Arc<DataNodes> {
+        &self.nodes
     }
 
     /// Fault injection: make every flush wait `pause` between uploading its chunks and
@@ -213,6 +224,7 @@ impl Client {
             remote_fetches: c.remote_fetches.load(Ordering::Relaxed),
             bytes_fetched_remote: c.bytes_fetched_remote.load(Ordering::Relaxed),
             stale_chunk_retries: c.stale_chunk_retries.load(Ordering::Relaxed),
+            repairs: c.repairs.load(Ordering::Relaxed),
         }
     }
 
@@ -228,72 +240,161 @@ impl Client {
         }
     }
 
-    /// Make `chunks` present on the local data node: one `has` call, then put what is
-    /// missing. Returns the check a metadata write must carry (see `namespace::gc`).
-    async fn upload(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<ChunkCheck, ClientError> {
+    /// Make `chunks` durable at this site: each on the first [`DataNodes::replicas`] of
+    /// its placement's nodes that answer (one `has` call per node, then puts of what each
+    /// lacks). A node that fails hands its chunks to the chunk's next candidates; a chunk
+    /// that none of them could take fails the upload, one that fewer took than wanted
+    /// does not (the replicators restore its copies). Returns the checks a metadata write
+    /// must carry: one per node relied on (see `namespace::gc`).
+    async fn upload(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<Vec<ChunkCheck>, ClientError> {
         let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
         // All known present: no round (a file written again, a copy of one).
-        if let Some(gc_gen) = self.known_present(&hashes) {
-            self.counters
-                .chunks_deduped
-                .fetch_add(hashes.len() as u64, Ordering::Relaxed);
-            metrics::counter!("mobilus_client_chunks_deduped_total").increment(hashes.len() as u64);
-            return Ok(ChunkCheck {
-                node: self.local.addr().to_string(),
-                gc_gen,
-            });
+        if let Some(checks) = self.known_present(&hashes) {
+            self.count_deduped(hashes.len());
+            return Ok(checks);
         }
-        let (gc_gen, present) = self.local.has(&hashes).await?;
-        let missing: Vec<_> = chunks
+        let want = self.nodes.replicas(&self.site).max(1);
+        let candidates: Vec<Vec<DataClient>> = hashes
             .iter()
-            .zip(&present)
-            .filter(|(_, p)| !**p)
-            .map(|(c, _)| *c)
+            .map(|h| self.nodes.candidates(&self.site, h))
             .collect();
-        self.counters
-            .chunks_deduped
-            .fetch_add((chunks.len() - missing.len()) as u64, Ordering::Relaxed);
-        metrics::counter!("mobilus_client_chunks_deduped_total")
-            .increment((chunks.len() - missing.len()) as u64);
+        // Per chunk: the next candidate to try, and the copies made.
+        let mut next = vec![0usize; chunks.len()];
+        let mut copies = vec![0usize; chunks.len()];
+        let mut checks: BTreeMap<String, u64> = BTreeMap::new();
+        let mut first_error: Option<ClientError> = None;
+        loop {
+            let mut per_node: BTreeMap<String, (DataClient, Vec<usize>)> = BTreeMap::new();
+            for (i, cands) in candidates.iter().enumerate() {
+                let mut planned = 0;
+                while copies[i] + planned < want && next[i] < cands.len() {
+                    let node = &cands[next[i]];
+                    per_node
+                        .entry(node.addr().to_string())
+                        .or_insert_with(|| (node.clone(), Vec::new()))
+                        .1
+                        .push(i);
+                    next[i] += 1;
+                    planned += 1;
+                }
+            }
+            if per_node.is_empty() {
+                break;
+            }
+            let rounds = per_node
+                .into_values()
+                .map(|(node, idx)| self.store_at(node, idx, chunks));
+            for (node, gc_gen, stored, error) in futures::future::join_all(rounds).await {
+                if let Some(gc_gen) = gc_gen.filter(|_| !stored.is_empty()) {
+                    let g = checks.entry(node.addr().to_string()).or_insert(gc_gen);
+                    *g = (*g).min(gc_gen);
+                }
+                for i in stored {
+                    copies[i] += 1;
+                }
+                match error {
+                    Some(e) => {
+                        tracing::debug!(node = node.addr(), error = %e, "a data node failed; trying the next candidates");
+                        self.nodes.suspect(node.addr());
+                        first_error.get_or_insert(e);
+                    }
+                    None => self.nodes.absolve(node.addr()),
+                }
+            }
+        }
+        if copies.contains(&0) {
+            return Err(first_error.unwrap_or_else(|| ClientError::NoDataNode(self.site.clone())));
+        }
+        let checks: Vec<ChunkCheck> = checks
+            .into_iter()
+            .map(|(node, gc_gen)| ChunkCheck { node, gc_gen })
+            .collect();
+        self.remember_present(&hashes, &checks);
+        Ok(checks)
+    }
+
+    /// The chunks `idx` of `chunks` made durable at `node`: one `has`, then puts of what
+    /// it lacks. Returns the generation its answer carried, the chunks it now holds, and
+    /// the error that stopped it, if one did.
+    async fn store_at(
+        &self,
+        node: DataClient,
+        idx: Vec<usize>,
+        chunks: &[(ChunkHash, &[u8])],
+    ) -> (DataClient, Option<u64>, Vec<usize>, Option<ClientError>) {
+        let hashes: Vec<ChunkHash> = idx.iter().map(|i| chunks[*i].0).collect();
+        let (gc_gen, present) = match node.has(&hashes).await {
+            Ok(answer) => answer,
+            Err(e) => return (node, None, Vec::new(), Some(e.into())),
+        };
+        let (held, missing): (Vec<_>, Vec<_>) = idx.iter().zip(&present).partition(|(_, p)| **p);
+        let mut stored: Vec<usize> = held.into_iter().map(|(i, _)| *i).collect();
+        self.count_deduped(stored.len());
         // Futures made by a named fn, not a closure: the flush future stays `Send` for
         // callers that spawn it.
         let puts: Vec<_> = missing
             .into_iter()
-            .map(|(hash, bytes)| self.put_local(hash, bytes))
+            .map(|(i, _)| self.put_at(&node, *i, chunks[*i]))
             .collect();
-        stream::iter(puts)
-            .buffer_unordered(PARALLEL)
-            .try_collect::<Vec<()>>()
-            .await?;
-        self.remember_present(&hashes, gc_gen);
-        Ok(ChunkCheck {
-            node: self.local.addr().to_string(),
-            gc_gen,
-        })
+        let mut error = None;
+        let mut results = stream::iter(puts).buffer_unordered(PARALLEL);
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(i) => stored.push(i),
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        drop(results);
+        (node, Some(gc_gen), stored, error)
     }
 
-    /// The oldest generation at which every one of `hashes` was known present, if each
-    /// was, recently.
-    fn known_present(&self, hashes: &[ChunkHash]) -> Option<u64> {
+    fn count_deduped(&self, n: usize) {
+        self.counters
+            .chunks_deduped
+            .fetch_add(n as u64, Ordering::Relaxed);
+        metrics::counter!("mobilus_client_chunks_deduped_total").increment(n as u64);
+    }
+
+    /// The checks under which every one of `hashes` was known present, if each was,
+    /// recently: per node, the oldest generation any of them was answered under.
+    fn known_present(&self, hashes: &[ChunkHash]) -> Option<Vec<ChunkCheck>> {
         let p = self.present.lock().unwrap_or_else(|e| e.into_inner());
-        hashes.iter().try_fold(u64::MAX, |oldest, h| {
-            let (gen, at) = p.chunks.get(h)?;
-            (at.elapsed() < PRESENT_FOR).then_some(oldest.min(*gen))
-        })
+        let mut oldest: BTreeMap<&str, u64> = BTreeMap::new();
+        for h in hashes {
+            let (checks, at) = p.chunks.get(h)?;
+            if at.elapsed() >= PRESENT_FOR {
+                return None;
+            }
+            for c in checks {
+                let g = oldest.entry(c.node.as_str()).or_insert(c.gc_gen);
+                *g = (*g).min(c.gc_gen);
+            }
+        }
+        Some(
+            oldest
+                .into_iter()
+                .map(|(node, gc_gen)| ChunkCheck {
+                    node: node.to_string(),
+                    gc_gen,
+                })
+                .collect(),
+        )
     }
 
-    fn remember_present(&self, hashes: &[ChunkHash], gc_gen: u64) {
+    fn remember_present(&self, hashes: &[ChunkHash], checks: &[ChunkCheck]) {
         let mut p = self.present.lock().unwrap_or_else(|e| e.into_inner());
         if p.chunks.len() + hashes.len() > MAX_PRESENT {
             p.chunks = std::collections::HashMap::new();
         }
         let now = std::time::Instant::now();
         for h in hashes {
-            p.chunks.insert(*h, (gc_gen, now));
+            p.chunks.insert(*h, (checks.to_vec(), now));
         }
     }
 
-    /// A commit met garbage collection: ask the node again next time.
+    /// A commit met garbage collection: ask the nodes again next time.
     fn forget_present(&self) {
         self.present
             .lock()
@@ -301,8 +402,13 @@ impl Client {
             .chunks = std::collections::HashMap::new();
     }
 
-    async fn put_local(&self, hash: ChunkHash, bytes: &[u8]) -> Result<(), ClientError> {
-        let existed = self.local.put(&hash, bytes, false).await?;
+    async fn put_at(
+        &self,
+        node: &DataClient,
+        i: usize,
+        (hash, bytes): (ChunkHash, &[u8]),
+    ) -> Result<usize, ClientError> {
+        let existed = node.put(&hash, bytes, false).await?;
         if !existed {
             self.counters
                 .bytes_sent
@@ -311,47 +417,100 @@ impl Client {
             metrics::counter!("mobilus_client_chunks_sent_total").increment(1);
             metrics::counter!("mobilus_client_bytes_sent_total").increment(bytes.len() as u64);
         }
-        Ok(())
+        Ok(i)
     }
 
-    /// A whole chunk not at this site, verified, from another site; then stored locally,
+    /// A whole chunk not at this site, verified, from another site; then stored on the
+    /// first of this site's nodes that takes it (its replicator makes the other copies),
     /// so the next read is local.
     pub(crate) async fn chunk_from_elsewhere(
         &self,
         hash: &ChunkHash,
     ) -> Result<Vec<u8>, ClientError> {
         let whole = self.fetch_remote(hash).await?;
-        if let Err(e) = self.local.put(hash, &whole, true).await {
-            tracing::warn!(?hash, error = %e, "could not keep a fetched chunk locally");
+        for node in self.nodes.candidates(&self.site, hash) {
+            match node.put(hash, &whole, true).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(?hash, node = node.addr(), error = %e, "could not keep a fetched chunk here")
+                }
+            }
         }
         Ok(whole)
     }
 
     async fn fetch_remote(&self, hash: &ChunkHash) -> Result<Vec<u8>, ClientError> {
-        for remote in &self.remotes {
-            match remote.get(hash, 0, 0).await {
-                // Verified here too: a remote site's bytes are trusted only if they hash right.
-                Ok(bytes) if ChunkHash::of(&bytes) == *hash => {
-                    self.counters.remote_fetches.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("mobilus_client_remote_fetches_total").increment(1);
-                    metrics::counter!("mobilus_client_remote_fetch_bytes_total")
-                        .increment(bytes.len() as u64);
-                    self.counters
-                        .bytes_fetched_remote
-                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    return Ok(bytes);
-                }
-                Ok(_) => tracing::warn!(
-                    ?hash,
-                    node = remote.addr(),
-                    "remote chunk failed verification"
-                ),
-                Err(e) => {
-                    tracing::debug!(?hash, node = remote.addr(), error = %e, "remote fetch failed")
+        let registry = self.nodes.registry();
+        let sites = registry.sites().filter(|s| *s != self.site);
+        for site in sites {
+            for remote in self.nodes.candidates(site, hash) {
+                match remote.get(hash, 0, 0).await {
+                    // Verified here too: a remote site's bytes are trusted only if they
+                    // hash right.
+                    Ok(bytes) if ChunkHash::of(&bytes) == *hash => {
+                        self.counters.remote_fetches.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("mobilus_client_remote_fetches_total").increment(1);
+                        metrics::counter!("mobilus_client_remote_fetch_bytes_total")
+                            .increment(bytes.len() as u64);
+                        self.counters
+                            .bytes_fetched_remote
+                            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        return Ok(bytes);
+                    }
+                    Ok(_) => tracing::warn!(
+                        ?hash,
+                        node = remote.addr(),
+                        "remote chunk failed verification"
+                    ),
+                    Err(e) => {
+                        tracing::debug!(?hash, node = remote.addr(), error = %e, "remote fetch failed")
+                    }
                 }
             }
         }
         Err(ClientError::ChunkUnavailable(*hash))
+    }
+
+    /// Put `hash` back on `lacking` (nodes of its placement found without it, or with a
+    /// corrupt copy, now quarantined), from `from`, which served it: in the background,
+    /// verified, and only once per chunk at a time.
+    pub(crate) fn repair(&self, hash: ChunkHash, from: DataClient, lacking: Vec<DataClient>) {
+        {
+            let mut busy = self.repairing.lock().unwrap_or_else(|p| p.into_inner());
+            if busy.len() >= MAX_REPAIRS || !busy.insert(hash) {
+                return;
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match from.get(&hash, 0, 0).await {
+                Ok(whole) if ChunkHash::of(&whole) == hash => {
+                    for node in lacking {
+                        match node.put(&hash, &whole, false).await {
+                            Ok(_) => {
+                                this.counters.repairs.fetch_add(1, Ordering::Relaxed);
+                                metrics::counter!("mobilus_client_repairs_total").increment(1);
+                            }
+                            Err(e) => {
+                                tracing::debug!(?hash, node = node.addr(), error = %e, "repair failed")
+                            }
+                        }
+                    }
+                }
+                Ok(_) => tracing::warn!(
+                    ?hash,
+                    node = from.addr(),
+                    "repair source failed verification"
+                ),
+                Err(e) => {
+                    tracing::debug!(?hash, node = from.addr(), error = %e, "repair source failed")
+                }
+            }
+            this.repairing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&hash);
+        });
     }
 }
 
@@ -547,7 +706,7 @@ impl FileWriter {
         let mut attempt = 0;
         let attr = loop {
             attempt += 1;
-            let checked = self.client.upload(&chunks).await?;
+            let checks = self.client.upload(&chunks).await?;
             let pause = self.client.counters.flush_pause_ms.load(Ordering::Relaxed);
             if pause > 0 && attempt == 1 {
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
@@ -555,7 +714,7 @@ impl FileWriter {
             let committed = match &create {
                 // Made and written in one command.
                 Some(create) => {
-                    let write = Some((slices.as_slice(), Some(&checked)));
+                    let write = Some((slices.as_slice(), checks.as_slice()));
                     self.client
                         .meta
                         .create_reserved(create, write, self.holder_only)
@@ -564,7 +723,7 @@ impl FileWriter {
                 None => {
                     self.client
                         .meta
-                        .write(self.ino, &slices, None, Some(&checked), self.holder_only)
+                        .write(self.ino, &slices, None, &checks, self.holder_only)
                         .await
                 }
             };

@@ -2,7 +2,8 @@
 //! Jepsen harness share.
 //!
 //! - [`chunker`]: content-defined chunking (FastCDC) and BLAKE3 naming;
-//! - [`data`]: a client of one data node's `Chunks` service;
+//! - data nodes are reached through `mobilus-data-client` ([`DataNodes`]: the registry,
+//!   placement of a chunk over a site's nodes, a connection per node);
 //! - [`client`]: [`Client`] — buffered writes that become slices (dedup: a chunk the site
 //!   already holds is never sent);
 //! - [`read`]: reads by verified 16 KiB blocks through a bounded cache shared by every
@@ -15,10 +16,10 @@
 pub mod block_cache;
 pub mod chunker;
 pub mod client;
-pub mod data;
 pub mod mount;
 pub mod read;
 
 pub use block_cache::BlockCacheStats;
 pub use client::{Client, ClientStats, DataOptions, FileWriter};
+pub use mobilus_data_client::{DataClient, DataClientError, DataNodes};
 pub use read::{FileReader, READ_WINDOW};

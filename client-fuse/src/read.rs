@@ -165,9 +165,11 @@ impl Client {
         shared_outcome(hash, result)
     }
 
-    /// Blocks `first..end` of `hash` (or more), verified, and cached: from the local data
-    /// node, else (not at this site, or damaged in transit) the whole chunk from another
-    /// site, once however many runs of it missed.
+    /// Blocks `first..end` of `hash` (or more), verified, and cached: from this site's
+    /// nodes in the chunk's placement order (a node that lacks it, fails, or sends bytes
+    /// that fail verification hands over to the next), else (not at this site) the whole
+    /// chunk from another site, once however many runs of it missed. A copy found
+    /// missing or corrupt on a node the chunk belongs on is put back in the background.
     async fn fetch_run(
         &self,
         hash: ChunkHash,
@@ -175,12 +177,30 @@ impl Client {
         end: u64,
     ) -> Result<Arc<Run>, ClientError> {
         let known = self.blocks.outboard(&hash);
-        let asked = self
-            .local
-            .read_blocks(&hash, first * BLOCK, (end - first) * BLOCK, known.is_none())
-            .await;
-        match asked {
-            Ok(reply) => match verify_run(hash, known.clone(), first, reply) {
+        let candidates = self.nodes.candidates(self.site(), &hash);
+        let owed = self.nodes.replicas(self.site());
+        let mut lacking = Vec::new();
+        let mut failure = None;
+        for (rank, node) in candidates.iter().enumerate() {
+            let asked = node
+                .read_blocks(&hash, first * BLOCK, (end - first) * BLOCK, known.is_none())
+                .await;
+            let reply = match asked {
+                Ok(reply) => reply,
+                Err(e) if e.is_missing() => {
+                    if rank < owed {
+                        lacking.push(node.clone());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(?hash, node = node.addr(), error = %e, "data node failed a read");
+                    self.nodes.suspect(node.addr());
+                    failure.get_or_insert(e);
+                    continue;
+                }
+            };
+            match verify_run(hash, known.clone(), first, reply) {
                 Ok((outboard, run)) => {
                     if known.is_none() {
                         self.blocks.insert_outboard(outboard);
@@ -189,12 +209,15 @@ impl Client {
                         self.blocks
                             .insert_block((hash, first + i as u64), block.clone());
                     }
+                    if !lacking.is_empty() {
+                        self.repair(hash, node.clone(), lacking);
+                    }
                     return Ok(Arc::new(run));
                 }
-                Err(why) => tracing::warn!(?hash, %why, "local blocks failed verification"),
-            },
-            Err(e) if e.is_missing() => {}
-            Err(e) => return Err(e.into()),
+                Err(why) => {
+                    tracing::warn!(?hash, node = node.addr(), %why, "blocks failed verification")
+                }
+            }
         }
         let fetch = self
             .blocks
@@ -202,7 +225,13 @@ impl Client {
         match fetch.await {
             Some(run) => Ok(run),
             // Failed for whoever started it: once more here, for our own error.
-            None => self.whole_run(hash).await,
+            None => match self.whole_run(hash).await {
+                // Not at another site either: this site's failure is the one to report.
+                Err(ClientError::ChunkUnavailable(_)) if failure.is_some() => Err(failure
+                    .map(ClientError::from)
+                    .unwrap_or(ClientError::ChunkUnavailable(hash))),
+                other => other,
+            },
         }
     }
 

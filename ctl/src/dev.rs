@@ -33,6 +33,10 @@ pub enum DevCmd {
         /// Sites (`site-a`, `site-b`, ...), each with a data node and a mount.
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=8))]
         sites: u64,
+        /// Data nodes per site (each site keeps 2 copies of a chunk when it has 2 or
+        /// more); used when the cluster is first made.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
+        nodes_per_site: u64,
     },
     /// Show each process of the local cluster.
     Status {
@@ -248,7 +252,19 @@ fn start_mount(bin: &Path, m: &MountMember, metas: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn up(dir: &Path, n: u64, sites: u64, format: OutputFormat) -> anyhow::Result<()> {
+/// What `dev up` makes when the cluster is new.
+struct Shape {
+    meta: u64,
+    sites: u64,
+    nodes_per_site: u64,
+}
+
+async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()> {
+    let Shape {
+        meta: n,
+        sites,
+        nodes_per_site,
+    } = shape;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let bin = binary("mobilus-meta")?;
@@ -298,13 +314,20 @@ async fn up(dir: &Path, n: u64, sites: u64, format: OutputFormat) -> anyhow::Res
         let data_bin = binary("mobilus-data")?;
         for i in 0..sites {
             let site = site_name(i);
-            let mut d = DataMember {
-                addr: String::new(),
-                dir: dir.join(format!("data-{site}")),
-                site: site.clone(),
-            };
-            d.addr = start_data(&data_bin, &d, "127.0.0.1:0", &metas)?;
-            file.data.push(d);
+            for k in 1..=nodes_per_site {
+                // The first node's folder keeps the one-node name.
+                let name = match k {
+                    1 => format!("data-{site}"),
+                    k => format!("data-{site}-{k}"),
+                };
+                let mut d = DataMember {
+                    addr: String::new(),
+                    dir: dir.join(name),
+                    site: site.clone(),
+                };
+                d.addr = start_data(&data_bin, &d, "127.0.0.1:0", &metas)?;
+                file.data.push(d);
+            }
             file.mounts.push(MountMember {
                 mountpoint: dir.join("mnt").join(&site),
                 dir: dir.join(format!("mount-{site}")),
@@ -397,9 +420,10 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
         .data
         .iter()
         .map(|d| {
+            let name = d.dir.file_name().map(|n| n.to_string_lossy().into_owned());
             (
                 "data",
-                format!("data-{}", d.site),
+                name.unwrap_or_else(|| format!("data-{}", d.site)),
                 d.addr.clone(),
                 &d.site,
                 &d.dir,
@@ -493,7 +517,19 @@ fn down(dir: &Path) -> anyhow::Result<()> {
 
 pub async fn run(cmd: DevCmd, format: OutputFormat) -> anyhow::Result<()> {
     match cmd {
-        DevCmd::Up { dir, meta, sites } => up(&dir, meta, sites, format).await,
+        DevCmd::Up {
+            dir,
+            meta,
+            sites,
+            nodes_per_site,
+        } => {
+            let shape = Shape {
+                meta,
+                sites,
+                nodes_per_site,
+            };
+            up(&dir, shape, format).await
+        }
         DevCmd::Status { dir } => status(&dir, format).await,
         DevCmd::Down { dir } => down(&dir),
         DevCmd::Demo { dir } => crate::demo::run(&dir).await,

@@ -9,11 +9,14 @@
 //!
 //! A node registers with the metadata service's site registry and heartbeats through a
 //! [`worker`], which also runs its garbage collection ([`gc`]): rounds that delete chunks
-//! the metadata has condemned, safely against concurrent writers.
+//! the metadata has condemned, safely against concurrent writers, and its replicator
+//! ([`replicate`]): rounds that copy its chunks to the other nodes of its site that their
+//! placement says should hold them.
 
 pub mod disk;
 pub mod error;
 pub mod gc;
+pub mod replicate;
 pub mod service;
 pub mod store;
 /// Background work (shared with the mount): `mobilus_telemetry::worker`.

@@ -8,9 +8,11 @@ use anyhow::Context;
 use clap::Parser;
 use mobilus_data::disk::LocalDisk;
 use mobilus_data::gc::{Collector, GcPolicy};
+use mobilus_data::replicate::Replicator;
 use mobilus_data::service;
 use mobilus_data::store::ChunkStore;
 use mobilus_data::worker::{self, Shutdown};
+use mobilus_data_client::DataNodes;
 use mobilus_meta_client::MetaClient;
 use mobilus_proto::fs::{valid_site_name, DataNodeInfo};
 use std::time::Duration;
@@ -50,6 +52,14 @@ struct Args {
     /// A chunk is collected only after having had no reference for this long.
     #[arg(long, default_value_t = 3_600_000)]
     gc_grace_ms: u64,
+    /// How often to check that this node's chunks have their copies on the other nodes
+    /// of its site (0: never).
+    #[arg(long, default_value_t = 10_000)]
+    replicate_interval_ms: u64,
+    /// A node of this site whose last heartbeat is older than this is taken for gone:
+    /// its chunks are copied to the nodes next in their placement.
+    #[arg(long, default_value_t = 60_000)]
+    node_down_after_ms: u64,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
 }
@@ -90,6 +100,54 @@ fn start_heartbeat(
                 // The node is its site's agent: each committed heartbeat renews the lease.
                 metrics::counter!("mobilus_data_site_lease_renewals_total").increment(1);
                 store.advance_gc_gen(gc_gen)?;
+                anyhow::Ok(())
+            }
+        },
+    )))
+}
+
+/// Rounds of [`Replicator`]: this node's chunks copied where their placement says.
+fn start_replicator(
+    args: &Args,
+    addr: String,
+    store: Arc<ChunkStore>,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if args.meta.is_empty() || args.replicate_interval_ms == 0 {
+        return Ok(None);
+    }
+    let meta = MetaClient::connect(&args.meta).context("bad --meta address")?;
+    let down_after = Duration::from_millis(args.node_down_after_ms.max(1));
+    let site = args.site.clone();
+    let replicator = tokio::sync::OnceCell::<Arc<Replicator>>::new();
+    let replicator = Arc::new(replicator);
+    Ok(Some(worker::spawn_periodic(
+        "replicate",
+        Duration::from_millis(args.replicate_interval_ms),
+        Duration::from_secs(60),
+        shutdown.subscribe(),
+        move || {
+            let (meta, store, site, addr) =
+                (meta.clone(), store.clone(), site.clone(), addr.clone());
+            let replicator = replicator.clone();
+            async move {
+                // Made at the first round: the registry may be unreachable at start.
+                let r = replicator
+                    .get_or_try_init(|| async {
+                        let nodes = DataNodes::connect(meta.clone(), down_after).await?;
+                        anyhow::Ok(Arc::new(Replicator::new(store, meta, nodes, site, addr)))
+                    })
+                    .await?;
+                let report = r.round().await?;
+                if report.pushed > 0 || !report.unreachable.is_empty() {
+                    tracing::info!(
+                        examined = report.examined,
+                        pushed = report.pushed,
+                        bytes = report.bytes_pushed,
+                        unreachable = ?report.unreachable,
+                        "replication round"
+                    );
+                }
                 anyhow::Ok(())
             }
         },
@@ -145,6 +203,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let replicate_worker = start_replicator(&args, addr.clone(), store.clone(), &shutdown)?;
     // Counters become metrics once a second (cheaper than on every chunk).
     let metrics_worker = args.telemetry.metrics_listen.is_some().then(|| {
         let store = store.clone();
@@ -182,7 +241,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("clients still connected after 5s; stopping anyway"),
     }
     shutdown.stop();
-    for h in [heartbeat, gc_worker, metrics_worker].into_iter().flatten() {
+    for h in [heartbeat, gc_worker, replicate_worker, metrics_worker]
+        .into_iter()
+        .flatten()
+    {
         let _ = h.await;
     }
     tracing::info!("stopped");

@@ -47,7 +47,7 @@ async fn give_slices(client: &MetaClient, dir: InodeId) -> anyhow::Result<()> {
                     len: 1 << 20,
                 }],
             };
-            client.write(f.ino, &[slice], None, None, false).await?;
+            client.write(f.ino, &[slice], None, &[], false).await?;
         }
     }
     Ok(())

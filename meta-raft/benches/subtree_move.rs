@@ -53,7 +53,7 @@ async fn fill_bytes(client: &MetaClient, dir: InodeId, bytes: u64) -> anyhow::Re
             len: n * CHUNK,
             chunks: refs,
         };
-        client.write(file, &[slice], None, None, false).await?;
+        client.write(file, &[slice], None, &[], false).await?;
     }
     Ok(())
 }

@@ -138,8 +138,9 @@ pub enum Op {
     Write {
         ino: InodeId,
         slices: Vec<SliceWrite>,
-        /// The data-node answer the writer relied on (see `namespace::gc`).
-        checked: Option<ChunkCheck>,
+        /// The data-node answers the writer relied on, one per node its chunks are on
+        /// (see `namespace::gc`).
+        checks: Vec<ChunkCheck>,
     },
     /// Reserve a block of inode numbers for `session`'s creates (`namespace::reserved`).
     ReserveInodes {
@@ -158,7 +159,7 @@ pub enum Op {
         gid: u32,
         time_ns: i64,
         session: u64,
-        write: Option<(Vec<SliceWrite>, Option<ChunkCheck>)>,
+        write: Option<(Vec<SliceWrite>, Vec<ChunkCheck>)>,
     },
     /// A data node registers or heartbeats; its heartbeat time is the command's.
     RegisterDataNode {

@@ -64,6 +64,10 @@ pub struct Opts {
     pub site_a_dir: Option<PathBuf>,
     /// More flags for every metadata member.
     pub meta_args: Vec<String>,
+    /// Data nodes per site.
+    pub nodes_per_site: usize,
+    /// More flags for every data node.
+    pub data_args: Vec<String>,
 }
 
 impl Default for Opts {
@@ -73,18 +77,60 @@ impl Default for Opts {
             gc_grace: Duration::from_secs(3600),
             site_a_dir: None,
             meta_args: Vec::new(),
+            nodes_per_site: 1,
+            data_args: Vec::new(),
         }
     }
 }
 
 pub struct TwoSites {
     pub meta_addrs: Vec<String>,
-    /// Chunk folders of site-a's and site-b's data nodes.
+    /// Chunk folders of site-a's and site-b's (first) data nodes.
     pub chunk_dirs: Vec<PathBuf>,
     // Dropped in order: the processes first, then their folders.
-    /// The 3 metadata members (member id - 1), then the data nodes.
+    /// The 3 metadata members (member id - 1).
     procs: Vec<Proc>,
+    /// The data nodes, site by site.
+    pub data: Vec<DataNode>,
     _dir: TempDir,
+}
+
+/// A data node process of a test cluster (`proc` is `None` while it is stopped).
+pub struct DataNode {
+    pub site: String,
+    pub addr: String,
+    /// Its chunk files' folder.
+    pub chunks: PathBuf,
+    dir: PathBuf,
+    args: Vec<String>,
+    proc: Option<Proc>,
+}
+
+impl DataNode {
+    /// SIGKILL it.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.0.kill().unwrap();
+            p.0.wait().unwrap();
+        }
+    }
+
+    /// Start it again, on its address and folder.
+    pub fn restart(&mut self) {
+        assert!(self.proc.is_none(), "{} is running", self.addr);
+        let mut args = self.args.clone();
+        let listen = args.iter().position(|a| a == "--listen").unwrap() + 1;
+        args[listen] = self.addr.clone();
+        let _ = std::fs::remove_file(self.dir.join("ready"));
+        let (p, addr) = spawn("mobilus-data", &args, &self.dir);
+        assert_eq!(addr, self.addr);
+        self.proc = Some(p);
+    }
+
+    fn pid(&self) -> nix::unistd::Pid {
+        let p = self.proc.as_ref().expect("the data node is stopped");
+        nix::unistd::Pid::from_raw(p.0.id() as i32)
+    }
 }
 
 impl TwoSites {
@@ -131,12 +177,17 @@ impl TwoSites {
             meta_addrs.push(addr);
         }
         let mut chunk_dirs = Vec::new();
-        for site in ["site-a", "site-b"] {
-            let d = match (&opts.site_a_dir, site) {
-                (Some(d), "site-a") => d.clone(),
-                _ => dir.path().join(format!("data-{site}")),
+        let mut data = Vec::new();
+        for (site, k) in ["site-a", "site-b"]
+            .into_iter()
+            .flat_map(|s| (1..=opts.nodes_per_site).map(move |k| (s, k)))
+        {
+            let d = match (&opts.site_a_dir, site, k) {
+                (Some(d), "site-a", 1) => d.clone(),
+                (_, _, 1) => dir.path().join(format!("data-{site}")),
+                _ => dir.path().join(format!("data-{site}-{k}")),
             };
-            let args: Vec<String> = vec![
+            let mut args: Vec<String> = vec![
                 "--site".into(),
                 site.into(),
                 "--listen".into(),
@@ -154,15 +205,25 @@ impl TwoSites {
                 "--gc-grace-ms".into(),
                 opts.gc_grace.as_millis().to_string(),
             ];
-            let (p, _) = spawn("mobilus-data", &args, &d);
-            procs.push(p);
-            chunk_dirs.push(d.join("chunks").join("chunks"));
+            args.extend(opts.data_args.iter().cloned());
+            let (p, addr) = spawn("mobilus-data", &args, &d);
+            if k == 1 {
+                chunk_dirs.push(d.join("chunks").join("chunks"));
+            }
+            data.push(DataNode {
+                site: site.into(),
+                addr,
+                chunks: d.join("chunks").join("chunks"),
+                dir: d,
+                args,
+                proc: Some(p),
+            });
         }
         let meta = MetaClient::connect(&meta_addrs).unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((nodes, _)) = meta.list_data_nodes(None, false).await {
-                if nodes.len() == 2 {
+                if nodes.len() == data.len() {
                     break;
                 }
             }
@@ -173,6 +234,7 @@ impl TwoSites {
             meta_addrs,
             chunk_dirs,
             procs,
+            data,
             _dir: dir,
         }
     }
@@ -195,25 +257,25 @@ impl TwoSites {
         }
     }
 
-    fn data_node(site: &str) -> usize {
-        match site {
-            "site-a" => 3,
-            "site-b" => 4,
-            other => panic!("no site {other}"),
-        }
+    fn data_node(&mut self, site: &str) -> &mut DataNode {
+        let found = self.data.iter_mut().find(|d| d.site == site);
+        found.unwrap_or_else(|| panic!("no site {site}"))
     }
 
-    /// Send `signal` to a site's data node (SIGSTOP holds every upload to it).
+    /// Send `signal` to a site's (first) data node (SIGSTOP holds every upload to it).
     pub fn signal_data_node(&self, site: &str, signal: nix::sys::signal::Signal) {
-        let p = &self.procs[Self::data_node(site)];
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), signal).unwrap();
+        let node = self
+            .data
+            .iter()
+            .find(|d| d.site == site)
+            .expect("no such site");
+        nix::sys::signal::kill(node.pid(), signal).unwrap();
     }
 
-    /// SIGKILL a site's data node (its agent: the site's lease is no longer renewed).
+    /// SIGKILL a site's (first) data node (in a one-node site, its agent: the site's
+    /// lease is no longer renewed).
     pub fn kill_data_node(&mut self, site: &str) {
-        let p = &mut self.procs[Self::data_node(site)];
-        p.0.kill().unwrap();
-        p.0.wait().unwrap();
+        self.data_node(site).kill();
     }
 
     /// A `mobilus-mount` process of `site` on a fresh directory.

@@ -12,4 +12,5 @@ mod locks;
 mod mount;
 mod ownership;
 mod posix_suites;
+mod replicas;
 mod resilience;

@@ -897,14 +897,14 @@ impl MetaClient {
         ino: InodeId,
         slices: &[SliceWrite],
         fence: Option<Fence>,
-        checked: Option<&ChunkCheck>,
+        checks: &[ChunkCheck],
         holder_only: bool,
     ) -> Result<Attr, ClientError> {
         let req = pb::WriteRequest {
             ino,
             slices: slices.iter().map(Into::into).collect(),
             fence: self.fence(fence).map(|f| pb::Fence { holder_only, ..f }),
-            checked: checked.map(Into::into),
+            checks: checks.iter().map(Into::into).collect(),
             create: None,
         };
         self.attr_call("write", |mut c| {
@@ -921,7 +921,7 @@ impl MetaClient {
     pub async fn create_reserved(
         &self,
         create: &ReservedCreate,
-        write: Option<(&[SliceWrite], Option<&ChunkCheck>)>,
+        write: Option<(&[SliceWrite], &[ChunkCheck])>,
         holder_only: bool,
     ) -> Result<Attr, ClientError> {
         let fence = fence_to_wire(self.inner.opts.site.as_deref(), Some(create.session), None)
@@ -946,12 +946,12 @@ impl MetaClient {
                 })
                 .await
             }
-            Some((slices, checked)) => {
+            Some((slices, checks)) => {
                 let req = pb::WriteRequest {
                     ino: create.ino,
                     slices: slices.iter().map(Into::into).collect(),
                     fence,
-                    checked: checked.map(Into::into),
+                    checks: checks.iter().map(Into::into).collect(),
                     create: Some(mknod),
                 };
                 self.attr_call("write", |mut c| {

@@ -101,7 +101,7 @@ pub(crate) fn write(
     now: i64,
     ino: InodeId,
     slices: &[SliceWrite],
-    checked: Option<&ChunkCheck>,
+    checks: &[ChunkCheck],
 ) -> Result<Attr, NsError> {
     let mut rec = load(txn, ino)?;
     regular(&rec)?;
@@ -123,7 +123,7 @@ pub(crate) fn write(
     }
     super::gc::check_write(
         txn,
-        checked,
+        checks,
         slices.iter().flat_map(|s| s.chunks.iter().map(|c| &c.hash)),
     )?;
     let old_size = rec.attr.size;

@@ -69,18 +69,31 @@ fn is_condemned(txn: &Txn<'_>, hash: &ChunkHash) -> Result<bool, NsError> {
     Ok(!txn.scan_all(Cf::Gc, &prefix)?.is_empty())
 }
 
+/// Most data nodes one write may say it relied on (a site keeps a few copies; a write
+/// that fell back past down nodes names a few more).
+pub const MAX_CHECKS: usize = 16;
+
 /// Refuse a write whose chunks may have been collected since the writer checked them.
+/// `checks` names every node whose answer the write relies on (each holds a copy): each
+/// is checked, so a copy deleted after its node answered refuses the write even when
+/// another node's copy is intact; the writer asks again and stores the copies anew.
 pub(crate) fn check_write<'h>(
     txn: &Txn<'_>,
-    checked: Option<&ChunkCheck>,
+    checks: &[ChunkCheck],
     hashes: impl Iterator<Item = &'h ChunkHash>,
 ) -> Result<(), NsError> {
     let stale = |why: String| Err(OpError::StaleChunks(why).into());
+    if checks.len() > MAX_CHECKS {
+        return Err(Errno::E2BIG.into());
+    }
+    for c in checks {
+        valid_node(&c.node)?;
+    }
     let mut hashes = hashes.peekable();
     if hashes.peek().is_none() {
         return Ok(());
     }
-    if let Some(c) = checked {
+    for c in checks {
         let current = generation(txn, &c.node)?;
         if c.gc_gen.saturating_add(TOMBSTONE_GENERATIONS) < current {
             return stale(format!(
@@ -94,7 +107,7 @@ pub(crate) fn check_write<'h>(
         if is_condemned(txn, h)? {
             return stale(format!("chunk {h:?} is being collected"));
         }
-        if let Some(c) = checked {
+        for c in checks {
             let deleted_at: Option<u64> = txn.get(Cf::Gc, &keys::tombstone(h, &c.node))?;
             if deleted_at.is_some_and(|g| g > c.gc_gen) {
                 return stale(format!(

@@ -300,8 +300,8 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
         Op::Write {
             ino,
             slices,
-            checked,
-        } => file::write(txn, now, *ino, slices, checked.as_ref()).map(OpReply::Attr),
+            checks,
+        } => file::write(txn, now, *ino, slices, checks).map(OpReply::Attr),
         Op::Condemn {
             node,
             hashes,

@@ -65,7 +65,7 @@ pub(crate) fn create(
     txn: &mut Txn<'_>,
     now: i64,
     c: Create<'_>,
-    write: Option<&(Vec<SliceWrite>, Option<ChunkCheck>)>,
+    write: Option<&(Vec<SliceWrite>, Vec<ChunkCheck>)>,
 ) -> Result<Attr, NsError> {
     let key = keys::sys::reserved(c.ino / BLOCK * BLOCK);
     let bit = 1u64 << (c.ino % BLOCK);
@@ -94,7 +94,7 @@ pub(crate) fn create(
                 return Err(not_reserved(c.ino));
             }
             return match write {
-                Some((slices, checked)) => file::write(txn, now, c.ino, slices, checked.as_ref()),
+                Some((slices, checks)) => file::write(txn, now, c.ino, slices, checks),
                 None => Ok(made),
             };
         }
@@ -117,8 +117,8 @@ pub(crate) fn create(
     )?;
     r.used |= bit;
     txn.put(Cf::Sys, key, &r)?;
-    if let Some((slices, checked)) = write {
-        attr = file::write(txn, now, c.ino, slices, checked.as_ref())?;
+    if let Some((slices, checks)) = write {
+        attr = file::write(txn, now, c.ino, slices, checks)?;
     }
     Ok(attr)
 }

@@ -94,7 +94,7 @@ fn reader(session: u64) -> Option<u64> {
 /// it, if any: only a regular file, by the session that reserved the number.
 fn reserved_create(
     r: pb::MknodRequest,
-    write: Option<(Vec<SliceWrite>, Option<mobilus_proto::fs::ChunkCheck>)>,
+    write: Option<(Vec<SliceWrite>, Vec<mobilus_proto::fs::ChunkCheck>)>,
 ) -> Result<Op, Status> {
     if kind_from_wire(r.kind).map_err(wire)? != mobilus_proto::fs::FileKind::Regular {
         return Err(Status::invalid_argument(
@@ -392,11 +392,9 @@ impl Meta for MetaSvc {
             .map(SliceWrite::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(wire)?;
-        let checked = r.checked.map(Into::into);
+        let checks: Vec<_> = r.checks.into_iter().map(Into::into).collect();
         let op = match r.create {
-            Some(create) if create.ino == r.ino => {
-                reserved_create(create, Some((slices, checked)))?
-            }
+            Some(create) if create.ino == r.ino => reserved_create(create, Some((slices, checks)))?,
             Some(_) => {
                 return Err(Status::invalid_argument(
                     "a write that creates its file must name the file it creates",
@@ -405,7 +403,7 @@ impl Meta for MetaSvc {
             None => Op::Write {
                 ino: r.ino,
                 slices,
-                checked,
+                checks,
             },
         };
         attr_reply(self.op(r.fence, op).await?)

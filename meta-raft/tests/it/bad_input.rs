@@ -161,12 +161,12 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
         }],
     };
     assert_eq!(
-        errno(c.write(dir, &[one(0, 10)], None, None, false).await),
+        errno(c.write(dir, &[one(0, 10)], None, &[], false).await),
         Errno::EISDIR
     );
     assert_eq!(
         errno(
-            c.write(file, &[one(u64::MAX - 5, 10)], None, None, false)
+            c.write(file, &[one(u64::MAX - 5, 10)], None, &[], false)
                 .await
         ),
         Errno::EFBIG
@@ -181,7 +181,7 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
         }],
     };
     assert_eq!(
-        errno(c.write(file, &[mismatched], None, None, false).await),
+        errno(c.write(file, &[mismatched], None, &[], false).await),
         Errno::EINVAL
     );
     assert_eq!(
@@ -247,7 +247,7 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
             }],
         }],
         fence: None,
-        checked: None,
+        checks: Vec::new(),
         create: None,
     };
     assert_eq!(
@@ -283,7 +283,7 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
         ino: 5,
         slices: Vec::new(),
         fence: None,
-        checked: None,
+        checks: Vec::new(),
         create: Some(reserved),
     };
     assert_eq!(

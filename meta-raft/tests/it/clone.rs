@@ -71,7 +71,7 @@ pub(crate) fn write(ino: InodeId, offset: u64, len: u64, n: u8) -> Op {
                 len,
             }],
         }],
-        checked: None,
+        checks: Vec::new(),
     }
 }
 

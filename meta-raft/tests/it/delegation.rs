@@ -389,7 +389,7 @@ fn write_backs_commit_only_under_their_delegation_and_mark_it_for_other_readers(
     let write = |ino| Op::Write {
         ino,
         slices: crate::ownership::ten_bytes(),
-        checked: None,
+        checks: Vec::new(),
     };
     // The holder's write-back lands while its delegation lasts; another session's (one
     // that held it before) is refused for good, recalling nothing.

@@ -22,7 +22,7 @@ fn at(ns: &Namespace, time_ns: i64, op: Op) -> Reply {
     .expect("store")
 }
 
-fn write(ino: u64, hash: ChunkHash, checked: Option<ChunkCheck>) -> Op {
+fn write(ino: u64, hash: ChunkHash, checks: Vec<ChunkCheck>) -> Op {
     Op::Write {
         ino,
         slices: vec![SliceWrite {
@@ -34,15 +34,15 @@ fn write(ino: u64, hash: ChunkHash, checked: Option<ChunkCheck>) -> Op {
                 len: 10,
             }],
         }],
-        checked,
+        checks,
     }
 }
 
-fn check(gc_gen: u64) -> Option<ChunkCheck> {
-    Some(ChunkCheck {
+fn check(gc_gen: u64) -> Vec<ChunkCheck> {
+    vec![ChunkCheck {
         node: NODE.into(),
         gc_gen,
-    })
+    }]
 }
 
 fn condemn(ns: &Namespace, t: i64, hashes: &[ChunkHash], grace_ns: i64) -> Vec<ChunkHash> {
@@ -99,8 +99,8 @@ fn only_chunks_unreferenced_for_the_grace_period_are_condemned() {
     );
     let f = file(&ns, "f");
     let g = file(&ns, "g");
-    at(&ns, 10, write(f, used, None)).unwrap();
-    at(&ns, 10, write(g, freed, None)).unwrap();
+    at(&ns, 10, write(f, used, Vec::new())).unwrap();
+    at(&ns, 10, write(g, freed, Vec::new())).unwrap();
     at(
         &ns,
         100,
@@ -133,7 +133,7 @@ fn writes_that_may_rely_on_a_deleted_chunk_are_refused() {
     assert_eq!(condemn(&ns, 5, &[h], 0), vec![h]);
     // While condemned, nobody may reference it, whatever they checked.
     assert!(is_stale(at(&ns, 6, write(f, h, check(0)))));
-    assert!(is_stale(at(&ns, 6, write(f, h, None))));
+    assert!(is_stale(at(&ns, 6, write(f, h, Vec::new()))));
     assert_eq!(forget(&ns, &[h]), 1);
     // An answer from before the deletion is stale for that chunk only.
     assert!(is_stale(at(&ns, 7, write(f, h, check(0)))));
@@ -216,7 +216,7 @@ fn fsck_reports_planted_inconsistencies() {
         other => panic!("mknod: {other:?}"),
     };
     let h = ChunkHash::of(b"0123456789");
-    at(&ns, 2, write(ino, h, None)).unwrap();
+    at(&ns, 2, write(ino, h, Vec::new())).unwrap();
     let clean = ns.fsck().unwrap();
     assert_eq!(clean.problem_count, 0, "{:?}", clean.problems);
     assert_eq!((clean.inodes, clean.files, clean.slices), (2, 1, 1));

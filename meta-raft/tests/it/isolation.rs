@@ -78,7 +78,7 @@ async fn overwrite_across_blocks(c: MetaClient, ino: u64, stop: Arc<AtomicBool>)
                 len: RANGE_LEN,
             }],
         };
-        c.write(ino, &[slice], None, None, false)
+        c.write(ino, &[slice], None, &[], false)
             .await
             .expect("write");
         g += 1;

@@ -781,7 +781,7 @@ fn to_op(g: &Gen, known: &[u64]) -> Op {
                     len,
                     chunks,
                 }],
-                checked: None,
+                checks: Vec::new(),
             }
         }
     }

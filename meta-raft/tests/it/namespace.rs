@@ -284,7 +284,7 @@ fn compacted_slices_read_the_same_and_keep_references_consistent() {
             Op::Write {
                 ino: f.ino,
                 slices: vec![slice],
-                checked: None,
+                checks: Vec::new(),
             },
         );
         let end = (offset + len) as usize;

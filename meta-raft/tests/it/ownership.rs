@@ -205,10 +205,10 @@ pub(crate) fn every_mutation(f: &Fixture) -> Vec<Op> {
         Op::Write {
             ino: f.file,
             slices: ten_bytes(),
-            checked: None,
+            checks: Vec::new(),
         },
         create_reserved(f, "made", 0, None),
-        create_reserved(f, "made-written", 1, Some((ten_bytes(), None))),
+        create_reserved(f, "made-written", 1, Some((ten_bytes(), Vec::new()))),
     ]
 }
 
@@ -229,7 +229,7 @@ pub(crate) fn create_reserved(
     f: &Fixture,
     name: &str,
     nth: u64,
-    write: Option<(Vec<SliceWrite>, Option<mobilus_proto::fs::ChunkCheck>)>,
+    write: Option<(Vec<SliceWrite>, Vec<mobilus_proto::fs::ChunkCheck>)>,
 ) -> Op {
     Op::CreateReserved {
         parent: f.app,
@@ -1164,7 +1164,7 @@ fn reserved_numbers_are_made_once_by_their_session_only() {
     );
 
     // Made and written in one command; the future time is cut to the log's.
-    let mut op = create_reserved(&f, "a", 0, Some((ten_bytes(), None)));
+    let mut op = create_reserved(&f, "a", 0, Some((ten_bytes(), Vec::new())));
     if let Op::CreateReserved { time_ns, .. } = &mut op {
         *time_ns = t + 1_000 * SEC;
     }
@@ -1179,7 +1179,7 @@ fn reserved_numbers_are_made_once_by_their_session_only() {
         &f.ns,
         t,
         Some("site-a"),
-        create_reserved(&f, "b", 1, Some((ten_bytes(), None))),
+        create_reserved(&f, "b", 1, Some((ten_bytes(), Vec::new()))),
     );
     assert_eq!(b.size, 10);
 
@@ -1192,7 +1192,7 @@ fn reserved_numbers_are_made_once_by_their_session_only() {
     assert!(matches!(refused(other), OpError::Explained { errno, .. } if errno == Errno::EPERM.0));
     // A number never reserved (an existing file's), and one past the block.
     for ino in [f.file, plain, second + 64] {
-        let mut op = create_reserved(&f, "d", 0, Some((ten_bytes(), None)));
+        let mut op = create_reserved(&f, "d", 0, Some((ten_bytes(), Vec::new())));
         if let Op::CreateReserved { ino: i, .. } = &mut op {
             *i = ino;
         }

@@ -1,4 +1,4 @@
-//! A client of one data node's `Chunks` service.
+//! [`DataClient`]: typed calls to one data node's `Chunks` service.
 
 use mobilus_proto::datapb::chunks_client::ChunksClient;
 use mobilus_proto::datapb::{self as pb, put_request::Part};
@@ -6,6 +6,8 @@ use mobilus_proto::fs::ChunkHash;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+/// How long dialling a node may take before the call fails.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Put frames: the server accepts messages up to 2 MiB.
 const FRAME: usize = 1 << 20;
 
@@ -38,6 +40,8 @@ impl DataClient {
         let ch = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|_| DataClientError::BadAddress(addr.to_string()))?
             .tcp_nodelay(true)
+            // A node that is down but still listed must cost a failed call, not a hang.
+            .connect_timeout(CONNECT_TIMEOUT)
             .connect_lazy();
         Ok(DataClient {
             addr: addr.to_string(),
