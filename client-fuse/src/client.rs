@@ -1,13 +1,13 @@
 //! [`Client`]: buffered writes that become slices; the reads are in `read`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
 use mobilus_meta_client::{MetaClient, ReservedCreate};
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, ChunkRef, InodeId, SliceWrite, MAX_FILE_SIZE,
+    Attr, ChunkCheck, ChunkHash, ChunkRef, InodeId, SliceWrite, SubtreeId, MAX_FILE_SIZE, ROOT_INO,
 };
 use mobilus_proto::status::Errno;
 
@@ -25,6 +25,10 @@ const WRITE_THROUGH_BYTES: usize = 4 << 20;
 const PARALLEL: usize = 4;
 /// Readahead fetches in flight per client (each up to 1 MiB of blocks).
 const PREFETCHES: usize = 8;
+/// How long a subtree's synchronous sites are remembered.
+const PLACEMENT_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+/// Subtrees whose synchronous sites are remembered, at most.
+const MAX_PLACEMENTS: usize = 4096;
 /// Read repairs in flight per client, at most (more are left to the replicators).
 const MAX_REPAIRS: usize = 16;
 /// Attempts of a flush that keeps racing with garbage collection.
@@ -130,6 +134,8 @@ pub struct Client {
     present: Arc<std::sync::Mutex<PresentChunks>>,
     /// Chunks being repaired (see [`Client::repair`]).
     repairing: Arc<std::sync::Mutex<HashSet<ChunkHash>>>,
+    /// Per subtree: the other sites a write waits for, and when that was asked.
+    placements: Arc<std::sync::Mutex<SyncSites>>,
 }
 
 /// Chunks this site's nodes answered present (or stored), each with the nodes that hold
@@ -141,6 +147,9 @@ pub struct Client {
 struct PresentChunks {
     chunks: std::collections::HashMap<ChunkHash, (Vec<ChunkCheck>, std::time::Instant)>,
 }
+
+/// Per subtree: the other sites its writes wait for, and when that was asked.
+type SyncSites = HashMap<SubtreeId, (Vec<String>, std::time::Instant)>;
 
 /// Chunks remembered present, at most (past it, all are forgotten).
 const MAX_PRESENT: usize = 8192;
@@ -181,6 +190,7 @@ impl Client {
             prefetch: Arc::new(tokio::sync::Semaphore::new(PREFETCHES)),
             present: Arc::default(),
             repairing: Arc::default(),
+            placements: Arc::default(),
         })
     }
 
@@ -471,6 +481,78 @@ impl Client {
         Err(ClientError::ChunkUnavailable(*hash))
     }
 
+    /// Sites whose copy a write to `subtree` waits for, besides this one (each subtree's
+    /// placement is asked again after a few seconds).
+    async fn sync_sites(&self, subtree: SubtreeId) -> Result<Vec<String>, ClientError> {
+        if subtree == ROOT_INO {
+            return Ok(Vec::new());
+        }
+        {
+            let cache = self.placements.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((sites, at)) = cache.get(&subtree) {
+                if at.elapsed() < PLACEMENT_FOR {
+                    return Ok(sites.clone());
+                }
+            }
+        }
+        let place = self.meta.placement(subtree, true).await?;
+        let sites: Vec<String> = place
+            .sync_sites()
+            .filter(|s| *s != self.site)
+            .map(String::from)
+            .collect();
+        let mut cache = self.placements.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_PLACEMENTS {
+            cache.clear();
+        }
+        cache.insert(subtree, (sites.clone(), std::time::Instant::now()));
+        Ok(sites)
+    }
+
+    /// Make `chunks` durable at every synchronous site of `subtree`'s placement.
+    async fn push_to_sync_sites(
+        &self,
+        subtree: SubtreeId,
+        chunks: &[(ChunkHash, &[u8])],
+    ) -> Result<(), ClientError> {
+        for site in self.sync_sites(subtree).await? {
+            let mut left: Vec<usize> = (0..chunks.len()).collect();
+            let mut first_error = None;
+            // One copy there (its replicator makes the others): each chunk on the first
+            // of its nodes that takes it.
+            let mut tried = 0;
+            while !left.is_empty() {
+                let mut per_node: BTreeMap<String, (DataClient, Vec<usize>)> = BTreeMap::new();
+                for &i in &left {
+                    if let Some(node) = self.nodes.candidates(&site, &chunks[i].0).get(tried) {
+                        per_node
+                            .entry(node.addr().to_string())
+                            .or_insert_with(|| (node.clone(), Vec::new()))
+                            .1
+                            .push(i);
+                    }
+                }
+                if per_node.is_empty() {
+                    return Err(
+                        first_error.unwrap_or_else(|| ClientError::NoDataNode(site.clone()))
+                    );
+                }
+                let rounds = per_node
+                    .into_values()
+                    .map(|(node, idx)| self.store_at(node, idx, chunks));
+                for (node, _, stored, error) in futures::future::join_all(rounds).await {
+                    left.retain(|i| !stored.contains(i));
+                    if let Some(e) = error {
+                        self.nodes.suspect(node.addr());
+                        first_error.get_or_insert(e);
+                    }
+                }
+                tried += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// Put `hash` back on `lacking` (nodes of its placement found without it, or with a
     /// corrupt copy, now quarantined), from `from`, which served it: in the background,
     /// verified, and only once per chunk at a time.
@@ -746,6 +828,12 @@ impl FileWriter {
                 Err(e) => return Err(e.into()),
             }
         };
+        // A site the placement marks synchronous holds the data before the flush returns.
+        // After the commit, so the chunks are referenced and no collector there can take
+        // them (a commit is refused while any node has one condemned).
+        self.client
+            .push_to_sync_sites(attr.subtree, &chunks)
+            .await?;
         // Small commits stay in the block cache (their bytes are what was hashed): a
         // file read back just after it is written costs no data-node round. Large ones
         // would only push out what readers fetched.

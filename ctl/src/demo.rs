@@ -202,6 +202,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
     let rows = sqlite(&db, "SELECT count(*) FROM orders;")?;
     println!("   site-a still reads it: {rows} rows, site-b's included.");
+    data_follows(&meta, root).await?;
     developer_clone(
         &meta,
         &mount_a.mountpoint,
@@ -220,6 +221,37 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// After the move: site-b, the new owner, holds the data eagerly, so its follower copies
+/// whatever it still lacks by the subtree's change feed.
+async fn data_follows(
+    meta: &mobilus_meta_client::MetaClient,
+    root: mobilus_proto::fs::InodeId,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let deadline = t + std::time::Duration::from_secs(30);
+    loop {
+        let rows = meta
+            .replication_status(Some(root))
+            .await
+            .map_err(crate::cluster::explain)?;
+        if let Some(f) = rows.iter().find(|f| f.site == "site-b") {
+            if crate::replication::caught_up(f) {
+                println!(
+                    "   the data follows: site-b, now the owner, holds /demo eagerly; its follower read the change feed to entry {} of {} and fetched what its reads had not (`mobilusctl replication status /demo`), caught up {:.1} s after the move.",
+                    f.cursor,
+                    f.next_seq.saturating_sub(1),
+                    t.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("site-b's follower did not catch up with /demo in 30 s (see `mobilusctl replication status`)");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// A developer at site-a clones production (now site-b's) by its metadata: no byte is

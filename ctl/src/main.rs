@@ -10,6 +10,7 @@ mod devconfig;
 mod fsck;
 mod nodes;
 mod output;
+mod replication;
 mod snapshot;
 mod subtree;
 
@@ -53,6 +54,9 @@ enum Command {
     /// Subtrees: units of ownership, each changed by one site; move them between sites.
     #[command(subcommand)]
     Subtree(subtree::SubtreeCmd),
+    /// Where each subtree's data is, per site, and what is still to fetch.
+    #[command(subcommand)]
+    Replication(replication::ReplicationCmd),
     /// Copy a subtree into a new one by its metadata alone: no data is copied, and
     /// either side's later writes never change the other. The source is frozen (its
     /// writers wait) until the copy is published whole.
@@ -114,6 +118,10 @@ fn main() -> ExitCode {
             Command::Subtree(cmd) => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 subtree::run(cmd, &cluster::connect(&addrs)?, cli.output).await
+            }
+            Command::Replication(cmd) => {
+                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+                replication::run(cmd, &cluster::connect(&addrs)?, cli.output).await
             }
             Command::Clone(args) => {
                 let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;

@@ -44,8 +44,13 @@ pub enum SubtreeCmd {
         #[arg(long)]
         manual: bool,
     },
-    /// One subtree, by its root's path.
+    /// One subtree, by its root's path: its usage, and each site's copy of its data.
     Status { path: String },
+    /// Which sites hold the subtree's data, and how: eagerly (copied continuously),
+    /// lazily (copied once they own it), or on demand (reads fault). The owner is eager
+    /// unless named otherwise, and a move makes the new owner eager. With no flag, show
+    /// it.
+    Placement(crate::replication::PlacementArgs),
     /// Give a subtree to another site at once (epoch + 1); nothing is copied first. The
     /// old owner can never change it again.
     Move {
@@ -58,7 +63,8 @@ pub enum SubtreeCmd {
         #[arg(long)]
         force: bool,
         /// Wait until the new owner holds a valid lease (its data node heartbeats), so its
-        /// mounts can write at once.
+        /// mounts can write at once, and until its copy of the data has caught up (a
+        /// progress bar on a terminal).
         #[arg(long)]
         wait: bool,
     },
@@ -177,6 +183,8 @@ pub struct StatusView {
     /// Files, logical bytes, chunks referenced and their bytes, and the chunks and bytes
     /// nothing outside the subtree references (what deleting it would free).
     pub usage: Option<SubtreeUsage>,
+    /// Each site's copy of the data (see `replication status`).
+    pub sites: Vec<crate::replication::FollowerView>,
 }
 
 fn render_status(v: &StatusView) -> comfy_table::Table {
@@ -195,6 +203,10 @@ fn render_status(v: &StatusView) -> comfy_table::Table {
             String::new(),
             format!("{} (freed by deleting it)", u.exclusive_bytes),
         ]);
+    }
+    if !v.sites.is_empty() {
+        println!("{t}");
+        return crate::replication::render_followers(&v.sites);
     }
     t
 }
@@ -255,6 +267,7 @@ pub async fn subtree_at(client: &MetaClient, path: &str) -> anyhow::Result<Subtr
 
 pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
     match cmd {
+        SubtreeCmd::Placement(args) => crate::replication::placement(args, client, format).await,
         SubtreeCmd::Ls => {
             let all = client.subtrees(false).await.map_err(explain)?;
             let rows: Vec<SubtreeView> = all.iter().map(view).collect();
@@ -284,9 +297,15 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
             } else {
                 Some(client.subtree_usage(s.root).await.map_err(explain)?)
             };
+            let sites = if s.root == ROOT_INO {
+                Vec::new()
+            } else {
+                crate::replication::followers(client, Some(s.root)).await?
+            };
             let v = StatusView {
                 subtree: view(&s),
                 usage,
+                sites,
             };
             emit(format, &v, render_status)
         }
@@ -357,6 +376,8 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     s = client.subtree(s.root, false).await.map_err(explain)?;
                 }
+                let within = Duration::from_secs(3600);
+                crate::replication::wait_for_data(client, &s, &to, within, format).await?;
             } else if !s.lease_valid() {
                 eprintln!(
                     "mobilusctl: warning: {to} holds no valid lease (is its data node running?); its mounts cannot write {path} until it does"

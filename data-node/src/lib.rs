@@ -11,10 +11,13 @@
 //! [`worker`], which also runs its garbage collection ([`gc`]): rounds that delete chunks
 //! the metadata has condemned, safely against concurrent writers, and its replicator
 //! ([`replicate`]): rounds that copy its chunks to the other nodes of its site that their
-//! placement says should hold them.
+//! placement says should hold them; and its follower ([`follow`]): on the one node per
+//! site that pulls, rounds that copy from other sites the data of the subtrees its site's
+//! placement says it holds, by their change feed, within a bandwidth.
 
 pub mod disk;
 pub mod error;
+pub mod follow;
 pub mod gc;
 pub mod replicate;
 pub mod service;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use mobilus_data::disk::LocalDisk;
+use mobilus_data::follow::Follower;
 use mobilus_data::gc::{Collector, GcPolicy};
 use mobilus_data::replicate::Replicator;
 use mobilus_data::service;
@@ -60,6 +61,14 @@ struct Args {
     /// its chunks are copied to the nodes next in their placement.
     #[arg(long, default_value_t = 60_000)]
     node_down_after_ms: u64,
+    /// How often the site's puller catches up with the subtrees its site follows
+    /// (placement eager, or lazy and owner), by their change feeds (0: never).
+    #[arg(long, default_value_t = 2_000)]
+    follow_interval_ms: u64,
+    /// Most bytes per second replication takes from each other site (`100mbit`,
+    /// `50MiB`, bytes): less than the link, so reads that fault keep their share.
+    #[arg(long, default_value = "100mbit", value_parser = mobilus_data_client::bandwidth::parse_bandwidth)]
+    replication_bandwidth: u64,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
 }
@@ -154,6 +163,50 @@ fn start_replicator(
     )))
 }
 
+/// Rounds of [`Follower`]: other sites' data that this site's placement says it holds.
+fn start_follower(
+    args: &Args,
+    addr: String,
+    shutdown: &Shutdown,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if args.meta.is_empty() || args.follow_interval_ms == 0 {
+        return Ok(None);
+    }
+    let meta = MetaClient::connect(&args.meta).context("bad --meta address")?;
+    let down_after = Duration::from_millis(args.node_down_after_ms.max(1));
+    let (site, bandwidth) = (args.site.clone(), args.replication_bandwidth);
+    let follower = Arc::new(tokio::sync::OnceCell::<Arc<Follower>>::new());
+    Ok(Some(worker::spawn_periodic(
+        "follow",
+        Duration::from_millis(args.follow_interval_ms),
+        Duration::from_secs(60),
+        shutdown.subscribe(),
+        move || {
+            let (meta, site, addr, follower) =
+                (meta.clone(), site.clone(), addr.clone(), follower.clone());
+            async move {
+                let f = follower
+                    .get_or_try_init(|| async {
+                        let nodes = DataNodes::connect(meta.clone(), down_after).await?;
+                        anyhow::Ok(Arc::new(Follower::new(meta, nodes, site, addr, bandwidth)))
+                    })
+                    .await?;
+                let report = f.round().await?;
+                if report.fetched > 0 || !report.failed.is_empty() {
+                    tracing::info!(
+                        subtrees = report.subtrees,
+                        fetched = report.fetched,
+                        bytes = report.bytes_fetched,
+                        failed = ?report.failed,
+                        "follow round"
+                    );
+                }
+                anyhow::Ok(())
+            }
+        },
+    )))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     ChunkStore::describe_metrics();
     if !valid_site_name(&args.site) {
@@ -204,6 +257,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => None,
     };
     let replicate_worker = start_replicator(&args, addr.clone(), store.clone(), &shutdown)?;
+    let follow_worker = start_follower(&args, addr.clone(), &shutdown)?;
     // Counters become metrics once a second (cheaper than on every chunk).
     let metrics_worker = args.telemetry.metrics_listen.is_some().then(|| {
         let store = store.clone();
@@ -241,9 +295,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("clients still connected after 5s; stopping anyway"),
     }
     shutdown.stop();
-    for h in [heartbeat, gc_worker, replicate_worker, metrics_worker]
-        .into_iter()
-        .flatten()
+    for h in [
+        heartbeat,
+        gc_worker,
+        replicate_worker,
+        follow_worker,
+        metrics_worker,
+    ]
+    .into_iter()
+    .flatten()
     {
         let _ = h.await;
     }

@@ -39,6 +39,10 @@ pub enum ReplicateError {
     Store(#[from] DataError),
     #[error("store task failed: {0}")]
     Task(String),
+    #[error("data node: {0}")]
+    DataNode(#[from] mobilus_data_client::DataClientError),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What a round did.

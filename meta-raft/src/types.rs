@@ -2,7 +2,7 @@
 
 use mobilus_proto::fs::{
     Attr, ChunkCheck, ChunkHash, CloneInfo, DataNodeInfo, DelegationGrant, Epoch, Fence, FileKind,
-    InodeId, LockRequest, SetAttr, SliceWrite, SubtreeId, SubtreeInfo,
+    InodeId, LockRequest, Placement, SetAttr, SitePlacement, SliceWrite, SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -216,6 +216,23 @@ pub enum Op {
         root: InodeId,
         follow_writer_hold_ns: Option<i64>,
     },
+    /// Set which sites hold a subtree's data, and how (`namespace::feed`).
+    SetPlacement {
+        root: InodeId,
+        sites: Vec<SitePlacement>,
+    },
+    /// `site`'s replicator has passed entry `seq` of the subtree's change feed; its
+    /// progress, for status.
+    AckFeed {
+        root: InodeId,
+        site: String,
+        seq: u64,
+        backlog_chunks: u64,
+        backlog_bytes: u64,
+        rate_bps: u64,
+        /// Copying a scan (see `namespace::feed`).
+        scanning: bool,
+    },
     /// A mount opens a lock session (its site is the command's): it holds advisory locks
     /// while its lease lasts.
     OpenSession,
@@ -343,6 +360,8 @@ impl Op {
             Op::RelabelSubtree { .. } => "relabel_subtree",
             Op::MoveSubtree { .. } => "move_subtree",
             Op::SetSubtreePolicy { .. } => "set_subtree_policy",
+            Op::SetPlacement { .. } => "set_placement",
+            Op::AckFeed { .. } => "ack_feed",
             Op::OpenSession => "open_session",
             Op::RenewSession { .. } => "renew_session",
             Op::CloseSession { .. } => "close_session",
@@ -391,7 +410,9 @@ impl Op {
             | Op::CreateSubtree { .. }
             | Op::RelabelSubtree { .. }
             | Op::MoveSubtree { .. }
-            | Op::SetSubtreePolicy { .. } => Touches::Admin,
+            | Op::SetSubtreePolicy { .. }
+            | Op::SetPlacement { .. }
+            | Op::AckFeed { .. } => Touches::Admin,
             // A clone reads its source (frozen meanwhile) and writes only its own hidden
             // tree until one entry in the shared subtree publishes it.
             Op::StartClone { .. }
@@ -511,6 +532,9 @@ pub enum OpReply {
         gc_gen: u64,
     },
     Subtree(SubtreeInfo),
+    Placement(Placement),
+    /// How many (entries pruned from a change feed).
+    Count(u64),
     /// A lock session and when its lease ends (log time, ns).
     Session {
         id: u64,

@@ -3,9 +3,10 @@
 //! into a valid domain value is an `INVALID_ARGUMENT` error, never a panic.
 
 use crate::fs::{
-    Attr, ChunkCheck, ChunkHash, ChunkRef, CloneInfo, CloneState, DataNodeInfo, DelegationGrant,
-    DirEntry, Extent, Fence, FileKind, LockKind, RefreshInfo, SetAttr, SliceWrite, SnapshotInfo,
-    StatFs, SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet,
+    Attr, ChunkCheck, ChunkHash, ChunkRef, CloneInfo, CloneState, DataMode, DataNodeInfo,
+    DelegationGrant, DirEntry, Extent, FeedChunk, FeedEntry, FeedPage, Fence, FileKind, Follower,
+    LockKind, Placement, RefreshInfo, SetAttr, SitePlacement, SliceWrite, SnapshotInfo, StatFs,
+    SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -564,6 +565,162 @@ impl From<pb::DataNode> for DataNodeInfo {
             capacity_bytes: n.capacity_bytes,
             used_bytes: n.used_bytes,
             last_heartbeat_ns: n.last_heartbeat_ns,
+        }
+    }
+}
+
+impl From<&SitePlacement> for pb::SitePlacement {
+    fn from(s: &SitePlacement) -> Self {
+        pb::SitePlacement {
+            site: s.site.clone(),
+            mode: s.mode.as_str().to_string(),
+            sync: s.sync,
+        }
+    }
+}
+
+impl TryFrom<pb::SitePlacement> for SitePlacement {
+    type Error = WireError;
+    fn try_from(s: pb::SitePlacement) -> Result<Self, WireError> {
+        let mode = DataMode::parse(&s.mode).ok_or_else(|| {
+            invalid(format!(
+                "placement mode {:?}: expected eager, lazy or on-demand",
+                s.mode
+            ))
+        })?;
+        Ok(SitePlacement {
+            site: s.site,
+            mode,
+            sync: s.sync,
+        })
+    }
+}
+
+impl From<&Placement> for pb::Placement {
+    fn from(p: &Placement) -> Self {
+        pb::Placement {
+            root: p.root,
+            owner: p.owner.clone().unwrap_or_default(),
+            sites: p.sites.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::Placement> for Placement {
+    type Error = WireError;
+    fn try_from(p: pb::Placement) -> Result<Self, WireError> {
+        Ok(Placement {
+            root: p.root,
+            owner: Some(p.owner).filter(|o| !o.is_empty()),
+            sites: p
+                .sites
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl From<&FeedChunk> for pb::FeedChunk {
+    fn from(c: &FeedChunk) -> Self {
+        pb::FeedChunk {
+            hash: c.hash.0.to_vec(),
+            len: c.len,
+        }
+    }
+}
+
+impl TryFrom<pb::FeedChunk> for FeedChunk {
+    type Error = WireError;
+    fn try_from(c: pb::FeedChunk) -> Result<Self, WireError> {
+        let hash = ChunkHash::from_slice(&c.hash)
+            .ok_or_else(|| invalid(format!("a chunk hash has 32 bytes, not {}", c.hash.len())))?;
+        Ok(FeedChunk { hash, len: c.len })
+    }
+}
+
+/// Chunks on the wire, checked.
+pub fn feed_chunks_from_wire(chunks: Vec<pb::FeedChunk>) -> Result<Vec<FeedChunk>, WireError> {
+    chunks.into_iter().map(TryInto::try_into).collect()
+}
+
+impl From<&FeedPage> for pb::ReadFeedReply {
+    fn from(p: &FeedPage) -> Self {
+        pb::ReadFeedReply {
+            entries: p
+                .entries
+                .iter()
+                .map(|e| pb::FeedEntry {
+                    seq: e.seq,
+                    chunks: e.chunks.iter().map(Into::into).collect(),
+                })
+                .collect(),
+            first_seq: p.first_seq,
+            next_seq: p.next_seq,
+            cursor: p.cursor,
+            resync: p.resync,
+        }
+    }
+}
+
+impl TryFrom<pb::ReadFeedReply> for FeedPage {
+    type Error = WireError;
+    fn try_from(p: pb::ReadFeedReply) -> Result<Self, WireError> {
+        Ok(FeedPage {
+            entries: p
+                .entries
+                .into_iter()
+                .map(|e| {
+                    Ok(FeedEntry {
+                        seq: e.seq,
+                        chunks: feed_chunks_from_wire(e.chunks)?,
+                    })
+                })
+                .collect::<Result<_, WireError>>()?,
+            first_seq: p.first_seq,
+            next_seq: p.next_seq,
+            cursor: p.cursor,
+            resync: p.resync,
+        })
+    }
+}
+
+impl From<&Follower> for pb::Follower {
+    fn from(f: &Follower) -> Self {
+        pb::Follower {
+            root: f.root,
+            path: f.path.clone(),
+            site: f.site.clone(),
+            mode: f.mode.clone(),
+            following: f.following,
+            cursor: f.cursor,
+            scanning: f.scanning,
+            next_seq: f.next_seq,
+            backlog_chunks: f.backlog_chunks,
+            backlog_bytes: f.backlog_bytes,
+            rate_bps: f.rate_bps,
+            updated_ns: f.updated_ns,
+            log_now_ns: f.log_now_ns,
+        }
+    }
+}
+
+impl From<pb::Follower> for Follower {
+    fn from(f: pb::Follower) -> Self {
+        Follower {
+            root: f.root,
+            path: f.path,
+            site: f.site,
+            mode: f.mode,
+            following: f.following,
+            cursor: f.cursor,
+            scanning: f.scanning,
+            next_seq: f.next_seq,
+            backlog_chunks: f.backlog_chunks,
+            backlog_bytes: f.backlog_bytes,
+            rate_bps: f.rate_bps,
+            updated_ns: f.updated_ns,
+            log_now_ns: f.log_now_ns,
         }
     }
 }

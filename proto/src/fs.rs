@@ -476,3 +476,131 @@ pub fn valid_site_name(site: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
+
+/// How a site holds a subtree's data (`mobilusctl subtree placement`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataMode {
+    /// Replicated continuously: the site follows the subtree's change feed.
+    Eager,
+    /// Only once the subtree is owned there (after a move); before, reads fault.
+    Lazy,
+    /// Never copied ahead: reads fault, and faulted chunks are kept as a cache.
+    OnDemand,
+}
+
+impl DataMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataMode::Eager => "eager",
+            DataMode::Lazy => "lazy",
+            DataMode::OnDemand => "on-demand",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DataMode> {
+        match s {
+            "eager" => Some(DataMode::Eager),
+            "lazy" => Some(DataMode::Lazy),
+            "on-demand" => Some(DataMode::OnDemand),
+            _ => None,
+        }
+    }
+}
+
+/// One site's part in a subtree's placement.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SitePlacement {
+    pub site: String,
+    pub mode: DataMode,
+    /// A write's fsync returns only once this site holds its chunks too.
+    pub sync: bool,
+}
+
+/// Where a subtree's data lives: the sites named, and the owner, which always holds it
+/// eagerly (a move makes the new owner eager).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub root: SubtreeId,
+    pub owner: Option<String>,
+    /// As the operator set it (empty: never set).
+    pub sites: Vec<SitePlacement>,
+}
+
+impl Placement {
+    /// How `site` holds the data: the owner eagerly unless told otherwise, a site not
+    /// named on demand.
+    pub fn mode(&self, site: &str) -> DataMode {
+        match self.sites.iter().find(|s| s.site == site) {
+            Some(s) => s.mode,
+            None if self.owner.as_deref() == Some(site) => DataMode::Eager,
+            None => DataMode::OnDemand,
+        }
+    }
+
+    /// Whether `site` copies the data ahead of reads now: eager, or lazy and owner.
+    pub fn follows(&self, site: &str) -> bool {
+        match self.mode(site) {
+            DataMode::Eager => true,
+            DataMode::Lazy => self.owner.as_deref() == Some(site),
+            DataMode::OnDemand => false,
+        }
+    }
+
+    /// Sites whose copy a write waits for (besides the writer's own).
+    pub fn sync_sites(&self) -> impl Iterator<Item = &str> {
+        self.sites
+            .iter()
+            .filter(|s| s.sync)
+            .map(|s| s.site.as_str())
+    }
+}
+
+/// A chunk a write added to a subtree, and the bytes of it the subtree uses.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FeedChunk {
+    pub hash: ChunkHash,
+    pub len: u64,
+}
+
+/// One committed write's chunks, in a subtree's change feed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct FeedEntry {
+    pub seq: u64,
+    pub chunks: Vec<FeedChunk>,
+}
+
+/// A page of a subtree's change feed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FeedPage {
+    pub entries: Vec<FeedEntry>,
+    /// The oldest entry kept, and the one the next write gets.
+    pub first_seq: u64,
+    pub next_seq: u64,
+    /// The asking site's cursor: the last entry it has passed.
+    pub cursor: Option<u64>,
+    /// The site must start over from a scan of the subtree (it never followed it, or the
+    /// entries after its cursor are no longer kept).
+    pub resync: bool,
+}
+
+/// A site following a subtree's feed, as its replicator last reported.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Follower {
+    pub root: SubtreeId,
+    pub path: String,
+    pub site: String,
+    pub mode: String,
+    /// Whether the placement has it copy ahead now.
+    pub following: bool,
+    /// 0: it has not passed any entry yet.
+    pub cursor: u64,
+    /// It is copying a scan of the subtree (entries after `cursor` are kept for it).
+    pub scanning: bool,
+    pub next_seq: u64,
+    pub backlog_chunks: u64,
+    pub backlog_bytes: u64,
+    pub rate_bps: u64,
+    /// When it last reported (log time); 0: never.
+    pub updated_ns: i64,
+    pub log_now_ns: i64,
+}

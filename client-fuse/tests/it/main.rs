@@ -7,6 +7,7 @@ mod cluster;
 mod data_path;
 mod delegation;
 mod disk_full;
+mod follow;
 mod gc;
 mod locks;
 mod mount;

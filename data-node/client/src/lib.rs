@@ -6,8 +6,10 @@
 //!   over the site's nodes, so adding or removing a node moves only the chunks it gains
 //!   or loses;
 //! - [`nodes`]: [`DataNodes`], the registry as a caller sees it (which nodes each site
-//!   has, which look alive), refreshed in the background, with one connection per node.
+//!   has, which look alive), refreshed in the background, with one connection per node;
+//! - [`bandwidth`]: the token bucket that holds replication to a bandwidth.
 
+pub mod bandwidth;
 pub mod node;
 pub mod nodes;
 pub mod placement;

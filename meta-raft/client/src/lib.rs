@@ -12,7 +12,9 @@
 mod clone;
 mod cluster;
 mod locks;
+mod replication;
 mod subtree;
+pub use replication::FeedProgress;
 
 pub use mobilus_proto::fs::LockRequest;
 

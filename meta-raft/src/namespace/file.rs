@@ -165,6 +165,7 @@ pub(crate) fn write(
     let grown = rec.attr.size - old_size;
     update_counters(txn, |c| c.bytes += grown)?;
     subtree::account(txn, rec.attr.subtree, 0, grown as i64)?;
+    super::feed::record(txn, rec.attr.subtree, slices)?;
     save(txn, &rec)?;
     Ok(rec.attr)
 }

@@ -42,11 +42,14 @@ pub enum Cf {
     /// dst (the freeze); `p` ‖ parent ‖ dst → () (where it will be published); `m` ‖ dst
     /// ‖ source inode → its copy (files with several names)
     Clones,
+    /// replication (`namespace::feed`): `p` ‖ root → placement; `h` ‖ root → the change
+    /// feed's head; `e` ‖ root ‖ seq → a write's chunks; `c` ‖ root ‖ site → a cursor
+    Replication,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 14] = [
+    pub const ALL: [Cf; 15] = [
         Cf::Inodes,
         Cf::Dentries,
         Cf::Cookies,
@@ -61,6 +64,7 @@ impl Cf {
         Cf::Orphans,
         Cf::Locks,
         Cf::Clones,
+        Cf::Replication,
     ];
 
     /// The RocksDB name of this column family.
@@ -80,6 +84,7 @@ impl Cf {
             Cf::Orphans => "orphans",
             Cf::Locks => "locks",
             Cf::Clones => "clones",
+            Cf::Replication => "replication",
         }
     }
 }

@@ -8,6 +8,7 @@
 mod clone;
 mod delegation;
 mod dir;
+pub mod feed;
 mod file;
 mod fsck;
 mod gc;
@@ -338,6 +339,21 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             root,
             follow_writer_hold_ns,
         } => subtree::set_policy(txn, *root, *follow_writer_hold_ns).map(OpReply::Subtree),
+        Op::SetPlacement { root, sites } => {
+            feed::set_placement(txn, *root, sites).map(OpReply::Placement)
+        }
+        Op::AckFeed {
+            root,
+            site,
+            seq,
+            backlog_chunks,
+            backlog_bytes,
+            rate_bps,
+            scanning,
+        } => {
+            let progress = (*backlog_chunks, *backlog_bytes, *rate_bps);
+            feed::ack(txn, now, *root, site, *seq, progress, *scanning).map(OpReply::Count)
+        }
         Op::StartClone {
             src,
             parent,

@@ -238,6 +238,7 @@ pub(crate) fn check(txn: &mut Txn<'_>, cmd: &Command) -> Result<(), NsError> {
             // The owner's delegation is recalled before the subtree follows the writer.
             delegation::check(txn, root, &sub, now, cmd.session, cmd.holder_only)?;
             sub.owner = Some(writer.to_string());
+            super::feed::owner_changed(txn, root, writer)?;
             sub.epoch += 1;
             sub.moved_ns = now;
             put(txn, root, &sub)?;
@@ -613,6 +614,7 @@ pub(crate) fn give(
     // member recalls it and proposes the move again); after a takeover it has expired.
     delegation::check(txn, root, &sub, now, None, false)?;
     sub.owner = Some(to.to_string());
+    super::feed::owner_changed(txn, root, to)?;
     sub.epoch += 1;
     sub.moved_ns = now;
     put(txn, root, &sub)?;

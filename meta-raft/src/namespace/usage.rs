@@ -17,12 +17,15 @@ use crate::error::{NsError, StoreError};
 /// Per chunk: references from the subtree, and the furthest byte of it they use (its
 /// size, as far as the subtree knows it).
 #[derive(Default)]
-struct Held {
-    refs: u64,
-    end: u64,
+pub(crate) struct Held {
+    pub(crate) refs: u64,
+    pub(crate) end: u64,
 }
 
-fn walk(txn: &Txn<'_>, root: SubtreeId) -> Result<(u64, HashMap<ChunkHash, Held>), NsError> {
+pub(crate) fn walk(
+    txn: &Txn<'_>,
+    root: SubtreeId,
+) -> Result<(u64, HashMap<ChunkHash, Held>), NsError> {
     let mut chunks: HashMap<ChunkHash, Held> = HashMap::new();
     let mut seen_linked: HashSet<InodeId> = HashSet::new();
     let (mut files, mut todo) = (0u64, vec![root]);

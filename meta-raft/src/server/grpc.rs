@@ -764,6 +764,39 @@ impl Cluster for ClusterSvc {
         }))
     }
 
+    async fn set_placement(
+        &self,
+        r: Request<pb::SetPlacementRequest>,
+    ) -> Reply<pb::PlacementReply> {
+        super::replication::set_placement(&self.node, r.into_inner()).await
+    }
+
+    async fn get_placement(&self, r: Request<pb::GetSubtreeRequest>) -> Reply<pb::PlacementReply> {
+        super::replication::get_placement(&self.node, r.into_inner()).await
+    }
+
+    async fn read_feed(&self, r: Request<pb::ReadFeedRequest>) -> Reply<pb::ReadFeedReply> {
+        super::replication::read_feed(&self.node, r.into_inner()).await
+    }
+
+    async fn scan_subtree_chunks(
+        &self,
+        r: Request<pb::GetSubtreeRequest>,
+    ) -> Reply<pb::ScanSubtreeChunksReply> {
+        super::replication::scan(&self.node, r.into_inner()).await
+    }
+
+    async fn ack_feed(&self, r: Request<pb::AckFeedRequest>) -> Reply<pb::AckFeedReply> {
+        super::replication::ack(&self.node, r.into_inner()).await
+    }
+
+    async fn replication_status(
+        &self,
+        r: Request<pb::ReplicationStatusRequest>,
+    ) -> Reply<pb::ReplicationStatusReply> {
+        super::replication::status(&self.node, r.into_inner()).await
+    }
+
     async fn start_clone(&self, r: Request<pb::StartCloneRequest>) -> Reply<pb::CloneReply> {
         super::clones::start(&self.node, r.into_inner()).await
     }

@@ -8,6 +8,7 @@ mod metrics;
 mod node;
 mod proposer;
 mod read_index;
+mod replication;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -326,6 +326,23 @@ impl MetaNode {
             .map_err(MetaError::from)
     }
 
+    /// Every chunk of subtree `root` and the feed's next entry, in one view (a walk of
+    /// the subtree: off the async threads).
+    pub async fn subtree_chunks(
+        &self,
+        root: mobilus_proto::fs::SubtreeId,
+        stale: bool,
+    ) -> Result<(Vec<mobilus_proto::fs::FeedChunk>, u64), MetaError> {
+        if !stale {
+            self.ensure_linearizable().await?;
+        }
+        let ns = self.sm.namespace();
+        tokio::task::spawn_blocking(move || ns.subtree_chunks(root))
+            .await
+            .map_err(|e| MetaError::Unavailable(format!("scan task: {e}")))?
+            .map_err(MetaError::from)
+    }
+
     /// Wait until a read of the local state is linearizable: under the leader's read
     /// lease at once, else after a (shared) read-index round (`read_index.rs`).
     pub async fn ensure_linearizable(&self) -> Result<(), MetaError> {

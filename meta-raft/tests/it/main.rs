@@ -6,6 +6,7 @@ mod cluster;
 mod config;
 mod conformance;
 mod delegation;
+mod feed;
 mod gc;
 mod harness;
 mod isolation;

@@ -430,7 +430,9 @@ impl Model {
             Op::CreateSubtree { .. }
             | Op::RelabelSubtree { .. }
             | Op::MoveSubtree { .. }
-            | Op::SetSubtreePolicy { .. } => Err(Errno::EOPNOTSUPP),
+            | Op::SetSubtreePolicy { .. }
+            | Op::SetPlacement { .. }
+            | Op::AckFeed { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: locks have their own tests (`locks.rs`).
             Op::OpenSession
             | Op::RenewSession { .. }

@@ -270,6 +270,8 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::RelabelSubtree { .. }
         | Op::MoveSubtree { .. }
         | Op::SetSubtreePolicy { .. }
+        | Op::SetPlacement { .. }
+        | Op::AckFeed { .. }
         // Advisory locks change nothing a read or a write sees (`Touches::Advisory`).
         | Op::OpenSession
         | Op::RenewSession { .. }

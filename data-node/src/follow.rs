@@ -1,0 +1,370 @@
+//! Data that follows: this site copies, ahead of any read, the data of every subtree
+//! whose placement says it should (`Placement::follows`: eager, or lazy and owner).
+//!
+//! One node per site does it, the *puller* (the first of the site's healthy nodes in a
+//! fixed rendezvous order, so every node agrees without talking; should two think they
+//! are, for a moment, they fetch the same chunks and the stores keep one copy). For each
+//! followed subtree it reads the change feed from the site's cursor
+//! (`namespace::feed`), or, if it never followed the subtree or fell behind what the feed
+//! keeps, scans the subtree's chunks first. It asks this site's nodes in batches which of
+//! those chunks they lack, fetches only those, from the owner site first and any other
+//! site after, verifies each against its hash, stores it on the chunk's nodes here, and
+//! acknowledges the feed, which moves the cursor and reports progress (chunks and bytes
+//! to go, rate) for `mobilusctl replication status`. Transfers from each remote site go
+//! through a token bucket (`--replication-bandwidth`), so replication never takes a whole
+//! WAN link from the reads that fault.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use mobilus_data_client::bandwidth::TokenBucket;
+use mobilus_data_client::{placement, DataNodes, Registry};
+use mobilus_meta_client::{FeedProgress, MetaClient};
+use mobilus_proto::fs::{ChunkHash, FeedChunk, InodeId, Placement, SubtreeState, ROOT_INO};
+
+use crate::replicate::ReplicateError;
+
+/// Chunks fetched at once.
+const PARALLEL: usize = 4;
+/// Feed entries read per page.
+const PAGE: u32 = 256;
+/// Chunks asked about per `has`.
+const HAS_BATCH: usize = 4096;
+/// A remote fetch that takes longer than this has failed (a partitioned site).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Progress is reported at most this often while a transfer runs.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// What a round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FollowReport {
+    /// Whether this node is its site's puller.
+    pub puller: bool,
+    pub subtrees: u64,
+    pub fetched: u64,
+    pub bytes_fetched: u64,
+    /// Subtrees whose round failed, with why (they are tried again next round).
+    pub failed: Vec<(InodeId, String)>,
+}
+
+/// This node's follower.
+pub struct Follower {
+    meta: MetaClient,
+    nodes: Arc<DataNodes>,
+    site: String,
+    me: String,
+    bandwidth: u64,
+    buckets: Mutex<HashMap<String, Arc<TokenBucket>>>,
+    fetched: AtomicU64,
+    bytes_fetched: AtomicU64,
+}
+
+impl Follower {
+    /// `bandwidth`: bytes per second from each remote site.
+    pub fn new(
+        meta: MetaClient,
+        nodes: Arc<DataNodes>,
+        site: String,
+        me: String,
+        bandwidth: u64,
+    ) -> Self {
+        Follower {
+            meta,
+            nodes,
+            site,
+            me,
+            bandwidth,
+            buckets: Mutex::default(),
+            fetched: AtomicU64::new(0),
+            bytes_fetched: AtomicU64::new(0),
+        }
+    }
+
+    /// Chunks and bytes fetched from other sites since start.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.fetched.load(Ordering::Relaxed),
+            self.bytes_fetched.load(Ordering::Relaxed),
+        )
+    }
+
+    fn bucket(&self, site: &str) -> Arc<TokenBucket> {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        b.entry(site.to_string())
+            .or_insert_with(|| Arc::new(TokenBucket::new(self.bandwidth)))
+            .clone()
+    }
+
+    fn is_puller(&self, registry: &Registry) -> bool {
+        let healthy: Vec<&str> = registry
+            .nodes(&self.site)
+            .iter()
+            .filter(|n| n.healthy)
+            .map(|n| n.addr.as_str())
+            .collect();
+        let key = ChunkHash::of(b"mobilus: the site's puller");
+        placement::rank(&key, &healthy, |a| a)
+            .first()
+            .is_some_and(|a| **a == self.me)
+    }
+
+    /// One pass over the subtrees this site follows.
+    pub async fn round(&self) -> Result<FollowReport, ReplicateError> {
+        let registry = self.nodes.refresh().await?;
+        let mut report = FollowReport {
+            puller: self.is_puller(&registry),
+            ..FollowReport::default()
+        };
+        if !report.puller {
+            return Ok(report);
+        }
+        for s in self.meta.subtrees(true).await? {
+            if s.root == ROOT_INO || s.state != SubtreeState::Owned {
+                continue;
+            }
+            let place = match self.meta.placement(s.root, true).await {
+                Ok(p) => p,
+                Err(e) => {
+                    report.failed.push((s.root, e.to_string()));
+                    continue;
+                }
+            };
+            if !place.follows(&self.site) {
+                continue;
+            }
+            report.subtrees += 1;
+            let before = self.totals();
+            if let Err(e) = self.follow(s.root, &place).await {
+                tracing::debug!(subtree = s.root, error = %e, "following a subtree failed");
+                report.failed.push((s.root, e.to_string()));
+            }
+            let after = self.totals();
+            report.fetched += after.0 - before.0;
+            report.bytes_fetched += after.1 - before.1;
+        }
+        Ok(report)
+    }
+
+    /// Catch up with one subtree: a scan first if the feed cannot say what is missing,
+    /// then the feed, page by page, acknowledging each.
+    async fn follow(&self, root: InodeId, place: &Placement) -> Result<(), ReplicateError> {
+        let mut page = self.meta.read_feed(root, &self.site, None, PAGE).await?;
+        if page.resync {
+            let (chunks, next) = self.meta.scan_subtree_chunks(root).await?;
+            // The scan covers every entry before `next`: from here on the feed keeps the
+            // later ones for this site, and a restart before the end scans again.
+            let hold = next.saturating_sub(1);
+            let scanning = FeedProgress {
+                scanning: true,
+                ..FeedProgress::default()
+            };
+            self.meta.ack_feed(root, &self.site, hold, scanning).await?;
+            self.transfer(root, hold, true, place, &chunks).await?;
+            self.meta
+                .ack_feed(root, &self.site, hold, FeedProgress::default())
+                .await?;
+            page = self.meta.read_feed(root, &self.site, None, PAGE).await?;
+            if page.resync {
+                // Written past the feed's bound meanwhile: the next round scans again.
+                return Ok(());
+            }
+        }
+        let mut cursor = page.cursor.unwrap_or(0);
+        while let Some(last) = page.entries.last().map(|e| e.seq) {
+            let mut chunks: BTreeMap<ChunkHash, u64> = BTreeMap::new();
+            for c in page.entries.iter().flat_map(|e| &e.chunks) {
+                let len = chunks.entry(c.hash).or_default();
+                *len = (*len).max(c.len);
+            }
+            let chunks: Vec<FeedChunk> = chunks
+                .into_iter()
+                .map(|(hash, len)| FeedChunk { hash, len })
+                .collect();
+            self.transfer(root, cursor, false, place, &chunks).await?;
+            let lag = page.next_seq.saturating_sub(1).saturating_sub(last);
+            metrics::gauge!("mobilus_replication_lag_entries", "subtree" => root.to_string())
+                .set(lag as f64);
+            self.meta
+                .ack_feed(root, &self.site, last, FeedProgress::default())
+                .await?;
+            cursor = last;
+            page = self
+                .meta
+                .read_feed(root, &self.site, Some(cursor), PAGE)
+                .await?;
+            if page.resync {
+                return Ok(());
+            }
+        }
+        metrics::gauge!("mobilus_replication_lag_entries", "subtree" => root.to_string()).set(0.0);
+        Ok(())
+    }
+
+    /// Make `chunks` present here: ask which are missing, fetch those, reporting progress
+    /// against `cursor` (which does not move; `scanning`: copying a scan) as it goes.
+    async fn transfer(
+        &self,
+        root: InodeId,
+        cursor: u64,
+        scanning: bool,
+        place: &Placement,
+        chunks: &[FeedChunk],
+    ) -> Result<(), ReplicateError> {
+        let missing = self.missing(chunks).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut left = FeedProgress {
+            backlog_chunks: missing.len() as u64,
+            backlog_bytes: missing.iter().map(|c| c.len).sum(),
+            rate_bps: 0,
+            scanning,
+        };
+        self.report(root, cursor, left).await;
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let mut moved = 0u64;
+        let fetches: Vec<_> = missing.iter().map(|c| self.fetch(place, *c)).collect();
+        let mut results = stream::iter(fetches).buffer_unordered(PARALLEL);
+        let mut failure = None;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(len) => {
+                    moved += len;
+                    left.backlog_chunks -= 1;
+                    left.backlog_bytes = left.backlog_bytes.saturating_sub(len);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+            if last_report.elapsed() >= REPORT_EVERY {
+                left.rate_bps = (moved as f64 / started.elapsed().as_secs_f64()) as u64;
+                self.report(root, cursor, left).await;
+                last_report = Instant::now();
+            }
+        }
+        metrics::gauge!("mobilus_replication_backlog_bytes", "subtree" => root.to_string())
+            .set(left.backlog_bytes as f64);
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Progress, for status; a failure to report only delays it.
+    async fn report(&self, root: InodeId, cursor: u64, progress: FeedProgress) {
+        if let Err(e) = self.meta.ack_feed(root, &self.site, cursor, progress).await {
+            tracing::debug!(subtree = root, error = %e, "could not report progress");
+        }
+    }
+
+    /// Those of `chunks` that the first of their nodes here lacks.
+    async fn missing(&self, chunks: &[FeedChunk]) -> Result<Vec<FeedChunk>, ReplicateError> {
+        let mut per_node: BTreeMap<String, Vec<FeedChunk>> = BTreeMap::new();
+        for c in chunks {
+            if let Some(first) = self.nodes.candidates(&self.site, &c.hash).first() {
+                per_node
+                    .entry(first.addr().to_string())
+                    .or_default()
+                    .push(*c);
+            }
+        }
+        let mut missing = Vec::new();
+        for (addr, chunks) in per_node {
+            let node = self.nodes.client(&addr)?;
+            for batch in chunks.chunks(HAS_BATCH) {
+                let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.hash).collect();
+                let (_, present) = node.has(&hashes).await?;
+                missing.extend(
+                    batch
+                        .iter()
+                        .zip(present)
+                        .filter(|(_, p)| !p)
+                        .map(|(c, _)| *c),
+                );
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Fetch one chunk, owner site first, verify it, and store it on its nodes here.
+    /// Returns its size.
+    async fn fetch(&self, place: &Placement, chunk: FeedChunk) -> Result<u64, ReplicateError> {
+        let registry = self.nodes.registry();
+        let owner = place.owner.as_deref().filter(|o| *o != self.site);
+        let others = registry
+            .sites()
+            .filter(|s| *s != self.site && Some(*s) != owner);
+        let mut last_error = String::from("no other site has it");
+        for site in owner.into_iter().chain(others) {
+            let bucket = self.bucket(site);
+            for node in self.nodes.candidates(site, &chunk.hash) {
+                // The bytes are paid for before they cross: the rate holds while they do.
+                bucket.take(chunk.len.max(1)).await;
+                let got = tokio::time::timeout(FETCH_TIMEOUT, node.get(&chunk.hash, 0, 0)).await;
+                let bytes = match got {
+                    Ok(Ok(bytes)) if ChunkHash::of(&bytes) == chunk.hash => bytes,
+                    Ok(Ok(_)) => {
+                        last_error = format!("{} sent bytes that fail verification", node.addr());
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        last_error = e.to_string();
+                        continue;
+                    }
+                    Err(_) => {
+                        last_error = format!("{} did not answer in time", node.addr());
+                        self.nodes.suspect(node.addr());
+                        continue;
+                    }
+                };
+                // What crossed beyond the estimate is paid for too.
+                let len = bytes.len() as u64;
+                if len > chunk.len {
+                    bucket.take(len - chunk.len).await;
+                }
+                self.store_here(&chunk.hash, &bytes).await?;
+                self.fetched.fetch_add(1, Ordering::Relaxed);
+                self.bytes_fetched.fetch_add(len, Ordering::Relaxed);
+                metrics::counter!("mobilus_replication_bytes_received_total", "from" => site.to_string(), "to" => self.site.clone())
+                    .increment(len);
+                metrics::counter!("mobilus_replication_chunks_received_total", "from" => site.to_string(), "to" => self.site.clone())
+                    .increment(1);
+                return Ok(len);
+            }
+        }
+        Err(ReplicateError::Unavailable(format!(
+            "chunk {}: {last_error}",
+            chunk.hash.to_hex()
+        )))
+    }
+
+    /// Put a fetched chunk on the first of its nodes here that take it, as many as the
+    /// site keeps copies (the replicator makes any that fail later).
+    async fn store_here(&self, hash: &ChunkHash, bytes: &[u8]) -> Result<(), ReplicateError> {
+        let want = self.nodes.replicas(&self.site).max(1);
+        let mut stored = 0;
+        let mut last_error = None;
+        for node in self.nodes.candidates(&self.site, hash) {
+            match node.put(hash, bytes, true).await {
+                Ok(_) => stored += 1,
+                Err(e) => last_error = Some(e),
+            }
+            if stored == want {
+                break;
+            }
+        }
+        match (stored, last_error) {
+            (0, Some(e)) => Err(e.into()),
+            (0, None) => Err(ReplicateError::Unavailable(format!(
+                "{} has no data node",
+                self.site
+            ))),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Replication: placement, the change feed and its scan, acknowledgements, status. An
+//! `impl` block of [`MetaClient`], used by `mobilusctl`, the mount (sync sites) and the
+//! data nodes' replicators.
+
+use mobilus_proto::convert::feed_chunks_from_wire;
+use mobilus_proto::fs::{FeedChunk, FeedPage, Follower, InodeId, Placement, SitePlacement};
+use mobilus_proto::pb;
+use mobilus_proto::pb::cluster_client::ClusterClient;
+use tonic::transport::Channel;
+
+use crate::{ClientError, MetaClient};
+
+fn cluster(ch: Channel) -> ClusterClient<Channel> {
+    ClusterClient::new(ch)
+}
+
+fn placement(reply: pb::PlacementReply) -> Result<Placement, ClientError> {
+    let p = reply
+        .placement
+        .ok_or_else(|| ClientError::InvalidReply("no placement in the reply".into()))?;
+    Ok(p.try_into()?)
+}
+
+/// A replicator's progress, reported with its acknowledgement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FeedProgress {
+    pub backlog_chunks: u64,
+    pub backlog_bytes: u64,
+    pub rate_bps: u64,
+    /// Copying a scan made when `seq + 1` was the feed's next entry.
+    pub scanning: bool,
+}
+
+impl MetaClient {
+    /// Set which sites hold subtree `root`'s data, and how.
+    pub async fn set_placement(
+        &self,
+        root: InodeId,
+        sites: &[SitePlacement],
+    ) -> Result<Placement, ClientError> {
+        let req = pb::SetPlacementRequest {
+            root,
+            sites: sites.iter().map(Into::into).collect(),
+        };
+        let r = self
+            .call("set_placement", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).set_placement(req).await }
+            })
+            .await?;
+        placement(r.into_inner())
+    }
+
+    /// Where subtree `root`'s data lives (`stale`: any member's view).
+    pub async fn placement(&self, root: InodeId, stale: bool) -> Result<Placement, ClientError> {
+        let req = pb::GetSubtreeRequest { root, stale };
+        let r = self
+            .call("get_placement", |ch| async move {
+                cluster(ch).get_placement(req).await
+            })
+            .await?;
+        placement(r.into_inner())
+    }
+
+    /// Up to `limit` entries of `root`'s change feed after `after` (default: `site`'s
+    /// cursor).
+    pub async fn read_feed(
+        &self,
+        root: InodeId,
+        site: &str,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<FeedPage, ClientError> {
+        let req = pb::ReadFeedRequest {
+            root,
+            site: site.to_string(),
+            after,
+            limit,
+            stale: false,
+        };
+        let r = self
+            .call("read_feed", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).read_feed(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().try_into()?)
+    }
+
+    /// Every chunk `root` references, and its feed's next entry, in one view.
+    pub async fn scan_subtree_chunks(
+        &self,
+        root: InodeId,
+    ) -> Result<(Vec<FeedChunk>, u64), ClientError> {
+        let req = pb::GetSubtreeRequest { root, stale: false };
+        let r = self
+            .call("scan_subtree_chunks", |ch| async move {
+                cluster(ch).scan_subtree_chunks(req).await
+            })
+            .await?
+            .into_inner();
+        Ok((feed_chunks_from_wire(r.chunks)?, r.next_seq))
+    }
+
+    /// `site` has passed entry `seq` of `root`'s feed. Returns the entries pruned.
+    pub async fn ack_feed(
+        &self,
+        root: InodeId,
+        site: &str,
+        seq: u64,
+        progress: FeedProgress,
+    ) -> Result<u64, ClientError> {
+        let req = pb::AckFeedRequest {
+            root,
+            site: site.to_string(),
+            seq,
+            backlog_chunks: progress.backlog_chunks,
+            backlog_bytes: progress.backlog_bytes,
+            rate_bps: progress.rate_bps,
+            scanning: progress.scanning,
+        };
+        let r = self
+            .call("ack_feed", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).ack_feed(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().pruned)
+    }
+
+    /// Each site following each subtree (or only `root`), as last reported.
+    pub async fn replication_status(
+        &self,
+        root: Option<InodeId>,
+    ) -> Result<Vec<Follower>, ClientError> {
+        let req = pb::ReplicationStatusRequest { root, stale: false };
+        let r = self
+            .call("replication_status", |ch| async move {
+                cluster(ch).replication_status(req).await
+            })
+            .await?;
+        Ok(r.into_inner()
+            .followers
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+}

@@ -1,0 +1,219 @@
+//! Replication's metadata (`namespace::feed`): the change feed each owned subtree keeps
+//! of its writes' chunks, the scan a new follower starts from, cursors and pruning, and
+//! placements.
+
+use mobilus_meta::types::{Op, OpError, OpReply};
+use mobilus_proto::fs::{DataMode, FeedChunk, Placement, SitePlacement, ROOT_INO};
+
+use crate::clone::{errno_of, write};
+use crate::ownership::{exec, fixture, mknod, must, must_attr, SEC, T0};
+
+fn hashes(chunks: &[FeedChunk]) -> Vec<u8> {
+    chunks.iter().map(|c| c.hash.0[0]).collect()
+}
+
+fn ack(root: u64, site: &str, seq: u64) -> Op {
+    Op::AckFeed {
+        root,
+        site: site.into(),
+        seq,
+        backlog_chunks: 0,
+        backlog_bytes: 0,
+        rate_bps: 0,
+        scanning: false,
+    }
+}
+
+fn must_place(f: &crate::ownership::Fixture, sites: Vec<SitePlacement>) -> Placement {
+    match must(&f.ns, T0, None, Op::SetPlacement { root: f.app, sites }) {
+        OpReply::Placement(p) => p,
+        other => panic!("not a placement: {other:?}"),
+    }
+}
+
+fn site(name: &str, mode: DataMode) -> SitePlacement {
+    SitePlacement {
+        site: name.into(),
+        mode,
+        sync: false,
+    }
+}
+
+#[test]
+fn each_write_to_an_owned_subtree_is_one_entry_of_its_feed_in_commit_order() {
+    let f = fixture();
+    for n in 1..=3u8 {
+        must_attr(
+            &f.ns,
+            T0,
+            Some("site-a"),
+            write(f.file, u64::from(n) * 100, 100, n),
+        );
+    }
+    // The shared root keeps no feed: nobody follows it.
+    let loose = must_attr(&f.ns, T0, None, mknod(ROOT_INO, "loose")).ino;
+    must_attr(&f.ns, T0, None, write(loose, 0, 10, 9));
+
+    let page = f.ns.read_feed(f.app, "site-b", Some(0), 100).unwrap();
+    let seen: Vec<(u64, Vec<u8>)> = page
+        .entries
+        .iter()
+        .map(|e| (e.seq, hashes(&e.chunks)))
+        .collect();
+    assert_eq!(seen, vec![(1, vec![1]), (2, vec![2]), (3, vec![3])]);
+    assert_eq!((page.first_seq, page.next_seq, page.resync), (1, 4, false));
+    assert_eq!(page.entries[0].chunks[0].len, 100);
+    // Pages.
+    let page = f.ns.read_feed(f.app, "site-b", Some(1), 1).unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.entries[0].seq, 2);
+}
+
+#[test]
+fn a_site_that_never_followed_starts_from_a_scan_and_the_feed_leaves_no_gap() {
+    let f = fixture();
+    must_attr(&f.ns, T0, Some("site-a"), write(f.file, 0, 100, 1));
+    must_attr(&f.ns, T0, Some("site-a"), write(f.file, 100, 100, 2));
+    let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
+    assert!(page.resync, "no cursor: a scan first");
+    assert_eq!(page.cursor, None);
+
+    let (chunks, next) = f.ns.subtree_chunks(f.app).unwrap();
+    assert_eq!((hashes(&chunks), next), (vec![1, 2], 3));
+    must_attr(&f.ns, T0, Some("site-a"), write(f.file, 200, 100, 3));
+    must(&f.ns, T0, None, ack(f.app, "site-b", next - 1));
+    let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
+    assert_eq!(page.cursor, Some(2));
+    let after: Vec<Vec<u8>> = page.entries.iter().map(|e| hashes(&e.chunks)).collect();
+    assert_eq!(
+        after,
+        vec![vec![3]],
+        "what the scan missed, and nothing else"
+    );
+}
+
+#[test]
+fn entries_go_once_every_following_site_has_passed_them_and_cursors_never_go_back() {
+    let f = fixture();
+    for n in 1..=4u8 {
+        must_attr(
+            &f.ns,
+            T0,
+            Some("site-a"),
+            write(f.file, u64::from(n) * 100, 100, n),
+        );
+    }
+    must_place(&f, vec![site("site-b", DataMode::Eager)]);
+    // Site-b copies a scan made before entry 1: the feed keeps every entry for it, and
+    // until it is done it is told to scan again.
+    let scanning = Op::AckFeed {
+        root: f.app,
+        site: "site-b".into(),
+        seq: 0,
+        backlog_chunks: 0,
+        backlog_bytes: 0,
+        rate_bps: 0,
+        scanning: true,
+    };
+    must(&f.ns, T0, None, scanning);
+    must(&f.ns, T0, None, ack(f.app, "site-a", 4));
+    let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
+    assert!(page.resync, "an unfinished scan is started over");
+    assert_eq!(page.first_seq, 1, "kept for the site scanning");
+    // The owner (eager by default) has passed everything; site-b holds the rest back.
+    must(&f.ns, T0, None, ack(f.app, "site-b", 1));
+    let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
+    assert_eq!((page.first_seq, page.cursor), (2, Some(1)));
+    assert_eq!(page.entries.len(), 3);
+    must(&f.ns, T0, None, ack(f.app, "site-b", 3));
+    must(&f.ns, T0, None, ack(f.app, "site-b", 2));
+    let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
+    assert_eq!((page.first_seq, page.cursor), (4, Some(3)), "never back");
+    // A site no longer following does not hold entries back; one that fell behind what
+    // is kept starts over.
+    must_place(&f, vec![site("site-b", DataMode::OnDemand)]);
+    must_attr(&f.ns, T0, Some("site-a"), write(f.file, 900, 100, 5));
+    must(&f.ns, T0, None, ack(f.app, "site-a", 5));
+    let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
+    assert_eq!(page.first_seq, 6);
+    assert!(page.resync);
+
+    // Bad acknowledgements.
+    let beyond = exec(&f.ns, T0, None, None, ack(f.app, "site-b", 99));
+    assert_eq!(errno_of(&beyond), Some(libc::EINVAL));
+    let bad_site = exec(&f.ns, T0, None, None, ack(f.app, "no such/site", 1));
+    assert_eq!(errno_of(&bad_site), Some(libc::EINVAL));
+    let not_subtree = exec(&f.ns, T0, None, None, ack(f.shared, "site-b", 0));
+    assert!(not_subtree.is_err());
+}
+
+#[test]
+fn placements_are_checked_and_a_move_makes_the_new_owner_eager() {
+    let f = fixture();
+    let p = f.ns.placement(f.app).unwrap();
+    assert_eq!(p.owner.as_deref(), Some("site-a"));
+    assert!(
+        p.follows("site-a") && !p.follows("site-b"),
+        "owner eager, others on demand"
+    );
+
+    let refused = |sites: Vec<SitePlacement>| {
+        exec(
+            &f.ns,
+            T0,
+            None,
+            None,
+            Op::SetPlacement { root: f.app, sites },
+        )
+    };
+    assert!(matches!(
+        refused(vec![site("site-z", DataMode::Eager)]),
+        Err(OpError::UnknownSite(_))
+    ));
+    let twice = refused(vec![
+        site("site-b", DataMode::Eager),
+        site("site-b", DataMode::Lazy),
+    ]);
+    assert_eq!(errno_of(&twice), Some(libc::EINVAL));
+    let bad_name = refused(vec![site("a b", DataMode::Eager)]);
+    assert_eq!(errno_of(&bad_name), Some(libc::EINVAL));
+    let root = exec(
+        &f.ns,
+        T0,
+        None,
+        None,
+        Op::SetPlacement {
+            root: ROOT_INO,
+            sites: Vec::new(),
+        },
+    );
+    assert_eq!(errno_of(&root), Some(libc::EINVAL));
+
+    let p = must_place(
+        &f,
+        vec![SitePlacement {
+            site: "site-b".into(),
+            mode: DataMode::Lazy,
+            sync: true,
+        }],
+    );
+    assert!(!p.follows("site-b"), "lazy: not before it owns the subtree");
+    assert_eq!(p.sync_sites().collect::<Vec<_>>(), vec!["site-b"]);
+    must(
+        &f.ns,
+        T0 + SEC,
+        None,
+        Op::MoveSubtree {
+            root: f.app,
+            to: "site-b".into(),
+            force: false,
+        },
+    );
+    let p = f.ns.placement(f.app).unwrap();
+    assert_eq!(p.mode("site-b"), DataMode::Eager);
+    assert!(p.follows("site-b"));
+    assert!(
+        !p.follows("site-a"),
+        "the old owner keeps its copy until GC, but stops"
+    );
+}
