@@ -11,18 +11,17 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use mobilus_proto::datapb::chunks_client::ChunksClient;
-use mobilus_proto::datapb::{StatsReply, StatsRequest};
+use mobilus_proto::datapb::StatsReply;
 
 use crate::devconfig::ClusterFile;
 
 const ROWS: u64 = 60_000;
 
 async fn stats(addr: &str) -> anyhow::Result<StatsReply> {
-    let mut c = ChunksClient::connect(format!("http://{addr}"))
+    let c = mobilus_data_client::DataClient::new(addr)?;
+    c.stats()
         .await
-        .with_context(|| format!("cannot reach data node {addr} — see `mobilusctl dev status`"))?;
-    Ok(c.stats(StatsRequest {}).await?.into_inner())
+        .with_context(|| format!("cannot reach data node {addr} — see `mobilusctl dev status`"))
 }
 
 fn sqlite(db: &Path, sql: &str) -> anyhow::Result<String> {

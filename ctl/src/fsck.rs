@@ -7,12 +7,12 @@ use std::collections::HashSet;
 
 use anyhow::Context;
 use mobilus_meta_client::MetaClient;
-use mobilus_proto::datapb::{ChunkState, VerifyRequest};
+use mobilus_proto::datapb::ChunkState;
 use mobilus_proto::fs::ChunkHash;
 use serde::Serialize;
 
 use crate::cluster::explain;
-use crate::nodes::{dial, nodes, NodeView};
+use crate::nodes::{data_client, nodes, NodeView};
 use crate::output::{emit, progress, table, OutputFormat};
 
 /// Chunks per page, and per `Verify` call.
@@ -85,27 +85,7 @@ fn metadata_view(r: mobilus_proto::pb::FsckReply) -> MetadataView {
 
 /// States of `page` on one node (`None`: the node could not be asked).
 async fn verify_on(node: &NodeView, page: &[ChunkHash]) -> anyhow::Result<Vec<ChunkState>> {
-    let mut c = dial(node).await?;
-    let reply = c
-        .verify(VerifyRequest {
-            hashes: page.iter().map(|h| h.0.to_vec()).collect(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("data node {}: {}", node.addr, s.message()))?
-        .into_inner();
-    if reply.states.len() != page.len() {
-        anyhow::bail!(
-            "data node {} answered {} states for {} chunks",
-            node.addr,
-            reply.states.len(),
-            page.len()
-        );
-    }
-    Ok(reply
-        .states
-        .into_iter()
-        .map(|s| ChunkState::try_from(s).unwrap_or(ChunkState::ChunkMissing))
-        .collect())
+    Ok(data_client(node)?.verify(page).await?)
 }
 
 async fn check_chunks(

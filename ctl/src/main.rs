@@ -7,6 +7,7 @@ mod cluster;
 mod demo;
 mod dev;
 mod devconfig;
+mod drain;
 mod fsck;
 mod nodes;
 mod output;

@@ -5,17 +5,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
+use mobilus_data_client::DataClient;
 use mobilus_meta_client::MetaClient;
-use mobilus_proto::datapb::chunks_client::ChunksClient;
-use mobilus_proto::datapb::GcRequest;
 use mobilus_proto::fs::DataNodeInfo;
 use serde::Serialize;
 
 use crate::cluster::explain;
 use crate::output::{emit, opt, progress, table, OutputFormat};
 
-/// A node whose last heartbeat is older than this is reported unhealthy.
-const HEALTHY_WITHIN: Duration = Duration::from_secs(10);
+/// A node whose last heartbeat is older than this is reported unhealthy (and readers and
+/// writers ask it last).
+use mobilus_data_client::nodes::HEALTHY_WITHIN;
 
 #[derive(Subcommand, Debug)]
 pub enum NodeCmd {
@@ -24,6 +24,18 @@ pub enum NodeCmd {
         /// Only this site's nodes.
         #[arg(long)]
         site: Option<String>,
+    },
+    /// Empty a data node before removing it: no new copies go to it, and its chunks are
+    /// copied onto its site's other nodes by their replicators.
+    Drain {
+        /// The node's address, as `node ls` shows it.
+        addr: String,
+        /// Follow until every chunk it holds has its copies elsewhere (a progress bar).
+        #[arg(long)]
+        wait: bool,
+        /// Stop draining it: it takes new copies again.
+        #[arg(long, conflicts_with = "wait")]
+        undo: bool,
     },
 }
 
@@ -43,6 +55,8 @@ pub struct NodeView {
     /// Since its last heartbeat committed, by the answering member's clock.
     pub heartbeat_age_ms: u64,
     pub healthy: bool,
+    /// Being drained (`node drain`): it takes no new copies.
+    pub draining: bool,
 }
 
 /// One site, as `site ls --output json` reports it (a stable schema).
@@ -100,6 +114,7 @@ fn view(n: &DataNodeInfo, now_ns: i64) -> NodeView {
         used_bytes: n.used_bytes,
         heartbeat_age_ms: age.as_millis() as u64,
         healthy: age < HEALTHY_WITHIN,
+        draining: n.draining,
     }
 }
 
@@ -133,7 +148,12 @@ fn gib(bytes: u64) -> String {
 }
 
 pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
-    let NodeCmd::Ls { site } = cmd;
+    let site = match cmd {
+        NodeCmd::Ls { site } => site,
+        NodeCmd::Drain { addr, wait, undo } => {
+            return crate::drain::drain(client, &addr, wait, undo, format).await
+        }
+    };
     let rows = nodes(client, site.as_deref()).await?;
     emit(format, &rows, |rows| {
         let mut t = table(&["SITE", "ADDRESS", "CAPACITY", "USED", "HEARTBEAT", "HEALTH"]);
@@ -144,7 +164,13 @@ pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> an
                 gib(r.capacity_bytes),
                 gib(r.used_bytes),
                 format!("{} ms ago", r.heartbeat_age_ms),
-                if r.healthy { "ok" } else { "stale" }.into(),
+                match (r.healthy, r.draining) {
+                    (true, false) => "ok",
+                    (true, true) => "ok, draining",
+                    (false, false) => "stale",
+                    (false, true) => "stale, draining",
+                }
+                .into(),
             ]);
         }
         t
@@ -169,25 +195,13 @@ pub async fn site(cmd: SiteCmd, client: &MetaClient, format: OutputFormat) -> an
     })
 }
 
-/// A client of one data node.
-pub async fn dial(n: &NodeView) -> anyhow::Result<ChunksClient<tonic::transport::Channel>> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addr))
-        .with_context(|| format!("bad data node address {}", n.addr))?
-        .connect_timeout(Duration::from_secs(2));
-    let channel = endpoint
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach data node {} of {}", n.addr, n.site))?;
-    Ok(ChunksClient::new(channel).max_decoding_message_size(64 << 20))
+/// A client of one data node (the data-node client crate's, shared with the mount).
+pub fn data_client(n: &NodeView) -> anyhow::Result<DataClient> {
+    DataClient::new(&n.addr).with_context(|| format!("data node of {}", n.site))
 }
 
 async fn gc_one(n: &NodeView, dry_run: bool) -> anyhow::Result<GcView> {
-    let mut c = dial(n).await?;
-    let r = c
-        .gc(GcRequest { dry_run })
-        .await
-        .map_err(|s| anyhow::anyhow!("data node {}: {}", n.addr, s.message()))?
-        .into_inner();
+    let r = data_client(n)?.gc(dry_run).await?;
     Ok(GcView {
         site: n.site.clone(),
         addr: n.addr.clone(),

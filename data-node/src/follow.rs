@@ -23,6 +23,7 @@ use futures::stream::{self, StreamExt};
 use mobilus_data_client::bandwidth::TokenBucket;
 use mobilus_data_client::{placement, DataNodes, Registry};
 use mobilus_meta_client::{FeedProgress, MetaClient};
+use mobilus_proto::datapb::Priority;
 use mobilus_proto::fs::{ChunkHash, FeedChunk, InodeId, Placement, SubtreeState, ROOT_INO};
 
 use crate::replicate::ReplicateError;
@@ -305,7 +306,8 @@ impl Follower {
             for node in self.nodes.candidates(site, &chunk.hash) {
                 // The bytes are paid for before they cross: the rate holds while they do.
                 bucket.take(chunk.len.max(1)).await;
-                let got = tokio::time::timeout(FETCH_TIMEOUT, node.get(&chunk.hash, 0, 0)).await;
+                let read = node.get_as(&chunk.hash, 0, 0, Priority::Background);
+                let got = tokio::time::timeout(FETCH_TIMEOUT, read).await;
                 let bytes = match got {
                     Ok(Ok(bytes)) if ChunkHash::of(&bytes) == chunk.hash => bytes,
                     Ok(Ok(_)) => {

@@ -19,6 +19,7 @@ pub mod disk;
 pub mod error;
 pub mod follow;
 pub mod gc;
+pub mod priority;
 pub mod replicate;
 pub mod service;
 pub mod store;

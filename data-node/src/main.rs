@@ -101,6 +101,7 @@ fn start_heartbeat(
                     .unwrap_or(0),
                 used_bytes: store.stats().bytes,
                 last_heartbeat_ns: 0,
+                draining: false,
             };
             async move {
                 // The metadata's generation is never behind ours; adopting it matters after

@@ -26,6 +26,8 @@ pub struct ChunksSvc {
     pub store: Arc<ChunkStore>,
     /// `None` when the node runs without a metadata service (then `gc` is refused).
     pub gc: Option<Arc<Collector>>,
+    /// Faults before prefetches before replication.
+    pub priorities: Arc<crate::priority::Priorities>,
 }
 
 fn hash(bytes: &[u8]) -> Result<ChunkHash, Status> {
@@ -111,6 +113,8 @@ impl Chunks for ChunksSvc {
     async fn get(&self, r: Request<pb::GetRequest>) -> Result<Response<GetStream>, Status> {
         let r = r.into_inner();
         let h = hash(&r.hash)?;
+        let priority = pb::Priority::try_from(r.priority).unwrap_or(pb::Priority::Background);
+        let admitted = self.priorities.admit(priority).await;
         let store = self.store.clone();
         let data = blocking(move || store.get(&h, r.offset, r.length)).await?;
         let frames: Vec<Result<pb::GetReply, Status>> = if data.is_empty() {
@@ -120,7 +124,12 @@ impl Chunks for ChunksSvc {
                 .map(|c| Ok(pb::GetReply { data: c.to_vec() }))
                 .collect()
         };
-        Ok(Response::new(Box::pin(tokio_stream::iter(frames))))
+        // Held until the last frame is taken: the read's turn lasts until it is sent.
+        let frames = tokio_stream::iter(frames).map(move |f| {
+            let _turn = &admitted;
+            f
+        });
+        Ok(Response::new(Box::pin(frames)))
     }
 
     async fn read_blocks(
@@ -129,6 +138,8 @@ impl Chunks for ChunksSvc {
     ) -> Result<Response<pb::ReadBlocksReply>, Status> {
         let r = r.into_inner();
         let h = hash(&r.hash)?;
+        // A block read is a fault: lower priorities wait while it is served.
+        let _turn = self.priorities.admit(pb::Priority::Foreground).await;
         let store = self.store.clone();
         let read = blocking(move || store.read_blocks(&h, r.offset, r.length, r.outboard)).await?;
         Ok(Response::new(pb::ReadBlocksReply {
@@ -218,9 +229,13 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = mobilus_proto::datapb::chunks_server::ChunksServer::new(ChunksSvc { store, gc })
-        .max_decoding_message_size(2 * FRAME + 1024)
-        .max_encoding_message_size(2 * FRAME + 1024);
+    let svc = mobilus_proto::datapb::chunks_server::ChunksServer::new(ChunksSvc {
+        store,
+        gc,
+        priorities: Arc::default(),
+    })
+    .max_decoding_message_size(2 * FRAME + 1024)
+    .max_encoding_message_size(2 * FRAME + 1024);
     // TCP_NODELAY on accepted sockets: small RPCs otherwise stall on Nagle.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
         .map(|conn| conn.and_then(|s| s.set_nodelay(true).map(|()| s)));

@@ -216,6 +216,11 @@ pub enum Op {
         root: InodeId,
         follow_writer_hold_ns: Option<i64>,
     },
+    /// Drain a data node (or stop): no new copies go to it (`namespace::nodes`).
+    SetNodeDraining {
+        addr: String,
+        draining: bool,
+    },
     /// Set which sites hold a subtree's data, and how (`namespace::feed`).
     SetPlacement {
         root: InodeId,
@@ -361,6 +366,7 @@ impl Op {
             Op::MoveSubtree { .. } => "move_subtree",
             Op::SetSubtreePolicy { .. } => "set_subtree_policy",
             Op::SetPlacement { .. } => "set_placement",
+            Op::SetNodeDraining { .. } => "set_node_draining",
             Op::AckFeed { .. } => "ack_feed",
             Op::OpenSession => "open_session",
             Op::RenewSession { .. } => "renew_session",
@@ -412,6 +418,7 @@ impl Op {
             | Op::MoveSubtree { .. }
             | Op::SetSubtreePolicy { .. }
             | Op::SetPlacement { .. }
+            | Op::SetNodeDraining { .. }
             | Op::AckFeed { .. } => Touches::Admin,
             // A clone reads its source (frozen meanwhile) and writes only its own hidden
             // tree until one entry in the shared subtree publishes it.
@@ -533,6 +540,7 @@ pub enum OpReply {
     },
     Subtree(SubtreeInfo),
     Placement(Placement),
+    DataNode(DataNodeInfo),
     /// How many (entries pruned from a change feed).
     Count(u64),
     /// A lock session and when its lease ends (log time, ns).

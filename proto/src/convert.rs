@@ -553,6 +553,7 @@ impl From<&DataNodeInfo> for pb::DataNode {
             capacity_bytes: n.capacity_bytes,
             used_bytes: n.used_bytes,
             last_heartbeat_ns: n.last_heartbeat_ns,
+            draining: n.draining,
         }
     }
 }
@@ -565,6 +566,7 @@ impl From<pb::DataNode> for DataNodeInfo {
             capacity_bytes: n.capacity_bytes,
             used_bytes: n.used_bytes,
             last_heartbeat_ns: n.last_heartbeat_ns,
+            draining: n.draining,
         }
     }
 }

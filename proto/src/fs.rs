@@ -466,6 +466,11 @@ pub struct DataNodeInfo {
     pub used_bytes: u64,
     /// When its last heartbeat committed (the leader's clock); 0 in a registration request.
     pub last_heartbeat_ns: i64,
+    /// Being drained (`mobilusctl node drain`): no new copies go to it, and its chunks are
+    /// copied to the site's other nodes. Kept apart from the registration record (which
+    /// every heartbeat rewrites) and filled in by a listing.
+    #[serde(skip)]
+    pub draining: bool,
 }
 
 /// Is `site` a valid site name: 1 to 64 of `[A-Za-z0-9_-]`?

@@ -167,4 +167,38 @@ async fn a_site_writes_through_the_loss_of_a_data_node_and_restores_two_copies()
     for (ino, data) in &files {
         assert_eq!(&a.read(*ino, 0, data.len() as u64).await.unwrap(), data);
     }
+
+    // It comes back, and the first node is drained: new writes stay off it, and its
+    // chunks are copied onto the other two, so it can go.
+    sites.data[2].restart();
+    must_reach_placement(&sites, &nodes, Duration::from_secs(20)).await;
+    a.meta().set_node_draining(&nodes[0], true).await.unwrap();
+    let (listed, _) = a
+        .meta()
+        .list_data_nodes(Some("site-a"), false)
+        .await
+        .unwrap();
+    assert!(listed.iter().any(|n| n.addr == nodes[0] && n.draining));
+    let writer = sites.client("site-a").await;
+    let data = noise(2 << 20, 77);
+    let fresh = must_create(&writer, "written-while-draining").await;
+    must_write(&writer, fresh, &data).await;
+    let drained = chunks_in(&sites.data[0].chunks);
+    for piece in mobilus_client::chunker::chunk(&data) {
+        assert!(
+            !drained.contains(&piece.hash),
+            "a new copy went to the drained node"
+        );
+    }
+    let keeping = vec![nodes[1].clone(), nodes[2].clone()];
+    must_reach_placement(&sites, &keeping, Duration::from_secs(20)).await;
+    sites.data[0].kill();
+    let reader = sites.client("site-a").await;
+    for (ino, data) in files.iter().chain([(fresh, data)].iter()) {
+        assert_eq!(
+            &reader.read(*ino, 0, data.len() as u64).await.unwrap(),
+            data
+        );
+    }
+    assert_eq!(reader.stats().remote_fetches, 0);
 }

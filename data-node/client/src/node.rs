@@ -89,18 +89,31 @@ impl DataClient {
             .map_err(|s| self.err(s))
     }
 
-    /// Bytes of a chunk (`len` 0: to its end).
+    /// Bytes of a chunk (`len` 0: to its end), for a read an application waits for.
     pub async fn get(
         &self,
         hash: &ChunkHash,
         offset: u64,
         len: u64,
     ) -> Result<Vec<u8>, DataClientError> {
+        self.get_as(hash, offset, len, pb::Priority::Foreground)
+            .await
+    }
+
+    /// [`DataClient::get`], served in `priority`'s turn (replication: background).
+    pub async fn get_as(
+        &self,
+        hash: &ChunkHash,
+        offset: u64,
+        len: u64,
+        priority: pb::Priority,
+    ) -> Result<Vec<u8>, DataClientError> {
         let mut c = self.inner.clone();
         let req = pb::GetRequest {
             hash: hash.0.to_vec(),
             offset,
             length: len,
+            priority: priority.into(),
         };
         let mut stream = c.get(req).await.map_err(|s| self.err(s))?.into_inner();
         let mut out = Vec::new();
@@ -161,6 +174,33 @@ impl DataClient {
             .await
             .map_err(|s| self.err(s))?
             .into_inner())
+    }
+
+    /// Whether each of `hashes` is here intact, missing or corrupt (each is read back
+    /// and hashed; a corrupt one is quarantined).
+    pub async fn verify(
+        &self,
+        hashes: &[ChunkHash],
+    ) -> Result<Vec<pb::ChunkState>, DataClientError> {
+        let mut c = self.inner.clone();
+        let req = pb::VerifyRequest {
+            hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
+        };
+        let r = c.verify(req).await.map_err(|s| self.err(s))?.into_inner();
+        if r.states.len() != hashes.len() {
+            return Err(DataClientError::Rpc {
+                addr: self.addr.clone(),
+                status: tonic::Status::internal(format!(
+                    "{} states for {} chunks",
+                    r.states.len(),
+                    hashes.len()
+                )),
+            });
+        }
+        Ok(r.states
+            .into_iter()
+            .map(|s| pb::ChunkState::try_from(s).unwrap_or(pb::ChunkState::ChunkMissing))
+            .collect())
     }
 
     pub async fn stats(&self) -> Result<pb::StatsReply, DataClientError> {

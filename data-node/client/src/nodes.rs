@@ -32,6 +32,8 @@ pub struct Node {
     pub addr: String,
     /// Its last heartbeat is recent enough (see [`Registry::new`]).
     pub healthy: bool,
+    /// Being drained: no new copies go to it.
+    pub draining: bool,
 }
 
 /// The registry at one moment: each site's nodes.
@@ -53,6 +55,7 @@ impl Registry {
                 site: n.site,
                 addr: n.addr,
                 healthy,
+                draining: n.draining,
             });
         }
         Registry { sites }
@@ -67,18 +70,20 @@ impl Registry {
         self.sites.get(site).map(Vec::as_slice).unwrap_or_default()
     }
 
-    /// Copies `site` keeps of each chunk.
+    /// Copies `site` keeps of each chunk (nodes being drained do not count).
     pub fn replicas(&self, site: &str) -> usize {
-        placement::replicas(self.nodes(site).len())
+        let keeping = self.nodes(site).iter().filter(|n| !n.draining).count();
+        placement::replicas(keeping.max(1))
     }
 
-    /// `site`'s nodes in the order `hash` prefers them, healthy ones first: a chunk's
-    /// copies belong on the first [`Registry::replicas`] of these, and a reader asks
-    /// them in this order.
+    /// `site`'s nodes in the order `hash` prefers them: healthy ones first, then those
+    /// being drained (they still serve what they hold), then the rest. A chunk's copies
+    /// belong on the first [`Registry::replicas`] of these, and a reader asks them in
+    /// this order.
     pub fn candidates(&self, site: &str, hash: &ChunkHash) -> Vec<&Node> {
         let mut ranked = placement::rank(hash, self.nodes(site), |n| &n.addr);
         // Stable: each group keeps the chunk's order.
-        ranked.sort_by_key(|n| !n.healthy);
+        ranked.sort_by_key(|n| (!n.healthy, n.draining));
         ranked
     }
 }

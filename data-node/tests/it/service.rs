@@ -59,6 +59,7 @@ async fn get(
             hash: hash.0.to_vec(),
             offset,
             length,
+            priority: pb::Priority::Foreground.into(),
         })
         .await?
         .into_inner();

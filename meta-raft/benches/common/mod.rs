@@ -83,6 +83,7 @@ pub fn agents(client: MetaClient) -> tokio::task::JoinHandle<()> {
                     capacity_bytes: 1 << 40,
                     used_bytes: 0,
                     last_heartbeat_ns: 0,
+                    draining: false,
                 };
                 let _ = client.register_data_node(&node).await;
             }

@@ -200,6 +200,27 @@ impl MetaClient {
         Ok((r.nodes.into_iter().map(Into::into).collect(), r.now_ns))
     }
 
+    /// Drain the data node at `addr` (or stop draining it): no new copies go to it, and
+    /// its chunks are copied to its site's other nodes.
+    pub async fn set_node_draining(
+        &self,
+        addr: &str,
+        draining: bool,
+    ) -> Result<DataNodeInfo, ClientError> {
+        let req = pb::SetNodeDrainingRequest {
+            addr: addr.to_string(),
+            draining,
+        };
+        let r = self
+            .call("set_node_draining", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).set_node_draining(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok(r.into())
+    }
+
     /// Ask the leader to build a snapshot now (and purge its log).
     pub async fn trigger_snapshot(&self) -> Result<pb::StatusReply, ClientError> {
         let r = self

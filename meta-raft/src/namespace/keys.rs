@@ -107,6 +107,8 @@ pub mod sys {
     /// `reserved/` ‖ first number (u64, big-endian) → a block of inode numbers reserved
     /// for a session (`namespace::reserved`).
     pub const RESERVED: &[u8] = b"reserved/";
+    /// `draining/` ‖ address → (): a data node being drained (`namespace::nodes`).
+    pub const DRAINING: &[u8] = b"draining/";
 
     pub fn reserved(first: u64) -> Vec<u8> {
         let mut k = RESERVED.to_vec();

@@ -15,6 +15,7 @@ mod gc;
 pub mod keys;
 pub mod kv;
 mod locks;
+mod nodes;
 mod query;
 mod refresh;
 mod reserved;
@@ -51,8 +52,10 @@ use crate::types::{Command, Op, OpReply, Reply};
 
 /// Most links an inode may have (ext4's limit); more is EMLINK.
 pub const LINK_MAX: u32 = 65000;
-/// Format marker of an initialised state-machine database.
-const FORMAT_NAME: &[u8] = b"mobilus-namespace-v1";
+/// Format marker of an initialised state-machine database. v2: writes carry one chunk
+/// check per data node, and the replication column family exists; a v1 folder's log
+/// entries do not decode as v2 commands, so it is refused rather than misread.
+const FORMAT_NAME: &[u8] = b"mobilus-namespace-v2";
 
 /// An inode as stored.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -99,8 +102,16 @@ pub const FIRST_COOKIE: u64 = 3;
 fn bootstrap(store: &dyn KvStore) -> Result<(), StoreError> {
     let view = store.view()?;
     let mut txn = Txn::new(&*view);
-    if txn.get_raw(Cf::Sys, keys::sys::FORMAT)?.is_some() {
-        return Ok(());
+    match txn.get_raw(Cf::Sys, keys::sys::FORMAT)? {
+        Some(format) if format == FORMAT_NAME => return Ok(()),
+        Some(other) => {
+            return Err(StoreError::Corrupt(format!(
+                "this data folder was written by another version ({}; this build reads {}): start over in a new folder",
+                String::from_utf8_lossy(&other),
+                String::from_utf8_lossy(FORMAT_NAME)
+            )))
+        }
+        None => {}
     }
     let root = InodeRecord {
         attr: Attr {
@@ -339,6 +350,9 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             root,
             follow_writer_hold_ns,
         } => subtree::set_policy(txn, *root, *follow_writer_hold_ns).map(OpReply::Subtree),
+        Op::SetNodeDraining { addr, draining } => {
+            nodes::set_draining(txn, addr, *draining).map(OpReply::DataNode)
+        }
         Op::SetPlacement { root, sites } => {
             feed::set_placement(txn, *root, sites).map(OpReply::Placement)
         }

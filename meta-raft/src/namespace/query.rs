@@ -186,12 +186,7 @@ impl Namespace {
 }
 
 fn data_nodes(txn: &Txn<'_>, site: Option<&str>) -> Result<Vec<DataNodeInfo>, NsError> {
-    let prefix = site.map(|s| keys::node(s, "")).unwrap_or_default();
-    let mut out = Vec::new();
-    for (_, v) in txn.scan_all(Cf::Nodes, &prefix)? {
-        out.push(codec::decode(&v)?);
-    }
-    Ok(out)
+    super::nodes::registered(txn, site)
 }
 
 fn readdir(

@@ -850,6 +850,21 @@ impl Cluster for ClusterSvc {
         }))
     }
 
+    async fn set_node_draining(
+        &self,
+        r: Request<pb::SetNodeDrainingRequest>,
+    ) -> Reply<pb::DataNode> {
+        let r = r.into_inner();
+        let op = Op::SetNodeDraining {
+            addr: r.addr,
+            draining: r.draining,
+        };
+        match self.node.propose(None, op).await.map_err(status)? {
+            OpReply::DataNode(n) => Ok(Response::new((&n).into())),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     async fn trigger_snapshot(
         &self,
         _: Request<pb::TriggerSnapshotRequest>,

@@ -432,6 +432,7 @@ impl Model {
             | Op::MoveSubtree { .. }
             | Op::SetSubtreePolicy { .. }
             | Op::SetPlacement { .. }
+            | Op::SetNodeDraining { .. }
             | Op::AckFeed { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: locks have their own tests (`locks.rs`).
             Op::OpenSession

@@ -87,6 +87,7 @@ pub(crate) fn heartbeat(ns: &Namespace, t: i64, site: &str) {
                 capacity_bytes: 0,
                 used_bytes: 0,
                 last_heartbeat_ns: 0,
+                draining: false,
             },
         },
     );
@@ -271,6 +272,7 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::MoveSubtree { .. }
         | Op::SetSubtreePolicy { .. }
         | Op::SetPlacement { .. }
+        | Op::SetNodeDraining { .. }
         | Op::AckFeed { .. }
         // Advisory locks change nothing a read or a write sees (`Touches::Advisory`).
         | Op::OpenSession
@@ -1062,6 +1064,7 @@ async fn must_register(client: &mobilus_meta_client::MetaClient, site: &str) {
         capacity_bytes: 0,
         used_bytes: 0,
         last_heartbeat_ns: 0,
+        draining: false,
     };
     client.register_data_node(&node).await.expect("register");
 }
