@@ -168,6 +168,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
 
     println!("4. The application moves to site-b: `mobilusctl subtree move /demo --to site-b`.");
+    let fetched_before_move = stats(&data_b.addr).await?.remote_fetches;
     let t = Instant::now();
     let moved_to = meta
         .with_timeouts(
@@ -201,7 +202,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
     let rows = sqlite(&db, "SELECT count(*) FROM orders;")?;
     println!("   site-a still reads it: {rows} rows, site-b's included.");
-    data_follows(&meta, root).await?;
+    data_follows(&meta, root, &data_b.addr, fetched_before_move).await?;
     developer_clone(
         &meta,
         &mount_a.mountpoint,
@@ -227,6 +228,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
 async fn data_follows(
     meta: &mobilus_meta_client::MetaClient,
     root: mobilus_proto::fs::InodeId,
+    data_b: &str,
+    fetched_before: u64,
 ) -> anyhow::Result<()> {
     let t = Instant::now();
     let deadline = t + std::time::Duration::from_secs(30);
@@ -237,8 +240,9 @@ async fn data_follows(
             .map_err(crate::cluster::explain)?;
         if let Some(f) = rows.iter().find(|f| f.site == "site-b") {
             if crate::replication::caught_up(f) {
+                let fetched = stats(data_b).await?.remote_fetches - fetched_before;
                 println!(
-                    "   the data follows: site-b, now the owner, holds /demo eagerly; its follower read the change feed to entry {} of {} and fetched what its reads had not (`mobilusctl replication status /demo`), caught up {:.1} s after the move.",
+                    "   the data follows: site-b, now the owner, holds /demo eagerly; its follower read the change feed to entry {} of {} and fetched the {fetched} chunks its reads never asked for (the backups), caught up {:.1} s after the move (`mobilusctl replication status /demo`).",
                     f.cursor,
                     f.next_seq.saturating_sub(1),
                     t.elapsed().as_secs_f64()

@@ -127,15 +127,28 @@ mod tests {
             async move { gate.admit(Priority::Background).await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiting.is_finished(), "a background read waits for the fault");
+        assert!(
+            !waiting.is_finished(),
+            "a background read waits for the fault"
+        );
         drop(fault);
         let background = tokio::time::timeout(Duration::from_millis(500), waiting).await;
-        assert!(background.is_ok(), "the fault is done: the background read goes");
+        assert!(
+            background.is_ok(),
+            "the fault is done: the background read goes"
+        );
 
         let prefetch = admitted_within(&gate, Priority::Prefetch, 500).await;
-        assert!(prefetch.is_some(), "nothing but background: a prefetch goes");
-        assert!(admitted_within(&gate, Priority::Background, 50).await.is_none());
+        assert!(
+            prefetch.is_some(),
+            "nothing but background: a prefetch goes"
+        );
+        assert!(admitted_within(&gate, Priority::Background, 50)
+            .await
+            .is_none());
         drop(prefetch);
-        assert!(admitted_within(&gate, Priority::Background, 500).await.is_some());
+        assert!(admitted_within(&gate, Priority::Background, 500)
+            .await
+            .is_some());
     }
 }
