@@ -15,6 +15,9 @@ use crate::output::{progress, OutputFormat};
 
 /// Chunks asked about per call.
 const PAGE: u32 = 4096;
+/// How long a drain must stay complete before it is declared done: longer than a
+/// client's registry refresh (3 s) plus a flush in flight.
+const SETTLE: Duration = Duration::from_secs(6);
 
 /// How far a drain is: chunks the node holds, and of those, how many have their copies
 /// on the site's other nodes.
@@ -35,7 +38,13 @@ async fn progress_of(client: &MetaClient, node: &DataNodeInfo) -> anyhow::Result
             node.site
         );
     }
-    let want = placement::replicas(others.len()) as u64;
+    let configured = site_nodes.first().map_or(0, |n| n.site_replicas) as usize;
+    let wanted = if configured > 0 {
+        configured
+    } else {
+        placement::DEFAULT_REPLICAS
+    };
+    let want = wanted.min(others.len()) as u64;
     let here = DataClient::new(&node.addr)?;
     let (mut held, mut covered) = (0u64, 0u64);
     let mut after: Option<ChunkHash> = None;
@@ -93,11 +102,19 @@ pub async fn drain(
         return Ok(());
     }
     let bar = progress(format, 0, "drain");
+    // A writer whose view of the registry predates the drain may still put a copy on the
+    // node for a few seconds: done only after two clean passes that far apart.
+    let mut clean_since: Option<std::time::Instant> = None;
     loop {
         let (held, covered) = progress_of(client, &node).await?;
         bar.set_length(held);
         bar.set_position(covered);
-        if covered == held {
+        if covered < held {
+            clean_since = None;
+        } else if clean_since.is_none() {
+            clean_since = Some(std::time::Instant::now());
+        }
+        if clean_since.is_some_and(|t| t.elapsed() >= SETTLE) {
             bar.finish_and_clear();
             println!(
                 "{addr} is drained: each of the {held} referenced chunks it holds has its copies on {}'s other nodes; it can be stopped",

@@ -41,8 +41,11 @@ pub enum NodeCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum SiteCmd {
-    /// Sites: their data nodes and space.
+    /// Sites: their data nodes, space, and copies kept of each chunk.
     Ls,
+    /// Set how many copies a site keeps of each chunk (1 to 8; default 2, never more than
+    /// it has nodes). Each node's replicator makes or restores them.
+    Replicas { site: String, replicas: u32 },
 }
 
 /// One data node, as `node ls --output json` reports it (a stable schema).
@@ -57,6 +60,8 @@ pub struct NodeView {
     pub healthy: bool,
     /// Being drained (`node drain`): it takes no new copies.
     pub draining: bool,
+    /// Copies its site keeps of each chunk, as set (0: the default, 2).
+    pub site_replicas: u32,
 }
 
 /// One site, as `site ls --output json` reports it (a stable schema).
@@ -65,6 +70,8 @@ pub struct SiteView {
     pub site: String,
     pub nodes: usize,
     pub healthy_nodes: usize,
+    /// Copies kept of each chunk (as set, at most as many as the nodes).
+    pub replicas: usize,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
 }
@@ -115,6 +122,7 @@ fn view(n: &DataNodeInfo, now_ns: i64) -> NodeView {
         heartbeat_age_ms: age.as_millis() as u64,
         healthy: age < HEALTHY_WITHIN,
         draining: n.draining,
+        site_replicas: n.site_replicas,
     }
 }
 
@@ -128,6 +136,7 @@ fn sites(nodes: &[NodeView]) -> Vec<SiteView> {
                     site: n.site.clone(),
                     nodes: 0,
                     healthy_nodes: 0,
+                    replicas: 0,
                     capacity_bytes: 0,
                     used_bytes: 0,
                 });
@@ -137,6 +146,11 @@ fn sites(nodes: &[NodeView]) -> Vec<SiteView> {
         let s = &mut out[i];
         s.nodes += 1;
         s.healthy_nodes += usize::from(n.healthy);
+        let wanted = match n.site_replicas {
+            0 => mobilus_data_client::placement::DEFAULT_REPLICAS,
+            r => r as usize,
+        };
+        s.replicas = wanted.min(s.nodes);
         s.capacity_bytes += n.capacity_bytes;
         s.used_bytes += n.used_bytes;
     }
@@ -178,15 +192,28 @@ pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> an
 }
 
 pub async fn site(cmd: SiteCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
-    let SiteCmd::Ls = cmd;
+    if let SiteCmd::Replicas { site, replicas } = cmd {
+        let set = client
+            .set_site_replicas(&site, replicas)
+            .await
+            .map_err(|e| match e {
+                mobilus_meta_client::ClientError::UnknownSite(_) => {
+                    anyhow::anyhow!("unknown site {site:?} (see `mobilusctl site ls`)")
+                }
+                e => explain(e),
+            })?;
+        println!("{site} keeps {set} copies of each chunk (at most one per node); its replicators make them");
+        return Ok(());
+    }
     let rows = sites(&nodes(client, None).await?);
     emit(format, &rows, |rows| {
-        let mut t = table(&["SITE", "NODES", "HEALTHY", "CAPACITY", "USED"]);
+        let mut t = table(&["SITE", "NODES", "HEALTHY", "COPIES", "CAPACITY", "USED"]);
         for r in rows {
             t.add_row(vec![
                 r.site.clone(),
                 r.nodes.to_string(),
                 r.healthy_nodes.to_string(),
+                r.replicas.to_string(),
                 gib(r.capacity_bytes),
                 gib(r.used_bytes),
             ]);

@@ -154,14 +154,17 @@ impl Follower {
     async fn follow(&self, root: InodeId, place: &Placement) -> Result<(), ReplicateError> {
         let mut page = self.meta.read_feed(root, &self.site, None, PAGE).await?;
         if page.resync {
-            let (chunks, next) = self.meta.scan_subtree_chunks(root).await?;
-            // The scan covers every entry before `next`: from here on the feed keeps the
-            // later ones for this site, and a restart before the end scans again.
-            let hold = next.saturating_sub(1);
             let scanning = FeedProgress {
                 scanning: true,
                 ..FeedProgress::default()
             };
+            // Before the scan, the feed keeps what it has for this site, so no entry the
+            // scan does not cover can go meanwhile; a restart before the end scans again.
+            let kept = page.first_seq.saturating_sub(1);
+            self.meta.ack_feed(root, &self.site, kept, scanning).await?;
+            let (chunks, next) = self.meta.scan_subtree_chunks(root).await?;
+            // The scan covers every entry before `next`.
+            let hold = next.saturating_sub(1);
             self.meta.ack_feed(root, &self.site, hold, scanning).await?;
             self.transfer(root, hold, true, place, &chunks).await?;
             self.meta

@@ -102,6 +102,7 @@ fn start_heartbeat(
                 used_bytes: store.stats().bytes,
                 last_heartbeat_ns: 0,
                 draining: false,
+                site_replicas: 0,
             };
             async move {
                 // The metadata's generation is never behind ours; adopting it matters after

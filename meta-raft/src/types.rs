@@ -221,6 +221,11 @@ pub enum Op {
         addr: String,
         draining: bool,
     },
+    /// Set how many copies a site keeps of each chunk (`namespace::nodes`).
+    SetSiteReplicas {
+        site: String,
+        replicas: u32,
+    },
     /// Set which sites hold a subtree's data, and how (`namespace::feed`).
     SetPlacement {
         root: InodeId,
@@ -367,6 +372,7 @@ impl Op {
             Op::SetSubtreePolicy { .. } => "set_subtree_policy",
             Op::SetPlacement { .. } => "set_placement",
             Op::SetNodeDraining { .. } => "set_node_draining",
+            Op::SetSiteReplicas { .. } => "set_site_replicas",
             Op::AckFeed { .. } => "ack_feed",
             Op::OpenSession => "open_session",
             Op::RenewSession { .. } => "renew_session",
@@ -419,6 +425,7 @@ impl Op {
             | Op::SetSubtreePolicy { .. }
             | Op::SetPlacement { .. }
             | Op::SetNodeDraining { .. }
+            | Op::SetSiteReplicas { .. }
             | Op::AckFeed { .. } => Touches::Admin,
             // A clone reads its source (frozen meanwhile) and writes only its own hidden
             // tree until one entry in the shared subtree publishes it.

@@ -554,6 +554,7 @@ impl From<&DataNodeInfo> for pb::DataNode {
             used_bytes: n.used_bytes,
             last_heartbeat_ns: n.last_heartbeat_ns,
             draining: n.draining,
+            site_replicas: n.site_replicas,
         }
     }
 }
@@ -567,6 +568,7 @@ impl From<pb::DataNode> for DataNodeInfo {
             used_bytes: n.used_bytes,
             last_heartbeat_ns: n.last_heartbeat_ns,
             draining: n.draining,
+            site_replicas: n.site_replicas,
         }
     }
 }

@@ -471,6 +471,10 @@ pub struct DataNodeInfo {
     /// every heartbeat rewrites) and filled in by a listing.
     #[serde(skip)]
     pub draining: bool,
+    /// Copies its site keeps of each chunk, as the operator set it (0: the default, 2);
+    /// filled in by a listing.
+    #[serde(skip)]
+    pub site_replicas: u32,
 }
 
 /// Is `site` a valid site name: 1 to 64 of `[A-Za-z0-9_-]`?

@@ -40,6 +40,8 @@ pub struct Node {
 #[derive(Clone, Debug, Default)]
 pub struct Registry {
     sites: BTreeMap<String, Vec<Node>>,
+    /// Copies each site keeps, where the operator set it.
+    replicas: BTreeMap<String, usize>,
 }
 
 impl Registry {
@@ -49,7 +51,11 @@ impl Registry {
     pub fn new(nodes: Vec<DataNodeInfo>, now_ns: i64, healthy_within: Duration) -> Self {
         let within = i64::try_from(healthy_within.as_nanos()).unwrap_or(i64::MAX);
         let mut sites: BTreeMap<String, Vec<Node>> = BTreeMap::new();
+        let mut replicas = BTreeMap::new();
         for n in nodes {
+            if n.site_replicas > 0 {
+                replicas.insert(n.site.clone(), n.site_replicas as usize);
+            }
             let healthy = now_ns.saturating_sub(n.last_heartbeat_ns) < within;
             sites.entry(n.site.clone()).or_default().push(Node {
                 site: n.site,
@@ -58,7 +64,7 @@ impl Registry {
                 draining: n.draining,
             });
         }
-        Registry { sites }
+        Registry { sites, replicas }
     }
 
     pub fn sites(&self) -> impl Iterator<Item = &str> {
@@ -70,10 +76,16 @@ impl Registry {
         self.sites.get(site).map(Vec::as_slice).unwrap_or_default()
     }
 
-    /// Copies `site` keeps of each chunk (nodes being drained do not count).
+    /// Copies `site` keeps of each chunk: as set for the site (default 2), at most as many
+    /// as it has nodes not being drained, and at least one.
     pub fn replicas(&self, site: &str) -> usize {
         let keeping = self.nodes(site).iter().filter(|n| !n.draining).count();
-        placement::replicas(keeping.max(1))
+        let wanted = self
+            .replicas
+            .get(site)
+            .copied()
+            .unwrap_or(placement::DEFAULT_REPLICAS);
+        wanted.min(keeping).max(1)
     }
 
     /// `site`'s nodes in the order `hash` prefers them: healthy ones first, then those

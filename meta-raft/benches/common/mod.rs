@@ -84,6 +84,7 @@ pub fn agents(client: MetaClient) -> tokio::task::JoinHandle<()> {
                     used_bytes: 0,
                     last_heartbeat_ns: 0,
                     draining: false,
+                    site_replicas: 0,
                 };
                 let _ = client.register_data_node(&node).await;
             }

@@ -221,6 +221,22 @@ impl MetaClient {
         Ok(r.into())
     }
 
+    /// Set how many copies `site` keeps of each chunk (1 to 8).
+    pub async fn set_site_replicas(&self, site: &str, replicas: u32) -> Result<u32, ClientError> {
+        let req = pb::SetSiteReplicasRequest {
+            site: site.to_string(),
+            replicas,
+        };
+        let r = self
+            .call("set_site_replicas", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).set_site_replicas(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok(r.replicas)
+    }
+
     /// Ask the leader to build a snapshot now (and purge its log).
     pub async fn trigger_snapshot(&self) -> Result<pb::StatusReply, ClientError> {
         let r = self

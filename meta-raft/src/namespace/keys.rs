@@ -109,6 +109,8 @@ pub mod sys {
     pub const RESERVED: &[u8] = b"reserved/";
     /// `draining/` ‖ address → (): a data node being drained (`namespace::nodes`).
     pub const DRAINING: &[u8] = b"draining/";
+    /// `replicas/` ‖ site → u32: copies the site keeps of each chunk (`namespace::nodes`).
+    pub const SITE_REPLICAS: &[u8] = b"replicas/";
 
     pub fn reserved(first: u64) -> Vec<u8> {
         let mut k = RESERVED.to_vec();

@@ -1,7 +1,8 @@
-//! The site registry's drain marks: a node being drained takes no new copies, and its
-//! chunks are copied to its site's other nodes (`mobilusctl node drain`). The mark is a
-//! key of its own (`Cf::Sys`, `draining/` ‖ address), because every heartbeat rewrites
-//! the registration record.
+//! What the operator says of the site registry: drain marks (a node being drained takes
+//! no new copies, and its chunks are copied to its site's other nodes: `mobilusctl node
+//! drain`) and each site's replica count (`mobilusctl site replicas`). Each is a key of
+//! its own in `Cf::Sys` (`draining/` ‖ address, `replicas/` ‖ site), because every
+//! heartbeat rewrites the registration records; a listing fills them in.
 
 use mobilus_proto::fs::DataNodeInfo;
 use mobilus_proto::status::Errno;
@@ -11,6 +12,31 @@ use super::txn::Txn;
 use crate::codec;
 use crate::error::NsError;
 use crate::types::OpError;
+
+/// Most copies a site may keep of each chunk.
+pub const MAX_SITE_REPLICAS: u32 = 8;
+
+fn replicas_key(site: &str) -> Vec<u8> {
+    let mut k = keys::sys::SITE_REPLICAS.to_vec();
+    k.extend_from_slice(site.as_bytes());
+    k
+}
+
+/// Set how many copies `site` keeps of each chunk.
+pub(crate) fn set_replicas(txn: &mut Txn<'_>, site: &str, replicas: u32) -> Result<u32, NsError> {
+    if !(1..=MAX_SITE_REPLICAS).contains(&replicas) {
+        return Err(OpError::explained(
+            Errno::EINVAL,
+            format!("a site keeps 1 to {MAX_SITE_REPLICAS} copies of each chunk, not {replicas}"),
+        )
+        .into());
+    }
+    if !super::subtree::known_site(txn, site)? {
+        return Err(OpError::UnknownSite(site.to_string()).into());
+    }
+    txn.put(Cf::Sys, replicas_key(site), &replicas)?;
+    Ok(replicas)
+}
 
 fn draining_key(addr: &str) -> Vec<u8> {
     let mut k = keys::sys::DRAINING.to_vec();
@@ -46,6 +72,7 @@ pub(crate) fn registered(txn: &Txn<'_>, site: Option<&str>) -> Result<Vec<DataNo
     for (_, v) in txn.scan_all(Cf::Nodes, &prefix)? {
         let mut n: DataNodeInfo = codec::decode(&v)?;
         n.draining = txn.get::<()>(Cf::Sys, &draining_key(&n.addr))?.is_some();
+        n.site_replicas = txn.get(Cf::Sys, &replicas_key(&n.site))?.unwrap_or(0);
         out.push(n);
     }
     Ok(out)

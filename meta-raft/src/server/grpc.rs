@@ -865,6 +865,23 @@ impl Cluster for ClusterSvc {
         }
     }
 
+    async fn set_site_replicas(
+        &self,
+        r: Request<pb::SetSiteReplicasRequest>,
+    ) -> Reply<pb::SetSiteReplicasReply> {
+        let r = r.into_inner();
+        let op = Op::SetSiteReplicas {
+            site: site_arg(r.site, "the site")?,
+            replicas: r.replicas,
+        };
+        match self.node.propose(None, op).await.map_err(status)? {
+            OpReply::Count(n) => Ok(Response::new(pb::SetSiteReplicasReply {
+                replicas: u32::try_from(n).unwrap_or(u32::MAX),
+            })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     async fn trigger_snapshot(
         &self,
         _: Request<pb::TriggerSnapshotRequest>,

@@ -572,6 +572,7 @@ fn heartbeats(client: &mobilus_meta_client::MetaClient, site: &str) -> tokio::ta
                 used_bytes: 0,
                 last_heartbeat_ns: 0,
                 draining: false,
+                site_replicas: 0,
             };
             let _ = client.register_data_node(&node).await;
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -217,3 +217,49 @@ fn placements_are_checked_and_a_move_makes_the_new_owner_eager() {
         "the old owner keeps its copy until GC, but stops"
     );
 }
+
+#[test]
+fn sites_keep_the_copies_the_operator_sets_and_drained_nodes_are_marked() {
+    let f = fixture();
+    let set = |site: &str, replicas: u32| {
+        exec(
+            &f.ns,
+            T0,
+            None,
+            None,
+            Op::SetSiteReplicas {
+                site: site.into(),
+                replicas,
+            },
+        )
+    };
+    assert!(matches!(set("site-a", 3), Ok(OpReply::Count(3))));
+    let nodes = f.ns.data_nodes(Some("site-a")).unwrap();
+    assert!(nodes.iter().all(|n| n.site_replicas == 3));
+    assert!(f.ns.data_nodes(Some("site-b")).unwrap()[0].site_replicas == 0);
+    assert_eq!(errno_of(&set("site-a", 0)), Some(libc::EINVAL));
+    assert_eq!(errno_of(&set("site-a", 9)), Some(libc::EINVAL));
+    assert!(matches!(set("site-z", 2), Err(OpError::UnknownSite(_))));
+
+    let addr = nodes[0].addr.clone();
+    let drain = |addr: &str, draining: bool| {
+        exec(
+            &f.ns,
+            T0,
+            None,
+            None,
+            Op::SetNodeDraining {
+                addr: addr.into(),
+                draining,
+            },
+        )
+    };
+    assert!(matches!(drain(&addr, true), Ok(OpReply::DataNode(n)) if n.draining));
+    assert!(f.ns.data_nodes(Some("site-a")).unwrap()[0].draining);
+    // A heartbeat rewrites the registration, not the mark.
+    crate::ownership::heartbeat(&f.ns, T0 + SEC, "site-a");
+    assert!(f.ns.data_nodes(Some("site-a")).unwrap()[0].draining);
+    drain(&addr, false).unwrap();
+    assert!(!f.ns.data_nodes(Some("site-a")).unwrap()[0].draining);
+    assert_eq!(errno_of(&drain("10.9.9.9:1", true)), Some(libc::ENOENT));
+}

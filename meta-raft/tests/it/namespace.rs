@@ -193,6 +193,7 @@ fn data_nodes_register_heartbeat_and_set_the_capacity_statfs_reports() {
         used_bytes: 1,
         last_heartbeat_ns: 0,
         draining: false,
+        site_replicas: 0,
     };
     let at = |t: i64, n: DataNodeInfo| {
         ns.execute(&Command {

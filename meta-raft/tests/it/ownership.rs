@@ -88,6 +88,7 @@ pub(crate) fn heartbeat(ns: &Namespace, t: i64, site: &str) {
                 used_bytes: 0,
                 last_heartbeat_ns: 0,
                 draining: false,
+                site_replicas: 0,
             },
         },
     );
@@ -273,6 +274,7 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::SetSubtreePolicy { .. }
         | Op::SetPlacement { .. }
         | Op::SetNodeDraining { .. }
+        | Op::SetSiteReplicas { .. }
         | Op::AckFeed { .. }
         // Advisory locks change nothing a read or a write sees (`Touches::Advisory`).
         | Op::OpenSession
@@ -1065,6 +1067,7 @@ async fn must_register(client: &mobilus_meta_client::MetaClient, site: &str) {
         used_bytes: 0,
         last_heartbeat_ns: 0,
         draining: false,
+        site_replicas: 0,
     };
     client.register_data_node(&node).await.expect("register");
 }
