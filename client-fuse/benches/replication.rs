@@ -196,7 +196,7 @@ async fn main() -> anyhow::Result<()> {
     loop {
         let rows = m.replication_status(Some(app)).await?;
         let caught_up = rows.iter().find(|f| f.site == "site-b").is_some_and(|f| {
-            f.updated_ns > 0 && f.cursor + 1 >= f.next_seq && f.backlog_chunks == 0
+            f.updated_ns > 0 && !f.scanning && f.cursor + 1 >= f.next_seq && f.backlog_chunks == 0
         });
         if caught_up {
             break;

@@ -519,12 +519,17 @@ impl Client {
             let mut left: Vec<usize> = (0..chunks.len()).collect();
             let mut first_error = None;
             // One copy there (its replicator makes the others): each chunk on the first
-            // of its nodes that takes it.
+            // of its nodes that takes it, in an order fixed now (a node that fails is
+            // moved last by later lookups, which would skip the next one).
+            let candidates: Vec<Vec<DataClient>> = chunks
+                .iter()
+                .map(|(h, _)| self.nodes.candidates(&site, h))
+                .collect();
             let mut tried = 0;
             while !left.is_empty() {
                 let mut per_node: BTreeMap<String, (DataClient, Vec<usize>)> = BTreeMap::new();
                 for &i in &left {
-                    if let Some(node) = self.nodes.candidates(&site, &chunks[i].0).get(tried) {
+                    if let Some(node) = candidates[i].get(tried) {
                         per_node
                             .entry(node.addr().to_string())
                             .or_insert_with(|| (node.clone(), Vec::new()))
@@ -815,8 +820,12 @@ impl FileWriter {
                 Err(mobilus_meta_client::ClientError::StaleChunks(why))
                     if attempt < STALE_CHUNK_ATTEMPTS =>
                 {
-                    tracing::debug!(attempt, %why, "write raced with gc; checking the chunks again");
+                    tracing::debug!(attempt, %why, "write raced with gc or a drain; checking the chunks again");
                     self.client.forget_present();
+                    // A node may have been drained since the registry was read.
+                    if let Err(e) = self.client.nodes.refresh().await {
+                        tracing::debug!(error = %e, "could not refresh the data-node registry");
+                    }
                     self.client
                         .counters
                         .stale_chunk_retries
@@ -831,9 +840,7 @@ impl FileWriter {
         // A site the placement marks synchronous holds the data before the flush returns.
         // After the commit, so the chunks are referenced and no collector there can take
         // them (a commit is refused while any node has one condemned).
-        self.client
-            .push_to_sync_sites(attr.subtree, &chunks)
-            .await?;
+        let pushed = self.client.push_to_sync_sites(attr.subtree, &chunks).await;
         // Small commits stay in the block cache (their bytes are what was hashed): a
         // file read back just after it is written costs no data-node round. Large ones
         // would only push out what readers fetched.
@@ -842,10 +849,13 @@ impl FileWriter {
                 self.client.blocks.insert_chunk(*hash, bytes);
             }
         }
+        // Committed: never again from this buffer, even if a synchronous site failed (a
+        // later commit of it could overwrite what another writer committed since).
         self.pending.clear();
         self.pending_bytes = 0;
         self.holder_only = false;
         self.made();
+        pushed?;
         Ok(Some((attr, slices)))
     }
 }

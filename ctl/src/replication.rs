@@ -201,7 +201,7 @@ fn follower_view(f: &Follower) -> FollowerView {
 
 /// Whether the site has caught up with everything written before this was read.
 pub fn caught_up(f: &Follower) -> bool {
-    f.updated_ns > 0 && f.cursor + 1 >= f.next_seq && f.backlog_chunks == 0
+    f.updated_ns > 0 && !f.scanning && f.cursor + 1 >= f.next_seq && f.backlog_chunks == 0
 }
 
 pub fn render_followers(rows: &[FollowerView]) -> comfy_table::Table {

@@ -24,7 +24,9 @@ use mobilus_data_client::bandwidth::TokenBucket;
 use mobilus_data_client::{placement, DataNodes, Registry};
 use mobilus_meta_client::{FeedProgress, MetaClient};
 use mobilus_proto::datapb::Priority;
-use mobilus_proto::fs::{ChunkHash, FeedChunk, InodeId, Placement, SubtreeState, ROOT_INO};
+use mobilus_proto::fs::{
+    ChunkHash, FeedChunk, InodeId, Placement, SubtreeState, MAX_GC_BATCH, ROOT_INO,
+};
 
 use crate::replicate::ReplicateError;
 
@@ -231,9 +233,13 @@ impl Follower {
         let started = Instant::now();
         let mut last_report = Instant::now();
         let mut moved = 0u64;
-        let fetches: Vec<_> = missing.iter().map(|c| self.fetch(place, *c)).collect();
+        let fetches: Vec<_> = missing
+            .iter()
+            .map(|c| self.fetch_or_name(place, *c))
+            .collect();
         let mut results = stream::iter(fetches).buffer_unordered(PARALLEL);
         let mut failure = None;
+        let mut failed: Vec<ChunkHash> = Vec::new();
         while let Some(result) = results.next().await {
             match result {
                 Ok(len) => {
@@ -241,7 +247,8 @@ impl Follower {
                     left.backlog_chunks -= 1;
                     left.backlog_bytes = left.backlog_bytes.saturating_sub(len);
                 }
-                Err(e) => {
+                Err((hash, e)) => {
+                    failed.push(hash);
                     failure.get_or_insert(e);
                 }
             }
@@ -253,9 +260,24 @@ impl Follower {
         }
         metrics::gauge!("mobilus_replication_backlog_bytes", "subtree" => root.to_string())
             .set(left.backlog_bytes as f64);
+        drop(results);
         match failure {
-            Some(e) => Err(e),
             None => Ok(()),
+            // A chunk no file references any more may be gone everywhere (collected
+            // after its file was deleted): it is not waited for. Any other is.
+            Some(e) if failed.len() <= MAX_GC_BATCH => {
+                let (refs, _) = self.meta.chunk_refs(&failed, false).await?;
+                if refs.iter().all(|(count, _)| *count == 0) {
+                    tracing::debug!(
+                        chunks = failed.len(),
+                        "skipped chunks no file references any more"
+                    );
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+            Some(e) => Err(e),
         }
     }
 
@@ -293,6 +315,15 @@ impl Follower {
             }
         }
         Ok(missing)
+    }
+
+    /// [`Follower::fetch`], its failure naming the chunk.
+    async fn fetch_or_name(
+        &self,
+        place: &Placement,
+        chunk: FeedChunk,
+    ) -> Result<u64, (ChunkHash, ReplicateError)> {
+        self.fetch(place, chunk).await.map_err(|e| (chunk.hash, e))
     }
 
     /// Fetch one chunk, owner site first, verify it, and store it on its nodes here.

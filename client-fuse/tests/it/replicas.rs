@@ -172,7 +172,15 @@ async fn a_site_writes_through_the_loss_of_a_data_node_and_restores_two_copies()
     // chunks are copied onto the other two, so it can go.
     sites.data[2].restart();
     must_reach_placement(&sites, &nodes, Duration::from_secs(20)).await;
+    // A writer whose view of the registry is from before the drain.
+    let stale = sites.client("site-a").await;
     a.meta().set_node_draining(&nodes[0], true).await.unwrap();
+    let late = noise(8 << 20, 78);
+    let late_ino = must_create(&stale, "written-with-a-stale-view").await;
+    must_write(&stale, late_ino, &late).await;
+    // Its first commit relied on the drained node for some chunk (2 in 3 chunks have it
+    // among their two), was refused, and went again with the registry read anew.
+    assert!(stale.stats().stale_chunk_retries >= 1);
     let (listed, _) = a
         .meta()
         .list_data_nodes(Some("site-a"), false)
@@ -194,7 +202,7 @@ async fn a_site_writes_through_the_loss_of_a_data_node_and_restores_two_copies()
     must_reach_placement(&sites, &keeping, Duration::from_secs(20)).await;
     sites.data[0].kill();
     let reader = sites.client("site-a").await;
-    for (ino, data) in files.iter().chain([(fresh, data)].iter()) {
+    for (ino, data) in files.iter().chain([(fresh, data), (late_ino, late)].iter()) {
         assert_eq!(
             &reader.read(*ino, 0, data.len() as u64).await.unwrap(),
             data

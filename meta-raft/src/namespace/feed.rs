@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use mobilus_proto::fs::{
-    valid_site_name, FeedChunk, FeedEntry, FeedPage, Follower, InodeId, Placement, SitePlacement,
-    SliceWrite, SubtreeId, ROOT_INO,
+    valid_site_name, ChunkRef, FeedChunk, FeedEntry, FeedPage, Follower, InodeId, Placement,
+    SitePlacement, SliceWrite, SubtreeId, ROOT_INO,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -156,11 +156,20 @@ pub(crate) fn record(
     root: SubtreeId,
     slices: &[SliceWrite],
 ) -> Result<(), NsError> {
+    record_refs(txn, root, slices.iter().flat_map(|s| &s.chunks))
+}
+
+/// Append the chunks `refs` add to `root` (a write's, or a clone refresh's) to its feed.
+pub(crate) fn record_refs<'r>(
+    txn: &mut Txn<'_>,
+    root: SubtreeId,
+    refs: impl Iterator<Item = &'r ChunkRef>,
+) -> Result<(), NsError> {
     if root == ROOT_INO {
         return Ok(());
     }
     let mut chunks: BTreeMap<mobilus_proto::fs::ChunkHash, u64> = BTreeMap::new();
-    for c in slices.iter().flat_map(|s| &s.chunks) {
+    for c in refs {
         let end = chunks.entry(c.hash).or_default();
         *end = (*end).max(c.offset.saturating_add(c.len));
     }

@@ -69,9 +69,9 @@ fn is_condemned(txn: &Txn<'_>, hash: &ChunkHash) -> Result<bool, NsError> {
     Ok(!txn.scan_all(Cf::Gc, &prefix)?.is_empty())
 }
 
-/// Most data nodes one write may say it relied on (a site keeps a few copies; a write
-/// that fell back past down nodes names a few more).
-pub const MAX_CHECKS: usize = 16;
+/// Most data nodes one write may say it relied on: its chunks are spread over the site's
+/// nodes (and synchronous sites'), so a large write on a large site names many.
+pub const MAX_CHECKS: usize = 1024;
 
 /// Refuse a write whose chunks may have been collected since the writer checked them.
 /// `checks` names every node whose answer the write relies on (each holds a copy): each
@@ -94,6 +94,11 @@ pub(crate) fn check_write<'h>(
         return Ok(());
     }
     for c in checks {
+        // A node being drained must end with nothing only it holds: no write may rely on
+        // a copy there (the writer reads the registry again and stores them elsewhere).
+        if super::nodes::is_draining(txn, &c.node)? {
+            return stale(format!("data node {} is being drained", c.node));
+        }
         let current = generation(txn, &c.node)?;
         if c.gc_gen.saturating_add(TOMBSTONE_GENERATIONS) < current {
             return stale(format!(

@@ -65,13 +65,18 @@ pub(crate) fn set_draining(
     Ok(node)
 }
 
+/// Whether the node at `addr` is being drained.
+pub(crate) fn is_draining(txn: &Txn<'_>, addr: &str) -> Result<bool, NsError> {
+    Ok(txn.get::<()>(Cf::Sys, &draining_key(addr))?.is_some())
+}
+
 /// The registered nodes (of `site`, or all), with their drain marks.
 pub(crate) fn registered(txn: &Txn<'_>, site: Option<&str>) -> Result<Vec<DataNodeInfo>, NsError> {
     let prefix = site.map(|s| keys::node(s, "")).unwrap_or_default();
     let mut out = Vec::new();
     for (_, v) in txn.scan_all(Cf::Nodes, &prefix)? {
         let mut n: DataNodeInfo = codec::decode(&v)?;
-        n.draining = txn.get::<()>(Cf::Sys, &draining_key(&n.addr))?.is_some();
+        n.draining = is_draining(txn, &n.addr)?;
         n.site_replicas = txn.get(Cf::Sys, &replicas_key(&n.site))?.unwrap_or(0);
         out.push(n);
     }

@@ -308,6 +308,8 @@ fn take_source(
         for c in &slice.chunks {
             file::incref(txn, &c.hash)?;
         }
+        // Sites that follow the clone copy what it takes, as they would a write.
+        super::feed::record_refs(txn, mine.attr.subtree, slice.chunks.iter())?;
         let (block, seq) = (keys::u64_at(&k, 8), keys::u64_at(&k, 16));
         txn.put_raw(Cf::Slices, keys::slice(copy, block, seq), v);
     }

@@ -255,6 +255,18 @@ fn sites_keep_the_copies_the_operator_sets_and_drained_nodes_are_marked() {
         )
     };
     assert!(matches!(drain(&addr, true), Ok(OpReply::DataNode(n)) if n.draining));
+    // No write may rely on a copy there: the writer asks again and stores it elsewhere.
+    let mut relying = write(f.file, 0, 10, 1);
+    if let Op::Write { checks, .. } = &mut relying {
+        checks.push(mobilus_proto::fs::ChunkCheck {
+            node: addr.clone(),
+            gc_gen: 0,
+        });
+    }
+    assert!(matches!(
+        exec(&f.ns, T0, Some("site-a"), None, relying),
+        Err(OpError::StaleChunks(_))
+    ));
     assert!(f.ns.data_nodes(Some("site-a")).unwrap()[0].draining);
     // A heartbeat rewrites the registration, not the mark.
     crate::ownership::heartbeat(&f.ns, T0 + SEC, "site-a");
