@@ -62,6 +62,33 @@ pub struct NodeView {
     pub draining: bool,
     /// Copies its site keeps of each chunk, as set (0: the default, 2).
     pub site_replicas: u32,
+    /// Its background workers, as its last heartbeat reported them.
+    pub workers: Vec<WorkerView>,
+}
+
+/// One background worker of a data node (`node ls --output json`).
+#[derive(Serialize, Debug)]
+pub struct WorkerView {
+    pub name: String,
+    /// `running`, or `backing off` after a failed step.
+    pub state: &'static str,
+    pub failures: u64,
+    /// Its last failure, if any since the node started.
+    pub last_error: Option<String>,
+}
+
+fn workers_cell(workers: &[WorkerView]) -> String {
+    if workers.is_empty() {
+        return "-".into();
+    }
+    workers
+        .iter()
+        .map(|w| match &w.last_error {
+            Some(e) if w.state != "running" => format!("{} {} ({e})", w.name, w.state),
+            _ => format!("{} {}", w.name, w.state),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One site, as `site ls --output json` reports it (a stable schema).
@@ -123,6 +150,20 @@ fn view(n: &DataNodeInfo, now_ns: i64) -> NodeView {
         healthy: age < HEALTHY_WITHIN,
         draining: n.draining,
         site_replicas: n.site_replicas,
+        workers: n
+            .workers
+            .iter()
+            .map(|w| WorkerView {
+                name: w.name.clone(),
+                state: if w.backing_off {
+                    "backing off"
+                } else {
+                    "running"
+                },
+                failures: w.failures,
+                last_error: Some(w.last_error.clone()).filter(|e| !e.is_empty()),
+            })
+            .collect(),
     }
 }
 
@@ -170,7 +211,15 @@ pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> an
     };
     let rows = nodes(client, site.as_deref()).await?;
     emit(format, &rows, |rows| {
-        let mut t = table(&["SITE", "ADDRESS", "CAPACITY", "USED", "HEARTBEAT", "HEALTH"]);
+        let mut t = table(&[
+            "SITE",
+            "ADDRESS",
+            "CAPACITY",
+            "USED",
+            "HEARTBEAT",
+            "HEALTH",
+            "WORKERS",
+        ]);
         for r in rows {
             t.add_row(vec![
                 r.site.clone(),
@@ -185,6 +234,7 @@ pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> an
                     (false, true) => "stale, draining",
                 }
                 .into(),
+                workers_cell(&r.workers),
             ]);
         }
         t

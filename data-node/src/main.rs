@@ -103,6 +103,15 @@ fn start_heartbeat(
                 last_heartbeat_ns: 0,
                 draining: false,
                 site_replicas: 0,
+                workers: worker::states()
+                    .into_iter()
+                    .map(|w| mobilus_proto::fs::WorkerReport {
+                        name: w.name,
+                        backing_off: w.backing_off,
+                        last_error: w.last_error.unwrap_or_default(),
+                        failures: w.failures,
+                    })
+                    .collect(),
             };
             async move {
                 // The metadata's generation is never behind ours; adopting it matters after

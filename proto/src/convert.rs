@@ -6,7 +6,7 @@ use crate::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, CloneInfo, CloneState, DataMode, DataNodeInfo,
     DelegationGrant, DirEntry, Extent, FeedChunk, FeedEntry, FeedPage, Fence, FileKind, Follower,
     LockKind, Placement, RefreshInfo, SetAttr, SitePlacement, SliceWrite, SnapshotInfo, StatFs,
-    SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet,
+    SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet, WorkerReport,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -555,6 +555,16 @@ impl From<&DataNodeInfo> for pb::DataNode {
             last_heartbeat_ns: n.last_heartbeat_ns,
             draining: n.draining,
             site_replicas: n.site_replicas,
+            workers: n
+                .workers
+                .iter()
+                .map(|w| pb::WorkerReport {
+                    name: w.name.clone(),
+                    backing_off: w.backing_off,
+                    last_error: w.last_error.clone(),
+                    failures: w.failures,
+                })
+                .collect(),
         }
     }
 }
@@ -569,6 +579,16 @@ impl From<pb::DataNode> for DataNodeInfo {
             last_heartbeat_ns: n.last_heartbeat_ns,
             draining: n.draining,
             site_replicas: n.site_replicas,
+            workers: n
+                .workers
+                .into_iter()
+                .map(|w| WorkerReport {
+                    name: w.name,
+                    backing_off: w.backing_off,
+                    last_error: w.last_error,
+                    failures: w.failures,
+                })
+                .collect(),
         }
     }
 }

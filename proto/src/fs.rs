@@ -475,7 +475,26 @@ pub struct DataNodeInfo {
     /// filled in by a listing.
     #[serde(skip)]
     pub site_replicas: u32,
+    /// Its background workers (heartbeat, gc, replicate, follow), as its last heartbeat
+    /// reported them.
+    pub workers: Vec<WorkerReport>,
 }
+
+/// One background worker of a data node, as its heartbeat reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub name: String,
+    /// Its last step failed and it is waiting longer before the next.
+    pub backing_off: bool,
+    /// Its last failure (empty: none since the node started).
+    pub last_error: String,
+    pub failures: u64,
+}
+
+/// Workers one heartbeat may report, at most.
+pub const MAX_WORKER_REPORTS: usize = 16;
+/// Longest error one worker report may carry.
+pub const MAX_WORKER_ERROR: usize = 256;
 
 /// Is `site` a valid site name: 1 to 64 of `[A-Za-z0-9_-]`?
 pub fn valid_site_name(site: &str) -> bool {

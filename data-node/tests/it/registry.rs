@@ -55,6 +55,19 @@ async fn a_data_node_registers_its_site_and_heartbeats() {
         first.capacity_bytes > 0,
         "capacity comes from the disk: {first:?}"
     );
+    // Its heartbeats report its workers.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (nodes, _) = client.list_data_nodes(Some("site-a"), false).await.unwrap();
+        let me = nodes.iter().find(|n| n.addr == data_addr).unwrap();
+        let named = |name: &str| me.workers.iter().find(|w| w.name == name);
+        if let (Some(hb), Some(_)) = (named("heartbeat"), named("replicate")) {
+            assert!(!hb.backing_off, "{me:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no worker reported: {me:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         client.statfs(false).await.unwrap().total_bytes,
         first.capacity_bytes

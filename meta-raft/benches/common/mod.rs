@@ -85,6 +85,7 @@ pub fn agents(client: MetaClient) -> tokio::task::JoinHandle<()> {
                     last_heartbeat_ns: 0,
                     draining: false,
                     site_replicas: 0,
+                    workers: Vec::new(),
                 };
                 let _ = client.register_data_node(&node).await;
             }

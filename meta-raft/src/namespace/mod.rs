@@ -325,6 +325,10 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             if !mobilus_proto::fs::valid_site_name(&node.site)
                 || node.addr.is_empty()
                 || node.addr.len() > 255
+                || node.workers.len() > mobilus_proto::fs::MAX_WORKER_REPORTS
+                || node.workers.iter().any(|w| {
+                    w.name.len() > 64 || w.last_error.len() > mobilus_proto::fs::MAX_WORKER_ERROR
+                })
             {
                 return Err(Errno::EINVAL.into());
             }

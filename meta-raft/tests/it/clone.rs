@@ -573,6 +573,7 @@ fn heartbeats(client: &mobilus_meta_client::MetaClient, site: &str) -> tokio::ta
                 last_heartbeat_ns: 0,
                 draining: false,
                 site_replicas: 0,
+                workers: Vec::new(),
             };
             let _ = client.register_data_node(&node).await;
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -194,6 +194,7 @@ fn data_nodes_register_heartbeat_and_set_the_capacity_statfs_reports() {
         last_heartbeat_ns: 0,
         draining: false,
         site_replicas: 0,
+        workers: Vec::new(),
     };
     let at = |t: i64, n: DataNodeInfo| {
         ns.execute(&Command {

@@ -89,6 +89,7 @@ pub(crate) fn heartbeat(ns: &Namespace, t: i64, site: &str) {
                 last_heartbeat_ns: 0,
                 draining: false,
                 site_replicas: 0,
+                workers: Vec::new(),
             },
         },
     );
@@ -1068,6 +1069,7 @@ async fn must_register(client: &mobilus_meta_client::MetaClient, site: &str) {
         last_heartbeat_ns: 0,
         draining: false,
         site_replicas: 0,
+        workers: Vec::new(),
     };
     client.register_data_node(&node).await.expect("register");
 }
