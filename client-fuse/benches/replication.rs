@@ -8,8 +8,6 @@
 //! disk and run: copying the same bytes between two files (read, write, one fsync).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mobilus_client::Client;
@@ -19,41 +17,9 @@ use mobilus_meta_client::MetaClient;
 use mobilus_proto::fs::{DataMode, FileKind, SitePlacement, ROOT_INO};
 use mobilus_proto::noise::noise;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let path = exe.parent().and_then(Path::parent).map(|d| d.join(name));
-    match path {
-        Some(p) if p.is_file() => Ok(p),
-        _ => anyhow::bail!(
-            "{name} is not built in release: run `cargo build --release --workspace` first"
-        ),
-    }
-}
-
-fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc, String)> {
-    let child = Command::new(bin(name)?)
-        .args(args)
-        .arg("--ready-file")
-        .arg(ready)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        anyhow::ensure!(Instant::now() < deadline, "{name} did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((Proc(child), std::fs::read_to_string(ready)?))
-}
+use common::{spawn, Proc};
 
 /// CPU seconds (user + system) a process has used.
 fn cpu_secs(p: &Proc) -> f64 {
@@ -195,9 +161,10 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     loop {
         let rows = m.replication_status(Some(app)).await?;
-        let caught_up = rows.iter().find(|f| f.site == "site-b").is_some_and(|f| {
-            f.updated_ns > 0 && !f.scanning && f.cursor + 1 >= f.next_seq && f.backlog_chunks == 0
-        });
+        let caught_up = rows
+            .iter()
+            .find(|f| f.site == "site-b")
+            .is_some_and(|f| f.caught_up());
         if caught_up {
             break;
         }

@@ -239,7 +239,7 @@ async fn data_follows(
             .await
             .map_err(crate::cluster::explain)?;
         if let Some(f) = rows.iter().find(|f| f.site == "site-b") {
-            if crate::replication::caught_up(f) {
+            if f.caught_up() {
                 let fetched = stats(data_b).await?.remote_fetches - fetched_before;
                 println!(
                     "   the data follows: site-b, now the owner, holds /demo eagerly; its follower read the change feed to entry {} of {} and fetched the {fetched} chunks its reads never asked for (the backups), caught up {:.1} s after the move (`mobilusctl replication status /demo`).",

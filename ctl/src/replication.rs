@@ -199,11 +199,6 @@ fn follower_view(f: &Follower) -> FollowerView {
     }
 }
 
-/// Whether the site has caught up with everything written before this was read.
-pub fn caught_up(f: &Follower) -> bool {
-    f.updated_ns > 0 && !f.scanning && f.cursor + 1 >= f.next_seq && f.backlog_chunks == 0
-}
-
 pub fn render_followers(rows: &[FollowerView]) -> comfy_table::Table {
     let mut t = table(&[
         "PATH", "SITE", "MODE", "FEED", "TO GO", "RATE", "ETA", "REPORTED",
@@ -288,7 +283,7 @@ pub async fn wait_for_data(
                 bar.finish_and_clear();
                 return Ok(());
             }
-            if caught_up(f) {
+            if f.caught_up() {
                 bar.finish_and_clear();
                 return Ok(());
             }

@@ -632,3 +632,14 @@ pub struct Follower {
     pub updated_ns: i64,
     pub log_now_ns: i64,
 }
+
+impl Follower {
+    /// Whether the site has reported, is not copying a scan, has passed every entry
+    /// written before this was read, and has nothing left to fetch.
+    pub fn caught_up(&self) -> bool {
+        self.updated_ns > 0
+            && !self.scanning
+            && self.cursor + 1 >= self.next_seq
+            && self.backlog_chunks == 0
+    }
+}

@@ -76,9 +76,7 @@ async fn must_catch_up(meta: &MetaClient, root: InodeId, site: &str, within: Dur
     loop {
         let rows = meta.replication_status(Some(root)).await.unwrap();
         let f = rows.iter().find(|f| f.site == site);
-        if f.is_some_and(|f| {
-            f.updated_ns > 0 && !f.scanning && f.cursor + 1 >= f.next_seq && f.backlog_chunks == 0
-        }) {
+        if f.is_some_and(|f| f.caught_up()) {
             return start.elapsed();
         }
         assert!(start.elapsed() < within, "{site} never caught up: {f:?}");

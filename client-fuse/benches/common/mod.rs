@@ -1,0 +1,42 @@
+//! What the client benchmarks share: release binaries started as real processes, killed
+//! on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Proc(pub Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().and_then(Path::parent).map(|d| d.join(name));
+    match path {
+        Some(p) if p.is_file() => Ok(p),
+        _ => anyhow::bail!(
+            "{name} is not built in release: run `cargo build --release --workspace` first"
+        ),
+    }
+}
+
+pub fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc, String)> {
+    let child = Command::new(bin(name)?)
+        .args(args)
+        .arg("--ready-file")
+        .arg(ready)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        anyhow::ensure!(Instant::now() < deadline, "{name} did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((Proc(child), std::fs::read_to_string(ready)?))
+}
