@@ -36,8 +36,9 @@ const PARALLEL: usize = 4;
 const PAGE: u32 = 256;
 /// Chunks asked about per `has`.
 const HAS_BATCH: usize = 4096;
-/// A remote fetch that takes longer than this has failed (a partitioned site).
-const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// A remote fetch that takes longer than this has failed (a partitioned site), unless
+/// the node is told otherwise (`--replication-fetch-timeout-ms`).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Progress is reported at most this often while a transfer runs.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -60,9 +61,13 @@ pub struct Follower {
     site: String,
     me: String,
     bandwidth: u64,
+    fetch_timeout: Duration,
     buckets: Mutex<HashMap<String, Arc<TokenBucket>>>,
     fetched: AtomicU64,
     bytes_fetched: AtomicU64,
+    /// A deliberate bug, for the Jepsen harness to catch: fetches that fail are taken
+    /// as done, so the feed moves past chunks that never arrived.
+    unsafe_skip_failed_fetches: bool,
 }
 
 impl Follower {
@@ -80,10 +85,26 @@ impl Follower {
             site,
             me,
             bandwidth,
+            fetch_timeout: FETCH_TIMEOUT,
             buckets: Mutex::default(),
             fetched: AtomicU64::new(0),
             bytes_fetched: AtomicU64::new(0),
+            unsafe_skip_failed_fetches: false,
         }
+    }
+
+    /// How long a fetch from another site may take before it is abandoned (and the
+    /// chunk tried again at the next source, or the next round).
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
+        self
+    }
+
+    /// Switch on the deliberate bug of taking failed fetches as done (the harness shows
+    /// it is caught: acknowledged files go missing once the source site is gone).
+    pub fn with_unsafe_skip_failed_fetches(mut self, on: bool) -> Self {
+        self.unsafe_skip_failed_fetches = on;
+        self
     }
 
     /// Chunks and bytes fetched from other sites since start.
@@ -263,6 +284,10 @@ impl Follower {
         drop(results);
         match failure {
             None => Ok(()),
+            Some(e) if self.unsafe_skip_failed_fetches => {
+                tracing::warn!(chunks = failed.len(), error = %e, "unsafe: skipped failed fetches");
+                Ok(())
+            }
             // A chunk no file references any more may be gone everywhere (collected
             // after its file was deleted): it is not waited for. Any other is.
             Some(e) if failed.len() <= MAX_GC_BATCH => {
@@ -341,7 +366,7 @@ impl Follower {
                 // The bytes are paid for before they cross: the rate holds while they do.
                 bucket.take(chunk.len.max(1)).await;
                 let read = node.get_as(&chunk.hash, 0, 0, Priority::Background);
-                let got = tokio::time::timeout(FETCH_TIMEOUT, read).await;
+                let got = tokio::time::timeout(self.fetch_timeout, read).await;
                 let bytes = match got {
                     Ok(Ok(bytes)) if ChunkHash::of(&bytes) == chunk.hash => bytes,
                     Ok(Ok(_)) => {

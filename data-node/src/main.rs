@@ -69,6 +69,15 @@ struct Args {
     /// `50MiB`, bytes): less than the link, so reads that fault keep their share.
     #[arg(long, default_value = "100mbit", value_parser = mobilus_data_client::bandwidth::parse_bandwidth)]
     replication_bandwidth: u64,
+    /// A chunk fetch from another site that has not finished in this long is abandoned
+    /// and tried again (a stalled link: a partition holds a connection open, silent).
+    /// Long enough for the largest chunk over the slowest link the site uses.
+    #[arg(long, default_value_t = 60_000)]
+    replication_fetch_timeout_ms: u64,
+    /// A deliberate bug, for the Jepsen harness: the follower takes fetches that failed
+    /// as done. Never use it.
+    #[arg(long, hide = true)]
+    unsafe_skip_failed_fetches: bool,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
 }
@@ -186,6 +195,11 @@ fn start_follower(
     let meta = MetaClient::connect(&args.meta).context("bad --meta address")?;
     let down_after = Duration::from_millis(args.node_down_after_ms.max(1));
     let (site, bandwidth) = (args.site.clone(), args.replication_bandwidth);
+    let skip_failed = args.unsafe_skip_failed_fetches;
+    let fetch_timeout = Duration::from_millis(args.replication_fetch_timeout_ms.max(1));
+    if skip_failed {
+        tracing::warn!("--unsafe-skip-failed-fetches: replication may lose data");
+    }
     let follower = Arc::new(tokio::sync::OnceCell::<Arc<Follower>>::new());
     Ok(Some(worker::spawn_periodic(
         "follow",
@@ -199,7 +213,10 @@ fn start_follower(
                 let f = follower
                     .get_or_try_init(|| async {
                         let nodes = DataNodes::connect(meta.clone(), down_after).await?;
-                        anyhow::Ok(Arc::new(Follower::new(meta, nodes, site, addr, bandwidth)))
+                        let f = Follower::new(meta, nodes, site, addr, bandwidth)
+                            .with_fetch_timeout(fetch_timeout)
+                            .with_unsafe_skip_failed_fetches(skip_failed);
+                        anyhow::Ok(Arc::new(f))
                     })
                     .await?;
                 let report = f.round().await?;

@@ -29,11 +29,10 @@ pub enum ClusterError {
     Unhealthy(Duration, String),
 }
 
-/// What to run.
-/// Deliberate bugs the metadata members can be started with (hidden flags of
-/// `mobilus-meta`), so a run can show that its checkers catch them.
+/// Deliberate bugs the servers can be started with (hidden flags of `mobilus-meta` and
+/// `mobilus-data`), so a run can show that its checkers catch them.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct MetaBugs {
+pub struct Bugs {
     /// Reads without a read index, on any member (`--unsafe-local-reads`).
     pub local_reads: bool,
     /// A read lease of this length, past the election timeout (`--unsafe-read-lease-ms`).
@@ -43,11 +42,23 @@ pub struct MetaBugs {
     /// Any mount may change a delegated subtree without recalling the delegation
     /// (`--unsafe-no-delegation-check`).
     pub no_delegation_check: bool,
+    /// Data nodes: replication takes fetches that failed as done
+    /// (`--unsafe-skip-failed-fetches`).
+    pub skip_failed_fetches: bool,
 }
 
-impl MetaBugs {
+impl Bugs {
+    /// The data-node flags that switch them on.
+    pub fn data_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.skip_failed_fetches {
+            args.push("--unsafe-skip-failed-fetches".to_string());
+        }
+        args
+    }
+
     /// The member flags that switch them on.
-    pub fn args(&self) -> Vec<String> {
+    pub fn meta_args(&self) -> Vec<String> {
         let mut args = Vec::new();
         if self.local_reads {
             args.push("--unsafe-local-reads".to_string());
@@ -73,7 +84,7 @@ pub struct ClusterSpec {
     pub dir: PathBuf,
     pub sites: Vec<String>,
     /// Deliberate bugs, to show the checkers catch them.
-    pub bugs: MetaBugs,
+    pub bugs: Bugs,
     /// Route traffic between sites through the link emulator.
     pub link_emulator: bool,
     /// A second client host (`c2-<site>`) at each of these sites.
@@ -235,7 +246,7 @@ impl Cluster {
             } else {
                 args.extend(["--join".into(), seed.clone()]);
             }
-            args.extend(spec.bugs.args());
+            args.extend(spec.bugs.meta_args());
             cluster.procs.push(Proc {
                 role: Role::Meta { id },
                 host: i,
@@ -251,7 +262,7 @@ impl Cluster {
         for (j, site) in spec.sites.iter().enumerate() {
             let host = 3 + j;
             let addr = format!("{}:{DATA_PORT}", cluster.net.hosts[host].ip);
-            let args = vec![
+            let mut args = vec![
                 "--site".into(),
                 site.clone(),
                 "--listen".into(),
@@ -262,7 +273,16 @@ impl Cluster {
                 metas.clone(),
                 "--heartbeat-ms".into(),
                 "500".into(),
+                // Replication catches up within a second of a fault's end.
+                "--follow-interval-ms".into(),
+                "500".into(),
+                // A partition stalls a fetch; give up on it soon and try again.
+                "--replication-fetch-timeout-ms".into(),
+                "2000".into(),
+                "--replication-bandwidth".into(),
+                "1gbit".into(),
             ];
+            args.extend(spec.bugs.data_args());
             cluster.procs.push(Proc {
                 role: Role::Data { site: site.clone() },
                 host,

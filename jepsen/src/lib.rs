@@ -12,6 +12,7 @@ pub mod link;
 pub mod nemesis;
 pub mod net;
 pub mod ownership;
+pub mod replication;
 pub mod report;
 pub mod run;
 pub mod worker;

@@ -2,9 +2,10 @@
 //! connection from a host to a server of another site is redirected (iptables DNAT, in
 //! the client's namespace) to a proxy in the harness, which forwards it with the
 //! configured latency and bandwidth. Partitions reach proxied connections too: the proxy
-//! stalls traffic between cut hosts, as a dropped link would.
+//! stalls traffic between cut hosts, as a dropped link would. It counts the bytes it
+//! delivers between each pair of hosts (what crossed between the sites).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -30,6 +31,8 @@ struct State {
     shape: LinkShape,
     /// (from, to) address pairs whose traffic is stalled.
     cut: HashSet<(Ipv4Addr, Ipv4Addr)>,
+    /// Bytes delivered from one address to another, connections in both directions.
+    delivered: std::sync::Mutex<HashMap<(Ipv4Addr, Ipv4Addr), u64>>,
 }
 
 /// The proxies of one run; dropping it stops them.
@@ -75,6 +78,13 @@ impl LinkEmulator {
 
     pub fn set_shape(&self, shape: LinkShape) {
         write(&self.state).shape = shape;
+    }
+
+    /// Bytes delivered from `from` to `to` since the start.
+    pub fn delivered(&self, from: Ipv4Addr, to: Ipv4Addr) -> u64 {
+        let s = read(&self.state);
+        let d = s.delivered.lock().unwrap_or_else(|p| p.into_inner());
+        d.get(&(from, to)).copied().unwrap_or(0)
     }
 
     /// Stall traffic between these address pairs (both directions), replacing any cut.
@@ -150,6 +160,11 @@ async fn pipe(
             if w.write_all(&bytes).await.is_err() {
                 return;
             }
+            {
+                let s = read(&deliver_state);
+                let mut d = s.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                *d.entry((from, to)).or_default() += bytes.len() as u64;
+            }
         }
         let _ = w.shutdown().await;
     });
@@ -222,6 +237,14 @@ mod tests {
         assert!(stalled.is_err(), "a cut link must stall");
         emu.set_cut([]);
         round_trip(10).await?;
+        // Every completed round trip was counted, both ways (the stalled one's bytes
+        // may or may not have gone on once healed).
+        let lo = Ipv4Addr::LOCALHOST;
+        let (done, counted) = (2 * (30 + (512 << 10)), emu.delivered(lo, lo));
+        assert!(
+            (done..=done + 20).contains(&counted),
+            "counted {counted} bytes"
+        );
         Ok(())
     }
 }

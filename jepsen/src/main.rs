@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mobilus_jepsen::checker::{self, ModelKind, Verdict};
-use mobilus_jepsen::cluster::MetaBugs;
+use mobilus_jepsen::cluster::Bugs;
 use mobilus_jepsen::history::History;
 use mobilus_jepsen::nemesis::NemesisKind;
 use mobilus_jepsen::run::{RunOptions, Workload};
@@ -81,6 +81,10 @@ enum Command {
         /// subtree without recalling the delegation (the deliberate caching bug).
         #[arg(long, hide = true)]
         unsafe_no_delegation_check: bool,
+        /// TEST ONLY: start the data nodes taking replication fetches that failed as
+        /// done (the deliberate replication bug).
+        #[arg(long, hide = true)]
+        unsafe_skip_failed_fetches: bool,
     },
     /// Draw (again) the report of a run folder: timeline, latency, throughput, index.html.
     Report { dir: PathBuf },
@@ -234,6 +238,7 @@ fn main() -> ExitCode {
             unsafe_read_lease_ms,
             unsafe_no_ownership_check,
             unsafe_no_delegation_check,
+            unsafe_skip_failed_fetches,
         } => {
             let seed = seed.unwrap_or_else(|| {
                 std::time::SystemTime::now()
@@ -262,11 +267,12 @@ fn main() -> ExitCode {
                 seed,
                 out,
                 bin_dir,
-                bugs: MetaBugs {
+                bugs: Bugs {
                     local_reads: unsafe_local_reads,
                     read_lease_ms: unsafe_read_lease_ms,
                     no_ownership_check: unsafe_no_ownership_check,
                     no_delegation_check: unsafe_no_delegation_check,
+                    skip_failed_fetches: unsafe_skip_failed_fetches,
                 },
                 nemesis_interval: Duration::from_secs(nemesis_interval.max(1)),
                 op_timeout: Duration::from_millis(op_timeout_ms.max(100)),

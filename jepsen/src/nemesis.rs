@@ -33,6 +33,10 @@ pub enum NemesisKind {
     /// its clients keep writing, or its data node and clients are cut off together; both
     /// end when the fault stops.
     Takeover,
+    /// The sites split apart: either every host keeps only the hosts of its own site, or
+    /// only the data nodes of two sites lose each other (the metadata still reachable
+    /// from both: a follower can read the feed but not fetch the chunks).
+    Sites,
     /// The delegation workload: SIGSTOP one of the mounts (the delegation's holder,
     /// perhaps, which then answers no recall), or cut its client host off from every
     /// other host.
@@ -179,6 +183,47 @@ async fn leader_minority(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, C
     })
 }
 
+/// Split the sites (see [`NemesisKind::Sites`]).
+fn split_sites(cluster: &Cluster, rng: &mut StdRng) -> Result<Fault, ClusterError> {
+    let sites = cluster.spec.sites.clone();
+    // The data-only cut twice as often: it is the one where a follower reads the feed
+    // but cannot fetch.
+    let description = if rng.random_range(0..3) == 0 {
+        let groups: Vec<Vec<usize>> = sites
+            .iter()
+            .map(|site| {
+                (0..cluster.net.hosts.len())
+                    .filter(|i| &cluster.net.hosts[*i].site == site)
+                    .collect()
+            })
+            .collect();
+        cluster.partition(&groups)?;
+        format!("split the sites {}", sites.join(" | "))
+    } else {
+        let data_host = |site: &str| {
+            cluster
+                .procs
+                .iter()
+                .find(|p| p.role == Role::Data { site: site.into() })
+                .map(|p| p.host)
+        };
+        let mut pair: Vec<&String> = sites.iter().collect();
+        pair.shuffle(rng);
+        let (Some(a), Some(b)) = (data_host(pair[0]), data_host(pair[1])) else {
+            return Err(ClusterError::Start {
+                what: "a data-node cut".into(),
+                why: "two sites with a data node each are needed".into(),
+            });
+        };
+        cluster.cut(a, b)?;
+        format!(
+            "cut the data nodes {} and {}",
+            cluster.net.hosts[a].name, cluster.net.hosts[b].name
+        )
+    };
+    Ok(Fault::Partition { description })
+}
+
 /// Start one fault of `kind`.
 pub async fn start(
     kind: NemesisKind,
@@ -188,6 +233,7 @@ pub async fn start(
     match kind {
         NemesisKind::Partition => partition(cluster, rng).await,
         NemesisKind::LeaderMinority => leader_minority(cluster, rng).await,
+        NemesisKind::Sites => split_sites(cluster, rng),
         NemesisKind::Move => Ok(Fault::Moved {
             description: cluster.move_to_other().await?,
         }),

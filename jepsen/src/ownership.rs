@@ -41,7 +41,7 @@ fn start_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
     }
 }
 
-async fn wait_for_lease(
+pub(crate) async fn wait_for_lease(
     admin: &MetaClient,
     root: InodeId,
     valid: bool,

@@ -20,7 +20,7 @@ use tokio::sync::{oneshot, Mutex};
 use crate::checker::durability::DurabilityReport;
 use crate::checker::ownership::OwnershipReport;
 use crate::checker::{self, set::SetReport, CheckReport, ModelKind, Verdict};
-use crate::cluster::{Cluster, ClusterSpec, MetaBugs};
+use crate::cluster::{Bugs, Cluster, ClusterSpec};
 use crate::history::{Event, EventType, History, Process};
 use crate::nemesis::{self, NemesisKind};
 use crate::worker::{Request, Response};
@@ -48,6 +48,13 @@ pub enum Workload {
     /// and for every acknowledged write by reads after the faults heal. The `mount`
     /// nemesis pauses a mount or cuts its host off.
     Delegation,
+    /// The durability workload's files in a subtree owned by the first site and followed
+    /// eagerly by the second (its placement), written at the first site only. After the
+    /// faults heal, the second site must catch up, then serve every acknowledged file
+    /// with the first site's data node dead, and nothing may have crossed twice
+    /// ([`crate::replication`]). The `sites` nemesis splits the sites, or cuts only their
+    /// data nodes apart.
+    Replication,
 }
 
 /// How stale a read through a mount that holds no delegation may be: the kernel keeps
@@ -72,7 +79,7 @@ pub struct RunOptions {
     pub out: PathBuf,
     pub bin_dir: PathBuf,
     /// Deliberate bugs to start the metadata members with.
-    pub bugs: MetaBugs,
+    pub bugs: Bugs,
     /// Mean gap between faults, and how long each lasts.
     pub nemesis_interval: Duration,
     pub op_timeout: Duration,
@@ -106,6 +113,9 @@ pub struct RunSummary {
     pub register: Option<CheckReport>,
     pub set: Option<SetReport>,
     pub durability: Option<DurabilityReport>,
+    /// The replication workload: caught up, and nothing sent twice.
+    #[serde(default)]
+    pub replication: Option<crate::replication::ReplicationReport>,
     pub ownership: Option<OwnershipReport>,
     /// The delegation workload: no read older than the staleness bound.
     #[serde(default)]
@@ -114,6 +124,8 @@ pub struct RunSummary {
     pub unsafe_no_ownership_check: bool,
     #[serde(default)]
     pub unsafe_no_delegation_check: bool,
+    #[serde(default)]
+    pub unsafe_skip_failed_fetches: bool,
     /// The delegation workload: how stale a read was allowed to be.
     #[serde(default)]
     pub staleness_bound_ms: Option<u64>,
@@ -360,6 +372,17 @@ impl KeyPlan {
 
 /// Files each client slot rewrites, and their largest size.
 const FILES_PER_SLOT: u64 = 3;
+/// The replication workload's: enough that most writes' data is still a file's last
+/// version at the end (a chunk replication lost is then a file lost, not one
+/// overwritten).
+const REPLICATED_FILES_PER_SLOT: u64 = 256;
+
+fn files_per_slot(workload: Workload) -> u64 {
+    match workload {
+        Workload::Replication => REPLICATED_FILES_PER_SLOT,
+        _ => FILES_PER_SLOT,
+    }
+}
 const MAX_FILE_BYTES: u64 = 3 << 20;
 
 /// The next operation of a client process, and the key generation it belongs to.
@@ -396,12 +419,20 @@ fn generate(
                 ("write", Some(key), Value::from(v), g)
             }
         }
-        Workload::Durability => {
+        Workload::Durability | Workload::Replication => {
             // Each slot owns its files: one writer per file, so content is never torn
             // by concurrent writers.
-            let key = Some(format!("f{slot}-{}", rng.random_range(0..FILES_PER_SLOT)));
+            let key = Some(format!(
+                "f{slot}-{}",
+                rng.random_range(0..files_per_slot(workload))
+            ));
             let seed = rng.random::<u64>() >> 11; // exact in JSON numbers
-            let len = rng.random_range(0..MAX_FILE_BYTES);
+                                                  // Replication: smaller files, so the follower catches up in seconds.
+            let max = match workload {
+                Workload::Replication => MAX_FILE_BYTES / 4,
+                _ => MAX_FILE_BYTES,
+            };
+            let len = rng.random_range(0..max);
             (
                 "write",
                 key,
@@ -465,7 +496,7 @@ async fn client_loop(
             }
         }
         let think = match opts.workload {
-            Workload::Durability => 20..100,
+            Workload::Durability | Workload::Replication => 20..100,
             Workload::Delegation => 0..20,
             _ => 0..10,
         };
@@ -566,7 +597,9 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         dir: out.join("cluster"),
         sites: vec!["site-a".into(), "site-b".into()],
         bugs: opts.bugs,
-        link_emulator: opts.nemeses.contains(&NemesisKind::Link),
+        // The replication workload counts what crosses between the sites.
+        link_emulator: opts.nemeses.contains(&NemesisKind::Link)
+            || opts.workload == Workload::Replication,
         // The delegation workload's second mount of the owner site, on a host of its own.
         second_clients: if opts.workload == Workload::Delegation {
             vec!["site-a".into()]
@@ -581,6 +614,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         crate::ownership::OWNED_DIR
     } else {
         std::str::from_utf8(crate::worker::REGISTER_DIR)?
+    };
+    let followed = if opts.workload == Workload::Replication {
+        Some(crate::replication::set_up(&cluster).await?)
+    } else {
+        None
     };
     let clients: Vec<usize> = cluster
         .net
@@ -597,7 +635,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     let mut conns = Vec::new();
     for (i, host) in clients.iter().enumerate() {
         let ops = match opts.workload {
-            Workload::Durability => Some(crate::worker_fs::FsOps::Files),
+            Workload::Durability | Workload::Replication => Some(crate::worker_fs::FsOps::Files),
             Workload::Delegation => Some(crate::worker_fs::FsOps::Registers),
             _ => None,
         };
@@ -648,6 +686,16 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             });
         }
     }
+    // The replication workload writes at the owner site only; the other site's mount
+    // reads at the end.
+    let writers: Vec<Arc<WorkerConn>> = match &followed {
+        Some(f) => conns
+            .iter()
+            .filter(|c| c.site == f.owner)
+            .cloned()
+            .collect(),
+        None => conns.clone(),
+    };
     let rec = Arc::new(Recorder::new());
     if opts.workload == Workload::Delegation {
         cluster.writer_turns = Some((rec.start, WRITER_TURN));
@@ -665,8 +713,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         tasks.push(tokio::spawn(client_loop(
             slot,
             opts.clone(),
-            conns[slot % conns.len()].clone(),
-            (slot % conns.len(), conns.len()),
+            writers[slot % writers.len()].clone(),
+            (slot % writers.len(), writers.len()),
             rec.clone(),
             deadline,
             next_add.clone(),
@@ -691,6 +739,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
     }
     if opts.workload == Workload::Durability {
         final_file_reads(&opts, &cluster, &conns, &rec).await?;
+    }
+    let mut replication = None;
+    if let Some(f) = &followed {
+        let killed_data = opts.nemeses.contains(&NemesisKind::Kill);
+        let report = {
+            let mut c = cluster.lock().await;
+            crate::replication::check_and_cut_off_owner(&mut c, f, killed_data).await?
+        };
+        replication = Some(report);
+        let readers: Vec<&Arc<WorkerConn>> =
+            conns.iter().filter(|c| c.site == f.follower).collect();
+        read_every_file(&opts, &rec, |_| readers[0]).await;
     }
     if opts.workload == Workload::Set {
         let process = Process::Client(FINAL_PROCESS);
@@ -724,10 +784,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         register: None,
         set: None,
         durability: None,
+        replication: None,
         ownership: None,
         staleness: None,
         unsafe_no_ownership_check: opts.bugs.no_ownership_check,
         unsafe_no_delegation_check: opts.bugs.no_delegation_check,
+        unsafe_skip_failed_fetches: opts.bugs.skip_failed_fetches,
         staleness_bound_ms: (opts.workload == Workload::Delegation)
             .then_some(STALENESS_BOUND.as_millis() as u64),
         wall_s: 0.0,
@@ -747,6 +809,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             let r = checker::durability::check(&history)?;
             summary.valid = r.valid;
             summary.durability = Some(r);
+        }
+        Workload::Replication => {
+            let r = checker::durability::check(&history)?;
+            summary.valid = r.valid && replication.as_ref().is_some_and(|r| r.valid);
+            summary.durability = Some(r);
+            summary.replication = replication;
         }
         Workload::Delegation => {
             // The staleness check decides; the search for a linearization (which may run
@@ -890,19 +958,28 @@ async fn final_file_reads(
             None,
         );
     }
+    // Through the site that did not write it.
+    read_every_file(opts, rec, |slot| &conns[(slot + 1) % conns.len()]).await;
+    Ok(())
+}
+
+/// Read every file any client slot may have written, slot `s`'s through `conn_for(s)`.
+async fn read_every_file<'a>(
+    opts: &RunOptions,
+    rec: &Recorder,
+    conn_for: impl Fn(usize) -> &'a Arc<WorkerConn>,
+) {
     let mut keys: Vec<(usize, String)> = Vec::new();
     for slot in 0..opts.concurrency {
-        for j in 0..FILES_PER_SLOT {
+        for j in 0..files_per_slot(opts.workload) {
             keys.push((slot, format!("f{slot}-{j}")));
         }
     }
     for (k, (slot, key)) in keys.into_iter().enumerate() {
         let process = Process::Client(FINAL_PROCESS + k as u64);
-        // Through the site that did not write it.
-        let conn = &conns[(slot + 1) % conns.len()];
+        let conn = conn_for(slot);
         final_read(rec, conn, process, Some(key), Duration::from_secs(60)).await;
     }
-    Ok(())
 }
 
 fn write_history(opts: &RunOptions, history: &History) -> anyhow::Result<()> {

@@ -460,3 +460,74 @@ fn check_exit_codes_follow_the_verdict() {
         Some(2)
     );
 }
+
+/// A replication run: site-a writes fsynced files into a subtree site-b follows
+/// eagerly, while the sites split apart or only their data nodes are cut apart (seed 21:
+/// a split, then two cuts).
+fn must_run_replication(out: &Path, seed: &str, extra: &[&str]) -> (Output, serde_json::Value) {
+    let mut args = vec![
+        "--workload",
+        "replication",
+        "--nemesis",
+        "sites",
+        "--nemesis-interval",
+        "4",
+        "--time-limit",
+        "24",
+        "--concurrency",
+        "4",
+        "--seed",
+        seed,
+    ];
+    args.extend_from_slice(extra);
+    must_run(out, &args)
+}
+
+#[test]
+fn replication_catches_up_after_the_sites_split_and_sends_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run_replication(&out, "21", &[]);
+    assert_eq!(child.status.code(), Some(0), "{r}");
+    let faults: Vec<&str> = r["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["description"].as_str().unwrap())
+        .collect();
+    assert!(
+        faults.iter().any(|f| f.starts_with("split the sites")),
+        "{faults:?}"
+    );
+    assert!(
+        faults.iter().any(|f| f.starts_with("cut the data nodes")),
+        "{faults:?}"
+    );
+    let d = &r["durability"];
+    assert_eq!(d["valid"], true, "{r}");
+    assert!(d["acknowledged_writes"].as_u64().unwrap() > 30, "{r}");
+    // Every acknowledged file read back at site-b with site-a's data node dead.
+    assert_eq!(d["unread"].as_array().unwrap().len(), 0, "{r}");
+    let rep = &r["replication"];
+    assert_eq!(rep["valid"], true, "{r}");
+    assert_eq!(rep["caught_up"], true, "{r}");
+    assert_eq!(rep["resend_checked"], true, "{r}");
+    assert!(rep["bytes_stored"].as_u64().unwrap() > 20 << 20, "{r}");
+    let ratio = rep["crossed_per_stored"].as_f64().unwrap();
+    assert!((1.0..1.02).contains(&ratio), "{r}");
+}
+
+#[test]
+fn the_injected_replication_bug_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run_replication(&out, "21", &["--unsafe-skip-failed-fetches"]);
+    assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
+    assert_eq!(r["unsafe_skip_failed_fetches"], true);
+    // The follower passed chunks it never fetched: once site-a's data node is gone,
+    // acknowledged files cannot be read whole at site-b.
+    let d = &r["durability"];
+    assert_eq!(d["valid"], false, "{r}");
+    let lost = d["lost_files"].as_array().unwrap().len() + d["unread"].as_array().unwrap().len();
+    assert!(lost > 0, "{r}");
+}
