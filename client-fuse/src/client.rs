@@ -7,7 +7,8 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use mobilus_meta_client::{MetaClient, ReservedCreate};
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, ChunkRef, InodeId, SliceWrite, SubtreeId, MAX_FILE_SIZE, ROOT_INO,
+    Attr, ChunkCheck, ChunkHash, ChunkRef, InodeId, Placement, SliceWrite, SubtreeId,
+    MAX_FILE_SIZE, ROOT_INO,
 };
 use mobilus_proto::status::Errno;
 
@@ -135,7 +136,7 @@ pub struct Client {
     /// Chunks being repaired (see [`Client::repair`]).
     repairing: Arc<std::sync::Mutex<HashSet<ChunkHash>>>,
     /// Per subtree: the other sites a write waits for, and when that was asked.
-    placements: Arc<std::sync::Mutex<SyncSites>>,
+    placements: Arc<std::sync::Mutex<Placements>>,
 }
 
 /// Chunks this site's nodes answered present (or stored), each with the nodes that hold
@@ -149,7 +150,8 @@ struct PresentChunks {
 }
 
 /// Per subtree: the other sites its writes wait for, and when that was asked.
-type SyncSites = HashMap<SubtreeId, (Vec<String>, std::time::Instant)>;
+/// Subtree placements, as last asked, and when.
+type Placements = HashMap<SubtreeId, (Placement, std::time::Instant)>;
 
 /// Chunks remembered present, at most (past it, all are forgotten).
 const MAX_PRESENT: usize = 8192;
@@ -333,7 +335,7 @@ impl Client {
         chunks: &[(ChunkHash, &[u8])],
     ) -> (DataClient, Option<u64>, Vec<usize>, Option<ClientError>) {
         let hashes: Vec<ChunkHash> = idx.iter().map(|i| chunks[*i].0).collect();
-        let (gc_gen, present) = match node.has(&hashes).await {
+        let (gc_gen, present) = match node.has_keeping(&hashes).await {
             Ok(answer) => answer,
             Err(e) => return (node, None, Vec::new(), Some(e.into())),
         };
@@ -432,14 +434,22 @@ impl Client {
 
     /// A whole chunk not at this site, verified, from another site; then stored on the
     /// first of this site's nodes that takes it (its replicator makes the other copies),
-    /// so the next read is local.
+    /// so the next read is local: held if the placement of `ino`'s subtree has this site
+    /// hold or pin it, else as a cache entry the node may evict.
     pub(crate) async fn chunk_from_elsewhere(
         &self,
         hash: &ChunkHash,
+        ino: InodeId,
     ) -> Result<Vec<u8>, ClientError> {
         let whole = self.fetch_remote(hash).await?;
+        let keep = self.keeps_faults_of(ino).await;
         for node in self.nodes.candidates(&self.site, hash) {
-            match node.put(hash, &whole, true).await {
+            let stored = if keep {
+                node.put(hash, &whole, true).await
+            } else {
+                node.put_cached(hash, &whole).await
+            };
+            match stored {
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(?hash, node = node.addr(), error = %e, "could not keep a fetched chunk here")
@@ -481,32 +491,50 @@ impl Client {
         Err(ClientError::ChunkUnavailable(*hash))
     }
 
-    /// Sites whose copy a write to `subtree` waits for, besides this one (each subtree's
-    /// placement is asked again after a few seconds).
-    async fn sync_sites(&self, subtree: SubtreeId) -> Result<Vec<String>, ClientError> {
-        if subtree == ROOT_INO {
-            return Ok(Vec::new());
-        }
+    /// A subtree's placement (asked again after a few seconds).
+    async fn placement(&self, subtree: SubtreeId) -> Result<Placement, ClientError> {
         {
             let cache = self.placements.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((sites, at)) = cache.get(&subtree) {
+            if let Some((place, at)) = cache.get(&subtree) {
                 if at.elapsed() < PLACEMENT_FOR {
-                    return Ok(sites.clone());
+                    return Ok(place.clone());
                 }
             }
         }
         let place = self.meta.placement(subtree, true).await?;
-        let sites: Vec<String> = place
-            .sync_sites()
-            .filter(|s| *s != self.site)
-            .map(String::from)
-            .collect();
         let mut cache = self.placements.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_PLACEMENTS {
             cache.clear();
         }
-        cache.insert(subtree, (sites.clone(), std::time::Instant::now()));
-        Ok(sites)
+        cache.insert(subtree, (place.clone(), std::time::Instant::now()));
+        Ok(place)
+    }
+
+    /// Sites whose copy a write to `subtree` waits for, besides this one.
+    async fn sync_sites(&self, subtree: SubtreeId) -> Result<Vec<String>, ClientError> {
+        if subtree == ROOT_INO {
+            return Ok(Vec::new());
+        }
+        let place = self.placement(subtree).await?;
+        Ok(place
+            .sync_sites()
+            .filter(|s| *s != self.site)
+            .map(String::from)
+            .collect())
+    }
+
+    /// Whether this site keeps for good what a read of `ino` faults in (its placement
+    /// has the site hold or pin the file's subtree), or only caches it. Outside every
+    /// subtree, and when the metadata cannot say, it keeps it.
+    async fn keeps_faults_of(&self, ino: InodeId) -> bool {
+        let subtree = match self.meta.getattr(ino, true).await {
+            Ok(attr) if attr.subtree != ROOT_INO => attr.subtree,
+            _ => return true,
+        };
+        match self.placement(subtree).await {
+            Ok(place) => place.keeps_faults(&self.site),
+            Err(_) => true,
+        }
     }
 
     /// Make `chunks` durable at every synchronous site of `subtree`'s placement.

@@ -73,14 +73,16 @@ impl Client {
         Ok(Some((attr, reader)))
     }
 
-    /// Bytes `[offset, offset+len)` of chunk `hash`, verified.
+    /// Bytes `[offset, offset+len)` of chunk `hash`, verified, for a read of file `ino`
+    /// (whose subtree's placement says whether a fault is kept or only cached).
     pub(crate) async fn chunk_bytes(
         &self,
         hash: ChunkHash,
         offset: u64,
         len: u64,
+        ino: InodeId,
     ) -> Result<Vec<u8>, ClientError> {
-        let (first, blocks) = self.blocks_of(hash, offset, len).await?;
+        let (first, blocks) = self.blocks_of(hash, offset, len, ino).await?;
         bytes_of_blocks(first, &blocks, offset, len).ok_or(ClientError::ChunkUnavailable(hash))
     }
 
@@ -106,6 +108,7 @@ impl Client {
         hash: ChunkHash,
         offset: u64,
         len: u64,
+        ino: InodeId,
     ) -> Result<(u64, Vec<Bytes>), ClientError> {
         let (first, end) = blocks::blocks_covering(offset, len);
         let mut got: Vec<Option<Bytes>> = (first..end)
@@ -117,7 +120,7 @@ impl Client {
         if missing.is_empty() {
             return Ok((first, got.into_iter().flatten().collect()));
         }
-        let runs = self.fetch_blocks(hash, &missing).await;
+        let runs = self.fetch_blocks(hash, &missing, ino).await;
         for &i in &missing {
             got[(i - first) as usize] = runs
                 .iter()
@@ -132,7 +135,7 @@ impl Client {
             .collect();
         let mut left = left.into_iter().peekable();
         while let Some(a) = left.next() {
-            let run = self.fetch_run(hash, a, (a + MAX_RUN).min(end)).await?;
+            let run = self.fetch_run(hash, a, (a + MAX_RUN).min(end), ino).await?;
             got[(a - first) as usize] = run.block(a).cloned();
             while let Some(i) = left.next_if(|i| run.block(*i).is_some()) {
                 got[(i - first) as usize] = run.block(i).cloned();
@@ -146,11 +149,11 @@ impl Client {
 
     /// Fetch `missing` blocks of `hash` (ascending), each run of them in one call, or
     /// await the fetch another reader has under way. Failed fetches are left out.
-    async fn fetch_blocks(&self, hash: ChunkHash, missing: &[u64]) -> Vec<Arc<Run>> {
+    async fn fetch_blocks(&self, hash: ChunkHash, missing: &[u64], ino: InodeId) -> Vec<Arc<Run>> {
         let fetches = self
             .blocks
             .fetches_for(hash, missing, MAX_RUN, |first, end| {
-                self.clone().fetch_shared(hash, first, end).boxed()
+                self.clone().fetch_shared(hash, first, end, ino).boxed()
             });
         futures::future::join_all(fetches)
             .await
@@ -159,8 +162,14 @@ impl Client {
             .collect()
     }
 
-    async fn fetch_shared(self, hash: ChunkHash, first: u64, end: u64) -> Option<Arc<Run>> {
-        let result = self.fetch_run(hash, first, end).await;
+    async fn fetch_shared(
+        self,
+        hash: ChunkHash,
+        first: u64,
+        end: u64,
+        ino: InodeId,
+    ) -> Option<Arc<Run>> {
+        let result = self.fetch_run(hash, first, end, ino).await;
         self.blocks.fetched(hash, first, end);
         shared_outcome(hash, result)
     }
@@ -175,6 +184,7 @@ impl Client {
         hash: ChunkHash,
         first: u64,
         end: u64,
+        ino: InodeId,
     ) -> Result<Arc<Run>, ClientError> {
         let known = self.blocks.outboard(&hash);
         let candidates = self.nodes.candidates(self.site(), &hash);
@@ -221,11 +231,11 @@ impl Client {
         }
         let fetch = self
             .blocks
-            .whole_fetch(hash, || self.clone().whole_shared(hash).boxed());
+            .whole_fetch(hash, || self.clone().whole_shared(hash, ino).boxed());
         match fetch.await {
             Some(run) => Ok(run),
             // Failed for whoever started it: once more here, for our own error.
-            None => match self.whole_run(hash).await {
+            None => match self.whole_run(hash, ino).await {
                 // Not at another site either: this site's failure is the one to report.
                 Err(ClientError::ChunkUnavailable(_)) if failure.is_some() => Err(failure
                     .map(ClientError::from)
@@ -235,15 +245,17 @@ impl Client {
         }
     }
 
-    async fn whole_shared(self, hash: ChunkHash) -> Option<Arc<Run>> {
-        let result = self.whole_run(hash).await;
+    async fn whole_shared(self, hash: ChunkHash, ino: InodeId) -> Option<Arc<Run>> {
+        let result = self.whole_run(hash, ino).await;
         self.blocks.whole_fetched(&hash);
         shared_outcome(hash, result)
     }
 
     /// The whole chunk from another site (verified, and kept locally), as cached blocks.
-    async fn whole_run(&self, hash: ChunkHash) -> Result<Arc<Run>, ClientError> {
-        let whole = self.chunk_from_elsewhere(&hash).await?;
+    /// (Shared by every reader of the chunk: the first one's file decides whether the
+    /// copy kept here is held or cached.)
+    async fn whole_run(&self, hash: ChunkHash, ino: InodeId) -> Result<Arc<Run>, ClientError> {
+        let whole = self.chunk_from_elsewhere(&hash, ino).await?;
         let outboard = Arc::new(Outboard::compute(&whole));
         let size = whole.len() as u64;
         let blocks: Vec<Bytes> = (0..blocks::block_count(size))
@@ -261,7 +273,7 @@ impl Client {
 
     /// Start fetching the blocks of `hash` covering `[offset, offset+len)` in the
     /// background. `false`: the mount's readahead budget is spent (nothing started).
-    fn prefetch(&self, hash: ChunkHash, offset: u64, len: u64) -> bool {
+    fn prefetch(&self, hash: ChunkHash, offset: u64, len: u64, ino: InodeId) -> bool {
         let (first, end) = blocks::blocks_covering(offset, len);
         let missing: Vec<u64> = (first..end)
             .filter(|i| !self.blocks.has_block(&(hash, *i)))
@@ -278,7 +290,7 @@ impl Client {
         let fetches = self
             .blocks
             .fetches_for(hash, &missing, MAX_RUN, |first, end| {
-                self.clone().fetch_shared(hash, first, end).boxed()
+                self.clone().fetch_shared(hash, first, end, ino).boxed()
             });
         tokio::spawn(async move {
             futures::future::join_all(fetches).await;
@@ -510,7 +522,7 @@ impl FileReader {
         let parts = futures::future::try_join_all(
             pieces
                 .iter()
-                .map(|(_, _, c)| self.client.chunk_bytes(c.hash, c.offset, c.len)),
+                .map(|(_, _, c)| self.client.chunk_bytes(c.hash, c.offset, c.len, self.ino)),
         )
         .await?;
         let mut out = vec![0u8; (end - offset) as usize];
@@ -567,7 +579,7 @@ impl FileReader {
             let mut at = 0;
             while at < len {
                 let n = (len - at).min(blocks::MAX_READ_BYTES);
-                if !self.client.prefetch(c.hash, c.offset + at, n) {
+                if !self.client.prefetch(c.hash, c.offset + at, n, self.ino) {
                     done = file_at + at;
                     break 'pieces;
                 }

@@ -22,14 +22,19 @@ pub struct PlacementArgs {
     /// Sites that copy it once they own the subtree (after a move).
     #[arg(long, value_delimiter = ',')]
     pub lazy: Vec<String>,
-    /// Sites that only fetch what their reads need (the default for a site not named).
+    /// Sites that only fetch what their reads need, and keep it as a cache evicted under
+    /// space pressure (the default for a site not named).
     #[arg(long, value_delimiter = ',')]
     pub on_demand: Vec<String>,
+    /// Sites that only fetch what their reads need, and keep it for good (never
+    /// evicted).
+    #[arg(long, value_delimiter = ',')]
+    pub pinned: Vec<String>,
     /// Sites a write's fsync waits for (they are named eager unless named otherwise).
     #[arg(long, value_delimiter = ',')]
     pub sync: Vec<String>,
     /// Forget the placement: the owner eager, every other site on demand.
-    #[arg(long, conflicts_with_all = ["eager", "lazy", "on_demand", "sync"])]
+    #[arg(long, conflicts_with_all = ["eager", "lazy", "on_demand", "pinned", "sync"])]
     pub clear: bool,
 }
 
@@ -48,7 +53,8 @@ pub enum ReplicationCmd {
 pub struct PlacementView {
     pub root: u64,
     pub owner: Option<String>,
-    /// Per site named: `eager`, `lazy` or `on-demand`, and whether writes wait for it.
+    /// Per site named: `eager`, `lazy`, `on-demand` or `pinned`, and whether writes wait
+    /// for it.
     pub sites: Vec<SitePlacementView>,
 }
 
@@ -105,6 +111,7 @@ fn sites_from(args: &PlacementArgs) -> anyhow::Result<Vec<SitePlacement>> {
         (&args.eager, DataMode::Eager),
         (&args.lazy, DataMode::Lazy),
         (&args.on_demand, DataMode::OnDemand),
+        (&args.pinned, DataMode::Pinned),
     ];
     for (list, mode) in named {
         for site in list {
@@ -141,6 +148,7 @@ pub async fn placement(
         || !(args.eager.is_empty()
             && args.lazy.is_empty()
             && args.on_demand.is_empty()
+            && args.pinned.is_empty()
             && args.sync.is_empty());
     let p = if changes {
         let sites = sites_from(&args)?;

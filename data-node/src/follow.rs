@@ -10,7 +10,9 @@
 //! those chunks they lack, fetches only those, from the owner site first and any other
 //! site after, verifies each against its hash, stores it on the chunk's nodes here, and
 //! acknowledges the feed, which moves the cursor and reports progress (chunks and bytes
-//! to go, rate) for `mobilusctl replication status`. Transfers from each remote site go
+//! to go, rate) for `mobilusctl replication status`. A subtree the placement *pins* here
+//! is walked the same way but nothing is fetched: the chunks already here (faulted in
+//! before the pin, kept only as a cache) are made held, so none is evicted. Transfers from each remote site go
 //! through a token bucket (`--replication-bandwidth`), so replication never takes a whole
 //! WAN link from the reads that fault.
 
@@ -25,7 +27,7 @@ use mobilus_data_client::{placement, DataNodes, Registry};
 use mobilus_meta_client::{FeedProgress, MetaClient};
 use mobilus_proto::datapb::Priority;
 use mobilus_proto::fs::{
-    ChunkHash, FeedChunk, InodeId, Placement, SubtreeState, MAX_GC_BATCH, ROOT_INO,
+    ChunkHash, DataMode, FeedChunk, InodeId, Placement, SubtreeState, MAX_GC_BATCH, ROOT_INO,
 };
 
 use crate::replicate::ReplicateError;
@@ -156,12 +158,13 @@ impl Follower {
                     continue;
                 }
             };
-            if !place.follows(&self.site) {
+            let fetch = place.follows(&self.site);
+            if !fetch && place.mode(&self.site) != DataMode::Pinned {
                 continue;
             }
             report.subtrees += 1;
             let before = self.totals();
-            if let Err(e) = self.follow(s.root, &place).await {
+            if let Err(e) = self.follow(s.root, &place, fetch).await {
                 tracing::debug!(subtree = s.root, error = %e, "following a subtree failed");
                 report.failed.push((s.root, e.to_string()));
             }
@@ -173,8 +176,14 @@ impl Follower {
     }
 
     /// Catch up with one subtree: a scan first if the feed cannot say what is missing,
-    /// then the feed, page by page, acknowledging each.
-    async fn follow(&self, root: InodeId, place: &Placement) -> Result<(), ReplicateError> {
+    /// then the feed, page by page, acknowledging each. `fetch`: copy what is missing
+    /// (else only keep what is here).
+    async fn follow(
+        &self,
+        root: InodeId,
+        place: &Placement,
+        fetch: bool,
+    ) -> Result<(), ReplicateError> {
         let mut page = self.meta.read_feed(root, &self.site, None, PAGE).await?;
         if page.resync {
             let scanning = FeedProgress {
@@ -189,7 +198,8 @@ impl Follower {
             // The scan covers every entry before `next`.
             let hold = next.saturating_sub(1);
             self.meta.ack_feed(root, &self.site, hold, scanning).await?;
-            self.transfer(root, hold, true, place, &chunks).await?;
+            self.transfer(root, hold, true, place, &chunks, fetch)
+                .await?;
             self.meta
                 .ack_feed(root, &self.site, hold, FeedProgress::default())
                 .await?;
@@ -210,7 +220,8 @@ impl Follower {
                 .into_iter()
                 .map(|(hash, len)| FeedChunk { hash, len })
                 .collect();
-            self.transfer(root, cursor, false, place, &chunks).await?;
+            self.transfer(root, cursor, false, place, &chunks, fetch)
+                .await?;
             let lag = page.next_seq.saturating_sub(1).saturating_sub(last);
             metrics::gauge!("mobilus_replication_lag_entries", "subtree" => root.to_string())
                 .set(lag as f64);
@@ -230,8 +241,9 @@ impl Follower {
         Ok(())
     }
 
-    /// Make `chunks` present here: ask which are missing, fetch those, reporting progress
-    /// against `cursor` (which does not move; `scanning`: copying a scan) as it goes.
+    /// Make `chunks` present here: ask which are missing (keeping those present), fetch
+    /// those if `fetch`, reporting progress against `cursor` (which does not move;
+    /// `scanning`: copying a scan) as it goes.
     async fn transfer(
         &self,
         root: InodeId,
@@ -239,9 +251,10 @@ impl Follower {
         scanning: bool,
         place: &Placement,
         chunks: &[FeedChunk],
+        fetch: bool,
     ) -> Result<(), ReplicateError> {
         let missing = self.missing(chunks).await?;
-        if missing.is_empty() {
+        if missing.is_empty() || !fetch {
             return Ok(());
         }
         let mut left = FeedProgress {
@@ -313,7 +326,8 @@ impl Follower {
         }
     }
 
-    /// Those of `chunks` that the first of their nodes here lacks.
+    /// Those of `chunks` that the first of their nodes here lacks (it keeps the others:
+    /// any it held only as a cache becomes held).
     async fn missing(&self, chunks: &[FeedChunk]) -> Result<Vec<FeedChunk>, ReplicateError> {
         let mut per_node: BTreeMap<String, Vec<FeedChunk>> = BTreeMap::new();
         for c in chunks {
@@ -329,7 +343,7 @@ impl Follower {
             let node = self.nodes.client(&addr)?;
             for batch in chunks.chunks(HAS_BATCH) {
                 let hashes: Vec<ChunkHash> = batch.iter().map(|c| c.hash).collect();
-                let (_, present) = node.has(&hashes).await?;
+                let (_, present) = node.has_keeping(&hashes).await?;
                 missing.extend(
                     batch
                         .iter()

@@ -15,6 +15,7 @@
 //! site that pulls, rounds that copy from other sites the data of the subtrees its site's
 //! placement says it holds, by their change feed, within a bandwidth.
 
+pub mod cache;
 pub mod disk;
 pub mod error;
 pub mod follow;

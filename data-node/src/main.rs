@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use mobilus_data::cache::CachePolicy;
 use mobilus_data::disk::LocalDisk;
 use mobilus_data::follow::Follower;
 use mobilus_data::gc::{Collector, GcPolicy};
@@ -74,6 +75,15 @@ struct Args {
     /// Long enough for the largest chunk over the slowest link the site uses.
     #[arg(long, default_value_t = 60_000)]
     replication_fetch_timeout_ms: u64,
+    /// Most MiB of chunks this node keeps only as a cache (faulted in for subtrees whose
+    /// placement has its site neither hold nor pin them); beyond it the least recently
+    /// used are evicted.
+    #[arg(long, default_value_t = 100 << 10)]
+    cache_capacity_mib: u64,
+    /// Cached chunks are evicted, least recently used first, while the disk has less
+    /// than this percentage of its space free.
+    #[arg(long, default_value_t = 10)]
+    cache_min_free_percent: u8,
     /// A deliberate bug, for the Jepsen harness: the follower takes fetches that failed
     /// as done. Never use it.
     #[arg(long, hide = true)]
@@ -133,6 +143,44 @@ fn start_heartbeat(
             }
         },
     )))
+}
+
+/// Evict cached chunks while the cache is over its capacity or the disk too full.
+fn start_evictor(
+    args: &Args,
+    store: Arc<ChunkStore>,
+    shutdown: &Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    let policy = CachePolicy {
+        capacity: args.cache_capacity_mib.saturating_mul(1 << 20),
+        min_free: f64::from(args.cache_min_free_percent.min(100)) / 100.0,
+    };
+    let dir = args.data_dir.clone();
+    worker::spawn_periodic(
+        "evict",
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        shutdown.subscribe(),
+        move || {
+            let (store, dir) = (store.clone(), dir.clone());
+            async move {
+                let cached = store.stats().cached_bytes;
+                if cached == 0 {
+                    return anyhow::Ok(());
+                }
+                let disk = nix::sys::statvfs::statvfs(&dir)?;
+                let free = disk.blocks_available().saturating_mul(disk.fragment_size());
+                let total = disk.blocks().saturating_mul(disk.fragment_size());
+                let excess = policy.excess(cached, free, total);
+                if excess > 0 {
+                    let (chunks, bytes) =
+                        tokio::task::spawn_blocking(move || store.evict(excess)).await??;
+                    tracing::info!(chunks, bytes, "evicted cached chunks");
+                }
+                anyhow::Ok(())
+            }
+        },
+    )
 }
 
 /// Rounds of [`Replicator`]: this node's chunks copied where their placement says.
@@ -286,6 +334,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let replicate_worker = start_replicator(&args, addr.clone(), store.clone(), &shutdown)?;
     let follow_worker = start_follower(&args, addr.clone(), &shutdown)?;
+    let evict_worker = Some(start_evictor(&args, store.clone(), &shutdown));
     // Counters become metrics once a second (cheaper than on every chunk).
     let metrics_worker = args.telemetry.metrics_listen.is_some().then(|| {
         let store = store.clone();
@@ -328,6 +377,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         gc_worker,
         replicate_worker,
         follow_worker,
+        evict_worker,
         metrics_worker,
     ]
     .into_iter()

@@ -15,6 +15,7 @@
 //! A node counts as down once its heartbeat is older than `--node-down-after-ms`: then
 //! its chunks' next candidates enter their placement and the survivors copy them there.
 //! Copies left on nodes outside a chunk's placement are kept (until unreferenced).
+//! Chunks kept only as a cache (`crate::cache`) are not copied.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,6 +117,11 @@ impl Replicator {
             .map_err(|e| ReplicateError::Task(e.to_string()))??;
             after = batch.last().copied();
             report.examined += batch.len() as u64;
+            // A cached chunk is one copy by design (its site neither holds nor pins it).
+            let batch: Vec<ChunkHash> = batch
+                .into_iter()
+                .filter(|h| !self.store.is_cached(h))
+                .collect();
             let referenced = self.referenced(&batch).await?;
             // Which peer should hold which of these.
             let mut owed: BTreeMap<String, Vec<ChunkHash>> = BTreeMap::new();

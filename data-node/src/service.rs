@@ -101,7 +101,8 @@ impl Chunks for ChunksSvc {
             .to_status());
         }
         let store = self.store.clone();
-        let existed = blocking(move || store.put(&h, &data)).await?;
+        let cached = header.cache;
+        let existed = blocking(move || store.put_as(&h, &data, cached)).await?;
         if header.from_remote && !existed {
             self.store.count_remote_fetch();
         }
@@ -151,9 +152,17 @@ impl Chunks for ChunksSvc {
     }
 
     async fn has(&self, r: Request<pb::HasRequest>) -> Result<Response<pb::HasReply>, Status> {
-        let hashes = hashes(&r.into_inner().hashes, MAX_HAS)?;
+        let r = r.into_inner();
+        let hashes = hashes(&r.hashes, MAX_HAS)?;
         let store = self.store.clone();
-        let (gc_gen, present) = blocking(move || store.has(&hashes)).await?;
+        let (gc_gen, present) = blocking(move || {
+            // Held first: nothing the answer calls present can be evicted after it.
+            if r.keep {
+                store.keep(&hashes)?;
+            }
+            store.has(&hashes)
+        })
+        .await?;
         Ok(Response::new(pb::HasReply { present, gc_gen }))
     }
 
@@ -218,6 +227,9 @@ impl Chunks for ChunksSvc {
             bytes_served: s.bytes_served,
             remote_fetches: s.remote_fetches,
             corrupt_chunks: s.corrupt_chunks,
+            cached_chunks: s.cached_chunks,
+            cached_bytes: s.cached_bytes,
+            evicted_chunks: s.evicted_chunks,
         }))
     }
 }

@@ -10,6 +10,10 @@
 //! 16 KiB blocks, see `mobilus_proto::blocks`) in the `outboard` column family, written in
 //! the same batch as its index entry: a range read reads and checks only the blocks it
 //! needs. A chunk stored before outboards existed gets one at its first range read.
+//!
+//! A chunk is *held* or *cached* (see [`crate::cache`]): a cached one, faulted in for a
+//! subtree this site does not hold, may be evicted under space pressure, least recently
+//! used first.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,12 +24,15 @@ use mobilus_proto::fs::ChunkHash;
 use mobilus_proto::MAX_CHUNK_BYTES;
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+use crate::cache::CacheIndex;
 use crate::disk::Disk;
 use crate::error::DataError;
 
-/// Index values: format byte, size, and when the chunk was stored (ns since the epoch;
-/// GC leaves chunks younger than its TTL alone).
-const INDEX_FORMAT: u8 = 2;
+/// Index values: format byte, size, when the chunk was stored (ns since the epoch; GC
+/// leaves chunks younger than its TTL alone), and whether it is only cached. Format 2
+/// (before caching) had no last byte: those chunks are held.
+const INDEX_FORMAT: u8 = 3;
+const INDEX_FORMAT_HELD_ONLY: u8 = 2;
 /// Stripes of the put/delete lock: a delete never interleaves with a put of the same hash.
 const LOCK_STRIPES: usize = 64;
 
@@ -52,6 +59,10 @@ pub struct Stats {
     pub bytes_served: u64,
     pub remote_fetches: u64,
     pub corrupt_chunks: u64,
+    /// Of `chunks`/`bytes`, those only cached (evictable).
+    pub cached_chunks: u64,
+    pub cached_bytes: u64,
+    pub evicted_chunks: u64,
 }
 
 /// What a scrub of one chunk found.
@@ -71,6 +82,7 @@ struct Counters {
     bytes_served: AtomicU64,
     remote_fetches: AtomicU64,
     corrupt_chunks: AtomicU64,
+    evicted_chunks: AtomicU64,
 }
 
 pub struct ChunkStore {
@@ -82,6 +94,7 @@ pub struct ChunkStore {
     locks: Vec<Mutex<()>>,
     /// The GC generation (see `gc`): bumped, durably, after each round's deletions.
     gc_gen: AtomicU64,
+    cache: CacheIndex,
 }
 
 /// An index entry.
@@ -89,22 +102,27 @@ pub struct ChunkStore {
 struct Entry {
     size: u64,
     stored_at_ns: i64,
+    cached: bool,
 }
 
 fn encode(e: Entry) -> Vec<u8> {
     let mut v = vec![INDEX_FORMAT];
     v.extend_from_slice(&e.size.to_be_bytes());
     v.extend_from_slice(&e.stored_at_ns.to_be_bytes());
+    v.push(u8::from(e.cached));
     v
 }
 
 fn decode(v: &[u8]) -> Option<Entry> {
-    if v.len() != 17 || v.first() != Some(&INDEX_FORMAT) {
-        return None;
-    }
+    let cached = match (v.first(), v.len()) {
+        (Some(&INDEX_FORMAT), 18) => v[17] == 1,
+        (Some(&INDEX_FORMAT_HELD_ONLY), 17) => false,
+        _ => return None,
+    };
     Some(Entry {
         size: u64::from_be_bytes(v.get(1..9)?.try_into().ok()?),
         stored_at_ns: i64::from_be_bytes(v.get(9..17)?.try_into().ok()?),
+        cached,
     })
 }
 
@@ -156,12 +174,23 @@ impl ChunkStore {
         opts.create_missing_column_families(true);
         let index = DB::open_cf(&opts, root.join("index"), ["default", OUTBOARD_CF])?;
         let counters = Counters::default();
+        let mut cached = Vec::new();
         for item in index.iterator(rocksdb::IteratorMode::Start) {
-            let (_, v) = item?;
+            let (k, v) = item?;
+            let entry = decode(&v);
             counters.chunks.fetch_add(1, Ordering::Relaxed);
             counters
                 .bytes
-                .fetch_add(decode(&v).map_or(0, |e| e.size), Ordering::Relaxed);
+                .fetch_add(entry.map_or(0, |e| e.size), Ordering::Relaxed);
+            if let (Some(e), Some(hash)) = (entry.filter(|e| e.cached), ChunkHash::from_slice(&k)) {
+                cached.push((e.stored_at_ns, hash, e.size));
+            }
+        }
+        // The order of use is not stored: the oldest stored are taken as the coldest.
+        cached.sort();
+        let cache = CacheIndex::default();
+        for (_, hash, size) in cached {
+            cache.insert(hash, size);
         }
         Ok(ChunkStore {
             root: root.to_path_buf(),
@@ -171,6 +200,7 @@ impl ChunkStore {
             next_tmp: AtomicU64::new(0),
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             gc_gen: AtomicU64::new(gc_gen),
+            cache,
         })
     }
 
@@ -179,12 +209,12 @@ impl ChunkStore {
         self.root.join("chunks").join(&hex[..2]).join(hex)
     }
 
+    fn entry(&self, hash: &ChunkHash) -> Result<Option<Entry>, DataError> {
+        Ok(self.index.get(hash.0)?.and_then(|v| decode(&v)))
+    }
+
     fn size_of(&self, hash: &ChunkHash) -> Result<Option<u64>, DataError> {
-        Ok(self
-            .index
-            .get(hash.0)?
-            .and_then(|v| decode(&v))
-            .map(|e| e.size))
+        Ok(self.entry(hash)?.map(|e| e.size))
     }
 
     fn lock(&self, hash: &ChunkHash) -> MutexGuard<'_, ()> {
@@ -192,10 +222,16 @@ impl ChunkStore {
         m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Store `data` as chunk `hash`. Returns whether it was already there (then nothing
-    /// is written: dedup). Refused, with nothing written, if the bytes do not hash to
-    /// `hash`.
+    /// Store `data` as chunk `hash`, held. Returns whether it was already there (then
+    /// nothing is written: dedup; a cached copy becomes held). Refused, with nothing
+    /// written, if the bytes do not hash to `hash`.
     pub fn put(&self, hash: &ChunkHash, data: &[u8]) -> Result<bool, DataError> {
+        self.put_as(hash, data, false)
+    }
+
+    /// [`ChunkStore::put`]; `cached`: a cache fill, evictable (an existing chunk stays
+    /// as it is).
+    pub fn put_as(&self, hash: &ChunkHash, data: &[u8], cached: bool) -> Result<bool, DataError> {
         self.counters
             .bytes_received
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -212,7 +248,10 @@ impl ChunkStore {
             });
         }
         let _guard = self.lock(hash);
-        if self.size_of(hash)?.is_some() {
+        if let Some(entry) = self.entry(hash)? {
+            if entry.cached && !cached {
+                self.hold_locked(hash, entry)?;
+            }
             return Ok(true);
         }
         let path = self.path(hash);
@@ -231,10 +270,14 @@ impl ChunkStore {
             encode(Entry {
                 size: data.len() as u64,
                 stored_at_ns: now_ns(),
+                cached,
             }),
         );
         batch.put_cf(self.outboard_cf()?, hash.0, outboard.to_bytes());
         self.index.write_opt(batch, &synced())?;
+        if cached {
+            self.cache.insert(*hash, data.len() as u64);
+        }
         self.counters.chunks.fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes
@@ -266,6 +309,7 @@ impl ChunkStore {
             return Err(DataError::Corrupt(*hash));
         }
         let out = data[offset as usize..end as usize].to_vec();
+        self.cache.touch(hash);
         self.counters
             .bytes_served
             .fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -284,7 +328,70 @@ impl ChunkStore {
         batch.delete(hash.0);
         batch.delete_cf(self.outboard_cf()?, hash.0);
         self.index.write_opt(batch, &synced())?;
+        self.cache.remove(hash);
         Ok(())
+    }
+
+    /// Make a cached chunk held (under its lock).
+    fn hold_locked(&self, hash: &ChunkHash, entry: Entry) -> Result<(), DataError> {
+        let held = Entry {
+            cached: false,
+            ..entry
+        };
+        self.index.put_opt(hash.0, encode(held), &synced())?;
+        self.cache.remove(hash);
+        Ok(())
+    }
+
+    /// The caller relies on these chunks: any of them only cached becomes held.
+    pub fn keep(&self, hashes: &[ChunkHash]) -> Result<(), DataError> {
+        for hash in hashes.iter().filter(|h| self.cache.contains(h)) {
+            let _guard = self.lock(hash);
+            if let Some(entry) = self.entry(hash)?.filter(|e| e.cached) {
+                self.hold_locked(hash, entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Evict cached chunks, least recently used first, until `bytes` are freed or none
+    /// is left. Returns the chunks and bytes evicted.
+    pub fn evict(&self, bytes: u64) -> Result<(u64, u64), DataError> {
+        let (mut chunks, mut freed) = (0, 0);
+        while freed < bytes {
+            let coldest = self.cache.coldest(64);
+            if coldest.is_empty() {
+                break;
+            }
+            for hash in coldest {
+                if freed >= bytes {
+                    break;
+                }
+                let _guard = self.lock(&hash);
+                // Held meanwhile (a writer relies on it), or gone: not evicted.
+                let Some(entry) = self.entry(&hash)?.filter(|e| e.cached) else {
+                    self.cache.remove(&hash);
+                    continue;
+                };
+                self.forget(&hash)?;
+                match self.disk.remove(&self.path(&hash)) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.counters.chunks.fetch_sub(1, Ordering::Relaxed);
+                self.counters.bytes.fetch_sub(entry.size, Ordering::Relaxed);
+                self.counters.evicted_chunks.fetch_add(1, Ordering::Relaxed);
+                chunks += 1;
+                freed += entry.size;
+            }
+        }
+        Ok((chunks, freed))
+    }
+
+    /// Whether a chunk is here only as a cache.
+    pub fn is_cached(&self, hash: &ChunkHash) -> bool {
+        self.cache.contains(hash)
     }
 
     /// The blocks of a chunk that cover `[offset, offset+len)` (cut at the chunk's end,
@@ -322,6 +429,7 @@ impl ChunkStore {
             self.quarantine(hash)?;
             return Err(DataError::Corrupt(*hash));
         }
+        self.cache.touch(hash);
         self.counters
             .bytes_served
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -530,6 +638,15 @@ impl ChunkStore {
             "Chunks that failed their hash and were quarantined"
         );
         describe_gauge!(
+            "mobilus_data_cached_bytes",
+            Unit::Bytes,
+            "Bytes of chunks kept only as a cache (evictable under space pressure)"
+        );
+        describe_counter!(
+            "mobilus_data_evicted_chunks_total",
+            "Cached chunks evicted under space pressure"
+        );
+        describe_gauge!(
             "mobilus_data_gc_generation",
             "This node's garbage-collection generation"
         );
@@ -560,11 +677,17 @@ impl ChunkStore {
         metrics::counter!("mobilus_data_corrupt_chunks_total").absolute(s.corrupt_chunks);
         metrics::gauge!("mobilus_data_gc_generation")
             .set(self.gc_gen.load(Ordering::Relaxed) as f64);
+        metrics::gauge!("mobilus_data_cached_bytes").set(s.cached_bytes as f64);
+        metrics::counter!("mobilus_data_evicted_chunks_total").absolute(s.evicted_chunks);
     }
 
     pub fn stats(&self) -> Stats {
         let c = &self.counters;
+        let (cached_chunks, cached_bytes) = self.cache.totals();
         Stats {
+            cached_chunks,
+            cached_bytes,
+            evicted_chunks: c.evicted_chunks.load(Ordering::Relaxed),
             chunks: c.chunks.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
             bytes_received: c.bytes_received.load(Ordering::Relaxed),

@@ -512,8 +512,12 @@ pub enum DataMode {
     Eager,
     /// Only once the subtree is owned there (after a move); before, reads fault.
     Lazy,
-    /// Never copied ahead: reads fault, and faulted chunks are kept as a cache.
+    /// Never copied ahead: reads fault, and faulted chunks are kept as a cache (evicted
+    /// under space pressure, least recently used first).
     OnDemand,
+    /// Never copied ahead, as on demand, but what reads fault in is kept for good: never
+    /// evicted (until garbage collection).
+    Pinned,
 }
 
 impl DataMode {
@@ -522,6 +526,7 @@ impl DataMode {
             DataMode::Eager => "eager",
             DataMode::Lazy => "lazy",
             DataMode::OnDemand => "on-demand",
+            DataMode::Pinned => "pinned",
         }
     }
 
@@ -530,6 +535,7 @@ impl DataMode {
             "eager" => Some(DataMode::Eager),
             "lazy" => Some(DataMode::Lazy),
             "on-demand" => Some(DataMode::OnDemand),
+            "pinned" => Some(DataMode::Pinned),
             _ => None,
         }
     }
@@ -570,8 +576,14 @@ impl Placement {
         match self.mode(site) {
             DataMode::Eager => true,
             DataMode::Lazy => self.owner.as_deref() == Some(site),
-            DataMode::OnDemand => false,
+            DataMode::OnDemand | DataMode::Pinned => false,
         }
+    }
+
+    /// Whether `site` keeps for good what its reads fault in: it holds the data (it
+    /// follows), or its placement pins it. Otherwise faulted chunks are a cache.
+    pub fn keeps_faults(&self, site: &str) -> bool {
+        self.follows(site) || self.mode(site) == DataMode::Pinned
     }
 
     /// Sites whose copy a write waits for (besides the writer's own).

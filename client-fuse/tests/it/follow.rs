@@ -26,7 +26,7 @@ async fn sites_following(every_ms: u64, bandwidth: &str) -> TwoSites {
 }
 
 /// `/app`, a subtree owned by site-a with a valid lease.
-async fn must_own_app(a: &Client) -> InodeId {
+pub(crate) async fn must_own_app(a: &Client) -> InodeId {
     let app = a
         .meta()
         .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
@@ -42,7 +42,7 @@ async fn must_own_app(a: &Client) -> InodeId {
     app
 }
 
-async fn must_file(c: &Client, dir: InodeId, name: &str, data: &[u8]) -> InodeId {
+pub(crate) async fn must_file(c: &Client, dir: InodeId, name: &str, data: &[u8]) -> InodeId {
     let ino = c
         .meta()
         .mknod(
@@ -62,7 +62,7 @@ async fn must_file(c: &Client, dir: InodeId, name: &str, data: &[u8]) -> InodeId
     ino
 }
 
-fn place(site: &str, mode: DataMode, sync: bool) -> SitePlacement {
+pub(crate) fn place(site: &str, mode: DataMode, sync: bool) -> SitePlacement {
     SitePlacement {
         site: site.into(),
         mode,

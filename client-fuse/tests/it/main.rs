@@ -11,6 +11,7 @@ mod follow;
 mod gc;
 mod locks;
 mod mount;
+mod on_demand;
 mod ownership;
 mod posix_suites;
 mod replicas;

@@ -64,17 +64,35 @@ impl DataClient {
         }
     }
 
-    /// Store a chunk, streamed in frames. Returns whether the node already had it.
+    /// Store a chunk, streamed in frames, held (a cached copy there becomes held).
+    /// Returns whether the node already had it.
     pub async fn put(
         &self,
         hash: &ChunkHash,
         data: &[u8],
         from_remote: bool,
     ) -> Result<bool, DataClientError> {
+        self.put_with(hash, data, from_remote, false).await
+    }
+
+    /// Store a chunk fetched from another site as a cache entry only: the node may evict
+    /// it under space pressure.
+    pub async fn put_cached(&self, hash: &ChunkHash, data: &[u8]) -> Result<bool, DataClientError> {
+        self.put_with(hash, data, true, true).await
+    }
+
+    async fn put_with(
+        &self,
+        hash: &ChunkHash,
+        data: &[u8],
+        from_remote: bool,
+        cache: bool,
+    ) -> Result<bool, DataClientError> {
         let header = pb::PutHeader {
             hash: hash.0.to_vec(),
             size: data.len() as u64,
             from_remote,
+            cache,
         };
         let mut msgs = vec![pb::PutRequest {
             part: Some(Part::Header(header)),
@@ -149,9 +167,27 @@ impl DataClient {
     /// Which of `hashes` the node holds, in one call, and the node's GC generation when
     /// it answered (a write relying on the answer carries it).
     pub async fn has(&self, hashes: &[ChunkHash]) -> Result<(u64, Vec<bool>), DataClientError> {
+        self.has_with(hashes, false).await
+    }
+
+    /// [`DataClient::has`] for a caller that will rely on the present chunks (a write's
+    /// dedup, a follower): the node makes any cached one among them held first.
+    pub async fn has_keeping(
+        &self,
+        hashes: &[ChunkHash],
+    ) -> Result<(u64, Vec<bool>), DataClientError> {
+        self.has_with(hashes, true).await
+    }
+
+    async fn has_with(
+        &self,
+        hashes: &[ChunkHash],
+        keep: bool,
+    ) -> Result<(u64, Vec<bool>), DataClientError> {
         let mut c = self.inner.clone();
         let req = pb::HasRequest {
             hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
+            keep,
         };
         let r = c.has(req).await.map_err(|s| self.err(s))?.into_inner();
         if r.present.len() != hashes.len() {

@@ -29,6 +29,7 @@ fn put_frames(hash: &ChunkHash, size: u64, frames: Vec<Vec<u8>>) -> Vec<pb::PutR
         hash: hash.0.to_vec(),
         size,
         from_remote: false,
+        cache: false,
     };
     let mut msgs = vec![pb::PutRequest {
         part: Some(Part::Header(header)),
@@ -136,6 +137,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     let has = c
         .has(pb::HasRequest {
             hashes: vec![h.0.to_vec(), missing.0.to_vec()],
+            keep: false,
         })
         .await
         .unwrap();
@@ -192,6 +194,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     let short_hash = c
         .has(pb::HasRequest {
             hashes: vec![vec![1, 2, 3]],
+            keep: false,
         })
         .await;
     assert_eq!(short_hash.unwrap_err().code(), Code::InvalidArgument);
@@ -199,6 +202,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
         hash: hs.0.to_vec(),
         size: 1 << 40,
         from_remote: false,
+        cache: false,
     };
     let huge = put(
         &mut c,
@@ -211,6 +215,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     let has = c
         .has(pb::HasRequest {
             hashes: vec![hs.0.to_vec()],
+            keep: false,
         })
         .await
         .unwrap();

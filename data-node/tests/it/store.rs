@@ -166,3 +166,94 @@ fn concurrent_puts_of_one_chunk_store_it_once() {
     assert_eq!(store.get(&h, 0, 0).unwrap(), *a);
     assert_eq!(files_under(&tmp.path().join("tmp")), 0);
 }
+
+/// Cached chunks are evicted least recently used first, held ones never; a cached chunk
+/// a writer relies on (`keep`, or a held put) becomes held; and a reopened store still
+/// knows which are cached.
+#[test]
+fn cached_chunks_are_evicted_coldest_first_and_held_ones_never() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(tmp.path(), Arc::new(LocalDisk)).unwrap();
+    let chunk = |seed: u8| {
+        let b = bytes(seed, 100_000);
+        (ChunkHash::of(&b), b)
+    };
+    let (held, held_bytes) = chunk(1);
+    store.put(&held, &held_bytes).unwrap();
+    let cached: Vec<(ChunkHash, Vec<u8>)> = (10..15).map(chunk).collect();
+    for (h, b) in &cached {
+        assert!(!store.put_as(h, b, true).unwrap());
+    }
+    let s = store.stats();
+    assert_eq!((s.chunks, s.cached_chunks, s.cached_bytes), (6, 5, 500_000));
+    // A cache fill of a held chunk leaves it held.
+    store.put_as(&held, &held_bytes, true).unwrap();
+    assert!(!store.is_cached(&held));
+    // Read: no longer the coldest.
+    store.get(&cached[0].0, 0, 10).unwrap();
+    // A writer relies on #1; a held put of #2 makes it held too.
+    store.keep(&[cached[1].0]).unwrap();
+    store.put(&cached[2].0, &cached[2].1).unwrap();
+    assert_eq!(store.stats().cached_chunks, 3);
+    // Evict 150 KB: two chunks, #3 and #4 (#0 was read since).
+    assert_eq!(store.evict(150_000).unwrap(), (2, 200_000));
+    let present = store
+        .has(&cached.iter().map(|c| c.0).collect::<Vec<_>>())
+        .unwrap()
+        .1;
+    assert_eq!(present, vec![true, true, true, false, false]);
+    // Everything cached: #0 too; nothing held.
+    assert_eq!(store.evict(1 << 30).unwrap(), (1, 100_000));
+    assert_eq!(store.evict(1 << 30).unwrap(), (0, 0));
+    assert!(store.get(&held, 0, 0).is_ok());
+    let s = store.stats();
+    assert_eq!((s.chunks, s.cached_chunks, s.evicted_chunks), (3, 0, 3));
+    // Cached and held survive a restart as they were.
+    let (late, late_bytes) = chunk(20);
+    store.put_as(&late, &late_bytes, true).unwrap();
+    drop(store);
+    let store = ChunkStore::open(tmp.path(), Arc::new(LocalDisk)).unwrap();
+    assert!(store.is_cached(&late));
+    assert!(!store.is_cached(&cached[1].0));
+    assert_eq!(store.evict(1).unwrap(), (1, 100_000));
+    assert_eq!(store.stats().chunks, 3);
+}
+
+/// Eviction and `keep` of the same chunks at once: whatever `keep` returned for is
+/// never evicted afterwards (the lock orders them).
+#[test]
+fn keep_and_evict_at_once_never_lose_a_kept_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Arc::new(ChunkStore::open(tmp.path(), Arc::new(LocalDisk)).unwrap());
+    let chunks: Vec<(ChunkHash, Vec<u8>)> = (0..200u8)
+        .map(|i| {
+            let b = bytes(i, 4096);
+            (ChunkHash::of(&b), b)
+        })
+        .collect();
+    for (h, b) in &chunks {
+        store.put_as(h, b, true).unwrap();
+    }
+    let keeper = {
+        let store = store.clone();
+        let hashes: Vec<ChunkHash> = chunks.iter().step_by(2).map(|c| c.0).collect();
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for h in hashes {
+                store.keep(&[h]).unwrap();
+                // Kept while still there: it must stay.
+                if store.has(&[h]).unwrap().1[0] {
+                    kept.push(h);
+                }
+            }
+            kept
+        })
+    };
+    while store.evict(4096 * 8).unwrap().0 > 0 {}
+    let kept = keeper.join().unwrap();
+    while store.evict(1 << 30).unwrap().0 > 0 {}
+    for h in &kept {
+        assert!(store.has(&[*h]).unwrap().1[0], "a kept chunk was evicted");
+    }
+    assert_eq!(store.stats().cached_chunks, 0);
+}
