@@ -37,6 +37,12 @@ pub enum NodeCmd {
         #[arg(long, conflicts_with = "wait")]
         undo: bool,
     },
+    /// Take a drained data node out of the registry, once it has been stopped (refused
+    /// while it is not drained, or heartbeated in the last 10 s).
+    Rm {
+        /// The node's address, as `node ls` shows it.
+        addr: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -207,6 +213,14 @@ pub async fn node(cmd: NodeCmd, client: &MetaClient, format: OutputFormat) -> an
         NodeCmd::Ls { site } => site,
         NodeCmd::Drain { addr, wait, undo } => {
             return crate::drain::drain(client, &addr, wait, undo, format).await
+        }
+        NodeCmd::Rm { addr } => {
+            let node = client
+                .remove_data_node(&addr)
+                .await
+                .map_err(crate::cluster::explain)?;
+            println!("{addr} is no longer a data node of {}", node.site);
+            return Ok(());
         }
     };
     let rows = nodes(client, site.as_deref()).await?;

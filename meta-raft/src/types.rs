@@ -322,6 +322,10 @@ pub enum Op {
         dst: InodeId,
         limit: u32,
     },
+    /// Take a drained, stopped data node out of the site registry (`namespace::nodes`).
+    RemoveDataNode {
+        addr: String,
+    },
 }
 
 /// Which inodes an operation changes, as the ownership check sees them.
@@ -390,6 +394,7 @@ impl Op {
             Op::StartRefresh { .. } => "start_refresh",
             Op::CloneStep { .. } => "clone_step",
             Op::AbortCloneStep { .. } => "abort_clone_step",
+            Op::RemoveDataNode { .. } => "remove_data_node",
         }
     }
 
@@ -425,6 +430,7 @@ impl Op {
             | Op::SetSubtreePolicy { .. }
             | Op::SetPlacement { .. }
             | Op::SetNodeDraining { .. }
+            | Op::RemoveDataNode { .. }
             | Op::SetSiteReplicas { .. }
             | Op::AckFeed { .. } => Touches::Admin,
             // A clone reads its source (frozen meanwhile) and writes only its own hidden

@@ -1,5 +1,6 @@
 //! Several data nodes per site: chunks placed on two of them, writes that go on through
-//! the loss of one, copies restored when it returns, and re-made when it never does.
+//! the loss of one, copies restored when it returns, and re-made when it never does; a
+//! node drained, stopped and removed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mobilus_data_client::placement;
+use mobilus_meta_client::ClientError;
 use mobilus_proto::fs::ChunkHash;
+use mobilus_proto::status::Errno;
 
 use crate::cluster::{Opts, TwoSites};
 use crate::data_path::{must_create, must_write, noise};
@@ -200,6 +203,14 @@ async fn a_site_writes_through_the_loss_of_a_data_node_and_restores_two_copies()
     }
     let keeping = vec![nodes[1].clone(), nodes[2].clone()];
     must_reach_placement(&sites, &keeping, Duration::from_secs(20)).await;
+    // Removal: refused for a node not drained, one still running, and one unknown.
+    let busy = |r: Result<_, ClientError>| matches!(r, Err(ClientError::Errno(Errno::EBUSY, _)));
+    assert!(busy(a.meta().remove_data_node(&nodes[1]).await));
+    assert!(busy(a.meta().remove_data_node(&nodes[0]).await));
+    assert!(matches!(
+        a.meta().remove_data_node("127.0.0.1:1").await,
+        Err(ClientError::Errno(Errno::ENOENT, _))
+    ));
     sites.data[0].kill();
     let reader = sites.client("site-a").await;
     for (ino, data) in files.iter().chain([(fresh, data), (late_ino, late)].iter()) {
@@ -209,4 +220,22 @@ async fn a_site_writes_through_the_loss_of_a_data_node_and_restores_two_copies()
         );
     }
     assert_eq!(reader.stats().remote_fetches, 0);
+    // Stopped and silent: it goes, and the site is whole without it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match a.meta().remove_data_node(&nodes[0]).await {
+            Ok(n) => break assert_eq!(n.addr, nodes[0]),
+            Err(e) => assert!(Instant::now() < deadline, "never removed: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (listed, _) = a.meta().list_data_nodes(None, false).await.unwrap();
+    assert!(listed.iter().all(|n| n.addr != nodes[0]), "{listed:?}");
+    let reader = sites.client("site-a").await;
+    for (ino, data) in &files {
+        assert_eq!(
+            &reader.read(*ino, 0, data.len() as u64).await.unwrap(),
+            data
+        );
+    }
 }

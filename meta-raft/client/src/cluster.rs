@@ -221,6 +221,22 @@ impl MetaClient {
         Ok(r.into())
     }
 
+    /// Take the data node at `addr` out of the registry: refused (EBUSY) unless it is
+    /// drained and has stopped heartbeating.
+    pub async fn remove_data_node(&self, addr: &str) -> Result<DataNodeInfo, ClientError> {
+        let req = pb::RemoveDataNodeRequest {
+            addr: addr.to_string(),
+        };
+        let r = self
+            .call("remove_data_node", |ch| {
+                let req = req.clone();
+                async move { Self::cluster(ch).remove_data_node(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok(r.into())
+    }
+
     /// Set how many copies `site` keeps of each chunk (1 to 8).
     pub async fn set_site_replicas(&self, site: &str, replicas: u32) -> Result<u32, ClientError> {
         let req = pb::SetSiteReplicasRequest {

@@ -357,6 +357,7 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
         Op::SetNodeDraining { addr, draining } => {
             nodes::set_draining(txn, addr, *draining).map(OpReply::DataNode)
         }
+        Op::RemoveDataNode { addr } => nodes::remove(txn, now, addr).map(OpReply::DataNode),
         Op::SetSiteReplicas { site, replicas } => {
             nodes::set_replicas(txn, site, *replicas).map(|r| OpReply::Count(u64::from(r)))
         }

@@ -65,6 +65,44 @@ pub(crate) fn set_draining(
     Ok(node)
 }
 
+/// A node whose last heartbeat (log time) is this recent may still be running.
+pub const SILENT_BEFORE_REMOVAL_NS: i64 = 10_000_000_000;
+
+/// Take the node at `addr` out of the registry: only once it is drained (so every chunk
+/// it held has its copies on the site's other nodes, and no commit since the mark relies
+/// on it) and silent (stopped: a running node would register again at its next
+/// heartbeat, and no longer drained).
+pub(crate) fn remove(txn: &mut Txn<'_>, now: i64, addr: &str) -> Result<DataNodeInfo, NsError> {
+    let node = registered(txn, None)?
+        .into_iter()
+        .find(|n| n.addr == addr)
+        .ok_or_else(|| {
+            OpError::explained(Errno::ENOENT, format!("no data node {addr} is registered"))
+        })?;
+    if !node.draining {
+        return Err(OpError::explained(
+            Errno::EBUSY,
+            format!("{addr} is not drained: `mobilusctl node drain {addr} --wait` first"),
+        )
+        .into());
+    }
+    let silent_ns = now.saturating_sub(node.last_heartbeat_ns);
+    if silent_ns < SILENT_BEFORE_REMOVAL_NS {
+        return Err(OpError::explained(
+            Errno::EBUSY,
+            format!(
+                "{addr} heartbeated {} ms ago: stop it, and remove it once it has been silent for {} s",
+                silent_ns / 1_000_000,
+                SILENT_BEFORE_REMOVAL_NS / 1_000_000_000
+            ),
+        )
+        .into());
+    }
+    txn.delete(Cf::Nodes, keys::node(&node.site, addr));
+    txn.delete(Cf::Sys, draining_key(addr));
+    Ok(node)
+}
+
 /// Whether the node at `addr` is being drained.
 pub(crate) fn is_draining(txn: &Txn<'_>, addr: &str) -> Result<bool, NsError> {
     Ok(txn.get::<()>(Cf::Sys, &draining_key(addr))?.is_some())

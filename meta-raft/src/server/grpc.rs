@@ -865,6 +865,16 @@ impl Cluster for ClusterSvc {
         }
     }
 
+    async fn remove_data_node(&self, r: Request<pb::RemoveDataNodeRequest>) -> Reply<pb::DataNode> {
+        let op = Op::RemoveDataNode {
+            addr: r.into_inner().addr,
+        };
+        match self.node.propose(None, op).await.map_err(status)? {
+            OpReply::DataNode(n) => Ok(Response::new((&n).into())),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
     async fn set_site_replicas(
         &self,
         r: Request<pb::SetSiteReplicasRequest>,
