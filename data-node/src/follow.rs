@@ -36,6 +36,8 @@ use crate::replicate::ReplicateError;
 const PARALLEL: usize = 4;
 /// Feed entries read per page.
 const PAGE: u32 = 256;
+/// Chunks per page of a scan.
+const SCAN_PAGE: u32 = 16_384;
 /// Chunks asked about per `has`.
 const HAS_BATCH: usize = 4096;
 /// A remote fetch that takes longer than this has failed (a partitioned site), unless
@@ -194,12 +196,32 @@ impl Follower {
             // scan does not cover can go meanwhile; a restart before the end scans again.
             let kept = page.first_seq.saturating_sub(1);
             self.meta.ack_feed(root, &self.site, kept, scanning).await?;
-            let (chunks, next) = self.meta.scan_subtree_chunks(root).await?;
-            // The scan covers every entry before `next`.
-            let hold = next.saturating_sub(1);
-            self.meta.ack_feed(root, &self.site, hold, scanning).await?;
-            self.transfer(root, hold, true, place, &chunks, fetch)
-                .await?;
+            // Page by page; the first page's `next` holds for the whole scan: every
+            // entry before it is covered (later pages see a later state, and what
+            // changed since is in the feed after it).
+            let mut hold = None;
+            let mut after = None;
+            loop {
+                let scan = self
+                    .meta
+                    .scan_subtree_chunks_page(root, after, SCAN_PAGE)
+                    .await?;
+                let hold = *match hold {
+                    Some(ref h) => h,
+                    None => {
+                        let h = scan.next_seq.saturating_sub(1);
+                        self.meta.ack_feed(root, &self.site, h, scanning).await?;
+                        hold.insert(h)
+                    }
+                };
+                self.transfer(root, hold, true, place, &scan.chunks, fetch)
+                    .await?;
+                after = scan.chunks.last().map(|c| c.hash);
+                if !scan.more || after.is_none() {
+                    break;
+                }
+            }
+            let hold = hold.unwrap_or(kept);
             self.meta
                 .ack_feed(root, &self.site, hold, FeedProgress::default())
                 .await?;

@@ -95,6 +95,28 @@ async fn a_site_made_eager_fetches_only_the_chunks_it_lacks() {
     for (i, data) in files.iter().enumerate() {
         inos.push(must_file(&a, app, &format!("f{i}"), data).await);
     }
+    // A scan, page by page (3 chunks a page): the pages, in hash order, are the whole.
+    let (whole, next) = a.meta().scan_subtree_chunks(app).await.unwrap();
+    assert!(whole.len() >= 10, "{} chunks", whole.len());
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = a
+            .meta()
+            .scan_subtree_chunks_page(app, after, 3)
+            .await
+            .unwrap();
+        assert!(page.chunks.len() <= 3);
+        assert_eq!(page.next_seq, next);
+        paged.extend(page.chunks.iter().copied());
+        after = page.chunks.last().map(|c| c.hash);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(paged, whole);
+    assert!(whole.windows(2).all(|w| w[0].hash < w[1].hash));
+
     // Site-b holds 90% of the bytes already: its own copies of nine of the files.
     for (i, data) in files.iter().take(9).enumerate() {
         must_file(&b, ROOT_INO, &format!("copy{i}"), data).await;

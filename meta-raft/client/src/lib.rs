@@ -14,7 +14,7 @@ mod cluster;
 mod locks;
 mod replication;
 mod subtree;
-pub use replication::FeedProgress;
+pub use replication::{FeedProgress, ScanPage};
 
 pub use mobilus_proto::fs::LockRequest;
 

@@ -3,7 +3,9 @@
 //! data nodes' replicators.
 
 use mobilus_proto::convert::feed_chunks_from_wire;
-use mobilus_proto::fs::{FeedChunk, FeedPage, Follower, InodeId, Placement, SitePlacement};
+use mobilus_proto::fs::{
+    ChunkHash, FeedChunk, FeedPage, Follower, InodeId, Placement, SitePlacement,
+};
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_client::ClusterClient;
 use tonic::transport::Channel;
@@ -29,6 +31,17 @@ pub struct FeedProgress {
     pub rate_bps: u64,
     /// Copying a scan made when `seq + 1` was the feed's next entry.
     pub scanning: bool,
+}
+
+/// A page of a subtree's chunks (`MetaClient::scan_subtree_chunks_page`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// In hash order.
+    pub chunks: Vec<FeedChunk>,
+    /// The feed's next entry when this page was read.
+    pub next_seq: u64,
+    /// More chunks follow this page's last.
+    pub more: bool,
 }
 
 impl MetaClient {
@@ -87,19 +100,49 @@ impl MetaClient {
         Ok(r.into_inner().try_into()?)
     }
 
-    /// Every chunk `root` references, and its feed's next entry, in one view.
+    /// Every chunk `root` references, and its feed's next entry as of the first page
+    /// (scan plus feed from there misses nothing), page after page.
     pub async fn scan_subtree_chunks(
         &self,
         root: InodeId,
     ) -> Result<(Vec<FeedChunk>, u64), ClientError> {
-        let req = pb::GetSubtreeRequest { root, stale: false };
+        let mut page = self.scan_subtree_chunks_page(root, None, 0).await?;
+        let next = page.next_seq;
+        let mut all = std::mem::take(&mut page.chunks);
+        while page.more {
+            let after = all.last().map(|c| c.hash);
+            page = self.scan_subtree_chunks_page(root, after, 0).await?;
+            all.append(&mut page.chunks);
+        }
+        Ok((all, next))
+    }
+
+    /// One page of `root`'s chunks, in hash order after `after` (`limit` 0: the most a
+    /// page holds).
+    pub async fn scan_subtree_chunks_page(
+        &self,
+        root: InodeId,
+        after: Option<ChunkHash>,
+        limit: u32,
+    ) -> Result<ScanPage, ClientError> {
+        let req = pb::ScanSubtreeChunksRequest {
+            root,
+            stale: false,
+            after: after.map(|h| h.0.to_vec()).unwrap_or_default(),
+            limit,
+        };
         let r = self
-            .call("scan_subtree_chunks", |ch| async move {
-                cluster(ch).scan_subtree_chunks(req).await
+            .call("scan_subtree_chunks", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).scan_subtree_chunks(req).await }
             })
             .await?
             .into_inner();
-        Ok((feed_chunks_from_wire(r.chunks)?, r.next_seq))
+        Ok(ScanPage {
+            chunks: feed_chunks_from_wire(r.chunks)?,
+            next_seq: r.next_seq,
+            more: r.more,
+        })
     }
 
     /// `site` has passed entry `seq` of `root`'s feed. Returns the entries pruned.

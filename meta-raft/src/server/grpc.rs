@@ -781,7 +781,7 @@ impl Cluster for ClusterSvc {
 
     async fn scan_subtree_chunks(
         &self,
-        r: Request<pb::GetSubtreeRequest>,
+        r: Request<pb::ScanSubtreeChunksRequest>,
     ) -> Reply<pb::ScanSubtreeChunksReply> {
         super::replication::scan(&self.node, r.into_inner()).await
     }

@@ -2,6 +2,7 @@
 //! change feed, its scan, acknowledgements and status. Apart from `grpc.rs` only to keep
 //! that file to one screenful per service.
 
+use mobilus_proto::fs::ChunkHash;
 use mobilus_proto::fs::{valid_site_name, SitePlacement};
 use mobilus_proto::pb;
 use tonic::{Response, Status};
@@ -73,17 +74,36 @@ pub(super) async fn read_feed(node: &MetaNode, r: pb::ReadFeedRequest) -> Reply<
     Ok(Response::new((&page).into()))
 }
 
+/// Most chunks in one page of a scan (about 3 MB on the wire, under the 4 MiB limit).
+pub const MAX_SCAN_PAGE: u32 = 65_536;
+
 pub(super) async fn scan(
     node: &MetaNode,
-    r: pb::GetSubtreeRequest,
+    r: pb::ScanSubtreeChunksRequest,
 ) -> Reply<pb::ScanSubtreeChunksReply> {
+    let after = match r.after.as_slice() {
+        [] => None,
+        bytes => Some(
+            ChunkHash::from_slice(bytes)
+                .ok_or_else(|| Status::invalid_argument("`after` must be a 32-byte chunk hash"))?,
+        ),
+    };
+    let limit = match r.limit {
+        0 => MAX_SCAN_PAGE,
+        n => n.min(MAX_SCAN_PAGE),
+    } as usize;
+    // The whole subtree is walked for each page (sorted by hash), and the page cut
+    // from it: a page never costs more than one walk, and no cursor is kept here.
     let (chunks, next_seq) = node
         .subtree_chunks(r.root, r.stale)
         .await
         .map_err(|e| e.to_status())?;
+    let start = after.map_or(0, |a| chunks.partition_point(|c| c.hash <= a));
+    let end = start.saturating_add(limit).min(chunks.len());
     Ok(Response::new(pb::ScanSubtreeChunksReply {
-        chunks: chunks.iter().map(Into::into).collect(),
+        chunks: chunks[start..end].iter().map(Into::into).collect(),
         next_seq,
+        more: end < chunks.len(),
     }))
 }
 

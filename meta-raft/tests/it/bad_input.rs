@@ -255,6 +255,23 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
         tonic::Code::InvalidArgument
     );
 
+    // A scan page after something that is not a chunk hash.
+    let mut admin = pb::cluster_client::ClusterClient::new(channel.clone());
+    let bad_after = pb::ScanSubtreeChunksRequest {
+        root: ROOT_INO,
+        stale: true,
+        after: vec![9; 5],
+        limit: 10,
+    };
+    assert_eq!(
+        admin
+            .scan_subtree_chunks(bad_after)
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+
     // Creates under a reserved number: without the session that reserved it, of a
     // directory, or carried by a write to another file.
     let reserved = pb::MknodRequest {

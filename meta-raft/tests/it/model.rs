@@ -433,6 +433,7 @@ impl Model {
             | Op::SetSubtreePolicy { .. }
             | Op::SetPlacement { .. }
             | Op::SetNodeDraining { .. }
+            | Op::RemoveDataNode { .. }
             | Op::SetSiteReplicas { .. }
             | Op::AckFeed { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: locks have their own tests (`locks.rs`).

@@ -275,6 +275,7 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::SetSubtreePolicy { .. }
         | Op::SetPlacement { .. }
         | Op::SetNodeDraining { .. }
+        | Op::RemoveDataNode { .. }
         | Op::SetSiteReplicas { .. }
         | Op::AckFeed { .. }
         // Advisory locks change nothing a read or a write sees (`Touches::Advisory`).
