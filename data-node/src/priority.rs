@@ -6,9 +6,15 @@
 //! at a time). So a replicator pulling a whole subtree never stands between a database's
 //! query and the chunk it faulted, and it takes the disk and the link back as soon as the
 //! faults stop. The guard an admission returns is held until the reply has been sent.
+//!
+//! No priority starves: a prefetch that has waited 100 ms, or a background read that has
+//! waited 250 ms, goes anyway (still within its slots). Under a steady stream of faults
+//! replication then keeps a small share (two reads every quarter second or so) instead
+//! of stopping until the faults do.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mobilus_proto::datapb::Priority;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -17,6 +23,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 const PREFETCHES: usize = 4;
 /// Background reads served at once.
 const BACKGROUND: usize = 2;
+/// The longest a prefetch or a background read waits for the higher priorities.
+const PREFETCH_MAX_WAIT: Duration = Duration::from_millis(100);
+const BACKGROUND_MAX_WAIT: Duration = Duration::from_millis(250);
 
 pub struct Priorities {
     faults: AtomicUsize,
@@ -61,6 +70,11 @@ impl Default for Priorities {
 impl Priorities {
     /// Wait for a read of `priority`'s turn.
     pub async fn admit(self: &Arc<Self>, priority: Priority) -> Admitted {
+        let waited_enough = tokio::time::Instant::now()
+            + match priority {
+                Priority::Prefetch => PREFETCH_MAX_WAIT,
+                _ => BACKGROUND_MAX_WAIT,
+            };
         let slot = match priority {
             Priority::Foreground => None,
             Priority::Prefetch => self.prefetch_slots.clone().acquire_owned().await.ok(),
@@ -82,7 +96,10 @@ impl Priorities {
             if !busy {
                 break;
             }
-            quieter.await;
+            tokio::select! {
+                _ = quieter => {}
+                _ = tokio::time::sleep_until(waited_enough) => break,
+            }
         }
         match priority {
             Priority::Foreground => self.faults.fetch_add(1, Ordering::AcqRel),
@@ -100,7 +117,6 @@ impl Priorities {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     async fn admitted_within(gate: &Arc<Priorities>, p: Priority, ms: u64) -> Option<Admitted> {
         tokio::time::timeout(Duration::from_millis(ms), gate.admit(p))
@@ -150,5 +166,22 @@ mod tests {
         assert!(admitted_within(&gate, Priority::Background, 500)
             .await
             .is_some());
+    }
+
+    #[tokio::test]
+    async fn under_endless_faults_the_lower_priorities_still_get_their_turn() {
+        let gate = Arc::new(Priorities::default());
+        let _endless = gate.admit(Priority::Foreground).await;
+        let start = tokio::time::Instant::now();
+        let prefetch = gate.admit(Priority::Prefetch).await;
+        assert!(start.elapsed() >= PREFETCH_MAX_WAIT);
+        let start = tokio::time::Instant::now();
+        let background = gate.admit(Priority::Background).await;
+        let waited = start.elapsed();
+        assert!(
+            (BACKGROUND_MAX_WAIT..BACKGROUND_MAX_WAIT * 3).contains(&waited),
+            "{waited:?}"
+        );
+        drop((prefetch, background));
     }
 }
