@@ -218,9 +218,14 @@ pub(crate) fn ack(
     let ck = cursor_key(root, site);
     let old: Option<Cursor> = txn.get(Cf::Replication, &ck)?;
     let (backlog_chunks, backlog_bytes, rate_bps) = progress;
+    // Only an acknowledgement that covers the whole cursor ends a scan: a second puller
+    // of the site (for a moment two may think they are) acknowledging less must not clear
+    // the mark of one copying a scan up to the cursor, or a crash of that one would leave
+    // the cursor claiming chunks never copied.
+    let still_scanning = old.is_some_and(|c| c.scanning && seq < c.seq);
     let cursor = Cursor {
         seq: old.map_or(seq, |c| c.seq.max(seq)),
-        scanning,
+        scanning: scanning || still_scanning,
         backlog_chunks,
         backlog_bytes,
         rate_bps,

@@ -275,3 +275,38 @@ fn sites_keep_the_copies_the_operator_sets_and_drained_nodes_are_marked() {
     assert!(!f.ns.data_nodes(Some("site-a")).unwrap()[0].draining);
     assert_eq!(errno_of(&drain("10.9.9.9:1", true)), Some(libc::ENOENT));
 }
+
+/// Two pullers of one site for a moment: one copying a scan up to entry 3, the other
+/// acknowledging entry 1 from the feed. The smaller acknowledgement does not end the
+/// scan (a crash of the scanner must leave the site scanning again, not caught up);
+/// the scanner's own does.
+#[test]
+fn a_second_puller_acknowledging_less_does_not_end_anothers_scan() {
+    let f = fixture();
+    for n in 1..=3u8 {
+        must_attr(
+            &f.ns,
+            T0,
+            Some("site-a"),
+            write(f.file, u64::from(n) * 100, 100, n),
+        );
+    }
+    must_place(&f, vec![site("site-b", DataMode::Eager)]);
+    let scanning_to = |seq| Op::AckFeed {
+        root: f.app,
+        site: "site-b".into(),
+        seq,
+        backlog_chunks: 0,
+        backlog_bytes: 0,
+        rate_bps: 0,
+        scanning: true,
+    };
+    must(&f.ns, T0, None, scanning_to(3));
+    must(&f.ns, T0, None, ack(f.app, "site-b", 1));
+    let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
+    assert!(page.resync, "still scanning: {page:?}");
+    must(&f.ns, T0, None, ack(f.app, "site-b", 3));
+    let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
+    assert!(!page.resync, "{page:?}");
+    assert_eq!(page.cursor, Some(3));
+}
