@@ -18,6 +18,7 @@
 pub mod cache;
 pub mod disk;
 pub mod error;
+pub mod evict;
 pub mod follow;
 pub mod gc;
 pub mod priority;

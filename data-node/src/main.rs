@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Parser;
 use mobilus_data::cache::CachePolicy;
 use mobilus_data::disk::LocalDisk;
+use mobilus_data::evict::Evictor;
 use mobilus_data::follow::Follower;
 use mobilus_data::gc::{Collector, GcPolicy};
 use mobilus_data::replicate::Replicator;
@@ -145,42 +146,68 @@ fn start_heartbeat(
     )))
 }
 
-/// Evict cached chunks while the cache is over its capacity or the disk too full.
+/// Evict cached chunks while the cache is over its capacity or the disk too full (only
+/// those another site still holds: see `mobilus_data::evict`).
 fn start_evictor(
     args: &Args,
     store: Arc<ChunkStore>,
     shutdown: &Shutdown,
-) -> tokio::task::JoinHandle<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let policy = CachePolicy {
         capacity: args.cache_capacity_mib.saturating_mul(1 << 20),
         min_free: f64::from(args.cache_min_free_percent.min(100)) / 100.0,
     };
-    let dir = args.data_dir.clone();
-    worker::spawn_periodic(
+    let meta = if args.meta.is_empty() {
+        None
+    } else {
+        Some(MetaClient::connect(&args.meta).context("bad --meta address")?)
+    };
+    let down_after = Duration::from_millis(args.node_down_after_ms.max(1));
+    let (dir, site) = (args.data_dir.clone(), args.site.clone());
+    let evictor = Arc::new(tokio::sync::OnceCell::<Arc<Evictor>>::new());
+    Ok(worker::spawn_periodic(
         "evict",
         Duration::from_secs(1),
         Duration::from_secs(30),
         shutdown.subscribe(),
         move || {
-            let (store, dir) = (store.clone(), dir.clone());
+            let (store, dir, site, meta, evictor) = (
+                store.clone(),
+                dir.clone(),
+                site.clone(),
+                meta.clone(),
+                evictor.clone(),
+            );
             async move {
-                let cached = store.stats().cached_bytes;
-                if cached == 0 {
+                if store.stats().cached_bytes == 0 {
                     return anyhow::Ok(());
                 }
+                let e = evictor
+                    .get_or_try_init(|| async {
+                        let nodes = match meta {
+                            Some(m) => Some(DataNodes::connect(m, down_after).await?),
+                            None => None,
+                        };
+                        anyhow::Ok(Arc::new(Evictor::new(store, nodes, site, policy)))
+                    })
+                    .await?;
                 let disk = nix::sys::statvfs::statvfs(&dir)?;
                 let free = disk.blocks_available().saturating_mul(disk.fragment_size());
                 let total = disk.blocks().saturating_mul(disk.fragment_size());
-                let excess = policy.excess(cached, free, total);
-                if excess > 0 {
-                    let (chunks, bytes) =
-                        tokio::task::spawn_blocking(move || store.evict(excess)).await??;
-                    tracing::info!(chunks, bytes, "evicted cached chunks");
+                let r = e.round(free, total).await?;
+                if r.evicted > 0 || r.kept_as_last_copy > 0 || r.unverified > 0 {
+                    tracing::info!(
+                        evicted = r.evicted,
+                        bytes = r.bytes_freed,
+                        kept_as_last_copy = r.kept_as_last_copy,
+                        unverified = r.unverified,
+                        "eviction round"
+                    );
                 }
                 anyhow::Ok(())
             }
         },
-    )
+    ))
 }
 
 /// Rounds of [`Replicator`]: this node's chunks copied where their placement says.
@@ -334,7 +361,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let replicate_worker = start_replicator(&args, addr.clone(), store.clone(), &shutdown)?;
     let follow_worker = start_follower(&args, addr.clone(), &shutdown)?;
-    let evict_worker = Some(start_evictor(&args, store.clone(), &shutdown));
+    let evict_worker = Some(start_evictor(&args, store.clone(), &shutdown)?);
     // Counters become metrics once a second (cheaper than on every chunk).
     let metrics_worker = args.telemetry.metrics_listen.is_some().then(|| {
         let store = store.clone();

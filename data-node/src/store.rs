@@ -363,30 +363,46 @@ impl ChunkStore {
             if coldest.is_empty() {
                 break;
             }
-            for hash in coldest {
-                if freed >= bytes {
-                    break;
-                }
-                let _guard = self.lock(&hash);
-                // Held meanwhile (a writer relies on it), or gone: not evicted.
-                let Some(entry) = self.entry(&hash)?.filter(|e| e.cached) else {
-                    self.cache.remove(&hash);
-                    continue;
-                };
-                self.forget(&hash)?;
-                match self.disk.remove(&self.path(&hash)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-                self.counters.chunks.fetch_sub(1, Ordering::Relaxed);
-                self.counters.bytes.fetch_sub(entry.size, Ordering::Relaxed);
-                self.counters.evicted_chunks.fetch_add(1, Ordering::Relaxed);
-                chunks += 1;
-                freed += entry.size;
-            }
+            // Each is evicted, or found held or gone (and dropped from the cache): the
+            // loop always moves on.
+            let (c, b) = self.evict_these(&coldest, bytes - freed)?;
+            chunks += c;
+            freed += b;
         }
         Ok((chunks, freed))
+    }
+
+    /// Evict those of `hashes` still cached (under each one's lock), in order, until
+    /// `bytes` are freed. Returns the chunks and bytes evicted.
+    pub fn evict_these(&self, hashes: &[ChunkHash], bytes: u64) -> Result<(u64, u64), DataError> {
+        let (mut chunks, mut freed) = (0, 0);
+        for hash in hashes {
+            if freed >= bytes {
+                break;
+            }
+            let _guard = self.lock(hash);
+            let Some(entry) = self.entry(hash)?.filter(|e| e.cached) else {
+                self.cache.remove(hash);
+                continue;
+            };
+            self.forget(hash)?;
+            match self.disk.remove(&self.path(hash)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.counters.chunks.fetch_sub(1, Ordering::Relaxed);
+            self.counters.bytes.fetch_sub(entry.size, Ordering::Relaxed);
+            self.counters.evicted_chunks.fetch_add(1, Ordering::Relaxed);
+            chunks += 1;
+            freed += entry.size;
+        }
+        Ok((chunks, freed))
+    }
+
+    /// The `n` cached chunks used least recently.
+    pub fn coldest_cached(&self, n: usize) -> Vec<ChunkHash> {
+        self.cache.coldest(n)
     }
 
     /// Whether a chunk is here only as a cache.

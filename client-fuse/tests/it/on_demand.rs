@@ -1,6 +1,7 @@
 //! Sites that hold a subtree's data only on demand: what their reads fault in is a
-//! cache, evicted least recently used first past the node's cache capacity; a placement
-//! that pins the site keeps it, including what was cached before the pin.
+//! cache, evicted least recently used first past the node's cache capacity (but never a
+//! chunk no other site holds); a placement that pins the site keeps it, including what
+//! was cached before the pin.
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,34 @@ async fn faulted_chunks_are_a_cache_evicted_past_capacity_unless_pinned() {
         s.evicted_chunks, s.cached_bytes, s.bytes
     );
     assert_eq!(s.cached_chunks, s.chunks, "site-b holds nothing of its own");
+
+    // The last file's chunks (read last: still cached) are lost at site-a. Reading the
+    // others makes them the coldest, but they are the last copies: kept, not evicted.
+    let last: Vec<_> = mobilus_client::chunker::chunk(&files[FILES as usize - 1])
+        .iter()
+        .map(|p| p.hash)
+        .collect();
+    let site_a = sites.data.iter().find(|d| d.site == "site-a").unwrap();
+    for h in &last {
+        let hex = h.to_hex();
+        std::fs::remove_file(site_a.chunks.join(&hex[..2]).join(&hex)).unwrap();
+    }
+    a.local().verify(&last).await.unwrap(); // quarantined: site-a has them no more
+    let others = sites.client("site-b").await;
+    for (ino, data) in inos.iter().zip(&files).take(FILES as usize - 1) {
+        assert_eq!(
+            &others.read(*ino, 0, data.len() as u64).await.unwrap(),
+            data
+        );
+    }
+    let s = must_see(&b, "eviction past the last copies", |t| {
+        t.evicted_chunks > s.evicted_chunks && t.cached_bytes <= 2 << 20
+    })
+    .await;
+    let (ino, data) = (inos[FILES as usize - 1], &files[FILES as usize - 1]);
+    let reader = sites.client("site-b").await;
+    assert_eq!(&reader.read(ino, 0, data.len() as u64).await.unwrap(), data);
+    assert_eq!(reader.stats().remote_fetches, 0, "served at site-b");
     // Evicted chunks fault again, and still read right.
     let again = read_all(sites.client("site-b").await).await;
     assert!(again > 0, "nothing was evicted");
