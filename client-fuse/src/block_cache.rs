@@ -196,17 +196,22 @@ impl BlockCache {
     }
 
     /// The fetch of whole chunk `hash` from another site under way, or a new one made by
-    /// `start`.
+    /// `start`; and whether it is new.
     pub fn whole_fetch(
         &self,
         hash: ChunkHash,
         start: impl FnOnce() -> BoxFuture<'static, Option<Arc<Run>>>,
-    ) -> Fetch {
+    ) -> (Fetch, bool) {
         let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
-        remote
+        let mut started = false;
+        let fetch = remote
             .entry(hash)
-            .or_insert_with(|| futures::FutureExt::shared(start()))
-            .clone()
+            .or_insert_with(|| {
+                started = true;
+                futures::FutureExt::shared(start())
+            })
+            .clone();
+        (fetch, started)
     }
 
     /// The whole fetch of `hash` is over.

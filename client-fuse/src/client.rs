@@ -80,9 +80,14 @@ pub struct ClientStats {
     pub chunks_sent: u64,
     /// Chunk copies not sent because the node already held them.
     pub chunks_deduped: u64,
-    /// Chunks fetched from another site.
+    /// Whole chunks fetched from another site.
     pub remote_fetches: u64,
     pub bytes_fetched_remote: u64,
+    /// Faults answered with only the blocks they needed from another site (the whole
+    /// chunk then follows in the background), and the bytes those reads took (blocks
+    /// and outboards).
+    pub remote_range_reads: u64,
+    pub remote_range_bytes: u64,
     /// Flushes retried because garbage collection raced with them.
     pub stale_chunk_retries: u64,
     /// Copies put back on a node of this site that lacked them (read repair).
@@ -90,12 +95,14 @@ pub struct ClientStats {
 }
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     bytes_sent: AtomicU64,
     chunks_sent: AtomicU64,
     chunks_deduped: AtomicU64,
     remote_fetches: AtomicU64,
     bytes_fetched_remote: AtomicU64,
+    pub(crate) remote_range_reads: AtomicU64,
+    pub(crate) remote_range_bytes: AtomicU64,
     stale_chunk_retries: AtomicU64,
     repairs: AtomicU64,
     /// Fault injection: milliseconds a flush waits between its upload and its commit.
@@ -127,7 +134,7 @@ pub struct Client {
     pub(crate) nodes: Arc<DataNodes>,
     /// The first of this site's nodes (its only one, in a one-node site).
     first_local: DataClient,
-    counters: Arc<Counters>,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) blocks: Arc<BlockCache>,
     /// Readahead budget: a sequential stream starts a fetch only with a permit.
     pub(crate) prefetch: Arc<tokio::sync::Semaphore>,
@@ -235,6 +242,8 @@ impl Client {
             chunks_deduped: c.chunks_deduped.load(Ordering::Relaxed),
             remote_fetches: c.remote_fetches.load(Ordering::Relaxed),
             bytes_fetched_remote: c.bytes_fetched_remote.load(Ordering::Relaxed),
+            remote_range_reads: c.remote_range_reads.load(Ordering::Relaxed),
+            remote_range_bytes: c.remote_range_bytes.load(Ordering::Relaxed),
             stale_chunk_retries: c.stale_chunk_retries.load(Ordering::Relaxed),
             repairs: c.repairs.load(Ordering::Relaxed),
         }

@@ -4,6 +4,7 @@
 //! or, for a chunk not at this site, the whole chunk from another site (verified, and
 //! kept here). A sequential stream gets readahead that grows with it.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -24,6 +25,10 @@ const AHEAD_MIN: u64 = 256 << 10;
 const AHEAD_MAX: u64 = 8 << 20;
 /// Blocks fetched by one call to the data node.
 const MAX_RUN: u64 = blocks::MAX_READ_BYTES / BLOCK;
+/// A fault of at most this many blocks (128 KiB: the kernel's largest FUSE read) of a
+/// chunk at another site reads just those blocks across; a larger one (readahead, a
+/// whole-file read) waits for the whole chunk, which it would fetch anyway.
+const MAX_FAULT_BLOCKS: u64 = (128 << 10) / BLOCK;
 
 impl Client {
     /// `[offset, offset+len)` of a file, clamped to its size; holes read as zeros.
@@ -176,9 +181,12 @@ impl Client {
 
     /// Blocks `first..end` of `hash` (or more), verified, and cached: from this site's
     /// nodes in the chunk's placement order (a node that lacks it, fails, or sends bytes
-    /// that fail verification hands over to the next), else (not at this site) the whole
-    /// chunk from another site, once however many runs of it missed. A copy found
-    /// missing or corrupt on a node the chunk belongs on is put back in the background.
+    /// that fail verification hands over to the next), else (not at this site) from
+    /// another site: just these blocks if they are less than half the chunk and no
+    /// fetch of the whole chunk is under way (the whole chunk then follows in the
+    /// background, and is kept here), else the whole chunk, once however many runs of it
+    /// missed. A copy found missing or corrupt on a node the chunk belongs on is put back
+    /// in the background.
     async fn fetch_run(
         &self,
         hash: ChunkHash,
@@ -229,9 +237,24 @@ impl Client {
                 }
             }
         }
-        let fetch = self
+        let (fetch, started) = self
             .blocks
             .whole_fetch(hash, || self.clone().whole_shared(hash, ino).boxed());
+        let small = end - first <= MAX_FAULT_BLOCKS
+            && known
+                .as_ref()
+                .is_none_or(|o| (end - first) * BLOCK * 2 < o.size());
+        if small && started {
+            // This fault started the whole chunk's fetch: it goes on in the background
+            // (later faults of the chunk wait for it), and this one reads its blocks.
+            tokio::spawn(fetch.clone());
+            match self.remote_run(hash, first, end, known).await {
+                Ok(run) => return Ok(Arc::new(run)),
+                Err(e) => {
+                    tracing::debug!(?hash, error = %e, "no other site served the blocks; waiting for the whole chunk")
+                }
+            }
+        }
         match fetch.await {
             Some(run) => Ok(run),
             // Failed for whoever started it: once more here, for our own error.
@@ -243,6 +266,56 @@ impl Client {
                 other => other,
             },
         }
+    }
+
+    /// Blocks `first..end` of `hash` from another site's nodes, verified against the
+    /// chunk's own hash (its outboard, checked first unless known), and cached: what a
+    /// fault needs, at the cost of a round trip rather than a chunk.
+    async fn remote_run(
+        &self,
+        hash: ChunkHash,
+        first: u64,
+        end: u64,
+        known: Option<Arc<Outboard>>,
+    ) -> Result<Run, ClientError> {
+        let registry = self.nodes.registry();
+        for site in registry.sites().filter(|s| *s != self.site()) {
+            for node in self.nodes.candidates(site, &hash) {
+                let asked = node
+                    .read_blocks(&hash, first * BLOCK, (end - first) * BLOCK, known.is_none())
+                    .await;
+                let reply = match asked {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        tracing::debug!(?hash, node = node.addr(), error = %e, "remote block read failed");
+                        continue;
+                    }
+                };
+                let bytes = (reply.data.len() + reply.outboard.len()) as u64;
+                match verify_run(hash, known.clone(), first, reply) {
+                    Ok((outboard, run)) => {
+                        if known.is_none() {
+                            self.blocks.insert_outboard(outboard);
+                        }
+                        for (i, block) in run.blocks.iter().enumerate() {
+                            self.blocks
+                                .insert_block((hash, first + i as u64), block.clone());
+                        }
+                        let c = &self.counters;
+                        c.remote_range_reads.fetch_add(1, Ordering::Relaxed);
+                        c.remote_range_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        metrics::counter!("mobilus_client_remote_range_reads_total").increment(1);
+                        metrics::counter!("mobilus_client_remote_range_bytes_total")
+                            .increment(bytes);
+                        return Ok(run);
+                    }
+                    Err(why) => {
+                        tracing::warn!(?hash, node = node.addr(), %why, "remote blocks failed verification")
+                    }
+                }
+            }
+        }
+        Err(ClientError::ChunkUnavailable(hash))
     }
 
     async fn whole_shared(self, hash: ChunkHash, ino: InodeId) -> Option<Arc<Run>> {

@@ -75,6 +75,15 @@ pub fn describe_metrics() {
         "Bytes read from another site"
     );
     describe_counter!(
+        "mobilus_client_remote_range_reads_total",
+        "Faults answered with only the blocks they needed from another site"
+    );
+    describe_counter!(
+        "mobilus_client_remote_range_bytes_total",
+        Unit::Bytes,
+        "Bytes of blocks and outboards read from another site for those faults"
+    );
+    describe_counter!(
         "mobilus_client_stale_chunk_retries_total",
         "Flushes retried because garbage collection raced with them"
     );

@@ -1,6 +1,7 @@
 //! Reads by verified blocks: a small read costs a block, not a chunk; concurrent misses
 //! share one fetch; the cache stays within its bound; a sequential stream is read ahead
-//! without fetching anything twice.
+//! without fetching anything twice; a fault at another site reads its blocks across and
+//! the chunk follows in the background.
 
 use std::sync::Arc;
 
@@ -52,6 +53,56 @@ async fn a_small_read_fetches_one_block_and_concurrent_misses_share_it() {
         spent, BLOCK,
         "concurrent misses of one block share one fetch"
     );
+}
+
+/// A point read at site-b of data only site-a holds: the blocks it needs cross (verified
+/// against the chunk's hash by its outboard), not the chunk, and the answer comes then;
+/// the whole chunk follows in the background and is kept at site-b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fault_at_another_site_reads_its_blocks_across_and_the_chunk_follows() {
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let data = noise(8 << 20, 12);
+    let ino = must_create(&a, "far").await;
+    must_write(&a, ino, &data).await;
+    let pieces = mobilus_client::chunker::chunk(&data);
+    let (at, hash, len) = pieces
+        .iter()
+        .find(|p| p.len >= 1 << 20)
+        .map(|p| (p.offset as u64, p.hash, p.len as u64))
+        .expect("a chunk of 1 MiB or more");
+
+    let b = sites.client("site-b").await;
+    let off = at + len / 2;
+    let got = b.read(ino, off, 4096).await.unwrap();
+    assert_eq!(got, data[off as usize..off as usize + 4096]);
+    let s = b.stats();
+    let outboard = len.div_ceil(BLOCK) * 32;
+    eprintln!(
+        "a 4 KiB fault of a {len}-byte chunk: {} bytes across before the answer ({} blocks and outboard)",
+        s.remote_range_bytes, s.remote_range_reads
+    );
+    assert_eq!(s.remote_range_reads, 1, "{s:?}");
+    assert!(
+        s.remote_range_bytes <= 2 * BLOCK + outboard,
+        "{} bytes for a 4 KiB read",
+        s.remote_range_bytes
+    );
+    // The chunk follows, and is kept at site-b: another reader there fetches nothing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !b.local().has(&[hash]).await.unwrap().1[0] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunk never followed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.stats().remote_fetches, 1);
+    let local = sites.client("site-b").await;
+    let got = local.read(ino, at, 4096).await.unwrap();
+    assert_eq!(got, data[at as usize..at as usize + 4096]);
+    let s = local.stats();
+    assert_eq!((s.remote_fetches, s.remote_range_reads), (0, 0), "{s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
