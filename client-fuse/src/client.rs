@@ -114,12 +114,16 @@ pub(crate) struct Counters {
 pub struct DataOptions {
     /// Bytes of verified blocks kept for reads, shared by every open file.
     pub block_cache_bytes: u64,
+    /// How long after its first read of a subtree this client records the blocks it
+    /// reads there, as the subtree's access profile (`None`: never).
+    pub profile_window: Option<std::time::Duration>,
 }
 
 impl Default for DataOptions {
     fn default() -> Self {
         DataOptions {
             block_cache_bytes: 256 << 20,
+            profile_window: Some(crate::profile::DEFAULT_WINDOW),
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct Client {
     repairing: Arc<std::sync::Mutex<HashSet<ChunkHash>>>,
     /// Per subtree: the other sites a write waits for, and when that was asked.
     placements: Arc<std::sync::Mutex<Placements>>,
+    /// Access profiles being recorded.
+    pub(crate) profiles: Arc<crate::profile::Profiles>,
 }
 
 /// Chunks this site's nodes answered present (or stored), each with the nodes that hold
@@ -190,7 +196,6 @@ impl Client {
             None => return Err(ClientError::NoDataNode(site.to_string())),
         };
         Ok(Client {
-            meta,
             site: site.to_string(),
             nodes,
             first_local,
@@ -200,6 +205,12 @@ impl Client {
             present: Arc::default(),
             repairing: Arc::default(),
             placements: Arc::default(),
+            profiles: Arc::new(crate::profile::Profiles::new(
+                meta.clone(),
+                site.to_string(),
+                data.profile_window,
+            )),
+            meta,
         })
     }
 

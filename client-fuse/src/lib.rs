@@ -17,6 +17,7 @@ pub mod block_cache;
 pub mod chunker;
 pub mod client;
 pub mod mount;
+pub mod profile;
 pub mod read;
 
 pub use block_cache::BlockCacheStats;

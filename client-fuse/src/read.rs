@@ -11,7 +11,9 @@ use bytes::Bytes;
 use futures::FutureExt;
 use mobilus_proto::blocks::{self, Outboard, BLOCK};
 use mobilus_proto::datapb as pb;
-use mobilus_proto::fs::{overlay_extents, Attr, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite};
+use mobilus_proto::fs::{
+    overlay_extents, Attr, ChunkHash, ChunkRef, Extent, InodeId, SliceWrite, SubtreeId,
+};
 use mobilus_proto::status::Errno;
 
 use crate::block_cache::Run;
@@ -41,6 +43,7 @@ impl Client {
         FileReader {
             client: self.clone(),
             ino,
+            subtree: None,
             window: tokio::sync::Mutex::new(None),
             stream: Mutex::new(Stream::default()),
         }
@@ -68,7 +71,7 @@ impl Client {
             Err(e) if matches!(e.errno(), Some(Errno::EISDIR | Errno::EINVAL)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let reader = self.reader(ino);
+        let reader = self.reader(ino).in_subtree(attr.subtree);
         *reader.window.lock().await = Some(Arc::new(Window {
             start: 0,
             end: READ_WINDOW.min(attr.size),
@@ -544,11 +547,20 @@ impl SliceMap {
 pub struct FileReader {
     client: Client,
     ino: InodeId,
+    /// The file's subtree, if known: its reads go into the subtree's access profile.
+    subtree: Option<SubtreeId>,
     window: tokio::sync::Mutex<Option<Arc<Window>>>,
     stream: Mutex<Stream>,
 }
 
 impl FileReader {
+    /// The reader of a file of `subtree` (its reads are recorded in the subtree's access
+    /// profile while that records).
+    pub fn in_subtree(mut self, subtree: SubtreeId) -> Self {
+        self.subtree = Some(subtree);
+        self
+    }
+
     /// The slice map this reader holds now, if any.
     pub async fn slice_map(&self) -> Option<SliceMap> {
         self.window.lock().await.clone().map(SliceMap)
@@ -592,6 +604,14 @@ impl FileReader {
         }
         self.read_ahead(&w, offset, end);
         let pieces = w.pieces(offset, end);
+        if let Some(subtree) = self.subtree {
+            for (_, _, c) in &pieces {
+                let (first, end) = blocks::blocks_covering(c.offset, c.len);
+                self.client
+                    .profiles
+                    .note(subtree, c.hash, first, end.saturating_sub(first));
+            }
+        }
         let parts = futures::future::try_join_all(
             pieces
                 .iter()

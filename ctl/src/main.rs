@@ -11,6 +11,7 @@ mod drain;
 mod fsck;
 mod nodes;
 mod output;
+mod profile;
 mod replication;
 mod snapshot;
 mod subtree;

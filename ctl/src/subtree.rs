@@ -51,6 +51,10 @@ pub enum SubtreeCmd {
     /// unless named otherwise, and a move makes the new owner eager. With no flag, show
     /// it.
     Placement(crate::replication::PlacementArgs),
+    /// A subtree's access profile: the blocks an application read first when it last
+    /// started there, fetched first by a site the subtree moves to. `show` (default),
+    /// `record` (the next start records it anew) or `clear`.
+    Profile(crate::profile::ProfileArgs),
     /// Give a subtree to another site at once (epoch + 1); nothing is copied first. The
     /// old owner can never change it again.
     Move {
@@ -268,6 +272,7 @@ pub async fn subtree_at(client: &MetaClient, path: &str) -> anyhow::Result<Subtr
 pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> anyhow::Result<()> {
     match cmd {
         SubtreeCmd::Placement(args) => crate::replication::placement(args, client, format).await,
+        SubtreeCmd::Profile(args) => crate::profile::profile(args, client, format).await,
         SubtreeCmd::Ls => {
             let all = client.subtrees(false).await.map_err(explain)?;
             let rows: Vec<SubtreeView> = all.iter().map(view).collect();

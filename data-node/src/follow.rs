@@ -46,6 +46,10 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Progress is reported at most this often while a transfer runs.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What a round did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FollowReport {
@@ -72,6 +76,8 @@ pub struct Follower {
     /// A deliberate bug, for the Jepsen harness to catch: fetches that fail are taken
     /// as done, so the feed moves past chunks that never arrived.
     unsafe_skip_failed_fetches: bool,
+    /// Access profiles already prefetched: (subtree, when recorded, owner then).
+    profiled: Mutex<std::collections::HashSet<(InodeId, i64, Option<String>)>>,
 }
 
 impl Follower {
@@ -94,6 +100,7 @@ impl Follower {
             fetched: AtomicU64::new(0),
             bytes_fetched: AtomicU64::new(0),
             unsafe_skip_failed_fetches: false,
+            profiled: Mutex::default(),
         }
     }
 
@@ -166,6 +173,11 @@ impl Follower {
             }
             report.subtrees += 1;
             let before = self.totals();
+            if fetch {
+                if let Err(e) = self.prefetch_profile(s.root, &place).await {
+                    tracing::debug!(subtree = s.root, error = %e, "prefetching the access profile failed");
+                }
+            }
             if let Err(e) = self.follow(s.root, &place, fetch).await {
                 tracing::debug!(subtree = s.root, error = %e, "following a subtree failed");
                 report.failed.push((s.root, e.to_string()));
@@ -341,6 +353,55 @@ impl Follower {
         }
     }
 
+    /// Fetch the chunks of the subtree's access profile this site lacks, in the
+    /// profile's order (a few at a time), as prefetch: what the application read first
+    /// when it last started, ahead of the rest. Once per recording and owner (so after
+    /// each move); a round that fails is tried again.
+    async fn prefetch_profile(
+        &self,
+        root: InodeId,
+        place: &Placement,
+    ) -> Result<(), ReplicateError> {
+        let profile = self.meta.profile(root, true).await?;
+        if profile.reads.is_empty() {
+            return Ok(());
+        }
+        let key = (root, profile.recorded_ns, place.owner.clone());
+        if lock(&self.profiled).contains(&key) {
+            return Ok(());
+        }
+        let chunks: Vec<FeedChunk> = profile
+            .chunks()
+            .into_iter()
+            .map(|hash| FeedChunk { hash, len: 0 })
+            .collect();
+        let missing: std::collections::HashSet<ChunkHash> = self
+            .missing(&chunks)
+            .await?
+            .iter()
+            .map(|c| c.hash)
+            .collect();
+        let ordered: Vec<FeedChunk> = chunks
+            .into_iter()
+            .filter(|c| missing.contains(&c.hash))
+            .collect();
+        let fetches: Vec<_> = ordered
+            .iter()
+            .map(|c| self.fetch_as(place, *c, Priority::Prefetch))
+            .collect();
+        let fetched: Vec<Result<u64, ReplicateError>> =
+            stream::iter(fetches).buffered(PARALLEL).collect().await;
+        let n = fetched.len();
+        if let Some(e) = fetched.into_iter().find_map(Result::err) {
+            return Err(e);
+        }
+        metrics::counter!("mobilus_replication_profile_chunks_total", "to" => self.site.clone())
+            .increment(n as u64);
+        tracing::info!(subtree = root, chunks = n, "prefetched the access profile");
+        lock(&self.profiled).insert(key);
+        Ok(())
+    }
+
     /// Progress, for status; a failure to report only delays it.
     async fn report(&self, root: InodeId, cursor: u64, progress: FeedProgress) {
         if let Err(e) = self.meta.ack_feed(root, &self.site, cursor, progress).await {
@@ -390,6 +451,16 @@ impl Follower {
     /// Fetch one chunk, owner site first, verify it, and store it on its nodes here.
     /// Returns its size.
     async fn fetch(&self, place: &Placement, chunk: FeedChunk) -> Result<u64, ReplicateError> {
+        self.fetch_as(place, chunk, Priority::Background).await
+    }
+
+    /// [`Follower::fetch`], asked at `priority` at the remote node.
+    async fn fetch_as(
+        &self,
+        place: &Placement,
+        chunk: FeedChunk,
+        priority: Priority,
+    ) -> Result<u64, ReplicateError> {
         let registry = self.nodes.registry();
         let owner = place.owner.as_deref().filter(|o| *o != self.site);
         let others = registry
@@ -401,7 +472,7 @@ impl Follower {
             for node in self.nodes.candidates(site, &chunk.hash) {
                 // The bytes are paid for before they cross: the rate holds while they do.
                 bucket.take(chunk.len.max(1)).await;
-                let read = node.get_as(&chunk.hash, 0, 0, Priority::Background);
+                let read = node.get_as(&chunk.hash, 0, 0, priority);
                 let got = tokio::time::timeout(self.fetch_timeout, read).await;
                 let bytes = match got {
                     Ok(Ok(bytes)) if ChunkHash::of(&bytes) == chunk.hash => bytes,

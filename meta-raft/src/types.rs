@@ -2,7 +2,8 @@
 
 use mobilus_proto::fs::{
     Attr, ChunkCheck, ChunkHash, CloneInfo, DataNodeInfo, DelegationGrant, Epoch, Fence, FileKind,
-    InodeId, LockRequest, Placement, SetAttr, SitePlacement, SliceWrite, SubtreeId, SubtreeInfo,
+    InodeId, LockRequest, Placement, Profile, ProfileRead, SetAttr, SitePlacement, SliceWrite,
+    SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -326,6 +327,16 @@ pub enum Op {
     RemoveDataNode {
         addr: String,
     },
+    /// A mount stores the access profile it recorded (`namespace::profile`).
+    SetProfile {
+        root: InodeId,
+        reads: Vec<ProfileRead>,
+    },
+    /// Forget a subtree's profile; `record`: the next start records one.
+    ArmProfile {
+        root: InodeId,
+        record: bool,
+    },
 }
 
 /// Which inodes an operation changes, as the ownership check sees them.
@@ -395,6 +406,8 @@ impl Op {
             Op::CloneStep { .. } => "clone_step",
             Op::AbortCloneStep { .. } => "abort_clone_step",
             Op::RemoveDataNode { .. } => "remove_data_node",
+            Op::SetProfile { .. } => "set_profile",
+            Op::ArmProfile { .. } => "arm_profile",
         }
     }
 
@@ -431,6 +444,8 @@ impl Op {
             | Op::SetPlacement { .. }
             | Op::SetNodeDraining { .. }
             | Op::RemoveDataNode { .. }
+            | Op::SetProfile { .. }
+            | Op::ArmProfile { .. }
             | Op::SetSiteReplicas { .. }
             | Op::AckFeed { .. } => Touches::Admin,
             // A clone reads its source (frozen meanwhile) and writes only its own hidden
@@ -553,6 +568,7 @@ pub enum OpReply {
     },
     Subtree(SubtreeInfo),
     Placement(Placement),
+    Profile(Profile),
     DataNode(DataNodeInfo),
     /// How many (entries pruned from a change feed).
     Count(u64),

@@ -5,8 +5,8 @@
 use crate::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, CloneInfo, CloneState, DataMode, DataNodeInfo,
     DelegationGrant, DirEntry, Extent, FeedChunk, FeedEntry, FeedPage, Fence, FileKind, Follower,
-    LockKind, Placement, RefreshInfo, SetAttr, SitePlacement, SliceWrite, SnapshotInfo, StatFs,
-    SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet, WorkerReport,
+    LockKind, Placement, Profile, ProfileRead, RefreshInfo, SetAttr, SitePlacement, SliceWrite,
+    SnapshotInfo, StatFs, SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet, WorkerReport,
 };
 use crate::pb;
 use crate::status::WireError;
@@ -608,7 +608,7 @@ impl TryFrom<pb::SitePlacement> for SitePlacement {
     fn try_from(s: pb::SitePlacement) -> Result<Self, WireError> {
         let mode = DataMode::parse(&s.mode).ok_or_else(|| {
             invalid(format!(
-                "placement mode {:?}: expected eager, lazy or on-demand",
+                "placement mode {:?}: expected eager, lazy, on-demand or pinned",
                 s.mode
             ))
         })?;
@@ -641,6 +641,61 @@ impl TryFrom<pb::Placement> for Placement {
                 .into_iter()
                 .map(TryInto::try_into)
                 .collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl From<&ProfileRead> for pb::ProfileRead {
+    fn from(r: &ProfileRead) -> Self {
+        pb::ProfileRead {
+            hash: r.hash.0.to_vec(),
+            first_block: r.first_block,
+            blocks: r.blocks,
+        }
+    }
+}
+
+impl TryFrom<pb::ProfileRead> for ProfileRead {
+    type Error = WireError;
+    fn try_from(r: pb::ProfileRead) -> Result<Self, WireError> {
+        let hash = ChunkHash::from_slice(&r.hash)
+            .ok_or_else(|| invalid("a profile read's hash must be 32 bytes"))?;
+        if r.blocks == 0 {
+            return Err(invalid("a profile read of no blocks"));
+        }
+        Ok(ProfileRead {
+            hash,
+            first_block: r.first_block,
+            blocks: r.blocks,
+        })
+    }
+}
+
+impl From<&Profile> for pb::Profile {
+    fn from(p: &Profile) -> Self {
+        pb::Profile {
+            root: p.root,
+            reads: p.reads.iter().map(Into::into).collect(),
+            record: p.record,
+            recorded_ns: p.recorded_ns,
+            site: p.site.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::Profile> for Profile {
+    type Error = WireError;
+    fn try_from(p: pb::Profile) -> Result<Self, WireError> {
+        Ok(Profile {
+            root: p.root,
+            reads: p
+                .reads
+                .into_iter()
+                .map(TryInto::try_into)
+                .collect::<Result<_, _>>()?,
+            record: p.record,
+            recorded_ns: p.recorded_ns,
+            site: p.site,
         })
     }
 }

@@ -541,6 +541,43 @@ impl DataMode {
     }
 }
 
+/// One read of an access profile: blocks `first_block..first_block + blocks` of a chunk.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProfileRead {
+    pub hash: ChunkHash,
+    pub first_block: u32,
+    pub blocks: u32,
+}
+
+/// Most reads a profile keeps.
+pub const MAX_PROFILE_READS: usize = 4096;
+
+/// A subtree's access profile: what an application read in the first seconds after it
+/// opened the subtree's files, in order. A site the subtree moves to fetches these first.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub root: SubtreeId,
+    pub reads: Vec<ProfileRead>,
+    /// The next start (at any site) records it anew.
+    pub record: bool,
+    /// Log time of the recording; 0: never recorded.
+    pub recorded_ns: i64,
+    /// The site it was recorded at.
+    pub site: String,
+}
+
+impl Profile {
+    /// The chunks it names, each once, in the order first read.
+    pub fn chunks(&self) -> Vec<ChunkHash> {
+        let mut seen = std::collections::HashSet::new();
+        self.reads
+            .iter()
+            .map(|r| r.hash)
+            .filter(|h| seen.insert(*h))
+            .collect()
+    }
+}
+
 /// One site's part in a subtree's placement.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct SitePlacement {

@@ -34,6 +34,10 @@ struct Args {
     /// Memory for the block cache shared by all open files, in MiB (default 256).
     #[arg(long)]
     block_cache_mib: Option<u64>,
+    /// Record each subtree's access profile for this many seconds after the mount first
+    /// reads it (default 10; 0: never).
+    #[arg(long)]
+    profile_window_secs: Option<u64>,
     /// Never ask for the delegation of a subtree this site owns (no authoritative
     /// caching: every mount then keeps the short TTLs).
     #[arg(long)]
@@ -111,6 +115,12 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             anyhow::bail!("--block-cache-mib must be 1 to 1048576");
         }
         data.block_cache_bytes = mib << 20;
+    }
+    if let Some(secs) = args.profile_window_secs {
+        if secs > 3600 {
+            anyhow::bail!("--profile-window-secs must be 0 to 3600");
+        }
+        data.profile_window = (secs > 0).then(|| Duration::from_secs(secs));
     }
     Ok(Settings {
         site,

@@ -694,6 +694,7 @@ impl MountFs {
     pub fn delegated_open(&self, ino: InodeId) -> Option<(u64, bool)> {
         let changes = self.changes.load(Ordering::Acquire);
         let (attr, map) = self.deleg.opened(ino)?;
+        let subtree = attr.subtree;
         // Delegated: nobody else can have changed it since this mount read it.
         delegation::hit("open");
         let (fh, keep_cache) = self.open_as(ino, attr);
@@ -701,7 +702,7 @@ impl MountFs {
         let unchanged = self.changes.load(Ordering::Acquire) == changes;
         if let (Ok(h), true) = (self.handle(fh), unchanged) {
             let version = h.inode.version.load(Ordering::Acquire);
-            let reader = self.client.reader_with(ino, map);
+            let reader = self.client.reader_with(ino, map).in_subtree(subtree);
             *lock(&h.reader) = Some((version, Arc::new(reader)));
         }
         Some((fh, keep_cache))
@@ -931,7 +932,8 @@ impl MountFs {
         match &*slot {
             Some((v, r)) if *v == version => r.clone(),
             _ => {
-                let r = Arc::new(self.client.reader(h.ino));
+                let subtree = lock(&h.inode.attr).0.subtree;
+                let r = Arc::new(self.client.reader(h.ino).in_subtree(subtree));
                 *slot = Some((version, r.clone()));
                 r
             }

@@ -317,10 +317,18 @@ impl TwoSites {
             .expect("client")
     }
 
+    /// A client with these data options.
+    pub async fn client_with(&self, site: &str, opts: mobilus_client::DataOptions) -> Client {
+        Client::connect_with(&self.meta_addrs, site, opts)
+            .await
+            .expect("client")
+    }
+
     /// A client whose block cache holds at most `cache_bytes`.
     pub async fn client_with_cache(&self, site: &str, cache_bytes: u64) -> Client {
         let opts = mobilus_client::DataOptions {
             block_cache_bytes: cache_bytes,
+            ..Default::default()
         };
         Client::connect_with(&self.meta_addrs, site, opts)
             .await

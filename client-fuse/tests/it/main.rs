@@ -14,5 +14,6 @@ mod mount;
 mod on_demand;
 mod ownership;
 mod posix_suites;
+mod profile;
 mod replicas;
 mod resilience;

@@ -4,7 +4,8 @@
 
 use mobilus_proto::convert::feed_chunks_from_wire;
 use mobilus_proto::fs::{
-    ChunkHash, FeedChunk, FeedPage, Follower, InodeId, Placement, SitePlacement,
+    ChunkHash, FeedChunk, FeedPage, Follower, InodeId, Placement, Profile, ProfileRead,
+    SitePlacement,
 };
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_client::ClusterClient;
@@ -33,6 +34,13 @@ pub struct FeedProgress {
     pub scanning: bool,
 }
 
+fn profile(reply: pb::ProfileReply) -> Result<Profile, ClientError> {
+    let p = reply
+        .profile
+        .ok_or_else(|| ClientError::InvalidReply("no profile in the reply".into()))?;
+    Ok(p.try_into()?)
+}
+
 /// A page of a subtree's chunks (`MetaClient::scan_subtree_chunks_page`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ScanPage {
@@ -45,6 +53,49 @@ pub struct ScanPage {
 }
 
 impl MetaClient {
+    /// Subtree `root`'s access profile.
+    pub async fn profile(&self, root: InodeId, stale: bool) -> Result<Profile, ClientError> {
+        let req = pb::GetSubtreeRequest { root, stale };
+        let r = self
+            .call("get_profile", |ch| async move {
+                cluster(ch).get_profile(req).await
+            })
+            .await?;
+        profile(r.into_inner())
+    }
+
+    /// Store the profile a mount of `site` recorded (EBUSY unless recording is armed).
+    pub async fn set_profile(
+        &self,
+        root: InodeId,
+        site: &str,
+        reads: &[ProfileRead],
+    ) -> Result<Profile, ClientError> {
+        let req = pb::SetProfileRequest {
+            root,
+            reads: reads.iter().map(Into::into).collect(),
+            site: site.to_string(),
+        };
+        let r = self
+            .call("set_profile", |ch| {
+                let req = req.clone();
+                async move { cluster(ch).set_profile(req).await }
+            })
+            .await?;
+        profile(r.into_inner())
+    }
+
+    /// Forget `root`'s profile; `record`: the next start records one.
+    pub async fn arm_profile(&self, root: InodeId, record: bool) -> Result<Profile, ClientError> {
+        let req = pb::ArmProfileRequest { root, record };
+        let r = self
+            .call("arm_profile", |ch| async move {
+                cluster(ch).arm_profile(req).await
+            })
+            .await?;
+        profile(r.into_inner())
+    }
+
     /// Set which sites hold subtree `root`'s data, and how.
     pub async fn set_placement(
         &self,

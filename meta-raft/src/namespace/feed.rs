@@ -60,7 +60,7 @@ struct Cursor {
     updated_ns: i64,
 }
 
-fn key(tag: u8, root: SubtreeId) -> Vec<u8> {
+pub(super) fn key(tag: u8, root: SubtreeId) -> Vec<u8> {
     let mut k = vec![tag];
     k.extend_from_slice(&root.to_be_bytes());
     k

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod kv;
 mod locks;
 mod nodes;
+mod profile;
 mod query;
 mod refresh;
 mod reserved;
@@ -358,6 +359,10 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
             nodes::set_draining(txn, addr, *draining).map(OpReply::DataNode)
         }
         Op::RemoveDataNode { addr } => nodes::remove(txn, now, addr).map(OpReply::DataNode),
+        Op::SetProfile { root, reads } => {
+            profile::set(txn, now, site, *root, reads).map(OpReply::Profile)
+        }
+        Op::ArmProfile { root, record } => profile::arm(txn, *root, *record).map(OpReply::Profile),
         Op::SetSiteReplicas { site, replicas } => {
             nodes::set_replicas(txn, site, *replicas).map(|r| OpReply::Count(u64::from(r)))
         }

@@ -865,6 +865,31 @@ impl Cluster for ClusterSvc {
         }
     }
 
+    async fn set_profile(&self, r: Request<pb::SetProfileRequest>) -> Reply<pb::ProfileReply> {
+        super::replication::set_profile(&self.node, r.into_inner()).await
+    }
+
+    async fn arm_profile(&self, r: Request<pb::ArmProfileRequest>) -> Reply<pb::ProfileReply> {
+        let r = r.into_inner();
+        let op = Op::ArmProfile {
+            root: r.root,
+            record: r.record,
+        };
+        super::replication::profile_reply(self.node.propose(None, op).await.map_err(status)?)
+    }
+
+    async fn get_profile(&self, r: Request<pb::GetSubtreeRequest>) -> Reply<pb::ProfileReply> {
+        let r = r.into_inner();
+        let p = self
+            .node
+            .read(r.stale, |ns| ns.profile(r.root))
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::ProfileReply {
+            profile: Some((&p).into()),
+        }))
+    }
+
     async fn remove_data_node(&self, r: Request<pb::RemoveDataNodeRequest>) -> Reply<pb::DataNode> {
         let op = Op::RemoveDataNode {
             addr: r.into_inner().addr,

@@ -3,7 +3,7 @@
 //! that file to one screenful per service.
 
 use mobilus_proto::fs::ChunkHash;
-use mobilus_proto::fs::{valid_site_name, SitePlacement};
+use mobilus_proto::fs::{valid_site_name, ProfileRead, SitePlacement};
 use mobilus_proto::pb;
 use tonic::{Response, Status};
 
@@ -62,6 +62,43 @@ pub(super) async fn get_placement(
     Ok(Response::new(pb::PlacementReply {
         placement: Some((&p).into()),
     }))
+}
+
+pub(super) async fn set_profile(
+    node: &MetaNode,
+    r: pb::SetProfileRequest,
+) -> Reply<pb::ProfileReply> {
+    site(&r.site)?;
+    if r.reads.len() > mobilus_proto::fs::MAX_PROFILE_READS {
+        return Err(Status::invalid_argument(format!(
+            "a profile keeps at most {} reads",
+            mobilus_proto::fs::MAX_PROFILE_READS
+        )));
+    }
+    let reads = r
+        .reads
+        .into_iter()
+        .map(ProfileRead::try_from)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_status())?;
+    let op = Op::SetProfile {
+        root: r.root,
+        reads,
+    };
+    profile_reply(
+        node.propose_as(Some(r.site), None, op)
+            .await
+            .map_err(|e| e.to_status())?,
+    )
+}
+
+pub(super) fn profile_reply(reply: OpReply) -> Reply<pb::ProfileReply> {
+    match reply {
+        OpReply::Profile(p) => Ok(Response::new(pb::ProfileReply {
+            profile: Some((&p).into()),
+        })),
+        other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+    }
 }
 
 pub(super) async fn read_feed(node: &MetaNode, r: pb::ReadFeedRequest) -> Reply<pb::ReadFeedReply> {

@@ -310,3 +310,106 @@ fn a_second_puller_acknowledging_less_does_not_end_anothers_scan() {
     assert!(!page.resync, "{page:?}");
     assert_eq!(page.cursor, Some(3));
 }
+
+/// Access profiles: armed until the first recording is stored (which disarms it, so the
+/// next start does not overwrite it), armed again by `record`, disarmed by `clear`;
+/// bounded, and only for subtrees.
+#[test]
+fn a_profile_is_stored_once_per_arming_and_bounded() {
+    use mobilus_proto::fs::{ChunkHash, ProfileRead, MAX_PROFILE_READS};
+    let f = fixture();
+    let read = |i: u8| ProfileRead {
+        hash: ChunkHash([i; 32]),
+        first_block: u32::from(i),
+        blocks: 1,
+    };
+    let set = |reads: Vec<ProfileRead>| Op::SetProfile { root: f.app, reads };
+    let profile = |reply| match reply {
+        OpReply::Profile(p) => p,
+        other => panic!("not a profile: {other:?}"),
+    };
+    let fresh = f.ns.profile(f.app).unwrap();
+    assert!(fresh.record && fresh.reads.is_empty() && fresh.recorded_ns == 0);
+
+    let stored = profile(must(
+        &f.ns,
+        T0 + SEC,
+        Some("site-a"),
+        set(vec![read(2), read(1)]),
+    ));
+    assert_eq!(stored.reads, vec![read(2), read(1)], "in the order read");
+    assert_eq!((stored.record, stored.recorded_ns), (false, T0 + SEC));
+    assert_eq!(stored.site, "site-a");
+    assert_eq!(
+        stored.chunks(),
+        vec![ChunkHash([2; 32]), ChunkHash([1; 32])]
+    );
+    // The next start's recording does not replace it.
+    let again = exec(&f.ns, T0, Some("site-b"), None, set(vec![read(3)]));
+    assert_eq!(errno_of(&again), Some(libc::EBUSY));
+    assert_eq!(f.ns.profile(f.app).unwrap(), stored);
+    // `record`: forgotten, and the next recording is taken.
+    must(
+        &f.ns,
+        T0,
+        None,
+        Op::ArmProfile {
+            root: f.app,
+            record: true,
+        },
+    );
+    let p = f.ns.profile(f.app).unwrap();
+    assert!(p.record && p.reads.is_empty());
+    must(&f.ns, T0, Some("site-b"), set(vec![read(3)]));
+    assert_eq!(f.ns.profile(f.app).unwrap().site, "site-b");
+    // `clear`: forgotten, and nothing is recorded.
+    must(
+        &f.ns,
+        T0,
+        None,
+        Op::ArmProfile {
+            root: f.app,
+            record: false,
+        },
+    );
+    let refused = exec(&f.ns, T0, Some("site-a"), None, set(vec![read(4)]));
+    assert_eq!(errno_of(&refused), Some(libc::EBUSY));
+    assert!(f.ns.profile(f.app).unwrap().reads.is_empty());
+
+    // Bad ones.
+    must(
+        &f.ns,
+        T0,
+        None,
+        Op::ArmProfile {
+            root: f.app,
+            record: true,
+        },
+    );
+    let too_many = exec(
+        &f.ns,
+        T0,
+        None,
+        None,
+        set(vec![read(5); MAX_PROFILE_READS + 1]),
+    );
+    assert_eq!(errno_of(&too_many), Some(libc::E2BIG));
+    let empty_read = ProfileRead {
+        blocks: 0,
+        ..read(6)
+    };
+    let bad = exec(&f.ns, T0, None, None, set(vec![empty_read]));
+    assert_eq!(errno_of(&bad), Some(libc::EINVAL));
+    let root = exec(
+        &f.ns,
+        T0,
+        None,
+        None,
+        Op::ArmProfile {
+            root: ROOT_INO,
+            record: true,
+        },
+    );
+    assert_eq!(errno_of(&root), Some(libc::EINVAL));
+    assert!(f.ns.profile(f.shared).is_err(), "not a subtree");
+}

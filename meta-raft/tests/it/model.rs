@@ -434,6 +434,8 @@ impl Model {
             | Op::SetPlacement { .. }
             | Op::SetNodeDraining { .. }
             | Op::RemoveDataNode { .. }
+            | Op::SetProfile { .. }
+            | Op::ArmProfile { .. }
             | Op::SetSiteReplicas { .. }
             | Op::AckFeed { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: locks have their own tests (`locks.rs`).

@@ -276,6 +276,8 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::SetPlacement { .. }
         | Op::SetNodeDraining { .. }
         | Op::RemoveDataNode { .. }
+        | Op::SetProfile { .. }
+        | Op::ArmProfile { .. }
         | Op::SetSiteReplicas { .. }
         | Op::AckFeed { .. }
         // Advisory locks change nothing a read or a write sees (`Touches::Advisory`).
