@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Subcommand;
 use mobilus_meta_client::{ClientError, MetaClient};
-use mobilus_proto::fs::{FileKind, InodeId, SubtreeInfo, SubtreeState, SubtreeUsage, ROOT_INO};
+use mobilus_proto::fs::{
+    DataMode, FileKind, InodeId, SubtreeInfo, SubtreeState, SubtreeUsage, ROOT_INO,
+};
 use serde::Serialize;
 
 use crate::cluster::explain;
@@ -67,11 +69,24 @@ pub enum SubtreeCmd {
         #[arg(long)]
         force: bool,
         /// Wait until the new owner holds a valid lease (its data node heartbeats), so its
-        /// mounts can write at once, and until its copy of the data has caught up (a
-        /// progress bar on a terminal).
+        /// mounts can write at once, and (with `--data eager`) until its copy of the data
+        /// has caught up (a progress bar on a terminal).
         #[arg(long)]
         wait: bool,
+        /// What the new owner copies ahead: `eager` everything (its access profile
+        /// first), `lazy` only the access profile (the rest faulted in on demand, and
+        /// kept), `none` nothing (faults only).
+        #[arg(long, value_enum, default_value = "eager")]
+        data: MoveData,
     },
+}
+
+/// `subtree move --data`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveData {
+    Eager,
+    Lazy,
+    None,
 }
 
 /// One subtree, as `subtree ls|status --output json` reports it (a stable schema).
@@ -353,13 +368,23 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
             to,
             force,
             wait,
+            data,
         } => {
             let before = subtree_at(client, &path).await?;
             let start = Instant::now();
             // A mount of the owner may hold the subtree's delegation: the move waits for
             // its recall (a holder that is gone blocks it until its lease ends, 10 s).
             let patient = client.with_timeouts(Duration::from_secs(30), Duration::from_secs(9));
-            let s = match patient.move_subtree(before.root, &to, force).await {
+            // What the new owner copies ahead, set in the same step as the move.
+            let mode = match data {
+                MoveData::Eager => None,
+                MoveData::Lazy => Some(DataMode::Profile),
+                MoveData::None => Some(DataMode::OnDemand),
+            };
+            let s = match patient
+                .move_subtree_with(before.root, &to, force, mode)
+                .await
+            {
                 Ok(s) => s,
                 Err(e @ ClientError::LeaseExpired(_)) if !force => {
                     anyhow::bail!(
@@ -381,8 +406,10 @@ pub async fn run(cmd: SubtreeCmd, client: &MetaClient, format: OutputFormat) -> 
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     s = client.subtree(s.root, false).await.map_err(explain)?;
                 }
-                let within = Duration::from_secs(3600);
-                crate::replication::wait_for_data(client, &s, &to, within, format).await?;
+                if data == MoveData::Eager {
+                    let within = Duration::from_secs(3600);
+                    crate::replication::wait_for_data(client, &s, &to, within, format).await?;
+                }
             } else if !s.lease_valid() {
                 eprintln!(
                     "mobilusctl: warning: {to} holds no valid lease (is its data node running?); its mounts cannot write {path} until it does"

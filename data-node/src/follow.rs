@@ -168,15 +168,21 @@ impl Follower {
                 }
             };
             let fetch = place.follows(&self.site);
-            if !fetch && place.mode(&self.site) != DataMode::Pinned {
+            let mode = place.mode(&self.site);
+            if !fetch && !matches!(mode, DataMode::Pinned | DataMode::Profile) {
                 continue;
             }
             report.subtrees += 1;
             let before = self.totals();
-            if fetch {
+            if place.prefetches_profile(&self.site) {
                 if let Err(e) = self.prefetch_profile(s.root, &place).await {
                     tracing::debug!(subtree = s.root, error = %e, "prefetching the access profile failed");
+                    report.failed.push((s.root, e.to_string()));
                 }
+            }
+            // The profile is all a `profile` site copies ahead.
+            if mode == DataMode::Profile {
+                continue;
             }
             if let Err(e) = self.follow(s.root, &place, fetch).await {
                 tracing::debug!(subtree = s.root, error = %e, "following a subtree failed");

@@ -1,9 +1,9 @@
 //! The Raft type configuration and the commands the state machine applies.
 
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, CloneInfo, DataNodeInfo, DelegationGrant, Epoch, Fence, FileKind,
-    InodeId, LockRequest, Placement, Profile, ProfileRead, SetAttr, SitePlacement, SliceWrite,
-    SubtreeId, SubtreeInfo,
+    Attr, ChunkCheck, ChunkHash, CloneInfo, DataMode, DataNodeInfo, DelegationGrant, Epoch, Fence,
+    FileKind, InodeId, LockRequest, Placement, Profile, ProfileRead, SetAttr, SitePlacement,
+    SliceWrite, SubtreeId, SubtreeInfo,
 };
 use mobilus_proto::status::Errno;
 use serde::{Deserialize, Serialize};
@@ -337,6 +337,14 @@ pub enum Op {
         root: InodeId,
         record: bool,
     },
+    /// [`Op::MoveSubtree`], and in the same step the new owner holds the data as `data`
+    /// says instead of eagerly (`subtree move --data lazy|none`).
+    MoveSubtreeWith {
+        root: InodeId,
+        to: String,
+        force: bool,
+        data: DataMode,
+    },
 }
 
 /// Which inodes an operation changes, as the ownership check sees them.
@@ -383,7 +391,7 @@ impl Op {
             Op::CasXattr { .. } => "cas_xattr",
             Op::CreateSubtree { .. } => "create_subtree",
             Op::RelabelSubtree { .. } => "relabel_subtree",
-            Op::MoveSubtree { .. } => "move_subtree",
+            Op::MoveSubtree { .. } | Op::MoveSubtreeWith { .. } => "move_subtree",
             Op::SetSubtreePolicy { .. } => "set_subtree_policy",
             Op::SetPlacement { .. } => "set_placement",
             Op::SetNodeDraining { .. } => "set_node_draining",
@@ -440,6 +448,7 @@ impl Op {
             | Op::CreateSubtree { .. }
             | Op::RelabelSubtree { .. }
             | Op::MoveSubtree { .. }
+            | Op::MoveSubtreeWith { .. }
             | Op::SetSubtreePolicy { .. }
             | Op::SetPlacement { .. }
             | Op::SetNodeDraining { .. }
@@ -482,6 +491,7 @@ impl Op {
                 | Op::ReleaseDelegation { .. }
                 | Op::RecallDelegation { .. }
                 | Op::MoveSubtree { .. }
+                | Op::MoveSubtreeWith { .. }
         )
     }
 }

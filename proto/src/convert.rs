@@ -608,7 +608,7 @@ impl TryFrom<pb::SitePlacement> for SitePlacement {
     fn try_from(s: pb::SitePlacement) -> Result<Self, WireError> {
         let mode = DataMode::parse(&s.mode).ok_or_else(|| {
             invalid(format!(
-                "placement mode {:?}: expected eager, lazy, on-demand or pinned",
+                "placement mode {:?}: expected eager, lazy, on-demand, pinned or profile",
                 s.mode
             ))
         })?;

@@ -518,6 +518,9 @@ pub enum DataMode {
     /// Never copied ahead, as on demand, but what reads fault in is kept for good: never
     /// evicted (until garbage collection).
     Pinned,
+    /// Only the subtree's access profile is copied ahead (what its application read
+    /// first); the rest is faulted in on demand, and kept (`subtree move --data lazy`).
+    Profile,
 }
 
 impl DataMode {
@@ -527,6 +530,7 @@ impl DataMode {
             DataMode::Lazy => "lazy",
             DataMode::OnDemand => "on-demand",
             DataMode::Pinned => "pinned",
+            DataMode::Profile => "profile",
         }
     }
 
@@ -536,6 +540,7 @@ impl DataMode {
             "lazy" => Some(DataMode::Lazy),
             "on-demand" => Some(DataMode::OnDemand),
             "pinned" => Some(DataMode::Pinned),
+            "profile" => Some(DataMode::Profile),
             _ => None,
         }
     }
@@ -613,14 +618,20 @@ impl Placement {
         match self.mode(site) {
             DataMode::Eager => true,
             DataMode::Lazy => self.owner.as_deref() == Some(site),
-            DataMode::OnDemand | DataMode::Pinned => false,
+            DataMode::OnDemand | DataMode::Pinned | DataMode::Profile => false,
         }
     }
 
     /// Whether `site` keeps for good what its reads fault in: it holds the data (it
     /// follows), or its placement pins it. Otherwise faulted chunks are a cache.
     pub fn keeps_faults(&self, site: &str) -> bool {
-        self.follows(site) || self.mode(site) == DataMode::Pinned
+        self.follows(site) || matches!(self.mode(site), DataMode::Pinned | DataMode::Profile)
+    }
+
+    /// Whether `site` fetches the subtree's access profile ahead of reads: it follows,
+    /// or its mode is `profile`.
+    pub fn prefetches_profile(&self, site: &str) -> bool {
+        self.follows(site) || self.mode(site) == DataMode::Profile
     }
 
     /// Sites whose copy a write waits for (besides the writer's own).

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use mobilus_client::{Client, DataOptions};
-use mobilus_proto::fs::ChunkHash;
+use mobilus_proto::fs::{ChunkHash, DataMode};
 
 use crate::cluster::{Opts, TwoSites};
 use crate::data_path::noise;
@@ -30,10 +30,9 @@ async fn held_at(c: &Client, chunks: &[ChunkHash]) -> usize {
     present.iter().filter(|p| **p).count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_recorded_profile_is_fetched_first_after_a_move() {
-    // Replication at 2 MiB/s: the whole subtree takes several seconds to follow.
-    let sites = TwoSites::start_with(Opts {
+/// Two sites replicating at 2 MiB/s (the whole subtree takes seconds to follow).
+async fn slow_sites() -> TwoSites {
+    TwoSites::start_with(Opts {
         data_args: vec![
             "--follow-interval-ms".into(),
             "200".into(),
@@ -42,7 +41,12 @@ async fn a_recorded_profile_is_fetched_first_after_a_move() {
         ],
         ..Opts::default()
     })
-    .await;
+    .await
+}
+
+/// `/app` owned by site-a, 16 files of 1 MiB, and the profile of an application that
+/// read the start of the first 3: the files, and the profile's chunks.
+async fn recorded_app(sites: &TwoSites) -> (Client, u64, Vec<(u64, Vec<u8>)>, Vec<ChunkHash>) {
     let a = sites.client("site-a").await;
     let app = must_own_app(&a).await;
     let mut files = Vec::new();
@@ -50,16 +54,13 @@ async fn a_recorded_profile_is_fetched_first_after_a_move() {
         let data = noise(1 << 20, 500 + i);
         files.push((must_file(&a, app, &format!("f{i}"), &data).await, data));
     }
-    let first_chunk = |data: &[u8]| mobilus_client::chunker::chunk(data)[0].hash;
-    let (profiled, others) = files.split_at(3);
-
     // The application starts at site-a: its first reads are recorded (a 1 s window).
     let window = DataOptions {
         profile_window: Some(Duration::from_secs(1)),
         ..DataOptions::default()
     };
     let app_a = sites.client_with("site-a", window).await;
-    start_up_reads(&app_a, profiled).await;
+    start_up_reads(&app_a, &files[..3]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let profile = loop {
         let p = a.meta().profile(app, false).await.unwrap();
@@ -69,23 +70,42 @@ async fn a_recorded_profile_is_fetched_first_after_a_move() {
         assert!(Instant::now() < deadline, "no profile was recorded");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let wanted: Vec<ChunkHash> = profiled.iter().map(|(_, d)| first_chunk(d)).collect();
+    let wanted: Vec<ChunkHash> = files[..3]
+        .iter()
+        .map(|(_, d)| mobilus_client::chunker::chunk(d)[0].hash)
+        .collect();
     assert_eq!(profile.chunks(), wanted, "the chunks read, in order");
     assert_eq!(profile.site, "site-a");
+    (a, app, files, wanted)
+}
+
+fn all_chunks(files: &[(u64, Vec<u8>)]) -> Vec<ChunkHash> {
+    files
+        .iter()
+        .flat_map(|(_, d)| mobilus_client::chunker::chunk(d))
+        .map(|p| p.hash)
+        .collect()
+}
+
+async fn must_hold(c: &Client, chunks: &[ChunkHash], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held_at(c, chunks).await < chunks.len() {
+        assert!(Instant::now() < deadline, "{what} never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recorded_profile_is_fetched_first_after_a_move() {
+    let sites = slow_sites().await;
+    let (a, app, files, wanted) = recorded_app(&sites).await;
+    let (profiled, others) = files.split_at(3);
 
     // It moves to site-b (made eager): the profile's chunks come first.
     a.meta().move_subtree(app, "site-b", false).await.unwrap();
     let b = sites.client("site-b").await;
-    let all: Vec<ChunkHash> = files
-        .iter()
-        .flat_map(|(_, d)| mobilus_client::chunker::chunk(d))
-        .map(|p| p.hash)
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while held_at(&b, &wanted).await < wanted.len() {
-        assert!(Instant::now() < deadline, "the profile never arrived");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let all = all_chunks(&files);
+    must_hold(&b, &wanted, "the profile").await;
     let held = held_at(&b, &all).await;
     eprintln!(
         "profile first: its {} chunks at site-b with {held} of the subtree's {} there",
@@ -104,4 +124,40 @@ async fn a_recorded_profile_is_fetched_first_after_a_move() {
     );
     assert_eq!(with_profile, 0);
     assert!(without >= 1, "{without}");
+}
+
+/// `subtree move --data lazy`: the new owner's placement is `profile`; it copies the
+/// profile and nothing else ahead, and keeps what its reads fault in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lazy_move_copies_only_the_profile() {
+    let sites = slow_sites().await;
+    let (a, app, files, wanted) = recorded_app(&sites).await;
+    // One step: the move, and the new owner's mode (`subtree move --data lazy`).
+    let lazy = Some(DataMode::Profile);
+    a.meta()
+        .move_subtree_with(app, "site-b", false, lazy)
+        .await
+        .unwrap();
+    let place = a.meta().placement(app, false).await.unwrap();
+    assert_eq!(place.mode("site-b"), DataMode::Profile);
+    assert!(!place.follows("site-b"));
+    let b = sites.client("site-b").await;
+    must_hold(&b, &wanted, "the profile").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let all = all_chunks(&files);
+    assert_eq!(held_at(&b, &all).await, wanted.len(), "only the profile");
+    // A read of another file faults its chunks in, and site-b keeps them.
+    let reader = sites.client("site-b").await;
+    let (ino, data) = &files[10];
+    assert_eq!(
+        &reader.read(*ino, 0, data.len() as u64).await.unwrap(),
+        data
+    );
+    let theirs: Vec<ChunkHash> = all_chunks(&files[10..11]);
+    must_hold(&b, &theirs, "the faulted chunks").await;
+    assert_eq!(
+        b.local().stats().await.unwrap().cached_chunks,
+        0,
+        "kept, not cached"
+    );
 }

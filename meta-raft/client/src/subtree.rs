@@ -64,10 +64,23 @@ impl MetaClient {
         to: &str,
         force: bool,
     ) -> Result<SubtreeInfo, ClientError> {
+        self.move_subtree_with(root, to, force, None).await
+    }
+
+    /// [`MetaClient::move_subtree`], the new owner holding the data as `data` says
+    /// (`None`: eagerly), in the same step.
+    pub async fn move_subtree_with(
+        &self,
+        root: InodeId,
+        to: &str,
+        force: bool,
+        data: Option<mobilus_proto::fs::DataMode>,
+    ) -> Result<SubtreeInfo, ClientError> {
         let req = pb::MoveSubtreeRequest {
             root,
             to: to.to_string(),
             force,
+            data: data.map(|d| d.as_str().to_string()).unwrap_or_default(),
         };
         let r = self
             .call("move_subtree", |ch| {

@@ -149,6 +149,28 @@ pub(crate) fn owner_changed(txn: &mut Txn<'_>, root: SubtreeId, to: &str) -> Res
     Ok(())
 }
 
+/// `site` holds the subtree's data as `mode` (the rest of the placement as it was).
+pub(crate) fn set_mode(
+    txn: &mut Txn<'_>,
+    root: SubtreeId,
+    site: &str,
+    mode: mobilus_proto::fs::DataMode,
+) -> Result<(), NsError> {
+    let mut sites: Vec<SitePlacement> = txn
+        .get(Cf::Replication, &key(b'p', root))?
+        .unwrap_or_default();
+    match sites.iter_mut().find(|s| s.site == site) {
+        Some(s) => s.mode = mode,
+        None => sites.push(SitePlacement {
+            site: site.to_string(),
+            mode,
+            sync: false,
+        }),
+    }
+    txn.put(Cf::Replication, key(b'p', root), &sites)?;
+    Ok(())
+}
+
 /// Append a committed write's chunks to its subtree's feed (owned subtrees only: the
 /// shared root has no owner to follow).
 pub(crate) fn record(

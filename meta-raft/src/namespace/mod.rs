@@ -351,6 +351,16 @@ fn run(txn: &mut Txn<'_>, now: i64, site: Option<&str>, op: &Op) -> Result<OpRep
         Op::MoveSubtree { root, to, force } => {
             subtree::give(txn, now, *root, to, *force).map(OpReply::Subtree)
         }
+        Op::MoveSubtreeWith {
+            root,
+            to,
+            force,
+            data,
+        } => {
+            let moved = subtree::give(txn, now, *root, to, *force)?;
+            feed::set_mode(txn, *root, to, *data)?;
+            Ok(OpReply::Subtree(moved))
+        }
         Op::SetSubtreePolicy {
             root,
             follow_writer_hold_ns,

@@ -704,10 +704,23 @@ impl Cluster for ClusterSvc {
 
     async fn move_subtree(&self, r: Request<pb::MoveSubtreeRequest>) -> Reply<pb::SubtreeReply> {
         let r = r.into_inner();
-        let op = Op::MoveSubtree {
-            root: r.root,
-            to: site_arg(r.to, "the target")?,
-            force: r.force,
+        let to = site_arg(r.to, "the target")?;
+        let op = match r.data.as_str() {
+            "" | "eager" => Op::MoveSubtree {
+                root: r.root,
+                to,
+                force: r.force,
+            },
+            mode => Op::MoveSubtreeWith {
+                root: r.root,
+                to,
+                force: r.force,
+                data: mobilus_proto::fs::DataMode::parse(mode).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "data {mode:?}: expected eager, lazy, on-demand, pinned or profile"
+                    ))
+                })?,
+            },
         };
         let reply = self.node.propose(None, op).await.map_err(status)?;
         let kind = if r.force { "takeover" } else { "move" };

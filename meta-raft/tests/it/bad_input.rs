@@ -272,6 +272,18 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
         tonic::Code::InvalidArgument
     );
 
+    // A move whose data mode is not one.
+    let bad_mode = pb::MoveSubtreeRequest {
+        root: ROOT_INO,
+        to: "site-b".into(),
+        force: false,
+        data: "everything".into(),
+    };
+    assert_eq!(
+        admin.move_subtree(bad_mode).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+
     // Creates under a reserved number: without the session that reserved it, of a
     // directory, or carried by a write to another file.
     let reserved = pb::MknodRequest {

@@ -436,6 +436,7 @@ impl Model {
             | Op::RemoveDataNode { .. }
             | Op::SetProfile { .. }
             | Op::ArmProfile { .. }
+            | Op::MoveSubtreeWith { .. }
             | Op::SetSiteReplicas { .. }
             | Op::AckFeed { .. } => Err(Errno::EOPNOTSUPP),
             // Not generated: locks have their own tests (`locks.rs`).

@@ -278,6 +278,7 @@ fn judged_by_owner(op: &Op) -> bool {
         | Op::RemoveDataNode { .. }
         | Op::SetProfile { .. }
         | Op::ArmProfile { .. }
+        | Op::MoveSubtreeWith { .. }
         | Op::SetSiteReplicas { .. }
         | Op::AckFeed { .. }
         // Advisory locks change nothing a read or a write sees (`Touches::Advisory`).
