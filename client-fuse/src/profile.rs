@@ -3,12 +3,13 @@
 //! files (an application starting), in order, each once, at most
 //! [`MAX_PROFILE_READS`]. When the window closes the recording is stored with the
 //! subtree, if the subtree's profile is armed (the first start records, and then only
-//! after `mobilusctl subtree profile PATH record`). A site the subtree moves to fetches
-//! these blocks' chunks before the rest.
+//! after `mobilusctl subtree profile PATH record`). A read more than three windows after
+//! a window closed opens the next one (a later start, recorded if the profile is armed by
+//! then). A site the subtree moves to fetches these blocks' chunks before the rest.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mobilus_meta_client::{ClientError, MetaClient};
 use mobilus_proto::fs::{ChunkHash, ProfileRead, SubtreeId, MAX_PROFILE_READS, ROOT_INO};
@@ -21,8 +22,8 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 struct Recording {
     reads: Vec<ProfileRead>,
     seen: HashSet<(ChunkHash, u32)>,
-    /// The window has closed: nothing more is recorded (for this client's life).
-    closed: bool,
+    /// When the window closed (nothing is recorded for three windows after).
+    closed: Option<Instant>,
 }
 
 /// This client's recordings.
@@ -53,9 +54,16 @@ impl Profiles {
             return;
         }
         let mut all = self.recordings.lock().unwrap_or_else(|p| p.into_inner());
-        let started = !all.contains_key(&subtree);
+        let mut started = !all.contains_key(&subtree);
         let r = all.entry(subtree).or_default();
-        if r.closed || r.reads.len() >= MAX_PROFILE_READS {
+        if let Some(at) = r.closed {
+            if at.elapsed() < window * 3 {
+                return;
+            }
+            *r = Recording::default();
+            started = true;
+        }
+        if r.reads.len() >= MAX_PROFILE_READS {
             return;
         }
         let first = u32::try_from(first).unwrap_or(u32::MAX);
@@ -77,7 +85,8 @@ impl Profiles {
                 let reads = {
                     let mut all = recordings.lock().unwrap_or_else(|p| p.into_inner());
                     let r = all.entry(subtree).or_default();
-                    r.closed = true;
+                    r.closed = Some(Instant::now());
+                    r.seen.clear();
                     std::mem::take(&mut r.reads)
                 };
                 if let Err(e) = store(&meta, &site, subtree, &reads).await {

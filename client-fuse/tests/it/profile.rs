@@ -160,4 +160,35 @@ async fn a_lazy_move_copies_only_the_profile() {
         0,
         "kept, not cached"
     );
+
+    // The application restarts at site-b: not recorded while the profile is not armed;
+    // armed again, its next start (three windows later) is.
+    let window = DataOptions {
+        profile_window: Some(Duration::from_secs(1)),
+        ..DataOptions::default()
+    };
+    let app_b = sites.client_with("site-b", window).await;
+    start_up_reads(&app_b, &files[5..6]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let kept = a.meta().profile(app, false).await.unwrap();
+    assert_eq!(
+        (kept.site.as_str(), kept.chunks()),
+        ("site-a", wanted.clone())
+    );
+    a.meta().arm_profile(app, true).await.unwrap();
+    // Three windows after the last one closed.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    start_up_reads(&app_b, &files[6..8]).await;
+    let first = |d: &[u8]| mobilus_client::chunker::chunk(d)[0].hash;
+    let next: Vec<ChunkHash> = files[6..8].iter().map(|(_, d)| first(d)).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = a.meta().profile(app, false).await.unwrap();
+        if !p.reads.is_empty() {
+            assert_eq!((p.site.as_str(), p.chunks()), ("site-b", next));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the next start was not recorded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
