@@ -212,6 +212,28 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
 
     println!("4. The application moves to site-b: `mobilusctl subtree move /demo --to site-b`.");
+    // The first reads of /demo are recorded for 3 s (the dev mounts' window), then kept.
+    let mut profile = None;
+    let until = Instant::now() + std::time::Duration::from_secs(5);
+    while profile.is_none() && Instant::now() < until {
+        let p = meta
+            .profile(root, false)
+            .await
+            .map_err(crate::cluster::explain)?;
+        if p.reads.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        } else {
+            profile = Some(p);
+        }
+    }
+    if let Some(p) = profile {
+        println!(
+            "   the first reads of /demo (at {}, in the steps above) are its access profile: {} reads in {} chunks (`mobilusctl subtree profile /demo`); a site it moves to fetches those chunks first.",
+            p.site,
+            p.reads.len(),
+            p.chunks().len()
+        );
+    }
     let fetched_before_move = stats(&data_b.addr).await?.remote_fetches;
     let t = Instant::now();
     let moved_to = meta

@@ -245,6 +245,9 @@ fn start_mount(bin: &Path, m: &MountMember, metas: &str) -> anyhow::Result<()> {
         m.site.clone(),
         "--meta".into(),
         metas.into(),
+        // Access profiles on the demo's time scale: an application's first 3 s.
+        "--profile-window-secs".into(),
+        "3".into(),
         m.mountpoint.to_string_lossy().into_owned(),
     ];
     spawn(bin, &format!("mobilus-mount {}", m.site), &m.dir, &args)
