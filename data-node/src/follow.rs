@@ -50,6 +50,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The chunks of `queue` not `present`, those after the last present one first: a chunk
+/// that arrived by other means (a fault) tells where the reader is, and the profile's
+/// next chunks are what it reads next.
+fn after_faults(queue: Vec<FeedChunk>, present: &[bool]) -> Vec<FeedChunk> {
+    let last = present.iter().rposition(|p| *p);
+    let (front, back): (Vec<_>, Vec<_>) = queue
+        .into_iter()
+        .zip(present)
+        .enumerate()
+        .filter(|(_, (_, p))| !**p)
+        .partition(|(i, _)| last.is_some_and(|l| *i > l));
+    front.into_iter().chain(back).map(|(_, (c, _))| c).collect()
+}
+
 /// What a round did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FollowReport {
@@ -381,25 +395,28 @@ impl Follower {
             .into_iter()
             .map(|hash| FeedChunk { hash, len: 0 })
             .collect();
-        let missing: std::collections::HashSet<ChunkHash> = self
-            .missing(&chunks)
-            .await?
-            .iter()
-            .map(|c| c.hash)
-            .collect();
-        let ordered: Vec<FeedChunk> = chunks
-            .into_iter()
-            .filter(|c| missing.contains(&c.hash))
-            .collect();
-        let fetches: Vec<_> = ordered
-            .iter()
-            .map(|c| self.fetch_as(place, *c, Priority::Prefetch))
-            .collect();
-        let fetched: Vec<Result<u64, ReplicateError>> =
-            stream::iter(fetches).buffered(PARALLEL).collect().await;
-        let n = fetched.len();
-        if let Some(e) = fetched.into_iter().find_map(Result::err) {
-            return Err(e);
+        let mut queue = chunks;
+        let mut n = 0;
+        loop {
+            // What is here already, or arrived since (the application faulted it in at
+            // this site), goes; the chunks the profile read after the last such one come
+            // next: where the application is reading now.
+            let missing: std::collections::HashSet<ChunkHash> =
+                self.missing(&queue).await?.iter().map(|c| c.hash).collect();
+            let present: Vec<bool> = queue.iter().map(|c| !missing.contains(&c.hash)).collect();
+            queue = after_faults(queue, &present);
+            if queue.is_empty() {
+                break;
+            }
+            let batch: Vec<FeedChunk> = queue.drain(..PARALLEL.min(queue.len())).collect();
+            let fetches: Vec<_> = batch
+                .iter()
+                .map(|c| self.fetch_as(place, *c, Priority::Prefetch))
+                .collect();
+            for fetched in futures::future::join_all(fetches).await {
+                fetched?;
+                n += 1;
+            }
         }
         metrics::counter!("mobilus_replication_profile_chunks_total", "to" => self.site.clone())
             .increment(n as u64);
@@ -540,5 +557,30 @@ impl Follower {
             ))),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(i: u8) -> FeedChunk {
+        FeedChunk {
+            hash: ChunkHash([i; 32]),
+            len: 0,
+        }
+    }
+
+    #[test]
+    fn a_fault_moves_the_chunks_after_it_to_the_front() {
+        let queue: Vec<FeedChunk> = (0..6).map(c).collect();
+        // Nothing arrived: the profile's order.
+        assert_eq!(after_faults(queue.clone(), &[false; 6]), queue);
+        // Chunk 3 was faulted in: 4 and 5 first, then 0, 1 and 2 (3 is done).
+        let got = after_faults(queue.clone(), &[false, false, false, true, false, false]);
+        assert_eq!(got, vec![c(4), c(5), c(0), c(1), c(2)]);
+        // Several: after the last of them.
+        let got = after_faults(queue, &[true, false, true, false, false, true]);
+        assert_eq!(got, vec![c(1), c(3), c(4)]);
     }
 }
