@@ -28,6 +28,9 @@ const PARALLEL: usize = 4;
 const PREFETCHES: usize = 8;
 /// How long a subtree's synchronous sites are remembered.
 const PLACEMENT_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+/// A whole chunk from another site that takes longer has failed (a stalled link): the
+/// fetch ends, so the chunk's next fault starts another.
+const REMOTE_CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Subtrees whose synchronous sites are remembered, at most.
 const MAX_PLACEMENTS: usize = 4096;
 /// Read repairs in flight per client, at most (more are left to the replicators).
@@ -484,7 +487,16 @@ impl Client {
         let sites = registry.sites().filter(|s| *s != self.site);
         for site in sites {
             for remote in self.nodes.candidates(site, hash) {
-                match remote.get(hash, 0, 0).await {
+                let got = tokio::time::timeout(REMOTE_CHUNK_TIMEOUT, remote.get(hash, 0, 0))
+                    .await
+                    .unwrap_or_else(|_| {
+                        self.nodes.suspect(remote.addr());
+                        Err(DataClientError::Rpc {
+                            addr: remote.addr().to_string(),
+                            status: tonic::Status::deadline_exceeded("the chunk did not come"),
+                        })
+                    });
+                match got {
                     // Verified here too: a remote site's bytes are trusted only if they
                     // hash right.
                     Ok(bytes) if ChunkHash::of(&bytes) == *hash => {

@@ -27,6 +27,8 @@ const AHEAD_MIN: u64 = 256 << 10;
 const AHEAD_MAX: u64 = 8 << 20;
 /// Blocks fetched by one call to the data node.
 const MAX_RUN: u64 = blocks::MAX_READ_BYTES / BLOCK;
+/// A read of blocks from another site that takes longer has failed (a stalled link).
+const REMOTE_BLOCKS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// A fault of at most this many blocks (128 KiB: the kernel's largest FUSE read) of a
 /// chunk at another site reads just those blocks across; a larger one (readahead, a
 /// whole-file read) waits for the whole chunk, which it would fetch anyway.
@@ -247,10 +249,13 @@ impl Client {
             && known
                 .as_ref()
                 .is_none_or(|o| (end - first) * BLOCK * 2 < o.size());
-        if small && started {
-            // This fault started the whole chunk's fetch: it goes on in the background
-            // (later faults of the chunk wait for it), and this one reads its blocks.
+        if started {
+            // It goes on in the background, whoever waits for it.
             tokio::spawn(fetch.clone());
+        }
+        if small {
+            // A point read does not wait for the chunk (which may cross a slow link, or
+            // stall): it reads its own blocks across, even while the chunk is on its way.
             match self.remote_run(hash, first, end, known).await {
                 Ok(run) => return Ok(Arc::new(run)),
                 Err(e) => {
@@ -284,13 +289,16 @@ impl Client {
         let registry = self.nodes.registry();
         for site in registry.sites().filter(|s| *s != self.site()) {
             for node in self.nodes.candidates(site, &hash) {
-                let asked = node
-                    .read_blocks(&hash, first * BLOCK, (end - first) * BLOCK, known.is_none())
-                    .await;
-                let reply = match asked {
-                    Ok(reply) => reply,
-                    Err(e) => {
+                let asked =
+                    node.read_blocks(&hash, first * BLOCK, (end - first) * BLOCK, known.is_none());
+                let reply = match tokio::time::timeout(REMOTE_BLOCKS_TIMEOUT, asked).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(e)) => {
                         tracing::debug!(?hash, node = node.addr(), error = %e, "remote block read failed");
+                        continue;
+                    }
+                    Err(_) => {
+                        self.nodes.suspect(node.addr());
                         continue;
                     }
                 };

@@ -56,7 +56,9 @@ async fn progress_of(client: &MetaClient, node: &DataNodeInfo) -> anyhow::Result
         let hashes: Vec<ChunkHash> = page.iter().map(|(h, _)| *h).collect();
         after = hashes.last().copied();
         if !hashes.is_empty() {
-            let (_, present) = here.has(&hashes).await?;
+            // Copies held for good only: a cached one may be evicted, and is no one's
+            // to move.
+            let present = here.has_held(&hashes).await?;
             let mine: Vec<ChunkHash> = hashes
                 .iter()
                 .zip(present)
@@ -65,7 +67,7 @@ async fn progress_of(client: &MetaClient, node: &DataNodeInfo) -> anyhow::Result
                 .collect();
             let mut copies = vec![0u64; mine.len()];
             for other in &others {
-                let (_, present) = other.has(&mine).await?;
+                let present = other.has_held(&mine).await?;
                 for (c, p) in copies.iter_mut().zip(present) {
                     *c += u64::from(p);
                 }

@@ -114,11 +114,13 @@ impl Evictor {
         let mut unanswered: HashSet<ChunkHash> = HashSet::new();
         for (addr, hashes) in per_node {
             let answer = match nodes.client(&addr) {
-                Ok(c) => c.has(&hashes).await.map_err(|e| e.to_string()),
+                // Held there, not merely cached: two sites' caches must not each take
+                // the other's for the copy that stays.
+                Ok(c) => c.has_held(&hashes).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match answer {
-                Ok((_, present)) => found.extend(
+                Ok(present) => found.extend(
                     hashes
                         .iter()
                         .zip(present)

@@ -413,9 +413,24 @@ impl Follower {
                 .iter()
                 .map(|c| self.fetch_as(place, *c, Priority::Prefetch))
                 .collect();
-            for fetched in futures::future::join_all(fetches).await {
-                fetched?;
-                n += 1;
+            let mut failed = Vec::new();
+            let mut failure = None;
+            for (c, fetched) in batch.iter().zip(futures::future::join_all(fetches).await) {
+                match fetched {
+                    Ok(_) => n += 1,
+                    Err(e) => {
+                        failed.push(c.hash);
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            // A chunk of an old profile that no file references any more may be gone
+            // everywhere: passed over. Any other is tried again next round.
+            if let Some(e) = failure {
+                let (refs, _) = self.meta.chunk_refs(&failed, false).await?;
+                if refs.iter().any(|(count, _)| *count > 0) {
+                    return Err(e);
+                }
             }
         }
         metrics::counter!("mobilus_replication_profile_chunks_total", "to" => self.site.clone())

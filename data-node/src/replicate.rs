@@ -168,7 +168,7 @@ impl Replicator {
         report: &mut ReplicateReport,
     ) -> Result<(), mobilus_data_client::DataClientError> {
         let peer = self.nodes.client(addr)?;
-        let (_, present) = peer.has(hashes).await?;
+        let present = peer.has_held(hashes).await?;
         let missing: Vec<ChunkHash> = hashes
             .iter()
             .zip(present)

@@ -156,11 +156,16 @@ impl Chunks for ChunksSvc {
         let hashes = hashes(&r.hashes, MAX_HAS)?;
         let store = self.store.clone();
         let (gc_gen, present) = blocking(move || {
-            // Held first: nothing the answer calls present can be evicted after it.
             if r.keep {
-                store.keep(&hashes)?;
+                // Each made held as it is answered: nothing answered present can be
+                // evicted afterwards.
+                store.has_keeping(&hashes)
+            } else if r.held_only {
+                let gc_gen = store.gc_gen();
+                store.has_held(&hashes).map(|present| (gc_gen, present))
+            } else {
+                store.has(&hashes)
             }
-            store.has(&hashes)
         })
         .await?;
         Ok(Response::new(pb::HasReply { present, gc_gen }))

@@ -298,10 +298,7 @@ impl ChunkStore {
         }
         let data = match self.disk.read(&self.path(hash)) {
             Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.quarantine(hash)?;
-                return Err(DataError::Corrupt(*hash));
-            }
+            Err(e) if is_lost(&e) => return Err(self.lost(hash)?),
             Err(e) => return Err(e.into()),
         };
         if data.len() as u64 != size || ChunkHash::of(&data) != *hash {
@@ -345,13 +342,35 @@ impl ChunkStore {
 
     /// The caller relies on these chunks: any of them only cached becomes held.
     pub fn keep(&self, hashes: &[ChunkHash]) -> Result<(), DataError> {
-        for hash in hashes.iter().filter(|h| self.cache.contains(h)) {
+        self.has_keeping(hashes).map(|_| ())
+    }
+
+    /// [`ChunkStore::has`] for a caller that will rely on the present chunks: each is
+    /// looked at under its lock and, if only cached, made held before it is answered
+    /// present, so nothing answered present can be evicted afterwards (a cache fill
+    /// racing with the question is either not seen or made held).
+    pub fn has_keeping(&self, hashes: &[ChunkHash]) -> Result<(u64, Vec<bool>), DataError> {
+        let gc_gen = self.gc_gen.load(Ordering::SeqCst);
+        let mut present = Vec::with_capacity(hashes.len());
+        for hash in hashes {
             let _guard = self.lock(hash);
-            if let Some(entry) = self.entry(hash)?.filter(|e| e.cached) {
-                self.hold_locked(hash, entry)?;
+            let entry = self.entry(hash)?;
+            if let Some(e) = entry.filter(|e| e.cached) {
+                self.hold_locked(hash, e)?;
             }
+            present.push(entry.is_some());
         }
-        Ok(())
+        Ok((gc_gen, present))
+    }
+
+    /// Which of `hashes` this store holds for good (a copy only cached may be evicted:
+    /// not counted). For another site or node deciding whether its copy is the last.
+    pub fn has_held(&self, hashes: &[ChunkHash]) -> Result<Vec<bool>, DataError> {
+        self.index
+            .multi_get(hashes.iter().map(|h| h.0))
+            .into_iter()
+            .map(|r| Ok(r?.and_then(|v| decode(&v)).is_some_and(|e| !e.cached)))
+            .collect()
     }
 
     /// Evict cached chunks, least recently used first, until `bytes` are freed or none
@@ -486,10 +505,15 @@ impl ChunkStore {
     }
 
     /// The error for a chunk whose file was not there: deleted meanwhile (under the lock,
-    /// so not mistaken for damage), or lost, and then quarantined.
+    /// so not mistaken for damage; or deleted and stored again, its file back), or lost,
+    /// and then quarantined.
     fn lost(&self, hash: &ChunkHash) -> Result<DataError, DataError> {
         let _guard = self.lock(hash);
-        if self.size_of(hash)?.is_none() {
+        let Some(size) = self.size_of(hash)? else {
+            return Ok(DataError::NotFound(*hash));
+        };
+        let back = std::fs::metadata(self.path(hash)).is_ok_and(|m| m.len() == size);
+        if back {
             return Ok(DataError::NotFound(*hash));
         }
         self.quarantine(hash)?;

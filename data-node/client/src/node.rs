@@ -167,7 +167,15 @@ impl DataClient {
     /// Which of `hashes` the node holds, in one call, and the node's GC generation when
     /// it answered (a write relying on the answer carries it).
     pub async fn has(&self, hashes: &[ChunkHash]) -> Result<(u64, Vec<bool>), DataClientError> {
-        self.has_with(hashes, false).await
+        self.has_with(hashes, false, false).await
+    }
+
+    /// Which of `hashes` the node holds for good: a copy kept only as a cache (which it
+    /// may evict) is not counted. For deciding whether another copy is the last one.
+    pub async fn has_held(&self, hashes: &[ChunkHash]) -> Result<Vec<bool>, DataClientError> {
+        self.has_with(hashes, false, true)
+            .await
+            .map(|(_, present)| present)
     }
 
     /// [`DataClient::has`] for a caller that will rely on the present chunks (a write's
@@ -176,18 +184,20 @@ impl DataClient {
         &self,
         hashes: &[ChunkHash],
     ) -> Result<(u64, Vec<bool>), DataClientError> {
-        self.has_with(hashes, true).await
+        self.has_with(hashes, true, false).await
     }
 
     async fn has_with(
         &self,
         hashes: &[ChunkHash],
         keep: bool,
+        held_only: bool,
     ) -> Result<(u64, Vec<bool>), DataClientError> {
         let mut c = self.inner.clone();
         let req = pb::HasRequest {
             hashes: hashes.iter().map(|h| h.0.to_vec()).collect(),
             keep,
+            held_only,
         };
         let r = c.has(req).await.map_err(|s| self.err(s))?.into_inner();
         if r.present.len() != hashes.len() {

@@ -138,6 +138,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
         .has(pb::HasRequest {
             hashes: vec![h.0.to_vec(), missing.0.to_vec()],
             keep: false,
+            held_only: false,
         })
         .await
         .unwrap();
@@ -195,6 +196,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
         .has(pb::HasRequest {
             hashes: vec![vec![1, 2, 3]],
             keep: false,
+            held_only: false,
         })
         .await;
     assert_eq!(short_hash.unwrap_err().code(), Code::InvalidArgument);
@@ -216,6 +218,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
         .has(pb::HasRequest {
             hashes: vec![hs.0.to_vec()],
             keep: false,
+            held_only: false,
         })
         .await
         .unwrap();

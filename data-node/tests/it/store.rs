@@ -189,6 +189,11 @@ fn cached_chunks_are_evicted_coldest_first_and_held_ones_never() {
     // A cache fill of a held chunk leaves it held.
     store.put_as(&held, &held_bytes, true).unwrap();
     assert!(!store.is_cached(&held));
+    // Asked whether it holds them for good (another site deciding whether its copy is
+    // the last): the cached ones do not count.
+    let asked = [held, cached[0].0, ChunkHash::of(b"absent")];
+    assert_eq!(store.has_held(&asked).unwrap(), vec![true, false, false]);
+    assert_eq!(store.has(&asked).unwrap().1, vec![true, true, false]);
     // Read: no longer the coldest.
     store.get(&cached[0].0, 0, 10).unwrap();
     // A writer relies on #1; a held put of #2 makes it held too.

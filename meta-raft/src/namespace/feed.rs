@@ -159,8 +159,10 @@ pub(crate) fn set_mode(
     let mut sites: Vec<SitePlacement> = txn
         .get(Cf::Replication, &key(b'p', root))?
         .unwrap_or_default();
+    let full = sites.len() >= MAX_SITES;
     match sites.iter_mut().find(|s| s.site == site) {
         Some(s) => s.mode = mode,
+        None if full => return Err(Errno::E2BIG.into()),
         None => sites.push(SitePlacement {
             site: site.to_string(),
             mode,

@@ -161,6 +161,21 @@ pub(crate) fn condemn(
     Ok((condemned, generation(txn, node)?))
 }
 
+/// Drop every condemnation `node` made (it was removed: nobody will forget them).
+pub(crate) fn forget_node_condemnations(txn: &mut Txn<'_>, node: &str) -> Result<(), NsError> {
+    let prefix = keys::condemned_by(node, None);
+    let mut hashes = Vec::new();
+    txn.scan(Cf::Gc, &prefix, &prefix, |key, _| {
+        hashes.extend(key.get(prefix.len()..).and_then(ChunkHash::from_slice));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    for h in hashes {
+        txn.delete(Cf::Gc, keys::condemned(&h, node));
+        txn.delete(Cf::Gc, keys::condemned_by(node, Some(&h)));
+    }
+    Ok(())
+}
+
 /// Step 2 of a round, after `node` deleted them: forget the condemnations and bump the
 /// node's generation. Returns the new generation.
 pub(crate) fn forget(txn: &mut Txn<'_>, node: &str, hashes: &[ChunkHash]) -> Result<u64, NsError> {

@@ -71,7 +71,10 @@ pub const SILENT_BEFORE_REMOVAL_NS: i64 = 10_000_000_000;
 /// Take the node at `addr` out of the registry: only once it is drained (so every chunk
 /// it held has its copies on the site's other nodes, and no commit since the mark relies
 /// on it) and silent (stopped: a running node would register again at its next
-/// heartbeat, and no longer drained).
+/// heartbeat). Its drain mark stays (a delayed commit relying on a copy there is still
+/// refused, and if it ever registers again it is still drained until `drain --undo`),
+/// and so do its GC generation and tombstones; its condemnations go (a mark nobody will
+/// ever forget would refuse every later write of those chunks).
 pub(crate) fn remove(txn: &mut Txn<'_>, now: i64, addr: &str) -> Result<DataNodeInfo, NsError> {
     let node = registered(txn, None)?
         .into_iter()
@@ -99,7 +102,7 @@ pub(crate) fn remove(txn: &mut Txn<'_>, now: i64, addr: &str) -> Result<DataNode
         .into());
     }
     txn.delete(Cf::Nodes, keys::node(&node.site, addr));
-    txn.delete(Cf::Sys, draining_key(addr));
+    super::gc::forget_node_condemnations(txn, addr)?;
     Ok(node)
 }
 

@@ -274,6 +274,76 @@ fn sites_keep_the_copies_the_operator_sets_and_drained_nodes_are_marked() {
     drain(&addr, false).unwrap();
     assert!(!f.ns.data_nodes(Some("site-a")).unwrap()[0].draining);
     assert_eq!(errno_of(&drain("10.9.9.9:1", true)), Some(libc::ENOENT));
+
+    // Removal. The node condemned a chunk and stopped before forgetting it: while the
+    // mark stands, writes of that chunk are refused.
+    let later = write(f.file, 0, 10, 7);
+    let x = match &later {
+        Op::Write { slices, .. } => slices[0].chunks[0].hash,
+        other => panic!("{other:?}"),
+    };
+    let condemn = Op::Condemn {
+        node: addr.clone(),
+        hashes: vec![x],
+        grace_ns: 0,
+    };
+    must(&f.ns, T0 + SEC, None, condemn);
+    let refused = exec(&f.ns, T0 + SEC, Some("site-a"), None, later.clone());
+    assert!(
+        matches!(refused, Err(OpError::StaleChunks(_))),
+        "{refused:?}"
+    );
+    let remove = |t| {
+        exec(
+            &f.ns,
+            t,
+            None,
+            None,
+            Op::RemoveDataNode { addr: addr.clone() },
+        )
+    };
+    // Not drained; then drained but heartbeating (its last heartbeat: T0 + 1 s).
+    assert_eq!(errno_of(&remove(T0 + 20 * SEC)), Some(libc::EBUSY));
+    drain(&addr, true).unwrap();
+    assert_eq!(errno_of(&remove(T0 + 5 * SEC)), Some(libc::EBUSY));
+    assert!(matches!(remove(T0 + 20 * SEC), Ok(OpReply::DataNode(n)) if n.addr == addr));
+    assert!(f
+        .ns
+        .data_nodes(None)
+        .unwrap()
+        .iter()
+        .all(|n| n.addr != addr));
+    // Its condemnations went with it; its drain mark stays: a delayed commit relying on
+    // a copy there is still refused. (Another node of site-a renews the site's lease.)
+    let other = mobilus_proto::fs::DataNodeInfo {
+        site: "site-a".into(),
+        addr: "site-a.example:7001".into(),
+        capacity_bytes: 0,
+        used_bytes: 0,
+        last_heartbeat_ns: 0,
+        draining: false,
+        site_replicas: 0,
+        workers: Vec::new(),
+    };
+    must(
+        &f.ns,
+        T0 + 20 * SEC,
+        None,
+        Op::RegisterDataNode { node: other },
+    );
+    must_attr(&f.ns, T0 + 20 * SEC, Some("site-a"), later);
+    let mut relying = write(f.file, 0, 10, 8);
+    if let Op::Write { checks, .. } = &mut relying {
+        checks.push(mobilus_proto::fs::ChunkCheck {
+            node: addr.clone(),
+            gc_gen: 1,
+        });
+    }
+    assert!(matches!(
+        exec(&f.ns, T0 + 20 * SEC, Some("site-a"), None, relying),
+        Err(OpError::StaleChunks(_))
+    ));
+    assert_eq!(errno_of(&remove(T0 + 20 * SEC)), Some(libc::ENOENT));
 }
 
 /// Two pullers of one site for a moment: one copying a scan up to entry 3, the other
