@@ -404,14 +404,7 @@ impl ChunkStore {
                 self.cache.remove(hash);
                 continue;
             };
-            self.forget(hash)?;
-            match self.disk.remove(&self.path(hash)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            self.counters.chunks.fetch_sub(1, Ordering::Relaxed);
-            self.counters.bytes.fetch_sub(entry.size, Ordering::Relaxed);
+            self.remove_locked(hash, entry.size)?;
             self.counters.evicted_chunks.fetch_add(1, Ordering::Relaxed);
             chunks += 1;
             freed += entry.size;
@@ -630,6 +623,12 @@ impl ChunkStore {
         let Some(size) = self.size_of(hash)? else {
             return Ok(None);
         };
+        self.remove_locked(hash, size)?;
+        Ok(Some(size))
+    }
+
+    /// Forget a chunk of `size` bytes and remove its file (under its lock).
+    fn remove_locked(&self, hash: &ChunkHash, size: u64) -> Result<(), DataError> {
         self.forget(hash)?;
         match self.disk.remove(&self.path(hash)) {
             Ok(()) => {}
@@ -638,7 +637,7 @@ impl ChunkStore {
         }
         self.counters.chunks.fetch_sub(1, Ordering::Relaxed);
         self.counters.bytes.fetch_sub(size, Ordering::Relaxed);
-        Ok(Some(size))
+        Ok(())
     }
 
     /// Count a chunk fetched from another site (the fetch itself is the caller's).
