@@ -223,15 +223,8 @@ impl Client {
                     continue;
                 }
             };
-            match verify_run(hash, known.clone(), first, reply) {
-                Ok((outboard, run)) => {
-                    if known.is_none() {
-                        self.blocks.insert_outboard(outboard);
-                    }
-                    for (i, block) in run.blocks.iter().enumerate() {
-                        self.blocks
-                            .insert_block((hash, first + i as u64), block.clone());
-                    }
+            match self.cache_run(hash, known.clone(), first, reply) {
+                Ok(run) => {
                     if !lacking.is_empty() {
                         self.repair(hash, node.clone(), lacking);
                     }
@@ -276,6 +269,27 @@ impl Client {
         }
     }
 
+    /// Check a `ReadBlocks` reply ([`verify_run`]) and keep its blocks (and the
+    /// outboard, if it was not known) in the block cache.
+    fn cache_run(
+        &self,
+        hash: ChunkHash,
+        known: Option<Arc<Outboard>>,
+        first: u64,
+        reply: pb::ReadBlocksReply,
+    ) -> Result<Run, String> {
+        let was_known = known.is_some();
+        let (outboard, run) = verify_run(hash, known, first, reply)?;
+        if !was_known {
+            self.blocks.insert_outboard(outboard);
+        }
+        for (i, block) in run.blocks.iter().enumerate() {
+            self.blocks
+                .insert_block((hash, first + i as u64), block.clone());
+        }
+        Ok(run)
+    }
+
     /// Blocks `first..end` of `hash` from another site's nodes, verified against the
     /// chunk's own hash (its outboard, checked first unless known), and cached: what a
     /// fault needs, at the cost of a round trip rather than a chunk.
@@ -303,15 +317,8 @@ impl Client {
                     }
                 };
                 let bytes = (reply.data.len() + reply.outboard.len()) as u64;
-                match verify_run(hash, known.clone(), first, reply) {
-                    Ok((outboard, run)) => {
-                        if known.is_none() {
-                            self.blocks.insert_outboard(outboard);
-                        }
-                        for (i, block) in run.blocks.iter().enumerate() {
-                            self.blocks
-                                .insert_block((hash, first + i as u64), block.clone());
-                        }
+                match self.cache_run(hash, known.clone(), first, reply) {
+                    Ok(run) => {
                         let c = &self.counters;
                         c.remote_range_reads.fetch_add(1, Ordering::Relaxed);
                         c.remote_range_bytes.fetch_add(bytes, Ordering::Relaxed);
