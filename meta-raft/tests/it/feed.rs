@@ -13,6 +13,11 @@ fn hashes(chunks: &[FeedChunk]) -> Vec<u8> {
 }
 
 fn ack(root: u64, site: &str, seq: u64) -> Op {
+    ack_as(root, site, seq, false)
+}
+
+/// `site` has passed entry `seq`, copying a scan (`scanning`) or not.
+fn ack_as(root: u64, site: &str, seq: u64, scanning: bool) -> Op {
     Op::AckFeed {
         root,
         site: site.into(),
@@ -20,8 +25,21 @@ fn ack(root: u64, site: &str, seq: u64) -> Op {
         backlog_chunks: 0,
         backlog_bytes: 0,
         rate_bps: 0,
-        scanning: false,
+        scanning,
     }
+}
+
+/// `n` writes to the fixture's file by site-a (feed entries 1..=n), and site-b eager.
+fn written_and_followed(f: &crate::ownership::Fixture, n: u8) {
+    for i in 1..=n {
+        must_attr(
+            &f.ns,
+            T0,
+            Some("site-a"),
+            write(f.file, u64::from(i) * 100, 100, i),
+        );
+    }
+    must_place(f, vec![site("site-b", DataMode::Eager)]);
 }
 
 fn must_place(f: &crate::ownership::Fixture, sites: Vec<SitePlacement>) -> Placement {
@@ -95,27 +113,10 @@ fn a_site_that_never_followed_starts_from_a_scan_and_the_feed_leaves_no_gap() {
 #[test]
 fn entries_go_once_every_following_site_has_passed_them_and_cursors_never_go_back() {
     let f = fixture();
-    for n in 1..=4u8 {
-        must_attr(
-            &f.ns,
-            T0,
-            Some("site-a"),
-            write(f.file, u64::from(n) * 100, 100, n),
-        );
-    }
-    must_place(&f, vec![site("site-b", DataMode::Eager)]);
+    written_and_followed(&f, 4);
     // Site-b copies a scan made before entry 1: the feed keeps every entry for it, and
     // until it is done it is told to scan again.
-    let scanning = Op::AckFeed {
-        root: f.app,
-        site: "site-b".into(),
-        seq: 0,
-        backlog_chunks: 0,
-        backlog_bytes: 0,
-        rate_bps: 0,
-        scanning: true,
-    };
-    must(&f.ns, T0, None, scanning);
+    must(&f.ns, T0, None, ack_as(f.app, "site-b", 0, true));
     must(&f.ns, T0, None, ack(f.app, "site-a", 4));
     let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
     assert!(page.resync, "an unfinished scan is started over");
@@ -315,22 +316,7 @@ fn sites_keep_the_copies_the_operator_sets_and_drained_nodes_are_marked() {
         .all(|n| n.addr != addr));
     // Its condemnations went with it; its drain mark stays: a delayed commit relying on
     // a copy there is still refused. (Another node of site-a renews the site's lease.)
-    let other = mobilus_proto::fs::DataNodeInfo {
-        site: "site-a".into(),
-        addr: "site-a.example:7001".into(),
-        capacity_bytes: 0,
-        used_bytes: 0,
-        last_heartbeat_ns: 0,
-        draining: false,
-        site_replicas: 0,
-        workers: Vec::new(),
-    };
-    must(
-        &f.ns,
-        T0 + 20 * SEC,
-        None,
-        Op::RegisterDataNode { node: other },
-    );
+    crate::ownership::register(&f.ns, T0 + 20 * SEC, "site-a", "site-a.example:7001");
     must_attr(&f.ns, T0 + 20 * SEC, Some("site-a"), later);
     let mut relying = write(f.file, 0, 10, 8);
     if let Op::Write { checks, .. } = &mut relying {
@@ -353,25 +339,8 @@ fn sites_keep_the_copies_the_operator_sets_and_drained_nodes_are_marked() {
 #[test]
 fn a_second_puller_acknowledging_less_does_not_end_anothers_scan() {
     let f = fixture();
-    for n in 1..=3u8 {
-        must_attr(
-            &f.ns,
-            T0,
-            Some("site-a"),
-            write(f.file, u64::from(n) * 100, 100, n),
-        );
-    }
-    must_place(&f, vec![site("site-b", DataMode::Eager)]);
-    let scanning_to = |seq| Op::AckFeed {
-        root: f.app,
-        site: "site-b".into(),
-        seq,
-        backlog_chunks: 0,
-        backlog_bytes: 0,
-        rate_bps: 0,
-        scanning: true,
-    };
-    must(&f.ns, T0, None, scanning_to(3));
+    written_and_followed(&f, 3);
+    must(&f.ns, T0, None, ack_as(f.app, "site-b", 3, true));
     must(&f.ns, T0, None, ack(f.app, "site-b", 1));
     let page = f.ns.read_feed(f.app, "site-b", None, 100).unwrap();
     assert!(page.resync, "still scanning: {page:?}");

@@ -76,6 +76,11 @@ pub(crate) fn mknod(parent: InodeId, name: &str) -> Op {
 
 /// A heartbeat of `site`'s data node: registers the site and renews its lease.
 pub(crate) fn heartbeat(ns: &Namespace, t: i64, site: &str) {
+    register(ns, t, site, &format!("{site}.example:7000"));
+}
+
+/// A heartbeat of the data node at `addr` of `site`.
+pub(crate) fn register(ns: &Namespace, t: i64, site: &str, addr: &str) {
     must(
         ns,
         t,
@@ -83,7 +88,7 @@ pub(crate) fn heartbeat(ns: &Namespace, t: i64, site: &str) {
         Op::RegisterDataNode {
             node: DataNodeInfo {
                 site: site.into(),
-                addr: format!("{site}.example:7000"),
+                addr: addr.into(),
                 capacity_bytes: 0,
                 used_bytes: 0,
                 last_heartbeat_ns: 0,
