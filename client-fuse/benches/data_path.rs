@@ -14,7 +14,7 @@ use mobilus_proto::noise::noise;
 
 mod common;
 
-use common::spawn;
+use common::{spawn, start_metas};
 
 fn drop_caches() {
     // Best effort: reads should come from disk, not the page cache, where allowed.
@@ -29,31 +29,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1024);
     let tmp = tempfile::tempdir()?;
     let s = |v: &str| v.to_string();
-    let mut procs = Vec::new();
-    let mut meta: Vec<String> = Vec::new();
-    for id in 1..=3 {
-        let d = tmp.path().join(format!("meta-{id}"));
-        let mut args = vec![
-            s("--id"),
-            id.to_string(),
-            s("--listen"),
-            s("127.0.0.1:0"),
-            s("--data-dir"),
-        ];
-        args.push(d.to_string_lossy().into());
-        if id == 1 {
-            args.push(s("--init"));
-        } else {
-            args.extend([s("--join"), meta[0].clone()]);
-        }
-        let (p, addr) = spawn(
-            "mobilus-meta",
-            &args,
-            &tmp.path().join(format!("meta-{id}.ready")),
-        )?;
-        procs.push(p);
-        meta.push(addr);
-    }
+    let (mut procs, meta) = start_metas(tmp.path())?;
     let chunks = tmp.path().join("chunks");
     let args = vec![
         s("--site"),

@@ -17,7 +17,7 @@ use mobilus_proto::noise::noise;
 
 mod common;
 
-use common::spawn;
+use common::{spawn, start_metas};
 
 /// The application's start-up reads: 4 KiB at the start of every fourth file and in the
 /// middle of every eighth (its catalog, indexes and a few pages).
@@ -97,22 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let bandwidth = std::env::var("BENCH_BANDWIDTH").unwrap_or_else(|_| "100mbit".into());
     let tmp = tempfile::tempdir()?;
     let s = |v: &str| v.to_string();
-    let mut procs = Vec::new();
-    let mut meta: Vec<String> = Vec::new();
-    for id in 1..=3 {
-        let d = tmp.path().join(format!("meta-{id}"));
-        let mut args = vec![s("--id"), id.to_string(), s("--listen"), s("127.0.0.1:0")];
-        args.extend([s("--data-dir"), d.to_string_lossy().into()]);
-        if id == 1 {
-            args.push(s("--init"));
-        } else {
-            args.extend([s("--join"), meta[0].clone()]);
-        }
-        let ready = tmp.path().join(format!("meta-{id}.ready"));
-        let (p, addr) = spawn("mobilus-meta", &args, &ready)?;
-        procs.push(p);
-        meta.push(addr);
-    }
+    let (mut procs, meta) = start_metas(tmp.path())?;
     for site in ["site-a", "site-b"] {
         let dir = tmp.path().join(format!("data-{site}"));
         let args = vec![

@@ -19,7 +19,7 @@ use mobilus_proto::noise::noise;
 
 mod common;
 
-use common::{spawn, Proc};
+use common::{spawn, start_metas, Proc};
 
 /// CPU seconds (user + system) a process has used.
 fn cpu_secs(p: &Proc) -> f64 {
@@ -53,25 +53,7 @@ async fn main() -> anyhow::Result<()> {
     let limit = parse_bandwidth(&bandwidth_flag).map_err(anyhow::Error::msg)?;
     let tmp = tempfile::tempdir()?;
     let s = |v: &str| v.to_string();
-    let mut metas = Vec::new();
-    let mut meta: Vec<String> = Vec::new();
-    for id in 1..=3 {
-        let d = tmp.path().join(format!("meta-{id}"));
-        let mut args = vec![s("--id"), id.to_string(), s("--listen"), s("127.0.0.1:0")];
-        args.extend([s("--data-dir"), d.to_string_lossy().into()]);
-        if id == 1 {
-            args.push(s("--init"));
-        } else {
-            args.extend([s("--join"), meta[0].clone()]);
-        }
-        let (p, addr) = spawn(
-            "mobilus-meta",
-            &args,
-            &tmp.path().join(format!("meta-{id}.ready")),
-        )?;
-        metas.push(p);
-        meta.push(addr);
-    }
+    let (metas, meta) = start_metas(tmp.path())?;
     let mut nodes: Vec<(String, DataNode)> = Vec::new();
     for (i, site) in ["site-a", "site-a", "site-a", "site-b"]
         .into_iter()

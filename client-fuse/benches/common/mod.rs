@@ -40,3 +40,30 @@ pub fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc,
     }
     Ok((Proc(child), std::fs::read_to_string(ready)?))
 }
+
+/// Three metadata members (release binaries) with their folders under `dir`: the
+/// processes and their addresses.
+pub fn start_metas(dir: &Path) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
+    let mut procs = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
+    for id in 1..=3 {
+        let data = dir.join(format!("meta-{id}"));
+        let mut args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data-dir".into(),
+            data.to_string_lossy().into(),
+        ];
+        if id == 1 {
+            args.push("--init".into());
+        } else {
+            args.extend(["--join".into(), addrs[0].clone()]);
+        }
+        let (p, addr) = spawn("mobilus-meta", &args, &dir.join(format!("meta-{id}.ready")))?;
+        procs.push(p);
+        addrs.push(addr);
+    }
+    Ok((procs, addrs))
+}
