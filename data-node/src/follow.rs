@@ -141,7 +141,7 @@ impl Follower {
     }
 
     fn bucket(&self, site: &str) -> Arc<TokenBucket> {
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = lock(&self.buckets);
         b.entry(site.to_string())
             .or_insert_with(|| Arc::new(TokenBucket::new(self.bandwidth)))
             .clone()

@@ -34,7 +34,7 @@ pub struct Owned {
     pub moves: Vec<MoveAttempt>,
 }
 
-fn start_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
+pub(crate) fn start_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Start {
         what: what.into(),
         why: e.to_string(),
@@ -66,39 +66,48 @@ pub(crate) async fn wait_for_lease(
     }
 }
 
-/// Make `/jepsen-owned` a subtree owned by the first site, and wait for its lease.
-pub async fn set_up(cluster: &mut Cluster) -> Result<(), ClusterError> {
-    let admin = cluster.admin_client()?;
-    let owner = cluster.spec.sites[0].clone();
+/// Make `/NAME` a subtree owned by `owner` (a folder made, or found, there), and wait
+/// for its lease. Returns its root.
+pub(crate) async fn owned_folder(
+    admin: &MetaClient,
+    name: &str,
+    owner: &str,
+) -> Result<InodeId, ClusterError> {
+    let what = format!("the folder /{name}");
     let dir = match admin
-        .mkdir(ROOT_INO, OWNED_DIR.as_bytes(), 0o755, 0, 0, None)
+        .mkdir(ROOT_INO, name.as_bytes(), 0o755, 0, 0, None)
         .await
     {
         Ok(a) => a.ino,
         Err(ClientError::Errno(Errno::EEXIST, _)) => {
             admin
-                .lookup(ROOT_INO, OWNED_DIR.as_bytes(), false)
+                .lookup(ROOT_INO, name.as_bytes(), false)
                 .await
-                .map_err(|e| start_err("the ownership workload's folder", e))?
+                .map_err(|e| start_err(&what, e))?
                 .ino
         }
-        Err(e) => return Err(start_err("the ownership workload's folder", e)),
+        Err(e) => return Err(start_err(&what, e)),
     };
     let attr = admin
         .getattr(dir, false)
         .await
-        .map_err(|e| start_err("the ownership workload's folder", e))?;
+        .map_err(|e| start_err(&what, e))?;
     if attr.kind != FileKind::Directory {
-        return Err(start_err(
-            "the ownership workload's folder",
-            "not a directory",
-        ));
+        return Err(start_err(&what, "not a directory"));
     }
     admin
-        .create_subtree(dir, &owner)
+        .create_subtree(dir, owner)
         .await
-        .map_err(|e| start_err("the ownership workload's subtree", e))?;
-    wait_for_lease(&admin, dir, true).await?;
+        .map_err(|e| start_err(&format!("the subtree /{name}"), e))?;
+    wait_for_lease(admin, dir, true).await?;
+    Ok(dir)
+}
+
+/// Make `/jepsen-owned` a subtree owned by the first site, and wait for its lease.
+pub async fn set_up(cluster: &mut Cluster) -> Result<(), ClusterError> {
+    let admin = cluster.admin_client()?;
+    let owner = cluster.spec.sites[0].clone();
+    let dir = owned_folder(&admin, OWNED_DIR, &owner).await?;
     cluster.owned = Some(Owned {
         root: dir,
         first_owner: owner,

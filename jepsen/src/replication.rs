@@ -17,6 +17,7 @@ use mobilus_proto::status::Errno;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, ClusterError, Role};
+use crate::ownership::start_err;
 use crate::worker_fs::FILES_DIR;
 
 /// How long the follower has to catch up once the faults heal.
@@ -57,13 +58,6 @@ pub struct ReplicationReport {
     pub problems: Vec<String>,
 }
 
-fn start_err(what: &str, e: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Start {
-        what: what.into(),
-        why: e.to_string(),
-    }
-}
-
 /// Make `/jepsen-files` a subtree of the first site, followed eagerly by the second.
 pub async fn set_up(cluster: &Cluster) -> Result<Followed, ClusterError> {
     let admin = cluster.admin_client()?;
@@ -71,29 +65,7 @@ pub async fn set_up(cluster: &Cluster) -> Result<Followed, ClusterError> {
         [a, b, ..] => (a.clone(), b.clone()),
         _ => return Err(start_err("the replication workload", "it needs two sites")),
     };
-    let what = "the replication workload's folder";
-    let root = match admin
-        .mkdir(ROOT_INO, FILES_DIR.as_bytes(), 0o755, 0, 0, None)
-        .await
-    {
-        Ok(a) => a.ino,
-        Err(ClientError::Errno(Errno::EEXIST, _)) => {
-            let a = admin
-                .lookup(ROOT_INO, FILES_DIR.as_bytes(), false)
-                .await
-                .map_err(|e| start_err(what, e))?;
-            if a.kind != FileKind::Directory {
-                return Err(start_err(what, "not a directory"));
-            }
-            a.ino
-        }
-        Err(e) => return Err(start_err(what, e)),
-    };
-    admin
-        .create_subtree(root, &owner)
-        .await
-        .map_err(|e| start_err("the replication workload's subtree", e))?;
-    crate::ownership::wait_for_lease(&admin, root, true).await?;
+    let root = crate::ownership::owned_folder(&admin, FILES_DIR, &owner).await?;
     let follows = SitePlacement {
         site: follower.clone(),
         mode: DataMode::Eager,
