@@ -11,9 +11,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mobilus_meta_client::ClientError;
-use mobilus_proto::fs::{DataMode, FileKind, InodeId, SitePlacement, ROOT_INO};
-use mobilus_proto::status::Errno;
+use mobilus_proto::fs::{DataMode, InodeId, SitePlacement};
 use serde::Serialize;
 
 use crate::cluster::{Cluster, ClusterError, Role};
