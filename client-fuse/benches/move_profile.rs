@@ -115,6 +115,9 @@ async fn main() -> anyhow::Result<()> {
             s("200"),
             s("--replication-bandwidth"),
             bandwidth.clone(),
+            // This machine's disk may be nearly full; that must not evict what site-b caches.
+            s("--cache-min-free-percent"),
+            s("0"),
         ];
         let (p, _) = spawn(
             "mobilus-data",

@@ -233,6 +233,10 @@ fn start_data(bin: &Path, d: &DataMember, listen: &str, metas: &str) -> anyhow::
         d.dir.join("data").to_string_lossy().into_owned(),
         "--meta".into(),
         metas.into(),
+        // A dev cluster shares its disk with everything else on the machine: how full that
+        // disk is says nothing about the cluster, so it does not evict its cache for it.
+        "--cache-min-free-percent".into(),
+        "0".into(),
     ];
     spawn(bin, &format!("mobilus-data {}", d.site), &d.dir, &args)
 }

@@ -281,6 +281,9 @@ impl Cluster {
                 "2000".into(),
                 "--replication-bandwidth".into(),
                 "1gbit".into(),
+                // A nearly full disk on the test machine is not the cluster's space pressure.
+                "--cache-min-free-percent".into(),
+                "0".into(),
             ];
             args.extend(spec.bugs.data_args());
             cluster.procs.push(Proc {
