@@ -18,6 +18,10 @@ command -v pgrep >/dev/null 2>&1 || need+=(procps)
 dpkg -s libacl1-dev >/dev/null 2>&1 || need+=(libacl1-dev)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v git >/dev/null 2>&1 || need+=(git)
+# dev clusters on an emulated WAN put each site's processes in a namespace by nsenter;
+# the demo's plot draws its text with DejaVu Sans.
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing: ${need[*]}"

@@ -37,6 +37,20 @@ pub enum DevCmd {
         /// more); used when the cluster is first made.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=8))]
         nodes_per_site: u64,
+        /// An emulated WAN between the sites, `RTT,BANDWIDTH` (say `50ms,100mbit`): each
+        /// site gets a network namespace of its own, and every connection between sites
+        /// crosses a link proxy with that round trip and bandwidth. Chosen when the
+        /// cluster is made; given again, it changes the link's shape. Needs root.
+        #[arg(long, value_name = "RTT,BANDWIDTH", value_parser = crate::wan::parse_wan)]
+        wan: Option<(u64, u64)>,
+    },
+    /// The WAN's link proxy (started by `dev up --wan`).
+    #[command(hide = true)]
+    Link {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        ready_file: PathBuf,
     },
     /// Show each process of the local cluster.
     Status {
@@ -93,6 +107,37 @@ fn running_pid(dir: &Path) -> Option<i32> {
     pid_of(dir).filter(|p| alive(*p))
 }
 
+/// Where a process runs: on the machine's own network, or in its site's namespace on the
+/// emulated WAN.
+#[derive(Clone, Debug)]
+struct Place {
+    ns: Option<String>,
+    /// The address it listens on (for metrics, and for its service unless given).
+    host: String,
+}
+
+impl Place {
+    fn local() -> Place {
+        Place {
+            ns: None,
+            host: "127.0.0.1".into(),
+        }
+    }
+
+    /// Site `site`'s place in the cluster `file` (the machine's network without a WAN).
+    fn of(file: &ClusterFile, site: Option<&str>) -> Place {
+        match (&file.wan, site) {
+            (Some(w), Some(site)) => Place {
+                ns: Some(crate::wan::site_ns(w, site)),
+                host: crate::wan::site_ip(w, site)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_else(|| "127.0.0.1".into()),
+            },
+            _ => Place::local(),
+        }
+    }
+}
+
 /// Start one metadata member in the background; returns its advertised address.
 fn spawn_meta(
     bin: &Path,
@@ -100,6 +145,7 @@ fn spawn_meta(
     dir: &Path,
     listen: &str,
     extra: &[String],
+    place: &Place,
 ) -> anyhow::Result<String> {
     let mut args = vec![
         "--id".to_string(),
@@ -110,7 +156,7 @@ fn spawn_meta(
         dir.join("data").to_string_lossy().into_owned(),
     ];
     args.extend_from_slice(extra);
-    spawn(bin, &format!("mobilus-meta {id}"), dir, &args)
+    spawn(bin, &format!("mobilus-meta {id}"), dir, &args, place, true)
 }
 
 /// Where a process of the local cluster records its metrics endpoint.
@@ -124,9 +170,17 @@ pub fn metrics_addr(dir: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Start a process in the background with `args`, `--ready-file` and a metrics endpoint;
-/// returns what it wrote to the ready file (its address or mountpoint).
-fn spawn(bin: &Path, what: &str, dir: &Path, args: &[String]) -> anyhow::Result<String> {
+/// Start a process in the background at `place` with `args`, `--ready-file` and (if
+/// `with_metrics`) a metrics endpoint; returns what it wrote to the ready file (its address or
+/// mountpoint).
+fn spawn(
+    bin: &Path,
+    what: &str,
+    dir: &Path,
+    args: &[String],
+    place: &Place,
+    with_metrics: bool,
+) -> anyhow::Result<String> {
     std::fs::create_dir_all(dir)?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
@@ -137,18 +191,27 @@ fn spawn(bin: &Path, what: &str, dir: &Path, args: &[String]) -> anyhow::Result<
     // Metrics on a free port the first time, and on the same one after a restart.
     let metrics = dir.join(METRICS_FILE);
     // (A port taken meanwhile by another program would stop the process: take a new one.)
+    // (Inside a site's namespace the address is the site's, which only that namespace
+    // can bind: keep it unless the host changed.)
     let metrics_listen = metrics_addr(dir)
-        .filter(|a| std::net::TcpListener::bind(a.as_str()).is_ok())
-        .unwrap_or_else(|| "127.0.0.1:0".into());
+        .filter(|a| {
+            a.starts_with(&format!("{}:", place.host))
+                && (place.ns.is_some() || std::net::TcpListener::bind(a.as_str()).is_ok())
+        })
+        .unwrap_or_else(|| format!("{}:0", place.host));
     let _ = std::fs::remove_file(&metrics);
-    let child = Command::new(bin)
-        .args(args)
-        .arg("--ready-file")
-        .arg(&ready)
-        .arg("--metrics-listen")
-        .arg(&metrics_listen)
-        .arg("--metrics-ready-file")
-        .arg(&metrics)
+    let mut cmd = match &place.ns {
+        Some(ns) => mobilus_netem::net::enter(ns, bin),
+        None => Command::new(bin),
+    };
+    cmd.args(args).arg("--ready-file").arg(&ready);
+    if with_metrics {
+        cmd.arg("--metrics-listen")
+            .arg(&metrics_listen)
+            .arg("--metrics-ready-file")
+            .arg(&metrics);
+    }
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -223,7 +286,13 @@ fn clear_mount(point: &Path) {
     }
 }
 
-fn start_data(bin: &Path, d: &DataMember, listen: &str, metas: &str) -> anyhow::Result<String> {
+fn start_data(
+    bin: &Path,
+    d: &DataMember,
+    listen: &str,
+    metas: &str,
+    place: &Place,
+) -> anyhow::Result<String> {
     let args: Vec<String> = vec![
         "--site".into(),
         d.site.clone(),
@@ -238,10 +307,17 @@ fn start_data(bin: &Path, d: &DataMember, listen: &str, metas: &str) -> anyhow::
         "--cache-min-free-percent".into(),
         "0".into(),
     ];
-    spawn(bin, &format!("mobilus-data {}", d.site), &d.dir, &args)
+    spawn(
+        bin,
+        &format!("mobilus-data {}", d.site),
+        &d.dir,
+        &args,
+        place,
+        true,
+    )
 }
 
-fn start_mount(bin: &Path, m: &MountMember, metas: &str) -> anyhow::Result<()> {
+fn start_mount(bin: &Path, m: &MountMember, metas: &str, place: &Place) -> anyhow::Result<()> {
     clear_mount(&m.mountpoint);
     std::fs::create_dir_all(&m.mountpoint)?;
     let args: Vec<String> = vec![
@@ -254,8 +330,15 @@ fn start_mount(bin: &Path, m: &MountMember, metas: &str) -> anyhow::Result<()> {
         "3".into(),
         m.mountpoint.to_string_lossy().into_owned(),
     ];
-    spawn(bin, &format!("mobilus-mount {}", m.site), &m.dir, &args)
-        .context("mounting needs root (or fuse3's fusermount3 set up for your user)")?;
+    spawn(
+        bin,
+        &format!("mobilus-mount {}", m.site),
+        &m.dir,
+        &args,
+        place,
+        true,
+    )
+    .context("mounting needs root (or fuse3's fusermount3 set up for your user)")?;
     Ok(())
 }
 
@@ -264,64 +347,176 @@ struct Shape {
     meta: u64,
     sites: u64,
     nodes_per_site: u64,
+    /// Round trip (ms) and bandwidth (bytes/s) of an emulated WAN between the sites.
+    wan: Option<(u64, u64)>,
+}
+
+/// A new cluster on an emulated WAN, every address fixed before anything starts (so the
+/// redirects through the link proxy are in place before the first connection): the
+/// metadata members spread over the sites, round robin.
+fn plan_wan_cluster(
+    dir: &Path,
+    shape: &Shape,
+    (rtt_ms, bandwidth): (u64, u64),
+) -> anyhow::Result<ClusterFile> {
+    if shape.sites < 2 {
+        bail!("--wan emulates the link between sites: it needs --sites 2 or more");
+    }
+    let sites: Vec<String> = (0..shape.sites).map(site_name).collect();
+    let wan = crate::wan::plan(dir, rtt_ms, bandwidth, &sites);
+    let ip = |site: &str| crate::wan::site_ip(&wan, site).expect("a planned site");
+    let meta: Vec<MetaMember> = (1..=shape.meta)
+        .map(|id| {
+            let site = &sites[(id as usize - 1) % sites.len()];
+            MetaMember {
+                id,
+                addr: format!("{}:{}", ip(site), crate::wan::META_PORT + id as u16),
+                dir: dir.join(format!("meta-{id}")),
+                site: Some(site.clone()),
+            }
+        })
+        .collect();
+    let mut data = Vec::new();
+    let mut mounts = Vec::new();
+    for site in &sites {
+        for k in 1..=shape.nodes_per_site {
+            let name = match k {
+                1 => format!("data-{site}"),
+                k => format!("data-{site}-{k}"),
+            };
+            data.push(DataMember {
+                site: site.clone(),
+                addr: format!("{}:{}", ip(site), crate::wan::DATA_PORT + k as u16),
+                dir: dir.join(name),
+            });
+        }
+        mounts.push(MountMember {
+            mountpoint: dir.join("mnt").join(site),
+            dir: dir.join(format!("mount-{site}")),
+            site: site.clone(),
+        });
+    }
+    Ok(ClusterFile {
+        meta_addrs: meta.iter().map(|m| m.addr.clone()).collect(),
+        meta,
+        data,
+        mounts,
+        wan: Some(wan),
+    })
+}
+
+/// Start the WAN's link proxy unless it runs (restart it if `restart`).
+fn start_link(dir: &Path, restart: bool) -> anyhow::Result<()> {
+    let link = crate::wan::link_dir(dir);
+    if restart {
+        stop(&link, Duration::from_secs(5));
+    }
+    if running_pid(&link).is_some() {
+        return Ok(());
+    }
+    let me = std::env::current_exe().context("finding mobilusctl itself")?;
+    let args: Vec<String> = vec![
+        "dev".into(),
+        "link".into(),
+        "--dir".into(),
+        dir.to_string_lossy().into_owned(),
+    ];
+    spawn(
+        &me,
+        "the WAN link proxy",
+        &link,
+        &args,
+        &Place::local(),
+        false,
+    )?;
+    Ok(())
 }
 
 async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()> {
-    let Shape {
-        meta: n,
-        sites,
-        nodes_per_site,
-    } = shape;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let bin = binary("mobilus-meta")?;
     let file_path = dir.join("cluster.toml");
-    let mut file = if file_path.exists() {
-        let file = ClusterFile::load(&file_path)?;
-        for m in &file.meta {
-            if running_pid(&m.dir).is_none() {
-                spawn_meta(&bin, m.id, &m.dir, &m.addr, &[])?;
-            }
-        }
+    let fresh = !file_path.exists();
+    let mut file = if !fresh {
+        ClusterFile::load(&file_path)?
+    } else if let Some(wan) = shape.wan {
+        let file = plan_wan_cluster(&dir, &shape, wan)?;
+        file.save(&file_path)?;
         file
     } else {
-        let mut meta = Vec::new();
+        ClusterFile::default()
+    };
+    // The link's shape may change on a cluster that has one; a cluster without one keeps
+    // its single network.
+    let mut reshaped = false;
+    if let (Some((rtt_ms, bandwidth)), false) = (shape.wan, fresh) {
+        let Some(w) = file.wan.as_mut() else {
+            bail!(
+                "the cluster in {} was made without --wan; the WAN is chosen when a cluster is made (`dev down`, remove the folder, and `dev up --wan` again)",
+                dir.display()
+            );
+        };
+        reshaped = (w.rtt_ms, w.bandwidth) != (rtt_ms, bandwidth);
+        (w.rtt_ms, w.bandwidth) = (rtt_ms, bandwidth);
+        file.save(&file_path)?;
+    }
+    if file.wan.is_some() {
+        crate::wan::network(&file)?;
+        start_link(&dir, reshaped)?;
+    }
+    if fresh && file.meta.is_empty() {
         let first = dir.join("meta-1");
-        let seed = spawn_meta(&bin, 1, &first, "127.0.0.1:0", &["--init".into()])?;
-        meta.push(MetaMember {
+        let local = Place::local();
+        let seed = spawn_meta(&bin, 1, &first, "127.0.0.1:0", &["--init".into()], &local)?;
+        file.meta.push(MetaMember {
             id: 1,
             addr: seed.clone(),
             dir: first,
+            site: None,
         });
-        for id in 2..=n {
+        for id in 2..=shape.meta {
             let d = dir.join(format!("meta-{id}"));
-            let addr = spawn_meta(
-                &bin,
+            let join = ["--join".into(), seed.clone()];
+            let addr = spawn_meta(&bin, id, &d, "127.0.0.1:0", &join, &local)?;
+            file.meta.push(MetaMember {
                 id,
-                &d,
-                "127.0.0.1:0",
-                &["--join".into(), seed.clone()],
-            )?;
-            meta.push(MetaMember { id, addr, dir: d });
+                addr,
+                dir: d,
+                site: None,
+            });
         }
-        let file = ClusterFile {
-            meta_addrs: meta.iter().map(|m| m.addr.clone()).collect(),
-            meta,
-            data: Vec::new(),
-            mounts: Vec::new(),
-        };
+        file.meta_addrs = file.meta.iter().map(|m| m.addr.clone()).collect();
         file.save(&file_path)?;
-        file
-    };
+    } else {
+        let seed = file
+            .meta
+            .first()
+            .map(|m| m.addr.clone())
+            .unwrap_or_default();
+        for m in &file.meta {
+            if running_pid(&m.dir).is_none() {
+                // A member of a new planned cluster is made by --init (the first) or
+                // --join; after that it restarts from its data.
+                let extra: Vec<String> = match (fresh, m.id) {
+                    (false, _) => vec![],
+                    (true, 1) => vec!["--init".into()],
+                    (true, _) => vec!["--join".into(), seed.clone()],
+                };
+                let place = Place::of(&file, m.site.as_deref());
+                spawn_meta(&bin, m.id, &m.dir, &m.addr, &extra, &place)?;
+            }
+        }
+    }
     wait_healthy(&file.meta_addrs, file.meta.len()).await?;
 
     // Sites: a data node each (restarted on its address), then a mount each.
     let metas = file.meta_addrs.join(",");
-    if file.data.is_empty() && sites > 0 {
-        let data_bin = binary("mobilus-data")?;
-        for i in 0..sites {
+    let data_bin = binary("mobilus-data")?;
+    if file.data.is_empty() && shape.sites > 0 {
+        for i in 0..shape.sites {
             let site = site_name(i);
-            for k in 1..=nodes_per_site {
+            for k in 1..=shape.nodes_per_site {
                 // The first node's folder keeps the one-node name.
                 let name = match k {
                     1 => format!("data-{site}"),
@@ -332,7 +527,7 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
                     dir: dir.join(name),
                     site: site.clone(),
                 };
-                d.addr = start_data(&data_bin, &d, "127.0.0.1:0", &metas)?;
+                d.addr = start_data(&data_bin, &d, "127.0.0.1:0", &metas, &Place::local())?;
                 file.data.push(d);
             }
             file.mounts.push(MountMember {
@@ -343,10 +538,10 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
         }
         file.save(&file_path)?;
     } else {
-        let data_bin = binary("mobilus-data")?;
         for d in &file.data {
             if running_pid(&d.dir).is_none() {
-                start_data(&data_bin, d, &d.addr, &metas)?;
+                let place = Place::of(&file, Some(&d.site));
+                start_data(&data_bin, d, &d.addr, &metas, &place)?;
             }
         }
     }
@@ -354,7 +549,7 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
         let mount_bin = binary("mobilus-mount")?;
         for m in &file.mounts {
             if running_pid(&m.dir).is_none() {
-                start_mount(&mount_bin, m, &metas)?;
+                start_mount(&mount_bin, m, &metas, &Place::of(&file, Some(&m.site)))?;
             }
         }
     }
@@ -366,6 +561,13 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
         }
         for m in &file.mounts {
             println!("  {}:   mounted at {}", m.site, m.mountpoint.display());
+        }
+        if let Some(w) = &file.wan {
+            println!(
+                "  WAN:      {} ms round trip, {:.0} Mbit/s between sites (each site its own network namespace)",
+                w.rtt_ms,
+                w.bandwidth as f64 * 8.0 / 1e6
+            );
         }
         println!(
             "  try:      mobilusctl --config {} cluster status",
@@ -380,7 +582,7 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
 #[derive(Serialize, Debug)]
 struct ProcessView {
     name: String,
-    /// `meta`, `data` or `mount`.
+    /// `meta`, `data`, `mount` or `wan` (the link proxy).
     kind: &'static str,
     /// Metadata member id (0 for other kinds).
     id: u64,
@@ -457,6 +659,28 @@ async fn status(dir: &Path, format: OutputFormat) -> anyhow::Result<()> {
             log: pdir.join("log"),
         });
     }
+    if let Some(w) = &file.wan {
+        let link = crate::wan::link_dir(dir);
+        let pid = running_pid(&link);
+        rows.push(ProcessView {
+            name: "wan-link".into(),
+            kind: "wan",
+            id: 0,
+            addr: format!(
+                "{} ms, {:.0} Mbit/s",
+                w.rtt_ms,
+                w.bandwidth as f64 * 8.0 / 1e6
+            ),
+            site: None,
+            pid,
+            running: pid.is_some(),
+            state: None,
+            term: None,
+            last_applied: None,
+            metrics: None,
+            log: link.join("log"),
+        });
+    }
     emit(format, &rows, |rows| {
         let mut t = table(&[
             "PROCESS",
@@ -515,6 +739,10 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     for m in &file.meta {
         stopped += usize::from(stop(&m.dir, Duration::from_secs(10)));
     }
+    if let Some(w) = &file.wan {
+        stopped += usize::from(stop(&crate::wan::link_dir(dir), Duration::from_secs(5)));
+        crate::wan::remove_network(w);
+    }
     println!(
         "stopped {stopped} processes; data kept in {}",
         dir.display()
@@ -529,14 +757,17 @@ pub async fn run(cmd: DevCmd, format: OutputFormat) -> anyhow::Result<()> {
             meta,
             sites,
             nodes_per_site,
+            wan,
         } => {
             let shape = Shape {
                 meta,
                 sites,
                 nodes_per_site,
+                wan,
             };
             up(&dir, shape, format).await
         }
+        DevCmd::Link { dir, ready_file } => crate::wan::run_link(&dir, &ready_file).await,
         DevCmd::Status { dir } => status(&dir, format).await,
         DevCmd::Down { dir } => down(&dir),
         DevCmd::Demo { dir } => crate::demo::run(&dir).await,

@@ -10,6 +10,23 @@ pub struct MetaMember {
     pub id: u64,
     pub addr: String,
     pub dir: PathBuf,
+    /// The site whose network it is in (clusters with an emulated WAN only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+/// The emulated WAN between the sites of a local cluster (`dev up --wan`): each site is a
+/// network namespace, and every connection between sites goes through a link proxy.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WanLink {
+    /// Round-trip time added between sites, in milliseconds.
+    pub rtt_ms: u64,
+    /// Bytes per second, each way.
+    pub bandwidth: u64,
+    /// Names the network's namespaces and bridge (from the cluster's folder).
+    pub key: u32,
+    /// The sites, in the order of their hosts on the network.
+    pub sites: Vec<String>,
 }
 
 /// A data node of a local cluster.
@@ -38,6 +55,8 @@ pub struct ClusterFile {
     pub data: Vec<DataMember>,
     #[serde(default)]
     pub mounts: Vec<MountMember>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan: Option<WanLink>,
 }
 
 impl ClusterFile {

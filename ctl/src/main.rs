@@ -5,16 +5,19 @@
 mod clone;
 mod cluster;
 mod demo;
+mod demo_move;
 mod dev;
 mod devconfig;
 mod drain;
 mod fsck;
 mod nodes;
 mod output;
+mod plot;
 mod profile;
 mod replication;
 mod snapshot;
 mod subtree;
+mod wan;
 
 use std::process::ExitCode;
 

@@ -8,12 +8,13 @@ pub mod checker;
 pub mod cluster;
 pub mod edn;
 pub mod history;
-pub mod link;
 pub mod nemesis;
-pub mod net;
 pub mod ownership;
 pub mod replication;
 pub mod report;
 pub mod run;
 pub mod worker;
 pub mod worker_fs;
+
+/// The network: namespaces, partitions and the WAN link proxy (shared with dev clusters).
+pub use mobilus_netem::{link, net};

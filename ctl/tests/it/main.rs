@@ -2,6 +2,7 @@
 
 mod clone;
 mod operate;
+mod wan;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -126,18 +127,6 @@ fn dev_up_status_restart_and_down_with_json_output() {
         );
     }
     assert!(must_ok(&["--config", &config, "node", "ls"]).contains("site-a"));
-
-    // The narrated demo: site-b answers after faulting chunks over; a second copy is free.
-    let demo = must_ok(&["dev", "demo", "--dir", dir]);
-    assert!(demo.contains("faulted over from site-a"), "{demo}");
-    assert!(
-        demo.contains("same scan again") && demo.contains(": 0 chunks fetched"),
-        "{demo}"
-    );
-    assert!(
-        demo.contains("backup 2 (") && demo.contains("received 0.0 MiB and stored 0.0 MiB"),
-        "{demo}"
-    );
 
     // The same through --meta, and through MOBILUS_CONFIG.
     let addrs: Vec<&str> = members

@@ -1,8 +1,12 @@
 //! Separate hosts on one machine: a Linux network namespace per host, each with its own
-//! address on a bridge the harness creates (veth pairs), and partitions made with
-//! iptables inside the namespaces. Needs root. Everything is named after the harness's
-//! pid (`mj-<pid>-<host>`, `mjb<pid>`), torn down on drop, and leftovers of a harness
-//! that died are removed by the next one ([`remove_stale`]).
+//! address on a bridge (veth pairs), and partitions made with iptables inside the
+//! namespaces. Needs root.
+//!
+//! The harness's networks are named after its pid (`mj-<pid>-<host>`, `mjb<pid>`), torn
+//! down on drop, and leftovers of a harness that died are removed by the next one
+//! ([`remove_stale`]). A dev cluster's network ([`Names::dev`]) outlives the command that
+//! made it and is torn down by `dev down`. Processes join a host by [`enter`], which
+//! changes only their network namespace, so a FUSE mount made inside is seen outside.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -26,12 +30,71 @@ pub struct Host {
     pub ip: Ipv4Addr,
 }
 
+/// What a network's namespaces, bridge and interfaces are called, and its subnet
+/// (`10.77.SUBNET.0/24`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// Namespaces are `<prefix>-<host>`.
+    pub prefix: String,
+    pub bridge: String,
+    /// Host `i`'s veth is `<veth>x<i>` outside (at most 15 bytes in all).
+    pub veth: String,
+    pub subnet: u8,
+}
+
+impl Names {
+    /// A harness run's network, named after its pid.
+    fn harness() -> Names {
+        let pid = std::process::id();
+        Names {
+            prefix: format!("mj-{pid}"),
+            bridge: format!("mjb{pid}"),
+            veth: format!("mjv{pid}"),
+            // A third octet of our own, so concurrent harnesses do not share addresses.
+            subnet: (pid % 200) as u8 + 20,
+        }
+    }
+
+    /// The network of the dev cluster whose key is `key` (a few hex digits from its
+    /// folder), in subnets 220..=251 so it meets no harness.
+    pub fn dev(key: u32) -> Names {
+        let key = key & 0xffff;
+        Names {
+            prefix: format!("md-{key:04x}"),
+            bridge: format!("mdb{key:04x}"),
+            veth: format!("mdv{key:04x}"),
+            subnet: 220 + (key % 32) as u8,
+        }
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.prefix)
+    }
+}
+
 /// The hosts and the bridge joining them.
 pub struct Net {
     pub hosts: Vec<Host>,
-    bridge: String,
-    subnet: u8,
+    names: Names,
     torn_down: bool,
+    /// Left in place on drop (a dev cluster's network).
+    keep: bool,
+}
+
+/// The path of namespace `ns`'s handle (made by `ip netns add`).
+fn ns_path(ns: &str) -> std::path::PathBuf {
+    std::path::Path::new("/run/netns").join(ns)
+}
+
+/// A command that runs `program` in network namespace `ns` and only there: unlike
+/// `ip netns exec` it keeps the mount namespace, so a FUSE mount it makes is seen by
+/// everyone. (`nsenter` execs the program in place: its pid is the program's.)
+pub fn enter(ns: &str, program: &std::path::Path) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", ns_path(ns).display()))
+        .arg("--")
+        .arg(program);
+    c
 }
 
 fn run(cmd: &mut Command) -> Result<String, NetError> {
@@ -106,41 +169,96 @@ fn kill_in_ns(ns: &str) {
 }
 
 impl Net {
-    /// Build a bridge and one namespace per `(name, site)`, addressed 10.77.S.11, .12, ...
+    /// Build a bridge and one namespace per `(name, site)`, addressed 10.77.S.11, .12, ...,
+    /// named after this process and torn down on drop.
     pub fn create(hosts: &[(&str, &str)]) -> Result<Net, NetError> {
         if !nix::unistd::geteuid().is_root() {
             return Err(NetError::NotRoot);
         }
         remove_stale();
-        let pid = std::process::id();
-        // A third octet of our own, so concurrent harnesses do not share addresses.
-        let subnet = (pid % 200) as u8 + 20;
+        Net::build(Names::harness(), hosts)
+    }
+
+    /// The network called `names` with these hosts: the one already there, or a new one
+    /// (anything half made under those names is removed first). It stays after drop;
+    /// [`Net::teardown`] removes it.
+    pub fn open_or_create(names: Names, hosts: &[(&str, &str)]) -> Result<Net, NetError> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(NetError::NotRoot);
+        }
+        let complete = hosts.iter().all(|(h, _)| ns_path(&names.ns(h)).exists())
+            && std::path::Path::new("/sys/class/net")
+                .join(&names.bridge)
+                .exists();
+        if complete {
+            let hosts = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, (name, site))| Host {
+                    name: name.to_string(),
+                    site: site.to_string(),
+                    ns: names.ns(name),
+                    ip: Ipv4Addr::new(10, 77, names.subnet, 11 + i as u8),
+                })
+                .collect();
+            return Ok(Net {
+                hosts,
+                names,
+                torn_down: false,
+                keep: true,
+            });
+        }
+        Net::remove(&names, hosts.iter().map(|(h, _)| *h));
+        let mut net = Net::build(names, hosts)?;
+        net.keep = true;
+        Ok(net)
+    }
+
+    /// Remove the network called `names` with these host names, whatever state it is in.
+    pub fn remove<'a>(names: &Names, hosts: impl IntoIterator<Item = &'a str>) {
+        let hosts = hosts
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| Host {
+                name: name.to_string(),
+                site: String::new(),
+                ns: names.ns(name),
+                ip: Ipv4Addr::new(10, 77, names.subnet, 11 + i as u8),
+            })
+            .collect();
+        let mut net = Net {
+            hosts,
+            names: names.clone(),
+            torn_down: false,
+            keep: false,
+        };
+        net.teardown();
+    }
+
+    /// Build the bridge and namespaces (torn down on drop, so a failure half way leaves
+    /// nothing behind).
+    fn build(names: Names, hosts: &[(&str, &str)]) -> Result<Net, NetError> {
+        let subnet = names.subnet;
         let mut net = Net {
             hosts: Vec::new(),
-            bridge: format!("mjb{pid}"),
-            subnet,
+            names,
             torn_down: false,
+            keep: false,
         };
         let bridge_ip = format!("10.77.{subnet}.1/24");
-        ip(&["link", "add", &net.bridge, "type", "bridge"])?;
-        ip(&["addr", "add", &bridge_ip, "dev", &net.bridge])?;
-        ip(&["link", "set", &net.bridge, "up"])?;
+        let bridge = net.names.bridge.clone();
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        ip(&["addr", "add", &bridge_ip, "dev", &bridge])?;
+        ip(&["link", "set", &bridge, "up"])?;
         // If br_netfilter is loaded, bridged packets cross the root FORWARD chain: let
         // ours through whatever its policy (Docker sets DROP).
         let _ = run(Command::new("iptables").args([
-            "-I",
-            "FORWARD",
-            "-i",
-            &net.bridge,
-            "-o",
-            &net.bridge,
-            "-j",
-            "ACCEPT",
+            "-I", "FORWARD", "-i", &bridge, "-o", &bridge, "-j", "ACCEPT",
         ]));
         for (i, (name, site)) in hosts.iter().enumerate() {
-            let ns = format!("mj-{pid}-{name}");
-            let outside = format!("mjv{pid}x{i}");
-            let inside = format!("mjp{pid}x{i}");
+            let ns = net.names.ns(name);
+            let outside = format!("{}x{i}", net.names.veth);
+            let inside = format!("{}p{i}", net.names.veth);
             let addr = Ipv4Addr::new(10, 77, subnet, 11 + i as u8);
             ip(&["netns", "add", &ns])?;
             net.hosts.push(Host {
@@ -152,7 +270,7 @@ impl Net {
             ip(&[
                 "link", "add", &outside, "type", "veth", "peer", "name", &inside, "netns", &ns,
             ])?;
-            ip(&["link", "set", &outside, "master", &net.bridge])?;
+            ip(&["link", "set", &outside, "master", &bridge])?;
             ip(&["link", "set", &outside, "up"])?;
             in_ns(&ns, &["ip", "link", "set", "lo", "up"])?;
             in_ns(&ns, &["ip", "link", "set", &inside, "name", "eth0"])?;
@@ -182,7 +300,7 @@ impl Net {
 
     /// The harness's own address on the bridge (reachable from every host).
     pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, self.subnet, 1)
+        Ipv4Addr::new(10, 77, self.names.subnet, 1)
     }
 
     /// A command that runs `program` inside `host`'s namespace.
@@ -272,6 +390,15 @@ impl Net {
         Ok(())
     }
 
+    /// Remove every redirect [`Net::redirect`] made from host `from`.
+    pub fn clear_redirects(&self, from: usize) -> Result<(), NetError> {
+        in_ns(
+            &self.hosts[from].ns,
+            &["iptables", "-t", "nat", "-F", "OUTPUT"],
+        )?;
+        Ok(())
+    }
+
     /// Remove every partition.
     pub fn heal(&self) -> Result<(), NetError> {
         for h in &self.hosts {
@@ -296,18 +423,21 @@ impl Net {
             "-D",
             "FORWARD",
             "-i",
-            &self.bridge,
+            &self.names.bridge,
             "-o",
-            &self.bridge,
+            &self.names.bridge,
             "-j",
             "ACCEPT",
         ]));
-        let _ = ip(&["link", "delete", &self.bridge]);
+        let _ = ip(&["link", "delete", &self.names.bridge]);
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         self.teardown();
     }
 }
