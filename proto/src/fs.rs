@@ -309,6 +309,66 @@ impl HeldLock {
         let overlaps = self.start <= end && start <= self.end;
         overlaps && (self.write || kind == LockKind::Write)
     }
+
+    /// An owner's locks after it asks for `kind` on `start..=end` (an unlock included):
+    /// what it held there is replaced, as fcntl does; the result is sorted and merged.
+    pub fn apply(
+        held: Vec<HeldLock>,
+        start: u64,
+        end: u64,
+        kind: LockKind,
+        pid: u32,
+    ) -> Vec<HeldLock> {
+        let mut next = HeldLock::carve(held, start, end);
+        if kind != LockKind::Unlock {
+            next.push(HeldLock {
+                start,
+                end,
+                write: kind == LockKind::Write,
+                pid,
+            });
+        }
+        HeldLock::merge(next)
+    }
+
+    /// `held` without bytes `start..=end` (locks that straddle it are split).
+    pub fn carve(held: Vec<HeldLock>, start: u64, end: u64) -> Vec<HeldLock> {
+        let mut out = Vec::with_capacity(held.len() + 1);
+        for h in held {
+            if h.end < start || h.start > end {
+                out.push(h);
+                continue;
+            }
+            if h.start < start {
+                out.push(HeldLock {
+                    end: start - 1,
+                    ..h
+                });
+            }
+            if h.end > end {
+                out.push(HeldLock {
+                    start: end + 1,
+                    ..h
+                });
+            }
+        }
+        out
+    }
+
+    /// Sort disjoint locks and join neighbours of the same kind.
+    pub fn merge(mut held: Vec<HeldLock>) -> Vec<HeldLock> {
+        held.sort_by_key(|h| h.start);
+        let mut out: Vec<HeldLock> = Vec::with_capacity(held.len());
+        for h in held {
+            match out.last_mut() {
+                Some(last) if last.write == h.write && last.end.checked_add(1) == Some(h.start) => {
+                    last.end = h.end;
+                }
+                _ => out.push(h),
+            }
+        }
+        out
+    }
 }
 
 /// What a site may be asked to prove about a subtree: the state of its ownership.

@@ -23,6 +23,7 @@ use crate::read::FileReader;
 
 mod deferred;
 mod delegation;
+mod local_locks;
 mod locks;
 mod write_back;
 
@@ -434,7 +435,7 @@ impl MountFs {
         };
         self.keep_answered(generation, &attr);
         self.deleg.keep_entry(ticket, parent, name, Some(&attr));
-        self.consider_delegation(attr.subtree);
+        self.consider_delegation(attr.subtree).await;
         Ok(self.merge(attr))
     }
 
@@ -497,7 +498,7 @@ impl MountFs {
         if open.is_none() {
             self.deleg.keep_attr(ticket, &attr);
         }
-        self.consider_delegation(attr.subtree);
+        self.consider_delegation(attr.subtree).await;
         match &open {
             Some(open) => {
                 if open.pending_end.load(Ordering::Acquire) == 0 {
@@ -767,7 +768,7 @@ impl MountFs {
             let version = h.inode.version.load(Ordering::Acquire);
             *lock(&h.reader) = Some((version, Arc::new(reader)));
         }
-        self.consider_delegation(subtree);
+        self.consider_delegation(subtree).await;
         Ok((fh, keep_cache))
     }
 

@@ -514,3 +514,104 @@ async fn the_holders_own_changes_keep_its_cache_exact_and_filled() {
     let report = meta.fsck().await.unwrap();
     assert_eq!(report.problems, Vec::<String>::new());
 }
+
+/// A whole-file fcntl lock of `typ` on `f`, without waiting (Err: refused).
+fn try_lock(f: &std::fs::File, typ: i32) -> nix::Result<libc::c_int> {
+    let l = libc::flock {
+        l_type: typ as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_SETLK(&l))
+}
+
+/// The holder grants locks in its subtree itself (no metadata round: its lock session
+/// holds nothing at the metadata); a second mount's lock recalls the delegation, the
+/// holder hands its locks to the metadata before giving it back, and the second mount
+/// is refused while they are held, then granted once they are dropped, with the bytes
+/// written under them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_holder_grants_locks_itself_and_hands_them_over_at_a_recall() {
+    let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
+    let f1 = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a1.point.join("app/f"))
+        .unwrap();
+    let ino = std::os::unix::fs::MetadataExt::ino(&f1.metadata().unwrap());
+    try_lock(&f1, libc::F_WRLCK).expect("the holder's lock");
+    let at_metadata = || {
+        let meta = meta.clone();
+        async move {
+            let probe = mobilus_meta_client::LockRequest {
+                ino,
+                session: 0,
+                owner: 0,
+                start: 0,
+                end: u64::MAX,
+                kind: mobilus_proto::fs::LockKind::Write,
+            };
+            meta.get_lock_as_of(probe, true).await.unwrap()
+        }
+    };
+    assert_eq!(
+        at_metadata().await,
+        None,
+        "the holder asked the metadata for a lock it may grant itself"
+    );
+    std::os::unix::fs::FileExt::write_at(&f1, b"two", 0).unwrap();
+
+    let a2 = sites.mount("site-a");
+    let f2 = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a2.point.join("app/f"))
+        .unwrap();
+    assert_eq!(
+        try_lock(&f2, libc::F_RDLCK),
+        Err(nix::errno::Errno::EAGAIN),
+        "a second mount got a lock the holder had granted"
+    );
+    assert!(a1.log().contains("handed the locks granted under the delegation"));
+    // (A stale read: the member that answers may be a moment behind.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !at_metadata().await.is_some_and(|h| h.write) {
+        assert!(Instant::now() < deadline, "the holder's lock never reached the metadata");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(f1); // the close drops the lock, now at the metadata
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while try_lock(&f2, libc::F_WRLCK).is_err() {
+        assert!(Instant::now() < deadline, "never granted after the holder's close");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut seen = [0u8; 3];
+    std::os::unix::fs::FileExt::read_at(&f2, &mut seen, 0).unwrap();
+    assert_eq!(&seen, b"two", "what the holder wrote under its lock");
+}
+
+/// The recall is what makes the holder's own locks safe: with the delegation check
+/// disabled on the members (a deliberate bug), a second mount's lock is granted by the
+/// metadata, which never saw the holder's (caught).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_delegation_check_two_mounts_hold_one_write_lock() {
+    let (sites, a1, _meta) = holder_with_a_warm_cache(&["--unsafe-no-delegation-check"]).await;
+    let f1 = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a1.point.join("app/f"))
+        .unwrap();
+    try_lock(&f1, libc::F_WRLCK).expect("the holder's lock");
+    let a2 = sites.mount("site-a");
+    let f2 = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(a2.point.join("app/f"))
+        .unwrap();
+    assert!(
+        try_lock(&f2, libc::F_WRLCK).is_ok(),
+        "the broken switch was not caught: the second mount was refused"
+    );
+}

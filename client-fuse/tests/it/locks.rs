@@ -150,14 +150,39 @@ fn sqlite(db: &Path, sql: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_sqlite_writers_on_two_mounts_keep_the_database_whole() {
     let sites = TwoSites::start().await;
+    two_sqlite_writers(&sites, "").await;
+}
+
+/// The same in a subtree site-a owns: one mount at a time holds its delegation and grants
+/// locks itself; each writer's lock recalls it from the other, which commits and hands
+/// its locks over first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_sqlite_writers_in_a_delegated_subtree_keep_the_database_whole() {
+    let sites = TwoSites::start().await;
+    let meta = mobilus_meta_client::MetaClient::connect(&sites.meta_addrs).unwrap();
+    let probe = sites.mount("site-a");
+    let app = probe.point.join("app");
+    std::fs::create_dir(&app).unwrap();
+    let root = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&app).unwrap());
+    meta.create_subtree(root, "site-a").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !meta.subtree(root, false).await.unwrap().lease_valid() {
+        assert!(Instant::now() < deadline, "site-a never got a lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(probe);
+    two_sqlite_writers(&sites, "app/").await;
+}
+
+async fn two_sqlite_writers(sites: &TwoSites, dir: &str) {
     let mounts = [sites.mount("site-a"), sites.mount("site-a")];
-    let db = mounts[0].point.join("shared.db");
+    let db = mounts[0].point.join(format!("{dir}shared.db"));
     sqlite(&db, "CREATE TABLE t (writer INT, n INT, pad TEXT);");
     let writers: Vec<_> = mounts
         .iter()
         .enumerate()
         .map(|(w, m)| {
-            let db = m.point.join("shared.db");
+            let db = m.point.join(format!("{dir}shared.db"));
             std::thread::spawn(move || {
                 for batch in 0..15 {
                     let start = batch * 100;
@@ -178,8 +203,16 @@ async fn two_sqlite_writers_on_two_mounts_keep_the_database_whole() {
     for w in writers {
         w.join().expect("writer");
     }
+    if !dir.is_empty() {
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.log().contains("holding the subtree's delegation")),
+            "no writer ever held the subtree's delegation"
+        );
+    }
     for m in &mounts {
-        let db = m.point.join("shared.db");
+        let db = m.point.join(format!("{dir}shared.db"));
         assert_eq!(sqlite(&db, "PRAGMA integrity_check;"), "ok");
         assert_eq!(
             sqlite(

@@ -180,6 +180,9 @@ struct Inner {
     opts: ClientOptions,
     /// See [`MetaClient::set_session`]; 0 is none.
     session: std::sync::atomic::AtomicU64,
+    /// The owner of each subtree as the last lookup or getattr of one of its inodes saw
+    /// it (shared by clones: see [`MetaClient::owner_seen`]).
+    owners: Arc<Mutex<HashMap<mobilus_proto::fs::SubtreeId, String>>>,
 }
 
 /// A client of the metadata cluster. Cheap to clone; clones share channels.
@@ -187,6 +190,9 @@ struct Inner {
 pub struct MetaClient {
     inner: Arc<Inner>,
 }
+
+/// Most subtree owners remembered (past it, all are forgotten).
+const MAX_OWNERS_SEEN: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -256,6 +262,7 @@ impl MetaClient {
                 channels: Mutex::new(HashMap::new()),
                 opts,
                 session: std::sync::atomic::AtomicU64::new(0),
+                owners: Arc::default(),
             }),
         })
     }
@@ -300,6 +307,7 @@ impl MetaClient {
                 channels: Mutex::new(lock(&self.inner.channels).clone()),
                 opts,
                 session: std::sync::atomic::AtomicU64::new(0),
+                owners: self.inner.owners.clone(),
             }),
         };
         client.set_session(self.session());
@@ -477,8 +485,23 @@ impl MetaClient {
         F: Fn(PbMetaClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<pb::AttrReply>, Status>>,
     {
-        let reply = self.call(what, |ch| f(Self::meta(ch))).await?;
-        Ok(attr_from_reply(reply.into_inner())?)
+        let reply = self.call(what, |ch| f(Self::meta(ch))).await?.into_inner();
+        let owner = reply.subtree_owner.clone();
+        let attr = attr_from_reply(reply)?;
+        if !owner.is_empty() {
+            let mut owners = lock(&self.inner.owners);
+            if owners.len() >= MAX_OWNERS_SEEN && !owners.contains_key(&attr.subtree) {
+                owners.clear();
+            }
+            owners.insert(attr.subtree, owner);
+        }
+        Ok(attr)
+    }
+
+    /// The site that owned `subtree` when a lookup or getattr last saw one of its inodes
+    /// (a hint: it may have moved since).
+    pub fn owner_seen(&self, subtree: mobilus_proto::fs::SubtreeId) -> Option<String> {
+        lock(&self.inner.owners).get(&subtree).cloned()
     }
 
     pub async fn lookup(
@@ -1016,7 +1039,10 @@ impl MetaClient {
             .into_iter()
             .map(Extent::try_from)
             .collect::<Result<_, _>>()?;
-        let attr = attr_from_reply(pb::AttrReply { attr: r.attr })?;
+        let attr = attr_from_reply(pb::AttrReply {
+            attr: r.attr,
+            subtree_owner: String::new(),
+        })?;
         Ok((extents, attr))
     }
 }

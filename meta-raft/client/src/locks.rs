@@ -145,6 +145,17 @@ impl MetaClient {
 
     /// F_GETLK: the lock of another owner that `r` would conflict with, if any.
     pub async fn get_lock(&self, r: LockRequest) -> Result<Option<HeldLock>, ClientError> {
+        self.get_lock_as_of(r, false).await
+    }
+
+    /// [`MetaClient::get_lock`]; `stale`: from whatever member answers, as it stands, and
+    /// without recalling a delegation whose holder grants locks itself (so it shows only
+    /// what the metadata holds: tools, tests).
+    pub async fn get_lock_as_of(
+        &self,
+        r: LockRequest,
+        stale: bool,
+    ) -> Result<Option<HeldLock>, ClientError> {
         let req = pb::GetLockRequest {
             ino: r.ino,
             session: r.session,
@@ -152,7 +163,7 @@ impl MetaClient {
             start: r.start,
             end: r.end,
             kind: lock_kind_to_wire(r.kind) as i32,
-            stale: false,
+            stale,
         };
         let g = self
             .call("get_lock", |ch| async move {

@@ -307,6 +307,13 @@ pub(crate) fn acquire(
         )
         .into());
     }
+    if super::locks::others_lock_in(txn, subtree, session, now)? {
+        return Err(OpError::explained(
+            Errno::EAGAIN,
+            format!("other mounts hold locks in subtree {subtree}"),
+        )
+        .into());
+    }
     if let Some(old) = rec.holder {
         txn.delete(Cf::Locks, held_key(old, Some(subtree)));
     }
@@ -431,13 +438,26 @@ impl super::Namespace {
         if WRITE_BACK_RECALL_DISABLED.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(None);
         }
+        self.holder_elsewhere(ino, reader, true)
+    }
+
+    /// The subtree of `ino` and the session other than `reader` that holds its
+    /// delegation (only one with write-backs, if `write_back_only`), if any.
+    pub fn holder_elsewhere(
+        &self,
+        ino: InodeId,
+        reader: Option<u64>,
+        write_back_only: bool,
+    ) -> Result<Option<(SubtreeId, u64)>, NsError> {
         self.with_view(|txn| {
             let Some(inode) = txn.get::<InodeRecord>(Cf::Inodes, &keys::ino(ino))? else {
                 return Ok(None);
             };
             let subtree = inode.attr.subtree;
             Ok(record(txn, subtree)?.and_then(|r| match r.holder {
-                Some(holder) if r.write_back && Some(holder) != reader => Some((subtree, holder)),
+                Some(holder) if (r.write_back || !write_back_only) && Some(holder) != reader => {
+                    Some((subtree, holder))
+                }
                 _ => None,
             }))
         })

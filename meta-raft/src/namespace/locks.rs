@@ -213,22 +213,22 @@ pub(crate) fn set_lock(
     if !live(txn, session, now)? {
         return Err(expired(session));
     }
-    load(txn, ino)?;
+    let inode = load(txn, ino)?;
+    // The holder of the file's subtree's delegation grants locks there itself: anyone
+    // else's lock waits for the delegation to come back, with the holder's locks. (An
+    // unlock conflicts with nothing the holder granted.)
+    if kind != LockKind::Unlock {
+        let subtree = inode.attr.subtree;
+        if let Some(sub) = super::subtree::get(txn, subtree)? {
+            delegation::check(txn, subtree, &sub, now, Some(session), false)?;
+        }
+    }
     if conflict(txn, now, q)?.is_some() {
         return Err(Errno::EAGAIN.into());
     }
     let key = lock_key(ino, Some(session), Some(owner));
     let held: Vec<HeldLock> = txn.get(Cf::Locks, &key)?.unwrap_or_default();
-    let mut next = carve(held, start, end);
-    if kind != LockKind::Unlock {
-        next.push(HeldLock {
-            start,
-            end,
-            write: kind == LockKind::Write,
-            pid,
-        });
-    }
-    let next = merge(next);
+    let next = HeldLock::apply(held, start, end, kind, pid);
     if next.is_empty() {
         txn.delete(Cf::Locks, key);
         // Another owner of this session may still hold locks on the inode.
@@ -241,45 +241,6 @@ pub(crate) fn set_lock(
         txn.put(Cf::Locks, held_key(session, Some(ino)), &())?;
     }
     Ok(())
-}
-
-/// `held` without bytes `start..=end` (locks that straddle it are split).
-fn carve(held: Vec<HeldLock>, start: u64, end: u64) -> Vec<HeldLock> {
-    let mut out = Vec::with_capacity(held.len() + 1);
-    for h in held {
-        if h.end < start || h.start > end {
-            out.push(h);
-            continue;
-        }
-        if h.start < start {
-            out.push(HeldLock {
-                end: start - 1,
-                ..h
-            });
-        }
-        if h.end > end {
-            out.push(HeldLock {
-                start: end + 1,
-                ..h
-            });
-        }
-    }
-    out
-}
-
-/// Sort disjoint locks and join neighbours of the same kind.
-fn merge(mut held: Vec<HeldLock>) -> Vec<HeldLock> {
-    held.sort_by_key(|h| h.start);
-    let mut out: Vec<HeldLock> = Vec::with_capacity(held.len());
-    for h in held {
-        match out.last_mut() {
-            Some(last) if last.write == h.write && last.end.checked_add(1) == Some(h.start) => {
-                last.end = h.end;
-            }
-            _ => out.push(h),
-        }
-    }
-    out
 }
 
 /// F_GETLK: the first lock of another live owner that would refuse `q`, judged at log
@@ -295,6 +256,36 @@ pub(crate) fn get_lock(
     load(txn, q.ino)?;
     let now = read_log_now(txn)?.max(at);
     conflict(txn, now, q)
+}
+
+/// Whether a live session other than `session` holds a lock on a file of `subtree` (the
+/// delegation is not granted then: its holder could not see that lock).
+pub(crate) fn others_lock_in(
+    txn: &Txn<'_>,
+    subtree: mobilus_proto::fs::SubtreeId,
+    session: u64,
+    now: i64,
+) -> Result<bool, NsError> {
+    let mut holders = Vec::new();
+    txn.scan(Cf::Locks, b"l", b"l", |k, _| {
+        let (ino, holder) = (keys::u64_at(k, 1), keys::u64_at(k, 9));
+        if holder != session {
+            holders.push((ino, holder));
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    for (ino, holder) in holders {
+        if !live(txn, holder, now)? {
+            continue;
+        }
+        let in_subtree = txn
+            .get::<super::InodeRecord>(Cf::Inodes, &keys::ino(ino))?
+            .is_some_and(|i| i.attr.subtree == subtree);
+        if in_subtree {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Every lock held on `ino` by a live session, with its (session, owner) (tests, tools).
@@ -348,16 +339,16 @@ mod tests {
     fn carving_splits_and_merging_joins() {
         let held = vec![lock(0, 99, true)];
         assert_eq!(
-            carve(held, 10, 19),
+            HeldLock::carve(held, 10, 19),
             vec![lock(0, 9, true), lock(20, 99, true)]
         );
-        let joined = merge(vec![
+        let joined = HeldLock::merge(vec![
             lock(20, 99, true),
             lock(0, 9, true),
             lock(10, 19, true),
         ]);
         assert_eq!(joined, vec![lock(0, 99, true)]);
-        let kept = merge(vec![lock(0, 9, true), lock(10, 19, false)]);
+        let kept = HeldLock::merge(vec![lock(0, 9, true), lock(10, 19, false)]);
         assert_eq!(kept.len(), 2);
         assert_eq!(carve(vec![lock(5, u64::MAX, false)], 0, u64::MAX), vec![]);
         assert_eq!(

@@ -730,6 +730,11 @@ impl super::Namespace {
         self.with_view(|txn| one(txn, root))
     }
 
+    /// The site that owns `root` (`None`: shared, or no such subtree).
+    pub fn subtree_owner(&self, root: SubtreeId) -> Result<Option<String>, NsError> {
+        self.with_view(|txn| Ok(get(txn, root)?.and_then(|s| s.owner)))
+    }
+
     /// Every subtree, the shared root first.
     pub fn subtrees(&self) -> Result<Vec<SubtreeInfo>, NsError> {
         self.with_view(list)

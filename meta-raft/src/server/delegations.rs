@@ -78,11 +78,35 @@ impl MetaNode {
         ino: InodeId,
         reader: Option<u64>,
     ) -> Result<(), MetaError> {
+        self.wait_for_holder(ino, reader, true).await
+    }
+
+    /// Before F_GETLK on `ino` by `reader`: while another session holds the delegation
+    /// of its subtree (whose locks it grants itself), recall it and wait for it to come
+    /// back with its locks.
+    pub(super) async fn wait_for_delegated_locks(
+        &self,
+        ino: InodeId,
+        reader: Option<u64>,
+    ) -> Result<(), MetaError> {
+        self.wait_for_holder(ino, reader, false).await
+    }
+
+    async fn wait_for_holder(
+        &self,
+        ino: InodeId,
+        reader: Option<u64>,
+        write_back_only: bool,
+    ) -> Result<(), MetaError> {
         let deadline = tokio::time::Instant::now() + MAX_RECALL_WAIT;
         loop {
-            let Some((subtree, holder)) =
-                self.sm.namespace().written_back_elsewhere(ino, reader)?
-            else {
+            let ns = self.sm.namespace();
+            let found = if write_back_only {
+                ns.written_back_elsewhere(ino, reader)?
+            } else {
+                ns.holder_elsewhere(ino, reader, false)?
+            };
+            let Some((subtree, holder)) = found else {
                 return Ok(());
             };
             if tokio::time::Instant::now() >= deadline {

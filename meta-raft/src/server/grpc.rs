@@ -8,7 +8,7 @@ use mobilus_proto::convert::{
     lock_kind_to_wire, setattr_from_wire,
 };
 use mobilus_proto::fs::{
-    valid_site_name, ChunkHash, LockKind, LockRequest, SliceWrite, SubtreeInfo,
+    valid_site_name, Attr, ChunkHash, LockKind, LockRequest, SliceWrite, SubtreeInfo,
 };
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_server::Cluster;
@@ -33,9 +33,18 @@ fn attr_reply(r: OpReply) -> Reply<pb::AttrReply> {
     match r {
         OpReply::Attr(a) => Ok(Response::new(pb::AttrReply {
             attr: Some((&a).into()),
+            subtree_owner: String::new(),
         })),
         other => Err(Status::internal(format!("unexpected reply {other:?}"))),
     }
+}
+
+/// A lookup's or getattr's answer, with the owner of the inode's subtree.
+fn attr_reply_owned(a: Attr, owner: Option<String>) -> Reply<pb::AttrReply> {
+    Ok(Response::new(pb::AttrReply {
+        attr: Some((&a).into()),
+        subtree_owner: owner.unwrap_or_default(),
+    }))
 }
 
 fn subtree_reply(r: OpReply) -> Reply<pb::SubtreeReply> {
@@ -156,24 +165,30 @@ fn session_reply(r: OpReply, now_ns: i64) -> Reply<pb::SessionReply> {
 impl Meta for MetaSvc {
     async fn lookup(&self, r: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
-        let a = self
+        let (a, owner) = self
             .node
             .read_in(r.stale, reader(r.session), r.parent, |ns| {
-                ns.lookup(r.parent, &r.name)
+                let a = ns.lookup(r.parent, &r.name)?;
+                let owner = ns.subtree_owner(a.subtree)?;
+                Ok((a, owner))
             })
             .await
             .map_err(status)?;
-        attr_reply(OpReply::Attr(a))
+        attr_reply_owned(a, owner)
     }
 
     async fn get_attr(&self, r: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
         let r = r.into_inner();
-        let a = self
+        let (a, owner) = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, |ns| ns.getattr(r.ino))
+            .read_in(r.stale, reader(r.session), r.ino, |ns| {
+                let a = ns.getattr(r.ino)?;
+                let owner = ns.subtree_owner(a.subtree)?;
+                Ok((a, owner))
+            })
             .await
             .map_err(status)?;
-        attr_reply(OpReply::Attr(a))
+        attr_reply_owned(a, owner)
     }
 
     async fn mknod(&self, r: Request<pb::MknodRequest>) -> Reply<pb::AttrReply> {
@@ -508,11 +523,7 @@ impl Meta for MetaSvc {
     async fn get_lock(&self, r: Request<pb::GetLockRequest>) -> Reply<pb::GetLockReply> {
         let r = r.into_inner();
         let q = lock_request(r.ino, r.session, r.owner, (r.start, r.end), r.kind)?;
-        let held = self
-            .node
-            .read(r.stale, |ns| ns.get_lock(q))
-            .await
-            .map_err(status)?;
+        let held = self.node.get_lock(r.stale, q).await.map_err(status)?;
         Ok(Response::new(match held {
             Some(h) => pb::GetLockReply {
                 found: true,

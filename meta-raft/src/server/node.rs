@@ -300,6 +300,22 @@ impl MetaNode {
         Ok(read(&self.sm.namespace())?)
     }
 
+    /// F_GETLK for `q`: a linearizable read, after the delegation of the file's subtree,
+    /// if another session holds it, has come back with the locks its holder granted.
+    pub async fn get_lock(
+        &self,
+        stale: bool,
+        q: mobilus_proto::fs::LockRequest,
+    ) -> Result<Option<mobilus_proto::fs::HeldLock>, MetaError> {
+        if !stale {
+            if !self.unsafe_local_reads {
+                self.ensure_linearizable().await?;
+            }
+            self.wait_for_delegated_locks(q.ino, Some(q.session)).await?;
+        }
+        Ok(self.sm.namespace().get_lock(q)?)
+    }
+
     /// `fsck` of the namespace as of now (a linearizable point), off the async threads:
     /// it reads every key.
     #[instrument(skip(self))]

@@ -39,6 +39,10 @@ use crate::read::SliceMap;
 /// A subtree whose delegation was refused is asked for again after this long (each ask
 /// is a metadata write; the service refuses everyone for 5 s after a recall anyway).
 const RETRY_AFTER: Duration = Duration::from_secs(3);
+/// A delegation refused for a moment (EAGAIN) is asked for again after this long.
+const RETRY_SOON: Duration = Duration::from_millis(300);
+/// How long a read waits for the delegation it asked for before it goes on without it.
+const GRANT_WAIT: Duration = Duration::from_millis(500);
 /// After giving one back at a recall (another mount of the site writes the subtree),
 /// this mount asks again only when it writes the subtree itself, or after this long:
 /// a mount that only reads must not take it from the one that writes, and two mounts
@@ -231,6 +235,9 @@ pub(crate) struct Delegations {
     not_before: Mutex<HashMap<SubtreeId, Instant>>,
     /// Subtrees recalled from this mount: until when only a write here asks again.
     recalled_until: Mutex<HashMap<SubtreeId, Instant>>,
+    /// Subtrees last seen owned by another site: not asked for; when one is seen owned
+    /// here again, it has just moved here and is asked for at once.
+    foreign: Mutex<HashSet<SubtreeId>>,
     /// Held (shared) from giving the kernel a long TTL until the reply is sent; a recall
     /// takes it whole before it drops what the kernel was given, so no long-lived reply
     /// reaches the kernel after that.
@@ -451,6 +458,7 @@ impl Delegations {
             held: Mutex::default(),
             not_before: Mutex::default(),
             recalled_until: Mutex::default(),
+            foreign: Mutex::default(),
             gate: Arc::default(),
             cache: Mutex::default(),
             kernel: Mutex::default(),
@@ -909,24 +917,48 @@ impl Delegations {
 impl MountFs {
     /// An answer showed an inode of `subtree`: ask for its delegation if this mount may
     /// want it (in the background; refused unless this site owns it).
-    pub(super) fn consider_delegation(&self, subtree: SubtreeId) {
-        self.consider_delegation_for(subtree, false);
+    /// This mount read something of `subtree`: ask for its delegation, and wait a
+    /// moment for the answer, so an application that has just arrived at the subtree's
+    /// new owner site runs its first query on the delegation (its locks and cached
+    /// answers cost no round) rather than a round per call.
+    pub(super) async fn consider_delegation(&self, subtree: SubtreeId) {
+        if let Some(asked) = self.consider_delegation_for(subtree, false) {
+            let _ = tokio::time::timeout(GRANT_WAIT, asked).await;
+        }
     }
 
     /// This mount changed something in `subtree`: ask for its delegation, even soon after
     /// it was recalled from here (the writer is the mount that should hold it).
     pub(super) fn consider_delegation_writing(&self, subtree: SubtreeId) {
-        self.consider_delegation_for(subtree, true);
+        let _ = self.consider_delegation_for(subtree, true);
     }
 
-    fn consider_delegation_for(&self, subtree: SubtreeId, writes: bool) {
-        if !self.deleg.wants(subtree, writes) {
-            return;
+    fn consider_delegation_for(
+        &self,
+        subtree: SubtreeId,
+        writes: bool,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        // The metadata says who owns it: only the owner site's mounts may hold it.
+        if let Some(owner) = self.client.meta().owner_seen(subtree) {
+            if owner != self.client.site() {
+                let mut foreign = lock(&self.deleg.foreign);
+                if foreign.len() >= MAX_CACHED {
+                    foreign.clear();
+                }
+                foreign.insert(subtree);
+                return None;
+            }
+            if lock(&self.deleg.foreign).remove(&subtree) {
+                // It has just moved here: whatever held it off was about another owner.
+                lock(&self.deleg.not_before).remove(&subtree);
+                lock(&self.deleg.recalled_until).remove(&subtree);
+            }
         }
-        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
-            return;
-        };
-        tokio::spawn(async move { me.acquire_delegation(subtree).await });
+        if !self.deleg.wants(subtree, writes) {
+            return None;
+        }
+        let me = self.me.get().and_then(Weak::upgrade)?;
+        Some(tokio::spawn(async move { me.acquire_delegation(subtree).await }))
     }
 
     async fn acquire_delegation(self: Arc<Self>, subtree: SubtreeId) {
@@ -950,7 +982,14 @@ impl MountFs {
                 );
                 self.deleg.granted(sent, g);
             }
-            Err(e) => tracing::debug!(subtree, error = %e, "delegation refused"),
+            Err(e) => {
+                tracing::debug!(subtree, error = %e, "delegation refused");
+                // Refused for a moment (locks of other mounts still being dropped, a
+                // recall's hold): ask again soon rather than after RETRY_AFTER.
+                if e.to_errno() == mobilus_proto::status::Errno::EAGAIN {
+                    lock(&self.deleg.not_before).insert(subtree, Instant::now() + RETRY_SOON);
+                }
+            }
         }
     }
 
@@ -1009,6 +1048,11 @@ impl MountFs {
             let fs = self.clone();
             tokio::spawn(async move { fs.give_back(subtree).await });
         }
+        // Delegations that ran out here (by this mount's clock) with local locks left.
+        for subtree in self.untrusted_with_local_locks() {
+            let fs = self.clone();
+            tokio::spawn(async move { fs.push_local_locks(subtree).await });
+        }
         for subtree in lost {
             tracing::warn!(subtree, "the subtree's delegation was lost (lease ended)");
             metrics::counter!("mobilus_fuse_delegations_total", "event" => "lost").increment(1);
@@ -1017,6 +1061,8 @@ impl MountFs {
             tokio::spawn(async move {
                 fs.drop_kernel_long(subtree).await;
                 fs.drop_write_backs(subtree).await;
+                // Its local locks are reclaimed at the metadata if nobody took them.
+                fs.push_local_locks(subtree).await;
                 // In case the metadata still counts it (a renewal that raced a grant).
                 if let Some(session) = fs.locks.current().await {
                     let _ = fs.client.meta().release_delegation(session, subtree).await;
@@ -1043,6 +1089,9 @@ impl MountFs {
         let failed = self.flush_subtree(subtree).await + unmade + unwritten;
         self.drop_write_backs(subtree).await;
         self.drop_kernel_long(subtree).await;
+        // The locks granted here go to the metadata while this mount still holds the
+        // delegation: a conflicting lock elsewhere then waits for them.
+        self.push_local_locks(subtree).await;
         let session = self.locks.current().await;
         if let Some(session) = session {
             if let Err(e) = self

@@ -7,7 +7,8 @@
 //! the session's lease ends, never earlier. Locks also carry the cache coherence a
 //! database relies on: taking a lock drops what this mount and the kernel cached of the
 //! file (another mount may have written it under its own lock), and releasing one first
-//! commits what was written here under it.
+//! commits what was written here under it. A mount holding a subtree's delegation grants
+//! locks on its files itself (`local_locks.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,11 +38,15 @@ pub(super) struct Locks {
     stop: Shutdown,
     /// (inode, owner) pairs that may hold locks: a close of a file that was never
     /// locked costs no round.
-    held: Mutex<HashSet<(InodeId, u64)>>,
+    pub(super) held: Mutex<HashSet<(InodeId, u64)>>,
     /// Blocked requests: an unlock or close by the same owner ends its wait (EINTR).
     waiting: Mutex<HashMap<(InodeId, u64), Arc<AtomicBool>>>,
     /// The mount, told of every renewal (the session also holds its delegations).
     owner: Arc<OnceLock<Weak<MountFs>>>,
+    /// Locks granted here under a delegation (`local_locks.rs`).
+    pub(super) local: Mutex<super::local_locks::LocalLocks>,
+    /// Told of every local release, and of the end of a push to the metadata.
+    pub(super) released: tokio::sync::Notify,
 }
 
 fn errno_of(e: &mobilus_meta_client::ClientError) -> Errno {
@@ -126,13 +131,13 @@ impl Locks {
         );
     }
 
-    fn waiter(&self, key: (InodeId, u64)) -> Arc<AtomicBool> {
+    pub(super) fn waiter(&self, key: (InodeId, u64)) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
         lock(&self.waiting).insert(key, flag.clone());
         flag
     }
 
-    fn done_waiting(&self, key: (InodeId, u64), flag: &Arc<AtomicBool>) {
+    pub(super) fn done_waiting(&self, key: (InodeId, u64), flag: &Arc<AtomicBool>) {
         let mut waiting = lock(&self.waiting);
         if waiting.get(&key).is_some_and(|f| Arc::ptr_eq(f, flag)) {
             waiting.remove(&key);
@@ -156,6 +161,9 @@ impl MountFs {
         end: u64,
         kind: LockKind,
     ) -> FsResult<Option<HeldLock>> {
+        if let Some(found) = self.local_getlk(ino, owner, start, end, kind).await {
+            return Ok(found);
+        }
         // Without a session this mount holds nothing: session 0 is nobody's.
         let session = self.locks.current().await.unwrap_or(0);
         let req = LockRequest {
@@ -184,6 +192,12 @@ impl MountFs {
     ) -> FsResult<()> {
         if kind == LockKind::Unlock {
             return self.unlock(fh, ino, owner, start, end).await;
+        }
+        if let Some(done) = self
+            .local_setlk(ino, owner, start, end, kind, pid, sleep)
+            .await
+        {
+            return done;
         }
         let meta = self.meta().await?;
         let session = self.locks.session(meta).await?;
@@ -232,11 +246,21 @@ impl MountFs {
     ) -> FsResult<()> {
         let key = (ino, owner);
         self.locks.cancel_waiter(key);
+        // Granted here: dropped here, with nothing to commit first (a conflicting lock
+        // elsewhere recalls the delegation, and the give-back commits everything).
+        if self.local_unlock(ino, owner, start, end).await {
+            return Ok(());
+        }
         if !lock(&self.locks.held).contains(&key) {
             return Ok(());
         }
+        // An unlock itself never fails: a flush that does (the subtree moved away, say)
+        // is reported by the next fsync or close, and the lock goes all the same, or a
+        // writer fenced off mid-transaction would keep everyone else waiting.
         if let Ok(h) = self.handle(fh) {
-            self.flush_inode(&h.inode).await?;
+            if let Err(e) = self.flush_inode(&h.inode).await {
+                tracing::warn!(ino, error = %e, "a flush before an unlock failed; unlocking anyway");
+            }
         }
         let Some(session) = self.locks.current().await else {
             return Ok(());
@@ -265,7 +289,7 @@ impl MountFs {
     pub(crate) fn holds_no_lock(&self, ino: InodeId, owner: u64) -> bool {
         let key = (ino, owner);
         self.locks.cancel_waiter(key);
-        !lock(&self.locks.held).contains(&key)
+        !lock(&self.locks.held).contains(&key) && !self.holds_local(ino, owner)
     }
 
     /// A close by `owner` (FLUSH) or the last close of a flock holder (RELEASE): POSIX
