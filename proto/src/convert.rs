@@ -851,6 +851,10 @@ mod tests {
             Err(WireError::Other(Code::InvalidArgument, _))
         ));
         assert!(kind_from_wire(99).is_err());
-        assert!(attr_from_reply(pb::AttrReply { attr: None }).is_err());
+        let empty = pb::AttrReply {
+            attr: None,
+            subtree_owner: String::new(),
+        };
+        assert!(attr_from_reply(empty).is_err());
     }
 }

@@ -574,17 +574,25 @@ async fn the_holder_grants_locks_itself_and_hands_them_over_at_a_recall() {
         Err(nix::errno::Errno::EAGAIN),
         "a second mount got a lock the holder had granted"
     );
-    assert!(a1.log().contains("handed the locks granted under the delegation"));
+    assert!(a1
+        .log()
+        .contains("handed the locks granted under the delegation"));
     // (A stale read: the member that answers may be a moment behind.)
     let deadline = Instant::now() + Duration::from_secs(5);
     while !at_metadata().await.is_some_and(|h| h.write) {
-        assert!(Instant::now() < deadline, "the holder's lock never reached the metadata");
+        assert!(
+            Instant::now() < deadline,
+            "the holder's lock never reached the metadata"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(f1); // the close drops the lock, now at the metadata
     let deadline = Instant::now() + Duration::from_secs(10);
     while try_lock(&f2, libc::F_WRLCK).is_err() {
-        assert!(Instant::now() < deadline, "never granted after the holder's close");
+        assert!(
+            Instant::now() < deadline,
+            "never granted after the holder's close"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut seen = [0u8; 3];

@@ -78,7 +78,7 @@ fn the_demo_runs_on_a_dev_cluster_across_an_emulated_wan() {
     let demo = must_ok(&["dev", "demo", "--dir", dir]);
     for told in [
         "faulted over from site-a",
-        "its next write was refused",
+        "a late write at site-a, the old owner, is refused",
         "round trips of the 30 ms WAN",
         "the data has followed",
         "same scan again: 0 chunks fetched",

@@ -350,9 +350,12 @@ mod tests {
         assert_eq!(joined, vec![lock(0, 99, true)]);
         let kept = HeldLock::merge(vec![lock(0, 9, true), lock(10, 19, false)]);
         assert_eq!(kept.len(), 2);
-        assert_eq!(carve(vec![lock(5, u64::MAX, false)], 0, u64::MAX), vec![]);
         assert_eq!(
-            merge(vec![lock(0, u64::MAX, false)]),
+            HeldLock::carve(vec![lock(5, u64::MAX, false)], 0, u64::MAX),
+            vec![]
+        );
+        assert_eq!(
+            HeldLock::merge(vec![lock(0, u64::MAX, false)]),
             vec![lock(0, u64::MAX, false)]
         );
     }

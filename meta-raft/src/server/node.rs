@@ -311,7 +311,8 @@ impl MetaNode {
             if !self.unsafe_local_reads {
                 self.ensure_linearizable().await?;
             }
-            self.wait_for_delegated_locks(q.ino, Some(q.session)).await?;
+            self.wait_for_delegated_locks(q.ino, Some(q.session))
+                .await?;
         }
         Ok(self.sm.namespace().get_lock(q)?)
     }

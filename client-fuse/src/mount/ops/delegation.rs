@@ -958,7 +958,9 @@ impl MountFs {
             return None;
         }
         let me = self.me.get().and_then(Weak::upgrade)?;
-        Some(tokio::spawn(async move { me.acquire_delegation(subtree).await }))
+        Some(tokio::spawn(
+            async move { me.acquire_delegation(subtree).await },
+        ))
     }
 
     async fn acquire_delegation(self: Arc<Self>, subtree: SubtreeId) {
