@@ -4,6 +4,7 @@
 //! or, for a chunk not at this site, the whole chunk from another site (verified, and
 //! kept here). A sequential stream gets readahead that grows with it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +22,10 @@ use crate::client::{Client, ClientError};
 
 /// Slice map fetched per call of a [`FileReader`] (readahead stays inside it).
 pub const READ_WINDOW: u64 = 64 << 20;
+/// Windows a [`FileReader`] keeps (the most recently used): a database read at random
+/// across a large file fetches each window's map once, not at every jump (each is a
+/// metadata round, a WAN round trip away from the leader).
+const MAX_WINDOWS: usize = 32;
 /// Readahead of a sequential stream: it starts at this many bytes past the read...
 const AHEAD_MIN: u64 = 256 << 10;
 /// ... doubles with each sequential read, up to this; a random read stops it.
@@ -46,7 +51,7 @@ impl Client {
             client: self.clone(),
             ino,
             subtree: None,
-            window: tokio::sync::Mutex::new(None),
+            windows: tokio::sync::Mutex::new(VecDeque::new()),
             stream: Mutex::new(Stream::default()),
         }
     }
@@ -55,8 +60,8 @@ impl Client {
     /// file cannot have changed since).
     pub fn reader_with(&self, ino: InodeId, map: SliceMap) -> FileReader {
         let reader = self.reader(ino);
-        if let Ok(mut w) = reader.window.try_lock() {
-            *w = Some(map.0);
+        if let Ok(mut w) = reader.windows.try_lock() {
+            w.push_front(map.0);
         }
         reader
     }
@@ -74,7 +79,7 @@ impl Client {
             Err(e) => return Err(e.into()),
         };
         let reader = self.reader(ino).in_subtree(attr.subtree);
-        *reader.window.lock().await = Some(Arc::new(Window {
+        reader.windows.lock().await.push_front(Arc::new(Window {
             start: 0,
             end: READ_WINDOW.min(attr.size),
             size: attr.size,
@@ -564,8 +569,19 @@ pub struct FileReader {
     ino: InodeId,
     /// The file's subtree, if known: its reads go into the subtree's access profile.
     subtree: Option<SubtreeId>,
-    window: tokio::sync::Mutex<Option<Arc<Window>>>,
+    /// The windows of the slice map fetched so far, most recently used first.
+    windows: tokio::sync::Mutex<VecDeque<Arc<Window>>>,
     stream: Mutex<Stream>,
+}
+
+/// The window of `windows` that covers `[offset, end)`, moved to the front.
+fn covering(windows: &mut VecDeque<Arc<Window>>, offset: u64, end: u64) -> Option<Arc<Window>> {
+    let at = windows
+        .iter()
+        .position(|w| offset >= w.start && (end <= w.end || w.end >= w.size))?;
+    let w = windows.remove(at)?;
+    windows.push_front(w.clone());
+    Some(w)
 }
 
 impl FileReader {
@@ -578,30 +594,43 @@ impl FileReader {
 
     /// The slice map this reader holds now, if any.
     pub async fn slice_map(&self) -> Option<SliceMap> {
-        self.window.lock().await.clone().map(SliceMap)
+        let windows = self.windows.lock().await;
+        // The map from the start of the file (what an open fetched) if held.
+        windows
+            .iter()
+            .find(|w| w.start == 0)
+            .or(windows.front())
+            .cloned()
+            .map(SliceMap)
     }
 
     async fn window_for(&self, offset: u64, len: u64) -> Result<Arc<Window>, ClientError> {
         let end = offset.saturating_add(len);
-        let mut slot = self.window.lock().await;
-        if let Some(w) = &*slot {
-            if offset >= w.start && (end <= w.end || w.end >= w.size) {
-                return Ok(w.clone());
-            }
+        let mut windows = self.windows.lock().await;
+        if let Some(w) = covering(&mut windows, offset, end) {
+            return Ok(w);
         }
-        let span = len.max(READ_WINDOW);
+        // Windows on READ_WINDOW boundaries when the read fits one, so windows tile the
+        // file rather than overlap.
+        let aligned = offset - offset % READ_WINDOW;
+        let (start, span) = if end <= aligned + READ_WINDOW {
+            (aligned, READ_WINDOW)
+        } else {
+            (offset, len.max(READ_WINDOW))
+        };
         let (extents, size) = self
             .client
             .meta
-            .read_slices(self.ino, offset, span, false)
+            .read_slices(self.ino, start, span, false)
             .await?;
         let w = Arc::new(Window {
-            start: offset,
-            end: offset.saturating_add(span).min(size),
+            start,
+            end: start.saturating_add(span).min(size),
             size,
             extents,
         });
-        *slot = Some(w.clone());
+        windows.push_front(w.clone());
+        windows.truncate(MAX_WINDOWS);
         Ok(w)
     }
 
@@ -645,11 +674,8 @@ impl FileReader {
     /// needs cached), with no wait: `None` when anything must be fetched. Call inside
     /// the runtime's context (readahead may start fetches).
     pub fn read_cached(&self, offset: u64, len: u64) -> Option<(Vec<u8>, u64)> {
-        let w = self.window.try_lock().ok()?.clone()?;
         let end = offset.saturating_add(len);
-        if offset < w.start || (end > w.end && w.end < w.size) {
-            return None;
-        }
+        let w = covering(&mut *self.windows.try_lock().ok()?, offset, end)?;
         let end = end.min(w.size);
         if offset >= end {
             return Some((Vec::new(), w.size));

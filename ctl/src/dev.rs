@@ -43,6 +43,11 @@ pub enum DevCmd {
         /// cluster is made; given again, it changes the link's shape. Needs root.
         #[arg(long, value_name = "RTT,BANDWIDTH", value_parser = crate::wan::parse_wan)]
         wan: Option<(u64, u64)>,
+        /// With `--wan`: connections to this port of any site's address from another
+        /// site cross the link too (for a baseline on the same link: an rsync daemon,
+        /// say). Repeatable.
+        #[arg(long, value_name = "PORT", requires = "wan")]
+        wan_forward: Vec<u16>,
     },
     /// The WAN's link proxy (started by `dev up --wan`).
     #[command(hide = true)]
@@ -349,6 +354,8 @@ struct Shape {
     nodes_per_site: u64,
     /// Round trip (ms) and bandwidth (bytes/s) of an emulated WAN between the sites.
     wan: Option<(u64, u64)>,
+    /// Ports of every site carried over the WAN besides the cluster's own.
+    wan_forward: Vec<u16>,
 }
 
 /// A new cluster on an emulated WAN, every address fixed before anything starts (so the
@@ -363,7 +370,8 @@ fn plan_wan_cluster(
         bail!("--wan emulates the link between sites: it needs --sites 2 or more");
     }
     let sites: Vec<String> = (0..shape.sites).map(site_name).collect();
-    let wan = crate::wan::plan(dir, rtt_ms, bandwidth, &sites);
+    let mut wan = crate::wan::plan(dir, rtt_ms, bandwidth, &sites);
+    wan.forward_ports = shape.wan_forward.clone();
     let ip = |site: &str| crate::wan::site_ip(&wan, site).expect("a planned site");
     let meta: Vec<MetaMember> = (1..=shape.meta)
         .map(|id| {
@@ -457,8 +465,11 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
                 dir.display()
             );
         };
-        reshaped = (w.rtt_ms, w.bandwidth) != (rtt_ms, bandwidth);
-        (w.rtt_ms, w.bandwidth) = (rtt_ms, bandwidth);
+        let mut ports = shape.wan_forward.clone();
+        ports.sort_unstable();
+        ports.dedup();
+        reshaped = (w.rtt_ms, w.bandwidth, &w.forward_ports) != (rtt_ms, bandwidth, &ports);
+        (w.rtt_ms, w.bandwidth, w.forward_ports) = (rtt_ms, bandwidth, ports);
         file.save(&file_path)?;
     }
     if file.wan.is_some() {
@@ -758,12 +769,14 @@ pub async fn run(cmd: DevCmd, format: OutputFormat) -> anyhow::Result<()> {
             sites,
             nodes_per_site,
             wan,
+            wan_forward,
         } => {
             let shape = Shape {
                 meta,
                 sites,
                 nodes_per_site,
                 wan,
+                wan_forward,
             };
             up(&dir, shape, format).await
         }

@@ -27,6 +27,10 @@ pub struct WanLink {
     pub key: u32,
     /// The sites, in the order of their hosts on the network.
     pub sites: Vec<String>,
+    /// Ports of every site's address whose connections from other sites cross the link
+    /// too (`dev up --wan-forward`: an rsync daemon, say, for a baseline on the same link).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forward_ports: Vec<u16>,
 }
 
 /// A data node of a local cluster.

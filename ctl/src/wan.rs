@@ -61,6 +61,7 @@ pub fn plan(dir: &Path, rtt_ms: u64, bandwidth: u64, sites: &[String]) -> WanLin
         bandwidth,
         key: key_of(dir),
         sites: sites.to_vec(),
+        forward_ports: Vec::new(),
     }
 }
 
@@ -92,14 +93,26 @@ fn servers(file: &ClusterFile) -> anyhow::Result<Vec<(String, SocketAddr)>> {
         .iter()
         .map(|m| (m.site.clone().unwrap_or_default(), m.addr.as_str()));
     let data = file.data.iter().map(|d| (d.site.clone(), d.addr.as_str()));
-    meta.chain(data)
+    let mut out: Vec<(String, SocketAddr)> = meta
+        .chain(data)
         .map(|(site, addr)| {
             let addr = addr
                 .parse()
                 .with_context(|| format!("{addr:?} in cluster.toml is not an address"))?;
             Ok((site, addr))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    // Forwarded ports last, so the servers' proxy ports stay where they were.
+    if let Some(w) = &file.wan {
+        for site in &w.sites {
+            for port in &w.forward_ports {
+                if let Some(ip) = site_ip(w, site) {
+                    out.push((site.clone(), SocketAddr::from((ip, *port))));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Make the network (again, after `dev down` or a reboot) or open it, and point every

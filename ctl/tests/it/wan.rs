@@ -119,3 +119,204 @@ fn the_demo_runs_on_a_dev_cluster_across_an_emulated_wan() {
         assert!(!netns.contains(name), "{name} left after dev down: {netns}");
     }
 }
+
+fn sqlite(db: &std::path::Path, sql: &str) -> String {
+    let out = std::process::Command::new("sqlite3")
+        .arg("-batch")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("run sqlite3");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Rows of the database: 210,000 of about 1 KiB (over 200 MiB on disk).
+const ROWS: u64 = 210_000;
+
+/// `count|sum(v)` of ids `lo..=hi` as the database was built.
+fn expected(lo: u64, hi: u64) -> String {
+    let sum: u64 = (lo..=hi).map(|i| (i * 7919) % 10007).sum();
+    format!("{}|{sum}", hi - lo + 1)
+}
+
+/// A live SQLite database of 200 MiB, written at site-a until it moves, moves to site-b
+/// across the emulated WAN: site-b answers a query at once and right while it holds
+/// fewer than half of the database's chunks; it writes; once the data has followed,
+/// both sites read the same whole database; site-b rewrites 5% of the rows and the
+/// database moves back, and site-a fetches about 5% of it.
+#[test]
+fn a_live_200_mib_database_moves_across_the_wan_and_back() {
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| eprintln!("[{:6.1} s] {what}", t0.elapsed().as_secs_f64());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let dir = dir.to_str().unwrap();
+    let _down = Down(dir);
+    must_ok(&["dev", "up", "--dir", dir, "--wan", "20ms,200mbit"]);
+    let config = format!("{dir}/cluster.toml");
+    let (a, b) = (
+        std::path::PathBuf::from(format!("{dir}/mnt/site-a/db")),
+        std::path::PathBuf::from(format!("{dir}/mnt/site-b/db")),
+    );
+    std::fs::create_dir(&a).unwrap();
+    must_ok(&[
+        "--config", &config, "subtree", "create", "/db", "--owner", "site-a",
+    ]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while must_json(&["--config", &config, "subtree", "status", "/db"])["lease_left_ms"]
+        .as_i64()
+        .unwrap_or(0)
+        <= 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "site-a never got a lease"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    phase("cluster up, /db owned by site-a");
+    let db_a = a.join("live.db");
+    sqlite(
+        &db_a,
+        &format!(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, k INT, v INT, pad BLOB);
+             WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < {ROWS})
+             INSERT INTO t SELECT i, i % 977, (i * 7919) % 10007, randomblob(1000) FROM s;"
+        ),
+    );
+    let size = std::fs::metadata(&db_a).unwrap().len();
+    assert!(size >= 200 << 20, "the database is {size} bytes");
+
+    phase("database built");
+    // Writes at site-a until the application stops there and the subtree moves.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (db, stop) = (db_a.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = 1_000_000 + n;
+                sqlite(
+                    &db,
+                    &format!("INSERT INTO t VALUES ({id}, 0, 1, randomblob(1000));"),
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written_at_a = writer.join().unwrap();
+    assert!(written_at_a > 0);
+    must_ok(&[
+        "--config", &config, "subtree", "move", "/db", "--to", "site-b", "--data", "eager",
+    ]);
+
+    phase("moved to site-b");
+    // Site-b answers at once, right, while most of the data is still at site-a.
+    let db_b = b.join("live.db");
+    assert_eq!(
+        sqlite(
+            &db_b,
+            "SELECT count(*), sum(v) FROM t WHERE id BETWEEN 100000 AND 100999;"
+        ),
+        expected(100_000, 100_999)
+    );
+    let held_at_b = crate::operate::chunk_files(std::path::Path::new(&format!("{dir}/data-site-b")))
+        .len() as u64;
+    let status = must_json(&["--config", &config, "subtree", "status", "/db"]);
+    let chunks = status["usage"]["chunks"].as_u64().unwrap();
+    assert!(
+        held_at_b * 2 < chunks,
+        "site-b held {held_at_b} of the database's {chunks} chunks when it answered"
+    );
+    phase("site-b answered");
+    // It writes, and the data follows.
+    sqlite(
+        &db_b,
+        "INSERT INTO t SELECT 2000000 + id, 0, 1, randomblob(1000) FROM t WHERE id <= 100;",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        let rows = must_json(&["--config", &config, "replication", "status", "/db"]);
+        let caught_up = rows.as_array().unwrap().iter().any(|r| {
+            r["site"] == "site-b"
+                && r["chunks_to_go"] == 0
+                && r["cursor"].as_u64() >= r["head"].as_u64()
+                && !r["reported_ms_ago"].is_null()
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "site-b never caught up: {rows}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    phase("the data followed");
+    let total_rows = ROWS + written_at_a + 100;
+    for db in [&db_b, &db_a] {
+        assert_eq!(
+            sqlite(db, "PRAGMA integrity_check;"),
+            "ok",
+            "{}",
+            db.display()
+        );
+        assert_eq!(
+            sqlite(db, "SELECT count(*) FROM t;"),
+            total_rows.to_string(),
+            "{}",
+            db.display()
+        );
+        assert_eq!(
+            sqlite(db, "SELECT count(*), sum(v) FROM t WHERE id <= 210000;"),
+            expected(1, ROWS)
+        );
+    }
+
+    phase("both sites read it whole");
+    // Site-b rewrites 5% of the rows; moving back sends about that much.
+    sqlite(
+        &db_b,
+        &format!(
+            "UPDATE t SET pad = randomblob(1000) WHERE id <= {};",
+            ROWS / 20
+        ),
+    );
+    let status = must_json(&["dev", "status", "--dir", dir]);
+    let data_a = crate::operate::metrics_of(&status, "data-site-a");
+    let received = "mobilus_data_bytes_received_total";
+    let before = crate::operate::sample(&crate::operate::must_scrape(&data_a), received);
+    must_ok(&[
+        "--config", &config, "subtree", "move", "/db", "--to", "site-a", "--data", "eager",
+        "--wait",
+    ]);
+    phase("moved back with its data");
+    // (The counter is published once a second.)
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let fetched = crate::operate::sample(&crate::operate::must_scrape(&data_a), received) - before;
+    let share = fetched / size as f64;
+    eprintln!(
+        "moving back after changing 5% of the rows: site-a fetched {:.1} MiB of {:.1} MiB ({:.1}%)",
+        fetched / f64::from(1u32 << 20),
+        size as f64 / f64::from(1u32 << 20),
+        share * 100.0
+    );
+    assert!(
+        (0.02..=0.10).contains(&share),
+        "moving back fetched {:.1}% of the database",
+        share * 100.0
+    );
+    assert_eq!(
+        sqlite(&db_a, "SELECT count(*) FROM t;"),
+        total_rows.to_string()
+    );
+}
