@@ -86,7 +86,7 @@ for size in "${SIZES[@]}"; do
 
   echo "==> $size MiB: mobilus move"
   t0=$(now)
-  moved=$("$ctl" --config "$cfg" subtree move "/$name" --to site-b --data eager)
+  moved=$("$ctl" --config "$cfg" subtree move "/$name" --to site-b --data eager 2>&1)
   t_moved=$(now)
   got=$(dd if="$DEV/mnt/site-b/$name/$last" bs=4096 skip=$((off / 4096)) count=1 status=none | md5sum)
   t_first=$(now)
@@ -101,6 +101,7 @@ print(int(bool(rows) and all(r["chunks_to_go"] == 0 and r["cursor"] >= r["head"]
   done
   t_all=$(now)
   move_ms=$(echo "$moved" | sed -n 's/.* in \([0-9.]*\) ms.*/\1/p')
+  [ -n "$move_ms" ] || move_ms=0
 
   echo "==> $size MiB: rsync -a over the same link"
   mkdir -p "$WORK/dst-$name"
@@ -117,6 +118,7 @@ print(int(bool(rows) and all(r["chunks_to_go"] == 0 and r["cursor"] >= r["head"]
   [ -n "$r_first" ] || r_first=$r_all
   cmp -s "$WORK/src/$name/$last" "$WORK/dst-$name/$last" || { echo "rsync copy differs" >&2; exit 1; }
   rows+=("$size $move_ms $(ms "$t0" "$t_first") $(ms "$t0" "$t_all") $(ms "$r0" "$r_first") $(ms "$r0" "$r_all")")
+  echo "    ${rows[-1]}   (MiB, move ms, first read ms, all at B ms, rsync first file ms, rsync all ms)"
   rm -rf "$WORK/dst-$name" "$WORK/src/$name"
 done
 
