@@ -1,7 +1,8 @@
 //! The pictures of a run, from its folder's `history.jsonl` and `results.json`: a
 //! timeline of every operation per process (coloured by outcome) with the fault windows
 //! shaded, latency over time, and throughput, as SVG (plotters), and `index.html` linking
-//! them with the verdict.
+//! them with the verdict. Text is measured with DejaVu Sans from the system's fonts
+//! (`fonts-dejavu-core`, which `scripts/prereqs.sh` installs), through plotters' ab_glyph.
 
 use std::path::Path;
 
@@ -20,6 +21,26 @@ pub enum ReportError {
     Draw(&'static str, String),
     #[error("results.json: {0}")]
     Results(String),
+    #[error("{0}")]
+    Font(String),
+}
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// Give plotters its "sans-serif" (once per process): with ab_glyph it lays out text only
+/// with fonts registered by name. (`mobilusctl`'s demo plot does the same for its PNG.)
+fn register_font() -> Result<(), ReportError> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let bytes =
+            std::fs::read(FONT).map_err(|e| format!("{FONT}: {e} (install fonts-dejavu-core)"))?;
+        // plotters keeps a registered font for the life of the process.
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes)
+            .map_err(|_| format!("{FONT} is not a font plotters can read"))
+    })
+    .clone()
+    .map_err(ReportError::Font)
 }
 
 const OK: RGBColor = RGBColor(46, 160, 67);
@@ -250,6 +271,7 @@ fn escape(s: &str) -> String {
 
 /// Draw the report of the run in `dir` (it must hold `history.jsonl`).
 pub fn write(dir: &Path) -> Result<(), ReportError> {
+    register_font()?;
     let history = History::read_jsonl(&dir.join("history.jsonl"))?;
     let ops = history.operations()?;
     let faults = windows(&history);
