@@ -68,11 +68,16 @@ fn the_demo_runs_on_a_dev_cluster_across_an_emulated_wan() {
             .stdout,
     )
     .unwrap();
-    let ours: Vec<&str> = netns
+    // This cluster's namespaces (another test's cluster may be up meanwhile).
+    let toml = std::fs::read_to_string(format!("{dir}/cluster.toml")).unwrap();
+    let key: u32 = toml
         .lines()
-        .filter(|l| l.starts_with("md-") && (l.contains("-site-a") || l.contains("-site-b")))
-        .collect();
-    assert!(ours.len() >= 2, "{netns}");
+        .find_map(|l| l.strip_prefix("key = "))
+        .and_then(|k| k.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no WAN key in cluster.toml: {toml}"));
+    let prefix = format!("md-{key:04x}-");
+    let ours: Vec<&str> = netns.lines().filter(|l| l.starts_with(&prefix)).collect();
+    assert_eq!(ours.len(), 2, "{netns}");
 
     // The story, across the WAN.
     let demo = must_ok(&["dev", "demo", "--dir", dir]);
