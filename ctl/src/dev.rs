@@ -372,18 +372,21 @@ fn plan_wan_cluster(
     let sites: Vec<String> = (0..shape.sites).map(site_name).collect();
     let mut wan = crate::wan::plan(dir, rtt_ms, bandwidth, &sites);
     wan.forward_ports = shape.wan_forward.clone();
-    let ip = |site: &str| crate::wan::site_ip(&wan, site).expect("a planned site");
+    let ip = |site: &str| {
+        crate::wan::site_ip(&wan, site)
+            .with_context(|| format!("{site} is not among the WAN's sites"))
+    };
     let meta: Vec<MetaMember> = (1..=shape.meta)
         .map(|id| {
             let site = &sites[(id as usize - 1) % sites.len()];
-            MetaMember {
+            Ok(MetaMember {
                 id,
-                addr: format!("{}:{}", ip(site), crate::wan::META_PORT + id as u16),
+                addr: format!("{}:{}", ip(site)?, crate::wan::META_PORT + id as u16),
                 dir: dir.join(format!("meta-{id}")),
                 site: Some(site.clone()),
-            }
+            })
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let mut data = Vec::new();
     let mut mounts = Vec::new();
     for site in &sites {
@@ -394,7 +397,7 @@ fn plan_wan_cluster(
             };
             data.push(DataMember {
                 site: site.clone(),
-                addr: format!("{}:{}", ip(site), crate::wan::DATA_PORT + k as u16),
+                addr: format!("{}:{}", ip(site)?, crate::wan::DATA_PORT + k as u16),
                 dir: dir.join(name),
             });
         }

@@ -10,6 +10,7 @@ use mobilus_meta_client::MetaClient;
 use nix::sys::signal::Signal;
 
 use crate::cluster::{Mount, Opts, TwoSites};
+use crate::locks::{must_open, set};
 
 /// Wait until `mount`'s log has `needle` in it.
 fn must_log(mount: &Mount, needle: &str, within: Duration) {
@@ -60,6 +61,19 @@ fn must_answer_with_metadata_paused<T: Send + 'static>(
     panic!("the mount waited for the paused metadata service, three times");
 }
 
+/// Make `/app` (through `mount`, of site-a) a subtree site-a owns, with its lease.
+pub(crate) async fn must_own_app(meta: &MetaClient, mount: &Mount) {
+    let app = mount.point.join("app");
+    std::fs::create_dir(&app).unwrap();
+    let root = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&app).unwrap());
+    meta.create_subtree(root, "site-a").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !meta.subtree(root, false).await.unwrap().lease_valid() {
+        assert!(Instant::now() < deadline, "site-a never got a lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A cluster whose metadata members run with `meta_args`, and a mount of site-a that
 /// holds the delegation of `/app` (holding `f` = "one" and `d/`) and has cached it.
 async fn holder_with_a_warm_cache(meta_args: &[&str]) -> (TwoSites, Mount, MetaClient) {
@@ -71,14 +85,7 @@ async fn holder_with_a_warm_cache(meta_args: &[&str]) -> (TwoSites, Mount, MetaC
     let a1 = sites.mount("site-a");
     let meta = MetaClient::connect(&sites.meta_addrs).unwrap();
     let app = a1.point.join("app");
-    std::fs::create_dir(&app).unwrap();
-    let root = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&app).unwrap());
-    meta.create_subtree(root, "site-a").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !meta.subtree(root, false).await.unwrap().lease_valid() {
-        assert!(Instant::now() < deadline, "site-a never got a lease");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    must_own_app(&meta, &a1).await;
 
     // a1 touches the subtree: it asks for the delegation and gets it.
     std::fs::write(app.join("f"), b"one").unwrap();
@@ -515,18 +522,6 @@ async fn the_holders_own_changes_keep_its_cache_exact_and_filled() {
     assert_eq!(report.problems, Vec::<String>::new());
 }
 
-/// A whole-file fcntl lock of `typ` on `f`, without waiting (Err: refused).
-fn try_lock(f: &std::fs::File, typ: i32) -> nix::Result<libc::c_int> {
-    let l = libc::flock {
-        l_type: typ as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    nix::fcntl::fcntl(f, nix::fcntl::FcntlArg::F_SETLK(&l))
-}
-
 /// The holder grants locks in its subtree itself (no metadata round: its lock session
 /// holds nothing at the metadata); a second mount's lock recalls the delegation, the
 /// holder hands its locks to the metadata before giving it back, and the second mount
@@ -535,13 +530,9 @@ fn try_lock(f: &std::fs::File, typ: i32) -> nix::Result<libc::c_int> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_holder_grants_locks_itself_and_hands_them_over_at_a_recall() {
     let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
-    let f1 = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(a1.point.join("app/f"))
-        .unwrap();
+    let f1 = must_open(&a1.point.join("app/f"));
     let ino = std::os::unix::fs::MetadataExt::ino(&f1.metadata().unwrap());
-    try_lock(&f1, libc::F_WRLCK).expect("the holder's lock");
+    set(&f1, libc::F_WRLCK).expect("the holder's lock");
     let at_metadata = || {
         let meta = meta.clone();
         async move {
@@ -564,13 +555,9 @@ async fn the_holder_grants_locks_itself_and_hands_them_over_at_a_recall() {
     std::os::unix::fs::FileExt::write_at(&f1, b"two", 0).unwrap();
 
     let a2 = sites.mount("site-a");
-    let f2 = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(a2.point.join("app/f"))
-        .unwrap();
+    let f2 = must_open(&a2.point.join("app/f"));
     assert_eq!(
-        try_lock(&f2, libc::F_RDLCK),
+        set(&f2, libc::F_RDLCK),
         Err(nix::errno::Errno::EAGAIN),
         "a second mount got a lock the holder had granted"
     );
@@ -588,7 +575,7 @@ async fn the_holder_grants_locks_itself_and_hands_them_over_at_a_recall() {
     }
     drop(f1); // the close drops the lock, now at the metadata
     let deadline = Instant::now() + Duration::from_secs(10);
-    while try_lock(&f2, libc::F_WRLCK).is_err() {
+    while set(&f2, libc::F_WRLCK).is_err() {
         assert!(
             Instant::now() < deadline,
             "never granted after the holder's close"
@@ -606,20 +593,12 @@ async fn the_holder_grants_locks_itself_and_hands_them_over_at_a_recall() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_delegation_check_two_mounts_hold_one_write_lock() {
     let (sites, a1, _meta) = holder_with_a_warm_cache(&["--unsafe-no-delegation-check"]).await;
-    let f1 = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(a1.point.join("app/f"))
-        .unwrap();
-    try_lock(&f1, libc::F_WRLCK).expect("the holder's lock");
+    let f1 = must_open(&a1.point.join("app/f"));
+    set(&f1, libc::F_WRLCK).expect("the holder's lock");
     let a2 = sites.mount("site-a");
-    let f2 = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(a2.point.join("app/f"))
-        .unwrap();
+    let f2 = must_open(&a2.point.join("app/f"));
     assert!(
-        try_lock(&f2, libc::F_WRLCK).is_ok(),
+        set(&f2, libc::F_WRLCK).is_ok(),
         "the broken switch was not caught: the second mount was refused"
     );
 }

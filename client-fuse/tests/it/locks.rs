@@ -24,11 +24,11 @@ fn whole(typ: i32) -> libc::flock {
     }
 }
 
-fn set(f: &File, typ: i32) -> nix::Result<libc::c_int> {
+pub(crate) fn set(f: &File, typ: i32) -> nix::Result<libc::c_int> {
     fcntl(f, FcntlArg::F_SETLK(&whole(typ)))
 }
 
-fn must_open(path: &Path) -> File {
+pub(crate) fn must_open(path: &Path) -> File {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -161,15 +161,7 @@ async fn two_sqlite_writers_in_a_delegated_subtree_keep_the_database_whole() {
     let sites = TwoSites::start().await;
     let meta = mobilus_meta_client::MetaClient::connect(&sites.meta_addrs).unwrap();
     let probe = sites.mount("site-a");
-    let app = probe.point.join("app");
-    std::fs::create_dir(&app).unwrap();
-    let root = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&app).unwrap());
-    meta.create_subtree(root, "site-a").await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !meta.subtree(root, false).await.unwrap().lease_valid() {
-        assert!(Instant::now() < deadline, "site-a never got a lease");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::delegation::must_own_app(&meta, &probe).await;
     drop(probe);
     two_sqlite_writers(&sites, "app/").await;
 }

@@ -3,6 +3,15 @@
 
 use crate::{ctl, must_json, must_ok, Down};
 
+/// What `ip netns list` prints.
+fn netns_list() -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("run ip netns list");
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
 /// The number before `suffix` at its first match in `text` (after the last space).
 fn figure_before(text: &str, suffix: &str) -> f64 {
     let at = text
@@ -60,14 +69,7 @@ fn the_demo_runs_on_a_dev_cluster_across_an_emulated_wan() {
     // A second network namespace per site exists while the cluster is up.
     let key = all.iter().find(|p| p["name"] == "wan-link").unwrap();
     assert_eq!(key["kind"], "wan");
-    let netns = String::from_utf8(
-        std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let netns = netns_list();
     // This cluster's namespaces (another test's cluster may be up meanwhile).
     let toml = std::fs::read_to_string(format!("{dir}/cluster.toml")).unwrap();
     let key: u32 = toml
@@ -111,14 +113,7 @@ fn the_demo_runs_on_a_dev_cluster_across_an_emulated_wan() {
     // Down removes the network with the processes.
     let out = must_ok(&["dev", "down", "--dir", dir]);
     assert!(out.contains("stopped 8"), "{out}");
-    let netns = String::from_utf8(
-        std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let netns = netns_list();
     for ns in ours {
         let name = ns.split_whitespace().next().unwrap();
         assert!(!netns.contains(name), "{name} left after dev down: {netns}");

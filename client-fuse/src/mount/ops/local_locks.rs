@@ -35,6 +35,17 @@ struct LocalFile {
     owners: HashMap<u64, Vec<HeldLock>>,
 }
 
+impl LocalFile {
+    /// The first lock of an owner other than `owner` that refuses `kind` on `start..=end`.
+    fn conflict(&self, owner: u64, start: u64, end: u64, kind: LockKind) -> Option<&HeldLock> {
+        self.owners
+            .iter()
+            .filter(|(o, _)| **o != owner)
+            .flat_map(|(_, held)| held.iter())
+            .find(|h| h.conflicts(start, end, kind))
+    }
+}
+
 /// The table of locks granted here.
 #[derive(Default)]
 pub(super) struct LocalLocks {
@@ -133,11 +144,7 @@ impl MountFs {
                     subtree,
                     owners: HashMap::new(),
                 });
-                let refused = file
-                    .owners
-                    .iter()
-                    .filter(|(o, _)| **o != owner)
-                    .any(|(_, held)| held.iter().any(|h| h.conflicts(start, end, kind)));
+                let refused = file.conflict(owner, start, end, kind).is_some();
                 if !refused {
                     let held = file.owners.remove(&owner).unwrap_or_default();
                     let next = HeldLock::apply(held, start, end, kind, pid);
@@ -190,14 +197,7 @@ impl MountFs {
         let Some(file) = t.files.get(&ino) else {
             return Some(None);
         };
-        Some(
-            file.owners
-                .iter()
-                .filter(|(o, _)| **o != owner)
-                .flat_map(|(_, held)| held.iter())
-                .find(|h| h.conflicts(start, end, kind))
-                .copied(),
-        )
+        Some(file.conflict(owner, start, end, kind).copied())
     }
 
     /// Drop `start..=end` of `owner`'s local locks on `ino`; false if it holds none here
