@@ -120,6 +120,10 @@ pub struct DataOptions {
     /// How long after its first read of a subtree this client records the blocks it
     /// reads there, as the subtree's access profile (`None`: never).
     pub profile_window: Option<std::time::Duration>,
+    /// A metadata member at this client's site: reads of subtrees whose delegation this
+    /// client's mount holds go there, with no round to a distant leader
+    /// ([`MetaClient::set_holder_reads`]).
+    pub near_meta: Option<String>,
 }
 
 impl Default for DataOptions {
@@ -127,6 +131,7 @@ impl Default for DataOptions {
         DataOptions {
             block_cache_bytes: 256 << 20,
             profile_window: Some(crate::profile::DEFAULT_WINDOW),
+            near_meta: None,
         }
     }
 }
@@ -190,6 +195,7 @@ impl Client {
         // owner change it.
         let opts = mobilus_meta_client::ClientOptions {
             site: Some(site.to_string()),
+            near: data.near_meta.clone(),
             ..Default::default()
         };
         let meta = MetaClient::new(meta_addrs, opts)?;

@@ -67,10 +67,12 @@ pub enum DevCmd {
         #[arg(long, default_value = ".mobilus-dev")]
         dir: PathBuf,
     },
-    /// The story so far, narrated as it runs on the local cluster (under a minute).
+    /// The story so far, narrated as it runs on the local cluster (a minute or two).
     Demo {
         #[arg(long, default_value = ".mobilus-dev")]
         dir: PathBuf,
+        #[command(flatten)]
+        postgres: crate::demo::PgArgs,
     },
 }
 
@@ -322,10 +324,16 @@ fn start_data(
     )
 }
 
-fn start_mount(bin: &Path, m: &MountMember, metas: &str, place: &Place) -> anyhow::Result<()> {
+fn start_mount(
+    bin: &Path,
+    m: &MountMember,
+    metas: &str,
+    near: Option<&str>,
+    place: &Place,
+) -> anyhow::Result<()> {
     clear_mount(&m.mountpoint);
     std::fs::create_dir_all(&m.mountpoint)?;
-    let args: Vec<String> = vec![
+    let mut args: Vec<String> = vec![
         "--site".into(),
         m.site.clone(),
         "--meta".into(),
@@ -335,6 +343,9 @@ fn start_mount(bin: &Path, m: &MountMember, metas: &str, place: &Place) -> anyho
         "3".into(),
         m.mountpoint.to_string_lossy().into_owned(),
     ];
+    if let Some(addr) = near {
+        args.extend(["--near-meta".into(), addr.into()]);
+    }
     spawn(
         bin,
         &format!("mobilus-mount {}", m.site),
@@ -563,7 +574,14 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
         let mount_bin = binary("mobilus-mount")?;
         for m in &file.mounts {
             if running_pid(&m.dir).is_none() {
-                start_mount(&mount_bin, m, &metas, &Place::of(&file, Some(&m.site)))?;
+                // Across a WAN, the holder of a delegation reads at its own site.
+                let near = file
+                    .meta
+                    .iter()
+                    .find(|x| x.site.as_deref() == Some(m.site.as_str()))
+                    .map(|x| x.addr.as_str());
+                let place = Place::of(&file, Some(&m.site));
+                start_mount(&mount_bin, m, &metas, near, &place)?;
             }
         }
     }
@@ -786,6 +804,6 @@ pub async fn run(cmd: DevCmd, format: OutputFormat) -> anyhow::Result<()> {
         DevCmd::Link { dir, ready_file } => crate::wan::run_link(&dir, &ready_file).await,
         DevCmd::Status { dir } => status(&dir, format).await,
         DevCmd::Down { dir } => down(&dir),
-        DevCmd::Demo { dir } => crate::demo::run(&dir).await,
+        DevCmd::Demo { dir, postgres } => crate::demo::run(&dir, postgres).await,
     }
 }

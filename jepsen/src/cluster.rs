@@ -42,6 +42,9 @@ pub struct Bugs {
     /// Any mount may change a delegated subtree without recalling the delegation
     /// (`--unsafe-no-delegation-check`).
     pub no_delegation_check: bool,
+    /// A delegation holder's read at a member answers from whatever that member has
+    /// applied (`--unsafe-holder-reads-ignore-applied`).
+    pub holder_reads_ignore_applied: bool,
     /// Data nodes: replication takes fetches that failed as done
     /// (`--unsafe-skip-failed-fetches`).
     pub skip_failed_fetches: bool,
@@ -71,6 +74,9 @@ impl Bugs {
         }
         if self.no_delegation_check {
             args.push("--unsafe-no-delegation-check".to_string());
+        }
+        if self.holder_reads_ignore_applied {
+            args.push("--unsafe-holder-reads-ignore-applied".to_string());
         }
         args
     }

@@ -81,6 +81,10 @@ enum Command {
         /// subtree without recalling the delegation (the deliberate caching bug).
         #[arg(long, hide = true)]
         unsafe_no_delegation_check: bool,
+        /// TEST ONLY: start the metadata members answering a delegation holder's read
+        /// from whatever they have applied (the deliberate holder-read bug).
+        #[arg(long, hide = true)]
+        unsafe_holder_reads_ignore_applied: bool,
         /// TEST ONLY: start the data nodes taking replication fetches that failed as
         /// done (the deliberate replication bug).
         #[arg(long, hide = true)]
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
             unsafe_read_lease_ms,
             unsafe_no_ownership_check,
             unsafe_no_delegation_check,
+            unsafe_holder_reads_ignore_applied,
             unsafe_skip_failed_fetches,
         } => {
             let seed = seed.unwrap_or_else(|| {
@@ -272,6 +277,7 @@ fn main() -> ExitCode {
                     read_lease_ms: unsafe_read_lease_ms,
                     no_ownership_check: unsafe_no_ownership_check,
                     no_delegation_check: unsafe_no_delegation_check,
+                    holder_reads_ignore_applied: unsafe_holder_reads_ignore_applied,
                     skip_failed_fetches: unsafe_skip_failed_fetches,
                 },
                 nemesis_interval: Duration::from_secs(nemesis_interval.max(1)),

@@ -125,6 +125,8 @@ pub struct RunSummary {
     #[serde(default)]
     pub unsafe_no_delegation_check: bool,
     #[serde(default)]
+    pub unsafe_holder_reads_ignore_applied: bool,
+    #[serde(default)]
     pub unsafe_skip_failed_fetches: bool,
     /// The delegation workload: how stale a read was allowed to be.
     #[serde(default)]
@@ -789,6 +791,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         staleness: None,
         unsafe_no_ownership_check: opts.bugs.no_ownership_check,
         unsafe_no_delegation_check: opts.bugs.no_delegation_check,
+        unsafe_holder_reads_ignore_applied: opts.bugs.holder_reads_ignore_applied,
         unsafe_skip_failed_fetches: opts.bugs.skip_failed_fetches,
         staleness_bound_ms: (opts.workload == Workload::Delegation)
             .then_some(STALENESS_BOUND.as_millis() as u64),

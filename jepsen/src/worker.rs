@@ -334,6 +334,7 @@ pub async fn serve(
         connect_timeout: (rpc_timeout / 4).min(Duration::from_millis(500)),
         retry_ambiguous: false,
         site: issuer.site,
+        near: None,
     };
     let state = Arc::new(State {
         client: MetaClient::new(&meta, opts)?,

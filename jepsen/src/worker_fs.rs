@@ -97,6 +97,9 @@ impl OwnedMount {
         self.child.id()
     }
 
+    /// A mount of `site` on the members `meta`; the first is its home member, where the
+    /// reads of the subtrees whose delegation it holds go (`--near-meta`), so that they
+    /// meet the nemesis too.
     pub fn start(
         bin: &Path,
         site: &str,
@@ -106,8 +109,12 @@ impl OwnedMount {
         std::fs::create_dir_all(mountpoint)?;
         let ready = mountpoint.with_extension("ready");
         let _ = std::fs::remove_file(&ready);
-        let child = Command::new(bin)
-            .args(["--site", site, "--meta", &meta.join(",")])
+        let mut cmd = Command::new(bin);
+        cmd.args(["--site", site, "--meta", &meta.join(",")]);
+        if let Some(home) = meta.first() {
+            cmd.args(["--near-meta", home]);
+        }
+        let child = cmd
             .arg("--ready-file")
             .arg(&ready)
             .arg(mountpoint)

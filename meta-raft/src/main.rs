@@ -67,6 +67,10 @@ struct Args {
     /// recalling it first (a deliberate bug: a close there is not seen by an open here).
     #[arg(long, hide = true)]
     unsafe_no_write_back_recall: bool,
+    /// TEST ONLY: answer a delegation holder's read from whatever this member has
+    /// applied (a deliberate bug: the holder may not see its own last writes).
+    #[arg(long, hide = true)]
+    unsafe_holder_reads_ignore_applied: bool,
     /// TEST ONLY: let a subtree change while a clone copies it (a deliberate bug: the
     /// copy then mixes moments of its source).
     #[arg(long, hide = true)]
@@ -153,6 +157,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--unsafe-no-delegation-check: any mount may change a delegated subtree (a test-only bug)"
         );
         mobilus_meta::namespace::disable_delegation_check_for_tests();
+    }
+    if args.unsafe_holder_reads_ignore_applied {
+        tracing::warn!(
+            "--unsafe-holder-reads-ignore-applied: holders' reads here may miss their own writes (a test-only bug)"
+        );
+        mobilus_meta::server::holder_reads_ignore_applied_for_tests(true);
     }
     if args.unsafe_no_write_back_recall {
         tracing::warn!(

@@ -18,6 +18,12 @@ pub const ERROR_KEY: &str = "x-mobilus-error";
 pub const LEADER_KEY: &str = "x-mobilus-leader";
 /// Request metadata marking a request already forwarded once by a follower.
 pub const FORWARDED_KEY: &str = "x-mobilus-forwarded";
+/// A metadata reply: a log index its answer is as new as (the metadata's
+/// `server/applied.rs`).
+pub const APPLIED_KEY: &str = "x-mobilus-applied";
+/// A delegation holder's read at a member of its site: the index that member must have
+/// applied before it answers from its own state.
+pub const NEAR_APPLIED_KEY: &str = "x-mobilus-near-applied";
 
 /// An errno, as Linux numbers it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]

@@ -38,6 +38,11 @@ struct Args {
     /// reads it (default 10; 0: never).
     #[arg(long)]
     profile_window_secs: Option<u64>,
+    /// A metadata member at this mount's site (host:port): reads of subtrees whose
+    /// delegation this mount holds go there, answered from its state with no round to a
+    /// leader at another site.
+    #[arg(long)]
+    near_meta: Option<String>,
     /// Never ask for the delegation of a subtree this site owns (no authoritative
     /// caching: every mount then keeps the short TTLs).
     #[arg(long)]
@@ -122,6 +127,7 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
         }
         data.profile_window = (secs > 0).then(|| Duration::from_secs(secs));
     }
+    data.near_meta = args.near_meta.clone();
     Ok(Settings {
         site,
         meta,

@@ -180,6 +180,14 @@ impl MountFs {
     pub fn start_background(self: &Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(self));
         self.locks.set_owner(Arc::downgrade(self));
+        // The delegation's holder reads what it holds at its own site's member.
+        let me = Arc::downgrade(self);
+        self.client
+            .meta()
+            .set_holder_reads(Arc::new(move |subtree| {
+                me.upgrade()
+                    .is_some_and(|fs| fs.deleg.trusted(subtree).is_some())
+            }));
     }
 
     /// Make the kernel ask for `ino`'s attributes again (not its pages: an open without

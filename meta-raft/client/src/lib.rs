@@ -37,7 +37,7 @@ pub struct ReservedCreate {
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ use mobilus_proto::fs::{
 };
 use mobilus_proto::pb;
 use mobilus_proto::pb::meta_client::MetaClient as PbMetaClient;
-use mobilus_proto::status::{Errno, WireError};
+use mobilus_proto::status::{Errno, WireError, APPLIED_KEY, NEAR_APPLIED_KEY};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -155,6 +155,9 @@ pub struct ClientOptions {
     /// only a subtree's owner site change it. `None`: a tool of no site, which may change
     /// only the shared root subtree.
     pub site: Option<String>,
+    /// A member at this client's site: the reads of a delegation's holder go there first
+    /// ([`MetaClient::set_holder_reads`]).
+    pub near: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -165,6 +168,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(1),
             retry_ambiguous: true,
             site: None,
+            near: None,
         }
     }
 }
@@ -183,6 +187,45 @@ struct Inner {
     /// The owner of each subtree as the last lookup or getattr of one of its inodes saw
     /// it (shared by clones: see [`MetaClient::owner_seen`]).
     owners: Arc<Mutex<HashMap<mobilus_proto::fs::SubtreeId, String>>>,
+    /// The largest log index a reply has said it is as new as (shared by clones).
+    applied_seen: Arc<AtomicU64>,
+    /// Which subtrees' reads may go to the nearby member ([`MetaClient::set_holder_reads`]).
+    holder_reads: Arc<Mutex<Option<HolderReads>>>,
+    /// The subtree of each inode as the last reply showing it said (shared by clones).
+    subtrees: Arc<Mutex<HashMap<InodeId, mobilus_proto::fs::SubtreeId>>>,
+}
+
+/// Says whether this client holds a subtree's delegation now.
+pub type HolderReads = Arc<dyn Fn(mobilus_proto::fs::SubtreeId) -> bool + Send + Sync>;
+
+/// Most inodes whose subtree is remembered (past it, all are forgotten).
+const MAX_SUBTREES_SEEN: usize = 65536;
+
+/// A holder's read at the nearby member gives way to the usual read after this long (the
+/// member waits up to 1 s to apply what the holder has seen).
+const NEAR_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// The log index a reply says it is as new as.
+fn applied_of<R>(reply: &tonic::Response<R>) -> Option<u64> {
+    reply
+        .metadata()
+        .get(APPLIED_KEY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `msg` as a request, asking the member to have applied `near` first if given.
+fn near_request<M>(msg: M, near: Option<u64>) -> tonic::Request<M> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(index) = near {
+        req.metadata_mut().insert(
+            NEAR_APPLIED_KEY,
+            tonic::metadata::MetadataValue::from(index),
+        );
+    }
+    req
 }
 
 /// A client of the metadata cluster. Cheap to clone; clones share channels.
@@ -250,7 +293,9 @@ impl MetaClient {
                 "no address given".into(),
             ));
         }
-        for e in &endpoints {
+        let mut opts = opts;
+        opts.near = opts.near.as_deref().map(normalize);
+        for e in endpoints.iter().chain(&opts.near) {
             Endpoint::from_shared(format!("http://{e}"))
                 .map_err(|err| ClientError::BadAddress(e.clone(), err.to_string()))?;
         }
@@ -263,6 +308,9 @@ impl MetaClient {
                 opts,
                 session: std::sync::atomic::AtomicU64::new(0),
                 owners: Arc::default(),
+                applied_seen: Arc::default(),
+                holder_reads: Arc::default(),
+                subtrees: Arc::default(),
             }),
         })
     }
@@ -308,6 +356,9 @@ impl MetaClient {
                 opts,
                 session: std::sync::atomic::AtomicU64::new(0),
                 owners: self.inner.owners.clone(),
+                applied_seen: self.inner.applied_seen.clone(),
+                holder_reads: self.inner.holder_reads.clone(),
+                subtrees: self.inner.subtrees.clone(),
             }),
         };
         client.set_session(self.session());
@@ -381,10 +432,14 @@ impl MetaClient {
 
     /// Run `f` against the leader (or any member for stale reads), following redirects
     /// and retrying while the cluster is unavailable, within the deadline.
-    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, ClientError>
+    async fn call<R, F, Fut>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<tonic::Response<R>, ClientError>
     where
         F: Fn(Channel) -> Fut,
-        Fut: Future<Output = Result<T, Status>>,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
     {
         let start = Instant::now();
         let mut attempt = 0u32;
@@ -405,6 +460,7 @@ impl MetaClient {
                 Ok(Ok(v)) => {
                     self.remember(&target);
                     *lock(&self.inner.leader) = Some(target);
+                    self.saw(&v);
                     return Ok(v);
                 }
                 // No connection could be made: nothing was sent, so trying another
@@ -474,6 +530,90 @@ impl MetaClient {
         }
     }
 
+    /// Keep the log index `reply` is as new as.
+    fn saw<R>(&self, reply: &tonic::Response<R>) {
+        if let Some(index) = applied_of(reply) {
+            self.inner.applied_seen.fetch_max(index, Ordering::Relaxed);
+        }
+    }
+
+    /// Remember which subtree `attr`'s inode is in (for [`MetaClient::set_holder_reads`]).
+    fn learn_subtree(&self, attr: &Attr) {
+        let mut subtrees = lock(&self.inner.subtrees);
+        if subtrees.len() >= MAX_SUBTREES_SEEN && !subtrees.contains_key(&attr.ino) {
+            subtrees.clear();
+        }
+        subtrees.insert(attr.ino, attr.subtree);
+    }
+
+    /// The largest log index a reply to this client has been as new as.
+    pub fn applied_seen(&self) -> u64 {
+        self.inner.applied_seen.load(Ordering::Relaxed)
+    }
+
+    /// From now on, a read of an inode in a subtree `holds` says this client (its session)
+    /// holds the delegation of (as far as the replies seen say which subtree the inode is
+    /// in) goes first to the member at this client's site ([`ClientOptions::near`]). That
+    /// member answers from its own state once it has applied every reply this client has
+    /// seen, if its state shows the delegation held: no round to a distant leader. Shared
+    /// by every clone.
+    pub fn set_holder_reads(&self, holds: HolderReads) {
+        *lock(&self.inner.holder_reads) = Some(holds);
+    }
+
+    /// A read of `ino` (`f` makes the request, with the index the member must have
+    /// applied first, if any): a holder's read at the nearby member when it may be one
+    /// ([`MetaClient::set_holder_reads`]), and the usual way when not or when that member
+    /// cannot answer it (an errno from it is the answer).
+    async fn read_call<R, F, Fut>(
+        &self,
+        what: &'static str,
+        ino: InodeId,
+        stale: bool,
+        f: F,
+    ) -> Result<tonic::Response<R>, ClientError>
+    where
+        F: Fn(Channel, Option<u64>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        if !stale {
+            if let Some(answer) = self.holder_read(ino, &f).await {
+                return answer;
+            }
+        }
+        self.call(what, |ch| f(ch, None)).await
+    }
+
+    async fn holder_read<R, F, Fut>(
+        &self,
+        ino: InodeId,
+        f: &F,
+    ) -> Option<Result<tonic::Response<R>, ClientError>>
+    where
+        F: Fn(Channel, Option<u64>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let near = self.inner.opts.near.as_deref()?;
+        let seen = self.applied_seen();
+        let holds = lock(&self.inner.holder_reads).clone()?;
+        let subtree = lock(&self.inner.subtrees).get(&ino).copied()?;
+        if seen == 0 || self.reader() == 0 || !holds(subtree) {
+            return None;
+        }
+        let ch = self.channel(near).ok()?;
+        match tokio::time::timeout(NEAR_TIMEOUT, f(ch, Some(seen))).await {
+            Ok(Ok(reply)) => {
+                self.saw(&reply);
+                Some(Ok(reply))
+            }
+            Ok(Err(status)) => match WireError::from_status(&status) {
+                e @ WireError::Errno(..) => Some(Err(e.into())),
+                _ => None,
+            },
+            Err(_) => None,
+        }
+    }
+
     fn meta(ch: Channel) -> PbMetaClient<Channel> {
         PbMetaClient::new(ch)
             .max_decoding_message_size(mobilus_proto::MAX_MESSAGE_BYTES)
@@ -485,9 +625,16 @@ impl MetaClient {
         F: Fn(PbMetaClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<pb::AttrReply>, Status>>,
     {
-        let reply = self.call(what, |ch| f(Self::meta(ch))).await?.into_inner();
+        let reply = self.call(what, |ch| f(Self::meta(ch))).await?;
+        self.attr_reply(reply)
+    }
+
+    /// The attributes a reply carries, keeping the owner it names.
+    fn attr_reply(&self, reply: tonic::Response<pb::AttrReply>) -> Result<Attr, ClientError> {
+        let reply = reply.into_inner();
         let owner = reply.subtree_owner.clone();
         let attr = attr_from_reply(reply)?;
+        self.learn_subtree(&attr);
         if !owner.is_empty() {
             let mut owners = lock(&self.inner.owners);
             if owners.len() >= MAX_OWNERS_SEEN && !owners.contains_key(&attr.subtree) {
@@ -516,11 +663,13 @@ impl MetaClient {
             stale,
             session: self.reader(),
         };
-        self.attr_call("lookup", |mut c| {
-            let req = req.clone();
-            async move { c.lookup(req).await }
-        })
-        .await
+        let reply = self
+            .read_call("lookup", parent, stale, |ch, near| {
+                let req = near_request(req.clone(), near);
+                async move { Self::meta(ch).lookup(req).await }
+            })
+            .await?;
+        self.attr_reply(reply)
     }
 
     pub async fn getattr(&self, ino: InodeId, stale: bool) -> Result<Attr, ClientError> {
@@ -529,8 +678,13 @@ impl MetaClient {
             stale,
             session: self.reader(),
         };
-        self.attr_call("getattr", |mut c| async move { c.get_attr(req).await })
-            .await
+        let reply = self
+            .read_call("getattr", ino, stale, |ch, near| {
+                let req = near_request(req, near);
+                async move { Self::meta(ch).get_attr(req).await }
+            })
+            .await?;
+        self.attr_reply(reply)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -742,8 +896,9 @@ impl MetaClient {
             session: self.reader(),
         };
         let r = self
-            .call("readlink", |ch| async move {
-                Self::meta(ch).read_link(req).await
+            .read_call("readlink", ino, stale, |ch, near| {
+                let req = near_request(req, near);
+                async move { Self::meta(ch).read_link(req).await }
             })
             .await?;
         Ok(r.into_inner().target)
@@ -768,10 +923,10 @@ impl MetaClient {
             session: self.reader(),
         };
         let r = self
-            .call(
-                "readdir",
-                |ch| async move { Self::meta(ch).read_dir(req).await },
-            )
+            .read_call("readdir", ino, stale, |ch, near| {
+                let req = near_request(req, near);
+                async move { Self::meta(ch).read_dir(req).await }
+            })
             .await?
             .into_inner();
         let entries = r
@@ -779,6 +934,9 @@ impl MetaClient {
             .into_iter()
             .map(DirEntry::try_from)
             .collect::<Result<Vec<_>, _>>()?;
+        for a in entries.iter().filter_map(|e| e.attr.as_ref()) {
+            self.learn_subtree(a);
+        }
         Ok((entries, r.eof))
     }
 
@@ -863,8 +1021,8 @@ impl MetaClient {
             session: self.reader(),
         };
         let r = self
-            .call("getxattr", |ch| {
-                let req = req.clone();
+            .read_call("getxattr", ino, stale, |ch, near| {
+                let req = near_request(req.clone(), near);
                 async move { Self::meta(ch).get_xattr(req).await }
             })
             .await?;
@@ -878,8 +1036,9 @@ impl MetaClient {
             session: self.reader(),
         };
         let r = self
-            .call("listxattr", |ch| async move {
-                Self::meta(ch).list_xattr(req).await
+            .read_call("listxattr", ino, stale, |ch, near| {
+                let req = near_request(req, near);
+                async move { Self::meta(ch).list_xattr(req).await }
             })
             .await?;
         Ok(r.into_inner().names)
@@ -1029,8 +1188,9 @@ impl MetaClient {
             session: self.reader(),
         };
         let r = self
-            .call("read_slices", |ch| async move {
-                Self::meta(ch).read_slices(req).await
+            .read_call("read_slices", ino, stale, |ch, near| {
+                let req = near_request(req, near);
+                async move { Self::meta(ch).read_slices(req).await }
             })
             .await?
             .into_inner();
@@ -1043,6 +1203,7 @@ impl MetaClient {
             attr: r.attr,
             subtree_owner: String::new(),
         })?;
+        self.learn_subtree(&attr);
         Ok((extents, attr))
     }
 }

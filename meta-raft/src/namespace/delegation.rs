@@ -463,6 +463,15 @@ impl super::Namespace {
         })
     }
 
+    /// Whether `session` holds `subtree`'s delegation, not recalled, in this state (its
+    /// lease is the holder's to judge: a holder's read, `server/applied.rs`).
+    pub fn held_by(&self, subtree: SubtreeId, session: u64) -> Result<bool, NsError> {
+        self.with_view(|txn| {
+            Ok(record(txn, subtree)?
+                .is_some_and(|r| r.holder == Some(session) && r.recalled_ns.is_none()))
+        })
+    }
+
     /// The delegations `session` holds, as of log time `now` (the recall stream's view).
     pub fn delegations_of(&self, session: u64, now: i64) -> Result<Vec<DelegationGrant>, NsError> {
         self.with_view(|txn| grants_of(txn, session, now))

@@ -8,7 +8,7 @@ use mobilus_proto::convert::{
     lock_kind_to_wire, setattr_from_wire,
 };
 use mobilus_proto::fs::{
-    valid_site_name, Attr, ChunkHash, LockKind, LockRequest, SliceWrite, SubtreeInfo,
+    valid_site_name, Attr, ChunkHash, DirEntry, LockKind, LockRequest, SliceWrite, SubtreeInfo,
 };
 use mobilus_proto::pb;
 use mobilus_proto::pb::cluster_server::Cluster;
@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use super::applied;
 use super::node::MetaNode;
 use crate::codec;
 use crate::error::MetaError;
@@ -95,6 +96,11 @@ impl MetaSvc {
 }
 
 /// The mount session a read is made for (0 on the wire: none).
+/// A read's answer speaks for no subtree but its inode's (`MetaNode::read_in`).
+fn no_other<T>(_: &T) -> Vec<mobilus_proto::fs::SubtreeId> {
+    Vec::new()
+}
+
 fn reader(session: u64) -> Option<u64> {
     (session != 0).then_some(session)
 }
@@ -164,24 +170,33 @@ fn session_reply(r: OpReply, now_ns: i64) -> Reply<pb::SessionReply> {
 #[tonic::async_trait]
 impl Meta for MetaSvc {
     async fn lookup(&self, r: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
+        let near = applied::near(&r);
         let r = r.into_inner();
         let (a, owner) = self
             .node
-            .read_in(r.stale, reader(r.session), r.parent, |ns| {
-                let a = ns.lookup(r.parent, &r.name)?;
-                let owner = ns.subtree_owner(a.subtree)?;
-                Ok((a, owner))
-            })
+            .read_in(
+                r.stale,
+                reader(r.session),
+                r.parent,
+                near,
+                |(a, _): &(Attr, _)| vec![a.subtree],
+                |ns| {
+                    let a = ns.lookup(r.parent, &r.name)?;
+                    let owner = ns.subtree_owner(a.subtree)?;
+                    Ok((a, owner))
+                },
+            )
             .await
             .map_err(status)?;
         attr_reply_owned(a, owner)
     }
 
     async fn get_attr(&self, r: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
+        let near = applied::near(&r);
         let r = r.into_inner();
         let (a, owner) = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, |ns| {
+            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
                 let a = ns.getattr(r.ino)?;
                 let owner = ns.subtree_owner(a.subtree)?;
                 Ok((a, owner))
@@ -306,22 +321,36 @@ impl Meta for MetaSvc {
     }
 
     async fn read_link(&self, r: Request<pb::ReadLinkRequest>) -> Reply<pb::ReadLinkReply> {
+        let near = applied::near(&r);
         let r = r.into_inner();
         let target = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, |ns| ns.readlink(r.ino))
+            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
+                ns.readlink(r.ino)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadLinkReply { target }))
     }
 
     async fn read_dir(&self, r: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirReply> {
+        let near = applied::near(&r);
         let r = r.into_inner();
         let (entries, eof) = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, |ns| {
-                ns.readdir(r.ino, r.cookie, r.limit, r.plus)
-            })
+            .read_in(
+                r.stale,
+                reader(r.session),
+                r.ino,
+                near,
+                |(entries, _): &(Vec<DirEntry>, bool)| {
+                    entries
+                        .iter()
+                        .filter_map(|e| e.attr.as_ref().map(|a| a.subtree))
+                        .collect()
+                },
+                |ns| ns.readdir(r.ino, r.cookie, r.limit, r.plus),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadDirReply {
@@ -355,10 +384,11 @@ impl Meta for MetaSvc {
     }
 
     async fn get_xattr(&self, r: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
+        let near = applied::near(&r);
         let r = r.into_inner();
         let value = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, |ns| {
+            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
                 ns.getxattr(r.ino, &r.name)
             })
             .await
@@ -367,10 +397,13 @@ impl Meta for MetaSvc {
     }
 
     async fn list_xattr(&self, r: Request<pb::ListXattrRequest>) -> Reply<pb::ListXattrReply> {
+        let near = applied::near(&r);
         let r = r.into_inner();
         let names = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, |ns| ns.listxattr(r.ino))
+            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
+                ns.listxattr(r.ino)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListXattrReply { names }))
@@ -545,10 +578,11 @@ impl Meta for MetaSvc {
     }
 
     async fn read_slices(&self, r: Request<pb::ReadSlicesRequest>) -> Reply<pb::ReadSlicesReply> {
+        let near = applied::near(&r);
         let r = r.into_inner();
         let (extents, attr) = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, |ns| {
+            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
                 ns.read_slices(r.ino, r.offset, r.length)
             })
             .await

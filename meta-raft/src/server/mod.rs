@@ -1,5 +1,6 @@
 //! Starting and stopping a member: open the stores, start Raft, serve gRPC.
 
+mod applied;
 mod clones;
 mod delegations;
 mod grpc;
@@ -20,10 +21,11 @@ use mobilus_proto::{MAX_MESSAGE_BYTES, RAFT_MAX_ENTRIES_PER_MESSAGE, RAFT_MAX_ME
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use self::applied::{APPLIED_HEADER, NEAR_HEADER};
 pub use self::delegations::MAX_RECALL_WAIT;
 pub use self::locks::MAX_LOCK_WAIT;
 pub use self::metrics::describe_metrics;
-pub use self::node::{MetaNode, NodeTimeouts};
+pub use self::node::{holder_reads_ignore_applied_for_tests, MetaNode, NodeTimeouts};
 use crate::config::NodeConfig;
 use crate::error::MetaError;
 use crate::network::{ChannelPool, GrpcNetwork, NetFaults};
@@ -110,6 +112,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
         unsafe_local_reads: cfg.unsafe_local_reads,
         read_index,
         vote_gate_until,
+        holder_reads: Default::default(),
     });
     if let Some(ms) = cfg.unsafe_read_lease_ms {
         tracing::warn!(
@@ -153,6 +156,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
         tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
             .layer(mobilus_telemetry::GrpcMetricsLayer)
+            .layer(applied::AppliedLayer)
             .add_service(meta)
             .add_service(cluster)
             .add_service(raft_svc)

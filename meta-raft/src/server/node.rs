@@ -53,7 +53,8 @@ pub struct Forwarded {
 /// The leader's answer to a forwarded mutation.
 #[derive(Serialize, Deserialize, Debug)]
 pub enum ForwardReply {
-    Applied(Reply),
+    /// The reply, and the leader's log index it is as new as (`applied.rs`).
+    Applied(Reply, u64),
     NotLeader(Option<String>),
     Unavailable(String),
 }
@@ -73,6 +74,8 @@ pub struct MetaNode {
     pub(crate) read_index: Arc<ReadIndex>,
     /// A member that restarted refuses votes until then (see `refuse_vote`).
     pub(crate) vote_gate_until: Option<tokio::time::Instant>,
+    /// Delegation holders' reads this member answered from its own state.
+    pub(crate) holder_reads: std::sync::atomic::AtomicU64,
 }
 
 /// The leader's id and address, as `raft` knows them.
@@ -86,6 +89,25 @@ pub(crate) fn known_leader(raft: &Raft) -> Option<(NodeId, String)> {
         .get_node(&id)
         .map(|n| n.addr.clone())?;
     Some((id, addr))
+}
+
+/// How long a delegation holder's read waits for this member to apply what the holder
+/// has seen, before it goes to the leader instead.
+const HOLDER_READ_WAIT: Duration = Duration::from_secs(1);
+
+fn holder_read(outcome: &'static str) {
+    metrics::counter!("mobilus_meta_holder_reads_total", "outcome" => outcome).increment(1);
+}
+
+/// Set by the hidden `--unsafe-holder-reads-ignore-applied` (a deliberate bug a test must
+/// catch): a holder's read at a member answers from whatever that member has applied.
+static HOLDER_READS_IGNORE_APPLIED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// TEST ONLY: holders' reads at this process's members do not wait for what the holder
+/// has seen (`on`), or do again.
+pub fn holder_reads_ignore_applied_for_tests(on: bool) {
+    HOLDER_READS_IGNORE_APPLIED.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The wall clock in nanoseconds: the leader stamps commands with it.
@@ -235,7 +257,10 @@ impl MetaNode {
             Err(_) => return Err(MetaError::NotLeader(Some(leader.to_string()))),
         };
         match codec::decode::<ForwardReply>(&bytes).map_err(|e| MetaError::Raft(e.to_string()))? {
-            ForwardReply::Applied(reply) => reply_to_result(reply),
+            ForwardReply::Applied(reply, index) => {
+                super::applied::note(index);
+                reply_to_result(reply)
+            }
             ForwardReply::NotLeader(l) => Err(MetaError::NotLeader(l)),
             ForwardReply::Unavailable(m) => Err(MetaError::Unavailable(m)),
         }
@@ -258,8 +283,8 @@ impl MetaNode {
                 )
                 .await
             {
-                Ok(r) => ForwardReply::Applied(Ok(r)),
-                Err(MetaError::Op(e)) => ForwardReply::Applied(Err(e)),
+                Ok(r) => ForwardReply::Applied(Ok(r), super::applied::noted()),
+                Err(MetaError::Op(e)) => ForwardReply::Applied(Err(e), super::applied::noted()),
                 Err(MetaError::NotLeader(l)) => ForwardReply::NotLeader(l),
                 Err(e) => ForwardReply::Unavailable(e.to_string()),
             },
@@ -277,27 +302,103 @@ impl MetaNode {
         if !stale && !self.unsafe_local_reads {
             self.ensure_linearizable().await?;
         }
+        self.note_applied();
         Ok(read(&self.sm.namespace())?)
+    }
+
+    /// The reply being built is as new as this member's applied state (`applied.rs`).
+    fn note_applied(&self) {
+        if let Some(applied) = self.sm.last_applied() {
+            super::applied::note(applied.index);
+        }
     }
 
     /// A read of inode `ino` (or of its entries) by mount session `reader`: as
     /// [`MetaNode::read`], and, unless `stale`, after recalling the delegation of its
     /// subtree if another session holds it with closes not yet committed (close-to-open
     /// across mounts, `server/delegations.rs`).
+    ///
+    /// `near`: the reader holds the delegation of `ino`'s subtree and has seen replies as
+    /// new as this log index (`applied.rs`). Once this member has applied that much, and
+    /// its state shows the reader holding the delegation, it answers from that state with
+    /// no round to the leader, on any member. `also` names the other subtrees the answer
+    /// speaks for (a lookup's child may be a subtree's root), which must be held too.
+    /// Otherwise the read goes the usual way.
     pub async fn read_in<T>(
         &self,
         stale: bool,
         reader: Option<u64>,
         ino: mobilus_proto::fs::InodeId,
-        read: impl FnOnce(&Namespace) -> Result<T, NsError>,
+        near: Option<u64>,
+        also: impl Fn(&T) -> Vec<mobilus_proto::fs::SubtreeId>,
+        read: impl Fn(&Namespace) -> Result<T, NsError>,
     ) -> Result<T, MetaError> {
+        if let (Some(min_applied), Some(session), false) = (near, reader, stale) {
+            if let Some(answer) = self
+                .read_as_holder(session, min_applied, ino, &also, &read)
+                .await
+            {
+                return answer;
+            }
+        }
         if !stale {
             if !self.unsafe_local_reads {
                 self.ensure_linearizable().await?;
             }
             self.wait_for_write_back(ino, reader).await?;
         }
+        self.note_applied();
         Ok(read(&self.sm.namespace())?)
+    }
+
+    /// [`MetaNode::read_in`]'s read for a delegation's holder, from this member's state;
+    /// `None` when it cannot be answered so.
+    async fn read_as_holder<T>(
+        &self,
+        session: u64,
+        min_applied: u64,
+        ino: mobilus_proto::fs::InodeId,
+        also: &impl Fn(&T) -> Vec<mobilus_proto::fs::SubtreeId>,
+        read: &impl Fn(&Namespace) -> Result<T, NsError>,
+    ) -> Option<Result<T, MetaError>> {
+        let applied = |sm: &crate::store::StateMachine| sm.last_applied().map_or(0, |l| l.index);
+        if applied(&self.sm) < min_applied
+            && !HOLDER_READS_IGNORE_APPLIED.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let waited = self
+                .raft
+                .wait(Some(HOLDER_READ_WAIT))
+                .applied_index_at_least(Some(min_applied), "a delegation holder's read")
+                .await;
+            if waited.is_err() {
+                holder_read("behind");
+                return None;
+            }
+        }
+        let ns = self.sm.namespace();
+        let held = |subtree| ns.held_by(subtree, session).unwrap_or(false);
+        let Ok(subtree) = ns.getattr(ino).map(|a| a.subtree) else {
+            holder_read("unknown");
+            return None;
+        };
+        if !held(subtree) {
+            holder_read("not_held");
+            return None;
+        }
+        let answer = read(&ns);
+        if let Ok(t) = &answer {
+            if also(t)
+                .into_iter()
+                .any(|other| other != subtree && !held(other))
+            {
+                holder_read("not_held");
+                return None;
+            }
+        }
+        holder_read("answered");
+        self.holder_reads.fetch_add(1, Ordering::Relaxed);
+        super::applied::note(applied(&self.sm).max(min_applied));
+        Some(answer.map_err(MetaError::from))
     }
 
     /// F_GETLK for `q`: a linearizable read, after the delegation of the file's subtree,
@@ -367,6 +468,11 @@ impl MetaNode {
         metrics::counter!("mobilus_meta_linearizable_reads_total", "path" => path.label())
             .increment(1);
         Ok(())
+    }
+
+    /// Delegation holders' reads this member answered from its own state (`applied.rs`).
+    pub fn holder_reads_answered(&self) -> u64 {
+        self.holder_reads.load(Ordering::Relaxed)
     }
 
     /// Read-index rounds this member has run (each shared by the reads that waited).

@@ -26,7 +26,8 @@ struct Pending {
     cmd: Command,
     /// Encoded size, for the batch budget.
     bytes: usize,
-    done: oneshot::Sender<Result<Reply, MetaError>>,
+    /// The reply and the index of the entry it was applied in.
+    done: oneshot::Sender<Result<(Reply, u64), MetaError>>,
 }
 
 /// The handle proposals go through; the batching task stops when it is dropped.
@@ -41,7 +42,8 @@ impl Proposer {
         Proposer { tx }
     }
 
-    /// Propose one command; answers when its entry is committed and applied.
+    /// Propose one command; answers when its entry is committed and applied (and notes
+    /// the entry's index for the reply, `applied.rs`).
     pub async fn propose(&self, cmd: Command) -> Result<Reply, MetaError> {
         let (done, answer) = oneshot::channel();
         let bytes = crate::codec::encode(&cmd)
@@ -50,9 +52,11 @@ impl Proposer {
         self.tx
             .send(Pending { cmd, bytes, done })
             .map_err(|_| MetaError::Unavailable("the member is shutting down".into()))?;
-        answer
+        let (reply, index) = answer
             .await
-            .map_err(|_| MetaError::Unavailable("the proposal was dropped".into()))?
+            .map_err(|_| MetaError::Unavailable("the proposal was dropped".into()))??;
+        super::applied::note(index);
+        Ok(reply)
     }
 }
 
@@ -98,7 +102,7 @@ async fn batch_loop(raft: Raft, mut rx: mpsc::UnboundedReceiver<Pending>) {
 async fn commit(raft: &Raft, batch: Vec<Pending>) {
     let n = batch.len();
     let (cmds, dones): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.done)).unzip();
-    let fail = |dones: Vec<oneshot::Sender<Result<Reply, MetaError>>>,
+    let fail = |dones: Vec<oneshot::Sender<Result<(Reply, u64), MetaError>>>,
                 err: &dyn Fn() -> MetaError| {
         for d in dones {
             let _ = d.send(Err(err()));
@@ -106,8 +110,9 @@ async fn commit(raft: &Raft, batch: Vec<Pending>) {
     };
     match raft.client_write(Proposal(cmds)).await {
         Ok(resp) if resp.data.len() == n => {
+            let index = resp.log_id.index;
             for (d, reply) in dones.into_iter().zip(resp.data) {
-                let _ = d.send(Ok(reply));
+                let _ = d.send(Ok((reply, index)));
             }
         }
         Ok(resp) => {

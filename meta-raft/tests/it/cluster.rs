@@ -361,6 +361,7 @@ async fn a_client_pays_for_a_hung_member_once_not_on_every_call() {
             connect_timeout: Duration::from_millis(300),
             retry_ambiguous: false,
             site: None,
+            near: None,
         },
     )
     .expect("client");

@@ -1069,7 +1069,7 @@ fn a_tree_being_prepared_takes_in_no_other_subtree_and_no_file_another_subtree_h
 }
 
 /// A site's data node heartbeat, through the real service.
-async fn must_register(client: &mobilus_meta_client::MetaClient, site: &str) {
+pub(crate) async fn must_register(client: &mobilus_meta_client::MetaClient, site: &str) {
     let node = DataNodeInfo {
         site: site.into(),
         addr: format!("{site}.example:7200"),

@@ -8,6 +8,7 @@ use mobilus_meta::server::{self, ServerHandle};
 use mobilus_meta::types::{Op, OpReply};
 use mobilus_meta::MetaError;
 use mobilus_proto::fs::ROOT_INO;
+use mobilus_proto::status::Errno;
 
 fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
     NodeConfig {
@@ -204,6 +205,105 @@ async fn reads_under_the_leader_lease_take_no_rounds_and_the_lease_ends_with_lea
     must_refuse_reads(&leader, b"after-the-cut").await;
     for n in &nodes {
         n.node.faults.heal();
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A mount client of site-a whose holder reads go to `near`.
+fn holder_client(addrs: &[String], near: &str) -> mobilus_meta_client::MetaClient {
+    let opts = mobilus_meta_client::ClientOptions {
+        site: Some("site-a".into()),
+        near: Some(near.to_string()),
+        ..Default::default()
+    };
+    let client = mobilus_meta_client::MetaClient::new(addrs, opts).unwrap();
+    client.set_holder_reads(std::sync::Arc::new(|_| true));
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_delegation_holder_reads_at_a_follower_only_what_includes_its_own_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = must_three_members(tmp.path(), true).await;
+    let l = leader_among(&[&nodes[0], &nodes[1], &nodes[2]]).await;
+    let (leader, near, other) = (&nodes[l], &nodes[(l + 1) % 3], &nodes[(l + 2) % 3]);
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+    let admin = mobilus_meta_client::MetaClient::connect(&addrs).unwrap();
+    crate::ownership::must_register(&admin, "site-a").await;
+    let app = admin
+        .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    admin.create_subtree(app, "site-a").await.unwrap();
+
+    // The holder: a session of site-a with /app's delegation, reading at `near`.
+    let holder = holder_client(&addrs, near.addr());
+    let (session, _) = holder.open_session().await.unwrap();
+    holder.set_session(Some(session));
+    holder.acquire_delegation(session, app).await.unwrap();
+    holder.lookup(ROOT_INO, b"app", false).await.unwrap();
+    holder.mkdir(app, b"one", 0o755, 0, 0, None).await.unwrap();
+    let answered = near.node.holder_reads_answered();
+    let one = holder.lookup(app, b"one", false).await.unwrap();
+    assert_eq!(near.node.holder_reads_answered(), answered + 1);
+    // Errors from the namespace are answers too.
+    let missing = holder.lookup(app, b"nothing", false).await;
+    assert_eq!(missing.unwrap_err().errno(), Some(Errno::ENOENT));
+    assert_eq!(near.node.holder_reads_answered(), answered + 2);
+
+    // A session that does not hold the delegation is read the usual way, whatever it
+    // claims: the member checks its own state.
+    let claimer = holder_client(&addrs, near.addr());
+    let (s2, _) = claimer.open_session().await.unwrap();
+    claimer.set_session(Some(s2));
+    claimer.lookup(ROOT_INO, b"app", false).await.unwrap();
+    assert_eq!(claimer.getattr(one.ino, false).await.unwrap().ino, one.ino);
+    assert_eq!(near.node.holder_reads_answered(), answered + 2);
+
+    // `near` falls behind (cut off from the others, which still commit): the holder's
+    // next write is not there, so its read waits, then goes to the leader.
+    for o in [leader, other] {
+        near.node.faults.block(o.node.id);
+        o.node.faults.block(near.node.id);
+    }
+    holder.mkdir(app, b"two", 0o755, 0, 0, None).await.unwrap();
+    let t = Instant::now();
+    let two = holder.lookup(app, b"two", false).await;
+    assert!(two.is_ok(), "the holder's own write was not seen: {two:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(near.node.holder_reads_answered(), answered + 2);
+
+    // The deliberate bug: a member that answers from whatever it has applied shows the
+    // holder its subtree without its last write.
+    server::holder_reads_ignore_applied_for_tests(true);
+    let stale = holder.lookup(app, b"two", false).await;
+    server::holder_reads_ignore_applied_for_tests(false);
+    assert_eq!(
+        stale.unwrap_err().errno(),
+        Some(Errno::ENOENT),
+        "the broken switch went unnoticed"
+    );
+
+    // Healed, `near` catches up and answers again.
+    for n in &nodes {
+        n.node.faults.heal();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = near.node.holder_reads_answered();
+        holder.lookup(app, b"two", false).await.unwrap();
+        if near.node.holder_reads_answered() > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the member never answered again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for n in nodes {
         n.shutdown().await.unwrap();
