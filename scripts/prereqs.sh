@@ -22,6 +22,10 @@ command -v git >/dev/null 2>&1 || need+=(git)
 # the demo's plot draws its text with DejaVu Sans.
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# The demo's PostgreSQL step and bench/move-pg.sh run Debian's PostgreSQL (as the
+# postgres user, by runuser).
+compgen -G "/usr/lib/postgresql/*/bin/pgbench" >/dev/null || need+=(postgresql)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing: ${need[*]}"

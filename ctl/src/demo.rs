@@ -20,6 +20,34 @@ use crate::devconfig::ClusterFile;
 
 const ROWS: u64 = 60_000;
 
+/// The PostgreSQL step's flags (`crate::demo_pg`; it runs when PostgreSQL is installed).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PgArgs {
+    /// pgbench's scale for the PostgreSQL step (100,000 accounts, about 15 MiB, each).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pg_scale: u32,
+    /// Seconds of pgbench at site-b right after the move, while the data follows.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub pg_first_secs: u64,
+    /// Seconds of pgbench at site-a before the move, and at site-b once the data has
+    /// followed.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub pg_steady_secs: u64,
+    /// Run only the PostgreSQL step (`bench/move-pg.sh`).
+    #[arg(long)]
+    pub postgres_only: bool,
+}
+
+impl PgArgs {
+    fn shape(&self) -> crate::demo_pg::PgShape {
+        crate::demo_pg::PgShape {
+            scale: self.pg_scale,
+            first_secs: self.pg_first_secs,
+            steady_secs: self.pg_steady_secs,
+        }
+    }
+}
+
 pub(crate) async fn stats(addr: &str) -> anyhow::Result<StatsReply> {
     let c = mobilus_data_client::DataClient::new(addr)?;
     c.stats()
@@ -82,7 +110,7 @@ pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
 }
 
-pub async fn run(dir: &Path) -> anyhow::Result<()> {
+pub async fn run(dir: &Path, pg: PgArgs) -> anyhow::Result<()> {
     let file = ClusterFile::load_dev(dir)?;
     let find = |site: &str| {
         let data = file.data.iter().find(|d| d.site == site);
@@ -99,13 +127,36 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         mount_b.mountpoint.join("demo"),
     );
     let meta = crate::cluster::connect(&file.meta_addrs)?;
-    let root = own_demo_dir(&meta, &here).await?;
+    let rtt_ms = file.wan.as_ref().map(|w| w.rtt_ms);
+    let db = here.join("orders.db");
+    let remote = there.join("orders.db");
+    let side_a = Side {
+        site: "site-a",
+        data: data_a,
+        mount: mount_a,
+        db: db.clone(),
+    };
+    let side_b = Side {
+        site: "site-b",
+        data: data_b,
+        mount: mount_b,
+        db: remote.clone(),
+    };
+    if pg.postgres_only {
+        let Some(bin) = crate::demo_pg::installed() else {
+            bail!("PostgreSQL is not installed (apt-get install postgresql)");
+        };
+        let summary =
+            crate::demo_pg::run(dir, &meta, &bin, (&side_a, &side_b), rtt_ms, pg.shape()).await?;
+        println!("In all: {summary}.");
+        return Ok(());
+    }
+    let root = own_dir(&meta, &here, "/demo").await?;
 
     println!(
         "1. /demo is a subtree owned by site-a (`mobilusctl subtree create /demo --owner site-a`);"
     );
     println!("   an application at site-a builds an SQLite database in it.");
-    let db = here.join("orders.db");
     let t = Instant::now();
     sqlite(
         &db,
@@ -145,7 +196,6 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     }
 
     println!("2. Site-b opens the same file at once and queries it; nothing was copied first.");
-    let remote = there.join("orders.db");
     let before_b = stats(&data_b.addr).await?;
     let ranges = "mobilus_client_remote_range_bytes_total";
     let range_before = counter(&mount_b.dir, ranges).await;
@@ -216,19 +266,6 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             p.chunks().len()
         );
     }
-    let rtt_ms = file.wan.as_ref().map(|w| w.rtt_ms);
-    let side_a = Side {
-        site: "site-a",
-        data: data_a,
-        mount: mount_a,
-        db: db.clone(),
-    };
-    let side_b = Side {
-        site: "site-b",
-        data: data_b,
-        mount: mount_b,
-        db: remote.clone(),
-    };
     let moved = live_move(dir, &meta, root, (&side_a, &side_b), rtt_ms).await?;
     if holder.is_some() {
         println!("   (the move first recalled site-a's delegation: its mount committed what it had buffered and gave it back.)");
@@ -243,6 +280,16 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     )
     .await?;
     let back = move_back(dir, &meta, root, (&side_a, &side_b), ROWS).await?;
+    let postgres = match crate::demo_pg::installed() {
+        Some(bin) => {
+            let sides = (&side_a, &side_b);
+            Some(crate::demo_pg::run(dir, &meta, &bin, sides, rtt_ms, pg.shape()).await?)
+        }
+        None => {
+            println!("7. (PostgreSQL is not installed: with Debian's `postgresql`, a PostgreSQL server moves here too.)");
+            None
+        }
+    };
 
     let first = point.bytes_received - before_b.bytes_received;
     let link = rtt_ms
@@ -266,7 +313,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         moved.follow_secs,
     );
     println!(
-        "   moving back sent {} of /demo's {} ({:.1}%).{} The demo took {:.1} s.",
+        "   moving back sent {} of /demo's {} ({:.1}%).{}",
         mib(back),
         mib(moved.subtree_bytes),
         100.0 * back as f64 / moved.subtree_bytes.max(1) as f64,
@@ -275,8 +322,11 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             .as_ref()
             .map(|p| format!(" Plot: {}.", p.display()))
             .unwrap_or_default(),
-        started.elapsed().as_secs_f64()
     );
+    if let Some(summary) = postgres {
+        println!("   {summary}.");
+    }
+    println!("The demo took {:.1} s.", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -356,11 +406,12 @@ fn small_files(here: &Path, there: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/demo` (at `here`, through site-a's mount) emptied and owned by site-a: made a subtree
+/// `path` (at `here`, through site-a's mount) emptied and owned by site-a: made a subtree
 /// the first time, given back to site-a by a later run.
-async fn own_demo_dir(
+pub(crate) async fn own_dir(
     meta: &mobilus_meta_client::MetaClient,
     here: &Path,
+    path: &str,
 ) -> anyhow::Result<mobilus_proto::fs::InodeId> {
     use std::os::unix::fs::MetadataExt;
     if !here.exists() {
@@ -376,14 +427,14 @@ async fn own_demo_dir(
             .move_subtree(root, "site-a", false)
             .await
             .map_err(crate::cluster::explain)
-            .context("giving /demo back to site-a")?;
+            .with_context(|| format!("giving {path} back to site-a"))?;
         }
         Ok(_) => {}
         Err(_) => {
             meta.create_subtree(root, "site-a")
                 .await
                 .map_err(crate::cluster::explain)
-                .context("making /demo a subtree")?;
+                .with_context(|| format!("making {path} a subtree"))?;
         }
     }
     // site-a's lease comes with its data node's next heartbeat.

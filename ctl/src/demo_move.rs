@@ -273,20 +273,7 @@ pub async fn move_back(
         .move_subtree_with(root, a.site, false, None)
         .await
         .map_err(crate::cluster::explain)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let rows = meta
-            .replication_status(Some(root))
-            .await
-            .map_err(crate::cluster::explain)?;
-        if rows.iter().any(|f| f.site == a.site && f.caught_up()) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("site-a's follower did not catch up with /demo in 120 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_caught_up(meta, (root, "/demo"), a.site).await?;
     let fetched = stats(&a.data.addr).await?.bytes_received - received_before;
     // Let the link proxy write its counts.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -304,4 +291,26 @@ pub async fn move_back(
             .unwrap_or_default()
     );
     Ok(fetched)
+}
+
+/// Wait until `site`'s follower has caught up with subtree `root` (at `path`).
+pub(crate) async fn wait_caught_up(
+    meta: &MetaClient,
+    (root, path): (InodeId, &str),
+    site: &str,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = meta
+            .replication_status(Some(root))
+            .await
+            .map_err(crate::cluster::explain)?;
+        if rows.iter().any(|f| f.site == site && f.caught_up()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{site}'s follower did not catch up with {path} in 120 s (see `mobilusctl replication status {path}`)");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

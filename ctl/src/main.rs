@@ -6,6 +6,7 @@ mod clone;
 mod cluster;
 mod demo;
 mod demo_move;
+mod demo_pg;
 mod dev;
 mod devconfig;
 mod drain;

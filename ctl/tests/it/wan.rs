@@ -81,9 +81,25 @@ fn the_demo_runs_on_a_dev_cluster_across_an_emulated_wan() {
     let ours: Vec<&str> = netns.lines().filter(|l| l.starts_with(&prefix)).collect();
     assert_eq!(ours.len(), 2, "{netns}");
 
-    // The story, across the WAN.
-    let demo = must_ok(&["dev", "demo", "--dir", dir]);
+    // The story, across the WAN (its PostgreSQL step small: the prerequisites install
+    // PostgreSQL, so the step runs here).
+    let demo = must_ok(&[
+        "dev",
+        "demo",
+        "--dir",
+        dir,
+        "--pg-scale",
+        "1",
+        "--pg-first-secs",
+        "4",
+        "--pg-steady-secs",
+        "2",
+    ]);
     for told in [
+        "7. A PostgreSQL server moves too",
+        "the server started at site-b in",
+        "its data had followed",
+        "PostgreSQL moved in",
         "faulted over from site-a",
         "a late write at site-a, the old owner, is refused",
         "round trips of the 30 ms WAN",
@@ -109,6 +125,17 @@ fn the_demo_runs_on_a_dev_cluster_across_an_emulated_wan() {
         serde_json::from_slice(&std::fs::read(format!("{dir}/wan/crossed.json")).unwrap()).unwrap();
     let ab = crossed["bytes"]["site-a"]["site-b"].as_u64().unwrap();
     assert!(ab > 10 << 20, "site-a to site-b: {ab} bytes");
+    // Site-b's mount, holding a subtree's delegation, read it at site-b's own member.
+    let status = must_json(&["dev", "status", "--dir", dir]);
+    let meta_b = super::operate::must_scrape(&super::operate::metrics_of(&status, "meta-2"));
+    let answered = super::operate::sample(
+        &meta_b,
+        "mobilus_meta_holder_reads_total{outcome=\"answered\"}",
+    );
+    assert!(
+        answered > 0.0,
+        "no holder read at site-b's member:\n{meta_b}"
+    );
 
     // Down removes the network with the processes.
     let out = must_ok(&["dev", "down", "--dir", dir]);
