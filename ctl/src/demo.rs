@@ -5,8 +5,9 @@
 //! misses, but cannot change it; a second copy costs no new bytes; the subtree moves to
 //! site-b under a live writer ([`crate::demo_move`]): site-a is fenced, site-b answers
 //! its first query at once and goes on writing while the data follows (a plot of it);
-//! a developer at site-a clones it by its metadata alone; and the move back sends only
-//! what changed.
+//! a developer at site-a clones it by its metadata alone; the move back sends only what
+//! changed; and a PostgreSQL server moves too, when one is installed
+//! ([`crate::demo_pg`]).
 
 use std::path::Path;
 use std::process::Command;

@@ -32,8 +32,21 @@ use mobilus_proto::fs::{
 
 use crate::replicate::ReplicateError;
 
-/// Chunks fetched at once.
-const PARALLEL: usize = 4;
+/// Chunks fetched at once: enough to keep `IN_FLIGHT_BYTES` on the way across a distant
+/// link (a database's small chunks, one per round trip, would use a sliver of it), within
+/// these bounds.
+const MIN_PARALLEL: usize = 4;
+const MAX_PARALLEL: usize = 32;
+const IN_FLIGHT_BYTES: u64 = 8 << 20;
+
+/// How many of `chunks` to fetch at once (see [`MIN_PARALLEL`]).
+fn parallel_for(chunks: &[FeedChunk]) -> usize {
+    let bytes: u64 = chunks.iter().map(|c| c.len).sum();
+    let mean = (bytes / chunks.len().max(1) as u64).max(1);
+    usize::try_from(IN_FLIGHT_BYTES / mean)
+        .unwrap_or(MAX_PARALLEL)
+        .clamp(MIN_PARALLEL, MAX_PARALLEL)
+}
 /// Feed entries read per page.
 const PAGE: u32 = 256;
 /// Chunks per page of a scan.
@@ -325,7 +338,7 @@ impl Follower {
             .iter()
             .map(|c| self.fetch_or_name(place, *c))
             .collect();
-        let mut results = stream::iter(fetches).buffer_unordered(PARALLEL);
+        let mut results = stream::iter(fetches).buffer_unordered(parallel_for(&missing));
         let mut failure = None;
         let mut failed: Vec<ChunkHash> = Vec::new();
         while let Some(result) = results.next().await {
@@ -408,7 +421,8 @@ impl Follower {
             if queue.is_empty() {
                 break;
             }
-            let batch: Vec<FeedChunk> = queue.drain(..PARALLEL.min(queue.len())).collect();
+            // Small batches: each is followed by a look at what the application faulted.
+            let batch: Vec<FeedChunk> = queue.drain(..MIN_PARALLEL.min(queue.len())).collect();
             let fetches: Vec<_> = batch
                 .iter()
                 .map(|c| self.fetch_as(place, *c, Priority::Prefetch))
@@ -584,6 +598,25 @@ mod tests {
             hash: ChunkHash([i; 32]),
             len: 0,
         }
+    }
+
+    #[test]
+    fn small_chunks_are_fetched_many_at_once_and_large_ones_few() {
+        let of = |len: u64, n: usize| -> Vec<FeedChunk> {
+            (0..n)
+                .map(|i| FeedChunk {
+                    hash: ChunkHash([i as u8; 32]),
+                    len,
+                })
+                .collect()
+        };
+        // A database's pages: as many as allowed (8 MiB would be 180 of them).
+        assert_eq!(parallel_for(&of(46 << 10, 100)), MAX_PARALLEL);
+        // 1 MiB chunks: 8 MiB in flight.
+        assert_eq!(parallel_for(&of(1 << 20, 100)), 8);
+        // 4 MiB chunks: never fewer than the floor.
+        assert_eq!(parallel_for(&of(4 << 20, 100)), MIN_PARALLEL);
+        assert_eq!(parallel_for(&[]), MAX_PARALLEL);
     }
 
     #[test]

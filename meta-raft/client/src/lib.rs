@@ -193,6 +193,25 @@ struct Inner {
     holder_reads: Arc<Mutex<Option<HolderReads>>>,
     /// The subtree of each inode as the last reply showing it said (shared by clones).
     subtrees: Arc<Mutex<HashMap<InodeId, mobilus_proto::fs::SubtreeId>>>,
+    /// Calls other than reads under way (shared by clones): while one is, a holder read
+    /// could answer from before it, so reads go the usual way.
+    changes_in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a call that may change something while it is under way.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn start(count: &Arc<AtomicUsize>) -> InFlight {
+        count.fetch_add(1, Ordering::AcqRel);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Says whether this client holds a subtree's delegation now.
@@ -311,6 +330,7 @@ impl MetaClient {
                 applied_seen: Arc::default(),
                 holder_reads: Arc::default(),
                 subtrees: Arc::default(),
+                changes_in_flight: Arc::default(),
             }),
         })
     }
@@ -359,6 +379,7 @@ impl MetaClient {
                 applied_seen: self.inner.applied_seen.clone(),
                 holder_reads: self.inner.holder_reads.clone(),
                 subtrees: self.inner.subtrees.clone(),
+                changes_in_flight: self.inner.changes_in_flight.clone(),
             }),
         };
         client.set_session(self.session());
@@ -430,9 +451,23 @@ impl MetaClient {
         }
     }
 
-    /// Run `f` against the leader (or any member for stale reads), following redirects
+    /// Run `f`, which may change something, against the leader, following redirects
     /// and retrying while the cluster is unavailable, within the deadline.
     async fn call<R, F, Fut>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<tonic::Response<R>, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, Status>>,
+    {
+        let _changing = InFlight::start(&self.inner.changes_in_flight);
+        self.call_leader(what, f).await
+    }
+
+    /// [`MetaClient::call`] for a read: not counted as a change under way.
+    async fn call_leader<R, F, Fut>(
         &self,
         what: &'static str,
         f: F,
@@ -581,7 +616,7 @@ impl MetaClient {
                 return answer;
             }
         }
-        self.call(what, |ch| f(ch, None)).await
+        self.call_leader(what, |ch| f(ch, None)).await
     }
 
     async fn holder_read<R, F, Fut>(
@@ -597,7 +632,11 @@ impl MetaClient {
         let seen = self.applied_seen();
         let holds = lock(&self.inner.holder_reads).clone()?;
         let subtree = lock(&self.inner.subtrees).get(&ino).copied()?;
-        if seen == 0 || self.reader() == 0 || !holds(subtree) {
+        // A change of this client's under way may commit before the member has applied
+        // it: reading there now could show the holder its subtree from before its own
+        // change (an open of a file another of its processes is closing).
+        let quiet = self.inner.changes_in_flight.load(Ordering::Acquire) == 0;
+        if seen == 0 || self.reader() == 0 || !quiet || !holds(subtree) {
             return None;
         }
         let ch = self.channel(near).ok()?;

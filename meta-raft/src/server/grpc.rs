@@ -95,12 +95,12 @@ impl MetaSvc {
     }
 }
 
-/// The mount session a read is made for (0 on the wire: none).
 /// A read's answer speaks for no subtree but its inode's (`MetaNode::read_in`).
 fn no_other<T>(_: &T) -> Vec<mobilus_proto::fs::SubtreeId> {
     Vec::new()
 }
 
+/// The mount session a read is made for (0 on the wire: none).
 fn reader(session: u64) -> Option<u64> {
     (session != 0).then_some(session)
 }
