@@ -264,7 +264,17 @@ async fn written_back_then_read_elsewhere(
     let a2 = sites.mount("site-a");
     sites.signal_data_node("site-a", Signal::SIGSTOP);
     let start = Instant::now();
-    std::fs::write(a1.point.join("app/f"), b"written back").unwrap();
+    // A close that is not written back waits for the paused data node: fail, not hang.
+    let at_a1 = a1.point.join("app/f");
+    let write = std::thread::spawn(move || std::fs::write(at_a1, b"written back").unwrap());
+    while !write.is_finished() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !write.is_finished() {
+        sites.signal_data_node("site-a", Signal::SIGCONT);
+        panic!("the close was not written back: it waited for the paused data node");
+    }
+    write.join().unwrap();
     let closed = start.elapsed();
     let at_a2 = a2.point.join("app/f");
     let read = std::thread::spawn(move || std::fs::read(at_a2).unwrap());

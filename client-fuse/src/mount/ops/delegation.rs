@@ -71,6 +71,9 @@ struct Held {
     /// When the request that granted it was sent: a renewal sent before says nothing of
     /// it.
     since: Instant,
+    /// When the grant's answer arrived: a renewal sent before may have been applied
+    /// before the grant, so its silence about it is no loss.
+    known: Instant,
     /// The metadata was told this grant has closes answered before their writes commit
     /// (`write_back.rs`): other mounts' reads recall it first.
     marked: bool,
@@ -839,6 +842,7 @@ impl Delegations {
                 valid_until: Self::validity(sent, g.remaining_ns),
                 recalled: g.recalled,
                 since: sent,
+                known: Instant::now(),
                 marked: false,
             },
         );
@@ -868,7 +872,10 @@ impl Delegations {
                         recalled.push(*subtree);
                     }
                 }
-                None => lost.push(*subtree),
+                // (Seen: a renewal sent just after the acquire, applied just before
+                // the grant, made a holder give up its grant at once.)
+                None if sent >= h.known => lost.push(*subtree),
+                None => {}
             }
         }
         (recalled, lost)
