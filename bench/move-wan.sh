@@ -92,10 +92,14 @@ for size in "${SIZES[@]}"; do
   t_first=$(now)
   [ "$got" = "$want" ] || { echo "site-b read wrong bytes" >&2; exit 1; }
   while true; do
-    done_=$("$ctl" --config "$cfg" replication status "/$name" --output json | python3 -c '
-import json, sys
+    # Only a report made since the move counts: site-b's row from before it (a reader's,
+    # with nothing to fetch) once made a 4 GiB subtree look followed in 2.7 s.
+    since=$(ms "$t_moved" "$(now)")
+    done_=$("$ctl" --config "$cfg" replication status "/$name" --output json | SINCE=$since python3 -c '
+import json, os, sys
+since = float(os.environ["SINCE"])
 rows = [r for r in json.load(sys.stdin) if r["site"] == "site-b"]
-print(int(bool(rows) and all(r["chunks_to_go"] == 0 and r["cursor"] >= r["head"] and r["reported_ms_ago"] is not None for r in rows)))')
+print(int(bool(rows) and all(r["chunks_to_go"] == 0 and r["cursor"] >= r["head"] and r["reported_ms_ago"] is not None and r["reported_ms_ago"] < since for r in rows)))')
     [ "$done_" = 1 ] && break
     sleep 0.2
   done
