@@ -102,13 +102,7 @@ pub async fn live_move(
     let on_demand_before =
         counter(&b.mount.dir, FETCHES).await + counter(&b.mount.dir, RANGES).await;
     let stored_before = stats(&b.data.addr).await?.bytes;
-    let t = Instant::now();
-    let moved_to = meta
-        .with_timeouts(Duration::from_secs(30), Duration::from_secs(9))
-        .move_subtree_with(root, b.site, false, None)
-        .await
-        .map_err(crate::cluster::explain)?;
-    let move_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (moved_to, move_ms) = move_to(meta, root, b.site).await?;
     let moved_at = Instant::now();
     println!(
         "   moved in {move_ms:.0} ms (epoch {}; none of its {} of data was copied first); the application had added {rows_a} rows at site-a.",
@@ -268,11 +262,7 @@ pub async fn move_back(
     let crossed_before = crate::wan::crossed(dir).map(|c| c.between(b.site, a.site));
     let received_before = stats(&a.data.addr).await?.bytes_received;
     let t = Instant::now();
-    let info = meta
-        .with_timeouts(Duration::from_secs(30), Duration::from_secs(9))
-        .move_subtree_with(root, a.site, false, None)
-        .await
-        .map_err(crate::cluster::explain)?;
+    let (info, _) = move_to(meta, root, a.site).await?;
     wait_caught_up(meta, (root, "/demo"), a.site).await?;
     let fetched = stats(&a.data.addr).await?.bytes_received - received_before;
     // Let the link proxy write its counts.
@@ -313,4 +303,20 @@ pub(crate) async fn wait_caught_up(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Move subtree `root` to `site` (waiting for a delegation's recall, up to its holder's
+/// lease); returns what the move answered and how long it took, in milliseconds.
+pub(crate) async fn move_to(
+    meta: &MetaClient,
+    root: InodeId,
+    site: &str,
+) -> anyhow::Result<(mobilus_proto::fs::SubtreeInfo, f64)> {
+    let t = Instant::now();
+    let info = meta
+        .with_timeouts(Duration::from_secs(30), Duration::from_secs(9))
+        .move_subtree_with(root, site, false, None)
+        .await
+        .map_err(crate::cluster::explain)?;
+    Ok((info, t.elapsed().as_secs_f64() * 1e3))
 }

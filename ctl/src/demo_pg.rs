@@ -6,13 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use mobilus_meta_client::MetaClient;
 
 use crate::demo::mib;
-use crate::demo_move::{wait_caught_up, Side};
+use crate::demo_move::{move_to, wait_caught_up, Side};
 
 /// How long and how big the step is (`dev demo --pg-*`).
 #[derive(Clone, Copy, Debug)]
@@ -95,50 +95,24 @@ impl Server<'_> {
         .map(|_| ())
     }
 
+    /// A client tool (psql, pgbench) connected to this server, with `args` after the
+    /// connection's.
+    fn client(&self, tool: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-h", &self.socket_dir, "-p", PORT, "-U", "postgres"];
+        all.extend_from_slice(args);
+        all.push("postgres");
+        as_postgres(self.bin, tool, &all)
+    }
+
     fn psql(&self, sql: &str) -> anyhow::Result<String> {
-        let out = as_postgres(
-            self.bin,
-            "psql",
-            &[
-                "-h",
-                &self.socket_dir,
-                "-p",
-                PORT,
-                "-U",
-                "postgres",
-                "-Atc",
-                sql,
-                "postgres",
-            ],
-        )?;
-        Ok(out.trim().to_string())
+        Ok(self.client("psql", &["-Atc", sql])?.trim().to_string())
     }
 
     /// pgbench's TPC-B-like load, 4 clients, for `secs`: transactions per second overall
     /// and per `every` seconds.
     fn bench(&self, secs: u64, every: u64) -> anyhow::Result<(f64, Vec<f64>)> {
         let (t, p) = (secs.to_string(), every.to_string());
-        let out = as_postgres(
-            self.bin,
-            "pgbench",
-            &[
-                "-h",
-                &self.socket_dir,
-                "-p",
-                PORT,
-                "-U",
-                "postgres",
-                "-c",
-                "4",
-                "-j",
-                "2",
-                "-T",
-                &t,
-                "-P",
-                &p,
-                "postgres",
-            ],
-        )?;
+        let out = self.client("pgbench", &["-c", "4", "-j", "2", "-T", &t, "-P", &p])?;
         let tps_in = |line: &str, key: &str| -> Option<f64> {
             let rest = &line[line.find(key)? + key.len()..];
             rest.trim_start().split([' ', ',']).next()?.parse().ok()
@@ -199,23 +173,7 @@ pub async fn run(
     server_a.start()?;
     let t = Instant::now();
     let scale = shape.scale.to_string();
-    let loaded = as_postgres(
-        bin,
-        "pgbench",
-        &[
-            "-h",
-            &socket_dir,
-            "-p",
-            PORT,
-            "-U",
-            "postgres",
-            "-i",
-            "-q",
-            "-s",
-            &scale,
-            "postgres",
-        ],
-    );
+    let loaded = server_a.client("pgbench", &["-i", "-q", "-s", &scale]);
     if let Err(e) = loaded {
         let _ = server_a.stop();
         return Err(e);
@@ -228,13 +186,7 @@ pub async fn run(
         "   initdb in {initdb_s:.1} s, `pgbench -i -s {scale}` in {load_s:.1} s; pgbench (4 clients) at site-a: {tps_a:.0} transactions/s."
     );
 
-    let t = Instant::now();
-    let moved = meta
-        .with_timeouts(Duration::from_secs(30), Duration::from_secs(9))
-        .move_subtree_with(root, b.site, false, None)
-        .await
-        .map_err(crate::cluster::explain)?;
-    let move_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (moved, move_ms) = move_to(meta, root, b.site).await?;
     let moved_at = Instant::now();
     let t = Instant::now();
     server_b.start()?;
