@@ -14,7 +14,9 @@ use mobilus_proto::status::Errno;
 
 use crate::block_cache::{BlockCache, BlockCacheStats};
 use crate::chunker;
-use mobilus_data_client::{nodes::HEALTHY_WITHIN, DataClient, DataClientError, DataNodes};
+use mobilus_data_client::{
+    nodes::HEALTHY_WITHIN, DataClient, DataClientError, DataNodes, PutAnswer,
+};
 
 /// A file's write buffer is flushed as slices once it holds this many bytes...
 pub const FLUSH_BYTES: usize = 64 << 20;
@@ -37,6 +39,11 @@ const MAX_PLACEMENTS: usize = 4096;
 const MAX_REPAIRS: usize = 16;
 /// Attempts of a flush that keeps racing with garbage collection.
 const STALE_CHUNK_ATTEMPTS: u32 = 8;
+/// Chunks for one node adding up to at most this are put without asking the node first
+/// which it has: a put answers that too, with the GC generation a `has` would give. At
+/// 10 Gbit/s 64 KiB take about 50 µs, less than the round trip saved, and deduplicating
+/// writes this small saves little.
+const PUT_WITHOUT_ASKING_BYTES: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -363,6 +370,12 @@ impl Client {
         idx: Vec<usize>,
         chunks: &[(ChunkHash, &[u8])],
     ) -> (DataClient, Option<u64>, Vec<usize>, Option<ClientError>) {
+        let small: usize = idx.iter().map(|i| chunks[*i].1.len()).sum();
+        if small <= PUT_WITHOUT_ASKING_BYTES {
+            if let Some(answer) = self.put_all_at(&node, &idx, chunks).await {
+                return answer;
+            }
+        }
         let hashes: Vec<ChunkHash> = idx.iter().map(|i| chunks[*i].0).collect();
         let (gc_gen, present) = match node.has_keeping(&hashes).await {
             Ok(answer) => answer,
@@ -381,7 +394,7 @@ impl Client {
         let mut results = stream::iter(puts).buffer_unordered(PARALLEL);
         while let Some(result) = results.next().await {
             match result {
-                Ok(i) => stored.push(i),
+                Ok((i, _)) => stored.push(i),
                 Err(e) => {
                     error.get_or_insert(e);
                 }
@@ -443,14 +456,48 @@ impl Client {
             .chunks = std::collections::HashMap::new();
     }
 
+    /// [`Client::store_at`] in one round: every chunk put, none asked about first. The
+    /// generation is the oldest any put answered. `None` if the node does not answer with
+    /// one (it predates it): then ask first.
+    async fn put_all_at(
+        &self,
+        node: &DataClient,
+        idx: &[usize],
+        chunks: &[(ChunkHash, &[u8])],
+    ) -> Option<(DataClient, Option<u64>, Vec<usize>, Option<ClientError>)> {
+        let puts: Vec<_> = idx
+            .iter()
+            .map(|i| self.put_at(node, *i, chunks[*i]))
+            .collect();
+        let mut results = stream::iter(puts).buffer_unordered(PARALLEL);
+        let (mut stored, mut error, mut gc_gen) = (Vec::new(), None, None::<u64>);
+        while let Some(result) = results.next().await {
+            match result {
+                Ok((i, answer)) => {
+                    let g = answer.gc_gen?;
+                    gc_gen = Some(gc_gen.map_or(g, |old| old.min(g)));
+                    if answer.existed {
+                        self.count_deduped(1);
+                    }
+                    stored.push(i);
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        drop(results);
+        Some((node.clone(), gc_gen, stored, error))
+    }
+
     async fn put_at(
         &self,
         node: &DataClient,
         i: usize,
         (hash, bytes): (ChunkHash, &[u8]),
-    ) -> Result<usize, ClientError> {
-        let existed = node.put(&hash, bytes, false).await?;
-        if !existed {
+    ) -> Result<(usize, PutAnswer), ClientError> {
+        let answer = node.put_keeping(&hash, bytes).await?;
+        if !answer.existed {
             self.counters
                 .bytes_sent
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -458,7 +505,7 @@ impl Client {
             metrics::counter!("mobilus_client_chunks_sent_total").increment(1);
             metrics::counter!("mobilus_client_bytes_sent_total").increment(bytes.len() as u64);
         }
-        Ok(i)
+        Ok((i, answer))
     }
 
     /// A whole chunk not at this site, verified, from another site; then stored on the

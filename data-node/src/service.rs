@@ -102,11 +102,17 @@ impl Chunks for ChunksSvc {
         }
         let store = self.store.clone();
         let cached = header.cache;
+        // Read first, as `has` does: the answer never claims a generation newer than the
+        // deletions it saw.
+        let gc_gen = self.store.gc_gen();
         let existed = blocking(move || store.put_as(&h, &data, cached)).await?;
         if header.from_remote && !existed {
             self.store.count_remote_fetch();
         }
-        Ok(Response::new(pb::PutReply { existed }))
+        Ok(Response::new(pb::PutReply {
+            existed,
+            gc_gen: Some(gc_gen),
+        }))
     }
 
     type GetStream = GetStream;

@@ -14,5 +14,5 @@ pub mod node;
 pub mod nodes;
 pub mod placement;
 
-pub use node::{DataClient, DataClientError};
+pub use node::{DataClient, DataClientError, PutAnswer};
 pub use nodes::{DataNodes, Registry};

@@ -29,6 +29,15 @@ impl DataClientError {
     }
 }
 
+/// What a node answered a put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PutAnswer {
+    /// The node had the chunk already (nothing was written).
+    pub existed: bool,
+    /// Its GC generation, read before it looked (absent from a node that predates it).
+    pub gc_gen: Option<u64>,
+}
+
 #[derive(Clone)]
 pub struct DataClient {
     addr: String,
@@ -72,13 +81,23 @@ impl DataClient {
         data: &[u8],
         from_remote: bool,
     ) -> Result<bool, DataClientError> {
-        self.put_with(hash, data, from_remote, false).await
+        Ok(self.put_with(hash, data, from_remote, false).await?.existed)
+    }
+
+    /// [`DataClient::put`] for a write that will rely on the chunk being there, as on a
+    /// [`DataClient::has_keeping`] answer: the reply carries the node's GC generation.
+    pub async fn put_keeping(
+        &self,
+        hash: &ChunkHash,
+        data: &[u8],
+    ) -> Result<PutAnswer, DataClientError> {
+        self.put_with(hash, data, false, false).await
     }
 
     /// Store a chunk fetched from another site as a cache entry only: the node may evict
     /// it under space pressure.
     pub async fn put_cached(&self, hash: &ChunkHash, data: &[u8]) -> Result<bool, DataClientError> {
-        self.put_with(hash, data, true, true).await
+        Ok(self.put_with(hash, data, true, true).await?.existed)
     }
 
     async fn put_with(
@@ -87,7 +106,7 @@ impl DataClient {
         data: &[u8],
         from_remote: bool,
         cache: bool,
-    ) -> Result<bool, DataClientError> {
+    ) -> Result<PutAnswer, DataClientError> {
         let header = pb::PutHeader {
             hash: hash.0.to_vec(),
             size: data.len() as u64,
@@ -103,7 +122,13 @@ impl DataClient {
         let mut c = self.inner.clone();
         c.put(tokio_stream::iter(msgs))
             .await
-            .map(|r| r.into_inner().existed)
+            .map(|r| {
+                let r = r.into_inner();
+                PutAnswer {
+                    existed: r.existed,
+                    gc_gen: r.gc_gen,
+                }
+            })
             .map_err(|s| self.err(s))
     }
 

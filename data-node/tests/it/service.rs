@@ -141,8 +141,23 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
             held_only: false,
         })
         .await
-        .unwrap();
-    assert_eq!(has.into_inner().present, vec![true, false]);
+        .unwrap()
+        .into_inner();
+    assert_eq!(has.present, vec![true, false]);
+    // A put answers with the GC generation a `has` would: a small write relies on it
+    // without asking first.
+    let tiny = b"one small write".to_vec();
+    let answer = c
+        .put(tokio_stream::iter(put_frames(
+            &ChunkHash::of(&tiny),
+            tiny.len() as u64,
+            vec![tiny],
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!answer.existed);
+    assert_eq!(answer.gc_gen, Some(has.gc_gen));
 
     // Bad input: each refused with its code, nothing stored.
     assert_eq!(
