@@ -11,8 +11,11 @@
 #   moosefs    MooseFS 3.0 (Debian's packages: a master and one chunkserver, goal 1, in a
 #              network namespace, see bench/common.sh), a peer,
 #   mobilus    a Mobilus mount (3 metadata members, 1 data node), as a user starts it,
+#              working in a subtree its site owns (`mobilusctl subtree create`),
 #   mobilus-16 a second mount of the same cluster with a 16 MiB block cache (so its own
-#              cache cannot hold the 256 MiB random-read file),
+#              cache cannot hold the 256 MiB random-read file), in a subtree of its own,
+#   mobilus-root the first mount at the shared root, which is never delegated: every
+#              lock (SQLite takes four a query) and every change is a Raft commit,
 #   before     (with BEFORE_BIN=DIR) a Mobilus cluster and mount from binaries built
 #              from an older commit, for a before/after in the same run.
 # Prints one table with ratios to plain and to the best peer, and writes
@@ -92,11 +95,17 @@ cluster() {  # $1 name, $2 bin dir, then label:flags pairs
       "$RUN/mnt-$label" 2>"$RUN/$label.log" & PIDS+=($!)
     ready "$RUN/$label.ready" >/dev/null
     MNTS+=("$RUN/mnt-$label")
-    SYSTEMS+=("$label=$RUN/mnt-$label")
+    # Work happens where Mobilus is meant to be used: in a subtree this site owns, whose
+    # delegation the mount can hold (the shared root is never delegated).
+    mkdir "$RUN/mnt-$label/$label"
+    "$bin/mobilusctl" --meta "$metas" subtree create --owner site-a "/$label" >/dev/null
+    SYSTEMS+=("$label=$RUN/mnt-$label/$label")
   done
 }
 echo "==> Mobilus: 3 metadata members, 1 data node"
 cluster mobilus "$BIN" "mobilus:" "mobilus-16:--block-cache-mib 16"
+# The same mount at the shared root: every lock and change there is a Raft commit.
+SYSTEMS+=("mobilus-root=$RUN/mnt-mobilus")
 if [ -n "${BEFORE_BIN:-}" ]; then
   echo "==> Mobilus before: binaries from $BEFORE_BIN"
   cluster before "$BEFORE_BIN" "before:"

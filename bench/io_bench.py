@@ -270,14 +270,15 @@ def chart(rows, path):
     names = [f"{r[1]} ({r[2]})" for r in rows]
     fig, ax = plt.subplots(figsize=(10, 0.42 * len(rows) + 1.5))
     ax.set_xscale("log")
-    # Bars grow from 1 (even), left when Mobilus is worse, right when it is better.
+    # Bars grow from 1 (even): left when Mobilus is worse, right when it is better.
     for offset, col, color, label in ((0.2, 5, "#1f77b4", "mobilus / best peer (MooseFS or JuiceFS)"),
                                       (-0.2, 4, "#aaaaaa", "mobilus / plain directory")):
         ys = [i + offset for i, r in enumerate(rows) if r[col] == r[col]]
         vs = [r[col] for r in rows if r[col] == r[col]]
         ax.barh(ys, [v - 1 for v in vs], 0.4, left=1, label=label, color=color)
         for yy, v in zip(ys, vs):
-            ax.text(v, yy, f" {v:.2f}x " if v < 10 else f" {v:.0f}x ", va="center",
+            shown = f"{v:.3f}" if v < 0.01 else f"{v:.2f}" if v < 10 else f"{v:.0f}"
+            ax.text(v, yy, f" {shown}x ", va="center",
                     ha="left" if v >= 1 else "right", fontsize=6)
     y = range(len(rows))
     finite_ratios = [r[c] for r in rows for c in (4, 5) if r[c] == r[c] and r[c] > 0]

@@ -158,6 +158,11 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
         .into_inner();
     assert!(!answer.existed);
     assert_eq!(answer.gc_gen, Some(has.gc_gen));
+    c.delete(pb::DeleteRequest {
+        hash: ChunkHash::of(b"one small write").0.to_vec(),
+    })
+    .await
+    .unwrap();
 
     // Bad input: each refused with its code, nothing stored.
     assert_eq!(
