@@ -219,8 +219,8 @@ WORKLOADS = [
     ("rand_read_4", "fio randread 4 KiB, 4 jobs, cache dropped", "IOPS", True),
     ("rand_write_fsync", "fio randwrite 4 KiB + fsync each", "IOPS", True),
     ("sqlite_build", f"SQLite: build {ROWS // 1000}k-row table", "s", False),
-    ("sqlite_cold", f"SQLite: {SELECTS} point selects, cold", "q/s", True),
-    ("sqlite_warm", f"SQLite: {SELECTS} point selects, warm", "q/s", True),
+    ("sqlite_cold", f"SQLite: {SELECTS:,} point selects, cold", "q/s", True),
+    ("sqlite_warm", f"SQLite: {SELECTS:,} point selects, warm", "q/s", True),
     ("pg_initdb", "PostgreSQL 15: initdb", "s", False),
     ("pg_load", "PostgreSQL 15: pgbench -i -s 10", "s", False),
     ("pg_tpcb", "PostgreSQL 15: TPC-B-like, 4 clients", "tps", True),
@@ -297,6 +297,23 @@ def chart(rows, path):
     fig.savefig(path, dpi=110)
 
 
+def markdown(rows, labels):
+    """The table as docs/benchmarks.md records it."""
+    def cell(v, unit):
+        if v != v:
+            return "fails"
+        return f"{v:,.2f}" if unit == "s" else f"{v:,.0f}"
+
+    def times(r):
+        return "" if r != r else f"{r:.3f}x" if r < 0.01 else f"{r:.2f}x"
+    out = ["| workload | " + " | ".join(labels) + " | mobilus / plain | mobilus / best peer |",
+           "| --- |" + " ---: |" * (len(labels) + 2)]
+    for _, name, unit, values, to_plain, to_peer in rows:
+        cells = " | ".join(cell(v, unit) for v in values)
+        out.append(f"| {name} ({unit}) | {cells} | {times(to_plain)} | {times(to_peer)} |")
+    return "\n".join(out) + "\n"
+
+
 def finite(x):
     """x with every NaN (a phase that failed) as null: JSON has no NaN."""
     if isinstance(x, dict):
@@ -340,6 +357,10 @@ def main():
         json.dump(finite({"workloads": WORKLOADS, "files": FILES, "results": results,
                    "ratios": {r[0]: {"plain": r[4], "best_peer": r[5]} for r in rows}}),
                   f, indent=1)
+    md = os.path.splitext(a.json)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(markdown(rows, labels))
+    print(f"table: {md}")
     if a.png:
         chart(rows, a.png)
         print(f"chart: {a.png}")
