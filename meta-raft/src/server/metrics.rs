@@ -134,7 +134,12 @@ fn record(m: &Metrics, last_leader: &mut Option<Option<NodeId>>) {
             metrics::counter!("mobilus_raft_leader_changes_total").increment(1);
             *last_leader = Some(m.current_leader);
         }
-        None => *last_leader = Some(m.current_leader),
+        None => {
+            // Exported from the start, at 0: a member that never sees a change still
+            // shows the counter.
+            metrics::counter!("mobilus_raft_leader_changes_total").increment(0);
+            *last_leader = Some(m.current_leader);
+        }
         _ => {}
     }
 }
