@@ -21,8 +21,8 @@ ready() {
 
 # MooseFS 3.0 from Debian's packages: a master and one chunkserver (goal 1) in the
 # network namespace $MFS_NS, reached from here at $MFS_ADDR over a veth pair (the
-# chunkserver refuses a master on 127.0.0.1), mounted at $1 with state under $2. Sets
-# MFS_PIDS_NS so that mfs_down can stop it.
+# chunkserver refuses a master on 127.0.0.1), mounted at $1 with state under $2;
+# `mfs_down STATE_DIR` stops it (only this one: other MooseFS mounts are left alone).
 MFS_NS=mb-mfs
 MFS_HOST_ADDR=10.213.0.1
 MFS_ADDR=10.213.0.2
@@ -74,8 +74,12 @@ CFG
 }
 mfs_down() {  # $1 state dir (may be absent)
   local dir=$1
-  for m in $(awk '$1 ~ /^mfs#/ {print $2}' /proc/mounts); do umount -l "$m" 2>/dev/null || true; done
-  pkill -x mfsmount 2>/dev/null || true
+  # /proc/mounts writes the source's '#' as \043.
+  for m in $(awk -v src="mfs\\\\043$MFS_ADDR:" 'index($1, src) == 1 {print $2}' /proc/mounts); do
+    umount -l "$m" 2>/dev/null || true
+    # mfsmount names itself after its mount point.
+    pkill -f -- "mfsmount \(mounted on: $m\)" 2>/dev/null || true
+  done
   if ip netns list | grep -qw $MFS_NS; then
     [ -f "$dir/cs.cfg" ] && ip netns exec $MFS_NS mfschunkserver -c "$dir/cs.cfg" stop >/dev/null 2>&1
     [ -f "$dir/master.cfg" ] && ip netns exec $MFS_NS mfsmaster -c "$dir/master.cfg" stop >/dev/null 2>&1

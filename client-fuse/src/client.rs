@@ -45,6 +45,19 @@ const STALE_CHUNK_ATTEMPTS: u32 = 8;
 /// writes this small saves little.
 const PUT_WITHOUT_ASKING_BYTES: usize = 64 << 10;
 
+/// What the puts of some chunks to one node came to.
+#[derive(Default)]
+struct Puts {
+    /// The chunks the node now holds.
+    stored: Vec<usize>,
+    /// The first failure.
+    error: Option<ClientError>,
+    /// The oldest GC generation the answers carried.
+    gc_gen: Option<u64>,
+    /// Some answer carried none (a node that predates them).
+    unanswered_gen: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("metadata: {0}")]
@@ -362,7 +375,7 @@ impl Client {
     }
 
     /// The chunks `idx` of `chunks` made durable at `node`: one `has`, then puts of what
-    /// it lacks. Returns the generation its answer carried, the chunks it now holds, and
+    /// it lacks; or, for at most [`PUT_WITHOUT_ASKING_BYTES`], puts alone. Returns the generation its answer carried, the chunks it now holds, and
     /// the error that stopped it, if one did.
     async fn store_at(
         &self,
@@ -370,10 +383,12 @@ impl Client {
         idx: Vec<usize>,
         chunks: &[(ChunkHash, &[u8])],
     ) -> (DataClient, Option<u64>, Vec<usize>, Option<ClientError>) {
-        let small: usize = idx.iter().map(|i| chunks[*i].1.len()).sum();
-        if small <= PUT_WITHOUT_ASKING_BYTES {
-            if let Some(answer) = self.put_all_at(&node, &idx, chunks).await {
-                return answer;
+        let bytes: usize = idx.iter().map(|i| chunks[*i].1.len()).sum();
+        if bytes <= PUT_WITHOUT_ASKING_BYTES {
+            let puts = self.put_each(&node, &idx, chunks).await;
+            // A node that predates put generations: ask it first.
+            if !puts.unanswered_gen {
+                return (node, puts.gc_gen, puts.stored, puts.error);
             }
         }
         let hashes: Vec<ChunkHash> = idx.iter().map(|i| chunks[*i].0).collect();
@@ -383,25 +398,43 @@ impl Client {
         };
         let (held, missing): (Vec<_>, Vec<_>) = idx.iter().zip(&present).partition(|(_, p)| **p);
         let mut stored: Vec<usize> = held.into_iter().map(|(i, _)| *i).collect();
+        let missing: Vec<usize> = missing.into_iter().map(|(i, _)| *i).collect();
         self.count_deduped(stored.len());
+        let puts = self.put_each(&node, &missing, chunks).await;
+        stored.extend(puts.stored);
+        (node, Some(gc_gen), stored, puts.error)
+    }
+
+    /// Put chunks `idx` of `chunks` at `node`, [`PARALLEL`] at a time.
+    async fn put_each(
+        &self,
+        node: &DataClient,
+        idx: &[usize],
+        chunks: &[(ChunkHash, &[u8])],
+    ) -> Puts {
         // Futures made by a named fn, not a closure: the flush future stays `Send` for
         // callers that spawn it.
-        let puts: Vec<_> = missing
-            .into_iter()
-            .map(|(i, _)| self.put_at(&node, *i, chunks[*i]))
+        let puts: Vec<_> = idx
+            .iter()
+            .map(|i| self.put_at(node, *i, chunks[*i]))
             .collect();
-        let mut error = None;
         let mut results = stream::iter(puts).buffer_unordered(PARALLEL);
+        let mut out = Puts::default();
         while let Some(result) = results.next().await {
             match result {
-                Ok((i, _)) => stored.push(i),
+                Ok((i, answer)) => {
+                    match answer.gc_gen {
+                        Some(g) => out.gc_gen = Some(out.gc_gen.map_or(g, |old| old.min(g))),
+                        None => out.unanswered_gen = true,
+                    }
+                    out.stored.push(i);
+                }
                 Err(e) => {
-                    error.get_or_insert(e);
+                    out.error.get_or_insert(e);
                 }
             }
         }
-        drop(results);
-        (node, Some(gc_gen), stored, error)
+        out
     }
 
     fn count_deduped(&self, n: usize) {
@@ -456,40 +489,6 @@ impl Client {
             .chunks = std::collections::HashMap::new();
     }
 
-    /// [`Client::store_at`] in one round: every chunk put, none asked about first. The
-    /// generation is the oldest any put answered. `None` if the node does not answer with
-    /// one (it predates it): then ask first.
-    async fn put_all_at(
-        &self,
-        node: &DataClient,
-        idx: &[usize],
-        chunks: &[(ChunkHash, &[u8])],
-    ) -> Option<(DataClient, Option<u64>, Vec<usize>, Option<ClientError>)> {
-        let puts: Vec<_> = idx
-            .iter()
-            .map(|i| self.put_at(node, *i, chunks[*i]))
-            .collect();
-        let mut results = stream::iter(puts).buffer_unordered(PARALLEL);
-        let (mut stored, mut error, mut gc_gen) = (Vec::new(), None, None::<u64>);
-        while let Some(result) = results.next().await {
-            match result {
-                Ok((i, answer)) => {
-                    let g = answer.gc_gen?;
-                    gc_gen = Some(gc_gen.map_or(g, |old| old.min(g)));
-                    if answer.existed {
-                        self.count_deduped(1);
-                    }
-                    stored.push(i);
-                }
-                Err(e) => {
-                    error.get_or_insert(e);
-                }
-            }
-        }
-        drop(results);
-        Some((node.clone(), gc_gen, stored, error))
-    }
-
     async fn put_at(
         &self,
         node: &DataClient,
@@ -497,7 +496,9 @@ impl Client {
         (hash, bytes): (ChunkHash, &[u8]),
     ) -> Result<(usize, PutAnswer), ClientError> {
         let answer = node.put_keeping(&hash, bytes).await?;
-        if !answer.existed {
+        if answer.existed {
+            self.count_deduped(1);
+        } else {
             self.counters
                 .bytes_sent
                 .fetch_add(bytes.len() as u64, Ordering::Relaxed);

@@ -147,9 +147,10 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     // A put answers with the GC generation a `has` would: a small write relies on it
     // without asking first.
     let tiny = b"one small write".to_vec();
+    let tiny_hash = ChunkHash::of(&tiny);
     let answer = c
         .put(tokio_stream::iter(put_frames(
-            &ChunkHash::of(&tiny),
+            &tiny_hash,
             tiny.len() as u64,
             vec![tiny],
         )))
@@ -159,7 +160,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     assert!(!answer.existed);
     assert_eq!(answer.gc_gen, Some(has.gc_gen));
     c.delete(pb::DeleteRequest {
-        hash: ChunkHash::of(b"one small write").0.to_vec(),
+        hash: tiny_hash.0.to_vec(),
     })
     .await
     .unwrap();
