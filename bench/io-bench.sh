@@ -78,12 +78,12 @@ cluster() {  # $1 name, $2 bin dir, then label:flags pairs
   for id in 1 2 3; do
     d="$RUN/$name-meta-$id"; mkdir -p "$d"
     local join=(--init); [ $id = 1 ] || join=(--join "${meta[0]}")
-    "$bin/mobilus-meta" --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
+    "$bin/mobilus-meta" --insecure --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
       "${join[@]}" 2>"$d/log" & PIDS+=($!)
     meta+=("$(ready "$d/ready")")
   done
   local metas; metas=$(IFS=,; echo "${meta[*]}")
-  "$bin/mobilus-data" --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/$name-data" \
+  "$bin/mobilus-data" --insecure --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/$name-data" \
     --meta "$metas" --ready-file "$RUN/$name-data.ready" 2>"$RUN/$name-data.log" & PIDS+=($!)
   ready "$RUN/$name-data.ready" >/dev/null
   local pair label flags
@@ -91,14 +91,14 @@ cluster() {  # $1 name, $2 bin dir, then label:flags pairs
     label=${pair%%:*}; flags=${pair#*:}
     mkdir -p "$RUN/mnt-$label"
     # shellcheck disable=SC2086
-    "$bin/mobilus-mount" --site site-a --meta "$metas" --ready-file "$RUN/$label.ready" $flags \
+    "$bin/mobilus-mount" --insecure --site site-a --meta "$metas" --ready-file "$RUN/$label.ready" $flags \
       "$RUN/mnt-$label" 2>"$RUN/$label.log" & PIDS+=($!)
     ready "$RUN/$label.ready" >/dev/null
     MNTS+=("$RUN/mnt-$label")
     # Work happens where Mobilus is meant to be used: in a subtree this site owns, whose
     # delegation the mount can hold (the shared root is never delegated).
     mkdir "$RUN/mnt-$label/$label"
-    "$bin/mobilusctl" --meta "$metas" subtree create --owner site-a "/$label" >/dev/null
+    "$bin/mobilusctl" --insecure --meta "$metas" subtree create --owner site-a "/$label" >/dev/null
     SYSTEMS+=("$label=$RUN/mnt-$label/$label")
   done
 }

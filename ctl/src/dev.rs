@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use mobilus_meta_client::MetaClient;
+use mobilus_tls::Role;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Serialize;
@@ -48,6 +49,10 @@ pub enum DevCmd {
         /// say). Repeatable.
         #[arg(long, value_name = "PORT", requires = "wan")]
         wan_forward: Vec<u16>,
+        /// Plaintext with no authentication, instead of mutual TLS from a CA made for
+        /// the cluster in DIR/tls (chosen when the cluster is made).
+        #[arg(long)]
+        insecure: bool,
     },
     /// The WAN's link proxy (started by `dev up --wan`).
     #[command(hide = true)]
@@ -153,15 +158,17 @@ fn spawn_meta(
     listen: &str,
     extra: &[String],
     place: &Place,
+    tls: &DevTls,
 ) -> anyhow::Result<String> {
-    let mut args = vec![
+    let mut args = tls.flags(Role::Meta, None, &format!("meta-{id}"))?;
+    args.extend([
         "--id".to_string(),
         id.to_string(),
         "--listen".into(),
         listen.into(),
         "--data-dir".into(),
         dir.join("data").to_string_lossy().into_owned(),
-    ];
+    ]);
     args.extend_from_slice(extra);
     spawn(bin, &format!("mobilus-meta {id}"), dir, &args, place, true)
 }
@@ -299,8 +306,14 @@ fn start_data(
     listen: &str,
     metas: &str,
     place: &Place,
+    tls: &DevTls,
 ) -> anyhow::Result<String> {
-    let args: Vec<String> = vec![
+    let name = d
+        .dir
+        .file_name()
+        .map_or("data".into(), |n| n.to_string_lossy());
+    let mut args = tls.flags(Role::Data, Some(&d.site), &name)?;
+    args.extend([
         "--site".into(),
         d.site.clone(),
         "--listen".into(),
@@ -313,7 +326,7 @@ fn start_data(
         // disk is says nothing about the cluster, so it does not evict its cache for it.
         "--cache-min-free-percent".into(),
         "0".into(),
-    ];
+    ]);
     spawn(
         bin,
         &format!("mobilus-data {}", d.site),
@@ -330,10 +343,12 @@ fn start_mount(
     metas: &str,
     near: Option<&str>,
     place: &Place,
+    tls: &DevTls,
 ) -> anyhow::Result<()> {
     clear_mount(&m.mountpoint);
     std::fs::create_dir_all(&m.mountpoint)?;
-    let mut args: Vec<String> = vec![
+    let mut args = tls.flags(Role::Mount, Some(&m.site), &format!("mount-{}", m.site))?;
+    args.extend([
         "--site".into(),
         m.site.clone(),
         "--meta".into(),
@@ -342,7 +357,7 @@ fn start_mount(
         "--profile-window-secs".into(),
         "3".into(),
         m.mountpoint.to_string_lossy().into_owned(),
-    ];
+    ]);
     if let Some(addr) = near {
         args.extend(["--near-meta".into(), addr.into()]);
     }
@@ -367,6 +382,44 @@ struct Shape {
     wan: Option<(u64, u64)>,
     /// Ports of every site carried over the WAN besides the cluster's own.
     wan_forward: Vec<u16>,
+    insecure: bool,
+}
+
+/// How the processes of a local cluster authenticate: certificates from the CA in its
+/// `tls` folder (one per process, issued when it first starts), or none.
+enum DevTls {
+    Certs(Box<mobilus_tls::pki::DevPki>),
+    Insecure,
+}
+
+impl DevTls {
+    /// The cluster's: a new cluster gets a CA unless `insecure`; an existing one keeps
+    /// what it was made with.
+    fn open(
+        dir: &Path,
+        file: &mut ClusterFile,
+        fresh: bool,
+        insecure: bool,
+    ) -> anyhow::Result<DevTls> {
+        if (fresh && insecure) || (!fresh && file.tls.is_none()) {
+            return Ok(DevTls::Insecure);
+        }
+        let pki = mobilus_tls::pki::DevPki::open(&dir.join("tls"))?;
+        let admin = pki.flags(Role::Admin, None, "admin")?;
+        file.tls = Some(crate::devconfig::AdminTls {
+            ca: admin[1].clone().into(),
+            cert: admin[3].clone().into(),
+            key: admin[5].clone().into(),
+        });
+        Ok(DevTls::Certs(Box::new(pki)))
+    }
+
+    fn flags(&self, role: Role, site: Option<&str>, name: &str) -> anyhow::Result<Vec<String>> {
+        Ok(match self {
+            DevTls::Certs(pki) => pki.flags(role, site, name)?,
+            DevTls::Insecure => vec!["--insecure".into()],
+        })
+    }
 }
 
 /// A new cluster on an emulated WAN, every address fixed before anything starts (so the
@@ -424,6 +477,7 @@ fn plan_wan_cluster(
         data,
         mounts,
         wan: Some(wan),
+        tls: None,
     })
 }
 
@@ -486,6 +540,12 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
         (w.rtt_ms, w.bandwidth, w.forward_ports) = (rtt_ms, bandwidth, ports);
         file.save(&file_path)?;
     }
+    let tls = DevTls::open(&dir, &mut file, fresh, shape.insecure)?;
+    if let DevTls::Certs(_) = &tls {
+        file.save(&file_path)?;
+        let admin = file.tls.as_ref().map(|t| t.load()).transpose()?;
+        mobilus_tls::client::set_process_default(admin);
+    }
     if file.wan.is_some() {
         crate::wan::network(&file)?;
         start_link(&dir, reshaped)?;
@@ -493,7 +553,15 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
     if fresh && file.meta.is_empty() {
         let first = dir.join("meta-1");
         let local = Place::local();
-        let seed = spawn_meta(&bin, 1, &first, "127.0.0.1:0", &["--init".into()], &local)?;
+        let seed = spawn_meta(
+            &bin,
+            1,
+            &first,
+            "127.0.0.1:0",
+            &["--init".into()],
+            &local,
+            &tls,
+        )?;
         file.meta.push(MetaMember {
             id: 1,
             addr: seed.clone(),
@@ -503,7 +571,7 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
         for id in 2..=shape.meta {
             let d = dir.join(format!("meta-{id}"));
             let join = ["--join".into(), seed.clone()];
-            let addr = spawn_meta(&bin, id, &d, "127.0.0.1:0", &join, &local)?;
+            let addr = spawn_meta(&bin, id, &d, "127.0.0.1:0", &join, &local, &tls)?;
             file.meta.push(MetaMember {
                 id,
                 addr,
@@ -529,7 +597,7 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
                     (true, _) => vec!["--join".into(), seed.clone()],
                 };
                 let place = Place::of(&file, m.site.as_deref());
-                spawn_meta(&bin, m.id, &m.dir, &m.addr, &extra, &place)?;
+                spawn_meta(&bin, m.id, &m.dir, &m.addr, &extra, &place, &tls)?;
             }
         }
     }
@@ -552,7 +620,7 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
                     dir: dir.join(name),
                     site: site.clone(),
                 };
-                d.addr = start_data(&data_bin, &d, "127.0.0.1:0", &metas, &Place::local())?;
+                d.addr = start_data(&data_bin, &d, "127.0.0.1:0", &metas, &Place::local(), &tls)?;
                 file.data.push(d);
             }
             file.mounts.push(MountMember {
@@ -566,7 +634,7 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
         for d in &file.data {
             if running_pid(&d.dir).is_none() {
                 let place = Place::of(&file, Some(&d.site));
-                start_data(&data_bin, d, &d.addr, &metas, &place)?;
+                start_data(&data_bin, d, &d.addr, &metas, &place, &tls)?;
             }
         }
     }
@@ -581,7 +649,7 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
                     .find(|x| x.site.as_deref() == Some(m.site.as_str()))
                     .map(|x| x.addr.as_str());
                 let place = Place::of(&file, Some(&m.site));
-                start_mount(&mount_bin, m, &metas, near, &place)?;
+                start_mount(&mount_bin, m, &metas, near, &place, &tls)?;
             }
         }
     }
@@ -791,6 +859,7 @@ pub async fn run(cmd: DevCmd, format: OutputFormat) -> anyhow::Result<()> {
             nodes_per_site,
             wan,
             wan_forward,
+            insecure,
         } => {
             let shape = Shape {
                 meta,
@@ -798,6 +867,7 @@ pub async fn run(cmd: DevCmd, format: OutputFormat) -> anyhow::Result<()> {
                 nodes_per_site,
                 wan,
                 wan_forward,
+                insecure,
             };
             up(&dir, shape, format).await
         }

@@ -49,6 +49,25 @@ pub struct MountMember {
     pub dir: PathBuf,
 }
 
+/// The operator's certificate of a local cluster (issued by `dev up`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl AdminTls {
+    pub fn load(&self) -> anyhow::Result<std::sync::Arc<mobilus_tls::TlsConfig>> {
+        let files = mobilus_tls::config::TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        };
+        Ok(std::sync::Arc::new(mobilus_tls::TlsConfig::load(&files)?))
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterFile {
     /// Addresses clients use.
@@ -61,6 +80,9 @@ pub struct ClusterFile {
     pub mounts: Vec<MountMember>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wan: Option<WanLink>,
+    /// The operator's certificate (`None`: the cluster runs `--insecure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<AdminTls>,
 }
 
 impl ClusterFile {
@@ -71,7 +93,7 @@ impl ClusterFile {
     }
 
     /// The `cluster.toml` of the local cluster in `dir`, or an error saying how to start
-    /// one.
+    /// one. From then on this process dials the cluster with its operator certificate.
     pub fn load_dev(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("cluster.toml");
         if !path.exists() {
@@ -81,7 +103,10 @@ impl ClusterFile {
                 dir.display()
             );
         }
-        Self::load(&path)
+        let file = Self::load(&path)?;
+        let tls = file.tls.as_ref().map(AdminTls::load).transpose()?;
+        mobilus_tls::client::set_process_default(tls);
+        Ok(file)
     }
 
     /// Write durably: temp file, fsync, rename.
@@ -109,4 +134,23 @@ pub fn resolve_meta(meta: &[String], config: Option<&Path>) -> anyhow::Result<Ve
         return Ok(file.meta_addrs);
     }
     bail!("no cluster given: pass --meta HOST:PORT[,...] or --config DIR/cluster.toml (or set MOBILUS_META / MOBILUS_CONFIG); for a local cluster run `mobilusctl dev up` first")
+}
+
+/// How this process dials: `--ca/--cert/--key`, `--insecure`, or the operator's
+/// certificate in `--config`'s cluster file.
+pub fn resolve_tls(
+    args: &mobilus_tls::TlsArgs,
+    config: Option<&Path>,
+) -> anyhow::Result<Option<std::sync::Arc<mobilus_tls::TlsConfig>>> {
+    if args.ca.is_some() || args.insecure {
+        return Ok(args.load("mobilusctl")?);
+    }
+    if let Some(path) = config {
+        let file = ClusterFile::load(path)?;
+        return match &file.tls {
+            Some(tls) => Ok(Some(tls.load()?)),
+            None => Ok(None),
+        };
+    }
+    Ok(args.load("mobilusctl")?)
 }

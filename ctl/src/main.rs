@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage.
 
+mod cert;
 mod clone;
 mod cluster;
 mod demo;
@@ -36,6 +37,8 @@ struct Cli {
     /// A cluster file written by `dev up` (its metadata addresses are used).
     #[arg(long, global = true, env = "MOBILUS_CONFIG")]
     config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: mobilus_tls::TlsArgs,
     /// Human tables or JSON for scripts.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
@@ -45,6 +48,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The cluster's CA and certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
     /// The metadata cluster: status and membership.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -101,11 +107,22 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        // The cluster, for the commands that talk to one: its members, and how every
+        // client of this process (metadata, data nodes) dials them.
+        let addrs = if matches!(
+            cli.command,
+            Command::Dev(_) | Command::Cert(_) | Command::Completions { .. }
+        ) {
+            Vec::new()
+        } else {
+            let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
+            let tls = devconfig::resolve_tls(&cli.tls, cli.config.as_deref())?;
+            mobilus_tls::client::set_process_default(tls);
+            addrs
+        };
         match cli.command {
-            Command::Cluster(cmd) => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
-                cluster::run(cmd, &addrs, cli.output).await
-            }
+            Command::Cert(cmd) => cert::run(cmd),
+            Command::Cluster(cmd) => cluster::run(cmd, &addrs, cli.output).await,
             Command::Dev(cmd) => dev::run(cmd, cli.output).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
@@ -113,39 +130,23 @@ fn main() -> ExitCode {
                 clap_complete::generate(shell, &mut cmd, "mobilusctl", &mut std::io::stdout());
                 Ok(())
             }
-            Command::Node(cmd) => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
-                nodes::node(cmd, &cluster::connect(&addrs)?, cli.output).await
-            }
-            Command::Site(cmd) => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
-                nodes::site(cmd, &cluster::connect(&addrs)?, cli.output).await
-            }
+            Command::Node(cmd) => nodes::node(cmd, &cluster::connect(&addrs)?, cli.output).await,
+            Command::Site(cmd) => nodes::site(cmd, &cluster::connect(&addrs)?, cli.output).await,
             Command::Subtree(cmd) => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 subtree::run(cmd, &cluster::connect(&addrs)?, cli.output).await
             }
             Command::Replication(cmd) => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 replication::run(cmd, &cluster::connect(&addrs)?, cli.output).await
             }
-            Command::Clone(args) => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
-                clone::run(args, &cluster::connect(&addrs)?, cli.output).await
-            }
+            Command::Clone(args) => clone::run(args, &cluster::connect(&addrs)?, cli.output).await,
             Command::Snapshot(cmd) => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 snapshot::run(cmd, &cluster::connect(&addrs)?, cli.output).await
             }
             Command::Gc { dry_run, site } => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
                 let client = cluster::connect(&addrs)?;
                 nodes::gc(&client, site.as_deref(), dry_run, cli.output).await
             }
-            Command::Fsck => {
-                let addrs = devconfig::resolve_meta(&cli.meta, cli.config.as_deref())?;
-                fsck::fsck(&cluster::connect(&addrs)?, cli.output).await
-            }
+            Command::Fsck => fsck::fsck(&cluster::connect(&addrs)?, cli.output).await,
         }
     });
     match result {

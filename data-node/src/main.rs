@@ -24,6 +24,8 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "mobilus-data", version)]
 struct Args {
+    #[command(flatten)]
+    tls: mobilus_tls::TlsArgs,
     /// The site this node stores chunks for.
     #[arg(long)]
     site: String,
@@ -315,6 +317,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !valid_site_name(&args.site) {
         anyhow::bail!("--site must be 1 to 64 letters, digits, '-' and '_'");
     }
+    let shutdown = Shutdown::default();
+    let tls = args.tls.install("mobilus-data", shutdown.subscribe())?;
+    if let Some(t) = &tls {
+        let me = t.identity();
+        if me.role != mobilus_tls::Role::Data || me.site.as_deref() != Some(args.site.as_str()) {
+            anyhow::bail!(
+                "--cert is of {me}, not of a data node of {}: issue one with \
+                 `mobilusctl cert issue --role data --site {}`",
+                args.site,
+                args.site
+            );
+        }
+    }
     let store = Arc::new(
         ChunkStore::open(&args.data_dir, Arc::new(LocalDisk))
             .with_context(|| format!("opening the chunk store in {}", args.data_dir.display()))?,
@@ -326,7 +341,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .advertise
         .clone()
         .unwrap_or(listener.local_addr()?.to_string());
-    let shutdown = Shutdown::default();
     let heartbeat = start_heartbeat(&args, addr.clone(), store.clone(), shutdown.subscribe())?;
     let collector = if args.meta.is_empty() {
         None
@@ -384,9 +398,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(site = %args.site, %addr, "mobilus-data serving");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut serving = tokio::spawn(service::serve(store.clone(), collector, listener, async {
-        let _ = stop_rx.await;
-    }));
+    let serve_opts = service::ServeOptions {
+        site: Some(args.site.clone()),
+        tls,
+    };
+    let mut serving = tokio::spawn(service::serve(
+        store.clone(),
+        collector,
+        listener,
+        serve_opts,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::select! {
         res = &mut serving => return Ok(res??),
         _ = term.recv() => {}

@@ -28,6 +28,39 @@ pub struct ChunksSvc {
     pub gc: Option<Arc<Collector>>,
     /// Faults before prefetches before replication.
     pub priorities: Arc<crate::priority::Priorities>,
+    /// The node's site: a mount of another site may not store chunks here.
+    pub site: Option<String>,
+}
+
+/// Who may call what on a data node, by the role in the caller's certificate: reads
+/// and puts for anyone in the cluster but the metadata members; deleting, collecting
+/// and verifying for operators and data nodes (drain, GC, fsck).
+pub fn policy(role: mobilus_tls::Role, path: &str) -> bool {
+    use mobilus_tls::Role;
+    let Some(method) = path.strip_prefix("/mobilus.data.v1.Chunks/") else {
+        return false;
+    };
+    match method {
+        "Put" | "Get" | "ReadBlocks" | "Has" | "Stats" => role != Role::Meta,
+        "Delete" | "Gc" | "Verify" => matches!(role, Role::Admin | Role::Data),
+        _ => false,
+    }
+}
+
+/// A mount stores chunks only at its own site's nodes (a replicator or an operator
+/// may put anywhere).
+fn may_put_here(site: Option<&str>) -> Result<(), Status> {
+    let Some(peer) = mobilus_tls::server::current_peer() else {
+        return Ok(());
+    };
+    if peer.role == mobilus_tls::Role::Mount && peer.site.as_deref() != site {
+        return Err(Status::permission_denied(format!(
+            "a mount stores chunks at its own site's data nodes: this node is of {}, the \
+             certificate is of {peer}",
+            site.unwrap_or("no site")
+        )));
+    }
+    Ok(())
 }
 
 fn hash(bytes: &[u8]) -> Result<ChunkHash, Status> {
@@ -61,6 +94,7 @@ impl Chunks for ChunksSvc {
         &self,
         r: Request<Streaming<pb::PutRequest>>,
     ) -> Result<Response<pb::PutReply>, Status> {
+        may_put_here(self.site.as_deref())?;
         let mut stream = r.into_inner();
         let header = match stream.next().await {
             Some(Ok(pb::PutRequest {
@@ -245,25 +279,33 @@ impl Chunks for ChunksSvc {
     }
 }
 
+/// How a node serves: its site, and TLS (`None`: `--insecure`).
+#[derive(Clone, Debug, Default)]
+pub struct ServeOptions {
+    pub site: Option<String>,
+    pub tls: Option<Arc<mobilus_tls::TlsConfig>>,
+}
+
 /// Serve the store on `listener` until `stop` resolves.
 pub async fn serve(
     store: Arc<ChunkStore>,
     gc: Option<Arc<Collector>>,
     listener: tokio::net::TcpListener,
+    opts: ServeOptions,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let svc = mobilus_proto::datapb::chunks_server::ChunksServer::new(ChunksSvc {
         store,
         gc,
         priorities: Arc::default(),
+        site: opts.site,
     })
     .max_decoding_message_size(2 * FRAME + 1024)
     .max_encoding_message_size(2 * FRAME + 1024);
-    // TCP_NODELAY on accepted sockets: small RPCs otherwise stall on Nagle.
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
-        .map(|conn| conn.and_then(|s| s.set_nodelay(true).map(|()| s)));
+    let incoming = mobilus_tls::server::incoming(listener, opts.tls);
     tonic::transport::Server::builder()
         .layer(mobilus_telemetry::GrpcMetricsLayer)
+        .layer(mobilus_tls::server::Authorize::new(policy))
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, stop)
         .await

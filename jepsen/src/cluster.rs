@@ -240,6 +240,7 @@ impl Cluster {
             let h = &cluster.net.hosts[i];
             let addr = format!("{}:{META_PORT}", h.ip);
             let mut args = vec![
+                "--insecure".into(),
                 "--id".into(),
                 id.to_string(),
                 "--listen".into(),
@@ -269,6 +270,7 @@ impl Cluster {
             let host = 3 + j;
             let addr = format!("{}:{DATA_PORT}", cluster.net.hosts[host].ip);
             let mut args = vec![
+                "--insecure".into(),
                 "--site".into(),
                 site.clone(),
                 "--listen".into(),

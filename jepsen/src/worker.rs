@@ -335,6 +335,7 @@ pub async fn serve(
         retry_ambiguous: false,
         site: issuer.site,
         near: None,
+        tls: Default::default(),
     };
     let state = Arc::new(State {
         client: MetaClient::new(&meta, opts)?,

@@ -47,6 +47,8 @@ pub struct NodeConfig {
     /// on any member, without a read index. A deliberate bug, so the Jepsen harness can
     /// show it catches stale reads.
     pub unsafe_local_reads: bool,
+    /// Mutual TLS for the member's server and its Raft traffic (`None`: `--insecure`).
+    pub tls: Option<std::sync::Arc<mobilus_tls::TlsConfig>>,
 }
 
 /// Errors of configuration.
@@ -124,6 +126,7 @@ impl FileConfig {
             lease_reads: self.lease_reads.unwrap_or(true),
             unsafe_read_lease_ms: None,
             unsafe_local_reads: false,
+            tls: None,
         })
     }
 }

@@ -14,6 +14,8 @@ use mobilus_meta_client::{ClientOptions, MetaClient};
 #[derive(Parser, Debug)]
 #[command(name = "mobilus-meta", version)]
 struct Args {
+    #[command(flatten)]
+    tls: mobilus_tls::TlsArgs,
     /// TOML config file; flags override its settings.
     #[arg(long, env = "MOBILUS_META_CONFIG")]
     config: Option<PathBuf>,
@@ -138,6 +140,8 @@ async fn join(node: &server::MetaNode, seeds: &[String]) -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     server::describe_metrics();
     let mut cfg = merge(&args)?.resolve()?;
+    let tls_stop = mobilus_telemetry::worker::Shutdown::default();
+    cfg.tls = args.tls.install("mobilus-meta", tls_stop.subscribe())?;
     cfg.unsafe_local_reads = args.unsafe_local_reads;
     cfg.unsafe_read_lease_ms = args.unsafe_read_lease_ms;
     if args.unsafe_no_ownership_check {
@@ -208,6 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     handle.shutdown().await?;
+    tls_stop.stop();
     result
 }
 

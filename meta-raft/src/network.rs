@@ -30,23 +30,31 @@ use crate::types::{NodeId, TypeConfig};
 /// Largest AppendEntries we send with more than one entry (one entry always goes).
 const APPEND_BUDGET_BYTES: usize = 1 << 20;
 
-/// One channel per peer address.
+/// One channel per peer address, over TLS when the member has it.
 #[derive(Default)]
 pub struct ChannelPool {
     channels: Mutex<HashMap<String, Channel>>,
+    tls: mobilus_tls::client::ClientTls,
 }
 
 impl ChannelPool {
+    pub fn new(tls: mobilus_tls::client::ClientTls) -> ChannelPool {
+        ChannelPool {
+            channels: Mutex::default(),
+            tls,
+        }
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .connect_lazy();
+            .http2_keep_alive_interval(Duration::from_secs(5));
+        let ch = mobilus_tls::client::channel(endpoint, mobilus_tls::Role::Meta, &self.tls);
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -26,6 +26,7 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
 
 pub fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc, String)> {
     let child = Command::new(bin(name)?)
+        .arg("--insecure")
         .args(args)
         .arg("--ready-file")
         .arg(ready)

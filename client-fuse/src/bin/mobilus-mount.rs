@@ -15,6 +15,8 @@ use serde::Deserialize;
 #[derive(Parser, Debug)]
 #[command(name = "mobilus-mount", version)]
 struct Args {
+    #[command(flatten)]
+    tls: mobilus_tls::TlsArgs,
     /// The site this mount belongs to (its data node stores what it writes).
     #[arg(long)]
     site: Option<String>,
@@ -169,6 +171,18 @@ fn force_unmount(mountpoint: &std::path::Path) {
 async fn run(args: Args) -> anyhow::Result<()> {
     mount::describe_metrics();
     let s = settings(&args)?;
+    let tls_stop = mobilus_telemetry::worker::Shutdown::default();
+    if let Some(t) = args.tls.install("mobilus-mount", tls_stop.subscribe())? {
+        let me = t.identity();
+        if me.role != mobilus_tls::Role::Mount || me.site.as_deref() != Some(s.site.as_str()) {
+            anyhow::bail!(
+                "--cert is of {me}, not of a mount of {}: issue one with \
+                 `mobilusctl cert issue --role mount --site {}`",
+                s.site,
+                s.site
+            );
+        }
+    }
     let client = connect(&s).await?;
     let fs =
         Arc::new(MountFs::new(client, s.tuning.attr_ttl).with_delegations(!args.no_delegations));

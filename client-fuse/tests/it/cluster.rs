@@ -37,6 +37,7 @@ fn spawn(name: &str, args: &[String], dir: &Path) -> (Proc, String) {
     let ready = dir.join("ready");
     let log = std::fs::File::create(dir.join("log")).unwrap();
     let child = Command::new(bin(name))
+        .arg("--insecure")
         .args(args)
         .arg("--ready-file")
         .arg(&ready)
@@ -290,6 +291,7 @@ impl TwoSites {
         let ready = dir.path().join("ready");
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let child = Command::new(bin("mobilus-mount"))
+            .arg("--insecure")
             .args(["--site", site, "--meta", &self.meta_addrs.join(",")])
             .arg("--ready-file")
             .arg(&ready)

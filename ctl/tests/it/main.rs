@@ -2,6 +2,7 @@
 
 mod clone;
 mod operate;
+mod security;
 mod wan;
 
 use std::path::Path;
@@ -133,7 +134,24 @@ fn dev_up_status_restart_and_down_with_json_output() {
         .iter()
         .map(|m| m["addr"].as_str().unwrap())
         .collect();
-    let via_meta = must_json(&["--meta", &addrs.join(","), "cluster", "status"]);
+    let tls = Path::new(dir).join("tls");
+    let (ca, cert, key) = (
+        tls.join("ca/ca.pem"),
+        tls.join("admin.pem"),
+        tls.join("admin.key"),
+    );
+    let via_meta = must_json(&[
+        "--ca",
+        ca.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--meta",
+        &addrs.join(","),
+        "cluster",
+        "status",
+    ]);
     assert_eq!(via_meta["leader_id"], status["leader_id"]);
 
     // Down: nothing left running. Up again: same addresses, data kept.
@@ -187,12 +205,12 @@ fn completions_are_printed_for_each_shell() {
 fn errors_say_what_to_do_and_use_the_documented_exit_codes() {
     // Unreachable cluster: exit 1 and a hint, for every command that needs it.
     for cmd in [["node", "ls"], ["site", "ls"]] {
-        let out = ctl(&["--meta", "127.0.0.1:1", cmd[0], cmd[1]]);
+        let out = ctl(&["--insecure", "--meta", "127.0.0.1:1", cmd[0], cmd[1]]);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("is `mobilus-meta` running?"), "{err}");
     }
-    let out = ctl(&["--meta", "127.0.0.1:1", "cluster", "status"]);
+    let out = ctl(&["--insecure", "--meta", "127.0.0.1:1", "cluster", "status"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -214,6 +232,20 @@ fn errors_say_what_to_do_and_use_the_documented_exit_codes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("dev up"));
     // A bad address.
-    let out = ctl(&["--meta", "not an address", "cluster", "status"]);
+    let out = ctl(&[
+        "--insecure",
+        "--meta",
+        "not an address",
+        "cluster",
+        "status",
+    ]);
     assert_eq!(out.status.code(), Some(1));
+    // Neither certificates nor --insecure.
+    let out = ctl(&["--meta", "127.0.0.1:1", "cluster", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--ca, --cert and --key") && err.contains("--insecure"),
+        "{err}"
+    );
 }

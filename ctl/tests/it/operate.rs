@@ -399,7 +399,13 @@ fn cluster_init_makes_a_cluster_of_fresh_members_and_refuses_a_second_time() {
         let log = std::fs::File::create(tmp.path().join(format!("log-{id}"))).unwrap();
         members.0.push(
             Command::new(&meta)
-                .args(["--id", &id.to_string(), "--listen", "127.0.0.1:0"])
+                .args([
+                    "--insecure",
+                    "--id",
+                    &id.to_string(),
+                    "--listen",
+                    "127.0.0.1:0",
+                ])
                 .arg("--data-dir")
                 .arg(tmp.path().join(format!("m{id}")))
                 .arg("--ready-file")
@@ -420,20 +426,31 @@ fn cluster_init_makes_a_cluster_of_fresh_members_and_refuses_a_second_time() {
     let all = addrs.join(",");
     // Not a cluster yet: status says so (exit 1).
     assert_eq!(
-        ctl(&["--meta", &all, "cluster", "status"]).status.code(),
+        ctl(&["--insecure", "--meta", &all, "cluster", "status"])
+            .status
+            .code(),
         Some(1)
     );
-    let status = must_json(&["--meta", &all, "cluster", "init"]);
+    let status = must_json(&["--insecure", "--meta", &all, "cluster", "init"]);
     let m = status["members"].as_array().unwrap();
     assert_eq!(m.len(), 3, "{status}");
     assert!(m.iter().all(|m| m["voter"] == true), "{status}");
     assert_eq!(status["leader_id"], 1);
-    let out = ctl(&["--meta", &all, "cluster", "init"]);
+    let out = ctl(&["--insecure", "--meta", &all, "cluster", "init"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already part of a cluster"), "{err}");
     // Membership by hand: remove member 3, add it back as a learner, promote it.
-    let removed = must_json(&["--meta", &all, "cluster", "members", "remove", "--id", "3"]);
+    let removed = must_json(&[
+        "--insecure",
+        "--meta",
+        &all,
+        "cluster",
+        "members",
+        "remove",
+        "--id",
+        "3",
+    ]);
     let ids: Vec<u64> = removed["members"]
         .as_array()
         .unwrap()
@@ -442,7 +459,16 @@ fn cluster_init_makes_a_cluster_of_fresh_members_and_refuses_a_second_time() {
         .collect();
     assert_eq!(ids, [1, 2], "{removed}");
     let added = must_json(&[
-        "--meta", &all, "cluster", "members", "add", "--id", "3", "--addr", &addrs[2],
+        "--insecure",
+        "--meta",
+        &all,
+        "cluster",
+        "members",
+        "add",
+        "--id",
+        "3",
+        "--addr",
+        &addrs[2],
     ]);
     let third = added["members"]
         .as_array()
@@ -452,7 +478,16 @@ fn cluster_init_makes_a_cluster_of_fresh_members_and_refuses_a_second_time() {
         .cloned()
         .unwrap_or_else(|| panic!("member 3 missing: {added}"));
     assert_eq!(third["voter"], false, "a learner first: {added}");
-    let promoted = must_json(&["--meta", &all, "cluster", "members", "promote", "--id", "3"]);
+    let promoted = must_json(&[
+        "--insecure",
+        "--meta",
+        &all,
+        "cluster",
+        "members",
+        "promote",
+        "--id",
+        "3",
+    ]);
     assert!(
         promoted["members"]
             .as_array()
@@ -461,18 +496,36 @@ fn cluster_init_makes_a_cluster_of_fresh_members_and_refuses_a_second_time() {
             .all(|m| m["voter"] == true),
         "{promoted}"
     );
-    let table = must_ok(&["--meta", &all, "cluster", "members", "promote", "--id", "3"]);
+    let table = must_ok(&[
+        "--insecure",
+        "--meta",
+        &all,
+        "cluster",
+        "members",
+        "promote",
+        "--id",
+        "3",
+    ]);
     assert!(
         table.contains("voter") && table.contains("Leader"),
         "{table}"
     );
-    let snap = must_ok(&["--meta", &all, "cluster", "snapshot"]);
+    let snap = must_ok(&["--insecure", "--meta", &all, "cluster", "snapshot"]);
     assert!(snap.contains("snapshot requested on member 1"), "{snap}");
-    let snap = must_json(&["--meta", &all, "cluster", "snapshot"]);
+    let snap = must_json(&["--insecure", "--meta", &all, "cluster", "snapshot"]);
     assert_eq!(snap["member"], 1, "{snap}");
     assert!(snap["last_applied"].as_u64() > Some(0), "{snap}");
     // Removing a member that does not exist is an error, not a crash.
-    let out = ctl(&["--meta", &all, "cluster", "members", "remove", "--id", "42"]);
+    let out = ctl(&[
+        "--insecure",
+        "--meta",
+        &all,
+        "cluster",
+        "members",
+        "remove",
+        "--id",
+        "42",
+    ]);
     assert_eq!(
         out.status.code(),
         Some(1),

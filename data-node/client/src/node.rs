@@ -45,13 +45,22 @@ pub struct DataClient {
 }
 
 impl DataClient {
+    /// A client of the node at `addr`, dialled with the process's TLS configuration.
     pub fn new(addr: &str) -> Result<Self, DataClientError> {
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        Self::with_tls(addr, &mobilus_tls::client::ClientTls::ProcessDefault)
+    }
+
+    /// A client of the node at `addr` that dials as `tls` says.
+    pub fn with_tls(
+        addr: &str,
+        tls: &mobilus_tls::client::ClientTls,
+    ) -> Result<Self, DataClientError> {
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|_| DataClientError::BadAddress(addr.to_string()))?
             .tcp_nodelay(true)
             // A node that is down but still listed must cost a failed call, not a hang.
-            .connect_timeout(CONNECT_TIMEOUT)
-            .connect_lazy();
+            .connect_timeout(CONNECT_TIMEOUT);
+        let ch = mobilus_tls::client::channel(endpoint, mobilus_tls::Role::Data, tls);
         Ok(DataClient {
             addr: addr.to_string(),
             inner: ChunksClient::new(ch),

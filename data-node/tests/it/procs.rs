@@ -31,6 +31,7 @@ pub fn sibling(name: &str) -> PathBuf {
 /// Start `bin` with `args` and `--ready-file`; returns it and the address it wrote.
 pub fn spawn(bin: &Path, args: &[&str], ready: &Path) -> (Proc, String) {
     let child = Command::new(bin)
+        .arg("--insecure")
         .args(args)
         .arg("--ready-file")
         .arg(ready)

@@ -23,6 +23,7 @@ impl Drop for Proc {
 fn start(id: u64, dir: &Path, flags: &[String]) -> anyhow::Result<(Proc, String)> {
     let ready = dir.join(format!("ready-{id}"));
     let child = Command::new(BIN)
+        .arg("--insecure")
         .args(["--id", &id.to_string(), "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(dir.join(format!("m{id}")))

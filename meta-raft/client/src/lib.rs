@@ -158,6 +158,8 @@ pub struct ClientOptions {
     /// A member at this client's site: the reads of a delegation's holder go there first
     /// ([`MetaClient::set_holder_reads`]).
     pub near: Option<String>,
+    /// How to dial the members: by default, the process's TLS configuration.
+    pub tls: mobilus_tls::client::ClientTls,
 }
 
 impl Default for ClientOptions {
@@ -169,6 +171,7 @@ impl Default for ClientOptions {
             retry_ambiguous: true,
             site: None,
             near: None,
+            tls: Default::default(),
         }
     }
 }
@@ -412,12 +415,13 @@ impl MetaClient {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| ClientError::BadAddress(addr.to_string(), e.to_string()))?
             .connect_timeout(self.inner.opts.connect_timeout)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .connect_lazy();
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        let ch =
+            mobilus_tls::client::channel(endpoint, mobilus_tls::Role::Meta, &self.inner.opts.tls);
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

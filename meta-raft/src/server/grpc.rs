@@ -82,7 +82,7 @@ pub struct MetaSvc {
 
 impl MetaSvc {
     async fn op(&self, fence: Option<pb::Fence>, op: Op) -> Result<OpReply, Status> {
-        let (issuer, fence) = fence_from_wire(fence);
+        let (issuer, fence) = fence_from_wire(super::authz::bind_site(fence)?);
         if issuer.site.as_deref().is_some_and(|s| !valid_site_name(s)) {
             return Err(Status::invalid_argument(
                 "the fence's site must be 1 to 64 letters, digits, '-' and '_'",

@@ -1,6 +1,7 @@
 //! Starting and stopping a member: open the stores, start Raft, serve gRPC.
 
 mod applied;
+pub mod authz;
 mod clones;
 mod delegations;
 mod grpc;
@@ -71,7 +72,10 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
     let addr = cfg.advertise.clone().unwrap_or_else(|| local.to_string());
     let (log, sm) = store::open(&cfg.data_dir)?;
     let log_stats = log.stats().clone();
-    let pool = Arc::new(ChannelPool::default());
+    let pool = Arc::new(ChannelPool::new(match &cfg.tls {
+        Some(t) => mobilus_tls::client::ClientTls::With(t.clone()),
+        None => mobilus_tls::client::ClientTls::Plaintext,
+    }));
     let faults = Arc::new(NetFaults::default());
     let network = GrpcNetwork::new(pool.clone(), faults.clone());
     let config = Arc::new(raft_config(cfg)?);
@@ -146,16 +150,12 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
     let raft_svc = RaftServer::new(grpc::RaftSvc { node: node.clone() })
         .max_decoding_message_size(RAFT_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(RAFT_MAX_MESSAGE_BYTES);
-    // The builder's tcp_nodelay does not reach sockets we accept ourselves; without it,
-    // Nagle and delayed ACKs stall small RPCs by ~40 ms.
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |conn| conn.and_then(|s| s.set_nodelay(true).map(|()| s)),
-    );
+    let incoming = mobilus_tls::server::incoming(listener, cfg.tls.clone());
     let serving = tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
             .layer(mobilus_telemetry::GrpcMetricsLayer)
+            .layer(mobilus_tls::server::Authorize::new(authz::policy))
             .layer(applied::AppliedLayer)
             .add_service(meta)
             .add_service(cluster)

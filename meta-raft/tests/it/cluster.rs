@@ -362,6 +362,7 @@ async fn a_client_pays_for_a_hung_member_once_not_on_every_call() {
             retry_ambiguous: false,
             site: None,
             near: None,
+            tls: Default::default(),
         },
     )
     .expect("client");

@@ -7,6 +7,7 @@ use crate::harness::BIN;
 
 fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)
+        .arg("--insecure")
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -50,6 +51,7 @@ async fn a_config_file_starts_a_member_and_flags_override_it() {
     // The file says port 1 (unbindable); the flag wins.
     let mut child = Command::new(BIN)
         .args([
+            "--insecure",
             "--config",
             file.to_str().unwrap(),
             "--listen",

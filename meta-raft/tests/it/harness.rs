@@ -28,6 +28,7 @@ impl Member {
             .open(dir.join("log"))
             .expect("log file");
         Command::new(BIN)
+            .arg("--insecure")
             .args([
                 "--id",
                 &id.to_string(),

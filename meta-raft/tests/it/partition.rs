@@ -24,6 +24,7 @@ fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
         lease_reads: true,
         unsafe_read_lease_ms: None,
         unsafe_local_reads: false,
+        tls: None,
     }
 }
 

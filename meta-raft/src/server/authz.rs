@@ -1,0 +1,142 @@
+//! Who may call what on a metadata member, by the role in the caller's certificate.
+//!
+//! Every call passes through [`mobilus_tls::server::Authorize`] with [`policy`]; a
+//! mutation of the namespace also passes through [`bind_site`], which ties a mount's
+//! writes to the site its certificate names, whatever site its request claims.
+
+use mobilus_proto::pb;
+use mobilus_tls::Role;
+use tonic::Status;
+
+/// Cluster RPCs that change the cluster itself: operators only.
+const ADMIN_ONLY: &[&str] = &[
+    "Init",
+    "RemoveMember",
+    "TriggerSnapshot",
+    "SetNodeDraining",
+    "RemoveDataNode",
+    "SetSiteReplicas",
+    "Fsck",
+    "ListChunks",
+    "CreateSubtree",
+    "RelabelSubtree",
+    "MoveSubtree",
+    "SetSubtreePolicy",
+    "StartClone",
+    "CloneStep",
+    "AbortCloneStep",
+    "StartRefresh",
+    "CreateSnapshot",
+    "RemoveSnapshot",
+    "SetPlacement",
+    "ArmProfile",
+];
+
+/// Cluster RPCs a new member calls to join (`mobilus-meta --join`), besides operators.
+const MEMBER_JOIN: &[&str] = &["AddLearner", "Promote"];
+
+/// Cluster RPCs of the data nodes' own work (registration, GC, following).
+const DATA_NODE: &[&str] = &[
+    "RegisterDataNode",
+    "Condemn",
+    "ForgetCondemned",
+    "ChunkRefs",
+    "ReadFeed",
+    "AckFeed",
+    "ScanSubtreeChunks",
+];
+
+/// Cluster RPCs of a mount's own work.
+const MOUNT: &[&str] = &["SetProfile"];
+
+/// May `role` call `path` (`/mobilus.meta.v1.Meta/Mkdir`)?
+pub fn policy(role: Role, path: &str) -> bool {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match service {
+        "mobilus.meta.v1.Raft" => role == Role::Meta,
+        // The file system: mounts, and operators and data nodes that read it.
+        "mobilus.meta.v1.Meta" => role != Role::Meta,
+        "mobilus.meta.v1.Cluster" => {
+            if MEMBER_JOIN.contains(&method) {
+                matches!(role, Role::Meta | Role::Admin)
+            } else if ADMIN_ONLY.contains(&method) {
+                role == Role::Admin
+            } else if DATA_NODE.contains(&method) {
+                matches!(role, Role::Data | Role::Admin)
+            } else if MOUNT.contains(&method) {
+                matches!(role, Role::Mount | Role::Admin)
+            } else {
+                // Reads of the cluster's state: anyone in the cluster.
+                true
+            }
+        }
+        _ => false,
+    }
+}
+
+/// A mutation's fence, with its site taken from the caller's certificate: a mount or a
+/// data node of site X speaks for X, so a request that claims another site is refused,
+/// and one that claims none is X's. Operators and insecure callers keep what they send.
+pub fn bind_site(fence: Option<pb::Fence>) -> Result<Option<pb::Fence>, Status> {
+    let Some(peer) = mobilus_tls::server::current_peer() else {
+        return Ok(fence);
+    };
+    if !matches!(peer.role, Role::Mount | Role::Data) {
+        return Ok(fence);
+    }
+    let Some(site) = peer.site.clone() else {
+        return Err(Status::permission_denied(format!(
+            "the certificate of {peer} names no site"
+        )));
+    };
+    let mut fence = fence.unwrap_or_default();
+    if !fence.site.is_empty() && fence.site != site {
+        return Err(Status::permission_denied(format!(
+            "the request claims site {:?}, but the certificate is of {peer}",
+            fence.site
+        )));
+    }
+    fence.site = site;
+    Ok(Some(fence))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_is_for_members_and_cluster_changes_for_operators() {
+        assert!(policy(Role::Meta, "/mobilus.meta.v1.Raft/AppendEntries"));
+        for role in [Role::Mount, Role::Data, Role::Admin] {
+            assert!(!policy(role, "/mobilus.meta.v1.Raft/Vote"), "{role}");
+            assert!(!policy(role, "/mobilus.meta.v1.Raft/Forward"), "{role}");
+        }
+        for role in [Role::Mount, Role::Data, Role::Meta] {
+            assert!(
+                !policy(role, "/mobilus.meta.v1.Cluster/MoveSubtree"),
+                "{role}"
+            );
+            assert!(
+                !policy(role, "/mobilus.meta.v1.Cluster/RemoveMember"),
+                "{role}"
+            );
+        }
+        assert!(policy(Role::Admin, "/mobilus.meta.v1.Cluster/MoveSubtree"));
+        assert!(policy(Role::Meta, "/mobilus.meta.v1.Cluster/AddLearner"));
+        assert!(!policy(Role::Mount, "/mobilus.meta.v1.Cluster/AddLearner"));
+        assert!(policy(Role::Mount, "/mobilus.meta.v1.Meta/Mkdir"));
+        assert!(!policy(Role::Meta, "/mobilus.meta.v1.Meta/Mkdir"));
+        assert!(!policy(
+            Role::Mount,
+            "/mobilus.meta.v1.Cluster/RegisterDataNode"
+        ));
+        assert!(policy(
+            Role::Data,
+            "/mobilus.meta.v1.Cluster/RegisterDataNode"
+        ));
+        assert!(policy(Role::Mount, "/mobilus.meta.v1.Cluster/ListSubtrees"));
+        assert!(!policy(Role::Admin, "/grpc.health.v1.Health/Check"));
+        assert!(!policy(Role::Admin, "garbage"));
+    }
+}
