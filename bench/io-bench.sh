@@ -71,34 +71,47 @@ SYSTEMS+=(juicefs="$RUN/mnt-jfs")
 mfs_up "$RUN/mnt-mfs" "$RUN/mfs"
 SYSTEMS+=(moosefs="$RUN/mnt-mfs")
 
-# A Mobilus cluster from the binaries in $2, mounted once per extra-flags set in $3...
+# Mutual TLS, as in production: a CA for the run and a certificate per process.
+"$BIN/mobilusctl" cert ca --dir "$RUN/tls/ca" >/dev/null
+tls() {  # $1 role, $2 site ('' for none), $3 name: its certificate's flags (issued once)
+  local site=(); [ -z "$2" ] || site=(--site "$2")
+  [ -f "$RUN/tls/$3.pem" ] || "$BIN/mobilusctl" cert issue --ca-dir "$RUN/tls/ca" --role "$1" \
+    "${site[@]}" --name "$3" --out "$RUN/tls" >/dev/null
+  echo "--ca $RUN/tls/ca/ca.pem --cert $RUN/tls/$3.pem --key $RUN/tls/$3.key"
+}
+
+# A Mobilus cluster from the binaries in $2 (of 2026-12-06 or later: they take TLS
+# flags), mounted once per extra-flags set in $3...
 cluster() {  # $1 name, $2 bin dir, then label:flags pairs
   local name=$1 bin=$2; shift 2
   local meta=() d id
   for id in 1 2 3; do
     d="$RUN/$name-meta-$id"; mkdir -p "$d"
     local join=(--init); [ $id = 1 ] || join=(--join "${meta[0]}")
-    "$bin/mobilus-meta" --insecure --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
+    # shellcheck disable=SC2046
+    "$bin/mobilus-meta" $(tls meta '' "meta-$id") --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
       "${join[@]}" 2>"$d/log" & PIDS+=($!)
     meta+=("$(ready "$d/ready")")
   done
   local metas; metas=$(IFS=,; echo "${meta[*]}")
-  "$bin/mobilus-data" --insecure --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/$name-data" \
+  # shellcheck disable=SC2046
+  "$bin/mobilus-data" $(tls data site-a data-a) --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/$name-data" \
     --meta "$metas" --ready-file "$RUN/$name-data.ready" 2>"$RUN/$name-data.log" & PIDS+=($!)
   ready "$RUN/$name-data.ready" >/dev/null
   local pair label flags
   for pair in "$@"; do
     label=${pair%%:*}; flags=${pair#*:}
     mkdir -p "$RUN/mnt-$label"
-    # shellcheck disable=SC2086
-    "$bin/mobilus-mount" --insecure --site site-a --meta "$metas" --ready-file "$RUN/$label.ready" $flags \
+    # shellcheck disable=SC2086,SC2046
+    "$bin/mobilus-mount" $(tls mount site-a "mount-$label") --site site-a --meta "$metas" --ready-file "$RUN/$label.ready" $flags \
       "$RUN/mnt-$label" 2>"$RUN/$label.log" & PIDS+=($!)
     ready "$RUN/$label.ready" >/dev/null
     MNTS+=("$RUN/mnt-$label")
     # Work happens where Mobilus is meant to be used: in a subtree this site owns, whose
     # delegation the mount can hold (the shared root is never delegated).
     mkdir "$RUN/mnt-$label/$label"
-    "$bin/mobilusctl" --insecure --meta "$metas" subtree create --owner site-a "/$label" >/dev/null
+    # shellcheck disable=SC2046
+    "$bin/mobilusctl" $(tls admin '' admin) --meta "$metas" subtree create --owner site-a "/$label" >/dev/null
     SYSTEMS+=("$label=$RUN/mnt-$label/$label")
   done
 }

@@ -21,6 +21,18 @@ const FRAME: usize = 1 << 20;
 const MAX_HAS: usize = 100_000;
 /// Most chunks one `verify` call reads back (up to 4 MiB each).
 const MAX_VERIFY: usize = 1024;
+/// Bytes of puts held in memory at once, over every connection. A put takes room after
+/// its header, first from its connection's share
+/// (`mobilus_tls::server::BUFFER_BYTES_PER_CONNECTION`), then from this; without room it
+/// is refused at once with ResourceExhausted (the client waits and retries). It never
+/// queues: a queued stream's unread frames would hold the connection's HTTP/2 window,
+/// and the puts that have room could then receive nothing. So one connection cannot take
+/// more than its share, and memory stays bounded however many misbehave.
+pub const PUT_BUFFER_BYTES: usize = 1 << 30;
+/// A put that sends no frame for this long is abandoned, and its room freed.
+const PUT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Concurrent put and get streams per connection.
+const MAX_STREAMS: u32 = 64;
 
 pub struct ChunksSvc {
     pub store: Arc<ChunkStore>,
@@ -30,6 +42,8 @@ pub struct ChunksSvc {
     pub priorities: Arc<crate::priority::Priorities>,
     /// The node's site: a mount of another site may not store chunks here.
     pub site: Option<String>,
+    /// Room for puts' bytes in memory ([`PUT_BUFFER_BYTES`]).
+    pub put_buffers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Who may call what on a data node, by the role in the caller's certificate: reads
@@ -95,6 +109,7 @@ impl Chunks for ChunksSvc {
         r: Request<Streaming<pb::PutRequest>>,
     ) -> Result<Response<pb::PutReply>, Status> {
         may_put_here(self.site.as_deref())?;
+        let connection = mobilus_tls::server::PeerInfo::of(&r).map(|p| p.buffered.clone());
         let mut stream = r.into_inner();
         let header = match stream.next().await {
             Some(Ok(pb::PutRequest {
@@ -107,8 +122,35 @@ impl Chunks for ChunksSvc {
         if header.size > MAX_CHUNK_BYTES {
             return Err(DataError::TooLarge(header.size).to_status());
         }
+        // MAX_CHUNK_BYTES (16 MiB) fits u32 and is below both budgets.
+        let size = header.size as u32;
+        let _connection_room = match connection {
+            Some(c) => Some(c.try_acquire_many_owned(size).map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "this connection has {} MiB of puts in flight: try again",
+                    mobilus_tls::server::BUFFER_BYTES_PER_CONNECTION >> 20
+                ))
+            })?),
+            None => None,
+        };
+        let _room = self.put_buffers.try_acquire_many(size).map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the data node holds {} MiB of puts in flight: try again",
+                PUT_BUFFER_BYTES >> 20
+            ))
+        })?;
         let mut data = Vec::with_capacity(header.size as usize);
-        while let Some(msg) = stream.next().await {
+        loop {
+            let next = tokio::time::timeout(PUT_IDLE, stream.next()).await;
+            let Some(msg) = next.map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no frame of the put for {} s: abandoned",
+                    PUT_IDLE.as_secs()
+                ))
+            })?
+            else {
+                break;
+            };
             match msg?.part {
                 Some(Part::Data(bytes)) => {
                     if (data.len() + bytes.len()) as u64 > header.size {
@@ -299,11 +341,16 @@ pub async fn serve(
         gc,
         priorities: Arc::default(),
         site: opts.site,
+        put_buffers: Arc::new(tokio::sync::Semaphore::new(PUT_BUFFER_BYTES)),
     })
     .max_decoding_message_size(2 * FRAME + 1024)
     .max_encoding_message_size(2 * FRAME + 1024);
     let incoming = mobilus_tls::server::incoming(listener, opts.tls);
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS)
+        .concurrency_limit_per_connection(MAX_STREAMS as usize)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(mobilus_telemetry::GrpcMetricsLayer)
         .layer(mobilus_tls::server::Authorize::new(policy))
         .add_service(svc)

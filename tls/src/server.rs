@@ -24,6 +24,17 @@ use crate::{PeerIdentity, Role, TlsConfig};
 
 /// A TLS handshake must finish within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections (and handshakes) open at once per server; more are closed at accept. With
+/// each connection's streams and messages bounded too, this bounds a server's memory
+/// however many clients misbehave.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Concurrent requests (HTTP/2 streams) per connection: one client cannot take every
+/// worker while the others wait.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
+/// Bytes of request data one connection may have a server hold in memory at once
+/// ([`PeerInfo::buffered`]): more is refused, and other connections are unaffected.
+pub const BUFFER_BYTES_PER_CONNECTION: usize = 64 << 20;
 
 /// Who is at the other end of a connection.
 #[derive(Clone, Debug)]
@@ -31,6 +42,9 @@ pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     /// The verified certificate's identity; `None` on an `--insecure` server.
     pub identity: Option<Arc<PeerIdentity>>,
+    /// Room for the data this connection's requests have the server hold (a data node's
+    /// puts), [`BUFFER_BYTES_PER_CONNECTION`], shared by its streams.
+    pub buffered: Arc<tokio::sync::Semaphore>,
 }
 
 impl PeerInfo {
@@ -61,6 +75,7 @@ enum Io {
 pub struct Accepted {
     io: Io,
     info: PeerInfo,
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl tonic::transport::server::Connected for Accepted {
@@ -132,6 +147,7 @@ pub fn incoming(
     tls: Option<Arc<TlsConfig>>,
 ) -> ReceiverStream<Result<Accepted, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -147,27 +163,32 @@ pub fn incoming(
                 },
                 _ = tx.closed() => return,
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                metrics::counter!("mobilus_connections_refused_total").increment(1);
+                tracing::warn!(%remote, max = MAX_CONNECTIONS, "too many connections: closed");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let Some(tls) = tls.clone() else {
                 let info = PeerInfo {
                     remote: Some(remote),
                     identity: None,
+                    buffered: connection_budget(),
                 };
-                if tx
-                    .send(Ok(Accepted {
-                        io: Io::Plain(tcp),
-                        info,
-                    }))
-                    .await
-                    .is_err()
-                {
+                let accepted = Accepted {
+                    io: Io::Plain(tcp),
+                    info,
+                    _slot: slot,
+                };
+                if tx.send(Ok(accepted)).await.is_err() {
                     return;
                 }
                 continue;
             };
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, remote, &tls)).await {
+                let shake = handshake(tcp, remote, &tls, slot);
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await {
                     Ok(Ok(accepted)) => {
                         let _ = tx.send(Ok(accepted)).await;
                     }
@@ -186,10 +207,15 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
+fn connection_budget() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(BUFFER_BYTES_PER_CONNECTION))
+}
+
 async fn handshake(
     tcp: TcpStream,
     remote: SocketAddr,
     tls: &TlsConfig,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Accepted, io::Error> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().server.clone());
     let stream = acceptor.accept(tcp).await?;
@@ -210,7 +236,9 @@ async fn handshake(
         info: PeerInfo {
             remote: Some(remote),
             identity: Some(Arc::new(identity)),
+            buffered: connection_budget(),
         },
+        _slot: slot,
     })
 }
 

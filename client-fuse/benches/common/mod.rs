@@ -25,8 +25,10 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc, String)> {
+    // Plaintext unless the caller gave certificates.
+    let insecure = !args.iter().any(|a| a == "--ca");
     let child = Command::new(bin(name)?)
-        .arg("--insecure")
+        .args(insecure.then_some("--insecure"))
         .args(args)
         .arg("--ready-file")
         .arg(ready)
@@ -44,7 +46,13 @@ pub fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc,
 
 /// Three metadata members (release binaries) with their folders under `dir`: the
 /// processes and their addresses.
+#[allow(dead_code)] // each bench uses one of the two
 pub fn start_metas(dir: &Path) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
+    start_metas_with(dir, &[])
+}
+
+/// [`start_metas`], each member also given `extra` (TLS flags, say).
+pub fn start_metas_with(dir: &Path, extra: &[String]) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
     let mut procs = Vec::new();
     let mut addrs: Vec<String> = Vec::new();
     for id in 1..=3 {
@@ -62,6 +70,7 @@ pub fn start_metas(dir: &Path) -> anyhow::Result<(Vec<Proc>, Vec<String>)> {
         } else {
             args.extend(["--join".into(), addrs[0].clone()]);
         }
+        args.extend_from_slice(extra);
         let (p, addr) = spawn("mobilus-meta", &args, &dir.join(format!("meta-{id}.ready")))?;
         procs.push(p);
         addrs.push(addr);

@@ -10,6 +10,10 @@ use tonic::Code;
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Put frames: the server accepts messages up to 2 MiB.
 const FRAME: usize = 1 << 20;
+/// A put refused for want of room waits this long, then twice as long each time, up to
+/// [`BUSY_LAST_WAIT`] (about 3 s in all).
+const BUSY_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(25);
+const BUSY_LAST_WAIT: std::time::Duration = std::time::Duration::from_millis(1600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataClientError {
@@ -122,23 +126,33 @@ impl DataClient {
             from_remote,
             cache,
         };
-        let mut msgs = vec![pb::PutRequest {
-            part: Some(Part::Header(header)),
-        }];
-        msgs.extend(data.chunks(FRAME).map(|f| pb::PutRequest {
-            part: Some(Part::Data(f.to_vec())),
-        }));
-        let mut c = self.inner.clone();
-        c.put(tokio_stream::iter(msgs))
-            .await
-            .map(|r| {
-                let r = r.into_inner();
-                PutAnswer {
-                    existed: r.existed,
-                    gc_gen: r.gc_gen,
+        // A node with no room for more puts in memory refuses at once rather than queue
+        // them (queued streams would hold the connection's flow-control window): wait
+        // and try again, a few times, before failing.
+        let mut wait = BUSY_FIRST_WAIT;
+        loop {
+            let mut msgs = vec![pb::PutRequest {
+                part: Some(Part::Header(header.clone())),
+            }];
+            msgs.extend(data.chunks(FRAME).map(|f| pb::PutRequest {
+                part: Some(Part::Data(f.to_vec())),
+            }));
+            let mut c = self.inner.clone();
+            match c.put(tokio_stream::iter(msgs)).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok(PutAnswer {
+                        existed: r.existed,
+                        gc_gen: r.gc_gen,
+                    });
                 }
-            })
-            .map_err(|s| self.err(s))
+                Err(s) if s.code() == Code::ResourceExhausted && wait <= BUSY_LAST_WAIT => {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(s) => return Err(self.err(s)),
+            }
+        }
     }
 
     /// Bytes of a chunk (`len` 0: to its end), for a read an application waits for.

@@ -297,3 +297,118 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     };
     assert!(status.success(), "{status}");
 }
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// Clients that start puts of the largest chunks and never finish them hold at most the
+/// node's put budget in its memory, and a well-behaved client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_puts_on_many_connections_leave_memory_bounded_and_others_served() {
+    const CONNECTIONS: usize = 4;
+    const STREAMS: usize = 32;
+    let tmp = tempfile::tempdir().unwrap();
+    let (node, addr) = start(tmp.path());
+    let pid = node.0.id();
+    let before = rss_mib(pid);
+    let size = mobilus_proto::MAX_CHUNK_BYTES;
+    let mut stalled = Vec::new();
+    for c in 0..CONNECTIONS {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        for s in 0..STREAMS {
+            let mut client = ChunksClient::new(channel.clone());
+            let hash = ChunkHash::of(format!("stalled {c} {s}").as_bytes());
+            // Everything but the last byte, made as it is sent, then nothing, forever.
+            let frames = (size >> 20) as usize;
+            let data = futures::StreamExt::map(futures::stream::iter(0..frames), move |i| {
+                let len = if i + 1 < frames {
+                    1 << 20
+                } else {
+                    (1 << 20) - 1
+                };
+                pb::PutRequest {
+                    part: Some(Part::Data(vec![7u8; len])),
+                }
+            });
+            let header = tokio_stream::iter(put_frames(&hash, size, Vec::new()));
+            let body = futures::StreamExt::chain(
+                futures::StreamExt::chain(header, data),
+                futures::stream::pending(),
+            );
+            stalled.push(tokio::spawn(async move { client.put(body).await }));
+        }
+    }
+    // The node reads what its budgets let it; wait until its memory has not grown for 2 s.
+    let (mut last, mut still) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while still < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_mib(pid);
+        still = if now <= last { still + 1 } else { 0 };
+        last = last.max(now);
+    }
+    // A client on its own connection is served at once.
+    let mut well_behaved = ChunksClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let small = b"a small chunk".to_vec();
+    let hash = ChunkHash::of(&small);
+    put(
+        &mut well_behaved,
+        put_frames(&hash, small.len() as u64, vec![small.clone()]),
+    )
+    .await
+    .expect("a put beside the stalled ones");
+    assert_eq!(get(&mut well_behaved, &hash, 0, 0).await.unwrap(), small);
+    well_behaved.stats(pb::StatsRequest {}).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "served in {:?}",
+        t.elapsed()
+    );
+    let held = rss_mib(pid);
+    let offered = (CONNECTIONS * STREAMS) as u64 * (size >> 20);
+    // Each connection holds its share at most.
+    let budget = ((CONNECTIONS * mobilus_tls::server::BUFFER_BYTES_PER_CONNECTION) >> 20) as u64;
+    println!(
+        "RSS {before} MiB at start, {held} MiB with {offered} MiB of puts offered on \
+         {CONNECTIONS} connections (their shares: {budget} MiB)"
+    );
+    assert!(
+        held < before + budget + 128,
+        "the node holds {held} MiB (started at {before}) with {offered} MiB offered"
+    );
+    // Each connection's puts past its share were refused at once; the rest still hang.
+    let mut refused = 0;
+    let mut hanging = Vec::new();
+    for s in stalled {
+        if s.is_finished() {
+            let status = s.await.unwrap().unwrap_err();
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status}");
+            refused += 1;
+        } else {
+            hanging.push(s);
+        }
+    }
+    let share = mobilus_tls::server::BUFFER_BYTES_PER_CONNECTION as u64 / size;
+    assert_eq!(
+        hanging.len() as u64,
+        CONNECTIONS as u64 * share,
+        "{refused} refused"
+    );
+    for s in hanging {
+        s.abort();
+    }
+}

@@ -154,6 +154,13 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
     let serving = tokio::spawn(
         tonic::transport::Server::builder()
             .timeout(Duration::from_secs(30))
+            .max_concurrent_streams(mobilus_tls::server::MAX_STREAMS_PER_CONNECTION)
+            .concurrency_limit_per_connection(
+                mobilus_tls::server::MAX_STREAMS_PER_CONNECTION as usize,
+            )
+            // A peer that vanished without closing stops holding its connection.
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .layer(mobilus_telemetry::GrpcMetricsLayer)
             .layer(mobilus_tls::server::Authorize::new(authz::policy))
             .layer(applied::AppliedLayer)
