@@ -264,8 +264,19 @@ async fn only_certificates_of_the_cluster_ca_get_in_and_each_may_do_only_its_rol
             .gc(mobilus_proto::datapb::GcRequest::default())
             .await;
     assert_eq!(gc.unwrap_err().code(), Code::PermissionDenied);
-    // A data node's certificate is not an operator's either.
+    // A data node's certificate is not an operator's either, and registers its own
+    // site's nodes only.
     let data_cert = c.cert(Role::Data, Some("site-a"), "data-test");
+    let registered = pb::cluster_client::ClusterClient::new(ch(&leader, Role::Meta, &data_cert))
+        .register_data_node(pb::RegisterDataNodeRequest {
+            node: Some(pb::DataNode {
+                site: "site-b".into(),
+                addr: "127.0.0.1:1".into(),
+                ..Default::default()
+            }),
+        })
+        .await;
+    assert_eq!(registered.unwrap_err().code(), Code::PermissionDenied);
     let moved = pb::cluster_client::ClusterClient::new(ch(&leader, Role::Meta, &data_cert))
         .move_subtree(pb::MoveSubtreeRequest {
             root: owned,

@@ -101,6 +101,22 @@ pub fn bind_site(fence: Option<pb::Fence>) -> Result<Option<pb::Fence>, Status> 
     Ok(Some(fence))
 }
 
+/// A site named in a request (a data node registering itself) must be the caller's own
+/// when its certificate binds it to one.
+pub fn own_site(claimed: &str) -> Result<(), Status> {
+    match mobilus_tls::server::current_peer() {
+        Some(peer)
+            if matches!(peer.role, Role::Mount | Role::Data)
+                && peer.site.as_deref() != Some(claimed) =>
+        {
+            Err(Status::permission_denied(format!(
+                "the request names site {claimed:?}, but the certificate is of {peer}"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

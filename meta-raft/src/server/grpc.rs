@@ -641,6 +641,7 @@ impl Cluster for ClusterSvc {
             .into_inner()
             .node
             .ok_or_else(|| Status::invalid_argument("no node given"))?;
+        super::authz::own_site(&node.site)?;
         let op = Op::RegisterDataNode { node: node.into() };
         match self.node.propose(None, op).await.map_err(status)? {
             OpReply::GcGen(gc_gen) => Ok(Response::new(pb::RegisterDataNodeReply { gc_gen })),
