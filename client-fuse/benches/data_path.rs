@@ -14,12 +14,7 @@ use mobilus_proto::noise::noise;
 
 mod common;
 
-use common::{spawn, start_metas};
-
-fn drop_caches() {
-    // Best effort: reads should come from disk, not the page cache, where allowed.
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
+use common::{drop_caches, spawn, start_metas};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -76,26 +71,7 @@ async fn main() -> anyhow::Result<()> {
         .mknod(ROOT_INO, b"big", FileKind::Regular, 0o644, 0, 0, 0, None)
         .await?
         .ino;
-    let t = Instant::now();
-    let mut w = client.writer(ino);
-    for (i, piece) in data.chunks(1 << 20).enumerate() {
-        w.write((i << 20) as u64, piece).await?;
-    }
-    w.flush().await?;
-    let write = mb / t.elapsed().as_secs_f64();
-    drop_caches();
-    let t = Instant::now();
-    let reader = client.reader(ino);
-    let mut off = 0u64;
-    while off < data.len() as u64 {
-        let got = reader.read(off, 1 << 20).await?;
-        anyhow::ensure!(
-            got[..] == data[off as usize..off as usize + got.len()],
-            "read back differs at {off}"
-        );
-        off += got.len() as u64;
-    }
-    let read = mb / t.elapsed().as_secs_f64();
+    let (write, read) = common::write_then_read(&client, ino, &data, true).await?;
     let stats = client.stats();
 
     println!("{mib} MiB, 1 MiB I/Os, one client, 3 meta members + 1 data node on 127.0.0.1");

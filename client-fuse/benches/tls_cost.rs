@@ -128,7 +128,6 @@ async fn measure(client: &Client, secs: f64, mib: usize, tag: &str) -> anyhow::R
         }
     }
     let data = noise(mib << 20, 7);
-    let mb = data.len() as f64 / 1e6;
     let ino = client
         .meta()
         .mknod(
@@ -143,25 +142,7 @@ async fn measure(client: &Client, secs: f64, mib: usize, tag: &str) -> anyhow::R
         )
         .await?
         .ino;
-    let t = Instant::now();
-    let mut w = client.writer(ino);
-    for (i, piece) in data.chunks(1 << 20).enumerate() {
-        w.write((i << 20) as u64, piece).await?;
-    }
-    w.flush().await?;
-    let write = mb / t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let reader = client.reader(ino);
-    let mut off = 0u64;
-    while off < data.len() as u64 {
-        let got = reader.read(off, 1 << 20).await?;
-        anyhow::ensure!(
-            got[..] == data[off as usize..off as usize + got.len()],
-            "read back differs at {off}"
-        );
-        off += got.len() as u64;
-    }
-    let read = mb / t.elapsed().as_secs_f64();
+    let (write, read) = common::write_then_read(client, ino, &data, false).await?;
     Ok(Figures {
         creates,
         getattrs,

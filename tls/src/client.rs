@@ -72,22 +72,29 @@ impl ClientTls {
 pub fn channel(endpoint: Endpoint, role: Role, tls: &ClientTls) -> Channel {
     match tls.resolve() {
         None => endpoint.connect_lazy(),
-        Some(tls) => {
-            let name = role
-                .server_name()
-                .expect("only servers are dialled: meta or data");
-            endpoint.connect_with_connector_lazy(Connector {
-                tls,
-                name: ServerName::try_from(name).expect("a valid DNS name"),
-            })
-        }
+        Some(tls) => endpoint.connect_with_connector_lazy(Connector { tls, role }),
     }
 }
 
 #[derive(Clone)]
 struct Connector {
     tls: Arc<TlsConfig>,
-    name: ServerName<'static>,
+    /// The role the server's certificate must name.
+    role: Role,
+}
+
+impl Connector {
+    /// The name the server's certificate must carry (a role that serves nothing fails
+    /// every connection, with this error).
+    fn server_name(&self) -> io::Result<ServerName<'static>> {
+        let name = self.role.server_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a {} serves nothing to dial", self.role),
+            )
+        })?;
+        ServerName::try_from(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+    }
 }
 
 impl tower::Service<Uri> for Connector {
@@ -101,8 +108,9 @@ impl tower::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let config = self.tls.current().client.clone();
-        let name = self.name.clone();
+        let name = self.server_name();
         Box::pin(async move {
+            let name = name?;
             let host = uri
                 .host()
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no host"))?

@@ -77,3 +77,44 @@ pub fn start_metas_with(dir: &Path, extra: &[String]) -> anyhow::Result<(Vec<Pro
     }
     Ok((procs, addrs))
 }
+
+/// Best effort: reads should come from disk, not the page cache, where allowed.
+#[allow(dead_code)] // not every bench reads back
+pub fn drop_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Write `data` to the file `ino` through `client` with 1 MiB I/Os and flush, then read
+/// it back the same way, checking every byte (the page cache dropped in between if
+/// `cold`): write and read MB/s.
+#[allow(dead_code)] // not every bench reads back
+pub async fn write_then_read(
+    client: &mobilus_client::Client,
+    ino: u64,
+    data: &[u8],
+    cold: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let mb = data.len() as f64 / 1e6;
+    let t = Instant::now();
+    let mut w = client.writer(ino);
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        w.write((i << 20) as u64, piece).await?;
+    }
+    w.flush().await?;
+    let write = mb / t.elapsed().as_secs_f64();
+    if cold {
+        drop_caches();
+    }
+    let t = Instant::now();
+    let reader = client.reader(ino);
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        let got = reader.read(off, 1 << 20).await?;
+        anyhow::ensure!(
+            got[..] == data[off as usize..off as usize + got.len()],
+            "read back differs at {off}"
+        );
+        off += got.len() as u64;
+    }
+    Ok((write, mb / t.elapsed().as_secs_f64()))
+}

@@ -195,15 +195,22 @@ async fn only_certificates_of_the_cluster_ca_get_in_and_each_may_do_only_its_rol
         .vote(pb::RaftBytes { data: vec![0; 8] })
         .await;
     assert_eq!(vote.unwrap_err().code(), Code::PermissionDenied);
-    let mut cluster_b = pb::cluster_client::ClusterClient::new(ch(&leader, Role::Meta, &mount_b));
-    let moved = cluster_b
-        .move_subtree(pb::MoveSubtreeRequest {
-            root: owned,
-            to: "site-b".into(),
-            ..Default::default()
-        })
-        .await;
+    // Moving site-a's subtree to site-b, as the holder of `tls`.
+    let move_as = |tls: &ClientTls| {
+        let mut cluster = pb::cluster_client::ClusterClient::new(ch(&leader, Role::Meta, tls));
+        async move {
+            cluster
+                .move_subtree(pb::MoveSubtreeRequest {
+                    root: owned,
+                    to: "site-b".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let moved = move_as(&mount_b).await;
     assert_eq!(moved.unwrap_err().code(), Code::PermissionDenied);
+    let mut cluster_b = pb::cluster_client::ClusterClient::new(ch(&leader, Role::Meta, &mount_b));
     let learner = cluster_b
         .add_learner(pb::AddLearnerRequest {
             id: 9,
@@ -277,13 +284,7 @@ async fn only_certificates_of_the_cluster_ca_get_in_and_each_may_do_only_its_rol
         })
         .await;
     assert_eq!(registered.unwrap_err().code(), Code::PermissionDenied);
-    let moved = pb::cluster_client::ClusterClient::new(ch(&leader, Role::Meta, &data_cert))
-        .move_subtree(pb::MoveSubtreeRequest {
-            root: owned,
-            to: "site-b".into(),
-            ..Default::default()
-        })
-        .await;
+    let moved = move_as(&data_cert).await;
     assert_eq!(moved.unwrap_err().code(), Code::PermissionDenied);
 }
 
