@@ -43,6 +43,9 @@ rustup component list --installed 2>/dev/null | grep -q clippy || rustup compone
 command -v sccache >/dev/null 2>&1 && export RUSTC_WRAPPER=sccache
 command -v pjdfstest >/dev/null 2>&1 || cargo install --locked --quiet pjdfstest --version 0.2.2
 command -v fsx >/dev/null 2>&1 || cargo install --locked --quiet fsx --version 0.3.2
+# The fuzz pass (scripts/fuzz.sh): libFuzzer through cargo fuzz, which needs nightly.
+rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked --quiet cargo-fuzz --version 0.13.2
 # pjdfstest switches to a user `tests` (and `nobody`) to check permissions.
 if ! id tests >/dev/null 2>&1; then
   sudo_cmd=""

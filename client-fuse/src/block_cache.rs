@@ -21,7 +21,7 @@ pub(crate) type BlockKey = (ChunkHash, u64);
 
 /// Blocks `first..` of one chunk, fetched together and verified.
 #[derive(Debug)]
-pub(crate) struct Run {
+pub struct Run {
     pub first: u64,
     pub blocks: Vec<Bytes>,
 }

@@ -84,7 +84,8 @@ impl Outboard {
     }
 
     /// The outboard `bytes` (as [`Outboard::to_bytes`] wrote them) of chunk `hash` of
-    /// `size` bytes, if they hash to `hash`.
+    /// `size` bytes, if they hash to `hash`. A chunk of one block has no outboard: then
+    /// nothing, not even `size`, is verified until its block is ([`Outboard::verify_block`]).
     pub fn verified(hash: ChunkHash, size: u64, bytes: &[u8]) -> Result<Outboard, OutboardError> {
         let want = if block_count(size) == 1 {
             0

@@ -28,6 +28,9 @@ pub(crate) fn walk(
 ) -> Result<(u64, HashMap<ChunkHash, Held>), NsError> {
     let mut chunks: HashMap<ChunkHash, Held> = HashMap::new();
     let mut seen_linked: HashSet<InodeId> = HashSet::new();
+    // A directory has one parent: one reached twice is a damaged store (a cycle would
+    // walk forever; found by fuzzing stored values).
+    let mut seen_dirs: HashSet<InodeId> = HashSet::from([root]);
     let (mut files, mut todo) = (0u64, vec![root]);
     while let Some(dir) = todo.pop() {
         let prefix = keys::ino(dir);
@@ -39,7 +42,16 @@ pub(crate) fn walk(
         for v in entries {
             let d: DentryRecord = codec::decode(&v)?;
             match d.kind {
-                FileKind::Directory => todo.push(d.ino),
+                FileKind::Directory => {
+                    if !seen_dirs.insert(d.ino) {
+                        return Err(StoreError::Corrupt(format!(
+                            "directory {} is in two places in subtree {root}",
+                            d.ino
+                        ))
+                        .into());
+                    }
+                    todo.push(d.ino);
+                }
                 FileKind::Regular => {
                     let attr = load(txn, d.ino)?.attr;
                     // A file of another subtree (linked before either was one) is its.
@@ -52,7 +64,7 @@ pub(crate) fn walk(
                         for c in s.chunks {
                             let h = chunks.entry(c.hash).or_default();
                             h.refs += 1;
-                            h.end = h.end.max(c.offset + c.len);
+                            h.end = h.end.max(c.offset.saturating_add(c.len));
                         }
                     }
                 }

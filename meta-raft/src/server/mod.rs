@@ -26,7 +26,9 @@ pub use self::applied::{APPLIED_HEADER, NEAR_HEADER};
 pub use self::delegations::MAX_RECALL_WAIT;
 pub use self::locks::MAX_LOCK_WAIT;
 pub use self::metrics::describe_metrics;
-pub use self::node::{holder_reads_ignore_applied_for_tests, MetaNode, NodeTimeouts};
+pub use self::node::{
+    holder_reads_ignore_applied_for_tests, ForwardReply, Forwarded, MetaNode, NodeTimeouts,
+};
 use crate::config::NodeConfig;
 use crate::error::MetaError;
 use crate::network::{ChannelPool, GrpcNetwork, NetFaults};
