@@ -419,6 +419,22 @@ impl Op {
         }
     }
 
+    /// The mount session this operation names, if any (for the session check, which every
+    /// command passes before it runs: a site names only its own sessions).
+    pub fn session(&self) -> Option<u64> {
+        match self {
+            Op::ReserveInodes { session }
+            | Op::CreateReserved { session, .. }
+            | Op::RenewSession { session }
+            | Op::CloseSession { session }
+            | Op::AcquireDelegation { session, .. }
+            | Op::ReleaseDelegation { session, .. }
+            | Op::SetWriteBack { session, .. } => Some(*session),
+            Op::SetLock { lock, .. } => Some(lock.session),
+            _ => None,
+        }
+    }
+
     /// The inodes this operation changes (for the ownership check, which every command
     /// passes before it runs). Every variant is listed: a new one must say what it touches.
     pub fn touches(&self) -> Touches {

@@ -18,7 +18,7 @@ use super::delegation;
 use super::subtree::{log_now, read_log_now};
 use super::{keys, load, Cf, Txn};
 use crate::error::NsError;
-use crate::types::OpError;
+use crate::types::{Command, OpError};
 
 /// How long a session lasts after its last renewal (log time). A mount renews every
 /// `SESSION_LEASE_NS / 5`.
@@ -80,6 +80,32 @@ pub(crate) fn session_record(
 fn live(txn: &Txn<'_>, session: u64, now: i64) -> Result<bool, NsError> {
     let rec: Option<SessionRecord> = txn.get(Cf::Locks, &session_key(session))?;
     Ok(rec.is_some_and(|r| now < r.lease_end_ns))
+}
+
+/// A command of a site names only sessions its own site's mounts opened: a mount of
+/// site-b may not renew, close, lock with, reserve inodes for, or take delegations with a
+/// session of site-a. The site is the caller's certificate's (`authz::bind_site`), so this
+/// holds whatever the request says. Every command passes it, beside the ownership check.
+pub(crate) fn check_session_site(txn: &Txn<'_>, cmd: &Command) -> Result<(), NsError> {
+    let Some(site) = cmd.site.as_deref() else {
+        return Ok(());
+    };
+    for session in cmd.session.into_iter().chain(cmd.op.session()) {
+        let rec: Option<SessionRecord> = txn.get(Cf::Locks, &session_key(session))?;
+        if let Some(SessionRecord {
+            site: Some(owner), ..
+        }) = rec
+        {
+            if owner != site {
+                return Err(OpError::explained(
+                    Errno::EPERM,
+                    format!("mount session {session} is of {owner}, not of {site}"),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `OpenSession`.

@@ -208,8 +208,9 @@ impl Namespace {
 /// refused operation (its own writes were rolled back); `Err(_)` is a storage failure.
 pub fn execute(txn: &mut Txn<'_>, cmd: &Command) -> Result<Reply, StoreError> {
     let savepoint = txn.savepoint();
-    let result =
-        subtree::check(txn, cmd).and_then(|()| run(txn, cmd.time_ns, cmd.site.as_deref(), &cmd.op));
+    let result = subtree::check(txn, cmd)
+        .and_then(|()| locks::check_session_site(txn, cmd))
+        .and_then(|()| run(txn, cmd.time_ns, cmd.site.as_deref(), &cmd.op));
     match result {
         Ok(reply) => Ok(Ok(reply)),
         Err(NsError::Op(e)) => {

@@ -118,12 +118,13 @@ fn only_the_holder_changes_a_delegated_subtree_whatever_the_operation() {
         must_fsck_clean(&f.ns);
     }
     // The shared root is never delegated: anyone writes it.
-    let (f, _, other) = delegated();
+    let (f, _, _) = delegated();
+    let b = must_session(&f.ns, t, "site-b");
     let r = run(
         &f.ns,
         t,
         Some("site-b"),
-        Some(other),
+        Some(b),
         crate::ownership::mkdir(f.shared, "x"),
     );
     assert!(r.is_ok(), "{r:?}");

@@ -80,7 +80,7 @@ impl Fixture {
             kind,
         };
         let op = Op::SetLock { lock, pid: 42 };
-        exec(&self.ns, t, Some("site-b"), op)
+        exec(&self.ns, t, Some("site-a"), op)
     }
 
     fn must_set(&self, t: i64, session: u64, owner: u64, start: u64, end: u64, kind: LockKind) {
@@ -200,6 +200,63 @@ fn a_closed_session_releases_everything_and_bad_requests_are_refused() {
         exec(&f.ns, t, None, missing),
         Err(OpError::Errno(Errno::ENOENT.0))
     );
+}
+
+/// A site names only its own sessions (the site is the caller's certificate's): site-b
+/// cannot renew, close, lock with, reserve inodes for or take delegations with site-a's
+/// session, nor issue a command as its holder; an operator (no site) may close it.
+#[test]
+fn a_site_names_only_its_own_sessions() {
+    let f = fixture();
+    let t = T0 + SEC;
+    f.must_set(t, f.a, 1, 0, 9, LockKind::Write);
+    let unlock = Op::SetLock {
+        lock: req(f.file, f.a, LockKind::Unlock),
+        pid: 1,
+    };
+    let foreign = [
+        Op::RenewSession { session: f.a },
+        Op::CloseSession { session: f.a },
+        Op::ReserveInodes { session: f.a },
+        unlock,
+        Op::AcquireDelegation {
+            session: f.a,
+            subtree: ROOT_INO,
+        },
+    ];
+    let must_eperm = |r: Reply, what: &str| match r {
+        Err(OpError::Explained { errno, reason }) if errno == Errno::EPERM.0 => {
+            assert!(reason.contains("site-a"), "{what}: {reason}");
+        }
+        other => panic!("{what} from site-b: {other:?}, not EPERM"),
+    };
+    for op in foreign {
+        let what = format!("{op:?}");
+        must_eperm(exec(&f.ns, t, Some("site-b"), op), &what);
+    }
+    let as_holder = Command {
+        time_ns: t,
+        site: Some("site-b".into()),
+        session: Some(f.a),
+        holder_only: false,
+        fence: None,
+        op: Op::Mkdir {
+            parent: ROOT_INO,
+            name: b"d".to_vec(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+    };
+    must_eperm(
+        f.ns.execute(&as_holder).expect("store"),
+        "a mkdir as a's holder",
+    );
+    // Nothing changed: a's lock is held, and site-a renews its session.
+    assert_eq!(f.held().len(), 1);
+    assert!(exec(&f.ns, t, Some("site-a"), Op::RenewSession { session: f.a }).is_ok());
+    assert!(exec(&f.ns, t, None, Op::CloseSession { session: f.a }).is_ok());
+    assert!(f.held().is_empty());
 }
 
 fn req(ino: InodeId, session: u64, kind: LockKind) -> LockRequest {
