@@ -4,9 +4,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mobilus_meta_client::{ClientOptions, MetaClient};
+use mobilus_tls::pki::DevPki;
+use mobilus_tls::Role as TlsRole;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -48,6 +51,9 @@ pub struct Bugs {
     /// Data nodes: replication takes fetches that failed as done
     /// (`--unsafe-skip-failed-fetches`).
     pub skip_failed_fetches: bool,
+    /// A mount's claimed site is believed over its certificate's
+    /// (`--unsafe-no-site-binding`).
+    pub no_site_binding: bool,
 }
 
 impl Bugs {
@@ -77,6 +83,9 @@ impl Bugs {
         }
         if self.holder_reads_ignore_applied {
             args.push("--unsafe-holder-reads-ignore-applied".to_string());
+        }
+        if self.no_site_binding {
+            args.push("--unsafe-no-site-binding".to_string());
         }
         args
     }
@@ -148,6 +157,9 @@ pub struct Cluster {
     /// The delegation workload's writer turns (their start and length): the mount whose
     /// turn it is writes, and most likely holds the delegation.
     pub writer_turns: Option<(Instant, Duration)>,
+    /// The run's CA (`DIR/tls`) and the certificate of every process: the cluster runs
+    /// on mutual TLS, each process with its role and site.
+    pub pki: Arc<DevPki>,
 }
 
 /// A worker's FUSE mount, which the `mount` nemesis pauses or cuts off.
@@ -224,7 +236,16 @@ impl Cluster {
             what: spec.dir.display().to_string(),
             why: e.to_string(),
         })?;
+        let tls_err = |e: mobilus_tls::TlsError| ClusterError::Start {
+            what: "the cluster's certificates".into(),
+            why: e.to_string(),
+        };
+        let pki = DevPki::open(&spec.dir.join("tls")).map_err(tls_err)?;
+        // The harness itself (its checks, the nemesis) speaks as the operator.
+        let admin = pki.config(TlsRole::Admin, None, "admin").map_err(tls_err)?;
+        mobilus_tls::client::set_process_default(Some(Arc::new(admin)));
         let mut cluster = Cluster {
+            pki: Arc::new(pki),
             net,
             procs: Vec::new(),
             spec: spec.clone(),
@@ -239,15 +260,15 @@ impl Cluster {
             let id = i as u64 + 1;
             let h = &cluster.net.hosts[i];
             let addr = format!("{}:{META_PORT}", h.ip);
-            let mut args = vec![
-                "--insecure".into(),
+            let mut args = cluster.tls_flags(TlsRole::Meta, None, &format!("meta-{id}"))?;
+            args.extend([
                 "--id".into(),
                 id.to_string(),
                 "--listen".into(),
                 addr.clone(),
                 "--data-dir".into(),
                 spec.dir.join(format!("meta-{id}")).display().to_string(),
-            ];
+            ]);
             if i == 0 {
                 args.push("--init".into());
             } else {
@@ -269,8 +290,8 @@ impl Cluster {
         for (j, site) in spec.sites.iter().enumerate() {
             let host = 3 + j;
             let addr = format!("{}:{DATA_PORT}", cluster.net.hosts[host].ip);
-            let mut args = vec![
-                "--insecure".into(),
+            let mut args = cluster.tls_flags(TlsRole::Data, Some(site), &format!("data-{site}"))?;
+            args.extend([
                 "--site".into(),
                 site.clone(),
                 "--listen".into(),
@@ -292,7 +313,7 @@ impl Cluster {
                 // A nearly full disk on the test machine is not the cluster's space pressure.
                 "--cache-min-free-percent".into(),
                 "0".into(),
-            ];
+            ]);
             args.extend(spec.bugs.data_args());
             cluster.procs.push(Proc {
                 role: Role::Data { site: site.clone() },
@@ -454,6 +475,22 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// The flags (`--ca --cert --key`) of the certificate `name` of `role` at `site`,
+    /// issued by the run's CA if it is new.
+    pub fn tls_flags(
+        &self,
+        role: TlsRole,
+        site: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<String>, ClusterError> {
+        self.pki
+            .flags(role, site, name)
+            .map_err(|e| ClusterError::Start {
+                what: format!("the certificate of {name}"),
+                why: e.to_string(),
+            })
     }
 
     /// A metadata client for the harness itself (from outside every namespace).

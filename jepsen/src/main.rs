@@ -81,6 +81,16 @@ enum Command {
         /// subtree without recalling the delegation (the deliberate caching bug).
         #[arg(long, hide = true)]
         unsafe_no_delegation_check: bool,
+        /// TEST ONLY: start the metadata members believing the site a mount's request
+        /// claims over its certificate's (the deliberate site-binding bug; caught with
+        /// `--forging-client`).
+        #[arg(long, hide = true)]
+        unsafe_no_site_binding: bool,
+        /// The ownership workload: one more client host at site-b whose worker claims
+        /// site-a in every request (with its own, site-b certificate). The members must
+        /// refuse it; the ownership check catches any of its writes acknowledged.
+        #[arg(long)]
+        forging_client: bool,
         /// TEST ONLY: start the metadata members answering a delegation holder's read
         /// from whatever they have applied (the deliberate holder-read bug).
         #[arg(long, hide = true)]
@@ -115,6 +125,9 @@ enum Command {
         /// The registers' folder under the root.
         #[arg(long, default_value = "jepsen-registers")]
         register_dir: String,
+        /// The worker's certificate (a mount's, of its site), also its mount's.
+        #[command(flatten)]
+        tls: mobilus_tls::TlsArgs,
     },
     /// Check a history for linearizability and print the verdict (JSON).
     Check {
@@ -242,6 +255,8 @@ fn main() -> ExitCode {
             unsafe_read_lease_ms,
             unsafe_no_ownership_check,
             unsafe_no_delegation_check,
+            unsafe_no_site_binding,
+            forging_client,
             unsafe_holder_reads_ignore_applied,
             unsafe_skip_failed_fetches,
         } => {
@@ -279,7 +294,9 @@ fn main() -> ExitCode {
                     no_delegation_check: unsafe_no_delegation_check,
                     holder_reads_ignore_applied: unsafe_holder_reads_ignore_applied,
                     skip_failed_fetches: unsafe_skip_failed_fetches,
+                    no_site_binding: unsafe_no_site_binding,
                 },
+                forging_client,
                 nemesis_interval: Duration::from_secs(nemesis_interval.max(1)),
                 op_timeout: Duration::from_millis(op_timeout_ms.max(100)),
                 check_budget: Duration::from_secs(check_time_limit),
@@ -312,6 +329,7 @@ fn main() -> ExitCode {
             mount_ops,
             site,
             register_dir,
+            tls,
         } => {
             let mount = match (mount_site, mount_bin, mountpoint) {
                 (Some(site), Some(bin), Some(mountpoint)) => {
@@ -320,6 +338,7 @@ fn main() -> ExitCode {
                         site,
                         mountpoint,
                         ops: mount_ops,
+                        tls: tls.to_flags(),
                     })
                 }
                 (None, None, None) => None,
@@ -328,7 +347,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            let (_stop, stopped) = tokio::sync::watch::channel(false);
             let result = runtime().and_then(|rt| {
+                let _entered = rt.enter();
+                tls.install("mobilus-jepsen worker", stopped)?;
                 rt.block_on(mobilus_jepsen::worker::serve(
                     meta,
                     Duration::from_millis(rpc_timeout_ms),

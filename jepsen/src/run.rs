@@ -24,6 +24,7 @@ use crate::cluster::{Bugs, Cluster, ClusterSpec};
 use crate::history::{Event, EventType, History, Process};
 use crate::nemesis::{self, NemesisKind};
 use crate::worker::{Request, Response};
+use mobilus_tls::Role as TlsRole;
 
 /// What the clients do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -84,6 +85,8 @@ pub struct RunOptions {
     pub nemesis_interval: Duration,
     pub op_timeout: Duration,
     pub check_budget: Duration,
+    /// The ownership workload: a client host of site-b whose worker claims site-a.
+    pub forging_client: bool,
 }
 
 /// Counts of operations by outcome.
@@ -128,6 +131,11 @@ pub struct RunSummary {
     pub unsafe_holder_reads_ignore_applied: bool,
     #[serde(default)]
     pub unsafe_skip_failed_fetches: bool,
+    #[serde(default)]
+    pub unsafe_no_site_binding: bool,
+    /// A client of site-b claimed site-a in every request.
+    #[serde(default)]
+    pub forging_client: bool,
     /// The delegation workload: how stale a read was allowed to be.
     #[serde(default)]
     pub staleness_bound_ms: Option<u64>,
@@ -204,19 +212,25 @@ impl WorkerConn {
         op_timeout: Duration,
         mount: Option<&crate::worker::MountArgs>,
         register_dir: &str,
+        claimed_site: Option<&str>,
     ) -> anyhow::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut metas = cluster.meta_addrs();
         let n = metas.len().max(1);
         metas.rotate_left(home % n);
-        let mut cmd = cluster.net.command(&cluster.net.hosts[host], &exe);
+        let h = &cluster.net.hosts[host];
+        // A worker (and its mount) holds a mount certificate of its host's site.
+        let tls =
+            cluster.tls_flags(TlsRole::Mount, Some(&h.site), &format!("worker-{}", h.name))?;
+        let mut cmd = cluster.net.command(h, &exe);
         cmd.arg("worker")
+            .args(tls)
             .arg("--meta")
             .arg(metas.join(","))
             .arg("--rpc-timeout-ms")
             .arg(op_timeout.as_millis().to_string())
             .arg("--site")
-            .arg(&cluster.net.hosts[host].site)
+            .arg(claimed_site.unwrap_or(&h.site))
             .arg("--register-dir")
             .arg(register_dir)
             .stdin(Stdio::piped())
@@ -591,6 +605,10 @@ fn count(history: &History) -> OpCounts {
 /// Run a test; write `history.jsonl`, `history.edn` (registers) and `results.json` to
 /// `opts.out`.
 pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
+    anyhow::ensure!(
+        !opts.forging_client || opts.workload == Workload::Ownership,
+        "--forging-client goes with --workload ownership"
+    );
     let wall = Instant::now();
     std::fs::create_dir_all(&opts.out)?;
     let out = opts.out.canonicalize()?;
@@ -602,9 +620,12 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         // The replication workload counts what crosses between the sites.
         link_emulator: opts.nemeses.contains(&NemesisKind::Link)
             || opts.workload == Workload::Replication,
-        // The delegation workload's second mount of the owner site, on a host of its own.
+        // The delegation workload's second mount of the owner site, on a host of its own;
+        // the forging client, at site-b.
         second_clients: if opts.workload == Workload::Delegation {
             vec!["site-a".into()]
+        } else if opts.forging_client {
+            vec!["site-b".into()]
         } else {
             Vec::new()
         },
@@ -648,6 +669,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
                 site: h.site.clone(),
                 mountpoint: out.join("cluster").join(format!("mnt-{}", h.name)),
                 ops,
+                // The worker hands its mount its own certificate.
+                tls: Vec::new(),
             };
             let conn = WorkerConn::start(
                 &cluster,
@@ -656,10 +679,17 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
                 opts.op_timeout,
                 Some(&mount),
                 register_dir,
+                None,
             )?;
             conns.push(Arc::new(conn));
             continue;
         }
+        // The forging client claims the subtree's first owner, whatever its certificate.
+        let forged = cluster
+            .owned
+            .as_ref()
+            .filter(|_| opts.forging_client && cluster.net.hosts[*host].name.starts_with("c2-"))
+            .map(|o| o.first_owner.clone());
         for home in 0..3 {
             let conn = WorkerConn::start(
                 &cluster,
@@ -668,6 +698,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
                 opts.op_timeout,
                 None,
                 register_dir,
+                forged.as_deref(),
             )?;
             conns.push(Arc::new(conn));
         }
@@ -793,6 +824,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
         unsafe_no_delegation_check: opts.bugs.no_delegation_check,
         unsafe_holder_reads_ignore_applied: opts.bugs.holder_reads_ignore_applied,
         unsafe_skip_failed_fetches: opts.bugs.skip_failed_fetches,
+        unsafe_no_site_binding: opts.bugs.no_site_binding,
+        forging_client: opts.forging_client,
         staleness_bound_ms: (opts.workload == Workload::Delegation)
             .then_some(STALENESS_BOUND.as_millis() as u64),
         wall_s: 0.0,

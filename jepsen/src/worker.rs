@@ -72,6 +72,11 @@ fn outcome(e: &ClientError) -> EventType {
         | ClientError::NotOwner(_)
         | ClientError::LeaseExpired(_)
         | ClientError::StaleEpoch(_) => EventType::Fail,
+        // Refused by the member before any handler ran (the caller's certificate).
+        ClientError::Rpc {
+            code: tonic::Code::PermissionDenied,
+            ..
+        } => EventType::Fail,
         _ => EventType::Info,
     }
 }
@@ -299,6 +304,8 @@ pub struct MountArgs {
     pub site: String,
     pub mountpoint: std::path::PathBuf,
     pub ops: crate::worker_fs::FsOps,
+    /// The mount's TLS flags (the worker's own certificate, of the same site).
+    pub tls: Vec<String>,
 }
 
 /// Serve requests from stdin until it closes: through the metadata client, or (with
@@ -311,15 +318,16 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let owned = match &mount {
         Some(m) => {
-            let (bin, site, point, metas) = (
+            let (bin, site, point, metas, tls) = (
                 m.bin.clone(),
                 m.site.clone(),
                 m.mountpoint.clone(),
                 meta.clone(),
+                m.tls.clone(),
             );
             Some(Arc::new(
                 tokio::task::spawn_blocking(move || {
-                    crate::worker_fs::OwnedMount::start(&bin, &site, &metas, &point)
+                    crate::worker_fs::OwnedMount::start(&bin, &site, &metas, &point, &tls)
                 })
                 .await??,
             ))

@@ -105,13 +105,14 @@ impl OwnedMount {
         site: &str,
         meta: &[String],
         mountpoint: &Path,
+        tls: &[String],
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(mountpoint)?;
         let ready = mountpoint.with_extension("ready");
         let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(bin);
-        // TODO(issue 17): the harness on mutual TLS.
-        cmd.args(["--insecure", "--site", site, "--meta", &meta.join(",")]);
+        cmd.args(tls)
+            .args(["--site", site, "--meta", &meta.join(",")]);
         if let Some(home) = meta.first() {
             cmd.args(["--near-meta", home]);
         }

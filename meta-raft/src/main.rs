@@ -77,6 +77,10 @@ struct Args {
     /// copy then mixes moments of its source).
     #[arg(long, hide = true)]
     unsafe_no_clone_freeze: bool,
+    /// TEST ONLY: take the site a mount's request claims instead of its certificate's (a
+    /// deliberate bug: a mount of one site may then write another site's subtrees).
+    #[arg(long, hide = true)]
+    unsafe_no_site_binding: bool,
     #[command(flatten)]
     telemetry: mobilus_telemetry::TelemetryArgs,
     /// Write the advertised address to this file once serving (for scripts and tests).
@@ -149,6 +153,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--unsafe-no-ownership-check: any site may change any subtree (a test-only bug)"
         );
         mobilus_meta::namespace::subtree::disable_ownership_check_for_tests();
+    }
+    if args.unsafe_no_site_binding {
+        tracing::warn!(
+            "--unsafe-no-site-binding: a request's claimed site is believed (a test-only bug)"
+        );
+        mobilus_meta::server::authz::disable_site_binding_for_tests();
     }
     if args.unsafe_no_clone_freeze {
         tracing::warn!(

@@ -35,6 +35,8 @@ pub struct OwnershipReport {
     pub writes_during_moves: usize,
     /// Changes refused because the site did not own the subtree (or its lease ran out).
     pub refused_not_owner: usize,
+    /// Changes refused because the request claimed a site its certificate is not of.
+    pub refused_forged: usize,
     pub moves_ok: usize,
     pub moves_refused: usize,
     pub moves_unknown: usize,
@@ -88,6 +90,7 @@ pub fn check(
         writes_judged: 0,
         writes_during_moves: 0,
         refused_not_owner: 0,
+        refused_forged: 0,
         moves_ok: moves.iter().filter(|m| m.outcome == EventType::Ok).count(),
         moves_refused: moves
             .iter()
@@ -147,6 +150,16 @@ pub fn check(
                 && e.error
                     .as_deref()
                     .is_some_and(|m| m.contains("is owned by") || m.contains("lease of"))
+        })
+        .count();
+    r.refused_forged = history
+        .events
+        .iter()
+        .filter(|e| {
+            e.kind == EventType::Fail
+                && e.error
+                    .as_deref()
+                    .is_some_and(|m| m.contains("but the certificate is of"))
         })
         .count();
     r.tenures = tenures;

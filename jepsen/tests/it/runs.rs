@@ -293,11 +293,21 @@ fn a_subtree_moved_and_taken_over_is_changed_only_by_its_owner_and_stays_lineari
     // over by force while that site's clients keep writing.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let (child, r) = must_run_owned(&out, "move,takeover,partition,pause", "3", "25", "21", &[]);
+    // A third client host, at site-b, claims site-a in every request with its own site-b
+    // certificate: the members refuse all of it.
+    let (child, r) = must_run_owned(
+        &out,
+        "move,takeover,partition,pause",
+        "3",
+        "25",
+        "21",
+        &["--forging-client"],
+    );
     assert_eq!(child.status.code(), Some(0), "{r}");
     assert_eq!(r["register"]["verdict"], "linearizable", "{r}");
     let o = &r["ownership"];
     assert_eq!(o["valid"], true, "{o}");
+    assert!(o["refused_forged"].as_u64().unwrap() > 50, "{o}");
     assert!(o["moves_ok"].as_u64().unwrap() >= 2, "{o}");
     assert!(o["writes_judged"].as_u64().unwrap() > 500, "{o}");
     assert!(o["refused_not_owner"].as_u64().unwrap() > 100, "{o}");
@@ -322,6 +332,29 @@ fn disabling_the_ownership_check_is_caught() {
     assert_eq!(o["valid"], false, "{o}");
     assert!(o["violation_count"].as_u64().unwrap() > 0, "{o}");
     assert_eq!(r["unsafe_no_ownership_check"], true);
+}
+
+/// Members that believe the site a request claims (`--unsafe-no-site-binding`) let the
+/// forging client of site-b write site-a's subtree: the ownership check must catch it.
+#[test]
+fn disabling_the_site_binding_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let (child, r) = must_run_owned(
+        &out,
+        "move",
+        "2",
+        "10",
+        "1",
+        &["--forging-client", "--unsafe-no-site-binding"],
+    );
+    assert_eq!(child.status.code(), Some(1), "the bug went unnoticed: {r}");
+    let o = &r["ownership"];
+    assert_eq!(o["valid"], false, "{o}");
+    assert!(o["violation_count"].as_u64().unwrap() > 0, "{o}");
+    assert_eq!(o["refused_forged"], 0, "{o}");
+    assert_eq!(r["unsafe_no_site_binding"], true);
+    assert_eq!(r["forging_client"], true);
 }
 
 /// A delegation run: two mounts of the owner site read and write registers as files.

@@ -4,9 +4,19 @@
 //! mutation of the namespace also passes through [`bind_site`], which ties a mount's
 //! writes to the site its certificate names, whatever site its request claims.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use mobilus_proto::pb;
 use mobilus_tls::Role;
 use tonic::Status;
+
+static SITE_BINDING_DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// TEST ONLY (`--unsafe-no-site-binding`): take the site a request claims, whatever its
+/// certificate says — the deliberate bug the Jepsen harness's forging client must expose.
+pub fn disable_site_binding_for_tests() {
+    SITE_BINDING_DISABLED.store(true, Ordering::Relaxed);
+}
 
 /// Cluster RPCs that change the cluster itself: operators only.
 const ADMIN_ONLY: &[&str] = &[
@@ -82,7 +92,9 @@ pub fn bind_site(fence: Option<pb::Fence>) -> Result<Option<pb::Fence>, Status> 
     let Some(peer) = mobilus_tls::server::current_peer() else {
         return Ok(fence);
     };
-    if !matches!(peer.role, Role::Mount | Role::Data) {
+    if !matches!(peer.role, Role::Mount | Role::Data)
+        || SITE_BINDING_DISABLED.load(Ordering::Relaxed)
+    {
         return Ok(fence);
     }
     let Some(site) = peer.site.clone() else {
