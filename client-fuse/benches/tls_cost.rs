@@ -35,7 +35,7 @@ async fn cluster(
     let flags = |role, site, name: &str| -> anyhow::Result<Vec<String>> {
         Ok(match pki {
             Some(p) => p.flags(role, site, name)?,
-            None => Vec::new(),
+            None => vec!["--insecure".to_string()],
         })
     };
     let (mut procs, meta) = start_metas_with(dir, &flags(Role::Meta, None, "meta")?)?;

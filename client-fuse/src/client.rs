@@ -509,6 +509,47 @@ impl Client {
         Ok((i, answer))
     }
 
+    /// Put chunks `idx` of `chunks` at `remote`, a node of another site, through this
+    /// site's nodes: a mount stores chunks at its own site only, and its site's node, a
+    /// data node, sends them on (`DataClient::put_forwarded`).
+    async fn forward_each(
+        &self,
+        remote: DataClient,
+        idx: Vec<usize>,
+        chunks: &[(ChunkHash, &[u8])],
+    ) -> (DataClient, Option<u64>, Vec<usize>, Option<ClientError>) {
+        let sends: Vec<_> = idx
+            .iter()
+            .map(|i| self.forward_one(&remote, *i, chunks[*i]))
+            .collect();
+        let (mut stored, mut error) = (Vec::new(), None);
+        for r in futures::future::join_all(sends).await {
+            match r {
+                Ok(i) => stored.push(i),
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+        }
+        (remote, None, stored, error)
+    }
+
+    async fn forward_one(
+        &self,
+        remote: &DataClient,
+        i: usize,
+        (hash, bytes): (ChunkHash, &[u8]),
+    ) -> Result<usize, ClientError> {
+        let local = self
+            .nodes
+            .candidates(&self.site, &hash)
+            .into_iter()
+            .next()
+            .ok_or_else(|| ClientError::NoDataNode(self.site.clone()))?;
+        local.put_forwarded(&hash, bytes, remote.addr()).await?;
+        Ok(i)
+    }
+
     /// A whole chunk not at this site, verified, from another site; then stored on the
     /// first of this site's nodes that takes it (its replicator makes the other copies),
     /// so the next read is local: held if the placement of `ino`'s subtree has this site
@@ -658,7 +699,7 @@ impl Client {
                 }
                 let rounds = per_node
                     .into_values()
-                    .map(|(node, idx)| self.store_at(node, idx, chunks));
+                    .map(|(node, idx)| self.forward_each(node, idx, chunks));
                 for (node, _, stored, error) in futures::future::join_all(rounds).await {
                     left.retain(|i| !stored.contains(i));
                     if let Some(e) = error {

@@ -401,6 +401,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let serve_opts = service::ServeOptions {
         site: Some(args.site.clone()),
         tls,
+        forward: if args.meta.is_empty() {
+            None
+        } else {
+            Some(Arc::new(service::Forwarder::new(
+                MetaClient::connect(&args.meta).context("bad --meta address")?,
+                Duration::from_millis(args.node_down_after_ms.max(1)),
+            )))
+        },
     };
     let mut serving = tokio::spawn(service::serve(
         store.clone(),

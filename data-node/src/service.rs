@@ -44,6 +44,73 @@ pub struct ChunksSvc {
     pub site: Option<String>,
     /// Room for puts' bytes in memory ([`PUT_BUFFER_BYTES`]).
     pub put_buffers: Arc<tokio::sync::Semaphore>,
+    /// Sends puts on to other sites' nodes (`PutHeader::forward_to`); `None` without a
+    /// metadata service.
+    pub forward: Option<Arc<Forwarder>>,
+}
+
+/// How a node sends a put on to a data node of another site, for a mount's synchronous
+/// placement (a mount stores chunks at its own site's nodes only; its site's node, a data
+/// node, may store anywhere). Only registered nodes of other sites are sent to.
+pub struct Forwarder {
+    meta: mobilus_meta_client::MetaClient,
+    healthy_within: std::time::Duration,
+    nodes: tokio::sync::OnceCell<Arc<mobilus_data_client::DataNodes>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forwarder")
+    }
+}
+
+impl Forwarder {
+    pub fn new(
+        meta: mobilus_meta_client::MetaClient,
+        healthy_within: std::time::Duration,
+    ) -> Forwarder {
+        Forwarder {
+            meta,
+            healthy_within,
+            nodes: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The connection to `addr`, if it is a registered data node of a site other than
+    /// `own` (the registry is fetched again once before refusing).
+    async fn to(
+        &self,
+        own: Option<&str>,
+        addr: &str,
+    ) -> Result<mobilus_data_client::DataClient, Status> {
+        let registry_err = |e: mobilus_meta_client::ClientError| {
+            Status::unavailable(format!("the data-node registry: {e}"))
+        };
+        let nodes = self
+            .nodes
+            .get_or_try_init(|| {
+                mobilus_data_client::DataNodes::connect(self.meta.clone(), self.healthy_within)
+            })
+            .await
+            .map_err(registry_err)?;
+        let elsewhere = |r: &mobilus_data_client::Registry| {
+            r.sites()
+                .filter(|s| Some(*s) != own)
+                .any(|s| r.nodes(s).iter().any(|n| n.addr == addr))
+        };
+        if !elsewhere(&nodes.registry())
+            && !elsewhere(&*nodes.refresh().await.map_err(registry_err)?)
+        {
+            return Err(DataError::Invalid(format!(
+                "{addr} is not a registered data node of another site: a put is sent on only \
+                 to one"
+            ))
+            .to_status());
+        }
+        nodes
+            .client(addr)
+            .map_err(|e| DataError::Invalid(e.to_string()).to_status())
+    }
 }
 
 /// Who may call what on a data node, by the role in the caller's certificate: reads
@@ -100,6 +167,72 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// The first frame of a put: its header, with the chunk's hash and a size a node stores.
+pub async fn put_header<S>(stream: &mut S) -> Result<(ChunkHash, pb::PutHeader), Status>
+where
+    S: Stream<Item = Result<pb::PutRequest, Status>> + Unpin,
+{
+    let header = match stream.next().await {
+        Some(Ok(pb::PutRequest {
+            part: Some(Part::Header(h)),
+        })) => h,
+        Some(Err(e)) => return Err(e),
+        _ => return Err(DataError::Invalid("a put starts with its header".into()).to_status()),
+    };
+    let h = hash(&header.hash)?;
+    if header.size > MAX_CHUNK_BYTES {
+        return Err(DataError::TooLarge(header.size).to_status());
+    }
+    Ok((h, header))
+}
+
+/// The rest of a put: exactly the bytes its header declared, each frame within `idle` of
+/// the last. A stream cut short, too long, or with a second header stores nothing.
+pub async fn put_body<S>(
+    stream: &mut S,
+    header: &pb::PutHeader,
+    idle: std::time::Duration,
+) -> Result<Vec<u8>, Status>
+where
+    S: Stream<Item = Result<pb::PutRequest, Status>> + Unpin,
+{
+    let mut data = Vec::with_capacity(header.size.min(MAX_CHUNK_BYTES) as usize);
+    loop {
+        let next = tokio::time::timeout(idle, stream.next()).await;
+        let Some(msg) = next.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no frame of the put for {} s: abandoned",
+                idle.as_secs()
+            ))
+        })?
+        else {
+            break;
+        };
+        match msg?.part {
+            Some(Part::Data(bytes)) => {
+                if (data.len() + bytes.len()) as u64 > header.size {
+                    return Err(DataError::Invalid(format!(
+                        "more than the {} bytes declared",
+                        header.size
+                    ))
+                    .to_status());
+                }
+                data.extend_from_slice(&bytes);
+            }
+            _ => return Err(DataError::Invalid("a second header in one put".into()).to_status()),
+        }
+    }
+    if data.len() as u64 != header.size {
+        return Err(DataError::Invalid(format!(
+            "truncated: {} of {} bytes",
+            data.len(),
+            header.size
+        ))
+        .to_status());
+    }
+    Ok(data)
+}
+
 type GetStream = Pin<Box<dyn Stream<Item = Result<pb::GetReply, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -111,17 +244,7 @@ impl Chunks for ChunksSvc {
         may_put_here(self.site.as_deref())?;
         let connection = mobilus_tls::server::PeerInfo::of(&r).map(|p| p.buffered.clone());
         let mut stream = r.into_inner();
-        let header = match stream.next().await {
-            Some(Ok(pb::PutRequest {
-                part: Some(Part::Header(h)),
-            })) => h,
-            Some(Err(e)) => return Err(e),
-            _ => return Err(DataError::Invalid("a put starts with its header".into()).to_status()),
-        };
-        let h = hash(&header.hash)?;
-        if header.size > MAX_CHUNK_BYTES {
-            return Err(DataError::TooLarge(header.size).to_status());
-        }
+        let (h, header) = put_header(&mut stream).await?;
         // MAX_CHUNK_BYTES (16 MiB) fits u32 and is below both budgets.
         let size = header.size as u32;
         let _connection_room = match connection {
@@ -139,51 +262,36 @@ impl Chunks for ChunksSvc {
                 PUT_BUFFER_BYTES >> 20
             ))
         })?;
-        let mut data = Vec::with_capacity(header.size as usize);
-        loop {
-            let next = tokio::time::timeout(PUT_IDLE, stream.next()).await;
-            let Some(msg) = next.map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "no frame of the put for {} s: abandoned",
-                    PUT_IDLE.as_secs()
-                ))
-            })?
-            else {
-                break;
-            };
-            match msg?.part {
-                Some(Part::Data(bytes)) => {
-                    if (data.len() + bytes.len()) as u64 > header.size {
-                        return Err(DataError::Invalid(format!(
-                            "more than the {} bytes declared",
-                            header.size
-                        ))
-                        .to_status());
-                    }
-                    data.extend_from_slice(&bytes);
-                }
-                _ => {
-                    return Err(DataError::Invalid("a second header in one put".into()).to_status())
-                }
-            }
-        }
-        // A stream cut short stores nothing.
-        if data.len() as u64 != header.size {
-            return Err(DataError::Invalid(format!(
-                "truncated: {} of {} bytes",
-                data.len(),
-                header.size
-            ))
-            .to_status());
-        }
+        let data = put_body(&mut stream, &header, PUT_IDLE).await?;
         let store = self.store.clone();
         let cached = header.cache;
         // Read first, as `has` does: the answer never claims a generation newer than the
         // deletions it saw.
         let gc_gen = self.store.gc_gen();
-        let existed = blocking(move || store.put_as(&h, &data, cached)).await?;
+        let (existed, data) =
+            blocking(move || store.put_as(&h, &data, cached).map(|e| (e, data))).await?;
         if header.from_remote && !existed {
             self.store.count_remote_fetch();
+        }
+        if !header.forward_to.is_empty() {
+            let forwarder = self.forward.as_ref().ok_or_else(|| {
+                Status::failed_precondition(
+                    "this data node runs without a metadata service: it sends no put on",
+                )
+            })?;
+            let to = forwarder
+                .to(self.site.as_deref(), &header.forward_to)
+                .await?;
+            let answer = to.put_keeping(&h, &data).await.map_err(|e| {
+                Status::unavailable(format!(
+                    "sending the chunk on to {}: {e}",
+                    header.forward_to
+                ))
+            })?;
+            return Ok(Response::new(pb::PutReply {
+                existed: answer.existed,
+                gc_gen: answer.gc_gen,
+            }));
         }
         Ok(Response::new(pb::PutReply {
             existed,
@@ -326,6 +434,8 @@ impl Chunks for ChunksSvc {
 pub struct ServeOptions {
     pub site: Option<String>,
     pub tls: Option<Arc<mobilus_tls::TlsConfig>>,
+    /// Sending puts on to other sites (`None`: refused).
+    pub forward: Option<Arc<Forwarder>>,
 }
 
 /// Serve the store on `listener` until `stop` resolves.
@@ -342,6 +452,7 @@ pub async fn serve(
         priorities: Arc::default(),
         site: opts.site,
         put_buffers: Arc::new(tokio::sync::Semaphore::new(PUT_BUFFER_BYTES)),
+        forward: opts.forward,
     })
     .max_decoding_message_size(2 * FRAME + 1024)
     .max_encoding_message_size(2 * FRAME + 1024);

@@ -310,6 +310,63 @@ impl DevPki {
     }
 }
 
+/// One CA for a whole test process, whatever clusters it starts: the tests' own clients
+/// use the process's default configuration, the operator's (installed by the first call),
+/// so every cluster of the process must trust the same CA. Certificates are issued on
+/// first use, one at a time. For test suites and benchmarks, not for production.
+pub struct TestPki {
+    pki: DevPki,
+    issuing: std::sync::Mutex<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// [`DevPki::flags`], for this process's CA.
+    pub fn flags(
+        &self,
+        role: Role,
+        site: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<String>, TlsError> {
+        let _one_at_a_time = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
+        self.pki.flags(role, site, name)
+    }
+
+    /// [`DevPki::config`], for this process's CA.
+    pub fn config(
+        &self,
+        role: Role,
+        site: Option<&str>,
+        name: &str,
+    ) -> Result<crate::TlsConfig, TlsError> {
+        let _one_at_a_time = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
+        self.pki.config(role, site, name)
+    }
+}
+
+/// The process's [`TestPki`] (made, and its operator's certificate installed as the
+/// process default, on the first call). Panics if the CA cannot be made: a test setup
+/// failure.
+pub fn test_pki() -> &'static TestPki {
+    static PKI: std::sync::OnceLock<TestPki> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("mobilus-test-pki-")
+            .tempdir()
+            .expect("a folder for the tests' CA");
+        let pki = TestPki {
+            pki: DevPki::open(dir.path()).expect("the tests' CA"),
+            issuing: std::sync::Mutex::new(()),
+            _dir: dir,
+        };
+        let admin = pki
+            .config(Role::Admin, None, "admin")
+            .expect("the tests' operator certificate");
+        crate::client::set_process_default(Some(std::sync::Arc::new(admin)));
+        pki
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,11 +24,31 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The certificate flags of a process `name` with `args`, from the process's test CA
+/// (the benchmark's own clients speak as its operator), unless the caller chose
+/// (`--ca ...`, or `--insecure`).
+fn tls_flags(name: &str, args: &[String]) -> anyhow::Result<Vec<String>> {
+    use mobilus_tls::Role;
+    if args.iter().any(|a| a == "--ca" || a == "--insecure") {
+        return Ok(Vec::new());
+    }
+    let site = args
+        .iter()
+        .position(|a| a == "--site")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let pki = mobilus_tls::pki::test_pki();
+    let site_name = site.unwrap_or("none");
+    Ok(match name {
+        "mobilus-meta" => pki.flags(Role::Meta, None, "meta")?,
+        "mobilus-mount" => pki.flags(Role::Mount, site, &format!("mount-{site_name}"))?,
+        _ => pki.flags(Role::Data, site, &format!("data-{site_name}"))?,
+    })
+}
+
 pub fn spawn(name: &str, args: &[String], ready: &Path) -> anyhow::Result<(Proc, String)> {
-    // Plaintext unless the caller gave certificates.
-    let insecure = !args.iter().any(|a| a == "--ca");
     let child = Command::new(bin(name)?)
-        .args(insecure.then_some("--insecure"))
+        .args(tls_flags(name, args)?)
         .args(args)
         .arg("--ready-file")
         .arg(ready)

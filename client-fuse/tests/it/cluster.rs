@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use mobilus_client::Client;
 use mobilus_meta_client::MetaClient;
+use mobilus_tls::pki::test_pki;
+use mobilus_tls::Role;
 use tempfile::TempDir;
 
 pub struct Proc(Child);
@@ -37,7 +39,6 @@ fn spawn(name: &str, args: &[String], dir: &Path) -> (Proc, String) {
     let ready = dir.join("ready");
     let log = std::fs::File::create(dir.join("log")).unwrap();
     let child = Command::new(bin(name))
-        .arg("--insecure")
         .args(args)
         .arg("--ready-file")
         .arg(&ready)
@@ -155,17 +156,20 @@ impl TwoSites {
         let mut meta_addrs: Vec<String> = Vec::new();
         for id in 1..=3u64 {
             let d = dir.path().join(format!("meta-{id}"));
-            let mut args: Vec<String> = [
-                "--id",
-                &id.to_string(),
-                "--listen",
-                "127.0.0.1:0",
-                "--heartbeat-ms",
-                "50",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+            // Every process on mutual TLS, the tests' clients as the operator.
+            let mut args = test_pki().flags(Role::Meta, None, "meta").unwrap();
+            args.extend(
+                [
+                    "--id",
+                    &id.to_string(),
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--heartbeat-ms",
+                    "50",
+                ]
+                .iter()
+                .map(|s| s.to_string()),
+            );
             args.extend(["--data-dir".into(), d.join("data").to_string_lossy().into()]);
             args.extend(opts.meta_args.iter().cloned());
             if id == 1 {
@@ -188,7 +192,10 @@ impl TwoSites {
                 (_, _, 1) => dir.path().join(format!("data-{site}")),
                 _ => dir.path().join(format!("data-{site}-{k}")),
             };
-            let mut args: Vec<String> = vec![
+            let mut args = test_pki()
+                .flags(Role::Data, Some(site), &format!("data-{site}"))
+                .unwrap();
+            args.extend([
                 "--site".into(),
                 site.into(),
                 "--listen".into(),
@@ -209,7 +216,7 @@ impl TwoSites {
                 // space pressure, and evicting every cached chunk would fail tests at random.
                 "--cache-min-free-percent".into(),
                 "0".into(),
-            ];
+            ]);
             args.extend(opts.data_args.iter().cloned());
             let (p, addr) = spawn("mobilus-data", &args, &d);
             if k == 1 {
@@ -290,8 +297,11 @@ impl TwoSites {
         std::fs::create_dir(&point).unwrap();
         let ready = dir.path().join("ready");
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let tls = test_pki()
+            .flags(Role::Mount, Some(site), &format!("mount-{site}"))
+            .unwrap();
         let child = Command::new(bin("mobilus-mount"))
-            .arg("--insecure")
+            .args(tls)
             .args(["--site", site, "--meta", &self.meta_addrs.join(",")])
             .arg("--ready-file")
             .arg(&ready)

@@ -251,6 +251,23 @@ async fn only_certificates_of_the_cluster_ca_get_in_and_each_may_do_only_its_rol
     mkdir(&mount_a, "", "by-a-unsigned")
         .await
         .expect("its site comes from its certificate");
+    // Sessions: site-b's mount may not renew or close site-a's mount's session.
+    let session = |tls: &ClientTls| pb::meta_client::MetaClient::new(ch(&leader, Role::Meta, tls));
+    let opened = session(&mount_a)
+        .open_session(pb::OpenSessionRequest::default())
+        .await
+        .expect("site-a's mount opens a session")
+        .into_inner()
+        .session;
+    let of_a = pb::SessionRequest { session: opened };
+    let renewed = session(&mount_b).renew_session(of_a).await;
+    assert_eq!(renewed.unwrap_err().code(), Code::PermissionDenied);
+    let closed = session(&mount_b).close_session(of_a).await;
+    assert_eq!(closed.unwrap_err().code(), Code::PermissionDenied);
+    session(&mount_a)
+        .renew_session(of_a)
+        .await
+        .expect("site-a's session is still open, and its own");
 
     // Chunks: a mount stores at its own site's nodes only; Raft members and mounts do
     // not delete or collect.
@@ -266,6 +283,30 @@ async fn only_certificates_of_the_cluster_ca_get_in_and_each_may_do_only_its_rol
     at_b.put(&hash, &chunk, false)
         .await
         .expect("a put at its own site");
+    // It reaches site-a only through its own site's node, which sends the chunk on (a
+    // synchronous placement), and only to a registered node of another site.
+    let relayed = b"a chunk site-b's mount makes durable at site-a too".to_vec();
+    let relayed_hash = ChunkHash::of(&relayed);
+    at_b.put_forwarded(&relayed_hash, &relayed, &data_a)
+        .await
+        .expect("sent on by site-b's node");
+    let at_a_as_operator =
+        DataClient::with_tls(&data_a, &c.cert(Role::Admin, None, "ops")).unwrap();
+    assert_eq!(
+        at_a_as_operator.get(&relayed_hash, 0, 0).await.unwrap(),
+        relayed,
+        "site-a holds the chunk sent on"
+    );
+    for nowhere in ["127.0.0.1:1", c.data_of("site-b")] {
+        let err = at_b
+            .put_forwarded(&relayed_hash, &relayed, nowhere)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, mobilus_data_client::DataClientError::Rpc { status, .. } if status.code() == Code::InvalidArgument),
+            "sent on to {nowhere}: {err}"
+        );
+    }
     let gc =
         mobilus_proto::datapb::chunks_client::ChunksClient::new(ch(&data_a, Role::Data, &mount_b))
             .gc(mobilus_proto::datapb::GcRequest::default())

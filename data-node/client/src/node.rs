@@ -113,6 +113,26 @@ impl DataClient {
         Ok(self.put_with(hash, data, true, true).await?.existed)
     }
 
+    /// Store a chunk here and, through this node, at `to`, a data node of another site
+    /// (a mount's synchronous placement); the answer is `to`'s.
+    pub async fn put_forwarded(
+        &self,
+        hash: &ChunkHash,
+        data: &[u8],
+        to: &str,
+    ) -> Result<PutAnswer, DataClientError> {
+        self.put_with_header(
+            data,
+            pb::PutHeader {
+                hash: hash.0.to_vec(),
+                size: data.len() as u64,
+                forward_to: to.to_string(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
     async fn put_with(
         &self,
         hash: &ChunkHash,
@@ -125,7 +145,16 @@ impl DataClient {
             size: data.len() as u64,
             from_remote,
             cache,
+            forward_to: String::new(),
         };
+        self.put_with_header(data, header).await
+    }
+
+    async fn put_with_header(
+        &self,
+        data: &[u8],
+        header: pb::PutHeader,
+    ) -> Result<PutAnswer, DataClientError> {
         // A node with no room for more puts in memory refuses at once rather than queue
         // them (queued streams would hold the connection's flow-control window): wait
         // and try again, a few times, before failing.

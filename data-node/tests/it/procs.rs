@@ -28,10 +28,31 @@ pub fn sibling(name: &str) -> PathBuf {
     path
 }
 
-/// Start `bin` with `args` and `--ready-file`; returns it and the address it wrote.
+/// The certificate flags of `bin` (a metadata member, or a data node of the `--site` in
+/// `args`), from the tests' CA; the tests themselves speak as the operator.
+fn tls_flags(bin: &Path, args: &[&str]) -> Vec<String> {
+    use mobilus_tls::Role;
+    let site = args
+        .iter()
+        .position(|a| *a == "--site")
+        .and_then(|i| args.get(i + 1).copied());
+    let pki = mobilus_tls::pki::test_pki();
+    match bin.file_name().and_then(|n| n.to_str()) {
+        Some("mobilus-meta") => pki.flags(Role::Meta, None, "meta"),
+        _ => pki.flags(
+            Role::Data,
+            site,
+            &format!("data-{}", site.unwrap_or("none")),
+        ),
+    }
+    .expect("a certificate from the tests' CA")
+}
+
+/// Start `bin` with `args` and `--ready-file`, on mutual TLS; returns it and the address
+/// it wrote.
 pub fn spawn(bin: &Path, args: &[&str], ready: &Path) -> (Proc, String) {
     let child = Command::new(bin)
-        .arg("--insecure")
+        .args(tls_flags(bin, args))
         .args(args)
         .arg("--ready-file")
         .arg(ready)

@@ -11,6 +11,16 @@ use mobilus_proto::fs::ChunkHash;
 use tonic::transport::Channel;
 use tonic::Code;
 
+/// A channel to the node at `addr`, on its own connection, as the tests' operator.
+fn channel(addr: &str) -> Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap();
+    mobilus_tls::client::channel(
+        endpoint,
+        mobilus_tls::Role::Data,
+        &mobilus_tls::client::ClientTls::ProcessDefault,
+    )
+}
+
 fn start(dir: &std::path::Path) -> (Proc, String) {
     let data = dir.join("data");
     let args = [
@@ -28,8 +38,7 @@ fn put_frames(hash: &ChunkHash, size: u64, frames: Vec<Vec<u8>>) -> Vec<pb::PutR
     let header = pb::PutHeader {
         hash: hash.0.to_vec(),
         size,
-        from_remote: false,
-        cache: false,
+        ..Default::default()
     };
     let mut msgs = vec![pb::PutRequest {
         part: Some(Part::Header(header)),
@@ -75,9 +84,7 @@ async fn get(
 async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut node, addr) = start(tmp.path());
-    let mut c = ChunksClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut c = ChunksClient::new(channel(&addr));
 
     // 5 MiB in 64 KiB frames: larger than any single message the server accepts.
     let data: Vec<u8> = (0..5u32 << 20)
@@ -224,8 +231,7 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     let huge = pb::PutHeader {
         hash: hs.0.to_vec(),
         size: 1 << 40,
-        from_remote: false,
-        cache: false,
+        ..Default::default()
     };
     let huge = put(
         &mut c,
@@ -321,11 +327,7 @@ async fn stalled_puts_on_many_connections_leave_memory_bounded_and_others_served
     let size = mobilus_proto::MAX_CHUNK_BYTES;
     let mut stalled = Vec::new();
     for c in 0..CONNECTIONS {
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = channel(&addr);
         for s in 0..STREAMS {
             let mut client = ChunksClient::new(channel.clone());
             let hash = ChunkHash::of(format!("stalled {c} {s}").as_bytes());
@@ -359,9 +361,7 @@ async fn stalled_puts_on_many_connections_leave_memory_bounded_and_others_served
         last = last.max(now);
     }
     // A client on its own connection is served at once.
-    let mut well_behaved = ChunksClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut well_behaved = ChunksClient::new(channel(&addr));
     let t = Instant::now();
     let small = b"a small chunk".to_vec();
     let hash = ChunkHash::of(&small);

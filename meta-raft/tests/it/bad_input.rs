@@ -215,11 +215,11 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
     let cluster = Cluster::start(1, &[]).await;
     let c = cluster.client();
     let addr = cluster.members[0].addr.clone();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = mobilus_tls::client::channel(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        mobilus_tls::Role::Meta,
+        &mobilus_tls::client::ClientTls::ProcessDefault,
+    );
 
     // A protobuf that decodes but carries an invalid value.
     let mut raw =
@@ -337,8 +337,23 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
         "oversized: {code:?}"
     );
 
-    // Garbage on the Raft service: refused as invalid, Raft unharmed.
-    let mut raft = pb::raft_client::RaftClient::new(channel.clone());
+    // Raft is for members only: the tests' operator is refused before decoding.
+    let refused = pb::raft_client::RaftClient::new(channel.clone())
+        .append_entries(pb::RaftBytes { data: vec![1] })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    // Garbage on the Raft service from a member's certificate: refused as invalid, Raft
+    // unharmed.
+    let as_member = mobilus_tls::pki::test_pki()
+        .config(mobilus_tls::Role::Meta, None, "meta")
+        .unwrap();
+    let member_channel = mobilus_tls::client::channel(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+        mobilus_tls::Role::Meta,
+        &mobilus_tls::client::ClientTls::With(std::sync::Arc::new(as_member)),
+    );
+    let mut raft = pb::raft_client::RaftClient::new(member_channel);
     for junk in [
         vec![],
         vec![1u8],

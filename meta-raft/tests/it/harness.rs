@@ -27,8 +27,11 @@ impl Member {
             .append(true)
             .open(dir.join("log"))
             .expect("log file");
+        let tls = mobilus_tls::pki::test_pki()
+            .flags(mobilus_tls::Role::Meta, None, "meta")
+            .expect("a certificate from the tests' CA");
         Command::new(BIN)
-            .arg("--insecure")
+            .args(tls)
             .args([
                 "--id",
                 &id.to_string(),

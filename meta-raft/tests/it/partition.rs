@@ -24,7 +24,12 @@ fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
         lease_reads: true,
         unsafe_read_lease_ms: None,
         unsafe_local_reads: false,
-        tls: None,
+        // On mutual TLS, as the tests' clients (the operator) expect.
+        tls: Some(std::sync::Arc::new(
+            mobilus_tls::pki::test_pki()
+                .config(mobilus_tls::Role::Meta, None, "meta")
+                .unwrap(),
+        )),
     }
 }
 
