@@ -540,14 +540,26 @@ impl Client {
         i: usize,
         (hash, bytes): (ChunkHash, &[u8]),
     ) -> Result<usize, ClientError> {
-        let local = self
-            .nodes
-            .candidates(&self.site, &hash)
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::NoDataNode(self.site.clone()))?;
-        local.put_forwarded(&hash, bytes, remote.addr()).await?;
-        Ok(i)
+        // The first of this site's nodes that answers; a failure at the other site
+        // (Aborted) is the remote node's, and the caller tries another node there.
+        let mut last = ClientError::NoDataNode(self.site.clone());
+        for local in self.nodes.candidates(&self.site, &hash) {
+            match local.put_forwarded(&hash, bytes, remote.addr()).await {
+                Ok(_) => return Ok(i),
+                Err(e) => {
+                    let remote_failed = matches!(
+                        &e,
+                        DataClientError::Rpc { status, .. } if status.code() == tonic::Code::Aborted
+                    );
+                    if remote_failed {
+                        return Err(e.into());
+                    }
+                    self.nodes.suspect(local.addr());
+                    last = e.into();
+                }
+            }
+        }
+        Err(last)
     }
 
     /// A whole chunk not at this site, verified, from another site; then stored on the

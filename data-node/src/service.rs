@@ -98,9 +98,9 @@ impl Forwarder {
                 .filter(|s| Some(*s) != own)
                 .any(|s| r.nodes(s).iter().any(|n| n.addr == addr))
         };
-        if !elsewhere(&nodes.registry())
-            && !elsewhere(&*nodes.refresh().await.map_err(registry_err)?)
-        {
+        // The registry as last fetched (refreshed in the background every few seconds):
+        // an unknown address costs the metadata service nothing.
+        if !elsewhere(&nodes.registry()) {
             return Err(DataError::Invalid(format!(
                 "{addr} is not a registered data node of another site: a put is sent on only \
                  to one"
@@ -282,8 +282,10 @@ impl Chunks for ChunksSvc {
             let to = forwarder
                 .to(self.site.as_deref(), &header.forward_to)
                 .await?;
+            // Aborted: the other site's node failed, not this one (the mount then tries
+            // another node there rather than another here).
             let answer = to.put_keeping(&h, &data).await.map_err(|e| {
-                Status::unavailable(format!(
+                Status::aborted(format!(
                     "sending the chunk on to {}: {e}",
                     header.forward_to
                 ))

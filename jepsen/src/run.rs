@@ -703,6 +703,13 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             conns.push(Arc::new(conn));
         }
     }
+    // Clients take workers in turn: fewer clients than workers would leave the forging
+    // client's (the last) without a request, and the check without a forged write.
+    anyhow::ensure!(
+        !opts.forging_client || opts.concurrency >= conns.len(),
+        "--forging-client needs --concurrency {} or more (one client per worker)",
+        conns.len()
+    );
     // Every worker must answer before the clock starts: a worker that cannot run is a
     // failure of the harness, not an anomaly of the system under test.
     for (i, conn) in conns.iter().enumerate() {

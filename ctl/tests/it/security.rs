@@ -264,6 +264,30 @@ async fn only_certificates_of_the_cluster_ca_get_in_and_each_may_do_only_its_rol
     assert_eq!(renewed.unwrap_err().code(), Code::PermissionDenied);
     let closed = session(&mount_b).close_session(of_a).await;
     assert_eq!(closed.unwrap_err().code(), Code::PermissionDenied);
+    // Nor lock with it, nor read as it (as if it held site-a's delegations).
+    let lock = pb::SetLockRequest {
+        ino: mobilus_proto::fs::ROOT_INO,
+        session: opened,
+        owner: 1,
+        start: 0,
+        end: 10,
+        kind: pb::LockKind::Write as i32,
+        ..Default::default()
+    };
+    let locked = session(&mount_b).set_lock(lock).await;
+    assert_eq!(locked.unwrap_err().code(), Code::PermissionDenied);
+    let read_as_a = session(&mount_b)
+        .get_attr(pb::GetAttrRequest {
+            ino: mobilus_proto::fs::ROOT_INO,
+            session: opened,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(read_as_a.unwrap_err().code(), Code::PermissionDenied);
+    session(&mount_a)
+        .set_lock(lock)
+        .await
+        .expect("site-a's mount locks with its own session");
     session(&mount_a)
         .renew_session(of_a)
         .await

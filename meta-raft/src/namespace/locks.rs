@@ -108,6 +108,18 @@ pub(crate) fn check_session_site(txn: &Txn<'_>, cmd: &Command) -> Result<(), NsE
     Ok(())
 }
 
+impl super::Namespace {
+    /// The site whose mount opened `session`: `None` if there is no such session,
+    /// `Some(None)` if a tool of no site opened it.
+    pub fn session_site(&self, session: u64) -> Result<Option<Option<String>>, NsError> {
+        self.with_view(|txn| {
+            Ok(txn
+                .get::<SessionRecord>(Cf::Locks, &session_key(session))?
+                .map(|r| r.site))
+        })
+    }
+}
+
 /// `OpenSession`.
 pub(crate) fn open_session(
     txn: &mut Txn<'_>,

@@ -158,7 +158,11 @@ impl Namespace {
     pub fn statfs(&self) -> Result<StatFs, NsError> {
         let (c, nodes) = self.with_view(|txn| Ok((counters(txn)?, data_nodes(txn, None)?)))?;
         // Capacity is what the data nodes report, once any has registered.
-        let registered: u64 = nodes.iter().map(|n| n.capacity_bytes).sum();
+        // Saturating: a node's report is its own word (found by fuzzing, two nodes
+        // claiming near 2^64 bytes overflowed the sum).
+        let registered = nodes
+            .iter()
+            .fold(0u64, |sum, n| sum.saturating_add(n.capacity_bytes));
         let capacity = if registered > 0 {
             registered
         } else {

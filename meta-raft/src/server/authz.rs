@@ -113,6 +113,18 @@ pub fn bind_site(fence: Option<pb::Fence>) -> Result<Option<pb::Fence>, Status> 
     Ok(Some(fence))
 }
 
+/// The site the caller's certificate binds it to (a mount's or a data node's), if any:
+/// what a request with no fence speaks for.
+pub fn bound_site() -> Option<String> {
+    let peer = mobilus_tls::server::current_peer()?;
+    if !matches!(peer.role, Role::Mount | Role::Data)
+        || SITE_BINDING_DISABLED.load(Ordering::Relaxed)
+    {
+        return None;
+    }
+    peer.site.clone()
+}
+
 /// A site named in a request (a data node registering itself) must be the caller's own
 /// when its certificate binds it to one.
 pub fn own_site(claimed: &str) -> Result<(), Status> {

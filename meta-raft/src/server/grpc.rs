@@ -101,8 +101,26 @@ fn no_other<T>(_: &T) -> Vec<mobilus_proto::fs::SubtreeId> {
 }
 
 /// The mount session a read is made for (0 on the wire: none).
-fn reader(session: u64) -> Option<u64> {
-    (session != 0).then_some(session)
+impl MetaSvc {
+    /// The mount session a read or a lock query names (0: none), if it is the caller's
+    /// site's: a mount may not read as another site's delegation holder, nor ask as
+    /// another site's session. Checked on this member's state (a session's site never
+    /// changes; one not applied here yet passes).
+    fn reader(&self, session: u64) -> Result<Option<u64>, Status> {
+        if session == 0 {
+            return Ok(None);
+        }
+        if let Some(site) = super::authz::bound_site() {
+            if let Ok(Some(Some(owner))) = self.node.sm.namespace().session_site(session) {
+                if owner != site {
+                    return Err(Status::permission_denied(format!(
+                        "mount session {session} is of {owner}, not of {site}"
+                    )));
+                }
+            }
+        }
+        Ok(Some(session))
+    }
 }
 
 /// A create under a reserved number (`MknodRequest.ino`), and the write that comes with
@@ -176,7 +194,7 @@ impl Meta for MetaSvc {
             .node
             .read_in(
                 r.stale,
-                reader(r.session),
+                self.reader(r.session)?,
                 r.parent,
                 near,
                 |(a, _): &(Attr, _)| vec![a.subtree],
@@ -196,11 +214,18 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let (a, owner) = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
-                let a = ns.getattr(r.ino)?;
-                let owner = ns.subtree_owner(a.subtree)?;
-                Ok((a, owner))
-            })
+            .read_in(
+                r.stale,
+                self.reader(r.session)?,
+                r.ino,
+                near,
+                no_other,
+                |ns| {
+                    let a = ns.getattr(r.ino)?;
+                    let owner = ns.subtree_owner(a.subtree)?;
+                    Ok((a, owner))
+                },
+            )
             .await
             .map_err(status)?;
         attr_reply_owned(a, owner)
@@ -325,9 +350,14 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let target = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
-                ns.readlink(r.ino)
-            })
+            .read_in(
+                r.stale,
+                self.reader(r.session)?,
+                r.ino,
+                near,
+                no_other,
+                |ns| ns.readlink(r.ino),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadLinkReply { target }))
@@ -340,7 +370,7 @@ impl Meta for MetaSvc {
             .node
             .read_in(
                 r.stale,
-                reader(r.session),
+                self.reader(r.session)?,
                 r.ino,
                 near,
                 |(entries, _): &(Vec<DirEntry>, bool)| {
@@ -388,9 +418,14 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let value = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
-                ns.getxattr(r.ino, &r.name)
-            })
+            .read_in(
+                r.stale,
+                self.reader(r.session)?,
+                r.ino,
+                near,
+                no_other,
+                |ns| ns.getxattr(r.ino, &r.name),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetXattrReply { value }))
@@ -401,9 +436,14 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let names = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
-                ns.listxattr(r.ino)
-            })
+            .read_in(
+                r.stale,
+                self.reader(r.session)?,
+                r.ino,
+                near,
+                no_other,
+                |ns| ns.listxattr(r.ino),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListXattrReply { names }))
@@ -546,8 +586,10 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let q = lock_request(r.ino, r.session, r.owner, (r.start, r.end), r.kind)?;
         let wait = std::time::Duration::from_millis(u64::from(r.wait_ms));
+        // The caller's site, from its certificate: the state machine refuses a session
+        // of another site (`locks::check_session_site`).
         self.node
-            .set_lock(None, q, r.pid, wait)
+            .set_lock(super::authz::bound_site(), q, r.pid, wait)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::Empty {}))
@@ -556,6 +598,7 @@ impl Meta for MetaSvc {
     async fn get_lock(&self, r: Request<pb::GetLockRequest>) -> Reply<pb::GetLockReply> {
         let r = r.into_inner();
         let q = lock_request(r.ino, r.session, r.owner, (r.start, r.end), r.kind)?;
+        self.reader(q.session)?;
         let held = self.node.get_lock(r.stale, q).await.map_err(status)?;
         Ok(Response::new(match held {
             Some(h) => pb::GetLockReply {
@@ -582,9 +625,14 @@ impl Meta for MetaSvc {
         let r = r.into_inner();
         let (extents, attr) = self
             .node
-            .read_in(r.stale, reader(r.session), r.ino, near, no_other, |ns| {
-                ns.read_slices(r.ino, r.offset, r.length)
-            })
+            .read_in(
+                r.stale,
+                self.reader(r.session)?,
+                r.ino,
+                near,
+                no_other,
+                |ns| ns.read_slices(r.ino, r.offset, r.length),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadSlicesReply {
