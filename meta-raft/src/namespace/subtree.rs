@@ -76,9 +76,15 @@ fn lease_key(site: &str) -> Vec<u8> {
     k
 }
 
+/// The latest time the log's clock takes (year 2116): leases and deadlines are added
+/// to it without overflow, whatever a stamp says (found by fuzzing log entries: a stamp
+/// near `i64::MAX` overflowed the next lease).
+pub const MAX_LOG_TIME_NS: i64 = i64::MAX / 2;
+
 /// The log's clock as of `stamp` (a command's): the highest stamp recorded so far,
-/// advanced to `stamp` if that is later.
+/// advanced to `stamp` if that is later (up to [`MAX_LOG_TIME_NS`]).
 pub(crate) fn log_now(txn: &mut Txn<'_>, stamp: i64) -> Result<i64, NsError> {
+    let stamp = stamp.min(MAX_LOG_TIME_NS);
     let high: i64 = txn.get(Cf::Sys, keys::sys::CLOCK)?.unwrap_or(0);
     if stamp > high {
         txn.put(Cf::Sys, keys::sys::CLOCK.to_vec(), &stamp)?;
