@@ -51,27 +51,29 @@ for _ in $(seq 100); do mountpoint -q "$RUN/mnt-jfs" && { ready_jfs=1; break; };
 [ $ready_jfs = 1 ] || { echo "JuiceFS did not mount" >&2; exit 1; }
 
 echo "==> (d) Mobilus: 3 metadata members, 1 data node, 1 mount"
+. bench/tls.sh  # (the script runs from the repository root)
+tls_init "$RUN/tls" "$BIN/mobilusctl"
 META=()
 for id in 1 2 3; do
   d="$RUN/meta-$id"; mkdir -p "$d"
   join=(--init); [ $id = 1 ] || join=(--join "${META[0]}")
-  "$BIN/mobilus-meta" --insecure --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
+  "$BIN/mobilus-meta" $(tls meta '' "meta-$id") --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
     "${join[@]}" 2>"$d/log" & PIDS+=($!)
   META+=("$(ready "$d/ready")")
 done
 METAS=$(IFS=,; echo "${META[*]}")
-"$BIN/mobilus-data" --insecure --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/data-a" \
+"$BIN/mobilus-data" $(tls data site-a data-a) --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/data-a" \
   --meta "$METAS" --ready-file "$RUN/data-a.ready" 2>"$RUN/data-a.log" & PIDS+=($!)
 ready "$RUN/data-a.ready" >/dev/null
-"$BIN/mobilus-mount" --insecure --site site-a --meta "$METAS" --ready-file "$RUN/mount.ready" \
+"$BIN/mobilus-mount" $(tls mount site-a mount-a) --site site-a --meta "$METAS" --ready-file "$RUN/mount.ready" \
   "$RUN/mnt-mobilus" 2>"$RUN/mount.log" & PIDS+=($!)
 ready "$RUN/mount.ready" >/dev/null
 mkdir -p "$RUN/mnt-mobilus/owned"
 for _ in $(seq 50); do
-  "$BIN/mobilusctl" --insecure --meta "$METAS" subtree create /owned --owner site-a >/dev/null 2>&1 && break
+  "$BIN/mobilusctl" $(tls admin '' admin) --meta "$METAS" subtree create /owned --owner site-a >/dev/null 2>&1 && break
   sleep 0.2
 done
-"$BIN/mobilusctl" --insecure --meta "$METAS" subtree status /owned >&2
+"$BIN/mobilusctl" $(tls admin '' admin) --meta "$METAS" subtree status /owned >&2
 
 bench() {  # $1 label, $2 dir, $3 round (from 1; the first one also writes a big file)
   echo "==> juicefs bench on $1 (round $3)" >&2

@@ -72,13 +72,8 @@ mfs_up "$RUN/mnt-mfs" "$RUN/mfs"
 SYSTEMS+=(moosefs="$RUN/mnt-mfs")
 
 # Mutual TLS, as in production: a CA for the run and a certificate per process.
-"$BIN/mobilusctl" cert ca --dir "$RUN/tls/ca" >/dev/null
-tls() {  # $1 role, $2 site ('' for none), $3 name: its certificate's flags (issued once)
-  local site=(); [ -z "$2" ] || site=(--site "$2")
-  [ -f "$RUN/tls/$3.pem" ] || "$BIN/mobilusctl" cert issue --ca-dir "$RUN/tls/ca" --role "$1" \
-    "${site[@]}" --name "$3" --out "$RUN/tls" >/dev/null
-  echo "--ca $RUN/tls/ca/ca.pem --cert $RUN/tls/$3.pem --key $RUN/tls/$3.key"
-}
+. bench/tls.sh  # (the script runs from the repository root)
+tls_init "$RUN/tls" "$BIN/mobilusctl"
 
 # A Mobilus cluster from the binaries in $2 (of 2026-12-06 or later: they take TLS
 # flags), mounted once per extra-flags set in $3...

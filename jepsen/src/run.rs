@@ -703,13 +703,19 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<RunSummary> {
             conns.push(Arc::new(conn));
         }
     }
-    // Clients take workers in turn: fewer clients than workers would leave the forging
-    // client's (the last) without a request, and the check without a forged write.
-    anyhow::ensure!(
-        !opts.forging_client || opts.concurrency >= conns.len(),
-        "--forging-client needs --concurrency {} or more (one client per worker)",
-        conns.len()
-    );
+    // Clients take workers in turn from the first: the forging client's workers (its
+    // host is the last) go first, so that any concurrency sends forged requests.
+    if opts.forging_client {
+        let forging = cluster
+            .net
+            .hosts
+            .iter()
+            .filter(|h| h.name.starts_with("c2-"))
+            .count()
+            * 3;
+        let forging = forging.min(conns.len());
+        conns.rotate_right(forging);
+    }
     // Every worker must answer before the clock starts: a worker that cannot run is a
     // failure of the harness, not an anomaly of the system under test.
     for (i, conn) in conns.iter().enumerate() {
