@@ -51,7 +51,6 @@ for _ in $(seq 100); do mountpoint -q "$RUN/mnt-jfs" && { ready_jfs=1; break; };
 [ $ready_jfs = 1 ] || { echo "JuiceFS did not mount" >&2; exit 1; }
 
 echo "==> (d) Mobilus: 3 metadata members, 1 data node, 1 mount"
-. bench/tls.sh  # (the script runs from the repository root)
 tls_init "$RUN/tls" "$BIN/mobilusctl"
 META=()
 for id in 1 2 3; do

@@ -72,7 +72,6 @@ mfs_up "$RUN/mnt-mfs" "$RUN/mfs"
 SYSTEMS+=(moosefs="$RUN/mnt-mfs")
 
 # Mutual TLS, as in production: a CA for the run and a certificate per process.
-. bench/tls.sh  # (the script runs from the repository root)
 tls_init "$RUN/tls" "$BIN/mobilusctl"
 
 # A Mobilus cluster from the binaries in $2 (of 2026-12-06 or later: they take TLS

@@ -28,7 +28,6 @@ cleanup() {
 trap cleanup EXIT
 rm -rf "$RUN" && mkdir -p "$RUN/mnt"
 
-. bench/tls.sh  # (the script runs from the repository root)
 tls_init "$RUN/tls" "$BIN/mobilusctl"
 META=()
 for id in 1 2 3; do
