@@ -83,7 +83,7 @@ cluster() {  # $1 name, $2 bin dir, then label:flags pairs
     d="$RUN/$name-meta-$id"; mkdir -p "$d"
     local join=(--init); [ $id = 1 ] || join=(--join "${meta[0]}")
     # shellcheck disable=SC2046
-    "$bin/mobilus-meta" $(tls meta '' "meta-$id") --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
+    "$bin/mobilus-meta" $(tls meta site-a "meta-$id") --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
       "${join[@]}" 2>"$d/log" & PIDS+=($!)
     meta+=("$(ready "$d/ready")")
   done

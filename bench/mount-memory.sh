@@ -33,7 +33,7 @@ META=()
 for id in 1 2 3; do
   d="$RUN/meta-$id"; mkdir -p "$d"
   join=(--init); [ $id = 1 ] || join=(--join "${META[0]}")
-  "$BIN/mobilus-meta" $(tls meta '' "meta-$id") --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
+  "$BIN/mobilus-meta" $(tls meta site-a "meta-$id") --id $id --listen 127.0.0.1:0 --data-dir "$d/data" --ready-file "$d/ready" \
     "${join[@]}" 2>"$d/log" & PIDS+=($!)
   META+=("$(ready "$d/ready")")
 done
