@@ -237,6 +237,9 @@ pub fn write_durably(path: &Path, bytes: &[u8], secret: bool) -> Result<(), TlsE
 pub struct DevPki {
     pub dir: PathBuf,
     ca: Ca,
+    /// One certificate issued at a time: two threads issuing one name at once could
+    /// leave one's certificate beside the other's key.
+    issuing: std::sync::Mutex<()>,
 }
 
 impl DevPki {
@@ -251,6 +254,7 @@ impl DevPki {
         Ok(DevPki {
             dir: dir.to_path_buf(),
             ca,
+            issuing: std::sync::Mutex::new(()),
         })
     }
 
@@ -274,6 +278,7 @@ impl DevPki {
             cert: self.dir.join(format!("{name}.pem")),
             key: self.dir.join(format!("{name}.key")),
         };
+        let _one_at_a_time = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
         if !files.cert.exists() {
             let who = PeerIdentity {
                 role,
@@ -310,61 +315,29 @@ impl DevPki {
     }
 }
 
-/// One CA for a whole test process, whatever clusters it starts: the tests' own clients
-/// use the process's default configuration, the operator's (installed by the first call),
-/// so every cluster of the process must trust the same CA. Certificates are issued on
-/// first use, one at a time. For test suites and benchmarks, not for production.
-pub struct TestPki {
-    pki: DevPki,
-    issuing: std::sync::Mutex<()>,
-    _dir: tempfile::TempDir,
-}
-
-impl TestPki {
-    /// [`DevPki::flags`], for this process's CA.
-    pub fn flags(
-        &self,
-        role: Role,
-        site: Option<&str>,
-        name: &str,
-    ) -> Result<Vec<String>, TlsError> {
-        let _one_at_a_time = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
-        self.pki.flags(role, site, name)
-    }
-
-    /// [`DevPki::config`], for this process's CA.
-    pub fn config(
-        &self,
-        role: Role,
-        site: Option<&str>,
-        name: &str,
-    ) -> Result<crate::TlsConfig, TlsError> {
-        let _one_at_a_time = self.issuing.lock().unwrap_or_else(|p| p.into_inner());
-        self.pki.config(role, site, name)
-    }
-}
-
-/// The process's [`TestPki`] (made, and its operator's certificate installed as the
-/// process default, on the first call). Panics if the CA cannot be made: a test setup
-/// failure.
-pub fn test_pki() -> &'static TestPki {
-    static PKI: std::sync::OnceLock<TestPki> = std::sync::OnceLock::new();
-    PKI.get_or_init(|| {
+/// The CA of a whole test process, whatever clusters it starts (made, and its operator's
+/// certificate installed as the process default, on the first call): the tests' own
+/// clients use the process default, so every cluster of the process must trust the same
+/// CA. For test suites and benchmarks, not for production.
+pub fn test_pki() -> Result<&'static DevPki, TlsError> {
+    static PKI: std::sync::OnceLock<Result<(tempfile::TempDir, DevPki), String>> =
+        std::sync::OnceLock::new();
+    let made = PKI.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("mobilus-test-pki-")
             .tempdir()
-            .expect("a folder for the tests' CA");
-        let pki = TestPki {
-            pki: DevPki::open(dir.path()).expect("the tests' CA"),
-            issuing: std::sync::Mutex::new(()),
-            _dir: dir,
-        };
+            .map_err(|e| format!("a folder for the tests' CA: {e}"))?;
+        let pki = DevPki::open(dir.path()).map_err(|e| e.to_string())?;
         let admin = pki
             .config(Role::Admin, None, "admin")
-            .expect("the tests' operator certificate");
+            .map_err(|e| e.to_string())?;
         crate::client::set_process_default(Some(std::sync::Arc::new(admin)));
-        pki
-    })
+        Ok((dir, pki))
+    });
+    match made {
+        Ok((_, pki)) => Ok(pki),
+        Err(e) => Err(TlsError::Certificate(format!("the tests' CA: {e}"))),
+    }
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ fn tls_flags(name: &str, args: &[String]) -> anyhow::Result<Vec<String>> {
         .position(|a| a == "--site")
         .and_then(|i| args.get(i + 1))
         .map(String::as_str);
-    let pki = mobilus_tls::pki::test_pki();
+    let pki = mobilus_tls::pki::test_pki()?;
     let site_name = site.unwrap_or("none");
     Ok(match name {
         "mobilus-meta" => pki.flags(Role::Meta, None, "meta")?,

@@ -157,7 +157,7 @@ impl TwoSites {
         for id in 1..=3u64 {
             let d = dir.path().join(format!("meta-{id}"));
             // Every process on mutual TLS, the tests' clients as the operator.
-            let mut args = test_pki().flags(Role::Meta, None, "meta").unwrap();
+            let mut args = test_pki().unwrap().flags(Role::Meta, None, "meta").unwrap();
             args.extend(
                 [
                     "--id",
@@ -193,6 +193,7 @@ impl TwoSites {
                 _ => dir.path().join(format!("data-{site}-{k}")),
             };
             let mut args = test_pki()
+                .unwrap()
                 .flags(Role::Data, Some(site), &format!("data-{site}"))
                 .unwrap();
             args.extend([
@@ -298,6 +299,7 @@ impl TwoSites {
         let ready = dir.path().join("ready");
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
         let tls = test_pki()
+            .unwrap()
             .flags(Role::Mount, Some(site), &format!("mount-{site}"))
             .unwrap();
         let child = Command::new(bin("mobilus-mount"))

@@ -36,7 +36,7 @@ fn tls_flags(bin: &Path, args: &[&str]) -> Vec<String> {
         .iter()
         .position(|a| *a == "--site")
         .and_then(|i| args.get(i + 1).copied());
-    let pki = mobilus_tls::pki::test_pki();
+    let pki = mobilus_tls::pki::test_pki().expect("the tests' CA");
     match bin.file_name().and_then(|n| n.to_str()) {
         Some("mobilus-meta") => pki.flags(Role::Meta, None, "meta"),
         _ => pki.flags(

@@ -142,26 +142,22 @@ pub fn check(
             }
         }
     }
-    r.refused_not_owner = history
-        .events
-        .iter()
-        .filter(|e| {
-            e.kind == EventType::Fail
-                && e.error
-                    .as_deref()
-                    .is_some_and(|m| m.contains("is owned by") || m.contains("lease of"))
-        })
-        .count();
-    r.refused_forged = history
-        .events
-        .iter()
-        .filter(|e| {
-            e.kind == EventType::Fail
-                && e.error
-                    .as_deref()
-                    .is_some_and(|m| m.contains("but the certificate is of"))
-        })
-        .count();
+    r.refused_not_owner = refused_with(history, &["is owned by", "lease of"]);
+    r.refused_forged = refused_with(history, &["but the certificate is of"]);
     r.tenures = tenures;
     Ok(r)
+}
+
+/// Definite failures whose error says one of `why` (the members' messages).
+fn refused_with(history: &History, why: &[&str]) -> usize {
+    history
+        .events
+        .iter()
+        .filter(|e| {
+            e.kind == EventType::Fail
+                && e.error
+                    .as_deref()
+                    .is_some_and(|m| why.iter().any(|w| m.contains(w)))
+        })
+        .count()
 }

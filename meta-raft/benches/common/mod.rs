@@ -23,7 +23,7 @@ impl Drop for Proc {
 fn start(id: u64, dir: &Path, flags: &[String]) -> anyhow::Result<(Proc, String)> {
     let ready = dir.join(format!("ready-{id}"));
     // On mutual TLS; the benchmark's clients speak as the test CA's operator.
-    let tls = mobilus_tls::pki::test_pki().flags(mobilus_tls::Role::Meta, None, "meta")?;
+    let tls = mobilus_tls::pki::test_pki()?.flags(mobilus_tls::Role::Meta, None, "meta")?;
     let child = Command::new(BIN)
         .args(tls)
         .args(["--id", &id.to_string(), "--listen", "127.0.0.1:0"])

@@ -190,11 +190,12 @@ impl Meta for MetaSvc {
     async fn lookup(&self, r: Request<pb::LookupRequest>) -> Reply<pb::AttrReply> {
         let near = applied::near(&r);
         let r = r.into_inner();
+        let reader = self.reader(r.session)?;
         let (a, owner) = self
             .node
             .read_in(
                 r.stale,
-                self.reader(r.session)?,
+                reader,
                 r.parent,
                 near,
                 |(a, _): &(Attr, _)| vec![a.subtree],
@@ -212,20 +213,14 @@ impl Meta for MetaSvc {
     async fn get_attr(&self, r: Request<pb::GetAttrRequest>) -> Reply<pb::AttrReply> {
         let near = applied::near(&r);
         let r = r.into_inner();
+        let reader = self.reader(r.session)?;
         let (a, owner) = self
             .node
-            .read_in(
-                r.stale,
-                self.reader(r.session)?,
-                r.ino,
-                near,
-                no_other,
-                |ns| {
-                    let a = ns.getattr(r.ino)?;
-                    let owner = ns.subtree_owner(a.subtree)?;
-                    Ok((a, owner))
-                },
-            )
+            .read_in(r.stale, reader, r.ino, near, no_other, |ns| {
+                let a = ns.getattr(r.ino)?;
+                let owner = ns.subtree_owner(a.subtree)?;
+                Ok((a, owner))
+            })
             .await
             .map_err(status)?;
         attr_reply_owned(a, owner)
@@ -348,16 +343,12 @@ impl Meta for MetaSvc {
     async fn read_link(&self, r: Request<pb::ReadLinkRequest>) -> Reply<pb::ReadLinkReply> {
         let near = applied::near(&r);
         let r = r.into_inner();
+        let reader = self.reader(r.session)?;
         let target = self
             .node
-            .read_in(
-                r.stale,
-                self.reader(r.session)?,
-                r.ino,
-                near,
-                no_other,
-                |ns| ns.readlink(r.ino),
-            )
+            .read_in(r.stale, reader, r.ino, near, no_other, |ns| {
+                ns.readlink(r.ino)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadLinkReply { target }))
@@ -366,11 +357,12 @@ impl Meta for MetaSvc {
     async fn read_dir(&self, r: Request<pb::ReadDirRequest>) -> Reply<pb::ReadDirReply> {
         let near = applied::near(&r);
         let r = r.into_inner();
+        let reader = self.reader(r.session)?;
         let (entries, eof) = self
             .node
             .read_in(
                 r.stale,
-                self.reader(r.session)?,
+                reader,
                 r.ino,
                 near,
                 |(entries, _): &(Vec<DirEntry>, bool)| {
@@ -416,16 +408,12 @@ impl Meta for MetaSvc {
     async fn get_xattr(&self, r: Request<pb::GetXattrRequest>) -> Reply<pb::GetXattrReply> {
         let near = applied::near(&r);
         let r = r.into_inner();
+        let reader = self.reader(r.session)?;
         let value = self
             .node
-            .read_in(
-                r.stale,
-                self.reader(r.session)?,
-                r.ino,
-                near,
-                no_other,
-                |ns| ns.getxattr(r.ino, &r.name),
-            )
+            .read_in(r.stale, reader, r.ino, near, no_other, |ns| {
+                ns.getxattr(r.ino, &r.name)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::GetXattrReply { value }))
@@ -434,16 +422,12 @@ impl Meta for MetaSvc {
     async fn list_xattr(&self, r: Request<pb::ListXattrRequest>) -> Reply<pb::ListXattrReply> {
         let near = applied::near(&r);
         let r = r.into_inner();
+        let reader = self.reader(r.session)?;
         let names = self
             .node
-            .read_in(
-                r.stale,
-                self.reader(r.session)?,
-                r.ino,
-                near,
-                no_other,
-                |ns| ns.listxattr(r.ino),
-            )
+            .read_in(r.stale, reader, r.ino, near, no_other, |ns| {
+                ns.listxattr(r.ino)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListXattrReply { names }))
@@ -623,16 +607,12 @@ impl Meta for MetaSvc {
     async fn read_slices(&self, r: Request<pb::ReadSlicesRequest>) -> Reply<pb::ReadSlicesReply> {
         let near = applied::near(&r);
         let r = r.into_inner();
+        let reader = self.reader(r.session)?;
         let (extents, attr) = self
             .node
-            .read_in(
-                r.stale,
-                self.reader(r.session)?,
-                r.ino,
-                near,
-                no_other,
-                |ns| ns.read_slices(r.ino, r.offset, r.length),
-            )
+            .read_in(r.stale, reader, r.ino, near, no_other, |ns| {
+                ns.read_slices(r.ino, r.offset, r.length)
+            })
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ReadSlicesReply {

@@ -346,6 +346,7 @@ async fn malformed_messages_oversized_requests_and_garbage_bytes_are_refused() {
     // Garbage on the Raft service from a member's certificate: refused as invalid, Raft
     // unharmed.
     let as_member = mobilus_tls::pki::test_pki()
+        .unwrap()
         .config(mobilus_tls::Role::Meta, None, "meta")
         .unwrap();
     let member_channel = mobilus_tls::client::channel(

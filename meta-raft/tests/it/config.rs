@@ -50,6 +50,7 @@ async fn a_config_file_starts_a_member_and_flags_override_it() {
     let ready = tmp.path().join("ready");
     // The file says port 1 (unbindable); the flag wins.
     let tls = mobilus_tls::pki::test_pki()
+        .unwrap()
         .flags(mobilus_tls::Role::Meta, None, "meta")
         .unwrap();
     let mut child = Command::new(BIN)

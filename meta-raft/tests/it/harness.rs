@@ -28,6 +28,7 @@ impl Member {
             .open(dir.join("log"))
             .expect("log file");
         let tls = mobilus_tls::pki::test_pki()
+            .unwrap()
             .flags(mobilus_tls::Role::Meta, None, "meta")
             .expect("a certificate from the tests' CA");
         Command::new(BIN)

@@ -27,6 +27,7 @@ fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
         // On mutual TLS, as the tests' clients (the operator) expect.
         tls: Some(std::sync::Arc::new(
             mobilus_tls::pki::test_pki()
+                .unwrap()
                 .config(mobilus_tls::Role::Meta, None, "meta")
                 .unwrap(),
         )),
