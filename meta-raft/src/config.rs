@@ -20,6 +20,8 @@ pub struct FileConfig {
     /// Serve linearizable reads under the leader's lease (default true).
     pub lease_reads: Option<bool>,
     pub log_format: Option<String>,
+    /// Request bytes the member holds in memory at once, in MiB (default 1024).
+    pub request_buffer_mib: Option<u64>,
 }
 
 /// The resolved settings of a member.
@@ -39,6 +41,9 @@ pub struct NodeConfig {
     /// Linearizable reads skip the read-index round while the leader's lease holds
     /// (`server/read_index.rs`); off, every read takes a (batched) round.
     pub lease_reads: bool,
+    /// Bytes of client requests the member holds in memory at once, over all connections
+    /// (`mobilus_tls::budget`); Raft's messages, from members, are not counted.
+    pub request_buffer_bytes: usize,
     /// TEST ONLY (`--unsafe-read-lease-ms`): a read lease of this length, however it
     /// compares with the election timeout. A deliberate bug when longer, so the Jepsen
     /// harness can show it catches a lease that outlives the leadership it stands for.
@@ -113,6 +118,13 @@ impl FileConfig {
                 "must be at least 1".into(),
             ));
         }
+        let request_buffer_mib = self.request_buffer_mib.unwrap_or(1024);
+        if !(16..=1 << 20).contains(&request_buffer_mib) {
+            return Err(ConfigError::Invalid(
+                "request_buffer_mib",
+                format!("{request_buffer_mib} is not in 16..=1048576"),
+            ));
+        }
         Ok(NodeConfig {
             id,
             listen: self.listen.unwrap_or_else(|| "127.0.0.1:7100".into()),
@@ -124,6 +136,7 @@ impl FileConfig {
             keep_logs: self.keep_logs.unwrap_or(1000),
             heartbeat_ms,
             lease_reads: self.lease_reads.unwrap_or(true),
+            request_buffer_bytes: (request_buffer_mib as usize) << 20,
             unsafe_read_lease_ms: None,
             unsafe_local_reads: false,
             tls: None,

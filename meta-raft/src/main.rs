@@ -46,6 +46,10 @@ struct Args {
     /// Raft heartbeat interval; election timeouts are 5-10 times it.
     #[arg(long)]
     heartbeat_ms: Option<u64>,
+    /// MiB of client requests held in memory at once, over all connections; a request
+    /// past it, or past its connection's 64 MiB, is refused (RESOURCE_EXHAUSTED).
+    #[arg(long)]
+    request_buffer_mib: Option<u64>,
     /// TEST ONLY: serve reads from this member's local state without a read index (a
     /// deliberate linearizability bug, for the Jepsen harness to catch).
     #[arg(long, hide = true)]
@@ -103,7 +107,8 @@ fn merge(args: &Args) -> anyhow::Result<FileConfig> {
         data_dir,
         snapshot_logs,
         keep_logs,
-        heartbeat_ms
+        heartbeat_ms,
+        request_buffer_mib
     );
     if !args.join.is_empty() {
         file.join = Some(args.join.clone());

@@ -123,6 +123,10 @@ pub enum WireError {
     /// The subtree is frozen while a clone copies it: nothing was done; the same request
     /// succeeds once the clone is published or its freeze runs out (seconds).
     Frozen(String),
+    /// The server already holds as much request data as it keeps in memory, for this
+    /// connection or in all (`mobilus_tls::budget`): nothing was done; the same request
+    /// succeeds once earlier ones finish.
+    Busy(String),
     /// Any other status (bad request framing, oversized message, internal error).
     Other(Code, String),
 }
@@ -136,6 +140,7 @@ const LEASE_EXPIRED: &str = "lease-expired";
 const UNKNOWN_SITE: &str = "unknown-site";
 const DELEGATED: &str = "delegated";
 const FROZEN: &str = "frozen";
+const BUSY: &str = "busy";
 
 fn errno_code(errno: Errno) -> Code {
     match errno {
@@ -213,6 +218,11 @@ impl WireError {
                 ERROR_KEY,
                 FROZEN.to_string(),
             ),
+            WireError::Busy(msg) => (
+                Status::resource_exhausted(msg.clone()),
+                ERROR_KEY,
+                BUSY.to_string(),
+            ),
             WireError::Other(code, msg) => return Status::new(*code, msg.clone()),
         };
         if let Ok(v) = MetadataValue::try_from(value.as_str()) {
@@ -238,6 +248,7 @@ impl WireError {
             Some(UNKNOWN_SITE) => WireError::UnknownSite(status.message().to_string()),
             Some(DELEGATED) => WireError::Delegated(status.message().to_string()),
             Some(FROZEN) => WireError::Frozen(status.message().to_string()),
+            Some(BUSY) => WireError::Busy(status.message().to_string()),
             _ => WireError::Other(status.code(), status.message().to_string()),
         }
     }
@@ -262,6 +273,7 @@ mod tests {
             WireError::UnknownSite("site-z".into()),
             WireError::Delegated("subtree 7 is delegated to session 3".into()),
             WireError::Frozen("subtree 7 is being cloned".into()),
+            WireError::Busy("this connection holds its share".into()),
         ];
         for case in cases {
             let back = WireError::from_status(&case.to_status());

@@ -12,7 +12,9 @@
 //!   its peer's identity as tonic connect info, and [`server::Authorize`], the one layer
 //!   that decides which role may call which RPC.
 //! - [`client`]: dialing a server, TLS by the process's configuration.
+//! - [`budget`]: the bound on request bytes a server holds, per connection and in all.
 
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod pki;

@@ -120,10 +120,12 @@ impl From<WireError> for ClientError {
             WireError::NotOwner(m) => ClientError::NotOwner(m),
             WireError::LeaseExpired(m) => ClientError::LeaseExpired(m),
             WireError::UnknownSite(m) => ClientError::UnknownSite(m),
-            WireError::Delegated(m) | WireError::Frozen(m) => ClientError::Unavailable {
-                addrs: String::new(),
-                last: m,
-            },
+            WireError::Delegated(m) | WireError::Frozen(m) | WireError::Busy(m) => {
+                ClientError::Unavailable {
+                    addrs: String::new(),
+                    last: m,
+                }
+            }
             WireError::NotLeader(l) => ClientError::Unavailable {
                 addrs: l.unwrap_or_default(),
                 last: "not the leader".into(),
@@ -529,9 +531,10 @@ impl MetaClient {
                         *lock(&self.inner.leader) = None;
                         false
                     }
-                    // A freeze (a clone copying the subtree) lasts seconds; nothing was
-                    // done, so asking again is as safe as after a delegation.
-                    WireError::Delegated(msg) | WireError::Frozen(msg) => {
+                    // A freeze (a clone copying the subtree) lasts seconds, a full request
+                    // budget as long as earlier requests; nothing was done, so asking
+                    // again is as safe as after a delegation.
+                    WireError::Delegated(msg) | WireError::Frozen(msg) | WireError::Busy(msg) => {
                         last = format!("{target}: {msg}");
                         delegated = true;
                         false

@@ -60,6 +60,12 @@ const DATA_NODE: &[&str] = &[
 const MOUNT: &[&str] = &["SetProfile"];
 
 /// May `role` call `path` (`/mobilus.meta.v1.Meta/Mkdir`)?
+/// Is this a Raft RPC (between members)? Those are left out of the request budget: a
+/// member's messages are bounded by Raft's own limits, and clients must not crowd them out.
+pub fn is_raft(path: &str) -> bool {
+    path.starts_with("/mobilus.meta.v1.Raft/")
+}
+
 pub fn policy(role: Role, path: &str) -> bool {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
     let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

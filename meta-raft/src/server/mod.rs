@@ -165,6 +165,11 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .layer(mobilus_telemetry::GrpcMetricsLayer)
             .layer(mobilus_tls::server::Authorize::new(authz::policy))
+            .layer(mobilus_tls::budget::BufferBudget::new(
+                cfg.request_buffer_bytes,
+                authz::is_raft,
+                |msg| mobilus_proto::status::WireError::Busy(msg).to_status(),
+            ))
             .layer(applied::AppliedLayer)
             .add_service(meta)
             .add_service(cluster)

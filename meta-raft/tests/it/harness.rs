@@ -85,6 +85,10 @@ impl Member {
         self.child.is_some()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("member is running").id()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

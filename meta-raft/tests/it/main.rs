@@ -10,6 +10,7 @@ mod feed;
 mod gc;
 mod harness;
 mod isolation;
+mod limits;
 mod locks;
 mod model;
 mod namespace;

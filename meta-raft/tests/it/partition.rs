@@ -22,6 +22,7 @@ fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
         keep_logs: 1000,
         heartbeat_ms: 50,
         lease_reads: true,
+        request_buffer_bytes: 1 << 30,
         unsafe_read_lease_ms: None,
         unsafe_local_reads: false,
         // On mutual TLS, as the tests' clients (the operator) expect.
