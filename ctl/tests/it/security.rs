@@ -351,6 +351,26 @@ async fn only_certificates_of_the_cluster_ca_get_in_and_each_may_do_only_its_rol
     assert_eq!(registered.unwrap_err().code(), Code::PermissionDenied);
     let moved = move_as(&data_cert).await;
     assert_eq!(moved.unwrap_err().code(), Code::PermissionDenied);
+    // Nor does a site speak for another's feed cursor (an ack would prune what that
+    // site has not fetched) or its mounts' access profile.
+    let data_b = c.cert(Role::Data, Some("site-b"), "data-b-test");
+    let acked = pb::cluster_client::ClusterClient::new(ch(&leader, Role::Meta, &data_b))
+        .ack_feed(pb::AckFeedRequest {
+            root: owned,
+            site: "site-a".into(),
+            seq: u64::MAX / 2,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(acked.unwrap_err().code(), Code::PermissionDenied);
+    let profiled = cluster_b
+        .set_profile(pb::SetProfileRequest {
+            root: owned,
+            reads: Vec::new(),
+            site: "site-a".into(),
+        })
+        .await;
+    assert_eq!(profiled.unwrap_err().code(), Code::PermissionDenied);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

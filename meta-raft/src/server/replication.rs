@@ -69,6 +69,8 @@ pub(super) async fn set_profile(
     r: pb::SetProfileRequest,
 ) -> Reply<pb::ProfileReply> {
     site(&r.site)?;
+    // The profile of the owner's mount; site-b's mount may not record as site-a.
+    super::authz::own_site(&r.site)?;
     if r.reads.len() > mobilus_proto::fs::MAX_PROFILE_READS {
         return Err(Status::invalid_argument(format!(
             "a profile keeps at most {} reads",
@@ -146,6 +148,9 @@ pub(super) async fn scan(
 
 pub(super) async fn ack(node: &MetaNode, r: pb::AckFeedRequest) -> Reply<pb::AckFeedReply> {
     site(&r.site)?;
+    // A site's cursor moves by its own nodes only: an ack for another site would prune
+    // entries that site has not fetched yet.
+    super::authz::own_site(&r.site)?;
     let op = Op::AckFeed {
         root: r.root,
         site: r.site,

@@ -111,6 +111,10 @@ fn bad_configuration_is_refused_with_a_message() {
             vec!["--id", "1", "--data-dir", d, "--heartbeat-ms", "1"],
             "heartbeat_ms",
         ),
+        (
+            vec!["--id", "1", "--data-dir", d, "--request-buffer-mib", "0"],
+            "request_buffer_mib",
+        ),
         (vec!["--config", bad.to_str().unwrap()], "unknown field"),
         (vec!["--config", garbage.to_str().unwrap()], "garbage.toml"),
         (
