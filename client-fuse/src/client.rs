@@ -26,8 +26,9 @@ pub const FLUSH_WRITES: usize = 1024;
 const WRITE_THROUGH_BYTES: usize = 4 << 20;
 /// Chunk transfers in flight per flush or read.
 const PARALLEL: usize = 4;
-/// Readahead fetches in flight per client (each up to 1 MiB of blocks).
-const PREFETCHES: usize = 8;
+/// Readahead fetches in flight per client (each up to 1 MiB of blocks): 16 MiB, enough
+/// to keep a data node's disk busy while the mount hands out what has arrived.
+const PREFETCHES: usize = 16;
 /// How long a subtree's synchronous sites are remembered.
 const PLACEMENT_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 /// A whole chunk from another site that takes longer has failed (a stalled link): the

@@ -30,6 +30,9 @@ const MAX_WINDOWS: usize = 32;
 const AHEAD_MIN: u64 = 256 << 10;
 /// ... doubles with each sequential read, up to this; a random read stops it.
 const AHEAD_MAX: u64 = 8 << 20;
+/// How far from where a sequential stream was expected a read may land and still be
+/// part of it (a few of the kernel's largest reads, 128 KiB each).
+const SEQUENTIAL_SLACK: u64 = 1 << 20;
 /// Blocks fetched by one call to the data node.
 const MAX_RUN: u64 = blocks::MAX_READ_BYTES / BLOCK;
 /// A read of blocks from another site that takes longer has failed (a stalled link).
@@ -432,7 +435,7 @@ pub fn verify_run(
     if reply.data.is_empty() {
         return Err(format!("a reply with no block, from block {first}"));
     }
-    let data = Bytes::from(reply.data);
+    let data = reply.data;
     let mut blocks = Vec::new();
     let mut pos = 0usize;
     let mut index = first;
@@ -668,6 +671,12 @@ impl FileReader {
                 .map(|(_, _, c)| self.client.chunk_bytes(c.hash, c.offset, c.len, self.ino)),
         )
         .await?;
+        if let [(at, len, _)] = pieces[..] {
+            if at == offset && len == end - offset {
+                // One piece is the whole answer: no copy into another buffer.
+                return Ok((parts.into_iter().next().unwrap_or_default(), w.size));
+            }
+        }
         let mut out = vec![0u8; (end - offset) as usize];
         for ((at, len, _), bytes) in pieces.iter().zip(parts) {
             let dst = (at - offset) as usize;
@@ -686,14 +695,32 @@ impl FileReader {
         if offset >= end {
             return Some((Vec::new(), w.size));
         }
+        let pieces = w.pieces(offset, end);
+        let out = match pieces[..] {
+            // One piece is the whole answer: no copy into another buffer.
+            [(at, len, c)] if at == offset && len == end - offset => {
+                self.client.chunk_bytes_cached(c.hash, c.offset, c.len)?
+            }
+            _ => self.assemble_cached(&pieces, offset, end)?,
+        };
+        self.read_ahead(&w, offset, end);
+        Some((out, w.size))
+    }
+
+    /// The bytes of `[offset, end)` out of cached pieces (holes as zeros).
+    fn assemble_cached(
+        &self,
+        pieces: &[(u64, u64, ChunkRef)],
+        offset: u64,
+        end: u64,
+    ) -> Option<Vec<u8>> {
         let mut out = vec![0u8; (end - offset) as usize];
-        for (at, len, c) in w.pieces(offset, end) {
+        for &(at, len, c) in pieces {
             let bytes = self.client.chunk_bytes_cached(c.hash, c.offset, c.len)?;
             let dst = (at - offset) as usize;
             out[dst..dst + len as usize].copy_from_slice(&bytes);
         }
-        self.read_ahead(&w, offset, end);
-        Some((out, w.size))
+        Some(out)
     }
 
     /// Follow the access pattern; for a sequential stream, start fetching what comes
@@ -701,14 +728,21 @@ impl FileReader {
     fn read_ahead(&self, w: &Window, offset: u64, end: u64) {
         let (from, to) = {
             let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-            if offset == s.next {
+            if is_sequential(offset, s.next) {
                 s.ahead = (s.ahead * 2).clamp(AHEAD_MIN, AHEAD_MAX);
+                s.next = s.next.max(end);
             } else {
                 s.ahead = 0;
                 s.prefetched_to = 0;
+                s.next = end;
             }
-            s.next = end;
-            (s.prefetched_to.max(end), (end + s.ahead).min(w.end))
+            // Whole pieces of the largest fetch: a 128 KiB read moving the target by
+            // 128 KiB would otherwise start a 128 KiB fetch each time.
+            let to = match s.ahead {
+                0 => s.next,
+                ahead => (s.next + ahead).next_multiple_of(blocks::MAX_READ_BYTES),
+            };
+            (s.prefetched_to.max(s.next), to.min(w.end))
         };
         if from >= to {
             return;
@@ -727,16 +761,35 @@ impl FileReader {
             }
         }
         let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        if s.next == end {
+        if s.ahead > 0 {
             s.prefetched_to = s.prefetched_to.max(done);
         }
     }
+}
+
+/// Is a read at `offset` part of a sequential stream whose next read was expected at
+/// `next`? The kernel sends a stream's reads a few at a time, and the mount's threads
+/// may take them out of order, so a read a little before or after still counts.
+fn is_sequential(offset: u64, next: u64) -> bool {
+    offset.abs_diff(next) <= SEQUENTIAL_SLACK
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn reads_taken_out_of_order_stay_sequential_and_jumps_do_not() {
+        let next = 8 << 20;
+        // The kernel's next two 128 KiB reads, in either order.
+        assert!(is_sequential(next, next));
+        assert!(is_sequential(next + (128 << 10), next));
+        assert!(is_sequential(next - (128 << 10), next));
+        // A database's page elsewhere in the file.
+        assert!(!is_sequential(next + (4 << 20), next));
+        assert!(!is_sequential(0, next));
+    }
 
     /// Which chunk byte each file byte reads, by the map.
     fn bytes_of(map: &SliceMap) -> Vec<Option<(u8, u64)>> {

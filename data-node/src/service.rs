@@ -338,7 +338,7 @@ impl Chunks for ChunksSvc {
         Ok(Response::new(pb::ReadBlocksReply {
             chunk_size: read.chunk_size,
             first_block: read.first_block,
-            data: read.data,
+            data: read.data.into(),
             outboard: read.outboard.unwrap_or_default(),
         }))
     }

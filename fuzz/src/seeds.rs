@@ -357,7 +357,7 @@ pub fn inputs(name: &str) -> Vec<Vec<u8>> {
             let reply = datapb::ReadBlocksReply {
                 chunk_size: chunk.len() as u64,
                 first_block: 1,
-                data: chunk[a as usize..b as usize].to_vec(),
+                data: chunk[a as usize..b as usize].to_vec().into(),
                 outboard: outboard.to_bytes(),
             };
             vec![tagged(1, &reply.encode_to_vec())]

@@ -395,6 +395,8 @@ impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Each setting is best effort: an older kernel keeps its own limit.
         let _ = config.set_max_write(self.tuning.max_write);
+        // The kernel offers its default (128 KiB) and refuses more here; `mount::spawn`
+        // raises it afterwards through sysfs.
         let _ = config.set_max_readahead(self.tuning.max_write);
         let _ = config.set_max_background(self.tuning.max_background);
         // Locks go to the metadata service (cluster-wide), not the kernel's own table.

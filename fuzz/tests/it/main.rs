@@ -79,7 +79,7 @@ fn block_reply_oracle_accepts_the_truth_and_refuses_a_flip() {
     let reply = |data: Vec<u8>| ReadBlocksReply {
         chunk_size: chunk.len() as u64,
         first_block: 2,
-        data,
+        data: data.into(),
         outboard: Outboard::compute(chunk).to_bytes(),
     };
     let hash = ChunkHash::of(chunk);
