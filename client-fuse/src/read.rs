@@ -736,10 +736,14 @@ impl FileReader {
                 s.prefetched_to = 0;
                 s.next = end;
             }
-            // Whole pieces of the largest fetch: a 128 KiB read moving the target by
-            // 128 KiB would otherwise start a 128 KiB fetch each time.
+            // Once a stream is established, whole pieces of the largest fetch: a 128 KiB
+            // read moving the target by 128 KiB would otherwise start a 128 KiB fetch
+            // each time. A stream's first read (a file's first read at 0, say) fetches
+            // no more than AHEAD_MIN past it: an application started by its access
+            // profile reads what the profile holds, and no more.
             let to = match s.ahead {
                 0 => s.next,
+                AHEAD_MIN => s.next + AHEAD_MIN,
                 ahead => (s.next + ahead).next_multiple_of(blocks::MAX_READ_BYTES),
             };
             (s.prefetched_to.max(s.next), to.min(w.end))
