@@ -6,8 +6,10 @@
 //!   recorder is installed, so libraries and tests need nothing), and a binary given
 //!   `--metrics-listen ADDR` installs a Prometheus recorder and serves the text format at
 //!   `http://ADDR/metrics`. The names are documented in `docs/metrics.md`.
+//! - [`memory`]: a process's resident memory, for the tests that bound a server's.
 
 mod grpc;
+pub mod memory;
 pub mod worker;
 
 pub use grpc::{describe_grpc_metrics, GrpcMetrics, GrpcMetricsLayer};

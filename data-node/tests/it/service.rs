@@ -304,16 +304,6 @@ async fn put_get_has_delete_stats_and_bad_input_over_grpc() {
     assert!(status.success(), "{status}");
 }
 
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024
-}
-
 /// Clients that start puts of the largest chunks and never finish them hold at most the
 /// node's put budget in its memory, and a well-behaved client is served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,7 +313,7 @@ async fn stalled_puts_on_many_connections_leave_memory_bounded_and_others_served
     let tmp = tempfile::tempdir().unwrap();
     let (node, addr) = start(tmp.path());
     let pid = node.0.id();
-    let before = rss_mib(pid);
+    let before = mobilus_telemetry::memory::rss_mib(pid).unwrap();
     let size = mobilus_proto::MAX_CHUNK_BYTES;
     let mut stalled = Vec::new();
     for c in 0..CONNECTIONS {
@@ -351,15 +341,7 @@ async fn stalled_puts_on_many_connections_leave_memory_bounded_and_others_served
             stalled.push(tokio::spawn(async move { client.put(body).await }));
         }
     }
-    // The node reads what its budgets let it; wait until its memory has not grown for 2 s.
-    let (mut last, mut still) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while still < 4 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_mib(pid);
-        still = if now <= last { still + 1 } else { 0 };
-        last = last.max(now);
-    }
+    mobilus_telemetry::memory::settled_rss_mib(pid).await;
     // A client on its own connection is served at once.
     let mut well_behaved = ChunksClient::new(channel(&addr));
     let t = Instant::now();
@@ -378,7 +360,7 @@ async fn stalled_puts_on_many_connections_leave_memory_bounded_and_others_served
         "served in {:?}",
         t.elapsed()
     );
-    let held = rss_mib(pid);
+    let held = mobilus_telemetry::memory::rss_mib(pid).unwrap();
     let offered = (CONNECTIONS * STREAMS) as u64 * (size >> 20);
     // Each connection holds its share at most.
     let budget = ((CONNECTIONS * mobilus_tls::server::BUFFER_BYTES_PER_CONNECTION) >> 20) as u64;

@@ -7,19 +7,10 @@ use bytes::Bytes;
 use http_body::Frame;
 use mobilus_proto::fs::ROOT_INO;
 use mobilus_proto::pb;
+use mobilus_telemetry::memory::{rss_mib, settled_rss_mib};
 use tonic::transport::Channel;
 
 use crate::harness::Cluster;
-
-fn rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib / 1024
-}
 
 fn channel(addr: &str) -> Channel {
     mobilus_tls::client::channel(
@@ -112,7 +103,7 @@ async fn stalled_large_requests_leave_a_members_memory_bounded_and_others_served
     let c = cluster.client();
     c.mkdir(ROOT_INO, b"warm", 0o755, 0, 0, None).await.unwrap();
     let pid = member.pid();
-    let before = rss_mib(pid);
+    let before = rss_mib(pid).unwrap();
 
     let mut stalled = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -121,16 +112,8 @@ async fn stalled_large_requests_leave_a_members_memory_bounded_and_others_served
             stalled.push(tokio::spawn(stalled_request(channel.clone(), MESSAGE)));
         }
     }
-    // The member reads what its budgets let it; wait until its memory has not grown for 2 s.
-    let (mut last, mut still) = (0, 0);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while still < 4 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_mib(pid);
-        still = if now <= last { still + 1 } else { 0 };
-        last = last.max(now);
-    }
-    let held = rss_mib(pid);
+    settled_rss_mib(pid).await;
+    let held = rss_mib(pid).unwrap();
     let offered = (CONNECTIONS * STREAMS * MESSAGE) as u64 >> 20;
     println!(
         "RSS {before} MiB at start, {held} MiB with {offered} MiB of requests offered on \
