@@ -25,6 +25,7 @@ mod deferred;
 mod delegation;
 mod local_locks;
 mod locks;
+mod unlink_back;
 mod write_back;
 
 pub use self::delegation::KernelTtl;
@@ -430,6 +431,11 @@ impl MountFs {
         if let Some(answer) = self.delegated_lookup(parent, name) {
             return answer;
         }
+        if self.deleg.wants_listing(parent) {
+            if let Some(answer) = self.lookup_in_listing(parent, name).await? {
+                return answer;
+            }
+        }
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
         let attr = match self.meta().await?.lookup(parent, name, false).await {
@@ -445,6 +451,31 @@ impl MountFs {
         self.deleg.keep_entry(ticket, parent, name, Some(&attr));
         self.consider_delegation(attr.subtree).await;
         Ok(self.merge(attr))
+    }
+
+    /// Fetch `parent`'s whole listing, keep it, and answer the lookup of `name` from it
+    /// if the cache now can (`None`: it cannot, or the listing failed; look the name up).
+    async fn lookup_in_listing(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+    ) -> FsResult<Option<FsResult<Attr>>> {
+        let ticket = self.deleg.ticket();
+        let limit = delegation::Delegations::MAX_LISTING as u32;
+        let listed = self
+            .meta()
+            .await?
+            .readdir(parent, 0, limit, false, false)
+            .await;
+        let Ok((entries, eof)) = listed else {
+            return Ok(None);
+        };
+        if eof {
+            self.deleg.keep_listing(ticket, parent, &entries);
+        } else {
+            self.deleg.listing_too_big(parent);
+        }
+        Ok(self.delegated_lookup(parent, name))
     }
 
     /// The kernel TTL for an entry (`name` in `parent`) or the attributes of `attr`:
@@ -614,6 +645,9 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn unlink(&self, parent: InodeId, name: &[u8]) -> FsResult<()> {
+        if self.unlink_back(parent, name).await {
+            return Ok(());
+        }
         let changing = self.deleg.mutation(Touches::remove(&[(parent, name)]));
         // A file open here stays usable through its handles until the last one closes.
         let open = self.open_under(parent, name).await?;

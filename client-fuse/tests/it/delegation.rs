@@ -222,6 +222,61 @@ async fn the_holder_answers_creates_and_makes_them_before_anyone_else_looks() {
     assert_eq!(report.problems, Vec::<String>::new());
 }
 
+/// The holder answers an unlink itself (every metadata member paused: no round), and the
+/// name is gone for everyone at once: a second mount's lookup recalls the delegation,
+/// and the holder commits the unlink before giving it back. A create of the same name
+/// right after the unlink is made after it (it goes to the metadata, which has the
+/// unlink first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_holder_answers_unlinks_and_commits_them_before_anyone_else_looks() {
+    let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
+    let app = a1.point.join("app");
+    // Many, as `rm` of a directory this mount filled.
+    for i in 0..200 {
+        std::fs::write(app.join(format!("many{i}")), b"m").unwrap();
+    }
+    must_have_no_write_backs(&a1);
+    for i in 0..200 {
+        std::fs::remove_file(app.join(format!("many{i}"))).unwrap();
+    }
+    // Each attempt unlinks a file of its own, written just before (a close written back
+    // marks the subtree, which the unlink needs and could not ask for while paused).
+    let dir = app.clone();
+    let (name, unlinked) = must_answer_with_metadata_paused(
+        &sites,
+        &app,
+        |n| {
+            std::fs::write(dir.join(format!("gone{n}")), b"bye").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        },
+        {
+            let dir = app.clone();
+            move |n| {
+                let name = format!("gone{n}");
+                (name.clone(), std::fs::remove_file(dir.join(&name)))
+            }
+        },
+    );
+    unlinked.expect("an unlink answered by the holder");
+    assert!(!app.join(&name).exists());
+    // The same name again, at once, with other bytes.
+    std::fs::write(app.join(&name), b"back").unwrap();
+    let a2 = sites.mount("site-a");
+    let left: Vec<String> = std::fs::read_dir(a2.point.join("app"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("many") || n.starts_with("gone"))
+        .collect();
+    assert_eq!(left, vec![name.clone()]);
+    assert_eq!(
+        std::fs::read(a2.point.join("app").join(&name)).unwrap(),
+        b"back"
+    );
+    assert!(a1.log().contains("gave the subtree's delegation back"));
+    let report = meta.fsck().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new());
+}
+
 /// The check is what makes the holder's cache safe: with it disabled on the members
 /// (a deliberate bug), the second mount's write is not recalled, and the holder serves
 /// the bytes it cached (caught).

@@ -867,6 +867,33 @@ impl MetaClient {
         Ok((r.ino, r.nlink))
     }
 
+    /// Unlink `name` from `parent` only while this client's session still holds the
+    /// subtree's delegation (an unlink its holder answered before committing it), else
+    /// ESTALE.
+    pub async fn unlink_holder_only(
+        &self,
+        parent: InodeId,
+        name: &[u8],
+    ) -> Result<u32, ClientError> {
+        let req = pb::UnlinkRequest {
+            parent,
+            name: name.to_vec(),
+            fence: self.fence(None).map(|f| pb::Fence {
+                holder_only: true,
+                ..f
+            }),
+            keep_open: false,
+        };
+        let r = self
+            .call("unlink", |ch| {
+                let req = req.clone();
+                async move { Self::meta(ch).unlink(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok(r.nlink)
+    }
+
     /// The last handle of an orphan closed: delete it unless it was linked again.
     pub async fn release_orphan(&self, ino: InodeId) -> Result<(), ClientError> {
         let req = pb::ReleaseOrphanRequest { ino };

@@ -383,6 +383,39 @@ fn is_stale(r: &Reply) -> bool {
     matches!(r, Err(OpError::Explained { errno, .. }) if *errno == Errno::ESTALE.0)
 }
 
+/// An unlink the holder answered before committing it (`unlink_back.rs` in the mount)
+/// goes out `holder_only`: it lands while the delegation lasts, and once it is given
+/// back a late one is refused for good (ESTALE) and changes nothing: the file stays.
+#[test]
+fn an_unlink_written_back_commits_only_under_its_delegation() {
+    let unlink = |name: &str, app| Op::Unlink {
+        parent: app,
+        name: name.as_bytes().to_vec(),
+        keep_open: false,
+    };
+    let (f, holder, other) = delegated();
+    let t = T0 + SEC;
+    assert!(is_stale(&run_held(&f.ns, t, other, unlink("f", f.app))));
+    assert!(f.ns.lookup(f.app, b"f").is_ok());
+    assert!(run_held(&f.ns, t, holder, unlink("f", f.app)).is_ok());
+    assert!(f.ns.lookup(f.app, b"f").is_err());
+
+    let (f, holder, _) = delegated();
+    let release = Op::ReleaseDelegation {
+        session: holder,
+        subtree: f.app,
+    };
+    run(&f.ns, t, None, None, release).unwrap();
+    let before = f.ns.fsck().unwrap();
+    assert!(is_stale(&run_held(&f.ns, t, holder, unlink("f", f.app))));
+    assert!(f.ns.lookup(f.app, b"f").is_ok());
+    assert_eq!(
+        f.ns.fsck().unwrap(),
+        before,
+        "a refused unlink changed something"
+    );
+}
+
 #[test]
 fn write_backs_commit_only_under_their_delegation_and_mark_it_for_other_readers() {
     let (f, holder, other) = delegated();

@@ -161,6 +161,13 @@ impl MountFs {
         unwritten + failed.into_iter().filter(|f| *f).count()
     }
 
+    /// Whether `ino` is a create answered here and not yet made.
+    pub(super) fn unmade(&self, ino: InodeId) -> bool {
+        lock(&self.deferred.pending)
+            .get(&ino)
+            .is_some_and(|slot| lock(slot).is_some())
+    }
+
     /// Answer a create of a regular file without a round, if this mount may: it holds
     /// the delegation, knows the directory and that `name` is absent, and has a number
     /// at hand. Returns the file's attributes and a handle open on it.
@@ -174,6 +181,7 @@ impl MountFs {
         let dir = self.deleg.attr(parent)?;
         if dir.kind != FileKind::Directory
             || !matches!(self.deleg.entry(parent, name), Some(None))
+            || self.unlink_waiting(parent, name)
             || validate_name(name).is_err()
             || name == b"."
             || name == b".."

@@ -92,6 +92,9 @@ struct DirCache {
     /// Names a mutation changed since `listing` was fetched, whose outcome is not known:
     /// the listing no longer says anything about them.
     unsure: HashSet<Vec<u8>>,
+    /// A listing was fetched for a lookup and had more than [`MAX_LISTING`] entries: not
+    /// fetched for that again.
+    too_big: bool,
 }
 
 impl DirCache {
@@ -139,6 +142,7 @@ impl AuthCache {
             listing: None,
             listing_current: false,
             unsure: HashSet::new(),
+            too_big: false,
         });
         d.subtree = d.subtree.or(subtree);
         d
@@ -280,8 +284,8 @@ pub(super) struct Touches {
     /// A file whose committed bytes change, and whose new slice map can be worked out
     /// from its old one.
     writes: Option<InodeId>,
-    /// A directory that gets a new entry, whose new attributes can be worked out from its
-    /// old ones.
+    /// A directory that gets a new entry (or loses one, answered here), whose new
+    /// attributes can be worked out from its old ones.
     adds_to: Option<InodeId>,
 }
 
@@ -310,6 +314,15 @@ impl Touches {
             names: vec![(parent, name.to_vec())],
             adds_to: Some(parent),
             ..Touches::default()
+        }
+    }
+
+    /// A file's only name unbound by an unlink this mount answers itself: its directory's
+    /// new attributes are worked out from its old ones.
+    pub(super) fn unbind(parent: InodeId, name: &[u8]) -> Self {
+        Touches {
+            adds_to: Some(parent),
+            ..Touches::remove(&[(parent, name)])
         }
     }
 
@@ -423,6 +436,28 @@ impl Mutation<'_> {
             if trusted(attr.subtree) {
                 c.attrs.insert(attr.ino, attr.clone());
             }
+        });
+    }
+
+    /// This mount answered the unlink of `name` from `parent` itself, at `now_ns`
+    /// ([`Touches::unbind`]): the name is absent, and the directory's times move on as
+    /// the state machine will move them when the unlink commits.
+    pub(super) fn unbound(&self, parent: InodeId, name: &[u8], now_ns: i64) {
+        self.record(|c, trusted| {
+            if !c
+                .dirs
+                .get(&parent)
+                .and_then(|d| d.subtree)
+                .is_some_and(trusted)
+            {
+                return;
+            }
+            if let Some(mut p) = self.parent_before.clone() {
+                p.mtime_ns = p.mtime_ns.max(now_ns);
+                p.ctime_ns = p.ctime_ns.max(now_ns);
+                c.attrs.insert(parent, p);
+            }
+            c.dir(parent).know(name, None);
         });
     }
 
@@ -669,6 +704,34 @@ impl Delegations {
             });
         }
     }
+
+    /// Whether a lookup in `dir` that the cache cannot answer should fetch `dir`'s whole
+    /// listing instead: `dir` is in a subtree held here, and its listing is neither
+    /// cached nor known to be too big. One listing then answers every absent name, so
+    /// the lookup before each create in a directory this mount fills costs no round.
+    pub(super) fn wants_listing(&self, dir: InodeId) -> bool {
+        let c = lock(&self.cache);
+        let Some(a) = c.attrs.get(&dir) else {
+            return false;
+        };
+        a.kind == FileKind::Directory
+            && self.trusted(a.subtree).is_some()
+            && c.dirs
+                .get(&dir)
+                .is_none_or(|d| d.listing.is_none() && !d.too_big)
+    }
+
+    /// `dir` has more entries than a cached listing may hold.
+    pub(super) fn listing_too_big(&self, dir: InodeId) {
+        let mut c = lock(&self.cache);
+        if c.attrs.contains_key(&dir) {
+            c.make_room(1);
+            c.dir(dir).too_big = true;
+        }
+    }
+
+    /// The most entries a listing fetched for a lookup may have to be kept.
+    pub(super) const MAX_LISTING: usize = MAX_LISTING;
 
     /// A listing of `dir` from its start to its end (with the entries' attributes, if it
     /// was a READDIRPLUS).

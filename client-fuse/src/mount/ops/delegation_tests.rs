@@ -88,3 +88,54 @@ fn a_mutation_records_unless_another_of_the_same_inode_overlapped_it() {
     drop(m);
     assert_eq!(cached_mode(&d, F), None);
 }
+
+const DIR: InodeId = 20;
+
+fn dir_attr(mtime_ns: i64) -> Attr {
+    Attr {
+        kind: FileKind::Directory,
+        mtime_ns,
+        ctime_ns: mtime_ns,
+        ..attr(DIR, 0o755)
+    }
+}
+
+#[test]
+fn a_lookup_miss_fetches_a_listing_once_and_it_answers_every_absent_name() {
+    let d = held();
+    // The directory's attributes are known, its names are not.
+    d.keep_attr(d.ticket(), &dir_attr(5));
+    assert!(d.wants_listing(DIR));
+    assert_eq!(d.entry(DIR, b"new").map(|e| e.is_none()), None);
+    // An empty listing: every name is absent, and no listing is wanted again.
+    d.keep_listing(d.ticket(), DIR, &[]);
+    assert!(!d.wants_listing(DIR));
+    assert!(matches!(d.entry(DIR, b"new"), Some(None)));
+    // One too big to keep is not fetched again.
+    let d = held();
+    d.keep_attr(d.ticket(), &dir_attr(5));
+    d.listing_too_big(DIR);
+    assert!(!d.wants_listing(DIR));
+    // Nor is one wanted for a file, or outside a held subtree.
+    d.keep_attr(d.ticket(), &attr(F, 0o644));
+    assert!(!d.wants_listing(F));
+    assert!(!Delegations::new(true).wants_listing(DIR));
+}
+
+#[test]
+fn an_unlink_answered_here_leaves_the_name_absent_and_the_directory_newer() {
+    let d = held();
+    d.keep_attr(d.ticket(), &dir_attr(5));
+    d.keep_listing(d.ticket(), DIR, &[]);
+    let made = d.mutation(Touches::create(DIR, b"f", None));
+    made.created(DIR, b"f", &attr(F, 0o644));
+    drop(made);
+    assert_eq!(d.entry(DIR, b"f").flatten().map(|a| a.ino), Some(F));
+    let gone = d.mutation(Touches::unbind(DIR, b"f"));
+    gone.unbound(DIR, b"f", 1_000);
+    drop(gone);
+    assert!(matches!(d.entry(DIR, b"f"), Some(None)));
+    assert_eq!(d.attr(F), None);
+    let dir = d.attr(DIR).expect("the directory's attributes stay cached");
+    assert_eq!((dir.mtime_ns, dir.ctime_ns), (1_000, 1_000));
+}

@@ -22,7 +22,8 @@
 //! Each write-back is committed at once in the background (several in flight share
 //! Raft batches); one whose commit fails with an error that may pass is retried.
 //! At most [`MAX_FILES`] files and [`MAX_BYTES`] bytes wait: past that, closes commit
-//! before they answer, as they do outside a held delegation.
+//! before they answer, as they do outside a held delegation. Unlinks are written back
+//! the same way, under the same mark, fence and bound (`unlink_back.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -36,14 +37,14 @@ use super::{lock, FsResult, MountFs, OpenInode};
 use crate::client::ClientError;
 
 /// Most closed files waiting for their commit.
-const MAX_FILES: usize = 1_024;
+pub(super) const MAX_FILES: usize = 1_024;
 /// Most bytes buffered by closed files waiting for their commit.
 const MAX_BYTES: usize = 256 << 20;
 /// With nothing left to commit for this long, the metadata is told so (other mounts then
 /// read the subtree without recalling it).
 pub(super) const IDLE_UNMARK: Duration = Duration::from_millis(300);
 /// Longest pause between attempts of a commit that failed with an error that may pass.
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+pub(super) const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
 struct Waiting {
     subtree: SubtreeId,
@@ -57,9 +58,9 @@ pub(super) struct WriteBack {
     waiting: Mutex<HashMap<InodeId, Waiting>>,
     /// Held shared by a close registering a write-back, whole while a subtree's mark is
     /// taken back: no close relies on a mark being removed.
-    marking: tokio::sync::RwLock<()>,
+    pub(super) marking: tokio::sync::RwLock<()>,
     /// The last write-back close of each marked subtree.
-    last: Mutex<HashMap<SubtreeId, Instant>>,
+    pub(super) last: Mutex<HashMap<SubtreeId, Instant>>,
     /// Subtrees whose mark a task is waiting to take back.
     unmarking: Mutex<HashSet<SubtreeId>>,
     /// The last `SetWriteBack` sequence number sent (they only grow).
@@ -67,6 +68,9 @@ pub(super) struct WriteBack {
     /// Files whose write-back was refused for good, and why: the next close or fsync of
     /// each here reports it (at most [`MAX_LOST`] remembered).
     lost: Mutex<HashMap<InodeId, Errno>>,
+    /// Unlinks answered here and not yet committed (`unlink_back.rs`).
+    pub(super) unlinks:
+        Mutex<HashMap<super::unlink_back::Unbound, super::unlink_back::UnlinkWaiting>>,
 }
 
 /// Most refused write-backs remembered for their next close or fsync.
@@ -76,13 +80,15 @@ const MAX_LOST: usize = 4_096;
 const RECALL_RETRY_FOR: Duration = Duration::from_secs(8);
 
 impl WriteBack {
-    fn totals(&self) -> (usize, usize) {
+    /// Files and unlinks waiting, and the bytes buffered.
+    pub(super) fn totals(&self) -> (usize, usize) {
+        let unlinks = lock(&self.unlinks).len();
         let w = lock(&self.waiting);
-        (w.len(), w.values().map(|x| x.bytes).sum())
+        (w.len() + unlinks, w.values().map(|x| x.bytes).sum())
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        lock(&self.waiting).is_empty()
+        lock(&self.waiting).is_empty() && lock(&self.unlinks).is_empty()
     }
 
     /// The inodes waiting, of `subtree` only if given.
@@ -98,8 +104,9 @@ impl WriteBack {
         self.seq.fetch_add(1, Ordering::AcqRel) + 1
     }
 
-    fn waits_in(&self, subtree: SubtreeId) -> bool {
+    pub(super) fn waits_in(&self, subtree: SubtreeId) -> bool {
         lock(&self.waiting).values().any(|w| w.subtree == subtree)
+            || lock(&self.unlinks).values().any(|u| u.subtree == subtree)
     }
 
     /// The error of `ino`'s last refused write-back, if not yet reported (taken).
@@ -254,6 +261,7 @@ impl MountFs {
     /// waiting can never commit (the metadata refuses it), so it is dropped now rather
     /// than left to land under a later grant.
     pub(super) async fn drop_write_backs(&self, subtree: SubtreeId) {
+        self.drop_unlinks(subtree);
         for inode in self.write_back.inodes(Some(subtree)) {
             self.lose(&inode, Errno::EIO, "the delegation ended first")
                 .await;
@@ -267,14 +275,15 @@ impl MountFs {
         let start = Instant::now();
         loop {
             let waiting = self.write_back.inodes(Some(subtree));
-            if waiting.is_empty() {
+            let unlinks = self.commit_unlinks(Some(subtree)).await;
+            if waiting.is_empty() && unlinks == 0 {
                 return 0;
             }
             for inode in &waiting {
                 let _ = self.commit_waiting(inode).await;
             }
             if start.elapsed() >= RECALL_RETRY_FOR {
-                return waiting.len();
+                return waiting.len() + unlinks;
             }
             if self.write_back.waits_in(subtree) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -325,20 +334,23 @@ impl MountFs {
     /// Only a file not yet made counts: one that exists answers this mount from its open
     /// inode meanwhile, so its failing commit need not stop unrelated operations.
     pub(super) async fn settle_write_backs(&self) -> usize {
+        // Unlinks first: a file created again under a name unlinked here is made after.
+        let unlinks = self.commit_unlinks(None).await;
         let waiting = self.write_back.inodes(None);
         let commits = waiting.iter().map(|inode| async move {
             self.commit_waiting(inode).await.is_err() && !inode.writer.lock().await.is_made()
         });
-        futures::future::join_all(commits)
-            .await
-            .into_iter()
-            .filter(|f| *f)
-            .count()
+        unlinks
+            + futures::future::join_all(commits)
+                .await
+                .into_iter()
+                .filter(|f| *f)
+                .count()
     }
 
     /// Tell the metadata whether this mount has write-backs in `subtree` (`on`), under
     /// its session and the next sequence number.
-    async fn tell_write_back(&self, subtree: SubtreeId, on: bool) -> FsResult<()> {
+    pub(super) async fn tell_write_back(&self, subtree: SubtreeId, on: bool) -> FsResult<()> {
         let session = self
             .locks
             .current()
@@ -351,7 +363,7 @@ impl MountFs {
 
     /// Take back `subtree`'s mark once no write-back has waited in it for
     /// [`IDLE_UNMARK`] (one task per subtree).
-    fn unmark_when_idle(&self, subtree: SubtreeId) {
+    pub(super) fn unmark_when_idle(&self, subtree: SubtreeId) {
         if !lock(&self.write_back.unmarking).insert(subtree) {
             return;
         }
