@@ -898,14 +898,26 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        reply.opened(FileHandle(self.fs.opendir()), FopenFlags::empty());
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
@@ -917,7 +929,7 @@ impl Filesystem for FuseAdapter {
                 } else {
                     0
                 };
-                Ok((parent, fs.readdir(ino.0, offset.max(2), false).await?))
+                Ok((parent, fs.readdir(ino.0, fh.0, offset.max(2), false).await?))
             },
             move |r| match r {
                 Ok((parent, entries)) => {
@@ -949,7 +961,7 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
@@ -965,7 +977,11 @@ impl Filesystem for FuseAdapter {
                     ino: this.parent,
                     ..this.clone()
                 });
-                Ok((this, parent, fs.readdir(ino.0, offset.max(2), true).await?))
+                Ok((
+                    this,
+                    parent,
+                    fs.readdir(ino.0, fh.0, offset.max(2), true).await?,
+                ))
             },
             move |r| match r {
                 Ok((this, parent, entries)) => {
@@ -1002,7 +1018,7 @@ impl Filesystem for FuseAdapter {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
@@ -1011,7 +1027,7 @@ impl Filesystem for FuseAdapter {
         // but for creates the holder of a delegation answered first: those are made now.
         self.run(
             "fsyncdir",
-            move |fs| async move { fs.fsyncdir().await },
+            move |fs| async move { fs.fsyncdir(ino.0).await },
             move |r| match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno(&e)),

@@ -23,6 +23,7 @@ use crate::read::FileReader;
 
 mod deferred;
 mod delegation;
+mod dir_handles;
 mod local_locks;
 mod locks;
 mod unlink_back;
@@ -106,6 +107,8 @@ pub struct MountFs {
     deferred: deferred::Deferred,
     /// Closes answered under a delegation before their writes commit (`write_back.rs`).
     write_back: write_back::WriteBack,
+    /// Open directories' last batches of entries (`dir_handles.rs`).
+    dirs: dir_handles::DirHandles,
     /// This mount, for background work it starts itself (set once mounted).
     me: OnceLock<Weak<MountFs>>,
 }
@@ -159,6 +162,7 @@ impl MountFs {
             deleg: delegation::Delegations::new(true),
             deferred: deferred::Deferred::default(),
             write_back: write_back::WriteBack::default(),
+            dirs: dir_handles::DirHandles::default(),
             me: OnceLock::new(),
         }
     }
@@ -460,13 +464,12 @@ impl MountFs {
         parent: InodeId,
         name: &[u8],
     ) -> FsResult<Option<FsResult<Attr>>> {
+        let meta = self.meta().await?;
+        // After the settle (its commits move the cache's epoch).
         let ticket = self.deleg.ticket();
         let limit = delegation::Delegations::MAX_LISTING as u32;
-        let listed = self
-            .meta()
-            .await?
-            .readdir(parent, 0, limit, false, false)
-            .await;
+        // With attributes: a name the listing has is then answered too.
+        let listed = meta.readdir(parent, 0, limit, true, false).await;
         let Ok((entries, eof)) = listed else {
             return Ok(None);
         };
@@ -1124,9 +1127,19 @@ impl MountFs {
         failed
     }
 
-    /// Entries of a directory after `cookie`, at most one batch.
+    /// Entries of a directory after `cookie`, at most one batch; `fh`: the handle's
+    /// (OPENDIR) last batch answers if it can (`dir_handles.rs`).
     #[instrument(skip(self))]
-    pub async fn readdir(&self, ino: InodeId, cookie: u64, plus: bool) -> FsResult<Vec<DirEntry>> {
+    pub async fn readdir(
+        &self,
+        ino: InodeId,
+        fh: u64,
+        cookie: u64,
+        plus: bool,
+    ) -> FsResult<Vec<DirEntry>> {
+        if let Some(entries) = self.from_batch(fh, ino, cookie, plus) {
+            return Ok(entries);
+        }
         if let Some(mut entries) = self.deleg.listing(ino, cookie, plus) {
             delegation::hit("readdir");
             for e in &mut entries {
@@ -1137,6 +1150,7 @@ impl MountFs {
             return Ok(entries);
         }
         let ticket = self.deleg.ticket();
+        let fetched = Instant::now();
         let (mut entries, eof) = self
             .meta()
             .await?
@@ -1151,6 +1165,7 @@ impl MountFs {
                 e.attr = Some(self.merge(a));
             }
         }
+        self.keep_batch(fh, ino, plus, &entries, eof, fetched);
         Ok(entries)
     }
 

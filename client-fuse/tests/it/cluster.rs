@@ -404,6 +404,17 @@ impl Mount {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
     }
 
+    /// The mount's process.
+    pub fn pid(&self) -> nix::unistd::Pid {
+        let child = self.child.as_ref().expect("the mount runs");
+        nix::unistd::Pid::from_raw(child.id() as i32)
+    }
+
+    /// Send `signal` to the mount's process (SIGSTOP: a paused host).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).unwrap();
+    }
+
     /// Stop it with SIGTERM and wait; returns whether it exited cleanly.
     pub fn stop(&mut self) -> bool {
         let Some(mut child) = self.child.take() else {

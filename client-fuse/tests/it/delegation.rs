@@ -277,6 +277,49 @@ async fn the_holder_answers_unlinks_and_commits_them_before_anyone_else_looks() 
     assert_eq!(report.problems, Vec::<String>::new());
 }
 
+/// An unlink the holder answered and could not commit before its host paused past the
+/// session's lease is refused (its delegation ended): the file is back, and the
+/// directory's fsync, the durability point, reports the loss; nothing else changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unlink_answered_by_a_holder_paused_past_its_lease_is_lost_and_reported() {
+    let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
+    let app = a1.point.join("app");
+    std::fs::write(app.join("victim"), b"still here").unwrap();
+    let dir = app.clone();
+    let unlinked = must_answer_with_metadata_paused(
+        &sites,
+        &app,
+        |n| {
+            std::fs::write(dir.join(format!("mark{n}")), b"m").unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        },
+        {
+            let dir = app.clone();
+            let a1_pid = a1.pid();
+            move |_| {
+                let r = std::fs::remove_file(dir.join("victim"));
+                // The host pauses before the metadata comes back: nothing commits.
+                nix::sys::signal::kill(a1_pid, Signal::SIGSTOP).unwrap();
+                r
+            }
+        },
+    );
+    unlinked.expect("an unlink answered by the holder");
+    // Past the session's lease (10 s) and the delegation's grace.
+    std::thread::sleep(Duration::from_secs(14));
+    a1.signal(Signal::SIGCONT);
+    let fsync = std::fs::File::open(&app).unwrap().sync_all();
+    assert!(fsync.is_err(), "the directory's fsync hid a lost unlink");
+    must_log(&a1, "the file is back", Duration::from_secs(10));
+    let b = sites.mount("site-b");
+    assert_eq!(
+        std::fs::read(b.point.join("app/victim")).unwrap(),
+        b"still here"
+    );
+    let report = meta.fsck().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new());
+}
+
 /// The check is what makes the holder's cache safe: with it disabled on the members
 /// (a deliberate bug), the second mount's write is not recalled, and the holder serves
 /// the bytes it cached (caught).

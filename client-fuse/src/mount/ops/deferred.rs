@@ -103,11 +103,16 @@ impl MountFs {
         }
     }
 
-    /// An fsync of a directory: the creates answered in it (in any, for simplicity) are
-    /// made, so durable; every other change of a directory is committed before it is
-    /// answered.
-    pub async fn fsyncdir(&self) -> FsResult<()> {
-        self.meta().await.map(|_| ())
+    /// An fsync of directory `ino`: the creates and unlinks answered in it (in any, for
+    /// simplicity) are made and committed, so durable; every other change of a directory
+    /// is committed before it is answered. An unlink answered in it and then refused
+    /// (the delegation ended first) is reported here, once.
+    pub async fn fsyncdir(&self, ino: InodeId) -> FsResult<()> {
+        let settled = self.meta().await.map(|_| ());
+        match self.take_lost_unlink(ino) {
+            Some(e) => Err(ClientError::Refused(e)),
+            None => settled,
+        }
     }
 
     /// Commit every close written back here (`write_back.rs`) and make every create

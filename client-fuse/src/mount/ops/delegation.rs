@@ -519,6 +519,13 @@ impl Delegations {
         (!h.recalled && Instant::now() < h.valid_until).then_some((h.since, h.marked))
     }
 
+    /// When the grant of `subtree` this mount has a record of was asked for, trusted or
+    /// not (a recall stops the trust and keeps the record until the delegation is given
+    /// back): what is committed under a grant is committed under that one only.
+    pub(super) fn grant_since(&self, subtree: SubtreeId) -> Option<Instant> {
+        lock(&self.held).get(&subtree).map(|h| h.since)
+    }
+
     /// The metadata now knows (`on`) or no longer knows that the grant of `subtree` asked
     /// for at `since` has write-backs; a grant since replaced is left alone.
     pub(super) fn set_marked(&self, subtree: SubtreeId, since: Instant, on: bool) {
@@ -709,8 +716,13 @@ impl Delegations {
     /// listing instead: `dir` is in a subtree held here, and its listing is neither
     /// cached nor known to be too big. One listing then answers every absent name, so
     /// the lookup before each create in a directory this mount fills costs no round.
+    /// Only while no mutation of this mount is in flight: a listing fetched across one
+    /// is not kept, and fetching it again at every lookup would cost more than it saves.
     pub(super) fn wants_listing(&self, dir: InodeId) -> bool {
         let c = lock(&self.cache);
+        if c.inflight > 0 || c.unsure_until.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
         let Some(a) = c.attrs.get(&dir) else {
             return false;
         };

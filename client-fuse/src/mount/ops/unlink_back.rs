@@ -33,6 +33,9 @@ use super::write_back::{MAX_FILES, MAX_RETRY_PAUSE};
 use super::{lock, wall_clock_ns, MountFs};
 use crate::client::ClientError;
 
+/// Most directories remembered with a lost unlink to report to their next fsync.
+const MAX_LOST_DIRS: usize = 4_096;
+
 /// A name unlinked here: its directory and the name.
 pub(super) type Unbound = (InodeId, Vec<u8>);
 
@@ -40,6 +43,9 @@ pub(super) type Unbound = (InodeId, Vec<u8>);
 pub(super) struct UnlinkWaiting {
     pub(super) subtree: SubtreeId,
     ino: InodeId,
+    /// The grant it was answered under (when it was asked for): it is sent only while
+    /// this mount still trusts that grant, never under a later one.
+    since: Instant,
     /// Held by the one committing it (the background task, a settle or a recall), so it
     /// is sent once at a time; `true` once it is committed or dropped.
     done: Arc<tokio::sync::Mutex<bool>>,
@@ -84,6 +90,9 @@ impl MountFs {
             );
         }
         let key: Unbound = (parent, name.to_vec());
+        // Forgotten first: an open that comes now no longer finds the file in the cache
+        // (it asks the metadata, which settles this unlink first).
+        let changing = self.deleg.mutation(Touches::unbind(parent, name));
         {
             // Under the registry's lock, as a close's write-back: the grant still the one
             // marked, and the file still closed here.
@@ -99,17 +108,23 @@ impl MountFs {
                 UnlinkWaiting {
                     subtree,
                     ino: attr.ino,
+                    since,
                     done: Arc::default(),
                 },
             );
         }
-        let changing = self.deleg.mutation(Touches::unbind(parent, name));
         changing.unbound(parent, name, wall_clock_ns());
         drop(changing);
         lock(&self.write_back.last).insert(subtree, Instant::now());
         metrics::counter!("mobilus_fuse_unlink_backs_total", "outcome" => "answered").increment(1);
         tokio::spawn(async move { me.commit_unlink_in_background(key).await });
         true
+    }
+
+    /// The error of an unlink answered in `dir` and then refused, if not yet reported
+    /// (taken): an fsync of the directory, the durability point, reports it.
+    pub(super) fn take_lost_unlink(&self, dir: InodeId) -> Option<Errno> {
+        lock(&self.write_back.lost_unlinks).remove(&dir)
     }
 
     /// Whether an unlink of `name` in `parent` answered here is still to commit.
@@ -128,14 +143,24 @@ impl MountFs {
     /// Commit one unlink answered here; `false` if it failed with an error that may pass
     /// (it stays waiting). A refusal for good drops it: the file is back.
     async fn commit_unlink(&self, key: &Unbound) -> bool {
-        let Some(done) = lock(&self.write_back.unlinks)
+        let Some((done, subtree, since)) = lock(&self.write_back.unlinks)
             .get(key)
-            .map(|u| u.done.clone())
+            .map(|u| (u.done.clone(), u.subtree, u.since))
         else {
             return true;
         };
         let mut done = done.lock().await;
         if *done {
+            return true;
+        }
+        // Only under the grant it was answered under (a recall commits it before the
+        // grant is given back): after that one ended, a later grant of the same session
+        // must not carry it.
+        let under_its_grant = || self.deleg.grant_since(subtree) == Some(since);
+        if !under_its_grant() {
+            self.lose_unlink(key, &ClientError::Refused(Errno::ESTALE));
+            *done = true;
+            self.unlink_done(key);
             return true;
         }
         let (parent, name) = key;
@@ -153,7 +178,8 @@ impl MountFs {
             // Nobody else changes the directory while the delegation is held here: the
             // name is gone because an earlier attempt of this commit took it.
             Err(e) if e.to_errno() == Errno::ENOENT => {}
-            Err(e) if e.to_errno() == Errno::EIO => return false,
+            // Retried while its grant lasts; one that ended meanwhile drops it.
+            Err(e) if e.to_errno() == Errno::EIO && under_its_grant() => return false,
             Err(e) => self.lose_unlink(key, &e),
         }
         *done = true;
@@ -171,6 +197,13 @@ impl MountFs {
             "an unlink was refused after it was answered; the file is back"
         );
         metrics::counter!("mobilus_fuse_unlink_backs_total", "outcome" => "lost").increment(1);
+        {
+            let mut lost = lock(&self.write_back.lost_unlinks);
+            if lost.len() >= MAX_LOST_DIRS {
+                lost.clear();
+            }
+            lost.insert(*parent, e.to_errno());
+        }
         // Forget what the cache says of the name and its directory (nothing recorded).
         drop(self.deleg.mutation(Touches::remove(&[(*parent, name)])));
         self.forget_kernel_attrs(*parent);

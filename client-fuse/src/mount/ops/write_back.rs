@@ -68,6 +68,9 @@ pub(super) struct WriteBack {
     /// Files whose write-back was refused for good, and why: the next close or fsync of
     /// each here reports it (at most [`MAX_LOST`] remembered).
     lost: Mutex<HashMap<InodeId, Errno>>,
+    /// Directories with an unlink answered here and then refused for good, and why: the
+    /// next fsync of each reports it (`unlink_back.rs`).
+    pub(super) lost_unlinks: Mutex<HashMap<InodeId, Errno>>,
     /// Unlinks answered here and not yet committed (`unlink_back.rs`).
     pub(super) unlinks:
         Mutex<HashMap<super::unlink_back::Unbound, super::unlink_back::UnlinkWaiting>>,
