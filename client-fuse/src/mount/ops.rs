@@ -1137,7 +1137,7 @@ impl MountFs {
         cookie: u64,
         plus: bool,
     ) -> FsResult<Vec<DirEntry>> {
-        if let Some(entries) = self.from_batch(fh, ino, cookie, plus) {
+        if let Some(entries) = self.answer_from_batch(fh, ino, cookie, plus) {
             return Ok(entries);
         }
         if let Some(mut entries) = self.deleg.listing(ino, cookie, plus) {

@@ -52,7 +52,7 @@ impl MountFs {
     /// The entries after `cookie` from `fh`'s last batch of `ino`, if it can answer: it
     /// holds the entry at `cookie` and something after it (or ends the directory), and
     /// is recent.
-    pub(super) fn from_batch(
+    pub(super) fn answer_from_batch(
         &self,
         fh: u64,
         ino: InodeId,
