@@ -279,7 +279,9 @@ async fn the_holder_answers_unlinks_and_commits_them_before_anyone_else_looks() 
 
 /// An unlink the holder answered and could not commit before its host paused past the
 /// session's lease is refused (its delegation ended): the file is back, and the
-/// directory's fsync, the durability point, reports the loss; nothing else changed.
+/// directory's fsync, the durability point, reports the loss; nothing else changed. (If
+/// its commit left before the pause it may have landed: then the fsync may succeed, and
+/// the file is gone everywhere.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_unlink_answered_by_a_holder_paused_past_its_lease_is_lost_and_reported() {
     let (sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
@@ -308,14 +310,23 @@ async fn an_unlink_answered_by_a_holder_paused_past_its_lease_is_lost_and_report
     // Past the session's lease (10 s) and the delegation's grace.
     std::thread::sleep(Duration::from_secs(14));
     a1.signal(Signal::SIGCONT);
+    // Its commit may have left before the host paused and landed when the metadata went
+    // on (the delegation still lasted); its answer may or may not have come back. What
+    // must hold: a directory fsync that succeeds means the unlink landed, and the holder
+    // (which forgot what it answered) and site-b agree on what is there.
     let fsync = std::fs::File::open(&app).unwrap().sync_all();
-    assert!(fsync.is_err(), "the directory's fsync hid a lost unlink");
-    must_log(&a1, "the file is back", Duration::from_secs(10));
     let b = sites.mount("site-b");
-    assert_eq!(
-        std::fs::read(b.point.join("app/victim")).unwrap(),
-        b"still here"
-    );
+    let at_b = std::fs::read(b.point.join("app/victim")).ok();
+    let at_a = std::fs::read(app.join("victim")).ok();
+    assert_eq!(at_a, at_b);
+    match (&fsync, &at_b) {
+        (Ok(()), Some(_)) => panic!("the directory's fsync hid an unlink it lost"),
+        (Err(_), _) => must_log(&a1, "the file", Duration::from_secs(10)),
+        (Ok(()), None) => {}
+    }
+    if let Some(bytes) = &at_b {
+        assert_eq!(bytes, b"still here");
+    }
     let report = meta.fsck().await.unwrap();
     assert_eq!(report.problems, Vec::<String>::new());
 }

@@ -187,15 +187,20 @@ impl MountFs {
         true
     }
 
-    /// An unlink answered here can never commit: its name is back.
+    /// An unlink answered here will not be committed: its name is back, or (`e` not a
+    /// refusal: an attempt's outcome is unknown, and its grant has ended) may be.
     fn lose_unlink(&self, key: &Unbound, e: &ClientError) {
         let (parent, name) = key;
-        tracing::error!(
-            parent,
-            name = %String::from_utf8_lossy(name),
-            error = %e,
-            "an unlink was refused after it was answered; the file is back"
-        );
+        let shown = String::from_utf8_lossy(name);
+        if matches!(e, ClientError::Refused(_)) || e.to_errno() == Errno::ESTALE {
+            // (A retry refused after an attempt whose answer was lost may have landed:
+            // reported all the same, as a lost close is.)
+            tracing::error!(parent, name = %shown, error = %e,
+                "an unlink was refused after it was answered; the file is back");
+        } else {
+            tracing::error!(parent, name = %shown, error = %e,
+                "an unlink answered here could not be committed before its delegation ended; the file may be back");
+        }
         metrics::counter!("mobilus_fuse_unlink_backs_total", "outcome" => "lost").increment(1);
         {
             let mut lost = lock(&self.write_back.lost_unlinks);
