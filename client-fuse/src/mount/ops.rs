@@ -34,7 +34,7 @@ use self::delegation::{Mutation, Touches};
 
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Entries one readdir call asks the metadata for.
-const READDIR_BATCH: u32 = 512;
+const READDIR_BATCH: u32 = 2_048;
 
 /// What a mount operation fails with; `to_errno` maps it once, at the FUSE boundary.
 pub type FsResult<T> = Result<T, ClientError>;
