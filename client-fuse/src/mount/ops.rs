@@ -467,7 +467,7 @@ impl MountFs {
         let meta = self.meta().await?;
         // After the settle (its commits move the cache's epoch).
         let ticket = self.deleg.ticket();
-        let limit = delegation::Delegations::MAX_LISTING as u32;
+        let limit = delegation::MAX_LISTING as u32;
         // With attributes: a name the listing has is then answered too.
         let listed = meta.readdir(parent, 0, limit, true, false).await;
         let Ok((entries, eof)) = listed else {

@@ -851,19 +851,14 @@ impl MetaClient {
         fence: Option<Fence>,
         keep_open: bool,
     ) -> Result<(InodeId, u32), ClientError> {
-        let req = pb::UnlinkRequest {
-            parent,
-            name: name.to_vec(),
-            fence: self.fence(fence),
-            keep_open,
-        };
         let r = self
-            .call("unlink", |ch| {
-                let req = req.clone();
-                async move { Self::meta(ch).unlink(req).await }
+            .send_unlink(pb::UnlinkRequest {
+                parent,
+                name: name.to_vec(),
+                fence: self.fence(fence),
+                keep_open,
             })
-            .await?
-            .into_inner();
+            .await?;
         Ok((r.ino, r.nlink))
     }
 
@@ -875,23 +870,28 @@ impl MetaClient {
         parent: InodeId,
         name: &[u8],
     ) -> Result<u32, ClientError> {
-        let req = pb::UnlinkRequest {
-            parent,
-            name: name.to_vec(),
-            fence: self.fence(None).map(|f| pb::Fence {
-                holder_only: true,
-                ..f
-            }),
-            keep_open: false,
-        };
+        let r = self
+            .send_unlink(pb::UnlinkRequest {
+                parent,
+                name: name.to_vec(),
+                fence: self.fence(None).map(|f| pb::Fence {
+                    holder_only: true,
+                    ..f
+                }),
+                keep_open: false,
+            })
+            .await?;
+        Ok(r.nlink)
+    }
+
+    async fn send_unlink(&self, req: pb::UnlinkRequest) -> Result<pb::UnlinkReply, ClientError> {
         let r = self
             .call("unlink", |ch| {
                 let req = req.clone();
                 async move { Self::meta(ch).unlink(req).await }
             })
-            .await?
-            .into_inner();
-        Ok(r.nlink)
+            .await?;
+        Ok(r.into_inner())
     }
 
     /// The last handle of an orphan closed: delete it unless it was linked again.

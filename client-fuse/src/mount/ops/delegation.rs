@@ -54,7 +54,7 @@ const MAX_CACHED: usize = 100_000;
 /// cost a million names): past it, all is forgotten.
 const MAX_NAMES: usize = 100_000;
 /// Most entries of a listing cached whole.
-const MAX_LISTING: usize = 4_096;
+pub(super) const MAX_LISTING: usize = 4_096;
 /// Most kernel entries and attributes given long TTLs (each must be dropped at a recall);
 /// past it, answers get the ordinary TTL.
 const MAX_KERNEL_LONG: usize = 100_000;
@@ -440,8 +440,8 @@ impl Mutation<'_> {
     }
 
     /// This mount answered the unlink of `name` from `parent` itself, at `now_ns`
-    /// ([`Touches::unbind`]): the name is absent, and the directory's times move on as
-    /// the state machine will move them when the unlink commits.
+    /// ([`Touches::unbind`]): the name is absent, and the directory's times move on to
+    /// `now_ns` (the commit later stamps the log's time, which the metadata keeps).
     pub(super) fn unbound(&self, parent: InodeId, name: &[u8], now_ns: i64) {
         self.record(|c, trusted| {
             if !c
@@ -741,9 +741,6 @@ impl Delegations {
             c.dir(dir).too_big = true;
         }
     }
-
-    /// The most entries a listing fetched for a lookup may have to be kept.
-    pub(super) const MAX_LISTING: usize = MAX_LISTING;
 
     /// A listing of `dir` from its start to its end (with the entries' attributes, if it
     /// was a READDIRPLUS).

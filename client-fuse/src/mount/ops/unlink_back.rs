@@ -42,7 +42,6 @@ pub(super) type Unbound = (InodeId, Vec<u8>);
 /// An unlink answered here, waiting for its commit.
 pub(super) struct UnlinkWaiting {
     pub(super) subtree: SubtreeId,
-    ino: InodeId,
     /// The grant it was answered under (when it was asked for): it is sent only while
     /// this mount still trusts that grant, never under a later one.
     since: Instant,
@@ -78,16 +77,8 @@ impl MountFs {
             metrics::counter!("mobilus_fuse_unlink_backs_total", "outcome" => "full").increment(1);
             return false;
         }
-        if !marked {
-            if let Err(e) = self.tell_write_back(subtree, true).await {
-                tracing::debug!(subtree, error = %e, "write-back refused; unlinking synchronously");
-                return false;
-            }
-            self.deleg.set_marked(subtree, since, true);
-            tracing::info!(
-                subtree,
-                "writing back closes and unlinks: other mounts' reads recall the delegation first"
-            );
+        if !self.mark_write_back(subtree, since, marked).await {
+            return false;
         }
         let key: Unbound = (parent, name.to_vec());
         // Forgotten first: an open that comes now no longer finds the file in the cache
@@ -107,7 +98,6 @@ impl MountFs {
                 key.clone(),
                 UnlinkWaiting {
                     subtree,
-                    ino: attr.ino,
                     since,
                     done: Arc::default(),
                 },
@@ -218,20 +208,24 @@ impl MountFs {
         let Some(u) = lock(&self.write_back.unlinks).remove(key) else {
             return;
         };
-        tracing::trace!(ino = u.ino, "an unlink answered here is committed");
         if !self.write_back.waits_in(u.subtree) {
             self.unmark_when_idle(u.subtree);
         }
     }
 
-    /// Commit the unlinks answered here (of `subtree` only, if given); returns how many
-    /// failed with an error that may pass.
-    pub(super) async fn commit_unlinks(&self, subtree: Option<SubtreeId>) -> usize {
-        let keys: Vec<Unbound> = lock(&self.write_back.unlinks)
+    /// The unlinks waiting (of `subtree` only, if given).
+    fn unlinks_of(&self, subtree: Option<SubtreeId>) -> Vec<Unbound> {
+        lock(&self.write_back.unlinks)
             .iter()
             .filter(|(_, u)| subtree.is_none_or(|s| s == u.subtree))
             .map(|(k, _)| k.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Commit the unlinks answered here (of `subtree` only, if given); returns how many
+    /// failed with an error that may pass.
+    pub(super) async fn commit_unlinks(&self, subtree: Option<SubtreeId>) -> usize {
+        let keys = self.unlinks_of(subtree);
         if keys.is_empty() {
             return 0;
         }
@@ -245,12 +239,7 @@ impl MountFs {
 
     /// The delegation of `subtree` ended: its unlinks still waiting can never commit.
     pub(super) fn drop_unlinks(&self, subtree: SubtreeId) {
-        let lost: Vec<Unbound> = lock(&self.write_back.unlinks)
-            .iter()
-            .filter(|(_, u)| u.subtree == subtree)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in lost {
+        for key in self.unlinks_of(Some(subtree)) {
             let Some(done) = lock(&self.write_back.unlinks)
                 .get(&key)
                 .map(|u| u.done.clone())

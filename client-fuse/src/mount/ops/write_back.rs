@@ -162,16 +162,8 @@ impl MountFs {
             metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "full").increment(1);
             return false;
         }
-        if !marked {
-            if let Err(e) = self.tell_write_back(subtree, true).await {
-                tracing::debug!(subtree, error = %e, "write-back refused; closing synchronously");
-                return false;
-            }
-            self.deleg.set_marked(subtree, since, true);
-            tracing::info!(
-                subtree,
-                "writing back closes: other mounts' reads recall the delegation first"
-            );
+        if !self.mark_write_back(subtree, since, marked).await {
+            return false;
         }
         // Still the grant that was marked, after the waits above (lost, or replaced by
         // one the metadata has not marked)? Else the close commits first.
@@ -351,9 +343,34 @@ impl MountFs {
                 .count()
     }
 
+    /// Before the first write-back (a close or an unlink) under the grant of `subtree`
+    /// asked for at `since`: tell the metadata, unless it knows (`marked`). Returns
+    /// whether it knows; if not, the operation commits before it answers. Call with
+    /// `marking` held shared.
+    pub(super) async fn mark_write_back(
+        &self,
+        subtree: SubtreeId,
+        since: Instant,
+        marked: bool,
+    ) -> bool {
+        if marked {
+            return true;
+        }
+        if let Err(e) = self.tell_write_back(subtree, true).await {
+            tracing::debug!(subtree, error = %e, "write-back refused; committing before answering");
+            return false;
+        }
+        self.deleg.set_marked(subtree, since, true);
+        tracing::info!(
+            subtree,
+            "writing back closes and unlinks: other mounts' reads recall the delegation first"
+        );
+        true
+    }
+
     /// Tell the metadata whether this mount has write-backs in `subtree` (`on`), under
     /// its session and the next sequence number.
-    pub(super) async fn tell_write_back(&self, subtree: SubtreeId, on: bool) -> FsResult<()> {
+    async fn tell_write_back(&self, subtree: SubtreeId, on: bool) -> FsResult<()> {
         let session = self
             .locks
             .current()
