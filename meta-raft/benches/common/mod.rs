@@ -9,7 +9,11 @@ use std::sync::Arc;
 use mobilus_meta_client::{ClientOptions, MetaClient};
 use mobilus_proto::fs::{DataNodeInfo, FileKind, InodeId};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mobilus-meta");
+/// The member binary: this build's, or `MOBILUS_META_BIN` (to compare two builds with
+/// one benchmark).
+fn member_bin() -> String {
+    std::env::var("MOBILUS_META_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mobilus-meta").into())
+}
 
 /// A member, killed on drop.
 pub struct Proc(Child);
@@ -24,7 +28,7 @@ fn start(id: u64, dir: &Path, flags: &[String]) -> anyhow::Result<(Proc, String)
     let ready = dir.join(format!("ready-{id}"));
     // On mutual TLS; the benchmark's clients speak as the test CA's operator.
     let tls = mobilus_tls::pki::test_pki()?.flags(mobilus_tls::Role::Meta, None, "meta")?;
-    let child = Command::new(BIN)
+    let child = Command::new(member_bin())
         .args(tls)
         .args(["--id", &id.to_string(), "--listen", "127.0.0.1:0"])
         .arg("--data-dir")

@@ -47,7 +47,7 @@ use mobilus_proto::fs::{
 };
 use mobilus_proto::pb;
 use mobilus_proto::pb::meta_client::MetaClient as PbMetaClient;
-use mobilus_proto::status::{Errno, WireError, APPLIED_KEY, NEAR_APPLIED_KEY};
+use mobilus_proto::status::{Errno, WireError, APPLIED_KEY, LEADER_KEY, NEAR_APPLIED_KEY};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -577,6 +577,16 @@ impl MetaClient {
         if let Some(index) = applied_of(reply) {
             self.inner.applied_seen.fetch_max(index, Ordering::Relaxed);
         }
+        // A follower forwarded this to the leader: go there directly next time, if it is
+        // a member this client was given (it may not reach others).
+        let leader = reply
+            .metadata()
+            .get(LEADER_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(normalize);
+        if let Some(leader) = leader.filter(|l| self.inner.endpoints.contains(l)) {
+            *lock(&self.inner.leader) = Some(leader);
+        }
     }
 
     /// Remember which subtree `attr`'s inode is in (for [`MetaClient::set_holder_reads`]).
@@ -586,6 +596,12 @@ impl MetaClient {
             subtrees.clear();
         }
         subtrees.insert(attr.ino, attr.subtree);
+    }
+
+    /// The member this client sends its next request to, if it knows the leader (the
+    /// last member that answered, or the leader one named).
+    pub fn leader_hint(&self) -> Option<String> {
+        lock(&self.inner.leader).clone()
     }
 
     /// The largest log index a reply to this client has been as new as.

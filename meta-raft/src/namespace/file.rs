@@ -2,6 +2,7 @@
 //! it touches, under a new sequence number; reads overlay a block's records in sequence
 //! order, newest wins. Chunk reference counts change in the same transaction.
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use mobilus_proto::fs::{overlay_extents, MAX_CHUNKS_PER_WRITE, MAX_FILE_SIZE};
@@ -9,6 +10,7 @@ use mobilus_proto::fs::{
     Attr, ChunkCheck, ChunkHash, ChunkRef, Extent, FileKind, InodeId, SliceWrite,
 };
 use mobilus_proto::status::Errno;
+use mobilus_proto::MAX_CHUNK_BYTES;
 
 use super::keys::{self, Cf, BLOCK_SIZE};
 use super::txn::Txn;
@@ -74,10 +76,42 @@ fn decref(txn: &mut Txn<'_>, now: i64, hash: &ChunkHash) -> Result<(), NsError> 
     Ok(())
 }
 
+/// Add `delta` to a chunk's reference count: the same end state as `delta` increfs (or
+/// decrefs) one after another, in one read and one write.
+fn add_refs(txn: &mut Txn<'_>, now: i64, hash: &ChunkHash, delta: i64) -> Result<(), NsError> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let count: u64 = txn.get(Cf::ChunkRefs, &hash.0)?.unwrap_or(0);
+    match count.saturating_add_signed(delta) {
+        0 => {
+            txn.delete(Cf::ChunkRefs, hash.0.to_vec());
+            txn.put(Cf::ZeroRefs, hash.0.to_vec(), &now)?;
+        }
+        n => {
+            if count == 0 {
+                txn.delete(Cf::ZeroRefs, hash.0.to_vec());
+            }
+            txn.put(Cf::ChunkRefs, hash.0.to_vec(), &n)?;
+        }
+    }
+    Ok(())
+}
+
 fn put_record(txn: &mut Txn<'_>, ino: InodeId, seq: u64, rec: &SliceRecord) -> Result<(), NsError> {
     for c in &rec.chunks {
         incref(txn, &c.hash)?;
     }
+    store_record(txn, ino, seq, rec)
+}
+
+/// [`put_record`] with the references already counted.
+fn store_record(
+    txn: &mut Txn<'_>,
+    ino: InodeId,
+    seq: u64,
+    rec: &SliceRecord,
+) -> Result<(), NsError> {
     let block = rec.offset / BLOCK_SIZE;
     txn.put(Cf::Slices, keys::slice(ino, block, seq), rec)?;
     Ok(())
@@ -118,6 +152,11 @@ pub(crate) fn write(
             .iter()
             .try_fold(0u64, |acc, c| acc.checked_add(c.len));
         if s.len == 0 || covered != Some(s.len) {
+            return Err(Errno::EINVAL.into());
+        }
+        // No chunk is longer than a data node stores: this also bounds the records one
+        // write can make (one per block it covers).
+        if s.chunks.iter().any(|c| c.len > MAX_CHUNK_BYTES) {
             return Err(Errno::EINVAL.into());
         }
     }
@@ -212,6 +251,7 @@ fn compact(txn: &mut Txn<'_>, now: i64, ino: InodeId, block: u64) -> Result<(), 
         len: hi - lo,
         chunk: None,
     }];
+    let mut refs: BTreeMap<ChunkHash, i64> = BTreeMap::new();
     for (key, value) in records {
         let r: SliceRecord = codec::decode(&value)?;
         let pieces = cut(r.offset, r.len, &r.chunks, lo, hi);
@@ -220,7 +260,7 @@ fn compact(txn: &mut Txn<'_>, now: i64, ino: InodeId, block: u64) -> Result<(), 
             overlay_extents(&mut extents, a, b, pieces);
         }
         for c in &r.chunks {
-            decref(txn, now, &c.hash)?;
+            *refs.entry(c.hash).or_insert(0) -= 1;
         }
         txn.delete(Cf::Slices, key);
     }
@@ -241,8 +281,15 @@ fn compact(txn: &mut Txn<'_>, now: i64, ino: InodeId, block: u64) -> Result<(), 
         }
     }
     for r in runs {
+        for c in &r.chunks {
+            *refs.entry(c.hash).or_insert(0) += 1;
+        }
         let seq = next_seq(txn)?;
-        put_record(txn, ino, seq, &r)?;
+        store_record(txn, ino, seq, &r)?;
+    }
+    // Most references only move from the old records to the new: counted once, net.
+    for (hash, delta) in refs {
+        add_refs(txn, now, &hash, delta)?;
     }
     Ok(())
 }

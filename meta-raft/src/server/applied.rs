@@ -14,20 +14,31 @@
 //! The index is gathered per request in a task-local cell, set by the paths that know it
 //! (the proposer, the reads) and turned into the header by [`AppliedLayer`], so no handler
 //! builds it.
+//!
+//! A mutation a follower forwarded to the leader also answers `x-mobilus-leader`: the
+//! client sends its next requests there, not through the follower again (each forward
+//! is one more round between members on every write).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// The reply header: a log index the answer is as new as.
 pub use mobilus_proto::status::APPLIED_KEY as APPLIED_HEADER;
+use mobilus_proto::status::LEADER_KEY;
 /// The request header of a holder's read at a nearby member: the index that member must
 /// have applied first.
 pub use mobilus_proto::status::NEAR_APPLIED_KEY as NEAR_HEADER;
 
 tokio::task_local! {
     static REPLY_INDEX: Cell<u64>;
+    static FORWARDED_TO: RefCell<Option<String>>;
+}
+
+/// This request's mutation was forwarded to, and committed by, the leader at `leader`.
+pub(crate) fn note_forwarded(leader: &str) {
+    let _ = FORWARDED_TO.try_with(|c| *c.borrow_mut() = Some(leader.to_string()));
 }
 
 /// The answer being built is as new as log index `index` (the largest noted wins).
@@ -85,13 +96,23 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let call = self.inner.call(request);
-        Box::pin(REPLY_INDEX.scope(Cell::new(0), async move {
+        let noted_call = REPLY_INDEX.scope(Cell::new(0), async move {
             let mut result = call.await;
             let index = noted();
             if let (Ok(response), true) = (&mut result, index > 0) {
                 response
                     .headers_mut()
                     .insert(APPLIED_HEADER, http::HeaderValue::from(index));
+            }
+            result
+        });
+        Box::pin(FORWARDED_TO.scope(RefCell::new(None), async move {
+            let mut result = noted_call.await;
+            let leader = FORWARDED_TO.with(|c| c.borrow_mut().take());
+            if let (Ok(response), Some(leader)) = (&mut result, leader) {
+                if let Ok(value) = http::HeaderValue::from_str(&leader) {
+                    response.headers_mut().insert(LEADER_KEY, value);
+                }
             }
             result
         }))

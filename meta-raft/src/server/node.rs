@@ -259,6 +259,7 @@ impl MetaNode {
         match codec::decode::<ForwardReply>(&bytes).map_err(|e| MetaError::Raft(e.to_string()))? {
             ForwardReply::Applied(reply, index) => {
                 super::applied::note(index);
+                super::applied::note_forwarded(leader);
                 reply_to_result(reply)
             }
             ForwardReply::NotLeader(l) => Err(MetaError::NotLeader(l)),

@@ -184,6 +184,11 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
         errno(c.write(file, &[mismatched], None, &[], false).await),
         Errno::EINVAL
     );
+    // A chunk longer than any data node stores (it would also make one record per MiB).
+    assert_eq!(
+        errno(c.write(file, &[one(0, 1 << 40)], None, &[], false).await),
+        Errno::EINVAL
+    );
     assert_eq!(
         c.getattr(file, false).await.unwrap().size,
         0,

@@ -56,6 +56,17 @@ async fn writes_through_a_follower_commit_and_are_read_everywhere() {
             .ino,
         dir
     );
+    // A client that knows every member and asked a follower first: the forwarded reply
+    // names the leader, and the client goes there directly from then on.
+    let mut addrs: Vec<String> = cluster.members.iter().map(|m| m.addr.clone()).collect();
+    addrs.rotate_left(follower);
+    let knows_all = MetaClient::new(&addrs, crate::harness::opts()).unwrap();
+    must_mkdir(&knows_all, ROOT_INO, "from-follower-again").await;
+    assert_eq!(
+        knows_all.leader_hint().as_deref(),
+        Some(cluster.members[leader].addr.as_str()),
+        "the client still writes through the follower"
+    );
     // Stale reads on every member converge.
     for i in 0..3 {
         let c = cluster.client_of(i);

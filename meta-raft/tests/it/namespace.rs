@@ -232,10 +232,13 @@ fn data_nodes_register_heartbeat_and_set_the_capacity_statfs_reports() {
     }
 }
 
-/// Many small overwrites and truncates of one block: compaction keeps what a read
-/// returns exactly as without it, and the references consistent (all gone with the file).
+/// Many small overwrites and truncates across a few blocks: compaction keeps what a read
+/// returns exactly as without it, the references equal to the records' (fsck), and the
+/// records few (all gone with the file).
 #[test]
 fn compacted_slices_read_the_same_and_keep_references_consistent() {
+    use mobilus_meta::namespace::keys::BLOCK_SIZE;
+    use mobilus_meta::namespace::COMPACT_AT;
     use mobilus_proto::fs::{ChunkHash, ChunkRef, SetAttr, SliceWrite};
 
     let tmp = tempfile::tempdir().unwrap();
@@ -243,7 +246,8 @@ fn compacted_slices_read_the_same_and_keep_references_consistent() {
     let OpReply::Attr(f) = must(&ns, mknod(ROOT_INO, "f".into())) else {
         panic!("mknod");
     };
-    const SIZE: usize = 256 << 10;
+    const SIZE: usize = 2 * BLOCK_SIZE as usize + (256 << 10);
+    const WRITES: u32 = 1_500;
     // What each byte should read as: (chunk id, offset in the chunk), or a hole.
     let mut model: Vec<Option<(u8, u64)>> = Vec::new();
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
@@ -254,7 +258,19 @@ fn compacted_slices_read_the_same_and_keep_references_consistent() {
         x % n
     };
     let mut used = BTreeSet::new();
-    for i in 0..400u32 {
+    for i in 0..WRITES {
+        if i % 500 == 250 {
+            let report = ns.fsck().unwrap();
+            assert_eq!(report.problem_count, 0, "{:?}", report.problems);
+            // At most COMPACT_AT records per block a write touched since its last
+            // compaction, and no more than a few blocks.
+            let blocks = (SIZE as u64).div_ceil(BLOCK_SIZE);
+            assert!(
+                report.slices <= blocks * (COMPACT_AT as u64 + 1),
+                "{} records for {blocks} blocks",
+                report.slices
+            );
+        }
         if i % 10 == 9 {
             let size = next(SIZE as u64);
             must(
@@ -267,7 +283,7 @@ fn compacted_slices_read_the_same_and_keep_references_consistent() {
                     },
                 },
             );
-            model.truncate(size as usize);
+            model.resize(size as usize, None);
             continue;
         }
         let (offset, len) = (next(SIZE as u64 - 1), 1 + next(8192));
