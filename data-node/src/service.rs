@@ -262,7 +262,11 @@ impl Chunks for ChunksSvc {
                 PUT_BUFFER_BYTES >> 20
             ))
         })?;
+        let receiving = std::time::Instant::now();
         let data = put_body(&mut stream, &header, PUT_IDLE).await?;
+        metrics::histogram!("mobilus_data_put_stage_seconds", "stage" => "body")
+            .record(receiving.elapsed().as_secs_f64());
+        let storing = std::time::Instant::now();
         let store = self.store.clone();
         let cached = header.cache;
         // Read first, as `has` does: the answer never claims a generation newer than the
@@ -270,6 +274,8 @@ impl Chunks for ChunksSvc {
         let gc_gen = self.store.gc_gen();
         let (existed, data) =
             blocking(move || store.put_as(&h, &data, cached).map(|e| (e, data))).await?;
+        metrics::histogram!("mobilus_data_put_stage_seconds", "stage" => "store")
+            .record(storing.elapsed().as_secs_f64());
         if header.from_remote && !existed {
             self.store.count_remote_fetch();
         }

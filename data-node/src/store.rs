@@ -647,8 +647,13 @@ impl ChunkStore {
 
     /// Help texts of the data node's metrics (call after installing the recorder).
     pub fn describe_metrics() {
-        use metrics::{describe_counter, describe_gauge, Unit};
+        use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
         describe_gauge!("mobilus_data_chunks", "Chunks stored");
+        describe_histogram!(
+            "mobilus_data_put_stage_seconds",
+            Unit::Seconds,
+            "Time of each stage of a put: receiving its body, storing it (hash, write, fsync)"
+        );
         describe_gauge!(
             "mobilus_data_bytes_stored",
             Unit::Bytes,
