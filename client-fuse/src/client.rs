@@ -7,16 +7,16 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use mobilus_meta_client::{MetaClient, ReservedCreate};
 use mobilus_proto::fs::{
-    Attr, ChunkCheck, ChunkHash, ChunkRef, InodeId, Placement, SliceWrite, SubtreeId,
-    MAX_FILE_SIZE, ROOT_INO,
+    ChunkCheck, ChunkHash, InodeId, Placement, SubtreeId, MAX_FILE_SIZE, ROOT_INO,
 };
 use mobilus_proto::status::Errno;
 
 use crate::block_cache::{BlockCache, BlockCacheStats};
-use crate::chunker;
 use mobilus_data_client::{
     nodes::HEALTHY_WITHIN, DataClient, DataClientError, DataNodes, PutAnswer,
 };
+
+mod flush;
 
 /// A file's write buffer is flushed as slices once it holds this many bytes...
 pub const FLUSH_BYTES: usize = 64 << 20;
@@ -913,117 +913,5 @@ impl FileWriter {
             .map(|(at, buf)| at + buf.len() as u64)
             .max()
             .unwrap_or(0)
-    }
-
-    /// Make every buffered write durable: chunks on the local data node (fsynced there),
-    /// then the slices committed by a Raft quorum. Returns the new attributes and the
-    /// slices committed, if anything was written.
-    pub async fn flush(&mut self) -> Result<Option<(Attr, Vec<SliceWrite>)>, ClientError> {
-        let create = self.create_first.as_ref().and_then(slot_create);
-        if self.pending.is_empty() {
-            let Some(create) = create else {
-                self.create_first = None;
-                return Ok(None);
-            };
-            let attr = self
-                .client
-                .meta
-                .create_reserved(&create, None, self.holder_only)
-                .await?;
-            self.made();
-            self.holder_only = false;
-            return Ok(Some((attr, Vec::new())));
-        }
-        let mut slices = Vec::with_capacity(self.pending.len());
-        let mut chunks: Vec<(ChunkHash, &[u8])> = Vec::new();
-        let mut seen = HashSet::new();
-        for (offset, buf) in &self.pending {
-            let pieces = chunker::chunk(buf);
-            let refs = pieces
-                .iter()
-                .map(|p| ChunkRef {
-                    hash: p.hash,
-                    offset: 0,
-                    len: p.len as u64,
-                })
-                .collect();
-            slices.push(SliceWrite {
-                offset: *offset,
-                len: buf.len() as u64,
-                chunks: refs,
-            });
-            for p in pieces {
-                if seen.insert(p.hash) {
-                    chunks.push((p.hash, &buf[p.offset..p.offset + p.len]));
-                }
-            }
-        }
-        let mut attempt = 0;
-        let attr = loop {
-            attempt += 1;
-            let checks = self.client.upload(&chunks).await?;
-            let pause = self.client.counters.flush_pause_ms.load(Ordering::Relaxed);
-            if pause > 0 && attempt == 1 {
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-            }
-            let committed = match &create {
-                // Made and written in one command.
-                Some(create) => {
-                    let write = Some((slices.as_slice(), checks.as_slice()));
-                    self.client
-                        .meta
-                        .create_reserved(create, write, self.holder_only)
-                        .await
-                }
-                None => {
-                    self.client
-                        .meta
-                        .write(self.ino, &slices, None, &checks, self.holder_only)
-                        .await
-                }
-            };
-            match committed {
-                Ok(attr) => break attr,
-                // Garbage collection raced with this write: ask the data node again.
-                Err(mobilus_meta_client::ClientError::StaleChunks(why))
-                    if attempt < STALE_CHUNK_ATTEMPTS =>
-                {
-                    tracing::debug!(attempt, %why, "write raced with gc or a drain; checking the chunks again");
-                    self.client.forget_present();
-                    // A node may have been drained since the registry was read.
-                    if let Err(e) = self.client.nodes.refresh().await {
-                        tracing::debug!(error = %e, "could not refresh the data-node registry");
-                    }
-                    self.client
-                        .counters
-                        .stale_chunk_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("mobilus_client_stale_chunk_retries_total").increment(1);
-                    tokio::time::sleep(std::time::Duration::from_millis(20 << attempt.min(6)))
-                        .await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        // A site the placement marks synchronous holds the data before the flush returns.
-        // After the commit, so the chunks are referenced and no collector there can take
-        // them (a commit is refused while any node has one condemned).
-        let pushed = self.client.push_to_sync_sites(attr.subtree, &chunks).await;
-        // Small commits stay in the block cache (their bytes are what was hashed): a
-        // file read back just after it is written costs no data-node round. Large ones
-        // would only push out what readers fetched.
-        if self.pending_bytes <= WRITE_THROUGH_BYTES {
-            for (hash, bytes) in &chunks {
-                self.client.blocks.insert_chunk(*hash, bytes);
-            }
-        }
-        // Committed: never again from this buffer, even if a synchronous site failed (a
-        // later commit of it could overwrite what another writer committed since).
-        self.pending.clear();
-        self.pending_bytes = 0;
-        self.holder_only = false;
-        self.made();
-        pushed?;
-        Ok(Some((attr, slices)))
     }
 }
