@@ -181,6 +181,10 @@ impl Default for ClientOptions {
 struct Inner {
     endpoints: Vec<String>,
     leader: Mutex<Option<String>>,
+    /// The member the last attempt that reached no answer went to: a forwarded reply
+    /// naming it as the leader is not followed until it answers again (this client may
+    /// not reach it, though the member that forwarded does).
+    unreachable: Mutex<Option<String>>,
     /// Where the next call starts looking when no leader is known: the member that
     /// answered last, or the one after a member that just failed. Shared by all calls, so
     /// one unreachable member costs one attempt, not one per call.
@@ -327,6 +331,7 @@ impl MetaClient {
             inner: Arc::new(Inner {
                 endpoints,
                 leader: Mutex::new(None),
+                unreachable: Mutex::new(None),
                 cursor: AtomicUsize::new(0),
                 channels: Mutex::new(HashMap::new()),
                 opts,
@@ -376,6 +381,7 @@ impl MetaClient {
             inner: Arc::new(Inner {
                 endpoints: self.inner.endpoints.clone(),
                 leader: Mutex::new(lock(&self.inner.leader).clone()),
+                unreachable: Mutex::new(lock(&self.inner.unreachable).clone()),
                 cursor: AtomicUsize::new(self.cursor()),
                 channels: Mutex::new(lock(&self.inner.channels).clone()),
                 opts,
@@ -497,6 +503,23 @@ impl MetaClient {
             if !matches!(outcome, Ok(Ok(_))) {
                 self.move_past(&target);
             }
+            let unanswered = match &outcome {
+                Ok(Ok(_)) => false,
+                Ok(Err(status)) => {
+                    never_connected(status)
+                        || std::error::Error::source(status).is_some()
+                        || matches!(status.code(), Code::Unavailable | Code::Unknown)
+                }
+                Err(_) => true,
+            };
+            {
+                let mut unreachable = lock(&self.inner.unreachable);
+                if unanswered {
+                    *unreachable = Some(target.clone());
+                } else if unreachable.as_deref() == Some(target.as_str()) {
+                    *unreachable = None;
+                }
+            }
             let retry_now = match outcome {
                 Ok(Ok(v)) => {
                     self.remember(&target);
@@ -578,13 +601,17 @@ impl MetaClient {
             self.inner.applied_seen.fetch_max(index, Ordering::Relaxed);
         }
         // A follower forwarded this to the leader: go there directly next time, if it is
-        // a member this client was given (it may not reach others).
+        // a member this client was given and has not just failed to reach.
         let leader = reply
             .metadata()
             .get(LEADER_KEY)
             .and_then(|v| v.to_str().ok())
             .map(normalize);
-        if let Some(leader) = leader.filter(|l| self.inner.endpoints.contains(l)) {
+        let reachable = |l: &String| {
+            self.inner.endpoints.contains(l)
+                && lock(&self.inner.unreachable).as_deref() != Some(l.as_str())
+        };
+        if let Some(leader) = leader.filter(reachable) {
             *lock(&self.inner.leader) = Some(leader);
         }
     }

@@ -90,11 +90,12 @@ impl Cf {
 }
 
 /// Logical block size for slice keys: a write touches only the keys of the blocks it
-/// covers, and a compaction (`file::compact`) rewrites one block's records. 1 MiB keeps
+/// covers, and a compaction (`file::compact`) rewrites one block's records. 4 MiB keeps
 /// that rewrite small for a file written at random in small pieces (a database's pages:
-/// at most 256 extents of 4 KiB), where a 64 MiB block made every 32nd write decode and
-/// rewrite the extents of the whole 64 MiB.
-pub const BLOCK_SIZE: u64 = 1 << 20;
+/// at most 1,024 extents of 4 KiB), where a 64 MiB block made every 32nd write decode and
+/// rewrite the extents of the whole 64 MiB; and keeps a large file's records few (a TiB
+/// written sequentially is 256k records, each dropped by one unlink's apply).
+pub const BLOCK_SIZE: u64 = 4 << 20;
 
 /// Singleton keys in [`Cf::Sys`].
 pub mod sys {

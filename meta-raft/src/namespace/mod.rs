@@ -57,7 +57,7 @@ pub const LINK_MAX: u32 = 65000;
 /// Format marker of an initialised state-machine database. v2: writes carry one chunk
 /// check per data node, and the replication column family exists; a v1 folder's log
 /// entries do not decode as v2 commands, so it is refused rather than misread. v3: slice
-/// records are keyed by 1 MiB blocks, not 64 MiB (`keys::BLOCK_SIZE`).
+/// records are keyed by 4 MiB blocks, not 64 MiB (`keys::BLOCK_SIZE`).
 const FORMAT_NAME: &[u8] = b"mobilus-namespace-v3";
 
 /// An inode as stored.

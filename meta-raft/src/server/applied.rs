@@ -36,9 +36,10 @@ tokio::task_local! {
     static FORWARDED_TO: RefCell<Option<String>>;
 }
 
-/// This request's mutation was forwarded to, and committed by, the leader at `leader`.
-pub(crate) fn note_forwarded(leader: &str) {
-    let _ = FORWARDED_TO.try_with(|c| *c.borrow_mut() = Some(leader.to_string()));
+/// This request's mutation was forwarded to, and committed by, the leader at `leader`
+/// (`None`: an attempt starts; whatever an earlier one noted no longer holds).
+pub(crate) fn note_forwarded(leader: Option<&str>) {
+    let _ = FORWARDED_TO.try_with(|c| *c.borrow_mut() = leader.map(str::to_string));
 }
 
 /// The answer being built is as new as log index `index` (the largest noted wins).
@@ -110,8 +111,13 @@ where
             let mut result = noted_call.await;
             let leader = FORWARDED_TO.with(|c| c.borrow_mut().take());
             if let (Ok(response), Some(leader)) = (&mut result, leader) {
-                if let Ok(value) = http::HeaderValue::from_str(&leader) {
-                    response.headers_mut().insert(LEADER_KEY, value);
+                // Not on an error (a status in the headers): its own leader header, if
+                // any, is the newer word.
+                let headers = response.headers_mut();
+                let refused =
+                    headers.contains_key("grpc-status") || headers.contains_key(LEADER_KEY);
+                if let (false, Ok(value)) = (refused, http::HeaderValue::from_str(&leader)) {
+                    headers.insert(LEADER_KEY, value);
                 }
             }
             result

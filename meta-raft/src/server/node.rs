@@ -186,6 +186,7 @@ impl MetaNode {
         fence: Option<Fence>,
         op: Op,
     ) -> Result<OpReply, MetaError> {
+        super::applied::note_forwarded(None);
         match self.propose_local(issuer.clone(), fence, op.clone()).await {
             Err(MetaError::NotLeader(Some(leader))) if leader != self.addr => {
                 let fwd = Forwarded {
@@ -259,7 +260,9 @@ impl MetaNode {
         match codec::decode::<ForwardReply>(&bytes).map_err(|e| MetaError::Raft(e.to_string()))? {
             ForwardReply::Applied(reply, index) => {
                 super::applied::note(index);
-                super::applied::note_forwarded(leader);
+                if reply.is_ok() {
+                    super::applied::note_forwarded(Some(leader));
+                }
                 reply_to_result(reply)
             }
             ForwardReply::NotLeader(l) => Err(MetaError::NotLeader(l)),

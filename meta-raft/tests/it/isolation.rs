@@ -2,8 +2,8 @@
 //! map is the state after whole log entries, never a mixture, and never an error.
 //!
 //! Writers churn a directory (create, rename, unlink) and overwrite a range that spans
-//! a 64 MiB block boundary (each write one commit touching two blocks), with truncates
-//! in between. Readers list the directory (plain and plus), stat what they list, and
+//! a slice block boundary (`keys::BLOCK_SIZE`; each write one commit touching two
+//! blocks), with truncates in between. Readers list the directory (plain and plus), stat what they list, and
 //! read the range; a torn slice map shows two generations of the range at once.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
