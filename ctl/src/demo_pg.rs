@@ -144,6 +144,8 @@ pub async fn run(
     let root = crate::demo::own_dir(meta, &here, "/pg").await?;
     let socket_dir = dir.join("postgres");
     std::fs::create_dir_all(&socket_dir)?;
+    // Absolute: the server resolves its socket folder from inside its data folder.
+    let socket_dir = std::fs::canonicalize(&socket_dir)?;
     for d in [&here, &socket_dir] {
         let status = Command::new("chown")
             .arg("postgres:postgres")

@@ -11,14 +11,22 @@ use std::process::{Command, Output};
 pub(crate) const CTL: &str = env!("CARGO_BIN_EXE_mobilusctl");
 
 fn ctl(args: &[&str]) -> Output {
+    ctl_in(None, args)
+}
+
+/// [`ctl`] run from `cwd` (paths in `args` relative to it, as a user types them).
+fn ctl_in(cwd: Option<&Path>, args: &[&str]) -> Output {
     let meta = Path::new(CTL).with_file_name("mobilus-meta");
     assert!(
         meta.is_file(),
         "{} is missing: run `cargo build --workspace` (cargo test --workspace does)",
         meta.display()
     );
-    Command::new(CTL)
-        .args(args)
+    let mut cmd = Command::new(CTL);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    cmd.args(args)
         .env_remove("MOBILUS_META")
         .env_remove("MOBILUS_CONFIG")
         .output()
@@ -26,7 +34,11 @@ fn ctl(args: &[&str]) -> Output {
 }
 
 fn must_ok(args: &[&str]) -> String {
-    let out = ctl(args);
+    must_ok_in(None, args)
+}
+
+fn must_ok_in(cwd: Option<&Path>, args: &[&str]) -> String {
+    let out = ctl_in(cwd, args);
     assert!(
         out.status.success(),
         "mobilusctl {args:?} failed: {}",

@@ -1,7 +1,7 @@
 //! A dev cluster on an emulated WAN: each site in a network namespace of its own, every
 //! connection between sites through the link proxy; the narrated demo runs across it.
 
-use crate::{ctl, must_json, must_ok, Down};
+use crate::{ctl, must_json, must_ok, must_ok_in, Down};
 
 /// What `ip netns list` prints.
 fn netns_list() -> String {
@@ -82,19 +82,25 @@ fn the_demo_runs_on_a_dev_cluster_across_an_emulated_wan() {
     assert_eq!(ours.len(), 2, "{netns}");
 
     // The story, across the WAN (its PostgreSQL step small: the prerequisites install
-    // PostgreSQL, so the step runs here).
-    let demo = must_ok(&[
-        "dev",
-        "demo",
-        "--dir",
-        dir,
-        "--pg-scale",
-        "1",
-        "--pg-first-secs",
-        "4",
-        "--pg-steady-secs",
-        "2",
-    ]);
+    // PostgreSQL, so the step runs here), with the folder named relative to the working
+    // directory, as `./demo.sh` names it.
+    let folder = std::path::Path::new(dir);
+    let (parent, name) = (folder.parent().unwrap(), folder.file_name().unwrap());
+    let demo = must_ok_in(
+        Some(parent),
+        &[
+            "dev",
+            "demo",
+            "--dir",
+            name.to_str().unwrap(),
+            "--pg-scale",
+            "1",
+            "--pg-first-secs",
+            "4",
+            "--pg-steady-secs",
+            "2",
+        ],
+    );
     for told in [
         "7. A PostgreSQL server moves too",
         "the server started at site-b in",
