@@ -233,23 +233,26 @@ fn spawn(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     std::fs::write(dir.join("pid"), child.id().to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Generous: on a loaded machine (a test suite starting several clusters on two
+    // cores) a start has taken more than 30 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log_tail = || {
+        let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
     loop {
         if let Ok(addr) = std::fs::read_to_string(&ready) {
             return Ok(addr);
         }
         if !alive(child.id() as i32) {
-            let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            bail!(
-                "{what} exited at start; its log ends with:\n{}",
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
+            bail!("{what} exited at start; its log ends with:\n{}", log_tail());
         }
         if Instant::now() > deadline {
             bail!(
-                "{what} did not start within 30s (see {})",
-                dir.join("log").display()
+                "{what} did not start within 60s (see {}); its log ends with:\n{}",
+                dir.join("log").display(),
+                log_tail()
             );
         }
         std::thread::sleep(Duration::from_millis(20));
