@@ -57,27 +57,17 @@ pub fn cut(start: u64, len: u64, chunks: &[ChunkRef], a: u64, b: u64) -> Vec<Ext
 }
 
 pub(crate) fn incref(txn: &mut Txn<'_>, hash: &ChunkHash) -> Result<(), NsError> {
-    let count: u64 = txn.get(Cf::ChunkRefs, &hash.0)?.unwrap_or(0);
-    if count == 0 {
-        txn.delete(Cf::ZeroRefs, hash.0.to_vec());
-    }
-    txn.put(Cf::ChunkRefs, hash.0.to_vec(), &(count + 1))?;
-    Ok(())
+    // A count that grows never reaches zero: no time is recorded.
+    add_refs(txn, 0, hash, 1)
 }
 
 fn decref(txn: &mut Txn<'_>, now: i64, hash: &ChunkHash) -> Result<(), NsError> {
-    let count: u64 = txn.get(Cf::ChunkRefs, &hash.0)?.unwrap_or(0);
-    if count <= 1 {
-        txn.delete(Cf::ChunkRefs, hash.0.to_vec());
-        txn.put(Cf::ZeroRefs, hash.0.to_vec(), &now)?;
-    } else {
-        txn.put(Cf::ChunkRefs, hash.0.to_vec(), &(count - 1))?;
-    }
-    Ok(())
+    add_refs(txn, now, hash, -1)
 }
 
-/// Add `delta` to a chunk's reference count: the same end state as `delta` increfs (or
-/// decrefs) one after another, in one read and one write.
+/// Add `delta` to a chunk's reference count, in one read and one write: at zero the
+/// count goes and the chunk's time of becoming unreferenced (`now`) is kept for GC;
+/// above zero that time goes.
 fn add_refs(txn: &mut Txn<'_>, now: i64, hash: &ChunkHash, delta: i64) -> Result<(), NsError> {
     if delta == 0 {
         return Ok(());

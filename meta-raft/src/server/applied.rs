@@ -19,7 +19,7 @@
 //! client sends its next requests there, not through the follower again (each forward
 //! is one more round between members on every write).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -31,25 +31,36 @@ use mobilus_proto::status::LEADER_KEY;
 /// have applied first.
 pub use mobilus_proto::status::NEAR_APPLIED_KEY as NEAR_HEADER;
 
+/// What a request's reply will say, gathered while it is answered.
+#[derive(Default)]
+struct Notes {
+    /// A log index the answer is as new as (0: none).
+    index: u64,
+    /// The leader a follower forwarded the request's mutation to.
+    forwarded_to: Option<String>,
+}
+
 tokio::task_local! {
-    static REPLY_INDEX: Cell<u64>;
-    static FORWARDED_TO: RefCell<Option<String>>;
+    static NOTES: RefCell<Notes>;
 }
 
 /// This request's mutation was forwarded to, and committed by, the leader at `leader`
 /// (`None`: an attempt starts; whatever an earlier one noted no longer holds).
 pub(crate) fn note_forwarded(leader: Option<&str>) {
-    let _ = FORWARDED_TO.try_with(|c| *c.borrow_mut() = leader.map(str::to_string));
+    let _ = NOTES.try_with(|c| c.borrow_mut().forwarded_to = leader.map(str::to_string));
 }
 
 /// The answer being built is as new as log index `index` (the largest noted wins).
 pub(crate) fn note(index: u64) {
-    let _ = REPLY_INDEX.try_with(|c| c.set(c.get().max(index)));
+    let _ = NOTES.try_with(|c| {
+        let mut notes = c.borrow_mut();
+        notes.index = notes.index.max(index);
+    });
 }
 
 /// What this request's reply says so far (0: nothing).
 pub(crate) fn noted() -> u64 {
-    REPLY_INDEX.try_with(Cell::get).unwrap_or(0)
+    NOTES.try_with(|c| c.borrow().index).unwrap_or(0)
 }
 
 /// The index a holder's read asks this member to have applied, if it is such a read.
@@ -97,26 +108,20 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let call = self.inner.call(request);
-        let noted_call = REPLY_INDEX.scope(Cell::new(0), async move {
+        Box::pin(NOTES.scope(RefCell::new(Notes::default()), async move {
             let mut result = call.await;
-            let index = noted();
-            if let (Ok(response), true) = (&mut result, index > 0) {
-                response
-                    .headers_mut()
-                    .insert(APPLIED_HEADER, http::HeaderValue::from(index));
-            }
-            result
-        });
-        Box::pin(FORWARDED_TO.scope(RefCell::new(None), async move {
-            let mut result = noted_call.await;
-            let leader = FORWARDED_TO.with(|c| c.borrow_mut().take());
-            if let (Ok(response), Some(leader)) = (&mut result, leader) {
+            let notes = NOTES.with(RefCell::take);
+            if let Ok(response) = &mut result {
+                let headers = response.headers_mut();
+                if notes.index > 0 {
+                    headers.insert(APPLIED_HEADER, http::HeaderValue::from(notes.index));
+                }
                 // Not on an error (a status in the headers): its own leader header, if
                 // any, is the newer word.
-                let headers = response.headers_mut();
                 let refused =
                     headers.contains_key("grpc-status") || headers.contains_key(LEADER_KEY);
-                if let (false, Ok(value)) = (refused, http::HeaderValue::from_str(&leader)) {
+                let leader = notes.forwarded_to.filter(|_| !refused);
+                if let Some(Ok(value)) = leader.map(|l| http::HeaderValue::from_str(&l)) {
                     headers.insert(LEADER_KEY, value);
                 }
             }

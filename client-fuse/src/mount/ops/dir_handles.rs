@@ -4,8 +4,7 @@
 //! entries), and each request names the cookie it stopped at. A batch from the metadata
 //! holds up to 2,048: without this, every page was a metadata round fetching a whole
 //! batch (512 then, with their attributes) to use 25, about twenty times the work of the
-//! listing. Each
-//! handle (OPENDIR) keeps its last batch, and a request that continues where the batch
+//! listing. Each handle (OPENDIR) keeps its last batch, and a request that continues where the batch
 //! can answer is answered from it, as libfuse's high-level API buffers a listing per
 //! handle. A batch is used for at most the attribute TTL after it was fetched, so the
 //! attributes a READDIRPLUS hands the kernel are no older than those a GETATTR would
