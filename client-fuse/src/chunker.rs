@@ -58,6 +58,32 @@ mod tests {
         assert_eq!(chunk(b"tiny").len(), 1);
     }
 
+    /// What upload-ahead (`client::ahead`) relies on: every piece of a prefix but its
+    /// last is a piece of the whole, and cutting on from there gives the whole's rest.
+    #[test]
+    fn a_prefix_settles_every_piece_but_its_last() {
+        let data = noise(24 << 20, 3);
+        let whole = chunk(&data);
+        for prefix in [
+            MIN_CHUNK + 1,
+            AVG_CHUNK + 12_345,
+            3 * MAX_CHUNK,
+            9 << 20,
+            17 << 20,
+        ] {
+            let mut pieces = chunk(&data[..prefix]);
+            pieces.pop();
+            assert_eq!(pieces[..], whole[..pieces.len()], "prefix {prefix}");
+            let cut = pieces.last().map_or(0, |p| p.offset + p.len);
+            let rest = chunk(&data[cut..]).into_iter().map(|p| Piece {
+                offset: p.offset + cut,
+                ..p
+            });
+            pieces.extend(rest);
+            assert_eq!(pieces, whole, "prefix {prefix}, cut at {cut}");
+        }
+    }
+
     #[test]
     fn a_change_in_the_middle_changes_only_nearby_chunks() {
         let a = noise(16 << 20, 2);

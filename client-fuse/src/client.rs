@@ -16,10 +16,15 @@ use mobilus_data_client::{
     nodes::HEALTHY_WITHIN, DataClient, DataClientError, DataNodes, PutAnswer,
 };
 
+mod ahead;
 mod flush;
 
 /// A file's write buffer is flushed as slices once it holds this many bytes...
 pub const FLUSH_BYTES: usize = 64 << 20;
+/// ... unless a sequential run's chunks are still being stored ahead (`client::ahead`):
+/// then it grows on, up to this, so writes go on while the stores catch up, and the
+/// flush finds little left to store.
+const MAX_BUFFERED: usize = 2 * FLUSH_BYTES;
 /// ... or this many separate writes (each is a slice of the metadata commit).
 pub const FLUSH_WRITES: usize = 1024;
 /// Most bytes of one commit kept in the block cache as written.
@@ -45,6 +50,10 @@ const STALE_CHUNK_ATTEMPTS: u32 = 8;
 /// 10 Gbit/s 64 KiB take about 50 µs, less than the round trip saved, and deduplicating
 /// writes this small saves little.
 const PUT_WITHOUT_ASKING_BYTES: usize = 64 << 10;
+
+/// Per data node relied on, the oldest GC generation its answers carried (the
+/// `ChunkCheck`s a commit carries).
+type Generations = BTreeMap<String, u64>;
 
 /// What the puts of some chunks to one node came to.
 #[derive(Default)]
@@ -297,6 +306,7 @@ impl Client {
             ino,
             pending: Vec::new(),
             pending_bytes: 0,
+            ahead: Vec::new(),
             create_first: None,
             holder_only: false,
         }
@@ -308,13 +318,42 @@ impl Client {
     /// that none of them could take fails the upload, one that fewer took than wanted
     /// does not (the replicators restore its copies). Returns the checks a metadata write
     /// must carry: one per node relied on (see `namespace::gc`).
-    async fn upload(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<Vec<ChunkCheck>, ClientError> {
-        let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
-        // All known present: no round (a file written again, a copy of one).
-        if let Some(checks) = self.known_present(&hashes) {
-            self.count_deduped(hashes.len());
-            return Ok(checks);
+    ///
+    /// Chunks known present recently are not asked about again (a file written again, a
+    /// copy of one, a run's chunks stored ahead of its flush): their checks are those
+    /// they were known under. Those among `stored_ahead` (this writer's own, stored
+    /// moments ago) are not counted as deduplicated.
+    async fn upload(
+        &self,
+        chunks: &[(ChunkHash, &[u8])],
+        stored_ahead: &HashSet<ChunkHash>,
+    ) -> Result<Vec<ChunkCheck>, ClientError> {
+        let (mut checks, todo) = self.known_present(chunks);
+        let ahead = chunks
+            .iter()
+            .filter(|(h, _)| stored_ahead.contains(h))
+            .count();
+        let todo_ahead = todo
+            .iter()
+            .filter(|(h, _)| stored_ahead.contains(h))
+            .count();
+        self.count_deduped(chunks.len() - todo.len() - (ahead - todo_ahead));
+        if !todo.is_empty() {
+            for (node, gc_gen) in self.store(&todo).await? {
+                let g = checks.entry(node).or_insert(gc_gen);
+                *g = (*g).min(gc_gen);
+            }
         }
+        Ok(checks
+            .into_iter()
+            .map(|(node, gc_gen)| ChunkCheck { node, gc_gen })
+            .collect())
+    }
+
+    /// [`Client::upload`] of chunks not known present: per node relied on, the oldest
+    /// GC generation its answers carried.
+    async fn store(&self, chunks: &[(ChunkHash, &[u8])]) -> Result<Generations, ClientError> {
+        let hashes: Vec<ChunkHash> = chunks.iter().map(|(h, _)| *h).collect();
         let want = self.nodes.replicas(&self.site).max(1);
         let candidates: Vec<Vec<DataClient>> = hashes
             .iter()
@@ -323,7 +362,7 @@ impl Client {
         // Per chunk: the next candidate to try, and the copies made.
         let mut next = vec![0usize; chunks.len()];
         let mut copies = vec![0usize; chunks.len()];
-        let mut checks: BTreeMap<String, u64> = BTreeMap::new();
+        let mut checks = Generations::new();
         let mut first_error: Option<ClientError> = None;
         loop {
             let mut per_node: BTreeMap<String, (DataClient, Vec<usize>)> = BTreeMap::new();
@@ -367,11 +406,14 @@ impl Client {
         if copies.contains(&0) {
             return Err(first_error.unwrap_or_else(|| ClientError::NoDataNode(self.site.clone())));
         }
-        let checks: Vec<ChunkCheck> = checks
-            .into_iter()
-            .map(|(node, gc_gen)| ChunkCheck { node, gc_gen })
+        let known: Vec<ChunkCheck> = checks
+            .iter()
+            .map(|(node, gc_gen)| ChunkCheck {
+                node: node.clone(),
+                gc_gen: *gc_gen,
+            })
             .collect();
-        self.remember_present(&hashes, &checks);
+        self.remember_present(&hashes, &known);
         Ok(checks)
     }
 
@@ -445,30 +487,30 @@ impl Client {
         metrics::counter!("mobilus_client_chunks_deduped_total").increment(n as u64);
     }
 
-    /// The checks under which every one of `hashes` was known present, if each was,
-    /// recently: per node, the oldest generation any of them was answered under.
-    fn known_present(&self, hashes: &[ChunkHash]) -> Option<Vec<ChunkCheck>> {
+    /// Which of `chunks` were known present recently: per node, the oldest generation
+    /// any of those was answered under; and the chunks that were not.
+    fn known_present<'a>(
+        &self,
+        chunks: &[(ChunkHash, &'a [u8])],
+    ) -> (Generations, Vec<(ChunkHash, &'a [u8])>) {
         let p = self.present.lock().unwrap_or_else(|e| e.into_inner());
-        let mut oldest: BTreeMap<&str, u64> = BTreeMap::new();
-        for h in hashes {
-            let (checks, at) = p.chunks.get(h)?;
-            if at.elapsed() >= PRESENT_FOR {
-                return None;
-            }
+        let mut oldest = Generations::new();
+        let mut todo = Vec::new();
+        for (hash, bytes) in chunks {
+            let Some((checks, _)) = p
+                .chunks
+                .get(hash)
+                .filter(|(_, at)| at.elapsed() < PRESENT_FOR)
+            else {
+                todo.push((*hash, *bytes));
+                continue;
+            };
             for c in checks {
-                let g = oldest.entry(c.node.as_str()).or_insert(c.gc_gen);
+                let g = oldest.entry(c.node.clone()).or_insert(c.gc_gen);
                 *g = (*g).min(c.gc_gen);
             }
         }
-        Some(
-            oldest
-                .into_iter()
-                .map(|(node, gc_gen)| ChunkCheck {
-                    node: node.to_string(),
-                    gc_gen,
-                })
-                .collect(),
-        )
+        (oldest, todo)
     }
 
     fn remember_present(&self, hashes: &[ChunkHash], checks: &[ChunkCheck]) {
@@ -776,6 +818,8 @@ pub struct FileWriter {
     ino: InodeId,
     pending: Vec<(u64, Vec<u8>)>,
     pending_bytes: usize,
+    /// Sequential runs' chunks cut and stored before their commit (`client::ahead`).
+    ahead: Vec<ahead::Ahead>,
     /// A create answered before the file was made (`mount::ops::deferred`): the first
     /// commit makes it.
     create_first: Option<CreateSlot>,
@@ -803,7 +847,7 @@ impl FileWriter {
         self.pending_bytes + len >= FLUSH_BYTES || self.pending.len() + 1 >= FLUSH_WRITES
     }
 
-    /// Buffer a write; flushes when the buffer is full.
+    /// Buffer a write; flushes when the buffer is full (see [`FLUSH_BYTES`]).
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
         if data.is_empty() {
             return Ok(());
@@ -817,7 +861,12 @@ impl FileWriter {
             _ => self.pending.push((offset, data.to_vec())),
         }
         self.pending_bytes += data.len();
-        if self.pending_bytes >= FLUSH_BYTES || self.pending.len() >= FLUSH_WRITES {
+        if self.pending_bytes >= MAX_BUFFERED || self.pending.len() >= FLUSH_WRITES {
+            self.flush().await?;
+            return Ok(());
+        }
+        let storing = self.upload_ahead();
+        if self.pending_bytes >= FLUSH_BYTES && !storing {
             self.flush().await?;
         }
         Ok(())
@@ -877,6 +926,7 @@ impl FileWriter {
     pub fn discard(&mut self) {
         self.pending.clear();
         self.pending_bytes = 0;
+        self.ahead.clear();
         self.holder_only = false;
         // A create refused with them is not made by anyone either.
         self.made();

@@ -29,11 +29,19 @@ impl FileWriter {
             self.holder_only = false;
             return Ok(Some((attr, Vec::new())));
         }
+        // Chunks of a run stored ahead are known present: the upload below skips them.
+        let mut ahead = std::mem::take(&mut self.ahead);
+        for a in &mut ahead {
+            a.settle().await;
+        }
         let mut slices = Vec::with_capacity(self.pending.len());
         let mut chunks: Vec<(ChunkHash, &[u8])> = Vec::new();
         let mut seen = HashSet::new();
-        for (offset, buf) in &self.pending {
-            let pieces = chunker::chunk(buf);
+        for (entry, (offset, buf)) in self.pending.iter().enumerate() {
+            let pieces = ahead
+                .iter()
+                .find_map(|a| a.pieces_of(entry, buf))
+                .unwrap_or_else(|| chunker::chunk(buf));
             let refs = pieces
                 .iter()
                 .map(|p| ChunkRef {
@@ -53,10 +61,11 @@ impl FileWriter {
                 }
             }
         }
+        let stored_ahead: HashSet<ChunkHash> = ahead.iter().flat_map(|a| a.hashes()).collect();
         let mut attempt = 0;
         let attr = loop {
             attempt += 1;
-            let checks = self.client.upload(&chunks).await?;
+            let checks = self.client.upload(&chunks, &stored_ahead).await?;
             let pause = self.client.counters.flush_pause_ms.load(Ordering::Relaxed);
             if pause > 0 && attempt == 1 {
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;

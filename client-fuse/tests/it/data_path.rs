@@ -1,4 +1,4 @@
-use mobilus_client::Client;
+use mobilus_client::{chunker, Client};
 use mobilus_proto::fs::{FileKind, ROOT_INO};
 use proptest::prelude::*;
 
@@ -126,6 +126,74 @@ async fn the_same_bytes_are_stored_and_sent_once_and_an_edit_resends_only_its_ch
     );
     assert_eq!(a.read(f3, 0, edited.len() as u64).await.unwrap(), edited);
     println!("dedup: 64 MiB written 3 times (once with 1 MiB changed): sent {} bytes, edit re-sent {resent}", a.stats().bytes_sent);
+}
+
+/// Writes `data` from `from` at 1 MiB a write, without flushing.
+async fn must_buffer(w: &mut mobilus_client::FileWriter, data: &[u8], from: usize) {
+    for at in (from..data.len()).step_by(1 << 20) {
+        let end = (at + (1 << 20)).min(data.len());
+        w.write(at as u64, &data[at..end]).await.unwrap();
+    }
+}
+
+/// Waits until `done` holds, or fails with `what` after 20 s.
+async fn must_see(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// A growing sequential run's settled chunks are stored before its flush
+/// (`client::ahead`), each byte sent once; a run whose early stores failed (its data node
+/// was down) still commits whole once the node is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_growing_run_is_stored_ahead_once_and_commits_whole_after_ahead_failed() {
+    let mut sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let data = noise(40 << 20, 5);
+    let ino = must_create(&a, "ahead").await;
+    let mut w = a.writer(ino);
+    must_buffer(&mut w, &data[..12 << 20], 0).await;
+    must_see("chunks stored before the flush", || {
+        a.stats().bytes_sent > 0
+    })
+    .await;
+    must_buffer(&mut w, &data, 12 << 20).await;
+    let (_, slices) = w.flush().await.unwrap().expect("a commit");
+    // The chunks a cut of the whole gives (so an identical file deduplicates, whatever
+    // the timing of its writes).
+    let committed: Vec<_> = slices
+        .iter()
+        .flat_map(|s| &s.chunks)
+        .map(|c| c.hash)
+        .collect();
+    let whole: Vec<_> = chunker::chunk(&data).iter().map(|p| p.hash).collect();
+    assert_eq!(committed, whole, "chunks cut ahead differ from the whole's");
+    let stats = a.stats();
+    assert_eq!(
+        stats.bytes_sent,
+        data.len() as u64,
+        "a byte sent twice, or never"
+    );
+    assert_eq!(
+        stats.chunks_deduped, 0,
+        "its own chunks counted as deduplicated"
+    );
+    assert_eq!(a.read(ino, 0, data.len() as u64).await.unwrap(), data);
+
+    // The node is down while a run grows: its stores ahead fail, the writes do not.
+    let other = noise(20 << 20, 6);
+    let ino = must_create(&a, "ahead-failed").await;
+    let mut w = a.writer(ino);
+    sites.data[0].kill();
+    must_buffer(&mut w, &other, 0).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(w.flush().await.is_err(), "a flush with its node down");
+    sites.data[0].restart();
+    w.flush().await.unwrap();
+    assert_eq!(a.read(ino, 0, other.len() as u64).await.unwrap(), other);
 }
 
 proptest! {
