@@ -158,6 +158,9 @@ fn hashes(wire: &[Vec<u8>], max: usize) -> Result<Vec<ChunkHash>, Status> {
     wire.iter().map(|h| hash(h)).collect()
 }
 
+/// Block reads of at most this many bytes run on the request's task (`read_blocks`).
+const INLINE_READ_BYTES: u64 = 64 << 10;
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, DataError> + Send + 'static,
 ) -> Result<T, Status> {
@@ -339,8 +342,18 @@ impl Chunks for ChunksSvc {
         let h = hash(&r.hash)?;
         // A block read is a fault: lower priorities wait while it is served.
         let _turn = self.priorities.admit(pb::Priority::Foreground).await;
-        let store = self.store.clone();
-        let read = blocking(move || store.read_blocks(&h, r.offset, r.length, r.outboard)).await?;
+        let read = if r.length <= INLINE_READ_BYTES {
+            // A database's page: read on this task. The hop to the blocking pool and
+            // back cost more than the read itself (ReadBlocks 108 against 88 µs; 4
+            // random readers 13k against 18k IOPS), and `block_in_place` no less.
+            self.store
+                .read_blocks(&h, r.offset, r.length, r.outboard)
+                .map_err(|e| e.to_status())?
+        } else {
+            // Readahead's larger reads: a slow disk must not hold a runtime thread long.
+            let store = self.store.clone();
+            blocking(move || store.read_blocks(&h, r.offset, r.length, r.outboard)).await?
+        };
         Ok(Response::new(pb::ReadBlocksReply {
             chunk_size: read.chunk_size,
             first_block: read.first_block,
