@@ -23,6 +23,9 @@ use crate::chunker::{self, Piece};
 pub(super) const AHEAD_BYTES: usize = 2 * chunker::MAX_CHUNK;
 /// Stores in flight per run, at most (each holds a copy of the bytes it stores).
 const STORES_AHEAD: usize = 2;
+/// Bytes one cut takes, at most: the copy it makes under the writer's lock, and what a
+/// run's work in flight holds (a cut and two stores), stay bounded when stores lag.
+const CUT_BYTES: usize = 16 << 20;
 
 /// A cut in flight: the pieces it settled, and the task storing them.
 type Cutting = JoinHandle<(Vec<Piece>, JoinHandle<()>)>;
@@ -117,8 +120,9 @@ impl Ahead {
 impl FileWriter {
     /// After a write that grew the last buffered write: if it holds enough bytes not yet
     /// cut, and fewer than [`STORES_AHEAD`] stores and no cut of it are in flight, cut
-    /// and store them in the background. Returns whether work on it is in flight (a
-    /// flush now would wait for it, then store the rest itself).
+    /// (up to [`CUT_BYTES`] of) them and store them in the background. Returns whether
+    /// work on it is in flight (a flush now would wait for it, then store the rest
+    /// itself).
     pub(super) fn upload_ahead(&mut self) -> bool {
         let Some(entry) = self.pending.len().checked_sub(1) else {
             return false;
@@ -149,7 +153,7 @@ impl FileWriter {
             return busy;
         }
         let start = ahead.cut;
-        let bytes = buf[start..].to_vec();
+        let bytes = buf[start..buf.len().min(start + CUT_BYTES)].to_vec();
         let client = self.client.clone();
         ahead.cutting = Some(tokio::spawn(
             async move { client.cut_ahead(start, bytes).await },
