@@ -21,12 +21,12 @@ mod flush;
 
 /// A file's write buffer is flushed as slices once it holds this many bytes...
 pub const FLUSH_BYTES: usize = 64 << 20;
-/// ... unless a sequential run's chunks are still being stored ahead (`client::ahead`):
-/// then it grows on, up to this, so writes go on while the stores catch up, and the
-/// flush finds little left to store.
-const MAX_BUFFERED: usize = 2 * FLUSH_BYTES;
 /// ... or this many separate writes (each is a slice of the metadata commit).
 pub const FLUSH_WRITES: usize = 1024;
+/// While a sequential run's chunks are still being stored ahead (`client::ahead`), the
+/// buffer grows past [`FLUSH_BYTES`] up to this, so writes go on while the stores catch
+/// up, and the flush finds little left to store.
+const MAX_BUFFERED: usize = 2 * FLUSH_BYTES;
 /// Most bytes of one commit kept in the block cache as written.
 const WRITE_THROUGH_BYTES: usize = 4 << 20;
 /// Chunk transfers in flight per flush or read.
@@ -54,6 +54,17 @@ const PUT_WITHOUT_ASKING_BYTES: usize = 64 << 10;
 /// Per data node relied on, the oldest GC generation its answers carried (the
 /// `ChunkCheck`s a commit carries).
 type Generations = BTreeMap<String, u64>;
+
+/// The checks a commit carries for `generations`.
+fn chunk_checks(generations: &Generations) -> Vec<ChunkCheck> {
+    generations
+        .iter()
+        .map(|(node, gc_gen)| ChunkCheck {
+            node: node.clone(),
+            gc_gen: *gc_gen,
+        })
+        .collect()
+}
 
 /// What the puts of some chunks to one node came to.
 #[derive(Default)]
@@ -329,25 +340,19 @@ impl Client {
         stored_ahead: &HashSet<ChunkHash>,
     ) -> Result<Vec<ChunkCheck>, ClientError> {
         let (mut checks, todo) = self.known_present(chunks);
-        let ahead = chunks
+        let asked: HashSet<&ChunkHash> = todo.iter().map(|(h, _)| h).collect();
+        let deduped = chunks
             .iter()
-            .filter(|(h, _)| stored_ahead.contains(h))
+            .filter(|(h, _)| !asked.contains(h) && !stored_ahead.contains(h))
             .count();
-        let todo_ahead = todo
-            .iter()
-            .filter(|(h, _)| stored_ahead.contains(h))
-            .count();
-        self.count_deduped(chunks.len() - todo.len() - (ahead - todo_ahead));
+        self.count_deduped(deduped);
         if !todo.is_empty() {
             for (node, gc_gen) in self.store(&todo).await? {
                 let g = checks.entry(node).or_insert(gc_gen);
                 *g = (*g).min(gc_gen);
             }
         }
-        Ok(checks
-            .into_iter()
-            .map(|(node, gc_gen)| ChunkCheck { node, gc_gen })
-            .collect())
+        Ok(chunk_checks(&checks))
     }
 
     /// [`Client::upload`] of chunks not known present: per node relied on, the oldest
@@ -406,14 +411,7 @@ impl Client {
         if copies.contains(&0) {
             return Err(first_error.unwrap_or_else(|| ClientError::NoDataNode(self.site.clone())));
         }
-        let known: Vec<ChunkCheck> = checks
-            .iter()
-            .map(|(node, gc_gen)| ChunkCheck {
-                node: node.clone(),
-                gc_gen: *gc_gen,
-            })
-            .collect();
-        self.remember_present(&hashes, &known);
+        self.remember_present(&hashes, &chunk_checks(&checks));
         Ok(checks)
     }
 

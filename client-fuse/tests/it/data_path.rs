@@ -183,17 +183,23 @@ async fn a_growing_run_is_stored_ahead_once_and_commits_whole_after_ahead_failed
     );
     assert_eq!(a.read(ino, 0, data.len() as u64).await.unwrap(), data);
 
-    // The node is down while a run grows: its stores ahead fail, the writes do not.
+    // The node is down while a run grows: its stores ahead fail, the writes do not, and
+    // the run's flush, with the node back, stores what they did not.
     let other = noise(20 << 20, 6);
     let ino = must_create(&a, "ahead-failed").await;
     let mut w = a.writer(ino);
+    let small = must_create(&a, "flushed-while-down").await;
+    let mut down = a.writer(small);
     sites.data[0].kill();
     must_buffer(&mut w, &other, 0).await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert!(w.flush().await.is_err(), "a flush with its node down");
+    must_buffer(&mut down, &other[..1 << 20], 0).await;
+    assert!(down.flush().await.is_err(), "a flush with its node down");
     sites.data[0].restart();
     w.flush().await.unwrap();
     assert_eq!(a.read(ino, 0, other.len() as u64).await.unwrap(), other);
+    down.flush().await.unwrap();
+    assert_eq!(a.read(small, 0, 1 << 20).await.unwrap(), &other[..1 << 20]);
 }
 
 proptest! {
