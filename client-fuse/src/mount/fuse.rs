@@ -940,7 +940,7 @@ impl Filesystem for FuseAdapter {
                     if offset < 2 && reply.add(INodeNo(parent), 2, FileType::Directory, "..") {
                         return reply.ok();
                     }
-                    for e in entries {
+                    for e in entries.entries() {
                         if reply.add(
                             INodeNo(e.ino),
                             e.cookie,
@@ -994,15 +994,15 @@ impl Filesystem for FuseAdapter {
                             return reply.ok();
                         }
                     }
-                    for e in entries {
-                        let Some(a) = e.attr else { continue };
+                    for e in entries.entries() {
+                        let Some(a) = &e.attr else { continue };
                         let n = OsStr::from_bytes(&e.name);
                         if reply.add(
                             INodeNo(e.ino),
                             e.cookie,
                             n,
                             &ttl,
-                            &file_attr(&a),
+                            &file_attr(a),
                             Generation(a.generation),
                         ) {
                             break;

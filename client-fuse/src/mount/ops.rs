@@ -31,10 +31,11 @@ mod write_back;
 
 pub use self::delegation::KernelTtl;
 use self::delegation::{Mutation, Touches};
+pub use self::dir_handles::DirPage;
 
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
 /// Entries one readdir call asks the metadata for.
-const READDIR_BATCH: u32 = 2_048;
+pub(super) const READDIR_BATCH: u32 = 2_048;
 
 /// What a mount operation fails with; `to_errno` maps it once, at the FUSE boundary.
 pub type FsResult<T> = Result<T, ClientError>;
@@ -1136,26 +1137,38 @@ impl MountFs {
         fh: u64,
         cookie: u64,
         plus: bool,
-    ) -> FsResult<Vec<DirEntry>> {
-        if let Some(entries) = self.answer_from_batch(fh, ino, cookie, plus) {
-            return Ok(entries);
+    ) -> FsResult<DirPage> {
+        if let Some(page) = self.answer_from_batch(fh, ino, cookie, plus) {
+            return Ok(page);
         }
-        if let Some(mut entries) = self.deleg.listing(ino, cookie, plus) {
+        if let Some(page) = self.deleg.listing(ino, cookie, plus) {
             delegation::hit("readdir");
-            for e in &mut entries {
-                if let Some(a) = e.attr.take() {
-                    e.attr = Some(self.merge(a));
-                }
+            if !plus {
+                return Ok(page);
             }
-            return Ok(entries);
+            let merged = page
+                .entries()
+                .iter()
+                .map(|e| DirEntry {
+                    attr: e.attr.clone().map(|a| self.merge(a)),
+                    ..e.clone()
+                })
+                .collect();
+            return Ok(DirPage::whole(Arc::new(merged)));
         }
         let ticket = self.deleg.ticket();
-        let fetched = Instant::now();
-        let (mut entries, eof) = self
-            .meta()
-            .await?
-            .readdir(ino, cookie, READDIR_BATCH, plus, false)
-            .await?;
+        let (mut entries, eof, fetched) = match self.take_prefetch(fh, ino, cookie, plus).await {
+            Some(prefetched) => prefetched,
+            None => {
+                let fetched = Instant::now();
+                let (entries, eof) = self
+                    .meta()
+                    .await?
+                    .readdir(ino, cookie, READDIR_BATCH, plus, false)
+                    .await?;
+                (entries, eof, fetched)
+            }
+        };
         // Entries' cookies start at 3 (1 and 2 are "." and ".."): from 2 is all of it.
         if cookie <= 2 && eof {
             self.deleg.keep_listing(ticket, ino, &entries);
@@ -1165,8 +1178,12 @@ impl MountFs {
                 e.attr = Some(self.merge(a));
             }
         }
+        let entries = Arc::new(entries);
         self.keep_batch(fh, ino, plus, &entries, eof, fetched);
-        Ok(entries)
+        if !eof {
+            self.prefetch_after(fh, ino, plus, &entries);
+        }
+        Ok(DirPage::whole(entries))
     }
 
     #[instrument(skip(self))]

@@ -4,6 +4,8 @@
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 
+use mobilus_proto::fs::FileKind;
+
 use crate::cluster::TwoSites;
 use crate::data_path::noise;
 
@@ -289,4 +291,88 @@ async fn a_stat_after_a_read_shows_every_change_made_here_and_others_within_the_
     }
     drop(held);
     assert_eq!(std::fs::read(&replaced).unwrap(), b"renamed over at site-b");
+}
+
+/// Names `f{i}` for `i` in `range`.
+fn names(range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("f{i:05}")).collect()
+}
+
+/// The names listed in `dir`, failing on one listed twice.
+fn must_list_once(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(seen.insert(name.clone()), "{name} listed twice");
+    }
+    seen
+}
+
+/// A directory of several metadata batches (2,048 entries each) lists every name once
+/// through the mount, also while names are added and removed meanwhile (each listing
+/// then holds every name that was there throughout, once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_of_many_batches_lists_every_name_once_while_it_changes() {
+    let sites = TwoSites::start().await;
+    let a = sites.mount("site-a");
+    let meta = sites.client("site-a").await.meta().clone();
+    let dir = a.point.join("big");
+    std::fs::create_dir(&dir).unwrap();
+    let ino = meta
+        .lookup(mobilus_proto::fs::ROOT_INO, b"big", false)
+        .await
+        .unwrap()
+        .ino;
+    let make = |names: Vec<String>| {
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            for n in names {
+                meta.mknod(ino, n.as_bytes(), FileKind::Regular, 0o644, 0, 0, 0, None)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let first = names(0..4_500);
+    let tasks: Vec<_> = first.chunks(600).map(|c| make(c.to_vec())).collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let expected: std::collections::BTreeSet<String> = first.iter().cloned().collect();
+    assert_eq!(must_list_once(&dir), expected);
+
+    // Listings while 300 names come and 300 go.
+    let (added, removed) = (names(4_500..4_800), names(0..300));
+    let adding = make(added);
+    let removing = {
+        let meta = meta.clone();
+        tokio::spawn(async move {
+            for n in removed {
+                meta.unlink(ino, n.as_bytes(), None).await.unwrap();
+            }
+        })
+    };
+    let throughout: Vec<String> = names(300..4_500);
+    let lister = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut listings = 0;
+            while !(adding.is_finished() && removing.is_finished()) || listings < 3 {
+                let seen = must_list_once(&dir);
+                for n in &throughout {
+                    assert!(seen.contains(n), "{n}, there throughout, not listed");
+                }
+                listings += 1;
+            }
+            (listings, adding, removing)
+        })
+    };
+    let (listings, adding, removing) = lister.await.unwrap();
+    adding.await.unwrap();
+    removing.await.unwrap();
+    let now: std::collections::BTreeSet<String> = names(300..4_800).into_iter().collect();
+    // The kernel and the handles may keep a listing for the attribute TTL.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(must_list_once(&dir), now);
+    println!("{listings} listings while the directory changed");
 }

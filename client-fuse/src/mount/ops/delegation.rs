@@ -33,6 +33,7 @@ use mobilus_proto::fs::{
     SNAPSHOTS_DIR,
 };
 
+use super::dir_handles::DirPage;
 use super::{lock, MountFs};
 use crate::read::SliceMap;
 
@@ -636,7 +637,7 @@ impl Delegations {
     }
 
     /// The entries of `dir` after `cookie`, if its whole listing is cached.
-    pub(super) fn listing(&self, dir: InodeId, cookie: u64, plus: bool) -> Option<Vec<DirEntry>> {
+    pub(super) fn listing(&self, dir: InodeId, cookie: u64, plus: bool) -> Option<DirPage> {
         let c = lock(&self.cache);
         let dir_attr = c.attrs.get(&dir)?;
         self.trusted(dir_attr.subtree)?;
@@ -644,21 +645,22 @@ impl Delegations {
         if !d.listing_current {
             return None;
         }
-        let listing = d.listing.clone()?;
-        let mut out = Vec::new();
-        for e in listing.iter().filter(|e| e.cookie > cookie) {
-            let mut e = e.clone();
-            e.attr = if plus {
-                let a = c.attrs.get(&e.ino)?;
-                // A file linked from another subtree too (before either was one).
-                self.trusted(a.subtree)?;
-                Some(a.clone())
-            } else {
-                None
-            };
-            out.push(e);
+        // Cached listings come whole from the metadata, in cookie order.
+        let page = DirPage::after(d.listing.clone()?, cookie);
+        if !plus {
+            return Some(page);
         }
-        Some(out)
+        let mut out = Vec::with_capacity(page.entries().len());
+        for e in page.entries() {
+            let a = c.attrs.get(&e.ino)?;
+            // A file linked from another subtree too (before either was one).
+            self.trusted(a.subtree)?;
+            out.push(DirEntry {
+                attr: Some(a.clone()),
+                ..e.clone()
+            });
+        }
+        Some(DirPage::whole(Arc::new(out)))
     }
 
     /// A regular file's attributes and slice map, to open it with no round.

@@ -1,14 +1,21 @@
 //! Open directories: each keeps the last batch of entries it fetched.
 //!
-//! The kernel reads a directory a page at a time (a READDIRPLUS page holds about 25
-//! entries), and each request names the cookie it stopped at. A batch from the metadata
-//! holds up to 2,048: without this, every page was a metadata round fetching a whole
-//! batch (512 then, with their attributes) to use 25, about twenty times the work of the
-//! listing. Each handle (OPENDIR) keeps its last batch, and a request that continues where the batch
-//! can answer is answered from it, as libfuse's high-level API buffers a listing per
-//! handle. A batch is used for at most the attribute TTL after it was fetched, so the
-//! attributes a READDIRPLUS hands the kernel are no older than those a GETATTR would
-//! give; a rewind (offset 0) fetches afresh, as POSIX's `rewinddir` asks.
+//! The kernel reads a directory a page at a time (a READDIR page holds about 128 short
+//! names, a READDIRPLUS page about 25), and each request names the cookie it stopped at.
+//! A batch from the metadata holds up to 2,048: without this, every page was a metadata
+//! round fetching a whole batch to use a page of it. Each handle (OPENDIR) keeps its
+//! last batch, and a request that continues where the batch can answer is answered from
+//! it, as libfuse's high-level API buffers a listing per handle. A page is the shared
+//! batch and where to start in it ([`DirPage`]): the reply takes what fits, and nothing
+//! is copied that it cannot hold (copying the rest of the batch for every page made a
+//! listing's cost grow with the square of its batch). A batch is used for at most the
+//! attribute TTL after it was fetched, so the attributes a READDIRPLUS hands the kernel
+//! are no older than those a GETATTR would give; a rewind (offset 0) fetches afresh, as
+//! POSIX's `rewinddir` asks.
+//!
+//! A batch that does not end the directory starts the fetch of the next one at once
+//! ([`Prefetch`]), as readahead does for files: the members list it while the kernel
+//! takes this one, and a large listing costs the slower of the two, not their sum.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +23,34 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mobilus_proto::fs::{DirEntry, InodeId};
+use tokio::task::JoinHandle;
 
-use super::{lock, MountFs};
+use super::{lock, MountFs, READDIR_BATCH};
+
+/// The entries of a directory one READDIR may answer: `entries[from..]` of a shared
+/// batch (or cached listing), in cookie order.
+#[derive(Clone, Debug, Default)]
+pub struct DirPage {
+    entries: Arc<Vec<DirEntry>>,
+    from: usize,
+}
+
+impl DirPage {
+    /// The entries of `entries` whose cookies follow `cookie` (`entries` in cookie order).
+    pub(super) fn after(entries: Arc<Vec<DirEntry>>, cookie: u64) -> Self {
+        let from = entries.partition_point(|e| e.cookie <= cookie);
+        DirPage { entries, from }
+    }
+
+    /// All of `entries`.
+    pub(super) fn whole(entries: Arc<Vec<DirEntry>>) -> Self {
+        DirPage { entries, from: 0 }
+    }
+
+    pub fn entries(&self) -> &[DirEntry] {
+        self.entries.get(self.from..).unwrap_or_default()
+    }
+}
 
 /// Most open directories with a batch kept (each at most one batch): past it, the
 /// oldest half is dropped (a handle without its batch only fetches again).
@@ -32,10 +65,31 @@ struct Batch {
     fetched: Instant,
 }
 
+type Fetched = Result<(Vec<DirEntry>, bool), mobilus_meta_client::ClientError>;
+
+/// The next batch of a handle's listing, being fetched (aborted when dropped).
+struct Prefetch {
+    ino: InodeId,
+    plus: bool,
+    /// The cookie it lists after (the last of the batch before it).
+    cookie: u64,
+    started: Instant,
+    task: Option<JoinHandle<Fetched>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct DirHandles {
     next: AtomicU64,
     batches: Mutex<HashMap<u64, Batch>>,
+    prefetches: Mutex<HashMap<u64, Prefetch>>,
 }
 
 impl MountFs {
@@ -44,9 +98,60 @@ impl MountFs {
         self.dirs.next.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// RELEASEDIR: its batch is dropped.
+    /// RELEASEDIR: its batch is dropped, and its prefetch stopped.
     pub fn releasedir(&self, fh: u64) {
         lock(&self.dirs.batches).remove(&fh);
+        lock(&self.dirs.prefetches).remove(&fh);
+    }
+
+    /// After `fh` fetched `entries` of `ino` (not the end of it): start fetching the
+    /// batch after them.
+    pub(super) fn prefetch_after(&self, fh: u64, ino: InodeId, plus: bool, entries: &[DirEntry]) {
+        let Some(last) = entries.last() else { return };
+        if fh == 0 {
+            return;
+        }
+        let (meta, cookie) = (self.client.meta().clone(), last.cookie);
+        let task =
+            tokio::spawn(
+                async move { meta.readdir(ino, cookie, READDIR_BATCH, plus, false).await },
+            );
+        let mut prefetches = lock(&self.dirs.prefetches);
+        if prefetches.len() >= MAX_KEPT && !prefetches.contains_key(&fh) {
+            // Each a listing left half read; they are refetched if read on.
+            prefetches.clear();
+        }
+        prefetches.insert(
+            fh,
+            Prefetch {
+                ino,
+                plus,
+                cookie,
+                started: Instant::now(),
+                task: Some(task),
+            },
+        );
+    }
+
+    /// The batch after `cookie` of `ino`, if `fh` prefetched it (and it is recent):
+    /// its entries, whether it ends the directory, and when its fetch started. `None`
+    /// (fetch it now) if there is none or it failed: the fetch reports the error.
+    pub(super) async fn take_prefetch(
+        &self,
+        fh: u64,
+        ino: InodeId,
+        cookie: u64,
+        plus: bool,
+    ) -> Option<(Vec<DirEntry>, bool, Instant)> {
+        let mut p = lock(&self.dirs.prefetches).remove(&fh)?;
+        if p.ino != ino || p.plus != plus || p.cookie != cookie {
+            return None;
+        }
+        if p.started.elapsed() >= self.cache_ttl {
+            return None;
+        }
+        let (entries, eof) = p.task.take()?.await.ok()?.ok()?;
+        Some((entries, eof, p.started))
     }
 
     /// The entries after `cookie` from `fh`'s last batch of `ino`, if it can answer: it
@@ -58,15 +163,18 @@ impl MountFs {
         ino: InodeId,
         cookie: u64,
         plus: bool,
-    ) -> Option<Vec<DirEntry>> {
+    ) -> Option<DirPage> {
         let batches = lock(&self.dirs.batches);
         let b = batches.get(&fh)?;
         if b.ino != ino || b.plus != plus || b.fetched.elapsed() >= self.cache_ttl {
             return None;
         }
         let at = b.entries.iter().position(|e| e.cookie == cookie)?;
-        let rest = &b.entries[at + 1..];
-        (!rest.is_empty() || b.eof).then(|| rest.to_vec())
+        let page = DirPage {
+            entries: b.entries.clone(),
+            from: at + 1,
+        };
+        (!page.entries().is_empty() || b.eof).then_some(page)
     }
 
     /// Keep `entries` (fetched at `fetched`) as `fh`'s last batch of `ino`.
@@ -75,7 +183,7 @@ impl MountFs {
         fh: u64,
         ino: InodeId,
         plus: bool,
-        entries: &[DirEntry],
+        entries: &Arc<Vec<DirEntry>>,
         eof: bool,
         fetched: Instant,
     ) {
@@ -96,10 +204,44 @@ impl MountFs {
             Batch {
                 ino,
                 plus,
-                entries: Arc::new(entries.to_vec()),
+                entries: entries.clone(),
                 eof,
                 fetched,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mobilus_proto::fs::FileKind;
+
+    fn entries(cookies: &[u64]) -> Arc<Vec<DirEntry>> {
+        let e = |c: u64| DirEntry {
+            name: format!("n{c}").into_bytes(),
+            ino: c + 100,
+            kind: FileKind::Regular,
+            cookie: c,
+            attr: None,
+        };
+        Arc::new(cookies.iter().map(|&c| e(c)).collect())
+    }
+
+    fn cookies(p: &DirPage) -> Vec<u64> {
+        p.entries().iter().map(|e| e.cookie).collect()
+    }
+
+    #[test]
+    fn a_page_holds_the_entries_after_its_cookie_without_copying_the_batch() {
+        let batch = entries(&[3, 4, 9]);
+        assert_eq!(cookies(&DirPage::after(batch.clone(), 2)), [3, 4, 9]);
+        assert_eq!(cookies(&DirPage::after(batch.clone(), 4)), [9]);
+        // A cookie between two (its entry removed since) resumes after it.
+        assert_eq!(cookies(&DirPage::after(batch.clone(), 5)), [9]);
+        assert!(DirPage::after(batch.clone(), 9).entries().is_empty());
+        let page = DirPage::after(batch.clone(), 3);
+        assert!(std::ptr::eq(&page.entries()[0], &batch[1]), "copied");
+        assert!(DirPage::default().entries().is_empty());
     }
 }
