@@ -17,7 +17,10 @@ use mobilus_data_client::{
 };
 
 mod ahead;
+mod budget;
 mod flush;
+
+pub use budget::BUDGET_FLUSH_MIN;
 
 /// A file's write buffer is flushed as slices once it holds this many bytes...
 pub const FLUSH_BYTES: usize = 64 << 20;
@@ -165,6 +168,8 @@ pub struct DataOptions {
     /// client's mount holds go there, with no round to a distant leader
     /// ([`MetaClient::set_holder_reads`]).
     pub near_meta: Option<String>,
+    /// Bytes all open files' write buffers may hold together (`client::budget`).
+    pub write_buffer_bytes: usize,
 }
 
 impl Default for DataOptions {
@@ -173,6 +178,7 @@ impl Default for DataOptions {
             block_cache_bytes: 256 << 20,
             profile_window: Some(crate::profile::DEFAULT_WINDOW),
             near_meta: None,
+            write_buffer_bytes: 512 << 20,
         }
     }
 }
@@ -199,6 +205,8 @@ pub struct Client {
     placements: Arc<std::sync::Mutex<Placements>>,
     /// Access profiles being recorded.
     pub(crate) profiles: Arc<crate::profile::Profiles>,
+    /// Bytes buffered by all writers, against their cap.
+    budget: Arc<budget::WriteBudget>,
 }
 
 /// Chunks this site's nodes answered present (or stored), each with the nodes that hold
@@ -260,8 +268,14 @@ impl Client {
                 site.to_string(),
                 data.profile_window,
             )),
+            budget: Arc::new(budget::WriteBudget::new(data.write_buffer_bytes)),
             meta,
         })
+    }
+
+    /// Bytes buffered by all of this client's writers, not yet committed.
+    pub fn buffered_bytes(&self) -> usize {
+        self.budget.used()
     }
 
     /// The block cache's counters.
@@ -842,10 +856,13 @@ impl FileWriter {
     /// Whether a write of `len` bytes may fill the buffer and so commit (an
     /// overestimate: a write appended to the last one adds no entry).
     pub fn may_flush(&self, len: usize) -> bool {
-        self.pending_bytes + len >= FLUSH_BYTES || self.pending.len() + 1 >= FLUSH_WRITES
+        self.pending_bytes + len >= FLUSH_BYTES
+            || self.pending.len() + 1 >= FLUSH_WRITES
+            || self.client.budget.must_flush(self.pending_bytes, len)
     }
 
-    /// Buffer a write; flushes when the buffer is full (see [`FLUSH_BYTES`]).
+    /// Buffer a write; flushes when the buffer is full (see [`FLUSH_BYTES`]), or when
+    /// the client's writers together hold more than their budget (`client::budget`).
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
         if data.is_empty() {
             return Ok(());
@@ -853,13 +870,17 @@ impl FileWriter {
         if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
             return Err(ClientError::Refused(Errno::EFBIG));
         }
+        let over_budget = self
+            .client
+            .budget
+            .must_flush(self.pending_bytes, data.len());
         // Sequential writes grow one buffer, so chunking sees long runs.
         match self.pending.last_mut() {
             Some((at, buf)) if *at + buf.len() as u64 == offset => buf.extend_from_slice(data),
             _ => self.pending.push((offset, data.to_vec())),
         }
-        self.pending_bytes += data.len();
-        if self.pending_bytes >= MAX_BUFFERED || self.pending.len() >= FLUSH_WRITES {
+        self.set_pending_bytes(self.pending_bytes + data.len());
+        if over_budget || self.pending_bytes >= MAX_BUFFERED || self.pending.len() >= FLUSH_WRITES {
             self.flush().await?;
             return Ok(());
         }
@@ -923,7 +944,7 @@ impl FileWriter {
     /// buffered it was answered; the error was reported where it could be).
     pub fn discard(&mut self) {
         self.pending.clear();
-        self.pending_bytes = 0;
+        self.set_pending_bytes(0);
         self.ahead.clear();
         self.holder_only = false;
         // A create refused with them is not made by anyone either.
@@ -933,6 +954,12 @@ impl FileWriter {
     /// The bytes buffered.
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
+    }
+
+    /// Every change of the bytes buffered passes here, so the client's budget counts them.
+    fn set_pending_bytes(&mut self, bytes: usize) {
+        self.client.budget.resize(self.pending_bytes, bytes);
+        self.pending_bytes = bytes;
     }
 
     /// Whether the file exists in the metadata (not a create still to make).
@@ -961,5 +988,11 @@ impl FileWriter {
             .map(|(at, buf)| at + buf.len() as u64)
             .max()
             .unwrap_or(0)
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        self.set_pending_bytes(0);
     }
 }

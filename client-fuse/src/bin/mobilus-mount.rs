@@ -24,7 +24,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', env = "MOBILUS_META")]
     meta: Vec<String>,
     /// A TOML file with `site`, `meta`, `mountpoint` and optional `threads`,
-    /// `attr_ttl_ms`, `block_cache_mib`; flags override it.
+    /// `attr_ttl_ms`, `block_cache_mib`, `write_buffer_mib`; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// FUSE threads serving the kernel.
@@ -36,6 +36,10 @@ struct Args {
     /// Memory for the block cache shared by all open files, in MiB (default 256).
     #[arg(long)]
     block_cache_mib: Option<u64>,
+    /// Memory all open files' write buffers may hold together, in MiB (default 512):
+    /// past it, a writer holding 1 MiB or more commits at its next write.
+    #[arg(long)]
+    write_buffer_mib: Option<u64>,
     /// Record each subtree's access profile for this many seconds after the mount first
     /// reads it (default 10; 0: never).
     #[arg(long)]
@@ -68,6 +72,7 @@ struct FileConfig {
     threads: Option<usize>,
     attr_ttl_ms: Option<u64>,
     block_cache_mib: Option<u64>,
+    write_buffer_mib: Option<u64>,
 }
 
 struct Settings {
@@ -122,6 +127,12 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             anyhow::bail!("--block-cache-mib must be 1 to 1048576");
         }
         data.block_cache_bytes = mib << 20;
+    }
+    if let Some(mib) = args.write_buffer_mib.or(file.write_buffer_mib) {
+        if !(1..=1 << 20).contains(&mib) {
+            anyhow::bail!("--write-buffer-mib must be 1 to 1048576");
+        }
+        data.write_buffer_bytes = usize::try_from(mib << 20)?;
     }
     if let Some(secs) = args.profile_window_secs {
         if secs > 3600 {

@@ -124,7 +124,7 @@ impl FileWriter {
         // Committed: never again from this buffer, even if a synchronous site failed (a
         // later commit of it could overwrite what another writer committed since).
         self.pending.clear();
-        self.pending_bytes = 0;
+        self.set_pending_bytes(0);
         self.holder_only = false;
         self.made();
         pushed?;

@@ -202,6 +202,54 @@ async fn a_growing_run_is_stored_ahead_once_and_commits_whole_after_ahead_failed
     assert_eq!(a.read(small, 0, 1 << 20).await.unwrap(), &other[..1 << 20]);
 }
 
+/// Many files written at once hold no more than the client's write budget together: a
+/// writer that finds it spent commits its own buffer (`client::budget`), and every file
+/// still reads back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_together_hold_no_more_than_the_write_budget() {
+    let sites = TwoSites::start().await;
+    let budget = 8 << 20;
+    let opts = mobilus_client::DataOptions {
+        write_buffer_bytes: budget,
+        ..Default::default()
+    };
+    let a = sites.client_with("site-a", opts).await;
+    let files: Vec<Vec<u8>> = (0..4).map(|i| noise(6 << 20, 20 + i)).collect();
+    let mut writers = Vec::new();
+    for i in 0..files.len() {
+        let ino = must_create(&a, &format!("budget-{i}")).await;
+        writers.push((ino, a.writer(ino)));
+    }
+    let mut most = 0;
+    for at in (0..6 << 20).step_by(1 << 20) {
+        for ((_, w), data) in writers.iter_mut().zip(&files) {
+            w.write(at as u64, &data[at..at + (1 << 20)]).await.unwrap();
+            most = most.max(a.buffered_bytes());
+            assert!(
+                a.buffered_bytes() <= budget,
+                "{} bytes buffered over a budget of {budget}",
+                a.buffered_bytes()
+            );
+        }
+    }
+    assert!(most > budget / 2, "the budget was never approached: {most}");
+    let committed = a.meta().getattr(writers[0].0, false).await.unwrap().size;
+    assert!(committed > 0, "nothing committed before the flush");
+    for ((ino, w), data) in writers.iter_mut().zip(&files) {
+        w.flush().await.unwrap();
+        assert_eq!(&a.read(*ino, 0, data.len() as u64).await.unwrap(), data);
+    }
+    assert_eq!(a.buffered_bytes(), 0);
+
+    // A writer dropped with bytes buffered (its file's writes discarded) gives them back.
+    let ino = must_create(&a, "budget-dropped").await;
+    let mut w = a.writer(ino);
+    w.write(0, &files[0][..4096]).await.unwrap();
+    assert_eq!(a.buffered_bytes(), 4096);
+    drop(w);
+    assert_eq!(a.buffered_bytes(), 0);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 
