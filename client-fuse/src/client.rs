@@ -840,6 +840,14 @@ pub struct FileWriter {
     holder_only: bool,
 }
 
+/// What one write may do, decided before it ([`FileWriter::plan`]).
+#[derive(Clone, Copy, Debug)]
+pub struct WritePlan {
+    len: usize,
+    /// The client's writers hold more than their budget: this one commits its buffer.
+    over_budget: bool,
+}
+
 /// A create answered and not yet made (shared with the mount's registry of them).
 pub type CreateSlot = Arc<std::sync::Mutex<Option<ReservedCreate>>>;
 
@@ -853,27 +861,45 @@ impl FileWriter {
         self.ino
     }
 
-    /// Whether a write of `len` bytes may fill the buffer and so commit (an
+    /// Decide, once, what a write of `len` bytes may do: the budget is shared with other
+    /// files' writers and changes meanwhile, so [`FileWriter::may_flush`] and
+    /// [`FileWriter::write_planned`] must read the same decision.
+    pub fn plan(&self, len: usize) -> WritePlan {
+        WritePlan {
+            len,
+            over_budget: self.client.budget.must_flush(self.pending_bytes, len),
+        }
+    }
+
+    /// Whether a write planned as `plan` may fill the buffer and so commit (an
     /// overestimate: a write appended to the last one adds no entry).
-    pub fn may_flush(&self, len: usize) -> bool {
-        self.pending_bytes + len >= FLUSH_BYTES
+    pub fn may_flush(&self, plan: WritePlan) -> bool {
+        plan.over_budget
+            || self.pending_bytes + plan.len >= FLUSH_BYTES
             || self.pending.len() + 1 >= FLUSH_WRITES
-            || self.client.budget.must_flush(self.pending_bytes, len)
     }
 
     /// Buffer a write; flushes when the buffer is full (see [`FLUSH_BYTES`]), or when
     /// the client's writers together hold more than their budget (`client::budget`).
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        let plan = self.plan(data.len());
+        self.write_planned(offset, data, plan).await
+    }
+
+    /// [`FileWriter::write`] as `plan` (of this writer, for `data`) decided.
+    pub async fn write_planned(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        plan: WritePlan,
+    ) -> Result<(), ClientError> {
         if data.is_empty() {
             return Ok(());
         }
         if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
             return Err(ClientError::Refused(Errno::EFBIG));
         }
-        let over_budget = self
-            .client
-            .budget
-            .must_flush(self.pending_bytes, data.len());
+        let over_budget = plan.over_budget;
         // Sequential writes grow one buffer, so chunking sees long runs.
         match self.pending.last_mut() {
             Some((at, buf)) if *at + buf.len() as u64 == offset => buf.extend_from_slice(data),

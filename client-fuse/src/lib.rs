@@ -21,6 +21,6 @@ pub mod profile;
 pub mod read;
 
 pub use block_cache::BlockCacheStats;
-pub use client::{Client, ClientStats, DataOptions, FileWriter};
+pub use client::{Client, ClientStats, DataOptions, FileWriter, WritePlan};
 pub use mobilus_data_client::{DataClient, DataClientError, DataNodes};
 pub use read::{FileReader, READ_WINDOW};

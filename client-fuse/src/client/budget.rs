@@ -7,6 +7,10 @@
 //! (and one write each), whatever the number of writers. A writer holding less goes on
 //! buffering: a small random writer is not made to commit every write because a large
 //! one filled the budget (the large one commits at its next write).
+//!
+//! The decision is taken once per write, before it (`FileWriter::plan`): the mount takes
+//! its delegation's mutation guard for a write that may commit, and the shared count can
+//! change between two readings of it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

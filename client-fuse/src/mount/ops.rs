@@ -994,9 +994,10 @@ impl MountFs {
         let mut w = h.inode.writer.lock().await;
         // A write that fills the buffer commits: forget the file's cached attributes and
         // map before the commit, as a flush does, not after it.
-        let _changing = (!data.is_empty() && w.may_flush(data.len()))
+        let plan = w.plan(data.len());
+        let _changing = (!data.is_empty() && w.may_flush(plan))
             .then(|| self.deleg.mutation(Touches::inode(h.ino)));
-        let result = w.write(offset, data).await;
+        let result = w.write_planned(offset, data, plan).await;
         h.inode
             .pending_end
             .store(w.pending_end(), Ordering::Release);

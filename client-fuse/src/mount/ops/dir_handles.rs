@@ -108,7 +108,8 @@ impl MountFs {
     /// batch after them.
     pub(super) fn prefetch_after(&self, fh: u64, ino: InodeId, plus: bool, entries: &[DirEntry]) {
         let Some(last) = entries.last() else { return };
-        if fh == 0 {
+        // With no TTL a batch is never used again, so neither would its prefetch be.
+        if fh == 0 || self.cache_ttl.is_zero() {
             return;
         }
         let (meta, cookie) = (self.client.meta().clone(), last.cookie);
