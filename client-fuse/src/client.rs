@@ -20,8 +20,6 @@ mod ahead;
 mod budget;
 mod flush;
 
-pub use budget::BUDGET_FLUSH_MIN;
-
 /// A file's write buffer is flushed as slices once it holds this many bytes...
 pub const FLUSH_BYTES: usize = 64 << 20;
 /// ... or this many separate writes (each is a slice of the metadata commit).
@@ -899,14 +897,16 @@ impl FileWriter {
         if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
             return Err(ClientError::Refused(Errno::EFBIG));
         }
-        let over_budget = plan.over_budget;
         // Sequential writes grow one buffer, so chunking sees long runs.
         match self.pending.last_mut() {
             Some((at, buf)) if *at + buf.len() as u64 == offset => buf.extend_from_slice(data),
             _ => self.pending.push((offset, data.to_vec())),
         }
         self.set_pending_bytes(self.pending_bytes + data.len());
-        if over_budget || self.pending_bytes >= MAX_BUFFERED || self.pending.len() >= FLUSH_WRITES {
+        if plan.over_budget
+            || self.pending_bytes >= MAX_BUFFERED
+            || self.pending.len() >= FLUSH_WRITES
+        {
             self.flush().await?;
             return Ok(());
         }

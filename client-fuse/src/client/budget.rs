@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// A writer over the budget commits only once it holds this much.
-pub const BUDGET_FLUSH_MIN: usize = 1 << 20;
+pub(crate) const BUDGET_FLUSH_MIN: usize = 1 << 20;
 
 /// Buffered bytes of all of a client's writers.
 #[derive(Debug)]

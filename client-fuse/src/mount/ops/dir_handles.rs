@@ -1,9 +1,9 @@
 //! Open directories: each keeps the last batch of entries it fetched.
 //!
-//! The kernel reads a directory a page at a time (a READDIR page holds about 128 short
-//! names, a READDIRPLUS page about 25), and each request names the cookie it stopped at.
-//! A batch from the metadata holds up to 2,048: without this, every page was a metadata
-//! round fetching a whole batch to use a page of it. Each handle (OPENDIR) keeps its
+//! The kernel reads a directory a reply at a time (this kernel, 6.18, asks for 64 KiB:
+//! about 2,048 short names; older ones a 4 KiB page), and each request names the cookie
+//! it stopped at. A batch from the metadata holds up to 2,048: without this, every reply
+//! was a metadata round fetching a whole batch to use a part of it. Each handle (OPENDIR) keeps its
 //! last batch, and a request that continues where the batch can answer is answered from
 //! it, as libfuse's high-level API buffers a listing per handle. A page is the shared
 //! batch and where to start in it ([`DirPage`]): the reply takes what fits, and nothing
