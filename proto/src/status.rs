@@ -254,6 +254,41 @@ impl WireError {
     }
 }
 
+/// A batch item's refusal as it travels (`BatchResult.error`): the status its own call
+/// would have answered, with its text metadata (the `x-mobilus-*` keys).
+pub fn item_status(status: &Status) -> crate::pb::ItemStatus {
+    let metadata = status
+        .metadata()
+        .iter()
+        .filter_map(|kv| match kv {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+            }
+            tonic::metadata::KeyAndValueRef::Binary(..) => None,
+        })
+        .collect();
+    crate::pb::ItemStatus {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        metadata,
+    }
+}
+
+/// The status a batch item's refusal stands for ([`item_status`]'s inverse); metadata
+/// that is not a valid header is dropped.
+pub fn status_of_item(item: &crate::pb::ItemStatus) -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    for (k, v) in &item.metadata {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::AsciiMetadataKey::from_bytes(k.as_bytes()),
+            MetadataValue::try_from(v.as_str()),
+        ) {
+            md.insert(k, v);
+        }
+    }
+    Status::with_metadata(Code::from_i32(item.code), item.message.clone(), md)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +316,12 @@ mod tests {
                 (WireError::Errno(a, _), WireError::Errno(b, _)) => assert_eq!(a, b),
                 _ => assert_eq!(case, back),
             }
+            // And as a batch item's refusal.
+            let status = case.to_status();
+            let again = status_of_item(&item_status(&status));
+            assert_eq!(again.code(), status.code());
+            assert_eq!(again.message(), status.message());
+            assert_eq!(WireError::from_status(&again), back);
         }
         assert_eq!(Errno::ENOTEMPTY.name(), "ENOTEMPTY");
         assert_eq!(errno_code(Errno::ENOENT), Code::NotFound);

@@ -9,6 +9,7 @@
 //! sent) may already have been applied; like NFS, a retried `mkdir` can then answer
 //! EEXIST. Callers that must know (the Jepsen harness) treat such outcomes as indeterminate.
 
+mod batch;
 mod clone;
 mod cluster;
 mod locks;
@@ -46,6 +47,8 @@ use mobilus_proto::fs::{
     Attr, ChunkCheck, DirEntry, Extent, Fence, FileKind, InodeId, SetAttr, SliceWrite, StatFs,
 };
 use mobilus_proto::pb;
+use mobilus_proto::pb::batch_item::Op as ItemOp;
+use mobilus_proto::pb::batch_result::Outcome;
 use mobilus_proto::pb::meta_client::MetaClient as PbMetaClient;
 use mobilus_proto::status::{Errno, WireError, APPLIED_KEY, LEADER_KEY, NEAR_APPLIED_KEY};
 use tonic::transport::{Channel, Endpoint};
@@ -205,6 +208,8 @@ struct Inner {
     /// Calls other than reads under way (shared by clones): while one is, a holder read
     /// could answer from before it, so reads go the usual way.
     changes_in_flight: Arc<AtomicUsize>,
+    /// Holder-only changes waiting to go together (`batch.rs`); started at first use.
+    batcher: std::sync::OnceLock<batch::Batcher>,
 }
 
 /// Counts a call that may change something while it is under way.
@@ -341,6 +346,7 @@ impl MetaClient {
                 holder_reads: Arc::default(),
                 subtrees: Arc::default(),
                 changes_in_flight: Arc::default(),
+                batcher: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -391,6 +397,7 @@ impl MetaClient {
                 holder_reads: self.inner.holder_reads.clone(),
                 subtrees: self.inner.subtrees.clone(),
                 changes_in_flight: self.inner.changes_in_flight.clone(),
+                batcher: std::sync::OnceLock::new(),
             }),
         };
         client.set_session(self.session());
@@ -913,18 +920,21 @@ impl MetaClient {
         parent: InodeId,
         name: &[u8],
     ) -> Result<u32, ClientError> {
-        let r = self
-            .send_unlink(pb::UnlinkRequest {
-                parent,
-                name: name.to_vec(),
-                fence: self.fence(None).map(|f| pb::Fence {
-                    holder_only: true,
-                    ..f
-                }),
-                keep_open: false,
-            })
-            .await?;
-        Ok(r.nlink)
+        let req = pb::UnlinkRequest {
+            parent,
+            name: name.to_vec(),
+            fence: self.fence(None).map(|f| pb::Fence {
+                holder_only: true,
+                ..f
+            }),
+            keep_open: false,
+        };
+        match self.batched(ItemOp::Unlink(req)).await? {
+            Outcome::Unlink(r) => Ok(r.nlink),
+            other => Err(ClientError::InvalidReply(format!(
+                "an unlink's reply expected, got {other:?}"
+            ))),
+        }
     }
 
     async fn send_unlink(&self, req: pb::UnlinkRequest) -> Result<pb::UnlinkReply, ClientError> {
@@ -1207,11 +1217,25 @@ impl MetaClient {
             checks: checks.iter().map(Into::into).collect(),
             create: None,
         };
+        if holder_only {
+            return self.batched_attr(ItemOp::Write(req)).await;
+        }
         self.attr_call("write", |mut c| {
             let req = req.clone();
             async move { c.write(req).await }
         })
         .await
+    }
+
+    /// A holder-only change that answers attributes, sent with others waiting
+    /// (`batch.rs`).
+    async fn batched_attr(&self, op: ItemOp) -> Result<Attr, ClientError> {
+        match self.batched(op).await? {
+            Outcome::Attr(a) => self.attr_reply(tonic::Response::new(a)),
+            other => Err(ClientError::InvalidReply(format!(
+                "attributes expected, got {other:?}"
+            ))),
+        }
     }
 
     /// Make the regular file `create` describes, under the number this client's session
@@ -1239,6 +1263,7 @@ impl MetaClient {
             time_ns: create.time_ns,
         };
         match write {
+            None if holder_only => self.batched_attr(ItemOp::Create(mknod)).await,
             None => {
                 self.attr_call("mknod", |mut c| {
                     let req = mknod.clone();
@@ -1254,6 +1279,9 @@ impl MetaClient {
                     checks: checks.iter().map(Into::into).collect(),
                     create: Some(mknod),
                 };
+                if holder_only {
+                    return self.batched_attr(ItemOp::Write(req)).await;
+                }
                 self.attr_call("write", |mut c| {
                     let req = req.clone();
                     async move { c.write(req).await }

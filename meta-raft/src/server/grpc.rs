@@ -506,6 +506,10 @@ impl Meta for MetaSvc {
         }
     }
 
+    async fn batch(&self, r: Request<pb::BatchRequest>) -> Reply<pb::BatchReply> {
+        self.batch_items(r.into_inner()).await
+    }
+
     async fn set_write_back(&self, r: Request<pb::WriteBackRequest>) -> Reply<pb::Empty> {
         let r = r.into_inner();
         let op = Op::SetWriteBack {

@@ -2,6 +2,7 @@
 
 mod applied;
 pub mod authz;
+mod batch;
 mod clones;
 mod delegations;
 mod grpc;
@@ -119,6 +120,7 @@ pub async fn start(cfg: &NodeConfig) -> Result<ServerHandle, MetaError> {
         read_index,
         vote_gate_until,
         holder_reads: Default::default(),
+        batched_items: Default::default(),
     });
     if let Some(ms) = cfg.unsafe_read_lease_ms {
         tracing::warn!(

@@ -76,6 +76,8 @@ pub struct MetaNode {
     pub(crate) vote_gate_until: Option<tokio::time::Instant>,
     /// Delegation holders' reads this member answered from its own state.
     pub(crate) holder_reads: std::sync::atomic::AtomicU64,
+    /// Changes this member answered as items of a `Batch` call.
+    pub(crate) batched_items: std::sync::atomic::AtomicU64,
 }
 
 /// The leader's id and address, as `raft` knows them.
@@ -477,6 +479,11 @@ impl MetaNode {
     /// Delegation holders' reads this member answered from its own state (`applied.rs`).
     pub fn holder_reads_answered(&self) -> u64 {
         self.holder_reads.load(Ordering::Relaxed)
+    }
+
+    /// Changes this member answered as items of a `Batch` call (`batch.rs`).
+    pub fn batched_items_answered(&self) -> u64 {
+        self.batched_items.load(Ordering::Relaxed)
     }
 
     /// Read-index rounds this member has run (each shared by the reads that waited).

@@ -1,6 +1,7 @@
 //! Integration tests of `mobilus-meta`: one binary, one module per area.
 
 mod bad_input;
+mod batch;
 mod clone;
 mod cluster;
 mod config;

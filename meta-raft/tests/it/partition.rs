@@ -10,7 +10,7 @@ use mobilus_meta::MetaError;
 use mobilus_proto::fs::ROOT_INO;
 use mobilus_proto::status::Errno;
 
-fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
+pub(crate) fn config(id: u64, dir: &std::path::Path) -> NodeConfig {
     NodeConfig {
         id,
         listen: "127.0.0.1:0".into(),
@@ -58,7 +58,7 @@ async fn must_refuse_reads(node: &mobilus_meta::server::MetaNode, name: &[u8]) {
     );
 }
 
-async fn leader_among(nodes: &[&ServerHandle]) -> usize {
+pub(crate) async fn leader_among(nodes: &[&ServerHandle]) -> usize {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(i) = nodes.iter().position(|n| n.node.status().state == "Leader") {

@@ -3,8 +3,8 @@
 //! An unlink is one metadata commit, and a program that removes many files (`rm -r`, a
 //! build's clean step, mdtest) waits for each. While this mount holds the subtree's
 //! delegation nobody else can see or change the directory, so it can answer the unlink
-//! itself and commit it in the background (several in flight share Raft batches), under
-//! the rules of `write_back.rs`:
+//! itself and commit it in the background (with the closes of the same round, in one
+//! request), under the rules of `write_back.rs`:
 //! - **Other mounts.** The metadata is told first (`SetWriteBack`): their reads of the
 //!   subtree recall the delegation, and a recall commits every unlink answered here
 //!   before the delegation is given back.
@@ -123,6 +123,7 @@ impl MountFs {
     }
 
     async fn commit_unlink_in_background(self: Arc<Self>, key: Unbound) {
+        tokio::time::sleep_until(super::write_back::next_round()).await;
         let mut pause = Duration::from_millis(50);
         while !self.commit_unlink(&key).await {
             tokio::time::sleep(pause).await;

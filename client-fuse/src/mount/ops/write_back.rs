@@ -19,8 +19,9 @@
 //!   then lost, as a crashed host's page cache is: `fsync` is the durability point, and
 //!   an fsync of a file whose write-back was refused reports EIO.
 //!
-//! Each write-back is committed at once in the background (several in flight share
-//! Raft batches); one whose commit fails with an error that may pass is retried.
+//! Each write-back is committed in the background at the next round of a shared cadence
+//! ([`WRITE_BACK_ROUND`]), so those answered together commit in one request and one Raft
+//! entry; one whose commit fails with an error that may pass is retried.
 //! At most [`MAX_FILES`] files and [`MAX_BYTES`] bytes wait: past that, closes commit
 //! before they answer, as they do outside a held delegation. Unlinks are written back
 //! the same way, under the same mark, fence and bound (`unlink_back.rs`).
@@ -45,6 +46,20 @@ const MAX_BYTES: usize = 256 << 20;
 pub(super) const IDLE_UNMARK: Duration = Duration::from_millis(300);
 /// Longest pause between attempts of a commit that failed with an error that may pass.
 pub(super) const MAX_RETRY_PAUSE: Duration = Duration::from_secs(5);
+/// Background commits of write-backs go out on a shared cadence of this period, so
+/// those answered within one period commit together: one request (`Meta.Batch`) and one
+/// Raft entry for many files. Each commit of a file costs the three members far more as
+/// its own request and entry than as one of many; what was answered waits at most this
+/// long more (a recall, an fsync or any metadata call of this mount commits at once).
+pub(super) const WRITE_BACK_ROUND: Duration = Duration::from_millis(20);
+
+/// When the next round of background write-back commits starts.
+pub(super) fn next_round() -> tokio::time::Instant {
+    static FROM: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let round = WRITE_BACK_ROUND.as_nanos();
+    let into = FROM.get_or_init(Instant::now).elapsed().as_nanos() % round;
+    tokio::time::Instant::now() + Duration::from_nanos((round - into) as u64)
+}
 
 struct Waiting {
     subtree: SubtreeId,
@@ -191,6 +206,8 @@ impl MountFs {
 
     /// Commit `ino`'s write-back in the background, retrying what may pass.
     async fn commit_written_back(self: Arc<Self>, ino: InodeId) {
+        // Not at once: on the shared cadence, with whatever else was written back.
+        tokio::time::sleep_until(next_round()).await;
         let mut pause = Duration::from_millis(50);
         loop {
             let inode = match lock(&self.write_back.waiting).get(&ino) {

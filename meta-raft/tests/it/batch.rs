@@ -1,0 +1,202 @@
+//! `Meta.Batch`: a delegation's holder sends the changes it wrote back together, and
+//! each gets the answer its own call would have had.
+
+use mobilus_meta::server;
+use mobilus_meta_client::{ClientError, ClientOptions, MetaClient, ReservedCreate};
+use mobilus_proto::fs::{FileKind, ROOT_INO};
+use mobilus_proto::pb;
+use mobilus_proto::pb::batch_item::Op as ItemOp;
+use mobilus_proto::pb::batch_result::Outcome;
+use mobilus_proto::status::{status_of_item, Errno};
+
+use crate::partition::{config, leader_among};
+
+fn errno<T: std::fmt::Debug>(r: &Result<T, ClientError>) -> Errno {
+    match r {
+        Err(ClientError::Errno(e, _)) => *e,
+        other => panic!("expected an errno, got {other:?}"),
+    }
+}
+
+/// A one-member cluster with site-a owning `/app`, and a client of site-a whose session
+/// holds `/app`'s delegation: (member, holder, session, app).
+async fn must_holder(tmp: &std::path::Path) -> (server::ServerHandle, MetaClient, u64, u64) {
+    let member = server::start(&config(1, tmp)).await.unwrap();
+    leader_among(&[&member]).await;
+    let addrs = vec![member.addr().to_string()];
+    let admin = MetaClient::connect(&addrs).unwrap();
+    crate::ownership::must_register(&admin, "site-a").await;
+    let app = admin
+        .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    admin.create_subtree(app, "site-a").await.unwrap();
+    let opts = ClientOptions {
+        site: Some("site-a".into()),
+        ..Default::default()
+    };
+    let holder = MetaClient::new(&addrs, opts).unwrap();
+    let (session, _) = holder.open_session().await.unwrap();
+    holder.set_session(Some(session));
+    holder.acquire_delegation(session, app).await.unwrap();
+    (member, holder, session, app)
+}
+
+fn reserved(app: u64, name: &[u8], ino: u64, session: u64) -> ReservedCreate {
+    ReservedCreate {
+        parent: app,
+        name: name.to_vec(),
+        ino,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        time_ns: 1,
+        session,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_holders_changes_go_together_and_each_gets_its_own_answer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (member, holder, session, app) = must_holder(tmp.path()).await;
+    holder
+        .mknod(app, b"taken", FileKind::Regular, 0o644, 0, 0, 0, None)
+        .await
+        .unwrap();
+    let (first, count) = holder.reserve_inodes(session).await.unwrap();
+    assert!(count >= 49, "{count} numbers reserved");
+    let before = member.node.batched_items_answered();
+
+    // 48 creates, one under a name that is taken, and an unlink of a name that is
+    // absent, all holder-only and at once.
+    let creates = (0..48u64).map(|i| {
+        let c = reserved(app, format!("f{i}").as_bytes(), first + i, session);
+        let holder = holder.clone();
+        async move { holder.create_reserved(&c, None, true).await }
+    });
+    let taken = reserved(app, b"taken", first + 48, session);
+    let (made, clash, missing) = tokio::join!(
+        futures::future::join_all(creates),
+        holder.create_reserved(&taken, None, true),
+        holder.unlink_holder_only(app, b"missing"),
+    );
+    for (i, m) in made.iter().enumerate() {
+        let attr = m.as_ref().unwrap_or_else(|e| panic!("create f{i}: {e}"));
+        assert_eq!(attr.ino, first + i as u64);
+        let found = holder
+            .lookup(app, format!("f{i}").as_bytes(), false)
+            .await
+            .unwrap();
+        assert_eq!(found.ino, first + i as u64);
+    }
+    assert_eq!(errno(&clash), Errno::EEXIST);
+    assert_eq!(errno(&missing), Errno::ENOENT);
+    // Most went in batches: one call each would have made this 0.
+    let batched = member.node.batched_items_answered() - before;
+    assert!(batched >= 25, "{batched} of 50 changes came in batches");
+
+    // Once the delegation is given back, holder-only changes are refused, each with its
+    // own answer, and change nothing.
+    holder.release_delegation(session, app).await.unwrap();
+    let (a, b) = tokio::join!(
+        holder.unlink_holder_only(app, b"f0"),
+        holder.unlink_holder_only(app, b"f1"),
+    );
+    assert_eq!(errno(&a), Errno::ESTALE);
+    assert_eq!(errno(&b), Errno::ESTALE);
+    holder.lookup(app, b"f0", false).await.unwrap();
+    holder.lookup(app, b"f1", false).await.unwrap();
+    member.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_bad_items_in_place_and_refuses_one_too_large() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (member, _holder, _session, app) = must_holder(tmp.path()).await;
+    let channel = mobilus_tls::client::channel(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", member.addr())).unwrap(),
+        mobilus_tls::Role::Meta,
+        &mobilus_tls::client::ClientTls::ProcessDefault,
+    );
+    let mut raw = pb::meta_client::MetaClient::new(channel);
+    let item = |op| pb::BatchItem { op };
+    let create = |name: &[u8], ino| {
+        Some(ItemOp::Create(pb::MknodRequest {
+            parent: app,
+            name: name.to_vec(),
+            kind: pb::FileKind::from(FileKind::Regular) as i32,
+            mode: 0o644,
+            ino,
+            ..Default::default()
+        }))
+    };
+    let reply = raw
+        .batch(pb::BatchRequest {
+            items: vec![
+                // No change named.
+                item(None),
+                // A create not under a reserved number.
+                item(create(b"plain", 0)),
+                // Under a number, but no session reserved it.
+                item(create(b"numbered", 1 << 40)),
+                // An unlink that is fine: the operator may change the subtree.
+                item(Some(ItemOp::Unlink(pb::UnlinkRequest {
+                    parent: ROOT_INO,
+                    name: b"app".to_vec(),
+                    ..Default::default()
+                }))),
+                item(Some(ItemOp::Write(pb::WriteRequest {
+                    ino: 1 << 41,
+                    ..Default::default()
+                }))),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let codes: Vec<tonic::Code> = reply
+        .results
+        .iter()
+        .map(|r| match r.outcome.as_ref().expect("an outcome") {
+            Outcome::Error(e) => status_of_item(e).code(),
+            _ => tonic::Code::Ok,
+        })
+        .collect();
+    use tonic::Code::*;
+    // The unlink of a directory is EISDIR (its own call answers the same), the write to
+    // an inode that does not exist ENOENT.
+    assert_eq!(
+        codes,
+        [
+            InvalidArgument,
+            InvalidArgument,
+            InvalidArgument,
+            FailedPrecondition,
+            NotFound
+        ],
+        "{reply:?}"
+    );
+    // Every error carries its errno or stable name, as its own call's would.
+    for r in &reply.results[3..] {
+        let Some(Outcome::Error(e)) = &r.outcome else {
+            panic!("{r:?}")
+        };
+        assert!(
+            e.metadata.contains_key(mobilus_proto::status::ERRNO_KEY),
+            "{e:?}"
+        );
+    }
+
+    let too_many = pb::BatchRequest {
+        items: (0..257).map(|_| item(None)).collect(),
+    };
+    assert_eq!(
+        raw.batch(too_many).await.unwrap_err().code(),
+        InvalidArgument
+    );
+    // An empty batch answers nothing.
+    let empty = raw.batch(pb::BatchRequest::default()).await.unwrap();
+    assert!(empty.into_inner().results.is_empty());
+    member.shutdown().await.unwrap();
+}
