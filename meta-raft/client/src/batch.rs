@@ -6,14 +6,19 @@
 //! and fsync on each member) bounds how fast files are made. Commits that wait together
 //! go in one request instead, and the leader packs them into one entry.
 //!
-//! As the members' proposer does (`server/proposer.rs`), there is no timer: a batch is
-//! whatever queued while earlier batches were in flight, so a lone commit is sent at once
-//! as its own call. Only holder-only changes come here: the metadata refuses them at once
-//! when the delegation is gone, so none waits for a recall and holds up the others.
-//! An item refused with an error its own call would retry (no leader, busy) is sent
-//! again on its own, with the usual retries.
+//! A batch is whatever queued while earlier batches were in flight, so a change someone
+//! waits for (an fsync) is sent at once, as its own call if it is alone. Changes made in
+//! the background ([`in_background`]: the mount's write-backs, which wake together on a
+//! shared cadence and each store their chunks first) wait up to [`LINGER`] for the rest
+//! of their round, unless a change someone waits for comes. Only holder-only changes come
+//! here: the metadata refuses them at once when the delegation is gone, so none waits
+//! for a recall and holds up the others (the metadata takes nothing else in a batch). A
+//! batch holds its slot at most [`MAX_SLOT_HOLD`]: one retried for long (no leader)
+//! does not stop the others. An item refused with an error its own call would retry
+//! (no leader, busy) is sent again on its own, with the usual retries.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use mobilus_proto::pb;
 use mobilus_proto::pb::batch_item::Op as ItemOp;
@@ -30,10 +35,25 @@ const MAX_ITEMS: usize = 128;
 const MAX_BYTES: usize = 1 << 20;
 /// Batches sent and not yet answered, at most.
 const MAX_IN_FLIGHT: usize = 2;
+/// How long a batch that starts with a background change waits for more.
+pub const LINGER: Duration = Duration::from_millis(2);
+/// After this long a batch still unanswered (its call retrying) frees its slot.
+pub const MAX_SLOT_HOLD: Duration = Duration::from_secs(1);
+
+tokio::task_local! {
+    static BACKGROUND: bool;
+}
+
+/// Run `f` as background work: the holder-only changes it makes may wait up to
+/// [`LINGER`] for others to go with.
+pub async fn in_background<F: std::future::Future>(f: F) -> F::Output {
+    BACKGROUND.scope(true, f).await
+}
 
 struct Queued {
     op: ItemOp,
     bytes: usize,
+    background: bool,
     done: oneshot::Sender<Result<Outcome, ClientError>>,
 }
 
@@ -69,8 +89,13 @@ impl MetaClient {
             .batcher
             .get_or_init(|| Batcher::start(Arc::downgrade(&self.inner)));
         let (done, answer) = oneshot::channel();
-        let bytes = encoded_len(&op);
-        if let Err(mpsc::error::SendError(q)) = batcher.tx.send(Queued { op, bytes, done }) {
+        let queued = Queued {
+            bytes: encoded_len(&op),
+            op,
+            background: BACKGROUND.try_with(|b| *b).unwrap_or(false),
+            done,
+        };
+        if let Err(mpsc::error::SendError(q)) = batcher.tx.send(queued) {
             return self.send_alone(q.op).await;
         }
         answer.await.map_err(|_| ClientError::Unavailable {
@@ -156,7 +181,7 @@ impl MetaClient {
                 Some(Outcome::Error(refused)) => {
                     let status = status_of_item(&refused);
                     match WireError::from_status(&status) {
-                        e if !worth_retrying(&e) => Err(e.into()),
+                        e if !worth_retrying(&e, self.inner.opts.retry_ambiguous) => Err(e.into()),
                         _ => {
                             self.again_alone(q);
                             continue;
@@ -182,18 +207,21 @@ impl MetaClient {
     }
 }
 
-/// Whether a call refused this way would be tried again ([`MetaClient::call`]): nothing
-/// was done, so sending the item again is safe.
-fn worth_retrying(e: &WireError) -> bool {
-    matches!(
-        e,
-        WireError::NotLeader(_)
-            | WireError::Unavailable(_)
-            | WireError::Delegated(_)
-            | WireError::Frozen(_)
-            | WireError::Busy(_)
-            | WireError::Other(Code::Unavailable | Code::Unknown, _)
-    )
+/// Whether a call refused this way would be tried again ([`MetaClient::call`]). A
+/// refusal that did nothing (a known leader elsewhere, delegated, frozen, busy) always
+/// is; one that may have been applied (no quorum) only for a client that accepts
+/// ambiguous retries.
+fn worth_retrying(e: &WireError, ambiguous: bool) -> bool {
+    match e {
+        WireError::NotLeader(Some(_))
+        | WireError::Delegated(_)
+        | WireError::Frozen(_)
+        | WireError::Busy(_) => true,
+        WireError::NotLeader(None)
+        | WireError::Unavailable(_)
+        | WireError::Other(Code::Unavailable | Code::Unknown, _) => ambiguous,
+        _ => false,
+    }
 }
 
 async fn batch_loop(client: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Queued>) {
@@ -211,28 +239,68 @@ async fn batch_loop(client: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<Queued>
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let mut bytes = first.bytes;
-        let mut batch = vec![first];
-        while batch.len() < MAX_ITEMS && bytes < MAX_BYTES {
-            match rx.try_recv() {
-                Ok(q) if bytes + q.bytes > MAX_BYTES => {
+        // A background round waits a little for the rest of its changes.
+        let linger = first
+            .background
+            .then(|| tokio::time::Instant::now() + LINGER);
+        let mut batch = Batch {
+            bytes: first.bytes,
+            waited_for: !first.background,
+            items: vec![first],
+        };
+        loop {
+            while let Ok(q) = rx.try_recv() {
+                if let Some(q) = batch.add(q) {
                     carried = Some(q);
                     break;
                 }
-                Ok(q) => {
-                    bytes += q.bytes;
-                    batch.push(q);
+            }
+            let Some(until) = linger else { break };
+            if carried.is_some() || batch.full() || batch.waited_for {
+                break;
+            }
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(q)) => {
+                    if let Some(q) = batch.add(q) {
+                        carried = Some(q);
+                    }
                 }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
         let Some(inner) = client.upgrade() else {
             return;
         };
         let client = MetaClient { inner };
+        let sending = tokio::spawn(async move { client.send_batch(batch.items).await });
         tokio::spawn(async move {
-            client.send_batch(batch).await;
+            let _ = tokio::time::timeout(MAX_SLOT_HOLD, sending).await;
             drop(slot);
         });
+    }
+}
+
+/// Changes gathered for one call.
+struct Batch {
+    items: Vec<Queued>,
+    bytes: usize,
+    /// Whether someone waits for one of them (not only background work).
+    waited_for: bool,
+}
+
+impl Batch {
+    fn full(&self) -> bool {
+        self.items.len() >= MAX_ITEMS || self.bytes >= MAX_BYTES
+    }
+
+    /// Take `q`, or hand it back if it does not fit (it starts the next batch).
+    fn add(&mut self, q: Queued) -> Option<Queued> {
+        if self.full() || self.bytes + q.bytes > MAX_BYTES {
+            return Some(q);
+        }
+        self.bytes += q.bytes;
+        self.waited_for |= !q.background;
+        self.items.push(q);
+        None
     }
 }

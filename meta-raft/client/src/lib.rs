@@ -10,6 +10,7 @@
 //! EEXIST. Callers that must know (the Jepsen harness) treat such outcomes as indeterminate.
 
 mod batch;
+pub use batch::in_background;
 mod clone;
 mod cluster;
 mod locks;

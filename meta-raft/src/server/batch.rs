@@ -2,6 +2,7 @@
 //! handler, exactly as its own call would, and all of them at once, so the proposer packs
 //! them into as few log entries as it can. A delegation's holder commits what it wrote
 //! back this way: one request and one Raft round for many files, instead of one each.
+//! Only holder-only changes are taken (see `item`).
 
 use mobilus_proto::pb;
 use mobilus_proto::pb::batch_item::Op as ItemOp;
@@ -42,6 +43,19 @@ impl MetaSvc {
     }
 
     async fn item(&self, item: pb::BatchItem) -> Result<Outcome, Status> {
+        // Holder-only changes are refused at once when the delegation is gone, so none
+        // waits for a recall (as others may, for seconds) and holds up the reply.
+        let fence = match &item.op {
+            Some(ItemOp::Write(w)) => w.fence.as_ref(),
+            Some(ItemOp::Create(c)) => c.fence.as_ref(),
+            Some(ItemOp::Unlink(u)) => u.fence.as_ref(),
+            None => None,
+        };
+        if item.op.is_some() && !fence.is_some_and(|f| f.holder_only) {
+            return Err(Status::invalid_argument(
+                "a batch carries only holder-only changes (Fence.holder_only)",
+            ));
+        }
         match item.op {
             Some(ItemOp::Write(w)) => {
                 let reply = Meta::write(self, Request::new(w)).await?;

@@ -113,21 +113,41 @@ async fn a_holders_changes_go_together_and_each_gets_its_own_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_answers_bad_items_in_place_and_refuses_one_too_large() {
     let tmp = tempfile::tempdir().unwrap();
-    let (member, _holder, _session, app) = must_holder(tmp.path()).await;
+    let (member, holder, session, app) = must_holder(tmp.path()).await;
+    holder
+        .mknod(app, b"victim", FileKind::Regular, 0o644, 0, 0, 0, None)
+        .await
+        .unwrap();
+    holder.mkdir(app, b"sub", 0o755, 0, 0, None).await.unwrap();
     let channel = mobilus_tls::client::channel(
         tonic::transport::Endpoint::from_shared(format!("http://{}", member.addr())).unwrap(),
         mobilus_tls::Role::Meta,
         &mobilus_tls::client::ClientTls::ProcessDefault,
     );
     let mut raw = pb::meta_client::MetaClient::new(channel);
+    let held = Some(pb::Fence {
+        site: "site-a".into(),
+        session,
+        holder_only: true,
+        ..Default::default()
+    });
     let item = |op| pb::BatchItem { op };
-    let create = |name: &[u8], ino| {
+    let create = |name: &[u8], ino, fence: Option<pb::Fence>| {
         Some(ItemOp::Create(pb::MknodRequest {
             parent: app,
             name: name.to_vec(),
             kind: pb::FileKind::from(FileKind::Regular) as i32,
             mode: 0o644,
             ino,
+            fence,
+            ..Default::default()
+        }))
+    };
+    let unlink = |name: &[u8], fence: Option<pb::Fence>| {
+        Some(ItemOp::Unlink(pb::UnlinkRequest {
+            parent: app,
+            name: name.to_vec(),
+            fence,
             ..Default::default()
         }))
     };
@@ -136,18 +156,20 @@ async fn a_batch_answers_bad_items_in_place_and_refuses_one_too_large() {
             items: vec![
                 // No change named.
                 item(None),
+                // Not holder-only: it could wait for a recall and hold up the rest.
+                item(unlink(b"victim", None)),
                 // A create not under a reserved number.
-                item(create(b"plain", 0)),
-                // Under a number, but no session reserved it.
-                item(create(b"numbered", 1 << 40)),
-                // An unlink that is fine: the operator may change the subtree.
-                item(Some(ItemOp::Unlink(pb::UnlinkRequest {
-                    parent: ROOT_INO,
-                    name: b"app".to_vec(),
-                    ..Default::default()
-                }))),
+                item(create(b"plain", 0, held.clone())),
+                // Under a number no session reserved: EINVAL, as its own call.
+                item(create(b"numbered", 1 << 40, held.clone())),
+                // Fine: the holder unlinks a file of its subtree.
+                item(unlink(b"victim", held.clone())),
+                // Its own call answers EISDIR, and ENOENT for a name that is absent.
+                item(unlink(b"sub", held.clone())),
+                item(unlink(b"absent", held.clone())),
                 item(Some(ItemOp::Write(pb::WriteRequest {
                     ino: 1 << 41,
+                    fence: held.clone(),
                     ..Default::default()
                 }))),
             ],
@@ -155,38 +177,35 @@ async fn a_batch_answers_bad_items_in_place_and_refuses_one_too_large() {
         .await
         .unwrap()
         .into_inner();
-    let codes: Vec<tonic::Code> = reply
+    let answers: Vec<(tonic::Code, Option<String>)> = reply
         .results
         .iter()
         .map(|r| match r.outcome.as_ref().expect("an outcome") {
-            Outcome::Error(e) => status_of_item(e).code(),
-            _ => tonic::Code::Ok,
+            Outcome::Error(e) => (
+                status_of_item(e).code(),
+                e.metadata.get(mobilus_proto::status::ERRNO_KEY).cloned(),
+            ),
+            _ => (tonic::Code::Ok, None),
         })
         .collect();
     use tonic::Code::*;
-    // The unlink of a directory is EISDIR (its own call answers the same), the write to
-    // an inode that does not exist ENOENT.
+    let errno = |e: Errno| Some(e.0.to_string());
     assert_eq!(
-        codes,
+        answers,
         [
-            InvalidArgument,
-            InvalidArgument,
-            InvalidArgument,
-            FailedPrecondition,
-            NotFound
+            (InvalidArgument, None),
+            (InvalidArgument, None),
+            (InvalidArgument, None),
+            (InvalidArgument, errno(Errno::EINVAL)),
+            (Ok, None),
+            (FailedPrecondition, errno(Errno::EISDIR)),
+            (NotFound, errno(Errno::ENOENT)),
+            (NotFound, errno(Errno::ENOENT)),
         ],
         "{reply:?}"
     );
-    // Every error carries its errno or stable name, as its own call's would.
-    for r in &reply.results[3..] {
-        let Some(Outcome::Error(e)) = &r.outcome else {
-            panic!("{r:?}")
-        };
-        assert!(
-            e.metadata.contains_key(mobilus_proto::status::ERRNO_KEY),
-            "{e:?}"
-        );
-    }
+    let gone = holder.lookup(app, b"victim", false).await;
+    assert_eq!(gone.unwrap_err().errno(), Some(Errno::ENOENT));
 
     let too_many = pb::BatchRequest {
         items: (0..257).map(|_| item(None)).collect(),

@@ -125,7 +125,7 @@ impl MountFs {
     async fn commit_unlink_in_background(self: Arc<Self>, key: Unbound) {
         tokio::time::sleep_until(super::write_back::next_round()).await;
         let mut pause = Duration::from_millis(50);
-        while !self.commit_unlink(&key).await {
+        while !mobilus_meta_client::in_background(self.commit_unlink(&key)).await {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_RETRY_PAUSE);
         }

@@ -78,6 +78,8 @@ pub(super) struct WriteBack {
     pub(super) last: Mutex<HashMap<SubtreeId, Instant>>,
     /// Subtrees whose mark a task is waiting to take back.
     unmarking: Mutex<HashSet<SubtreeId>>,
+    /// Held while a close tells the metadata of its subtree's first write-back.
+    telling: tokio::sync::Mutex<()>,
     /// The last `SetWriteBack` sequence number sent (they only grow).
     seq: std::sync::atomic::AtomicU64,
     /// Files whose write-back was refused for good, and why: the next close or fsync of
@@ -214,7 +216,9 @@ impl MountFs {
                 Some(w) => w.inode.clone(),
                 None => return,
             };
-            if self.commit_waiting(&inode).await.is_ok() {
+            // Background work: its commit may wait a little for the rest of its round.
+            let committed = mobilus_meta_client::in_background(self.commit_waiting(&inode)).await;
+            if committed.is_ok() {
                 // Committed, or refused for good; more written meanwhile goes round again.
                 if !lock(&self.write_back.waiting).contains_key(&ino) {
                     return;
@@ -371,6 +375,12 @@ impl MountFs {
         marked: bool,
     ) -> bool {
         if marked {
+            return true;
+        }
+        // One at a time: concurrent first closes mark once, not once each (a Raft
+        // commit apiece).
+        let _one = self.write_back.telling.lock().await;
+        if self.deleg.write_back_grant(subtree) == Some((since, true)) {
             return true;
         }
         if let Err(e) = self.tell_write_back(subtree, true).await {
