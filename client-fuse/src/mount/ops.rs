@@ -768,12 +768,14 @@ impl MountFs {
         let changes = self.changes.load(Ordering::Acquire);
         let generation = self.answered_generation();
         let ticket = self.deleg.ticket();
-        // The reader asks the metadata itself: creates answered here first.
-        self.meta().await?;
+        // The reader asks the metadata itself: the file made first, if it was created
+        // here (what else this mount answered cannot change this file's map; its own
+        // buffered writes are its open inode's, which the open shares).
+        self.meta_about(ino).await?;
         let opened = match self.client.open_reader(ino).await {
             Ok(Some((attr, reader))) => Ok((attr, Some(reader))),
             Ok(None) => self
-                .meta()
+                .meta_about(ino)
                 .await?
                 .getattr(ino, false)
                 .await
@@ -1218,7 +1220,7 @@ impl MountFs {
         if self.known_absent_xattr(ino, name) {
             return refused(Errno::ENODATA);
         }
-        let result = self.meta().await?.getxattr(ino, name, false).await;
+        let result = self.meta_about(ino).await?.getxattr(ino, name, false).await;
         if caps && matches!(&result, Err(e) if e.to_errno() == Errno::ENODATA) {
             self.remember_no_caps(ino);
         }
@@ -1227,7 +1229,20 @@ impl MountFs {
 
     #[instrument(skip(self))]
     pub async fn listxattr(&self, ino: InodeId) -> FsResult<Vec<Vec<u8>>> {
-        Ok(self.meta().await?.listxattr(ino, false).await?)
+        Ok(self.meta_about(ino).await?.listxattr(ino, false).await?)
+    }
+
+    /// The metadata client for a read about `ino` alone (its map at an open, its extended
+    /// attributes), which what this mount answered and has not committed cannot change,
+    /// unless `ino` is a create not made yet: only then is everything settled first
+    /// ([`MountFs::meta`]). Each open of a file not in the delegation's cache, and the
+    /// kernel's question for `security.capability` before its first write, settling
+    /// everything made each close written back commit at the next file's open, alone.
+    async fn meta_about(&self, ino: InodeId) -> FsResult<&mobilus_meta_client::MetaClient> {
+        if self.unmade(ino) {
+            return self.meta().await;
+        }
+        Ok(self.client.meta())
     }
 
     #[instrument(skip(self))]

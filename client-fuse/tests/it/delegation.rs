@@ -224,9 +224,9 @@ async fn the_holder_answers_creates_and_makes_them_before_anyone_else_looks() {
 
 /// The holder's closes of files it made commit in the background on a shared cadence
 /// (20 ms), a round's together in one request and one Raft entry: 200 small files
-/// rewritten as fast as four writers can cost the leader at most about one log fsync a
-/// round, whatever the machine's speed, and every one is at the metadata, whole, once
-/// none is left waiting.
+/// opened (their maps asked of the metadata), written and closed as fast as four writers
+/// can cost the leader at most about one log fsync a round, whatever the machine's speed,
+/// and every one is at the metadata, whole, once none is left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_holders_closes_commit_together_in_few_raft_entries() {
     let (_sites, a1, meta) = holder_with_a_warm_cache(&[]).await;
@@ -260,13 +260,18 @@ async fn the_holders_closes_commit_together_in_few_raft_entries() {
         })
     };
     // Made first (a create may need a number the mount has not reserved yet, and
-    // then commits at once): what is counted below is closes written back.
+    // then commits at once): what is counted below is closes written back. Then each
+    // truncated and written again (a truncate commits at once, and leaves the file's map
+    // out of the delegation's cache), so the opens counted ask the metadata for maps.
     write_all("file");
+    for i in 0..FILES {
+        std::fs::write(name(i), format!("FILE {i}")).unwrap();
+    }
     must_have_no_write_backs(&a1);
     let fsyncs = || async { meta.status().await.unwrap().log_fsyncs };
     let before = fsyncs().await;
     let start = Instant::now();
-    write_all("FILE");
+    write_all("file");
     must_have_no_write_backs(&a1);
     // Until the mark is taken back, 300 ms after the last commit: those idle rounds
     // leave room for the mark and its removal.
@@ -279,13 +284,13 @@ async fn the_holders_closes_commit_together_in_few_raft_entries() {
     for i in 0..FILES {
         assert_eq!(
             std::fs::read(name(i)).unwrap(),
-            format!("FILE {i}").as_bytes()
+            format!("file {i}").as_bytes()
         );
         let seen = seen_by_metadata(&meta, root, &format!("many{i}")).await;
         let size = seen
             .unwrap_or_else(|| panic!("many{i} is not at the metadata"))
             .1;
-        assert_eq!(size, format!("FILE {i}").len() as u64, "many{i}");
+        assert_eq!(size, format!("file {i}").len() as u64, "many{i}");
     }
     let report = meta.fsck().await.unwrap();
     assert_eq!(report.problems, Vec::<String>::new());
