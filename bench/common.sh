@@ -13,6 +13,21 @@ install_juicefs() {
   fi
 }
 
+# A fresh one-site local cluster of the binaries in $1 (`mobilusctl dev up`) at $2,
+# taken down when the script exits; with $3, the directory /$3, owned by site-a.
+dev_site() {
+  local bin=$1 dir=$2 subtree=${3:-}
+  "$bin/mobilusctl" dev down --dir "$dir" >/dev/null 2>&1 || true
+  # shellcheck disable=SC2064 # expanded now: the locals are gone at exit
+  trap "'$bin/mobilusctl' dev down --dir '$dir' >/dev/null 2>&1 || true" EXIT
+  rm -rf "$dir"
+  "$bin/mobilusctl" dev up --dir "$dir" --sites 1 >/dev/null
+  if [ -n "$subtree" ]; then
+    mkdir "$dir/mnt/site-a/$subtree"
+    "$bin/mobilusctl" --config "$dir/cluster.toml" subtree create "/$subtree" --owner site-a >/dev/null
+  fi
+}
+
 # Wait for a ready file a process writes once serving; print its contents.
 ready() {
   for _ in $(seq 300); do [ -s "$1" ] && { cat "$1"; return; }; sleep 0.1; done

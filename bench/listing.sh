@@ -8,12 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release}
 D=${MOBILUS_BENCH_DIR:-/var/tmp/mobilus-bench}/listing
-"$BIN/mobilusctl" dev down --dir "$D" >/dev/null 2>&1 || true
-trap '"$BIN/mobilusctl" dev down --dir "$D" >/dev/null 2>&1 || true' EXIT
-rm -rf "$D"
-"$BIN/mobilusctl" dev up --dir "$D" --sites 1 >/dev/null
-mkdir "$D/mnt/site-a/md"
-"$BIN/mobilusctl" --config "$D/cluster.toml" subtree create /md --owner site-a >/dev/null
+. bench/common.sh
+dev_site "$BIN" "$D" md
 python3 - "$D/mnt/site-a/md" <<'PY'
 import os, statistics, sys, time
 d = os.path.join(sys.argv[1], "x")

@@ -9,10 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release}
 D=${MOBILUS_BENCH_DIR:-/var/tmp/mobilus-bench}/many-writers
-"$BIN/mobilusctl" dev down --dir "$D" >/dev/null 2>&1 || true
-trap '"$BIN/mobilusctl" dev down --dir "$D" >/dev/null 2>&1 || true' EXIT
-rm -rf "$D"
-"$BIN/mobilusctl" dev up --dir "$D" --sites 1 >/dev/null
+. bench/common.sh
+dev_site "$BIN" "$D"
 M=$D/mnt/site-a
 SRC=$D/random-256m
 head -c $((256 << 20)) /dev/urandom >"$SRC"
