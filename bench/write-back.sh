@@ -8,8 +8,9 @@
 #   rewrite  the same with O_TRUNC (the truncate commits before it answers);
 #   unlink   unlink each.
 # Each phase ends with an fsync of the directory (everything committed). Prints, per
-# phase: files/s, Raft log entries per file (the leader's last index), and CPU µs per
-# file of each process (utime + stime from /proc). Needs root. Usage:
+# phase: files/s, Raft log entries per file (the leader's last index), CPU µs per file
+# of each process (utime + stime from /proc), and the mount's write-back counters
+# (answered, committed, full: committed before answering, lost). Needs root. Usage:
 #   bench/write-back.sh [BIN] [FILES]   (BIN: a folder of release binaries, default target/release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,18 @@ def last_index():
     return best
 
 
+def write_backs():
+    """The mount's write-back counters (`mobilus_fuse_{write,unlink}_backs_total`)."""
+    addr = open(f"{D}/mount-site-a/metrics").read().strip()
+    out = {}
+    for line in urllib.request.urlopen(f"http://{addr}/metrics").read().decode().splitlines():
+        if line.startswith(("mobilus_fuse_write_backs_total", "mobilus_fuse_unlink_backs_total")):
+            kind = "close" if "write_backs" in line else "unlink"
+            outcome = line.split('outcome="')[1].split('"')[0]
+            out[f"{kind} {outcome}"] = int(float(line.split()[1]))
+    return out
+
+
 def create(n):
     os.close(os.open(n, os.O_CREAT | os.O_WRONLY, 0o644))
 
@@ -64,14 +77,16 @@ phases = [("create", create), ("write", write), ("rewrite", lambda n: write(n, o
           ("unlink", os.unlink)]
 print(f"{N:,} files; CPU µs per file: " + ", ".join(sorted(procs)))
 for phase, op in phases:
-    c0, i0, t = cpu(), last_index(), time.monotonic()
+    c0, i0, w0, t = cpu(), last_index(), write_backs(), time.monotonic()
     for n in names:
         op(n)
     fd = os.open(d, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)
     took = time.monotonic() - t
-    c1, i1 = cpu(), last_index()
+    c1, i1, w1 = cpu(), last_index(), write_backs()
     per = ", ".join(f"{(c1[k] - c0[k]) / N * 1e6:.0f}" for k in sorted(procs))
-    print(f"{phase:8} {N / took:9,.0f} files/s  {(i1 - i0) / N:5.2f} entries/file  CPU {per}")
+    backs = ", ".join(f"{k} {w1[k] - w0.get(k, 0)}" for k in sorted(w1) if w1[k] != w0.get(k, 0))
+    print(f"{phase:8} {N / took:9,.0f} files/s  {(i1 - i0) / N:5.2f} entries/file  CPU {per}"
+          f"  written back: {backs or 'none'}")
 PY

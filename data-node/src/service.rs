@@ -5,6 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+// Concurrent put and get streams per connection (clients keep within it).
+use mobilus_data_client::node::MAX_STREAMS;
 use mobilus_proto::datapb::chunks_server::Chunks;
 use mobilus_proto::datapb::{self as pb, put_request::Part};
 use mobilus_proto::fs::ChunkHash;
@@ -31,8 +33,6 @@ const MAX_VERIFY: usize = 1024;
 pub const PUT_BUFFER_BYTES: usize = 1 << 30;
 /// A put that sends no frame for this long is abandoned, and its room freed.
 const PUT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
-/// Concurrent put and get streams per connection.
-const MAX_STREAMS: u32 = 64;
 
 pub struct ChunksSvc {
     pub store: Arc<ChunkStore>,

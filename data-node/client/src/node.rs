@@ -8,6 +8,11 @@ use tonic::Code;
 
 /// How long dialling a node may take before the call fails.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// Concurrent put and get streams a node serves on one connection; a client keeps its
+/// calls to one node within it and queues the rest. Past it the node refuses the stream
+/// (HTTP/2 REFUSED_STREAM), which a caller sees as an error: a mount's write-backs,
+/// which store their chunks in bursts of a round, met it.
+pub const MAX_STREAMS: u32 = 64;
 /// Put frames: the server accepts messages up to 2 MiB.
 const FRAME: usize = 1 << 20;
 /// A put refused for want of room waits this long, then twice as long each time, up to
@@ -63,7 +68,8 @@ impl DataClient {
             .map_err(|_| DataClientError::BadAddress(addr.to_string()))?
             .tcp_nodelay(true)
             // A node that is down but still listed must cost a failed call, not a hang.
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .concurrency_limit(MAX_STREAMS as usize);
         let ch = mobilus_tls::client::channel(endpoint, mobilus_tls::Role::Data, tls);
         Ok(DataClient {
             addr: addr.to_string(),

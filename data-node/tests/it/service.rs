@@ -394,3 +394,37 @@ async fn stalled_puts_on_many_connections_leave_memory_bounded_and_others_served
         s.abort();
     }
 }
+
+/// More puts at once than a node serves on one connection (a mount's write-backs store
+/// their chunks in bursts): every one is stored. (A client that sent past the node's
+/// stream limit on a new connection, before the node's HTTP/2 settings arrived, had some
+/// refused, REFUSED_STREAM; the client now keeps within the limit, `MAX_STREAMS`. That
+/// race did not show here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_puts_at_once_than_a_connection_takes_are_all_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_node, addr) = start(tmp.path());
+    let client = mobilus_data_client::DataClient::new(&addr).unwrap();
+    let n = 4 * mobilus_data_client::node::MAX_STREAMS as usize;
+    let chunks: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("chunk {i} ").repeat(400).into_bytes())
+        .collect();
+    let puts = chunks.iter().map(|data| {
+        let client = client.clone();
+        async move { client.put(&ChunkHash::of(data), data, false).await }
+    });
+    let stored = futures::future::join_all(puts).await;
+    let failed: Vec<String> = stored
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {n} puts failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    for data in chunks.iter().step_by(37) {
+        assert_eq!(client.get(&ChunkHash::of(data), 0, 0).await.unwrap(), *data);
+    }
+}
