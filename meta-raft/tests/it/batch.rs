@@ -3,7 +3,7 @@
 
 use mobilus_meta::server;
 use mobilus_meta_client::{ClientError, ClientOptions, MetaClient, ReservedCreate};
-use mobilus_proto::fs::{FileKind, ROOT_INO};
+use mobilus_proto::fs::FileKind;
 use mobilus_proto::pb;
 use mobilus_proto::pb::batch_item::Op as ItemOp;
 use mobilus_proto::pb::batch_result::Outcome;
@@ -25,13 +25,7 @@ async fn must_holder(tmp: &std::path::Path) -> (server::ServerHandle, MetaClient
     leader_among(&[&member]).await;
     let addrs = vec![member.addr().to_string()];
     let admin = MetaClient::connect(&addrs).unwrap();
-    crate::ownership::must_register(&admin, "site-a").await;
-    let app = admin
-        .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
-        .await
-        .unwrap()
-        .ino;
-    admin.create_subtree(app, "site-a").await.unwrap();
+    let app = crate::ownership::must_owned_app(&admin, "site-a").await;
     let opts = ClientOptions {
         site: Some("site-a".into()),
         ..Default::default()

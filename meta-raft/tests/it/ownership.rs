@@ -1083,6 +1083,18 @@ pub(crate) async fn must_register(client: &mobilus_meta_client::MetaClient, site
     client.register_data_node(&node).await.expect("register");
 }
 
+/// `/app`, a subtree `site` owns (the site registered first); its inode.
+pub(crate) async fn must_owned_app(client: &mobilus_meta_client::MetaClient, site: &str) -> u64 {
+    must_register(client, site).await;
+    let app = client
+        .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
+        .await
+        .unwrap()
+        .ino;
+    client.create_subtree(app, site).await.unwrap();
+    app
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_moves_and_a_move_across_a_leader_kill_leave_exactly_one_owner() {
     let mut cluster = crate::harness::Cluster::start(3, &[]).await;

@@ -239,13 +239,7 @@ async fn a_delegation_holder_reads_at_a_follower_only_what_includes_its_own_writ
     let (leader, near, other) = (&nodes[l], &nodes[(l + 1) % 3], &nodes[(l + 2) % 3]);
     let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
     let admin = mobilus_meta_client::MetaClient::connect(&addrs).unwrap();
-    crate::ownership::must_register(&admin, "site-a").await;
-    let app = admin
-        .mkdir(ROOT_INO, b"app", 0o755, 0, 0, None)
-        .await
-        .unwrap()
-        .ino;
-    admin.create_subtree(app, "site-a").await.unwrap();
+    let app = crate::ownership::must_owned_app(&admin, "site-a").await;
 
     // The holder: a session of site-a with /app's delegation, reading at `near`.
     let holder = holder_client(&addrs, near.addr());
