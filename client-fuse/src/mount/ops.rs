@@ -30,7 +30,7 @@ mod unlink_back;
 mod write_back;
 
 pub use self::delegation::KernelTtl;
-use self::delegation::{Mutation, Touches};
+use self::delegation::{known_listing, Mutation, Touches};
 pub use self::dir_handles::DirPage;
 
 const SECURITY_CAPABILITY: &[u8] = b"security.capability";
@@ -1144,6 +1144,9 @@ impl MountFs {
         if let Some(page) = self.answer_from_batch(fh, ino, cookie, plus) {
             return Ok(page);
         }
+        if known_listing::is_local(cookie) {
+            return self.resume_in_inode_order(fh, ino, cookie, plus).await;
+        }
         if let Some(page) = self.deleg.listing(ino, cookie, plus) {
             delegation::hit("readdir");
             if !plus {
@@ -1158,6 +1161,12 @@ impl MountFs {
                 })
                 .collect();
             return Ok(DirPage::whole(Arc::new(merged)));
+        }
+        if cookie <= 2 {
+            if let Some(entries) = self.deleg.known_listing(ino, plus) {
+                delegation::hit("readdir");
+                return Ok(self.keep_in_inode_order(fh, ino, cookie, plus, entries));
+            }
         }
         let ticket = self.deleg.ticket();
         let (mut entries, eof, fetched) = match self.take_prefetch(fh, ino, cookie, plus).await {

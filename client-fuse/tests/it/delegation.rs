@@ -13,7 +13,7 @@ use crate::cluster::{Mount, Opts, TwoSites};
 use crate::locks::{must_open, set};
 
 /// Wait until `mount`'s log has `needle` in it.
-fn must_log(mount: &Mount, needle: &str, within: Duration) {
+pub(crate) fn must_log(mount: &Mount, needle: &str, within: Duration) {
     must_log_while(mount, needle, within, || {});
 }
 
@@ -36,7 +36,7 @@ fn must_log_while(mount: &Mount, needle: &str, within: Duration, meanwhile: impl
 /// kernel still asks for its attributes once a TTL: they are fetched just before, and an
 /// attempt that meets their expiry anyway (a loaded machine) is made again, at most three
 /// times (each told its number, so it can start afresh).
-fn must_answer_with_metadata_paused<T: Send + 'static>(
+pub(crate) fn must_answer_with_metadata_paused<T: Send + 'static>(
     sites: &TwoSites,
     app: &Path,
     prepare: impl Fn(usize),
@@ -76,7 +76,7 @@ pub(crate) async fn must_own_app(meta: &MetaClient, mount: &Mount) {
 
 /// A cluster whose metadata members run with `meta_args`, and a mount of site-a that
 /// holds the delegation of `/app` (holding `f` = "one" and `d/`) and has cached it.
-async fn holder_with_a_warm_cache(meta_args: &[&str]) -> (TwoSites, Mount, MetaClient) {
+pub(crate) async fn holder_with_a_warm_cache(meta_args: &[&str]) -> (TwoSites, Mount, MetaClient) {
     let sites = TwoSites::start_with(Opts {
         meta_args: meta_args.iter().map(|a| a.to_string()).collect(),
         ..Opts::default()
@@ -419,7 +419,7 @@ async fn without_the_delegation_check_the_holder_serves_stale_bytes() {
 }
 
 /// Wait until every write-back mark `mount` set is taken back (it logs both).
-fn must_have_no_write_backs(mount: &Mount) {
+pub(crate) fn must_have_no_write_backs(mount: &Mount) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         // Concurrent first closes may each mark (the same mark, said twice): what
@@ -570,7 +570,7 @@ async fn seen_by_metadata(meta: &MetaClient, root: u64, rel: &str) -> Seen {
 
 /// Drop the kernel's unused entries, inodes and pages: the next stat of each name asks
 /// the mount again, whatever TTL it was given, and so does the next read.
-fn drop_kernel_caches() {
+pub(crate) fn drop_kernel_caches() {
     std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
 }
 

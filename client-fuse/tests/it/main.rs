@@ -9,6 +9,7 @@ mod delegation;
 mod disk_full;
 mod follow;
 mod gc;
+mod listing;
 mod locks;
 mod mount;
 mod on_demand;

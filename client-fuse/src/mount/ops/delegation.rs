@@ -83,8 +83,8 @@ struct Held {
 struct DirCache {
     /// The directory's subtree (`None`: not known, so no absence is trusted).
     subtree: Option<SubtreeId>,
-    /// Names looked up: `None` is known absent.
-    names: HashMap<Vec<u8>, Option<InodeId>>,
+    /// Names looked up, with their inode and its kind: `None` is known absent.
+    names: HashMap<Vec<u8>, Option<(InodeId, FileKind)>>,
     /// A whole listing: a name in neither it nor `names` is absent (unless `unsure`).
     listing: Option<Arc<Vec<DirEntry>>>,
     /// Whether `listing` is still the directory's listing (no name of it changed since),
@@ -99,8 +99,8 @@ struct DirCache {
 }
 
 impl DirCache {
-    /// `name` is now known to be `ino` (`None`: absent).
-    fn know(&mut self, name: &[u8], ino: Option<InodeId>) {
+    /// `name` is now known to be `ino` of that kind (`None`: absent).
+    fn know(&mut self, name: &[u8], ino: Option<(InodeId, FileKind)>) {
         self.unsure.remove(name);
         self.names.insert(name.to_vec(), ino);
     }
@@ -413,7 +413,7 @@ impl Mutation<'_> {
             }
             let dir = c.dir(parent);
             dir.subtree = Some(attr.subtree);
-            dir.know(name, Some(attr.ino));
+            dir.know(name, Some((attr.ino, attr.kind)));
         });
     }
 
@@ -597,7 +597,7 @@ impl Delegations {
     fn cached_entry(c: &AuthCache, parent: InodeId, name: &[u8]) -> Option<Option<InodeId>> {
         let dir = c.dirs.get(&parent)?;
         if let Some(known) = dir.names.get(name) {
-            return Some(*known);
+            return Some(known.map(|(ino, _)| ino));
         }
         if dir.unsure.contains(name) {
             return None;
@@ -709,7 +709,7 @@ impl Delegations {
         };
         if ours {
             self.fill(ticket, 1, |c| {
-                c.dir(parent).know(name, found.map(|a| a.ino));
+                c.dir(parent).know(name, found.map(|a| (a.ino, a.kind)));
             });
         }
     }
@@ -1240,6 +1240,9 @@ impl MountFs {
 pub(super) fn hit(what: &'static str) {
     metrics::counter!("mobilus_fuse_delegated_answers_total", "op" => what).increment(1);
 }
+
+#[path = "known_listing.rs"]
+pub(super) mod known_listing;
 
 #[cfg(test)]
 #[path = "delegation_tests.rs"]

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use mobilus_proto::fs::{Attr, DelegationGrant, FileKind, InodeId};
+use mobilus_proto::fs::{Attr, DelegationGrant, DirEntry, FileKind, InodeId};
 
-use super::{Delegations, Touches};
+use super::{known_listing, Delegations, Touches};
 
 const SUBTREE: InodeId = 2;
 const F: InodeId = 10;
@@ -138,4 +138,46 @@ fn an_unlink_answered_here_leaves_the_name_absent_and_the_directory_newer() {
     assert_eq!(d.attr(F), None);
     let dir = d.attr(DIR).expect("the directory's attributes stay cached");
     assert_eq!((dir.mtime_ns, dir.ctime_ns), (1_000, 1_000));
+}
+
+#[test]
+fn a_directory_known_whole_lists_from_the_cache_until_a_change_is_unsure() {
+    let d = held();
+    d.keep_attr(d.ticket(), &dir_attr(5));
+    assert!(d.known_listing(DIR, false).is_none(), "no listing yet");
+    let old = DirEntry {
+        name: b"old".to_vec(),
+        ino: 30,
+        kind: FileKind::Regular,
+        cookie: 3,
+        attr: None,
+    };
+    d.keep_listing(d.ticket(), DIR, std::slice::from_ref(&old));
+    let names = |l: &[DirEntry]| -> Vec<Vec<u8>> { l.iter().map(|e| e.name.clone()).collect() };
+    assert_eq!(names(&d.known_listing(DIR, false).unwrap()), [b"old"]);
+    // Its attributes are not cached: a READDIRPLUS cannot be answered.
+    assert!(d.known_listing(DIR, true).is_none());
+
+    for (name, ino) in [(&b"g"[..], G), (b"f", F)] {
+        let made = d.mutation(Touches::create(DIR, name, None));
+        // While a create is in flight its name is unsure.
+        assert!(d.known_listing(DIR, false).is_none());
+        made.created(DIR, name, &attr(ino, 0o644));
+        drop(made);
+    }
+    let gone = d.mutation(Touches::unbind(DIR, b"old"));
+    gone.unbound(DIR, b"old", 1_000);
+    drop(gone);
+    // In inode order, under local cookies, attributes and all.
+    let listed = d.known_listing(DIR, true).expect("known whole");
+    assert_eq!(names(&listed), [b"f", b"g"]);
+    assert!(listed.iter().all(|e| known_listing::is_local(e.cookie)));
+    assert_eq!(listed[0].attr.as_ref().map(|a| a.ino), Some(F));
+
+    // A change whose outcome is not known forgets it all.
+    let failed = d.mutation(Touches::create(DIR, b"h", None));
+    drop(failed);
+    assert!(d.known_listing(DIR, false).is_none(), "h may exist or not");
+    d.outcome_unknown();
+    assert!(d.known_listing(DIR, false).is_none());
 }

@@ -25,7 +25,11 @@ use std::time::Instant;
 use mobilus_proto::fs::{DirEntry, InodeId};
 use tokio::task::JoinHandle;
 
-use super::{lock, MountFs, READDIR_BATCH};
+use mobilus_proto::status::Errno;
+
+use super::delegation::{self, known_listing};
+use super::{lock, FsResult, MountFs, READDIR_BATCH};
+use crate::client::ClientError;
 
 /// The entries of a directory one READDIR may answer: `entries[from..]` of a shared
 /// batch (or cached listing), in cookie order.
@@ -210,6 +214,63 @@ impl MountFs {
                 fetched,
             },
         );
+    }
+}
+
+impl MountFs {
+    /// Keep `entries` (a whole listing in inode order, `known_listing.rs`) as `fh`'s
+    /// batch of `ino`, and answer what follows `cookie`.
+    pub(super) fn keep_in_inode_order(
+        &self,
+        fh: u64,
+        ino: InodeId,
+        cookie: u64,
+        plus: bool,
+        mut entries: Arc<Vec<DirEntry>>,
+    ) -> DirPage {
+        if plus {
+            for e in Arc::make_mut(&mut entries) {
+                if let Some(a) = e.attr.take() {
+                    e.attr = Some(self.merge(a));
+                }
+            }
+        }
+        self.keep_batch(fh, ino, plus, &entries, true, Instant::now());
+        DirPage::after(entries, cookie)
+    }
+
+    /// Go on with a listing in inode order after `cookie` when `fh` no longer has its
+    /// batch: from the cache if it still knows the directory whole, else from the whole
+    /// listing fetched again and put in the same order.
+    pub(super) async fn resume_in_inode_order(
+        &self,
+        fh: u64,
+        ino: InodeId,
+        cookie: u64,
+        plus: bool,
+    ) -> FsResult<DirPage> {
+        if let Some(entries) = self.deleg.known_listing(ino, plus) {
+            delegation::hit("readdir");
+            return Ok(self.keep_in_inode_order(fh, ino, cookie, plus, entries));
+        }
+        tracing::info!(
+            dir = ino,
+            "a listing in inode order goes on from the metadata's"
+        );
+        let meta = self.meta().await?;
+        let (mut all, mut after) = (Vec::new(), 2);
+        loop {
+            let (batch, eof) = meta.readdir(ino, after, READDIR_BATCH, plus, false).await?;
+            after = batch.last().map_or(after, |e| e.cookie);
+            let done = eof || batch.is_empty();
+            all.extend(batch);
+            if done {
+                break;
+            }
+        }
+        // Inode numbers are counted from 1: one past a cookie's room is not met.
+        let entries = known_listing::in_inode_order(all).ok_or(ClientError::Refused(Errno::EIO))?;
+        Ok(self.keep_in_inode_order(fh, ino, cookie, plus, Arc::new(entries)))
     }
 }
 
