@@ -81,6 +81,7 @@ errnos!(
     EAGAIN => "resource temporarily unavailable",
     EINTR => "interrupted system call",
     ENOLCK => "no locks available",
+    EOVERFLOW => "value too large for defined data type",
 );
 
 impl std::fmt::Debug for Errno {

@@ -1162,7 +1162,8 @@ impl MountFs {
                 .collect();
             return Ok(DirPage::whole(Arc::new(merged)));
         }
-        if cookie <= 2 {
+        // With no TTL a handle keeps no batch, and each page would build it all again.
+        if cookie <= 2 && !self.cache_ttl.is_zero() {
             if let Some(entries) = self.deleg.known_listing(ino, plus) {
                 delegation::hit("readdir");
                 return Ok(self.keep_in_inode_order(fh, ino, cookie, plus, entries));

@@ -96,6 +96,9 @@ struct DirCache {
     /// A listing was fetched for a lookup and had more than [`MAX_LISTING`] entries: not
     /// fetched for that again.
     too_big: bool,
+    /// The whole listing in inode order last built from the above (`known_listing.rs`),
+    /// shared by the handles that list it; dropped by any change of the above.
+    known: Option<Arc<Vec<DirEntry>>>,
 }
 
 impl DirCache {
@@ -103,6 +106,7 @@ impl DirCache {
     fn know(&mut self, name: &[u8], ino: Option<(InodeId, FileKind)>) {
         self.unsure.remove(name);
         self.names.insert(name.to_vec(), ino);
+        self.known = None;
     }
 }
 
@@ -144,6 +148,7 @@ impl AuthCache {
             listing_current: false,
             unsure: HashSet::new(),
             too_big: false,
+            known: None,
         });
         d.subtree = d.subtree.or(subtree);
         d
@@ -175,6 +180,7 @@ impl AuthCache {
             }
             if let Some(d) = self.dirs.get_mut(parent) {
                 d.names.remove(name.as_slice());
+                d.known = None;
                 // The listing still answers for every other name (so the lookup before
                 // each create in a directory this mount fills needs no round), but no
                 // longer for a READDIR.
@@ -770,6 +776,7 @@ impl Delegations {
             d.listing = Some(Arc::new(listing));
             d.listing_current = true;
             d.unsure.clear();
+            d.known = None;
         });
     }
 

@@ -56,6 +56,10 @@ impl DirPage {
     }
 }
 
+/// Most entries a listing in inode order is resumed from the metadata with (each held,
+/// to be put in order): it began as one the cache knew whole, of at most 100,000 names.
+const MAX_RESUMED: usize = 1_000_000;
+
 /// Most open directories with a batch kept (each at most one batch): past it, the
 /// oldest half is dropped (a handle without its batch only fetches again).
 const MAX_KEPT: usize = 4_096;
@@ -264,12 +268,18 @@ impl MountFs {
             after = batch.last().map_or(after, |e| e.cookie);
             let done = eof || batch.is_empty();
             all.extend(batch);
+            // Held whole to be put in order: bounded, as the cache's names are.
+            if all.len() > MAX_RESUMED {
+                return Err(ClientError::Refused(Errno::EOVERFLOW));
+            }
             if done {
                 break;
             }
         }
-        // Inode numbers are counted from 1: one past a cookie's room is not met.
-        let entries = known_listing::in_inode_order(all).ok_or(ClientError::Refused(Errno::EIO))?;
+        // Inode numbers are counted from 1, so never too large; 257 links of one inode
+        // in one directory are.
+        let entries =
+            known_listing::in_inode_order(all).ok_or(ClientError::Refused(Errno::EOVERFLOW))?;
         Ok(self.keep_in_inode_order(fh, ino, cookie, plus, Arc::new(entries)))
     }
 }

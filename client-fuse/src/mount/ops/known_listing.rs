@@ -4,11 +4,16 @@
 //! listing (fetched, or empty because this mount made it) and the outcome of every change
 //! since: the names its own creates and unlinks answered. The metadata's cookies of those
 //! changes are not known here (write-backs commit in any order), so such a listing is
-//! handed out in inode order under cookies of its own ([`local_cookie`]): the high bit
-//! [`LOCAL_COOKIE`], then the inode number and which of its names in that directory this
-//! is. A cookie of this kind resumes a listing at the same place whatever was answered
-//! before, from the cache or, when the cache no longer can, from the whole listing
-//! fetched again and put in the same order ([`in_inode_order`]).
+//! handed out in inode order under cookies of its own ([`LOCAL_COOKIE`] set, then the
+//! inode number, then a tag of the name telling an inode's hard links in the directory
+//! apart). A cookie of this kind resumes a listing at the same place whatever was
+//! answered before, from the cache or, when the cache no longer can, from the whole
+//! listing fetched again and put in the same order ([`in_inode_order`]). The listing
+//! built is kept with the directory's cache until it changes, shared by the handles that
+//! list it.
+//!
+//! Such cookies use 63 bits, as ext4's hashed ones do: a 32-bit program listing with the
+//! old non-LFS `readdir` gets EOVERFLOW from glibc.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,35 +28,45 @@ type DirEntries = Arc<Vec<DirEntry>>;
 /// cookies count a directory's entries from 3 and never come near it.
 pub(in crate::mount) const LOCAL_COOKIE: u64 = 1 << 62;
 /// Names of one inode in one directory (hard links) a cookie can tell apart.
-const NAMES_PER_INODE: u64 = 1 << 8;
+const LINK_TAGS: u64 = 1 << 8;
 
 /// Whether `cookie` was handed out by a listing in inode order.
 pub(in crate::mount) fn is_local(cookie: u64) -> bool {
     cookie & LOCAL_COOKIE != 0
 }
 
-/// The cookie of the `nth` name of `ino` in a directory (its names in name order), or
-/// `None` if the inode number or the count does not fit.
-fn local_cookie(ino: InodeId, nth: u64) -> Option<u64> {
-    (ino < LOCAL_COOKIE / NAMES_PER_INODE && nth < NAMES_PER_INODE)
-        .then(|| LOCAL_COOKIE | (ino * NAMES_PER_INODE) | nth)
+/// A name's tag among its inode's names: from its hash, so it stays when other links of
+/// the inode come and go (a position among them would not).
+fn link_tag(name: &[u8]) -> u64 {
+    u64::from(blake3::hash(name).as_bytes()[0])
 }
 
 /// `entries` (a whole directory) in inode order, with local cookies; `None` if an inode
-/// number or its names in the directory are too many to fit a cookie.
+/// number is too large for a cookie, or its names in the directory too many.
 pub(in crate::mount) fn in_inode_order(mut entries: Vec<DirEntry>) -> Option<Vec<DirEntry>> {
-    entries.sort_unstable_by(|a, b| (a.ino, &a.name).cmp(&(b.ino, &b.name)));
-    number(&mut entries)?;
+    let mut keyed: Vec<(u64, DirEntry)> =
+        entries.drain(..).map(|e| (link_tag(&e.name), e)).collect();
+    keyed.sort_unstable_by(|(ta, a), (tb, b)| (a.ino, ta, &a.name).cmp(&(b.ino, tb, &b.name)));
+    let tags: Vec<u64> = keyed.iter().map(|(t, _)| *t).collect();
+    let mut entries: Vec<DirEntry> = keyed.into_iter().map(|(_, e)| e).collect();
+    number(&mut entries, &tags)?;
     Some(entries)
 }
 
-/// Give `entries` (in inode order, names of one inode in name order) their local cookies.
-fn number(entries: &mut [DirEntry]) -> Option<()> {
-    let (mut prev, mut nth) = (None, 0);
-    for e in entries {
-        nth = if prev == Some(e.ino) { nth + 1 } else { 0 };
-        prev = Some(e.ino);
-        e.cookie = local_cookie(e.ino, nth)?;
+/// Give `entries` (in inode order, an inode's names by tag then name; `tags` theirs) their
+/// local cookies. Two names of one inode whose tags collide take the next free one.
+fn number(entries: &mut [DirEntry], tags: &[u64]) -> Option<()> {
+    let mut prev: Option<(InodeId, u64)> = None;
+    for (e, &tag) in entries.iter_mut().zip(tags) {
+        let tag = match prev {
+            Some((ino, last)) if ino == e.ino => tag.max(last + 1),
+            _ => tag,
+        };
+        if tag >= LINK_TAGS || e.ino >= LOCAL_COOKIE / LINK_TAGS {
+            return None;
+        }
+        prev = Some((e.ino, tag));
+        e.cookie = LOCAL_COOKIE | (e.ino * LINK_TAGS) | tag;
     }
     Some(())
 }
@@ -61,21 +76,25 @@ impl Delegations {
     /// attributes if `plus`): `None` unless `dir` is a directory held here whose listing
     /// is cached and whose every change since is known.
     pub(in crate::mount) fn known_listing(&self, dir: InodeId, plus: bool) -> Option<DirEntries> {
-        let c = lock(&self.cache);
+        let mut c = lock(&self.cache);
         let dir_attr = c.attrs.get(&dir)?;
         if dir_attr.kind != FileKind::Directory {
             return None;
         }
-        self.trusted(dir_attr.subtree)?;
+        let subtree = dir_attr.subtree;
+        self.trusted(subtree)?;
         let d = c.dirs.get(&dir)?;
         // A change in flight, or one whose outcome is not known, leaves a name unsure.
         if !d.unsure.is_empty() {
             return None;
         }
+        if let Some(known) = d.known.as_ref().filter(|_| !plus) {
+            return Some(known.clone());
+        }
         let listed = d.listing.as_ref()?;
         // Sorted as references, then built once: each entry is large (its attributes'
-        // room), and a listing is built whole at each READDIR from its start.
-        let mut keys: Vec<(InodeId, &[u8], FileKind)> =
+        // room).
+        let mut keys: Vec<(InodeId, u64, &[u8], FileKind)> =
             Vec::with_capacity(listed.len() + d.names.len());
         let mut kept = HashSet::new();
         // What the listing says, but for names known since (absent, or another inode).
@@ -85,24 +104,25 @@ impl Delegations {
                 .is_none_or(|known| known.is_some_and(|(ino, _)| ino == e.ino))
             {
                 kept.insert(e.name.as_slice());
-                keys.push((e.ino, &e.name, e.kind));
+                keys.push((e.ino, link_tag(&e.name), &e.name, e.kind));
             }
         }
         for (name, known) in &d.names {
             let Some((ino, kind)) = known.filter(|_| !kept.contains(name.as_slice())) else {
                 continue;
             };
-            keys.push((ino, name, kind));
+            keys.push((ino, link_tag(name), name, kind));
         }
-        keys.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        keys.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
         let mut entries = Vec::with_capacity(keys.len());
-        for (ino, name, kind) in keys {
+        let mut tags = Vec::with_capacity(keys.len());
+        for (ino, tag, name, kind) in keys {
             let attr = match plus {
                 false => None,
                 true => {
                     let a = c.attrs.get(&ino)?;
                     // A file linked from another subtree too (before either was one).
-                    if a.subtree != dir_attr.subtree {
+                    if a.subtree != subtree {
                         self.trusted(a.subtree)?;
                     }
                     Some(a.clone())
@@ -115,10 +135,16 @@ impl Delegations {
                 cookie: 0,
                 attr,
             });
+            tags.push(tag);
         }
-        drop(c);
-        number(&mut entries)?;
-        Some(Arc::new(entries))
+        number(&mut entries, &tags)?;
+        let entries = Arc::new(entries);
+        if !plus {
+            if let Some(d) = c.dirs.get_mut(&dir) {
+                d.known = Some(entries.clone());
+            }
+        }
+        Some(entries)
     }
 }
 
@@ -145,18 +171,26 @@ mod tests {
             entry("a1", 9),
         ])
         .expect("fits");
-        let order: Vec<_> = listed.iter().map(|e| (e.ino, e.name.clone())).collect();
+        let order: Vec<_> = listed.iter().map(|e| e.ino).collect();
+        assert_eq!(order, [4, 9, 9, 9]);
+        let mut links: Vec<_> = listed[1..].iter().map(|e| e.name.clone()).collect();
+        links.sort_by_key(|n| (link_tag(n), n.clone()));
         assert_eq!(
-            order,
-            [
-                (4, b"b".to_vec()),
-                (9, b"a1".to_vec()),
-                (9, b"a2".to_vec()),
-                (9, b"c".to_vec())
-            ]
+            links,
+            listed[1..]
+                .iter()
+                .map(|e| e.name.clone())
+                .collect::<Vec<_>>()
         );
         assert!(listed.iter().all(|e| is_local(e.cookie) && e.cookie > 2));
         assert!(listed.windows(2).all(|w| w[0].cookie < w[1].cookie));
+        // A link's cookie stays when another link of its inode goes.
+        let c_cookie = listed.iter().find(|e| e.name == b"c").unwrap().cookie;
+        let fewer = in_inode_order(vec![entry("c", 9), entry("b", 4), entry("a2", 9)]).unwrap();
+        assert_eq!(
+            fewer.iter().find(|e| e.name == b"c").unwrap().cookie,
+            c_cookie
+        );
         // The metadata's cookies are not local; nor are "." and "..".
         assert!(![1, 2, 3, 1 << 40].into_iter().any(is_local));
         // An inode number too large for a cookie, or 257 links in one directory: none.
