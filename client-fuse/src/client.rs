@@ -18,6 +18,7 @@ use mobilus_data_client::{
 
 mod ahead;
 mod budget;
+mod cut;
 mod flush;
 
 /// A file's write buffer is flushed as slices once it holds this many bytes...

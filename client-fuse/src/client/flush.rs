@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use mobilus_proto::fs::{Attr, ChunkHash, ChunkRef, SliceWrite};
+use mobilus_proto::fs::{Attr, ChunkHash, SliceWrite};
 
+use super::cut::Cut;
 use super::{slot_create, ClientError, FileWriter, STALE_CHUNK_ATTEMPTS, WRITE_THROUGH_BYTES};
-use crate::chunker;
 
 impl FileWriter {
     /// Make every buffered write durable: chunks on the local data node (fsynced there),
@@ -34,33 +34,15 @@ impl FileWriter {
         for a in &mut ahead {
             a.settle().await;
         }
-        let mut slices = Vec::with_capacity(self.pending.len());
-        let mut chunks: Vec<(ChunkHash, &[u8])> = Vec::new();
-        let mut seen = HashSet::new();
-        for (entry, (offset, buf)) in self.pending.iter().enumerate() {
-            let pieces = ahead
-                .iter()
-                .find_map(|a| a.pieces_of(entry, buf))
-                .unwrap_or_else(|| chunker::chunk(buf));
-            let refs = pieces
-                .iter()
-                .map(|p| ChunkRef {
-                    hash: p.hash,
-                    offset: 0,
-                    len: p.len as u64,
-                })
-                .collect();
-            slices.push(SliceWrite {
-                offset: *offset,
-                len: buf.len() as u64,
-                chunks: refs,
-            });
-            for p in pieces {
-                if seen.insert(p.hash) {
-                    chunks.push((p.hash, &buf[p.offset..p.offset + p.len]));
-                }
-            }
-        }
+        let cut = Cut::of(&self.pending, |entry, buf| {
+            ahead.iter().find_map(|a| a.pieces_of(entry, buf))
+        });
+        let chunks: Vec<(ChunkHash, &[u8])> = cut
+            .chunks
+            .iter()
+            .map(|(hash, at)| (*hash, cut.bytes(&self.pending, *at)))
+            .collect();
+        let slices = &cut.slices;
         let stored_ahead: HashSet<ChunkHash> = ahead.iter().flat_map(|a| a.hashes()).collect();
         let mut attempt = 0;
         let attr = loop {
@@ -82,7 +64,7 @@ impl FileWriter {
                 None => {
                     self.client
                         .meta
-                        .write(self.ino, &slices, None, &checks, self.holder_only)
+                        .write(self.ino, slices, None, &checks, self.holder_only)
                         .await
                 }
             };
@@ -128,6 +110,6 @@ impl FileWriter {
         self.holder_only = false;
         self.made();
         pushed?;
-        Ok(Some((attr, slices)))
+        Ok(Some((attr, cut.slices)))
     }
 }

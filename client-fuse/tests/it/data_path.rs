@@ -333,3 +333,60 @@ async fn a_chunk_corrupted_at_one_site_is_never_returned_and_is_repaired_from_th
     assert_eq!(b.stats().remote_fetches, 0);
     assert!(fetched > 0);
 }
+
+/// Pages scattered through a file and flushed together are stored as one chunk, a pack,
+/// each page's extent a range of it; a page zeroed and then written in the same flush is
+/// stored once. Both sites read every page back (the other one fetching ranges of the
+/// pack), and the namespace checks clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pages_flushed_together_are_stored_as_one_pack_and_read_back_at_both_sites() {
+    const PAGE: usize = 8192;
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let b = sites.client("site-b").await;
+    let ino = must_create(&a, "db").await;
+    let mut image = vec![0u8; 600 * PAGE];
+    let mut w = a.writer(ino);
+    // Extended with a zeroed page first, as a database does, then written.
+    w.write(0, &[0u8; PAGE]).await.unwrap();
+    for i in 0..200 {
+        let page = noise(PAGE, 100 + i as u64);
+        w.write((i * 3 * PAGE) as u64, &page).await.unwrap();
+        image[i * 3 * PAGE..][..PAGE].copy_from_slice(&page);
+    }
+    let before = a.stats();
+    w.flush().await.unwrap();
+    let after = a.stats();
+    assert_eq!(after.chunks_sent - before.chunks_sent, 1, "one store");
+    assert_eq!(
+        after.bytes_sent - before.bytes_sent,
+        200 * PAGE as u64,
+        "the zeroed page is not stored"
+    );
+    let (extents, size) = a
+        .meta()
+        .read_slices(ino, 0, image.len() as u64, false)
+        .await
+        .unwrap();
+    assert_eq!(size, (598 * PAGE) as u64);
+    let packs: std::collections::HashSet<_> = extents
+        .iter()
+        .filter_map(|e| e.chunk.as_ref().map(|c| c.hash))
+        .collect();
+    assert_eq!(packs.len(), 1, "every page a range of one chunk");
+    assert!(extents
+        .iter()
+        .any(|e| e.chunk.as_ref().is_some_and(|c| c.offset > 0)));
+
+    let image = &image[..size as usize];
+    assert_eq!(a.read(ino, 0, size).await.unwrap(), image);
+    // One page alone at the other site, then all of it.
+    let page = 77 * 3 * PAGE;
+    assert_eq!(
+        b.read(ino, page as u64, PAGE as u64).await.unwrap(),
+        &image[page..][..PAGE]
+    );
+    assert_eq!(b.read(ino, 0, size).await.unwrap(), image);
+    let report = a.meta().fsck().await.unwrap();
+    assert_eq!(report.problems, Vec::<String>::new());
+}

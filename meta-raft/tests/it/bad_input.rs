@@ -189,6 +189,20 @@ async fn bad_names_kinds_and_sizes_get_their_errno() {
         errno(c.write(file, &[one(0, 1 << 40)], None, &[], false).await),
         Errno::EINVAL
     );
+    // A range of a chunk (a pack) that ends past what any chunk holds.
+    let past_the_end = SliceWrite {
+        offset: 0,
+        len: 10,
+        chunks: vec![ChunkRef {
+            hash: h,
+            offset: u64::MAX - 4,
+            len: 10,
+        }],
+    };
+    assert_eq!(
+        errno(c.write(file, &[past_the_end], None, &[], false).await),
+        Errno::EINVAL
+    );
     assert_eq!(
         c.getattr(file, false).await.unwrap().size,
         0,
