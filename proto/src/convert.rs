@@ -9,7 +9,7 @@ use crate::fs::{
     SnapshotInfo, StatFs, SubtreeInfo, SubtreeState, SubtreeUsage, TimeSet, WorkerReport,
 };
 use crate::pb;
-use crate::status::WireError;
+use crate::status::{Errno, WireError};
 use tonic::Code;
 
 fn invalid(msg: impl Into<String>) -> WireError {
@@ -407,6 +407,21 @@ impl TryFrom<pb::ChunkRef> for ChunkRef {
             .as_slice()
             .try_into()
             .map_err(|_| invalid(format!("chunk hash has {} bytes, not 32", c.hash.len())))?;
+        // A range of a chunk (a pack of small writes) lies within what a chunk holds.
+        if c.offset
+            .checked_add(c.length)
+            .is_none_or(|end| end > crate::MAX_CHUNK_BYTES)
+        {
+            return Err(WireError::Errno(
+                Errno::EINVAL,
+                format!(
+                    "chunk range {}+{} ends past {} bytes",
+                    c.offset,
+                    c.length,
+                    crate::MAX_CHUNK_BYTES
+                ),
+            ));
+        }
         Ok(ChunkRef {
             hash: ChunkHash(hash),
             offset: c.offset,

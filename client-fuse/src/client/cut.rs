@@ -2,19 +2,24 @@
 //!
 //! A run of at least [`chunker::MIN_CHUNK`] is cut by content, as always. Smaller runs
 //! (a database's pages, written back at a checkpoint or an fsync, each a run of its own)
-//! are packed, in the order buffered, into chunks of at most [`chunker::MAX_CHUNK`], and
+//! are packed, in the order buffered, into chunks of at most [`PACK_BYTES`], and
 //! each run's slice names its range of its pack (a `ChunkRef` with an offset). One
 //! store then carries many pages: each store costs the data node a file, three syncs
 //! and an index write, so a checkpoint of 8 KiB pages, one store each, kept it busy for
 //! about 0.6 ms of CPU per page. A flush of one small run stores the same chunk as
 //! before (a pack of one is the run itself), so small files still deduplicate; pages
-//! packed together deduplicate only as a whole.
+//! packed together deduplicate only as a whole. A pack stays stored while any of its
+//! ranges is referenced, and a miss at another site brings the whole chunk after the
+//! range it needs: so packs are kept to 1 MiB, the average chunk, not the largest.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mobilus_proto::fs::{ChunkHash, ChunkRef, SliceWrite};
 
 use crate::chunker::{self, Piece};
+
+/// The most bytes one pack holds.
+pub(super) const PACK_BYTES: usize = chunker::AVG_CHUNK;
 
 /// Where a chunk's bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +33,7 @@ pub(super) enum Bytes {
 /// What a flush stores and commits.
 #[derive(Debug, Default)]
 pub(super) struct Cut {
-    /// One per buffered write, in order.
+    /// One per buffered write not left out, in order.
     pub slices: Vec<SliceWrite>,
     /// Each chunk to store once, and where its bytes are.
     pub chunks: Vec<(ChunkHash, Bytes)>,
@@ -72,7 +77,7 @@ impl Cut {
                     None => {
                         let fits = packs
                             .last()
-                            .is_some_and(|(p, _)| p.len() + buf.len() <= chunker::MAX_CHUNK);
+                            .is_some_and(|(p, _)| p.len() + buf.len() <= PACK_BYTES);
                         if !fits {
                             packs.push((Vec::new(), Some(run)));
                         } else if let Some(last) = packs.last_mut() {
@@ -219,14 +224,14 @@ mod tests {
         pending.push((3 * 8192, noise(8192, 5000)));
         let cut = Cut::of(&pending, |_, _| None);
         assert_eq!(replay(&cut, &pending, SIZE), image(pending.clone(), SIZE));
-        // The 600 pages but the one overwritten (4.7 MiB) in two packs, the page written
+        // The 600 pages but the one overwritten (4.7 MiB) in five packs, the page written
         // twice once; the large run cut by content.
         let packed: usize = cut.packs.iter().map(Vec::len).sum();
         assert_eq!(packed, 600 * 8192);
-        assert_eq!(cut.packs.len(), 2);
-        assert!(cut.packs.iter().all(|p| p.len() <= chunker::MAX_CHUNK));
+        assert_eq!(cut.packs.len(), (600 * 8192usize).div_ceil(PACK_BYTES));
+        assert!(cut.packs.iter().all(|p| p.len() <= PACK_BYTES));
         let large = chunker::chunk(&pending[300].1).len();
-        assert_eq!(cut.chunks.len(), 2 + large);
+        assert_eq!(cut.chunks.len(), cut.packs.len() + large);
         assert_eq!(
             cut.slices.len(),
             pending.len() - 1,

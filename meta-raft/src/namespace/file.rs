@@ -146,13 +146,7 @@ pub(crate) fn write(
         }
         // No chunk is longer than a data node stores: this also bounds the records one
         // write can make (one per block it covers).
-        // A range of a chunk (a pack of small runs) lies within what a chunk can hold.
-        let beyond = |c: &ChunkRef| {
-            c.offset
-                .checked_add(c.len)
-                .is_none_or(|end| end > MAX_CHUNK_BYTES)
-        };
-        if s.chunks.iter().any(beyond) {
+        if s.chunks.iter().any(|c| c.len > MAX_CHUNK_BYTES) {
             return Err(Errno::EINVAL.into());
         }
     }
