@@ -1170,6 +1170,11 @@ impl MountFs {
             }
         }
         let ticket = self.deleg.ticket();
+        let whole = cookie <= 2 && self.deleg.wants_whole_listing(ino);
+        let limit = match whole {
+            true => delegation::MAX_LISTING as u32,
+            false => READDIR_BATCH,
+        };
         let (mut entries, eof, fetched) = match self.take_prefetch(fh, ino, cookie, plus).await {
             Some(prefetched) => prefetched,
             None => {
@@ -1177,7 +1182,7 @@ impl MountFs {
                 let (entries, eof) = self
                     .meta()
                     .await?
-                    .readdir(ino, cookie, READDIR_BATCH, plus, false)
+                    .readdir(ino, cookie, limit, plus, false)
                     .await?;
                 (entries, eof, fetched)
             }
@@ -1185,6 +1190,8 @@ impl MountFs {
         // Entries' cookies start at 3 (1 and 2 are "." and ".."): from 2 is all of it.
         if cookie <= 2 && eof {
             self.deleg.keep_listing(ticket, ino, &entries);
+        } else if whole {
+            self.deleg.listing_too_big(ino);
         }
         for e in &mut entries {
             if let Some(a) = e.attr.take() {

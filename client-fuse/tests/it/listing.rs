@@ -9,14 +9,17 @@ use crate::delegation::{
     must_have_no_write_backs, must_log,
 };
 
-/// The names one `getdents64` of at most 4 KiB reads from `dir` ("." and ".." left out).
-fn must_getdents(dir: &std::fs::File) -> Vec<String> {
+/// The names one `getdents64` of at most 4 KiB reads from `dir` ("." and ".." left out),
+/// and whether their cookies are those of a listing in inode order (bit 62).
+fn must_getdents(dir: &std::fs::File) -> (Vec<String>, bool) {
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
     let mut raw = rustix::fs::RawDir::new(dir, &mut buf);
-    let mut names = Vec::new();
+    let (mut names, mut local) = (Vec::new(), false);
     while let Some(entry) = raw.next() {
-        let name = entry.unwrap().file_name().to_str().unwrap().to_string();
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_str().unwrap().to_string();
         if name != "." && name != ".." {
+            local = entry.next_entry_cookie() & (1 << 62) != 0;
             names.push(name);
         }
         // One call's worth: what the kernel gave is all read.
@@ -24,7 +27,7 @@ fn must_getdents(dir: &std::fs::File) -> Vec<String> {
             break;
         }
     }
-    names
+    (names, local)
 }
 
 fn names_in(dir: &std::path::Path) -> Vec<String> {
@@ -58,7 +61,12 @@ async fn the_holder_lists_what_it_made_and_a_listing_read_across_a_recall_goes_o
     let listed = must_answer_with_metadata_paused(
         &sites,
         &a1.point.join("app"),
-        |_| drop_kernel_caches(),
+        |_| {
+            // Every create and unlink answered here committed first (an fsync of the
+            // directory makes them): one still in flight leaves its name unsure.
+            std::fs::File::open(&many).unwrap().sync_all().unwrap();
+            drop_kernel_caches();
+        },
         move |_| names_in(&dir),
     );
     assert_eq!(
@@ -71,13 +79,33 @@ async fn the_holder_lists_what_it_made_and_a_listing_read_across_a_recall_goes_o
 
     // Read a few hundred names (a small buffer a call, not glibc's: it takes a whole
     // listing of this size in one), then lose the delegation and let the handle's batch
-    // age past its TTL before reading on.
-    drop_kernel_caches();
-    let listing = std::fs::File::open(&many).unwrap();
+    // age past its TTL before reading on. The listing must start from the cache, in inode
+    // order: a change whose answer the cache did not record (a create that waited for
+    // a commit across a renewal, on a loaded machine) leaves the directory known whole
+    // only after its next listing and change, so add a file until it does.
     let mut seen = Vec::new();
-    while seen.len() < 300 {
-        seen.extend(must_getdents(&listing));
+    let mut listing = None;
+    for n in 0..5 {
+        let late = format!("late-{n}");
+        std::fs::File::create(many.join(&late)).unwrap();
+        expected.insert(late);
+        must_have_no_write_backs(&a1);
+        drop_kernel_caches();
+        let dir = std::fs::File::open(&many).unwrap();
+        let (mut names, mut local) = (Vec::new(), false);
+        while names.len() < 300 {
+            let (more, in_order) = must_getdents(&dir);
+            names.extend(more);
+            local = in_order;
+        }
+        if local {
+            (seen, listing) = (names, Some(dir));
+            break;
+        }
+        // Read to the end: the metadata's listing, now cached whole.
+        while !must_getdents(&dir).0.is_empty() {}
     }
+    let listing = listing.expect("the holder never listed the directory from its cache");
     let before = seen.len();
     let a2 = sites.mount("site-a");
     std::fs::write(a2.point.join("app/many/from-a2"), b"a2").unwrap();
@@ -88,7 +116,7 @@ async fn the_holder_lists_what_it_made_and_a_listing_read_across_a_recall_goes_o
     );
     std::thread::sleep(Duration::from_millis(1_500));
     loop {
-        let more = must_getdents(&listing);
+        let (more, _) = must_getdents(&listing);
         if more.is_empty() {
             break;
         }

@@ -741,6 +741,24 @@ impl Delegations {
                 .is_none_or(|d| d.listing.is_none() && !d.too_big)
     }
 
+    /// Whether a READDIR of `dir` from its start should ask for up to [`MAX_LISTING`]
+    /// entries, so that a listing that ends there is kept whole: `dir` is held here, its
+    /// listing is not known too big, and no mutation of this mount is in flight (a
+    /// listing fetched across one is not kept). A directory listed in batches would never
+    /// be cached whole again once a change of it went unrecorded.
+    pub(super) fn wants_whole_listing(&self, dir: InodeId) -> bool {
+        let c = lock(&self.cache);
+        if c.inflight > 0 || c.unsure_until.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let Some(a) = c.attrs.get(&dir) else {
+            return false;
+        };
+        a.kind == FileKind::Directory
+            && self.trusted(a.subtree).is_some()
+            && c.dirs.get(&dir).is_none_or(|d| !d.too_big)
+    }
+
     /// `dir` has more entries than a cached listing may hold.
     pub(super) fn listing_too_big(&self, dir: InodeId) {
         let mut c = lock(&self.cache);
