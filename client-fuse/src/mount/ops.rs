@@ -1131,6 +1131,15 @@ impl MountFs {
         failed
     }
 
+    /// Entries' attributes as this mount answers them ([`MountFs::merge`]).
+    fn merge_entries(&self, entries: &mut [DirEntry]) {
+        for e in entries {
+            if let Some(a) = e.attr.take() {
+                e.attr = Some(self.merge(a));
+            }
+        }
+    }
+
     /// Entries of a directory after `cookie`, at most one batch; `fh`: the handle's
     /// (OPENDIR) last batch answers if it can (`dir_handles.rs`).
     #[instrument(skip(self))]
@@ -1152,14 +1161,8 @@ impl MountFs {
             if !plus {
                 return Ok(page);
             }
-            let merged = page
-                .entries()
-                .iter()
-                .map(|e| DirEntry {
-                    attr: e.attr.clone().map(|a| self.merge(a)),
-                    ..e.clone()
-                })
-                .collect();
+            let mut merged = page.entries().to_vec();
+            self.merge_entries(&mut merged);
             return Ok(DirPage::whole(Arc::new(merged)));
         }
         // With no TTL a handle keeps no batch, and each page would build it all again.
@@ -1193,11 +1196,7 @@ impl MountFs {
         } else if whole {
             self.deleg.listing_too_big(ino);
         }
-        for e in &mut entries {
-            if let Some(a) = e.attr.take() {
-                e.attr = Some(self.merge(a));
-            }
-        }
+        self.merge_entries(&mut entries);
         let entries = Arc::new(entries);
         self.keep_batch(fh, ino, plus, &entries, eof, fetched);
         if !eof {

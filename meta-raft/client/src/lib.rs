@@ -1073,16 +1073,32 @@ impl MetaClient {
         ino: InodeId,
         stale: bool,
     ) -> Result<Vec<DirEntry>, ClientError> {
+        Ok(self.readdir_upto(ino, false, stale, usize::MAX).await?.0)
+    }
+
+    /// The entries of a directory from its start, page by page (with their attributes if
+    /// `plus`), until its end or until more than `max` are held: the entries, and whether
+    /// they are all of it.
+    pub async fn readdir_upto(
+        &self,
+        ino: InodeId,
+        plus: bool,
+        stale: bool,
+        max: usize,
+    ) -> Result<(Vec<DirEntry>, bool), ClientError> {
         let mut all = Vec::new();
         let mut cookie = 0;
         loop {
-            let (page, eof) = self.readdir(ino, cookie, 0, false, stale).await?;
+            let (page, eof) = self.readdir(ino, cookie, 0, plus, stale).await?;
             if let Some(last) = page.last() {
                 cookie = last.cookie;
             }
             all.extend(page);
             if eof {
-                return Ok(all);
+                return Ok((all, true));
+            }
+            if all.len() > max {
+                return Ok((all, false));
             }
         }
     }

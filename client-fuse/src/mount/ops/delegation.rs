@@ -727,18 +727,7 @@ impl Delegations {
     /// Only while no mutation of this mount is in flight: a listing fetched across one
     /// is not kept, and fetching it again at every lookup would cost more than it saves.
     pub(super) fn wants_listing(&self, dir: InodeId) -> bool {
-        let c = lock(&self.cache);
-        if c.inflight > 0 || c.unsure_until.is_some_and(|t| Instant::now() < t) {
-            return false;
-        }
-        let Some(a) = c.attrs.get(&dir) else {
-            return false;
-        };
-        a.kind == FileKind::Directory
-            && self.trusted(a.subtree).is_some()
-            && c.dirs
-                .get(&dir)
-                .is_none_or(|d| d.listing.is_none() && !d.too_big)
+        self.may_keep_listing(dir, |d| d.listing.is_none())
     }
 
     /// Whether a READDIR of `dir` from its start should ask for up to [`MAX_LISTING`]
@@ -747,6 +736,13 @@ impl Delegations {
     /// listing fetched across one is not kept). A directory listed in batches would never
     /// be cached whole again once a change of it went unrecorded.
     pub(super) fn wants_whole_listing(&self, dir: InodeId) -> bool {
+        self.may_keep_listing(dir, |_| true)
+    }
+
+    /// Whether a listing of `dir` fetched now could be kept: `dir` is a directory held
+    /// here, not known too big, whose cache (if any) `wanted`; and no mutation of this
+    /// mount is in flight.
+    fn may_keep_listing(&self, dir: InodeId, wanted: impl Fn(&DirCache) -> bool) -> bool {
         let c = lock(&self.cache);
         if c.inflight > 0 || c.unsure_until.is_some_and(|t| Instant::now() < t) {
             return false;
@@ -756,7 +752,7 @@ impl Delegations {
         };
         a.kind == FileKind::Directory
             && self.trusted(a.subtree).is_some()
-            && c.dirs.get(&dir).is_none_or(|d| !d.too_big)
+            && c.dirs.get(&dir).is_none_or(|d| !d.too_big && wanted(d))
     }
 
     /// `dir` has more entries than a cached listing may hold.

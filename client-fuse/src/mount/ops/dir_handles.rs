@@ -219,9 +219,7 @@ impl MountFs {
             },
         );
     }
-}
 
-impl MountFs {
     /// Keep `entries` (a whole listing in inode order, `known_listing.rs`) as `fh`'s
     /// batch of `ino`, and answer what follows `cookie`.
     pub(super) fn keep_in_inode_order(
@@ -233,11 +231,7 @@ impl MountFs {
         mut entries: Arc<Vec<DirEntry>>,
     ) -> DirPage {
         if plus {
-            for e in Arc::make_mut(&mut entries) {
-                if let Some(a) = e.attr.take() {
-                    e.attr = Some(self.merge(a));
-                }
-            }
+            self.merge_entries(Arc::make_mut(&mut entries).as_mut_slice());
         }
         self.keep_batch(fh, ino, plus, &entries, true, Instant::now());
         DirPage::after(entries, cookie)
@@ -261,20 +255,11 @@ impl MountFs {
             dir = ino,
             "a listing in inode order goes on from the metadata's"
         );
+        // Held whole to be put in order: bounded, as the cache's names are.
         let meta = self.meta().await?;
-        let (mut all, mut after) = (Vec::new(), 2);
-        loop {
-            let (batch, eof) = meta.readdir(ino, after, READDIR_BATCH, plus, false).await?;
-            after = batch.last().map_or(after, |e| e.cookie);
-            let done = eof || batch.is_empty();
-            all.extend(batch);
-            // Held whole to be put in order: bounded, as the cache's names are.
-            if all.len() > MAX_RESUMED {
-                return Err(ClientError::Refused(Errno::EOVERFLOW));
-            }
-            if done {
-                break;
-            }
+        let (all, whole) = meta.readdir_upto(ino, plus, false, MAX_RESUMED).await?;
+        if !whole {
+            return Err(ClientError::Refused(Errno::EOVERFLOW));
         }
         // Inode numbers are counted from 1, so never too large; 257 links of one inode
         // in one directory are.
