@@ -24,8 +24,19 @@ pub struct LocalDisk;
 
 impl Disk for LocalDisk {
     fn write_durably(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-        let mut f = File::create(tmp)?;
-        f.write_all(data)?;
+        let f = if data.len() >= DIRECT_MIN_BYTES {
+            write_direct(tmp, data)?
+        } else {
+            None
+        };
+        let f = match f {
+            Some(f) => f,
+            None => {
+                let mut f = File::create(tmp)?;
+                f.write_all(data)?;
+                f
+            }
+        };
         f.sync_all()?;
         drop(f);
         fs::rename(tmp, path)?;
@@ -53,6 +64,50 @@ impl Disk for LocalDisk {
     fn remove(&self, path: &Path) -> io::Result<()> {
         fs::remove_file(path)
     }
+}
+
+/// Files of at least this many bytes are written with `O_DIRECT`. On this kind of
+/// machine a buffered write of a fresh 1 MiB file cost 0.4 to 2.3 ms of CPU, most of it
+/// the kernel filling new page-cache pages (`copy_folio_from_iter_atomic`, half the data
+/// node's CPU during a sequential write), against 0.3 ms direct. Smaller files (pages a
+/// database is likely to read back soon) stay buffered.
+const DIRECT_MIN_BYTES: usize = 256 << 10;
+/// The alignment `O_DIRECT` asks of buffers, offsets and lengths (a page covers every
+/// logical block size in use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Write `data` to a new file `path` with `O_DIRECT`: the bytes padded to a whole block
+/// from an aligned copy, then the file cut to its length. `None` (and nothing left at
+/// `path`) if the file system takes no direct I/O (tmpfs): the caller writes it buffered.
+fn write_direct(path: &Path, data: &[u8]) -> io::Result<Option<File>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let opened = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let mut buf = vec![0u8; padded + DIRECT_ALIGN];
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    let aligned = &mut buf[start..start + padded];
+    aligned[..data.len()].copy_from_slice(data);
+    match f.write_all_at(aligned, 0) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            drop(f);
+            fs::remove_file(path)?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    f.set_len(data.len() as u64)?;
+    Ok(Some(f))
 }
 
 /// A local disk that can run out of space and rot.
@@ -130,5 +185,36 @@ impl Disk for FaultyDisk {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         self.inner.remove(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_direct_write_leaves_exactly_the_bytes_whatever_their_length() {
+        let dir = tempfile::tempdir().unwrap();
+        for len in [1, 4095, 4096, 4097, DIRECT_MIN_BYTES + 1, (1 << 20) + 513] {
+            let data = pattern(len);
+            let path = dir.path().join(format!("direct-{len}"));
+            let written = write_direct(&path, &data).unwrap();
+            assert!(written.is_some(), "this disk takes O_DIRECT");
+            assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn a_large_file_written_durably_is_renamed_whole_and_its_temporary_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, path) = (dir.path().join("tmp"), dir.path().join("chunk"));
+        let data = pattern(DIRECT_MIN_BYTES * 3 + 7);
+        LocalDisk.write_durably(&tmp, &path, &data).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert!(!tmp.exists());
     }
 }
