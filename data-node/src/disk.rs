@@ -52,6 +52,11 @@ impl Disk for LocalDisk {
 
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
+        if len >= DIRECT_MIN_BYTES {
+            if let Some(data) = read_direct(path, offset, len)? {
+                return Ok(data);
+            }
+        }
         let mut buf = vec![0; len];
         File::open(path)?.read_exact_at(&mut buf, offset)?;
         Ok(buf)
@@ -66,11 +71,13 @@ impl Disk for LocalDisk {
     }
 }
 
-/// Files of at least this many bytes are written with `O_DIRECT`. On this kind of
-/// machine a buffered write of a fresh 1 MiB file cost 0.4 to 2.3 ms of CPU, most of it
-/// the kernel filling new page-cache pages (`copy_folio_from_iter_atomic`, half the data
-/// node's CPU during a sequential write), against 0.3 ms direct. Smaller files (pages a
-/// database is likely to read back soon) stay buffered.
+/// Files of at least this many bytes are written, and ranges of at least this many
+/// read, with `O_DIRECT`. On this kind of machine a buffered write of a fresh 1 MiB file
+/// cost 0.4 to 2.3 ms of CPU, most of it the kernel filling new page-cache pages
+/// (`copy_folio_from_iter_atomic`, half the data node's CPU during a sequential write),
+/// against 0.3 ms direct; a cold 1 GiB read through the node took 1.25 s of its CPU
+/// buffered, 1.05 s direct. Smaller files and ranges (pages a database is likely to read
+/// again soon) stay in the page cache.
 const DIRECT_MIN_BYTES: usize = 256 << 10;
 /// The alignment `O_DIRECT` asks of buffers, offsets and lengths (a page covers every
 /// logical block size in use).
@@ -108,6 +115,43 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<Option<File>> {
     }
     f.set_len(data.len() as u64)?;
     Ok(Some(f))
+}
+
+/// Exactly `len` bytes of `path` from `offset`, read with `O_DIRECT` into an aligned
+/// buffer covering whole blocks. `None` if the file system takes no direct I/O.
+fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let align = DIRECT_ALIGN as u64;
+    let start = offset / align * align;
+    let padded = (offset + len as u64).div_ceil(align) * align - start;
+    let mut buf = vec![0u8; padded as usize + DIRECT_ALIGN];
+    let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    let aligned = &mut buf[at..at + padded as usize];
+    // Up to the file's end: the last block is read short.
+    let mut got = 0;
+    while got < aligned.len() {
+        match f.read_at(&mut aligned[got..], start + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && got == 0 => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let skip = (offset - start) as usize;
+    if got < skip + len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(Some(aligned[skip..skip + len].to_vec()))
 }
 
 /// A local disk that can run out of space and rot.
@@ -206,6 +250,32 @@ mod tests {
             assert!(written.is_some(), "this disk takes O_DIRECT");
             assert_eq!(fs::read(&path).unwrap(), data, "{len} bytes");
         }
+    }
+
+    #[test]
+    fn a_direct_read_gives_exactly_the_range_asked_and_a_short_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("chunk");
+        let data = pattern((1 << 20) + 513);
+        fs::write(&path, &data).unwrap();
+        for (offset, len) in [
+            (0, DIRECT_MIN_BYTES),
+            (16 << 10, 1 << 19),
+            (1000, data.len() - 1000),
+        ] {
+            let got = read_direct(&path, offset as u64, len).unwrap();
+            assert_eq!(
+                got.as_deref(),
+                Some(&data[offset..offset + len]),
+                "{offset}+{len}"
+            );
+            assert_eq!(
+                LocalDisk.read_at(&path, offset as u64, len).unwrap(),
+                &data[offset..offset + len]
+            );
+        }
+        let past = read_direct(&path, 4096, data.len()).unwrap_err();
+        assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
