@@ -405,6 +405,14 @@ impl Filesystem for FuseAdapter {
         {
             tracing::warn!(?missing, "the kernel keeps these locks to this host only");
         }
+        // Set-ID bits and file capabilities are taken away here (`ops::privileges`), so
+        // the kernel stops asking for `security.capability` before every write.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2) {
+            tracing::warn!(
+                ?missing,
+                "the kernel asks for security.capability before each write"
+            );
+        }
         Ok(())
     }
 
@@ -482,7 +490,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -507,10 +515,10 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time_set),
             ctime_ns: ctime.map(ns),
         };
-        let ttl = self.tuning.attr_ttl;
+        let (ttl, who) = (self.tuning.attr_ttl, caller(req));
         self.run(
             "setattr",
-            move |fs| async move { fs.setattr(ino.0, set).await },
+            move |fs| async move { fs.setattr(ino.0, set, who).await },
             attr(reply, ttl),
         );
     }
@@ -731,20 +739,22 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let who = caller(req);
         self.run(
             "write",
-            move |fs| async move { fs.write(fh.0, offset, &data).await },
+            move |fs| async move { fs.write(fh.0, offset, &data, kill_suidgid, who).await },
             move |r| match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),

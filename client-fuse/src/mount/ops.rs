@@ -26,6 +26,7 @@ mod delegation;
 mod dir_handles;
 mod local_locks;
 mod locks;
+mod privileges;
 mod unlink_back;
 mod write_back;
 
@@ -554,7 +555,13 @@ impl MountFs {
     }
 
     #[instrument(skip(self))]
-    pub async fn setattr(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
+    pub async fn setattr(&self, ino: InodeId, set: SetAttr, who: Caller) -> FsResult<Attr> {
+        let set = self.with_kills(ino, set, who).await?;
+        self.setattr_as_asked(ino, set).await
+    }
+
+    /// [`MountFs::setattr`] with nothing taken away that `set` does not name.
+    async fn setattr_as_asked(&self, ino: InodeId, set: SetAttr) -> FsResult<Attr> {
         let changing = self.deleg.mutation(Touches::inode(ino));
         let open = self.open_inode(ino);
         if let (Some(open), Some(_)) = (&open, set.size) {
@@ -914,7 +921,7 @@ impl MountFs {
                 size: Some(0),
                 ..SetAttr::default()
             };
-            let truncated = self.setattr(attr.ino, set).await?;
+            let truncated = self.setattr(attr.ino, set, who).await?;
             return Ok((truncated, fh));
         }
         Ok((self.merge(attr), fh))
@@ -990,9 +997,20 @@ impl MountFs {
     }
 
     #[instrument(skip(self, data), fields(len = data.len()))]
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+    /// `kill_suidgid`: the kernel flagged the write (its caller, `who`, lacks
+    /// `CAP_FSETID`), so it takes the file's set-ID bits away (see `privileges`).
+    pub async fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+        who: Caller,
+    ) -> FsResult<u32> {
         let h = self.handle(fh)?;
         let len = u32::try_from(data.len()).map_err(|_| ClientError::Refused(Errno::EINVAL))?;
+        self.kill_for_write(h.ino, &h.inode, kill_suidgid, who)
+            .await?;
         let mut w = h.inode.writer.lock().await;
         // A write that fills the buffer commits: forget the file's cached attributes and
         // map before the commit, as a flush does, not after it.

@@ -234,7 +234,7 @@ async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order
         .collect();
     for g in 1..=GENERATIONS {
         let data = vec![g as u8; LEN];
-        fs.write(writer_fh, 0, &data).await.unwrap();
+        fs.write(writer_fh, 0, &data, false, who).await.unwrap();
         if g % 2 == 0 {
             fs.flush(writer_fh).await.unwrap();
         }

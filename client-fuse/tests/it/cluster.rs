@@ -307,6 +307,8 @@ impl TwoSites {
             .args(["--site", site, "--meta", &self.meta_addrs.join(",")])
             .arg("--ready-file")
             .arg(&ready)
+            .args(["--metrics-listen", "127.0.0.1:0", "--metrics-ready-file"])
+            .arg(dir.path().join("metrics"))
             .arg(&point)
             .stdout(Stdio::null())
             .stderr(log)
@@ -402,6 +404,24 @@ pub struct Mount {
 impl Mount {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// The value of one series of the mount's metrics (`name{labels}` exactly as
+    /// served), 0 if it has no sample yet.
+    pub fn metric(&self, series: &str) -> f64 {
+        use std::io::{Read, Write};
+        let addr = std::fs::read_to_string(self.dir.path().join("metrics")).unwrap();
+        let mut s = std::net::TcpStream::connect(addr.trim()).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// The mount's process.

@@ -376,3 +376,115 @@ async fn a_directory_of_many_batches_lists_every_name_once_while_it_changes() {
     assert_eq!(must_list_once(&dir), now);
     println!("{listings} listings while the directory changed");
 }
+
+/// Run `code` (a shell command) as `nobody`, who lacks `CAP_FSETID`.
+fn as_nobody(code: &str) {
+    let status = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/bin/sh",
+            "-c",
+            code,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "{code}");
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+/// The mount, not the kernel, takes away set-ID bits and file capabilities
+/// (`FUSE_HANDLE_KILLPRIV_V2`), as Linux's own file systems do; and the kernel no longer
+/// asks for `security.capability` before each write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_truncates_and_chowns_take_set_id_bits_and_capabilities_away() {
+    let sites = TwoSites::start().await;
+    let m = sites.mount("site-a");
+    // nobody must reach the mount through the test's own temporary folder.
+    let parent = m.point.parent().unwrap();
+    std::fs::set_permissions(parent, PermissionsExt::from_mode(0o755)).unwrap();
+    let dir = m.point.join("privileges");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o777)).unwrap();
+    let path = dir.join("tool");
+    let p = path.display().to_string();
+    std::fs::write(&path, b"").unwrap();
+    let set = |mode| std::fs::set_permissions(&path, PermissionsExt::from_mode(mode)).unwrap();
+    // Root (CAP_FSETID) keeps them.
+    set(0o6777);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"root")
+        .unwrap();
+    assert_eq!(mode_of(&path), 0o6777, "a write by root");
+    as_nobody(&format!("printf x >> '{p}'"));
+    assert_eq!(mode_of(&path), 0o777, "a write by nobody");
+    // Set-group-ID without group execution stays for the group, not for others.
+    set(0o6767);
+    as_nobody(&format!("printf x >> '{p}'"));
+    assert_eq!(mode_of(&path), 0o767, "a write by nobody, not of the group");
+    set(0o6777);
+    as_nobody(&format!("truncate -s 1 '{p}'"));
+    assert_eq!(mode_of(&path), 0o777, "a truncate by nobody");
+    set(0o6777);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert_eq!(mode_of(&path), 0o6777, "a truncate by root");
+    std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+    assert_eq!(mode_of(&path), 0o777, "a chown, even by root");
+    // A file capability goes at any write and at a chown.
+    let cap = [
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let has_cap = || xattr_of(&path, "security.capability").is_some();
+    set_xattr(&path, "security.capability", &cap);
+    assert!(has_cap());
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap()
+        .write_all(b"y")
+        .unwrap();
+    assert!(!has_cap(), "a write by root takes the capability");
+    set_xattr(&path, "security.capability", &cap);
+    std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
+    assert!(!has_cap(), "a chown takes the capability");
+    // 200 writes, and the kernel asked no question before them.
+    let asked = |m: &crate::cluster::Mount| {
+        m.metric(r#"mobilus_fuse_ops_total{op="getxattr",outcome="error"}"#)
+            + m.metric(r#"mobilus_fuse_ops_total{op="getxattr",outcome="ok"}"#)
+    };
+    let before = asked(&m);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    for _ in 0..200 {
+        f.write_all(b"0123456789").unwrap();
+    }
+    f.sync_all().unwrap();
+    assert!(
+        asked(&m) - before <= 1.0,
+        "the kernel asked for security.capability before writes"
+    );
+}
+
+fn xattr_of(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::getxattr(path, name, &mut buf[..]).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) {
+    rustix::fs::setxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
