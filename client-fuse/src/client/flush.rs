@@ -47,11 +47,15 @@ impl FileWriter {
         let mut attempt = 0;
         let attr = loop {
             attempt += 1;
+            let uploading = std::time::Instant::now();
             let checks = self.client.upload(&chunks, &stored_ahead).await?;
+            metrics::histogram!("mobilus_client_flush_stage_seconds", "stage" => "upload")
+                .record(uploading.elapsed().as_secs_f64());
             let pause = self.client.counters.flush_pause_ms.load(Ordering::Relaxed);
             if pause > 0 && attempt == 1 {
                 tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
             }
+            let committing = std::time::Instant::now();
             let committed = match &create {
                 // Made and written in one command.
                 Some(create) => {
@@ -68,6 +72,8 @@ impl FileWriter {
                         .await
                 }
             };
+            metrics::histogram!("mobilus_client_flush_stage_seconds", "stage" => "commit")
+                .record(committing.elapsed().as_secs_f64());
             match committed {
                 Ok(attr) => break attr,
                 // Garbage collection raced with this write: ask the data node again.

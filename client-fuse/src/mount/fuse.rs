@@ -52,6 +52,12 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time to answer a FUSE operation, by op"
     );
+    describe_histogram!(
+        "mobilus_client_flush_stage_seconds",
+        Unit::Seconds,
+        "Time of each stage of a flush, as the mount sees it: `upload` (chunks stored at \
+         the site's data nodes) and `commit` (the slices committed)"
+    );
     describe_counter!(
         "mobilus_client_chunks_sent_total",
         "Chunks uploaded to this site's data node"
