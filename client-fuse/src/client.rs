@@ -885,6 +885,38 @@ impl FileWriter {
         self.write_planned(offset, data, plan).await
     }
 
+    /// Buffer a write that `plan` (of this writer, for `data`) found commits nothing
+    /// ([`FileWriter::may_flush`] false), with no wait: the mount answers it on the
+    /// thread that read it from the kernel. Storing ahead spawns on the current runtime.
+    pub fn write_buffered(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        plan: WritePlan,
+    ) -> Result<(), ClientError> {
+        debug_assert!(!self.may_flush(plan));
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.append(offset, data)?;
+        self.upload_ahead();
+        Ok(())
+    }
+
+    /// Add a write to the buffer (sequential writes grow one entry, so chunking sees
+    /// long runs).
+    fn append(&mut self, offset: u64, data: &[u8]) -> Result<(), ClientError> {
+        if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
+            return Err(ClientError::Refused(Errno::EFBIG));
+        }
+        match self.pending.last_mut() {
+            Some((at, buf)) if *at + buf.len() as u64 == offset => buf.extend_from_slice(data),
+            _ => self.pending.push((offset, data.to_vec())),
+        }
+        self.set_pending_bytes(self.pending_bytes + data.len());
+        Ok(())
+    }
+
     /// [`FileWriter::write`] as `plan` (of this writer, for `data`) decided.
     pub async fn write_planned(
         &mut self,
@@ -895,15 +927,7 @@ impl FileWriter {
         if data.is_empty() {
             return Ok(());
         }
-        if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
-            return Err(ClientError::Refused(Errno::EFBIG));
-        }
-        // Sequential writes grow one buffer, so chunking sees long runs.
-        match self.pending.last_mut() {
-            Some((at, buf)) if *at + buf.len() as u64 == offset => buf.extend_from_slice(data),
-            _ => self.pending.push((offset, data.to_vec())),
-        }
-        self.set_pending_bytes(self.pending_bytes + data.len());
+        self.append(offset, data)?;
         if plan.over_budget
             || self.pending_bytes >= MAX_BUFFERED
             || self.pending.len() >= FLUSH_WRITES

@@ -52,6 +52,10 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time to answer a FUSE operation, by op"
     );
+    describe_counter!(
+        "mobilus_fuse_on_thread_answers_total",
+        "Operations answered on the thread that read them from the kernel, by op"
+    );
     describe_histogram!(
         "mobilus_client_flush_stage_seconds",
         Unit::Seconds,
@@ -755,9 +759,24 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
         let kill_suidgid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let who = caller(req);
+        let start = std::time::Instant::now();
+        let answered = {
+            let _runtime = self.rt.enter();
+            self.fs.write_now(fh.0, offset, data, kill_suidgid, who)
+        };
+        if let Some(result) = answered {
+            // As `run` ends every change: no attribute answered before it is served after.
+            self.fs.mutated();
+            metrics::counter!("mobilus_fuse_on_thread_answers_total", "op" => "write").increment(1);
+            record("write", result.is_ok(), start);
+            return match result {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            };
+        }
+        let data = data.to_vec();
         self.run(
             "write",
             move |fs| async move { fs.write(fh.0, offset, &data, kill_suidgid, who).await },

@@ -459,12 +459,15 @@ async fn writes_truncates_and_chowns_take_set_id_bits_and_capabilities_away() {
     set_xattr(&path, "security.capability", &cap);
     std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
     assert!(!has_cap(), "a chown takes the capability");
-    // 200 writes, and the kernel asked no question before them.
+    // 200 writes: the kernel asked no question before them, and the mount answered
+    // them on its FUSE thread (nothing to take away, nothing to commit).
     let asked = |m: &crate::cluster::Mount| {
         m.metric(r#"mobilus_fuse_ops_total{op="getxattr",outcome="error"}"#)
             + m.metric(r#"mobilus_fuse_ops_total{op="getxattr",outcome="ok"}"#)
     };
-    let before = asked(&m);
+    let on_thread =
+        |m: &crate::cluster::Mount| m.metric(r#"mobilus_fuse_on_thread_answers_total{op="write"}"#);
+    let (before, answered_before) = (asked(&m), on_thread(&m));
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
@@ -473,6 +476,11 @@ async fn writes_truncates_and_chowns_take_set_id_bits_and_capabilities_away() {
         f.write_all(b"0123456789").unwrap();
     }
     f.sync_all().unwrap();
+    assert!(
+        on_thread(&m) - answered_before >= 190.0,
+        "writes went through the runtime: {}",
+        on_thread(&m) - answered_before
+    );
     assert!(
         asked(&m) - before <= 1.0,
         "the kernel asked for security.capability before writes"

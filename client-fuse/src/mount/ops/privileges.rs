@@ -55,13 +55,13 @@ impl MountFs {
         kill_suidgid: bool,
         who: Caller,
     ) -> FsResult<()> {
+        if self.nothing_to_kill(ino, inode, kill_suidgid, who) {
+            return Ok(());
+        }
         let killed = {
             let attr = &super::lock(&inode.attr).0;
             mode_killed(attr.mode & 0o7777, in_group(attr, who)).filter(|_| kill_suidgid)
         };
-        if killed.is_none() && self.known_absent_xattr(ino, SECURITY_CAPABILITY) {
-            return Ok(());
-        }
         self.kill_capability(ino).await?;
         if let Some(mode) = killed {
             let set = SetAttr {
@@ -71,6 +71,22 @@ impl MountFs {
             self.setattr_as_asked(ino, set).await?;
         }
         Ok(())
+    }
+
+    /// Whether a write (flagged `kill_suidgid` or not) of `inode` by `who` takes nothing
+    /// away, known from memory: no set-ID bit it would take, and no capability.
+    pub(super) fn nothing_to_kill(
+        &self,
+        ino: InodeId,
+        inode: &OpenInode,
+        kill_suidgid: bool,
+        who: Caller,
+    ) -> bool {
+        let set_ids = kill_suidgid && {
+            let attr = &super::lock(&inode.attr).0;
+            mode_killed(attr.mode & 0o7777, in_group(attr, who)).is_some()
+        };
+        !set_ids && self.known_absent_xattr(ino, SECURITY_CAPABILITY)
     }
 
     /// `set` with what it takes away added: the mode without its set-ID bits (unless
