@@ -479,6 +479,7 @@ pub async fn serve(
     .max_encoding_message_size(2 * FRAME + 1024);
     let incoming = mobilus_tls::server::incoming(listener, opts.tls);
     tonic::transport::Server::builder()
+        .max_frame_size(Some(mobilus_data_client::node::MAX_FRAME_SIZE))
         .max_concurrent_streams(MAX_STREAMS)
         .concurrency_limit_per_connection(MAX_STREAMS as usize)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
