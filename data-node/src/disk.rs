@@ -84,8 +84,9 @@ const DIRECT_MIN_BYTES: usize = 256 << 10;
 const DIRECT_ALIGN: usize = 4096;
 
 /// Write `data` to a new file `path` with `O_DIRECT`: the bytes padded to a whole block
-/// from an aligned copy, then the file cut to its length. `None` (and nothing left at
-/// `path`) if the file system takes no direct I/O (tmpfs): the caller writes it buffered.
+/// from an aligned copy, then the file cut to its length. `None` if the file system
+/// takes no direct I/O: the caller then writes `path` buffered (creating it anew, so
+/// what a refused attempt left there goes).
 fn write_direct(path: &Path, data: &[u8]) -> io::Result<Option<File>> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let opened = fs::OpenOptions::new()
@@ -143,7 +144,7 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && got == 0 => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
             Err(e) => return Err(e),
         }
     }

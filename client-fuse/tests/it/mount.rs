@@ -442,6 +442,27 @@ async fn writes_truncates_and_chowns_take_set_id_bits_and_capabilities_away() {
     assert_eq!(mode_of(&path), 0o6777, "a truncate by root");
     std::os::unix::fs::chown(&path, Some(0), Some(0)).unwrap();
     assert_eq!(mode_of(&path), 0o777, "a chown, even by root");
+    // The kernel hears of bits taken at a write at once: a set-user-ID program written
+    // by nobody runs as nobody right after (a WRITE's reply carries no attributes).
+    let id = dir.join("id");
+    std::fs::copy("/usr/bin/id", &id).unwrap();
+    std::fs::set_permissions(&id, PermissionsExt::from_mode(0o4777)).unwrap();
+    let euid_of_id = || {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&id)
+            .arg("-u")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(euid_of_id(), "0", "the mount honours set-user-ID");
+    as_nobody(&format!("printf x >> '{}'", id.display()));
+    assert_eq!(
+        euid_of_id(),
+        "65534",
+        "set-user-ID honoured after a write took it"
+    );
     // A file capability goes at any write and at a chown.
     let cap = [
         1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,

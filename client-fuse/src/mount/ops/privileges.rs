@@ -58,12 +58,23 @@ impl MountFs {
         if self.nothing_to_kill(ino, inode, kill_suidgid, who) {
             return Ok(());
         }
-        let killed = {
-            let attr = &super::lock(&inode.attr).0;
-            mode_killed(attr.mode & 0o7777, in_group(attr, who)).filter(|_| kill_suidgid)
-        };
         self.kill_capability(ino).await?;
-        if let Some(mode) = killed {
+        let cached = super::lock(&inode.attr).0.clone();
+        if kill_suidgid && mode_killed(cached.mode & 0o7777, in_group(&cached, who)).is_some() {
+            self.kill_set_ids(ino, who).await?;
+            // A WRITE's reply carries no attributes: the kernel would keep the set-ID
+            // mode (and `execve` honour it) until its attribute TTL ran out.
+            self.forget_kernel_attrs(ino);
+        }
+        Ok(())
+    }
+
+    /// Take `ino`'s set-ID bits away as `who`'s change would, computed from attributes
+    /// fetched now: a mode cached here may predate another mount's chmod, which writing
+    /// the whole mode back would undo.
+    async fn kill_set_ids(&self, ino: InodeId, who: Caller) -> FsResult<()> {
+        let fresh = self.meta_about(ino).await?.getattr(ino, false).await?;
+        if let Some(mode) = mode_killed(fresh.mode & 0o7777, in_group(&fresh, who)) {
             let set = SetAttr {
                 mode: Some(mode),
                 ..SetAttr::default()
@@ -105,8 +116,14 @@ impl MountFs {
         if capability && attr.kind == FileKind::Regular {
             self.kill_capability(ino).await?;
         }
-        if set_ids && set.mode.is_none() {
-            set.mode = mode_killed(attr.mode & 0o7777, in_group(&attr, who));
+        // The cached mode says whether there is anything to take (as the kernel's own
+        // cached mode did); what the new mode is comes from attributes fetched now.
+        if set_ids
+            && set.mode.is_none()
+            && mode_killed(attr.mode & 0o7777, in_group(&attr, who)).is_some()
+        {
+            let fresh = self.meta_about(ino).await?.getattr(ino, false).await?;
+            set.mode = mode_killed(fresh.mode & 0o7777, in_group(&fresh, who));
         }
         Ok(set)
     }
