@@ -88,26 +88,17 @@ const DIRECT_ALIGN: usize = 4096;
 /// takes no direct I/O: the caller then writes `path` buffered (creating it anew, so
 /// what a refused attempt left there goes).
 fn write_direct(path: &Path, data: &[u8]) -> io::Result<Option<File>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let opened = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path);
-    let f = match opened {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-        Err(e) => return Err(e),
+    use std::os::unix::fs::FileExt;
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    let Some(f) = open_direct(&mut options, path)? else {
+        return Ok(None);
     };
-    let padded = data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-    let mut buf = vec![0u8; padded + DIRECT_ALIGN];
-    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    let aligned = &mut buf[start..start + padded];
-    aligned[..data.len()].copy_from_slice(data);
-    match f.write_all_at(aligned, 0) {
+    let mut buf = AlignedBuf::zeroed(data.len().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN);
+    buf.as_mut()[..data.len()].copy_from_slice(data);
+    match f.write_all_at(buf.as_mut(), 0) {
         Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        Err(e) if is_refused(&e) => {
             drop(f);
             fs::remove_file(path)?;
             return Ok(None);
@@ -121,22 +112,15 @@ fn write_direct(path: &Path, data: &[u8]) -> io::Result<Option<File>> {
 /// Exactly `len` bytes of `path` from `offset`, read with `O_DIRECT` into an aligned
 /// buffer covering whole blocks. `None` if the file system takes no direct I/O.
 fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8>>> {
-    use std::os::unix::fs::{FileExt, OpenOptionsExt};
-    let f = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-        Err(e) => return Err(e),
+    use std::os::unix::fs::FileExt;
+    let Some(f) = open_direct(fs::OpenOptions::new().read(true), path)? else {
+        return Ok(None);
     };
     let align = DIRECT_ALIGN as u64;
     let start = offset / align * align;
     let padded = (offset + len as u64).div_ceil(align) * align - start;
-    let mut buf = vec![0u8; padded as usize + DIRECT_ALIGN];
-    let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    let aligned = &mut buf[at..at + padded as usize];
+    let mut buf = AlignedBuf::zeroed(padded as usize);
+    let aligned = buf.as_mut();
     // Up to the file's end: the last block is read short.
     let mut got = 0;
     while got < aligned.len() {
@@ -144,7 +128,7 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8
             Ok(0) => break,
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(e) if is_refused(&e) => return Ok(None),
             Err(e) => return Err(e),
         }
     }
@@ -153,6 +137,43 @@ fn read_direct(path: &Path, offset: u64, len: usize) -> io::Result<Option<Vec<u8
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     Ok(Some(aligned[skip..skip + len].to_vec()))
+}
+
+/// Open `path` as `options` say, with `O_DIRECT`; `None` if its file system refuses it.
+fn open_direct(options: &mut fs::OpenOptions, path: &Path) -> io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match options.custom_flags(libc::O_DIRECT).open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if is_refused(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The error a file system without direct I/O (or a misaligned request) answers.
+fn is_refused(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL)
+}
+
+/// A zeroed buffer of `len` bytes starting at a [`DIRECT_ALIGN`] boundary, as `O_DIRECT`
+/// asks (a `Vec` one alignment longer, used from its first aligned byte).
+struct AlignedBuf {
+    bytes: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn zeroed(len: usize) -> Self {
+        let bytes = vec![0u8; len + DIRECT_ALIGN];
+        // At most one alignment in, whatever `align_offset` answers: a buffer it could
+        // not align stays in bounds, and the write or read refused falls back.
+        let start = bytes.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        AlignedBuf { bytes, start, len }
+    }
+
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + self.len]
+    }
 }
 
 /// A local disk that can run out of space and rot.

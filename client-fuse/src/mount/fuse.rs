@@ -177,6 +177,14 @@ fn stale_if_gone<T>(result: FsResult<T>) -> FsResult<T> {
     }
 }
 
+/// Answer a write.
+fn written(reply: ReplyWrite, result: FsResult<u32>) {
+    match result {
+        Ok(n) => reply.written(n),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 /// Count and time one operation.
 fn record(name: &'static str, ok: bool, start: std::time::Instant) {
     let outcome = if ok { "ok" } else { "error" };
@@ -771,19 +779,13 @@ impl Filesystem for FuseAdapter {
             self.fs.mutated();
             metrics::counter!("mobilus_fuse_on_thread_answers_total", "op" => "write").increment(1);
             record("write", result.is_ok(), start);
-            return match result {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(&e)),
-            };
+            return written(reply, result);
         }
         let data = data.to_vec();
         self.run(
             "write",
             move |fs| async move { fs.write(fh.0, offset, &data, kill_suidgid, who).await },
-            move |r| match r {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(&e)),
-            },
+            move |r| written(reply, r),
         );
     }
 

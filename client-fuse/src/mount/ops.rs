@@ -996,9 +996,9 @@ impl MountFs {
         }
     }
 
-    #[instrument(skip(self, data), fields(len = data.len()))]
     /// `kill_suidgid`: the kernel flagged the write (its caller, `who`, lacks
     /// `CAP_FSETID`), so it takes the file's set-ID bits away (see `privileges`).
+    #[instrument(skip(self, data), fields(len = data.len()))]
     pub async fn write(
         &self,
         fh: u64,

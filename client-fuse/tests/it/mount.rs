@@ -377,19 +377,16 @@ async fn a_directory_of_many_batches_lists_every_name_once_while_it_changes() {
     println!("{listings} listings while the directory changed");
 }
 
-/// Run `code` (a shell command) as `nobody`, who lacks `CAP_FSETID`.
+/// A command run as `nobody`, who lacks `CAP_FSETID`.
+fn nobody() -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    c
+}
+
+/// Run `code` (a shell command) as `nobody`.
 fn as_nobody(code: &str) {
-    let status = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/bin/sh",
-            "-c",
-            code,
-        ])
-        .status()
-        .unwrap();
+    let status = nobody().args(["/bin/sh", "-c", code]).status().unwrap();
     assert!(status.success(), "{code}");
 }
 
@@ -448,12 +445,7 @@ async fn writes_truncates_and_chowns_take_set_id_bits_and_capabilities_away() {
     std::fs::copy("/usr/bin/id", &id).unwrap();
     std::fs::set_permissions(&id, PermissionsExt::from_mode(0o4777)).unwrap();
     let euid_of_id = || {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(&id)
-            .arg("-u")
-            .output()
-            .unwrap();
+        let out = nobody().arg(&id).arg("-u").output().unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(euid_of_id(), "0", "the mount honours set-user-ID");

@@ -20,7 +20,7 @@ const S_IXGRP: u32 = 0o010;
 /// caller is not of the file's group (as Linux's `setattr_should_drop_sgid`; a
 /// set-group-ID file no group may execute marks mandatory locking). `None` if nothing
 /// changes.
-pub(crate) fn mode_killed(mode: u32, in_group: bool) -> Option<u32> {
+fn mode_killed(mode: u32, in_group: bool) -> Option<u32> {
     let mut killed = mode & !S_ISUID;
     if mode & S_ISGID != 0 && (mode & S_IXGRP != 0 || !in_group) {
         killed &= !S_ISGID;
@@ -44,6 +44,18 @@ fn setattr_kills(set: &SetAttr, kind: FileKind, who: Caller) -> (bool, bool) {
     (chown || (truncate && who.uid != 0), chown || truncate)
 }
 
+/// The mode `who`'s change leaves `attr` with ([`mode_killed`]); `None` if it takes no
+/// set-ID bit away.
+fn mode_left(attr: &Attr, who: Caller) -> Option<u32> {
+    mode_killed(attr.mode & 0o7777, in_group(attr, who))
+}
+
+/// Whether a write by `who` takes set-ID bits away from `inode`, as far as its cached
+/// attributes tell (the kernel's own cached mode decided this before).
+fn write_takes_set_ids(inode: &OpenInode, kill_suidgid: bool, who: Caller) -> bool {
+    kill_suidgid && mode_left(&super::lock(&inode.attr).0, who).is_some()
+}
+
 impl MountFs {
     /// Before a write of `inode`: take away its file capability, and its set-ID bits if
     /// the kernel flagged the write (`kill_suidgid`: its caller lacks `CAP_FSETID`). With
@@ -55,13 +67,19 @@ impl MountFs {
         kill_suidgid: bool,
         who: Caller,
     ) -> FsResult<()> {
-        if self.nothing_to_kill(ino, inode, kill_suidgid, who) {
+        let set_ids = write_takes_set_ids(inode, kill_suidgid, who);
+        if !set_ids && self.known_absent_xattr(ino, SECURITY_CAPABILITY) {
             return Ok(());
         }
         self.kill_capability(ino).await?;
-        let cached = super::lock(&inode.attr).0.clone();
-        if kill_suidgid && mode_killed(cached.mode & 0o7777, in_group(&cached, who)).is_some() {
-            self.kill_set_ids(ino, who).await?;
+        if set_ids {
+            if let Some(mode) = self.fresh_mode_left(ino, who).await? {
+                let set = SetAttr {
+                    mode: Some(mode),
+                    ..SetAttr::default()
+                };
+                self.setattr_as_asked(ino, set).await?;
+            }
             // A WRITE's reply carries no attributes: the kernel would keep the set-ID
             // mode (and `execve` honour it) until its attribute TTL ran out.
             self.forget_kernel_attrs(ino);
@@ -69,19 +87,11 @@ impl MountFs {
         Ok(())
     }
 
-    /// Take `ino`'s set-ID bits away as `who`'s change would, computed from attributes
-    /// fetched now: a mode cached here may predate another mount's chmod, which writing
-    /// the whole mode back would undo.
-    async fn kill_set_ids(&self, ino: InodeId, who: Caller) -> FsResult<()> {
+    /// [`mode_left`] from attributes fetched now: a mode cached here may predate another
+    /// mount's chmod, which writing the whole mode back would undo.
+    async fn fresh_mode_left(&self, ino: InodeId, who: Caller) -> FsResult<Option<u32>> {
         let fresh = self.meta_about(ino).await?.getattr(ino, false).await?;
-        if let Some(mode) = mode_killed(fresh.mode & 0o7777, in_group(&fresh, who)) {
-            let set = SetAttr {
-                mode: Some(mode),
-                ..SetAttr::default()
-            };
-            self.setattr_as_asked(ino, set).await?;
-        }
-        Ok(())
+        Ok(mode_left(&fresh, who))
     }
 
     /// Whether a write (flagged `kill_suidgid` or not) of `inode` by `who` takes nothing
@@ -93,11 +103,8 @@ impl MountFs {
         kill_suidgid: bool,
         who: Caller,
     ) -> bool {
-        let set_ids = kill_suidgid && {
-            let attr = &super::lock(&inode.attr).0;
-            mode_killed(attr.mode & 0o7777, in_group(attr, who)).is_some()
-        };
-        !set_ids && self.known_absent_xattr(ino, SECURITY_CAPABILITY)
+        !write_takes_set_ids(inode, kill_suidgid, who)
+            && self.known_absent_xattr(ino, SECURITY_CAPABILITY)
     }
 
     /// `set` with what it takes away added: the mode without its set-ID bits (unless
@@ -111,19 +118,15 @@ impl MountFs {
         if set.uid.is_none() && set.gid.is_none() && set.size.is_none() {
             return Ok(set);
         }
-        let attr: Attr = self.getattr(ino).await?;
+        let attr = self.getattr(ino).await?;
         let (set_ids, capability) = setattr_kills(&set, attr.kind, who);
         if capability && attr.kind == FileKind::Regular {
             self.kill_capability(ino).await?;
         }
         // The cached mode says whether there is anything to take (as the kernel's own
         // cached mode did); what the new mode is comes from attributes fetched now.
-        if set_ids
-            && set.mode.is_none()
-            && mode_killed(attr.mode & 0o7777, in_group(&attr, who)).is_some()
-        {
-            let fresh = self.meta_about(ino).await?.getattr(ino, false).await?;
-            set.mode = mode_killed(fresh.mode & 0o7777, in_group(&fresh, who));
+        if set_ids && set.mode.is_none() && mode_left(&attr, who).is_some() {
+            set.mode = self.fresh_mode_left(ino, who).await?;
         }
         Ok(set)
     }
