@@ -231,10 +231,21 @@ pub const COMPACT_AT: usize = 32;
 /// references move with them in this transaction. Metadata only: no chunk is rewritten.
 fn compact(txn: &mut Txn<'_>, now: i64, ino: InodeId, block: u64) -> Result<(), NsError> {
     let prefix = keys::slice(ino, block, 0)[..16].to_vec();
-    let records = txn.scan_all(Cf::Slices, &prefix)?;
-    if records.len() <= COMPACT_AT {
+    // Counted first, without copying: most writes find too few to compact, and a
+    // fragmented block's merged record can hold a thousand chunk references.
+    let mut count = 0;
+    txn.scan(Cf::Slices, &prefix, &prefix, |_, _| {
+        count += 1;
+        Ok(if count > COMPACT_AT {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        })
+    })?;
+    if count <= COMPACT_AT {
         return Ok(());
     }
+    let records = txn.scan_all(Cf::Slices, &prefix)?;
     let (lo, hi) = (block * BLOCK_SIZE, (block + 1) * BLOCK_SIZE);
     let mut extents = vec![Extent {
         offset: lo,

@@ -1,8 +1,9 @@
 //! Namespace behaviour that the model test does not reach: big directories and paging.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use mobilus_meta::namespace::Namespace;
+use mobilus_meta::namespace::{Cf, Namespace, RocksStore, COMPACT_AT};
 use mobilus_meta::types::{Command, Op, OpReply};
 use mobilus_proto::fs::{FileKind, ROOT_INO};
 
@@ -336,5 +337,53 @@ fn compacted_slices_read_the_same_and_keep_references_consistent() {
     let hashes: Vec<ChunkHash> = used.iter().map(|id| ChunkHash([*id; 32])).collect();
     for (refs, _) in ns.chunk_refs(&hashes).unwrap() {
         assert_eq!(refs, 0, "a reference outlived the file");
+    }
+}
+
+/// Deletes in the slice records' active memtable.
+fn memtable_deletes(rocks: &RocksStore) -> u64 {
+    let slices = rocks.db().cf_handle(Cf::Slices.name()).expect("slices");
+    rocks
+        .db()
+        .property_int_value_cf(&slices, "rocksdb.num-deletes-active-mem-table")
+        .expect("property")
+        .expect("a value")
+}
+
+#[test]
+fn a_block_written_over_and_over_leaves_few_tombstones_for_its_scans() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rocks = Arc::new(RocksStore::open(tmp.path()).unwrap());
+    let ns = Namespace::new(rocks.clone()).unwrap();
+    let OpReply::Attr(file) = must(&ns, mknod(ROOT_INO, "hot".into())) else {
+        panic!("not an attr");
+    };
+    // Each write scans the block's records; every COMPACT_AT writes they are compacted,
+    // deleting them all. Without the flush on hidden entries, every delete stays in the
+    // memtable and each scan steps over all of them.
+    let writes = 64 * COMPACT_AT as u64;
+    for i in 0..writes {
+        let offset = (i * 7919 % 1024) * 4096;
+        must(
+            &ns,
+            crate::clone::write(file.ino, offset, 4096, (i % 251) as u8),
+        );
+    }
+    let deleted_per_write = (COMPACT_AT as u64 + 1) as f64 / COMPACT_AT as f64;
+    assert!(
+        writes as f64 * deleted_per_write > 2000.0,
+        "the writes must delete more records than the bound below"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let deletes = memtable_deletes(&rocks);
+        if deletes <= 512 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{deletes} deletes still in the active memtable after {writes} writes to one block"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
