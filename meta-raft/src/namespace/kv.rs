@@ -78,9 +78,7 @@ impl RocksStore {
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), column_family_options()));
         let db = DB::open_cf_descriptors(&opts, path, cfs)?;
         for cf in Cf::ALL {
-            if let Some(handle) = db.cf_handle(cf.name()) {
-                db.set_options_cf(&handle, HIDDEN_ENTRY_FLUSH)?;
-            }
+            db.set_options_cf(handle(&db, cf)?, HIDDEN_ENTRY_FLUSH)?;
         }
         Ok(RocksStore { db })
     }
