@@ -88,6 +88,14 @@ fn add_refs(txn: &mut Txn<'_>, now: i64, hash: &ChunkHash, delta: i64) -> Result
     Ok(())
 }
 
+/// The bytes `chunks` cover together; `None` past `u64` (a request, or a stored record,
+/// may claim anything).
+pub(super) fn chunks_length(chunks: &[ChunkRef]) -> Option<u64> {
+    chunks
+        .iter()
+        .try_fold(0u64, |acc, c| acc.checked_add(c.len))
+}
+
 fn put_record(txn: &mut Txn<'_>, ino: InodeId, seq: u64, rec: &SliceRecord) -> Result<(), NsError> {
     for c in &rec.chunks {
         incref(txn, &c.hash)?;
@@ -137,10 +145,7 @@ pub(crate) fn write(
         if end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG.into());
         }
-        let covered = s
-            .chunks
-            .iter()
-            .try_fold(0u64, |acc, c| acc.checked_add(c.len));
+        let covered = chunks_length(&s.chunks);
         if s.len == 0 || covered != Some(s.len) {
             return Err(Errno::EINVAL.into());
         }

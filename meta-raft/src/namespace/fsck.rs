@@ -276,8 +276,9 @@ impl Namespace {
                     s.offset
                 ));
             }
-            let covered: u64 = s.chunks.iter().map(|c| c.len).sum();
-            if !s.chunks.is_empty() && covered != s.len {
+            let covered = super::file::chunks_length(&s.chunks);
+            if !s.chunks.is_empty() && covered != Some(s.len) {
+                let covered = covered.map_or("more than 2^64".to_string(), |n| n.to_string());
                 r.problem(format!(
                     "slice at {} of inode {ino} is {} bytes but its chunks give {covered}",
                     s.offset, s.len

@@ -86,8 +86,10 @@ pub(crate) fn usage(txn: &Txn<'_>, root: SubtreeId) -> Result<SubtreeUsage, NsEr
         chunks: chunks.len() as u64,
         ..SubtreeUsage::default()
     };
+    // Sums saturate: a record that claims absurd lengths (a damaged store) must not
+    // panic a report.
     for (hash, held) in chunks {
-        u.referenced_bytes += held.end;
+        u.referenced_bytes = u.referenced_bytes.saturating_add(held.end);
         let total: u64 = txn.get(Cf::ChunkRefs, &hash.0)?.ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "chunk {} is referenced but not counted",
@@ -96,7 +98,7 @@ pub(crate) fn usage(txn: &Txn<'_>, root: SubtreeId) -> Result<SubtreeUsage, NsEr
         })?;
         if total == held.refs {
             u.exclusive_chunks += 1;
-            u.exclusive_bytes += held.end;
+            u.exclusive_bytes = u.exclusive_bytes.saturating_add(held.end);
         }
     }
     Ok(u)
