@@ -176,6 +176,25 @@ async fn the_holder_answers_creates_and_makes_them_before_anyone_else_looks() {
     // Numbers are reserved in the background, once a create asks: ask first.
     std::fs::write(app.join("warm"), b"w").unwrap();
     std::thread::sleep(Duration::from_millis(300));
+    // Answered from memory, so on the thread that read them from the kernel: a create,
+    // its close (written back) and its release, with no hand-off to the runtime.
+    let on_thread = |op: &str| {
+        a1.metric(&format!(
+            r#"mobilus_fuse_on_thread_answers_total{{op="{op}"}}"#
+        ))
+    };
+    let ops = ["create", "flush", "release"];
+    let before = ops.map(on_thread);
+    for i in 0..50 {
+        drop(std::fs::File::create(app.join(format!("quick{i}"))).unwrap());
+    }
+    for (op, before) in ops.into_iter().zip(before) {
+        let answered = on_thread(op) - before;
+        assert!(
+            answered >= 45.0,
+            "{answered} of 50 {op}s answered on the FUSE thread"
+        );
+    }
     let dir = app.clone();
     let (name, file) = must_answer_with_metadata_paused(
         &sites,
