@@ -29,6 +29,13 @@ impl FileWriter {
             self.holder_only = false;
             return Ok(Some((attr, Vec::new())));
         }
+        // Cutting and hashing hold the CPU for up to 100 ms: a flush first polled on a
+        // FUSE thread (outside any task, `mount::fuse`) goes on in a task of the runtime,
+        // so the thread goes back to the kernel's requests. Outside a task, a yield ends
+        // this poll, and `FuseAdapter::run` hands the rest to the runtime.
+        if tokio::task::try_id().is_none() {
+            tokio::task::yield_now().await;
+        }
         // Chunks of a run stored ahead are known present: the upload below skips them.
         let mut ahead = std::mem::take(&mut self.ahead);
         for a in &mut ahead {
