@@ -1,6 +1,7 @@
 //! The fuser adapter: each callback decodes its request, runs the typed [`MountFs`]
 //! operation (polled once on the FUSE thread, then on the tokio runtime if it must wait,
-//! so slow operations never block a FUSE thread), and encodes the reply. Errors map to errnos here, once (`ClientError::to_errno`).
+//! so slow operations never block a FUSE thread), and encodes the reply. Errors map to
+//! errnos here, once (`ClientError::to_errno`).
 
 use std::ffi::OsStr;
 use std::future::Future;
