@@ -162,9 +162,7 @@ impl FuseAdapter {
         }));
         match polled {
             Ok(Poll::Pending) => drop(self.rt.spawn(answer)),
-            Ok(Poll::Ready(())) => {
-                metrics::counter!("mobilus_fuse_on_thread_answers_total", "op" => name).increment(1)
-            }
+            Ok(Poll::Ready(())) => count_answered_here(name),
             Err(_) => tracing::error!(op = name, "a FUSE operation panicked"),
         }
     }
@@ -212,8 +210,13 @@ fn written(reply: ReplyWrite, result: FsResult<u32>) {
 
 /// Count and time one operation answered on the FUSE thread that read it.
 fn answered_here(name: &'static str, ok: bool, start: std::time::Instant) {
-    metrics::counter!("mobilus_fuse_on_thread_answers_total", "op" => name).increment(1);
+    count_answered_here(name);
     record(name, ok, start);
+}
+
+/// Count one operation answered on the FUSE thread (`run` times its own).
+fn count_answered_here(name: &'static str) {
+    metrics::counter!("mobilus_fuse_on_thread_answers_total", "op" => name).increment(1);
 }
 
 /// Count and time one operation.
