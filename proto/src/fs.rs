@@ -206,7 +206,73 @@ pub struct Extent {
 }
 
 /// Replace what `extents` (sorted, covering a range) say about `[a, b)` with `pieces`.
+///
+/// Pieces that are a tidy run inside `[a, b)` (sorted, apart, none empty: what a record's
+/// chunks cut to a block are) are spliced in where they belong, in O(log n + pieces)
+/// comparisons and one move of the tail. A block fragmented by random writes holds
+/// hundreds of extents, and the state machine overlays each of a block's records on them
+/// when it compacts the block (`namespace::file::compact`) and when it reads it: sorting
+/// the whole list again for each record made that records × n log n. Anything else is
+/// merged by sorting, with the result the splice gives for tidy pieces.
 pub fn overlay_extents(extents: &mut Vec<Extent>, a: u64, b: u64, pieces: Vec<Extent>) {
+    let tidy = a < b
+        && pieces
+            .iter()
+            .all(|p| p.len > 0 && p.offset >= a && p.offset.saturating_add(p.len) <= b)
+        && pieces
+            .windows(2)
+            .all(|w| w[0].offset + w[0].len <= w[1].offset);
+    if !tidy {
+        return overlay_extents_by_sorting(extents, a, b, pieces);
+    }
+    // The extents that meet [a, b): from the first that ends after `a` to the last that
+    // starts before `b` (sorted and apart, their ends are sorted too).
+    let first = extents.partition_point(|e| e.offset + e.len <= a);
+    let last = first + extents[first..].partition_point(|e| e.offset < b);
+    let mut middle = Vec::with_capacity(pieces.len() + 2);
+    if let Some(e) = extents[first..last].first() {
+        if e.offset < a {
+            middle.push(head_of(e, a));
+        }
+    }
+    middle.extend(pieces);
+    if let Some(e) = extents[first..last].last() {
+        if e.offset + e.len > b {
+            middle.push(tail_of(e, b));
+        }
+    }
+    extents.splice(first..last, middle);
+}
+
+/// `e` up to `a` (`e` starts before `a`).
+fn head_of(e: &Extent, a: u64) -> Extent {
+    Extent {
+        offset: e.offset,
+        len: a - e.offset,
+        chunk: e.chunk.map(|c| ChunkRef {
+            len: a - e.offset,
+            ..c
+        }),
+    }
+}
+
+/// `e` from `b` on (`e` ends after `b`).
+fn tail_of(e: &Extent, b: u64) -> Extent {
+    let end = e.offset + e.len;
+    Extent {
+        offset: b,
+        len: end - b,
+        chunk: e.chunk.map(|c| ChunkRef {
+            offset: c.offset + (b - e.offset),
+            len: end - b,
+            ..c
+        }),
+    }
+}
+
+/// [`overlay_extents`] for any pieces: every extent is trimmed, the pieces appended, and
+/// the list sorted again (stable, so ties keep the older extent first).
+pub fn overlay_extents_by_sorting(extents: &mut Vec<Extent>, a: u64, b: u64, pieces: Vec<Extent>) {
     let mut out = Vec::with_capacity(extents.len() + pieces.len() + 2);
     for e in extents.drain(..) {
         let end = e.offset + e.len;
@@ -215,27 +281,10 @@ pub fn overlay_extents(extents: &mut Vec<Extent>, a: u64, b: u64, pieces: Vec<Ex
             continue;
         }
         if e.offset < a {
-            out.push(Extent {
-                offset: e.offset,
-                len: a - e.offset,
-                chunk: e.chunk.map(|c| ChunkRef {
-                    len: a - e.offset,
-                    ..c
-                }),
-            });
+            out.push(head_of(&e, a));
         }
         if end > b {
-            let skip = b - e.offset;
-            let chunk = e.chunk.map(|c| ChunkRef {
-                offset: c.offset + skip,
-                len: end - b,
-                ..c
-            });
-            out.push(Extent {
-                offset: b,
-                len: end - b,
-                chunk,
-            });
+            out.push(tail_of(&e, b));
         }
     }
     out.extend(pieces);

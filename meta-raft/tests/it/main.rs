@@ -7,6 +7,7 @@ mod cluster;
 mod config;
 mod conformance;
 mod delegation;
+mod extents;
 mod feed;
 mod gc;
 mod harness;
