@@ -45,11 +45,14 @@ pub enum Cf {
     /// replication (`namespace::feed`): `p` ‖ root → placement; `h` ‖ root → the change
     /// feed's head; `e` ‖ root ‖ seq → a write's chunks; `c` ‖ root ‖ site → a cursor
     Replication,
+    /// ino ‖ block → the sequence number of the last record the block's last compaction
+    /// wrote (`file::compact`): records after it are writes made since
+    Compacted,
 }
 
 impl Cf {
     /// Every column family, in creation order.
-    pub const ALL: [Cf; 15] = [
+    pub const ALL: [Cf; 16] = [
         Cf::Inodes,
         Cf::Dentries,
         Cf::Cookies,
@@ -65,6 +68,7 @@ impl Cf {
         Cf::Locks,
         Cf::Clones,
         Cf::Replication,
+        Cf::Compacted,
     ];
 
     /// The RocksDB name of this column family.
@@ -85,6 +89,7 @@ impl Cf {
             Cf::Locks => "locks",
             Cf::Clones => "clones",
             Cf::Replication => "replication",
+            Cf::Compacted => "compacted",
         }
     }
 }
@@ -139,6 +144,14 @@ pub fn cookie(parent: InodeId, cookie: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(16);
     k.extend_from_slice(&parent.to_be_bytes());
     k.extend_from_slice(&cookie.to_be_bytes());
+    k
+}
+
+/// `ino ‖ block`: the prefix of a block's slice keys, and its key in [`Cf::Compacted`].
+pub fn block(ino: InodeId, block: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(24);
+    k.extend_from_slice(&ino.to_be_bytes());
+    k.extend_from_slice(&block.to_be_bytes());
     k
 }
 

@@ -387,3 +387,61 @@ fn a_block_written_over_and_over_leaves_few_tombstones_for_its_scans() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// The keys of `ino`'s slice records, in order.
+fn slice_keys(rocks: &RocksStore, ino: u64) -> BTreeSet<Vec<u8>> {
+    let slices = rocks.db().cf_handle(Cf::Slices.name()).expect("slices");
+    rocks
+        .db()
+        .prefix_iterator_cf(&slices, ino.to_be_bytes())
+        .map(|item| item.expect("read").0.to_vec())
+        .take_while(|k| k.starts_with(&ino.to_be_bytes()))
+        .collect()
+}
+
+/// A sparse block written at random compacts to one record per separate extent, so it
+/// stays over COMPACT_AT records; the records a compaction wrote are not rewritten by the
+/// writes after it until COMPACT_AT more have piled up.
+#[test]
+fn a_sparse_block_is_not_compacted_again_by_every_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rocks = Arc::new(RocksStore::open(tmp.path()).unwrap());
+    let ns = Namespace::new(rocks.clone()).unwrap();
+    let OpReply::Attr(file) = must(&ns, mknod(ROOT_INO, "sparse".into())) else {
+        panic!("not an attr");
+    };
+    // 4 KiB pieces 8 KiB apart, in a scattered order: no two ever touch.
+    let piece = |i: u64| (i * 37 % 256) * 8192;
+    let compacted_at = COMPACT_AT as u64 + 1;
+    for i in 0..compacted_at {
+        must(
+            &ns,
+            crate::clone::write(file.ino, piece(i), 4096, (i % 251) as u8),
+        );
+    }
+    let compacted = slice_keys(&rocks, file.ino);
+    assert_eq!(compacted.len() as u64, compacted_at, "one record per piece");
+    for i in compacted_at..compacted_at + COMPACT_AT as u64 {
+        must(
+            &ns,
+            crate::clone::write(file.ino, piece(i), 4096, (i % 251) as u8),
+        );
+        let now = slice_keys(&rocks, file.ino);
+        assert!(
+            compacted.is_subset(&now),
+            "write {i} rewrote the records the compaction before it wrote"
+        );
+    }
+    // The next one is the COMPACT_AT + 1st since: the block is compacted again.
+    let i = compacted_at + COMPACT_AT as u64;
+    must(
+        &ns,
+        crate::clone::write(file.ino, piece(i), 4096, (i % 251) as u8),
+    );
+    let now = slice_keys(&rocks, file.ino);
+    assert!(
+        compacted.is_disjoint(&now),
+        "the block was not compacted again"
+    );
+    assert_eq!(now.len() as u64, i + 1);
+}
