@@ -214,11 +214,18 @@ pub struct Extent {
 /// when it compacts the block (`namespace::file::compact`) and when it reads it: sorting
 /// the whole list again for each record made that records × n log n. Anything else is
 /// merged by sorting, with the result the splice gives for tidy pieces.
-pub fn overlay_extents(extents: &mut Vec<Extent>, a: u64, b: u64, pieces: Vec<Extent>) {
-    let tidy = a < b
-        && pieces
-            .iter()
-            .all(|p| p.len > 0 && p.offset >= a && p.offset.saturating_add(p.len) <= b)
+///
+/// `extents` must be sorted, apart and none empty, and stays so: an empty piece says
+/// nothing about any byte and is dropped (a zero-length chunk reference, which a client
+/// may send, would otherwise leave an empty extent that breaks the binary searches).
+pub fn overlay_extents(extents: &mut Vec<Extent>, a: u64, b: u64, mut pieces: Vec<Extent>) {
+    pieces.retain(|p| p.len > 0);
+    if a >= b {
+        return;
+    }
+    let tidy = pieces
+        .iter()
+        .all(|p| p.offset >= a && p.offset.saturating_add(p.len) <= b)
         && pieces
             .windows(2)
             .all(|w| w[0].offset + w[0].len <= w[1].offset);

@@ -250,8 +250,8 @@ pub const COMPACT_AT: usize = 32;
 /// references move with them in this transaction. Metadata only: no chunk is rewritten.
 ///
 /// Only records written since the last compaction count toward the next, which the
-/// block's [`Cf::Compacted`] mark tells apart (its last record's sequence number; no
-/// mark: every record counts). A block written at random in a sparse file compacts to
+/// block's [`Cf::Compacted`] mark tells apart (the last sequence number taken when it was
+/// compacted; no mark: every record counts). A block written at random in a sparse file compacts to
 /// one record per separate extent, hundreds of them; counted with the rest, they kept
 /// the block over [`COMPACT_AT`] and every write rewrote them all (a Raft member's CPU
 /// tripled under fsync'd 4 KiB random writes).
@@ -312,20 +312,18 @@ fn compact(txn: &mut Txn<'_>, now: i64, ino: InodeId, block: u64) -> Result<(), 
             }),
         }
     }
-    // The runs take consecutive sequence numbers, allocated at once.
-    let first =
-        update_counters(txn, |c| c.next_seq += runs.len() as u64)?.next_seq - runs.len() as u64;
-    let last = runs.len().checked_sub(1).map(|i| first + i as u64);
+    // The runs take consecutive sequence numbers, allocated at once. The mark is the
+    // last number taken so far: every record of the block is at or before it (with no
+    // runs too, so the next count still starts past the tombstones just left).
+    let next = update_counters(txn, |c| c.next_seq += runs.len() as u64)?.next_seq;
+    let first = next - runs.len() as u64;
     for (seq, r) in (first..).zip(runs) {
         for c in &r.chunks {
             *refs.entry(c.hash).or_insert(0) += 1;
         }
         store_record(txn, ino, seq, &r)?;
     }
-    match last {
-        Some(seq) => txn.put(Cf::Compacted, prefix, &seq)?,
-        None => txn.delete(Cf::Compacted, prefix),
-    }
+    txn.put(Cf::Compacted, prefix, &next.saturating_sub(1))?;
     // Most references only move from the old records to the new: counted once, net.
     for (hash, delta) in refs {
         add_refs(txn, now, &hash, delta)?;

@@ -45,8 +45,8 @@ pub enum Cf {
     /// replication (`namespace::feed`): `p` ‖ root → placement; `h` ‖ root → the change
     /// feed's head; `e` ‖ root ‖ seq → a write's chunks; `c` ‖ root ‖ site → a cursor
     Replication,
-    /// ino ‖ block → the sequence number of the last record the block's last compaction
-    /// wrote (`file::compact`): records after it are writes made since
+    /// ino ‖ block → the last sequence number taken when the block was last compacted
+    /// (`file::compact`): records after it are writes made since
     Compacted,
 }
 

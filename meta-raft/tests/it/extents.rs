@@ -85,24 +85,34 @@ proptest! {
     }
 
     #[test]
-    fn untidy_pieces_are_merged_as_before(
-        extents_at in prop::collection::vec(1..200u64, 1..8),
-        a in 0..600u64,
-        span in 0..50u64,
-        empty in any::<bool>(),
+    fn every_byte_reads_as_the_last_piece_laid_over_it(
+        lays in prop::collection::vec((0..600u64, 0..120u64, 0..3u64, any::<bool>()), 1..40),
     ) {
-        // A cover of [0, n) and pieces the splice does not take (empty, or a >= b).
-        let mut cover = Vec::new();
-        let mut at = 0;
-        for (i, len) in extents_at.iter().enumerate() {
-            cover.push(Extent { offset: at, len: *len, chunk: chunks_of(&[*len], i as u8).pop() });
-            at += len;
+        // Pieces as a client lays a write's chunks: one at a time, some of them empty
+        // (a zero-length chunk reference), over a cover of [0, 600).
+        const END: u64 = 600;
+        let mut extents = vec![Extent { offset: 0, len: END, chunk: None }];
+        // What each byte reads as: (chunk tag, offset in the chunk), or a hole.
+        let mut model: Vec<Option<(u8, u64)>> = vec![None; END as usize];
+        for (i, &(at, len, empty, hole)) in lays.iter().enumerate() {
+            let len = if empty == 0 { 0 } else { len.min(END - at) };
+            let tag = i as u8;
+            let chunk = (!hole).then(|| ChunkRef { hash: ChunkHash([tag; 32]), offset: 1000, len });
+            overlay_extents(&mut extents, at, at + len, vec![Extent { offset: at, len, chunk }]);
+            for k in 0..len {
+                model[(at + k) as usize] = (!hole).then_some((tag, 1000 + k));
+            }
         }
-        let b = if empty { a } else { a + span };
-        let pieces = vec![Extent { offset: a, len: 0, chunk: None }];
-        let (mut x, mut y) = (cover.clone(), cover);
-        overlay_extents(&mut x, a, b, pieces.clone());
-        overlay_extents_by_sorting(&mut y, a, b, pieces);
-        prop_assert_eq!(x, y);
+        let mut got = Vec::new();
+        let mut at = 0;
+        for e in &extents {
+            prop_assert_eq!(e.offset, at, "extents out of order or apart");
+            prop_assert!(e.len > 0, "an empty extent: {:?}", e);
+            for k in 0..e.len {
+                got.push(e.chunk.map(|c| (c.hash.0[0], c.offset + k)));
+            }
+            at += e.len;
+        }
+        prop_assert_eq!(got, model);
     }
 }
