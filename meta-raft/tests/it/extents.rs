@@ -97,7 +97,7 @@ proptest! {
         for (i, &(at, len, empty, hole)) in lays.iter().enumerate() {
             let len = if empty == 0 { 0 } else { len.min(END - at) };
             let tag = i as u8;
-            let chunk = (!hole).then(|| ChunkRef { hash: ChunkHash([tag; 32]), offset: 1000, len });
+            let chunk = (!hole).then_some(ChunkRef { hash: ChunkHash([tag; 32]), offset: 1000, len });
             overlay_extents(&mut extents, at, at + len, vec![Extent { offset: at, len, chunk }]);
             for k in 0..len {
                 model[(at + k) as usize] = (!hole).then_some((tag, 1000 + k));
