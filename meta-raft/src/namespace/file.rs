@@ -251,10 +251,10 @@ pub const COMPACT_AT: usize = 32;
 ///
 /// Only records written since the last compaction count toward the next, which the
 /// block's [`Cf::Compacted`] mark tells apart (the last sequence number taken when it was
-/// compacted; no mark: every record counts). A block written at random in a sparse file compacts to
-/// one record per separate extent, hundreds of them; counted with the rest, they kept
-/// the block over [`COMPACT_AT`] and every write rewrote them all (a Raft member's CPU
-/// tripled under fsync'd 4 KiB random writes).
+/// compacted; no mark: every record counts). A block written at random in a sparse file
+/// compacts to one record per separate extent, hundreds of them; counted with the rest,
+/// they kept the block over [`COMPACT_AT`] and every write rewrote them all (a Raft
+/// member's CPU tripled under fsync'd 4 KiB random writes).
 fn compact(txn: &mut Txn<'_>, now: i64, ino: InodeId, block: u64) -> Result<(), NsError> {
     let prefix = keys::block(ino, block);
     let since: Option<u64> = txn.get(Cf::Compacted, &prefix)?;

@@ -147,7 +147,8 @@ pub fn cookie(parent: InodeId, cookie: u64) -> Vec<u8> {
     k
 }
 
-/// `ino ‖ block`: the prefix of a block's slice keys, and its key in [`Cf::Compacted`].
+/// `ino ‖ block`: the prefix of a block's slice keys, and its key in [`Cf::Compacted`]
+/// (room for the slice's sequence number).
 pub fn block(ino: InodeId, block: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(24);
     k.extend_from_slice(&ino.to_be_bytes());
@@ -156,9 +157,7 @@ pub fn block(ino: InodeId, block: u64) -> Vec<u8> {
 }
 
 pub fn slice(ino: InodeId, block: u64, seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(24);
-    k.extend_from_slice(&ino.to_be_bytes());
-    k.extend_from_slice(&block.to_be_bytes());
+    let mut k = self::block(ino, block);
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }

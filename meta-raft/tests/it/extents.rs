@@ -17,15 +17,13 @@ fn record() -> impl Strategy<Value = Record> {
     )
 }
 
-fn chunks_of(lens: &[u64], tag: u8) -> Vec<ChunkRef> {
-    lens.iter()
-        .enumerate()
-        .map(|(i, &len)| ChunkRef {
-            hash: ChunkHash([tag.wrapping_add(i as u8); 32]),
-            offset: i as u64 * 7,
-            len,
-        })
-        .collect()
+/// `len` bytes of chunk `tag`, from offset 1000.
+fn chunk(tag: u8, len: u64) -> ChunkRef {
+    ChunkRef {
+        hash: ChunkHash([tag; 32]),
+        offset: 1000,
+        len,
+    }
 }
 
 fn must_agree(records: &[Record], lo: u64, hi: u64) -> Result<(), TestCaseError> {
@@ -44,7 +42,7 @@ fn must_agree(records: &[Record], lo: u64, hi: u64) -> Result<(), TestCaseError>
         for (j, &(gap, len, hole)) in parts.iter().enumerate() {
             let (s, e) = ((at + gap).max(lo), (at + gap + len).min(hi));
             if s < e {
-                let chunk = (!hole).then(|| chunks_of(&[e - s], (i * 8 + j) as u8)[0]);
+                let chunk = (!hole).then(|| chunk((i * 8 + j) as u8, e - s));
                 pieces.push(Extent {
                     offset: s,
                     len: e - s,
@@ -97,8 +95,8 @@ proptest! {
         for (i, &(at, len, empty, hole)) in lays.iter().enumerate() {
             let len = if empty == 0 { 0 } else { len.min(END - at) };
             let tag = i as u8;
-            let chunk = (!hole).then_some(ChunkRef { hash: ChunkHash([tag; 32]), offset: 1000, len });
-            overlay_extents(&mut extents, at, at + len, vec![Extent { offset: at, len, chunk }]);
+            let piece = Extent { offset: at, len, chunk: (!hole).then(|| chunk(tag, len)) };
+            overlay_extents(&mut extents, at, at + len, vec![piece]);
             for k in 0..len {
                 model[(at + k) as usize] = (!hole).then_some((tag, 1000 + k));
             }

@@ -411,21 +411,19 @@ fn a_sparse_block_is_not_compacted_again_by_every_write() {
         panic!("not an attr");
     };
     // 4 KiB pieces 8 KiB apart, in a scattered order: no two ever touch.
-    let piece = |i: u64| (i * 37 % 256) * 8192;
-    let compacted_at = COMPACT_AT as u64 + 1;
-    for i in 0..compacted_at {
+    let write_piece = |i: u64| {
+        let offset = (i * 37 % 256) * 8192;
         must(
             &ns,
-            crate::clone::write(file.ino, piece(i), 4096, (i % 251) as u8),
+            crate::clone::write(file.ino, offset, 4096, (i % 251) as u8),
         );
-    }
+    };
+    let compacted_at = COMPACT_AT as u64 + 1;
+    (0..compacted_at).for_each(write_piece);
     let compacted = slice_keys(&rocks, file.ino);
     assert_eq!(compacted.len() as u64, compacted_at, "one record per piece");
     for i in compacted_at..compacted_at + COMPACT_AT as u64 {
-        must(
-            &ns,
-            crate::clone::write(file.ino, piece(i), 4096, (i % 251) as u8),
-        );
+        write_piece(i);
         let now = slice_keys(&rocks, file.ino);
         assert!(
             compacted.is_subset(&now),
@@ -434,10 +432,7 @@ fn a_sparse_block_is_not_compacted_again_by_every_write() {
     }
     // The next one is the COMPACT_AT + 1st since: the block is compacted again.
     let i = compacted_at + COMPACT_AT as u64;
-    must(
-        &ns,
-        crate::clone::write(file.ino, piece(i), 4096, (i % 251) as u8),
-    );
+    write_piece(i);
     let now = slice_keys(&rocks, file.ino);
     assert!(
         compacted.is_disjoint(&now),
