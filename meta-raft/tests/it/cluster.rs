@@ -228,11 +228,17 @@ async fn a_new_member_catches_up_by_snapshot_after_the_log_was_purged() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        cluster.members[3].log().contains("snapshot installed"),
-        "member 4 caught up without a snapshot:\n{}",
-        cluster.members[3].log()
-    );
+    // The names above may have been read through the leader (the client follows its
+    // hint), so member 4 can still be installing: wait for its own word, not a glance.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cluster.members[3].log().contains("snapshot installed") {
+        assert!(
+            Instant::now() < deadline,
+            "member 4 caught up without a snapshot:\n{}",
+            cluster.members[3].log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // And it keeps replicating normally afterwards.
     must_mkdir(&client, dir, "after-snapshot").await;
     let deadline = Instant::now() + Duration::from_secs(10);
