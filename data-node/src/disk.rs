@@ -1,16 +1,22 @@
 //! The chunk store's disk, behind a trait: [`LocalDisk`] is the real one, [`FaultyDisk`]
-//! injects a full disk and bit rot for tests.
+//! injects a full disk, bit rot and the loss of unsynced writes (a power cut) for tests.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
 
 /// What the chunk store needs from a disk.
 pub trait Disk: Send + Sync + 'static {
     /// Write `data` to `tmp`, fsync it, rename it to `path`, fsync `path`'s directory.
     /// On error nothing is left at `path` (the caller removes `tmp`).
     fn write_durably(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Write `data` to `tmp` and rename it to `path`, syncing nothing: readers see the
+    /// whole file at once, but a power cut may lose or tear it until [`Disk::sync_fs`].
+    fn write_unsynced(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()>;
+    /// Make everything written on `dir`'s file system so far durable (`syncfs`).
+    fn sync_fs(&self, dir: &Path) -> io::Result<()>;
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Exactly `len` bytes of `path` from `offset` (a short file is an error).
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
@@ -43,6 +49,22 @@ impl Disk for LocalDisk {
         match path.parent() {
             Some(dir) => File::open(dir)?.sync_all(),
             None => Ok(()),
+        }
+    }
+
+    fn write_unsynced(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+        fs::write(tmp, data)?;
+        fs::rename(tmp, path)
+    }
+
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let d = File::open(dir)?;
+        // SAFETY: `syncfs` takes any open descriptor, and `d` stays open across the call.
+        if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 
@@ -176,7 +198,7 @@ impl AlignedBuf {
     }
 }
 
-/// A local disk that can run out of space and rot.
+/// A local disk that can run out of space, rot, and lose power.
 #[derive(Debug)]
 pub struct FaultyDisk {
     inner: LocalDisk,
@@ -184,6 +206,8 @@ pub struct FaultyDisk {
     space_left: AtomicI64,
     /// Flip a bit in everything read.
     rot: AtomicBool,
+    /// Files written unsynced since the last `sync_fs`: what a power cut would take.
+    unsynced: Mutex<Vec<PathBuf>>,
 }
 
 impl Default for FaultyDisk {
@@ -192,6 +216,7 @@ impl Default for FaultyDisk {
             inner: LocalDisk,
             space_left: AtomicI64::new(-1),
             rot: AtomicBool::new(false),
+            unsynced: Mutex::new(Vec::new()),
         }
     }
 }
@@ -205,22 +230,69 @@ impl FaultyDisk {
     pub fn set_rot(&self, on: bool) {
         self.rot.store(on, Ordering::SeqCst);
     }
+
+    /// A power cut: every file written unsynced since the last `sync_fs` is lost, the
+    /// first of each two torn to half its length instead. Returns how many were hit.
+    pub fn lose_unsynced(&self) -> usize {
+        let lost = std::mem::take(&mut *self.unsynced_paths());
+        for (i, path) in lost.iter().enumerate() {
+            let _ = match fs::metadata(path) {
+                Ok(m) if i % 2 == 0 => fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .and_then(|f| f.set_len(m.len() / 2)),
+                _ => fs::remove_file(path),
+            };
+        }
+        lost.len()
+    }
+
+    fn unsynced_paths(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+        self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Take `len` bytes of the space left; `Err(left)` if they do not fit.
+    fn take_space(&self, len: usize) -> Result<(), i64> {
+        let left = self.space_left.load(Ordering::SeqCst);
+        if left < 0 {
+            return Ok(());
+        }
+        if (len as i64) > left {
+            self.space_left.store(0, Ordering::SeqCst);
+            return Err(left);
+        }
+        self.space_left.fetch_sub(len as i64, Ordering::SeqCst);
+        Ok(())
+    }
 }
 
 impl Disk for FaultyDisk {
     fn write_durably(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-        let left = self.space_left.load(Ordering::SeqCst);
-        if left >= 0 {
-            if (data.len() as i64) > left {
-                // A real full disk accepts part of the write first.
-                fs::write(tmp, &data[..left as usize])?;
-                self.space_left.store(0, Ordering::SeqCst);
-                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-            }
-            self.space_left
-                .fetch_sub(data.len() as i64, Ordering::SeqCst);
+        if let Err(left) = self.take_space(data.len()) {
+            // A real full disk accepts part of the write first.
+            fs::write(tmp, &data[..left as usize])?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.inner.write_durably(tmp, path, data)
+    }
+
+    fn write_unsynced(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+        if let Err(left) = self.take_space(data.len()) {
+            fs::write(tmp, &data[..left as usize])?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.inner.write_unsynced(tmp, path, data)?;
+        // Listed once written: a `sync_fs` that counts it began after the write.
+        self.unsynced_paths().push(path.to_path_buf());
+        Ok(())
+    }
+
+    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+        // Taken before the sync: a file written during it is not known to be synced.
+        let synced = self.unsynced_paths().len();
+        self.inner.sync_fs(dir)?;
+        self.unsynced_paths().drain(..synced);
+        Ok(())
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {

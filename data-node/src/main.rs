@@ -312,6 +312,27 @@ fn start_follower(
     )))
 }
 
+/// Rounds of the small-chunk journal (see `mobilus_data::store`): sync the files of the
+/// chunks journaled since the last round and drop their entries. Often, so the journal
+/// stays small: a round of nothing costs nothing.
+fn start_journal(store: Arc<ChunkStore>, shutdown: &Shutdown) -> tokio::task::JoinHandle<()> {
+    worker::spawn_periodic(
+        "journal",
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+        shutdown.subscribe(),
+        move || {
+            let store = store.clone();
+            async move {
+                tokio::task::spawn_blocking(move || store.sync_journal())
+                    .await?
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+        },
+    )
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     ChunkStore::describe_metrics();
     if !valid_site_name(&args.site) {
@@ -376,6 +397,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let replicate_worker = start_replicator(&args, addr.clone(), store.clone(), &shutdown)?;
     let follow_worker = start_follower(&args, addr.clone(), &shutdown)?;
     let evict_worker = Some(start_evictor(&args, store.clone(), &shutdown)?);
+    let journal_worker = Some(start_journal(store.clone(), &shutdown));
     // Counters become metrics once a second (cheaper than on every chunk).
     let metrics_worker = args.telemetry.metrics_listen.is_some().then(|| {
         let store = store.clone();
@@ -437,12 +459,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         replicate_worker,
         follow_worker,
         evict_worker,
+        journal_worker,
         metrics_worker,
     ]
     .into_iter()
     .flatten()
     {
         let _ = h.await;
+    }
+    // A clean stop leaves nothing to replay.
+    if let Err(e) = store.sync_journal() {
+        tracing::warn!(error = %e, "could not sync the journal at stop; it is replayed at start");
     }
     tracing::info!("stopped");
     Ok(())

@@ -11,6 +11,9 @@
 //! the same batch as its index entry: a range read reads and checks only the blocks it
 //! needs. A chunk stored before outboards existed gets one at its first range read.
 //!
+//! A chunk of at most [`JOURNAL_MAX_BYTES`] is made durable by its index write alone, its
+//! bytes journaled there until a round syncs its file (see [`journal`]).
+//!
 //! A chunk is *held* or *cached* (see [`crate::cache`]): a cached one, faulted in for a
 //! subtree this site does not hold, may be evicted under space pressure, least recently
 //! used first.
@@ -27,6 +30,10 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use crate::cache::CacheIndex;
 use crate::disk::Disk;
 use crate::error::DataError;
+
+mod journal;
+use journal::{Journal, JOURNAL_CF};
+pub use journal::JOURNAL_MAX_BYTES;
 
 /// Index values: format byte, size, when the chunk was stored (ns since the epoch; GC
 /// leaves chunks younger than its TTL alone), and whether it is only cached. Format 2
@@ -95,6 +102,7 @@ pub struct ChunkStore {
     /// The GC generation (see `gc`): bumped, durably, after each round's deletions.
     gc_gen: AtomicU64,
     cache: CacheIndex,
+    journal: Journal,
 }
 
 /// An index entry.
@@ -151,7 +159,8 @@ pub(crate) fn now_ns() -> i64 {
 const GC_GEN_FILE: &str = "gc_gen";
 
 impl ChunkStore {
-    /// Open (or create) a store under `root`; removes temporary files a crash left.
+    /// Open (or create) a store under `root`; removes temporary files a crash left and
+    /// replays the journal.
     pub fn open(root: &Path, disk: Arc<dyn Disk>) -> Result<Self, DataError> {
         let gc_gen = match std::fs::read_to_string(root.join(GC_GEN_FILE)) {
             Ok(s) => s.trim().parse::<u64>().map_err(|_| {
@@ -172,7 +181,11 @@ impl ChunkStore {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let index = DB::open_cf(&opts, root.join("index"), ["default", OUTBOARD_CF])?;
+        let index = DB::open_cf(
+            &opts,
+            root.join("index"),
+            ["default", OUTBOARD_CF, JOURNAL_CF],
+        )?;
         let counters = Counters::default();
         let mut cached = Vec::new();
         for item in index.iterator(rocksdb::IteratorMode::Start) {
@@ -192,7 +205,7 @@ impl ChunkStore {
         for (_, hash, size) in cached {
             cache.insert(hash, size);
         }
-        Ok(ChunkStore {
+        let store = ChunkStore {
             root: root.to_path_buf(),
             disk,
             index,
@@ -201,7 +214,10 @@ impl ChunkStore {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             gc_gen: AtomicU64::new(gc_gen),
             cache,
-        })
+            journal: Journal::default(),
+        };
+        store.replay_journal()?;
+        Ok(store)
     }
 
     fn path(&self, hash: &ChunkHash) -> PathBuf {
@@ -247,24 +263,23 @@ impl ChunkStore {
                 actual,
             });
         }
-        let _guard = self.lock(hash);
+        let guard = self.lock(hash);
         if let Some(entry) = self.entry(hash)? {
             if entry.cached && !cached {
                 self.hold_locked(hash, entry)?;
             }
             return Ok(true);
         }
-        let path = self.path(hash);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}-{n}", hash.to_hex()));
-        if let Err(e) = self.disk.write_durably(&tmp, &path, data) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
-        }
         let mut batch = WriteBatch::default();
+        let ticket = if data.len() <= JOURNAL_MAX_BYTES {
+            self.write_file(hash, data, false)?;
+            let ticket = self.journal.ticket();
+            batch.put_cf(self.journal_cf()?, hash.0, journal::encode(ticket, data));
+            Some(ticket)
+        } else {
+            self.write_file_durably(hash, data)?;
+            None
+        };
         batch.put(
             hash.0,
             encode(Entry {
@@ -282,7 +297,37 @@ impl ChunkStore {
         self.counters
             .bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        drop(guard);
+        // Outside the chunk's lock: a round takes the locks of the chunks it drops.
+        if ticket.is_some_and(|t| self.journal.push(*hash, t)) {
+            self.sync_journal()?;
+        }
         Ok(false)
+    }
+
+    /// Write chunk `hash`'s file, durably (temp file, fsync, rename, fsync directory).
+    fn write_file_durably(&self, hash: &ChunkHash, data: &[u8]) -> Result<(), DataError> {
+        self.write_file(hash, data, true)
+    }
+
+    /// Write chunk `hash`'s file through a temporary one, durably or not.
+    fn write_file(&self, hash: &ChunkHash, data: &[u8], durably: bool) -> Result<(), DataError> {
+        let path = self.path(hash);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}-{n}", hash.to_hex()));
+        let written = if durably {
+            self.disk.write_durably(&tmp, &path, data)
+        } else {
+            self.disk.write_unsynced(&tmp, &path, data)
+        };
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Bytes `[offset, offset+len)` of a chunk (`len` 0: to its end), verified.
@@ -319,11 +364,12 @@ impl ChunkStore {
             .ok_or_else(|| DataError::Invalid("the index has no outboard column family".into()))
     }
 
-    /// Drop a chunk's index entry and outboard, durably, in one batch.
+    /// Drop a chunk's index entry, outboard and journal entry, durably, in one batch.
     fn forget(&self, hash: &ChunkHash) -> Result<(), DataError> {
         let mut batch = WriteBatch::default();
         batch.delete(hash.0);
         batch.delete_cf(self.outboard_cf()?, hash.0);
+        batch.delete_cf(self.journal_cf()?, hash.0);
         self.index.write_opt(batch, &synced())?;
         self.cache.remove(hash);
         Ok(())
@@ -682,6 +728,10 @@ impl ChunkStore {
             "Chunks that failed their hash and were quarantined"
         );
         describe_gauge!(
+            "mobilus_data_journaled_chunks",
+            "Chunks durable by their journal entry, waiting for a round to sync their files"
+        );
+        describe_gauge!(
             "mobilus_data_cached_bytes",
             Unit::Bytes,
             "Bytes of chunks kept only as a cache (evictable under space pressure)"
@@ -722,6 +772,7 @@ impl ChunkStore {
         metrics::gauge!("mobilus_data_gc_generation")
             .set(self.gc_gen.load(Ordering::Relaxed) as f64);
         metrics::gauge!("mobilus_data_cached_bytes").set(s.cached_bytes as f64);
+        metrics::gauge!("mobilus_data_journaled_chunks").set(self.journaled() as f64);
         metrics::counter!("mobilus_data_evicted_chunks_total").absolute(s.evicted_chunks);
     }
 

@@ -1,6 +1,8 @@
-//! Tests of the data node: the store with a faulty disk, and a real process over gRPC.
+//! Tests of the data node: the store with a faulty disk (full, rotten, losing power), and
+//! a real process over gRPC.
 
 mod blocks;
+mod journal;
 mod procs;
 mod registry;
 mod service;

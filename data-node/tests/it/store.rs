@@ -5,13 +5,13 @@ use mobilus_data::store::ChunkStore;
 use mobilus_data::DataError;
 use mobilus_proto::fs::ChunkHash;
 
-fn bytes(seed: u8, n: usize) -> Vec<u8> {
+pub fn bytes(seed: u8, n: usize) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
-fn files_under(dir: &std::path::Path) -> usize {
+pub fn files_under(dir: &std::path::Path) -> usize {
     let mut n = 0;
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
