@@ -58,14 +58,7 @@ impl Disk for LocalDisk {
     }
 
     fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let d = File::open(dir)?;
-        // SAFETY: `syncfs` takes any open descriptor, and `d` stays open across the call.
-        if unsafe { libc::syncfs(d.as_raw_fd()) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        nix::unistd::syncfs(File::open(dir)?).map_err(io::Error::from)
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -198,8 +191,10 @@ impl AlignedBuf {
     }
 }
 
+/// Work to run once, right after a `sync_fs`.
+type AfterSync = Box<dyn FnOnce() + Send>;
+
 /// A local disk that can run out of space, rot, and lose power.
-#[derive(Debug)]
 pub struct FaultyDisk {
     inner: LocalDisk,
     /// Bytes that may still be written; negative = unlimited.
@@ -208,6 +203,17 @@ pub struct FaultyDisk {
     rot: AtomicBool,
     /// Files written unsynced since the last `sync_fs`: what a power cut would take.
     unsynced: Mutex<Vec<PathBuf>>,
+    after_sync: Mutex<Option<AfterSync>>,
+}
+
+impl std::fmt::Debug for FaultyDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultyDisk")
+            .field("space_left", &self.space_left)
+            .field("rot", &self.rot)
+            .field("unsynced", &self.unsynced_paths().len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for FaultyDisk {
@@ -217,6 +223,7 @@ impl Default for FaultyDisk {
             space_left: AtomicI64::new(-1),
             rot: AtomicBool::new(false),
             unsynced: Mutex::new(Vec::new()),
+            after_sync: Mutex::new(None),
         }
     }
 }
@@ -245,6 +252,12 @@ impl FaultyDisk {
             };
         }
         lost.len()
+    }
+
+    /// Run `work` once, right after the next `sync_fs` returns from the disk: what the
+    /// rest of the system did while a sync was under way.
+    pub fn after_next_sync(&self, work: impl FnOnce() + Send + 'static) {
+        *self.after_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(work));
     }
 
     fn unsynced_paths(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
@@ -292,6 +305,14 @@ impl Disk for FaultyDisk {
         let synced = self.unsynced_paths().len();
         self.inner.sync_fs(dir)?;
         self.unsynced_paths().drain(..synced);
+        let after = self
+            .after_sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(work) = after {
+            work();
+        }
         Ok(())
     }
 
@@ -370,6 +391,19 @@ mod tests {
         }
         let past = read_direct(&path, 4096, data.len()).unwrap_err();
         assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_file_written_unsynced_is_whole_at_its_path_and_a_sync_of_its_file_system_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, path) = (dir.path().join("tmp"), dir.path().join("chunk"));
+        fs::write(&tmp, b"a spare, written over").unwrap();
+        LocalDisk.write_unsynced(&tmp, &path, b"bytes").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"bytes");
+        assert!(!tmp.exists());
+        LocalDisk.sync_fs(dir.path()).unwrap();
+        let missing = LocalDisk.sync_fs(&dir.path().join("nowhere")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]

@@ -313,8 +313,9 @@ fn start_follower(
 }
 
 /// Rounds of the small-chunk journal (see `mobilus_data::store`): sync the files of the
-/// chunks journaled since the last round and drop their entries. Often, so the journal
-/// stays small: a round of nothing costs nothing.
+/// chunks journaled since the last round and drop their entries, then make spare files
+/// for the next puts. Often, so the journal stays small: a round of nothing costs
+/// nothing.
 fn start_journal(store: Arc<ChunkStore>, shutdown: &Shutdown) -> tokio::task::JoinHandle<()> {
     worker::spawn_periodic(
         "journal",
@@ -324,10 +325,13 @@ fn start_journal(store: Arc<ChunkStore>, shutdown: &Shutdown) -> tokio::task::Jo
         move || {
             let store = store.clone();
             async move {
-                tokio::task::spawn_blocking(move || store.sync_journal())
-                    .await?
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
+                tokio::task::spawn_blocking(move || {
+                    store.sync_journal()?;
+                    store.make_spares()
+                })
+                .await?
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
             }
         },
     )

@@ -32,8 +32,8 @@ use crate::disk::Disk;
 use crate::error::DataError;
 
 mod journal;
-use journal::{Journal, JOURNAL_CF};
 pub use journal::JOURNAL_MAX_BYTES;
+use journal::{Journal, JOURNAL_CF};
 
 /// Index values: format byte, size, when the chunk was stored (ns since the epoch; GC
 /// leaves chunks younger than its TTL alone), and whether it is only cached. Format 2
@@ -103,6 +103,8 @@ pub struct ChunkStore {
     gc_gen: AtomicU64,
     cache: CacheIndex,
     journal: Journal,
+    /// Empty files in `tmp/`, made ahead by rounds, that puts write their chunks into.
+    spares: Mutex<Vec<PathBuf>>,
 }
 
 /// An index entry.
@@ -215,6 +217,7 @@ impl ChunkStore {
             gc_gen: AtomicU64::new(gc_gen),
             cache,
             journal: Journal::default(),
+            spares: Mutex::new(Vec::new()),
         };
         store.replay_journal()?;
         Ok(store)
@@ -316,8 +319,9 @@ impl ChunkStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}-{n}", hash.to_hex()));
+        let tmp = self
+            .spare()
+            .unwrap_or_else(|| self.tmp_path(&hash.to_hex()));
         let written = if durably {
             self.disk.write_durably(&tmp, &path, data)
         } else {
@@ -328,6 +332,21 @@ impl ChunkStore {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// A new path in `tmp/`, named after `what`.
+    fn tmp_path(&self, what: &str) -> PathBuf {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        self.root.join("tmp").join(format!("{what}-{n}"))
+    }
+
+    /// A spare empty file to write a chunk into, if a round made one.
+    fn spare(&self) -> Option<PathBuf> {
+        self.spares().pop()
+    }
+
+    fn spares(&self) -> MutexGuard<'_, Vec<PathBuf>> {
+        self.spares.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Bytes `[offset, offset+len)` of a chunk (`len` 0: to its end), verified.
@@ -618,8 +637,7 @@ impl ChunkStore {
         if gc_gen <= self.gc_gen.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{GC_GEN_FILE}-{n}"));
+        let tmp = self.tmp_path(GC_GEN_FILE);
         let path = self.root.join(GC_GEN_FILE);
         if let Err(e) = self
             .disk

@@ -33,6 +33,9 @@ pub const JOURNAL_MAX_BYTES: usize = 64 << 10;
 /// journal (and a replay) without the worker, as in a store used on its own.
 const PENDING_MAX: usize = 4096;
 const ENTRY_FORMAT: u8 = 1;
+/// Spare files kept ready (see [`ChunkStore::make_spares`]): a round's worth of puts and
+/// more at several thousand a second.
+const SPARE_FILES: usize = 512;
 
 /// The chunks journaled since the last round, with their tickets.
 #[derive(Default)]
@@ -114,6 +117,20 @@ impl ChunkStore {
         Ok(round.len())
     }
 
+    /// Make spare files for puts to write into, up to [`SPARE_FILES`]. On this kind of
+    /// machine creating a file cost a put 0.22 ms (ext4 looking for a free inode, most
+    /// of the node's time apart from its one sync); opening an empty one costs
+    /// microseconds. Returns how many were made.
+    pub fn make_spares(&self) -> Result<usize, DataError> {
+        let missing = SPARE_FILES.saturating_sub(self.spares().len());
+        for _ in 0..missing {
+            let path = self.tmp_path("spare");
+            std::fs::File::create(&path)?;
+            self.spares().push(path);
+        }
+        Ok(missing)
+    }
+
     /// Chunks journaled and not yet synced by a round.
     pub fn journaled(&self) -> usize {
         self.journal.len()
@@ -124,7 +141,10 @@ impl ChunkStore {
     /// again.
     pub(super) fn replay_journal(&self) -> Result<u64, DataError> {
         let cf = self.journal_cf()?;
-        let mut entries = self.index.iterator_cf(cf, rocksdb::IteratorMode::Start).peekable();
+        let mut entries = self
+            .index
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .peekable();
         if entries.peek().is_none() {
             return Ok(0);
         }
@@ -151,7 +171,10 @@ impl ChunkStore {
                 continue;
             }
             if ChunkHash::of(data) != hash {
-                tracing::warn!(?hash, "journal entry does not hash to its chunk; left to reads");
+                tracing::warn!(
+                    ?hash,
+                    "journal entry does not hash to its chunk; left to reads"
+                );
                 continue;
             }
             self.write_file_durably(&hash, data)?;

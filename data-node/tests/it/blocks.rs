@@ -146,8 +146,7 @@ fn a_chunk_stored_without_an_outboard_gets_one_at_its_first_range_read() {
     {
         let mut opts = rocksdb::Options::default();
         opts.create_missing_column_families(true);
-        let db =
-            rocksdb::DB::open_cf(&opts, tmp.path().join("index"), INDEX_CFS).unwrap();
+        let db = rocksdb::DB::open_cf(&opts, tmp.path().join("index"), INDEX_CFS).unwrap();
         let cf = db.cf_handle("outboard").unwrap();
         assert!(db.get_cf(cf, h.0).unwrap().is_some());
         db.delete_cf(cf, h.0).unwrap();
@@ -164,9 +163,12 @@ fn a_chunk_stored_without_an_outboard_gets_one_at_its_first_range_read() {
     store.sync_journal().unwrap();
     drop(store);
     {
-        let db =
-            rocksdb::DB::open_cf(&rocksdb::Options::default(), tmp.path().join("index"), INDEX_CFS)
-                .unwrap();
+        let db = rocksdb::DB::open_cf(
+            &rocksdb::Options::default(),
+            tmp.path().join("index"),
+            INDEX_CFS,
+        )
+        .unwrap();
         db.delete_cf(db.cf_handle("outboard").unwrap(), ho.0)
             .unwrap();
     }

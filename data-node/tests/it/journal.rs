@@ -9,7 +9,7 @@ use mobilus_data::store::{ChunkStore, JOURNAL_MAX_BYTES};
 use mobilus_data::DataError;
 use mobilus_proto::fs::ChunkHash;
 
-use crate::store::bytes;
+use crate::store::{bytes, files_under};
 
 fn must_open(dir: &std::path::Path, disk: &Arc<FaultyDisk>) -> ChunkStore {
     ChunkStore::open(dir, disk.clone()).expect("the store opens")
@@ -34,10 +34,18 @@ fn small_chunks_survive_a_power_cut_before_their_files_are_synced() {
     let store = must_open(tmp.path(), &disk);
     let hashes: Vec<_> = small.iter().map(|d| must_put(&store, d)).collect();
     let hl = must_put(&store, &large);
-    assert_eq!(store.journaled(), small.len(), "only the small chunks are journaled");
+    assert_eq!(
+        store.journaled(),
+        small.len(),
+        "only the small chunks are journaled"
+    );
     drop(store);
     // Half of the files are gone, half torn: without the journal these chunks are lost.
-    assert_eq!(disk.lose_unsynced(), small.len(), "the small files were never synced");
+    assert_eq!(
+        disk.lose_unsynced(),
+        small.len(),
+        "the small files were never synced"
+    );
 
     let store = must_open(tmp.path(), &disk);
     for (h, d) in hashes.iter().zip(&small) {
@@ -58,11 +66,19 @@ fn a_round_syncs_the_files_then_drops_their_entries() {
     let a = bytes(1, 8192);
     let h = must_put(&store, &a);
     assert_eq!(store.sync_journal().unwrap(), 1);
-    assert_eq!(store.sync_journal().unwrap(), 0, "a second round has nothing to do");
+    assert_eq!(
+        store.sync_journal().unwrap(),
+        0,
+        "a second round has nothing to do"
+    );
     assert_eq!(disk.lose_unsynced(), 0, "the round synced the file");
     drop(store);
     // Were the entry still there, opening would write the damaged file again.
-    let path = tmp.path().join("chunks").join(&h.to_hex()[..2]).join(h.to_hex());
+    let path = tmp
+        .path()
+        .join("chunks")
+        .join(&h.to_hex()[..2])
+        .join(h.to_hex());
     std::fs::write(&path, b"rot").unwrap();
     let store = must_open(tmp.path(), &disk);
     assert!(matches!(store.get(&h, 0, 0), Err(DataError::Corrupt(_))));
@@ -88,10 +104,40 @@ fn a_chunk_deleted_before_a_power_cut_stays_deleted() {
     assert_eq!(store.stats().chunks, 1);
 }
 
-/// Puts and deletes of the same few chunks, with rounds running all along, then a power
-/// cut: every chunk whose last operation was a put reads back whole, and no other is
-/// there. A round that dropped the entry of a chunk stored again after it looked (not
-/// checking the put's ticket) loses that chunk here.
+/// A chunk deleted and stored again while a round syncs: its new file was written after
+/// the sync, so the round must leave the new entry (another ticket) in place.
+#[test]
+fn a_chunk_stored_again_during_a_round_keeps_its_new_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultyDisk::default());
+    let store = Arc::new(must_open(tmp.path(), &disk));
+    let a = bytes(1, 4096);
+    let h = must_put(&store, &a);
+    let during = store.clone();
+    let again = a.clone();
+    disk.after_next_sync(move || {
+        assert_eq!(during.delete(&h).unwrap(), Some(4096));
+        assert!(!during.put(&h, &again).unwrap());
+    });
+    assert_eq!(store.sync_journal().unwrap(), 1);
+    assert_eq!(
+        store.journaled(),
+        1,
+        "the second put waits for the next round"
+    );
+    drop(store);
+    assert_eq!(
+        disk.lose_unsynced(),
+        1,
+        "the second file was written after the sync"
+    );
+    let store = must_open(tmp.path(), &disk);
+    assert_eq!(store.get(&h, 0, 0).unwrap(), a);
+}
+
+/// Puts and deletes of the same few chunks from several threads, with rounds running
+/// all along and then stopped for the last writes, then a power cut: every chunk whose
+/// last operation was a put reads back whole, and no other is there.
 #[test]
 fn puts_deletes_and_rounds_at_once_lose_nothing_to_a_power_cut() {
     let tmp = tempfile::tempdir().unwrap();
@@ -110,12 +156,16 @@ fn puts_deletes_and_rounds_at_once_lose_nothing_to_a_power_cut() {
     };
     let writers: Vec<_> = (0..3u8)
         .map(|w| {
-            let store = store.clone();
+            let (store, stop) = (store.clone(), stop.clone());
             std::thread::spawn(move || {
                 let chunks: Vec<Vec<u8>> = (0..8).map(|i| bytes(w * 8 + i, 4096)).collect();
                 let mut present = [false; 8];
                 let mut x = u32::from(w) + 1;
-                for _ in 0..400 {
+                for n in 0..400 {
+                    if n == 350 {
+                        // The last writes with no round after them: what the cut takes.
+                        stop.store(true, Ordering::SeqCst);
+                    }
                     // xorshift: a fixed, cheap sequence per writer.
                     x ^= x << 13;
                     x ^= x >> 17;
@@ -135,10 +185,9 @@ fn puts_deletes_and_rounds_at_once_lose_nothing_to_a_power_cut() {
         })
         .collect();
     let outcomes: Vec<_> = writers.into_iter().map(|t| t.join().unwrap()).collect();
-    stop.store(true, Ordering::SeqCst);
     assert!(rounds.join().unwrap() > 0, "rounds ran during the writes");
     drop(store);
-    disk.lose_unsynced();
+    assert!(disk.lose_unsynced() > 0, "the cut took files");
 
     let store = must_open(tmp.path(), &disk);
     for (chunks, present) in outcomes {
@@ -152,4 +201,29 @@ fn puts_deletes_and_rounds_at_once_lose_nothing_to_a_power_cut() {
         }
     }
     assert_eq!(store.stats().corrupt_chunks, 0);
+}
+
+#[test]
+fn puts_write_into_spare_files_and_a_reopened_store_drops_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultyDisk::default());
+    let store = must_open(tmp.path(), &disk);
+    let made = store.make_spares().unwrap();
+    assert!(made > 0);
+    assert_eq!(store.make_spares().unwrap(), 0, "the spares are all there");
+    assert_eq!(files_under(&tmp.path().join("tmp")), made);
+    let (small, large) = (bytes(1, 4096), bytes(2, JOURNAL_MAX_BYTES * 4));
+    let (hs, hl) = (must_put(&store, &small), must_put(&store, &large));
+    assert_eq!(
+        files_under(&tmp.path().join("tmp")),
+        made - 2,
+        "each put took one"
+    );
+    assert_eq!(store.get(&hs, 0, 0).unwrap(), small);
+    assert_eq!(store.get(&hl, 0, 0).unwrap(), large);
+    assert_eq!(store.make_spares().unwrap(), 2);
+    drop(store);
+    let store = must_open(tmp.path(), &disk);
+    assert_eq!(files_under(&tmp.path().join("tmp")), 0);
+    assert_eq!(store.get(&hs, 0, 0).unwrap(), small);
 }
