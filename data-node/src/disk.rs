@@ -15,8 +15,12 @@ pub trait Disk: Send + Sync + 'static {
     /// Write `data` to `tmp` and rename it to `path`, syncing nothing: readers see the
     /// whole file at once, but a power cut may lose or tear it until [`Disk::sync_fs`].
     fn write_unsynced(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()>;
-    /// Make everything written on `dir`'s file system so far durable (`syncfs`).
-    fn sync_fs(&self, dir: &Path) -> io::Result<()>;
+    /// Make everything written so far on the file system of `fs` (an open directory)
+    /// durable (`syncfs`). The kernel reports a writeback error once to each open
+    /// descriptor, and leaves the pages that failed clean: so `fs` is kept open for the
+    /// store's life, and after an error the files must be written again, not synced
+    /// again.
+    fn sync_fs(&self, fs: &File) -> io::Result<()>;
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Exactly `len` bytes of `path` from `offset` (a short file is an error).
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
@@ -57,8 +61,8 @@ impl Disk for LocalDisk {
         fs::rename(tmp, path)
     }
 
-    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
-        nix::unistd::syncfs(File::open(dir)?).map_err(io::Error::from)
+    fn sync_fs(&self, fs: &File) -> io::Result<()> {
+        nix::unistd::syncfs(fs).map_err(io::Error::from)
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -201,9 +205,20 @@ pub struct FaultyDisk {
     space_left: AtomicI64,
     /// Flip a bit in everything read.
     rot: AtomicBool,
-    /// Files written unsynced since the last `sync_fs`: what a power cut would take.
-    unsynced: Mutex<Vec<PathBuf>>,
+    /// What a power cut would take.
+    unsynced: Mutex<Unsynced>,
+    /// Fail the next `sync_fs`.
+    fail_sync: AtomicBool,
     after_sync: Mutex<Option<AfterSync>>,
+}
+
+/// Files written unsynced, numbered in order of writing, and those a failed sync left
+/// clean in the page cache but not on the disk (no later sync writes them).
+#[derive(Default)]
+struct Unsynced {
+    next: u64,
+    written: Vec<(u64, PathBuf)>,
+    failed: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for FaultyDisk {
@@ -211,7 +226,7 @@ impl std::fmt::Debug for FaultyDisk {
         f.debug_struct("FaultyDisk")
             .field("space_left", &self.space_left)
             .field("rot", &self.rot)
-            .field("unsynced", &self.unsynced_paths().len())
+            .field("unsynced", &self.unsynced().written.len())
             .finish_non_exhaustive()
     }
 }
@@ -222,7 +237,8 @@ impl Default for FaultyDisk {
             inner: LocalDisk,
             space_left: AtomicI64::new(-1),
             rot: AtomicBool::new(false),
-            unsynced: Mutex::new(Vec::new()),
+            unsynced: Mutex::new(Unsynced::default()),
+            fail_sync: AtomicBool::new(false),
             after_sync: Mutex::new(None),
         }
     }
@@ -238,10 +254,16 @@ impl FaultyDisk {
         self.rot.store(on, Ordering::SeqCst);
     }
 
-    /// A power cut: every file written unsynced since the last `sync_fs` is lost, the
-    /// first of each two torn to half its length instead. Returns how many were hit.
+    /// A power cut: every file written unsynced and not synced since (or whose sync
+    /// failed) is lost, the first of each two torn to half its length instead. Returns
+    /// how many were hit.
     pub fn lose_unsynced(&self) -> usize {
-        let lost = std::mem::take(&mut *self.unsynced_paths());
+        let lost: Vec<PathBuf> = {
+            let mut u = self.unsynced();
+            let mut lost = std::mem::take(&mut u.failed);
+            lost.extend(u.written.drain(..).map(|(_, p)| p));
+            lost
+        };
         for (i, path) in lost.iter().enumerate() {
             let _ = match fs::metadata(path) {
                 Ok(m) if i % 2 == 0 => fs::OpenOptions::new()
@@ -260,7 +282,13 @@ impl FaultyDisk {
         *self.after_sync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(work));
     }
 
-    fn unsynced_paths(&self) -> std::sync::MutexGuard<'_, Vec<PathBuf>> {
+    /// Fail the next `sync_fs` with EIO, as a failed writeback does: the files written
+    /// until then never reach the disk, whatever syncs follow.
+    pub fn fail_next_sync(&self) {
+        self.fail_sync.store(true, Ordering::SeqCst);
+    }
+
+    fn unsynced(&self) -> std::sync::MutexGuard<'_, Unsynced> {
         self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -286,7 +314,12 @@ impl Disk for FaultyDisk {
             fs::write(tmp, &data[..left as usize])?;
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        self.inner.write_durably(tmp, path, data)
+        self.inner.write_durably(tmp, path, data)?;
+        // A durable file replaces whatever unsynced one was there.
+        let mut u = self.unsynced();
+        u.written.retain(|(_, p)| p != path);
+        u.failed.retain(|p| p != path);
+        Ok(())
     }
 
     fn write_unsynced(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
@@ -295,16 +328,25 @@ impl Disk for FaultyDisk {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         self.inner.write_unsynced(tmp, path, data)?;
-        // Listed once written: a `sync_fs` that counts it began after the write.
-        self.unsynced_paths().push(path.to_path_buf());
+        // Numbered once written: a `sync_fs` that started after it covers it.
+        let mut u = self.unsynced();
+        let n = u.next;
+        u.next += 1;
+        u.written.push((n, path.to_path_buf()));
         Ok(())
     }
 
-    fn sync_fs(&self, dir: &Path) -> io::Result<()> {
+    fn sync_fs(&self, fs: &File) -> io::Result<()> {
+        if self.fail_sync.swap(false, Ordering::SeqCst) {
+            let mut u = self.unsynced();
+            let failed: Vec<PathBuf> = u.written.drain(..).map(|(_, p)| p).collect();
+            u.failed.extend(failed);
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         // Taken before the sync: a file written during it is not known to be synced.
-        let synced = self.unsynced_paths().len();
-        self.inner.sync_fs(dir)?;
-        self.unsynced_paths().drain(..synced);
+        let start = self.unsynced().next;
+        self.inner.sync_fs(fs)?;
+        self.unsynced().written.retain(|(n, _)| *n >= start);
         let after = self
             .after_sync
             .lock()
@@ -394,16 +436,14 @@ mod tests {
     }
 
     #[test]
-    fn a_file_written_unsynced_is_whole_at_its_path_and_a_sync_of_its_file_system_succeeds() {
+    fn a_file_written_unsynced_is_whole_at_its_path_and_its_file_system_syncs() {
         let dir = tempfile::tempdir().unwrap();
         let (tmp, path) = (dir.path().join("tmp"), dir.path().join("chunk"));
         fs::write(&tmp, b"a spare, written over").unwrap();
         LocalDisk.write_unsynced(&tmp, &path, b"bytes").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"bytes");
         assert!(!tmp.exists());
-        LocalDisk.sync_fs(dir.path()).unwrap();
-        let missing = LocalDisk.sync_fs(&dir.path().join("nowhere")).unwrap_err();
-        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        LocalDisk.sync_fs(&File::open(dir.path()).unwrap()).unwrap();
     }
 
     #[test]

@@ -326,8 +326,12 @@ fn start_journal(store: Arc<ChunkStore>, shutdown: &Shutdown) -> tokio::task::Jo
             let store = store.clone();
             async move {
                 tokio::task::spawn_blocking(move || {
-                    store.sync_journal()?;
-                    store.make_spares()
+                    // Spares only save time: failing to make them (no inodes left) must
+                    // not slow the rounds down.
+                    if let Err(e) = store.make_spares() {
+                        tracing::warn!(error = %e, "could not make spare files");
+                    }
+                    store.sync_journal()
                 })
                 .await?
                 .map(|_| ())
@@ -471,7 +475,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         let _ = h.await;
     }
-    // A clean stop leaves nothing to replay.
+    // A clean stop leaves its files synced (open still writes again what is journaled).
     if let Err(e) = store.sync_journal() {
         tracing::warn!(error = %e, "could not sync the journal at stop; it is replayed at start");
     }

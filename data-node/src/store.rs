@@ -105,6 +105,8 @@ pub struct ChunkStore {
     journal: Journal,
     /// Empty files in `tmp/`, made ahead by rounds, that puts write their chunks into.
     spares: Mutex<Vec<PathBuf>>,
+    /// `root`, open for the store's life: the descriptor rounds sync the file system by.
+    fs: std::fs::File,
 }
 
 /// An index entry.
@@ -177,9 +179,6 @@ impl ChunkStore {
         for dir in ["chunks", "tmp", "quarantine"] {
             std::fs::create_dir_all(root.join(dir))?;
         }
-        for entry in std::fs::read_dir(root.join("tmp"))? {
-            std::fs::remove_file(entry?.path())?;
-        }
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -188,6 +187,11 @@ impl ChunkStore {
             root.join("index"),
             ["default", OUTBOARD_CF, JOURNAL_CF],
         )?;
+        // After the index's lock: a second opener of a live store fails before it
+        // removes the live one's files.
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            std::fs::remove_file(entry?.path())?;
+        }
         let counters = Counters::default();
         let mut cached = Vec::new();
         for item in index.iterator(rocksdb::IteratorMode::Start) {
@@ -218,6 +222,7 @@ impl ChunkStore {
             cache,
             journal: Journal::default(),
             spares: Mutex::new(Vec::new()),
+            fs: std::fs::File::open(root)?,
         };
         store.replay_journal()?;
         Ok(store)
@@ -303,7 +308,11 @@ impl ChunkStore {
         drop(guard);
         // Outside the chunk's lock: a round takes the locks of the chunks it drops.
         if ticket.is_some_and(|t| self.journal.push(*hash, t)) {
-            self.sync_journal()?;
+            // The chunk is stored whatever the round does: its failure is the next
+            // round's to retry, not this put's.
+            if let Err(e) = self.sync_journal() {
+                tracing::warn!(error = %e, "a journal round run by a put failed");
+            }
         }
         Ok(false)
     }

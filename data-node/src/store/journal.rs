@@ -6,9 +6,12 @@
 //! fsync an application makes.
 //!
 //! The `journal` worker ([`crate::store::ChunkStore::sync_journal`]) later syncs the file
-//! system once for every chunk written since, then drops their entries. Opening the store
-//! replays what is left: any journaled chunk whose file is missing, torn or wrong after a
-//! crash is written again, durably, from its entry.
+//! system once for every chunk written since, then drops their entries. A sync that fails
+//! proves nothing about later ones (the kernel reports a writeback error once and leaves
+//! the failed pages clean), so that round's chunks are written again, each synced, from
+//! their entries. Opening the store replays what a crash left: every journaled chunk is
+//! written again, durably, from its entry (a crashed process's files may still be in the
+//! page cache, right there and wrong on the disk).
 //!
 //! An entry carries the ticket of the put that wrote it. A round drops an entry only if
 //! it still carries the ticket the round saw, under the chunk's lock: a chunk deleted and
@@ -42,6 +45,9 @@ const SPARE_FILES: usize = 512;
 pub(crate) struct Journal {
     next_ticket: AtomicU64,
     pending: Mutex<Vec<(ChunkHash, u64)>>,
+    /// Chunks whose files a failed sync or replay left in doubt: the next round writes
+    /// them again from their entries instead of trusting a sync.
+    doubtful: Mutex<Vec<(ChunkHash, u64)>>,
 }
 
 impl Journal {
@@ -69,12 +75,30 @@ impl Journal {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().len() + lock(&self.doubtful).len()
+    }
+
+    pub(crate) fn doubt(&self, chunks: impl IntoIterator<Item = (ChunkHash, u64)>) {
+        lock(&self.doubtful).extend(chunks);
+    }
+
+    fn take_doubtful(&self) -> Vec<(ChunkHash, u64)> {
+        std::mem::take(&mut *lock(&self.doubtful))
+    }
+
+    /// Tickets from here on are above `ticket` (one found in the journal at open).
+    fn tickets_above(&self, ticket: u64) {
+        self.next_ticket
+            .fetch_max(ticket.saturating_add(1), Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(ChunkHash, u64)>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pending)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ChunkStore {
@@ -84,21 +108,23 @@ impl ChunkStore {
             .ok_or_else(|| DataError::Invalid("the index has no journal column family".into()))
     }
 
-    /// A round of the journal: sync the file system (every chunk file journaled so far
-    /// becomes durable), then drop those chunks' entries. Returns how many were dropped.
-    /// On an error, the chunks not yet dropped wait for the next round.
+    /// A round of the journal: write again the chunks in doubt, then sync the file
+    /// system (every chunk file journaled so far becomes durable) and drop those chunks'
+    /// entries. Returns how many entries were dropped. On an error, the chunks not yet
+    /// dropped wait for the next round (in doubt, if the sync failed).
     pub fn sync_journal(&self) -> Result<usize, DataError> {
+        let cf = self.journal_cf()?;
+        let mut done = self.write_again(self.journal.take_doubtful())?;
         let round = self.journal.take();
         if round.is_empty() {
-            return Ok(0);
+            return Ok(done);
         }
-        if let Err(e) = self.disk.sync_fs(&self.root) {
-            self.journal.give_back(round);
+        if let Err(e) = self.disk.sync_fs(&self.fs) {
+            tracing::warn!(error = %e, chunks = round.len(), "journal sync failed; writing its chunks again");
+            self.journal.doubt(round);
             return Err(e.into());
         }
-        let cf = self.journal_cf()?;
-        // Dropping need not be durable: an entry a crash keeps is replayed against a file
-        // that is already right.
+        // Dropping need not be durable: an entry a crash keeps is written again at open.
         let unsynced = WriteOptions::default();
         for (i, (hash, ticket)) in round.iter().enumerate() {
             let _guard = self.lock(hash);
@@ -113,8 +139,34 @@ impl ChunkStore {
                 self.journal.give_back(round[i..].to_vec());
                 return Err(e.into());
             }
+            done += 1;
         }
-        Ok(round.len())
+        Ok(done)
+    }
+
+    /// Write the files of `chunks` again, each durably, from their journal entries (those
+    /// still carrying the ticket given), and drop the entries. Returns how many. On an
+    /// error the rest stay in doubt.
+    fn write_again(&self, chunks: Vec<(ChunkHash, u64)>) -> Result<usize, DataError> {
+        let cf = self.journal_cf()?;
+        for (i, (hash, ticket)) in chunks.iter().enumerate() {
+            let _guard = self.lock(hash);
+            let written = match self.index.get_cf(cf, hash.0) {
+                Ok(Some(v)) => match decode(&v) {
+                    Some((t, data)) if t == *ticket => self
+                        .write_file_durably(hash, data)
+                        .and_then(|()| Ok(self.index.delete_cf_opt(cf, hash.0, &synced())?)),
+                    _ => Ok(()),
+                },
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = written {
+                self.journal.doubt(chunks[i..].iter().copied());
+                return Err(e);
+            }
+        }
+        Ok(chunks.len())
     }
 
     /// Make spare files for puts to write into, up to [`SPARE_FILES`]. On this kind of
@@ -136,53 +188,47 @@ impl ChunkStore {
         self.journal.len()
     }
 
-    /// After a crash (at open): make the files of journaled chunks durable, write again
-    /// those missing, torn or wrong, and drop every entry. Returns the chunks written
-    /// again.
+    /// After a crash (at open): write every journaled chunk's file again, durably, from
+    /// its entry, and drop the entry. A chunk that cannot be written now (a full disk)
+    /// keeps its entry and is left in doubt for the first round: the node still starts.
+    /// Returns the chunks written again.
     pub(super) fn replay_journal(&self) -> Result<u64, DataError> {
         let cf = self.journal_cf()?;
-        let mut entries = self
-            .index
-            .iterator_cf(cf, rocksdb::IteratorMode::Start)
-            .peekable();
-        if entries.peek().is_none() {
-            return Ok(0);
-        }
-        // A process that crashed left its files in the page cache: durable from here on,
-        // and what a power cut took is seen as missing or torn below.
-        self.disk.sync_fs(&self.root)?;
         let (mut rewritten, mut drop) = (0, WriteBatch::default());
-        for item in entries {
+        for item in self.index.iterator_cf(cf, rocksdb::IteratorMode::Start) {
             let (key, value) = item?;
-            drop.delete_cf(cf, &key);
-            let (Some(hash), Some((_, data))) = (ChunkHash::from_slice(&key), decode(&value))
+            let (Some(hash), Some((ticket, data))) = (ChunkHash::from_slice(&key), decode(&value))
             else {
                 tracing::warn!("dropped a journal entry that is not one");
+                drop.delete_cf(cf, &key);
                 continue;
             };
+            self.journal.tickets_above(ticket);
             // A chunk deleted after it was journaled took its entry with it; an entry
-            // whose index entry is gone or of another size is left to the index.
-            if self.size_of(&hash)? != Some(data.len() as u64) {
-                continue;
-            }
-            let path = self.path(&hash);
-            let intact = self.disk.read(&path).is_ok_and(|on_disk| on_disk == data);
-            if intact {
-                continue;
-            }
-            if ChunkHash::of(data) != hash {
+            // whose index entry is gone or of another size, or whose bytes are not the
+            // chunk's, is left to the index and to reads.
+            if self.size_of(&hash)? != Some(data.len() as u64) || ChunkHash::of(data) != hash {
                 tracing::warn!(
                     ?hash,
-                    "journal entry does not hash to its chunk; left to reads"
+                    "dropped a journal entry that does not match its chunk"
                 );
+                drop.delete_cf(cf, &key);
                 continue;
             }
-            self.write_file_durably(&hash, data)?;
-            rewritten += 1;
+            match self.write_file_durably(&hash, data) {
+                Ok(()) => {
+                    drop.delete_cf(cf, &key);
+                    rewritten += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(?hash, error = %e, "could not write a journaled chunk again; the first round retries");
+                    self.journal.doubt([(hash, ticket)]);
+                }
+            }
         }
         self.index.write_opt(drop, &synced())?;
         if rewritten > 0 {
-            tracing::info!(rewritten, "journaled chunks written again after a crash");
+            tracing::info!(rewritten, "journaled chunks written again at open");
         }
         Ok(rewritten)
     }

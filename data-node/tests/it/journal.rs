@@ -227,3 +227,47 @@ fn puts_write_into_spare_files_and_a_reopened_store_drops_the_rest() {
     assert_eq!(files_under(&tmp.path().join("tmp")), 0);
     assert_eq!(store.get(&hs, 0, 0).unwrap(), small);
 }
+
+/// A failed sync leaves the pages that failed clean, so a later sync succeeds without
+/// writing them: the round's chunks must be written again from their entries, not
+/// dropped by the next sync.
+#[test]
+fn a_failed_sync_has_its_chunks_written_again_from_their_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultyDisk::default());
+    let store = must_open(tmp.path(), &disk);
+    let (a, b) = (bytes(1, 4096), bytes(2, 10_000));
+    let (ha, hb) = (must_put(&store, &a), must_put(&store, &b));
+    disk.fail_next_sync();
+    assert!(matches!(store.sync_journal(), Err(DataError::Io(_))));
+    assert_eq!(store.journaled(), 2, "both wait, in doubt");
+    assert_eq!(store.sync_journal().unwrap(), 2);
+    assert_eq!(store.journaled(), 0);
+    drop(store);
+    assert_eq!(disk.lose_unsynced(), 0, "both were written again, durably");
+    let store = must_open(tmp.path(), &disk);
+    assert_eq!(store.get(&ha, 0, 0).unwrap(), a);
+    assert_eq!(store.get(&hb, 0, 0).unwrap(), b);
+}
+
+/// A power cut, then a disk too full to write the journaled chunks again at open: the
+/// node still opens, keeps the entries, and its first round with room writes them.
+#[test]
+fn a_replay_without_room_keeps_its_entries_for_the_first_round() {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultyDisk::default());
+    let store = must_open(tmp.path(), &disk);
+    let a = bytes(1, 4096);
+    let h = must_put(&store, &a);
+    drop(store);
+    disk.lose_unsynced();
+    disk.set_space_left(0);
+    let store = must_open(tmp.path(), &disk);
+    assert_eq!(store.journaled(), 1);
+    disk.set_space_left(-1);
+    assert_eq!(store.sync_journal().unwrap(), 1);
+    assert_eq!(store.get(&h, 0, 0).unwrap(), a);
+    drop(store);
+    let store = must_open(tmp.path(), &disk);
+    assert_eq!(store.get(&h, 0, 0).unwrap(), a);
+}
