@@ -176,8 +176,21 @@ impl ChunkStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e.into()),
         };
-        for dir in ["chunks", "tmp", "quarantine"] {
-            std::fs::create_dir_all(root.join(dir))?;
+        // Every folder a chunk may go in, made now and made durable once: a chunk file's
+        // own syncs do not make a folder created for it durable.
+        std::fs::create_dir_all(root)?;
+        let mut created = false;
+        let chunk_dirs = (0..=255u8).map(|b| Path::new("chunks").join(format!("{b:02x}")));
+        for dir in ["chunks", "tmp", "quarantine"]
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(chunk_dirs)
+        {
+            match std::fs::create_dir(root.join(dir)) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
@@ -191,6 +204,10 @@ impl ChunkStore {
         // removes the live one's files.
         for entry in std::fs::read_dir(root.join("tmp"))? {
             std::fs::remove_file(entry?.path())?;
+        }
+        let fs = std::fs::File::open(root)?;
+        if created {
+            disk.sync_fs(&fs)?;
         }
         let counters = Counters::default();
         let mut cached = Vec::new();
@@ -222,7 +239,7 @@ impl ChunkStore {
             cache,
             journal: Journal::default(),
             spares: Mutex::new(Vec::new()),
-            fs: std::fs::File::open(root)?,
+            fs,
         };
         store.replay_journal()?;
         Ok(store)

@@ -262,3 +262,18 @@ fn keep_and_evict_at_once_never_lose_a_kept_chunk() {
     }
     assert_eq!(store.stats().cached_chunks, 0);
 }
+
+#[test]
+fn a_new_store_makes_every_chunk_folder_and_makes_a_removed_one_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(tmp.path(), Arc::new(LocalDisk)).unwrap();
+    let folders = std::fs::read_dir(tmp.path().join("chunks")).unwrap();
+    assert_eq!(folders.count(), 256, "one per first byte of a hash");
+    std::fs::remove_dir_all(tmp.path().join("chunks")).unwrap();
+    for n in [100, 100_000] {
+        let a = bytes(1, n);
+        let h = ChunkHash::of(&a);
+        store.put(&h, &a).unwrap();
+        assert_eq!(store.get(&h, 0, 0).unwrap(), a);
+    }
+}
