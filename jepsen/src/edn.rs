@@ -121,8 +121,48 @@ fn event(index: usize, m: std::collections::BTreeMap<String, Edn>) -> Result<Eve
     })
 }
 
+/// Refuse a character outside ASCII anywhere but in a string or a comment. Jepsen writes
+/// none there, and edn-rs 0.17 panics on some inside a number (its radix parse slices the
+/// token at a byte offset found in the token's lowercase form, whose length can differ).
+fn ascii_outside_strings(text: &str) -> Result<(), EdnError> {
+    let (mut in_string, mut in_comment, mut escaped) = (false, false, false);
+    for (line, l) in text.lines().enumerate() {
+        in_comment = false;
+        for c in l.chars() {
+            if in_comment {
+                continue;
+            }
+            if in_string {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match (escaped, c) {
+                // A character literal (`\"`, `\;`) starts nothing.
+                (true, _) if c.is_ascii() => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = true,
+                (false, ';') => in_comment = true,
+                _ if !c.is_ascii() => {
+                    return Err(EdnError::Parse(format!(
+                        "line {}: {c:?} outside a string: only ASCII is read there",
+                        line + 1
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Read a Jepsen EDN history. Events are renumbered in file order.
 pub fn read_edn(text: &str) -> Result<History, EdnError> {
+    ascii_outside_strings(text)?;
     let trimmed = text.trim_start();
     let forms: Vec<Edn> = if trimmed.starts_with('[') {
         match Edn::from_str(trimmed).map_err(|e| EdnError::Parse(format!("{e:?}")))? {
@@ -212,6 +252,20 @@ pub fn write_edn(history: &History, out: &mut impl Write) -> std::io::Result<()>
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn characters_outside_ascii_are_refused_outside_strings_and_read_inside() {
+        // The fuzzer's input that made edn-rs 0.17 panic in its radix parse.
+        let crash = std::str::from_utf8(b"\x7b\x74\x69\x72\x6f\x63\x73\x73\x20\x38\x74\x79\xc8\xbe\x1a\x74\x79\x41\x41\x41\xc8\xbe\x41\x41\x41\xc8\xbe\x1a\x74\x79\x41\x41\x41\xc8\xbe\x41\x41\x41\x70\x72\x6f\x7b\x61\x41\x41\x41\x2c").unwrap();
+        assert!(matches!(read_edn(crash), Err(EdnError::Parse(_))));
+        assert!(matches!(
+            read_edn("{:type :invoke, :f :read, :value 8\u{23e}r1}"),
+            Err(EdnError::Parse(_))
+        ));
+        let fine = "; a comment, d\u{e9}j\u{e0} vu\n{:type :invoke, :process 0, :f :write, :value \"caf\u{e9} \\\" ;\"}";
+        let h = read_edn(fine).expect("unicode in strings and comments is read");
+        assert_eq!(h.events.len(), 1);
+    }
+
     use super::*;
     use serde_json::json;
 
