@@ -125,9 +125,9 @@ fn event(index: usize, m: std::collections::BTreeMap<String, Edn>) -> Result<Eve
 /// none there, and edn-rs 0.17 panics on some inside a number (its radix parse slices the
 /// token at a byte offset found in the token's lowercase form, whose length can differ).
 fn ascii_outside_strings(text: &str) -> Result<(), EdnError> {
-    let (mut in_string, mut in_comment, mut escaped) = (false, false, false);
+    let (mut in_string, mut escaped) = (false, false);
     for (line, l) in text.lines().enumerate() {
-        in_comment = false;
+        let mut in_comment = false;
         for c in l.chars() {
             if in_comment {
                 continue;
