@@ -292,28 +292,27 @@ impl FaultyDisk {
         self.unsynced.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Take `len` bytes of the space left; `Err(left)` if they do not fit.
-    fn take_space(&self, len: usize) -> Result<(), i64> {
+    /// Take the space `data` needs at `tmp`. If it does not fit, fill `tmp` with what
+    /// does, as a real full disk accepts part of a write first, and answer ENOSPC.
+    fn take_space(&self, tmp: &Path, data: &[u8]) -> io::Result<()> {
         let left = self.space_left.load(Ordering::SeqCst);
         if left < 0 {
             return Ok(());
         }
-        if (len as i64) > left {
+        if (data.len() as i64) > left {
             self.space_left.store(0, Ordering::SeqCst);
-            return Err(left);
+            fs::write(tmp, &data[..left as usize])?;
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
-        self.space_left.fetch_sub(len as i64, Ordering::SeqCst);
+        self.space_left
+            .fetch_sub(data.len() as i64, Ordering::SeqCst);
         Ok(())
     }
 }
 
 impl Disk for FaultyDisk {
     fn write_durably(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-        if let Err(left) = self.take_space(data.len()) {
-            // A real full disk accepts part of the write first.
-            fs::write(tmp, &data[..left as usize])?;
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
+        self.take_space(tmp, data)?;
         self.inner.write_durably(tmp, path, data)?;
         // A durable file replaces whatever unsynced one was there.
         let mut u = self.unsynced();
@@ -323,13 +322,12 @@ impl Disk for FaultyDisk {
     }
 
     fn write_unsynced(&self, tmp: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
-        if let Err(left) = self.take_space(data.len()) {
-            fs::write(tmp, &data[..left as usize])?;
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
+        self.take_space(tmp, data)?;
         self.inner.write_unsynced(tmp, path, data)?;
-        // Numbered once written: a `sync_fs` that started after it covers it.
+        // Numbered once written: a `sync_fs` that started after it covers it. The file
+        // it replaced, and whatever a failed sync lost of that one, is gone.
         let mut u = self.unsynced();
+        u.failed.retain(|p| p != path);
         let n = u.next;
         u.next += 1;
         u.written.push((n, path.to_path_buf()));

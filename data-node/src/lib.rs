@@ -3,10 +3,10 @@
 //! Chunks are immutable and named by their BLAKE3 hash ([`store::ChunkStore`]); each is
 //! one file written durably (temp file, fsync, rename, fsync the directory) and listed in
 //! a RocksDB index; a small one is durable by its bytes journaled in the index's synced
-//! write instead, its file synced by a later round. The hash is checked on every receive and every read: a chunk whose
-//! bytes no longer match is quarantined and never served. All disk I/O goes through
-//! [`disk::Disk`], with a real and a fault-injecting implementation. [`service`] is the
-//! gRPC `Chunks` service over the store.
+//! write instead, its file synced by a later round. The hash is checked on every receive
+//! and every read: a chunk whose bytes no longer match is quarantined and never served.
+//! All disk I/O goes through [`disk::Disk`], with a real and a fault-injecting
+//! implementation. [`service`] is the gRPC `Chunks` service over the store.
 //!
 //! A node registers with the metadata service's site registry and heartbeats through a
 //! [`worker`], which also runs its garbage collection ([`gc`]): rounds that delete chunks

@@ -297,8 +297,9 @@ impl ChunkStore {
         }
         let mut batch = WriteBatch::default();
         let ticket = if data.len() <= JOURNAL_MAX_BYTES {
-            self.write_file(hash, data, false)?;
+            // Taken before the file is written: see `Journal::doubt_below`.
             let ticket = self.journal.ticket();
+            self.write_file(hash, data, false)?;
             batch.put_cf(self.journal_cf()?, hash.0, journal::encode(ticket, data));
             Some(ticket)
         } else {

@@ -48,34 +48,38 @@ pub(crate) struct Journal {
     /// Chunks whose files a failed sync or replay left in doubt: the next round writes
     /// them again from their entries instead of trusting a sync.
     doubtful: Mutex<Vec<(ChunkHash, u64)>>,
+    /// Tickets below this were taken before a sync failed: their files may have been
+    /// in that sync's failed writeback, even those of chunks noted after it, so they are
+    /// written again too. A put takes its ticket before it writes its file.
+    doubt_below: AtomicU64,
 }
 
 impl Journal {
     pub(crate) fn ticket(&self) -> u64 {
-        self.next_ticket.fetch_add(1, Ordering::Relaxed)
+        self.next_ticket.fetch_add(1, Ordering::SeqCst)
     }
 
     /// Note a chunk journaled (its entry written); true if the journal is now due a sync.
     pub(crate) fn push(&self, hash: ChunkHash, ticket: u64) -> bool {
-        let mut pending = self.lock();
+        let mut pending = lock(&self.pending);
         pending.push((hash, ticket));
         pending.len() >= PENDING_MAX
     }
 
     /// Everything noted so far, for a round.
     pub(crate) fn take(&self) -> Vec<(ChunkHash, u64)> {
-        std::mem::take(&mut *self.lock())
+        std::mem::take(&mut *lock(&self.pending))
     }
 
     /// Give back what a failed round did not drop.
     pub(crate) fn give_back(&self, mut rest: Vec<(ChunkHash, u64)>) {
-        let mut pending = self.lock();
+        let mut pending = lock(&self.pending);
         rest.append(&mut pending);
         *pending = rest;
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.lock().len() + lock(&self.doubtful).len()
+        lock(&self.pending).len() + lock(&self.doubtful).len()
     }
 
     pub(crate) fn doubt(&self, chunks: impl IntoIterator<Item = (ChunkHash, u64)>) {
@@ -86,14 +90,26 @@ impl Journal {
         std::mem::take(&mut *lock(&self.doubtful))
     }
 
+    /// A sync failed: doubt every file written so far.
+    fn doubt_all_written(&self) {
+        let next = self.next_ticket.load(Ordering::SeqCst);
+        self.doubt_below.fetch_max(next, Ordering::SeqCst);
+    }
+
+    /// Everything noted so far, for a round: the chunks it may trust to a sync, the
+    /// rest (written before a failed sync) put in doubt.
+    fn take_trusted(&self) -> Vec<(ChunkHash, u64)> {
+        let below = self.doubt_below.load(Ordering::SeqCst);
+        let (doubted, trusted): (Vec<_>, Vec<_>) =
+            self.take().into_iter().partition(|(_, t)| *t < below);
+        self.doubt(doubted);
+        trusted
+    }
+
     /// Tickets from here on are above `ticket` (one found in the journal at open).
     fn tickets_above(&self, ticket: u64) {
         self.next_ticket
             .fetch_max(ticket.saturating_add(1), Ordering::Relaxed);
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(ChunkHash, u64)>> {
-        lock(&self.pending)
     }
 }
 
@@ -114,13 +130,20 @@ impl ChunkStore {
     /// dropped wait for the next round (in doubt, if the sync failed).
     pub fn sync_journal(&self) -> Result<usize, DataError> {
         let cf = self.journal_cf()?;
-        let mut done = self.write_again(self.journal.take_doubtful())?;
-        let round = self.journal.take();
+        let round = self.journal.take_trusted();
+        let mut done = match self.write_again(self.journal.take_doubtful()) {
+            Ok(n) => n,
+            Err(e) => {
+                self.journal.give_back(round);
+                return Err(e);
+            }
+        };
         if round.is_empty() {
             return Ok(done);
         }
         if let Err(e) = self.disk.sync_fs(&self.fs) {
             tracing::warn!(error = %e, chunks = round.len(), "journal sync failed; writing its chunks again");
+            self.journal.doubt_all_written();
             self.journal.doubt(round);
             return Err(e.into());
         }

@@ -15,6 +15,14 @@ fn must_open(dir: &std::path::Path, disk: &Arc<FaultyDisk>) -> ChunkStore {
     ChunkStore::open(dir, disk.clone()).expect("the store opens")
 }
 
+/// A new store in a temporary folder, on a disk that can lose power.
+fn must_start() -> (tempfile::TempDir, Arc<FaultyDisk>, ChunkStore) {
+    let tmp = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FaultyDisk::default());
+    let store = must_open(tmp.path(), &disk);
+    (tmp, disk, store)
+}
+
 fn must_put(store: &ChunkStore, data: &[u8]) -> ChunkHash {
     let h = ChunkHash::of(data);
     store.put(&h, data).expect("the put succeeds");
@@ -23,15 +31,13 @@ fn must_put(store: &ChunkStore, data: &[u8]) -> ChunkHash {
 
 #[test]
 fn small_chunks_survive_a_power_cut_before_their_files_are_synced() {
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::default());
+    let (tmp, disk, store) = must_start();
     let small: Vec<Vec<u8>> = [1, 4096, 4097, 65_000, JOURNAL_MAX_BYTES]
         .iter()
         .enumerate()
         .map(|(i, &n)| bytes(i as u8, n))
         .collect();
     let large = bytes(9, JOURNAL_MAX_BYTES + 1);
-    let store = must_open(tmp.path(), &disk);
     let hashes: Vec<_> = small.iter().map(|d| must_put(&store, d)).collect();
     let hl = must_put(&store, &large);
     assert_eq!(
@@ -60,9 +66,7 @@ fn small_chunks_survive_a_power_cut_before_their_files_are_synced() {
 
 #[test]
 fn a_round_syncs_the_files_then_drops_their_entries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::default());
-    let store = must_open(tmp.path(), &disk);
+    let (tmp, disk, store) = must_start();
     let a = bytes(1, 8192);
     let h = must_put(&store, &a);
     assert_eq!(store.sync_journal().unwrap(), 1);
@@ -86,9 +90,7 @@ fn a_round_syncs_the_files_then_drops_their_entries() {
 
 #[test]
 fn a_chunk_deleted_before_a_power_cut_stays_deleted() {
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::default());
-    let store = must_open(tmp.path(), &disk);
+    let (tmp, disk, store) = must_start();
     let (a, b) = (bytes(1, 4096), bytes(2, 4096));
     let ha = must_put(&store, &a);
     let hb = must_put(&store, &b);
@@ -108,9 +110,8 @@ fn a_chunk_deleted_before_a_power_cut_stays_deleted() {
 /// the sync, so the round must leave the new entry (another ticket) in place.
 #[test]
 fn a_chunk_stored_again_during_a_round_keeps_its_new_entry() {
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::default());
-    let store = Arc::new(must_open(tmp.path(), &disk));
+    let (tmp, disk, store) = must_start();
+    let store = Arc::new(store);
     let a = bytes(1, 4096);
     let h = must_put(&store, &a);
     let during = store.clone();
@@ -135,23 +136,52 @@ fn a_chunk_stored_again_during_a_round_keeps_its_new_entry() {
     assert_eq!(store.get(&h, 0, 0).unwrap(), a);
 }
 
-/// Puts and deletes of the same few chunks from several threads, with rounds running
-/// all along and then stopped for the last writes, then a power cut: every chunk whose
+/// Puts and deletes of the same few chunks from several threads, with rounds and reads
+/// running all along (the rounds stopped for the last writes), then a power cut: every chunk whose
 /// last operation was a put reads back whole, and no other is there.
 #[test]
 fn puts_deletes_and_rounds_at_once_lose_nothing_to_a_power_cut() {
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::default());
-    let store = Arc::new(must_open(tmp.path(), &disk));
+    let (tmp, disk, store) = must_start();
+    let store = Arc::new(store);
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = {
-        let (store, stop) = (store.clone(), stop.clone());
+        let (store, stop, disk) = (store.clone(), stop.clone(), disk.clone());
         std::thread::spawn(move || {
             let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                n += store.sync_journal().unwrap();
+            for round in 0.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                // A sync in seven fails (the first round with chunks to sync after it is
+                // armed): the next round writes its chunks again, over files the reader
+                // may be reading.
+                if round % 7 == 6 {
+                    disk.fail_next_sync();
+                }
+                match store.sync_journal() {
+                    Ok(dropped) => n += dropped,
+                    Err(DataError::Io(_)) => {}
+                    Err(e) => panic!("a round failed: {e}"),
+                }
             }
             n
+        })
+    };
+    // Reads all along: a chunk is either whole or not there, never a partial file.
+    let writing = Arc::new(AtomicBool::new(true));
+    let reader = {
+        let (store, writing) = (store.clone(), writing.clone());
+        std::thread::spawn(move || {
+            let all: Vec<Vec<u8>> = (0..24).map(|i| bytes(i, 4096)).collect();
+            while writing.load(Ordering::SeqCst) {
+                for d in &all {
+                    match store.get(&ChunkHash::of(d), 0, 0) {
+                        Ok(got) => assert_eq!(&got, d, "a read saw another chunk's bytes"),
+                        Err(DataError::NotFound(_)) => {}
+                        Err(e) => panic!("a read during the writes failed: {e}"),
+                    }
+                }
+            }
         })
     };
     let writers: Vec<_> = (0..3u8)
@@ -185,6 +215,10 @@ fn puts_deletes_and_rounds_at_once_lose_nothing_to_a_power_cut() {
         })
         .collect();
     let outcomes: Vec<_> = writers.into_iter().map(|t| t.join().unwrap()).collect();
+    writing.store(false, Ordering::SeqCst);
+    reader
+        .join()
+        .expect("every read during the writes was whole or not found");
     assert!(rounds.join().unwrap() > 0, "rounds ran during the writes");
     drop(store);
     assert!(disk.lose_unsynced() > 0, "the cut took files");
@@ -205,9 +239,7 @@ fn puts_deletes_and_rounds_at_once_lose_nothing_to_a_power_cut() {
 
 #[test]
 fn puts_write_into_spare_files_and_a_reopened_store_drops_the_rest() {
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::default());
-    let store = must_open(tmp.path(), &disk);
+    let (tmp, disk, store) = must_start();
     let made = store.make_spares().unwrap();
     assert!(made > 0);
     assert_eq!(store.make_spares().unwrap(), 0, "the spares are all there");
@@ -233,9 +265,7 @@ fn puts_write_into_spare_files_and_a_reopened_store_drops_the_rest() {
 /// dropped by the next sync.
 #[test]
 fn a_failed_sync_has_its_chunks_written_again_from_their_entries() {
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::default());
-    let store = must_open(tmp.path(), &disk);
+    let (tmp, disk, store) = must_start();
     let (a, b) = (bytes(1, 4096), bytes(2, 10_000));
     let (ha, hb) = (must_put(&store, &a), must_put(&store, &b));
     disk.fail_next_sync();
@@ -254,9 +284,7 @@ fn a_failed_sync_has_its_chunks_written_again_from_their_entries() {
 /// node still opens, keeps the entries, and its first round with room writes them.
 #[test]
 fn a_replay_without_room_keeps_its_entries_for_the_first_round() {
-    let tmp = tempfile::tempdir().unwrap();
-    let disk = Arc::new(FaultyDisk::default());
-    let store = must_open(tmp.path(), &disk);
+    let (tmp, disk, store) = must_start();
     let a = bytes(1, 4096);
     let h = must_put(&store, &a);
     drop(store);
