@@ -286,9 +286,8 @@ impl Client {
         first: u64,
         reply: pb::ReadBlocksReply,
     ) -> Result<Run, String> {
-        let was_known = known.is_some();
-        let (outboard, run) = verify_run(hash, known, first, reply)?;
-        if !was_known {
+        let (outboard, run) = verify_run(hash, known.clone(), first, reply)?;
+        if known.is_none_or(|k| !Arc::ptr_eq(&k, &outboard)) {
             self.blocks.insert_outboard(outboard);
         }
         for (i, block) in run.blocks.iter().enumerate() {
@@ -408,15 +407,21 @@ fn shared_outcome(hash: ChunkHash, result: Result<Arc<Run>, ClientError>) -> Opt
 }
 
 /// Check a `ReadBlocks` reply: the outboard against the chunk's name (unless already
-/// known), and each block against the outboard.
+/// known), and each block against the outboard. The outboard returned is the one to
+/// keep: a new one, or `known` with its size proven or corrected (an outboard proves the
+/// size only with its last block, so until then another node may claim another size of
+/// the same shape; the blocks it sends settle which).
 pub fn verify_run(
     hash: ChunkHash,
     known: Option<Arc<Outboard>>,
     first: u64,
     reply: pb::ReadBlocksReply,
 ) -> Result<(Arc<Outboard>, Run), String> {
-    let outboard = match known {
-        Some(o) => o,
+    let mut outboard = match known {
+        Some(o) if o.size_proven() || o.size() == reply.chunk_size => o,
+        Some(o) => Arc::new(
+            Outboard::verified(hash, reply.chunk_size, &o.to_bytes()).map_err(|e| e.to_string())?,
+        ),
         None => Arc::new(
             Outboard::verified(hash, reply.chunk_size, &reply.outboard)
                 .map_err(|e| e.to_string())?,
@@ -464,6 +469,12 @@ pub fn verify_run(
     }
     if blocks.is_empty() {
         blocks.push(Bytes::new());
+    }
+    if !outboard.size_proven() && index == blocks::block_count(size) {
+        let last = blocks.last().map(|b| &b[..]).unwrap_or_default();
+        if let Some(proven) = outboard.with_size_proven(last) {
+            outboard = Arc::new(proven);
+        }
     }
     Ok((outboard, Run { first, blocks }))
 }

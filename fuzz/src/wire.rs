@@ -191,8 +191,10 @@ pub fn true_chunk() -> &'static [u8] {
 }
 
 /// A `ReadBlocks` reply from any data node (another site's, perhaps lying): the first
-/// byte is the block asked from and whether the chunk's outboard is already known; the
-/// rest is the reply. A reply the mount accepts must be the true chunk's blocks.
+/// byte is the block asked from (bits 0-2) and whether the chunk's outboard is already
+/// known (bits 3-4: no; yes; from a reply that claimed a size `head >> 5` bytes short);
+/// the rest is the reply. A reply the mount accepts must be the true chunk's blocks, and
+/// a size it takes as proven the chunk's.
 pub fn block_replies(input: &[u8]) {
     let Some((&head, body)) = input.split_first() else {
         return;
@@ -200,13 +202,39 @@ pub fn block_replies(input: &[u8]) {
     let chunk = true_chunk();
     let hash = ChunkHash::of(chunk);
     let first = u64::from(head & 7);
-    let known = (head & 8 != 0).then(|| std::sync::Arc::new(Outboard::compute(chunk)));
+    let truth = || Outboard::compute(chunk);
+    let known = match head & 24 {
+        0 => None,
+        8 => Some(truth()),
+        // Known from an earlier reply that did not prove its size: perhaps a few bytes off.
+        _ => {
+            let claimed = chunk.len() as u64 - u64::from(head >> 5);
+            Outboard::verified(hash, claimed, &truth().to_bytes()).ok()
+        }
+    };
+    let known_size = known.as_ref().is_some_and(Outboard::size_proven);
+    let known = known.map(std::sync::Arc::new);
     let Some(reply) = decode::<datapb::ReadBlocksReply>(body) else {
         return;
     };
     if let Ok((outboard, run)) = mobilus_client::read::verify_run(hash, known, first, reply) {
         assert_eq!(outboard.hash(), hash);
-        assert_eq!(outboard.size(), chunk.len() as u64);
+        let size = chunk.len() as u64;
+        // An outboard proves the size only with the last block; until then the claim is
+        // at least of the true shape (its block count).
+        assert_eq!(
+            blocks::block_count(outboard.size()),
+            blocks::block_count(size)
+        );
+        let has_last = first + run.blocks.len() as u64 == blocks::block_count(size);
+        assert_eq!(outboard.size_proven(), has_last || known_size);
+        if outboard.size_proven() {
+            assert_eq!(
+                outboard.size(),
+                size,
+                "a size proven that is not the chunk's"
+            );
+        }
         for (i, block) in run.blocks.iter().enumerate() {
             let (a, b) = blocks::block_span(chunk.len() as u64, first + i as u64);
             assert_eq!(

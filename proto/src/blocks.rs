@@ -51,12 +51,21 @@ pub enum OutboardError {
 }
 
 /// A chunk's block chaining values, known to hash to its name: every constructor checks.
+///
+/// The chaining values prove the chunk's size only to its last block: the tree's shape
+/// depends on the block count, and the last block's length is bound only by its own
+/// chaining value. So an outboard received with a claimed size has that size *proven*
+/// only once its last block is verified ([`Outboard::size_proven`]); until then a
+/// reply may claim another size of the same shape, and every block but the last still
+/// verifies as the chunk's own (found by fuzzing: a reply claiming a size a few bytes
+/// off was accepted, and the wrong size kept).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outboard {
     hash: ChunkHash,
     size: u64,
     /// Empty for a chunk of one block: that block is checked against the name itself.
     cvs: Vec<ChainingValue>,
+    size_proven: bool,
 }
 
 impl Outboard {
@@ -69,6 +78,7 @@ impl Outboard {
                 hash: ChunkHash::of(data),
                 size,
                 cvs: Vec::new(),
+                size_proven: true,
             };
         }
         let cvs: Vec<ChainingValue> = data
@@ -80,12 +90,15 @@ impl Outboard {
             hash: root_of(&cvs, size),
             size,
             cvs,
+            size_proven: true,
         }
     }
 
     /// The outboard `bytes` (as [`Outboard::to_bytes`] wrote them) of chunk `hash` of
     /// `size` bytes, if they hash to `hash`. A chunk of one block has no outboard: then
     /// nothing, not even `size`, is verified until its block is ([`Outboard::verify_block`]).
+    /// `size` itself is verified only to the tree's shape ([`Outboard::size_proven`] is
+    /// false): [`Outboard::with_size_proven`] once the last block verifies.
     pub fn verified(hash: ChunkHash, size: u64, bytes: &[u8]) -> Result<Outboard, OutboardError> {
         let want = if block_count(size) == 1 {
             0
@@ -106,7 +119,28 @@ impl Outboard {
         if !cvs.is_empty() && root_of(&cvs, size) != hash {
             return Err(OutboardError::Mismatch);
         }
-        Ok(Outboard { hash, size, cvs })
+        Ok(Outboard {
+            hash,
+            size,
+            cvs,
+            size_proven: false,
+        })
+    }
+
+    /// Whether [`Outboard::size`] is the chunk's true size: computed from the bytes, or
+    /// confirmed by its last block.
+    pub fn size_proven(&self) -> bool {
+        self.size_proven
+    }
+
+    /// This outboard with its size proven: `last_block` is the chunk's last block, else
+    /// `None`.
+    pub fn with_size_proven(&self, last_block: &[u8]) -> Option<Outboard> {
+        let last = block_count(self.size) - 1;
+        self.verify_block(last, last_block).then(|| Outboard {
+            size_proven: true,
+            ..self.clone()
+        })
     }
 
     pub fn hash(&self) -> ChunkHash {
@@ -197,7 +231,10 @@ mod tests {
             let ob = Outboard::compute(&data);
             assert_eq!(ob.hash(), ChunkHash::of(&data), "size {n}");
             let again = Outboard::verified(ob.hash(), n as u64, &ob.to_bytes()).unwrap();
-            assert_eq!(again, ob);
+            assert!(!again.size_proven() && ob.size_proven());
+            let (s, e) = block_span(n as u64, block_count(n as u64) - 1);
+            let proven = again.with_size_proven(&data[s as usize..e as usize]);
+            assert_eq!(proven.as_ref(), Some(&ob), "size {n}");
             for i in 0..block_count(n as u64) {
                 let (s, e) = block_span(n as u64, i);
                 assert!(
@@ -233,6 +270,34 @@ mod tests {
         let small = Outboard::compute(b"tiny");
         assert!(small.verify_block(0, b"tiny"));
         assert!(!small.verify_block(0, b"tinY"));
+    }
+
+    /// The outboard binds the tree's shape, not the last block's length: a claimed size
+    /// of the same shape verifies, but is never proven, and the last block read at it
+    /// fails.
+    #[test]
+    fn an_outboard_proves_its_size_only_with_its_last_block() {
+        let b = BLOCK as usize;
+        let data = noise(3 * b + 1234, 7);
+        let ob = Outboard::compute(&data);
+        let last = &data[3 * b..];
+        for claimed in [3 * BLOCK + 1, 3 * BLOCK + 1233, 4 * BLOCK] {
+            let lie = Outboard::verified(ob.hash(), claimed, &ob.to_bytes()).unwrap();
+            assert!(!lie.size_proven());
+            assert!(
+                lie.verify_block(1, &data[b..2 * b]),
+                "a middle block still verifies"
+            );
+            assert!(!lie.verify_block(3, last));
+            assert_eq!(lie.with_size_proven(last), None);
+            let (s, e) = block_span(claimed, 3);
+            let padded: Vec<u8> = last.iter().copied().chain([0; 1 << 14]).collect();
+            assert_eq!(lie.with_size_proven(&padded[..(e - s) as usize]), None);
+        }
+        // Another shape (a fifth block) does not verify at all.
+        assert!(Outboard::verified(ob.hash(), 4 * BLOCK + 1, &ob.to_bytes()).is_err());
+        let truth = Outboard::verified(ob.hash(), data.len() as u64, &ob.to_bytes()).unwrap();
+        assert_eq!(truth.with_size_proven(last), Some(ob));
     }
 
     #[test]

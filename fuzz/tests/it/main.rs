@@ -89,3 +89,47 @@ fn block_reply_oracle_accepts_the_truth_and_refuses_a_flip() {
     flipped[100] ^= 1;
     assert!(mobilus_client::read::verify_run(hash, None, 2, reply(flipped)).is_err());
 }
+
+/// Found by the fuzzer: an outboard binds a chunk's block count, not its last block's
+/// length, so a reply claiming a size a few bytes off verified and the mount kept that
+/// size. A claimed size is now proven only by the last block, and corrected by it.
+#[test]
+fn a_claimed_chunk_size_is_proven_only_by_the_last_block() {
+    use mobilus_client::read::verify_run;
+    use mobilus_proto::blocks::{block_span, Outboard};
+    use mobilus_proto::datapb::ReadBlocksReply;
+    use mobilus_proto::fs::ChunkHash;
+    use prost::Message;
+    let chunk = mobilus_fuzz::wire::true_chunk();
+    let len = chunk.len() as u64;
+    let hash = ChunkHash::of(chunk);
+    let outboard = Outboard::compute(chunk).to_bytes();
+    let reply = |size: u64, first: u64, end: u64| {
+        let (a, _) = block_span(len, first);
+        let (_, b) = block_span(len, end - 1);
+        ReadBlocksReply {
+            chunk_size: size,
+            first_block: first,
+            data: chunk[a as usize..b as usize].to_vec().into(),
+            outboard: outboard.clone(),
+        }
+    };
+    // A liar: block 1 (true) with a size 10 bytes short. The block is taken, the size
+    // is not proven.
+    let (lie, run) = verify_run(hash, None, 1, reply(len - 10, 1, 2)).unwrap();
+    assert_eq!((lie.size(), lie.size_proven()), (len - 10, false));
+    assert_eq!(run.blocks.len(), 1);
+    // The last block at the claimed size never verifies...
+    let mut short = reply(len - 10, 3, 4);
+    short.data.truncate(short.data.len() - 10);
+    assert!(verify_run(hash, Some(lie.clone()), 3, short).is_err());
+    // ...and an honest node's last block corrects the size and proves it.
+    let (truth, _) = verify_run(hash, Some(lie.clone()), 3, reply(len, 3, 4)).unwrap();
+    assert_eq!((truth.size(), truth.size_proven()), (len, true));
+    // A proven size is not changed by a later claim.
+    assert!(verify_run(hash, Some(truth), 1, reply(len - 10, 1, 2)).is_err());
+    // The fuzzer's kind of input (the seed with a bit of the size flipped) passes the
+    // oracle, which before the fix failed on it.
+    let flipped = reply(len ^ 2, 1, 2);
+    mobilus_fuzz::wire::block_replies(&[[1u8].as_slice(), &flipped.encode_to_vec()].concat());
+}
