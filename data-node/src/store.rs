@@ -9,7 +9,8 @@
 //! Each chunk of more than one block also has its outboard (the chaining values of its
 //! 16 KiB blocks, see `mobilus_proto::blocks`) in the `outboard` column family, written in
 //! the same batch as its index entry: a range read reads and checks only the blocks it
-//! needs. A chunk stored before outboards existed gets one at its first range read.
+//! needs, against the outboard kept in memory once verified (see [`ranges`]). A chunk
+//! stored before outboards existed gets one at its first range read.
 //!
 //! A chunk of at most [`JOURNAL_MAX_BYTES`] is made durable by its index write alone, its
 //! bytes journaled there until a round syncs its file (see [`journal`]).
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use mobilus_proto::blocks::{self, Outboard};
+use mobilus_proto::blocks::Outboard;
 use mobilus_proto::fs::ChunkHash;
 use mobilus_proto::MAX_CHUNK_BYTES;
 use rocksdb::{WriteBatch, WriteOptions, DB};
@@ -32,8 +33,10 @@ use crate::disk::Disk;
 use crate::error::DataError;
 
 mod journal;
+mod ranges;
 pub use journal::JOURNAL_MAX_BYTES;
 use journal::{Journal, JOURNAL_CF};
+use ranges::OutboardCache;
 
 /// Index values: format byte, size, when the chunk was stored (ns since the epoch; GC
 /// leaves chunks younger than its TTL alone), and whether it is only cached. Format 2
@@ -107,6 +110,7 @@ pub struct ChunkStore {
     spares: Mutex<Vec<PathBuf>>,
     /// `root`, open for the store's life: the descriptor rounds sync the file system by.
     fs: std::fs::File,
+    outboards: OutboardCache,
 }
 
 /// An index entry.
@@ -240,6 +244,7 @@ impl ChunkStore {
             journal: Journal::default(),
             spares: Mutex::new(Vec::new()),
             fs,
+            outboards: OutboardCache::default(),
         };
         store.replay_journal()?;
         Ok(store)
@@ -512,81 +517,6 @@ impl ChunkStore {
     /// Whether a chunk is here only as a cache.
     pub fn is_cached(&self, hash: &ChunkHash) -> bool {
         self.cache.contains(hash)
-    }
-
-    /// The blocks of a chunk that cover `[offset, offset+len)` (cut at the chunk's end,
-    /// at most [`blocks::MAX_READ_BYTES`]; `len` 0: the block around `offset`), each
-    /// checked against the chunk's outboard; only those blocks are read from disk. A
-    /// block that fails its check quarantines the chunk, as a failed `get` does.
-    pub fn read_blocks(
-        &self,
-        hash: &ChunkHash,
-        offset: u64,
-        len: u64,
-        with_outboard: bool,
-    ) -> Result<BlockRead, DataError> {
-        let size = self.size_of(hash)?.ok_or(DataError::NotFound(*hash))?;
-        if offset >= size.max(1) || len > blocks::MAX_READ_BYTES {
-            return Err(DataError::BadRange { offset, len, size });
-        }
-        let outboard = self.outboard(hash, size)?;
-        let (first, end) = blocks::blocks_covering(offset, len.min(size - offset));
-        let (start, _) = blocks::block_span(size, first);
-        let (_, stop) = blocks::block_span(size, end - 1);
-        let data = match self
-            .disk
-            .read_at(&self.path(hash), start, (stop - start) as usize)
-        {
-            Ok(d) => d,
-            Err(e) if is_lost(&e) => return Err(self.lost(hash)?),
-            Err(e) => return Err(e.into()),
-        };
-        let intact = (first..end).all(|i| {
-            let (a, b) = blocks::block_span(size, i);
-            outboard.verify_block(i, &data[(a - start) as usize..(b - start) as usize])
-        });
-        if !intact {
-            self.quarantine(hash)?;
-            return Err(DataError::Corrupt(*hash));
-        }
-        self.cache.touch(hash);
-        self.counters
-            .bytes_served
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        Ok(BlockRead {
-            chunk_size: size,
-            first_block: first,
-            data,
-            outboard: with_outboard.then(|| outboard.to_bytes()),
-        })
-    }
-
-    /// A chunk's outboard: stored with it, or (a chunk stored before outboards) computed
-    /// from the whole chunk, verified, and stored now.
-    fn outboard(&self, hash: &ChunkHash, size: u64) -> Result<Outboard, DataError> {
-        if let Some(bytes) = self.index.get_cf(self.outboard_cf()?, hash.0)? {
-            return Outboard::verified(*hash, size, &bytes).map_err(|e| {
-                tracing::warn!(?hash, error = %e, "stored outboard is wrong");
-                DataError::Corrupt(*hash)
-            });
-        }
-        let data = match self.disk.read(&self.path(hash)) {
-            Ok(d) => d,
-            Err(e) if is_lost(&e) => return Err(self.lost(hash)?),
-            Err(e) => return Err(e.into()),
-        };
-        let outboard = Outboard::compute(&data);
-        if data.len() as u64 != size || outboard.hash() != *hash {
-            self.quarantine(hash)?;
-            return Err(DataError::Corrupt(*hash));
-        }
-        let _guard = self.lock(hash);
-        // Not if a delete won the lock meanwhile: no outboard outlives its chunk.
-        if self.size_of(hash)?.is_some() {
-            self.index
-                .put_cf_opt(self.outboard_cf()?, hash.0, outboard.to_bytes(), &synced())?;
-        }
-        Ok(outboard)
     }
 
     /// The error for a chunk whose file was not there: deleted meanwhile (under the lock,
