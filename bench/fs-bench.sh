@@ -64,8 +64,9 @@ METAS=$(IFS=,; echo "${META[*]}")
 "$BIN/mobilus-data" $(tls data site-a data-a) --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/data-a" \
   --meta "$METAS" --ready-file "$RUN/data-a.ready" 2>"$RUN/data-a.log" & PIDS+=($!)
 ready "$RUN/data-a.ready" >/dev/null
+# The node is on this host: the mount reads its chunk files directly (short-circuit).
 "$BIN/mobilus-mount" $(tls mount site-a mount-a) --site site-a --meta "$METAS" --ready-file "$RUN/mount.ready" \
-  "$RUN/mnt-mobilus" 2>"$RUN/mount.log" & PIDS+=($!)
+  --local-chunks "$RUN/data-a" "$RUN/mnt-mobilus" 2>"$RUN/mount.log" & PIDS+=($!)
 ready "$RUN/mount.ready" >/dev/null
 mkdir -p "$RUN/mnt-mobilus/owned"
 for _ in $(seq 50); do

@@ -92,12 +92,17 @@ cluster() {  # $1 name, $2 bin dir, then label:flags pairs
   "$bin/mobilus-data" $(tls data site-a data-a) --site site-a --listen 127.0.0.1:0 --data-dir "$RUN/$name-data" \
     --meta "$metas" --ready-file "$RUN/$name-data.ready" 2>"$RUN/$name-data.log" & PIDS+=($!)
   ready "$RUN/$name-data.ready" >/dev/null
-  local pair label flags
+  local pair label flags local_chunks=()
+  # The data node runs on this host: mounts that can read its chunk files directly do
+  # (short-circuit reads), as a deployment with a node on each app host would.
+  if "$bin/mobilus-mount" --help | grep -q -- --local-chunks; then
+    local_chunks=(--local-chunks "$RUN/$name-data")
+  fi
   for pair in "$@"; do
     label=${pair%%:*}; flags=${pair#*:}
     mkdir -p "$RUN/mnt-$label"
     # shellcheck disable=SC2086,SC2046
-    "$bin/mobilus-mount" $(tls mount site-a "mount-$label") --site site-a --meta "$metas" --ready-file "$RUN/$label.ready" $flags \
+    "$bin/mobilus-mount" $(tls mount site-a "mount-$label") --site site-a --meta "$metas" --ready-file "$RUN/$label.ready" "${local_chunks[@]}" $flags \
       "$RUN/mnt-$label" 2>"$RUN/$label.log" & PIDS+=($!)
     ready "$RUN/$label.ready" >/dev/null
     MNTS+=("$RUN/mnt-$label")

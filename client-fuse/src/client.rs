@@ -138,6 +138,10 @@ pub struct ClientStats {
     pub stale_chunk_retries: u64,
     /// Copies put back on a node of this site that lacked them (read repair).
     pub repairs: u64,
+    /// Runs of blocks read straight from a local node's chunk files
+    /// ([`DataOptions::local_chunks`]), and tries that missed (then asked of the node).
+    pub local_reads: u64,
+    pub local_misses: u64,
 }
 
 #[derive(Default)]
@@ -148,6 +152,8 @@ pub(crate) struct Counters {
     remote_fetches: AtomicU64,
     bytes_fetched_remote: AtomicU64,
     pub(crate) remote_range_reads: AtomicU64,
+    pub(crate) local_reads: AtomicU64,
+    pub(crate) local_misses: AtomicU64,
     pub(crate) remote_range_bytes: AtomicU64,
     stale_chunk_retries: AtomicU64,
     repairs: AtomicU64,
@@ -169,6 +175,9 @@ pub struct DataOptions {
     pub near_meta: Option<String>,
     /// Bytes all open files' write buffers may hold together (`client::budget`).
     pub write_buffer_bytes: usize,
+    /// The data directory of this site's data node, when it runs on this host: reads
+    /// then take blocks straight from its chunk files ([`crate::local_chunks`]).
+    pub local_chunks: Option<std::path::PathBuf>,
 }
 
 impl Default for DataOptions {
@@ -178,6 +187,7 @@ impl Default for DataOptions {
             profile_window: Some(crate::profile::DEFAULT_WINDOW),
             near_meta: None,
             write_buffer_bytes: 512 << 20,
+            local_chunks: None,
         }
     }
 }
@@ -206,6 +216,8 @@ pub struct Client {
     pub(crate) profiles: Arc<crate::profile::Profiles>,
     /// Bytes buffered by all writers, against their cap.
     budget: Arc<budget::WriteBudget>,
+    /// A local node's chunk files, read directly (see [`crate::local_chunks`]).
+    pub(crate) local: Option<crate::local_chunks::LocalChunks>,
 }
 
 /// Chunks this site's nodes answered present (or stored), each with the nodes that hold
@@ -268,6 +280,7 @@ impl Client {
                 data.profile_window,
             )),
             budget: Arc::new(budget::WriteBudget::new(data.write_buffer_bytes)),
+            local: data.local_chunks.map(crate::local_chunks::LocalChunks::new),
             meta,
         })
     }
@@ -320,6 +333,8 @@ impl Client {
             remote_range_bytes: c.remote_range_bytes.load(Ordering::Relaxed),
             stale_chunk_retries: c.stale_chunk_retries.load(Ordering::Relaxed),
             repairs: c.repairs.load(Ordering::Relaxed),
+            local_reads: c.local_reads.load(Ordering::Relaxed),
+            local_misses: c.local_misses.load(Ordering::Relaxed),
         }
     }
 

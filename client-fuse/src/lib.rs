@@ -16,6 +16,7 @@
 pub mod block_cache;
 pub mod chunker;
 pub mod client;
+pub mod local_chunks;
 pub mod mount;
 pub mod profile;
 pub mod read;

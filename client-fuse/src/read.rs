@@ -19,6 +19,7 @@ use mobilus_proto::status::Errno;
 
 use crate::block_cache::Run;
 use crate::client::{Client, ClientError};
+use crate::local_chunks::LocalChunks;
 
 /// Slice map fetched per call of a [`FileReader`] (readahead stays inside it).
 pub const READ_WINDOW: u64 = 64 << 20;
@@ -208,6 +209,11 @@ impl Client {
         ino: InodeId,
     ) -> Result<Arc<Run>, ClientError> {
         let known = self.blocks.outboard(&hash);
+        if let (Some(local), Some(outboard)) = (&self.local, &known) {
+            if let Some(run) = self.local_run(local, hash, outboard, first, end).await {
+                return Ok(Arc::new(run));
+            }
+        }
         let candidates = self.nodes.candidates(self.site(), &hash);
         let owed = self.nodes.replicas(self.site());
         let mut lacking = Vec::new();
@@ -275,6 +281,34 @@ impl Client {
                 other => other,
             },
         }
+    }
+
+    /// Blocks `first..end` of `hash` read straight from a local node's chunk file,
+    /// checked and cached as a node's reply; `None` (counted, logged) if the file is not
+    /// there, is short or fails its check: the caller then asks the node.
+    async fn local_run(
+        &self,
+        local: &LocalChunks,
+        hash: ChunkHash,
+        outboard: &Arc<Outboard>,
+        first: u64,
+        end: u64,
+    ) -> Option<Run> {
+        let outcome = match local.read(outboard, first, end).await {
+            Ok(reply) => self.cache_run(hash, Some(outboard.clone()), first, reply),
+            Err(e) => Err(e.to_string()),
+        };
+        let (counter, label) = match outcome {
+            Ok(_) => (&self.counters.local_reads, "hit"),
+            Err(_) => (&self.counters.local_misses, "miss"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("mobilus_client_local_reads_total", "outcome" => label).increment(1);
+        outcome
+            .inspect_err(
+                |why| tracing::debug!(?hash, %why, "short-circuit read missed; asking the node"),
+            )
+            .ok()
     }
 
     /// Check a `ReadBlocks` reply ([`verify_run`]) and keep its blocks (and the

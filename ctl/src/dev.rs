@@ -345,6 +345,7 @@ fn start_mount(
     m: &MountMember,
     metas: &str,
     near: Option<&str>,
+    local_chunks: Option<&Path>,
     place: &Place,
     tls: &DevTls,
 ) -> anyhow::Result<()> {
@@ -363,6 +364,9 @@ fn start_mount(
     ]);
     if let Some(addr) = near {
         args.extend(["--near-meta".into(), addr.into()]);
+    }
+    if let Some(dir) = local_chunks {
+        args.extend(["--local-chunks".into(), dir.to_string_lossy().into_owned()]);
     }
     spawn(
         bin,
@@ -651,8 +655,16 @@ async fn up(dir: &Path, shape: Shape, format: OutputFormat) -> anyhow::Result<()
                     .iter()
                     .find(|x| x.site.as_deref() == Some(m.site.as_str()))
                     .map(|x| x.addr.as_str());
+                // The site's one data node runs on this host: its chunk files are read
+                // directly (short-circuit reads). With several, most chunks would be on
+                // the others.
+                let mut nodes = file.data.iter().filter(|d| d.site == m.site);
+                let local = match (nodes.next(), nodes.next()) {
+                    (Some(d), None) => Some(d.dir.join("data")),
+                    _ => None,
+                };
                 let place = Place::of(&file, Some(&m.site));
-                start_mount(&mount_bin, m, &metas, near, &place, &tls)?;
+                start_mount(&mount_bin, m, &metas, near, local.as_deref(), &place, &tls)?;
             }
         }
     }

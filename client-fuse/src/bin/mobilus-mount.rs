@@ -24,7 +24,8 @@ struct Args {
     #[arg(long, value_delimiter = ',', env = "MOBILUS_META")]
     meta: Vec<String>,
     /// A TOML file with `site`, `meta`, `mountpoint` and optional `threads`,
-    /// `attr_ttl_ms`, `block_cache_mib`, `write_buffer_mib`; flags override it.
+    /// `attr_ttl_ms`, `block_cache_mib`, `write_buffer_mib`, `local_chunks`; flags
+    /// override it.
     #[arg(long)]
     config: Option<PathBuf>,
     /// FUSE threads serving the kernel.
@@ -40,6 +41,11 @@ struct Args {
     /// past it, a writer holding 1 MiB or more commits at its next write.
     #[arg(long)]
     write_buffer_mib: Option<u64>,
+    /// The data directory (`--data-dir`) of this site's data node, when it runs on this
+    /// host: reads then take verified blocks straight from its chunk files instead of
+    /// asking it over gRPC (short-circuit reads; any miss still goes to the node).
+    #[arg(long)]
+    local_chunks: Option<PathBuf>,
     /// Record each subtree's access profile for this many seconds after the mount first
     /// reads it (default 10; 0: never).
     #[arg(long)]
@@ -73,6 +79,7 @@ struct FileConfig {
     attr_ttl_ms: Option<u64>,
     block_cache_mib: Option<u64>,
     write_buffer_mib: Option<u64>,
+    local_chunks: Option<PathBuf>,
 }
 
 struct Settings {
@@ -133,6 +140,15 @@ fn settings(args: &Args) -> anyhow::Result<Settings> {
             anyhow::bail!("--write-buffer-mib must be 1 to 1048576");
         }
         data.write_buffer_bytes = usize::try_from(mib << 20)?;
+    }
+    if let Some(dir) = args.local_chunks.clone().or(file.local_chunks) {
+        if !dir.join("chunks").is_dir() {
+            anyhow::bail!(
+                "--local-chunks {}: not a data node's data directory (no chunks/ in it)",
+                dir.display()
+            );
+        }
+        data.local_chunks = Some(dir);
     }
     if let Some(secs) = args.profile_window_secs {
         if secs > 3600 {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mobilus_proto::blocks::BLOCK;
 
 use crate::cluster::TwoSites;
-use crate::data_path::{must_create, must_write, noise};
+use crate::data_path::{chunk_files, must_create, must_write, noise};
 
 /// Bytes the site's data node has served so far.
 async fn served(c: &mobilus_client::Client) -> u64 {
@@ -186,8 +186,16 @@ async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order
     const LEN: usize = 256 << 10;
     const GENERATIONS: u64 = 60;
     let sites = TwoSites::start().await;
+    // A small cache and short-circuit reads: blocks evicted are read again from the
+    // node's files while flushes write new chunks there.
+    let opts = mobilus_client::DataOptions {
+        block_cache_bytes: 1 << 20,
+        local_chunks: Some(sites.chunk_dirs[0].parent().unwrap().to_path_buf()),
+        ..Default::default()
+    };
+    let client = sites.client_with("site-a", opts).await;
     let fs = Arc::new(MountFs::new(
-        sites.client("site-a").await,
+        client.clone(),
         std::time::Duration::from_secs(1),
     ));
     let who = Caller { uid: 0, gid: 0 };
@@ -248,5 +256,68 @@ async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order
         from_memory += cached;
     }
     assert!(from_memory > 0, "no read was answered from memory");
+    // (57 to 73 in four runs.)
+    assert!(client.stats().local_reads > 0, "{:?}", client.stats());
     fs.release(writer_fh).await.unwrap();
+}
+
+/// Short-circuit reads: a client on the data node's host takes blocks straight from the
+/// node's chunk files once it knows a chunk's outboard (its first read of a chunk asks
+/// the node), and checks them as it checks a node's reply. A damaged block is refused:
+/// the read then asks the node, which quarantines the chunk, and the bytes come, right,
+/// from the other site.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn short_circuit_reads_take_checked_blocks_from_the_local_files() {
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let data = noise(3 << 20, 21);
+    let ino = must_create(&a, "f").await;
+    must_write(&a, ino, &data).await;
+    let b = sites.client("site-b").await;
+    assert_eq!(b.read(ino, 0, data.len() as u64).await.unwrap(), data); // site-b holds it
+    let dir = &sites.chunk_dirs[1];
+    let files = chunk_files(dir);
+    let opts = mobilus_client::DataOptions {
+        block_cache_bytes: 1 << 20,
+        local_chunks: Some(dir.parent().unwrap().to_path_buf()),
+        ..Default::default()
+    };
+    let sc = sites.client_with("site-b", opts).await;
+    let page = |at: u64| data[at as usize..at as usize + 4096].to_vec();
+    // Pages 3 blocks apart, backwards (no readahead), and ones in between for later.
+    let firsts: Vec<u64> = (0..60).rev().map(|k| k * 3 * BLOCK + 100).collect();
+    let seconds: Vec<u64> = firsts.iter().map(|at| at + BLOCK + 8000).collect();
+    let before = served(&sc).await;
+    for &at in &firsts {
+        assert_eq!(sc.read(ino, at, 4096).await.unwrap(), page(at));
+    }
+    let s = sc.stats();
+    let asked = served(&sc).await - before;
+    assert!(
+        asked <= files.len() as u64 * BLOCK,
+        "only a chunk's first read asks the node: {asked} bytes for {} chunks",
+        files.len()
+    );
+    assert!(
+        s.local_reads >= 60 - files.len() as u64,
+        "{s:?} ({} chunks)",
+        files.len()
+    );
+    assert_eq!(s.local_misses, 0);
+
+    // Every block of every file at site-b damaged.
+    for f in &files {
+        let mut bytes = std::fs::read(f).unwrap();
+        for i in (0..bytes.len()).step_by(4096) {
+            bytes[i] ^= 0x01;
+        }
+        std::fs::write(f, bytes).unwrap();
+    }
+    for &at in &seconds {
+        assert_eq!(sc.read(ino, at, 4096).await.unwrap(), page(at));
+    }
+    let s = sc.stats();
+    assert!(s.local_misses >= 1, "{s:?}");
+    assert!(sc.local().stats().await.unwrap().corrupt_chunks >= 1);
+    assert!(s.remote_range_reads + s.remote_fetches >= 1, "{s:?}");
 }

@@ -18,7 +18,7 @@ impl Drop for Proc {
     }
 }
 
-fn bin(name: &str) -> PathBuf {
+pub fn bin(name: &str) -> PathBuf {
     // Integration tests live in target/debug/deps; the workspace's binaries one level up.
     let exe = std::env::current_exe().expect("test binary path");
     let path = exe

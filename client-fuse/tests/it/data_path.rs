@@ -287,7 +287,7 @@ proptest! {
 }
 
 /// Every chunk file under a data node's `chunks/` folder.
-fn chunk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub fn chunk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for sub in std::fs::read_dir(dir).unwrap() {
         for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {

@@ -509,3 +509,26 @@ fn xattr_of(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
 fn set_xattr(path: &std::path::Path, name: &str, value: &[u8]) {
     rustix::fs::setxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
 }
+
+/// `--local-chunks` must name a data node's data directory: anything else is refused
+/// with a message before anything is mounted.
+#[test]
+fn a_local_chunks_folder_that_is_not_a_data_nodes_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [dir.path().join("nowhere"), dir.path().to_path_buf()] {
+        let out = std::process::Command::new(crate::cluster::bin("mobilus-mount"))
+            .args(["--site", "site-a", "--meta", "127.0.0.1:1", "--insecure"])
+            .arg("--local-chunks")
+            .arg(&bad)
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not a data node's data directory"),
+            "{}: {err}",
+            bad.display()
+        );
+    }
+}
