@@ -15,7 +15,11 @@
 //! the bytes of a name never change, so no lock is needed against the node's writes.
 //!
 //! The node is not told of these reads: its least-recently-used order of cached chunks
-//! and its served-bytes counter miss them.
+//! and its served-bytes counter miss them, so a chunk cached here from another site and
+//! read only this way looks cold to the node and is among the first evicted under space
+//! pressure (then fetched again). With several nodes at a site, a damaged local file is
+//! quarantined only when its own node is asked: a failed check here is logged as a
+//! warning and counted (`refused`).
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;

@@ -294,21 +294,33 @@ impl Client {
         first: u64,
         end: u64,
     ) -> Option<Run> {
-        let outcome = match local.read(outboard, first, end).await {
-            Ok(reply) => self.cache_run(hash, Some(outboard.clone()), first, reply),
-            Err(e) => Err(e.to_string()),
+        // A file not there is the common miss (not stored here, deleted, evicted); one
+        // that cannot be read or fails its check (damage, a wrong `--local-chunks`, no
+        // permission) is worth an operator's eye, as the node's failed checks are.
+        let (outcome, label) = match local.read(outboard, first, end).await {
+            Ok(reply) => match self.cache_run(hash, Some(outboard.clone()), first, reply) {
+                Ok(run) => (Ok(run), "hit"),
+                Err(why) => (Err(why), "refused"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Err(e.to_string()), "absent"),
+            Err(e) => (Err(e.to_string()), "failed"),
         };
-        let (counter, label) = match outcome {
-            Ok(_) => (&self.counters.local_reads, "hit"),
-            Err(_) => (&self.counters.local_misses, "miss"),
+        let counter = match outcome {
+            Ok(_) => &self.counters.local_reads,
+            Err(_) => &self.counters.local_misses,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("mobilus_client_local_reads_total", "outcome" => label).increment(1);
-        outcome
-            .inspect_err(
-                |why| tracing::debug!(?hash, %why, "short-circuit read missed; asking the node"),
-            )
-            .ok()
+        match &outcome {
+            Err(why) if label == "absent" => {
+                tracing::debug!(?hash, %why, "short-circuit read: no local file; asking the node")
+            }
+            Err(why) => {
+                tracing::warn!(?hash, %why, outcome = label, "short-circuit read failed; asking the node")
+            }
+            Ok(_) => {}
+        }
+        outcome.ok()
     }
 
     /// Check a `ReadBlocks` reply ([`verify_run`]) and keep its blocks (and the
