@@ -132,13 +132,8 @@ impl BlockCache {
 
     pub fn insert_outboard(&self, outboard: Arc<Outboard>) {
         // A size a chunk's last block proved is not replaced by a size only claimed.
-        let proven = |o: &Arc<Outboard>| o.size_proven();
-        if !outboard.size_proven()
-            && self
-                .outboards
-                .get(&outboard.hash())
-                .is_some_and(|o| proven(&o))
-        {
+        let kept = self.outboards.get(&outboard.hash());
+        if !outboard.size_proven() && kept.is_some_and(|o| o.size_proven()) {
             return;
         }
         self.outboards.insert(outboard.hash(), outboard);

@@ -27,7 +27,6 @@ use std::sync::Arc;
 
 use mobilus_proto::blocks::{self, Outboard};
 use mobilus_proto::datapb as pb;
-use mobilus_proto::fs::ChunkHash;
 
 /// Runs of at most this many bytes are read on the caller's task: the hop to the
 /// blocking pool and back costs more than a page's read (as on the node).
@@ -42,11 +41,6 @@ pub struct LocalChunks {
 impl LocalChunks {
     pub fn new(data_dir: PathBuf) -> Self {
         LocalChunks { root: data_dir }
-    }
-
-    fn path(&self, hash: &ChunkHash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.root.join("chunks").join(&hex[..2]).join(hex)
     }
 
     /// Blocks `first..end` of the chunk `outboard` describes (cut at its end), read from
@@ -65,7 +59,7 @@ impl LocalChunks {
         }
         let (start, _) = blocks::block_span(size, first);
         let (_, stop) = blocks::block_span(size, end - 1);
-        let path = self.path(&outboard.hash());
+        let path = outboard.hash().file_in(&self.root);
         let read = move || -> std::io::Result<Vec<u8>> {
             let mut buf = vec![0; (stop - start) as usize];
             std::fs::File::open(&path)?.read_exact_at(&mut buf, start)?;

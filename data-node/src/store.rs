@@ -251,8 +251,7 @@ impl ChunkStore {
     }
 
     fn path(&self, hash: &ChunkHash) -> PathBuf {
-        let hex = hash.to_hex();
-        self.root.join("chunks").join(&hex[..2]).join(hex)
+        hash.file_in(&self.root)
     }
 
     fn entry(&self, hash: &ChunkHash) -> Result<Option<Entry>, DataError> {

@@ -155,6 +155,13 @@ impl ChunkHash {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// Its file under a data node's data directory, `chunks/<first byte>/<hex>`: where
+    /// the node stores it and a mount on the same host reads it (short-circuit reads).
+    pub fn file_in(&self, data_dir: &std::path::Path) -> std::path::PathBuf {
+        let hex = self.to_hex();
+        data_dir.join("chunks").join(&hex[..2]).join(hex)
+    }
+
     /// From the 32 bytes of a wire message.
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {
         Some(ChunkHash(bytes.try_into().ok()?))
