@@ -478,7 +478,24 @@ async fn written_back_then_read_elsewhere(
     }
     if !write.is_finished() {
         sites.signal_data_node("site-a", Signal::SIGCONT);
-        panic!("the close was not written back: it waited for the paused data node");
+        let outcomes: Vec<String> = [
+            "answered",
+            "not_held",
+            "mark_refused",
+            "grant_changed",
+            "full",
+        ]
+        .iter()
+        .map(|o| {
+            let series = format!("mobilus_fuse_write_backs_total{{outcome=\"{o}\"}}");
+            format!("{o}: {}", a1.metric(&series))
+        })
+        .collect();
+        panic!(
+            "the close was not written back: it waited for the paused data node \
+             (write-backs {outcomes:?}); the holder's log:\n{}",
+            a1.log()
+        );
     }
     write.join().unwrap();
     let closed = start.elapsed();
