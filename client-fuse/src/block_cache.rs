@@ -33,6 +33,9 @@ impl Run {
     }
 }
 
+/// A fetch of an outboard under way (`None`: it failed).
+pub(crate) type OutboardFetch = Shared<BoxFuture<'static, Option<Arc<Outboard>>>>;
+
 /// A fetch under way. It fails as `None`: an awaiting reader then fetches by itself, so
 /// the error it returns is its own.
 pub(crate) type Fetch = Shared<BoxFuture<'static, Option<Arc<Run>>>>;
@@ -69,6 +72,8 @@ pub(crate) struct BlockCache {
     inflight: Mutex<HashMap<BlockKey, Fetch>>,
     /// Chunks being fetched whole from another site: one fetch per chunk.
     remote: Mutex<HashMap<ChunkHash, Fetch>>,
+    /// Outboards being fetched for short-circuit reads: one fetch per chunk.
+    outboards_inflight: Mutex<HashMap<ChunkHash, OutboardFetch>>,
     hits: AtomicU64,
     misses: AtomicU64,
     prefetched: AtomicU64,
@@ -85,6 +90,7 @@ impl BlockCache {
             outboards: Cache::with_weighter((outboards / (8 << 10)) as usize, outboards, ByBytes),
             inflight: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
+            outboards_inflight: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             prefetched: AtomicU64::new(0),
@@ -217,6 +223,31 @@ impl BlockCache {
             })
             .clone();
         (fetch, started)
+    }
+
+    /// The fetch of `hash`'s outboard under way, or a new one made by `start`.
+    pub fn outboard_fetch(
+        &self,
+        hash: ChunkHash,
+        start: impl FnOnce() -> BoxFuture<'static, Option<Arc<Outboard>>>,
+    ) -> OutboardFetch {
+        let mut inflight = self
+            .outboards_inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        inflight
+            .entry(hash)
+            .or_insert_with(|| futures::FutureExt::shared(start()))
+            .clone()
+    }
+
+    /// The fetch of `hash`'s outboard is over (it is cached, or it failed).
+    pub fn outboard_fetched(&self, hash: &ChunkHash) {
+        let mut inflight = self
+            .outboards_inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        inflight.remove(hash);
     }
 
     /// The whole fetch of `hash` is over.

@@ -19,7 +19,6 @@ use mobilus_proto::status::Errno;
 
 use crate::block_cache::Run;
 use crate::client::{Client, ClientError};
-use crate::local_chunks::LocalChunks;
 
 /// Slice map fetched per call of a [`FileReader`] (readahead stays inside it).
 pub const READ_WINDOW: u64 = 64 << 20;
@@ -209,11 +208,15 @@ impl Client {
         ino: InodeId,
     ) -> Result<Arc<Run>, ClientError> {
         let known = self.blocks.outboard(&hash);
-        if let (Some(local), Some(outboard)) = (&self.local, &known) {
-            if let Some(run) = self.local_run(local, hash, outboard, first, end).await {
+        if let Some(local) = &self.local {
+            if let Some(run) = self
+                .short_circuit_run(local, hash, known.clone(), first, end)
+                .await
+            {
                 return Ok(Arc::new(run));
             }
         }
+        let known = known.or_else(|| self.blocks.outboard(&hash));
         let candidates = self.nodes.candidates(self.site(), &hash);
         let owed = self.nodes.replicas(self.site());
         let mut lacking = Vec::new();
@@ -283,64 +286,36 @@ impl Client {
         }
     }
 
-    /// Blocks `first..end` of `hash` read straight from a local node's chunk file,
-    /// checked and cached as a node's reply; `None` (counted, logged) if the file is not
-    /// there, is short or fails its check: the caller then asks the node.
-    async fn local_run(
-        &self,
-        local: &LocalChunks,
-        hash: ChunkHash,
-        outboard: &Arc<Outboard>,
-        first: u64,
-        end: u64,
-    ) -> Option<Run> {
-        // A file not there is the common miss (not stored here, deleted, evicted); one
-        // that cannot be read or fails its check (damage, a wrong `--local-chunks`, no
-        // permission) is worth an operator's eye, as the node's failed checks are.
-        let (outcome, label) = match local.read(outboard, first, end).await {
-            Ok(reply) => match self.cache_run(hash, Some(outboard.clone()), first, reply) {
-                Ok(run) => (Ok(run), "hit"),
-                Err(why) => (Err(why), "refused"),
-            },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Err(e.to_string()), "absent"),
-            Err(e) => (Err(e.to_string()), "failed"),
-        };
-        let counter = match outcome {
-            Ok(_) => &self.counters.local_reads,
-            Err(_) => &self.counters.local_misses,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("mobilus_client_local_reads_total", "outcome" => label).increment(1);
-        match &outcome {
-            Err(why) if label == "absent" => {
-                tracing::debug!(?hash, %why, "short-circuit read: no local file; asking the node")
-            }
-            Err(why) => {
-                tracing::warn!(?hash, %why, outcome = label, "short-circuit read failed; asking the node")
-            }
-            Ok(_) => {}
-        }
-        outcome.ok()
-    }
-
     /// Check a `ReadBlocks` reply ([`verify_run`]) and keep its blocks (and the
     /// outboard, if it was not known) in the block cache.
-    fn cache_run(
+    pub(crate) fn cache_run(
         &self,
         hash: ChunkHash,
         known: Option<Arc<Outboard>>,
         first: u64,
         reply: pb::ReadBlocksReply,
     ) -> Result<Run, String> {
+        self.cache_verified(hash, known, first, reply)
+            .map(|(_, run)| run)
+    }
+
+    /// [`Client::cache_run`], also returning the outboard that verified the run.
+    pub(crate) fn cache_verified(
+        &self,
+        hash: ChunkHash,
+        known: Option<Arc<Outboard>>,
+        first: u64,
+        reply: pb::ReadBlocksReply,
+    ) -> Result<(Arc<Outboard>, Run), String> {
         let (outboard, run) = verify_run(hash, known.clone(), first, reply)?;
         if known.is_none_or(|k| !Arc::ptr_eq(&k, &outboard)) {
-            self.blocks.insert_outboard(outboard);
+            self.blocks.insert_outboard(outboard.clone());
         }
         for (i, block) in run.blocks.iter().enumerate() {
             self.blocks
                 .insert_block((hash, first + i as u64), block.clone());
         }
-        Ok(run)
+        Ok((outboard, run))
     }
 
     /// Blocks `first..end` of `hash` from another site's nodes, verified against the

@@ -263,7 +263,8 @@ async fn reads_concurrent_with_writes_and_flushes_see_whole_generations_in_order
 
 /// Short-circuit reads: a client on the data node's host takes blocks straight from the
 /// node's chunk files once it knows a chunk's outboard (its first read of a chunk asks
-/// the node), and checks them as it checks a node's reply. A damaged block is refused:
+/// the node, once however many reads of the chunk wait for it), and checks them as it
+/// checks a node's reply. A damaged block is refused:
 /// the read then asks the node, which quarantines the chunk, and the bytes come, right,
 /// from the other site.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -304,6 +305,29 @@ async fn short_circuit_reads_take_checked_blocks_from_the_local_files() {
         files.len()
     );
     assert_eq!(s.local_misses, 0);
+
+    // A sequential stream (readahead: several runs of a chunk asked for at once) asks
+    // the node for one block of each chunk, with its outboard, and reads the rest here.
+    let opts = mobilus_client::DataOptions {
+        local_chunks: Some(dir.parent().unwrap().to_path_buf()),
+        ..Default::default()
+    };
+    let stream = sites.client_with("site-b", opts).await;
+    let before = served(&stream).await;
+    let reader = stream.reader(ino);
+    let mut seen = Vec::with_capacity(data.len());
+    while seen.len() < data.len() {
+        seen.extend(reader.read(seen.len() as u64, 128 << 10).await.unwrap());
+    }
+    assert!(seen == data, "the stream reads back what was written");
+    let asked = served(&stream).await - before;
+    assert!(
+        asked <= files.len() as u64 * BLOCK,
+        "a stream asks the node for one block a chunk: {asked} bytes for {} chunks",
+        files.len()
+    );
+    assert!(stream.block_cache_stats().prefetched > 0);
+    assert_eq!(stream.stats().local_misses, 0);
 
     // Every block of every file at site-b damaged.
     for f in &files {
