@@ -99,14 +99,21 @@ impl Client {
         offset: u64,
         len: u64,
         ino: InodeId,
+        scan: bool,
     ) -> Result<Vec<u8>, ClientError> {
-        let (first, blocks) = self.blocks_of(hash, offset, len, ino).await?;
+        let (first, blocks) = self.blocks_of(hash, offset, len, ino, scan).await?;
         bytes_of_blocks(first, &blocks, offset, len).ok_or(ClientError::ChunkUnavailable(hash))
     }
 
     /// Bytes `[offset, offset+len)` of chunk `hash` from the block cache alone, if every
     /// block they need is there (no fetch, no wait).
-    fn chunk_bytes_cached(&self, hash: ChunkHash, offset: u64, len: u64) -> Option<Vec<u8>> {
+    fn chunk_bytes_cached(
+        &self,
+        hash: ChunkHash,
+        offset: u64,
+        len: u64,
+        scan: bool,
+    ) -> Option<Vec<u8>> {
         let (first, end) = blocks::blocks_covering(offset, len);
         // Looked at first without counting, so a read that goes the long way counts its
         // misses once.
@@ -114,7 +121,7 @@ impl Client {
             return None;
         }
         let blocks = (first..end)
-            .map(|i| self.blocks.block(&(hash, i)))
+            .map(|i| self.blocks.lookup(&(hash, i), scan))
             .collect::<Option<Vec<Bytes>>>()?;
         bytes_of_blocks(first, &blocks, offset, len)
     }
@@ -127,10 +134,11 @@ impl Client {
         offset: u64,
         len: u64,
         ino: InodeId,
+        scan: bool,
     ) -> Result<(u64, Vec<Bytes>), ClientError> {
         let (first, end) = blocks::blocks_covering(offset, len);
         let mut got: Vec<Option<Bytes>> = (first..end)
-            .map(|i| self.blocks.block(&(hash, i)))
+            .map(|i| self.blocks.lookup(&(hash, i), scan))
             .collect();
         let missing: Vec<u64> = (first..end)
             .filter(|i| got[(i - first) as usize].is_none())
@@ -687,6 +695,7 @@ impl FileReader {
         if offset >= end {
             return Ok((Vec::new(), w.size));
         }
+        let scan = self.scanning(offset);
         self.read_ahead(&w, offset, end);
         let pieces = w.pieces(offset, end);
         if let Some(subtree) = self.subtree {
@@ -697,11 +706,10 @@ impl FileReader {
                     .note(subtree, c.hash, first, end.saturating_sub(first));
             }
         }
-        let parts = futures::future::try_join_all(
-            pieces
-                .iter()
-                .map(|(_, _, c)| self.client.chunk_bytes(c.hash, c.offset, c.len, self.ino)),
-        )
+        let parts = futures::future::try_join_all(pieces.iter().map(|(_, _, c)| {
+            self.client
+                .chunk_bytes(c.hash, c.offset, c.len, self.ino, scan)
+        }))
         .await?;
         if let [(at, len, _)] = pieces[..] {
             if at == offset && len == end - offset {
@@ -728,12 +736,13 @@ impl FileReader {
             return Some((Vec::new(), w.size));
         }
         let pieces = w.pieces(offset, end);
+        let scan = self.scanning(offset);
         let out = match pieces[..] {
             // One piece is the whole answer: no copy into another buffer.
-            [(at, len, c)] if at == offset && len == end - offset => {
-                self.client.chunk_bytes_cached(c.hash, c.offset, c.len)?
-            }
-            _ => self.assemble_cached(&pieces, offset, end)?,
+            [(at, len, c)] if at == offset && len == end - offset => self
+                .client
+                .chunk_bytes_cached(c.hash, c.offset, c.len, scan)?,
+            _ => self.assemble_cached(&pieces, offset, end, scan)?,
         };
         self.read_ahead(&w, offset, end);
         Some((out, w.size))
@@ -745,14 +754,24 @@ impl FileReader {
         pieces: &[(u64, u64, ChunkRef)],
         offset: u64,
         end: u64,
+        scan: bool,
     ) -> Option<Vec<u8>> {
         let mut out = vec![0u8; (end - offset) as usize];
         for &(at, len, c) in pieces {
-            let bytes = self.client.chunk_bytes_cached(c.hash, c.offset, c.len)?;
+            let bytes = self
+                .client
+                .chunk_bytes_cached(c.hash, c.offset, c.len, scan)?;
             let dst = (at - offset) as usize;
             out[dst..dst + len as usize].copy_from_slice(&bytes);
         }
         Some(out)
+    }
+
+    /// Whether a read at `offset` goes on with an established sequential stream (a
+    /// scan: its cache hits do not mark blocks used, [`crate::block_cache::BlockCache::lookup`]).
+    fn scanning(&self, offset: u64) -> bool {
+        let s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        s.ahead > 0 && is_sequential(offset, s.next)
     }
 
     /// Follow the access pattern; for a sequential stream, start fetching what comes

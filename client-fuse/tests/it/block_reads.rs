@@ -172,6 +172,53 @@ async fn a_sequential_stream_is_read_ahead_and_nothing_is_fetched_twice() {
     );
 }
 
+/// A scan (a sequential read of a file eight times the block cache) does not push out
+/// the blocks random reads use: a scan's hits do not mark its blocks used, so they leave
+/// from the cache's cold part and the random reads' blocks stay in its hot part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scan_does_not_push_the_blocks_random_reads_use_out_of_the_cache() {
+    let sites = TwoSites::start().await;
+    let a = sites.client("site-a").await;
+    let hot = noise(2 << 20, 31);
+    let big = noise(64 << 20, 32);
+    let hot_ino = must_create(&a, "hot").await;
+    must_write(&a, hot_ino, &hot).await;
+    let big_ino = must_create(&a, "big").await;
+    must_write(&a, big_ino, &big).await;
+    let c = sites.client_with_cache("site-a", 8 << 20).await;
+    let reader = c.reader(hot_ino);
+    let pages: Vec<u64> = (0..64u64)
+        .map(|k| (k * 7_919 * 4096) % (hot.len() as u64 - 4096))
+        .collect();
+    let read_pages = || async {
+        for &at in &pages {
+            let got = reader.read(at, 4096).await.unwrap();
+            assert!(got == hot[at as usize..at as usize + 4096]);
+        }
+    };
+    for _ in 0..2 {
+        read_pages().await;
+    }
+    let scan = c.reader(big_ino);
+    let mut seen = 0usize;
+    while seen < big.len() {
+        let got = scan.read(seen as u64, 128 << 10).await.unwrap();
+        assert!(got == big[seen..seen + got.len()]);
+        seen += got.len();
+    }
+    assert!(
+        c.block_cache_stats().prefetched > 0,
+        "the scan was read ahead"
+    );
+    let before = c.block_cache_stats();
+    read_pages().await;
+    let missed = c.block_cache_stats().misses - before.misses;
+    assert!(
+        missed <= 6,
+        "the scan pushed {missed} of 64 hot pages out of the cache"
+    );
+}
+
 /// Reads of one file through the mount's operations, from three handles, while a fourth
 /// rewrites it whole (one write call per generation) and flushes every other generation:
 /// each read sees one whole generation, and never one older than a write that had
