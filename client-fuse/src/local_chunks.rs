@@ -8,8 +8,8 @@
 //!
 //! Nothing read here is trusted: the blocks are checked against the chunk's outboard,
 //! known from an earlier read through the node (checked against the chunk's name),
-//! exactly as a node's reply is. A chunk's first miss asks the node for one block and
-//! the outboard, once for every miss of the chunk meanwhile: a stream's readahead asks
+//! exactly as a node's reply is. A chunk's first miss (if its file is here) asks the
+//! node for one block and the outboard, once for every miss of the chunk meanwhile: a stream's readahead asks
 //! for several runs of a chunk at once, and each went through the node whole before
 //! (1 GiB read cold: 385-412 MiB/s then, 581-624 now; the node's CPU 1.7 s to 0.27). A file that is not there (not stored, deleted,
 //! quarantined, evicted), is cut short or fails its check is a miss, and the read goes
@@ -34,7 +34,7 @@ use mobilus_proto::blocks::{self, Outboard, BLOCK};
 use mobilus_proto::datapb as pb;
 use mobilus_proto::fs::ChunkHash;
 
-use crate::block_cache::Run;
+use crate::block_cache::{BlockCache, Run};
 use crate::client::Client;
 
 /// Runs of at most this many bytes are read on the caller's task: the hop to the
@@ -50,6 +50,12 @@ pub struct LocalChunks {
 impl LocalChunks {
     pub fn new(data_dir: PathBuf) -> Self {
         LocalChunks { root: data_dir }
+    }
+
+    /// Whether this node holds `hash`'s file (it may still be cut short or damaged:
+    /// every read of it is checked).
+    pub fn holds(&self, hash: &ChunkHash) -> bool {
+        hash.file_in(&self.root).exists()
     }
 
     /// Blocks `first..end` of the chunk `outboard` describes (cut at its end), read from
@@ -90,6 +96,15 @@ impl LocalChunks {
     }
 }
 
+/// Takes a chunk's outboard fetch out of the table when the fetch ends, however it ends.
+struct LeaveTable(Arc<BlockCache>, ChunkHash);
+
+impl Drop for LeaveTable {
+    fn drop(&mut self) {
+        self.0.outboard_fetched(&self.1);
+    }
+}
+
 impl Client {
     /// Blocks `first..end` of `hash` without asking a node for them: read from the local
     /// chunk file, checked against the chunk's outboard (`known`, else fetched once for
@@ -106,6 +121,9 @@ impl Client {
     ) -> Option<Run> {
         let outboard = match known {
             Some(o) => o,
+            // Not here (a chunk another site holds, or another node of this site): the
+            // node's answer is all there is, asked for once by the caller.
+            None if !local.holds(&hash) => return None,
             None => self.shared_outboard(hash, first).await?,
         };
         // The outboard's fetch brought its block: a page's read is done.
@@ -125,12 +143,13 @@ impl Client {
     async fn shared_outboard(&self, hash: ChunkHash, first: u64) -> Option<Arc<Outboard>> {
         let me = self.clone();
         let fetch = self.blocks.outboard_fetch(hash, move || {
-            async move {
-                let got = me.outboard_from_node(hash, first).await;
-                me.blocks.outboard_fetched(&hash);
-                got
-            }
-            .boxed()
+            // Its own task: it ends (and leaves the table) even if every reader waiting
+            // for it is dropped, and a panic in it is a failed fetch, not a poisoned one.
+            let task = tokio::spawn(async move {
+                let _leave = LeaveTable(me.blocks.clone(), hash);
+                me.outboard_from_node(hash, first).await
+            });
+            async move { task.await.ok().flatten() }.boxed()
         });
         fetch.await
     }
@@ -141,6 +160,10 @@ impl Client {
             .candidates(self.site(), &hash)
             .into_iter()
             .next()?;
+        // One that failed lately is asked once, by the ordinary path, not twice.
+        if self.nodes.suspected(node.addr()) {
+            return None;
+        }
         match node.read_blocks(&hash, first * BLOCK, BLOCK, true).await {
             Ok(reply) => match self.cache_verified(hash, None, first, reply) {
                 Ok((outboard, _)) => Some(outboard),

@@ -548,7 +548,33 @@ struct Stream {
     ahead: u64,
     /// Readahead already started up to here.
     prefetched_to: u64,
+    /// The last read's range, and how many reads in a row each began exactly where the
+    /// one before ended (a scan, once there are [`SCAN_AFTER`]).
+    last: (u64, u64),
+    contiguous: u32,
 }
+
+impl Stream {
+    /// Note a read of `[offset, end)`; returns whether it goes on with a scan.
+    fn scan_goes_on(&mut self, offset: u64, end: u64) -> bool {
+        // The same read again (answered from memory failed, now the long way) changes
+        // nothing.
+        if self.last != (offset, end) {
+            self.contiguous = if offset == self.last.1 {
+                self.contiguous + 1
+            } else {
+                0
+            };
+            self.last = (offset, end);
+        }
+        self.contiguous >= SCAN_AFTER
+    }
+}
+
+/// Reads in a row, each starting exactly where the last ended, that make a scan. Exact,
+/// unlike readahead's test: random pages of a small file fall within readahead's slack
+/// of each other, and must still be marked used.
+const SCAN_AFTER: u32 = 4;
 
 /// Bytes `[offset, offset+len)` of a chunk out of its blocks `first..` (`None`: they do
 /// not cover it).
@@ -695,7 +721,7 @@ impl FileReader {
         if offset >= end {
             return Ok((Vec::new(), w.size));
         }
-        let scan = self.scanning(offset);
+        let scan = self.scanning(offset, end);
         self.read_ahead(&w, offset, end);
         let pieces = w.pieces(offset, end);
         if let Some(subtree) = self.subtree {
@@ -736,7 +762,7 @@ impl FileReader {
             return Some((Vec::new(), w.size));
         }
         let pieces = w.pieces(offset, end);
-        let scan = self.scanning(offset);
+        let scan = self.scanning(offset, end);
         let out = match pieces[..] {
             // One piece is the whole answer: no copy into another buffer.
             [(at, len, c)] if at == offset && len == end - offset => self
@@ -767,11 +793,11 @@ impl FileReader {
         Some(out)
     }
 
-    /// Whether a read at `offset` goes on with an established sequential stream (a
-    /// scan: its cache hits do not mark blocks used, [`crate::block_cache::BlockCache::lookup`]).
-    fn scanning(&self, offset: u64) -> bool {
-        let s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
-        s.ahead > 0 && is_sequential(offset, s.next)
+    /// Whether the read of `[offset, end)` goes on with a scan (its cache hits then do
+    /// not mark blocks used, [`crate::block_cache::BlockCache::lookup`]).
+    fn scanning(&self, offset: u64, end: u64) -> bool {
+        let mut s = self.stream.lock().unwrap_or_else(|p| p.into_inner());
+        s.scan_goes_on(offset, end)
     }
 
     /// Follow the access pattern; for a sequential stream, start fetching what comes
@@ -833,6 +859,28 @@ fn is_sequential(offset: u64, next: u64) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_reads_that_each_start_where_the_last_ended_make_a_scan() {
+        let mut s = Stream::default();
+        // Random pages of a 2 MiB file (all within readahead's slack of each other).
+        for k in 0..200u64 {
+            let at = (k * 7_919 * 4096) % ((2 << 20) - 4096);
+            assert!(!s.scan_goes_on(at, at + 4096), "page {k} at {at}");
+        }
+        // A stream of 128 KiB reads: a scan from its fifth read on.
+        let read = 128 << 10;
+        let scans: Vec<bool> = (0..8u64)
+            .map(|k| s.scan_goes_on((64 << 20) + k * read, (64 << 20) + (k + 1) * read))
+            .collect();
+        assert_eq!(scans, [false, false, false, false, true, true, true, true]);
+        // The same read asked again (memory, then the long way) is still one.
+        let at = (64 << 20) + 8 * read;
+        assert!(s.scan_goes_on(at, at + read));
+        assert!(s.scan_goes_on(at, at + read));
+        // A jump ends it.
+        assert!(!s.scan_goes_on(0, read));
+    }
 
     #[test]
     fn reads_taken_out_of_order_stay_sequential_and_jumps_do_not() {

@@ -190,6 +190,11 @@ impl DataNodes {
             .insert(addr.to_string(), Instant::now() + SUSPECT_FOR);
     }
 
+    /// Whether a call to `addr` failed as if it were down in the last few seconds.
+    pub fn suspected(&self, addr: &str) -> bool {
+        Self::is_suspect(&self.lock(), addr)
+    }
+
     /// A call to `addr` succeeded.
     pub fn absolve(&self, addr: &str) {
         let mut inner = self.lock();
