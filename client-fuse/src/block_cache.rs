@@ -66,14 +66,51 @@ pub struct BlockCacheStats {
     pub prefetched: u64,
 }
 
+/// Fetches under way, at most one per chunk: a later asker shares the one started.
+struct PerChunk<T>(Mutex<HashMap<ChunkHash, Shared<BoxFuture<'static, T>>>>);
+
+impl<T> Default for PerChunk<T> {
+    fn default() -> Self {
+        PerChunk(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<T: Clone> PerChunk<T> {
+    /// The fetch of `hash` under way, or a new one made by `start`; and whether it is new.
+    fn get_or_start(
+        &self,
+        hash: ChunkHash,
+        start: impl FnOnce() -> BoxFuture<'static, T>,
+    ) -> (Shared<BoxFuture<'static, T>>, bool) {
+        let mut fetches = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut started = false;
+        let fetch = fetches
+            .entry(hash)
+            .or_insert_with(|| {
+                started = true;
+                futures::FutureExt::shared(start())
+            })
+            .clone();
+        (fetch, started)
+    }
+
+    /// The fetch of `hash` is over: the next asker starts another.
+    fn done(&self, hash: &ChunkHash) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(hash);
+    }
+}
+
 pub(crate) struct BlockCache {
     blocks: Cache<BlockKey, Bytes, ByBytes>,
     outboards: Cache<ChunkHash, Arc<Outboard>, ByBytes>,
     inflight: Mutex<HashMap<BlockKey, Fetch>>,
     /// Chunks being fetched whole from another site: one fetch per chunk.
-    remote: Mutex<HashMap<ChunkHash, Fetch>>,
+    remote: PerChunk<Option<Arc<Run>>>,
     /// Outboards being fetched for short-circuit reads: one fetch per chunk.
-    outboards_inflight: Mutex<HashMap<ChunkHash, OutboardFetch>>,
+    outboards_inflight: PerChunk<Option<Arc<Outboard>>>,
     hits: AtomicU64,
     misses: AtomicU64,
     prefetched: AtomicU64,
@@ -89,19 +126,19 @@ impl BlockCache {
             blocks: Cache::with_weighter((blocks / (16 << 10)) as usize, blocks, ByBytes),
             outboards: Cache::with_weighter((outboards / (8 << 10)) as usize, outboards, ByBytes),
             inflight: Mutex::new(HashMap::new()),
-            remote: Mutex::new(HashMap::new()),
-            outboards_inflight: Mutex::new(HashMap::new()),
+            remote: PerChunk::default(),
+            outboards_inflight: PerChunk::default(),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             prefetched: AtomicU64::new(0),
         }
     }
 
-    /// A block, for a read that is part of a scan (`scan`: a sequential stream) or not.
-    /// A scan's hit does not mark the block used: a block fetched by readahead and then
-    /// read once would otherwise be promoted to the hot part (97% of the cache) at the
-    /// next sweep, and a 1 GiB file read once pushed a database's pages out (measured
-    /// in the benchmark suite: its random reads then missed).
+    /// A block, for a read that is part of a scan (reads each starting where the last
+    /// ended) or not. A scan's hit does not mark the block used: a block fetched by
+    /// readahead and then read once would otherwise be promoted to the hot part (97% of
+    /// the cache) at the next sweep, and a long scan pushed the pages random reads use
+    /// out (`block_reads::a_scan_does_not_push_...`: 23 of 64).
     pub fn lookup(&self, key: &BlockKey, scan: bool) -> Option<Bytes> {
         let hit = if scan {
             self.blocks.peek(key)
@@ -222,16 +259,12 @@ impl BlockCache {
         hash: ChunkHash,
         start: impl FnOnce() -> BoxFuture<'static, Option<Arc<Run>>>,
     ) -> (Fetch, bool) {
-        let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
-        let mut started = false;
-        let fetch = remote
-            .entry(hash)
-            .or_insert_with(|| {
-                started = true;
-                futures::FutureExt::shared(start())
-            })
-            .clone();
-        (fetch, started)
+        self.remote.get_or_start(hash, start)
+    }
+
+    /// The whole fetch of `hash` is over.
+    pub fn whole_fetched(&self, hash: &ChunkHash) {
+        self.remote.done(hash);
     }
 
     /// The fetch of `hash`'s outboard under way, or a new one made by `start`.
@@ -240,29 +273,12 @@ impl BlockCache {
         hash: ChunkHash,
         start: impl FnOnce() -> BoxFuture<'static, Option<Arc<Outboard>>>,
     ) -> OutboardFetch {
-        let mut inflight = self
-            .outboards_inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        inflight
-            .entry(hash)
-            .or_insert_with(|| futures::FutureExt::shared(start()))
-            .clone()
+        self.outboards_inflight.get_or_start(hash, start).0
     }
 
     /// The fetch of `hash`'s outboard is over (it is cached, or it failed).
     pub fn outboard_fetched(&self, hash: &ChunkHash) {
-        let mut inflight = self
-            .outboards_inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        inflight.remove(hash);
-    }
-
-    /// The whole fetch of `hash` is over.
-    pub fn whole_fetched(&self, hash: &ChunkHash) {
-        let mut remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
-        remote.remove(hash);
+        self.outboards_inflight.done(hash);
     }
 
     /// Count blocks readahead asked for.

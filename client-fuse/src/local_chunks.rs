@@ -9,9 +9,10 @@
 //! Nothing read here is trusted: the blocks are checked against the chunk's outboard,
 //! known from an earlier read through the node (checked against the chunk's name),
 //! exactly as a node's reply is. A chunk's first miss (if its file is here) asks the
-//! node for one block and the outboard, once for every miss of the chunk meanwhile: a stream's readahead asks
-//! for several runs of a chunk at once, and each went through the node whole before
-//! (1 GiB read cold: 385-412 MiB/s then, 581-624 now; the node's CPU 1.7 s to 0.27). A file that is not there (not stored, deleted,
+//! node for one block and the outboard, once for every miss of the chunk meanwhile: a
+//! stream's readahead asks for several runs of a chunk at once, and each went through
+//! the node whole before (1 GiB read cold: 385-412 MiB/s then, 581-624 after; the
+//! node's CPU 1.7 s to 0.27 a GiB). A file that is not there (not stored, deleted,
 //! quarantined, evicted), is cut short or fails its check is a miss, and the read goes
 //! to the node, which quarantines a damaged chunk and repairs from elsewhere. A chunk's
 //! file only ever holds its bytes whole (written to a temporary file, then renamed), and
@@ -124,15 +125,18 @@ impl Client {
             // Not here (a chunk another site holds, or another node of this site): the
             // node's answer is all there is, asked for once by the caller.
             None if !local.holds(&hash) => return None,
-            None => self.shared_outboard(hash, first).await?,
+            None => {
+                let outboard = self.shared_outboard(hash, first).await?;
+                // The outboard's fetch brought its block: a page's read is done.
+                let cached: Option<Vec<_>> = (first..end)
+                    .map(|i| self.blocks.block_since(&(hash, i)))
+                    .collect();
+                if let Some(blocks) = cached {
+                    return Some(Run { first, blocks });
+                }
+                outboard
+            }
         };
-        // The outboard's fetch brought its block: a page's read is done.
-        let cached: Option<Vec<_>> = (first..end)
-            .map(|i| self.blocks.block_since(&(hash, i)))
-            .collect();
-        if let Some(blocks) = cached {
-            return Some(Run { first, blocks });
-        }
         self.local_run(local, hash, &outboard, first, end).await
     }
 

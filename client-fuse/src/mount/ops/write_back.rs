@@ -177,7 +177,7 @@ impl MountFs {
         };
         let (files, bytes) = self.write_back.totals();
         if files >= MAX_FILES || bytes + w.pending_bytes() > MAX_BYTES {
-            metrics::counter!("mobilus_fuse_write_backs_total", "outcome" => "full").increment(1);
+            refused(subtree, "full");
             return false;
         }
         if !self.mark_write_back(subtree, since, marked).await {
